@@ -1,0 +1,96 @@
+// The bench result file (`llama2 bench --out FILE`): one JSON object per run. bench/compare and the
+// peer readers (llama.cpp, node-llama-cpp) all produce or consume this shape.
+
+export const BENCH_SCHEMA = "llama2-native-bench/1";
+
+/** Summary of repeated measurements. */
+export interface Stat {
+  median: number;
+  min: number;
+  max: number;
+  mean: number;
+  /** Sample standard deviation (0 when n = 1). */
+  stdev: number;
+  n: number;
+}
+
+export interface GpuInfo {
+  name: string;
+  /** e.g. "9.0" */
+  computeCapability: string;
+  driver: string;
+  memoryBytes: number;
+  smCount: number;
+  /** Device-to-device copy bandwidth measured by the bench itself, counting read + write, GB/s. */
+  measuredBandwidthGBs: number;
+}
+
+export interface MachineInfo {
+  hostname: string;
+  os: string;
+  cpu: { model: string; cores: number };
+  hostMemoryBytes: number;
+  gpu?: GpuInfo;
+  /** Host memory bandwidth estimate (a large memcpy), GB/s, for CPU runs. */
+  hostBandwidthGBs?: number;
+}
+
+export interface PrefillFigure {
+  promptTokens: number;
+  /** Time to first token (prefill + first sample), ms. */
+  ttftMs: Stat;
+  tokensPerSecond: Stat;
+}
+
+export interface DecodeFigure {
+  batch: number;
+  promptTokens: number;
+  genTokens: number;
+  /** Aggregate generated tokens per second over all sequences of the batch. */
+  tokensPerSecond: Stat;
+  /** Wall time of one decode step (all sequences advance one token), ms. */
+  msPerStep: Stat;
+  /** Bytes one decode step must read at least (weights once + KV cache at mid-generation). */
+  bytesPerStep: number;
+  /** bytesPerStep / median step time, GB/s. */
+  achievedGBs: number;
+  /** achievedGBs / measured bandwidth (GPU: device copy; CPU: host memcpy). */
+  rooflineFraction: number;
+}
+
+export interface BenchResult {
+  schema: typeof BENCH_SCHEMA;
+  createdAt: string;
+  engine: { name: string; version: string; backend: "cpu" | "cuda"; command?: string };
+  machine: MachineInfo;
+  model: {
+    path: string;
+    format: string;
+    /** Synthetic preset name when known, e.g. "llama2-7b". */
+    preset?: string;
+    params: number;
+    dtype: string;
+    weightBytes: number;
+    contextLength: number;
+    config: Record<string, number | string | boolean>;
+  };
+  load: { coldMs?: Stat; warmMs: Stat };
+  prefill: PrefillFigure[];
+  decode: DecodeFigure[];
+  /** Host time per generated token spent outside the native forward pass (sampling, JS), µs. */
+  overheadPerTokenUs?: Stat;
+  memory: { peakRssBytes: number; deviceBytes?: number; weightBytes: number; kvCacheBytes: number };
+  repetitions: number;
+  notes?: string[];
+}
+
+/** Summary of a list of samples. */
+export function stat(samples: number[]): Stat {
+  const n = samples.length;
+  if (n === 0) return { median: NaN, min: NaN, max: NaN, mean: NaN, stdev: 0, n: 0 };
+  const s = [...samples].sort((a, b) => a - b);
+  const median = n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2;
+  const mean = s.reduce((a, b) => a + b, 0) / n;
+  const stdev = n > 1 ? Math.sqrt(s.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1)) : 0;
+  return { median, min: s[0]!, max: s[n - 1]!, mean, stdev, n };
+}

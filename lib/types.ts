@@ -1,0 +1,149 @@
+// Public types of the llama2-native API. Implementation lives in llama2.ts / session.ts.
+
+export type Device = "cpu" | "cuda" | "auto";
+/** Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files). */
+export type WeightDtype = "auto" | "f32" | "f16" | "bf16" | "int8";
+
+export interface LoadOptions {
+  device?: Device;
+  /** CUDA device index (default 0). */
+  deviceIndex?: number;
+  dtype?: WeightDtype;
+  /** Tokens per sequence (default: the model's trained context, capped at 4096). */
+  contextLength?: number;
+  /** Sequences that can be live at once (KV cache is sized for contextLength x this). Default 4. */
+  maxSequences?: number;
+  /** CPU threads (default: all cores). */
+  threads?: number;
+  /** Tokenizer file (.model) for formats that do not carry one (llama2.c .bin, HF dir without it). */
+  tokenizerPath?: string;
+  /** Loading progress (bytes read / tensors uploaded). */
+  onProgress?: (p: LoadProgress) => void;
+  /** Cancels the load. */
+  signal?: AbortSignal;
+}
+
+export interface LoadProgress {
+  phase: "open" | "weights" | "upload" | "ready";
+  /** Bytes of weights processed so far / in all. */
+  bytes: number;
+  totalBytes: number;
+  tensors: number;
+  totalTensors: number;
+}
+
+export interface ModelConfig {
+  dim: number;
+  nLayers: number;
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  ffnDim: number;
+  vocabSize: number;
+  rmsEps: number;
+  ropeTheta: number;
+  /** The context the model was trained with (from its files). */
+  trainedContextLength: number;
+  ropeLayout: "interleaved" | "halves";
+  tiedEmbeddings: boolean;
+}
+
+export interface ModelInfo {
+  path: string;
+  format: "hf" | "gguf" | "llama2c";
+  config: ModelConfig;
+  device: "cpu" | "cuda";
+  /** e.g. "NVIDIA H100 80GB HBM3 (sm_90)" or "CPU (8 threads)". */
+  deviceName: string;
+  /** Weight precision actually used on the device. */
+  dtype: "f32" | "f16" | "bf16" | "int8";
+  /** Storage precision of the file's matrices. */
+  fileDtype: string;
+  contextLength: number;
+  maxSequences: number;
+  weightBytes: number;
+  kvCacheBytes: number;
+  /** Whether a tokenizer is available (text APIs need one; id APIs do not). */
+  hasTokenizer: boolean;
+  bosId: number;
+  eosId: number;
+}
+
+export interface SamplingOptions {
+  /** 0 = greedy. Default 0.8. */
+  temperature?: number;
+  /** 0 = off. Default 40. */
+  topK?: number;
+  /** 1 = off. Default 0.95. */
+  topP?: number;
+  /** 0 = off. Default 0.05. */
+  minP?: number;
+  /** 1 = off. */
+  repetitionPenalty?: number;
+  /** 0 = off. */
+  presencePenalty?: number;
+  /** 0 = off. */
+  frequencyPenalty?: number;
+  /** How many recent tokens the penalties look at (default 64; -1 = all). */
+  penaltyLastN?: number;
+  /** token id -> additive bias (use -Infinity to ban). */
+  logitBias?: Record<number, number>;
+  /** Seed for reproducible sampling. Default: random. */
+  seed?: number;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Maximum generated tokens (default: until EOS or the context is full). */
+  maxTokens?: number;
+  /** Stop strings (matched across token boundaries; not included in the output). */
+  stop?: string[];
+  /** Stop at the EOS token (default true). */
+  stopOnEos?: boolean;
+  /** Prepend BOS when the prompt is text (default true). */
+  addBos?: boolean;
+  signal?: AbortSignal;
+}
+
+export type FinishReason = "stop" | "length" | "stopSequence" | "abort";
+
+export interface GenerationStats {
+  promptTokens: number;
+  /** Prompt tokens that were not prefilled because the KV cache already held them (sessions). */
+  cachedPromptTokens: number;
+  completionTokens: number;
+  /** From the call to the first generated token, ms. */
+  timeToFirstTokenMs: number;
+  /** Prefill throughput, tokens/s. */
+  promptTokensPerSecond: number;
+  /** Decode throughput after the first token, tokens/s. */
+  tokensPerSecond: number;
+  totalMs: number;
+  finishReason: FinishReason;
+}
+
+export interface GenerationChunk {
+  /** Text decoded since the previous chunk (never a broken UTF-8 character). */
+  text: string;
+  tokenIds: number[];
+  /** Present on the last chunk only. */
+  stats?: GenerationStats;
+}
+
+export interface GenerationResult {
+  text: string;
+  tokenIds: number[];
+  stats: GenerationStats;
+}
+
+/** An async iterable of chunks; the last chunk carries `stats`. `result` resolves when generation ends. */
+export interface GenerationStream extends AsyncIterable<GenerationChunk> {
+  readonly result: Promise<GenerationResult>;
+  /** Cancels generation (same as aborting the signal). */
+  abort(): void;
+}
+
+export type Role = "system" | "user" | "assistant";
+export interface ChatMessage {
+  role: Role;
+  content: string;
+}

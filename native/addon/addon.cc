@@ -1,0 +1,459 @@
+// node-addon-api glue: model info, async load (progress, cancellation), sequences, the async
+// forward step, typed errors. No C++ exception ever crosses into JS unconverted, and a model
+// disposed while a step runs stays alive until that step ends.
+#include <napi.h>
+
+#include <atomic>
+#include <memory>
+#include <new>
+
+#include "../common/error.h"
+#include "../engine/engine.h"
+#include "../engine/cpu/cpu_ops.h"
+
+namespace {
+
+using l2::Engine;
+
+Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error e = Napi::Error::New(env, message);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+// Runs fn, converting any C++ exception into a typed JS exception.
+template <typename F>
+auto guarded(Napi::Env env, F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const l2::Error& e) {
+    throw make_error(env, e.code, e.what());
+  } catch (const std::bad_alloc&) {
+    throw make_error(env, l2::code::kOutOfMemory, "out of host memory");
+  } catch (const std::exception& e) {
+    throw make_error(env, l2::code::kInternal, e.what());
+  }
+}
+
+struct Failure {
+  std::string code, message;
+};
+
+template <typename F>
+bool capture(Failure& f, F&& fn) {
+  try {
+    fn();
+    return true;
+  } catch (const l2::Error& e) {
+    f = {e.code, e.what()};
+  } catch (const std::bad_alloc&) {
+    f = {l2::code::kOutOfMemory, "out of host memory"};
+  } catch (const std::exception& e) {
+    f = {l2::code::kInternal, e.what()};
+  }
+  return false;
+}
+
+std::string str_arg(const Napi::Value& v, const char* field) {
+  if (!v.IsString()) throw make_error(v.Env(), l2::code::kInvalidArgument, std::string(field) + ": expected a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+int32_t int_arg(const Napi::Value& v, const char* field) {
+  if (!v.IsNumber()) throw make_error(v.Env(), l2::code::kInvalidArgument, std::string(field) + ": expected an integer");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (d != (double)(int32_t)d) throw make_error(v.Env(), l2::code::kInvalidArgument, std::string(field) + ": expected an integer, got " + std::to_string(d));
+  return (int32_t)d;
+}
+
+Napi::Object config_object(Napi::Env env, const l2::ModelConfig& c) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("dim", c.dim);
+  o.Set("nLayers", c.n_layers);
+  o.Set("nHeads", c.n_heads);
+  o.Set("nKvHeads", c.n_kv_heads);
+  o.Set("headDim", c.head_dim);
+  o.Set("ffnDim", c.ffn_dim);
+  o.Set("vocabSize", c.vocab_size);
+  o.Set("rmsEps", c.rms_eps);
+  o.Set("ropeTheta", c.rope_theta);
+  o.Set("trainedContextLength", c.max_seq_len);
+  o.Set("ropeLayout", c.rope_layout == l2::RopeLayout::Interleaved ? "interleaved" : "halves");
+  o.Set("tiedEmbeddings", c.tied_output);
+  return o;
+}
+
+Napi::Object source_object(Napi::Env env, const l2::ModelSource& s, bool with_tensors) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("format", s.format);
+  o.Set("path", s.path);
+  o.Set("name", s.name);
+  o.Set("config", config_object(env, s.config));
+  o.Set("fileBytes", (double)s.file_bytes);
+  const l2::TensorView* wq = s.find("layers.0.wq");
+  o.Set("fileDtype", wq ? l2::dtype_name(wq->dtype) : "?");
+  if (!s.tokenizer_path.empty()) o.Set("tokenizerPath", s.tokenizer_path);
+  if (s.tokenizer) {
+    const l2::TokenizerData& t = *s.tokenizer;
+    Napi::Object to = Napi::Object::New(env);
+    to.Set("model", t.model);
+    Napi::Array toks = Napi::Array::New(env, t.tokens.size());
+    for (size_t i = 0; i < t.tokens.size(); ++i) toks.Set((uint32_t)i, Napi::String::New(env, t.tokens[i]));
+    to.Set("tokens", toks);
+    auto scores = Napi::Float32Array::New(env, t.scores.size());
+    std::copy(t.scores.begin(), t.scores.end(), scores.Data());
+    to.Set("scores", scores);
+    auto types = Napi::Int32Array::New(env, t.types.size());
+    std::copy(t.types.begin(), t.types.end(), types.Data());
+    to.Set("types", types);
+    to.Set("bosId", t.bos_id);
+    to.Set("eosId", t.eos_id);
+    to.Set("unkId", t.unk_id);
+    to.Set("padId", t.pad_id);
+    to.Set("addBos", t.add_bos);
+    o.Set("tokenizer", to);
+  }
+  if (with_tensors) {
+    Napi::Array arr = Napi::Array::New(env);
+    uint32_t i = 0;
+    for (auto& [name, t] : s.tensors) {
+      Napi::Object to = Napi::Object::New(env);
+      to.Set("name", name);
+      to.Set("fileName", t.file_name);
+      to.Set("dtype", l2::dtype_name(t.dtype));
+      Napi::Array shape = Napi::Array::New(env, t.shape.size());
+      for (size_t d = 0; d < t.shape.size(); ++d) shape.Set((uint32_t)d, (double)t.shape[d]);
+      to.Set("shape", shape);
+      to.Set("bytes", (double)t.nbytes);
+      arr.Set(i++, to);
+    }
+    o.Set("tensors", arr);
+  }
+  return o;
+}
+
+// readModelInfo(path, withTensors?) -> { format, path, name, config, fileBytes, tokenizer?, tokenizerPath?, tensors? }
+Napi::Value ReadModelInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::string path = str_arg(info[0], "path");
+    bool with_tensors = info.Length() > 1 && info[1].ToBoolean();
+    auto src = l2::open_model(path);
+    if (src->config.dim > 0) src->config.validate(path);
+    return source_object(env, *src, with_tensors);
+  });
+}
+
+// ---- the model object ----
+
+class NativeModel : public Napi::ObjectWrap<NativeModel> {
+ public:
+  static Napi::FunctionReference ctor;
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "NativeModel",
+                       {InstanceMethod("info", &NativeModel::Info), InstanceMethod("createSequence", &NativeModel::CreateSequence),
+                        InstanceMethod("freeSequence", &NativeModel::FreeSequence), InstanceMethod("forkSequence", &NativeModel::ForkSequence),
+                        InstanceMethod("truncateSequence", &NativeModel::TruncateSequence),
+                        InstanceMethod("sequenceLength", &NativeModel::SequenceLength), InstanceMethod("kvState", &NativeModel::KvState),
+                        InstanceMethod("forward", &NativeModel::Forward), InstanceMethod("dispose", &NativeModel::Dispose)});
+  }
+  NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
+  std::shared_ptr<Engine> engine;
+
+ private:
+  Engine& live(Napi::Env env) {
+    if (!engine) throw make_error(env, l2::code::kDisposed, "the model has been disposed");
+    return *engine;
+  }
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return guarded(env, [&]() -> Napi::Value {
+      Engine& e = live(env);
+      Napi::Object o = source_object(env, e.source(), false);
+      l2::BackendInfo b = e.backend_info();
+      o.Set("device", b.device);
+      o.Set("deviceName", b.name);
+      o.Set("dtype", b.dtype);
+      o.Set("weightBytes", (double)b.weight_bytes);
+      o.Set("kvCacheBytes", (double)b.kv_bytes);
+      o.Set("deviceMemoryUsed", (double)b.device_memory_used);
+      o.Set("deviceMemoryTotal", (double)b.device_memory_total);
+      o.Set("contextLength", e.context_length());
+      o.Set("maxSequences", e.max_sequences());
+      o.Set("kvBlockSize", l2::kKvBlockSize);
+      o.Set("kvBlocks", e.total_blocks());
+      return o;
+    });
+  }
+  Napi::Value CreateSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value { return Napi::Number::New(info.Env(), live(info.Env()).create_sequence()); });
+  }
+  Napi::Value FreeSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      live(info.Env()).free_sequence(int_arg(info[0], "seq"));
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value ForkSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value { return Napi::Number::New(info.Env(), live(info.Env()).fork_sequence(int_arg(info[0], "seq"))); });
+  }
+  Napi::Value TruncateSequence(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      live(info.Env()).truncate_sequence(int_arg(info[0], "seq"), int_arg(info[1], "length"));
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value SequenceLength(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value { return Napi::Number::New(info.Env(), live(info.Env()).sequence_length(int_arg(info[0], "seq"))); });
+  }
+  Napi::Value KvState(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      Engine& e = live(info.Env());
+      Napi::Object o = Napi::Object::New(info.Env());
+      o.Set("freeBlocks", e.free_blocks());
+      o.Set("totalBlocks", e.total_blocks());
+      o.Set("blockSize", l2::kKvBlockSize);
+      return o;
+    });
+  }
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    engine.reset();  // a running step keeps its own reference
+    return info.Env().Undefined();
+  }
+};
+Napi::FunctionReference NativeModel::ctor;
+
+class ForwardWorker : public Napi::AsyncWorker {
+ public:
+  ForwardWorker(Napi::Env env, std::shared_ptr<Engine> e, std::vector<l2::SeqRequest> reqs)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), engine_(std::move(e)), reqs_(std::move(reqs)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    if (!capture(failure_, [&] { out_ = engine_->forward(reqs_); })) SetError(failure_.message);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Array arr = Napi::Array::New(env, out_.size());
+    for (size_t i = 0; i < out_.size(); ++i) {
+      const l2::SeqOutput& o = out_[i];
+      if (reqs_[i].output == -1) {
+        auto f = Napi::Float32Array::New(env, o.logits.size());
+        std::copy(o.logits.begin(), o.logits.end(), f.Data());
+        arr.Set((uint32_t)i, f);
+      } else if (reqs_[i].output > 0) {
+        Napi::Object c = Napi::Object::New(env);
+        auto ids = Napi::Int32Array::New(env, o.ids.size());
+        std::copy(o.ids.begin(), o.ids.end(), ids.Data());
+        auto vals = Napi::Float32Array::New(env, o.vals.size());
+        std::copy(o.vals.begin(), o.vals.end(), vals.Data());
+        c.Set("ids", ids);
+        c.Set("logits", vals);
+        arr.Set((uint32_t)i, c);
+      } else {
+        arr.Set((uint32_t)i, env.Null());
+      }
+    }
+    engine_.reset();
+    deferred_.Resolve(arr);
+  }
+  void OnError(const Napi::Error&) override {
+    engine_.reset();
+    deferred_.Reject(make_error(Env(), failure_.code, failure_.message).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Engine> engine_;
+  std::vector<l2::SeqRequest> reqs_;
+  std::vector<l2::SeqOutput> out_;
+  Failure failure_;
+};
+
+// forward([{ seq, tokens: Int32Array | number[], output: 0 | -1 | k }]) -> Promise<(null | Float32Array | {ids, logits})[]>
+Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    Engine& e = live(env);
+    (void)e;
+    if (!info[0].IsArray()) throw make_error(env, l2::code::kInvalidArgument, "forward: expected an array of requests");
+    Napi::Array arr = info[0].As<Napi::Array>();
+    std::vector<l2::SeqRequest> reqs(arr.Length());
+    for (uint32_t i = 0; i < arr.Length(); ++i) {
+      Napi::Value v = arr.Get(i);
+      if (!v.IsObject()) throw make_error(env, l2::code::kInvalidArgument, "forward: request " + std::to_string(i) + " is not an object");
+      Napi::Object r = v.As<Napi::Object>();
+      reqs[i].seq = int_arg(r.Get("seq"), "seq");
+      reqs[i].output = r.Has("output") ? int_arg(r.Get("output"), "output") : 0;
+      Napi::Value toks = r.Get("tokens");
+      if (toks.IsTypedArray() && toks.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+        Napi::Int32Array ta = toks.As<Napi::Int32Array>();
+        reqs[i].tokens.assign(ta.Data(), ta.Data() + ta.ElementLength());
+      } else if (toks.IsArray()) {
+        Napi::Array ta = toks.As<Napi::Array>();
+        reqs[i].tokens.resize(ta.Length());
+        for (uint32_t j = 0; j < ta.Length(); ++j) reqs[i].tokens[j] = int_arg(ta.Get(j), "tokens[]");
+      } else {
+        throw make_error(env, l2::code::kInvalidArgument, "forward: tokens must be an Int32Array or an array of integers");
+      }
+    }
+    auto* w = new ForwardWorker(env, engine, std::move(reqs));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+// ---- loading ----
+
+struct ProgressMsg {
+  std::string phase;
+  double bytes, total;
+  int tensors, total_tensors;
+};
+
+class LoadWorker : public Napi::AsyncWorker {
+ public:
+  LoadWorker(Napi::Env env, std::string path, l2::EngineOptions o, Napi::Function progress, Napi::Int32Array cancel)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), path_(std::move(path)), opts_(std::move(o)) {
+    if (!progress.IsEmpty()) {
+      tsfn_ = Napi::ThreadSafeFunction::New(env, progress, "llama2-load-progress", 0, 1);
+      has_tsfn_ = true;
+    }
+    if (!cancel.IsEmpty() && cancel.ElementLength() >= 1) {
+      cancel_ref_ = Napi::Persistent(cancel);
+      cancel_flag_ = cancel.Data();
+    }
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    auto progress = [this](const l2::LoadProgress& p) {
+      if (cancel_flag_ && __atomic_load_n(cancel_flag_, __ATOMIC_RELAXED)) l2::fail("ERR_ABORTED", "loading was aborted");
+      if (!has_tsfn_) return;
+      auto* m = new ProgressMsg{p.phase, (double)p.bytes, (double)p.total_bytes, p.tensors, p.total_tensors};
+      napi_status st = tsfn_.NonBlockingCall(m, [](Napi::Env env, Napi::Function fn, ProgressMsg* msg) {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("phase", msg->phase);
+        o.Set("bytes", msg->bytes);
+        o.Set("totalBytes", msg->total);
+        o.Set("tensors", msg->tensors);
+        o.Set("totalTensors", msg->total_tensors);
+        delete msg;
+        fn.Call({o});  // an exception in the callback is reported by Node, not fatal here
+      });
+      if (st != napi_ok) delete m;
+    };
+    if (!capture(failure_, [&] { engine_ = Engine::load(path_, opts_, progress); })) SetError(failure_.message);
+  }
+  void OnOK() override {
+    finish();
+    Napi::Object obj = NativeModel::ctor.New({});
+    NativeModel::Unwrap(obj)->engine = std::shared_ptr<Engine>(std::move(engine_));
+    deferred_.Resolve(obj);
+  }
+  void OnError(const Napi::Error&) override {
+    finish();
+    deferred_.Reject(make_error(Env(), failure_.code, failure_.message).Value());
+  }
+
+ private:
+  void finish() {
+    if (has_tsfn_) tsfn_.Release();
+    has_tsfn_ = false;
+  }
+  Napi::Promise::Deferred deferred_;
+  std::string path_;
+  l2::EngineOptions opts_;
+  Napi::ThreadSafeFunction tsfn_;
+  bool has_tsfn_ = false;
+  Napi::Reference<Napi::Int32Array> cancel_ref_;
+  int32_t* cancel_flag_ = nullptr;
+  std::unique_ptr<Engine> engine_;
+  Failure failure_;
+};
+
+// loadModel(path, { device, deviceIndex, dtype, contextLength, maxSequences, threads }, onProgress?, cancelFlag?: Int32Array)
+Napi::Value LoadModel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::string path = str_arg(info[0], "path");
+    l2::EngineOptions o;
+    if (info.Length() > 1 && info[1].IsObject()) {
+      Napi::Object opts = info[1].As<Napi::Object>();
+      auto get = [&](const char* k) { return opts.Has(k) ? opts.Get(k) : env.Undefined(); };
+      if (!get("device").IsUndefined()) o.device = str_arg(get("device"), "device");
+      if (!get("dtype").IsUndefined()) o.dtype = str_arg(get("dtype"), "dtype");
+      if (!get("deviceIndex").IsUndefined()) o.device_index = int_arg(get("deviceIndex"), "deviceIndex");
+      if (!get("contextLength").IsUndefined()) o.context_length = int_arg(get("contextLength"), "contextLength");
+      if (!get("maxSequences").IsUndefined()) o.max_sequences = int_arg(get("maxSequences"), "maxSequences");
+      if (!get("threads").IsUndefined()) o.threads = int_arg(get("threads"), "threads");
+    }
+    Napi::Function progress;
+    if (info.Length() > 2 && info[2].IsFunction()) progress = info[2].As<Napi::Function>();
+    Napi::Int32Array cancel;
+    if (info.Length() > 3 && info[3].IsTypedArray() && info[3].As<Napi::TypedArray>().TypedArrayType() == napi_int32_array)
+      cancel = info[3].As<Napi::Int32Array>();
+    auto* w = new LoadWorker(env, path, o, progress, cancel);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    auto devs = l2::cuda_devices();
+    Napi::Array arr = Napi::Array::New(env, devs.size());
+    for (size_t i = 0; i < devs.size(); ++i) {
+      const auto& d = devs[i];
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("index", d.index);
+      o.Set("name", d.name);
+      o.Set("computeCapability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor));
+      o.Set("memoryTotal", (double)d.memory_total);
+      o.Set("memoryFree", (double)d.memory_free);
+      o.Set("smCount", d.sm_count);
+      o.Set("driverVersion", d.driver_version);
+      o.Set("runtimeVersion", d.runtime_version);
+      arr.Set((uint32_t)i, o);
+    }
+    return arr;
+  });
+}
+
+Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  std::string why;
+  bool ok = l2::cuda_available(&why);
+#ifdef LLAMA2_WITH_CUDA
+  o.Set("cudaBuilt", true);
+  o.Set("cudaArchitectures", LLAMA2_CUDA_ARCHS);
+#else
+  o.Set("cudaBuilt", false);
+#endif
+  o.Set("cudaAvailable", ok);
+  if (!ok) o.Set("cudaUnavailableReason", why);
+  o.Set("cpuSimd", l2::cpu::simd_name());
+  o.Set("kvBlockSize", l2::kKvBlockSize);
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function model = NativeModel::Init(env);
+  NativeModel::ctor = Napi::Persistent(model);
+  NativeModel::ctor.SuppressDestruct();
+  exports.Set("NativeModel", model);
+  exports.Set("readModelInfo", Napi::Function::New(env, ReadModelInfo));
+  exports.Set("loadModel", Napi::Function::New(env, LoadModel));
+  exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
+  exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(llama2_native, Init)

@@ -1,0 +1,94 @@
+// What a backend must do. The engine owns sequences and KV-block bookkeeping and hands each step to
+// the backend as a ForwardBatch; the backend owns the weights on its device and the KV block pool.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../model/config.h"
+#include "../model/weights.h"
+
+namespace l2 {
+
+// Tokens per KV-cache block (paged KV cache: a sequence's cache is a list of blocks).
+constexpr int kKvBlockSize = 16;
+
+// Tokens [start, start + count) of the batch belong to one sequence, at positions pos0.. pos0+count-1,
+// whose KV blocks are row `seg_index` of ForwardBatch::block_tables.
+struct Segment {
+  int32_t start = 0, count = 0, pos0 = 0;
+};
+
+struct ForwardBatch {
+  std::vector<int32_t> tokens;      // [T]
+  std::vector<int32_t> positions;   // [T]
+  std::vector<Segment> segments;    // in token order, covering all T tokens
+  std::vector<int32_t> block_tables;  // [segments.size() * max_blocks]
+  int32_t max_blocks = 0;
+  std::vector<int32_t> output_rows;  // token indices whose logits are wanted, ascending
+  int n_tokens() const { return (int)tokens.size(); }
+};
+
+struct BackendInfo {
+  std::string device;  // "cpu" | "cuda"
+  std::string name;    // human-readable device name
+  std::string dtype;   // weight precision used: "f32" | "f16" | "bf16" | "int8"
+  uint64_t weight_bytes = 0;
+  uint64_t kv_bytes = 0;
+  uint64_t device_memory_used = 0;   // CUDA: bytes allocated by us
+  uint64_t device_memory_total = 0;  // CUDA: the card's memory
+};
+
+struct LoadProgress {
+  const char* phase;  // "weights" | "upload"
+  uint64_t bytes, total_bytes;
+  int tensors, total_tensors;
+};
+using ProgressFn = std::function<void(const LoadProgress&)>;
+
+struct BackendOptions {
+  int context_length = 0;
+  int n_kv_blocks = 0;
+  int threads = 0;
+  int device_index = 0;
+  std::string dtype = "auto";  // requested weight precision
+  ProgressFn progress;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual BackendInfo info() const = 0;
+  // Runs the model over the batch, writing each token's K/V into its blocks; keeps the logits of
+  // batch.output_rows for read_logits / top_k.
+  virtual void forward(const ForwardBatch& batch) = 0;
+  virtual void read_logits(float* dst) = 0;                  // [n_outputs, vocab]
+  virtual void top_k(int k, int32_t* ids, float* vals) = 0;  // [n_outputs, k], logit descending, ties by id
+  // Copies one KV block (all layers) for copy-on-write of shared blocks.
+  virtual void copy_block(int32_t src, int32_t dst) = 0;
+};
+
+// Rotary tables shared by every backend so that all compute the same angles:
+// table[pos * (head_dim/2) + i] = {cos, sin}(pos * theta^(-2i/head_dim)), computed in fp32 as
+// llama2.c and transformers do.
+std::vector<float> rope_table(const ModelConfig& c, int context_length);
+
+std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o);
+// Throws ERR_DEVICE_UNAVAILABLE when built without CUDA or when no usable GPU is present.
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o);
+// Whether a CUDA backend can be created; `why` says why not.
+bool cuda_available(std::string* why);
+// CUDA devices visible (for `llama2 doctor` and device selection); empty without CUDA.
+struct CudaDeviceInfo {
+  int index;
+  std::string name;
+  int cc_major, cc_minor;
+  uint64_t memory_total, memory_free;
+  int sm_count;
+  int driver_version, runtime_version;
+};
+std::vector<CudaDeviceInfo> cuda_devices();
+
+}  // namespace l2

@@ -1,0 +1,225 @@
+// The CPU reference backend: the whole Llama forward in fp32, threaded over matrix rows and
+// attention heads. Simple and exactly right first; it is the oracle for every other backend.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <thread>
+
+#include "../../common/error.h"
+#include "../../common/thread_pool.h"
+#include "../backend.h"
+#include "cpu_ops.h"
+
+namespace l2 {
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const ModelConfig& c, LlamaWeights w, const BackendOptions& o)
+      : c_(c), w_(std::move(w)), ctx_(o.context_length),
+        pool_(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())) {
+    DType to = w_.layers[0].wq.dtype;
+    bool convert = true;
+    if (o.dtype == "auto") convert = false;
+    else if (o.dtype == "f32") to = DType::F32;
+    else if (o.dtype == "f16") to = DType::F16;
+    else if (o.dtype == "bf16") to = DType::BF16;
+    else if (o.dtype == "int8") to = DType::Q8_0;
+    uint64_t total = w_.matrix_bytes();
+    if (o.progress) o.progress({"weights", 0, total, 0, (int)w_.matrices().size()});
+    if (convert) {
+      int n = 0;
+      int total_t = (int)w_.matrices().size();
+      convert_weights(w_, to, pool_, [&](uint64_t done) {
+        if (o.progress) o.progress({"weights", done, total, ++n, total_t});
+      });
+    }
+    dtype_ = to;
+    rope_ = rope_table(c_, ctx_);
+    block_floats_ = (size_t)c_.n_layers * 2 * kKvBlockSize * c_.kv_dim();
+    blocks_.resize((size_t)o.n_kv_blocks);
+    if (o.progress) o.progress({"ready", total, total, (int)w_.matrices().size(), (int)w_.matrices().size()});
+  }
+
+  BackendInfo info() const override {
+    BackendInfo i;
+    i.device = "cpu";
+    i.name = "CPU (" + std::to_string(pool_.size()) + " threads, " + cpu::simd_name() + ")";
+    switch (dtype_) {
+      case DType::F32: i.dtype = "f32"; break;
+      case DType::F16: i.dtype = "f16"; break;
+      case DType::BF16: i.dtype = "bf16"; break;
+      case DType::Q8_0: i.dtype = "int8"; break;
+    }
+    i.weight_bytes = const_cast<LlamaWeights&>(w_).matrix_bytes();
+    size_t allocated = 0;
+    for (auto& b : blocks_) allocated += b ? 1 : 0;
+    i.kv_bytes = allocated * block_floats_ * 4;
+    return i;
+  }
+
+  void forward(const ForwardBatch& b) override {
+    const int T = b.n_tokens(), D = c_.dim, Q = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn_dim;
+    x_.resize((size_t)T * D);
+    xb_.resize((size_t)T * D);
+    q_.resize((size_t)T * Q);
+    k_.resize((size_t)T * KV);
+    v_.resize((size_t)T * KV);
+    att_.resize((size_t)T * Q);
+    h1_.resize((size_t)T * F);
+    h3_.resize((size_t)T * F);
+    for (int t = 0; t < T; ++t) cpu::row_to_f32(w_.tok_embeddings, b.tokens[(size_t)t], &x_[(size_t)t * D]);
+    // Segment and slot of each token, for the cache writes and attention.
+    seg_of_.resize((size_t)T);
+    for (size_t s = 0; s < b.segments.size(); ++s)
+      for (int j = 0; j < b.segments[s].count; ++j) seg_of_[(size_t)(b.segments[s].start + j)] = (int)s;
+    for (int t = 0; t < T; ++t) {
+      int32_t blk = block_of(b, t);
+      if (!blocks_[(size_t)blk]) blocks_[(size_t)blk].reset(new float[block_floats_]());
+    }
+
+    for (int l = 0; l < c_.n_layers; ++l) {
+      const LayerWeights& L = w_.layers[(size_t)l];
+      for (int t = 0; t < T; ++t) cpu::rmsnorm(&xb_[(size_t)t * D], &x_[(size_t)t * D], L.attn_norm.data(), D, c_.rms_eps);
+      cpu::matmul(L.wq, xb_.data(), T, q_.data(), pool_);
+      cpu::matmul(L.wk, xb_.data(), T, k_.data(), pool_);
+      cpu::matmul(L.wv, xb_.data(), T, v_.data(), pool_);
+      for (int t = 0; t < T; ++t) {
+        int pos = b.positions[(size_t)t];
+        rope(&q_[(size_t)t * Q], c_.n_heads, pos);
+        rope(&k_[(size_t)t * KV], c_.n_kv_heads, pos);
+        std::memcpy(kv_slot(b, t, l, 0), &k_[(size_t)t * KV], (size_t)KV * 4);
+        std::memcpy(kv_slot(b, t, l, 1), &v_[(size_t)t * KV], (size_t)KV * 4);
+      }
+      attention(b, l);
+      cpu::matmul(L.wo, att_.data(), T, xb_.data(), pool_);
+      for (size_t i = 0; i < (size_t)T * D; ++i) x_[i] += xb_[i];
+      for (int t = 0; t < T; ++t) cpu::rmsnorm(&xb_[(size_t)t * D], &x_[(size_t)t * D], L.ffn_norm.data(), D, c_.rms_eps);
+      cpu::matmul(L.w1, xb_.data(), T, h1_.data(), pool_);
+      cpu::matmul(L.w3, xb_.data(), T, h3_.data(), pool_);
+      for (size_t i = 0; i < (size_t)T * F; ++i) {
+        float g = h1_[i];
+        h1_[i] = g / (1.0f + expf(-g)) * h3_[i];
+      }
+      cpu::matmul(L.w2, h1_.data(), T, xb_.data(), pool_);
+      for (size_t i = 0; i < (size_t)T * D; ++i) x_[i] += xb_[i];
+    }
+    const int n_out = (int)b.output_rows.size();
+    std::vector<float> xo((size_t)n_out * D);
+    for (int o = 0; o < n_out; ++o)
+      cpu::rmsnorm(&xo[(size_t)o * D], &x_[(size_t)b.output_rows[(size_t)o] * D], w_.output_norm.data(), D, c_.rms_eps);
+    logits_.resize((size_t)n_out * c_.vocab_size);
+    n_out_ = n_out;
+    if (n_out > 0) cpu::matmul(w_.output, xo.data(), n_out, logits_.data(), pool_);
+  }
+
+  void read_logits(float* dst) override { std::memcpy(dst, logits_.data(), logits_.size() * 4); }
+
+  void top_k(int k, int32_t* ids, float* vals) override {
+    const int V = c_.vocab_size;
+    k = std::min(k, V);
+    std::vector<int32_t> idx((size_t)V);
+    for (int o = 0; o < n_out_; ++o) {
+      const float* lg = &logits_[(size_t)o * V];
+      auto key = [&](int32_t i) { return std::isnan(lg[i]) ? -INFINITY : lg[i]; };
+      for (int i = 0; i < V; ++i) idx[(size_t)i] = i;
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t bb) {
+        float va = key(a), vb = key(bb);
+        return va > vb || (va == vb && a < bb);
+      });
+      for (int j = 0; j < k; ++j) {
+        ids[(size_t)o * k + j] = idx[(size_t)j];
+        vals[(size_t)o * k + j] = lg[idx[(size_t)j]];
+      }
+    }
+  }
+
+  void copy_block(int32_t src, int32_t dst) override {
+    if (!blocks_[(size_t)dst]) blocks_[(size_t)dst].reset(new float[block_floats_]());
+    if (blocks_[(size_t)src]) std::memcpy(blocks_[(size_t)dst].get(), blocks_[(size_t)src].get(), block_floats_ * 4);
+  }
+
+ private:
+  int32_t block_of(const ForwardBatch& b, int t) const {
+    int pos = b.positions[(size_t)t];
+    return b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks + pos / kKvBlockSize];
+  }
+  // K (kv = 0) or V (kv = 1) of token t in layer l: a block is [layer][k|v][slot][kv_dim].
+  float* kv_slot(const ForwardBatch& b, int t, int l, int kv) {
+    int pos = b.positions[(size_t)t];
+    return blocks_[(size_t)block_of(b, t)].get() + (((size_t)l * 2 + kv) * kKvBlockSize + pos % kKvBlockSize) * c_.kv_dim();
+  }
+  const float* kv_at(const int32_t* table, int pos, int l, int kv) const {
+    return blocks_[(size_t)table[pos / kKvBlockSize]].get() + (((size_t)l * 2 + kv) * kKvBlockSize + pos % kKvBlockSize) * c_.kv_dim();
+  }
+
+  void rope(float* v, int n_heads, int pos) const {
+    const int hs = c_.head_dim, half = hs / 2;
+    const float* cs = &rope_[(size_t)pos * half * 2];
+    for (int h = 0; h < n_heads; ++h) {
+      float* x = v + (size_t)h * hs;
+      for (int i = 0; i < half; ++i) {
+        int a = c_.rope_layout == RopeLayout::Interleaved ? 2 * i : i;
+        int bb = c_.rope_layout == RopeLayout::Interleaved ? 2 * i + 1 : i + half;
+        float c = cs[2 * i], s = cs[2 * i + 1];
+        float x0 = x[a], x1 = x[bb];
+        x[a] = x0 * c - x1 * s;
+        x[bb] = x0 * s + x1 * c;
+      }
+    }
+  }
+
+  // Causal attention of every batch token over its sequence's cache (positions 0..pos).
+  void attention(const ForwardBatch& b, int l) {
+    const int T = b.n_tokens(), H = c_.n_heads, hs = c_.head_dim, group = c_.n_heads / c_.n_kv_heads;
+    const float scale = 1.0f / sqrtf((float)hs);
+    pool_.parallel_for((int64_t)T * H, 1, [&](int64_t begin, int64_t end) {
+      thread_local std::vector<float> scores;
+      for (int64_t i = begin; i < end; ++i) {
+        int t = (int)(i / H), h = (int)(i % H), kvh = h / group;
+        int pos = b.positions[(size_t)t];
+        const int32_t* table = &b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks];
+        const float* q = &q_[(size_t)t * c_.q_dim() + (size_t)h * hs];
+        scores.resize((size_t)pos + 1);
+        float mx = -INFINITY;
+        for (int p = 0; p <= pos; ++p) {
+          scores[(size_t)p] = cpu::dot(q, kv_at(table, p, l, 0) + (size_t)kvh * hs, hs) * scale;
+          mx = std::max(mx, scores[(size_t)p]);
+        }
+        float sum = 0.f;
+        for (int p = 0; p <= pos; ++p) {
+          scores[(size_t)p] = expf(scores[(size_t)p] - mx);
+          sum += scores[(size_t)p];
+        }
+        float* out = &att_[(size_t)t * c_.q_dim() + (size_t)h * hs];
+        std::fill(out, out + hs, 0.f);
+        for (int p = 0; p <= pos; ++p) {
+          const float* v = kv_at(table, p, l, 1) + (size_t)kvh * hs;
+          float a = scores[(size_t)p] / sum;
+          for (int d = 0; d < hs; ++d) out[d] += a * v[d];
+        }
+      }
+    });
+  }
+
+  ModelConfig c_;
+  LlamaWeights w_;
+  int ctx_;
+  mutable ThreadPool pool_;
+  DType dtype_ = DType::F32;
+  std::vector<float> rope_;
+  size_t block_floats_ = 0;
+  std::vector<std::unique_ptr<float[]>> blocks_;  // allocated on first use
+  std::vector<float> x_, xb_, q_, k_, v_, att_, h1_, h3_, logits_;
+  std::vector<int> seg_of_;
+  int n_out_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o) {
+  return std::make_unique<CpuBackend>(c, std::move(weights), o);
+}
+
+}  // namespace l2

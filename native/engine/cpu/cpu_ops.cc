@@ -1,0 +1,154 @@
+#include "cpu_ops.h"
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../../common/half.h"
+#include "../../common/thread_pool.h"
+
+namespace l2::cpu {
+
+namespace {
+
+// Rows are processed in groups of up to kGroup, sharing each activation load.
+constexpr int kGroup = 4;
+
+// ---- scalar path (any x86-64) ----
+// 8 interleaved partial sums, like the AVX2 path, then the same pairwise reduction.
+void dot_rows_scalar(const float* const* rows, int R, const float* x, int64_t K, float* out) {
+  for (int r = 0; r < R; ++r) {
+    float acc[8] = {0};
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8)
+      for (int l = 0; l < 8; ++l) acc[l] += rows[r][k + l] * x[k + l];
+    float s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for (; k < K; ++k) s += rows[r][k] * x[k];
+    out[r] = s;
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  __m128 s = _mm_add_ps(lo, hi);                    // (0+4, 1+5, 2+6, 3+7)
+  __m128 sh = _mm_movehl_ps(s, s);                  // (2+6, 3+7, ...)
+  __m128 s2 = _mm_add_ps(s, sh);                    // (0+4)+(2+6), (1+5)+(3+7)
+  __m128 s3 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55));
+  return _mm_cvtss_f32(s3);
+}
+
+__attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* const* rows, int R, const float* x, int64_t K, float* out) {
+  __m256 acc[kGroup];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 xv = _mm256_loadu_ps(x + k);
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[r] + k), xv, acc[r]);
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(acc[r]);
+    for (int64_t j = k; j < K; ++j) s += rows[r][j] * x[j];
+    out[r] = s;
+  }
+}
+
+__attribute__((target("avx2,f16c"))) void f16_to_f32_f16c(const uint16_t* h, float* f, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+  for (; i < n; ++i) f[i] = fp16_to_f32(h[i]);
+}
+
+void f16_to_f32_scalar(const uint16_t* h, float* f, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) f[i] = fp16_to_f32(h[i]);
+}
+
+struct Dispatch {
+  bool avx2;
+  void (*dot_rows)(const float* const*, int, const float*, int64_t, float*);
+  void (*f16)(const uint16_t*, float*, int64_t);
+  Dispatch() {
+    __builtin_cpu_init();
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    dot_rows = avx2 ? dot_rows_avx2 : dot_rows_scalar;
+    f16 = avx2 ? f16_to_f32_f16c : f16_to_f32_scalar;
+  }
+};
+const Dispatch& dispatch() {
+  static Dispatch d;
+  return d;
+}
+
+}  // namespace
+
+const char* simd_name() { return dispatch().avx2 ? "avx2+fma+f16c" : "scalar"; }
+
+void row_to_f32(const Matrix& m, int64_t r, float* out) {
+  const uint8_t* p = m.row(r);
+  switch (m.dtype) {
+    case DType::F32: std::memcpy(out, p, (size_t)m.cols * 4); break;
+    case DType::F16: dispatch().f16(reinterpret_cast<const uint16_t*>(p), out, m.cols); break;
+    case DType::BF16: {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+      for (int64_t i = 0; i < m.cols; ++i) {
+        uint32_t bits = (uint32_t)h[i] << 16;
+        std::memcpy(out + i, &bits, 4);
+      }
+      break;
+    }
+    case DType::Q8_0:
+      for (int64_t b = 0; b < m.cols / kQ8Block; ++b) {
+        const uint8_t* blk = p + b * kQ8BlockBytes;
+        uint16_t dh;
+        std::memcpy(&dh, blk, 2);
+        float d = fp16_to_f32(dh);
+        const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = d * (float)q[i];
+      }
+      break;
+  }
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float out;
+  const float* rows[1] = {a};
+  dispatch().dot_rows(rows, 1, b, n, &out);
+  return out;
+}
+
+void rmsnorm(float* out, const float* x, const float* w, int n, float eps) {
+  float ss = 0.f;
+  for (int i = 0; i < n; ++i) ss += x[i] * x[i];
+  ss = 1.0f / sqrtf(ss / (float)n + eps);
+  for (int i = 0; i < n; ++i) out[i] = w[i] * (ss * x[i]);
+}
+
+void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool) {
+  const int64_t N = W.rows, K = W.cols;
+  const auto& d = dispatch();
+  pool.parallel_for(N, kGroup * 4, [&](int64_t begin, int64_t end) {
+    // Widened copies of the group's rows (fp32 weights are used in place).
+    thread_local std::vector<float> buf;
+    if (W.dtype != DType::F32 && buf.size() < (size_t)(kGroup * K)) buf.resize((size_t)(kGroup * K));
+    const float* rows[kGroup];
+    float res[kGroup];
+    for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
+      int R = (int)std::min<int64_t>(kGroup, end - n0);
+      for (int r = 0; r < R; ++r) {
+        if (W.dtype == DType::F32) {
+          rows[r] = reinterpret_cast<const float*>(W.row(n0 + r));
+        } else {
+          row_to_f32(W, n0 + r, buf.data() + (size_t)r * K);
+          rows[r] = buf.data() + (size_t)r * K;
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        d.dot_rows(rows, R, in + (size_t)t * K, K, res);
+        for (int r = 0; r < R; ++r) out[(size_t)t * N + n0 + r] = res[r];
+      }
+    }
+  });
+}
+
+}  // namespace l2::cpu

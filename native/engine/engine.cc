@@ -1,0 +1,254 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "../common/error.h"
+
+namespace l2 {
+
+std::vector<float> rope_table(const ModelConfig& c, int context_length) {
+  const int half = c.head_dim / 2;
+  std::vector<float> t((size_t)context_length * half * 2);
+  for (int i = 0; i < half; ++i) {
+    float freq = 1.0f / powf(c.rope_theta, (float)(2 * i) / (float)c.head_dim);
+    for (int p = 0; p < context_length; ++p) {
+      float a = (float)p * freq;
+      t[((size_t)p * half + i) * 2] = cosf(a);
+      t[((size_t)p * half + i) * 2 + 1] = sinf(a);
+    }
+  }
+  return t;
+}
+
+std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOptions& o, const ProgressFn& progress) {
+  if (o.device != "auto" && o.device != "cpu" && o.device != "cuda")
+    fail(code::kInvalidArgument, "device: expected 'auto', 'cpu' or 'cuda', got '" + o.device + "'");
+  static const char* kDtypes[] = {"auto", "f32", "f16", "bf16", "int8"};
+  if (std::none_of(std::begin(kDtypes), std::end(kDtypes), [&](const char* d) { return o.dtype == d; }))
+    fail(code::kInvalidArgument, "dtype: expected auto, f32, f16, bf16 or int8, got '" + o.dtype + "'");
+  if (o.max_sequences < 1 || o.max_sequences > 4096)
+    fail(code::kInvalidArgument, "maxSequences: " + std::to_string(o.max_sequences) + " is out of range (1..4096)");
+  if (o.threads < 0 || o.threads > 1024) fail(code::kInvalidArgument, "threads: " + std::to_string(o.threads) + " is out of range");
+
+  auto e = std::unique_ptr<Engine>(new Engine());
+  e->src_ = open_model(path);
+  const ModelConfig& c = e->src_->config;
+  LlamaWeights w = map_weights(*e->src_);
+
+  int ctx = o.context_length > 0 ? o.context_length : std::min(c.max_seq_len, 4096);
+  if (ctx < 1 || ctx > std::max(c.max_seq_len, 1) * 8 || ctx > (1 << 20))
+    fail(code::kInvalidArgument, "contextLength: " + std::to_string(o.context_length) + " is out of range (1.." +
+                                     std::to_string(std::max(c.max_seq_len, 1) * 8) + " for this model)");
+  e->ctx_ = ctx;
+  e->max_seqs_ = o.max_sequences;
+  e->n_blocks_ = o.max_sequences * ((ctx + kKvBlockSize - 1) / kKvBlockSize);
+  e->pool_ = std::make_unique<KvBlockPool>(e->n_blocks_);
+
+  BackendOptions bo;
+  bo.context_length = ctx;
+  bo.n_kv_blocks = e->n_blocks_;
+  bo.threads = o.threads;
+  bo.device_index = o.device_index;
+  bo.dtype = o.dtype;
+  bo.progress = progress;
+  std::string why;
+  bool use_cuda = o.device == "cuda" || (o.device == "auto" && cuda_available(&why));
+  e->backend_ = use_cuda ? make_cuda_backend(c, std::move(w), bo) : make_cpu_backend(c, std::move(w), bo);
+  return e;
+}
+
+Engine::Sequence& Engine::seq(int32_t id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end() || it->second.free_pending) fail(code::kUnknownSequence, "sequence " + std::to_string(id) + " does not exist");
+  return it->second;
+}
+
+int32_t Engine::create_sequence() {
+  std::lock_guard<std::mutex> lk(mu_);
+  int32_t id = next_id_++;
+  seqs_[id] = Sequence();
+  return id;
+}
+
+void Engine::release(Sequence& s, size_t keep_blocks) {
+  while (s.blocks.size() > keep_blocks) {
+    pool_->release(s.blocks.back());
+    s.blocks.pop_back();
+  }
+}
+
+void Engine::free_sequence(int32_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  Sequence& s = seq(id);
+  if (s.busy) {
+    s.free_pending = true;
+    return;
+  }
+  release(s, 0);
+  seqs_.erase(id);
+}
+
+int32_t Engine::fork_sequence(int32_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  Sequence& s = seq(id);
+  if (s.busy) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is in a running step and cannot be forked");
+  Sequence copy;
+  copy.length = s.length;
+  copy.blocks = s.blocks;
+  for (int32_t b : copy.blocks) pool_->retain(b);
+  int32_t nid = next_id_++;
+  seqs_[nid] = std::move(copy);
+  return nid;
+}
+
+void Engine::truncate_sequence(int32_t id, int32_t length) {
+  std::lock_guard<std::mutex> lk(mu_);
+  Sequence& s = seq(id);
+  if (s.busy) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is in a running step and cannot be truncated");
+  if (length < 0 || length > s.length)
+    fail(code::kInvalidArgument, "truncate: length " + std::to_string(length) + " is out of range (0.." + std::to_string(s.length) + ")");
+  s.length = length;
+  release(s, (size_t)((length + kKvBlockSize - 1) / kKvBlockSize));
+}
+
+int32_t Engine::sequence_length(int32_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  return seq(id).length;
+}
+
+int Engine::free_blocks() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return pool_->free_count();
+}
+
+int64_t Engine::free_token_capacity() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return (int64_t)pool_->free_count() * kKvBlockSize;
+}
+
+std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
+  const int V = config().vocab_size;
+  if (reqs.empty()) fail(code::kInvalidArgument, "forward: no sequences given");
+  std::vector<std::vector<int32_t>> tables(reqs.size());
+  std::vector<int32_t> pos0(reqs.size());
+  std::vector<std::pair<int32_t, int32_t>> copies;  // copy-on-write (src, dst) block pairs
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    std::set<int32_t> seen;
+    int needed = 0;
+    for (const SeqRequest& r : reqs) {
+      Sequence& s = seq(r.seq);
+      std::string name = "sequence " + std::to_string(r.seq);
+      if (s.busy) fail(code::kInvalidArgument, name + " is already in a running step");
+      if (!seen.insert(r.seq).second) fail(code::kInvalidArgument, name + " appears twice in one step");
+      if (r.tokens.empty()) fail(code::kInvalidArgument, name + ": no tokens to evaluate");
+      if (r.output < -1 || r.output > V) fail(code::kInvalidArgument, name + ": output " + std::to_string(r.output) + " is out of range");
+      for (int32_t t : r.tokens)
+        if (t < 0 || t >= V) fail(code::kInvalidArgument, name + ": token id " + std::to_string(t) + " is out of range [0, " + std::to_string(V) + ")");
+      int64_t total = (int64_t)s.length + (int64_t)r.tokens.size();
+      if (total > ctx_)
+        fail(code::kContextOverflow, name + " would hold " + std::to_string(total) + " tokens; the context length is " + std::to_string(ctx_));
+      needed += (int)((total + kKvBlockSize - 1) / kKvBlockSize - (int64_t)s.blocks.size());
+      if (s.length % kKvBlockSize && pool_->refs(s.blocks[(size_t)(s.length / kKvBlockSize)]) > 1) ++needed;
+    }
+    if (needed > pool_->free_count())
+      fail(code::kKvCacheFull, "the KV cache is full: this step needs " + std::to_string(needed) + " blocks of " +
+                                   std::to_string(kKvBlockSize) + " tokens, " + std::to_string(pool_->free_count()) +
+                                   " are free (raise maxSequences or free sequences)");
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      Sequence& s = seq(reqs[i].seq);
+      if (s.length % kKvBlockSize) {
+        int32_t& last = s.blocks[(size_t)(s.length / kKvBlockSize)];
+        if (pool_->refs(last) > 1) {
+          int32_t nb = pool_->alloc();
+          copies.emplace_back(last, nb);
+          pool_->release(last);
+          last = nb;
+        }
+      }
+      size_t need = (size_t)((s.length + (int64_t)reqs[i].tokens.size() + kKvBlockSize - 1) / kKvBlockSize);
+      while (s.blocks.size() < need) s.blocks.push_back(pool_->alloc());
+      s.busy = true;
+      tables[i] = s.blocks;
+      pos0[i] = s.length;
+    }
+  }
+
+  auto finish = [&](bool ok) {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      Sequence& s = seqs_[reqs[i].seq];
+      s.busy = false;
+      if (ok) s.length = pos0[i] + (int32_t)reqs[i].tokens.size();
+      if (s.free_pending) {
+        release(s, 0);
+        seqs_.erase(reqs[i].seq);
+      }
+    }
+  };
+
+  std::vector<SeqOutput> out(reqs.size());
+  try {
+    std::lock_guard<std::mutex> step(step_mu_);
+    for (auto& [src, dst] : copies) backend_->copy_block(src, dst);
+    // Build one batch of all requests.
+    ForwardBatch b;
+    size_t max_blocks = 0;
+    for (auto& t : tables) max_blocks = std::max(max_blocks, t.size());
+    b.max_blocks = (int32_t)max_blocks;
+    b.block_tables.assign(reqs.size() * max_blocks, -1);
+    std::vector<size_t> out_req;  // request index of each output row
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      const SeqRequest& r = reqs[i];
+      Segment sg;
+      sg.start = b.n_tokens();
+      sg.count = (int32_t)r.tokens.size();
+      sg.pos0 = pos0[i];
+      b.segments.push_back(sg);
+      std::copy(tables[i].begin(), tables[i].end(), b.block_tables.begin() + (ptrdiff_t)(i * max_blocks));
+      for (int32_t j = 0; j < sg.count; ++j) {
+        b.tokens.push_back(r.tokens[(size_t)j]);
+        b.positions.push_back(sg.pos0 + j);
+      }
+      if (r.output != 0) {
+        b.output_rows.push_back(b.n_tokens() - 1);
+        out_req.push_back(i);
+      }
+    }
+    backend_->forward(b);
+    const size_t n_out = out_req.size();
+    int max_k = 0;
+    bool any_full = false;
+    for (size_t j : out_req) {
+      if (reqs[j].output == -1) any_full = true;
+      else max_k = std::max(max_k, reqs[j].output);
+    }
+    if (any_full) {
+      std::vector<float> logits(n_out * (size_t)V);
+      backend_->read_logits(logits.data());
+      for (size_t o = 0; o < n_out; ++o)
+        if (reqs[out_req[o]].output == -1) out[out_req[o]].logits.assign(logits.begin() + (ptrdiff_t)(o * V), logits.begin() + (ptrdiff_t)((o + 1) * V));
+    }
+    if (max_k > 0) {
+      std::vector<int32_t> ids(n_out * (size_t)max_k);
+      std::vector<float> vals(n_out * (size_t)max_k);
+      backend_->top_k(max_k, ids.data(), vals.data());
+      for (size_t o = 0; o < n_out; ++o) {
+        int k = reqs[out_req[o]].output;
+        if (k <= 0) continue;
+        SeqOutput& so = out[out_req[o]];
+        so.ids.assign(ids.begin() + (ptrdiff_t)(o * max_k), ids.begin() + (ptrdiff_t)(o * max_k + k));
+        so.vals.assign(vals.begin() + (ptrdiff_t)(o * max_k), vals.begin() + (ptrdiff_t)(o * max_k + k));
+      }
+    }
+  } catch (...) {
+    finish(false);
+    throw;
+  }
+  finish(true);
+  return out;
+}
+
+}  // namespace l2

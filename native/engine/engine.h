@@ -1,0 +1,86 @@
+// The engine: a loaded model on one backend, its sequences (each a KV cache of paged blocks) and
+// the forward step over any mix of sequences: prefill chunks and decode tokens in one batch.
+// Thread-safe: forward() runs the backend outside the bookkeeping lock, so cheap calls (create,
+// free, info) never wait for a running step.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "../model/model_source.h"
+#include "backend.h"
+#include "kv_blocks.h"
+
+namespace l2 {
+
+struct EngineOptions {
+  std::string device = "auto";  // "cpu" | "cuda" | "auto"
+  int device_index = 0;
+  std::string dtype = "auto";   // "auto" | "f32" | "f16" | "bf16" | "int8"
+  int context_length = 0;       // 0: the model's trained context, at most 4096
+  int max_sequences = 4;        // the KV pool holds this many full-context sequences
+  int threads = 0;              // CPU threads; 0: all cores
+};
+
+// One sequence's part of a step: tokens to append, and what to return for its last token.
+struct SeqRequest {
+  int32_t seq = 0;
+  std::vector<int32_t> tokens;
+  int32_t output = 0;  // 0: nothing, -1: full logits, k > 0: top-k candidates
+};
+
+struct SeqOutput {
+  std::vector<float> logits;  // output == -1
+  std::vector<int32_t> ids;   // output > 0
+  std::vector<float> vals;
+};
+
+class Engine {
+ public:
+  static std::unique_ptr<Engine> load(const std::string& path, const EngineOptions& o, const ProgressFn& progress);
+
+  const ModelConfig& config() const { return src_->config; }
+  const ModelSource& source() const { return *src_; }
+  BackendInfo backend_info() const { return backend_->info(); }
+  int context_length() const { return ctx_; }
+  int max_sequences() const { return max_seqs_; }
+
+  int32_t create_sequence();
+  // A sequence in a running step is freed when the step ends.
+  void free_sequence(int32_t id);
+  // A new sequence sharing `id`'s cache (blocks are shared, copied on write).
+  int32_t fork_sequence(int32_t id);
+  // Drops cached tokens beyond `length`.
+  void truncate_sequence(int32_t id, int32_t length);
+  int32_t sequence_length(int32_t id);
+  int free_blocks();
+  int total_blocks() const { return n_blocks_; }
+  // Tokens that fit in the free KV blocks (a conservative admission check for schedulers).
+  int64_t free_token_capacity();
+
+  std::vector<SeqOutput> forward(const std::vector<SeqRequest>& reqs);
+
+ private:
+  struct Sequence {
+    int32_t length = 0;
+    std::vector<int32_t> blocks;
+    bool busy = false;
+    bool free_pending = false;
+  };
+  Sequence& seq(int32_t id);  // ERR_UNKNOWN_SEQUENCE
+  void release(Sequence& s, size_t keep_blocks);
+
+  std::unique_ptr<ModelSource> src_;
+  std::unique_ptr<Backend> backend_;
+  int ctx_ = 0, max_seqs_ = 0, n_blocks_ = 0;
+  std::mutex mu_;       // sequences and blocks
+  std::mutex step_mu_;  // one backend step at a time
+  std::unordered_map<int32_t, Sequence> seqs_;
+  int32_t next_id_ = 1;
+  std::unique_ptr<KvBlockPool> pool_;
+};
+
+}  // namespace l2

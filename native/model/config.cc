@@ -1,0 +1,28 @@
+#include "config.h"
+
+#include "../common/error.h"
+
+namespace l2 {
+
+void ModelConfig::validate(const std::string& source) const {
+  auto bad = [&](const std::string& field, long long v, const std::string& why) {
+    fail(code::kConfig, source + ": " + field + " = " + std::to_string(v) + " " + why);
+  };
+  auto positive = [&](const char* field, long long v, long long max) {
+    if (v <= 0 || v > max) bad(field, v, "is out of range (1.." + std::to_string(max) + ")");
+  };
+  positive("dim", dim, 1 << 16);
+  positive("n_layers", n_layers, 1024);
+  positive("n_heads", n_heads, 1024);
+  positive("n_kv_heads", n_kv_heads, 1024);
+  positive("head_dim", head_dim, 1024);
+  positive("ffn_dim", ffn_dim, 1 << 20);
+  positive("vocab_size", vocab_size, 1 << 22);
+  positive("max_seq_len", max_seq_len, 1 << 22);
+  if (n_heads % n_kv_heads != 0) bad("n_kv_heads", n_kv_heads, "does not divide n_heads = " + std::to_string(n_heads));
+  if (head_dim % 2 != 0) bad("head_dim", head_dim, "must be even for rotary embeddings");
+  if (!(rms_eps > 0.f && rms_eps < 1.f)) fail(code::kConfig, source + ": rms_norm_eps = " + std::to_string(rms_eps) + " is out of range");
+  if (!(rope_theta > 1.f && rope_theta < 1e9f)) fail(code::kConfig, source + ": rope_theta = " + std::to_string(rope_theta) + " is out of range");
+}
+
+}  // namespace l2

@@ -1,0 +1,291 @@
+// GGUF v2/v3 as written by llama.cpp: llama metadata, the tokenizer in tokenizer.ggml.*, and
+// F32 / F16 / BF16 / Q8_0 tensors. Q/K rows are in Meta's interleaved rotary layout.
+// Every read is bounds-checked: a truncated or corrupt file gives ERR_MODEL_CORRUPT with the offset.
+#include <cstring>
+#include <algorithm>
+
+#include "../common/error.h"
+#include "model_source.h"
+
+namespace l2 {
+
+namespace {
+
+enum GgufType : uint32_t {
+  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
+  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+};
+
+struct Value {
+  uint32_t type = 0;
+  double number = 0;  // any scalar numeric/bool
+  std::string str;
+  uint32_t elem_type = 0;  // arrays
+  uint64_t count = 0;
+  std::vector<std::string> strings;
+  std::vector<double> numbers;
+};
+
+struct Reader {
+  const uint8_t* data;
+  size_t size;
+  size_t pos = 0;
+  const std::string& path;
+
+  [[noreturn]] void corrupt(const std::string& what) {
+    fail(code::kFormatCorrupt, path + ": " + what + " at byte " + std::to_string(pos) + " (truncated or corrupt GGUF)");
+  }
+  void need(uint64_t n) {
+    if (n > size - pos) corrupt("unexpected end of file");
+  }
+  template <typename T>
+  T get() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, data + pos, sizeof(T));
+    pos += sizeof(T);
+    return v;
+  }
+  std::string string() {
+    uint64_t n = get<uint64_t>();
+    need(n);
+    std::string s(reinterpret_cast<const char*>(data + pos), n);
+    pos += n;
+    return s;
+  }
+  static size_t scalar_size(uint32_t t) {
+    switch (t) {
+      case kU8: case kI8: case kBool: return 1;
+      case kU16: case kI16: return 2;
+      case kU32: case kI32: case kF32: return 4;
+      case kU64: case kI64: case kF64: return 8;
+      default: return 0;
+    }
+  }
+  double scalar(uint32_t t) {
+    switch (t) {
+      case kU8: return get<uint8_t>();
+      case kI8: return get<int8_t>();
+      case kBool: return get<uint8_t>() ? 1 : 0;
+      case kU16: return get<uint16_t>();
+      case kI16: return get<int16_t>();
+      case kU32: return get<uint32_t>();
+      case kI32: return get<int32_t>();
+      case kF32: return get<float>();
+      case kU64: return (double)get<uint64_t>();
+      case kI64: return (double)get<int64_t>();
+      case kF64: return get<double>();
+    }
+    corrupt("unknown metadata type " + std::to_string(t));
+  }
+  // Reads a value; large numeric arrays we do not need are skipped, not materialized.
+  Value value(uint32_t type, bool keep) {
+    Value v;
+    v.type = type;
+    if (type == kString) {
+      v.str = string();
+    } else if (type == kArray) {
+      v.elem_type = get<uint32_t>();
+      v.count = get<uint64_t>();
+      if (v.count > size) corrupt("array length " + std::to_string(v.count) + " exceeds the file");
+      if (v.elem_type == kString) {
+        if (keep) v.strings.reserve(v.count);
+        for (uint64_t i = 0; i < v.count; ++i) {
+          if (keep) v.strings.push_back(string());
+          else { uint64_t n = get<uint64_t>(); need(n); pos += n; }
+        }
+      } else if (size_t es = scalar_size(v.elem_type)) {
+        need(v.count * es);
+        if (keep) {
+          v.numbers.reserve(v.count);
+          for (uint64_t i = 0; i < v.count; ++i) v.numbers.push_back(scalar(v.elem_type));
+        } else {
+          pos += v.count * es;
+        }
+      } else {
+        corrupt("unsupported array element type " + std::to_string(v.elem_type));
+      }
+    } else {
+      v.number = scalar(type);
+    }
+    return v;
+  }
+};
+
+// ggml_type ids.
+bool ggml_dtype(uint32_t t, DType* out) {
+  switch (t) {
+    case 0: *out = DType::F32; return true;
+    case 1: *out = DType::F16; return true;
+    case 8: *out = DType::Q8_0; return true;
+    case 30: *out = DType::BF16; return true;
+    default: return false;
+  }
+}
+
+std::string canonical_name(const std::string& n) {
+  static const std::pair<const char*, const char*> kLayer[] = {
+      {"attn_norm.weight", "attn_norm"}, {"attn_q.weight", "wq"},   {"attn_k.weight", "wk"},
+      {"attn_v.weight", "wv"},           {"attn_output.weight", "wo"}, {"ffn_norm.weight", "ffn_norm"},
+      {"ffn_gate.weight", "w1"},         {"ffn_down.weight", "w2"}, {"ffn_up.weight", "w3"}};
+  if (n == "token_embd.weight") return "tok_embeddings";
+  if (n == "output_norm.weight") return "output_norm";
+  if (n == "output.weight") return "output";
+  if (n.compare(0, 4, "blk.") != 0) return "";
+  size_t dot = n.find('.', 4);
+  if (dot == std::string::npos) return "";
+  std::string idx = n.substr(4, dot - 4);
+  if (idx.empty() || idx.size() > 5 || idx.find_first_not_of("0123456789") != std::string::npos) return "";
+  std::string rest = n.substr(dot + 1);
+  for (auto& [g, canon] : kLayer)
+    if (rest == g) return "layers." + idx + "." + canon;
+  return "";
+}
+
+}  // namespace
+
+std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
+  auto src = std::make_unique<ModelSource>();
+  src->format = "gguf";
+  src->path = path;
+  src->files.push_back(std::make_unique<MappedFile>(path));
+  const MappedFile& f = *src->files.back();
+  src->file_bytes = f.size();
+  Reader r{f.data(), f.size(), 0, path};
+  r.need(4);
+  if (std::memcmp(f.data(), "GGUF", 4) != 0) r.corrupt("bad magic (not a GGUF file)");
+  r.pos = 4;
+  uint32_t version = r.get<uint32_t>();
+  if (version < 2 || version > 3)
+    fail(code::kFormatUnsupported, path + ": GGUF version " + std::to_string(version) + " is not supported (2 or 3)");
+  uint64_t n_tensors = r.get<uint64_t>(), n_kv = r.get<uint64_t>();
+  if (n_tensors > 1000000 || n_kv > 1000000) r.corrupt("implausible tensor/metadata count");
+
+  std::map<std::string, Value> kv;
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    std::string key = r.string();
+    uint32_t type = r.get<uint32_t>();
+    // Keep everything but the merges (BPE vocabularies we do not use) materialized.
+    bool keep = key != "tokenizer.ggml.merges";
+    kv[key] = r.value(type, keep);
+  }
+  auto find = [&](const std::string& k) -> const Value* {
+    auto it = kv.find(k);
+    return it == kv.end() ? nullptr : &it->second;
+  };
+  auto str = [&](const std::string& k) -> std::string {
+    const Value* v = find(k);
+    return v && v->type == kString ? v->str : "";
+  };
+  auto number = [&](const std::string& k, double def, bool required) -> double {
+    const Value* v = find(k);
+    if (!v) {
+      if (required) fail(code::kConfig, path + ": metadata '" + k + "' is missing");
+      return def;
+    }
+    if (v->type == kString || v->type == kArray) fail(code::kConfig, path + ": metadata '" + k + "' must be a number");
+    return v->number;
+  };
+
+  std::string arch = str("general.architecture");
+  if (arch != "llama")
+    fail(code::kFormatUnsupported, path + ": general.architecture '" + arch + "' is not supported (only 'llama')");
+  std::string scaling = str("llama.rope.scaling.type");
+  if (!scaling.empty() && scaling != "none") fail(code::kFormatUnsupported, path + ": rope scaling '" + scaling + "' is not supported");
+  ModelConfig& c = src->config;
+  c.dim = (int)number("llama.embedding_length", 0, true);
+  c.n_layers = (int)number("llama.block_count", 0, true);
+  c.n_heads = (int)number("llama.attention.head_count", 0, true);
+  c.n_kv_heads = (int)number("llama.attention.head_count_kv", c.n_heads, false);
+  c.head_dim = c.n_heads > 0 ? (int)number("llama.attention.key_length", c.dim / c.n_heads, false) : 0;
+  c.ffn_dim = (int)number("llama.feed_forward_length", 0, true);
+  c.max_seq_len = (int)number("llama.context_length", 4096, false);
+  c.rms_eps = (float)number("llama.attention.layer_norm_rms_epsilon", 1e-5, false);
+  c.rope_theta = (float)number("llama.rope.freq_base", 10000.0, false);
+  c.rope_layout = RopeLayout::Interleaved;
+  int rope_dims = (int)number("llama.rope.dimension_count", c.head_dim, false);
+  if (rope_dims != c.head_dim)
+    fail(code::kFormatUnsupported, path + ": partial rotary embeddings (rope.dimension_count " + std::to_string(rope_dims) + ") are not supported");
+  src->name = str("general.name");
+
+  if (const Value* toks = find("tokenizer.ggml.tokens"); toks && toks->type == kArray && toks->elem_type == kString) {
+    TokenizerData t;
+    t.model = str("tokenizer.ggml.model");
+    t.tokens = toks->strings;
+    const Value* scores = find("tokenizer.ggml.scores");
+    const Value* types = find("tokenizer.ggml.token_type");
+    if (scores && scores->type == kArray && scores->numbers.size() == t.tokens.size())
+      for (double s : scores->numbers) t.scores.push_back((float)s);
+    else
+      t.scores.assign(t.tokens.size(), 0.f);
+    if (types && types->type == kArray && types->numbers.size() == t.tokens.size())
+      for (double s : types->numbers) t.types.push_back((int32_t)s);
+    else
+      t.types.assign(t.tokens.size(), 1);
+    t.bos_id = (int)number("tokenizer.ggml.bos_token_id", 1, false);
+    t.eos_id = (int)number("tokenizer.ggml.eos_token_id", 2, false);
+    t.unk_id = (int)number("tokenizer.ggml.unknown_token_id", 0, false);
+    t.pad_id = (int)number("tokenizer.ggml.padding_token_id", -1, false);
+    t.add_bos = number("tokenizer.ggml.add_bos_token", 1, false) != 0;
+    src->tokenizer = std::move(t);
+  }
+
+  struct Info {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    uint64_t offset;
+  };
+  std::vector<Info> infos;
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    Info in;
+    in.name = r.string();
+    uint32_t n_dims = r.get<uint32_t>();
+    if (n_dims == 0 || n_dims > 4) r.corrupt("tensor '" + in.name + "' has " + std::to_string(n_dims) + " dimensions");
+    std::vector<int64_t> ne(n_dims);
+    for (auto& d : ne) {
+      uint64_t v = r.get<uint64_t>();
+      if (v > (1ull << 32)) r.corrupt("tensor '" + in.name + "' has an implausible dimension");
+      d = (int64_t)v;
+    }
+    uint32_t type = r.get<uint32_t>();
+    in.offset = r.get<uint64_t>();
+    in.shape.assign(ne.rbegin(), ne.rend());  // ggml lists the innermost dimension first
+    std::string canon = canonical_name(in.name);
+    if (canon.empty()) continue;
+    if (!ggml_dtype(type, &in.dtype))
+      fail(code::kTensorDtype, path + ": tensor '" + in.name + "' has ggml type " + std::to_string(type) +
+                                   " (supported: F32, F16, BF16, Q8_0)");
+    in.name = in.name + "\n" + canon;  // keep both names
+    infos.push_back(std::move(in));
+  }
+  uint64_t alignment = (uint64_t)number("general.alignment", 32, false);
+  if (alignment == 0 || alignment > 65536 || (alignment & (alignment - 1))) r.corrupt("bad general.alignment");
+  uint64_t data_start = (r.pos + alignment - 1) / alignment * alignment;
+  if (data_start > f.size()) r.corrupt("tensor data section is missing");
+  for (auto& in : infos) {
+    size_t nl = in.name.find('\n');
+    TensorView t;
+    t.file_name = in.name.substr(0, nl);
+    t.name = in.name.substr(nl + 1);
+    t.dtype = in.dtype;
+    t.shape = in.shape;
+    t.file = &f;
+    int64_t cols = t.shape.back();
+    if (t.dtype == DType::Q8_0 && cols % kQ8Block != 0)
+      fail(code::kFormatCorrupt, path + ": Q8_0 tensor '" + t.file_name + "' has a row length not divisible by 32");
+    t.nbytes = row_bytes(t.dtype, cols) * (size_t)(t.numel() / std::max<int64_t>(1, cols));
+    if (in.offset > f.size() - data_start || t.nbytes > f.size() - data_start - in.offset)
+      fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' data lies outside the file (truncated?)");
+    t.data = f.data() + data_start + in.offset;
+    if (src->tensors.count(t.name)) fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' appears twice");
+    src->tensors[t.name] = t;
+  }
+  const TensorView* emb = src->find("tok_embeddings");
+  c.vocab_size = (int)number("llama.vocab_size", emb && emb->shape.size() == 2 ? (double)emb->shape[0]
+                                                  : (src->tokenizer ? (double)src->tokenizer->tokens.size() : 0), false);
+  c.tied_output = src->find("output") == nullptr;
+  return src;
+}
+
+}  // namespace l2

@@ -1,0 +1,74 @@
+#include "model_source.h"
+
+#include <cstring>
+
+#include "../common/error.h"
+
+namespace l2 {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::Q8_0: return "Q8_0";
+  }
+  return "?";
+}
+
+size_t row_bytes(DType t, int64_t cols) {
+  switch (t) {
+    case DType::F32: return (size_t)cols * 4;
+    case DType::F16:
+    case DType::BF16: return (size_t)cols * 2;
+    case DType::Q8_0: return (size_t)(cols / kQ8Block) * kQ8BlockBytes;
+  }
+  return 0;
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+std::string TensorView::describe() const {
+  std::string s = file_name + " (" + dtype_name(dtype) + " [";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  s += "])";
+  if (file) s += " in " + file->path();
+  return s;
+}
+
+const TensorView* ModelSource::find(const std::string& name) const {
+  auto it = tensors.find(name);
+  return it == tensors.end() ? nullptr : &it->second;
+}
+
+const TensorView& ModelSource::get(const std::string& name) const {
+  const TensorView* t = find(name);
+  if (!t) fail(code::kTensorMissing, path + ": tensor '" + name + "' is missing");
+  return *t;
+}
+
+static bool ends_with(const std::string& s, const char* suffix) {
+  size_t n = std::strlen(suffix);
+  return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
+}
+
+std::unique_ptr<ModelSource> open_model(const std::string& path) {
+  if (path.empty()) fail(code::kInvalidArgument, "model path is empty");
+  if (is_directory(path)) return open_safetensors_dir(path);
+  if (!file_exists(path)) fail(code::kFileNotFound, "model not found: " + path);
+  if (ends_with(path, "config.json")) return open_safetensors_dir(path.substr(0, path.size() - 11));
+  // Sniff the magic rather than trusting the extension.
+  MappedFile f(path);
+  if (f.size() >= 4 && std::memcmp(f.data(), "GGUF", 4) == 0) return open_gguf(path);
+  if (ends_with(path, ".safetensors"))
+    fail(code::kFormatUnsupported, path + ": pass the model directory (with config.json), not a .safetensors file");
+  if (ends_with(path, ".bin") || ends_with(path, ".llama2c")) return open_llama2c(path);
+  if (ends_with(path, ".gguf")) fail(code::kFormatCorrupt, path + ": not a GGUF file (bad magic)");
+  fail(code::kFormatUnsupported, path + ": unrecognised model format (expected a Hugging Face directory, .gguf or llama2.c .bin)");
+}
+
+}  // namespace l2

@@ -1,0 +1,77 @@
+// A model as found on disk: its config, named tensor views into mmap'd files, and the tokenizer when
+// the format carries one. Every format loader (safetensors / GGUF / llama2.c) produces this, with
+// tensors under the canonical names below, so nothing past the loaders knows the file format.
+//
+// Canonical names: tok_embeddings, output_norm, output (absent when tied),
+//   layers.N.{attn_norm, wq, wk, wv, wo, ffn_norm, w1 (gate), w2 (down), w3 (up)}.
+// Shapes are outermost-first (rows, cols) as in PyTorch; matrices are row-major [out, in].
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "../common/mapped_file.h"
+#include "config.h"
+
+namespace l2 {
+
+enum class DType : uint8_t { F32, F16, BF16, Q8_0 };
+
+// Q8_0 (as GGUF): blocks of 32 weights along a row, each an fp16 scale followed by 32 int8.
+constexpr int kQ8Block = 32;
+constexpr int kQ8BlockBytes = 34;
+
+const char* dtype_name(DType t);
+// Bytes of one row of `cols` elements (Q8_0 needs cols % 32 == 0).
+size_t row_bytes(DType t, int64_t cols);
+
+struct TensorView {
+  std::string name;        // canonical name
+  std::string file_name;   // the tensor's name in its file (for messages)
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;  // outermost first
+  const uint8_t* data = nullptr;
+  size_t nbytes = 0;
+  const MappedFile* file = nullptr;
+
+  int64_t numel() const;
+  std::string describe() const;  // "blk.0.attn_q.weight (F16 [64, 64]) in /path"
+};
+
+struct TokenizerData {
+  std::string model;  // "llama"
+  std::vector<std::string> tokens;
+  std::vector<float> scores;
+  std::vector<int32_t> types;
+  int bos_id = 1, eos_id = 2, unk_id = 0, pad_id = -1;
+  bool add_bos = true;
+};
+
+struct ModelSource {
+  std::string format;  // "hf" | "gguf" | "llama2c"
+  std::string path;
+  std::string name;    // human-readable model name when the file has one
+  ModelConfig config;
+  std::vector<std::unique_ptr<MappedFile>> files;
+  std::map<std::string, TensorView> tensors;
+  std::optional<TokenizerData> tokenizer;  // GGUF
+  std::string tokenizer_path;              // HF directory: its tokenizer.model when present
+  uint64_t file_bytes = 0;
+
+  const TensorView& get(const std::string& name) const;  // ERR_TENSOR_MISSING
+  const TensorView* find(const std::string& name) const;
+};
+
+// Opens a model: a Hugging Face directory (or its config.json), a .gguf file, or a llama2.c .bin.
+// Validates structure and bounds of everything it maps; throws l2::Error naming file and field.
+std::unique_ptr<ModelSource> open_model(const std::string& path);
+
+// Per-format loaders (used by open_model).
+std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir);
+std::unique_ptr<ModelSource> open_gguf(const std::string& path);
+std::unique_ptr<ModelSource> open_llama2c(const std::string& path);
+
+}  // namespace l2

@@ -1,0 +1,174 @@
+#include "weights.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../common/error.h"
+#include "../common/half.h"
+#include "../common/thread_pool.h"
+
+namespace l2 {
+
+std::vector<Matrix*> LlamaWeights::matrices() {
+  std::vector<Matrix*> out{&tok_embeddings};
+  for (auto& l : layers) out.insert(out.end(), {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3});
+  if (output.data != tok_embeddings.data || output.dtype != tok_embeddings.dtype) out.push_back(&output);
+  return out;
+}
+
+uint64_t LlamaWeights::matrix_bytes() {
+  uint64_t n = 0;
+  for (Matrix* m : matrices()) n += m->bytes();
+  return n;
+}
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+Matrix matrix(const ModelSource& src, const std::string& name, int64_t rows, int64_t cols) {
+  const TensorView& t = src.get(name);
+  if (t.shape.size() != 2 || t.shape[0] != rows || t.shape[1] != cols)
+    fail(code::kTensorShape, src.path + ": tensor " + t.describe() + " should have shape " + shape_str({rows, cols}));
+  Matrix m;
+  m.dtype = t.dtype;
+  m.rows = rows;
+  m.cols = cols;
+  m.data = t.data;
+  m.name = t.file_name;
+  if (m.dtype == DType::Q8_0 && cols % kQ8Block) fail(code::kTensorShape, src.path + ": " + t.describe() + " is Q8_0 with cols % 32 != 0");
+  return m;
+}
+
+std::vector<float> vector_f32(const ModelSource& src, const std::string& name, int64_t n) {
+  const TensorView& t = src.get(name);
+  bool ok = (t.shape.size() == 1 && t.shape[0] == n) || (t.shape.size() == 2 && t.shape[0] == 1 && t.shape[1] == n);
+  if (!ok) fail(code::kTensorShape, src.path + ": tensor " + t.describe() + " should have shape [" + std::to_string(n) + "]");
+  if (t.dtype == DType::Q8_0) fail(code::kTensorDtype, src.path + ": norm tensor " + t.describe() + " cannot be Q8_0");
+  std::vector<float> v((size_t)n);
+  convert_row(t.dtype, t.data, DType::F32, reinterpret_cast<uint8_t*>(v.data()), n);
+  for (float x : v)
+    if (!std::isfinite(x)) fail(code::kFormatCorrupt, src.path + ": tensor " + t.describe() + " holds non-finite values");
+  return v;
+}
+
+}  // namespace
+
+LlamaWeights map_weights(const ModelSource& src) {
+  const ModelConfig& c = src.config;
+  c.validate(src.path);
+  const int64_t D = c.dim, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim, V = c.vocab_size;
+  LlamaWeights w;
+  w.tok_embeddings = matrix(src, "tok_embeddings", V, D);
+  w.output = c.tied_output ? w.tok_embeddings : matrix(src, "output", V, D);
+  w.output_norm = vector_f32(src, "output_norm", D);
+  w.layers.resize((size_t)c.n_layers);
+  for (int i = 0; i < c.n_layers; ++i) {
+    std::string p = "layers." + std::to_string(i) + ".";
+    LayerWeights& l = w.layers[(size_t)i];
+    l.attn_norm = vector_f32(src, p + "attn_norm", D);
+    l.ffn_norm = vector_f32(src, p + "ffn_norm", D);
+    l.wq = matrix(src, p + "wq", Q, D);
+    l.wk = matrix(src, p + "wk", KV, D);
+    l.wv = matrix(src, p + "wv", KV, D);
+    l.wo = matrix(src, p + "wo", D, Q);
+    l.w1 = matrix(src, p + "w1", F, D);
+    l.w2 = matrix(src, p + "w2", D, F);
+    l.w3 = matrix(src, p + "w3", F, D);
+  }
+  return w;
+}
+
+static void q8_quantize(const float* x, uint8_t* dst, int64_t cols) {
+  for (int64_t b = 0; b < cols / kQ8Block; ++b) {
+    const float* xb = x + b * kQ8Block;
+    float amax = 0.f;
+    for (int i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    float d = amax / 127.f;
+    float id = d != 0.f ? 1.f / d : 0.f;
+    uint16_t dh = f32_to_fp16(d);
+    uint8_t* blk = dst + b * kQ8BlockBytes;
+    std::memcpy(blk, &dh, 2);
+    for (int i = 0; i < kQ8Block; ++i) blk[2 + i] = (uint8_t)(int8_t)std::lround(xb[i] * id);
+  }
+}
+
+void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t cols) {
+  if (from == to) {
+    std::memcpy(dst, src, row_bytes(from, cols));
+    return;
+  }
+  // Through fp32: simple and exact for every pair we need.
+  std::vector<float> tmp;
+  float* f;
+  if (to == DType::F32) {
+    f = reinterpret_cast<float*>(dst);
+  } else {
+    tmp.resize((size_t)cols);
+    f = tmp.data();
+  }
+  switch (from) {
+    case DType::F32: std::memcpy(f, src, (size_t)cols * 4); break;
+    case DType::F16: {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < cols; ++i) f[i] = fp16_to_f32(h[i]);
+      break;
+    }
+    case DType::BF16: {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
+      for (int64_t i = 0; i < cols; ++i) f[i] = bf16_to_f32(h[i]);
+      break;
+    }
+    case DType::Q8_0:
+      for (int64_t b = 0; b < cols / kQ8Block; ++b) {
+        const uint8_t* blk = src + b * kQ8BlockBytes;
+        uint16_t dh;
+        std::memcpy(&dh, blk, 2);
+        float d = fp16_to_f32(dh);
+        for (int i = 0; i < kQ8Block; ++i) f[b * kQ8Block + i] = d * (float)(int8_t)blk[2 + i];
+      }
+      break;
+  }
+  if (to == DType::F32) return;
+  uint16_t* h = reinterpret_cast<uint16_t*>(dst);
+  switch (to) {
+    case DType::F16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_fp16(f[i]); break;
+    case DType::BF16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_bf16(f[i]); break;
+    case DType::Q8_0: q8_quantize(f, dst, cols); break;
+    case DType::F32: break;
+  }
+}
+
+void dequantize_row(const Matrix& m, int64_t r, float* out) {
+  convert_row(m.dtype, m.row(r), DType::F32, reinterpret_cast<uint8_t*>(out), m.cols);
+}
+
+void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress) {
+  bool tied = w.output.data == w.tok_embeddings.data;
+  uint64_t done = 0;
+  for (Matrix* m : w.matrices()) {
+    // Like llama.cpp's converter, a matrix whose rows do not split into 32-blocks stays fp16 in int8 mode.
+    DType target = to == DType::Q8_0 && m->cols % kQ8Block ? DType::F16 : to;
+    if (m->dtype != target) {
+      std::vector<uint8_t> buf(row_bytes(target, m->cols) * (size_t)m->rows);
+      Matrix src = *m;
+      size_t dst_stride = row_bytes(target, m->cols);
+      pool.parallel_for(m->rows, 16, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) convert_row(src.dtype, src.row(r), target, buf.data() + dst_stride * (size_t)r, src.cols);
+      });
+      m->dtype = target;
+      m->data = buf.data();
+      w.owned.push_back(std::move(buf));
+    }
+    done += m->bytes();
+    if (progress) progress(done);
+  }
+  if (tied) w.output = w.tok_embeddings;
+}
+
+}  // namespace l2

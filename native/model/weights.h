@@ -1,0 +1,55 @@
+// Llama weights as views into a ModelSource (no copies unless a dtype conversion is asked for),
+// validated against the config. Backends read these; the CUDA backend repacks them on upload.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "model_source.h"
+
+namespace l2 {
+
+class ThreadPool;
+
+struct Matrix {
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;
+  std::string name;  // for messages
+
+  size_t row_stride() const { return row_bytes(dtype, cols); }
+  size_t bytes() const { return row_stride() * (size_t)rows; }
+  const uint8_t* row(int64_t r) const { return data + row_stride() * (size_t)r; }
+};
+
+struct LayerWeights {
+  std::vector<float> attn_norm, ffn_norm;
+  Matrix wq, wk, wv, wo, w1, w2, w3;  // w1 = gate, w2 = down, w3 = up
+};
+
+struct LlamaWeights {
+  Matrix tok_embeddings;
+  Matrix output;  // the classifier; same data as tok_embeddings when tied
+  std::vector<float> output_norm;
+  std::vector<LayerWeights> layers;
+  std::vector<std::vector<uint8_t>> owned;  // storage of converted matrices
+
+  // Every distinct matrix once (the tied classifier is not counted twice).
+  std::vector<Matrix*> matrices();
+  uint64_t matrix_bytes();
+};
+
+// Maps and validates (ERR_TENSOR_SHAPE / ERR_TENSOR_MISSING / ERR_TENSOR_DTYPE naming the tensor).
+LlamaWeights map_weights(const ModelSource& src);
+
+// Row `r` of `m` as fp32.
+void dequantize_row(const Matrix& m, int64_t r, float* out);
+// Converts a run of values of one row type to another (Q8_0 <-> float types included).
+void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t cols);
+
+using ConvertProgress = std::function<void(uint64_t bytes_done)>;
+// Converts every matrix whose dtype differs from `to` into owned storage (parallel over rows).
+// For Q8_0, matrices whose row length is not a multiple of 32 become F16 instead.
+void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress);
+
+}  // namespace l2
