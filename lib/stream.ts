@@ -1,0 +1,117 @@
+// The plumbing behind GenerationStream: the generation loop (`run`) pushes chunks; the consumer pulls
+// them with for-await (buffered when it is slower) and/or awaits `result`. Cancellation from abort(),
+// the caller's AbortSignal, or leaving the for-await loop early all abort the signal `run` watches.
+import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
+import type { GenerationChunk, GenerationResult, GenerationStream } from "./types.js";
+
+/**
+ * The generation loop. It calls `emit` for each chunk (the last one should carry `stats`; if it does not,
+ * the stream appends `{ text: "", tokenIds: [], stats }` from the result), watches `signal`, and
+ * resolves with the result (finishReason "abort" after an abort) or rejects with the error.
+ */
+export type GenerationRun = (emit: (chunk: GenerationChunk) => void, signal: AbortSignal) => Promise<GenerationResult>;
+
+interface Waiter {
+  resolve: (r: IteratorResult<GenerationChunk>) => void;
+  reject: (e: unknown) => void;
+}
+
+/** Starts `run` now. The stream is single-consumer: every [Symbol.asyncIterator]() is the same iterator. */
+export function createGenerationStream(run: GenerationRun, externalSignal?: AbortSignal): GenerationStream {
+  if (externalSignal !== undefined && !isAbortSignal(externalSignal))
+    throw new InvalidArgumentError("signal", "must be an AbortSignal");
+  const controller = new AbortController();
+  const queue: GenerationChunk[] = [];
+  const waiters: Waiter[] = [];
+  let finished = false; // no more chunks will come: the final chunk was queued, or run settled
+  let settled = false; // run settled
+  let closed = false; // the consumer left (iterator return()): drop everything
+  let failure: { error: Llama2Error } | undefined; // run's error, delivered after the queued chunks
+
+  const abort = (reason: unknown) => {
+    if (!settled && !controller.signal.aborted) controller.abort(reason);
+  };
+  const onExternalAbort = () => abort(externalSignal!.reason);
+  if (externalSignal?.aborted) abort(externalSignal.reason);
+  else externalSignal?.addEventListener("abort", onExternalAbort, { once: true });
+
+  const pump = () => {
+    while (waiters.length > 0) {
+      const w = waiters[0]!;
+      if (queue.length > 0) w.resolve({ value: queue.shift()!, done: false });
+      else if (failure) {
+        w.reject(failure.error);
+        failure = undefined;
+      } else if (finished || closed) w.resolve({ value: undefined, done: true });
+      else return;
+      waiters.shift();
+    }
+  };
+  const emit = (chunk: GenerationChunk) => {
+    if (finished || closed) return;
+    queue.push(chunk);
+    if (chunk.stats) finished = true;
+    pump();
+  };
+  const done = () => {
+    settled = true;
+    finished = true;
+    externalSignal?.removeEventListener("abort", onExternalAbort);
+    pump();
+  };
+
+  let started: Promise<GenerationResult>;
+  try {
+    started = Promise.resolve(run(emit, controller.signal));
+  } catch (err) {
+    started = Promise.reject(err);
+  }
+  const result = started.then(
+    (res) => {
+      if (!finished && !closed) queue.push({ text: "", tokenIds: [], stats: res.stats });
+      done();
+      return res;
+    },
+    (err: unknown) => {
+      const error = fromNative(err);
+      if (!finished && !closed) failure = { error };
+      done();
+      throw error;
+    },
+  );
+  // The error also reaches the iterator; a caller who never looks at `result` must not get an
+  // unhandledRejection (awaiting `result` still throws).
+  result.catch(() => {});
+
+  const iterator: AsyncIterableIterator<GenerationChunk> = {
+    next: () =>
+      new Promise<IteratorResult<GenerationChunk>>((resolve, reject) => {
+        waiters.push({ resolve, reject });
+        pump();
+      }),
+    return: () => {
+      if (!closed) {
+        closed = true;
+        queue.length = 0;
+        failure = undefined;
+        abort(new Llama2Error("ERR_ABORTED", "generation aborted: the consumer stopped iterating"));
+        pump();
+      }
+      return Promise.resolve({ value: undefined, done: true });
+    },
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+  };
+
+  return {
+    result,
+    abort: () => abort(new Llama2Error("ERR_ABORTED", "generation aborted")),
+    [Symbol.asyncIterator]: () => iterator,
+  };
+}
+
+function isAbortSignal(s: unknown): s is AbortSignal {
+  const o = s as AbortSignal | null;
+  return typeof o === "object" && o !== null && typeof o.aborted === "boolean" && typeof o.addEventListener === "function";
+}
