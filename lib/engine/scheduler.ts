@@ -1,0 +1,137 @@
+// Continuous batching over the native engine. Every caller awaits `eval(seq, tokens, output)`; each
+// step gathers all pending work into ONE native forward: the next token of every decoding sequence
+// plus chunks of pending prompts (so a long prompt never stalls the others), within a token budget.
+// Callers resubmit in the microtasks after a step resolves, so they land in the next step.
+import { Llama2Error, fromNative } from "../errors.js";
+import type { NativeModel, NativeStepOutput, NativeStepRequest } from "../native.js";
+
+export interface SchedulerOptions {
+  /** Most tokens in one step (decode tokens + prompt chunks). */
+  maxStepTokens: number;
+  /** Most tokens of one prompt in one step. */
+  prefillChunk: number;
+}
+
+interface Job {
+  signal?: AbortSignal;
+  seq: number;
+  tokens: Int32Array;
+  offset: number;
+  output: number;
+  resolve: (out: NativeStepOutput) => void;
+  reject: (err: unknown) => void;
+}
+
+export interface SchedulerStats {
+  steps: number;
+  tokens: number;
+  /** Time inside native forward calls, ms. */
+  forwardMs: number;
+  /** Largest number of sequences in one step. */
+  maxBatch: number;
+}
+
+export class Scheduler {
+  private queue: Job[] = [];
+  private running = false;
+  private closed = false;
+  readonly stats: SchedulerStats = { steps: 0, tokens: 0, forwardMs: 0, maxBatch: 0 };
+
+  constructor(private readonly model: NativeModel, private readonly opts: SchedulerOptions) {}
+
+  /** Sequences with work queued or in the running step. */
+  get depth(): number {
+    return this.queue.length;
+  }
+
+  /** Appends `tokens` to `seq`; resolves with the output for the last token once evaluated. */
+  eval(seq: number, tokens: ArrayLike<number>, output: number, signal?: AbortSignal): Promise<NativeStepOutput> {
+    if (this.closed) return Promise.reject(new Llama2Error("ERR_DISPOSED", "the model has been disposed"));
+    if (tokens.length === 0) return Promise.reject(new Llama2Error("ERR_INTERNAL", "eval needs at least one token"));
+    if (this.queue.some((j) => j.seq === seq)) {
+      return Promise.reject(new Llama2Error("ERR_INTERNAL", `sequence ${seq} already has work queued`));
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ seq, tokens: Int32Array.from(tokens), offset: 0, output, resolve, reject, signal });
+      if (!this.running) {
+        this.running = true;
+        setImmediate(() => void this.loop());
+      }
+    });
+  }
+
+  /** Rejects queued work and refuses new work; the running step (if any) finishes first. */
+  close(): void {
+    this.closed = true;
+    for (const j of this.queue.splice(0)) j.reject(new Llama2Error("ERR_DISPOSED", "the model has been disposed"));
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (this.queue.length > 0 && !this.closed) {
+        const picked = this.pick();
+        if (picked.length === 0) continue;
+        const reqs: NativeStepRequest[] = picked.map(({ job, n }) => ({
+          seq: job.seq,
+          tokens: job.tokens.subarray(job.offset, job.offset + n),
+          output: job.offset + n === job.tokens.length ? job.output : 0,
+        }));
+        const t0 = performance.now();
+        let outs: NativeStepOutput[];
+        try {
+          outs = await this.model.forward(reqs);
+        } catch (err) {
+          const e = fromNative(err);
+          for (const { job } of picked) this.drop(job, e);
+          continue;
+        }
+        this.stats.forwardMs += performance.now() - t0;
+        this.stats.steps++;
+        this.stats.maxBatch = Math.max(this.stats.maxBatch, picked.length);
+        picked.forEach(({ job, n }, i) => {
+          job.offset += n;
+          this.stats.tokens += n;
+          if (job.offset === job.tokens.length) {
+            this.queue.splice(this.queue.indexOf(job), 1);
+            job.resolve(outs[i] ?? null);
+          }
+        });
+        // Let resolved callers sample and resubmit before the next step is assembled.
+        await new Promise<void>((r) => setImmediate(r));
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private drop(job: Job, err: unknown): void {
+    const i = this.queue.indexOf(job);
+    if (i >= 0) this.queue.splice(i, 1);
+    job.reject(err);
+  }
+
+  // Decode-like jobs (one token left) first, then prompt chunks in arrival order within the budget.
+  // Aborted jobs leave the queue here, between steps (a prompt is abandoned between its chunks).
+  private pick(): { job: Job; n: number }[] {
+    for (const job of [...this.queue]) {
+      if (job.signal?.aborted) this.drop(job, new Llama2Error("ERR_ABORTED", "aborted"));
+    }
+    let budget = this.opts.maxStepTokens;
+    const out: { job: Job; n: number }[] = [];
+    for (const job of this.queue) {
+      if (job.tokens.length - job.offset === 1) {
+        out.push({ job, n: 1 });
+        budget--;
+      }
+    }
+    for (const job of this.queue) {
+      const left = job.tokens.length - job.offset;
+      if (left === 1) continue;
+      if (budget <= 0 && out.length > 0) break;
+      const n = Math.min(left, this.opts.prefillChunk, Math.max(budget, 1));
+      out.push({ job, n });
+      budget -= n;
+    }
+    return out;
+  }
+}

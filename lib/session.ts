@@ -1,0 +1,97 @@
+// A chat session: the conversation's tokens stay in one native sequence's KV cache, so each turn
+// prefills only the new user turn (plus what closes the previous reply), never the history.
+import type { ChatTemplate } from "./chat-template.js";
+import { InvalidArgumentError, Llama2Error } from "./errors.js";
+import type { Llama2 } from "./llama2.js";
+import type { ChatMessage, GenerateOptions, GenerationStream } from "./types.js";
+
+export class ChatSession {
+  /** The conversation so far (system prompt excluded). */
+  readonly messages: ChatMessage[] = [];
+  private seq: number | null = null;
+  /** Tokens that belong to the conversation but are not in the cache yet (end of the last reply). */
+  private pending: number[] = [];
+  private busy = false;
+  private disposed = false;
+
+  constructor(
+    private readonly llama: Llama2,
+    private readonly template: ChatTemplate,
+    readonly systemPrompt?: string,
+  ) {
+    if (systemPrompt !== undefined && typeof systemPrompt !== "string") throw new InvalidArgumentError("systemPrompt", "expected a string");
+  }
+
+  /** Tokens of the conversation held in the KV cache. */
+  get cachedTokens(): number {
+    return this.seq === null || this.disposed ? 0 : this.llama._native().sequenceLength(this.seq);
+  }
+
+  /** Sends a user message; the reply streams back and joins `messages` when it ends. */
+  send(content: string, opts: GenerateOptions = {}): GenerationStream {
+    if (this.disposed) throw new Llama2Error("ERR_DISPOSED", "the session has been disposed");
+    if (typeof content !== "string") throw new InvalidArgumentError("content", "expected a string");
+    if (this.busy) throw new Llama2Error("ERR_INVALID_ARGUMENT", "the session is already generating a reply; wait for it or abort it");
+    this.llama._checkOptions(opts);
+    const tok = this.llama.tokenizer;
+    if (!tok) throw new Llama2Error("ERR_TOKENIZER", "chat sessions need a model with a tokenizer");
+    const user: ChatMessage = { role: "user", content };
+    const system: ChatMessage[] = this.systemPrompt !== undefined ? [{ role: "system", content: this.systemPrompt }] : [];
+    const turn = this.template.encodeUserTurn([...system, ...this.messages, user], tok);
+    const native = this.llama._native();
+    if (this.seq === null) this.seq = native.createSequence();
+    const seq = this.seq;
+    const cached = native.sequenceLength(seq);
+    const prompt = [...this.pending, ...turn];
+    this.busy = true;
+    const stop = [...(opts.stop ?? []), ...(this.template.stopStrings ?? [])];
+    return this.llama._run(
+      {
+        seq,
+        prompt,
+        cached,
+        history: prompt,
+        stripLeadingSpace: true,
+        ownsSequence: false,
+        onEnd: ({ generated, evaluated, text, error }) => {
+          this.busy = false;
+          if (this.disposed) return;
+          if (error !== undefined || evaluated < prompt.length) {
+            // The turn never fully reached the cache: forget it.
+            try {
+              native.truncateSequence(seq, cached);
+            } catch {
+              /* model disposed */
+            }
+            return;
+          }
+          const inCache = native.sequenceLength(seq) - cached - prompt.length;
+          this.pending = [...generated.slice(inCache), ...this.template.assistantEnd(generated, tok)];
+          this.messages.push(user, { role: "assistant", content: text });
+        },
+      },
+      { ...opts, stop },
+    );
+  }
+
+  /** Forgets the conversation (keeps the session usable). */
+  reset(): void {
+    if (this.busy) throw new Llama2Error("ERR_INVALID_ARGUMENT", "the session is generating a reply");
+    if (this.seq !== null && !this.disposed) this.llama._native().truncateSequence(this.seq, 0);
+    this.messages.length = 0;
+    this.pending = [];
+  }
+
+  /** Frees the session's KV cache. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    if (this.seq !== null) {
+      try {
+        this.llama._native().freeSequence(this.seq);
+      } catch {
+        /* the model was disposed first */
+      }
+    }
+  }
+}
