@@ -215,6 +215,11 @@ export class Llama2 {
     return this.runOneShot(ids, { ...opts, stop }, true);
   }
 
+  /** Prompt tokens a chat request would use (the dialog through the chat template). */
+  chatPromptTokens(messages: readonly ChatMessage[], template?: string): number {
+    return this.templateFor(template).encodeDialog(messages as ChatMessage[], this.requireTokenizer()).length;
+  }
+
   /** A conversation that keeps its KV cache between turns. */
   createSession(opts: { systemPrompt?: string; template?: string } = {}): ChatSession {
     this.checkAlive();

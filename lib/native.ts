@@ -111,6 +111,10 @@ export interface NativeAddon {
   loadModel(path: string, opts: NativeLoadOptions, onProgress?: (p: NativeProgress) => void, cancel?: Int32Array): Promise<NativeModel>;
   cudaDevices(): CudaDevice[];
   buildInfo(): BuildInfo;
+  /** Drops a file's pages from the page cache (cold-load timing); false when the kernel refused. */
+  dropPageCache(path: string): boolean;
+  /** Device-to-device copy bandwidth, GB/s counting read + write; 0 without CUDA. */
+  cudaCopyBandwidth(deviceIndex: number, bytes?: number): number;
 }
 
 export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");

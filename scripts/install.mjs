@@ -53,7 +53,8 @@ if (which("cmake")) {
   }
   log(which("nvcc") && cudaMode !== "OFF" ? "nvcc found: building with the CUDA backend (this takes a few minutes)" : "building the CPU backend (no nvcc)");
   const cmakeJs = path.join(path.dirname(require.resolve("cmake-js/package.json")), "bin", "cmake-js");
-  built = run(process.execPath, [cmakeJs, "compile", "--log-level", "warn", "-p", jobs, `--CDLLAMA2_CUDA=${cudaMode}`]);
+  // `rebuild` reconfigures, so a changed toolchain (nvcc appearing) or LLAMA2_CUDA takes effect.
+  built = run(process.execPath, [cmakeJs, force ? "rebuild" : "compile", "--log-level", "warn", "-p", jobs, `--CDLLAMA2_CUDA=${cudaMode}`]);
   if (!built) log("cmake-js build failed");
 }
 if (!built) {

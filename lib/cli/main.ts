@@ -7,6 +7,13 @@ import { Llama2Error, fromNative } from "../errors.js";
 
 // name -> lazy import, so `llama2 tokenize` does not load the HTTP server.
 const COMMANDS: Record<string, () => Promise<{ default: Command }>> = {
+  bench: () => import("./commands/bench.js"),
+  "make-model": () => import("./commands/make-model.js"),
+  compare: () => import("./commands/compare.js"),
+  run: () => import("./commands/run.js"),
+  jobs: () => import("./commands/jobs.js"),
+  logs: () => import("./commands/logs.js"),
+  cancel: () => import("./commands/cancel.js"),
 };
 
 export async function main(argv: string[], io: CommandIO): Promise<number> {

@@ -1,7 +1,9 @@
 // node-addon-api glue: model info, async load (progress, cancellation), sequences, the async
 // forward step, typed errors. No C++ exception ever crosses into JS unconverted, and a model
 // disposed while a step runs stays alive until that step ends.
+#include <fcntl.h>
 #include <napi.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <memory>
@@ -424,6 +426,31 @@ Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
   });
 }
 
+// dropPageCache(path): asks the kernel to drop the file's cached pages (for cold-load timing).
+// Needs no privileges; pages still mapped by a loaded model stay.
+Napi::Value DropPageCache(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    std::string path = str_arg(info[0], "path");
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) l2::fail(l2::code::kFileNotFound, "cannot open " + path);
+    int rc = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+    return Napi::Boolean::New(env, rc == 0);
+  });
+}
+
+// cudaCopyBandwidth(deviceIndex, bytes) -> GB/s (read + write), 0 without CUDA.
+Napi::Value CudaCopyBandwidth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    int dev = int_arg(info[0], "deviceIndex");
+    double bytes = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : (double)(1u << 30);
+    if (!(bytes >= 1 << 20 && bytes <= 16.0 * (1ull << 30))) l2::fail(l2::code::kInvalidArgument, "bytes: out of range");
+    return Napi::Number::New(env, l2::cuda_copy_bandwidth(dev, (size_t)bytes));
+  });
+}
+
 Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -451,6 +478,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadModel", Napi::Function::New(env, LoadModel));
   exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+  exports.Set("dropPageCache", Napi::Function::New(env, DropPageCache));
+  exports.Set("cudaCopyBandwidth", Napi::Function::New(env, CudaCopyBandwidth));
   return exports;
 }
 

@@ -90,5 +90,8 @@ struct CudaDeviceInfo {
   int driver_version, runtime_version;
 };
 std::vector<CudaDeviceInfo> cuda_devices();
+// Device-to-device copy bandwidth of a `bytes` buffer, GB/s counting read + write (the roofline the
+// bench reports against). 0 without CUDA.
+double cuda_copy_bandwidth(int device_index, size_t bytes);
 
 }  // namespace l2

@@ -13,6 +13,8 @@ bool cuda_available(std::string* why) {
 
 std::vector<CudaDeviceInfo> cuda_devices() { return {}; }
 
+double cuda_copy_bandwidth(int, size_t) { return 0; }
+
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig&, LlamaWeights, const BackendOptions&) {
   fail(code::kDeviceUnavailable, kWhy);
 }

@@ -1,0 +1,228 @@
+// Flash-decoding over the paged KV cache: one query token per (token, kv head, split of 128
+// positions) CTA, all query heads of the kv head (GQA) together so K/V are read once; 4 warps x 32
+// positions per split. Scores: a lane owns a position (its K row); values: a lane owns head dims
+// (coalesced V rows). Splits beyond a token's length exit at once, so the grid can be sized for the
+// whole context (fixed launch shape, capturable in a CUDA graph). A second kernel merges splits.
+#include <cfloat>
+
+#include "common.cuh"
+#include "kernels.h"
+#include "launch.cuh"
+
+namespace l2::kernels {
+
+namespace {
+
+constexpr int kSplit = 128;  // positions per CTA
+constexpr int kWarps = 4;
+constexpr int kMaxGroup = 8;  // query heads per kv head (70B: 64 / 8); kernels are built for 1, 2, 4, 8
+
+__device__ __forceinline__ int token_segment(const AttentionParams& p, int t) {
+  for (int s = 0; s < p.n_segments; ++s)
+    if (t >= p.seg_start[s] && t < p.seg_start[s] + p.seg_count[s]) return s;
+  return -1;
+}
+
+template <int HD, int kMaxG>
+__global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParams p, int n_splits, float* __restrict__ ws_ml,
+                                                                  float* __restrict__ ws_acc) {
+  constexpr int DPL = HD >= 32 ? HD / 32 : 1;  // dims per lane in the value phase
+  pdl_trigger();
+  pdl_wait();
+  const int split = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
+  const int t = p.decode_tokens ? p.decode_tokens[z] : z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int G = p.n_heads / p.n_kv_heads;
+  const int s = token_segment(p, t);
+  if (s < 0) return;
+  const int L = p.seg_pos0[s] + (t - p.seg_start[s]) + 1;
+  const int begin = split * kSplit;
+  if (begin >= L) return;
+  const int end = min(L, begin + kSplit);
+  const int32_t* table = p.block_tables + (size_t)s * p.max_blocks;
+
+  __shared__ float qs[kMaxG][HD];
+  __shared__ float sm_m[kWarps][kMaxG], sm_l[kWarps][kMaxG];
+  __shared__ float sm_acc[kWarps][kMaxG][HD];
+  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    int g = i / HD, d = i % HD;
+    qs[g][d] = __half2float(p.q[(size_t)t * p.ldq + (size_t)(kvh * G + g) * HD + d]) * p.scale;
+  }
+  __syncthreads();
+
+  float m[kMaxG], l[kMaxG], acc[kMaxG][DPL];
+#pragma unroll
+  for (int g = 0; g < kMaxG; ++g) {
+    m[g] = -FLT_MAX;
+    l[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) acc[g][i] = 0.f;
+  }
+
+  const int pos = begin + warp * 32 + lane;
+  if (begin + warp * 32 < end) {
+    const bool valid = pos < end;
+    // Each lane resolves its own position's cache row once (one block-table lookup per position).
+    const size_t row = valid ? (((size_t)table[pos / kKvBlock] * p.n_kv_heads + kvh) * kKvBlock + pos % kKvBlock) * HD : 0;
+    // Scores: this lane's position against every query head of the group; all K loads in flight.
+    float sc[kMaxG];
+#pragma unroll
+    for (int g = 0; g < kMaxG; ++g) sc[g] = 0.f;
+    if (valid) {
+      const half* k = p.k_cache + row;
+      uint4 kv[(HD + 7) / 8];
+#pragma unroll
+      for (int c = 0; c < (HD + 7) / 8; ++c) kv[c] = *reinterpret_cast<const uint4*>(k + c * 8);
+#pragma unroll
+      for (int c = 0; c < (HD + 7) / 8; ++c) {
+        const half2* kh = reinterpret_cast<const half2*>(&kv[c]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          float2 kf = __half22float2(kh[j]);
+#pragma unroll
+          for (int g = 0; g < kMaxG; ++g)
+            if (g < G) sc[g] = fmaf(qs[g][c * 8 + 2 * j], kf.x, fmaf(qs[g][c * 8 + 2 * j + 1], kf.y, sc[g]));
+        }
+      }
+    }
+    float pr[kMaxG];
+#pragma unroll
+    for (int g = 0; g < kMaxG; ++g) {
+      if (g >= G) continue;
+      float mx = warp_max(valid ? sc[g] : -FLT_MAX);
+      m[g] = mx;
+      pr[g] = valid ? __expf(sc[g] - mx) : 0.f;
+      l[g] = warp_sum(pr[g]);
+    }
+    // Values: lane owns dims [lane * DPL, +DPL) (HD < 32: lanes >= HD idle). Row offsets come from the
+    // owning lane by shuffle; 8 positions' loads are issued before their FMAs.
+    const int n = min(32, end - (begin + warp * 32));
+    const bool has_dims = lane * DPL < HD;
+    for (int j0 = 0; j0 < n; j0 += 8) {
+      float vf[8][DPL];
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+        const size_t r = (size_t)__shfl_sync(0xffffffffu, (unsigned long long)row, j0 + jj);
+        const bool ok = has_dims && j0 + jj < n;
+        if constexpr (DPL == 4) {
+          uint2 raw = ok ? *reinterpret_cast<const uint2*>(p.v_cache + r + lane * 4) : make_uint2(0, 0);
+          const half2* h2 = reinterpret_cast<const half2*>(&raw);
+          float2 a = __half22float2(h2[0]), b = __half22float2(h2[1]);
+          vf[jj][0] = a.x;
+          vf[jj][1] = a.y;
+          vf[jj][2] = b.x;
+          vf[jj][3] = b.y;
+        } else {
+#pragma unroll
+          for (int i = 0; i < DPL; ++i) vf[jj][i] = ok ? __half2float(p.v_cache[r + lane * DPL + i]) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+#pragma unroll
+        for (int g = 0; g < kMaxG; ++g) {
+          if (g >= G) continue;
+          float w = __shfl_sync(0xffffffffu, pr[g], j0 + jj);
+#pragma unroll
+          for (int i = 0; i < DPL; ++i) acc[g][i] = fmaf(w, vf[jj][i], acc[g][i]);
+        }
+      }
+    }
+  }
+  // Merge the warps.
+  // (loops over kMaxG with a guard, so the register arrays are never indexed at run time)
+#pragma unroll
+  for (int g = 0; g < kMaxG; ++g) {
+    if (g >= G) continue;
+    if (lane == 0) {
+      sm_m[warp][g] = m[g];
+      sm_l[warp][g] = l[g];
+    }
+    if (lane * DPL < HD)
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) sm_acc[warp][g][lane * DPL + i] = acc[g][i];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    int g = i / HD, d = i % HD;
+    float M = -FLT_MAX;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w][g]);
+    float Ls = 0.f, A = 0.f;
+    for (int w = 0; w < kWarps; ++w) {
+      if (begin + w * 32 >= end) continue;  // warp had no positions
+      float f = __expf(sm_m[w][g] - M);
+      Ls += sm_l[w][g] * f;
+      A += sm_acc[w][g][d] * f;
+    }
+    int h = kvh * G + g;
+    if (n_splits == 1) {
+      p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
+    } else {
+      size_t idx = ((size_t)z * p.n_heads + h) * n_splits + split;
+      ws_acc[idx * HD + d] = A;
+      if (d == 0) {
+        ws_ml[idx * 2] = M;
+        ws_ml[idx * 2 + 1] = Ls;
+      }
+    }
+  }
+}
+
+// Merges the splits of one (token, head): out = sum_s acc_s e^{m_s - M} / sum_s l_s e^{m_s - M}.
+template <int HD>
+__global__ void attn_reduce_kernel(AttentionParams p, int n_splits, const float* __restrict__ ws_ml, const float* __restrict__ ws_acc) {
+  pdl_trigger();
+  pdl_wait();
+  const int z = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+  const int t = p.decode_tokens ? p.decode_tokens[z] : z;
+  const int s = token_segment(p, t);
+  if (s < 0 || d >= HD) return;
+  const int L = p.seg_pos0[s] + (t - p.seg_start[s]) + 1;
+  const int used = min(n_splits, (L + kSplit - 1) / kSplit);
+  const size_t base = ((size_t)z * p.n_heads + h) * n_splits;
+  float M = -FLT_MAX;
+  for (int i = 0; i < used; ++i) M = fmaxf(M, ws_ml[(base + i) * 2]);
+  float Ls = 0.f, A = 0.f;
+  for (int i = 0; i < used; ++i) {
+    float f = __expf(ws_ml[(base + i) * 2] - M);
+    Ls += ws_ml[(base + i) * 2 + 1] * f;
+    A += ws_acc[(base + i) * HD + d] * f;
+  }
+  p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
+}
+
+template <int HD>
+void launch(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
+  int n_splits = ceil_div(max_ctx, kSplit);
+  float* ws_ml = static_cast<float*>(workspace);
+  float* ws_acc = ws_ml + (size_t)n_tokens * p.n_heads * n_splits * 2;
+  dim3 grid(n_splits, p.n_kv_heads, n_tokens);
+  const int g = p.n_heads / p.n_kv_heads;  // registers scale with the group: build per group size
+  if (g == 1) launch(attn_decode_kernel<HD, 1>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+  else if (g == 2) launch(attn_decode_kernel<HD, 2>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+  else if (g <= 4) launch(attn_decode_kernel<HD, 4>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+  else launch(attn_decode_kernel<HD, kMaxGroup>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+  if (n_splits > 1) launch(attn_reduce_kernel<HD>, dim3(n_tokens, p.n_heads), HD < 32 ? 32 : HD, 0, stream, p, n_splits, (const float*)ws_ml, (const float*)ws_acc);
+}
+
+}  // namespace
+
+size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx) {
+  size_t splits = (size_t)ceil_div(max_ctx, kSplit);
+  return (size_t)n_tokens * n_heads * splits * (head_dim + 2) * sizeof(float);
+}
+
+void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
+  if (n_tokens <= 0) return;
+  switch (p.head_dim) {
+    case 8: launch<8>(p, n_tokens, max_ctx, workspace, stream); break;
+    case 16: launch<16>(p, n_tokens, max_ctx, workspace, stream); break;
+    case 32: launch<32>(p, n_tokens, max_ctx, workspace, stream); break;
+    case 64: launch<64>(p, n_tokens, max_ctx, workspace, stream); break;
+    case 128: launch<128>(p, n_tokens, max_ctx, workspace, stream); break;
+    case 256: launch<256>(p, n_tokens, max_ctx, workspace, stream); break;
+    default: break;
+  }
+}
+
+}  // namespace l2::kernels

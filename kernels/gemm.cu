@@ -1,0 +1,475 @@
+// Prefill / large-batch GEMM on tensor cores: C[M, N] = A[M, K] . W[N, K]^T (fp16 in, fp32 accumulate),
+// the result handed pairwise to epilogue_pair(). mma.sync m16n8k16 + ldmatrix + a multi-stage cp.async
+// pipeline over XOR-swizzled shared memory (conflict-free 16-byte stores and ldmatrix reads).
+//
+// Kernel shape (template GemmKernel<BM, BN, BK, WM, WN, WK, STAGES, W8>):
+//   CTA tile BM x BN, k-tile BK; WM x WN x WK warps. Warp (wm, wn, wk) owns the (BM/WM) x (BN/WN) output
+//   sub-tile and the k16 steps ks = wk, wk + WK, ... of every k-tile ("intra-CTA split-K"): WK > 1 keeps the
+//   64 x 64 warp tile (best ldmatrix : mma ratio) while giving the SM more warps, or keeps a small-M CTA busy.
+//   The WK partial sums are added through shared memory once at the end. No global workspace is used.
+//   W8: the int8 weight tile (+ its fp16 group scales) is staged by cp.async (half the bytes of fp16), then
+//   dequantized once per CTA into an fp16 tile (double buffered, one k-tile ahead of the mma loop).
+// Grid: x = M tiles (fastest, so the CTAs that run together share the same weight tile: weights are read
+// from DRAM about once and the activations stay in L2), y = N tiles.
+//
+// On sm_90 (H100 / H200), when gemm_sm90a.cu is linked in (it is reached through weak symbols), M > 128
+// runs on its wgmma kernels instead; see that file.
+//
+// Requirements (the padding rules of kernels.h): N % 128 == 0, K % 64 == 0, lda and ldw multiples of 8
+// (16-byte rows), n_valid even; W8: scales[N][ldw / 32] (ldw == K for the padded layout).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "epilogue.cuh"
+#include "kernels.h"
+#include "gemm_common.cuh"
+#include "mma.cuh"
+
+namespace l2::kernels {
+namespace {
+
+using namespace l2::kernels::mma;
+using namespace l2::kernels::gemm_common;
+
+// =====================================================================================================
+// Tile configurations. Every mma.sync configuration is compiled for every architecture; on sm_90 the
+// wgmma configurations of gemm_sm90a.cu (ids 100 + i) join them when that file is linked in. The
+// per-architecture table kTuning below chooses among them by M and by how many CTAs the shape yields.
+//   id  BM   BN   BK  WM WN WK STG   warp tile   smem (f16 / w8)
+// =====================================================================================================
+#define L2_GEMM_CONFIGS(X)                                                                                  \
+  X(0, 128, 256, 32, 2, 4, 1, 4)  /* 8 warps 64x64: 96 KB                                                */ \
+  X(1, 128, 128, 32, 2, 2, 2, 4)  /* 8 warps 64x64 (2-way k split): 64 KB                                */ \
+  X(2, 128, 128, 32, 2, 4, 1, 4)  /* 8 warps 64x32: 64 KB; best mma.sync config for M >= 256 (H100)       */ \
+  X(3, 64, 128, 64, 1, 2, 4, 3)   /* 8 warps 64x64 (4-way k split): 72 KB                                */ \
+  X(4, 64, 64, 64, 1, 2, 4, 4)    /* 8 warps 64x32 (4-way k split): 64 KB; M ~ 128 with many N tiles     */ \
+  X(5, 32, 64, 64, 1, 2, 4, 4)    /* 8 warps 32x32 (4-way k split): 48 KB; M <= 64, memory-bound         */ \
+  X(6, 32, 128, 64, 1, 4, 2, 4)   /* 8 warps 32x32 (2-way k split): 80 KB                                */ \
+  X(7, 128, 128, 64, 2, 2, 2, 3)  /* 8 warps 64x64 (2-way k split), BK 64: 96 KB                        */
+
+// W8 variants need BK == 64 (one 4-byte cp.async of 2 group scales per weight row and k-tile) and STAGES >= 3;
+// smem = STAGES x (A + int8 W + scales) + 2 dequantized fp16 W tiles.
+#define L2_GEMM_W8_CONFIGS(X)                                                                               \
+  X(0, 128, 128, 64, 2, 2, 2, 4)  /* 130 KB                                                               */ \
+  X(1, 128, 256, 64, 2, 4, 1, 3)  /* 163 KB: A100 / H100 big M                                            */ \
+  X(2, 64, 128, 64, 1, 2, 4, 4)   /* 98 KB                                                                */ \
+  X(3, 64, 64, 64, 1, 2, 4, 4)    /* 65 KB: M ~ 64-128 with many N tiles                                  */ \
+  X(4, 32, 64, 64, 1, 2, 4, 4)    /* 49 KB: M <= 64, memory-bound                                         */ \
+  X(5, 128, 128, 64, 2, 2, 2, 3)  /* 106 KB                                                               */ \
+  X(6, 64, 128, 64, 1, 2, 4, 3)   /* 81 KB: A10 / L4 big M                                                */ \
+  X(7, 128, 128, 64, 2, 4, 1, 4)  /* 130 KB: 64x32 warps like f16 #2; best mma.sync w8 for M >= 128     */
+
+constexpr int kNumF16Configs = 8;
+constexpr int kNumW8Configs = 8;
+constexpr int kSm90aBase = 100;  // config id 100 + i = gemm_sm90a.cu configuration i
+
+// Per-architecture choice by M. The first row whose compute capability matches (and, for needs_sm90a,
+// whose wgmma path is linked in) is used; the last row matches anything. Within a row, the first rule with
+// M <= max_m applies: `cfg`, unless it would launch fewer than min_waves x SMs CTAs, then `alt`.
+struct Rule {
+  int max_m, cfg, alt;
+  float min_waves;
+};
+constexpr int kMaxRules = 6;
+struct ArchTuning {
+  int cc_major, cc_minor;  // -1: any
+  bool needs_sm90a;
+  const char* gpu;
+  Rule f16[kMaxRules], w8[kMaxRules];
+};
+constexpr int kAnyM = 1 << 30;
+// clang-format off
+constexpr ArchTuning kTuning[] = {
+  // H100 / H200 (sm_90: 132 SMs, 227 KB smem/SM, 50 MB L2) with the wgmma path (gemm_sm90a.cu; ids 100+ =
+  // 100 128x128 s4, 101 128x256 s4, 102 128x128 s6, 103 64x128 s6, 104 64x256 s5 (f16); 100 128x128 s5,
+  // 101 64x128 s6, 102 64x256 s4 (w8)). Measured on H100 SXM (--tune): M <= 64 is
+  // memory-bound and best on the small mma.sync tiles; wgmma wins from M = 128 once there are >= ~0.7 waves.
+  // f16 at M = 512: qkv 356, o 340, gate_up 402, down 442, logits 457 TFLOP/s (mma.sync best: 223-268);
+  // w8 at M = 512: 265, 264, 286, 361, 323 (a deeper 6-stage w8 pipeline measured the same as 5).
+  {9, 0, true, "H100 sm_90a wgmma",
+   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 102, 5, 0.7f}, {384, 102, 103, 0.9f}, {kAnyM, 102, 102, 0}},
+   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 100, 4, 0.7f}, {kAnyM, 100, 100, 0}}},
+  // H100 / H200 without the sm_90a translation unit: mma.sync only (measured on H100 SXM).
+  {9, 0, false, "H100 sm_90 mma.sync",
+   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
+   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 7, 4, 0.7f}, {kAnyM, 7, 7, 0}}},
+  // A100 (sm_80: 108 SMs, 164 KB smem/SM, 163 KB per block, 40 MB L2): the H100 mma.sync choices (not measured
+  // on an A100; every configuration used fits its shared memory).
+  {8, 0, false, "A100 sm_80",
+   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
+   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 7, 4, 0.7f}, {kAnyM, 7, 7, 0}}},
+  // A10 / RTX 30xx (sm_86: 72-84 SMs, 100 KB smem/SM, 99 KB per block): configurations <= 81 KB (not measured).
+  {8, 6, false, "A10 sm_86",
+   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
+   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 3, 4, 4.0f}, {kAnyM, 6, 6, 0}}},
+  // L4 / RTX 40xx (sm_89: 58-128 SMs, 100 KB smem/SM, 99 KB per block): as sm_86 (not measured).
+  {8, 9, false, "L4 sm_89",
+   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
+   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 3, 4, 4.0f}, {kAnyM, 6, 6, 0}}},
+  // Anything else (other 8.x, newer GPUs through the compute_90 PTX): the A100 choices; a configuration that
+  // does not fit the device's shared memory falls back to the alternative, then to the smallest one.
+  {-1, -1, false, "default (sm_80 table)",
+   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
+   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 7, 4, 0.7f}, {kAnyM, 7, 7, 0}}},
+};
+// clang-format on
+
+// =====================================================================================================
+// The kernel
+// =====================================================================================================
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_, bool W8_>
+struct Cfg {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, WK = WK_, STAGES = STAGES_;
+  static constexpr bool W8 = W8_;
+  static constexpr int kWarps = WM * WN * WK, kThreads = kWarps * 32;
+  static constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
+  static constexpr int MI = TM / 16, NI = TN / 8;   // mma tiles per warp
+  static constexpr int KS = BK / 16;                // k16 steps per k-tile
+  static constexpr int C = BK / 8;                  // 16-byte chunks per fp16 smem row
+  static constexpr int A_BYTES = BM * BK * 2;
+  static constexpr int WST_BYTES = W8 ? BN * BK : BN * BK * 2;  // staged weight tile
+  static constexpr int SC_BYTES = W8 ? BN * (BK / 32) * 2 : 0;
+  static constexpr int STAGE_BYTES = A_BYTES + WST_BYTES + SC_BYTES;
+  static constexpr int X_BYTES = W8 ? 2 * BN * BK * 2 : 0;  // dequantized fp16 tiles (double buffer)
+  static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES + X_BYTES;
+  static constexpr int RED_BYTES = (WK - 1) * BM * BN * 4;
+  static constexpr int SMEM = PIPE_BYTES > RED_BYTES ? PIPE_BYTES : RED_BYTES;
+
+  static_assert(BM % (WM * 16) == 0 && BN % (WN * 16) == 0, "warp tile must be a multiple of 16 x 16");
+  static_assert(KS % WK == 0, "k16 steps must split evenly across the WK warps");
+  static_assert(C == 4 || C == 8, "BK 32 or 64");
+  static_assert(STAGE_BYTES % 128 == 0, "stage alignment");
+  static_assert(!W8 || (BK == 64 && STAGES >= 3), "W8 needs BK 64 and >= 3 stages");
+  static_assert(STAGES >= 2, "stages");
+};
+
+// One k-tile of mma for this warp: A tile sA ([BM][BK] swizzled), B tile sB ([BN][BK] swizzled).
+template <class CF>
+__device__ __forceinline__ void mma_tile(uint32_t sA, uint32_t sB, int wm, int wn, int wk, int lane,
+                                         float (&acc)[CF::MI][CF::NI][4]) {
+#pragma unroll
+  for (int kk = 0; kk < CF::KS / CF::WK; ++kk) {
+    const int ks = kk * CF::WK + wk;
+    uint32_t a[CF::MI][4];
+    uint32_t b[CF::NI][2];
+#pragma unroll
+    for (int mi = 0; mi < CF::MI; ++mi) {
+      int row = wm * CF::TM + mi * 16 + ldsm_a_row(lane);
+      ldsm_x4(a[mi], sA + swz<CF::C>(row, 2 * ks + ldsm_a_chunk(lane)) * 2);
+    }
+#pragma unroll
+    for (int nj = 0; nj < CF::NI / 2; ++nj) {
+      int row = wn * CF::TN + nj * 16 + ldsm_b_row(lane);
+      uint32_t r[4];
+      ldsm_x4(r, sB + swz<CF::C>(row, 2 * ks + ldsm_b_chunk(lane)) * 2);
+      b[2 * nj][0] = r[0];
+      b[2 * nj][1] = r[1];
+      b[2 * nj + 1][0] = r[2];
+      b[2 * nj + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mi = 0; mi < CF::MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < CF::NI; ++ni) mma_f16f32(acc[mi][ni], a[mi], b[ni]);
+  }
+}
+
+template <class CF>
+__global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_constant__ GemmArgs g) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wk = warp / (CF::WM * CF::WN);
+  const int wmn = warp % (CF::WM * CF::WN);
+  const int wm = wmn / CF::WN, wn = wmn % CF::WN;
+  const int m0 = blockIdx.x * CF::BM, n0 = blockIdx.y * CF::BN;
+  const int KT = g.K / CF::BK;
+
+  float acc[CF::MI][CF::NI][4];
+#pragma unroll
+  for (int mi = 0; mi < CF::MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < CF::NI; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+
+  half* X = reinterpret_cast<half*>(smem + CF::STAGES * CF::STAGE_BYTES);  // W8 only
+  constexpr int X_ELEMS = CF::BN * CF::BK;
+
+  // Prologue: stages 0 .. STAGES-2 in flight (one commit group each, empty ones included).
+#pragma unroll
+  for (int s = 0; s < CF::STAGES - 1; ++s) {
+    if (s < KT) load_stage<CF>(g, smem, s, s, m0, n0, tid);
+    cp_async_commit();
+  }
+  if constexpr (CF::W8) {
+    cp_async_wait<CF::STAGES - 2>();  // stage 0 landed
+    __syncthreads();
+    dequant_stage<CF>(smem, 0, X, tid);
+  }
+
+  for (int kt = 0; kt < KT; ++kt) {
+    // f16: stage kt landed. W8: stage kt + 1 landed (stage kt was dequantized into X[kt & 1] already).
+    if constexpr (CF::W8)
+      cp_async_wait<CF::STAGES - 3>();
+    else
+      cp_async_wait<CF::STAGES - 2>();
+    __syncthreads();
+    {
+      // Refill the slot of stage kt - 1: its A was read by the mma of iteration kt - 1 and (W8) its int8
+      // tile by the dequantization in iteration kt - 2, both before the barrier above.
+      int ktn = kt + CF::STAGES - 1;
+      if (ktn < KT) load_stage<CF>(g, smem, ktn % CF::STAGES, ktn, m0, n0, tid);
+      cp_async_commit();
+    }
+    const int slot = kt % CF::STAGES;
+    const uint32_t sA = smem_u32(smem + slot * CF::STAGE_BYTES);
+    uint32_t sB;
+    if constexpr (CF::W8)
+      sB = smem_u32(X + (kt & 1) * X_ELEMS);
+    else
+      sB = sA + CF::A_BYTES;
+    mma_tile<CF>(sA, sB, wm, wn, wk, lane, acc);
+    if constexpr (CF::W8) {
+      // X[(kt + 1) & 1] was last read by the mma of iteration kt - 1 (before this iteration's barrier).
+      if (kt + 1 < KT) dequant_stage<CF>(smem, (kt + 1) % CF::STAGES, X + ((kt + 1) & 1) * X_ELEMS, tid);
+    }
+  }
+
+  // Intra-CTA split-K: warps wk > 0 hand their partial sums to warp wk == 0 through shared memory.
+  if constexpr (CF::WK > 1) {
+    cp_async_wait<0>();
+    __syncthreads();  // everyone is done with the pipeline buffers
+    float* red = reinterpret_cast<float*>(smem);
+    constexpr int kAcc = CF::MI * CF::NI * 4;
+    constexpr int kWmn = CF::WM * CF::WN;
+    if (wk > 0) {
+      float* dst = red + ((size_t)(wk - 1) * kWmn + wmn) * kAcc * 32 + lane;
+#pragma unroll
+      for (int mi = 0; mi < CF::MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < CF::NI; ++ni)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dst[((mi * CF::NI + ni) * 4 + e) * 32] = acc[mi][ni][e];
+    }
+    __syncthreads();
+    if (wk > 0) return;
+#pragma unroll
+    for (int w = 1; w < CF::WK; ++w) {
+      const float* src = red + ((size_t)(w - 1) * kWmn + wmn) * kAcc * 32 + lane;
+#pragma unroll
+      for (int mi = 0; mi < CF::MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < CF::NI; ++ni)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mi][ni][e] += src[((mi * CF::NI + ni) * 4 + e) * 32];
+    }
+  }
+
+  // Epilogue: thread (g, q) holds (row g, cols 2q, 2q+1) and (row g + 8, same cols) of each 16 x 8 tile.
+  const int gq = lane >> 2, qq = lane & 3;
+#pragma unroll
+  for (int mi = 0; mi < CF::MI; ++mi) {
+    const int r0 = m0 + wm * CF::TM + mi * 16 + gq;
+#pragma unroll
+    for (int ni = 0; ni < CF::NI; ++ni) {
+      const int col = n0 + wn * CF::TN + ni * 8 + 2 * qq;
+      if (col < g.n_valid) {
+        if (r0 < g.M) epilogue_pair(g.epi, r0, col, acc[mi][ni][0], acc[mi][ni][1]);
+        if (r0 + 8 < g.M) epilogue_pair(g.epi, r0 + 8, col, acc[mi][ni][2], acc[mi][ni][3]);
+      }
+    }
+  }
+}
+
+// =====================================================================================================
+// Host side: launch helpers, device properties, selection.
+// =====================================================================================================
+constexpr int kMaxDevices = 64;
+
+struct DeviceInfo {
+  int sms = 0, cc_major = 0, cc_minor = 0, smem_optin = 0;
+};
+DeviceInfo g_dev[kMaxDevices];
+std::atomic<int> g_dev_ready[kMaxDevices];
+
+const DeviceInfo& device_info(int& dev) {
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= kMaxDevices) dev = 0;
+  if (!g_dev_ready[dev].load(std::memory_order_acquire)) {
+    DeviceInfo d;
+    cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&d.cc_minor, cudaDevAttrComputeCapabilityMinor, dev);
+    cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    g_dev[dev] = d;  // benign race: every writer stores the same values
+    g_dev_ready[dev].store(1, std::memory_order_release);
+  }
+  return g_dev[dev];
+}
+
+template <class CF>
+struct Launcher {
+  static std::atomic<int> attr_set[kMaxDevices];
+  static bool fits(const DeviceInfo& d) { return CF::SMEM <= d.smem_optin; }
+  static void launch(const GemmArgs& g, int dev, cudaStream_t stream) {
+    if (!attr_set[dev].load(std::memory_order_acquire)) {
+      cudaFuncSetAttribute(gemm_kernel<CF>, cudaFuncAttributeMaxDynamicSharedMemorySize, CF::SMEM);
+      attr_set[dev].store(1, std::memory_order_release);
+    }
+    dim3 grid((g.M + CF::BM - 1) / CF::BM, (g.N + CF::BN - 1) / CF::BN);
+    gemm_kernel<CF><<<grid, CF::kThreads, CF::SMEM, stream>>>(g);
+  }
+  static long ctas(int M, int N) { return (long)((M + CF::BM - 1) / CF::BM) * ((N + CF::BN - 1) / CF::BN); }
+};
+template <class CF>
+std::atomic<int> Launcher<CF>::attr_set[kMaxDevices];
+
+struct ConfigEntry {
+  const char* name;
+  int bm, bn, smem;
+  bool (*fits)(const DeviceInfo&);
+  void (*launch)(const GemmArgs&, int, cudaStream_t);
+  long (*ctas)(int, int);
+};
+
+#define L2_F16_ENTRY(id, BM, BN, BK, WM, WN, WK, S)                                                      \
+  {"f16#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN,                          \
+   Cfg<BM, BN, BK, WM, WN, WK, S, false>::SMEM, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::fits,  \
+   &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::launch, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::ctas},
+#define L2_W8_ENTRY(id, BM, BN, BK, WM, WN, WK, S)                                                     \
+  {"w8#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN,                         \
+   Cfg<BM, BN, BK, WM, WN, WK, S, true>::SMEM, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::fits,  \
+   &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::launch, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::ctas},
+
+const ConfigEntry kF16Configs[] = {L2_GEMM_CONFIGS(L2_F16_ENTRY)};
+const ConfigEntry kW8Configs[] = {L2_GEMM_W8_CONFIGS(L2_W8_ENTRY)};
+static_assert(sizeof(kF16Configs) / sizeof(kF16Configs[0]) == kNumF16Configs, "f16 config count");
+static_assert(sizeof(kW8Configs) / sizeof(kW8Configs[0]) == kNumW8Configs, "w8 config count");
+
+// Configurations as one flat list per weight format: [0, kNum*Configs) mma.sync, then the sm_90a ones.
+bool have_sm90a() { return &sm90a::num_configs != nullptr && &sm90a::config != nullptr && &sm90a::launch != nullptr; }
+int num_mma(bool w8) { return w8 ? kNumW8Configs : kNumF16Configs; }
+int num_all(bool w8) { return num_mma(w8) + (have_sm90a() ? sm90a::num_configs(w8) : 0); }
+const char* cfg_name(bool w8, int id) {
+  return id < num_mma(w8) ? (w8 ? kW8Configs : kF16Configs)[id].name : sm90a::config(w8, id - num_mma(w8)).name;
+}
+int cfg_smem(bool w8, int id) {
+  return id < num_mma(w8) ? (w8 ? kW8Configs : kF16Configs)[id].smem : sm90a::config(w8, id - num_mma(w8)).smem;
+}
+long cfg_ctas(bool w8, int id, int M, int N) {
+  int bm, bn;
+  if (id < num_mma(w8)) {
+    bm = (w8 ? kW8Configs : kF16Configs)[id].bm, bn = (w8 ? kW8Configs : kF16Configs)[id].bn;
+  } else {
+    sm90a::ConfigInfo c = sm90a::config(w8, id - num_mma(w8));
+    bm = c.bm, bn = c.bn;
+  }
+  return (long)((M + bm - 1) / bm) * ((N + bn - 1) / bn);
+}
+bool cfg_fits(bool w8, int id, const DeviceInfo& d) {
+  if (id < 0 || id >= num_all(w8)) return false;
+  if (id >= num_mma(w8) && !(d.cc_major == 9 && d.cc_minor == 0)) return false;  // sm_90a code runs on 9.0 only
+  return cfg_smem(w8, id) <= d.smem_optin;
+}
+// Table id (100 + i = sm_90a config i) -> flat id; -1 when that path is absent.
+int flat_id(bool w8, int table_id) {
+  if (table_id < kSm90aBase) return table_id;
+  int i = table_id - kSm90aBase;
+  return have_sm90a() && i < sm90a::num_configs(w8) ? num_mma(w8) + i : -1;
+}
+
+const ArchTuning& tuning_for(const DeviceInfo& d) {
+  for (const ArchTuning& t : kTuning) {
+    bool cc = (t.cc_major == d.cc_major && t.cc_minor == d.cc_minor) || t.cc_major < 0;
+    if (cc && (!t.needs_sm90a || have_sm90a())) return t;
+  }
+  return kTuning[sizeof(kTuning) / sizeof(kTuning[0]) - 1];
+}
+
+int pick(bool w8, int M, int N, const DeviceInfo& d) {
+  const ArchTuning& t = tuning_for(d);
+  const Rule* rules = w8 ? t.w8 : t.f16;
+  const Rule* r = nullptr;
+  for (int i = 0; i < kMaxRules && rules[i].max_m > 0; ++i)
+    if (M <= rules[i].max_m) {
+      r = &rules[i];
+      break;
+    }
+  int id = -1;
+  if (r) {
+    int first = flat_id(w8, r->cfg), alt = flat_id(w8, r->alt);
+    id = first;
+    if (first >= 0 && cfg_ctas(w8, first, M, N) < (long)(r->min_waves * d.sms)) id = alt;
+    if (!cfg_fits(w8, id, d)) id = cfg_fits(w8, first, d) ? first : (cfg_fits(w8, alt, d) ? alt : -1);
+  }
+  if (id < 0) {  // nothing chosen fits this device: the smallest-smem mma.sync configuration
+    id = 0;
+    for (int i = 1; i < num_mma(w8); ++i)
+      if (cfg_smem(w8, i) < cfg_smem(w8, id)) id = i;
+  }
+  return id;
+}
+
+void run(bool w8, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
+         int n_valid, int K, const Epilogue& epi, cudaStream_t stream) {
+  if (M <= 0 || N <= 0 || K <= 0 || n_valid <= 0) return;
+  int dev = 0;
+  const DeviceInfo& d = device_info(dev);
+  if (cfg < 0 || cfg >= num_all(w8)) cfg = pick(w8, M, N, d);
+  GemmArgs g;
+  g.A = A;
+  g.W = W;
+  g.scales = scales;
+  g.lda = lda;
+  g.ldw = ldw;
+  g.M = M;
+  g.N = N;
+  g.n_valid = n_valid < N ? n_valid : N;
+  g.K = K;
+  g.epi = epi;
+  if (cfg < num_mma(w8))
+    (w8 ? kW8Configs : kF16Configs)[cfg].launch(g, dev, stream);
+  else
+    sm90a::launch(w8, cfg - num_mma(w8), g, dev, stream);
+}
+
+}  // namespace
+
+void gemm_f16(const half* A, int lda, const half* W, int ldw, int M, int N, int n_valid, int K, const Epilogue& epi,
+              cudaStream_t stream) {
+  run(false, -1, A, lda, W, nullptr, ldw, M, N, n_valid, K, epi, stream);
+}
+
+void gemm_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int M, int N, int n_valid, int K,
+             const Epilogue& epi, cudaStream_t stream) {
+  run(true, -1, A, lda, Wq, scales, ldw, M, N, n_valid, K, epi, stream);
+}
+
+// Test / tuning hooks (declared by kernels/tests/test_gemm.cu; not part of the engine's interface).
+// Configuration ids are the flat ones: mma.sync first, then the sm_90a ones when linked.
+namespace gemm_detail {
+int num_configs(bool w8) { return num_all(w8); }
+const char* config_name(bool w8, int i) { return cfg_name(w8, i); }
+int config_smem(bool w8, int i) { return cfg_smem(w8, i); }
+bool config_fits(bool w8, int i) {
+  int dev = 0;
+  return cfg_fits(w8, i, device_info(dev));
+}
+int pick_config(bool w8, int M, int N) {
+  int dev = 0;
+  return pick(w8, M, N, device_info(dev));
+}
+const char* tuning_name() {
+  int dev = 0;
+  return tuning_for(device_info(dev)).gpu;
+}
+void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
+                int n_valid, int K, const Epilogue& epi, cudaStream_t stream) {
+  run(w8, cfg, A, lda, W, scales, ldw, M, N, n_valid, K, epi, stream);
+}
+}  // namespace gemm_detail
+
+}  // namespace l2::kernels

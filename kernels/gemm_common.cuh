@@ -1,0 +1,152 @@
+// Shared pieces of the tensor-core GEMMs (gemm.cu: mma.sync for sm_80+, gemm_sm90a.cu: wgmma for sm_90a):
+// the kernel arguments, the cp.async stage loader (A tile + fp16 or int8 weight tile + group scales, into
+// 128-byte-row XOR-swizzled shared memory) and the int8 -> fp16 dequantization of a staged weight tile.
+// A configuration type CF provides: BM, BN, BK, C (= BK / 8), kThreads, W8, A_BYTES, WST_BYTES, STAGE_BYTES.
+#pragma once
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "kernels.h"
+#include "mma.cuh"
+
+namespace l2::kernels::gemm_common {
+
+using namespace l2::kernels::mma;
+
+struct GemmArgs {
+  const half* A;
+  const void* W;        // half [N][ldw] or int8 [N][ldw]
+  const half* scales;   // W8: [N][ldw / 32]
+  int lda, ldw, M, N, n_valid, K;
+  Epilogue epi;
+};
+
+template <class CF>
+__device__ __forceinline__ void load_stage(const GemmArgs& g, unsigned char* smem, int slot, int kt, int m0, int n0,
+                                           int tid) {
+  unsigned char* st = smem + slot * CF::STAGE_BYTES;
+  const int k0 = kt * CF::BK;
+  // A tile: BM rows x C chunks, swizzled.
+  {
+    const uint32_t sA = smem_u32(st);
+    constexpr int kChunks = CF::BM * CF::C;
+#pragma unroll
+    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
+      int i = tid + j * CF::kThreads;
+      if (kChunks % CF::kThreads == 0 || i < kChunks) {
+        int row = i / CF::C, ch = i % CF::C;
+        int grow = m0 + row;
+        bool ok = grow < g.M;
+        const half* src = g.A + (size_t)(ok ? grow : 0) * g.lda + k0 + ch * 8;
+        cp_async_16(sA + swz<CF::C>(row, ch) * 2, src, ok);
+      }
+    }
+  }
+  if constexpr (!CF::W8) {
+    const uint32_t sW = smem_u32(st + CF::A_BYTES);
+    const half* W = static_cast<const half*>(g.W);
+    constexpr int kChunks = CF::BN * CF::C;
+#pragma unroll
+    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
+      int i = tid + j * CF::kThreads;
+      if (kChunks % CF::kThreads == 0 || i < kChunks) {
+        int row = i / CF::C, ch = i % CF::C;
+        int grow = n0 + row;
+        bool ok = grow < g.N;
+        const half* src = W + (size_t)(ok ? grow : 0) * g.ldw + k0 + ch * 8;
+        cp_async_16(sW + swz<CF::C>(row, ch) * 2, src, ok);
+      }
+    }
+  } else {
+    // int8 tile: BN rows x (BK / 16) chunks, linear; scales: one 4-byte pair per row.
+    const uint32_t sQ = smem_u32(st + CF::A_BYTES);
+    const int8_t* Wq = static_cast<const int8_t*>(g.W);
+    constexpr int C8 = CF::BK / 16;
+    constexpr int kChunks = CF::BN * C8;
+#pragma unroll
+    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
+      int i = tid + j * CF::kThreads;
+      if (kChunks % CF::kThreads == 0 || i < kChunks) {
+        int row = i / C8, ch = i % C8;
+        int grow = n0 + row;
+        bool ok = grow < g.N;
+        const int8_t* src = Wq + (size_t)(ok ? grow : 0) * g.ldw + k0 + ch * 16;
+        cp_async_16(sQ + i * 16, src, ok);
+      }
+    }
+    const uint32_t sS = smem_u32(st + CF::A_BYTES + CF::WST_BYTES);
+    const int lds = g.ldw / 32;
+#pragma unroll
+    for (int j = 0; j < (CF::BN + CF::kThreads - 1) / CF::kThreads; ++j) {
+      int row = tid + j * CF::kThreads;
+      if (CF::BN % CF::kThreads == 0 || row < CF::BN) {
+        int grow = n0 + row;
+        bool ok = grow < g.N;
+        const half* src = g.scales + (size_t)(ok ? grow : 0) * lds + kt * 2;
+        cp_async_4(sS + row * 4, src, ok);
+      }
+    }
+  }
+}
+
+// int8 x 4 (one 32-bit word, k order low byte first) -> two half2 = (q0, q1), (q2, q3), exactly.
+__device__ __forceinline__ void i8x4_to_half2x2(uint32_t w, __half2& lo, __half2& hi) {
+  uint32_t u = w ^ 0x80808080u;                       // signed byte x -> unsigned x + 128
+  uint32_t l = __byte_perm(u, 0x64646464u, 0x4140);   // halves 0x64XX = 1024 + (x + 128)
+  uint32_t h = __byte_perm(u, 0x64646464u, 0x4342);
+  const __half2 bias = __half2half2(__ushort_as_half((unsigned short)0x6480));  // 1152
+  lo = __hsub2(*reinterpret_cast<__half2*>(&l), bias);
+  hi = __hsub2(*reinterpret_cast<__half2*>(&h), bias);
+}
+
+// Dequantizes the staged int8 tile of `slot` into the fp16 tile X (swizzled like an fp16 weight tile).
+template <class CF>
+__device__ __forceinline__ void dequant_stage(unsigned char* smem, int slot, half* X, int tid) {
+  const unsigned char* st = smem + slot * CF::STAGE_BYTES;
+  const int8_t* q = reinterpret_cast<const int8_t*>(st + CF::A_BYTES);
+  const __half* sc = reinterpret_cast<const __half*>(st + CF::A_BYTES + CF::WST_BYTES);
+  constexpr int C8 = CF::BK / 16;
+  constexpr int kChunks = CF::BN * C8;
+#pragma unroll
+  for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
+    int i = tid + j * CF::kThreads;
+    if (kChunks % CF::kThreads == 0 || i < kChunks) {
+      int row = i / C8, ch = i % C8;  // 16 int8 at k = 16 ch .. 16 ch + 15: group (16 ch) / 32 = ch / 2
+      uint4 w = *reinterpret_cast<const uint4*>(q + i * 16);
+      __half2 s = __half2half2(sc[row * (CF::BK / 32) + (ch >> 1)]);
+      __half2 h[8];
+      i8x4_to_half2x2(w.x, h[0], h[1]);
+      i8x4_to_half2x2(w.y, h[2], h[3]);
+      i8x4_to_half2x2(w.z, h[4], h[5]);
+      i8x4_to_half2x2(w.w, h[6], h[7]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) h[e] = __hmul2(h[e], s);
+      uint4 o0, o1;
+      o0.x = *reinterpret_cast<uint32_t*>(&h[0]);
+      o0.y = *reinterpret_cast<uint32_t*>(&h[1]);
+      o0.z = *reinterpret_cast<uint32_t*>(&h[2]);
+      o0.w = *reinterpret_cast<uint32_t*>(&h[3]);
+      o1.x = *reinterpret_cast<uint32_t*>(&h[4]);
+      o1.y = *reinterpret_cast<uint32_t*>(&h[5]);
+      o1.z = *reinterpret_cast<uint32_t*>(&h[6]);
+      o1.w = *reinterpret_cast<uint32_t*>(&h[7]);
+      *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 2 * ch)) = o0;
+      *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 2 * ch + 1)) = o1;
+    }
+  }
+}
+
+}  // namespace l2::kernels::gemm_common
+
+// The sm_90a wgmma path (gemm_sm90a.cu). Declared weak: gemm.cu works (mma.sync only) when that translation
+// unit is not linked in, in which case &num_configs == nullptr.
+namespace l2::kernels::sm90a {
+struct ConfigInfo {
+  const char* name;
+  int bm, bn, smem;
+};
+__attribute__((weak)) int num_configs(bool w8);
+__attribute__((weak)) ConfigInfo config(bool w8, int i);
+__attribute__((weak)) void launch(bool w8, int i, const gemm_common::GemmArgs& g, int dev, cudaStream_t stream);
+}  // namespace l2::kernels::sm90a

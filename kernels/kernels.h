@@ -1,0 +1,103 @@
+// Host-callable entry points of the CUDA kernels (one family per .cu file). Shapes and layouts:
+// - Weights are row-major [N, K] (output rows, input cols), stored PADDED: N to a multiple of 128 and
+//   K to a multiple of 64, zero-filled, so kernels need no ragged edges (`n_valid` says how many
+//   output columns are real). int8 weights ("W8", per-32 group scales): q[N][K] int8 + scales[N][K/32] fp16.
+// - Activations are row-major [T tokens, K] fp16 with row stride `lda` (the padded K; pad columns are 0).
+// - The KV cache is paged: per layer, K and V pools [n_blocks][n_kv_heads][kKvBlock][head_dim] fp16.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace l2::kernels {
+
+constexpr int kKvBlock = 16;  // tokens per KV block (= l2::kKvBlockSize)
+constexpr int kPadN = 128;
+constexpr int kPadK = 64;
+
+// What a matrix kernel does with each output value v = dot(A row t, W row n). Applied to adjacent pairs
+// (n, n + 1), n even, so that SwiGLU (interleaved gate/up rows) and RoPE (interleaved pairs) fuse in.
+enum class Epi : int {
+  StoreF32 = 0,  // ((float*)out)[t * ldo + n] = v
+  StoreF16 = 1,  // ((half*)out)[t * ldo + n] = v
+  AddF32 = 2,    // ((float*)out)[t * ldo + n] += v          (residual stream)
+  SwiGLU = 3,    // ((half*)out)[t * ldo + n / 2] = silu(v[n]) * v[n + 1]   (row 2i = gate i, 2i+1 = up i)
+  QkvRope = 4,   // columns [0, q_dim) = Q, then K [kv_dim], then V [kv_dim]: RoPE on Q and K pairs,
+                 // Q -> ((half*)out)[t * ldo + n]; K, V -> this layer's cache at kv_slot[t]
+};
+
+struct Epilogue {
+  Epi kind = Epi::StoreF32;
+  void* out = nullptr;
+  int ldo = 0;
+  // QkvRope only:
+  int q_dim = 0, kv_dim = 0, head_dim = 0, n_kv_heads = 0;
+  const int32_t* positions = nullptr;  // [T]
+  const float2* rope = nullptr;        // [context][head_dim / 2] = (cos, sin)
+  const int32_t* kv_slot = nullptr;    // [T] = block * kKvBlock + slot within the block
+  half* k_cache = nullptr;
+  half* v_cache = nullptr;
+};
+
+// ---- gemm.cu: prefill / large-batch matrix multiply on tensor cores (mma.sync, fp32 accumulate) ----
+// C = A[M, K] . W[N, K]^T, any M >= 1, N % 128 == 0, K % 64 == 0; columns >= n_valid are not written.
+void gemm_f16(const half* A, int lda, const half* W, int ldw, int M, int N, int n_valid, int K,
+              const Epilogue& epi, cudaStream_t stream);
+void gemm_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int M, int N, int n_valid,
+             int K, const Epilogue& epi, cudaStream_t stream);
+
+// ---- gemv.cu: decode matrix-vector / small batch (T <= kGemvMaxT), memory-bound ----
+constexpr int kGemvMaxT = 8;
+void gemv_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K,
+              const Epilogue& epi, cudaStream_t stream);
+void gemv_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int T, int N, int n_valid,
+             int K, const Epilogue& epi, cudaStream_t stream);
+
+// ---- attention.cu: causal attention over the paged cache, GQA ----
+struct AttentionParams {
+  const half* q = nullptr;  // [T][ldq], RoPE applied; head h at columns [h * head_dim, (h+1) * head_dim)
+  int ldq = 0;
+  half* out = nullptr;      // [T][ldo]
+  int ldo = 0;
+  const half* k_cache = nullptr;  // this layer's pools
+  const half* v_cache = nullptr;
+  const int32_t* block_tables = nullptr;  // [n_segments][max_blocks]
+  int max_blocks = 0;
+  // Segment s covers tokens [seg_start[s], seg_start[s] + seg_count[s]) at positions seg_pos0[s]...;
+  // token j of a segment attends to positions 0 .. seg_pos0[s] + j of its sequence.
+  const int32_t* seg_start = nullptr;
+  const int32_t* seg_count = nullptr;
+  const int32_t* seg_pos0 = nullptr;
+  int n_segments = 0;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float scale = 1.f;  // 1 / sqrt(head_dim)
+  // attention_decode only: the batch indices of the tokens to process (n_tokens of them), so its
+  // workspace scales with decode tokens, not the batch; nullptr means tokens 0 .. n_tokens-1.
+  const int32_t* decode_tokens = nullptr;
+};
+// Flash-attention style prefill on tensor cores (head_dim 64 or 128): segments with count > 1.
+// Returns false (launching nothing) for head dims it does not support.
+bool attention_prefill(const AttentionParams& p, int max_seg_count, cudaStream_t stream);
+// Flash-decoding (split over the context, then a reduce) for the n_tokens listed in p.decode_tokens,
+// any head_dim in {8, 16, 32, 64, 128, 256}. `workspace` holds the split partials; `max_ctx` bounds
+// the positions (the grid is sized by it, so a fixed max_ctx gives a fixed launch for CUDA graphs).
+size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx);
+void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream);
+
+// ---- norm_rope.cu: RMSNorm, embedding gather ----
+// out[t] = half(x[t] / rms(x[t]) * w), rows of `dim` fp32 -> fp16 with row stride ldo.
+void rmsnorm_f16(const float* x, int ldx, const float* w, half* out, int ldo, int T, int dim, float eps, cudaStream_t stream);
+// x[t] = embedding row tokens[t] (fp16 table [V][ld] or Q8 table q[V][ld] + scales) as fp32.
+void embed_f16(const half* table, int ld, const int32_t* tokens, float* x, int ldx, int T, int dim, cudaStream_t stream);
+void embed_w8(const int8_t* q, const half* scales, int ld, const int32_t* tokens, float* x, int ldx, int T, int dim, cudaStream_t stream);
+// Gathers rows: out[i] = x[rows[i]] (fp32), for the final norm of output rows.
+void gather_rows(const float* x, int ldx, const int32_t* rows, float* out, int ldo, int n, int dim, cudaStream_t stream);
+
+// ---- sampling.cu: top-k candidates on the device ----
+// For each of n rows of logits [n][ld] (first `vocab` valid): the k largest (k <= 256), descending,
+// ties broken by the lower id; NaN counts as -inf.
+size_t topk_workspace(int n, int vocab, int k);
+void topk(const float* logits, int ld, int n, int vocab, int k, int32_t* ids, float* vals, void* workspace, cudaStream_t stream);
+
+}  // namespace l2::kernels

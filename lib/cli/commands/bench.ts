@@ -1,0 +1,70 @@
+// `llama2 bench`: the throughput bench (see lib/bench/bench.ts); progress on stderr, a summary on
+// stdout, the full result JSON in --out (input of `llama2 compare`).
+import { writeFileSync } from "node:fs";
+import type { Command } from "../command.js";
+import { InvalidArgumentError } from "../../errors.js";
+import { runBench, summarize } from "../../bench/bench.js";
+import type { Device, WeightDtype } from "../../types.js";
+
+function positiveInts(flag: string, v: unknown, max: number): number[] {
+  const list = (v as string[]).map((s) => Number(s));
+  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1 || n > max)) {
+    throw new InvalidArgumentError(flag, `expected a comma list of integers in [1, ${max}], got '${(v as string[]).join(",")}'`);
+  }
+  return list;
+}
+
+const command: Command = {
+  name: "bench",
+  summary: "measure load time, prefill, decode (per batch size), memory and overhead; write a result JSON",
+  usage: "Usage: llama2 bench --model PATH [--device cuda|cpu|auto] [--dtype f16|int8|auto] [--prompt 128,512,2048] [--gen 256] [--batch 1,4,16] [--out FILE]",
+  flags: {
+    model: { type: "string", alias: "m", description: "model (HF directory, .gguf, llama2.c .bin)" },
+    device: { type: "string", description: "cpu, cuda or auto", default: "auto" },
+    dtype: { type: "string", description: "weight precision on the device", default: "auto" },
+    prompt: { type: "list", description: "prompt lengths for prefill / time to first token", default: ["128", "512"] },
+    gen: { type: "int", description: "tokens generated per decode run", default: 128 },
+    batch: { type: "list", description: "decode batch sizes (concurrent sequences)", default: ["1"] },
+    "decode-prompt": { type: "int", description: "prompt length of the decode runs", default: 128 },
+    reps: { type: "int", description: "repetitions of each figure (after one warm-up)", default: 3 },
+    context: { type: "int", description: "context length to load with (default: what the runs need)" },
+    threads: { type: "int", description: "CPU threads" },
+    preset: { type: "string", description: "synthetic preset name to record (e.g. llama2-7b)" },
+    "skip-cold": { type: "boolean", description: "do not measure a cold-page-cache load" },
+    out: { type: "string", alias: "o", description: "write the result JSON here" },
+    json: { type: "boolean", description: "print the result JSON on stdout instead of a summary" },
+  },
+  async run(flags, positionals, io) {
+    if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument");
+    if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required");
+    const device = flags.device as string;
+    if (!["cpu", "cuda", "auto"].includes(device)) throw new InvalidArgumentError("--device", `expected cpu, cuda or auto, got '${device}'`);
+    const gen = flags.gen as number;
+    const reps = flags.reps as number;
+    if (gen < 2 || gen > 65536) throw new InvalidArgumentError("--gen", `expected 2..65536, got ${gen}`);
+    if (reps < 1 || reps > 100) throw new InvalidArgumentError("--reps", `expected 1..100, got ${reps}`);
+    const result = await runBench({
+      model: flags.model,
+      device: device as Device,
+      dtype: flags.dtype as WeightDtype,
+      prompts: positiveInts("--prompt", flags.prompt, 1 << 20),
+      gen,
+      batches: positiveInts("--batch", flags.batch, 4096),
+      decodePrompt: flags.decodePrompt as number,
+      reps,
+      contextLength: flags.context as number | undefined,
+      threads: flags.threads as number | undefined,
+      skipCold: flags.skipCold === true,
+      preset: flags.preset as string | undefined,
+      log: (m) => io.stderr.write(`[bench] ${m}\n`),
+    });
+    if (typeof flags.out === "string") {
+      writeFileSync(flags.out, JSON.stringify(result, null, 2) + "\n");
+      io.stderr.write(`[bench] wrote ${flags.out}\n`);
+    }
+    io.stdout.write(flags.json ? JSON.stringify(result, null, 2) + "\n" : summarize(result) + "\n");
+    return 0;
+  },
+};
+
+export default command;

@@ -1,0 +1,32 @@
+// What the server and the job runner need from a loaded model. `Llama2` satisfies it; tests use a fake.
+import type { ChatMessage, GenerateOptions, GenerationStream, ModelInfo } from "../types.js";
+
+export interface ChatBackend {
+  readonly info: ModelInfo;
+  /** Applies the model's chat template. */
+  chat(messages: ChatMessage[], opts?: GenerateOptions): GenerationStream;
+  /** Raw completion. */
+  generate(prompt: string, opts?: GenerateOptions): GenerationStream;
+  tokenize(text: string, opts?: { bos?: boolean }): number[];
+  /**
+   * Optional: exact prompt length of `messages` after the chat template. Used to bound max_tokens by
+   * the context; without it the server estimates conservatively from tokenize().
+   */
+  chatPromptTokens?(messages: ChatMessage[]): number;
+  /** Requests waiting + running (for /metrics and fairness). */
+  readonly pending: number;
+  /** GPU memory in use, bytes (undefined on CPU). */
+  deviceMemoryBytes(): number | undefined;
+  dispose(): Promise<void>;
+}
+
+// Upper bound of the template's extra tokens per message ("[INST] <<SYS>> ... [/INST]", BOS/EOS).
+const TEMPLATE_TOKENS_PER_MESSAGE = 12;
+
+/** Prompt tokens of a chat, exact when the backend can say, otherwise an over-estimate. */
+export function countChatTokens(backend: ChatBackend, messages: ChatMessage[]): number {
+  if (backend.chatPromptTokens) return backend.chatPromptTokens(messages);
+  let n = 1;
+  for (const m of messages) n += backend.tokenize(m.content, { bos: false }).length + TEMPLATE_TOKENS_PER_MESSAGE;
+  return n;
+}

@@ -1,0 +1,194 @@
+// Validation of OpenAI-style request bodies (also used for evaluation dataset lines). Every problem is
+// an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored.
+import { InvalidArgumentError } from "../errors.js";
+import type { ChatMessage, SamplingOptions } from "../types.js";
+
+/** The prompt does not leave room for the requested completion (OpenAI code context_length_exceeded). */
+export class ContextLengthError extends InvalidArgumentError {
+  readonly apiCode = "context_length_exceeded";
+}
+
+export interface ParsedSampling {
+  maxTokens?: number;
+  stop?: string[];
+  options: SamplingOptions;
+}
+
+export interface ParsedRequest extends ParsedSampling {
+  stream: boolean;
+  includeUsage: boolean;
+}
+
+export type Body = Record<string, unknown>;
+
+const MAX_STOP = 16;
+const MAX_MESSAGES = 10_000;
+
+function show(v: unknown): string {
+  const s = v === undefined ? "undefined" : JSON.stringify(v);
+  return s.length > 40 ? `${s.slice(0, 37)}...` : s;
+}
+
+function typeName(v: unknown): string {
+  return v === null ? "null" : Array.isArray(v) ? "array" : typeof v;
+}
+
+export function asObject(v: unknown, field: string): Body {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new InvalidArgumentError(field, `expected a JSON object, got ${typeName(v)}`);
+  return v as Body;
+}
+
+/** A number field; null/absent -> undefined. `loOpen`: the lower bound itself is excluded. */
+function numberField(o: Body, key: string, lo: number, hi: number, opts: { int?: boolean; loOpen?: boolean } = {}): number | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "number" || !Number.isFinite(v)) throw new InvalidArgumentError(key, `expected a number, got ${typeName(v)} ${show(v)}`);
+  if (opts.int && !Number.isSafeInteger(v)) throw new InvalidArgumentError(key, `expected an integer, got ${v}`);
+  if ((opts.loOpen ? v <= lo : v < lo) || v > hi) throw new InvalidArgumentError(key, `must be in ${opts.loOpen ? "(" : "["}${lo}, ${hi}], got ${v}`);
+  return v;
+}
+
+function boolField(o: Body, key: string): boolean | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "boolean") throw new InvalidArgumentError(key, `expected true or false, got ${show(v)}`);
+  return v;
+}
+
+function stringField(o: Body, key: string): string | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "string") throw new InvalidArgumentError(key, `expected a string, got ${typeName(v)}`);
+  return v;
+}
+
+function parseStop(v: unknown): string[] | undefined {
+  if (v === undefined || v === null) return undefined;
+  const list = typeof v === "string" ? [v] : v;
+  if (!Array.isArray(list)) throw new InvalidArgumentError("stop", `expected a string or an array of strings, got ${typeName(v)}`);
+  if (list.length > MAX_STOP) throw new InvalidArgumentError("stop", `at most ${MAX_STOP} stop sequences, got ${list.length}`);
+  return list.map((s, i) => {
+    if (typeof s !== "string" || s.length === 0 || s.length > 256)
+      throw new InvalidArgumentError(`stop[${i}]`, "expected a non-empty string of at most 256 characters");
+    return s;
+  });
+}
+
+function parseLogitBias(v: unknown, vocabSize: number): Record<number, number> | undefined {
+  if (v === undefined || v === null) return undefined;
+  const o = asObject(v, "logit_bias");
+  const out: Record<number, number> = {};
+  const keys = Object.keys(o);
+  if (keys.length > 1024) throw new InvalidArgumentError("logit_bias", `at most 1024 entries, got ${keys.length}`);
+  for (const k of keys) {
+    const id = Number(k);
+    if (!/^\d{1,9}$/.test(k) || id >= vocabSize) throw new InvalidArgumentError(`logit_bias.${k.slice(0, 20)}`, `not a token id in [0, ${vocabSize})`);
+    const b = o[k];
+    if (typeof b !== "number" || !Number.isFinite(b) || b < -100 || b > 100)
+      throw new InvalidArgumentError(`logit_bias.${k}`, `expected a number in [-100, 100], got ${show(b)}`);
+    out[id] = b;
+  }
+  return out;
+}
+
+/** The sampling fields shared by both endpoints and evaluation lines. */
+export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
+  const n = numberField(o, "n", 1, 128, { int: true });
+  if (n !== undefined && n !== 1) throw new InvalidArgumentError("n", `only n=1 is supported, got ${n}`);
+  const maxTokens = numberField(o, "max_tokens", 1, 1 << 24, { int: true }) ?? numberField(o, "max_completion_tokens", 1, 1 << 24, { int: true });
+  const stop = parseStop(o.stop);
+  const logitBias = parseLogitBias(o.logit_bias, vocabSize);
+  const entries: [keyof SamplingOptions, number | undefined][] = [
+    ["temperature", numberField(o, "temperature", 0, 2)],
+    ["topP", numberField(o, "top_p", 0, 1, { loOpen: true })],
+    ["presencePenalty", numberField(o, "presence_penalty", -2, 2)],
+    ["frequencyPenalty", numberField(o, "frequency_penalty", -2, 2)],
+    ["seed", numberField(o, "seed", 0, Number.MAX_SAFE_INTEGER, { int: true })],
+  ];
+  const options: SamplingOptions = Object.fromEntries(entries.filter(([, v]) => v !== undefined));
+  if (logitBias) options.logitBias = logitBias;
+  stringField(o, "user");
+  stringField(o, "model");
+  return { ...(maxTokens !== undefined && { maxTokens }), ...(stop && { stop }), options };
+}
+
+function parseStreaming(o: Body): { stream: boolean; includeUsage: boolean } {
+  const stream = boolField(o, "stream") ?? false;
+  let includeUsage = false;
+  if (o.stream_options !== undefined && o.stream_options !== null) {
+    const so = asObject(o.stream_options, "stream_options");
+    const v = so.include_usage;
+    if (v !== undefined && v !== null && typeof v !== "boolean")
+      throw new InvalidArgumentError("stream_options.include_usage", `expected true or false, got ${show(v)}`);
+    includeUsage = v === true;
+  }
+  return { stream, includeUsage };
+}
+
+export function parseMessages(v: unknown, field = "messages"): ChatMessage[] {
+  if (!Array.isArray(v)) throw new InvalidArgumentError(field, `expected an array of messages, got ${typeName(v)}`);
+  if (v.length === 0) throw new InvalidArgumentError(field, "must contain at least one message");
+  if (v.length > MAX_MESSAGES) throw new InvalidArgumentError(field, `at most ${MAX_MESSAGES} messages, got ${v.length}`);
+  const messages = v.map((raw, i): ChatMessage => {
+    const f = `${field}[${i}]`;
+    const m = asObject(raw, f);
+    // "developer" is OpenAI's newer name for the system role.
+    const role = m.role === "developer" ? "system" : m.role;
+    if (role !== "system" && role !== "user" && role !== "assistant")
+      throw new InvalidArgumentError(`${f}.role`, `expected system, user or assistant, got ${show(m.role)}`);
+    return { role, content: parseContent(m.content, `${f}.content`) };
+  });
+  if (!messages.some((m) => m.role === "user")) throw new InvalidArgumentError(field, "needs at least one user message");
+  return messages;
+}
+
+// A string, or OpenAI's array of content parts of which only text parts are supported.
+function parseContent(v: unknown, field: string): string {
+  if (typeof v === "string") return v;
+  if (!Array.isArray(v)) throw new InvalidArgumentError(field, `expected a string or an array of text parts, got ${typeName(v)}`);
+  return v
+    .map((p, i) => {
+      const part = asObject(p, `${field}[${i}]`);
+      if (part.type !== "text" || typeof part.text !== "string")
+        throw new InvalidArgumentError(`${field}[${i}]`, `only {"type":"text","text":"..."} parts are supported`);
+      return part.text;
+    })
+    .join("");
+}
+
+export function parsePrompt(v: unknown, field = "prompt"): string {
+  if (typeof v === "string") return v;
+  if (Array.isArray(v) && v.length === 1 && typeof v[0] === "string") return v[0];
+  throw new InvalidArgumentError(field, `expected a string (token arrays and batches of prompts are not supported), got ${typeName(v)}`);
+}
+
+export function parseChatRequest(body: unknown, vocabSize: number): ParsedRequest & { messages: ChatMessage[] } {
+  const o = asObject(body, "body");
+  if (o.messages === undefined) throw new InvalidArgumentError("messages", "is required");
+  const messages = parseMessages(o.messages);
+  return { messages, ...parseSampling(o, vocabSize), ...parseStreaming(o) };
+}
+
+export function parseCompletionRequest(body: unknown, vocabSize: number): ParsedRequest & { prompt: string } {
+  const o = asObject(body, "body");
+  if (o.prompt === undefined) throw new InvalidArgumentError("prompt", "is required");
+  const prompt = parsePrompt(o.prompt);
+  if (boolField(o, "echo")) throw new InvalidArgumentError("echo", "echo is not supported");
+  if (o.logprobs !== undefined && o.logprobs !== null && o.logprobs !== 0) throw new InvalidArgumentError("logprobs", "logprobs are not supported");
+  const bestOf = numberField(o, "best_of", 1, 128, { int: true });
+  if (bestOf !== undefined && bestOf !== 1) throw new InvalidArgumentError("best_of", `only best_of=1 is supported, got ${bestOf}`);
+  return { prompt, ...parseSampling(o, vocabSize), ...parseStreaming(o) };
+}
+
+/** max_tokens bounded by the context left after the prompt; absent -> all of it. */
+export function resolveMaxTokens(requested: number | undefined, promptTokens: number, contextLength: number, promptField: string): number {
+  const room = contextLength - promptTokens;
+  if (room < 1)
+    throw new ContextLengthError(promptField, `the prompt is ${promptTokens} tokens; the model's context is ${contextLength} tokens, which leaves no room to generate`);
+  if (requested !== undefined && requested > room)
+    throw new ContextLengthError(
+      "max_tokens",
+      `${requested} + ${promptTokens} prompt tokens exceeds the model's context of ${contextLength} tokens (at most ${room} here)`,
+    );
+  return requested ?? room;
+}

@@ -1,0 +1,761 @@
+// The CUDA backend: weights uploaded once (fp16, or int8 with per-32 scales), a paged fp16 KV cache,
+// and the Llama forward as a sequence of fused kernels (kernels/). Decode steps of up to 8 tokens
+// replay a captured CUDA graph (one launch, one host sync to hand the tokens back); larger steps
+// (prefill, big batches) run eagerly on tensor-core GEMMs.
+//
+// Layout conventions (see kernels/kernels.h): matrices padded to N % 128 and K % 64 with zeros,
+// activations row-major with padded row strides whose pad columns stay zero forever; Q/K rows of
+// Hugging Face checkpoints are permuted at upload into the interleaved rotary layout; gate/up rows
+// are interleaved (2i = gate i, 2i+1 = up i) so SwiGLU fuses into the matrix epilogue.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <thread>
+
+#include "../../../kernels/kernels.h"
+#include "../../../kernels/launch.cuh"
+#include "../../common/error.h"
+#include "../../common/half.h"
+#include "../../common/thread_pool.h"
+#include "../backend.h"
+
+namespace l2 {
+
+namespace k = kernels;
+
+namespace {
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  cudaGetLastError();  // clear a non-sticky error
+  if (e == cudaErrorMemoryAllocation)
+    fail(code::kOutOfMemory, std::string("out of GPU memory (") + what + "): try dtype 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
+  fail(code::kCuda, std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " + what);
+}
+#define CK(x) check_cuda((x), #x)
+
+int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+std::string gib(uint64_t b) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%.2f GiB", (double)b / (1ull << 30));
+  return buf;
+}
+
+// A matrix on the device: fp16 w[npad][ldw], or int8 q[npad][ldw] + scales s[npad][ldw / 32].
+struct DevMat {
+  bool int8 = false;
+  int n = 0, k = 0, npad = 0, ldw = 0;
+  half* w = nullptr;
+  int8_t* q = nullptr;
+  half* s = nullptr;
+  uint64_t bytes() const { return int8 ? (uint64_t)npad * ldw + (uint64_t)npad * (ldw / 32) * 2 : (uint64_t)npad * ldw * 2; }
+};
+
+// Where device row r of a matrix comes from: row `row` of `m` (nullptr: a zero pad row).
+struct RowSrc {
+  const Matrix* m;
+  int64_t row;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const ModelConfig& c, LlamaWeights w, const BackendOptions& o) : c_(c), ctx_(o.context_length), n_blocks_(o.n_kv_blocks) {
+    int count = 0;
+    CK(cudaGetDeviceCount(&count));
+    if (o.device_index < 0 || o.device_index >= count)
+      fail(code::kInvalidArgument, "deviceIndex: " + std::to_string(o.device_index) + " is out of range (" + std::to_string(count) + " CUDA devices)");
+    dev_ = o.device_index;
+    CK(cudaSetDevice(dev_));
+    CK(cudaGetDeviceProperties(&props_, dev_));
+    if (props_.major < 8)
+      fail(code::kDeviceUnavailable, std::string(props_.name) + " (sm_" + std::to_string(props_.major * 10 + props_.minor) +
+                                         ") is not supported: llama2-native needs compute capability 8.0 or newer (A100, A10, L4, H100...)");
+    if (c_.dim % 8 != 0 || c_.dim > 16384)
+      fail(code::kConfig, "the CUDA backend needs dim to be a multiple of 8 and at most 16384 (dim = " + std::to_string(c_.dim) + ")");
+    if (c_.head_dim != 8 && c_.head_dim != 16 && c_.head_dim != 32 && c_.head_dim != 64 && c_.head_dim != 128 && c_.head_dim != 256)
+      fail(code::kConfig, "the CUDA backend supports head_dim 8, 16, 32, 64, 128 or 256 (head_dim = " + std::to_string(c_.head_dim) + ")");
+    if (c_.n_heads / c_.n_kv_heads > 8)
+      fail(code::kConfig, "the CUDA backend supports up to 8 query heads per KV head");
+    k::set_pdl(props_.major >= 9);  // programmatic dependent launch: Hopper and newer
+    if (o.dtype != "auto" && o.dtype != "f16" && o.dtype != "int8")
+      fail(code::kInvalidArgument, "dtype: the CUDA backend runs 'f16' or 'int8' weights (got '" + o.dtype + "')");
+    const bool file_q8 = w.layers[0].wq.dtype == DType::Q8_0;
+    want_int8_ = o.dtype == "int8" || (o.dtype == "auto" && file_q8);
+    try {
+      setup(w, o);
+    } catch (...) {
+      release_all();
+      throw;
+    }
+  }
+
+  ~CudaBackend() override { release_all(); }
+
+  BackendInfo info() const override {
+    BackendInfo i;
+    i.device = "cuda";
+    i.name = std::string(props_.name) + " (sm_" + std::to_string(props_.major * 10 + props_.minor) + ", " + std::to_string(props_.multiProcessorCount) + " SMs)";
+    i.dtype = want_int8_ ? "int8" : "f16";
+    i.weight_bytes = weight_bytes_;
+    i.kv_bytes = kv_bytes_;
+    i.device_memory_used = allocated_;
+    i.device_memory_total = props_.totalGlobalMem;
+    return i;
+  }
+
+  void forward(const ForwardBatch& b) override {
+    CK(cudaSetDevice(dev_));
+    n_out_total_ = 0;
+    out_chunks_.clear();
+    // Sub-batches of at most M tokens and S segments; a segment may be split across sub-batches
+    // (its later chunk then sees the earlier chunk's K/V in the cache).
+    size_t seg = 0;
+    int seg_off = 0;  // tokens of segments[seg] already done
+    while (seg < b.segments.size()) {
+      Sub sub;
+      int tokens = 0;
+      while (seg < b.segments.size() && tokens < M_ && (int)sub.segs.size() < S_) {
+        const Segment& sg = b.segments[seg];
+        int n = std::min(sg.count - seg_off, M_ - tokens);
+        Segment part{sg.start + seg_off, n, sg.pos0 + seg_off};
+        sub.segs.push_back(part);
+        sub.table_rows.push_back((int)seg);
+        tokens += n;
+        seg_off += n;
+        if (seg_off == sg.count) {
+          ++seg;
+          seg_off = 0;
+        }
+      }
+      run_sub(b, sub);
+    }
+  }
+
+  void read_logits(float* dst) override {
+    const int V = c_.vocab_size;
+    for (size_t i = 0; i < out_chunks_.size(); ++i) {
+      const OutChunk& oc = out_chunks_[i];
+      CK(cudaMemcpy2DAsync(dst + (size_t)oc.first * V, (size_t)V * 4, oc.logits, (size_t)Vpad_ * 4, (size_t)V * 4, oc.n, cudaMemcpyDeviceToHost, stream_));
+    }
+    CK(cudaStreamSynchronize(stream_));
+  }
+
+  void top_k(int kk, int32_t* ids, float* vals) override {
+    const int V = c_.vocab_size;
+    kk = std::min(kk, V);
+    if (kk > 256) {  // beyond the device kernel: sort on the host
+      std::vector<float> all((size_t)n_out_total_ * V);
+      read_logits(all.data());
+      std::vector<int32_t> idx((size_t)V);
+      for (int o = 0; o < n_out_total_; ++o) {
+        const float* lg = &all[(size_t)o * V];
+        auto key = [&](int32_t i) { return std::isnan(lg[i]) ? -INFINITY : lg[i]; };
+        for (int i = 0; i < V; ++i) idx[(size_t)i] = i;
+        std::partial_sort(idx.begin(), idx.begin() + kk, idx.end(), [&](int32_t a, int32_t bb) { return key(a) > key(bb) || (key(a) == key(bb) && a < bb); });
+        for (int j = 0; j < kk; ++j) {
+          ids[(size_t)o * kk + j] = idx[(size_t)j];
+          vals[(size_t)o * kk + j] = lg[idx[(size_t)j]];
+        }
+      }
+      return;
+    }
+    for (const OutChunk& oc : out_chunks_) {
+      k::topk(oc.logits, Vpad_, oc.n, V, kk, topk_ids_ + (size_t)oc.first * kk, topk_vals_ + (size_t)oc.first * kk, nullptr, stream_);
+    }
+    CK(cudaGetLastError());
+    CK(cudaMemcpyAsync(pinned_out_, topk_ids_, (size_t)n_out_total_ * kk * 4, cudaMemcpyDeviceToHost, stream_));
+    CK(cudaMemcpyAsync(pinned_out_ + (size_t)n_out_total_ * kk * 4, topk_vals_, (size_t)n_out_total_ * kk * 4, cudaMemcpyDeviceToHost, stream_));
+    CK(cudaStreamSynchronize(stream_));
+    std::memcpy(ids, pinned_out_, (size_t)n_out_total_ * kk * 4);
+    std::memcpy(vals, pinned_out_ + (size_t)n_out_total_ * kk * 4, (size_t)n_out_total_ * kk * 4);
+  }
+
+  void copy_block(int32_t src, int32_t dst) override {
+    CK(cudaSetDevice(dev_));
+    for (int l = 0; l < c_.n_layers; ++l)
+      for (int kv = 0; kv < 2; ++kv) {
+        half* pool = kv ? v_pool(l) : k_pool(l);
+        CK(cudaMemcpyAsync(pool + (size_t)dst * block_elems_, pool + (size_t)src * block_elems_, block_elems_ * 2, cudaMemcpyDeviceToDevice, stream_));
+      }
+  }
+
+ private:
+  struct Sub {
+    std::vector<Segment> segs;  // token ranges in the ForwardBatch
+    std::vector<int> table_rows;
+  };
+  struct OutChunk {
+    int first, n;
+    float* logits;
+  };
+
+  // ---------------------------------------------------------------- setup
+  void* dalloc(size_t bytes) {
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail(code::kOutOfMemory, "out of GPU memory allocating " + gib(bytes) + " (" + gib(free_b) + " free of " + gib(total_b) +
+                                   " on " + props_.name + "): try dtype 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
+    }
+    allocs_.push_back(p);
+    allocated_ += bytes;
+    return p;
+  }
+
+  void release_all() {
+    cudaSetDevice(dev_);
+    for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
+    graphs_.clear();
+    for (void* p : allocs_) cudaFree(p);
+    allocs_.clear();
+    if (pinned_in_) cudaFreeHost(pinned_in_);
+    if (pinned_out_) cudaFreeHost(pinned_out_);
+    for (auto* p : staging_) if (p) cudaFreeHost(p);
+    pinned_in_ = nullptr;
+    pinned_out_ = nullptr;
+    staging_[0] = staging_[1] = nullptr;
+    for (auto& e : staging_done_) if (e) cudaEventDestroy(e);
+    staging_done_[0] = staging_done_[1] = nullptr;
+    if (stream_) cudaStreamDestroy(stream_);
+    stream_ = nullptr;
+  }
+
+  void setup(LlamaWeights& w, const BackendOptions& o) {
+    CK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    const int D = c_.dim, Q = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn_dim, V = c_.vocab_size, L = c_.n_layers;
+    Dpad_ = round_up(D, k::kPadN);
+    Qpad_ = round_up(Q, k::kPadN);
+    Fpad_ = round_up(F, k::kPadN);
+    Vpad_ = round_up(V, k::kPadN);
+    M_ = 2048;   // tokens per sub-batch (prefill chunk)
+    S_ = 256;    // sequences per sub-batch
+    max_blocks_ = (ctx_ + kKvBlockSize - 1) / kKvBlockSize;
+    block_elems_ = (size_t)c_.n_kv_heads * kKvBlockSize * c_.head_dim;
+    prefill_attn_ = c_.head_dim == 64 || c_.head_dim == 128;
+    dec_max_ = prefill_attn_ ? S_ : M_;
+
+    // Check the whole budget before allocating anything large.
+    uint64_t weights = estimate_weights(w);
+    kv_bytes_ = (uint64_t)L * 2 * n_blocks_ * block_elems_ * 2;
+    uint64_t acts = (uint64_t)M_ * (Dpad_ * 4 + std::max(Dpad_, Fpad_) * 2 + Qpad_ * 4 + Fpad_ * 2) + (uint64_t)S_ * (Vpad_ * 4 + Dpad_ * 4) +
+                    k::attention_decode_workspace(dec_max_, c_.n_heads, c_.head_dim, ctx_) + (uint64_t)ctx_ * c_.head_dim * 4;
+    size_t free_b = 0, total_b = 0;
+    CK(cudaMemGetInfo(&free_b, &total_b));
+    uint64_t need = weights + kv_bytes_ + acts;
+    if (need + (256ull << 20) > free_b)
+      fail(code::kOutOfMemory, "the model needs " + gib(need) + " of GPU memory (weights " + gib(weights) + ", KV cache " + gib(kv_bytes_) +
+                                   " for " + std::to_string(n_blocks_ * kKvBlockSize) + " tokens, buffers " + gib(acts) + ") but " + props_.name +
+                                   " has " + gib(free_b) + " free: try dtype 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
+
+    // Staging for uploads: two pinned buffers, converted by host threads while the other copies.
+    for (int i = 0; i < 2; ++i) {
+      CK(cudaMallocHost(&staging_[i], kStaging));
+      CK(cudaEventCreateWithFlags(&staging_done_[i], cudaEventDisableTiming));
+    }
+    ThreadPool pool(std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+    progress_ = o.progress;
+    total_bytes_ = weights;
+    total_tensors_ = 3 + 4 * L;
+
+    // Embedding and classifier.
+    emb_ = upload(pool, "token embeddings", V, D, rows_of(w.tok_embeddings), int8_for({&w.tok_embeddings}));
+    out_ = c_.tied_output && !want_int8_mismatch(w) ? emb_ : upload(pool, "output", V, D, rows_of(w.output), int8_for({&w.output}));
+    layers_.resize((size_t)L);
+    for (int l = 0; l < L; ++l) {
+      LayerWeights& lw = w.layers[(size_t)l];
+      DevLayer& dl = layers_[(size_t)l];
+      std::string p = "layer " + std::to_string(l) + " ";
+      dl.qkv = upload(pool, p + "qkv", Q + 2 * KV, D, qkv_rows(lw), int8_for({&lw.wq, &lw.wk, &lw.wv}));
+      dl.wo = upload(pool, p + "wo", D, Q, rows_of(lw.wo), int8_for({&lw.wo}));
+      dl.w13 = upload(pool, p + "w13", 2 * F, D, interleaved_rows(lw.w1, lw.w3), int8_for({&lw.w1, &lw.w3}));
+      dl.w2 = upload(pool, p + "w2", D, F, rows_of(lw.w2), int8_for({&lw.w2}));
+      dl.attn_norm = upload_f32(lw.attn_norm);
+      dl.ffn_norm = upload_f32(lw.ffn_norm);
+    }
+    final_norm_ = upload_f32(w.output_norm);
+    CK(cudaStreamSynchronize(stream_));
+    for (int i = 0; i < 2; ++i) {
+      cudaFreeHost(staging_[i]);
+      staging_[i] = nullptr;
+    }
+
+    // KV cache, rotary table, activations.
+    kv_ = static_cast<half*>(dalloc(kv_bytes_));
+    std::vector<float> rope = rope_table(c_, ctx_);
+    rope_ = static_cast<float2*>(dalloc(rope.size() * 4));
+    CK(cudaMemcpy(rope_, rope.data(), rope.size() * 4, cudaMemcpyHostToDevice));
+    x_ = static_cast<float*>(dalloc((size_t)M_ * Dpad_ * 4));
+    xn_ = static_cast<half*>(dalloc((size_t)M_ * std::max(Dpad_, Fpad_) * 2));
+    q_ = static_cast<half*>(dalloc((size_t)M_ * Qpad_ * 2));
+    att_ = static_cast<half*>(dalloc((size_t)M_ * Qpad_ * 2));
+    h_ = static_cast<half*>(dalloc((size_t)M_ * Fpad_ * 2));
+    xo_ = static_cast<float*>(dalloc((size_t)S_ * Dpad_ * 4));
+    logits_ = static_cast<float*>(dalloc((size_t)S_ * Vpad_ * 4));
+    topk_ids_ = static_cast<int32_t*>(dalloc((size_t)S_ * 256 * 4));
+    topk_vals_ = static_cast<float*>(dalloc((size_t)S_ * 256 * 4));
+    attn_ws_ = dalloc(k::attention_decode_workspace(dec_max_, c_.n_heads, c_.head_dim, ctx_));
+    // Pad columns must stay zero (they meet zero weight columns, but NaN * 0 would not be 0).
+    CK(cudaMemsetAsync(x_, 0, (size_t)M_ * Dpad_ * 4, stream_));
+    CK(cudaMemsetAsync(xn_, 0, (size_t)M_ * std::max(Dpad_, Fpad_) * 2, stream_));
+    CK(cudaMemsetAsync(q_, 0, (size_t)M_ * Qpad_ * 2, stream_));
+    CK(cudaMemsetAsync(att_, 0, (size_t)M_ * Qpad_ * 2, stream_));
+    CK(cudaMemsetAsync(h_, 0, (size_t)M_ * Fpad_ * 2, stream_));
+    CK(cudaMemsetAsync(xo_, 0, (size_t)S_ * Dpad_ * 4, stream_));
+    CK(cudaMemsetAsync(kv_, 0, kv_bytes_, stream_));
+    in_bytes_ = ((size_t)M_ * 4 + (size_t)S_ * 4 + (size_t)S_ * max_blocks_) * 4;
+    in_dev_ = static_cast<int32_t*>(dalloc(in_bytes_));
+    CK(cudaMallocHost(&pinned_in_, in_bytes_));
+    CK(cudaMallocHost(&pinned_out_, (size_t)S_ * 256 * 4 * 2));
+    CK(cudaStreamSynchronize(stream_));
+    if (progress_) progress_({"ready", total_bytes_, total_bytes_, total_tensors_, total_tensors_});
+  }
+
+  // A tied classifier can share the embedding's device copy only if both want the same precision.
+  bool want_int8_mismatch(LlamaWeights&) const { return false; }
+
+  bool int8_for(std::initializer_list<const Matrix*> ms) const {
+    bool all = true;
+    for (const Matrix* m : ms) {
+      bool q = m->dtype == DType::Q8_0 || (want_int8_ && m->cols % kQ8Block == 0);
+      all = all && q;
+    }
+    return all;
+  }
+
+  uint64_t estimate_weights(LlamaWeights& w) const {
+    const int D = c_.dim, Q = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn_dim, V = c_.vocab_size;
+    auto mat = [&](int n, int kk, bool q8) {
+      DevMat m;
+      m.int8 = q8;
+      m.npad = round_up(n, k::kPadN);
+      m.ldw = round_up(kk, k::kPadK);
+      return m.bytes();
+    };
+    uint64_t total = mat(V, D, int8_for({&w.tok_embeddings}));
+    if (!c_.tied_output) total += mat(V, D, int8_for({&w.output}));
+    for (auto& lw : w.layers)
+      total += mat(Q + 2 * KV, D, int8_for({&lw.wq, &lw.wk, &lw.wv})) + mat(D, Q, int8_for({&lw.wo})) + mat(2 * F, D, int8_for({&lw.w1, &lw.w3})) +
+               mat(D, F, int8_for({&lw.w2})) + 2 * D * 4;
+    return total + D * 4;
+  }
+
+  std::vector<RowSrc> rows_of(const Matrix& m) {
+    std::vector<RowSrc> r((size_t)m.rows);
+    for (int64_t i = 0; i < m.rows; ++i) r[(size_t)i] = {&m, i};
+    return r;
+  }
+
+  // Q and K rows in the interleaved rotary layout (HF checkpoints permuted back), then V.
+  std::vector<RowSrc> qkv_rows(const LayerWeights& lw) {
+    std::vector<RowSrc> r;
+    auto add = [&](const Matrix& m, bool rotary) {
+      const int hd = c_.head_dim;
+      for (int64_t i = 0; i < m.rows; ++i) {
+        int64_t src = i;
+        if (rotary && c_.rope_layout == RopeLayout::Halves) {
+          int64_t h = i / hd, j = i % hd;  // device row j of the head <- pair member j / 2
+          src = h * hd + (j % 2 == 0 ? j / 2 : j / 2 + hd / 2);
+        }
+        r.push_back({&m, src});
+      }
+    };
+    add(lw.wq, true);
+    add(lw.wk, true);
+    add(lw.wv, false);
+    return r;
+  }
+
+  std::vector<RowSrc> interleaved_rows(const Matrix& gate, const Matrix& up) {
+    std::vector<RowSrc> r;
+    for (int64_t i = 0; i < gate.rows; ++i) {
+      r.push_back({&gate, i});
+      r.push_back({&up, i});
+    }
+    return r;
+  }
+
+  float* upload_f32(const std::vector<float>& v) {
+    float* d = static_cast<float*>(dalloc(v.size() * 4));
+    CK(cudaMemcpy(d, v.data(), v.size() * 4, cudaMemcpyHostToDevice));
+    return d;
+  }
+
+  // Converts rows on host threads into a pinned staging buffer and copies them up, double-buffered.
+  DevMat upload(ThreadPool& pool, const std::string& what, int n, int kk, const std::vector<RowSrc>& rows, bool int8) {
+    DevMat m;
+    m.int8 = int8;
+    m.n = n;
+    m.k = kk;
+    m.npad = round_up(n, k::kPadN);
+    m.ldw = round_up(kk, k::kPadK);
+    const size_t row_bytes_dev = int8 ? (size_t)m.ldw + (size_t)m.ldw / 32 * 2 : (size_t)m.ldw * 2;
+    if (int8) {
+      m.q = static_cast<int8_t*>(dalloc((size_t)m.npad * m.ldw));
+      m.s = static_cast<half*>(dalloc((size_t)m.npad * (m.ldw / 32) * 2));
+    } else {
+      m.w = static_cast<half*>(dalloc((size_t)m.npad * m.ldw * 2));
+    }
+    const int rows_per_chunk = (int)std::max<size_t>(1, kStaging / row_bytes_dev);
+    for (int r0 = 0; r0 < m.npad; r0 += rows_per_chunk) {
+      const int nr = std::min(rows_per_chunk, m.npad - r0);
+      const int buf = stage_++ % 2;
+      CK(cudaEventSynchronize(staging_done_[buf]));
+      uint8_t* st = staging_[buf];
+      // int8: [nr][ldw] quants, then [nr][ldw/32] scales; fp16: [nr][ldw].
+      pool.parallel_for(nr, 8, [&](int64_t b, int64_t e) {
+        std::vector<float> f((size_t)m.ldw);
+        std::vector<uint8_t> blk(kQ8BlockBytes);
+        for (int64_t i = b; i < e; ++i) {
+          int r = r0 + (int)i;
+          const RowSrc* src = r < (int)rows.size() ? &rows[(size_t)r] : nullptr;
+          if (int8) {
+            int8_t* q = reinterpret_cast<int8_t*>(st) + (size_t)i * m.ldw;
+            uint16_t* s = reinterpret_cast<uint16_t*>(st + (size_t)nr * m.ldw) + (size_t)i * (m.ldw / 32);
+            std::memset(q, 0, (size_t)m.ldw);
+            std::memset(s, 0, (size_t)(m.ldw / 32) * 2);
+            if (!src) continue;
+            const Matrix& sm = *src->m;
+            if (sm.dtype == DType::Q8_0) {  // split GGUF blocks into quants and scales
+              const uint8_t* row = sm.row(src->row);
+              for (int64_t g = 0; g < sm.cols / kQ8Block; ++g) {
+                std::memcpy(&s[g], row + g * kQ8BlockBytes, 2);
+                std::memcpy(q + g * kQ8Block, row + g * kQ8BlockBytes + 2, kQ8Block);
+              }
+            } else {  // quantize exactly as the CPU backend does (llama.cpp's Q8_0)
+              std::fill(f.begin(), f.end(), 0.f);
+              convert_row(sm.dtype, sm.row(src->row), DType::F32, reinterpret_cast<uint8_t*>(f.data()), sm.cols);
+              for (int64_t g = 0; g < m.ldw / kQ8Block; ++g) {
+                convert_row(DType::F32, reinterpret_cast<const uint8_t*>(f.data() + g * kQ8Block), DType::Q8_0, blk.data(), kQ8Block);
+                std::memcpy(&s[g], blk.data(), 2);
+                std::memcpy(q + g * kQ8Block, blk.data() + 2, kQ8Block);
+              }
+            }
+          } else {
+            uint16_t* h = reinterpret_cast<uint16_t*>(st) + (size_t)i * m.ldw;
+            std::memset(h, 0, (size_t)m.ldw * 2);
+            if (!src) continue;
+            const Matrix& sm = *src->m;
+            convert_row(sm.dtype, sm.row(src->row), DType::F16, reinterpret_cast<uint8_t*>(h), sm.cols);
+          }
+        }
+      });
+      if (int8) {
+        CK(cudaMemcpyAsync(m.q + (size_t)r0 * m.ldw, st, (size_t)nr * m.ldw, cudaMemcpyHostToDevice, stream_));
+        CK(cudaMemcpyAsync(m.s + (size_t)r0 * (m.ldw / 32), st + (size_t)nr * m.ldw, (size_t)nr * (m.ldw / 32) * 2, cudaMemcpyHostToDevice, stream_));
+      } else {
+        CK(cudaMemcpyAsync(m.w + (size_t)r0 * m.ldw, st, (size_t)nr * m.ldw * 2, cudaMemcpyHostToDevice, stream_));
+      }
+      CK(cudaEventRecord(staging_done_[buf], stream_));
+      uploaded_ += (uint64_t)nr * row_bytes_dev;
+      if (progress_) progress_({"upload", uploaded_, total_bytes_, tensors_done_, total_tensors_});
+    }
+    ++tensors_done_;
+    weight_bytes_ += m.bytes();
+    (void)what;
+    return m;
+  }
+
+  // ---------------------------------------------------------------- forward
+  half* k_pool(int l) const { return kv_ + (size_t)l * 2 * n_blocks_ * block_elems_; }
+  half* v_pool(int l) const { return k_pool(l) + (size_t)n_blocks_ * block_elems_; }
+
+  void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) {
+    if (T <= k::kGemvMaxT) {
+      if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+      else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+    } else {
+      if (m.int8) k::gemm_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+      else k::gemm_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+    }
+  }
+
+  // Offsets (in int32) of the step inputs inside in_dev_ / pinned_in_ for T tokens and S segments.
+  struct Layout {
+    size_t tokens, positions, slots, decode_list, seg_start, seg_count, seg_pos0, out_rows, tables, total;
+  };
+  Layout layout(int T, int S) const {
+    Layout l;
+    size_t o = 0;
+    l.tokens = o; o += T;
+    l.positions = o; o += T;
+    l.slots = o; o += T;
+    l.decode_list = o; o += T;
+    l.seg_start = o; o += S;
+    l.seg_count = o; o += S;
+    l.seg_pos0 = o; o += S;
+    l.out_rows = o; o += S;
+    l.tables = o; o += (size_t)S * max_blocks_;
+    l.total = o;
+    return l;
+  }
+
+  void run_sub(const ForwardBatch& b, const Sub& sub) {
+    const int S = (int)sub.segs.size();
+    int T = 0;
+    for (auto& sg : sub.segs) T += sg.count;
+    const Layout lay = layout(T, S);
+    int32_t* in = pinned_in_;
+    // Graph replays read pinned_in_ when they run: wait for the previous step before rewriting it.
+    CK(cudaStreamSynchronize(stream_));
+    int t = 0, n_dec = 0, n_out = 0, max_count = 0, max_len = 1;
+    bool all_single = true;
+    for (int s = 0; s < S; ++s) {
+      const Segment& sg = sub.segs[(size_t)s];
+      in[lay.seg_start + s] = t;
+      in[lay.seg_count + s] = sg.count;
+      in[lay.seg_pos0 + s] = sg.pos0;
+      max_count = std::max(max_count, sg.count);
+      max_len = std::max(max_len, sg.pos0 + sg.count);
+      all_single = all_single && sg.count == 1;
+      const int32_t* table = &b.block_tables[(size_t)sub.table_rows[(size_t)s] * b.max_blocks];
+      for (int j = 0; j < max_blocks_; ++j) in[lay.tables + (size_t)s * max_blocks_ + j] = j < b.max_blocks ? std::max(table[j], 0) : 0;
+      for (int j = 0; j < sg.count; ++j, ++t) {
+        int bt = sg.start + j;  // index in the ForwardBatch
+        int pos = b.positions[(size_t)bt];
+        in[lay.tokens + t] = b.tokens[(size_t)bt];
+        in[lay.positions + t] = pos;
+        in[lay.slots + t] = table[pos / kKvBlockSize] * kKvBlockSize + pos % kKvBlockSize;
+        if (sg.count == 1 || !prefill_attn_) in[lay.decode_list + n_dec++] = t;
+        if (std::binary_search(b.output_rows.begin(), b.output_rows.end(), bt)) in[lay.out_rows + n_out++] = t;
+      }
+    }
+    // Outputs of this sub-batch land after the previous ones.
+    OutChunk oc{n_out_total_, n_out, nullptr};
+    if (n_out > 0) {
+      if (n_out_total_ + n_out > S_) fail(code::kInternal, "too many outputs in one step");
+      oc.logits = logits_ + (size_t)n_out_total_ * Vpad_;
+    }
+    // Attention launches cover the longest sequence rounded up to a power of two (>= 128), so short
+    // contexts launch few splits and need no reduce; a graph exists per such bucket.
+    int span = 128;
+    while (span < max_len) span *= 2;
+    span = std::min(span, ctx_);
+    // A decode step (every sequence adds one token, one sub-batch) replays a graph captured for its shape.
+    if (all_single && T <= k::kGemvMaxT && n_out_total_ == 0) {
+      const int key = (T * 1024 + n_out) * 64 + (int)std::log2((double)std::max(span, 1));
+      auto it = graphs_.find(key);
+      if (it == graphs_.end()) {
+        cudaGraph_t g;
+        CK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+        enqueue(lay, T, S, n_dec, n_out, max_count, span, oc.logits);
+        CK(cudaStreamEndCapture(stream_, &g));
+        cudaGraphExec_t exec;
+        cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+        cudaGraphDestroy(g);
+        CK(e);
+        it = graphs_.emplace(key, exec).first;
+      }
+      CK(cudaGraphLaunch(it->second, stream_));
+    } else {
+      enqueue(lay, T, S, n_dec, n_out, max_count, span, oc.logits);
+    }
+    CK(cudaGetLastError());
+    if (n_out > 0) out_chunks_.push_back(oc);
+    n_out_total_ += n_out;
+  }
+
+  // Everything one sub-batch does on the stream (also what a decode graph captures).
+  void enqueue(const Layout& lay, int T, int S, int n_dec, int n_out, int max_count, int span, float* logits) {
+    const int32_t* in = in_dev_;
+    CK(cudaMemcpyAsync(in_dev_, pinned_in_, lay.total * 4, cudaMemcpyHostToDevice, stream_));
+    const int D = c_.dim;
+    if (emb_.int8) k::embed_w8(emb_.q, emb_.s, emb_.ldw, in + lay.tokens, x_, Dpad_, T, D, stream_);
+    else k::embed_f16(emb_.w, emb_.ldw, in + lay.tokens, x_, Dpad_, T, D, stream_);
+    k::AttentionParams ap;
+    ap.q = q_;
+    ap.ldq = Qpad_;
+    ap.out = att_;
+    ap.ldo = Qpad_;
+    ap.block_tables = in + lay.tables;
+    ap.max_blocks = max_blocks_;
+    ap.seg_start = in + lay.seg_start;
+    ap.seg_count = in + lay.seg_count;
+    ap.seg_pos0 = in + lay.seg_pos0;
+    ap.n_segments = S;
+    ap.n_heads = c_.n_heads;
+    ap.n_kv_heads = c_.n_kv_heads;
+    ap.head_dim = c_.head_dim;
+    ap.scale = 1.0f / sqrtf((float)c_.head_dim);
+    ap.decode_tokens = in + lay.decode_list;
+    for (int l = 0; l < c_.n_layers; ++l) {
+      const DevLayer& L = layers_[(size_t)l];
+      k::rmsnorm_f16(x_, Dpad_, L.attn_norm, xn_, Dpad_, T, D, c_.rms_eps, stream_);
+      k::Epilogue qkv;
+      qkv.kind = k::Epi::QkvRope;
+      qkv.out = q_;
+      qkv.ldo = Qpad_;
+      qkv.q_dim = c_.q_dim();
+      qkv.kv_dim = c_.kv_dim();
+      qkv.head_dim = c_.head_dim;
+      qkv.n_kv_heads = c_.n_kv_heads;
+      qkv.positions = in + lay.positions;
+      qkv.rope = rope_;
+      qkv.kv_slot = in + lay.slots;
+      qkv.k_cache = k_pool(l);
+      qkv.v_cache = v_pool(l);
+      matmul(L.qkv, xn_, Dpad_, T, qkv);
+      ap.k_cache = k_pool(l);
+      ap.v_cache = v_pool(l);
+      if (prefill_attn_ && max_count > 1) k::attention_prefill(ap, max_count, stream_);
+      if (n_dec > 0) k::attention_decode(ap, n_dec, span, attn_ws_, stream_);
+      k::Epilogue add;
+      add.kind = k::Epi::AddF32;
+      add.out = x_;
+      add.ldo = Dpad_;
+      matmul(L.wo, att_, Qpad_, T, add);
+      k::rmsnorm_f16(x_, Dpad_, L.ffn_norm, xn_, Dpad_, T, D, c_.rms_eps, stream_);
+      k::Epilogue glu;
+      glu.kind = k::Epi::SwiGLU;
+      glu.out = h_;
+      glu.ldo = Fpad_;
+      matmul(L.w13, xn_, Dpad_, T, glu);
+      matmul(L.w2, h_, Fpad_, T, add);
+    }
+    if (n_out > 0) {
+      k::gather_rows(x_, Dpad_, in + lay.out_rows, xo_, Dpad_, n_out, D, stream_);
+      k::rmsnorm_f16(xo_, Dpad_, final_norm_, xn_, Dpad_, n_out, D, c_.rms_eps, stream_);
+      k::Epilogue st;
+      st.kind = k::Epi::StoreF32;
+      st.out = logits;
+      st.ldo = Vpad_;
+      matmul(out_, xn_, Dpad_, n_out, st);
+    }
+  }
+
+  struct DevLayer {
+    DevMat qkv, wo, w13, w2;
+    float* attn_norm = nullptr;
+    float* ffn_norm = nullptr;
+  };
+
+  static constexpr size_t kStaging = 64u << 20;
+
+  ModelConfig c_;
+  int ctx_, n_blocks_;
+  int dev_ = 0;
+  cudaDeviceProp props_{};
+  bool want_int8_ = false;
+  cudaStream_t stream_ = nullptr;
+  std::vector<void*> allocs_;
+  uint64_t allocated_ = 0, weight_bytes_ = 0, kv_bytes_ = 0;
+  int Dpad_ = 0, Qpad_ = 0, Fpad_ = 0, Vpad_ = 0, M_ = 0, S_ = 0, max_blocks_ = 0, dec_max_ = 0;
+  size_t block_elems_ = 0, in_bytes_ = 0;
+  bool prefill_attn_ = false;
+  DevMat emb_, out_;
+  std::vector<DevLayer> layers_;
+  float* final_norm_ = nullptr;
+  half* kv_ = nullptr;
+  float2* rope_ = nullptr;
+  float *x_ = nullptr, *xo_ = nullptr, *logits_ = nullptr, *topk_vals_ = nullptr;
+  half *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *h_ = nullptr;
+  int32_t* topk_ids_ = nullptr;
+  void* attn_ws_ = nullptr;
+  int32_t* in_dev_ = nullptr;
+  int32_t* pinned_in_ = nullptr;
+  uint8_t* pinned_out_ = nullptr;
+  uint8_t* staging_[2] = {nullptr, nullptr};
+  cudaEvent_t staging_done_[2] = {nullptr, nullptr};
+  int stage_ = 0;
+  ProgressFn progress_;
+  uint64_t total_bytes_ = 0, uploaded_ = 0;
+  int tensors_done_ = 0, total_tensors_ = 0;
+  std::map<int, cudaGraphExec_t> graphs_;
+  std::vector<OutChunk> out_chunks_;
+  int n_out_total_ = 0;
+};
+
+std::string driver_problem(cudaError_t e) {
+  if (e == cudaErrorInsufficientDriver)
+    return "no usable NVIDIA driver (none is installed, or it is older than 580, which this CUDA 13.0 build needs)";
+  if (e == cudaErrorNoDevice) return "no CUDA GPU was found";
+  return std::string("CUDA is unavailable: ") + cudaGetErrorString(e);
+}
+
+}  // namespace
+
+bool cuda_available(std::string* why) {
+  int count = 0;
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    if (why) *why = e != cudaSuccess ? driver_problem(e) : "no CUDA GPU was found";
+    return false;
+  }
+  return true;
+}
+
+std::vector<CudaDeviceInfo> cuda_devices() {
+  std::vector<CudaDeviceInfo> out;
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return out;
+  }
+  int drv = 0, rt = 0;
+  cudaDriverGetVersion(&drv);
+  cudaRuntimeGetVersion(&rt);
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
+    size_t free_b = 0, total_b = 0;
+    int prev = 0;
+    cudaGetDevice(&prev);
+    if (cudaSetDevice(i) == cudaSuccess) cudaMemGetInfo(&free_b, &total_b);
+    cudaSetDevice(prev);
+    out.push_back({i, p.name, p.major, p.minor, (uint64_t)p.totalGlobalMem, (uint64_t)free_b, p.multiProcessorCount, drv, rt});
+  }
+  return out;
+}
+
+double cuda_copy_bandwidth(int device_index, size_t bytes) {
+  std::string why;
+  if (!cuda_available(&why)) return 0;
+  CK(cudaSetDevice(device_index));
+  void *a = nullptr, *b = nullptr;
+  CK(cudaMalloc(&a, bytes));
+  if (cudaMalloc(&b, bytes) != cudaSuccess) {
+    cudaFree(a);
+    fail(code::kOutOfMemory, "bandwidth test: out of GPU memory");
+  }
+  cudaMemset(a, 1, bytes);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  for (int i = 0; i < 3; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  std::vector<float> ms;
+  for (int i = 0; i < 10; ++i) {
+    cudaEventRecord(e0);
+    cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float t = 0;
+    cudaEventElapsedTime(&t, e0, e1);
+    ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * (double)bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o) {
+  std::string why;
+  if (!cuda_available(&why)) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    cudaGetLastError();
+    fail(e == cudaErrorInsufficientDriver ? code::kDriver : code::kDeviceUnavailable, why);
+  }
+  return std::make_unique<CudaBackend>(c, std::move(weights), o);
+}
+
+}  // namespace l2

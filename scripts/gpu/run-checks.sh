@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One device call: correctness (small models, a 7B-shape synthetic model), compute-sanitizer, and the
+# bench. Run from the project root on the GPU machine after `source .device/setup.sh`, with the
+# sm_90 addon in build-sm90/ (see NOTES.md, "GPU runs"). Logs and JSON go to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" build/Release
+if [ -f .device/llama2_native.node.xz ]; then xz -dc .device/llama2_native.node.xz > build/Release/llama2_native.node; else cp build-sm90/Release/llama2_native.node build/Release/; fi
+phase() { echo; echo "=== $* ($(date +%T))"; }
+only=" ${PHASES:-info small kernels big bench sanitize} "
+has() { [[ "$only" == *" $1 "* ]]; }
+if has info; then
+  phase info
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  node -e 'const a=require("node-gyp-build")(process.cwd()); console.log(a.buildInfo(), a.cudaDevices(), "copy GB/s", a.cudaCopyBandwidth(0).toFixed(0))'
+fi
+if has small; then
+  phase "validate small models"
+  node scripts/gpu/validate.mjs --out "$OUT/validate-small.json" 2>&1 | tee "$OUT/validate-small.log"
+fi
+if has kernels && [ -f .device/kernel_tests.xz ]; then
+  xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
+  phase "kernel tests"
+  /tmp/kernel_tests ${KERNEL_ARGS:---bench} 2>&1 | tee "$OUT/kernel-tests.log" | tail -60
+fi
+BIG=/tmp/7b-f16.gguf
+if has big || has bench; then
+  phase "make 7B synthetic"
+  [ -f $BIG ] || node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet
+fi
+if has profile; then
+  phase "ncu profile (2-layer 7B-width, decode batch 1 and prefill 128)"
+  node dist/cli/main.js make-model --preset llama2-7b --layers 2 --out /tmp/7b2.gguf --quiet --force
+  timeout 200 ncu --clock-control none --graph-profiling node --print-summary per-kernel node scripts/gpu/profile.mjs /tmp/7b2.gguf 4 1 > "$OUT/ncu-summary.txt" 2>&1
+  grep -E "^  [a-zA-Z_].*\(|Duration|Invocations" "$OUT/ncu-summary.txt" | head -80
+fi
+if has big; then
+  phase "validate 7B"
+  node scripts/gpu/validate.mjs --skip-small --big $BIG --out "$OUT/validate-7b.json" 2>&1 | tee "$OUT/validate-7b.log"
+fi
+if has bench; then
+  for dt in ${DTYPES:-f16 int8}; do
+    phase "bench 7B $dt"
+    node dist/cli/main.js bench --model $BIG --device cuda --dtype $dt --preset llama2-7b --prompt ${PROMPTS:-128,512} --gen ${GEN:-128} \
+      --batch ${BATCHES:-1} --reps ${REPS:-2} ${BENCH_FLAGS:---skip-cold} --out "$OUT/bench-7b-$dt.json" 2>&1 | grep -v "^\[bench\]"
+  done
+fi
+if has sanitize; then
+  phase "compute-sanitizer"
+  node dist/cli/main.js make-model --preset tiny --dim 256 --heads 4 --kv-heads 2 --ffn 512 --layers 2 --vocab 512 --out /tmp/san.gguf --quiet --force
+  timeout 150 compute-sanitizer --tool memcheck --print-limit 20 node scripts/gpu/sanitize.mjs /tmp/san.gguf 2>&1 | tail -8 | tee "$OUT/memcheck.log"
+  timeout 150 compute-sanitizer --tool racecheck --print-limit 20 node scripts/gpu/sanitize.mjs /tmp/san.gguf 2>&1 | tail -8 | tee "$OUT/racecheck.log"
+fi
+phase done

@@ -1,0 +1,147 @@
+// The chat page in a real browser: Debian's Chromium driven by playwright-core against the server with
+// the fake backend. Skips visibly without /usr/bin/chromium (or playwright-core) unless
+// LLAMA2_REQUIRE_BROWSER=1 (CI), where that is a failure. Install with scripts/setup-browser.sh.
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startServer, type RunningServer } from "../lib/server/http.js";
+import { projectRoot } from "./helpers/shared.js";
+import { echoReply, FakeBackend, waitFor } from "./helpers/fake-backend.js";
+
+const CHROMIUM = process.env.LLAMA2_CHROMIUM ?? "/usr/bin/chromium";
+const ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+
+type Playwright = typeof import("playwright-core");
+let pw: Playwright | undefined;
+let pwError = "";
+try {
+  pw = await import("playwright-core");
+} catch (err) {
+  pwError = (err as Error).message;
+}
+const missing = !existsSync(CHROMIUM)
+  ? `${CHROMIUM} not found (run scripts/setup-browser.sh as root)`
+  : !pw
+    ? `playwright-core is not installed (npm install): ${pwError.split("\n")[0]}`
+    : undefined;
+
+function describeBrowser(name: string, fn: () => void): void {
+  if (!missing) return describe(name, fn);
+  if (process.env.LLAMA2_REQUIRE_BROWSER === "1") {
+    describe(name, () => it(`requires a browser (${missing})`, () => { throw new Error(`browser required in CI: ${missing}`); }));
+    return;
+  }
+  console.warn(`[skip] ${name}: ${missing}`);
+  describe.skip(`${name} [skipped: ${missing}]`, fn);
+}
+
+async function launch(userDir: string) {
+  return pw!.chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1100, height: 760 } });
+}
+
+describeBrowser("chat page in Chromium", () => {
+  let server: RunningServer;
+  let backend: FakeBackend;
+  let userDir: string;
+  let ctx: Awaited<ReturnType<typeof launch>>;
+  const pageErrors: string[] = [];
+
+  beforeAll(async () => {
+    backend = new FakeBackend({ delayMs: 60, slowDelayMs: 60 });
+    server = await startServer({ backend, port: 0 });
+    userDir = mkdtempSync(path.join(os.tmpdir(), "llama2-chromium-"));
+    ctx = await launch(userDir);
+  });
+  afterAll(async () => {
+    await ctx?.close();
+    await server?.shutdown({ graceMs: 100 });
+    if (userDir) rmSync(userDir, { recursive: true, force: true });
+  });
+
+  it("chats with streaming, stops a slow reply, starts a new chat", async () => {
+    const page = ctx.pages()[0] ?? (await ctx.newPage());
+    page.on("pageerror", (e) => pageErrors.push(e.message)); // uncaught exceptions in the page script
+    await page.goto(server.url);
+    await page.waitForFunction(() => document.getElementById("model-name")?.textContent === "fake-7b");
+    expect(await page.locator("#model-device").textContent()).toBe("CPU (fake) · f16");
+
+    // 1. A reply streams in: partial text is visible while the reply is still streaming.
+    await page.fill("#input", "hello browser world");
+    await page.press("#input", "Enter");
+    await page.waitForSelector(".msg.assistant.streaming .bubble:not(:empty)");
+    const partial = await page.locator(".msg.assistant .bubble").last().textContent();
+    expect(await page.locator("#stop").isVisible()).toBe(true);
+    await page.waitForSelector(".msg.assistant:not(.streaming)");
+    const full = echoReply("hello browser world").join(" ");
+    expect(await page.locator(".msg.assistant .bubble").last().textContent()).toBe(full);
+    expect(full.startsWith(partial!) && partial!.length < full.length).toBe(true);
+    expect(await page.locator(".msg.assistant .meta").last().textContent()).toMatch(/tok\/s · TTFT \d+ ms · \d+ tokens/);
+    const first = backend.calls.at(-1)!;
+    expect(first.messages).toEqual([{ role: "system", content: "You are a helpful assistant." }, { role: "user", content: "hello browser world" }]);
+    expect(first.opts).toMatchObject({ temperature: 0.7, topP: 0.95, maxTokens: 256 });
+
+    // 2. Multi-turn: the history goes with the next question.
+    await page.fill("#input", "and again");
+    await page.click("#send");
+    await page.waitForFunction(() => document.querySelectorAll(".msg.assistant:not(.streaming)").length === 2);
+    expect(backend.calls.at(-1)!.messages!.map((m) => m.role)).toEqual(["system", "user", "assistant", "user"]);
+
+    // 3. Stop during a slow stream aborts the request (the backend sees the abort).
+    await page.fill("#input", "tell me a slow story");
+    await page.press("#input", "Enter");
+    await page.waitForSelector(".msg.assistant.streaming .bubble:not(:empty)");
+    const slow = backend.calls.at(-1)!;
+    await page.click("#stop");
+    await page.waitForFunction(() => document.querySelectorAll(".msg.assistant:not(.streaming)").length === 3);
+    expect(await page.locator(".msg.assistant .meta").last().textContent()).toContain("stopped");
+    await waitFor(() => slow.finished, 3000, "the slow generation to end");
+    expect(slow.aborted).toBe(true);
+    expect(await page.locator("#send").isVisible()).toBe(true);
+
+    mkdirSync(path.join(projectRoot, "test-artifacts"), { recursive: true });
+    await page.screenshot({ path: path.join(projectRoot, "test-artifacts", "chat-page.png"), fullPage: true });
+
+    // 4. New chat clears the conversation and the history sent to the model.
+    await page.click("#new-chat");
+    expect(await page.locator(".msg").count()).toBe(0);
+    expect(await page.locator("#empty").isVisible()).toBe(true);
+    await page.fill("#input", "fresh start");
+    await page.press("#input", "Enter");
+    await page.waitForSelector(".msg.assistant:not(.streaming)");
+    expect(backend.calls.at(-1)!.messages!.map((m) => m.role)).toEqual(["system", "user"]);
+
+    // 5. Narrow screen: settings move behind the Settings button.
+    await page.setViewportSize({ width: 390, height: 800 });
+    expect(await page.locator("#settings").isVisible()).toBe(false);
+    await page.click("#toggle-settings");
+    await page.waitForFunction(() => document.getElementById("settings")!.classList.contains("open"));
+    await page.locator("#system").waitFor({ state: "visible" });
+    await page.screenshot({ path: path.join(projectRoot, "test-artifacts", "chat-page-narrow.png") });
+    expect(pageErrors).toEqual([]);
+  });
+
+  it("asks for the API key when the server needs one and keeps it in localStorage", async () => {
+    const keyed = await startServer({ backend, port: 0, apiKey: "browser-key-123" });
+    try {
+      const page = await ctx.newPage();
+      await page.goto(keyed.url);
+      await page.waitForFunction(() => document.getElementById("model-name")?.textContent === "API key needed");
+      expect(await page.locator("#auth").isVisible()).toBe(true);
+      await page.fill("#api-key", "browser-key-123");
+      await page.locator("#api-key").dispatchEvent("change");
+      await page.waitForFunction(() => document.getElementById("model-name")?.textContent === "fake-7b");
+      expect(await page.evaluate(() => localStorage.getItem("llama2.apiKey"))).toBe('"browser-key-123"');
+      await page.fill("#input", "with a key");
+      await page.press("#input", "Enter");
+      await page.waitForSelector(".msg.assistant:not(.streaming)");
+      expect(await page.locator(".msg.assistant .bubble").last().textContent()).toBe(echoReply("with a key").join(" "));
+      await page.close();
+    } finally {
+      await keyed.shutdown({ graceMs: 100 });
+    }
+  });
+});

@@ -1,0 +1,233 @@
+// Bad input and security: every kind of invalid request gets a 4xx in OpenAI's error shape naming the
+// field; limits (413), auth (401), bind refusal, Host check, CORS. The server must survive all of it.
+import http from "node:http";
+import net from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { InvalidArgumentError } from "../lib/errors.js";
+import { startServer, type RunningServer } from "../lib/server/http.js";
+import { FakeBackend, postJson } from "./helpers/fake-backend.js";
+
+let server: RunningServer;
+let base: string;
+const backend = new FakeBackend({ contextLength: 64 });
+
+beforeAll(async () => {
+  server = await startServer({ backend, port: 0, bodyLimit: 64 * 1024 });
+  base = server.url.replace(/\/$/, "");
+});
+afterAll(() => server.shutdown({ graceMs: 100 }));
+
+const user = [{ role: "user", content: "hi" }];
+
+async function expectError(res: Response, status: number, param: string | null, code?: string): Promise<any> {
+  const j = await res.json();
+  expect(res.status).toBe(status);
+  expect(Object.keys(j.error).sort()).toEqual(["code", "message", "param", "type"]);
+  expect(typeof j.error.message).toBe("string");
+  expect(j.error.param).toBe(param);
+  if (code) expect(j.error.code).toBe(code);
+  return j.error;
+}
+
+describe("400 for each kind of bad input", () => {
+  const cases: [string, string, unknown, string][] = [
+    ["chat", "body is an array", [1, 2], "body"],
+    ["chat", "missing messages", { model: "x" }, "messages"],
+    ["chat", "messages not an array", { messages: "hi" }, "messages"],
+    ["chat", "empty messages", { messages: [] }, "messages"],
+    ["chat", "message not an object", { messages: ["hi"] }, "messages[0]"],
+    ["chat", "bad role", { messages: [{ role: "tool", content: "x" }] }, "messages[0].role"],
+    ["chat", "missing role", { messages: [{ content: "x" }] }, "messages[0].role"],
+    ["chat", "content wrong type", { messages: [{ role: "user", content: 42 }] }, "messages[0].content"],
+    ["chat", "image content part", { messages: [{ role: "user", content: [{ type: "image_url", image_url: "x" }] }] }, "messages[0].content[0]"],
+    ["chat", "no user message", { messages: [{ role: "system", content: "x" }] }, "messages"],
+    ["chat", "temperature wrong type", { messages: user, temperature: "hot" }, "temperature"],
+    ["chat", "temperature above 2", { messages: user, temperature: 2.5 }, "temperature"],
+    ["chat", "temperature negative", { messages: user, temperature: -0.1 }, "temperature"],
+    ["chat", "top_p 0", { messages: user, top_p: 0 }, "top_p"],
+    ["chat", "top_p above 1", { messages: user, top_p: 1.01 }, "top_p"],
+    ["chat", "max_tokens 0", { messages: user, max_tokens: 0 }, "max_tokens"],
+    ["chat", "max_tokens fractional", { messages: user, max_tokens: 1.5 }, "max_tokens"],
+    ["chat", "max_tokens string", { messages: user, max_tokens: "10" }, "max_tokens"],
+    ["chat", "stop not a string", { messages: user, stop: 5 }, "stop"],
+    ["chat", "stop item empty", { messages: user, stop: ["a", ""] }, "stop[1]"],
+    ["chat", "too many stops", { messages: user, stop: Array.from({ length: 17 }, (_, i) => `s${i}`) }, "stop"],
+    ["chat", "stream not boolean", { messages: user, stream: "yes" }, "stream"],
+    ["chat", "stream_options not object", { messages: user, stream: true, stream_options: 1 }, "stream_options"],
+    ["chat", "seed negative", { messages: user, seed: -1 }, "seed"],
+    ["chat", "presence_penalty out of range", { messages: user, presence_penalty: 3 }, "presence_penalty"],
+    ["chat", "frequency_penalty wrong type", { messages: user, frequency_penalty: null, presence_penalty: [] }, "presence_penalty"],
+    ["chat", "logit_bias not an object", { messages: user, logit_bias: [1] }, "logit_bias"],
+    ["chat", "logit_bias bad token id", { messages: user, logit_bias: { abc: 1 } }, "logit_bias.abc"],
+    ["chat", "logit_bias token beyond vocab", { messages: user, logit_bias: { "99999": 1 } }, "logit_bias.99999"],
+    ["chat", "logit_bias value out of range", { messages: user, logit_bias: { "5": 101 } }, "logit_bias.5"],
+    ["chat", "n=2", { messages: user, n: 2 }, "n"],
+    ["chat", "user not a string", { messages: user, user: 7 }, "user"],
+    ["chat", "model not a string", { messages: user, model: 7 }, "model"],
+    ["completions", "missing prompt", { max_tokens: 3 }, "prompt"],
+    ["completions", "token array prompt", { prompt: [1, 2, 3] }, "prompt"],
+    ["completions", "batch of prompts", { prompt: ["a", "b"] }, "prompt"],
+    ["completions", "n=3", { prompt: "a", n: 3 }, "n"],
+    ["completions", "echo", { prompt: "a", echo: true }, "echo"],
+    ["completions", "logprobs", { prompt: "a", logprobs: 2 }, "logprobs"],
+  ];
+  it.each(cases)("%s: %s", async (endpoint, _what, body, param) => {
+    const url = `${base}/v1/${endpoint === "chat" ? "chat/completions" : "completions"}`;
+    const err = await expectError(await postJson(url, body), 400, param);
+    expect(err.type).toBe("invalid_request_error");
+    expect(err.message).toContain(param);
+  });
+
+  it("max_tokens beyond the context left by the prompt", async () => {
+    const err = await expectError(await postJson(`${base}/v1/chat/completions`, { messages: user, max_tokens: 60 }), 400, "max_tokens", "context_length_exceeded");
+    expect(err.message).toMatch(/context of 64 tokens/);
+    // The largest allowed value works.
+    const room = 64 - backend.chatPromptTokens(user as any);
+    expect((await postJson(`${base}/v1/chat/completions`, { messages: user, max_tokens: room })).status).toBe(200);
+  });
+
+  it("a prompt that fills the context", async () => {
+    const prompt = Array.from({ length: 70 }, (_, i) => `w${i}`).join(" ");
+    await expectError(await postJson(`${base}/v1/completions`, { prompt }), 400, "prompt", "context_length_exceeded");
+  });
+
+  it("invalid JSON", async () => {
+    const err = await expectError(await postJson(`${base}/v1/chat/completions`, '{"messages": [}'), 400, null, "invalid_json");
+    expect(err.message).toMatch(/invalid JSON/);
+  });
+
+  it("empty body", async () => {
+    await expectError(await postJson(`${base}/v1/chat/completions`, ""), 400, null, "invalid_json");
+  });
+
+  it("unknown fields are ignored", async () => {
+    expect((await postJson(`${base}/v1/chat/completions`, { messages: user, max_tokens: 2, foo: 1, tools: [] })).status).toBe(200);
+  });
+
+  it("no generation was started by any rejected request", () => {
+    expect(backend.calls.every((c) => c.opts.maxTokens! >= 1)).toBe(true);
+    expect(backend.calls).toHaveLength(2);
+  });
+});
+
+describe("other 4xx", () => {
+  it("413 for a body over the limit (declared or streamed)", async () => {
+    const big = JSON.stringify({ messages: [{ role: "user", content: "x".repeat(100 * 1024) }] });
+    await expectError(await postJson(`${base}/v1/chat/completions`, big), 413, null, "body_too_large");
+    // Chunked upload without Content-Length: the limit is enforced while reading.
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = http.request({ host: "127.0.0.1", port: server.port, path: "/v1/chat/completions", method: "POST", headers: { "Content-Type": "application/json" } }, (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      });
+      req.on("error", reject);
+      req.write(big.slice(0, 40 * 1024));
+      req.end(big.slice(40 * 1024));
+    });
+    expect(status).toBe(413);
+    expect((await fetch(`${base}/health`)).status).toBe(200);
+  });
+
+  it("415 for a body that is not declared as JSON", async () => {
+    const res = await fetch(`${base}/v1/chat/completions`, { method: "POST", headers: { "Content-Type": "text/plain" }, body: JSON.stringify({ messages: user }) });
+    await expectError(res, 415, null, "unsupported_media_type");
+  });
+
+  it("404 for unknown routes and 405 with Allow for wrong methods", async () => {
+    await expectError(await fetch(`${base}/v2/whatever`), 404, null, "not_found");
+    const res = await fetch(`${base}/v1/chat/completions`);
+    expect(res.headers.get("allow")).toBe("POST");
+    await expectError(res, 405, null, "method_not_allowed");
+    expect((await fetch(`${base}/v1/models`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" })).status).toBe(405);
+  });
+
+  it("403 for a foreign Host header when there is no API key (DNS rebinding)", async () => {
+    const status = await new Promise<number>((resolve, reject) => {
+      http.get({ host: "127.0.0.1", port: server.port, path: "/v1/models", headers: { Host: "attacker.example:80" } }, (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      }).on("error", reject);
+    });
+    expect(status).toBe(403);
+    expect((await fetch(`http://localhost:${server.port}/health`)).status).toBe(200);
+  });
+
+  it("garbage on the socket does not take the server down", async () => {
+    await new Promise<void>((resolve) => {
+      const s = net.connect(server.port, "127.0.0.1", () => s.end("\x00\x01 NOT HTTP\r\n\r\n"));
+      s.on("data", () => {});
+      s.on("close", () => resolve());
+      s.on("error", () => resolve());
+    });
+    expect((await fetch(`${base}/health`)).status).toBe(200);
+  });
+});
+
+describe("API key", () => {
+  let keyed: RunningServer;
+  let kbase: string;
+  beforeAll(async () => {
+    keyed = await startServer({ backend: new FakeBackend(), port: 0, apiKey: "s3cret-key-123" });
+    kbase = keyed.url.replace(/\/$/, "");
+  });
+  afterAll(() => keyed.shutdown({ graceMs: 100 }));
+
+  it("401 without or with a wrong key on /v1, /job and /metrics", async () => {
+    for (const p of ["/v1/models", "/metrics", "/job", "/job/logs"]) {
+      await expectError(await fetch(`${kbase}${p}`), 401, null, "invalid_api_key");
+      await expectError(await fetch(`${kbase}${p}`, { headers: { Authorization: "Bearer s3cret-key-124" } }), 401, null, "invalid_api_key");
+    }
+    await expectError(await fetch(`${kbase}/v1/models`, { headers: { Authorization: "Bearer s3cret-key-123x" } }), 401, null);
+    await expectError(await fetch(`${kbase}/v1/models`, { headers: { Authorization: "s3cret-key-123" } }), 401, null);
+    await expectError(await postJson(`${kbase}/v1/chat/completions`, { messages: user }), 401, null);
+  });
+
+  it("accepts the right key", async () => {
+    const auth = { Authorization: "Bearer s3cret-key-123" };
+    expect((await fetch(`${kbase}/v1/models`, { headers: auth })).status).toBe(200);
+    expect((await fetch(`${kbase}/metrics`, { headers: auth })).status).toBe(200);
+    expect((await postJson(`${kbase}/v1/chat/completions`, { messages: user }, auth)).status).toBe(200);
+  });
+
+  it("still serves the page and /health without a key, and says a key is needed", async () => {
+    expect((await fetch(`${kbase}/`)).status).toBe(200);
+    expect(await (await fetch(`${kbase}/health`)).json()).toEqual({ status: "ok", auth_required: true });
+  });
+});
+
+describe("binding and CORS", () => {
+  it("refuses a non-loopback address without an API key", async () => {
+    const err = await startServer({ backend, host: "0.0.0.0", port: 0 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidArgumentError);
+    expect((err as InvalidArgumentError).field).toBe("--host");
+    expect((err as Error).message).toMatch(/--api-key/);
+  });
+
+  it("binds a non-loopback address with a key", async () => {
+    const s = await startServer({ backend, host: "0.0.0.0", port: 0, apiKey: "0123456789" });
+    expect(s.url).toMatch(/^http:\/\/0\.0\.0\.0:\d+\/$/);
+    expect((await fetch(`http://127.0.0.1:${s.port}/health`)).status).toBe(200);
+    await s.shutdown({ graceMs: 10 });
+  });
+
+  it("reports a busy port as a --port error", async () => {
+    const err = await startServer({ backend, port: server.port }).catch((e: unknown) => e);
+    expect((err as InvalidArgumentError).field).toBe("--port");
+  });
+
+  it("no CORS headers unless --cors; with it, the origin and preflight", async () => {
+    const res = await fetch(`${base}/v1/models`, { headers: { Origin: "https://evil.example" } });
+    expect(res.headers.get("access-control-allow-origin")).toBeNull();
+    expect((await fetch(`${base}/v1/models`, { method: "OPTIONS" })).status).toBe(405);
+    const c = await startServer({ backend, port: 0, cors: "https://app.example" });
+    try {
+      const pre = await fetch(`${c.url}v1/chat/completions`, { method: "OPTIONS", headers: { Origin: "https://app.example", "Access-Control-Request-Method": "POST" } });
+      expect(pre.status).toBe(204);
+      expect(pre.headers.get("access-control-allow-origin")).toBe("https://app.example");
+      expect(pre.headers.get("access-control-allow-headers")).toMatch(/Authorization/);
+      expect((await fetch(`${c.url}v1/models`)).headers.get("access-control-allow-origin")).toBe("https://app.example");
+    } finally {
+      await c.shutdown({ graceMs: 10 });
+    }
+  });
+});

@@ -1,0 +1,100 @@
+// The chatbot job with the real engine: the default loader (demo model -> Llama2.load on the CPU),
+// the OpenAI endpoints, seeds, abort on disconnect and cancel, end to end. The demo model (~40 MB) is
+// generated once into a fixed temp folder and reused by later runs.
+import http from "node:http";
+import { mkdtempSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { PassThrough } from "node:stream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cancelJob } from "../lib/runner/cancel.js";
+import type { Job } from "../lib/runner/job.js";
+import { runJob, type RunResult } from "../lib/runner/run.js";
+import { parseRunSpec } from "../lib/runner/spec.js";
+import { readJob } from "../lib/runner/store.js";
+import { postJson, readSse, streamedText, waitFor } from "./helpers/fake-backend.js";
+
+const savedHome = process.env.LLAMA2_HOME;
+let job: Job;
+let done: Promise<RunResult>;
+let url: string;
+const root = mkdtempSync(path.join(os.tmpdir(), "llama2-real-jobs-"));
+
+beforeAll(async () => {
+  process.env.LLAMA2_HOME = path.join(os.tmpdir(), "llama2-native-test-home");
+  const spec = parseRunSpec({ model: "demo", device: "cpu", context: 256, port: 0 });
+  done = runJob(spec, { stderr: new PassThrough().resume(), jobsDir: root, onJob: (j) => (job = j), controlPollMs: 20 });
+  done.catch(() => {});
+  await waitFor(() => job?.record.url !== undefined || job?.state === "failed", 60_000, "the demo model to load");
+  expect(job.record.error).toBeUndefined();
+  url = job.record.url!;
+}, 90_000);
+
+afterAll(async () => {
+  if (job && job.state === "running") await cancelJob(root, job.id, { waitMs: 10_000 });
+  await done?.catch(() => {});
+  if (savedHome === undefined) delete process.env.LLAMA2_HOME;
+  else process.env.LLAMA2_HOME = savedHome;
+});
+
+const messages = [{ role: "user", content: "Hello there!" }];
+
+describe("chatbot job on the real engine (demo model, CPU)", () => {
+  it("reports the model and its device", async () => {
+    const m = (await (await fetch(`${url}v1/models`)).json()).data[0];
+    expect(m).toMatchObject({ id: "demo", llama2: { device: "cpu", context_length: 256, format: "gguf" } });
+    expect(readJob(job.dir).resources).toMatchObject({ device: "cpu", contextLength: 256 });
+  });
+
+  it("completes with usage, and the same seed gives the same text", async () => {
+    const body = { messages, max_tokens: 8, seed: 1234, temperature: 0.9 };
+    const a = await (await postJson(`${url}v1/chat/completions`, body)).json();
+    const b = await (await postJson(`${url}v1/chat/completions`, body)).json();
+    expect(a.usage.completion_tokens).toBeGreaterThan(0);
+    expect(a.usage.completion_tokens).toBeLessThanOrEqual(8);
+    expect(a.usage.prompt_tokens).toBeGreaterThan(5);
+    expect(a.choices[0].message.content.length).toBeGreaterThan(0);
+    expect(b.choices[0].message.content).toBe(a.choices[0].message.content);
+    const c = await (await postJson(`${url}v1/chat/completions`, { ...body, seed: 99 })).json();
+    expect(c.choices[0].message.content).not.toBe(a.choices[0].message.content);
+  });
+
+  it("streams the same text it would return whole", async () => {
+    const body = { messages, max_tokens: 10, seed: 7 };
+    const whole = await (await postJson(`${url}v1/chat/completions`, body)).json();
+    const sse = await readSse(await postJson(`${url}v1/chat/completions`, { ...body, stream: true }));
+    expect(sse.done).toBe(true);
+    expect(streamedText(sse.events)).toBe(whole.choices[0].message.content);
+    const text = await (await postJson(`${url}v1/completions`, { prompt: "Once upon a time", max_tokens: 5, seed: 3 })).json();
+    expect(text.usage.completion_tokens).toBeLessThanOrEqual(5);
+  });
+
+  it("refuses max_tokens beyond the real context", async () => {
+    const res = await postJson(`${url}v1/chat/completions`, { messages, max_tokens: 256 });
+    expect(res.status).toBe(400);
+    expect((await res.json()).error).toMatchObject({ param: "max_tokens", code: "context_length_exceeded" });
+  });
+
+  it("a client that disconnects stops its generation", async () => {
+    await new Promise<void>((resolve, reject) => {
+      const req = http.request(`${url}v1/completions`, { method: "POST", headers: { "Content-Type": "application/json" } }, (res) => {
+        res.once("data", () => {
+          req.destroy();
+          resolve();
+        });
+      });
+      req.on("error", (e) => (e.message.includes("socket hang up") ? resolve() : reject(e)));
+      req.end(JSON.stringify({ prompt: "Once", max_tokens: 250, stream: true }));
+    });
+    await waitFor(() => job.recentLogs(50).some((e) => / 499 stream /.test(e.msg)), 5000, "the 499 log line");
+    const line = job.recentLogs(50).find((e) => / 499 stream /.test(e.msg))!.msg;
+    expect(Number(/completion=(\d+)/.exec(line)![1])).toBeLessThan(250);
+  });
+
+  it("is cancelled from another process: the model is unloaded", async () => {
+    const r = await cancelJob(root, job.id, { waitMs: 10_000 });
+    expect(r.outcome).toBe("cancelled");
+    expect((await done).exitCode).toBe(130);
+    expect(job.recentLogs(5).map((e) => e.msg)).toContain("model unloaded");
+  });
+});
