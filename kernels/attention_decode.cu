@@ -27,6 +27,7 @@ template <int HD, int kMaxG>
 __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParams p, int n_splits, float* __restrict__ ws_ml,
                                                                   float* __restrict__ ws_acc) {
   constexpr int DPL = HD >= 32 ? HD / 32 : 1;  // dims per lane in the value phase
+  constexpr int kVB = DPL >= 8 ? 8 : 32;       // V rows prefetched per lane (registers: kVB * DPL halves)
   pdl_trigger();
   pdl_wait();
   const int split = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
@@ -64,6 +65,35 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParam
     const bool valid = pos < end;
     // Each lane resolves its own position's cache row once (one block-table lookup per position).
     const size_t row = valid ? (((size_t)table[pos / kKvBlock] * p.n_kv_heads + kvh) * kKvBlock + pos % kKvBlock) * HD : 0;
+    // V rows of this warp's positions for the lane's dims: they do not depend on the scores, so their
+    // loads go out now and overlap the K loads below.
+    const int n_pos = min(32, end - (begin + warp * 32));
+    const bool has_dims = lane * DPL < HD;
+    half vbuf[kVB][DPL];
+    auto load_v = [&](int j0) {
+#pragma unroll
+      for (int jj = 0; jj < kVB; ++jj) {
+        const size_t r = (size_t)__shfl_sync(0xffffffffu, (unsigned long long)row, (j0 + jj) & 31);
+        const bool ok = has_dims && j0 + jj < n_pos;
+        const half* src = p.v_cache + r + lane * DPL;
+        if constexpr (DPL == 8) {
+          uint4 raw = ok ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) vbuf[jj][i] = reinterpret_cast<const half*>(&raw)[i];
+        } else if constexpr (DPL == 4) {
+          uint2 raw = ok ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) vbuf[jj][i] = reinterpret_cast<const half*>(&raw)[i];
+        } else if constexpr (DPL == 2) {
+          half2 raw = ok ? *reinterpret_cast<const half2*>(src) : __float2half2_rn(0.f);
+          vbuf[jj][0] = raw.x;
+          vbuf[jj][1] = raw.y;
+        } else {
+          vbuf[jj][0] = ok ? *src : __float2half(0.f);
+        }
+      }
+    };
+    load_v(0);
     // Scores: this lane's position against every query head of the group; all K loads in flight.
     float sc[kMaxG];
 #pragma unroll
@@ -94,37 +124,21 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParam
       pr[g] = valid ? __expf(sc[g] - mx) : 0.f;
       l[g] = warp_sum(pr[g]);
     }
-    // Values: lane owns dims [lane * DPL, +DPL) (HD < 32: lanes >= HD idle). Row offsets come from the
-    // owning lane by shuffle; 8 positions' loads are issued before their FMAs.
+    // Values: lane owns dims [lane * DPL, +DPL) (HD < 32: lanes >= HD idle). The rows were loaded
+    // before the scores (vbuf); only HD = 256 (DPL 8) needs a second batch loop.
     const int n = min(32, end - (begin + warp * 32));
-    const bool has_dims = lane * DPL < HD;
-    for (int j0 = 0; j0 < n; j0 += 8) {
-      float vf[8][DPL];
 #pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const size_t r = (size_t)__shfl_sync(0xffffffffu, (unsigned long long)row, j0 + jj);
-        const bool ok = has_dims && j0 + jj < n;
-        if constexpr (DPL == 4) {
-          uint2 raw = ok ? *reinterpret_cast<const uint2*>(p.v_cache + r + lane * 4) : make_uint2(0, 0);
-          const half2* h2 = reinterpret_cast<const half2*>(&raw);
-          float2 a = __half22float2(h2[0]), b = __half22float2(h2[1]);
-          vf[jj][0] = a.x;
-          vf[jj][1] = a.y;
-          vf[jj][2] = b.x;
-          vf[jj][3] = b.y;
-        } else {
+    for (int j0 = 0; j0 < 32; j0 += kVB) {
+      if (j0 >= n) break;
+      if (j0 > 0) load_v(j0);
 #pragma unroll
-          for (int i = 0; i < DPL; ++i) vf[jj][i] = ok ? __half2float(p.v_cache[r + lane * DPL + i]) : 0.f;
-        }
-      }
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
+      for (int jj = 0; jj < kVB; ++jj) {
 #pragma unroll
         for (int g = 0; g < kMaxG; ++g) {
           if (g >= G) continue;
-          float w = __shfl_sync(0xffffffffu, pr[g], j0 + jj);
+          const float w = __shfl_sync(0xffffffffu, pr[g], j0 + jj);
 #pragma unroll
-          for (int i = 0; i < DPL; ++i) acc[g][i] = fmaf(w, vf[jj][i], acc[g][i]);
+          for (int i = 0; i < DPL; ++i) acc[g][i] = fmaf(w, __half2float(vbuf[jj][i]), acc[g][i]);
         }
       }
     }

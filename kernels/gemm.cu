@@ -12,8 +12,8 @@
 // Grid: x = M tiles (fastest, so the CTAs that run together share the same weight tile: weights are read
 // from DRAM about once and the activations stay in L2), y = N tiles.
 //
-// On sm_90 (H100 / H200), when gemm_sm90a.cu is linked in (it is reached through weak symbols), M > 128
-// runs on its wgmma kernels instead; see that file.
+// On sm_90 (H100 / H200), when gemm_sm90a.cu is linked in (it is reached through weak symbols), shapes with
+// M >= 128 and enough CTAs run on its wgmma kernels instead (see kTuning and that file).
 //
 // Requirements (the padding rules of kernels.h): N % 128 == 0, K % 64 == 0, lda and ldw multiples of 8
 // (16-byte rows), n_valid even; W8: scales[N][ldw / 32] (ldw == K for the padded layout).
@@ -41,29 +41,24 @@ using namespace l2::kernels::gemm_common;
 //   id  BM   BN   BK  WM WN WK STG   warp tile   smem (f16 / w8)
 // =====================================================================================================
 #define L2_GEMM_CONFIGS(X)                                                                                  \
-  X(0, 128, 256, 32, 2, 4, 1, 4)  /* 8 warps 64x64: 96 KB                                                */ \
-  X(1, 128, 128, 32, 2, 2, 2, 4)  /* 8 warps 64x64 (2-way k split): 64 KB                                */ \
-  X(2, 128, 128, 32, 2, 4, 1, 4)  /* 8 warps 64x32: 64 KB; best mma.sync config for M >= 256 (H100)       */ \
-  X(3, 64, 128, 64, 1, 2, 4, 3)   /* 8 warps 64x64 (4-way k split): 72 KB                                */ \
-  X(4, 64, 64, 64, 1, 2, 4, 4)    /* 8 warps 64x32 (4-way k split): 64 KB; M ~ 128 with many N tiles     */ \
-  X(5, 32, 64, 64, 1, 2, 4, 4)    /* 8 warps 32x32 (4-way k split): 48 KB; M <= 64, memory-bound         */ \
-  X(6, 32, 128, 64, 1, 4, 2, 4)   /* 8 warps 32x32 (2-way k split): 80 KB                                */ \
-  X(7, 128, 128, 64, 2, 2, 2, 3)  /* 8 warps 64x64 (2-way k split), BK 64: 96 KB                        */
+  X(0, 128, 128, 32, 2, 4, 1, 4)  /* 8 warps 64x32: 64 KB; M > 128 (H100: 223-275 TFLOP/s)                */ \
+  X(1, 64, 64, 64, 1, 2, 4, 4)    /* 8 warps 64x32 (4-way k split): 64 KB; M ~ 128 with many N tiles      */ \
+  X(2, 32, 64, 64, 1, 2, 4, 4)    /* 8 warps 32x32 (4-way k split): 48 KB; M <= 64, memory-bound          */ \
+  X(3, 32, 128, 64, 1, 4, 2, 4)   /* 8 warps 32x32 (2-way k split): 80 KB; M <= 64 alternative            */
 
 // W8 variants need BK == 64 (one 4-byte cp.async of 2 group scales per weight row and k-tile) and STAGES >= 3;
 // smem = STAGES x (A + int8 W + scales) + 2 dequantized fp16 W tiles.
 #define L2_GEMM_W8_CONFIGS(X)                                                                               \
-  X(0, 128, 128, 64, 2, 2, 2, 4)  /* 130 KB                                                               */ \
-  X(1, 128, 256, 64, 2, 4, 1, 3)  /* 163 KB: A100 / H100 big M                                            */ \
-  X(2, 64, 128, 64, 1, 2, 4, 4)   /* 98 KB                                                                */ \
-  X(3, 64, 64, 64, 1, 2, 4, 4)    /* 65 KB: M ~ 64-128 with many N tiles                                  */ \
-  X(4, 32, 64, 64, 1, 2, 4, 4)    /* 49 KB: M <= 64, memory-bound                                         */ \
-  X(5, 128, 128, 64, 2, 2, 2, 3)  /* 106 KB                                                               */ \
-  X(6, 64, 128, 64, 1, 2, 4, 3)   /* 81 KB: A10 / L4 big M                                                */ \
-  X(7, 128, 128, 64, 2, 4, 1, 4)  /* 130 KB: 64x32 warps like f16 #2; best mma.sync w8 for M >= 128     */
+  X(0, 64, 64, 64, 1, 2, 4, 4)    /* 65 KB: M ~ 64-128 with many N tiles                                  */ \
+  X(1, 32, 64, 64, 1, 2, 4, 4)    /* 49 KB: M <= 64, memory-bound                                         */ \
+  X(2, 64, 128, 64, 1, 2, 4, 3)   /* 81 KB: A10 / L4 big M                                                */ \
+  X(3, 128, 128, 64, 2, 4, 1, 4)  /* 130 KB: 64x32 warps; M > 128 on A100 / H100 (H100: 200-248 TFLOP/s)  */
 
-constexpr int kNumF16Configs = 8;
-constexpr int kNumW8Configs = 8;
+// Tuning history (H100 SXM, --tune): 128x256x32 2x4x1, 128x128x32 2x2x2, 64x128x64 1x2x4, 128x128x64 2x2x2
+// (f16) and 128x128x64 2x2x2, 128x256x64 2x4x1, 64x128x64 1x2x4 s4 (w8) were never the best choice and were
+// dropped to keep the build small; the 64x64 warp tiles lost to 64x32 ones throughout.
+constexpr int kNumF16Configs = 4;
+constexpr int kNumW8Configs = 4;
 constexpr int kSm90aBase = 100;  // config id 100 + i = gemm_sm90a.cu configuration i
 
 // Per-architecture choice by M. The first row whose compute capability matches (and, for needs_sm90a,
@@ -83,37 +78,37 @@ struct ArchTuning {
 constexpr int kAnyM = 1 << 30;
 // clang-format off
 constexpr ArchTuning kTuning[] = {
-  // H100 / H200 (sm_90: 132 SMs, 227 KB smem/SM, 50 MB L2) with the wgmma path (gemm_sm90a.cu; ids 100+ =
-  // 100 128x128 s4, 101 128x256 s4, 102 128x128 s6, 103 64x128 s6, 104 64x256 s5 (f16); 100 128x128 s5,
-  // 101 64x128 s6, 102 64x256 s4 (w8)). Measured on H100 SXM (--tune): M <= 64 is
-  // memory-bound and best on the small mma.sync tiles; wgmma wins from M = 128 once there are >= ~0.7 waves.
+  // H100 / H200 (sm_90: 132 SMs, 227 KB smem/SM, 50 MB L2) with the wgmma path (gemm_sm90a.cu; ids 100+:
+  // f16 100 = 128x128x64 s6, 101 = 128x256x64 s4, 102 = 64x128x64 s6; w8 100 = 128x128x64 s5, 101 = 64x128x64
+  // s6). Measured on H100 SXM (--tune): M <= 64 is memory-bound and best on the small mma.sync tiles; wgmma
+  // wins from M = 128 once the shape gives >= ~0.7 waves of 128x128 tiles.
   // f16 at M = 512: qkv 356, o 340, gate_up 402, down 442, logits 457 TFLOP/s (mma.sync best: 223-268);
   // w8 at M = 512: 265, 264, 286, 361, 323 (a deeper 6-stage w8 pipeline measured the same as 5).
   {9, 0, true, "H100 sm_90a wgmma",
-   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 102, 5, 0.7f}, {384, 102, 103, 0.9f}, {kAnyM, 102, 102, 0}},
-   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 100, 4, 0.7f}, {kAnyM, 100, 100, 0}}},
+   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 100, 2, 0.7f}, {384, 100, 102, 0.9f}, {kAnyM, 100, 100, 0}},
+   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 100, 1, 0.7f}, {kAnyM, 100, 100, 0}}},
   // H100 / H200 without the sm_90a translation unit: mma.sync only (measured on H100 SXM).
   {9, 0, false, "H100 sm_90 mma.sync",
-   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
-   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 7, 4, 0.7f}, {kAnyM, 7, 7, 0}}},
+   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
   // A100 (sm_80: 108 SMs, 164 KB smem/SM, 163 KB per block, 40 MB L2): the H100 mma.sync choices (not measured
   // on an A100; every configuration used fits its shared memory).
   {8, 0, false, "A100 sm_80",
-   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
-   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 7, 4, 0.7f}, {kAnyM, 7, 7, 0}}},
+   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
   // A10 / RTX 30xx (sm_86: 72-84 SMs, 100 KB smem/SM, 99 KB per block): configurations <= 81 KB (not measured).
   {8, 6, false, "A10 sm_86",
-   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
-   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 3, 4, 4.0f}, {kAnyM, 6, 6, 0}}},
+   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 0, 1, 4.0f}, {kAnyM, 2, 2, 0}}},
   // L4 / RTX 40xx (sm_89: 58-128 SMs, 100 KB smem/SM, 99 KB per block): as sm_86 (not measured).
   {8, 9, false, "L4 sm_89",
-   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
-   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 3, 4, 4.0f}, {kAnyM, 6, 6, 0}}},
+   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 0, 1, 4.0f}, {kAnyM, 2, 2, 0}}},
   // Anything else (other 8.x, newer GPUs through the compute_90 PTX): the A100 choices; a configuration that
   // does not fit the device's shared memory falls back to the alternative, then to the smallest one.
   {-1, -1, false, "default (sm_80 table)",
-   {{32, 5, 5, 0}, {64, 5, 5, 0}, {128, 4, 5, 4.0f}, {kAnyM, 2, 2, 0}},
-   {{32, 4, 4, 0}, {64, 3, 4, 2.5f}, {128, 7, 4, 0.7f}, {kAnyM, 7, 7, 0}}},
+   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
 };
 // clang-format on
 

@@ -199,18 +199,16 @@ struct Entry {
 #define L2_SM90A_ENTRY(WGS, BN, S, W8, NAME) \
   {{NAME, 64 * WGS, BN, Cfg<WGS, BN, S, W8>::SMEM}, &Launcher<Cfg<WGS, BN, S, W8>>::launch},
 // clang-format off
-const Entry kF16[] = {
-  L2_SM90A_ENTRY(2, 128, 4, false, "f16 wgmma 128x128x64 s4")
-  L2_SM90A_ENTRY(2, 256, 4, false, "f16 wgmma 128x256x64 s4")
+const Entry kF16[] = {  // ids as in gemm.cu's kTuning (100 + index)
   L2_SM90A_ENTRY(2, 128, 6, false, "f16 wgmma 128x128x64 s6")
+  L2_SM90A_ENTRY(2, 256, 4, false, "f16 wgmma 128x256x64 s4")
   L2_SM90A_ENTRY(1, 128, 6, false, "f16 wgmma 64x128x64 s6")
-  L2_SM90A_ENTRY(1, 256, 5, false, "f16 wgmma 64x256x64 s5")
 };
 const Entry kW8[] = {
   L2_SM90A_ENTRY(2, 128, 5, true, "w8 wgmma 128x128x64 s5")
   L2_SM90A_ENTRY(1, 128, 6, true, "w8 wgmma 64x128x64 s6")
-  L2_SM90A_ENTRY(1, 256, 4, true, "w8 wgmma 64x256x64 s4")
 };
+// Tuning history (H100 SXM): f16 128x128 s4 (-3%), 64x256 s5; w8 64x256 s4, 128x128 s6 (= s5) were dropped.
 // clang-format on
 
 }  // namespace

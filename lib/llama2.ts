@@ -1,17 +1,17 @@
 // The public model class: `await Llama2.load(path, opts)`, then generate / chat / sessions.
 // Text <-> ids (tokenizer, chat template) and sampling happen here in TypeScript; each step of
 // every active generation is batched by the Scheduler into one native forward pass.
-import { existsSync } from "node:fs";
-import path from "node:path";
 import { getChatTemplate, type ChatTemplate } from "./chat-template.js";
+import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefix-cache.js";
 import { Scheduler } from "./engine/scheduler.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
-import { native, type NativeModel, type NativeModelInfo, type NativeStepOutput } from "./native.js";
+import { native, type NativeModel, type NativeStepOutput } from "./native.js";
 import { Sampler } from "./sampler.js";
 import { ChatSession } from "./session.js";
 import { StopMatcher } from "./stop.js";
 import { createGenerationStream } from "./stream.js";
 import { Tokenizer } from "./tokenizer.js";
+import { resolveTokenizer } from "./tokenizer/for-model.js";
 import type {
   ChatMessage,
   FinishReason,
@@ -41,11 +41,23 @@ export interface GenerationPlan {
   stripLeadingSpace: boolean;
   /** Called once with the outcome (sessions update their state here). */
   onEnd?: (r: { generated: number[]; evaluated: number; text: string; finishReason: FinishReason; error?: unknown }) => void;
-  /** Frees the sequence at the end (one-shot calls). */
+  /** Frees the sequence at the end (one-shot calls), or hands it to the prefix cache. */
   ownsSequence: boolean;
+  /**
+   * The token ids the sequence holds before `prompt` (length `cached`), when known: the prefix
+   * cache keeps snapshots of the sequence only then.
+   */
+  context?: number[];
+  /**
+   * The sequence is empty and the prompt may start from a cached prefix: admission then replaces
+   * `seq` with a fork of the cached prefix (freeing the empty one), moves the cached tokens from
+   * `prompt` to `context`/`cached` and calls `onSequence`.
+   */
+  reuse?: boolean;
+  onSequence?: (seq: number) => void;
 }
 
-const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal"]);
+const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
   "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "template",
@@ -75,14 +87,20 @@ export class Llama2 {
   private readonly growth = new Map<symbol, number>();
   private disposed = false;
   private readonly blockSize: number;
+  /** Cached prompt prefixes (null when LoadOptions.prefixCache is false). */
+  private readonly prefixes: PrefixCache | null;
 
-  private constructor(model: NativeModel, info: ModelInfo, tokenizer: Tokenizer | null) {
+  private constructor(model: NativeModel, info: ModelInfo, tokenizer: Tokenizer | null, prefixCache: LoadOptions["prefixCache"]) {
     this.model = model;
     this.info = info;
     this.tokenizer = tokenizer;
     this.blockSize = model.info().kvBlockSize;
     const chunk = info.device === "cuda" ? 2048 : 512;
     this.scheduler = new Scheduler(model, { maxStepTokens: chunk, prefillChunk: chunk });
+    this.prefixes =
+      prefixCache === false
+        ? null
+        : new PrefixCache(model, { blockSize: this.blockSize, ...(typeof prefixCache === "object" && prefixCache.maxEntries !== undefined && { maxEntries: prefixCache.maxEntries }) });
   }
 
   /** Loads a Hugging Face directory, a .gguf or a llama2.c .bin. */
@@ -101,6 +119,12 @@ export class Llama2 {
     if (tokenizerPath !== undefined && typeof tokenizerPath !== "string") throw new InvalidArgumentError("tokenizerPath", "expected a path");
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
     if (signal?.aborted) throw new Llama2Error("ERR_ABORTED", "loading was aborted");
+    const { prefixCache } = options;
+    if (prefixCache !== undefined && typeof prefixCache !== "boolean") {
+      if (typeof prefixCache !== "object" || prefixCache === null) throw new InvalidArgumentError("prefixCache", "expected a boolean or { maxEntries }");
+      checkKeys(prefixCache, new Set(["maxEntries"]), "prefixCache");
+      checkInt(prefixCache.maxEntries, "prefixCache.maxEntries", 1, 4096);
+    }
 
     const cancel = new Int32Array(new SharedArrayBuffer(4));
     const onAbort = () => Atomics.store(cancel, 0, 1);
@@ -155,7 +179,7 @@ export class Llama2 {
         bosId: tokenizer?.bosId ?? ni.tokenizer?.bosId ?? 1,
         eosId: tokenizer?.eosId ?? ni.tokenizer?.eosId ?? 2,
       };
-      return new Llama2(model, info, tokenizer);
+      return new Llama2(model, info, tokenizer, prefixCache);
     } catch (err) {
       model.dispose();
       throw err;
@@ -183,10 +207,99 @@ export class Llama2 {
     return this.model.info().deviceMemoryUsed;
   }
 
-  /** Live figures: KV blocks and scheduler counters. */
-  stats(): { kv: { freeBlocks: number; totalBlocks: number; blockSize: number }; scheduler: Scheduler["stats"]; queueDepth: number } {
+  /** Live figures: KV blocks, scheduler counters and the prefix cache (null when disabled). */
+  stats(): {
+    kv: { freeBlocks: number; totalBlocks: number; blockSize: number };
+    scheduler: Scheduler["stats"];
+    queueDepth: number;
+    prefixCache: PrefixCacheStats | null;
+  } {
     this.checkAlive();
-    return { kv: this.model.kvState(), scheduler: { ...this.scheduler.stats }, queueDepth: this.scheduler.depth };
+    return {
+      kv: this.model.kvState(),
+      scheduler: { ...this.scheduler.stats },
+      queueDepth: this.scheduler.depth,
+      prefixCache: this.prefixes?.stats() ?? null,
+    };
+  }
+
+  /**
+   * Prefills a prompt prefix once and keeps its KV cache, so every later request (generate, chat,
+   * a session's first turn) whose prompt starts with it evaluates only the rest. Text is encoded as
+   * generate() does (BOS unless addBos: false); `{ systemPrompt }` caches the chat template's start
+   * of a dialog with that system prompt. Resolves with the prefix's length in tokens (0 when it is
+   * shorter than one KV block, too short to be worth caching) and how many of them were already
+   * cached. Cached prefixes are evicted, least recently used first, when requests need KV blocks.
+   */
+  async cachePrefix(
+    prefix: string | readonly number[] | { systemPrompt: string; template?: string },
+    opts: { addBos?: boolean; signal?: AbortSignal } = {},
+  ): Promise<{ tokens: number; reusedTokens: number }> {
+    this.checkAlive();
+    if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
+    checkKeys(opts, new Set(["addBos", "signal"]), "options");
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
+    if (!this.prefixes) throw new Llama2Error("ERR_INVALID_ARGUMENT", "the prefix cache is disabled (loaded with prefixCache: false)");
+    let ids: number[];
+    if (typeof prefix === "string") {
+      ids = this.requireTokenizer().encode(prefix, { bos: opts.addBos ?? true });
+    } else if (Array.isArray(prefix)) {
+      ids = this.checkIds(prefix, "prefix").slice();
+    } else if (typeof prefix === "object" && prefix !== null && typeof (prefix as { systemPrompt?: unknown }).systemPrompt === "string") {
+      const { systemPrompt, template } = prefix as { systemPrompt: string; template?: string };
+      const t = this.templateFor(template);
+      const tok = this.requireTokenizer();
+      // The dialog's tokens up to where the user's message starts: common to any user message.
+      const a = t.encodeDialog([{ role: "system", content: systemPrompt }, { role: "user", content: "x" }], tok);
+      const b = t.encodeDialog([{ role: "system", content: systemPrompt }, { role: "user", content: "?" }], tok);
+      ids = a.slice(0, commonPrefix(a, b));
+    } else {
+      throw new InvalidArgumentError("prefix", "expected a string, an array of token ids or { systemPrompt }");
+    }
+    if (ids.length > this.info.contextLength) {
+      throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the prefix is ${ids.length} tokens but the context length is ${this.info.contextLength}`);
+    }
+    if (ids.length < this.prefixes.minTokens) return { tokens: 0, reusedTokens: 0 };
+    const have = this.prefixes.match(ids);
+    if (have && have.length === ids.length) {
+      this.prefixes.touch(have);
+      return { tokens: ids.length, reusedTokens: ids.length };
+    }
+    if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
+    const controller = new AbortController();
+    const onAbort = () => controller.abort();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const key = Symbol("cachePrefix");
+    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: false, ownsSequence: true, reuse: true };
+    let kept = false;
+    try {
+      await this.admit(plan, 0, key, controller.signal);
+      this.active.add(controller);
+      await this.scheduler.eval(plan.seq, plan.prompt, 0, controller.signal);
+      kept = true;
+      this.prefixes.insert(plan.seq, ids);
+      return { tokens: ids.length, reusedTokens: plan.cached };
+    } catch (err) {
+      throw controller.signal.aborted && !this.disposed ? new Llama2Error("ERR_ABORTED", "aborted") : err instanceof Llama2Error ? err : fromNative(err);
+    } finally {
+      opts.signal?.removeEventListener("abort", onAbort);
+      this.active.delete(controller);
+      this.growth.delete(key);
+      if (!kept && !this.disposed) {
+        try {
+          this.model.freeSequence(plan.seq);
+        } catch {
+          /* already gone */
+        }
+      }
+      this.wakeWaiters();
+    }
+  }
+
+  /** Drops every cached prefix (their KV blocks return to the pool once no request shares them). */
+  clearPrefixCache(): void {
+    this.checkAlive();
+    this.prefixes?.clear();
   }
 
   /** Raw completion of a text prompt (BOS prepended unless addBos: false) or of token ids. */
@@ -232,7 +345,8 @@ export class Llama2 {
     this.disposed = true;
     for (const c of this.active) c.abort();
     this.scheduler.close();
-    for (const w of this.waiting.splice(0)) w();
+    this.wakeWaiters();
+    this.prefixes?.close();
     this.model.dispose();
   }
 
@@ -254,10 +368,30 @@ export class Llama2 {
     this.checkGenerateOptions(opts, GEN_KEYS);
   }
 
+  /** @internal Whether the prefix cache is on. */
+  get _prefixCacheEnabled(): boolean {
+    return this.prefixes !== null;
+  }
+
+  /**
+   * @internal Keeps `tokens` (held by `seq`) in the prefix cache. `handOver`: the cache takes the
+   * sequence itself (or frees it); otherwise it keeps a fork and `seq` stays the caller's.
+   */
+  _cacheSequence(seq: number, tokens: number[], handOver: boolean): void {
+    if (this.disposed) return;
+    if (!this.prefixes) {
+      if (handOver) this.model.freeSequence(seq);
+      return;
+    }
+    if (handOver) this.prefixes.insert(seq, tokens);
+    else this.prefixes.snapshot(seq, tokens, tokens.length);
+    this.wakeWaiters();
+  }
+
   private runOneShot(ids: number[], opts: GenerateOptions, isChat: boolean): GenerationStream {
     return createGenerationStream(async (emit, signal) => {
       const seq = this.model.createSequence();
-      const plan: GenerationPlan = { seq, prompt: ids, cached: 0, history: ids, stripLeadingSpace: isChat, ownsSequence: true };
+      const plan: GenerationPlan = { seq, prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: isChat, ownsSequence: true, reuse: true };
       return this.generation(plan, opts, emit, signal);
     }, opts.signal);
   }
@@ -276,6 +410,7 @@ export class Llama2 {
     const controller = new AbortController();
     const onAbort = () => controller.abort();
     signal.addEventListener("abort", onAbort, { once: true });
+    if (signal.aborted) controller.abort(); // aborted before it started: no event will come
     const key = Symbol("generation");
     let streamed = "";
     const push = (c: GenerationChunk) => {
@@ -284,7 +419,8 @@ export class Llama2 {
     };
     // KV blocks this generation may still allocate, given how long its sequence is now.
     let worst = 0;
-    const have = Math.ceil(plan.cached / this.blockSize);
+    let have = 0; // blocks the sequence held when admitted
+    let keep = false; // hand the sequence to the prefix cache at the end
     const grew = (len: number) => this.growth.set(key, Math.max(0, worst - (Math.ceil(len / this.blockSize) - have)));
     try {
       if (plan.cached + plan.prompt.length > ctx) {
@@ -302,6 +438,7 @@ export class Llama2 {
       const eos = this.info.eosId;
 
       worst = await this.admit(plan, maxTokens, key, controller.signal);
+      have = Math.ceil(plan.cached / this.blockSize);
       this.active.add(controller);
       const tAdmit = performance.now();
       let out: NativeStepOutput;
@@ -317,6 +454,12 @@ export class Llama2 {
       }
       evaluated = plan.prompt.length;
       grew(plan.cached + evaluated);
+      if (this.prefixes && plan.context && plan.context.length === plan.cached) {
+        // Later requests with the same start can fork the prompt's full blocks right away.
+        const B = this.blockSize;
+        const full = plan.context.concat(plan.prompt);
+        this.prefixes.snapshot(plan.seq, full, Math.floor(full.length / B) * B);
+      }
       const tPrefill = performance.now();
       let tFirst = 0;
       for (;;) {
@@ -357,6 +500,7 @@ export class Llama2 {
         const tail = stop.push(decoder ? decoder.flush() : "").text + stop.flush();
         if (tail) push({ text: tail, tokenIds: [] });
       }
+      keep = finishReason !== "abort";
       return this.finish(push, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst });
     } catch (err) {
       const e = err instanceof Llama2Error ? err : fromNative(err);
@@ -368,13 +512,24 @@ export class Llama2 {
       this.growth.delete(key);
       if (plan.ownsSequence && !this.disposed) {
         try {
-          this.model.freeSequence(plan.seq);
+          if (keep && this.prefixes && plan.context && plan.context.length === plan.cached) {
+            // The prompt and the reply stay cached: a follow-up turn of this dialog starts from them.
+            const len = this.model.sequenceLength(plan.seq);
+            this.prefixes.insert(plan.seq, plan.context.concat(plan.prompt, generated).slice(0, len));
+          } else {
+            this.model.freeSequence(plan.seq);
+          }
         } catch {
           /* already gone */
         }
       }
-      this.waiting.shift()?.();
+      this.wakeWaiters();
     }
+  }
+
+  /** Every request waiting for KV blocks re-checks, in arrival order. */
+  private wakeWaiters(): void {
+    for (const w of this.waiting.splice(0)) w();
   }
 
   private finish(
@@ -404,13 +559,25 @@ export class Llama2 {
 
   // Admission control: a generation starts only when the KV cache can hold its worst case
   // (prompt + maxTokens, capped by the context) on top of what running generations may still take.
+  // Blocks held by cached prefixes are not free: when the request does not fit, other cached
+  // prefixes are evicted (least recently used first) before it waits for running generations to
+  // end; the prefix it would fork is evicted only when nothing is running, before failing. A request
+  // that may start from a cached prefix is checked with the blocks the fork saves, and forked in the
+  // same synchronous step, so nothing can evict the prefix in between.
   private async admit(plan: GenerationPlan, maxTokens: number, key: symbol, signal: AbortSignal): Promise<number> {
     const B = this.blockSize;
-    const have = Math.ceil(plan.cached / B);
-    const worst = Math.ceil(Math.min(this.info.contextLength, plan.cached + plan.prompt.length + maxTokens) / B) - have + 1;
+    const total = plan.cached + plan.prompt.length;
     for (;;) {
       if (this.disposed) throw new Llama2Error("ERR_DISPOSED", "the model has been disposed");
       if (signal.aborted) throw new Llama2Error("ERR_ABORTED", "aborted while waiting for the KV cache");
+      // At least one prompt token must be evaluated: its output is the first sampled token.
+      const match = plan.reuse && this.prefixes ? this.prefixes.match(plan.prompt, plan.prompt.length - 1) : null;
+      const cached = match ? match.length : plan.cached;
+      // One block of margin, but never more than a sequence can ever allocate: a full context less the
+      // full cached blocks (a partial shared one is copied on write). Without that cap a request
+      // needing the whole context could never run with maxSequences 1.
+      const ceiling = Math.ceil(this.info.contextLength / B) - Math.floor(cached / B);
+      const worst = Math.min(ceiling, Math.ceil(Math.min(this.info.contextLength, total + maxTokens) / B) - Math.ceil(cached / B) + 1);
       const kv = this.model.kvState();
       if (worst > kv.totalBlocks) {
         throw new Llama2Error("ERR_KV_CACHE_FULL", `this request may need ${worst * B} tokens of KV cache, more than the ${kv.totalBlocks * B} the model was loaded with`, {
@@ -419,22 +586,53 @@ export class Llama2 {
       }
       let reserved = 0;
       for (const g of this.growth.values()) reserved += g;
+      // Admitted generations (they hold reservations until they end) will free blocks.
+      const running = this.growth.size > 0;
       if (kv.freeBlocks - Math.ceil(reserved) >= worst) {
+        if (match) this.startFromPrefix(plan, match);
+        else if (plan.reuse) this.prefixes?.miss();
         this.growth.set(key, worst);
         return worst;
       }
-      if (this.active.size === 0) {
+      if (this.prefixes) {
+        // Other prefixes go first, unless even all of them would not make room while running
+        // generations will free blocks anyway; the prefix this request forks goes last, only when
+        // nothing else can free blocks.
+        const hopeless = kv.freeBlocks + this.prefixes.blockBound(match?.entry) - Math.ceil(reserved) < worst;
+        if (!(hopeless && running) && this.prefixes.evictLRU(match?.entry)) continue;
+        if (!running && match && this.prefixes.evict(match.entry)) continue;
+      }
+      if (!running) {
         throw new Llama2Error("ERR_KV_CACHE_FULL", "the KV cache is held by idle sessions; dispose sessions or raise maxSequences");
       }
       await new Promise<void>((resolve) => {
         const wake = () => {
           signal.removeEventListener("abort", wake);
+          const i = this.waiting.indexOf(wake);
+          if (i >= 0) this.waiting.splice(i, 1);
           resolve();
         };
         this.waiting.push(wake);
         signal.addEventListener("abort", wake, { once: true });
       });
     }
+  }
+
+  /** Replaces an empty plan sequence by a fork of the cached prefix `m`. */
+  private startFromPrefix(plan: GenerationPlan, m: NonNullable<ReturnType<PrefixCache["match"]>>): void {
+    const fork = this.prefixes!.fork(m);
+    const empty = plan.seq;
+    plan.seq = fork;
+    plan.context = (plan.context ?? []).concat(plan.prompt.slice(0, m.length));
+    plan.cached += m.length;
+    plan.prompt = plan.prompt.slice(m.length);
+    plan.reuse = false;
+    try {
+      this.model.freeSequence(empty);
+    } catch {
+      /* already gone */
+    }
+    plan.onSequence?.(fork);
   }
 
   private templateFor(name?: string): ChatTemplate {
@@ -476,27 +674,3 @@ export class Llama2 {
     if (this.disposed) throw new Llama2Error("ERR_DISPOSED", "the model has been disposed");
   }
 }
-
-/** The model's tokenizer: an explicit file, the GGUF's metadata, the HF directory's tokenizer.model,
- * or a tokenizer.model beside a llama2.c file. */
-async function resolveTokenizer(info: NativeModelInfo, explicit?: string): Promise<Tokenizer | null> {
-  if (explicit) return Tokenizer.fromFile(explicit);
-  if (info.tokenizer) {
-    const t = info.tokenizer;
-    if (t.model !== "llama") {
-      throw new Llama2Error("ERR_TOKENIZER", `${info.path}: tokenizer model '${t.model}' is not supported (only SentencePiece 'llama')`);
-    }
-    return Tokenizer.fromVocabulary(
-      { tokens: t.tokens, scores: t.scores, types: t.types, unkId: t.unkId, bosId: t.bosId, eosId: t.eosId, padId: t.padId },
-      `${info.path} (GGUF metadata)`,
-    );
-  }
-  if (info.tokenizerPath) return Tokenizer.fromFile(info.tokenizerPath);
-  const beside = path.join(path.dirname(info.path), "tokenizer.model");
-  if (info.format === "llama2c" && existsSync(beside)) {
-    const tok = await Tokenizer.fromFile(beside);
-    return tok.vocabSize === info.config.vocabSize ? tok : null;
-  }
-  return null;
-}
-

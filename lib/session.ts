@@ -2,7 +2,7 @@
 // prefills only the new user turn (plus what closes the previous reply), never the history.
 import type { ChatTemplate } from "./chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "./errors.js";
-import type { Llama2 } from "./llama2.js";
+import type { GenerationPlan, Llama2 } from "./llama2.js";
 import type { ChatMessage, GenerateOptions, GenerationStream } from "./types.js";
 
 export class ChatSession {
@@ -11,6 +11,8 @@ export class ChatSession {
   private seq: number | null = null;
   /** Tokens that belong to the conversation but are not in the cache yet (end of the last reply). */
   private pending: number[] = [];
+  /** The token ids in the cache (what the prefix cache may keep when the session resets or ends). */
+  private tokens: number[] = [];
   private busy = false;
   private disposed = false;
 
@@ -40,55 +42,84 @@ export class ChatSession {
     const turn = this.template.encodeUserTurn([...system, ...this.messages, user], tok);
     const native = this.llama._native();
     if (this.seq === null) this.seq = native.createSequence();
-    const seq = this.seq;
-    const cached = native.sequenceLength(seq);
+    const cached = native.sequenceLength(this.seq);
     const prompt = [...this.pending, ...turn];
+    const known = this.tokens.length === cached;
     this.busy = true;
     const stop = [...(opts.stop ?? []), ...(this.template.stopStrings ?? [])];
-    return this.llama._run(
-      {
-        seq,
-        prompt,
-        cached,
-        history: prompt,
-        stripLeadingSpace: true,
-        ownsSequence: false,
-        onEnd: ({ generated, evaluated, text, error }) => {
-          this.busy = false;
-          if (this.disposed) return;
-          if (error !== undefined || evaluated < prompt.length) {
-            // The turn never fully reached the cache: forget it.
-            try {
-              native.truncateSequence(seq, cached);
-            } catch {
-              /* model disposed */
-            }
-            return;
-          }
-          const inCache = native.sequenceLength(seq) - cached - prompt.length;
-          this.pending = [...generated.slice(inCache), ...this.template.assistantEnd(generated, tok)];
-          this.messages.push(user, { role: "assistant", content: text });
-        },
+    // An empty session may start from a cached prefix (the system prompt, or a dialog another
+    // request or session already evaluated): admission then swaps in a fork of it (onSequence).
+    const plan: GenerationPlan = {
+      seq: this.seq,
+      prompt,
+      cached,
+      history: prompt,
+      stripLeadingSpace: true,
+      ownsSequence: false,
+      ...(known && { context: this.tokens.slice() }),
+      reuse: cached === 0 && this.llama._prefixCacheEnabled,
+      onSequence: (seq) => {
+        if (!this.disposed) {
+          this.seq = seq;
+          return;
+        }
+        try {
+          native.freeSequence(seq); // disposed while waiting: the turn fails like any other
+        } catch {
+          /* model disposed */
+        }
       },
-      { ...opts, stop },
-    );
+      onEnd: ({ generated, evaluated, text, error }) => {
+        this.busy = false;
+        if (this.disposed) return;
+        const seq = plan.seq;
+        if (error !== undefined || evaluated < plan.prompt.length) {
+          // The turn never fully reached the cache: forget it.
+          try {
+            native.truncateSequence(seq, cached);
+          } catch {
+            /* model disposed */
+          }
+          return;
+        }
+        const inCache = native.sequenceLength(seq) - cached - prompt.length;
+        if (known) this.tokens = [...this.tokens, ...prompt, ...generated.slice(0, inCache)];
+        this.pending = [...generated.slice(inCache), ...this.template.assistantEnd(generated, tok)];
+        this.messages.push(user, { role: "assistant", content: text });
+      },
+    };
+    return this.llama._run(plan, { ...opts, stop });
   }
 
   /** Forgets the conversation (keeps the session usable). */
   reset(): void {
     if (this.busy) throw new Llama2Error("ERR_INVALID_ARGUMENT", "the session is generating a reply");
-    if (this.seq !== null && !this.disposed) this.llama._native().truncateSequence(this.seq, 0);
+    if (this.seq !== null && !this.disposed) {
+      const native = this.llama._native();
+      // The prefix cache keeps the conversation (a fork): a request that repeats it starts from it.
+      if (this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq)) this.llama._cacheSequence(this.seq, this.tokens, false);
+      native.truncateSequence(this.seq, 0);
+    }
     this.messages.length = 0;
     this.pending = [];
+    this.tokens = [];
   }
 
-  /** Frees the session's KV cache. */
+  /**
+   * Frees the session's KV cache. With the prefix cache on, the conversation's KV moves into it
+   * instead (evicted when other requests need the blocks; `Llama2.clearPrefixCache()` drops it).
+   */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
     if (this.seq !== null) {
       try {
-        this.llama._native().freeSequence(this.seq);
+        const native = this.llama._native();
+        if (!this.busy && this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq)) {
+          this.llama._cacheSequence(this.seq, this.tokens, true);
+        } else {
+          native.freeSequence(this.seq);
+        }
       } catch {
         /* the model was disposed first */
       }

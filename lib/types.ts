@@ -21,6 +21,13 @@ export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Cancels the load. */
   signal?: AbortSignal;
+  /**
+   * Prefix cache (default on): prompt prefixes already in the KV cache (`Llama2.cachePrefix`, the
+   * prompts and replies of earlier requests) are shared by later requests that start with them,
+   * which then prefill only the rest. Cached prefixes are evicted (least recently used first) when
+   * requests need KV blocks. `false` turns it off; `maxEntries` bounds the cached prefixes (default 32).
+   */
+  prefixCache?: boolean | { maxEntries?: number };
 }
 
 export interface LoadProgress {
@@ -108,7 +115,7 @@ export type FinishReason = "stop" | "length" | "stopSequence" | "abort";
 
 export interface GenerationStats {
   promptTokens: number;
-  /** Prompt tokens that were not prefilled because the KV cache already held them (sessions). */
+  /** Prompt tokens that were not prefilled because the KV cache already held them (sessions, the prefix cache). */
   cachedPromptTokens: number;
   completionTokens: number;
   /** From the call to the first generated token, ms. */

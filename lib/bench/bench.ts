@@ -35,7 +35,11 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const maxPrompt = Math.max(o.decodePrompt, ...o.prompts);
   const maxBatch = Math.max(...o.batches);
   const context = o.contextLength ?? maxPrompt + o.gen + 16;
-  const loadOpts = { device: o.device, dtype: o.dtype, contextLength: context, maxSequences: Math.max(maxBatch, 1), threads: o.threads };
+  // The KV pool holds maxSequences x context tokens; size it for the largest decode batch (each
+  // sequence needs only its prompt + generated tokens), not for maxBatch full contexts.
+  const decodeTokens = maxBatch * (o.decodePrompt + o.gen + 32);
+  const maxSequences = Math.max(1, Math.ceil(decodeTokens / context));
+  const loadOpts = { device: o.device, dtype: o.dtype, contextLength: context, maxSequences, threads: o.threads };
 
   // Load times. Cold: drop the files from the page cache first (works without root for unmapped files).
   const files = modelFiles(o.model);

@@ -9,6 +9,8 @@ export interface FlagSpec {
   alias?: string;
   description: string;
   default?: unknown;
+  /** The flag may be given several times: its values collect into an array (a list's items concatenate). */
+  repeatable?: boolean;
 }
 export type FlagSpecs = Record<string, FlagSpec>;
 export interface Parsed {
@@ -54,7 +56,9 @@ export function parseArgs(argv: string[], specs: FlagSpecs): Parsed {
     }
     const raw = inline ?? argv[++i];
     if (raw === undefined) throw new InvalidArgumentError(`--${name}`, "needs a value");
-    flags[toKey(name)] = convert(name, spec.type, raw);
+    const value = convert(name, spec.type, raw);
+    const prev = flags[toKey(name)];
+    flags[toKey(name)] = !spec.repeatable ? value : [...((prev as unknown[] | undefined) ?? []), ...(Array.isArray(value) ? value : [value])];
   }
   for (const [name, s] of Object.entries(specs)) {
     const key = toKey(name);
@@ -93,7 +97,7 @@ export function formatHelp(usage: string, specs: FlagSpecs): string {
   for (const [name, s] of Object.entries(specs)) {
     const flag = `${s.alias ? `-${s.alias}, ` : ""}--${name}${s.type === "boolean" ? "" : ` <${s.type}>`}`;
     const def = s.default !== undefined ? ` (default: ${String(s.default)})` : "";
-    lines.push(`  ${flag.padEnd(30)} ${s.description}${def}`);
+    lines.push(`  ${flag.padEnd(30)} ${s.description}${def}${s.repeatable ? " (repeatable)" : ""}`);
   }
   return lines.join("\n");
 }

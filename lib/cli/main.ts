@@ -7,6 +7,10 @@ import { Llama2Error, fromNative } from "../errors.js";
 
 // name -> lazy import, so `llama2 tokenize` does not load the HTTP server.
 const COMMANDS: Record<string, () => Promise<{ default: Command }>> = {
+  generate: () => import("./commands/generate.js"),
+  chat: () => import("./commands/chat.js"),
+  tokenize: () => import("./commands/tokenize.js"),
+  inspect: () => import("./commands/inspect.js"),
   bench: () => import("./commands/bench.js"),
   "make-model": () => import("./commands/make-model.js"),
   compare: () => import("./commands/compare.js"),

@@ -5,6 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" build/Release
+if [ -d tmp/gpu-dist ]; then rm -rf dist && cp -r tmp/gpu-dist dist; fi
 if [ -f .device/llama2_native.node.xz ]; then xz -dc .device/llama2_native.node.xz > build/Release/llama2_native.node; else cp build-sm90/Release/llama2_native.node build/Release/; fi
 phase() { echo; echo "=== $* ($(date +%T))"; }
 only=" ${PHASES:-info small kernels big bench sanitize} "
@@ -21,7 +22,7 @@ fi
 if has kernels && [ -f .device/kernel_tests.xz ]; then
   xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
   phase "kernel tests"
-  /tmp/kernel_tests ${KERNEL_ARGS:---bench} 2>&1 | tee "$OUT/kernel-tests.log" | tail -60
+  timeout 150 /tmp/kernel_tests ${KERNEL_ARGS:-} > "$OUT/kernel-tests.log" 2>&1; echo "kernel_tests rc=$?"; tail -25 "$OUT/kernel-tests.log"
 fi
 BIG=/tmp/7b-f16.gguf
 if has big || has bench; then

@@ -138,6 +138,9 @@ if (big) {
   const prompt = Array.from({ length: 100 }, (_, i) => 100 + ((i * 7919) % 31000));
   await compareBackends(`${path.basename(big)} f16`, big, { cpu: { contextLength: 512 }, gpu: { contextLength: 512 } }, prompt, 4, 2e-2);
   await compareBackends(`${path.basename(big)} int8`, big, { cpu: { contextLength: 512, dtype: "int8" }, gpu: { contextLength: 512, dtype: "int8" } }, prompt, 4, 2e-2);
+  // A long prompt takes the large-tile (wgmma on sm_90a) GEMM and the flash-attention prefill.
+  const long = Array.from({ length: 600 }, (_, i) => 100 + ((i * 7919) % 31000));
+  await compareBackends(`${path.basename(big)} f16 600-token prefill`, big, { cpu: { contextLength: 1024 }, gpu: { contextLength: 1024 } }, long, 1, 2e-2);
   // Batched decode on the GPU (GEMV batch and GEMM batch) equals each sequence alone.
   const m = await Llama2.load(big, { device: "cuda", contextLength: 512, maxSequences: 12 });
   const prompts = Array.from({ length: 12 }, (_, j) => prompt.slice(0, 20 + j * 5));

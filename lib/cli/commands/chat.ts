@@ -1,0 +1,127 @@
+// `llama2 chat`: an interactive conversation in the terminal. One chat session keeps its KV cache
+// across turns; replies stream to stdout. /reset forgets the conversation, /exit quits; Ctrl-C stops
+// the reply being generated, and a Ctrl-C with no reply running (or a second one) exits.
+// With stdin not a TTY (a pipe, a file) every line is a user message, answered in turn: the replies,
+// one per message and each ending with a newline, are all that goes to stdout.
+import readline from "node:readline";
+import type { Command } from "../command.js";
+import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
+import { getChatTemplate } from "../../chat-template.js";
+import type { GenerationStream } from "../../types.js";
+import { LOAD_FLAGS, SAMPLING_FLAGS, generateOptionsFromFlags, loadModelFromFlags, loadOptionsFromFlags } from "../model-options.js";
+
+const command: Command = {
+  name: "chat",
+  summary: "chat with a model in the terminal (a session that keeps its KV cache)",
+  usage: [
+    "Usage: llama2 chat --model PATH [--system TEXT] [--template NAME] [sampling flags] [--device D] [--dtype D] [--context N]",
+    "",
+    "Type a message and press Enter. /reset forgets the conversation, /exit quits. Ctrl-C stops the",
+    "current reply; Ctrl-C again (or with no reply running) exits. Without a TTY, each input line is a",
+    "message and each reply is printed on stdout followed by a newline.",
+  ].join("\n"),
+  flags: {
+    ...LOAD_FLAGS,
+    system: { type: "string", alias: "s", description: "system prompt" },
+    template: { type: "string", description: "chat template (llama2 or plain)", default: "llama2" },
+    ...SAMPLING_FLAGS,
+    stats: { type: "boolean", description: "print each reply's token counts and speed on stderr" },
+  },
+  async run(flags, positionals, io) {
+    if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument (options start with --)");
+    if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
+    loadOptionsFromFlags(flags);
+    const opts = generateOptionsFromFlags(flags);
+    try {
+      getChatTemplate(flags.template as string);
+    } catch (err) {
+      throw new InvalidArgumentError("--template", (err as Error).message.replace(/^chatTemplate: /, ""));
+    }
+
+    const model = await loadModelFromFlags(flags, io);
+    const stdin = io.stdin as NodeJS.ReadableStream & { isTTY?: boolean };
+    const tty = stdin.isTTY === true;
+    const rl = readline.createInterface({ input: stdin, output: tty ? io.stdout : undefined, terminal: tty });
+    let current: GenerationStream | null = null;
+    let aborting = false;
+    let interrupted = false;
+    const onSigint = () => {
+      if (current && !aborting) {
+        aborting = true;
+        current.abort();
+        return;
+      }
+      interrupted = true;
+      rl.close();
+      current?.abort();
+    };
+    rl.on("SIGINT", onSigint); // a TTY: readline turns Ctrl-C into this event
+    process.on("SIGINT", onSigint); // otherwise (kill -INT, a pipe)
+    const session = (() => {
+      try {
+        if (!model.tokenizer) throw new Llama2Error("ERR_TOKENIZER", `${model.info.path} has no tokenizer: chat needs one (pass --tokenizer)`);
+        return model.createSession({ systemPrompt: flags.system as string | undefined, template: flags.template as string });
+      } catch (err) {
+        rl.close();
+        process.off("SIGINT", onSigint);
+        void model.dispose();
+        throw err;
+      }
+    })();
+    try {
+      if (tty && !flags.quiet) io.stderr.write("/reset forgets the conversation, /exit quits, Ctrl-C stops a reply.\n");
+      rl.setPrompt("> ");
+      if (tty) rl.prompt();
+      for await (const line of rl) {
+        const text = line.trim();
+        if (text === "/exit" || text === "/quit") break;
+        if (text === "/reset") {
+          session.reset();
+          if (!flags.quiet) io.stderr.write("(conversation reset)\n");
+        } else if (text.startsWith("/")) {
+          io.stderr.write(`unknown command ${text.split(/\s/)[0]} (/reset, /exit)\n`);
+        } else if (text !== "") {
+          aborting = false;
+          try {
+            current = session.send(text, opts);
+            let last = "";
+            for await (const chunk of current) {
+              if (chunk.text) {
+                io.stdout.write(chunk.text);
+                last = chunk.text;
+              }
+            }
+            const { stats } = await current.result;
+            if (!last.endsWith("\n") || stats.finishReason === "abort") io.stdout.write("\n");
+            if (stats.finishReason === "abort" && !flags.quiet) io.stderr.write("(reply stopped)\n");
+            if (flags.stats) {
+              io.stderr.write(
+                `[llama2] ${stats.promptTokens} prompt tokens (${stats.cachedPromptTokens} cached), ${stats.completionTokens} generated, ` +
+                  `${stats.tokensPerSecond.toFixed(1)} tok/s, finish: ${stats.finishReason}\n`,
+              );
+            }
+          } catch (err) {
+            // A failed turn is reported and the conversation goes on (e.g. a full context: /reset).
+            const e = fromNative(err);
+            io.stdout.write("\n");
+            io.stderr.write(`error [${e.code}]: ${e.message}\n`);
+            if (e.code === "ERR_CONTEXT_OVERFLOW" || e.code === "ERR_KV_CACHE_FULL") io.stderr.write("hint: /reset starts a new conversation\n");
+            if (e.code === "ERR_DISPOSED") break;
+          } finally {
+            current = null;
+          }
+        }
+        if (interrupted) break;
+        if (tty) rl.prompt();
+      }
+    } finally {
+      process.off("SIGINT", onSigint);
+      rl.close();
+      session.dispose();
+      await model.dispose();
+    }
+    return interrupted ? 130 : 0;
+  },
+};
+
+export default command;

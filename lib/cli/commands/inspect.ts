@@ -1,0 +1,94 @@
+// `llama2 inspect`: what a model file holds (format, config, tensors, tokenizer), read from its
+// headers without loading the weights.
+import type { Command } from "../command.js";
+import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
+import { native, type NativeModelSourceInfo } from "../../native.js";
+import { resolveTokenizer } from "../../tokenizer/for-model.js";
+
+export interface InspectResult {
+  format: NativeModelSourceInfo["format"];
+  path: string;
+  name: string;
+  fileBytes: number;
+  fileDtype: string;
+  config: NativeModelSourceInfo["config"];
+  /** null when the model has no tokenizer (use token ids, or pass one). */
+  tokenizer: { source: string; vocabSize: number; bosId: number; eosId: number } | null;
+  /** Why the tokenizer could not be read, when there is one that fails. */
+  tokenizerError?: string;
+  parameters: number;
+  tensors: { name: string; fileName: string; dtype: string; shape: number[]; bytes: number }[];
+}
+
+export async function inspectModel(modelPath: string): Promise<InspectResult> {
+  let info: NativeModelSourceInfo;
+  try {
+    info = native().readModelInfo(modelPath, true);
+  } catch (err) {
+    throw fromNative(err);
+  }
+  let tokenizer: InspectResult["tokenizer"] = null;
+  let tokenizerError: string | undefined;
+  try {
+    const tok = await resolveTokenizer(info);
+    if (tok) tokenizer = { source: tok.source, vocabSize: tok.vocabSize, bosId: tok.bosId, eosId: tok.eosId };
+  } catch (err) {
+    tokenizerError = err instanceof Llama2Error ? `${err.code}: ${err.message}` : String(err);
+  }
+  const tensors = (info.tensors ?? []).map((t) => ({ name: t.name, fileName: t.fileName, dtype: t.dtype, shape: t.shape, bytes: t.bytes }));
+  const parameters = tensors.reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+  return {
+    format: info.format,
+    path: info.path,
+    name: info.name,
+    fileBytes: info.fileBytes,
+    fileDtype: info.fileDtype,
+    config: info.config,
+    tokenizer,
+    ...(tokenizerError !== undefined && { tokenizerError }),
+    parameters,
+    tensors,
+  };
+}
+
+function bytes(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)} MB`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} kB`;
+  return `${n} B`;
+}
+
+const command: Command = {
+  name: "inspect",
+  summary: "show a model's format, config, tensors and tokenizer (without loading it)",
+  usage: "Usage: llama2 inspect --model PATH [--json]",
+  flags: {
+    model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf or llama2.c .bin" },
+    json: { type: "boolean", description: "print one JSON object" },
+  },
+  async run(flags, positionals, io) {
+    if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument (options start with --)");
+    if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
+    const r = await inspectModel(flags.model);
+    if (flags.json) {
+      io.stdout.write(JSON.stringify(r, null, 2) + "\n");
+      return 0;
+    }
+    const c = r.config;
+    const lines = [
+      `${r.path}`,
+      `  format:     ${r.format}${r.name ? ` (${r.name})` : ""}, ${bytes(r.fileBytes)}, matrices ${r.fileDtype}`,
+      `  config:     dim ${c.dim}, ${c.nLayers} layers, ${c.nHeads} heads (${c.nKvHeads} KV, head dim ${c.headDim}), FFN ${c.ffnDim}, vocab ${c.vocabSize}`,
+      `              context ${c.trainedContextLength}, rope theta ${c.ropeTheta} (${c.ropeLayout}), rms eps ${c.rmsEps}, ${c.tiedEmbeddings ? "tied" : "untied"} output`,
+      `  parameters: ${(r.parameters / 1e6).toFixed(2)} M`,
+      `  tokenizer:  ${r.tokenizer ? `${r.tokenizer.vocabSize} pieces from ${r.tokenizer.source} (BOS ${r.tokenizer.bosId}, EOS ${r.tokenizer.eosId})` : r.tokenizerError ? `unreadable (${r.tokenizerError})` : "none (use token ids, or pass a tokenizer.model)"}`,
+      `  tensors (${r.tensors.length}):`,
+    ];
+    const width = Math.max(...r.tensors.map((t) => t.fileName.length), 4);
+    for (const t of r.tensors) lines.push(`    ${t.fileName.padEnd(width)}  ${t.dtype.padEnd(4)}  [${t.shape.join(", ")}]`);
+    io.stdout.write(lines.join("\n") + "\n");
+    return 0;
+  },
+};
+
+export default command;

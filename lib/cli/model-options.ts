@@ -1,0 +1,161 @@
+// Flags shared by the commands that load a model (generate, chat): loading (--model, --device, ...)
+// and sampling (--temperature, --stop, ...). Values are checked before the model loads, and every
+// library error about an option is reported under its flag's name (`--top-k: must be ...`).
+import type { FlagSpecs } from "./args.js";
+import type { CommandIO } from "./command.js";
+import { InvalidArgumentError, Llama2Error } from "../errors.js";
+import type { Llama2 } from "../llama2.js";
+import { Sampler } from "../sampler.js";
+import { StopMatcher } from "../stop.js";
+import type { Device, GenerateOptions, LoadOptions, WeightDtype } from "../types.js";
+
+export const LOAD_FLAGS: FlagSpecs = {
+  model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf or llama2.c .bin" },
+  device: { type: "string", description: "cpu, cuda or auto", default: "auto" },
+  dtype: { type: "string", description: "weight precision on the device: auto, f32, f16, bf16 or int8", default: "auto" },
+  context: { type: "int", description: "context length in tokens (default: the model's, at most 4096)" },
+  threads: { type: "int", description: "CPU threads (default: all cores)" },
+  tokenizer: { type: "string", description: "tokenizer.model, for models that do not carry one" },
+  quiet: { type: "boolean", alias: "q", description: "nothing on stderr but errors" },
+};
+
+export const SAMPLING_FLAGS: FlagSpecs = {
+  "max-tokens": { type: "int", alias: "n", description: "most tokens to generate (default: until EOS or the context is full)" },
+  temperature: { type: "number", alias: "t", description: "0 = greedy (default 0.8)" },
+  "top-k": { type: "int", description: "0 = off (default 40)" },
+  "top-p": { type: "number", description: "1 = off (default 0.95)" },
+  "min-p": { type: "number", description: "0 = off (default 0.05)" },
+  "repetition-penalty": { type: "number", description: "1 = off (default 1)" },
+  seed: { type: "int", description: "seed for reproducible sampling (default: random)" },
+  stop: {
+    type: "string",
+    repeatable: true,
+    description: "stop string; a comma list, '\\,' for a comma, '\\n' '\\t' '\\\\' escapes",
+  },
+  "no-stop": { type: "boolean", description: "ignore EOS: generate until --max-tokens or the context is full" },
+};
+
+/** Option field (as the library names it) -> the flag that sets it. */
+const FLAG_OF: Record<string, string> = {
+  device: "--device",
+  dtype: "--dtype",
+  contextLength: "--context",
+  threads: "--threads",
+  tokenizerPath: "--tokenizer",
+  maxTokens: "--max-tokens",
+  temperature: "--temperature",
+  topK: "--top-k",
+  topP: "--top-p",
+  minP: "--min-p",
+  repetitionPenalty: "--repetition-penalty",
+  seed: "--seed",
+  stop: "--stop",
+};
+
+/**
+ * Rewrites an option error from the library (`topK: ...`) to name the flag (`--top-k: ...`).
+ * `extra` maps more fields (a command's own, e.g. prompt -> --prompt-ids).
+ */
+export function asFlagError(err: unknown, extra: Record<string, string> = {}): unknown {
+  if (!(err instanceof Llama2Error) || err.code !== "ERR_INVALID_ARGUMENT") return err;
+  const m = /^([A-Za-z]+)(\[\d+\])?: ([\s\S]*)$/.exec(err.message);
+  const flag = m ? (extra[m[1]!] ?? FLAG_OF[m[1]!]) : undefined;
+  return flag ? new InvalidArgumentError(flag, (m![2] ? `${m![1]}${m![2]}: ` : "") + m![3]!) : err;
+}
+
+/** Runs `fn`, reporting option errors under their flag names. */
+export async function withFlagNames<T>(fn: () => T | Promise<T>, extra?: Record<string, string>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw asFlagError(err, extra);
+  }
+}
+
+/** `--stop` values: each is a comma list with backslash escapes (\, \n \t \r \\). */
+export function parseStopFlag(values: readonly string[] | undefined): string[] {
+  const out: string[] = [];
+  for (const v of values ?? []) {
+    let cur = "";
+    for (let i = 0; i < v.length; i++) {
+      const c = v[i]!;
+      if (c === "\\" && i + 1 < v.length) {
+        const n = v[++i]!;
+        cur += n === "n" ? "\n" : n === "t" ? "\t" : n === "r" ? "\r" : n;
+      } else if (c === ",") {
+        if (cur !== "") out.push(cur);
+        cur = "";
+      } else {
+        cur += c;
+      }
+    }
+    if (cur !== "") out.push(cur);
+  }
+  return out;
+}
+
+/** Load options from the flags, checked (the model path is `flags.model`). */
+export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOptions {
+  const device = flags.device as string;
+  if (!["auto", "cpu", "cuda"].includes(device)) throw new InvalidArgumentError("--device", `expected cpu, cuda or auto, got '${device}'`);
+  const dtype = flags.dtype as string;
+  if (!["auto", "f32", "f16", "bf16", "int8"].includes(dtype)) {
+    throw new InvalidArgumentError("--dtype", `expected auto, f32, f16, bf16 or int8, got '${dtype}'`);
+  }
+  const context = flags.context as number | undefined;
+  if (context !== undefined && (context < 1 || context > 1 << 20)) throw new InvalidArgumentError("--context", `expected 1..${1 << 20}, got ${context}`);
+  const threads = flags.threads as number | undefined;
+  if (threads !== undefined && (threads < 0 || threads > 1024)) throw new InvalidArgumentError("--threads", `expected 0..1024, got ${threads}`);
+  const opts: LoadOptions = { device: device as Device, dtype: dtype as WeightDtype };
+  if (context !== undefined) opts.contextLength = context;
+  if (threads !== undefined) opts.threads = threads;
+  if (typeof flags.tokenizer === "string") opts.tokenizerPath = flags.tokenizer;
+  return opts;
+}
+
+/** Generation options from the sampling flags, checked. */
+export function generateOptionsFromFlags(flags: Record<string, unknown>): GenerateOptions {
+  const opts: GenerateOptions = {};
+  const set = <K extends keyof GenerateOptions>(k: K, flag: string) => {
+    const v = flags[flag];
+    if (v !== undefined) opts[k] = v as GenerateOptions[K];
+  };
+  set("maxTokens", "maxTokens");
+  set("temperature", "temperature");
+  set("topK", "topK");
+  set("topP", "topP");
+  set("minP", "minP");
+  set("repetitionPenalty", "repetitionPenalty");
+  set("seed", "seed");
+  if (opts.maxTokens !== undefined && (opts.maxTokens < 1 || opts.maxTokens > 1 << 20)) {
+    throw new InvalidArgumentError("--max-tokens", `expected 1..${1 << 20}, got ${opts.maxTokens}`);
+  }
+  const stop = parseStopFlag(flags.stop as string[] | undefined);
+  if ((flags.stop as string[] | undefined)?.length && stop.length === 0) throw new InvalidArgumentError("--stop", "is empty");
+  if (stop.length > 0) opts.stop = stop;
+  if (flags.noStop === true) opts.stopOnEos = false;
+  try {
+    Sampler.validate(opts, Number.MAX_SAFE_INTEGER);
+    StopMatcher.validate(opts.stop);
+  } catch (err) {
+    throw asFlagError(err);
+  }
+  return opts;
+}
+
+/** Loads `--model` with the load flags; a one-line summary goes to stderr unless --quiet. */
+export async function loadModelFromFlags(flags: Record<string, unknown>, io: CommandIO, signal?: AbortSignal): Promise<Llama2> {
+  if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
+  const opts = loadOptionsFromFlags(flags);
+  const { Llama2 } = await import("../llama2.js");
+  const t0 = performance.now();
+  const model = await withFlagNames(() => Llama2.load(flags.model as string, { ...opts, ...(signal && { signal }) }));
+  if (!flags.quiet) {
+    const i = model.info;
+    io.stderr.write(
+      `[llama2] loaded ${i.path} (${i.format}, ${i.dtype}, ${i.deviceName}, context ${i.contextLength}` +
+        `${i.hasTokenizer ? "" : ", no tokenizer: token ids only"}) in ${Math.round(performance.now() - t0)} ms\n`,
+    );
+  }
+  return model;
+}

@@ -1,0 +1,197 @@
+// Continuous batching on the CPU engine: sequences of different prompt lengths decoding side by side
+// give exactly the tokens they give alone (greedy and seeded sampling), long prompts are prefilled in
+// chunks without changing anything, and KV admission control makes requests wait for room instead of
+// failing (or fail with ERR_KV_CACHE_FULL when they can never fit).
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { Scheduler } from "../lib/engine/scheduler.js";
+import { Llama2 } from "../lib/llama2.js";
+import type { NativeStepOutput } from "../lib/native.js";
+import { lastLogits, relErr } from "./helpers/logits.js";
+import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
+
+const STORIES = "models/stories260K.bin";
+const STORIES_FX = "fixtures/stories260K-greedy.json";
+
+interface Case {
+  prompt: number[];
+  generated: number[];
+}
+
+describeShared("continuous batching (stories260K)", [STORIES, STORIES_FX], () => {
+  const cases = readSharedJson<{ cases: Case[] }>(STORIES_FX).cases;
+  let model: Llama2;
+  beforeAll(async () => {
+    // No prefix cache: every run prefills its whole prompt, alone or batched.
+    model = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 8, prefixCache: false });
+  });
+  afterAll(() => model?.dispose());
+
+  it("greedy: prompts of 1..40 tokens decoding together give exactly their tokens alone, in batches > 1", async () => {
+    const n = 48;
+    const alone: number[][] = [];
+    for (const c of cases) alone.push((await model.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: n }).result).tokenIds);
+    alone.forEach((ids, i) => expect(ids.slice(0, cases[i]!.generated.length)).toEqual(cases[i]!.generated.slice(0, n)));
+    const before = model.stats().scheduler;
+    // Staggered starts: some sequences prefill while others decode.
+    const runs = cases.map(async (c, i) => {
+      await new Promise((r) => setTimeout(r, i * 3));
+      return (await model.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: n }).result).tokenIds;
+    });
+    const together = await Promise.all(runs);
+    together.forEach((ids, i) => expect(ids).toEqual(alone[i]));
+    const after = model.stats().scheduler;
+    expect(after.maxBatch).toBeGreaterThan(1);
+    // Fewer steps than tokens: steps were shared.
+    expect(after.steps - before.steps).toBeLessThan(cases.length * n);
+  });
+
+  it("seeded sampling: each sequence draws the same tokens batched as alone", async () => {
+    const opts = (seed: number) => ({ temperature: 0.9, seed, stopOnEos: false, maxTokens: 40 });
+    const alone: number[][] = [];
+    for (const [i, c] of cases.entries()) alone.push((await model.generate(c.prompt, opts(100 + i)).result).tokenIds);
+    const together = await Promise.all(cases.map((c, i) => model.generate(c.prompt, opts(100 + i)).result));
+    together.forEach((r, i) => expect(r.tokenIds).toEqual(alone[i]));
+    // Full-logits samplers (topK 0) in the same batch as candidate samplers.
+    const mixed = await Promise.all([
+      model.generate(cases[0]!.prompt, { ...opts(1), topK: 0, topP: 1, minP: 0 }).result,
+      model.generate(cases[1]!.prompt, opts(101)).result,
+      model.generate(cases[2]!.prompt, { temperature: 0, stopOnEos: false, maxTokens: 17 }).result,
+    ]);
+    const first = await model.generate(cases[0]!.prompt, { ...opts(1), topK: 0, topP: 1, minP: 0 }).result;
+    expect(mixed[0].tokenIds).toEqual(first.tokenIds);
+    expect(mixed[1].tokenIds).toEqual(alone[1]);
+    expect(mixed[2].tokenIds).toEqual(cases[2]!.generated);
+  });
+
+  it("a prompt longer than the prefill chunk (512 on the CPU) gives the same logits and tokens", async () => {
+    // Context 1024 (above the trained 512: RoPE extends; the values only need to be consistent).
+    const m = await Llama2.load(sharedPath(STORIES), { device: "cpu", contextLength: 1024, maxSequences: 2, prefixCache: false });
+    try {
+      const prompt = Array.from({ length: 700 }, (_, i) => cases[3]!.prompt[i % cases[3]!.prompt.length]!);
+      // Reference: the whole prompt in one native forward (no chunking), then greedy step by step.
+      const whole = await lastLogits(m, prompt);
+      const nm = m._native();
+      const seq = nm.createSequence();
+      const ref: number[] = [];
+      try {
+        let [out] = await nm.forward([{ seq, tokens: Int32Array.from(prompt), output: -1 }]);
+        for (let i = 0; i < 8; i++) {
+          const t = argmaxOf(out!);
+          ref.push(t);
+          [out] = await nm.forward([{ seq, tokens: Int32Array.of(t), output: -1 }]);
+        }
+      } finally {
+        nm.freeSequence(seq);
+      }
+      const before = m.stats().scheduler.steps;
+      const r = await m.generate(prompt, { temperature: 0, stopOnEos: false, maxTokens: 8 }).result;
+      expect(r.tokenIds).toEqual(ref);
+      // 700 tokens in chunks of 512: two prefill steps, then 7 decode steps.
+      expect(m.stats().scheduler.steps - before).toBe(2 + 7);
+      // While a long prompt is prefilled in chunks, a decoding sequence is unaffected.
+      const [long, short] = await Promise.all([
+        m.generate(prompt, { temperature: 0, stopOnEos: false, maxTokens: 8 }).result,
+        m.generate(cases[0]!.prompt, { temperature: 0, stopOnEos: false, maxTokens: 30 }).result,
+      ]);
+      expect(long.tokenIds).toEqual(ref);
+      expect(short.tokenIds).toEqual(cases[0]!.generated.slice(0, 30));
+      expect(whole.length).toBe(512);
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  it("the scheduler with a small prefill chunk gives the logits of an unchunked prefill", async () => {
+    const nm = model._native();
+    const sched = new Scheduler(nm, { maxStepTokens: 24, prefillChunk: 16 });
+    const prompt = [...cases[3]!.prompt, ...cases[3]!.generated.slice(0, 60)]; // 100 tokens
+    const ref = await lastLogits(model, prompt);
+    const seqs = [nm.createSequence(), nm.createSequence(), nm.createSequence()];
+    try {
+      // Three prompts at once through a 24-token step budget: chunks of at most 16 interleave.
+      const outs: NativeStepOutput[] = await Promise.all([
+        sched.eval(seqs[0]!, prompt, -1),
+        sched.eval(seqs[1]!, prompt.slice(0, 37), -1),
+        sched.eval(seqs[2]!, cases[0]!.prompt, -1),
+      ]);
+      expect(relErr(outs[0] as Float32Array, ref)).toBeLessThan(1e-6);
+      expect(relErr(outs[1] as Float32Array, await lastLogits(model, prompt.slice(0, 37)))).toBeLessThan(1e-6);
+      expect(relErr(outs[2] as Float32Array, await lastLogits(model, cases[0]!.prompt))).toBeLessThan(1e-6);
+      expect(sched.stats.steps).toBeGreaterThanOrEqual(Math.ceil((100 + 37 + 17) / 24));
+      expect(sched.stats.tokens).toBe(100 + 37 + 17);
+      expect(sched.stats.maxBatch).toBeGreaterThan(1);
+      expect(seqs.map((s) => nm.sequenceLength(s))).toEqual([100, 37, 17]);
+    } finally {
+      seqs.forEach((s) => nm.freeSequence(s));
+    }
+  });
+
+  it("more concurrent requests than maxSequences: the extra ones wait for KV room, all complete", async () => {
+    const m = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 2, contextLength: 128 });
+    try {
+      // Each may need the whole context: at most two fit at once.
+      const runs = [...cases, ...cases].map((c) => m.generate(c.prompt, { temperature: 0, stopOnEos: false }).result);
+      const results = await Promise.all(runs);
+      results.forEach((r, i) => {
+        const c = cases[i % cases.length]!;
+        expect(r.stats.finishReason).toBe("length");
+        expect(r.tokenIds.slice(0, c.generated.length)).toEqual(c.generated.slice(0, r.tokenIds.length));
+        expect(c.prompt.length + r.tokenIds.length).toBeGreaterThanOrEqual(128);
+      });
+      expect(m.stats().kv.freeBlocks).toBeLessThanOrEqual(m.stats().kv.totalBlocks);
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  it("maxSequences 1: two requests each needing the full context run one after the other", async () => {
+    const m = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 1, contextLength: 64, prefixCache: false });
+    try {
+      const order: string[] = [];
+      const run = async (name: string, c: Case) => {
+        const s = m.generate(c.prompt, { temperature: 0, stopOnEos: false });
+        let first = true;
+        for await (const chunk of s) {
+          if (first && chunk.tokenIds.length) order.push(`${name} first token`);
+          first = false;
+        }
+        order.push(`${name} done`);
+        return s.result;
+      };
+      const [a, b] = await Promise.all([run("a", cases[0]!), run("b", cases[2]!)]);
+      expect(order).toEqual(["a first token", "a done", "b first token", "b done"]);
+      expect(a.tokenIds).toEqual(cases[0]!.generated.slice(0, a.tokenIds.length));
+      expect(b.tokenIds.slice(0, cases[2]!.generated.length)).toEqual(cases[2]!.generated);
+      expect(cases[0]!.prompt.length + a.tokenIds.length).toBeGreaterThanOrEqual(64);
+      expect(m.stats().scheduler.maxBatch).toBe(1);
+      expect(m.stats().kv.freeBlocks).toBe(m.stats().kv.totalBlocks);
+    } finally {
+      await m.dispose();
+    }
+  });
+
+  it("a request that can never fit the KV cache -> ERR_KV_CACHE_FULL (the model stays usable)", async () => {
+    const m = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 1, contextLength: 64, prefixCache: false });
+    try {
+      // A sequence held outside any generation takes the cache; a request needing it all cannot fit.
+      const nm = m._native();
+      const held = nm.createSequence();
+      await nm.forward([{ seq: held, tokens: Int32Array.from(cases[3]!.prompt), output: 0 }]);
+      const err = await m.generate(cases[0]!.prompt, { temperature: 0, stopOnEos: false }).result.catch((e) => e);
+      expect(err).toMatchObject({ code: "ERR_KV_CACHE_FULL" });
+      expect(String(err.message)).toMatch(/KV cache/);
+      nm.freeSequence(held);
+      const r = await m.generate(cases[0]!.prompt, { temperature: 0, stopOnEos: false, maxTokens: 5 }).result;
+      expect(r.tokenIds).toEqual(cases[0]!.generated.slice(0, 5));
+    } finally {
+      await m.dispose();
+    }
+  });
+});
+
+function argmaxOf(out: NativeStepOutput): number {
+  const a = out as Float32Array;
+  let k = 0;
+  for (let i = 1; i < a.length; i++) if (a[i]! > a[k]!) k = i;
+  return k;
+}

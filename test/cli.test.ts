@@ -1,0 +1,267 @@
+// The `llama2` CLI as a user runs it: `node dist/cli/main.js ...` in a child process (dist is built
+// first when missing or older than lib/). generate / tokenize / chat / inspect against the fixtures,
+// and the error contract: bad flags -> exit 2 with `error [ERR_INVALID_ARGUMENT]: --flag ...`, other
+// errors -> exit 1 with their code.
+import { spawnSync } from "node:child_process";
+import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseArgs } from "../lib/cli/args.js";
+import { parseStopFlag } from "../lib/cli/model-options.js";
+import { Llama2 } from "../lib/llama2.js";
+import { Scratch } from "./helpers/corrupt.js";
+import { describeShared, projectRoot, readSharedJson, sharedPath } from "./helpers/shared.js";
+
+const CLI = path.join(projectRoot, "dist/cli/main.js");
+const STORIES = "models/stories260K.bin";
+const STORIES_FX = "fixtures/stories260K-greedy.json";
+const TINY = "models/tiny-llama-f16.gguf";
+const TINY_HF = "models/tiny-llama-hf";
+const TOKENIZER = "models/tokenizer.model";
+const TOK_FX = "fixtures/llama2-tokenizer.json";
+
+function newestMtime(dir: string): number {
+  let t = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) t = Math.max(t, newestMtime(p));
+    else if (e.name.endsWith(".ts")) t = Math.max(t, statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+/** Builds dist/ when it is missing or older than any lib/ source. */
+function ensureDist(): void {
+  const stale = !existsSync(CLI) || statSync(CLI).mtimeMs < newestMtime(path.join(projectRoot, "lib"));
+  if (!stale) return;
+  const tsc = path.join(projectRoot, "node_modules/typescript/bin/tsc");
+  // Type errors elsewhere in the tree still emit JavaScript; only a missing CLI is fatal here.
+  const r = spawnSync(process.execPath, [tsc, "-p", "tsconfig.json"], { cwd: projectRoot, encoding: "utf8" });
+  if (!existsSync(CLI)) throw new Error(`tsc did not produce ${CLI}: ${r.stdout}${r.stderr}`);
+}
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], input?: string): Run {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: projectRoot, encoding: "utf8", input: input ?? "", timeout: 60_000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+beforeAll(() => ensureDist(), 120_000);
+
+describe("CLI flag helpers", () => {
+  it("--stop: comma lists with escapes, repeatable", () => {
+    expect(parseStopFlag(["a,b", "\\n\\nUser:", "x\\,y", "back\\\\slash", ",,"])).toEqual(["a", "b", "\n\nUser:", "x,y", "back\\slash"]);
+    const { flags } = parseArgs(["--stop", "a", "--stop=b,c"], { stop: { type: "string", repeatable: true, description: "" } });
+    expect(flags.stop).toEqual(["a", "b,c"]);
+  });
+});
+
+describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK_FX], () => {
+  const fx = readSharedJson<{ cases: { prompt: number[]; generated: number[] }[] }>(STORIES_FX).cases;
+  const tok = readSharedJson<{ encode: { text: string; ids: number[] }[]; chat: { dialog: unknown[]; ids: number[] }[] }>(TOK_FX);
+  const stories = sharedPath(STORIES);
+  const tiny = sharedPath(TINY);
+  const scratch = new Scratch("llama2-cli-");
+  afterAll(() => scratch.cleanup());
+
+  it("generate --json on stories260K with --prompt-ids prints one JSON object with the fixture's ids", () => {
+    for (const c of [fx[0]!, fx[2]!]) {
+      const r = cli(["generate", "--model", stories, "--prompt-ids", c.prompt.join(","), "--temperature", "0", "--no-stop", "--max-tokens", String(c.generated.length), "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout); // the whole stdout is one JSON value
+      expect(Object.keys(out).sort()).toEqual(["ids", "stats", "text"]);
+      expect(out.ids).toEqual(c.generated);
+      expect(out.text).toBe("");
+      expect(out.stats).toMatchObject({ promptTokens: c.prompt.length, completionTokens: c.generated.length, finishReason: "length" });
+      expect(r.stderr).toContain("loaded");
+    }
+  });
+
+  it("generate streams text to stdout (the --json text), info on stderr only; --quiet silences stderr", () => {
+    const args = ["generate", "-m", tiny, "--prompt", "Once upon a time", "-t", "0", "--no-stop", "-n", "12"];
+    const json = cli([...args, "--json"]);
+    expect(json.code, json.stderr).toBe(0);
+    const { text, ids } = JSON.parse(json.stdout);
+    expect(ids).toHaveLength(12);
+    const stream = cli(args);
+    expect(stream.code).toBe(0);
+    expect(stream.stdout).toBe(text.endsWith("\n") ? text : `${text}\n`);
+    expect(stream.stderr).toMatch(/12 generated/);
+    const quiet = cli([...args, "--quiet"]);
+    expect(quiet.stdout).toBe(stream.stdout);
+    expect(quiet.stderr).toBe("");
+    // Without a tokenizer the ids stream instead of text.
+    const idsOut = cli(["generate", "-m", stories, "--prompt-ids", fx[0]!.prompt.join(","), "-t", "0", "--no-stop", "-n", "5", "-q"]);
+    expect(idsOut.stdout.trim().split(/\s+/).map(Number)).toEqual(fx[0]!.generated.slice(0, 5));
+  });
+
+  it("generate --stop (repeatable, comma lists) and sampling flags reach the generation", () => {
+    const base = JSON.parse(cli(["generate", "-m", tiny, "--prompt", "Once upon a time", "-t", "0", "--no-stop", "-n", "12", "--json", "-q"]).stdout);
+    const stop = base.text.slice(6, 9);
+    const r = cli(["generate", "-m", tiny, "--prompt", "Once upon a time", "-t", "0", "--no-stop", "-n", "12", "--json", "-q", "--stop", "zzz,yyy", "--stop", stop]);
+    const out = JSON.parse(r.stdout);
+    expect(out.stats.finishReason).toBe("stopSequence");
+    expect(out.text).toBe(base.text.slice(0, base.text.indexOf(stop)));
+    const seeded = ["generate", "-m", tiny, "--prompt", "Hi", "--temperature", "0.9", "--top-k", "20", "--top-p", "0.9", "--min-p", "0.01", "--repetition-penalty", "1.1", "--seed", "5", "-n", "10", "--no-stop", "--json", "-q"];
+    const a = JSON.parse(cli(seeded).stdout);
+    const b = JSON.parse(cli(seeded).stdout);
+    expect(b.ids).toEqual(a.ids);
+    expect(a.ids).toHaveLength(10);
+  });
+
+  it("tokenize --json on tokenizer.model, a GGUF and an HF directory gives SentencePiece's ids", () => {
+    for (const model of [sharedPath(TOKENIZER), tiny, sharedPath(TINY_HF)]) {
+      for (const e of tok.encode.slice(0, 3)) {
+        const r = cli(["tokenize", "--model", model, "--text", e.text, "--json"]);
+        expect(r.code, r.stderr).toBe(0);
+        expect(JSON.parse(r.stdout)).toEqual({ ids: e.ids });
+      }
+    }
+    const bos = cli(["tokenize", "--model", tiny, "--text", tok.encode[0]!.text, "--bos", "--json"]);
+    expect(JSON.parse(bos.stdout).ids).toEqual([1, ...tok.encode[0]!.ids]);
+    // Without --json: one line per token with its piece, then a count.
+    const plain = cli(["tokenize", "--model", sharedPath(TOKENIZER), "--text", "Hello, world!"]);
+    expect(plain.code).toBe(0);
+    expect(plain.stdout).toMatch(/15043\s+"▁Hello"/);
+    expect(plain.stdout).toContain("4 tokens");
+  });
+
+  it("tokenize --chat applies the Llama 2 chat template", () => {
+    for (const c of tok.chat) {
+      const file = scratch.write("dialog.json", JSON.stringify(c.dialog));
+      const r = cli(["tokenize", "--model", tiny, "--chat", file, "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).ids).toEqual(c.ids);
+    }
+    const viaStdin = cli(["tokenize", "--model", sharedPath(TOKENIZER), "--chat", "-", "--json"], JSON.stringify(tok.chat[0]!.dialog));
+    expect(JSON.parse(viaStdin.stdout).ids).toEqual(tok.chat[0]!.ids);
+    const bad = cli(["tokenize", "--model", tiny, "--chat", scratch.write("bad.json", JSON.stringify([{ role: "assistant", content: "x" }]))]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^error \[ERR_INVALID_ARGUMENT\]: --chat: messages\[0\]\.role/);
+  });
+
+  it("chat with piped stdin answers each line, keeps the conversation, /reset and /exit work", async () => {
+    const opts = { temperature: 0, maxTokens: 8, stopOnEos: false };
+    // The expected replies, through the library.
+    const m = await Llama2.load(tiny, { device: "cpu", prefixCache: false });
+    const expected: string[] = [];
+    try {
+      const s = m.createSession({ systemPrompt: "Be brief." });
+      expected.push((await s.send("Hello", opts).result).text);
+      expected.push((await s.send("How are you?", opts).result).text);
+      s.reset();
+      expected.push((await s.send("Hi", opts).result).text);
+      s.dispose();
+    } finally {
+      await m.dispose();
+    }
+    const r = cli(
+      ["chat", "--model", tiny, "--system", "Be brief.", "--temperature", "0", "--max-tokens", "8", "--no-stop"],
+      "Hello\nHow are you?\n/reset\nHi\n/exit\nnever answered\n",
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe(expected.map((t) => (t.endsWith("\n") ? t : `${t}\n`)).join(""));
+    expect(r.stderr).toContain("(conversation reset)");
+    // End of input ends the chat too; unknown /commands are reported, not sent.
+    const eof = cli(["chat", "-m", tiny, "-t", "0", "-n", "3", "--no-stop", "-q"], "/help\nHello\n");
+    expect(eof.code).toBe(0);
+    expect(eof.stdout.split("\n").filter(Boolean).length).toBeGreaterThanOrEqual(1);
+    expect(eof.stderr).toContain("unknown command /help");
+    // A model without a tokenizer cannot chat.
+    const noTok = cli(["chat", "-m", stories], "Hello\n");
+    expect(noTok.code).toBe(1);
+    expect(noTok.stderr).toContain("error [ERR_TOKENIZER]");
+  });
+
+  it("inspect shows format, config, tensors and tokenizer (--json and text)", () => {
+    const r = cli(["inspect", "--model", tiny, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const i = JSON.parse(r.stdout);
+    expect(i).toMatchObject({ format: "gguf", fileDtype: "F16", config: { nKvHeads: 4, ropeLayout: "interleaved", vocabSize: 32000 } });
+    expect(i.tokenizer).toMatchObject({ vocabSize: 32000, bosId: 1, eosId: 2 });
+    expect(i.tensors).toHaveLength(21);
+    expect(i.tensors.find((t: { fileName: string }) => t.fileName === "blk.0.attn_k.weight")).toMatchObject({ dtype: "F16", shape: [32, 64] });
+    const s = JSON.parse(cli(["inspect", "--model", stories, "--json"]).stdout);
+    expect(s).toMatchObject({ format: "llama2c", tokenizer: null, config: { tiedEmbeddings: true } });
+    const text = cli(["inspect", "--model", sharedPath(TINY_HF)]);
+    expect(text.stdout).toContain("format:     hf");
+    expect(text.stdout).toContain("model.layers.0.self_attn.q_proj.weight");
+    expect(text.stdout).toMatch(/tokenizer:\s+32000 pieces/);
+  });
+
+  it("bad flags -> exit 2 and `error [ERR_INVALID_ARGUMENT]: --flag ...` on stderr", () => {
+    const cases: [string[], string][] = [
+      [["generate", "--model", stories, "--prompt-ids", "1", "--temperature", "-1"], "--temperature"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--max-tokens", "abc"], "--max-tokens"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--max-tokens", "0"], "--max-tokens"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--top-k", "1.5"], "--top-k"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--top-p", "2"], "--top-p"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--min-p", "1"], "--min-p"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--repetition-penalty", "0"], "--repetition-penalty"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--seed", "x"], "--seed"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--device", "tpu"], "--device"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--dtype", "q4"], "--dtype"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--context", "0"], "--context"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--context", "100000"], "--context"], // checked by the engine
+      [["generate", "--model", stories, "--prompt-ids", "1", "--threads", "-2"], "--threads"],
+      [["generate", "--model", stories, "--prompt-ids", "1,x"], "--prompt-ids"],
+      [["generate", "--model", stories, "--prompt-ids", "1,600"], "--prompt-ids"], // out of the vocabulary
+      [["generate", "--model", stories, "--prompt-ids", "1", "--bogus"], "--bogus"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--stop", ","], "--stop"],
+      [["generate", "--model", stories], "--prompt"],
+      [["generate", "--model", stories, "--prompt", "x", "--prompt-ids", "1"], "--prompt"],
+      [["generate", "--prompt", "x"], "--model"],
+      [["tokenize", "--model", tiny], "--text"],
+      [["tokenize", "--model", tiny, "--text", "x", "--chat", "f.json"], "--text"],
+      [["chat", "--model", tiny, "--template", "nope"], "--template"],
+      [["inspect"], "--model"],
+    ];
+    for (const [args, flag] of cases) {
+      const r = cli(args);
+      expect(r.code, `${args.join(" ")}: ${r.stderr}`).toBe(2);
+      // (after the "loaded" line when the engine itself refuses the value)
+      expect(r.stderr, args.join(" ")).toMatch(new RegExp(`^error \\[ERR_INVALID_ARGUMENT\\]: ${flag.replace(/-/g, "\\-")}\\b`, "m"));
+      expect(r.stdout).toBe("");
+    }
+  });
+
+  it("a missing model -> exit 1 with ERR_FILE_NOT_FOUND; a model without a tokenizer given text -> ERR_TOKENIZER", () => {
+    const missing = path.join(scratch.dir, "missing.gguf");
+    for (const args of [
+      ["generate", "--model", missing, "--prompt", "hi"],
+      ["tokenize", "--model", missing, "--text", "hi"],
+      ["inspect", "--model", missing],
+      ["chat", "--model", missing],
+    ]) {
+      const r = cli(args, "");
+      expect(r.code, args.join(" ")).toBe(1);
+      expect(r.stderr).toMatch(/^error \[ERR_FILE_NOT_FOUND\]: .*missing\.gguf/);
+    }
+    const text = cli(["generate", "--model", stories, "--prompt", "hi"]);
+    expect(text.code).toBe(1);
+    expect(text.stderr).toContain("error [ERR_TOKENIZER]");
+    const noTok = cli(["tokenize", "--model", stories, "--text", "hi"]);
+    expect(noTok.code).toBe(1);
+    expect(noTok.stderr).toContain("error [ERR_TOKENIZER]");
+    writeFileSync(path.join(scratch.dir, "junk.model"), "junk");
+    const junk = cli(["tokenize", "--model", path.join(scratch.dir, "junk.model"), "--text", "hi"]);
+    expect(junk.code).toBe(1);
+    expect(junk.stderr).toContain("error [ERR_TOKENIZER]");
+  });
+
+  it("every command has --help", () => {
+    for (const c of ["generate", "tokenize", "chat", "inspect"]) {
+      const r = cli([c, "--help"]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`Usage: llama2 ${c}`);
+      expect(r.stdout).toContain("--model");
+    }
+    const top = cli(["--help"]);
+    for (const c of ["generate", "tokenize", "chat", "inspect"]) expect(top.stdout).toContain(`  ${c} `);
+  });
+});

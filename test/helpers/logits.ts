@@ -1,0 +1,48 @@
+// Logits straight from the native engine, for comparisons with reference logits: the public API only
+// exposes sampled tokens. `lastLogits` runs all `ids` through a fresh sequence in one native forward
+// (a teacher-forced prefill) and returns the full logits at the last position.
+import type { Llama2 } from "../../lib/llama2.js";
+
+export async function lastLogits(model: Llama2, ids: readonly number[]): Promise<Float32Array> {
+  const nm = model._native();
+  const seq = nm.createSequence();
+  try {
+    const [out] = await nm.forward([{ seq, tokens: Int32Array.from(ids), output: -1 }]);
+    if (!(out instanceof Float32Array)) throw new Error("forward returned no logits");
+    return out;
+  } finally {
+    nm.freeSequence(seq);
+  }
+}
+
+/** max |a - b| / max |b|: the error of `a` relative to the reference `b`'s scale. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    m = Math.max(m, Math.abs(b[i]!));
+  }
+  return d / m;
+}
+
+export function argmax(a: ArrayLike<number>): number {
+  let k = 0;
+  for (let i = 1; i < a.length; i++) if (a[i]! > a[k]!) k = i;
+  return k;
+}
+
+/** The k largest as [id, logit], largest first (ties: lower id first). */
+export function topK(a: ArrayLike<number>, k: number): [number, number][] {
+  return Array.from(a, (v, i) => [i, v] as [number, number])
+    .sort((x, y) => y[1] - x[1] || x[0] - y[0])
+    .slice(0, k);
+}
+
+/** Length of the common prefix of two id lists. */
+export function commonPrefix(a: readonly number[], b: readonly number[]): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+}
