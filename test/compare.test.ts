@@ -55,7 +55,21 @@ describe("compare", () => {
     expect(markdown).toMatch(/estimates, not measurements/);
     expect(markdown).toMatch(/Efficiency measured: 2448 GB\/s achieved on NVIDIA H100 80GB HBM3 = 73% of its 3350 GB\/s/);
     expect(markdown).toMatch(/÷ 13\.60 GB per token \(bytes read per decode step in llama2-native's run on NVIDIA H100/);
-    expect(markdown).toMatch(/weights \+ KV cache of that run \(15\.6 GB\)/);
+    expect(markdown).toMatch(/weights \+ one sequence's KV cache at the run's context \(15\.6 GB\)/);
+  });
+
+  it("predicts each dtype from the efficiency measured in that dtype", () => {
+    const [gpu] = load("gpu-example.json");
+    const int8: BenchResult = structuredClone(gpu!);
+    int8.model.dtype = "int8";
+    int8.model.weightBytes = 7.2e9;
+    int8.decode[0]!.bytesPerStep = 7.3e9;
+    int8.decode[0]!.achievedGBs = 1675; // 50% of the 3350 GB/s datasheet
+    const { rows, notes } = buildRows([gpu!, int8]);
+    const a100 = (dtype: string) => rows.find((r) => r.kind === "predicted" && r.dtype === dtype && r.device.startsWith("A100 80GB SXM"))!;
+    expect(a100("f16").decode.get(1)).toBeCloseTo((2039e9 * (2448 / 3350)) / 13.6e9, 6);
+    expect(a100("int8").decode.get(1)).toBeCloseTo((2039e9 * 0.5) / 7.3e9, 6);
+    expect(notes.some((n) => n.startsWith("Predicted int8 rows") && n.includes("1675 GB/s"))).toBe(true);
   });
 
   it("assumes 0.8 efficiency when no GPU run was measured, and marks models that do not fit", () => {

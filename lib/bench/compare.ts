@@ -110,9 +110,11 @@ interface Efficiency {
   why: string;
 }
 
-/** Our engine's bandwidth efficiency on measured GPUs: same model preferred; median of runs. */
-function efficiency(results: BenchResult[], model: string, fallback: number): Efficiency {
-  const gpuRuns = results.filter((r) => isOurs(r) && r.engine.backend === "cuda" && r.machine.gpu && Number.isFinite(num(batch1(r)?.achievedGBs)));
+/** Our engine's bandwidth efficiency on measured GPUs: same model and dtype preferred; median of runs. */
+function efficiency(results: BenchResult[], model: string, dtype: string, fallback: number): Efficiency {
+  const gpuRuns = results.filter(
+    (r) => isOurs(r) && r.engine.backend === "cuda" && r.machine.gpu && r.model.dtype === dtype && Number.isFinite(num(batch1(r)?.achievedGBs)),
+  );
   const same = gpuRuns.filter((r) => modelKey(r) === model);
   const runs = same.length ? same : gpuRuns;
   const effs = runs
@@ -130,6 +132,14 @@ function efficiency(results: BenchResult[], model: string, fallback: number): Ef
   return { value: e.value, why: `measured: ${e.why}${runs === same ? "" : " (another model's run)"}` };
 }
 
+/** fp16 KV cache of one sequence at the run's context length (the predicted GPUs run batch 1). */
+function oneSequenceKvBytes(r: BenchResult): number {
+  const c = r.model.config as Record<string, number>;
+  const perToken = 2 * num(c.nLayers) * num(c.nKvHeads) * num(c.headDim) * 2;
+  const v = perToken * num(r.model.contextLength);
+  return Number.isFinite(v) ? v : num(r.memory.kvCacheBytes) || 0;
+}
+
 function pct(f: number): string {
   return `${(100 * f).toFixed(0)}%`;
 }
@@ -145,15 +155,19 @@ export function buildRows(results: BenchResult[], opts: CompareOptions = {}): { 
     const runs = results.filter((r) => modelKey(r) === model);
     runs.sort((a, b) => Number(isOurs(b)) - Number(isOurs(a)) || deviceOf(a).localeCompare(deviceOf(b)));
     rows.push(...runs.map(measuredRow));
-    // Predictions need our run of this model: it says how many bytes a token reads.
+    // Predictions need our run of this model in each dtype: it says how many bytes a token reads.
     // A GPU run is preferred: its KV cache is sized like the predicted GPUs' would be.
-    const candidates = runs.filter((r) => isOurs(r) && Number.isFinite(num(batch1(r)?.bytesPerStep)));
+    const dtypes = [...new Set(runs.filter(isOurs).map((r) => r.model.dtype))].sort();
+    for (const dtype of dtypes) {
+    const candidates = runs.filter((r) => isOurs(r) && r.model.dtype === dtype && Number.isFinite(num(batch1(r)?.bytesPerStep)));
     const base = candidates.find((r) => r.engine.backend === "cuda") ?? candidates[0];
     if (!base || gpus.length === 0) continue;
     const bytes = batch1(base)!.bytesPerStep;
-    const need = num(base.model.weightBytes) + (num(base.memory.kvCacheBytes) || 0);
-    const measured = new Set(runs.filter((r) => isOurs(r) && r.machine.gpu && r.engine.backend === "cuda").map((r) => findGpu(r.machine.gpu!.name)));
-    const eff = efficiency(results, model, fallback);
+    const need = num(base.model.weightBytes) + oneSequenceKvBytes(base);
+    const measured = new Set(
+      runs.filter((r) => isOurs(r) && r.model.dtype === dtype && r.machine.gpu && r.engine.backend === "cuda").map((r) => findGpu(r.machine.gpu!.name)),
+    );
+    const eff = efficiency(results, model, dtype, fallback);
     const predicted = gpus.filter((g) => !measured.has(g));
     if (!predicted.length) continue;
     for (const g of predicted) {
@@ -173,10 +187,11 @@ export function buildRows(results: BenchResult[], opts: CompareOptions = {}): { 
       });
     }
     notes.push(
-      `Predicted rows for ${model} are estimates, not measurements: decode tok/s at batch 1 = datasheet bandwidth × ${eff.value.toFixed(2)} ÷ ${(bytes / GB).toFixed(2)} GB per token ` +
+      `Predicted ${dtype} rows for ${model} are estimates, not measurements: decode tok/s at batch 1 = datasheet bandwidth × ${eff.value.toFixed(2)} ÷ ${(bytes / GB).toFixed(2)} GB per token ` +
         `(bytes read per decode step in ${base.engine.name}'s run on ${deviceOf(base)}: weights + KV cache). Efficiency ${eff.why}. ` +
-        `Other batch sizes, prefill and TTFT are not predicted. A GPU with less memory than the weights + KV cache of that run (${(need / GB).toFixed(1)} GB) is marked "does not fit".`,
+        `Other batch sizes, prefill and TTFT are not predicted. A GPU with less memory than the weights + one sequence's KV cache at the run's context (${(need / GB).toFixed(1)} GB) is marked "does not fit".`,
     );
+    }
   }
   return { rows, notes };
 }
