@@ -158,7 +158,7 @@ export class Llama2 {
       signal?.removeEventListener("abort", onAbort);
     }
     try {
-      const ni = model.info();
+      const ni = model.info(true);
       const tokenizer = await resolveTokenizer(ni, tokenizerPath);
       if (tokenizer && tokenizer.vocabSize !== ni.config.vocabSize) {
         throw new Llama2Error("ERR_TOKENIZER", `the tokenizer has ${tokenizer.vocabSize} pieces but the model's vocabulary is ${ni.config.vocabSize} (${tokenizer.source})`);

@@ -58,7 +58,8 @@ export interface Candidates {
 export type NativeStepOutput = Float32Array | Candidates | null;
 
 export interface NativeModel {
-  info(): NativeModelInfo;
+  /** The loaded model; `withTokenizer` adds a GGUF's vocabulary (large: ask once, at load). */
+  info(withTokenizer?: boolean): NativeModelInfo;
   createSequence(): number;
   freeSequence(seq: number): void;
   forkSequence(seq: number): number;

@@ -245,7 +245,8 @@ export function formatStat(s: Stat | undefined, digits = 1): string {
 export function summarize(r: BenchResult): string {
   const lines: string[] = [];
   const dev = r.machine.gpu ? `${r.machine.gpu.name} (${r.machine.gpu.measuredBandwidthGBs.toFixed(0)} GB/s copy)` : `${r.machine.cpu.model} x${r.machine.cpu.cores}`;
-  lines.push(`model ${path.basename(r.model.path)} (${(r.model.params / 1e9).toFixed(2)}B params, ${r.model.dtype}) on ${dev}`);
+  const params = r.model.params >= 1e9 ? `${(r.model.params / 1e9).toFixed(2)}B` : `${(r.model.params / 1e6).toFixed(2)}M`;
+  lines.push(`model ${path.basename(r.model.path)} (${params} params, ${r.model.dtype}) on ${dev}`);
   lines.push(`load: warm ${formatStat(r.load.warmMs, 0)} ms${r.load.coldMs ? `, cold ${formatStat(r.load.coldMs, 0)} ms` : ""}`);
   for (const p of r.prefill) lines.push(`prefill ${p.promptTokens}: ${formatStat(p.tokensPerSecond)} tok/s, TTFT ${formatStat(p.ttftMs)} ms`);
   for (const d of r.decode) {

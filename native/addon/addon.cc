@@ -87,7 +87,7 @@ Napi::Object config_object(Napi::Env env, const l2::ModelConfig& c) {
   return o;
 }
 
-Napi::Object source_object(Napi::Env env, const l2::ModelSource& s, bool with_tensors) {
+Napi::Object source_object(Napi::Env env, const l2::ModelSource& s, bool with_tensors, bool with_tokenizer = true) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("format", s.format);
   o.Set("path", s.path);
@@ -97,7 +97,7 @@ Napi::Object source_object(Napi::Env env, const l2::ModelSource& s, bool with_te
   const l2::TensorView* wq = s.find("layers.0.wq");
   o.Set("fileDtype", wq ? l2::dtype_name(wq->dtype) : "?");
   if (!s.tokenizer_path.empty()) o.Set("tokenizerPath", s.tokenizer_path);
-  if (s.tokenizer) {
+  if (s.tokenizer && with_tokenizer) {
     const l2::TokenizerData& t = *s.tokenizer;
     Napi::Object to = Napi::Object::New(env);
     to.Set("model", t.model);
@@ -173,7 +173,9 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
     Napi::Env env = info.Env();
     return guarded(env, [&]() -> Napi::Value {
       Engine& e = live(env);
-      Napi::Object o = source_object(env, e.source(), false);
+      // The vocabulary (tens of thousands of strings) only when asked: info() is also polled.
+      const bool with_tokenizer = info.Length() > 0 && info[0].ToBoolean();
+      Napi::Object o = source_object(env, e.source(), false, with_tokenizer);
       l2::BackendInfo b = e.backend_info();
       o.Set("device", b.device);
       o.Set("deviceName", b.name);

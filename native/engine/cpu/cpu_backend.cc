@@ -1,6 +1,7 @@
 // The CPU reference backend: the whole Llama forward in fp32, threaded over matrix rows and
 // attention heads. Simple and exactly right first; it is the oracle for every other backend.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <thread>
@@ -53,9 +54,7 @@ class CpuBackend final : public Backend {
       case DType::Q8_0: i.dtype = "int8"; break;
     }
     i.weight_bytes = const_cast<LlamaWeights&>(w_).matrix_bytes();
-    size_t allocated = 0;
-    for (auto& b : blocks_) allocated += b ? 1 : 0;
-    i.kv_bytes = allocated * block_floats_ * 4;
+    i.kv_bytes = allocated_blocks_.load() * block_floats_ * 4;
     return i;
   }
 
@@ -76,7 +75,10 @@ class CpuBackend final : public Backend {
       for (int j = 0; j < b.segments[s].count; ++j) seg_of_[(size_t)(b.segments[s].start + j)] = (int)s;
     for (int t = 0; t < T; ++t) {
       int32_t blk = block_of(b, t);
-      if (!blocks_[(size_t)blk]) blocks_[(size_t)blk].reset(new float[block_floats_]());
+      if (!blocks_[(size_t)blk]) {
+        blocks_[(size_t)blk].reset(new float[block_floats_]());
+        ++allocated_blocks_;
+      }
     }
 
     for (int l = 0; l < c_.n_layers; ++l) {
@@ -136,7 +138,10 @@ class CpuBackend final : public Backend {
   }
 
   void copy_block(int32_t src, int32_t dst) override {
-    if (!blocks_[(size_t)dst]) blocks_[(size_t)dst].reset(new float[block_floats_]());
+    if (!blocks_[(size_t)dst]) {
+      blocks_[(size_t)dst].reset(new float[block_floats_]());
+      ++allocated_blocks_;
+    }
     if (blocks_[(size_t)src]) std::memcpy(blocks_[(size_t)dst].get(), blocks_[(size_t)src].get(), block_floats_ * 4);
   }
 
@@ -211,6 +216,7 @@ class CpuBackend final : public Backend {
   std::vector<float> rope_;
   size_t block_floats_ = 0;
   std::vector<std::unique_ptr<float[]>> blocks_;  // allocated on first use
+  std::atomic<size_t> allocated_blocks_{0};       // read by info() from other threads
   std::vector<float> x_, xb_, q_, k_, v_, att_, h1_, h3_, logits_;
   std::vector<int> seg_of_;
   int n_out_ = 0;
