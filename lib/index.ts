@@ -1,9 +1,32 @@
 // llama2-native: the public entry point.
 export { Llama2, type ChatOptions } from "./llama2.js";
 export { ChatSession } from "./session.js";
-export { Tokenizer } from "./tokenizer.js";
-export { getChatTemplate, registerChatTemplate, type ChatTemplate } from "./chat-template.js";
-export { Sampler } from "./sampler.js";
+export { Tokenizer, type EncodeOptions, type StreamDecoder, type StreamDecoderOptions, type Vocabulary } from "./tokenizer.js";
+export { getChatTemplate, registerChatTemplate, type ChatTemplate, type TemplateTokenizer } from "./chat-template.js";
+export { Sampler, type Candidates, type ResolvedSamplingOptions, type SamplerNeeds } from "./sampler.js";
 export { Llama2Error, InvalidArgumentError, isLlama2Error, type ErrorCode } from "./errors.js";
-export { native as nativeAddon, type BuildInfo, type CudaDevice } from "./native.js";
+export {
+  native as nativeAddon,
+  nativeSelection,
+  type BuildInfo,
+  type CudaDevice,
+  type AddonVariant,
+  type NativeAddon,
+  type NativeLoadOptions,
+  type NativeModel,
+  type NativeModelInfo,
+  type NativeStepOutput,
+  type NativeStepRequest,
+  type NativeTokenizerData,
+  type NativeModelSourceInfo,
+  type NativeOpBench,
+  type OpBenchSpec,
+  type NativeProgress,
+  type NativeSelection,
+  type NvidiaDriver,
+  type PrebuildManifest,
+} from "./native.js";
+export type { SchedulerStats } from "./engine/scheduler.js";
+export type { PrefixCacheStats } from "./engine/prefix-cache.js";
+export { ensureDemoModel, DEMO_MODEL_FILE } from "./synth/demo.js";
 export type * from "./types.js";

@@ -18,6 +18,8 @@ const COMMANDS: Record<string, () => Promise<{ default: Command }>> = {
   jobs: () => import("./commands/jobs.js"),
   logs: () => import("./commands/logs.js"),
   cancel: () => import("./commands/cancel.js"),
+  micro: () => import("./commands/micro.js"),
+  doctor: () => import("./commands/doctor.js"),
 };
 
 export async function main(argv: string[], io: CommandIO): Promise<number> {

@@ -12,6 +12,7 @@
 #include "../common/error.h"
 #include "../engine/engine.h"
 #include "../engine/cpu/cpu_ops.h"
+#include "../engine/op_bench.h"
 
 namespace {
 
@@ -453,6 +454,51 @@ Napi::Value CudaCopyBandwidth(const Napi::CallbackInfo& info) {
   });
 }
 
+// createOpBench({op, device, dtype, rows, cols, context, heads, kvHeads, headDim, batch, threads,
+// deviceIndex}) -> {description, bytes, flops, run(iters) -> seconds, dispose()}: one native op at a
+// real shape for micro-benchmarks (lib/bench/micro-ops.ts). run() is synchronous: it blocks this thread.
+Napi::Value CreateOpBench(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (!info[0].IsObject()) l2::fail(l2::code::kInvalidArgument, "spec: expected an object");
+    Napi::Object o = info[0].As<Napi::Object>();
+    auto opt_int = [&](const char* key, int def) { return o.Has(key) && !o.Get(key).IsUndefined() ? int_arg(o.Get(key), key) : def; };
+    auto opt_str = [&](const char* key, const char* def) { return o.Has(key) && !o.Get(key).IsUndefined() ? str_arg(o.Get(key), key) : std::string(def); };
+    l2::OpBenchSpec spec;
+    spec.op = opt_str("op", "");
+    spec.device = opt_str("device", "cpu");
+    spec.dtype = opt_str("dtype", "f16");
+    spec.rows = opt_int("rows", 0);
+    spec.cols = opt_int("cols", 0);
+    spec.context = opt_int("context", 0);
+    spec.heads = opt_int("heads", 0);
+    spec.kv_heads = opt_int("kvHeads", spec.heads);
+    spec.head_dim = opt_int("headDim", 0);
+    spec.batch = opt_int("batch", 1);
+    spec.threads = opt_int("threads", 0);
+    spec.device_index = opt_int("deviceIndex", 0);
+    std::shared_ptr<l2::OpBench> bench = l2::make_op_bench(spec);
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("description", bench->description);
+    r.Set("bytes", (double)bench->bytes);
+    r.Set("flops", bench->flops);
+    auto holder = std::make_shared<std::shared_ptr<l2::OpBench>>(bench);
+    r.Set("run", Napi::Function::New(env, [holder](const Napi::CallbackInfo& ci) -> Napi::Value {
+            return guarded(ci.Env(), [&]() -> Napi::Value {
+              if (!*holder) l2::fail(l2::code::kDisposed, "this op bench was disposed");
+              int iters = ci[0].IsUndefined() ? 1 : int_arg(ci[0], "iters");
+              if (iters < 1 || iters > 1000000) l2::fail(l2::code::kInvalidArgument, "iters: expected 1..1000000");
+              return Napi::Number::New(ci.Env(), (*holder)->run(iters));
+            });
+          }));
+    r.Set("dispose", Napi::Function::New(env, [holder](const Napi::CallbackInfo& ci) -> Napi::Value {
+            holder->reset();
+            return ci.Env().Undefined();
+          }));
+    return r;
+  });
+}
+
 Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -482,6 +528,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("dropPageCache", Napi::Function::New(env, DropPageCache));
   exports.Set("cudaCopyBandwidth", Napi::Function::New(env, CudaCopyBandwidth));
+  exports.Set("createOpBench", Napi::Function::New(env, CreateOpBench));
   return exports;
 }
 

@@ -1,6 +1,7 @@
 // Linked when the addon is built without CUDA (no nvcc found): the CUDA entry points say so.
 #include "../common/error.h"
 #include "backend.h"
+#include "op_bench.h"
 
 namespace l2 {
 
@@ -18,5 +19,7 @@ double cuda_copy_bandwidth(int, size_t) { return 0; }
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig&, LlamaWeights, const BackendOptions&) {
   fail(code::kDeviceUnavailable, kWhy);
 }
+
+std::unique_ptr<OpBench> make_cuda_op_bench(const OpBenchSpec&) { fail(code::kDeviceUnavailable, kWhy); }
 
 }  // namespace l2

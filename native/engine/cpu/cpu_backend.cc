@@ -186,24 +186,10 @@ class CpuBackend final : public Backend {
         int pos = b.positions[(size_t)t];
         const int32_t* table = &b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks];
         const float* q = &q_[(size_t)t * c_.q_dim() + (size_t)h * hs];
-        scores.resize((size_t)pos + 1);
-        float mx = -INFINITY;
-        for (int p = 0; p <= pos; ++p) {
-          scores[(size_t)p] = cpu::dot(q, kv_at(table, p, l, 0) + (size_t)kvh * hs, hs) * scale;
-          mx = std::max(mx, scores[(size_t)p]);
-        }
-        float sum = 0.f;
-        for (int p = 0; p <= pos; ++p) {
-          scores[(size_t)p] = expf(scores[(size_t)p] - mx);
-          sum += scores[(size_t)p];
-        }
-        float* out = &att_[(size_t)t * c_.q_dim() + (size_t)h * hs];
-        std::fill(out, out + hs, 0.f);
-        for (int p = 0; p <= pos; ++p) {
-          const float* v = kv_at(table, p, l, 1) + (size_t)kvh * hs;
-          float a = scores[(size_t)p] / sum;
-          for (int d = 0; d < hs; ++d) out[d] += a * v[d];
-        }
+        const size_t off = (size_t)kvh * hs;
+        cpu::attend(
+            q, pos + 1, hs, scale, [&](int p) { return kv_at(table, p, l, 0) + off; }, [&](int p) { return kv_at(table, p, l, 1) + off; },
+            &att_[(size_t)t * c_.q_dim() + (size_t)h * hs], scores);
       }
     });
   }

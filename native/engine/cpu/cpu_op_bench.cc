@@ -1,0 +1,117 @@
+// CPU op micro-benchmarks: cpu::matmul over a weight matrix of the given dtype, and cpu::attend over
+// an fp32 KV cache, parallel over (sequence, head) as the CPU backend runs them.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <thread>
+#include <random>
+#include <vector>
+
+#include "../../common/thread_pool.h"
+#include "../../model/weights.h"
+#include "../op_bench.h"
+#include "cpu_ops.h"
+
+namespace l2 {
+
+namespace {
+
+int pool_size(int threads) { return threads > 0 ? threads : (int)std::max(1u, std::thread::hardware_concurrency()); }
+
+std::vector<float> random_floats(size_t n, float scale, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-scale, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+class CpuMatvec final : public OpBench {
+ public:
+  explicit CpuMatvec(const OpBenchSpec& s) : pool_(pool_size(s.threads)), batch_(s.batch) {
+    DType dt = s.dtype == "f32" ? DType::F32 : s.dtype == "f16" ? DType::F16 : DType::Q8_0;
+    w_.dtype = dt;
+    w_.rows = s.rows;
+    w_.cols = s.cols;
+    w_.name = "bench";
+    storage_.resize(w_.bytes());
+    std::vector<float> row;
+    for (int r = 0; r < s.rows; ++r) {
+      row = random_floats((size_t)s.cols, 0.02f, 1234u + (uint32_t)r);
+      convert_row(DType::F32, reinterpret_cast<const uint8_t*>(row.data()), dt, storage_.data() + w_.row_stride() * (size_t)r, s.cols);
+    }
+    w_.data = storage_.data();
+    in_ = random_floats((size_t)s.batch * s.cols, 1.f, 7);
+    out_.resize((size_t)s.batch * s.rows);
+    bytes = w_.bytes() + (in_.size() + out_.size()) * sizeof(float);
+    flops = 2.0 * s.rows * s.cols * s.batch;
+    description = "cpu matvec " + s.dtype + " [" + std::to_string(s.batch) + "x" + std::to_string(s.cols) + "] . [" + std::to_string(s.rows) + "x" +
+                  std::to_string(s.cols) + "]^T, " + std::to_string(pool_.size()) + " threads (" + cpu::simd_name() + ")";
+  }
+  double run(int iters) override {
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) cpu::matmul(w_, in_.data(), batch_, out_.data(), pool_);
+    return seconds_since(t0);
+  }
+
+ private:
+  ThreadPool pool_;
+  int batch_;
+  Matrix w_;
+  std::vector<uint8_t> storage_;
+  std::vector<float> in_, out_;
+};
+
+class CpuAttention final : public OpBench {
+ public:
+  explicit CpuAttention(const OpBenchSpec& s) : pool_(pool_size(s.threads)), s_(s) {
+    // One cache per sequence, [context][kv_heads][head_dim] for K then V (what kv_at returns rows of).
+    const size_t per_seq = (size_t)s.context * s.kv_heads * s.head_dim;
+    kv_ = random_floats(2 * per_seq * s.batch, 1.f, 11);
+    q_ = random_floats((size_t)s.batch * s.heads * s.head_dim, 1.f, 13);
+    out_.resize(q_.size());
+    bytes = kv_.size() * sizeof(float) + 2 * q_.size() * sizeof(float);
+    flops = 4.0 * s.batch * s.heads * (double)s.context * s.head_dim;
+    description = "cpu decode attention, " + std::to_string(s.batch) + " seq x " + std::to_string(s.context) + " positions, " +
+                  std::to_string(s.heads) + "/" + std::to_string(s.kv_heads) + " heads of " + std::to_string(s.head_dim) + ", fp32 cache, " +
+                  std::to_string(pool_.size()) + " threads";
+  }
+  double run(int iters) override {
+    const int H = s_.heads, hs = s_.head_dim, group = s_.heads / s_.kv_heads, ctx = s_.context;
+    const size_t per_seq = (size_t)ctx * s_.kv_heads * hs, row = (size_t)s_.kv_heads * hs;
+    const float scale = 1.0f / sqrtf((float)hs);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int it = 0; it < iters; ++it) {
+      pool_.parallel_for((int64_t)s_.batch * H, 1, [&](int64_t begin, int64_t end) {
+        thread_local std::vector<float> scores;
+        for (int64_t i = begin; i < end; ++i) {
+          const int b = (int)(i / H), h = (int)(i % H);
+          const float* k = kv_.data() + 2 * per_seq * b + (size_t)(h / group) * hs;
+          const float* v = k + per_seq;
+          cpu::attend(
+              q_.data() + (size_t)i * hs, ctx, hs, scale, [&](int p) { return k + p * row; }, [&](int p) { return v + p * row; },
+              out_.data() + (size_t)i * hs, scores);
+        }
+      });
+    }
+    return seconds_since(t0);
+  }
+
+ private:
+  ThreadPool pool_;
+  OpBenchSpec s_;
+  std::vector<float> kv_, q_, out_;
+};
+
+}  // namespace
+
+std::unique_ptr<OpBench> make_cpu_op_bench(const OpBenchSpec& s) {
+  if (s.op == "matvec") return std::make_unique<CpuMatvec>(s);
+  return std::make_unique<CpuAttention>(s);
+}
+
+}  // namespace l2

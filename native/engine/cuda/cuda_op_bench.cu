@@ -1,0 +1,211 @@
+// CUDA op micro-benchmarks: the backend's decode kernels (kernels/gemv.cu, kernels/attention_decode.cu)
+// on seeded random device data at the shapes asked for, timed with CUDA events over back-to-back runs.
+#include <cuda_runtime.h>
+
+#include <string>
+#include <vector>
+
+#include "../../../kernels/kernels.h"
+#include "../../common/error.h"
+#include "../backend.h"
+#include "../op_bench.h"
+
+namespace l2 {
+
+namespace k = kernels;
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return;
+  cudaGetLastError();
+  if (e == cudaErrorMemoryAllocation) fail(code::kOutOfMemory, std::string("op bench: out of GPU memory (") + what + ")");
+  fail(code::kCuda, std::string("CUDA error ") + cudaGetErrorName(e) + " in " + what);
+}
+#define CK(x) check((x), #x)
+
+int round_up(int v, int m) { return (v + m - 1) / m * m; }
+
+__device__ float hash_uniform(size_t i, uint32_t seed) {  // in [-1, 1)
+  uint32_t x = (uint32_t)i * 2654435761u ^ (uint32_t)(i >> 32) * 40503u ^ seed * 2246822519u;
+  x ^= x >> 15;
+  x *= 2246822519u;
+  x ^= x >> 13;
+  x *= 3266489917u;
+  x ^= x >> 16;
+  return (float)(x >> 8) * (2.f / 16777216.f) - 1.f;
+}
+__global__ void fill_half(half* p, size_t n, float scale, uint32_t seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = __float2half(hash_uniform(i, seed) * scale);
+}
+__global__ void fill_int8(int8_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = (int8_t)(hash_uniform(i, seed) * 127.f);
+}
+
+// Device allocations freed together.
+class DeviceArena {
+ public:
+  ~DeviceArena() {
+    for (void* p : ptrs_) cudaFree(p);
+  }
+  template <typename T>
+  T* alloc(size_t n) {
+    void* p = nullptr;
+    CK(cudaMalloc(&p, n * sizeof(T)));
+    ptrs_.push_back(p);
+    bytes += n * sizeof(T);
+    return static_cast<T*>(p);
+  }
+  size_t bytes = 0;
+
+ private:
+  std::vector<void*> ptrs_;
+};
+
+class CudaOpBench final : public OpBench {
+ public:
+  explicit CudaOpBench(const OpBenchSpec& s) : s_(s) {
+    std::string why;
+    if (!cuda_available(&why)) fail(code::kDeviceUnavailable, why);
+    int count = 0;
+    CK(cudaGetDeviceCount(&count));
+    if (s.device_index < 0 || s.device_index >= count) fail(code::kInvalidArgument, "deviceIndex: out of range");
+    CK(cudaSetDevice(s.device_index));
+    cudaDeviceProp props;
+    CK(cudaGetDeviceProperties(&props, s.device_index));
+    if (props.major < 8) fail(code::kDeviceUnavailable, std::string(props.name) + " is not supported (compute capability 8.0 or newer)");
+    CK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CK(cudaEventCreate(&e0_));
+    CK(cudaEventCreate(&e1_));
+    if (s.op == "matvec") setup_matvec(props.name);
+    else setup_attention(props.name);
+    CK(cudaStreamSynchronize(stream_));
+    run(1);  // warm-up: module load, first-touch
+  }
+  ~CudaOpBench() override {
+    cudaSetDevice(s_.device_index);
+    if (stream_) cudaStreamSynchronize(stream_);
+    if (e0_) cudaEventDestroy(e0_);
+    if (e1_) cudaEventDestroy(e1_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  double run(int iters) override {
+    CK(cudaSetDevice(s_.device_index));
+    CK(cudaEventRecord(e0_, stream_));
+    for (int i = 0; i < iters; ++i) launch();
+    CK(cudaGetLastError());
+    CK(cudaEventRecord(e1_, stream_));
+    CK(cudaEventSynchronize(e1_));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0_, e1_));
+    return ms * 1e-3;
+  }
+
+ private:
+  void grid_fill(half* p, size_t n, float scale, uint32_t seed) { fill_half<<<1024, 256, 0, stream_>>>(p, n, scale, seed); }
+
+  void setup_matvec(const std::string& gpu) {
+    int8_ = s_.dtype == "int8";
+    npad_ = round_up(s_.rows, k::kPadN);
+    ldw_ = round_up(s_.cols, k::kPadK);
+    const size_t wn = (size_t)npad_ * ldw_;
+    if (int8_) {
+      q_ = arena_.alloc<int8_t>(wn);
+      scales_ = arena_.alloc<half>(wn / 32);
+      fill_int8<<<1024, 256, 0, stream_>>>(q_, wn, 3);
+      grid_fill(scales_, wn / 32, 0.0002f, 5);
+    } else {
+      w_ = arena_.alloc<half>(wn);
+      grid_fill(w_, wn, 0.02f, 3);
+    }
+    a_ = arena_.alloc<half>((size_t)s_.batch * ldw_);
+    grid_fill(a_, (size_t)s_.batch * ldw_, 1.f, 7);
+    out_ = arena_.alloc<float>((size_t)s_.batch * npad_);
+    const uint64_t wbytes = int8_ ? wn + wn / 32 * 2 : wn * 2;
+    bytes = wbytes + (uint64_t)s_.batch * ldw_ * 2 + (uint64_t)s_.batch * npad_ * 4;
+    flops = 2.0 * s_.rows * s_.cols * s_.batch;
+    description = "cuda gemv " + s_.dtype + " [" + std::to_string(s_.batch) + "x" + std::to_string(s_.cols) + "] . [" + std::to_string(s_.rows) + "x" +
+                  std::to_string(s_.cols) + "]^T on " + gpu;
+  }
+
+  void setup_attention(const std::string& gpu) {
+    const int B = s_.batch, H = s_.heads, KH = s_.kv_heads, hd = s_.head_dim, ctx = s_.context;
+    const int max_blocks = (ctx + k::kKvBlock - 1) / k::kKvBlock;
+    const size_t pool = (size_t)B * max_blocks * KH * k::kKvBlock * hd;
+    half* kc = arena_.alloc<half>(pool);
+    half* vc = arena_.alloc<half>(pool);
+    grid_fill(kc, pool, 1.f, 11);
+    grid_fill(vc, pool, 1.f, 12);
+    half* q = arena_.alloc<half>((size_t)B * H * hd);
+    grid_fill(q, (size_t)B * H * hd, 1.f, 13);
+    half* out = arena_.alloc<half>((size_t)B * H * hd);
+    std::vector<int32_t> tables((size_t)B * max_blocks), start(B), count(B, 1), pos0(B, ctx - 1);
+    for (size_t i = 0; i < tables.size(); ++i) tables[i] = (int32_t)i;  // each sequence its own blocks
+    for (int b = 0; b < B; ++b) start[b] = b;
+    int32_t* d_tables = arena_.alloc<int32_t>(tables.size());
+    int32_t* d_seg = arena_.alloc<int32_t>(3 * (size_t)B);
+    CK(cudaMemcpy(d_tables, tables.data(), tables.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_seg, start.data(), (size_t)B * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_seg + B, count.data(), (size_t)B * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_seg + 2 * B, pos0.data(), (size_t)B * 4, cudaMemcpyHostToDevice));
+    ap_.q = q;
+    ap_.ldq = H * hd;
+    ap_.out = out;
+    ap_.ldo = H * hd;
+    ap_.k_cache = kc;
+    ap_.v_cache = vc;
+    ap_.block_tables = d_tables;
+    ap_.max_blocks = max_blocks;
+    ap_.seg_start = d_seg;
+    ap_.seg_count = d_seg + B;
+    ap_.seg_pos0 = d_seg + 2 * B;
+    ap_.n_segments = B;
+    ap_.n_heads = H;
+    ap_.n_kv_heads = KH;
+    ap_.head_dim = hd;
+    ap_.scale = 1.f / sqrtf((float)hd);
+    max_ctx_ = ctx;
+    ws_ = arena_.alloc<uint8_t>(k::attention_decode_workspace(B, H, hd, ctx));
+    bytes = 2ull * B * ctx * KH * hd * 2 + 2ull * B * H * hd * 2;
+    flops = 4.0 * B * H * (double)ctx * hd;
+    description = "cuda flash-decoding, " + std::to_string(B) + " seq x " + std::to_string(ctx) + " positions, " + std::to_string(H) + "/" +
+                  std::to_string(KH) + " heads of " + std::to_string(hd) + ", fp16 cache, on " + gpu;
+  }
+
+  void launch() {
+    if (s_.op == "attention") {
+      k::attention_decode(ap_, s_.batch, max_ctx_, ws_, stream_);
+      return;
+    }
+    k::Epilogue epi;
+    epi.kind = k::Epi::StoreF32;
+    epi.out = out_;
+    epi.ldo = npad_;
+    if (int8_) k::gemv_w8(a_, ldw_, q_, scales_, ldw_, s_.batch, npad_, s_.rows, ldw_, epi, stream_);
+    else k::gemv_f16(a_, ldw_, w_, ldw_, s_.batch, npad_, s_.rows, ldw_, epi, stream_);
+  }
+
+  OpBenchSpec s_;
+  DeviceArena arena_;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t e0_ = nullptr, e1_ = nullptr;
+  // matvec
+  bool int8_ = false;
+  int npad_ = 0, ldw_ = 0;
+  half *w_ = nullptr, *scales_ = nullptr, *a_ = nullptr;
+  int8_t* q_ = nullptr;
+  float* out_ = nullptr;
+  // attention
+  k::AttentionParams ap_;
+  int max_ctx_ = 0;
+  void* ws_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<OpBench> make_cuda_op_bench(const OpBenchSpec& s) { return std::make_unique<CudaOpBench>(s); }
+
+}  // namespace l2
