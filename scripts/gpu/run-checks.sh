@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: correctness (small models, a 7B-shape synthetic model), compute-sanitizer, and the
-# bench. Run from the project root on the GPU machine after `source .device/setup.sh`, with the
+# bench, and (PHASES=micro) the native op micro-benchmarks. Run from the project root on the GPU machine after `source .device/setup.sh`, with the
 # sm_90 addon in build-sm90/ (see NOTES.md, "GPU runs"). Logs and JSON go to $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -45,6 +45,11 @@ if has bench; then
     node dist/cli/main.js bench --model $BIG --device cuda --dtype $dt --preset llama2-7b --prompt ${PROMPTS:-128,512} --gen ${GEN:-128} \
       --batch ${BATCHES:-1} --reps ${REPS:-2} ${BENCH_FLAGS:---skip-cold} --out "$OUT/bench-7b-$dt.json" 2>&1 | grep -v "^\[bench\]"
   done
+fi
+if has micro; then
+  phase "micro-benchmarks: native ops at the 7B shape on the GPU"
+  node dist/cli/main.js micro --only ops --device cuda --shape llama2-7b --dtype f16,int8 --context 512,2048,4096 \
+    --out "$OUT/micro-7b-cuda.json" 2>/dev/null
 fi
 if has sanitize; then
   phase "compute-sanitizer"
