@@ -54,6 +54,51 @@ __attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* const* rows,
   }
 }
 
+// Fused widen + dot for few tokens (decode): weights converted in registers, never stored. Each product
+// and each lane's accumulation order are those of widening first and then dot_rows_avx2, so the results
+// are bit-identical to that path (which prefill keeps, to widen a row once for many tokens).
+__attribute__((target("avx2,fma,f16c"))) void dot_rows_f16_avx2(const uint8_t* const* rows, int R, const float* x, int64_t K, float* out) {
+  __m256 acc[kGroup];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 xv = _mm256_loadu_ps(x + k);
+    for (int r = 0; r < R; ++r) {
+      __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[r] + 2 * k)));
+      acc[r] = _mm256_fmadd_ps(w, xv, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s = hsum(acc[r]);
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(rows[r]);
+    for (int64_t j = k; j < K; ++j) s += fp16_to_f32(h[j]) * x[j];
+    out[r] = s;
+  }
+}
+
+__attribute__((target("avx2,fma"))) void dot_rows_q8_avx2(const uint8_t* const* rows, int R, const float* x, int64_t K, float* out) {
+  __m256 acc[kGroup];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < K / kQ8Block; ++b) {
+    const float* xb = x + b * kQ8Block;
+    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = rows[r] + b * kQ8BlockBytes;
+      uint16_t dh;
+      std::memcpy(&dh, blk, 2);
+      const __m256 d = _mm256_set1_ps(fp16_to_f32(dh));
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+      __m256 a = acc[r];
+      a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))), x0, a);
+      a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))), x1, a);
+      a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))), x2, a);
+      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))), x3, a);
+    }
+  }
+  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
 __attribute__((target("avx2,f16c"))) void f16_to_f32_f16c(const uint16_t* h, float* f, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
@@ -64,15 +109,63 @@ void f16_to_f32_scalar(const uint16_t* h, float* f, int64_t n) {
   for (int64_t i = 0; i < n; ++i) f[i] = fp16_to_f32(h[i]);
 }
 
+void bf16_to_f32_scalar(const uint16_t* h, float* f, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits = (uint32_t)h[i] << 16;
+    std::memcpy(f + i, &bits, 4);
+  }
+}
+
+__attribute__((target("avx2"))) void bf16_to_f32_avx2(const uint16_t* h, float* f, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i)));
+    _mm256_storeu_ps(f + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  }
+  bf16_to_f32_scalar(h + i, f + i, n - i);
+}
+
+// Q8_0 blocks (fp16 scale d, 32 int8 q) -> d * (float)q, the same product either way (bit-identical).
+void q8_to_f32_scalar(const uint8_t* p, float* out, int64_t n_blocks) {
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* blk = p + b * kQ8BlockBytes;
+    uint16_t dh;
+    std::memcpy(&dh, blk, 2);
+    const float d = fp16_to_f32(dh);
+    const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
+    for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = d * (float)q[i];
+  }
+}
+
+__attribute__((target("avx2"))) void q8_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* blk = p + b * kQ8BlockBytes;
+    uint16_t dh;
+    std::memcpy(&dh, blk, 2);
+    const __m256 d = _mm256_set1_ps(fp16_to_f32(dh));
+    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    float* o = out + b * kQ8Block;
+    _mm256_storeu_ps(o, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+    _mm256_storeu_ps(o + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+    _mm256_storeu_ps(o + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+    _mm256_storeu_ps(o + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+  }
+}
+
 struct Dispatch {
   bool avx2;
   void (*dot_rows)(const float* const*, int, const float*, int64_t, float*);
   void (*f16)(const uint16_t*, float*, int64_t);
+  void (*bf16)(const uint16_t*, float*, int64_t);
+  void (*q8)(const uint8_t*, float*, int64_t);
   Dispatch() {
     __builtin_cpu_init();
     avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     dot_rows = avx2 ? dot_rows_avx2 : dot_rows_scalar;
     f16 = avx2 ? f16_to_f32_f16c : f16_to_f32_scalar;
+    bf16 = avx2 ? bf16_to_f32_avx2 : bf16_to_f32_scalar;
+    q8 = avx2 ? q8_to_f32_avx2 : q8_to_f32_scalar;
   }
 };
 const Dispatch& dispatch() {
@@ -89,24 +182,8 @@ void row_to_f32(const Matrix& m, int64_t r, float* out) {
   switch (m.dtype) {
     case DType::F32: std::memcpy(out, p, (size_t)m.cols * 4); break;
     case DType::F16: dispatch().f16(reinterpret_cast<const uint16_t*>(p), out, m.cols); break;
-    case DType::BF16: {
-      const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
-      for (int64_t i = 0; i < m.cols; ++i) {
-        uint32_t bits = (uint32_t)h[i] << 16;
-        std::memcpy(out + i, &bits, 4);
-      }
-      break;
-    }
-    case DType::Q8_0:
-      for (int64_t b = 0; b < m.cols / kQ8Block; ++b) {
-        const uint8_t* blk = p + b * kQ8BlockBytes;
-        uint16_t dh;
-        std::memcpy(&dh, blk, 2);
-        float d = fp16_to_f32(dh);
-        const int8_t* q = reinterpret_cast<const int8_t*>(blk + 2);
-        for (int i = 0; i < kQ8Block; ++i) out[b * kQ8Block + i] = d * (float)q[i];
-      }
-      break;
+    case DType::BF16: dispatch().bf16(reinterpret_cast<const uint16_t*>(p), out, m.cols); break;
+    case DType::Q8_0: dispatch().q8(p, out, m.cols / kQ8Block); break;
   }
 }
 
@@ -127,6 +204,24 @@ void rmsnorm(float* out, const float* x, const float* w, int n, float eps) {
 void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool) {
   const int64_t N = W.rows, K = W.cols;
   const auto& d = dispatch();
+  // Decode (few tokens): f16 / Q8_0 rows are widened in registers; more tokens: widened once into a
+  // buffer and reused for every token. Both give the same bits (see dot_rows_f16_avx2).
+  auto fused = !d.avx2 || T > 2 ? nullptr : W.dtype == DType::F16 ? dot_rows_f16_avx2 : W.dtype == DType::Q8_0 ? dot_rows_q8_avx2 : nullptr;
+  if (fused) {
+    pool.parallel_for(N, kGroup * 4, [&](int64_t begin, int64_t end) {
+      const uint8_t* rows[kGroup];
+      float res[kGroup];
+      for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
+        int R = (int)std::min<int64_t>(kGroup, end - n0);
+        for (int r = 0; r < R; ++r) rows[r] = W.row(n0 + r);
+        for (int t = 0; t < T; ++t) {
+          fused(rows, R, in + (size_t)t * K, K, res);
+          for (int r = 0; r < R; ++r) out[(size_t)t * N + n0 + r] = res[r];
+        }
+      }
+    });
+    return;
+  }
   pool.parallel_for(N, kGroup * 4, [&](int64_t begin, int64_t end) {
     // Widened copies of the group's rows (fp32 weights are used in place).
     thread_local std::vector<float> buf;
