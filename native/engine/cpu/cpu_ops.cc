@@ -99,6 +99,17 @@ __attribute__((target("avx2,fma"))) void dot_rows_q8_avx2(const uint8_t* const* 
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
+void axpy_scalar(float a, const float* v, float* out, int n) {
+  for (int i = 0; i < n; ++i) out[i] += a * v[i];
+}
+
+__attribute__((target("avx2"))) void axpy_avx2(float a, const float* v, float* out, int n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_mul_ps(av, _mm256_loadu_ps(v + i))));
+  for (; i < n; ++i) out[i] += a * v[i];
+}
+
 __attribute__((target("avx2,f16c"))) void f16_to_f32_f16c(const uint16_t* h, float* f, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
@@ -159,6 +170,7 @@ struct Dispatch {
   void (*f16)(const uint16_t*, float*, int64_t);
   void (*bf16)(const uint16_t*, float*, int64_t);
   void (*q8)(const uint8_t*, float*, int64_t);
+  void (*axpy)(float, const float*, float*, int);
   Dispatch() {
     __builtin_cpu_init();
     avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -166,6 +178,7 @@ struct Dispatch {
     f16 = avx2 ? f16_to_f32_f16c : f16_to_f32_scalar;
     bf16 = avx2 ? bf16_to_f32_avx2 : bf16_to_f32_scalar;
     q8 = avx2 ? q8_to_f32_avx2 : q8_to_f32_scalar;
+    axpy = avx2 ? axpy_avx2 : axpy_scalar;
   }
 };
 const Dispatch& dispatch() {
@@ -193,6 +206,8 @@ float dot(const float* a, const float* b, int64_t n) {
   dispatch().dot_rows(rows, 1, b, n, &out);
   return out;
 }
+
+void axpy(float a, const float* v, float* out, int n) { dispatch().axpy(a, v, out, n); }
 
 void rmsnorm(float* out, const float* x, const float* w, int n, float eps) {
   float ss = 0.f;

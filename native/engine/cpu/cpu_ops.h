@@ -17,33 +17,56 @@ namespace cpu {
 // out[t * W.rows + n] = dot(W.row(n), in + t * W.cols), for t < T.
 void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool);
 float dot(const float* a, const float* b, int64_t n);
+// out[i] += a * v[i] (a multiply then an add, as the scalar loop rounds: vectorized, same bits).
+void axpy(float a, const float* v, float* out, int n);
 // out = x / rms(x) * w
 void rmsnorm(float* out, const float* x, const float* w, int n, float eps);
 // Widens one row of any dtype to fp32 (vectorized where the CPU allows).
 void row_to_f32(const Matrix& m, int64_t r, float* out);
 const char* simd_name();
 
-// One head's attention over positions 0..n_pos-1: out[hs] = softmax(q . key(p) * scale) . value(p),
-// where key(p) / value(p) give position p's head row. `scores` is scratch (resized here).
-template <typename KeyAt, typename ValueAt>
-void attend(const float* q, int n_pos, int hs, float scale, KeyAt key, ValueAt value, float* out, std::vector<float>& scores) {
-  scores.resize((size_t)n_pos);
-  float mx = -INFINITY;
+// Attention of heads [h0, h1) of one token over positions 0..n_pos-1: for each head h,
+// out[h] = softmax(q[h] . K_h^T * scale) . V_h, where key_row(p) / value_row(p) give position p's row of
+// all KV heads ([n_kv_heads][hs]) and head h reads KV head h / group. Positions are the outer loop, so
+// each cache row is read once, contiguously, for all the heads (not once per head at a page-sized
+// stride); each head's arithmetic, and so its result, does not depend on [h0, h1).
+// q and out are the token's [n_heads][hs] rows; `scores` is scratch.
+template <typename KeyRow, typename ValueRow>
+void attend_heads(const float* q, int h0, int h1, int group, int n_pos, int hs, float scale, KeyRow key_row, ValueRow value_row, float* out,
+                  std::vector<float>& scores) {
+  const int nh = h1 - h0;
+  scores.resize((size_t)nh * n_pos + nh);
+  float* sums = scores.data() + (size_t)nh * n_pos;
   for (int p = 0; p < n_pos; ++p) {
-    scores[(size_t)p] = dot(q, key(p), hs) * scale;
-    mx = scores[(size_t)p] > mx ? scores[(size_t)p] : mx;
+    const float* k = key_row(p);
+    for (int h = h0; h < h1; ++h) scores[(size_t)(h - h0) * n_pos + p] = dot(q + (size_t)h * hs, k + (size_t)(h / group) * hs, hs) * scale;
   }
-  float sum = 0.f;
+  for (int i = 0; i < nh; ++i) {
+    float* sc = scores.data() + (size_t)i * n_pos;
+    float mx = -INFINITY;
+    for (int p = 0; p < n_pos; ++p) mx = sc[p] > mx ? sc[p] : mx;
+    float sum = 0.f;
+    for (int p = 0; p < n_pos; ++p) {
+      sc[p] = expf(sc[p] - mx);
+      sum += sc[p];
+    }
+    sums[i] = sum;
+    for (int d = 0; d < hs; ++d) out[(size_t)(h0 + i) * hs + d] = 0.f;
+  }
   for (int p = 0; p < n_pos; ++p) {
-    scores[(size_t)p] = expf(scores[(size_t)p] - mx);
-    sum += scores[(size_t)p];
+    const float* v = value_row(p);
+    for (int h = h0; h < h1; ++h) {
+      const int i = h - h0;
+      axpy(scores[(size_t)i * n_pos + p] / sums[i], v + (size_t)(h / group) * hs, out + (size_t)h * hs, hs);
+    }
   }
-  for (int d = 0; d < hs; ++d) out[d] = 0.f;
-  for (int p = 0; p < n_pos; ++p) {
-    const float* v = value(p);
-    float a = scores[(size_t)p] / sum;
-    for (int d = 0; d < hs; ++d) out[d] += a * v[d];
-  }
+}
+
+// How many head chunks to split each token's heads into so that `n_tokens * chunks` work items keep
+// `threads` threads busy (1 when there are enough tokens: whole rows per item read the cache best).
+inline int head_chunks(int n_tokens, int n_heads, int threads) {
+  int c = (2 * threads + n_tokens - 1) / n_tokens;
+  return c < 1 ? 1 : c > n_heads ? n_heads : c;
 }
 
 }  // namespace cpu
