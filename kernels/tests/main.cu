@@ -6,6 +6,7 @@
 // ---- Test families: one line each. test_<name>.cu defines void test_<name>(l2test::Context&). ----
 #define L2_TEST_FAMILIES(X) \
   X(gemm)                   \
+  X(gemv)                   \
   X(attention_prefill)
 
 #define L2_DECLARE_FAMILY(name) void test_##name(l2test::Context&);

@@ -25,7 +25,7 @@ if has kernels && [ -f .device/kernel_tests.xz ]; then
   timeout 150 /tmp/kernel_tests ${KERNEL_ARGS:-} > "$OUT/kernel-tests.log" 2>&1; echo "kernel_tests rc=$?"; tail -25 "$OUT/kernel-tests.log"
 fi
 BIG=/tmp/7b-f16.gguf
-if has big || has bench; then
+if has big || has bench || has mma; then
   phase "make 7B synthetic"
   [ -f $BIG ] || node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet
 fi
@@ -45,6 +45,22 @@ if has bench; then
     node dist/cli/main.js bench --model $BIG --device cuda --dtype $dt --preset llama2-7b --prompt ${PROMPTS:-128,512} --gen ${GEN:-128} \
       --batch ${BATCHES:-1} --reps ${REPS:-2} ${BENCH_FLAGS:---skip-cold} --out "$OUT/bench-7b-$dt.json" 2>&1 | grep -v "^\[bench\]"
   done
+fi
+if has mma; then
+  # The tensor-core small-batch kernel (kernels/gemv_mma.cu, opt-in with LLAMA2_GEMV_MMA=1): its kernel
+  # tests and A/B timings against the GEMV and the GEMM, end-to-end validation (batches of 3 and 12), and
+  # the batched bench with it. Needs .device/kernel_tests.xz and the 7B model (PHASES="... big mma").
+  if [ -f /tmp/kernel_tests ] || [ -f .device/kernel_tests.xz ]; then
+    [ -f /tmp/kernel_tests ] || { xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests; }
+    phase "gemv kernels: checks and A/B bench"
+    timeout 200 /tmp/kernel_tests --only=gemv --bench > "$OUT/kernel-gemv.log" 2>&1; echo "kernel_tests gemv rc=$?"
+    grep -E "FAIL|failed|decode matrices" "$OUT/kernel-gemv.log" | head -20
+  fi
+  phase "validate with LLAMA2_GEMV_MMA=1"
+  LLAMA2_GEMV_MMA=1 node scripts/gpu/validate.mjs --big $BIG --out "$OUT/validate-mma.json" 2>&1 | tail -15 | tee "$OUT/validate-mma.log"
+  phase "bench 7B f16 with LLAMA2_GEMV_MMA=1"
+  LLAMA2_GEMV_MMA=1 node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --preset llama2-7b --prompt 128 --gen 128 \
+    --batch 1,8,16,32 --reps 2 --skip-cold --out "$OUT/bench-7b-f16-mma.json" 2>&1 | grep -v "^\[bench\]"
 fi
 if has micro; then
   phase "micro-benchmarks: native ops at the 7B shape on the GPU"

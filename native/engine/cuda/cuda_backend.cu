@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <thread>
@@ -467,6 +468,8 @@ class CudaBackend final : public Backend {
   half* v_pool(int l) const { return k_pool(l) + (size_t)n_blocks_ * block_elems_; }
 
   void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) {
+    // Experimental tensor-core decode path (kernels/gemv_mma.cu), opt-in until validated on a GPU.
+    if (gemv_mma_ && !m.int8 && T >= 2 && T <= k::kGemvMmaMaxT && k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)) return;
     if (T <= k::kGemvMaxT) {
       if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
@@ -667,6 +670,10 @@ class CudaBackend final : public Backend {
   uint64_t total_bytes_ = 0, uploaded_ = 0;
   int tensors_done_ = 0, total_tensors_ = 0;
   std::map<int, cudaGraphExec_t> graphs_;
+  const bool gemv_mma_ = [] {
+    const char* v = std::getenv("LLAMA2_GEMV_MMA");
+    return v && std::strcmp(v, "1") == 0;
+  }();
   std::vector<OutChunk> out_chunks_;
   int n_out_total_ = 0;
 };

@@ -1,0 +1,154 @@
+// Decode matrix multiply for small batches (2..32 tokens, fp16 weights) on tensor cores: the weights
+// are mma's A operand (16 rows per warp), the tokens its N operand (8 per mma.m16n8k16). Tensor cores
+// make the arithmetic free, so the kernel stays a weight stream at every batch size up to 32, where the
+// CUDA-core GEMV (gemv.cu) spends T FMAs per weight and the tiled GEMM wastes most of each MMA on
+// padding rows.
+//
+// Fragments come straight from global memory with 16-byte loads, no shared memory: within a 64-column
+// chunk, lane (g = lane / 4, q = lane % 4) loads columns [16q, 16q + 16) of weight rows g and g + 8 and of
+// token g of each 8-token tile, as 8 half2 words; mma step s (0..3) uses its words 2s and 2s + 1 where
+// the fragment layout (mma.cuh) asks for logical columns (2q, 2q + 1) and (2q + 8, 2q + 9). That maps
+// the chunk's 64 columns one-to-one onto the 4 steps' logical columns, identically for A and B, and a
+// dot product does not depend on the order of its terms. The 4 warps of a block split K and meet in
+// shared memory for the fused epilogue.
+//
+// STATUS: compiled for every target, not yet run on a GPU. The backend uses it only when
+// LLAMA2_GEMV_MMA=1 (see cuda_backend.cu), so it can be validated and measured before it is the default.
+#include "common.cuh"
+#include "epilogue.cuh"
+#include "kernels.h"
+#include "launch.cuh"
+#include "mma.cuh"
+
+namespace l2::kernels {
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kRows = 16;   // weight rows per block (one mma M)
+constexpr int kChunk = 64;  // columns per chunk (4 mma k-steps)
+
+struct Frag {  // one lane's 16 columns of a row (or a token): 8 half2 words
+  uint4 lo, hi;
+  __device__ __forceinline__ uint32_t word(int j) const {
+    const uint32_t* a = reinterpret_cast<const uint32_t*>(&lo);
+    const uint32_t* b = reinterpret_cast<const uint32_t*>(&hi);
+    return j < 4 ? a[j] : b[j - 4];
+  }
+};
+
+// NT tiles of 8 tokens; U chunks per warp per round (their weight loads are in flight together).
+template <int NT, int U>
+__global__ void __launch_bounds__(kThreads) gemv_mma_f16_kernel(const half* __restrict__ A, int lda, const half* __restrict__ W, int ldw,
+                                                                int T, int n_valid, int K, Epilogue epi) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, q = lane & 3;
+  const int n0 = blockIdx.x * kRows;
+  const half* w_lo = W + (size_t)(n0 + g) * ldw + 16 * q;  // row g
+  const half* w_hi = w_lo + (size_t)8 * ldw;                // row g + 8
+  const int n_chunks = K / kChunk;
+
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+
+  // Chunks of this warp: warp, warp + kWarps, ...; round r holds chunks r * U * kWarps + u * kWarps + warp.
+  auto chunk_of = [&](int round, int u) { return (round * U + u) * kWarps + warp; };
+  auto load_w = [&](Frag (&lo)[U], Frag (&hi)[U], int round) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = chunk_of(round, u);
+      if (c < n_chunks) {
+        const size_t k = (size_t)c * kChunk;
+        lo[u].lo = ld_stream(w_lo + k);
+        lo[u].hi = ld_stream(w_lo + k + 8);
+        hi[u].lo = ld_stream(w_hi + k);
+        hi[u].hi = ld_stream(w_hi + k + 8);
+      } else {
+        lo[u].lo = lo[u].hi = hi[u].lo = hi[u].hi = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+
+  Frag wl[U], wh[U];
+  load_w(wl, wh, 0);  // weights need nothing from the previous kernel
+  pdl_trigger();
+  pdl_wait();
+  const int rounds = (n_chunks + U * kWarps - 1) / (U * kWarps);
+  for (int round = 0; round < rounds; ++round) {
+    Frag cl[U], ch[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      cl[u] = wl[u];
+      ch[u] = wh[u];
+    }
+    if (round + 1 < rounds) load_w(wl, wh, round + 1);  // next round in flight while this one computes
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = chunk_of(round, u);
+      if (c >= n_chunks) continue;
+      const size_t k = (size_t)c * kChunk + 16 * q;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int t = nt * 8 + g;
+        Frag x;
+        if (t < T) {
+          x.lo = ld_cached(A + (size_t)t * lda + k);
+          x.hi = ld_cached(A + (size_t)t * lda + k + 8);
+        } else {
+          x.lo = x.hi = make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          const uint32_t a[4] = {cl[u].word(2 * s), ch[u].word(2 * s), cl[u].word(2 * s + 1), ch[u].word(2 * s + 1)};
+          mma::mma_f16f32(acc[nt], a, x.word(2 * s), x.word(2 * s + 1));
+        }
+      }
+    }
+  }
+
+  // acc[nt][0..1] = C[row g][tokens nt*8 + 2q, +1], acc[nt][2..3] = C[row g + 8][same tokens].
+  __shared__ float red[kWarps][kRows][NT * 8];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    red[warp][g][nt * 8 + 2 * q] = acc[nt][0];
+    red[warp][g][nt * 8 + 2 * q + 1] = acc[nt][1];
+    red[warp][g + 8][nt * 8 + 2 * q] = acc[nt][2];
+    red[warp][g + 8][nt * 8 + 2 * q + 1] = acc[nt][3];
+  }
+  __syncthreads();
+  // Epilogue pairs (rows 2i, 2i + 1) x tokens.
+  for (int p = threadIdx.x; p < (kRows / 2) * T; p += kThreads) {
+    const int t = p / (kRows / 2), r = 2 * (p % (kRows / 2));
+    const int n = n0 + r;
+    if (n >= n_valid) continue;
+    float v0 = 0.f, v1 = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      v0 += red[w][r][t];
+      v1 += red[w][r + 1][t];
+    }
+    epilogue_pair(epi, t, n, v0, v1);
+  }
+}
+
+template <int NT>
+void launch_mma(const half* A, int lda, const half* W, int ldw, int T, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
+  constexpr int U = NT <= 2 ? 2 : 1;  // registers: U * 16 words of weights in flight, NT * 8 of activations
+  launch(gemv_mma_f16_kernel<NT, U>, ceil_div(n_valid, kRows), kThreads, 0, s, A, lda, W, ldw, T, n_valid, K, epi);
+}
+
+}  // namespace
+
+bool gemv_mma_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
+  if (T < 1 || T > kGemvMmaMaxT || K % kChunk != 0 || N % kRows != 0) return false;
+  if (T <= 8) launch_mma<1>(A, lda, W, ldw, T, n_valid, K, epi, s);
+  else if (T <= 16) launch_mma<2>(A, lda, W, ldw, T, n_valid, K, epi, s);
+  else launch_mma<4>(A, lda, W, ldw, T, n_valid, K, epi, s);
+  return true;
+}
+
+}  // namespace l2::kernels

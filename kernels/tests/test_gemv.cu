@@ -1,0 +1,177 @@
+// Decode matrix kernels: the CUDA-core GEMV (gemv.cu) and the tensor-core small-batch kernel
+// (gemv_mma.cu) against a double-precision CPU reference, and (--bench) both next to the tiled GEMM at
+// the 7B decode shapes for batches of 1..32 tokens: the numbers that decide which one the backend uses.
+#include "../kernels.h"
+#include "harness.cuh"
+
+using namespace l2test;
+namespace k = l2::kernels;
+
+namespace {
+
+// Emulates gemv_mma_f16_kernel's fragment loads (lane (g, q) holds columns [16q, 16q + 16) of rows g,
+// g + 8 and of token g; step s uses words 2s, 2s + 1) feeding mma.m16n8k16 as PTX defines its operands,
+// on small integers (exact in fp32), for a 16-row x 8-token x 64-column chunk. Returns the number of
+// wrong outputs plus logical operand slots filled twice or never.
+int emulate_gemv_mma() {
+  Rng rng(42);
+  int W[16][64], X[8][64];
+  for (auto& r : W)
+    for (int& v : r) v = rng.below(7) - 3;
+  for (auto& r : X)
+    for (int& v : r) v = rng.below(7) - 3;
+  long D[16][8] = {};
+  int errors = 0;
+  for (int s = 0; s < 4; ++s) {
+    int A[16][16], B[16][8], fa[16][16] = {}, fb[16][8] = {};
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, q = lane % 4;
+      // word j of a lane's 16 columns = physical columns (16q + 2j, 16q + 2j + 1)
+      auto word = [&](const int* row, int j, int e) { return row[16 * q + 2 * j + e]; };
+      for (int e = 0; e < 2; ++e) {
+        // a0 = A[g][2q+e], a1 = A[g+8][2q+e], a2 = A[g][2q+8+e], a3 = A[g+8][2q+8+e]
+        A[g][2 * q + e] = word(W[g], 2 * s, e), ++fa[g][2 * q + e];
+        A[g + 8][2 * q + e] = word(W[g + 8], 2 * s, e), ++fa[g + 8][2 * q + e];
+        A[g][2 * q + 8 + e] = word(W[g], 2 * s + 1, e), ++fa[g][2 * q + 8 + e];
+        A[g + 8][2 * q + 8 + e] = word(W[g + 8], 2 * s + 1, e), ++fa[g + 8][2 * q + 8 + e];
+        // b0 = B[2q+e][g], b1 = B[2q+8+e][g]
+        B[2 * q + e][g] = word(X[g], 2 * s, e), ++fb[2 * q + e][g];
+        B[2 * q + 8 + e][g] = word(X[g], 2 * s + 1, e), ++fb[2 * q + 8 + e][g];
+      }
+    }
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 16; ++j) errors += fa[i][j] != 1;
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 8; ++j) errors += fb[i][j] != 1;
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 8; ++n)
+        for (int kk = 0; kk < 16; ++kk) D[m][n] += (long)A[m][kk] * B[kk][n];
+  }
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) {
+      long ref = 0;
+      for (int kk = 0; kk < 64; ++kk) ref += (long)W[m][kk] * X[n][kk];
+      errors += D[m][n] != ref;  // the kernel stores D[g][2q..] / D[g+8][2q..] as (row, token) directly
+    }
+  return errors;
+}
+
+enum class Kern { Gemv, Mma, Gemm };
+const char* kname(Kern k) { return k == Kern::Gemv ? "gemv" : k == Kern::Mma ? "gemv_mma" : "gemm"; }
+
+bool run(Kern kern, const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K, const k::Epilogue& e, cudaStream_t s) {
+  switch (kern) {
+    case Kern::Gemv:
+      if (T > k::kGemvMaxT) return false;
+      k::gemv_f16(A, lda, W, ldw, T, N, n_valid, K, e, s);
+      return true;
+    case Kern::Mma: return k::gemv_mma_f16(A, lda, W, ldw, T, N, n_valid, K, e, s);
+    case Kern::Gemm: k::gemm_f16(A, lda, W, ldw, T, N, n_valid, K, e, s); return true;
+  }
+  return false;
+}
+
+void check_shape(Context& ctx, Kern kern, int N, int n_valid, int K, int T, bool add) {
+  Rng rng(ctx.next_seed());
+  std::vector<half> w((size_t)N * K), a((size_t)T * K);
+  for (int n = 0; n < N; ++n)
+    for (int kk = 0; kk < K; ++kk) w[(size_t)n * K + kk] = f2h(n < n_valid ? rng.sym(0.05f) : 0.f);
+  for (auto& v : a) v = f2h(rng.sym(1.f));
+  std::vector<float> pre((size_t)T * N);
+  for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
+  DevBuf<half> dw(w.size()), da(a.size());
+  DevBuf<float> dout(pre.size());
+  dw.upload(w);
+  da.upload(a);
+  dout.upload(pre);
+  k::Epilogue e;
+  e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
+  e.out = dout.p;
+  e.ldo = N;
+  if (!run(kern, da.p, K, dw.p, K, T, N, n_valid, K, e, ctx.stream)) return;
+  CK(cudaStreamSynchronize(ctx.stream));
+  CK(cudaGetLastError());
+  std::vector<float> out = dout.download();
+  ErrStats st;
+  for (int t = 0; t < T; ++t)
+    for (int n = 0; n < N; ++n) {
+      const float o = out[(size_t)t * N + n];
+      if (n >= n_valid) {  // past n_valid: untouched
+        if (fbits(o) != fbits(pre[(size_t)t * N + n])) ++st.clobbered;
+        continue;
+      }
+      double ref = add ? pre[(size_t)t * N + n] : 0.0;
+      for (int kk = 0; kk < K; ++kk) ref += (double)h2f(w[(size_t)n * K + kk]) * h2f(a[(size_t)t * K + kk]);
+      if (!add && fbits(o) == kPoisonF) ++st.unwritten;
+      else st.add(o, ref);
+    }
+  ctx.check(fmt("%s f16 T%d N%d/%d K%d %s", kname(kern), T, n_valid, N, K, add ? "add" : "store"), st.ok(1e-3), st.rel_l2(), st.max_norm(),
+            st.detail());
+}
+
+void correctness(Context& ctx) {
+  const int Ts[] = {1, 2, 3, 5, 8, 9, 13, 16, 17, 24, 32};
+  for (int T : Ts) {
+    for (Kern kern : {Kern::Gemv, Kern::Mma}) {
+      check_shape(ctx, kern, 256, 256, 512, T, false);
+      check_shape(ctx, kern, 384, 300, 1088, T, T % 2 == 1);  // n_valid < N, K not a power of two, residual add
+      if (!ctx.opt.quick) check_shape(ctx, kern, 4096, 4096, 4096, T, false);
+    }
+  }
+}
+
+void benchmarks(Context& ctx) {
+  struct Shape {
+    const char* name;
+    int N, K;
+  };
+  const Shape shapes[] = {{"qkv", 12288, 4096}, {"wo", 4096, 4096}, {"gate+up", 22016, 4096}, {"down", 4096, 11008}, {"logits", 32000, 4096}};
+  for (const Shape& s : shapes) {
+    DevBuf<half> w((size_t)s.N * s.K), a((size_t)32 * s.K);
+    DevBuf<float> out((size_t)32 * s.N);
+    fill_rand_half(w.p, w.n, ctx.next_seed(), 0.05f, ctx.stream);
+    fill_rand_half(a.p, a.n, ctx.next_seed(), 1.f, ctx.stream);
+    k::Epilogue e;
+    e.kind = k::Epi::StoreF32;
+    e.out = out.p;
+    e.ldo = s.N;
+    // Weights larger than L2 are streamed from memory every run, as in a decode step.
+    for (int T : {1, 2, 4, 8, 16, 32}) {
+      for (Kern kern : {Kern::Gemv, Kern::Mma, Kern::Gemm}) {
+        if (kern == Kern::Gemv && T > k::kGemvMaxT) continue;
+        if (kern == Kern::Gemm && T < 8) continue;
+        double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int) { run(kern, a.p, s.K, w.p, s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+        ctx.bench(fmt("%-8s %-7s N%-5d K%-5d T%-2d", kname(kern), s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, (double)s.N * s.K * 2);
+        ctx.metrics[fmt("gemv.%s.%s.%d", kname(kern), s.name, T)] = ms;
+      }
+    }
+  }
+  ctx.finalizers.push_back([](Context& c) {
+    for (int T : {1, 2, 4, 8, 16, 32}) {
+      std::string line = fmt("7B decode matrices per layer at T=%d:", T);
+      for (const char* kn : {"gemv", "gemv_mma", "gemm"}) {
+        double sum = 0;
+        bool all = true;
+        for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
+          auto it = c.metrics.find(fmt("gemv.%s.%s.%d", kn, sh, T));
+          if (it == c.metrics.end()) all = false;
+          else sum += it->second;
+        }
+        if (all) line += fmt("  %s %.1f us", kn, sum * 1e3);
+      }
+      c.summary.push_back(line);
+    }
+  });
+}
+
+}  // namespace
+
+void test_gemv(Context& ctx) {
+  if (!ctx.opt.no_check) {
+    const int e = emulate_gemv_mma();
+    ctx.check("host emulation: gemv_mma fragments (k permutation, mma operands)", e == 0, 0, 0, fmt("%d errors", e));
+    if (ctx.opt.host_only) return;
+    correctness(ctx);
+  }
+  if (ctx.opt.bench) benchmarks(ctx);
+}
