@@ -1,4 +1,5 @@
-// Decode matrix multiply for small batches (2..32 tokens, fp16 weights) on tensor cores: the weights
+// Decode matrix multiply for small batches (2..32 tokens; fp16 weights, or int8 with per-32 scales
+// dequantized to fp16 in registers as the GEMM does) on tensor cores: the weights
 // are mma's A operand (16 rows per warp), the tokens its N operand (8 per mma.m16n8k16). Tensor cores
 // make the arithmetic free, so the kernel stays a weight stream at every batch size up to 32, where the
 // CUDA-core GEMV (gemv.cu) spends T FMAs per weight and the tiled GEMM wastes most of each MMA on
@@ -16,6 +17,7 @@
 // LLAMA2_GEMV_MMA=1 (see cuda_backend.cu), so it can be validated and measured before it is the default.
 #include "common.cuh"
 #include "epilogue.cuh"
+#include "gemm_common.cuh"
 #include "kernels.h"
 #include "launch.cuh"
 #include "mma.cuh"
@@ -38,15 +40,53 @@ struct Frag {  // one lane's 16 columns of a row (or a token): 8 half2 words
   }
 };
 
+// A lane's raw weights of one chunk for rows g and g + 8: fp16: two uint4 per row; int8: one uint4 (16
+// int8) per row and that group's scale (columns 16q..16q+15 lie in group 2 * chunk + q / 2).
+template <bool W8>
+struct Raw {
+  uint4 v[2][W8 ? 1 : 2];
+  half s[2];
+};
+
+template <bool W8>
+__device__ __forceinline__ Frag to_frag(const Raw<W8>& r, int row) {
+  Frag f;
+  if constexpr (!W8) {
+    f.lo = r.v[row][0];
+    f.hi = r.v[row][W8 ? 0 : 1];
+  } else {
+    const __half2 sc = __half2half2(r.s[row]);
+    __half2 h[8];
+    gemm_common::i8x4_to_half2x2(r.v[row][0].x, h[0], h[1]);
+    gemm_common::i8x4_to_half2x2(r.v[row][0].y, h[2], h[3]);
+    gemm_common::i8x4_to_half2x2(r.v[row][0].z, h[4], h[5]);
+    gemm_common::i8x4_to_half2x2(r.v[row][0].w, h[6], h[7]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) h[e] = __hmul2(h[e], sc);
+    uint32_t* lo = reinterpret_cast<uint32_t*>(&f.lo);
+    uint32_t* hi = reinterpret_cast<uint32_t*>(&f.hi);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      lo[e] = *reinterpret_cast<uint32_t*>(&h[e]);
+      hi[e] = *reinterpret_cast<uint32_t*>(&h[4 + e]);
+    }
+  }
+  return f;
+}
+
 // NT tiles of 8 tokens; U chunks per warp per round (their weight loads are in flight together).
-template <int NT, int U>
-__global__ void __launch_bounds__(kThreads) gemv_mma_f16_kernel(const half* __restrict__ A, int lda, const half* __restrict__ W, int ldw,
-                                                                int T, int n_valid, int K, Epilogue epi) {
+// W8: Wv is int8 q[N][ldw] and S its scales [N][ldw / 32]; otherwise Wv is fp16 [N][ldw] and S unused.
+template <bool W8, int NT, int U>
+__global__ void __launch_bounds__(kThreads) gemv_mma_kernel(const half* __restrict__ A, int lda, const void* __restrict__ Wv,
+                                                            const half* __restrict__ S, int ldw, int T, int n_valid, int K, Epilogue epi) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
   const int n0 = blockIdx.x * kRows;
-  const half* w_lo = W + (size_t)(n0 + g) * ldw + 16 * q;  // row g
-  const half* w_hi = w_lo + (size_t)8 * ldw;                // row g + 8
+  constexpr int kElem = W8 ? 1 : 2;  // bytes per weight
+  const uint8_t* w_lo = static_cast<const uint8_t*>(Wv) + ((size_t)(n0 + g) * ldw + 16 * q) * kElem;  // row g
+  const uint8_t* w_hi = w_lo + (size_t)8 * ldw * kElem;                                               // row g + 8
+  const half* s_lo = W8 ? S + (size_t)(n0 + g) * (ldw / 32) + q / 2 : nullptr;
+  const half* s_hi = W8 ? s_lo + (size_t)8 * (ldw / 32) : nullptr;
   const int n_chunks = K / kChunk;
 
   float acc[NT][4];
@@ -57,39 +97,39 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_f16_kernel(const half* __re
 
   // Chunks of this warp: warp, warp + kWarps, ...; round r holds chunks r * U * kWarps + u * kWarps + warp.
   auto chunk_of = [&](int round, int u) { return (round * U + u) * kWarps + warp; };
-  auto load_w = [&](Frag (&lo)[U], Frag (&hi)[U], int round) {
+  auto load_w = [&](Raw<W8> (&w)[U], int round) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = chunk_of(round, u);
-      if (c < n_chunks) {
-        const size_t k = (size_t)c * kChunk;
-        lo[u].lo = ld_stream(w_lo + k);
-        lo[u].hi = ld_stream(w_lo + k + 8);
-        hi[u].lo = ld_stream(w_hi + k);
-        hi[u].hi = ld_stream(w_hi + k + 8);
-      } else {
-        lo[u].lo = lo[u].hi = hi[u].lo = hi[u].hi = make_uint4(0, 0, 0, 0);
+      const bool ok = c < n_chunks;
+      const size_t off = (size_t)(ok ? c : 0) * kChunk * kElem;
+#pragma unroll
+      for (int i = 0; i < (W8 ? 1 : 2); ++i) {
+        w[u].v[0][i] = ok ? ld_stream(w_lo + off + 16 * i) : make_uint4(0, 0, 0, 0);
+        w[u].v[1][i] = ok ? ld_stream(w_hi + off + 16 * i) : make_uint4(0, 0, 0, 0);
+      }
+      if constexpr (W8) {
+        w[u].s[0] = ok ? __ldg(s_lo + 2 * c) : __float2half(0.f);
+        w[u].s[1] = ok ? __ldg(s_hi + 2 * c) : __float2half(0.f);
       }
     }
   };
 
-  Frag wl[U], wh[U];
-  load_w(wl, wh, 0);  // weights need nothing from the previous kernel
+  Raw<W8> wr[U];
+  load_w(wr, 0);  // weights need nothing from the previous kernel
   pdl_trigger();
   pdl_wait();
   const int rounds = (n_chunks + U * kWarps - 1) / (U * kWarps);
   for (int round = 0; round < rounds; ++round) {
-    Frag cl[U], ch[U];
+    Raw<W8> cur[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      cl[u] = wl[u];
-      ch[u] = wh[u];
-    }
-    if (round + 1 < rounds) load_w(wl, wh, round + 1);  // next round in flight while this one computes
+    for (int u = 0; u < U; ++u) cur[u] = wr[u];
+    if (round + 1 < rounds) load_w(wr, round + 1);  // next round in flight while this one computes
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = chunk_of(round, u);
       if (c >= n_chunks) continue;
+      const Frag cl = to_frag<W8>(cur[u], 0), ch = to_frag<W8>(cur[u], 1);
       const size_t k = (size_t)c * kChunk + 16 * q;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -103,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_f16_kernel(const half* __re
         }
 #pragma unroll
         for (int s = 0; s < 4; ++s) {
-          const uint32_t a[4] = {cl[u].word(2 * s), ch[u].word(2 * s), cl[u].word(2 * s + 1), ch[u].word(2 * s + 1)};
+          const uint32_t a[4] = {cl.word(2 * s), ch.word(2 * s), cl.word(2 * s + 1), ch.word(2 * s + 1)};
           mma::mma_f16f32(acc[nt], a, x.word(2 * s), x.word(2 * s + 1));
         }
       }
@@ -135,20 +175,30 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_f16_kernel(const half* __re
   }
 }
 
-template <int NT>
-void launch_mma(const half* A, int lda, const half* W, int ldw, int T, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
-  constexpr int U = NT <= 2 ? 2 : 1;  // registers: U * 16 words of weights in flight, NT * 8 of activations
-  launch(gemv_mma_f16_kernel<NT, U>, ceil_div(n_valid, kRows), kThreads, 0, s, A, lda, W, ldw, T, n_valid, K, epi);
+template <bool W8, int NT>
+void launch_mma(const half* A, int lda, const void* W, const half* S, int ldw, int T, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
+  constexpr int U = NT <= 2 ? 2 : 1;  // registers: U chunks of weights in flight, NT * 8 words of activations
+  launch(gemv_mma_kernel<W8, NT, U>, ceil_div(n_valid, kRows), kThreads, 0, s, A, lda, W, S, ldw, T, n_valid, K, epi);
+}
+
+template <bool W8>
+bool dispatch(const half* A, int lda, const void* W, const half* S, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
+  if (T < 1 || T > kGemvMmaMaxT || K % kChunk != 0 || N % kRows != 0 || n_valid > N) return false;
+  if (T <= 8) launch_mma<W8, 1>(A, lda, W, S, ldw, T, n_valid, K, epi, s);
+  else if (T <= 16) launch_mma<W8, 2>(A, lda, W, S, ldw, T, n_valid, K, epi, s);
+  else launch_mma<W8, 4>(A, lda, W, S, ldw, T, n_valid, K, epi, s);
+  return true;
 }
 
 }  // namespace
 
 bool gemv_mma_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
-  if (T < 1 || T > kGemvMmaMaxT || K % kChunk != 0 || N % kRows != 0) return false;
-  if (T <= 8) launch_mma<1>(A, lda, W, ldw, T, n_valid, K, epi, s);
-  else if (T <= 16) launch_mma<2>(A, lda, W, ldw, T, n_valid, K, epi, s);
-  else launch_mma<4>(A, lda, W, ldw, T, n_valid, K, epi, s);
-  return true;
+  return dispatch<false>(A, lda, W, nullptr, ldw, T, N, n_valid, K, epi, s);
+}
+
+bool gemv_mma_w8(const half* A, int lda, const int8_t* Wq, const half* S, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi,
+                 cudaStream_t s) {
+  return dispatch<true>(A, lda, Wq, S, ldw, T, N, n_valid, K, epi, s);
 }
 
 }  // namespace l2::kernels

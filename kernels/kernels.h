@@ -54,12 +54,14 @@ void gemv_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int 
 void gemv_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int T, int N, int n_valid,
              int K, const Epilogue& epi, cudaStream_t stream);
 
-// ---- gemv_mma.cu: decode batches of 1..kGemvMmaMaxT tokens, fp16 weights, on tensor cores (weights as
+// ---- gemv_mma.cu: decode batches of 1..kGemvMmaMaxT tokens, fp16 or int8 weights, on tensor cores (weights as
 // the MMA's M side, tokens as its N side); K % 64 == 0, N % 16 == 0. Returns false (launching nothing)
 // outside that. Not yet validated on a GPU: the backend uses it only with LLAMA2_GEMV_MMA=1.
 constexpr int kGemvMmaMaxT = 32;
 bool gemv_mma_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K,
                   const Epilogue& epi, cudaStream_t stream);
+bool gemv_mma_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int T, int N, int n_valid,
+                 int K, const Epilogue& epi, cudaStream_t stream);
 
 // ---- attention.cu: causal attention over the paged cache, GQA ----
 struct AttentionParams {

@@ -59,36 +59,66 @@ int emulate_gemv_mma() {
 enum class Kern { Gemv, Mma, Gemm };
 const char* kname(Kern k) { return k == Kern::Gemv ? "gemv" : k == Kern::Mma ? "gemv_mma" : "gemm"; }
 
-bool run(Kern kern, const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K, const k::Epilogue& e, cudaStream_t s) {
+// W: fp16 [N][ldw], or (w8) int8 [N][ldw] with scales [N][ldw / 32].
+bool run(Kern kern, bool w8, const half* A, int lda, const void* W, const half* S, int ldw, int T, int N, int n_valid, int K,
+         const k::Epilogue& e, cudaStream_t s) {
+  const half* wh = static_cast<const half*>(W);
+  const int8_t* wq = static_cast<const int8_t*>(W);
   switch (kern) {
     case Kern::Gemv:
       if (T > k::kGemvMaxT) return false;
-      k::gemv_f16(A, lda, W, ldw, T, N, n_valid, K, e, s);
+      if (w8) k::gemv_w8(A, lda, wq, S, ldw, T, N, n_valid, K, e, s);
+      else k::gemv_f16(A, lda, wh, ldw, T, N, n_valid, K, e, s);
       return true;
-    case Kern::Mma: return k::gemv_mma_f16(A, lda, W, ldw, T, N, n_valid, K, e, s);
-    case Kern::Gemm: k::gemm_f16(A, lda, W, ldw, T, N, n_valid, K, e, s); return true;
+    case Kern::Mma: return w8 ? k::gemv_mma_w8(A, lda, wq, S, ldw, T, N, n_valid, K, e, s) : k::gemv_mma_f16(A, lda, wh, ldw, T, N, n_valid, K, e, s);
+    case Kern::Gemm:
+      if (w8) k::gemm_w8(A, lda, wq, S, ldw, T, N, n_valid, K, e, s);
+      else k::gemm_f16(A, lda, wh, ldw, T, N, n_valid, K, e, s);
+      return true;
   }
   return false;
 }
 
-void check_shape(Context& ctx, Kern kern, int N, int n_valid, int K, int T, bool add) {
+// w8: weights int8 with per-32 fp16 scales; the reference uses each weight as the kernels see it
+// (fp16-rounded q * scale for the tensor-core path; the CUDA-core GEMV's fp32 products differ by less).
+void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, int T, bool add) {
   Rng rng(ctx.next_seed());
-  std::vector<half> w((size_t)N * K), a((size_t)T * K);
-  for (int n = 0; n < N; ++n)
-    for (int kk = 0; kk < K; ++kk) w[(size_t)n * K + kk] = f2h(n < n_valid ? rng.sym(0.05f) : 0.f);
+  std::vector<half> w(w8 ? 0 : (size_t)N * K), a((size_t)T * K), sc(w8 ? (size_t)N * (K / 32) : 0);
+  std::vector<int8_t> q(w8 ? (size_t)N * K : 0);
+  std::vector<float> wf((size_t)N * K);  // the weights as used, for the reference
+  for (int n = 0; n < N; ++n) {
+    for (int g = 0; w8 && g < K / 32; ++g) sc[(size_t)n * (K / 32) + g] = f2h(n < n_valid ? 0.0004f * (1.f + rng.uniform()) : 0.f);
+    for (int kk = 0; kk < K; ++kk) {
+      const size_t i = (size_t)n * K + kk;
+      if (w8) {
+        q[i] = (int8_t)(n < n_valid ? rng.below(255) - 127 : 0);
+        wf[i] = h2f(f2h((float)q[i] * h2f(sc[(size_t)n * (K / 32) + kk / 32])));
+      } else {
+        w[i] = f2h(n < n_valid ? rng.sym(0.05f) : 0.f);
+        wf[i] = h2f(w[i]);
+      }
+    }
+  }
   for (auto& v : a) v = f2h(rng.sym(1.f));
   std::vector<float> pre((size_t)T * N);
   for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
-  DevBuf<half> dw(w.size()), da(a.size());
+  DevBuf<half> dw(w.size()), da(a.size()), ds(sc.size());
+  DevBuf<int8_t> dq(q.size());
   DevBuf<float> dout(pre.size());
-  dw.upload(w);
+  if (w8) {
+    dq.upload(q);
+    ds.upload(sc);
+  } else {
+    dw.upload(w);
+  }
   da.upload(a);
   dout.upload(pre);
   k::Epilogue e;
   e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
   e.out = dout.p;
   e.ldo = N;
-  if (!run(kern, da.p, K, dw.p, K, T, N, n_valid, K, e, ctx.stream)) return;
+  const void* W = w8 ? static_cast<const void*>(dq.p) : static_cast<const void*>(dw.p);
+  if (!run(kern, w8, da.p, K, W, ds.p, K, T, N, n_valid, K, e, ctx.stream)) return;
   CK(cudaStreamSynchronize(ctx.stream));
   CK(cudaGetLastError());
   std::vector<float> out = dout.download();
@@ -101,22 +131,23 @@ void check_shape(Context& ctx, Kern kern, int N, int n_valid, int K, int T, bool
         continue;
       }
       double ref = add ? pre[(size_t)t * N + n] : 0.0;
-      for (int kk = 0; kk < K; ++kk) ref += (double)h2f(w[(size_t)n * K + kk]) * h2f(a[(size_t)t * K + kk]);
+      for (int kk = 0; kk < K; ++kk) ref += (double)wf[(size_t)n * K + kk] * h2f(a[(size_t)t * K + kk]);
       if (!add && fbits(o) == kPoisonF) ++st.unwritten;
       else st.add(o, ref);
     }
-  ctx.check(fmt("%s f16 T%d N%d/%d K%d %s", kname(kern), T, n_valid, N, K, add ? "add" : "store"), st.ok(1e-3), st.rel_l2(), st.max_norm(),
-            st.detail());
+  ctx.check(fmt("%s %s T%d N%d/%d K%d %s", kname(kern), w8 ? "w8" : "f16", T, n_valid, N, K, add ? "add" : "store"), st.ok(2e-3), st.rel_l2(),
+            st.max_norm(), st.detail());
 }
 
 void correctness(Context& ctx) {
   const int Ts[] = {1, 2, 3, 5, 8, 9, 13, 16, 17, 24, 32};
   for (int T : Ts) {
-    for (Kern kern : {Kern::Gemv, Kern::Mma}) {
-      check_shape(ctx, kern, 256, 256, 512, T, false);
-      check_shape(ctx, kern, 384, 300, 1088, T, T % 2 == 1);  // n_valid < N, K not a power of two, residual add
-      if (!ctx.opt.quick) check_shape(ctx, kern, 4096, 4096, 4096, T, false);
-    }
+    for (Kern kern : {Kern::Gemv, Kern::Mma})
+      for (bool w8 : {false, true}) {
+        check_shape(ctx, kern, w8, 256, 256, 512, T, false);
+        check_shape(ctx, kern, w8, 384, 300, 1088, T, T % 2 == 1);  // n_valid < N, K not a power of two, residual add
+        if (!ctx.opt.quick) check_shape(ctx, kern, w8, 4096, 4096, 4096, T, false);
+      }
   }
 }
 
@@ -127,33 +158,41 @@ void benchmarks(Context& ctx) {
   };
   const Shape shapes[] = {{"qkv", 12288, 4096}, {"wo", 4096, 4096}, {"gate+up", 22016, 4096}, {"down", 4096, 11008}, {"logits", 32000, 4096}};
   for (const Shape& s : shapes) {
-    DevBuf<half> w((size_t)s.N * s.K), a((size_t)32 * s.K);
+    DevBuf<half> w((size_t)s.N * s.K), a((size_t)32 * s.K), sc((size_t)s.N * (s.K / 32));
+    DevBuf<int8_t> q((size_t)s.N * s.K);
     DevBuf<float> out((size_t)32 * s.N);
     fill_rand_half(w.p, w.n, ctx.next_seed(), 0.05f, ctx.stream);
     fill_rand_half(a.p, a.n, ctx.next_seed(), 1.f, ctx.stream);
+    fill_rand_half(sc.p, sc.n, ctx.next_seed(), 0.0005f, ctx.stream);
+    fill_rand_i8(q.p, q.n, ctx.next_seed(), ctx.stream);
     k::Epilogue e;
     e.kind = k::Epi::StoreF32;
     e.out = out.p;
     e.ldo = s.N;
     // Weights larger than L2 are streamed from memory every run, as in a decode step.
-    for (int T : {1, 2, 4, 8, 16, 32}) {
-      for (Kern kern : {Kern::Gemv, Kern::Mma, Kern::Gemm}) {
-        if (kern == Kern::Gemv && T > k::kGemvMaxT) continue;
-        if (kern == Kern::Gemm && T < 8) continue;
-        double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int) { run(kern, a.p, s.K, w.p, s.K, T, s.N, s.N, s.K, e, ctx.stream); });
-        ctx.bench(fmt("%-8s %-7s N%-5d K%-5d T%-2d", kname(kern), s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, (double)s.N * s.K * 2);
-        ctx.metrics[fmt("gemv.%s.%s.%d", kname(kern), s.name, T)] = ms;
+    for (bool w8 : {false, true}) {
+      const void* W = w8 ? static_cast<const void*>(q.p) : static_cast<const void*>(w.p);
+      const double bytes = w8 ? (double)s.N * s.K * (1 + 2.0 / 32) : (double)s.N * s.K * 2;
+      for (int T : {1, 2, 4, 8, 16, 32}) {
+        for (Kern kern : {Kern::Gemv, Kern::Mma, Kern::Gemm}) {
+          if (kern == Kern::Gemv && T > k::kGemvMaxT) continue;
+          if (kern == Kern::Gemm && T < 8) continue;
+          double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int) { run(kern, w8, a.p, s.K, W, sc.p, s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+          ctx.bench(fmt("%-8s %-3s %-7s N%-5d K%-5d T%-2d", kname(kern), w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
+          ctx.metrics[fmt("gemv.%s.%s.%s.%d", kname(kern), w8 ? "w8" : "f16", s.name, T)] = ms;
+        }
       }
     }
   }
   ctx.finalizers.push_back([](Context& c) {
+    for (const char* dt : {"f16", "w8"})
     for (int T : {1, 2, 4, 8, 16, 32}) {
-      std::string line = fmt("7B decode matrices per layer at T=%d:", T);
+      std::string line = fmt("7B decode matrices per layer, %s, T=%d:", dt, T);
       for (const char* kn : {"gemv", "gemv_mma", "gemm"}) {
         double sum = 0;
         bool all = true;
         for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
-          auto it = c.metrics.find(fmt("gemv.%s.%s.%d", kn, sh, T));
+          auto it = c.metrics.find(fmt("gemv.%s.%s.%s.%d", kn, dt, sh, T));
           if (it == c.metrics.end()) all = false;
           else sum += it->second;
         }

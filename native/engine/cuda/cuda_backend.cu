@@ -469,7 +469,10 @@ class CudaBackend final : public Backend {
 
   void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) {
     // Experimental tensor-core decode path (kernels/gemv_mma.cu), opt-in until validated on a GPU.
-    if (gemv_mma_ && !m.int8 && T >= 2 && T <= k::kGemvMmaMaxT && k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)) return;
+    if (gemv_mma_ && T >= 2 && T <= k::kGemvMmaMaxT &&
+        (m.int8 ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)
+                : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)))
+      return;
     if (T <= k::kGemvMaxT) {
       if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
