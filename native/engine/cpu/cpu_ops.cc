@@ -49,9 +49,46 @@ __attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* const* rows,
   }
   for (int r = 0; r < R; ++r) {
     float s = hsum(acc[r]);
-    for (int64_t j = k; j < K; ++j) s += rows[r][j] * x[j];
+    for (int64_t j = k; j < K; ++j) s = std::fma(rows[r][j], x[j], s);  // explicit: the same in every path
     out[r] = s;
   }
+}
+
+// R rows (<= kGroup) x TT tokens (<= 3) at once: 12 accumulators in registers, so each weight load feeds
+// TT FMAs and each activation load R (prefill is FMA-bound instead of load-bound). Per (row, token) the
+// lanes accumulate over k exactly as dot_rows_avx2 does, so results are bit-identical to it.
+template <int TT>
+__attribute__((target("avx2,fma"))) void dot_tile_avx2(const float* const* rows, int R, const float* x, int64_t ldx, int64_t K, float* out,
+                                                       int64_t ldo) {
+  __m256 acc[kGroup][TT];
+  for (int r = 0; r < kGroup; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
+  int64_t k = 0;
+  if (R == kGroup) {
+    for (; k + 8 <= K; k += 8) {
+      __m256 xv[TT];
+      for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(x + t * ldx + k);
+      for (int r = 0; r < kGroup; ++r) {
+        const __m256 w = _mm256_loadu_ps(rows[r] + k);
+        for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
+      }
+    }
+  } else {
+    for (; k + 8 <= K; k += 8) {
+      __m256 xv[TT];
+      for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(x + t * ldx + k);
+      for (int r = 0; r < R; ++r) {
+        const __m256 w = _mm256_loadu_ps(rows[r] + k);
+        for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) {
+      float s = hsum(acc[r][t]);
+      for (int64_t j = k; j < K; ++j) s = std::fma(rows[r][j], x[t * ldx + j], s);
+      out[t * ldo + r] = s;
+    }
 }
 
 // Fused widen + dot for few tokens (decode): weights converted in registers, never stored. Each product
@@ -71,7 +108,7 @@ __attribute__((target("avx2,fma,f16c"))) void dot_rows_f16_avx2(const uint8_t* c
   for (int r = 0; r < R; ++r) {
     float s = hsum(acc[r]);
     const uint16_t* h = reinterpret_cast<const uint16_t*>(rows[r]);
-    for (int64_t j = k; j < K; ++j) s += fp16_to_f32(h[j]) * x[j];
+    for (int64_t j = k; j < K; ++j) s = std::fma(fp16_to_f32(h[j]), x[j], s);
     out[r] = s;
   }
 }
@@ -253,7 +290,12 @@ void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& poo
           rows[r] = buf.data() + (size_t)r * K;
         }
       }
-      for (int t = 0; t < T; ++t) {
+      int t = 0;
+      if (d.avx2) {
+        for (; t + 3 <= T; t += 3) dot_tile_avx2<3>(rows, R, in + (size_t)t * K, K, K, out + (size_t)t * N + n0, N);
+        if (T - t == 2) dot_tile_avx2<2>(rows, R, in + (size_t)t * K, K, K, out + (size_t)t * N + n0, N), t += 2;
+      }
+      for (; t < T; ++t) {
         d.dot_rows(rows, R, in + (size_t)t * K, K, res);
         for (int r = 0; r < R; ++r) out[(size_t)t * N + n0 + r] = res[r];
       }
