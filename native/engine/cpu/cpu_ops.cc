@@ -64,7 +64,7 @@ __attribute__((target("avx2,fma"))) void dot_tile_avx2(const float* const* rows,
   for (int r = 0; r < kGroup; ++r)
     for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps();
   int64_t k = 0;
-  if (R == kGroup) {
+  if (R == kGroup) {  // constant bounds: fully unrolled, all accumulators in registers (the usual case)
     for (; k + 8 <= K; k += 8) {
       __m256 xv[TT];
       for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_ps(x + t * ldx + k);
