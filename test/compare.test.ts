@@ -1,17 +1,16 @@
 // The comparison report: measured rows, peer rows, roofline predictions, the SVG chart, and typed
 // errors for files that are not bench results. Fixture numbers are invented (labelled in the files).
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
+import { runCli } from "./helpers/cli.js";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { PassThrough } from "node:stream";
 import { compareResults, parseBenchFile, buildRows } from "../lib/bench/compare.js";
 import { fromLlamaBench } from "../lib/bench/peers.js";
 import { GPUS, findGpu } from "../lib/bench/gpus.js";
 import { niceStep, escapeXml } from "../lib/bench/svg-chart.js";
 import type { BenchResult } from "../lib/bench/result.js";
 import { Llama2Error } from "../lib/errors.js";
-import { main } from "../lib/cli/main.js";
 
 const fixture = (name: string) => path.join(import.meta.dirname, "fixtures", "bench", name);
 const load = (name: string) => parseBenchFile(readFileSync(fixture(name), "utf8"), name);
@@ -178,16 +177,7 @@ describe("compare", () => {
 });
 
 describe("llama2 compare", () => {
-  const run = async (args: string[]) => {
-    const out = new PassThrough();
-    const err = new PassThrough();
-    let o = "";
-    let e = "";
-    out.on("data", (d) => (o += d));
-    err.on("data", (d) => (e += d));
-    const code = await main(["compare", ...args], { stdout: out, stderr: err, stdin: new PassThrough() });
-    return { code, out: o, err: e };
-  };
+  const run = (args: string[]) => runCli(["compare", ...args]);
 
   it("writes the markdown and the SVG", async () => {
     const md = path.join(dir, "r.md");
@@ -196,8 +186,8 @@ describe("llama2 compare", () => {
     expect(r.code).toBe(0);
     expect(readFileSync(md, "utf8")).toMatch(/\*\*predicted\*\*/);
     expect(readFileSync(svg, "utf8")).toMatch(/^<svg/);
-    const stdout = await run([fixture("gpu-example.json")]);
-    expect(stdout.out).toMatch(/^# Llama 2 inference/);
+    const printed = await run([fixture("gpu-example.json")]);
+    expect(printed.stdout).toMatch(/^# Llama 2 inference/);
   });
 
   it("fails with the file's name for missing or foreign files", async () => {
@@ -205,10 +195,10 @@ describe("llama2 compare", () => {
     writeFileSync(foreign, '{"name": "x"}');
     const a = await run([foreign]);
     expect(a.code).toBe(1);
-    expect(a.err).toContain(`error [ERR_FORMAT_UNSUPPORTED]: ${foreign}: not a bench result`);
+    expect(a.stderr).toContain(`error [ERR_FORMAT_UNSUPPORTED]: ${foreign}: not a bench result`);
     const b = await run([path.join(dir, "missing.json")]);
     expect(b.code).toBe(1);
-    expect(b.err).toMatch(/ERR_FILE_NOT_FOUND.*missing\.json/);
+    expect(b.stderr).toMatch(/ERR_FILE_NOT_FOUND.*missing\.json/);
     const c = await run([]);
     expect(c.code).toBe(2);
     expect(existsSync(path.join(dir, "r2.md"))).toBe(false);

@@ -6,14 +6,13 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { PassThrough } from "node:stream";
 import ts from "typescript";
 import { afterAll, describe, expect, it } from "vitest";
 import { codeFor, collectReport, formatReport, parseArchitectures } from "../lib/cli/commands/doctor.js";
-import { main } from "../lib/cli/main.js";
 import { Llama2Error } from "../lib/errors.js";
 import { parseNvidiaVersionFile, selectAddon, type NativeAddon, type NvidiaDriver } from "../lib/native.js";
 import { projectRoot } from "./helpers/shared.js";
+import { runCli } from "./helpers/cli.js";
 
 const platformDir = `${process.platform}-${process.arch}`;
 const tmpDirs: string[] = [];
@@ -183,11 +182,8 @@ describe("llama2 doctor", () => {
 
   it("runs as `llama2 doctor --json` and `llama2 doctor`", async () => {
     const run = async (argv: string[]) => {
-      const out = new PassThrough();
-      let text = "";
-      out.on("data", (d: Buffer) => (text += d.toString()));
-      const code = await main(argv, { stdout: out, stderr: new PassThrough(), stdin: new PassThrough() });
-      return { code, text };
+      const { code, stdout } = await runCli(argv);
+      return { code, text: stdout };
     };
     const json = await run(["doctor", "--json"]);
     expect(json.code).toBe(0);

@@ -1,23 +1,13 @@
 // `llama2 micro` and the native op benches it runs (native/engine/op_bench.h): argument validation,
 // the traffic each op reports, and the CLI's result on the tiny shape.
-import { PassThrough } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { main } from "../lib/cli/main.js";
 import { native } from "../lib/native.js";
 import { opCases, OP_SHAPES } from "../lib/bench/micro-ops.js";
 import type { MicroResult } from "../lib/cli/commands/micro.js";
 import { hasShared, sharedPath } from "./helpers/shared.js";
+import { runCli } from "./helpers/cli.js";
 
-async function run(argv: string[]) {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  let stdout = "";
-  let stderr = "";
-  out.on("data", (d: Buffer) => (stdout += d.toString()));
-  err.on("data", (d: Buffer) => (stderr += d.toString()));
-  const code = await main(argv, { stdout: out, stderr: err, stdin: new PassThrough() });
-  return { code, stdout, stderr };
-}
+const run = runCli;
 
 function codeOf(fn: () => unknown): string | undefined {
   try {

@@ -5,8 +5,8 @@ import { mkdtempSync, readFileSync, rmSync, existsSync, statSync, writeFileSync,
 import { createHash } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
-import { PassThrough } from "node:stream";
 import { describeShared, sharedPath } from "./helpers/shared.js";
+import { runCli } from "./helpers/cli.js";
 import { makeSyntheticModel, type SyntheticModelOptions } from "../lib/synth/model.js";
 import { ensureDemoModel, DEMO_MODEL_NAME } from "../lib/synth/demo.js";
 import { PRESETS } from "../lib/synth/presets.js";
@@ -16,7 +16,6 @@ import { writeGguf, gguf } from "../lib/formats/gguf-writer.js";
 import { writeSafetensorsFile } from "../lib/formats/safetensors-writer.js";
 import { parseSentencePieceModel } from "../lib/tokenizer/sentencepiece-model.js";
 import { Llama2Error, InvalidArgumentError } from "../lib/errors.js";
-import { main } from "../lib/cli/main.js";
 
 // ---------------------------------------------------------------- a test-only GGUF reader
 const TYPE_NAMES = ["u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "str", "arr", "u64", "i64", "f64"];
@@ -581,36 +580,27 @@ describe("half-precision helpers", () => {
 });
 
 describe("llama2 make-model", () => {
-  const run = async (args: string[]) => {
-    const out = new PassThrough();
-    const err = new PassThrough();
-    let o = "";
-    let e = "";
-    out.on("data", (d) => (o += d));
-    err.on("data", (d) => (e += d));
-    const code = await main(["make-model", ...args], { stdout: out, stderr: err, stdin: new PassThrough() });
-    return { code, out: o, err: e };
-  };
+  const run = (args: string[]) => runCli(["make-model", ...args]);
 
   it("writes a model, refuses to overwrite, and says when there is no tokenizer", async () => {
     const out = path.join(dir, "cli.gguf");
     const a = await run(["--preset", "tiny", "--out", out, "--vocab", "512", "--layers", "1", "--seed", "3", "--quiet"]);
     expect(a.code).toBe(0);
-    expect(a.out).toMatch(/tokenizer: none/);
+    expect(a.stdout).toMatch(/tokenizer: none/);
     expect(readGguf(out).kv.get("llama.vocab_size")!.value).toBe(512);
     const b = await run(["--preset", "tiny", "--out", out, "--vocab", "512", "--quiet"]);
     expect(b.code).toBe(2);
-    expect(b.err).toMatch(/error \[ERR_INVALID_ARGUMENT\]: out: .*already exists/);
+    expect(b.stderr).toMatch(/error \[ERR_INVALID_ARGUMENT\]: out: .*already exists/);
     const c = await run(["--preset", "tiny", "--out", out, "--format", "hf", "--dtype", "q8_0", "--force"]);
-    expect(c.err).toMatch(/dtype: q8_0 is a GGUF type/);
+    expect(c.stderr).toMatch(/dtype: q8_0 is a GGUF type/);
     const d = await run(["--out", out]);
-    expect(d.err).toMatch(/--preset: required/);
+    expect(d.stderr).toMatch(/--preset: required/);
   });
 
   it("prints progress on stderr", async () => {
     const r = await run(["--preset", "tiny", "--format", "hf", "--out", path.join(dir, "cli-hf"), "--layers", "1"]);
     expect(r.code).toBe(0);
-    expect(r.err).toMatch(/100% /);
-    expect(r.out).toMatch(/built-in Llama 2 vocabulary/);
+    expect(r.stderr).toMatch(/100% /);
+    expect(r.stdout).toMatch(/built-in Llama 2 vocabulary/);
   });
 });
