@@ -175,24 +175,13 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // Causal attention of every batch token over its sequence's cache (positions 0..pos), in work items
-  // of (token, chunk of heads).
+  // Causal attention of every batch token over its sequence's cache (positions 0..pos).
   void attention(const ForwardBatch& b, int l) {
-    const int T = b.n_tokens(), H = c_.n_heads, hs = c_.head_dim, group = c_.n_heads / c_.n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)hs);
-    const int chunks = cpu::head_chunks(T, H, pool_.size()), per = (H + chunks - 1) / chunks;
-    pool_.parallel_for((int64_t)T * chunks, 1, [&](int64_t begin, int64_t end) {
-      thread_local std::vector<float> scores;
-      for (int64_t i = begin; i < end; ++i) {
-        const int t = (int)(i / chunks), h0 = (int)(i % chunks) * per, h1 = std::min(H, h0 + per);
-        if (h0 >= h1) continue;
-        const int pos = b.positions[(size_t)t];
-        const int32_t* table = &b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks];
-        cpu::attend_heads(
-            &q_[(size_t)t * c_.q_dim()], h0, h1, group, pos + 1, hs, scale, [&](int p) { return kv_at(table, p, l, 0); },
-            [&](int p) { return kv_at(table, p, l, 1); }, &att_[(size_t)t * c_.q_dim()], scores);
-      }
-    });
+    auto table = [&](int t) { return &b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks]; };
+    cpu::attention(
+        pool_, b.n_tokens(), c_.n_heads, c_.n_heads / c_.n_kv_heads, c_.head_dim, q_.data(), att_.data(),
+        [&](int t) { return b.positions[(size_t)t] + 1; }, [&](int t, int p) { return kv_at(table(t), p, l, 0); },
+        [&](int t, int p) { return kv_at(table(t), p, l, 1); });
   }
 
   ModelConfig c_;

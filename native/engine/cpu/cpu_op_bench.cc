@@ -81,24 +81,13 @@ class CpuAttention final : public OpBench {
                   std::to_string(pool_.size()) + " threads";
   }
   double run(int iters) override {
-    const int H = s_.heads, hs = s_.head_dim, group = s_.heads / s_.kv_heads, ctx = s_.context;
-    const size_t per_seq = (size_t)ctx * s_.kv_heads * hs, row = (size_t)s_.kv_heads * hs;
-    const float scale = 1.0f / sqrtf((float)hs);
-    const int chunks = cpu::head_chunks(s_.batch, H, pool_.size()), per = (H + chunks - 1) / chunks;
+    const size_t per_seq = (size_t)s_.context * s_.kv_heads * s_.head_dim, row = (size_t)s_.kv_heads * s_.head_dim;
+    const float* kv = kv_.data();
     auto t0 = std::chrono::steady_clock::now();
     for (int it = 0; it < iters; ++it) {
-      pool_.parallel_for((int64_t)s_.batch * chunks, 1, [&](int64_t begin, int64_t end) {
-        thread_local std::vector<float> scores;
-        for (int64_t i = begin; i < end; ++i) {
-          const int b = (int)(i / chunks), h0 = (int)(i % chunks) * per, h1 = std::min(H, h0 + per);
-          if (h0 >= h1) continue;
-          const float* k = kv_.data() + 2 * per_seq * b;
-          const float* v = k + per_seq;
-          cpu::attend_heads(
-              q_.data() + (size_t)b * H * hs, h0, h1, group, ctx, hs, scale, [&](int p) { return k + p * row; }, [&](int p) { return v + p * row; },
-              out_.data() + (size_t)b * H * hs, scores);
-        }
-      });
+      cpu::attention(
+          pool_, s_.batch, s_.heads, s_.heads / s_.kv_heads, s_.head_dim, q_.data(), out_.data(), [&](int) { return s_.context; },
+          [&](int b, int p) { return kv + 2 * per_seq * b + p * row; }, [&](int b, int p) { return kv + 2 * per_seq * b + per_seq + p * row; });
     }
     return seconds_since(t0);
   }

@@ -6,11 +6,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "../../common/thread_pool.h"
 #include "../../model/weights.h"
 
 namespace l2 {
-
-class ThreadPool;
 
 namespace cpu {
 
@@ -62,11 +61,30 @@ void attend_heads(const float* q, int h0, int h1, int group, int n_pos, int hs, 
   }
 }
 
-// How many head chunks to split each token's heads into so that `n_tokens * chunks` work items keep
-// `threads` threads busy (1 when there are enough tokens: whole rows per item read the cache best).
-inline int head_chunks(int n_tokens, int n_heads, int threads) {
-  int c = (2 * threads + n_tokens - 1) / n_tokens;
-  return c < 1 ? 1 : c > n_heads ? n_heads : c;
+// Attention of n_tokens tokens, each over its own positions 0..n_pos(t)-1, in work items of (token,
+// chunk of heads) spread over the pool: enough chunks to keep every thread busy, whole tokens when
+// there are enough tokens (whole rows per item read the cache best). q and out are [n_tokens][n_heads
+// * hs]; key_row(t, p) / value_row(t, p) give token t's cache row at position p. The one loop of the
+// CPU backend and of its attention micro-benchmark.
+template <typename NPos, typename KeyRow, typename ValueRow>
+void attention(ThreadPool& pool, int n_tokens, int n_heads, int group, int hs, const float* q, float* out, NPos n_pos, KeyRow key_row,
+               ValueRow value_row) {
+  const float scale = 1.0f / sqrtf((float)hs);
+  const int threads = pool.size();
+  int chunks = (2 * threads + n_tokens - 1) / n_tokens;
+  chunks = chunks < 1 ? 1 : chunks > n_heads ? n_heads : chunks;
+  const int per = (n_heads + chunks - 1) / chunks;
+  const size_t ld = (size_t)n_heads * hs;
+  pool.parallel_for((int64_t)n_tokens * chunks, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores;
+    for (int64_t i = begin; i < end; ++i) {
+      const int t = (int)(i / chunks), h0 = (int)(i % chunks) * per, h1 = h0 + per < n_heads ? h0 + per : n_heads;
+      if (h0 >= h1) continue;
+      attend_heads(
+          q + (size_t)t * ld, h0, h1, group, n_pos(t), hs, scale, [&](int p) { return key_row(t, p); }, [&](int p) { return value_row(t, p); },
+          out + (size_t)t * ld, scores);
+    }
+  });
 }
 
 }  // namespace cpu
