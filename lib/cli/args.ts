@@ -101,3 +101,12 @@ export function formatHelp(usage: string, specs: FlagSpecs): string {
   }
   return lines.join("\n");
 }
+
+/** A list flag's values as integers in [1, max] (ERR_INVALID_ARGUMENT naming the flag otherwise). */
+export function positiveInts(flag: string, v: unknown, max: number): number[] {
+  const list = (v as string[]).map((s) => Number(s));
+  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1 || n > max)) {
+    throw new InvalidArgumentError(flag, `expected a comma list of integers in [1, ${max}], got '${(v as string[]).join(",")}'`);
+  }
+  return list;
+}

@@ -1,18 +1,11 @@
 // `llama2 bench`: the throughput bench (see lib/bench/bench.ts); progress on stderr, a summary on
 // stdout, the full result JSON in --out (input of `llama2 compare`).
 import { writeFileSync } from "node:fs";
+import { positiveInts } from "../args.js";
 import type { Command } from "../command.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { runBench, summarize } from "../../bench/bench.js";
 import type { Device, WeightDtype } from "../../types.js";
-
-function positiveInts(flag: string, v: unknown, max: number): number[] {
-  const list = (v as string[]).map((s) => Number(s));
-  if (list.length === 0 || list.some((n) => !Number.isInteger(n) || n < 1 || n > max)) {
-    throw new InvalidArgumentError(flag, `expected a comma list of integers in [1, ${max}], got '${(v as string[]).join(",")}'`);
-  }
-  return list;
-}
 
 const command: Command = {
   name: "bench",

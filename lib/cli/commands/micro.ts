@@ -4,6 +4,7 @@
 import { writeFileSync } from "node:fs";
 import os from "node:os";
 import { Bench } from "tinybench";
+import { positiveInts } from "../args.js";
 import type { Command } from "../command.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { native } from "../../native.js";
@@ -101,8 +102,7 @@ const command: Command = {
         throw new InvalidArgumentError("--dtype", `expected f16 or int8${device === "cpu" ? " or f32" : ""}, got '${d}'`);
       }
     }
-    const contexts = (flags.context as string[]).map(Number);
-    if (contexts.some((c) => !Number.isInteger(c) || c < 1 || c > 131072)) throw new InvalidArgumentError("--context", `expected integers in [1, 131072], got '${(flags.context as string[]).join(",")}'`);
+    const contexts = positiveInts("--context", flags.context, 131072);
     const batch = flags.batch as number;
     if (batch < 1 || batch > (device === "cuda" ? 8 : 256)) throw new InvalidArgumentError("--batch", `expected 1..${device === "cuda" ? 8 : 256} on ${device}, got ${batch}`);
 
