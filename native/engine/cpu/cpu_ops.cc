@@ -113,6 +113,20 @@ __attribute__((target("avx2,fma,f16c"))) void dot_rows_f16_avx2(const uint8_t* c
   }
 }
 
+// One Q8_0 block (fp16 scale d, 32 int8 q) as four vectors of d * (float)q: the one conversion that both
+// the widening path and the fused decode path use, so they compute the same weights.
+__attribute__((target("avx2"))) inline void q8_block_avx2(const uint8_t* blk, __m256 (&w)[4]) {
+  uint16_t dh;
+  std::memcpy(&dh, blk, 2);
+  const __m256 d = _mm256_set1_ps(fp16_to_f32(dh));
+  const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+  w[0] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)));
+  w[1] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))));
+  w[2] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)));
+  w[3] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))));
+}
+
 __attribute__((target("avx2,fma"))) void dot_rows_q8_avx2(const uint8_t* const* rows, int R, const float* x, int64_t K, float* out) {
   __m256 acc[kGroup];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -120,17 +134,13 @@ __attribute__((target("avx2,fma"))) void dot_rows_q8_avx2(const uint8_t* const* 
     const float* xb = x + b * kQ8Block;
     const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
     for (int r = 0; r < R; ++r) {
-      const uint8_t* blk = rows[r] + b * kQ8BlockBytes;
-      uint16_t dh;
-      std::memcpy(&dh, blk, 2);
-      const __m256 d = _mm256_set1_ps(fp16_to_f32(dh));
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-      const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+      __m256 w[4];
+      q8_block_avx2(rows[r] + b * kQ8BlockBytes, w);
       __m256 a = acc[r];
-      a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))), x0, a);
-      a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))), x1, a);
-      a = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))), x2, a);
-      acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))), x3, a);
+      a = _mm256_fmadd_ps(w[0], x0, a);
+      a = _mm256_fmadd_ps(w[1], x1, a);
+      a = _mm256_fmadd_ps(w[2], x2, a);
+      acc[r] = _mm256_fmadd_ps(w[3], x3, a);
     }
   }
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
@@ -187,17 +197,9 @@ void q8_to_f32_scalar(const uint8_t* p, float* out, int64_t n_blocks) {
 
 __attribute__((target("avx2"))) void q8_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
   for (int64_t b = 0; b < n_blocks; ++b) {
-    const uint8_t* blk = p + b * kQ8BlockBytes;
-    uint16_t dh;
-    std::memcpy(&dh, blk, 2);
-    const __m256 d = _mm256_set1_ps(fp16_to_f32(dh));
-    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-    float* o = out + b * kQ8Block;
-    _mm256_storeu_ps(o, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
-    _mm256_storeu_ps(o + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
-    _mm256_storeu_ps(o + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
-    _mm256_storeu_ps(o + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+    __m256 w[4];
+    q8_block_avx2(p + b * kQ8BlockBytes, w);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * kQ8Block + 8 * j, w[j]);
   }
 }
 
