@@ -22,6 +22,7 @@
 #include "../../common/half.h"
 #include "../../common/thread_pool.h"
 #include "../backend.h"
+#include "cuda_util.cuh"
 
 namespace l2 {
 
@@ -29,16 +30,7 @@ namespace k = kernels;
 
 namespace {
 
-void check_cuda(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  cudaGetLastError();  // clear a non-sticky error
-  if (e == cudaErrorMemoryAllocation)
-    fail(code::kOutOfMemory, std::string("out of GPU memory (") + what + "): try dtype 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
-  fail(code::kCuda, std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " + what);
-}
-#define CK(x) check_cuda((x), #x)
-
-int round_up(int v, int m) { return (v + m - 1) / m * m; }
+#define CK(x) check_cuda((x), #x, ": try dtype 'int8', a smaller contextLength or maxSequences, or device 'cpu'")
 
 std::string gib(uint64_t b) {
   char buf[32];
@@ -65,16 +57,8 @@ struct RowSrc {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(const ModelConfig& c, LlamaWeights w, const BackendOptions& o) : c_(c), ctx_(o.context_length), n_blocks_(o.n_kv_blocks) {
-    int count = 0;
-    CK(cudaGetDeviceCount(&count));
-    if (o.device_index < 0 || o.device_index >= count)
-      fail(code::kInvalidArgument, "deviceIndex: " + std::to_string(o.device_index) + " is out of range (" + std::to_string(count) + " CUDA devices)");
+    props_ = use_cuda_device(o.device_index);
     dev_ = o.device_index;
-    CK(cudaSetDevice(dev_));
-    CK(cudaGetDeviceProperties(&props_, dev_));
-    if (props_.major < 8)
-      fail(code::kDeviceUnavailable, std::string(props_.name) + " (sm_" + std::to_string(props_.major * 10 + props_.minor) +
-                                         ") is not supported: llama2-native needs compute capability 8.0 or newer (A100, A10, L4, H100...)");
     if (c_.dim % 8 != 0 || c_.dim > 16384)
       fail(code::kConfig, "the CUDA backend needs dim to be a multiple of 8 and at most 16384 (dim = " + std::to_string(c_.dim) + ")");
     if (c_.head_dim != 8 && c_.head_dim != 16 && c_.head_dim != 32 && c_.head_dim != 64 && c_.head_dim != 128 && c_.head_dim != 256)

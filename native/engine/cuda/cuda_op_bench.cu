@@ -9,6 +9,7 @@
 #include "../../common/error.h"
 #include "../backend.h"
 #include "../op_bench.h"
+#include "cuda_util.cuh"
 
 namespace l2 {
 
@@ -16,15 +17,7 @@ namespace k = kernels;
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return;
-  cudaGetLastError();
-  if (e == cudaErrorMemoryAllocation) fail(code::kOutOfMemory, std::string("op bench: out of GPU memory (") + what + ")");
-  fail(code::kCuda, std::string("CUDA error ") + cudaGetErrorName(e) + " in " + what);
-}
-#define CK(x) check((x), #x)
-
-int round_up(int v, int m) { return (v + m - 1) / m * m; }
+#define CK(x) check_cuda((x), #x)
 
 __device__ float hash_uniform(size_t i, uint32_t seed) {  // in [-1, 1)
   uint32_t x = (uint32_t)i * 2654435761u ^ (uint32_t)(i >> 32) * 40503u ^ seed * 2246822519u;
@@ -69,13 +62,7 @@ class CudaOpBench final : public OpBench {
   explicit CudaOpBench(const OpBenchSpec& s) : s_(s) {
     std::string why;
     if (!cuda_available(&why)) fail(code::kDeviceUnavailable, why);
-    int count = 0;
-    CK(cudaGetDeviceCount(&count));
-    if (s.device_index < 0 || s.device_index >= count) fail(code::kInvalidArgument, "deviceIndex: out of range");
-    CK(cudaSetDevice(s.device_index));
-    cudaDeviceProp props;
-    CK(cudaGetDeviceProperties(&props, s.device_index));
-    if (props.major < 8) fail(code::kDeviceUnavailable, std::string(props.name) + " is not supported (compute capability 8.0 or newer)");
+    const cudaDeviceProp props = use_cuda_device(s.device_index);
     CK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     CK(cudaEventCreate(&e0_));
     CK(cudaEventCreate(&e1_));
