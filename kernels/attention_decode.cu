@@ -3,6 +3,8 @@
 // positions per split. Scores: a lane owns a position (its K row); values: a lane owns head dims
 // (coalesced V rows). Splits beyond a token's length exit at once, so the grid can be sized for the
 // whole context (fixed launch shape, capturable in a CUDA graph). A second kernel merges splits.
+// The int8 cache (Q8) reads a byte per value plus a group scale: a score is sum over groups of
+// scale * (q . k_int8), a value row is weighted by p * scale; the bytes widen without I2F (i8_to_f).
 #include <cfloat>
 
 #include "common.cuh"
@@ -23,11 +25,80 @@ __device__ __forceinline__ int token_segment(const AttentionParams& p, int t) {
   return -1;
 }
 
+// Values per int8-cache scale for a head dim (backend.h kv_quant_group).
+template <int HD>
+constexpr int kQGroup = HD % 32 == 0 ? 32 : HD;
+
+// 4 signed bytes -> the biased word i8_to_f reads.
+__device__ __forceinline__ uint32_t bias8(uint32_t w) { return w ^ 0x80808080u; }
+
+// Scores of one cache row (element offset `row`) against the group's G query heads, accumulated in sc.
 template <int HD, int kMaxG>
-__global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParams p, int n_splits, float* __restrict__ ws_ml,
+__device__ __forceinline__ void score_row_f16(const AttentionParams& p, size_t row, const float (*qs)[HD], int G, float (&sc)[kMaxG]) {
+  const half* k = p.k_cache + row;
+  uint4 kv[(HD + 7) / 8];
+#pragma unroll
+  for (int c = 0; c < (HD + 7) / 8; ++c) kv[c] = *reinterpret_cast<const uint4*>(k + c * 8);
+#pragma unroll
+  for (int c = 0; c < (HD + 7) / 8; ++c) {
+    const half2* kh = reinterpret_cast<const half2*>(&kv[c]);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float2 kf = __half22float2(kh[j]);
+#pragma unroll
+      for (int g = 0; g < kMaxG; ++g)
+        if (g < G) sc[g] = fmaf(qs[g][c * 8 + 2 * j], kf.x, fmaf(qs[g][c * 8 + 2 * j + 1], kf.y, sc[g]));
+    }
+  }
+}
+
+template <int HD, int kMaxG>
+__device__ __forceinline__ void score_row_q8(const AttentionParams& p, size_t row, const float (*qs)[HD], int G, float (&sc)[kMaxG]) {
+  constexpr int QG = kQGroup<HD>;
+  // The row's HD bytes (16-byte loads, 8 for HD 8) and its HD / QG scales, all in flight together.
+  uint32_t kw[HD / 4];
+  if constexpr (HD % 16 == 0) {
+#pragma unroll
+    for (int c = 0; c < HD / 16; ++c) {
+      uint4 raw = *reinterpret_cast<const uint4*>(p.k_q + row + c * 16);
+      kw[4 * c] = raw.x;
+      kw[4 * c + 1] = raw.y;
+      kw[4 * c + 2] = raw.z;
+      kw[4 * c + 3] = raw.w;
+    }
+  } else {
+    uint2 raw = *reinterpret_cast<const uint2*>(p.k_q + row);
+    kw[0] = raw.x;
+    kw[1] = raw.y;
+  }
+  float ksc[HD / QG];
+#pragma unroll
+  for (int g = 0; g < HD / QG; ++g) ksc[g] = __half2float(p.k_scale[row / QG + g]);
+#pragma unroll
+  for (int gi = 0; gi < HD / QG; ++gi) {
+    float part[kMaxG];
+#pragma unroll
+    for (int g = 0; g < kMaxG; ++g) part[g] = 0.f;
+#pragma unroll
+    for (int d = gi * QG; d < (gi + 1) * QG; ++d) {
+      const float kf = i8_to_f(bias8(kw[d / 4]), d % 4);
+#pragma unroll
+      for (int g = 0; g < kMaxG; ++g)
+        if (g < G) part[g] = fmaf(qs[g][d], kf, part[g]);
+    }
+#pragma unroll
+    for (int g = 0; g < kMaxG; ++g)
+      if (g < G) sc[g] = fmaf(ksc[gi], part[g], sc[g]);
+  }
+}
+
+template <int HD, int kMaxG, bool Q8>
+__global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_constant__ AttentionParams p, int n_splits, float* __restrict__ ws_ml,
                                                                   float* __restrict__ ws_acc) {
   constexpr int DPL = HD >= 32 ? HD / 32 : 1;  // dims per lane in the value phase
   constexpr int kVB = DPL >= 8 ? 8 : 32;       // V rows prefetched per lane (registers: kVB * DPL halves)
+  constexpr int QG = kQGroup<HD>;
+  constexpr int VW = (DPL + 3) / 4;  // int8 V: words per lane and row
   pdl_trigger();
   pdl_wait();
   const int split = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
@@ -69,27 +140,45 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParam
     // loads go out now and overlap the K loads below.
     const int n_pos = min(32, end - (begin + warp * 32));
     const bool has_dims = lane * DPL < HD;
-    half vbuf[kVB][DPL];
+    half vbuf[Q8 ? 1 : kVB][DPL];
+    uint32_t vw[Q8 ? kVB : 1][VW];  // int8: the lane's DPL bytes of each row
+    float vsc[Q8 ? kVB : 1];        // int8: their group's scale
     auto load_v = [&](int j0) {
 #pragma unroll
       for (int jj = 0; jj < kVB; ++jj) {
         const size_t r = (size_t)__shfl_sync(0xffffffffu, (unsigned long long)row, (j0 + jj) & 31);
         const bool ok = has_dims && j0 + jj < n_pos;
-        const half* src = p.v_cache + r + lane * DPL;
-        if constexpr (DPL == 8) {
-          uint4 raw = ok ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) vbuf[jj][i] = reinterpret_cast<const half*>(&raw)[i];
-        } else if constexpr (DPL == 4) {
-          uint2 raw = ok ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) vbuf[jj][i] = reinterpret_cast<const half*>(&raw)[i];
-        } else if constexpr (DPL == 2) {
-          half2 raw = ok ? *reinterpret_cast<const half2*>(src) : __float2half2_rn(0.f);
-          vbuf[jj][0] = raw.x;
-          vbuf[jj][1] = raw.y;
+        if constexpr (Q8) {
+          const int8_t* src = p.v_q + r + lane * DPL;
+          if constexpr (DPL == 8) {
+            uint2 raw = ok ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
+            vw[jj][0] = raw.x;
+            vw[jj][1] = raw.y;
+          } else if constexpr (DPL == 4) {
+            vw[jj][0] = ok ? *reinterpret_cast<const uint32_t*>(src) : 0u;
+          } else if constexpr (DPL == 2) {
+            vw[jj][0] = ok ? *reinterpret_cast<const uint16_t*>(src) : 0u;
+          } else {
+            vw[jj][0] = ok ? (uint32_t)*reinterpret_cast<const uint8_t*>(src) : 0u;
+          }
+          vsc[jj] = ok ? __half2float(p.v_scale[r / QG + (lane * DPL) / QG]) : 0.f;
         } else {
-          vbuf[jj][0] = ok ? *src : __float2half(0.f);
+          const half* src = p.v_cache + r + lane * DPL;
+          if constexpr (DPL == 8) {
+            uint4 raw = ok ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) vbuf[jj][i] = reinterpret_cast<const half*>(&raw)[i];
+          } else if constexpr (DPL == 4) {
+            uint2 raw = ok ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) vbuf[jj][i] = reinterpret_cast<const half*>(&raw)[i];
+          } else if constexpr (DPL == 2) {
+            half2 raw = ok ? *reinterpret_cast<const half2*>(src) : __float2half2_rn(0.f);
+            vbuf[jj][0] = raw.x;
+            vbuf[jj][1] = raw.y;
+          } else {
+            vbuf[jj][0] = ok ? *src : __float2half(0.f);
+          }
         }
       }
     };
@@ -99,21 +188,8 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParam
 #pragma unroll
     for (int g = 0; g < kMaxG; ++g) sc[g] = 0.f;
     if (valid) {
-      const half* k = p.k_cache + row;
-      uint4 kv[(HD + 7) / 8];
-#pragma unroll
-      for (int c = 0; c < (HD + 7) / 8; ++c) kv[c] = *reinterpret_cast<const uint4*>(k + c * 8);
-#pragma unroll
-      for (int c = 0; c < (HD + 7) / 8; ++c) {
-        const half2* kh = reinterpret_cast<const half2*>(&kv[c]);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float2 kf = __half22float2(kh[j]);
-#pragma unroll
-          for (int g = 0; g < kMaxG; ++g)
-            if (g < G) sc[g] = fmaf(qs[g][c * 8 + 2 * j], kf.x, fmaf(qs[g][c * 8 + 2 * j + 1], kf.y, sc[g]));
-        }
-      }
+      if constexpr (Q8) score_row_q8<HD, kMaxG>(p, row, qs, G, sc);
+      else score_row_f16<HD, kMaxG>(p, row, qs, G, sc);
     }
     float pr[kMaxG];
 #pragma unroll
@@ -137,8 +213,14 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParam
         for (int g = 0; g < kMaxG; ++g) {
           if (g >= G) continue;
           const float w = __shfl_sync(0xffffffffu, pr[g], j0 + jj);
+          if constexpr (Q8) {
+            const float ws = w * vsc[jj];
 #pragma unroll
-          for (int i = 0; i < DPL; ++i) acc[g][i] = fmaf(w, __half2float(vbuf[jj][i]), acc[g][i]);
+            for (int i = 0; i < DPL; ++i) acc[g][i] = fmaf(ws, i8_to_f(bias8(vw[jj][i / 4]), i % 4), acc[g][i]);
+          } else {
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) acc[g][i] = fmaf(w, __half2float(vbuf[jj][i]), acc[g][i]);
+          }
         }
       }
     }
@@ -184,7 +266,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(AttentionParam
 
 // Merges the splits of one (token, head): out = sum_s acc_s e^{m_s - M} / sum_s l_s e^{m_s - M}.
 template <int HD>
-__global__ void attn_reduce_kernel(AttentionParams p, int n_splits, const float* __restrict__ ws_ml, const float* __restrict__ ws_acc) {
+__global__ void attn_reduce_kernel(const __grid_constant__ AttentionParams p, int n_splits, const float* __restrict__ ws_ml, const float* __restrict__ ws_acc) {
   pdl_trigger();
   pdl_wait();
   const int z = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
@@ -205,17 +287,27 @@ __global__ void attn_reduce_kernel(AttentionParams p, int n_splits, const float*
   p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
 }
 
+template <int HD, bool Q8>
+void launch_kind(const AttentionParams& p, dim3 grid, int n_splits, float* ws_ml, float* ws_acc, cudaStream_t stream) {
+  const int g = p.n_heads / p.n_kv_heads;  // registers scale with the group: build per group size
+  if (g == 1) launch(attn_decode_kernel<HD, 1, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+  else if (g == 2) launch(attn_decode_kernel<HD, 2, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+  else if (g <= 4) launch(attn_decode_kernel<HD, 4, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+  else launch(attn_decode_kernel<HD, kMaxGroup, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+}
+
 template <int HD>
 void launch(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
   int n_splits = ceil_div(max_ctx, kSplit);
   float* ws_ml = static_cast<float*>(workspace);
   float* ws_acc = ws_ml + (size_t)n_tokens * p.n_heads * n_splits * 2;
   dim3 grid(n_splits, p.n_kv_heads, n_tokens);
-  const int g = p.n_heads / p.n_kv_heads;  // registers scale with the group: build per group size
-  if (g == 1) launch(attn_decode_kernel<HD, 1>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
-  else if (g == 2) launch(attn_decode_kernel<HD, 2>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
-  else if (g <= 4) launch(attn_decode_kernel<HD, 4>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
-  else launch(attn_decode_kernel<HD, kMaxGroup>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+  if (p.k_q) {
+    if (p.kv_group != kQGroup<HD>) return;  // the cache was written with another grouping
+    launch_kind<HD, true>(p, grid, n_splits, ws_ml, ws_acc, stream);
+  } else {
+    launch_kind<HD, false>(p, grid, n_splits, ws_ml, ws_acc, stream);
+  }
   if (n_splits > 1) launch(attn_reduce_kernel<HD>, dim3(n_tokens, p.n_heads), HD < 32 ? 32 : HD, 0, stream, p, n_splits, (const float*)ws_ml, (const float*)ws_acc);
 }
 

@@ -9,6 +9,11 @@
 // CTA's last query position are skipped; the causal mask is applied only on tiles that reach past the
 // first query position of the CTA (the diagonal, which spans two tiles when pos0 % 64 != 0).
 //
+// int8 cache (Q8): each K/V tile's bytes and group scales land by cp.async in a staging area, and the
+// CTA widens them into a single fp16 K/V tile (values q * scale) before computing it; the copy of tile
+// j + 1 then overlaps the compute of tile j as in the fp16 path (staging, not the fp16 tile, is double
+// buffered by the conversion). One more barrier per tile; the tensor-core loop is the same.
+//
 // Grid: (q tiles of the longest segment, heads, segments); CTAs past their segment's end, and every CTA of
 // a segment with count <= 1 (decode tokens: attention_decode's job), exit at once. q tiles are visited in
 // reverse order so the longest (causal) tiles start first.
@@ -42,6 +47,12 @@ struct AttnCfg {
   static constexpr int K_OFF = TILE_ELEMS;            // [2][64][D]
   static constexpr int V_OFF = 3 * TILE_ELEMS;        // [2][64][D]
   static constexpr int SMEM = 5 * TILE_ELEMS * 2;     // bytes: 40 KB (D 64), 80 KB (D 128)
+  // int8 cache: Q, one fp16 K and V tile, then the staging of the int8 tiles [2][64][D] bytes and their
+  // scales [2][64][D / 32] halves (K, then V).
+  static constexpr int SCALES = D / 32;                   // per row
+  static constexpr int Q8_STAGE = 3 * TILE_ELEMS * 2;     // byte offset of the staging
+  static constexpr int Q8_SCALES = Q8_STAGE + 2 * TILE_ELEMS;
+  static constexpr int SMEM_Q8 = Q8_SCALES + 2 * 64 * SCALES * 2;  // 32.5 KB (D 64), 65 KB (D 128)
 };
 
 // Issues the cp.async copies of K and V tile `kv_tile` (positions 64 kv_tile ...) into buffer `buf`.
@@ -71,7 +82,74 @@ __device__ __forceinline__ void load_kv(const AttentionParams& p, half* smem, in
   }
 }
 
+// int8 cache: issues the cp.async copies of tile `kv_tile`'s bytes and scales into the staging area.
 template <int D>
+__device__ __forceinline__ void load_kv_q8(const AttentionParams& p, unsigned char* smem, int kv_tile, int pos_last, const int32_t* bt, int kvh,
+                                           int tid) {
+  using CF = AttnCfg<D>;
+  constexpr int RC = D / 16;  // 16-byte chunks per int8 row
+  const uint32_t sK = smem_u32(smem + CF::Q8_STAGE);
+  const uint32_t sV = sK + CF::TILE_ELEMS;
+  const uint32_t sKs = smem_u32(smem + CF::Q8_SCALES);
+  const uint32_t sVs = sKs + 64 * CF::SCALES * 2;
+  const int kv0 = kv_tile * kBKV;
+  static_assert((kBKV * RC) % kThreads == 0, "chunks per thread");
+#pragma unroll
+  for (int j = 0; j < kBKV * RC / kThreads; ++j) {
+    int i = tid + j * kThreads;
+    int row = i / RC, ch = i % RC;
+    int pos = kv0 + row;
+    bool ok = pos <= pos_last;
+    size_t off = 0;
+    if (ok) off = (((size_t)__ldg(bt + pos / kKvBlock) * p.n_kv_heads + kvh) * kKvBlock + (pos % kKvBlock)) * D + ch * 16;
+    cp_async_16(sK + row * D + ch * 16, p.k_q + off, ok);
+    cp_async_16(sV + row * D + ch * 16, p.v_q + off, ok);
+  }
+  // Scales: a row's D / 32 halves (4 or 8 bytes), 4 bytes per copy.
+  constexpr int SW = CF::SCALES / 2;  // 4-byte words per row
+  for (int i = tid; i < kBKV * SW; i += kThreads) {
+    int row = i / SW, w = i % SW;
+    int pos = kv0 + row;
+    bool ok = pos <= pos_last;
+    size_t off = 0;
+    if (ok) off = (((size_t)__ldg(bt + pos / kKvBlock) * p.n_kv_heads + kvh) * kKvBlock + (pos % kKvBlock)) * CF::SCALES + w * 2;
+    cp_async_4(sKs + (row * SW + w) * 4, p.k_scale + off, ok);
+    cp_async_4(sVs + (row * SW + w) * 4, p.v_scale + off, ok);
+  }
+}
+
+// int8 cache: widens the staged tile into the fp16 K and V tiles (swizzled as load_kv lays them out).
+template <int D>
+__device__ __forceinline__ void widen_kv_q8(unsigned char* smem, int tid) {
+  using CF = AttnCfg<D>;
+  half* sK = reinterpret_cast<half*>(smem) + CF::K_OFF;
+  half* sV = reinterpret_cast<half*>(smem) + CF::V_OFF;
+  const int8_t* qK = reinterpret_cast<const int8_t*>(smem + CF::Q8_STAGE);
+  const int8_t* qV = qK + CF::TILE_ELEMS;
+  const half* scK = reinterpret_cast<const half*>(smem + CF::Q8_SCALES);
+  const half* scV = scK + 64 * CF::SCALES;
+  constexpr int kChunks = kBKV * CF::C;  // 8-value chunks per tile
+#pragma unroll
+  for (int j = 0; j < kChunks / kThreads; ++j) {
+    int i = tid + j * kThreads;
+    int row = i / CF::C, ch = i % CF::C;
+#pragma unroll
+    for (int kv = 0; kv < 2; ++kv) {
+      const int8_t* q = (kv ? qV : qK) + row * D + ch * 8;
+      const float d = __half2float((kv ? scV : scK)[row * CF::SCALES + ch / 4]);
+      uint2 raw = *reinterpret_cast<const uint2*>(q);
+      const int8_t* b = reinterpret_cast<const int8_t*>(&raw);
+      uint4 out;
+      out.x = pack_half2((float)b[0] * d, (float)b[1] * d);
+      out.y = pack_half2((float)b[2] * d, (float)b[3] * d);
+      out.z = pack_half2((float)b[4] * d, (float)b[5] * d);
+      out.w = pack_half2((float)b[6] * d, (float)b[7] * d);
+      *reinterpret_cast<uint4*>((kv ? sV : sK) + swz<CF::C>(row, ch)) = out;
+    }
+  }
+}
+
+template <int D, bool Q8>
 __global__ void __launch_bounds__(kThreads, 2) attn_prefill_kernel(const __grid_constant__ AttentionParams p) {
   using CF = AttnCfg<D>;
   constexpr int C = CF::C;
@@ -110,7 +188,8 @@ __global__ void __launch_bounds__(kThreads, 2) attn_prefill_kernel(const __grid_
       cp_async_16(sQ + swz<C>(row, ch) * 2, src, ok);
     }
   }
-  load_kv<D>(p, smem, 0, 0, p_last, bt, kvh, tid);
+  if constexpr (Q8) load_kv_q8<D>(p, smem_raw, 0, p_last, bt, kvh, tid);
+  else load_kv<D>(p, smem, 0, 0, p_last, bt, kvh, tid);
   cp_async_commit();
 
   const float sl2 = p.scale * 1.4426950408889634f;  // softmax in base 2
@@ -131,12 +210,20 @@ __global__ void __launch_bounds__(kThreads, 2) attn_prefill_kernel(const __grid_
       for (int ks = 0; ks < KD; ++ks)
         ldsm_x4(qf[ks], sQ + swz<C>(warp * 16 + ldsm_a_row(lane), 2 * ks + ldsm_a_chunk(lane)) * 2);
     }
-    if (j + 1 < n_kv) {
+    if constexpr (Q8) {
+      widen_kv_q8<D>(smem_raw, tid);
+      __syncthreads();  // the fp16 tile is visible; the staging is free for tile j + 1
+      if (j + 1 < n_kv) {
+        load_kv_q8<D>(p, smem_raw, j + 1, p_last, bt, kvh, tid);
+        cp_async_commit();
+      }
+    } else if (j + 1 < n_kv) {
       load_kv<D>(p, smem, (j + 1) & 1, j + 1, p_last, bt, kvh, tid);
       cp_async_commit();
     }
-    const uint32_t sK = smem_u32(smem + CF::K_OFF + (j & 1) * CF::TILE_ELEMS);
-    const uint32_t sV = smem_u32(smem + CF::V_OFF + (j & 1) * CF::TILE_ELEMS);
+    const int buf = Q8 ? 0 : (j & 1);
+    const uint32_t sK = smem_u32(smem + CF::K_OFF + buf * CF::TILE_ELEMS);
+    const uint32_t sV = smem_u32(smem + CF::V_OFF + buf * CF::TILE_ELEMS);
 
     // S = Q K^T: 16 x 64 per warp = 8 n8 tiles.
     float sc[8][4];
@@ -248,23 +335,24 @@ __global__ void __launch_bounds__(kThreads, 2) attn_prefill_kernel(const __grid_
 }
 
 constexpr int kMaxDevices = 64;
-template <int D>
+template <int D, bool Q8>
 struct AttnLauncher {
+  static constexpr int kSmem = Q8 ? AttnCfg<D>::SMEM_Q8 : AttnCfg<D>::SMEM;
   static std::atomic<int> attr_set[kMaxDevices];
   static void launch(const AttentionParams& p, int max_seg_count, cudaStream_t stream) {
     int dev = 0;
     cudaGetDevice(&dev);
     if (dev < 0 || dev >= kMaxDevices) dev = 0;
     if (!attr_set[dev].load(std::memory_order_acquire)) {
-      cudaFuncSetAttribute(attn_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, AttnCfg<D>::SMEM);
+      cudaFuncSetAttribute(attn_prefill_kernel<D, Q8>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
       attr_set[dev].store(1, std::memory_order_release);
     }
     dim3 grid((max_seg_count + kBQ - 1) / kBQ, p.n_heads, p.n_segments);
-    attn_prefill_kernel<D><<<grid, kThreads, AttnCfg<D>::SMEM, stream>>>(p);
+    attn_prefill_kernel<D, Q8><<<grid, kThreads, kSmem, stream>>>(p);
   }
 };
-template <int D>
-std::atomic<int> AttnLauncher<D>::attr_set[kMaxDevices];
+template <int D, bool Q8>
+std::atomic<int> AttnLauncher<D, Q8>::attr_set[kMaxDevices];
 
 }  // namespace
 
@@ -272,10 +360,11 @@ bool attention_prefill(const AttentionParams& p, int max_seg_count, cudaStream_t
   if (p.head_dim != 64 && p.head_dim != 128) return false;
   if (p.n_heads <= 0 || p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads != 0) return false;
   if (p.n_segments <= 0 || max_seg_count <= 1) return true;  // nothing with count > 1
+  if (p.k_q && p.kv_group != 32) return false;  // int8 cache: groups of 32 (head_dim 64 and 128)
   if (p.head_dim == 64)
-    AttnLauncher<64>::launch(p, max_seg_count, stream);
+    p.k_q ? AttnLauncher<64, true>::launch(p, max_seg_count, stream) : AttnLauncher<64, false>::launch(p, max_seg_count, stream);
   else
-    AttnLauncher<128>::launch(p, max_seg_count, stream);
+    p.k_q ? AttnLauncher<128, true>::launch(p, max_seg_count, stream) : AttnLauncher<128, false>::launch(p, max_seg_count, stream);
   return true;
 }
 

@@ -43,6 +43,8 @@ __device__ __forceinline__ void epilogue_pair(const Epilogue& e, int t, int n, f
       }
       if (col < e.q_dim) {
         *reinterpret_cast<half2*>(static_cast<half*>(e.out) + (size_t)t * e.ldo + col) = __floats2half2_rn(v0, v1);
+      } else if (e.kv_stage) {  // int8 cache: rows for kv_quantize
+        *reinterpret_cast<half2*>(e.kv_stage + (size_t)t * e.ld_stage + (col - e.q_dim)) = __floats2half2_rn(v0, v1);
       } else {
         bool is_k = col < e.q_dim + e.kv_dim;
         int c = col - e.q_dim - (is_k ? 0 : e.kv_dim);

@@ -3,7 +3,10 @@
 //   K to a multiple of 64, zero-filled, so kernels need no ragged edges (`n_valid` says how many
 //   output columns are real). int8 weights ("W8", per-32 group scales): q[N][K] int8 + scales[N][K/32] fp16.
 // - Activations are row-major [T tokens, K] fp16 with row stride `lda` (the padded K; pad columns are 0).
-// - The KV cache is paged: per layer, K and V pools [n_blocks][n_kv_heads][kKvBlock][head_dim] fp16.
+// - The KV cache is paged: per layer, K and V pools [n_blocks][n_kv_heads][kKvBlock][head_dim] fp16, or
+//   (int8 KV cache) int8 values in that layout plus fp16 scales [n_blocks][n_kv_heads][kKvBlock][head_dim / group],
+//   one per `group` values of a head's row (Q8_0's rule; group = 32, or head_dim when that is smaller or
+//   not a multiple of 32).
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -38,6 +41,10 @@ struct Epilogue {
   const int32_t* kv_slot = nullptr;    // [T] = block * kKvBlock + slot within the block
   half* k_cache = nullptr;
   half* v_cache = nullptr;
+  // int8 KV cache: K and V rows go to kv_stage [T][ld_stage] instead (K at columns [0, kv_dim), V at
+  // [kv_dim, 2 kv_dim)), for kv_quantize to quantize into the cache.
+  half* kv_stage = nullptr;
+  int ld_stage = 0;
 };
 
 // ---- gemm.cu: prefill / large-batch matrix multiply on tensor cores (mma.sync, fp32 accumulate) ----
@@ -69,8 +76,14 @@ struct AttentionParams {
   int ldq = 0;
   half* out = nullptr;      // [T][ldo]
   int ldo = 0;
-  const half* k_cache = nullptr;  // this layer's pools
+  const half* k_cache = nullptr;  // this layer's pools (fp16 cache)
   const half* v_cache = nullptr;
+  // int8 cache (used instead when k_q is set): this layer's value pools and scale pools.
+  const int8_t* k_q = nullptr;
+  const int8_t* v_q = nullptr;
+  const half* k_scale = nullptr;
+  const half* v_scale = nullptr;
+  int kv_group = 32;
   const int32_t* block_tables = nullptr;  // [n_segments][max_blocks]
   int max_blocks = 0;
   // Segment s covers tokens [seg_start[s], seg_start[s] + seg_count[s]) at positions seg_pos0[s]...;
@@ -93,6 +106,13 @@ bool attention_prefill(const AttentionParams& p, int max_seg_count, cudaStream_t
 // the positions (the grid is sized by it, so a fixed max_ctx gives a fixed launch for CUDA graphs).
 size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx);
 void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream);
+
+// ---- kv_quant.cu: the int8 KV cache's writer ----
+// Quantizes the step's K and V rows (stage [T][ld_stage], K then V, as the QkvRope epilogue wrote them)
+// into the int8 cache at kv_slot[t] (block * kKvBlock + slot): per head, groups of `group` values,
+// d = amax / 127 (fp16), q = round(x / d) half away from zero. group divides head_dim; 8 <= group <= 32.
+void kv_quantize(const half* stage, int ld_stage, const int32_t* kv_slot, int T, int n_kv_heads, int head_dim, int group,
+                 int8_t* k_q, half* k_scale, int8_t* v_q, half* v_scale, cudaStream_t stream);
 
 // ---- norm_rope.cu: RMSNorm, embedding gather ----
 // out[t] = half(x[t] / rms(x[t]) * w), rows of `dim` fp32 -> fp16 with row stride ldo.

@@ -57,7 +57,7 @@ export interface GenerationPlan {
   onSequence?: (seq: number) => void;
 }
 
-const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
+const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
   "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "template",
@@ -108,9 +108,10 @@ export class Llama2 {
     if (typeof modelPath !== "string" || modelPath === "") throw new InvalidArgumentError("path", "expected a model path");
     if (typeof options !== "object" || options === null) throw new InvalidArgumentError("options", "expected an object");
     checkKeys(options, LOAD_KEYS, "options");
-    const { device = "auto", dtype = "auto", signal, onProgress, tokenizerPath } = options;
+    const { device = "auto", dtype = "auto", kvCacheType = "auto", signal, onProgress, tokenizerPath } = options;
     if (!["auto", "cpu", "cuda"].includes(device)) throw new InvalidArgumentError("device", `expected 'auto', 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
     if (!["auto", "f32", "f16", "bf16", "int8"].includes(dtype)) throw new InvalidArgumentError("dtype", `expected auto, f32, f16, bf16 or int8, got ${JSON.stringify(dtype)}`);
+    if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${JSON.stringify(kvCacheType)}`);
     checkInt(options.deviceIndex, "deviceIndex", 0, 64);
     checkInt(options.contextLength, "contextLength", 1, 1 << 20);
     checkInt(options.maxSequences, "maxSequences", 1, 4096);
@@ -136,6 +137,7 @@ export class Llama2 {
         {
           device,
           dtype,
+          kvCacheType,
           deviceIndex: options.deviceIndex ?? 0,
           contextLength: options.contextLength ?? 0,
           maxSequences: options.maxSequences ?? 4,
@@ -170,6 +172,7 @@ export class Llama2 {
         device: ni.device,
         deviceName: ni.deviceName,
         dtype: ni.dtype,
+        kvCacheType: ni.kvCacheType,
         fileDtype: ni.fileDtype,
         contextLength: ni.contextLength,
         maxSequences: ni.maxSequences,

@@ -37,6 +37,7 @@ export interface NativeModelInfo extends NativeModelSourceInfo {
   device: "cpu" | "cuda";
   deviceName: string;
   dtype: "f32" | "f16" | "bf16" | "int8";
+  kvCacheType: "f32" | "f16" | "int8";
   weightBytes: number;
   kvCacheBytes: number;
   deviceMemoryUsed: number;
@@ -74,6 +75,7 @@ export interface NativeLoadOptions {
   device?: string;
   deviceIndex?: number;
   dtype?: string;
+  kvCacheType?: string;
   contextLength?: number;
   maxSequences?: number;
   threads?: number;

@@ -3,12 +3,19 @@
 export type Device = "cpu" | "cuda" | "auto";
 /** Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files). */
 export type WeightDtype = "auto" | "f32" | "f16" | "bf16" | "int8";
+/**
+ * KV cache precision. "auto": the backend's own (CPU fp32, CUDA fp16). "int8": each token's K and V
+ * rows quantized per head in groups of 32 (Q8_0's rule): half the memory of fp16, so twice the tokens
+ * (or sequences) per GPU, at a small accuracy cost.
+ */
+export type KvCacheType = "auto" | "int8";
 
 export interface LoadOptions {
   device?: Device;
   /** CUDA device index (default 0). */
   deviceIndex?: number;
   dtype?: WeightDtype;
+  kvCacheType?: KvCacheType;
   /** Tokens per sequence (default: the model's trained context, capped at 4096). */
   contextLength?: number;
   /** Sequences that can be live at once (KV cache is sized for contextLength x this). Default 4. */
@@ -64,6 +71,8 @@ export interface ModelInfo {
   deviceName: string;
   /** Weight precision actually used on the device. */
   dtype: "f32" | "f16" | "bf16" | "int8";
+  /** KV cache precision actually used. */
+  kvCacheType: "f32" | "f16" | "int8";
   /** Storage precision of the file's matrices. */
   fileDtype: string;
   contextLength: number;

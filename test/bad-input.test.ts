@@ -258,6 +258,8 @@ describeShared("bad options and requests on a loaded model", [STORIES, STORIES_F
       [{ device: 1 }, "device", "1"],
       [{ dtype: "q4_0" }, "dtype", "q4_0"],
       [{ dtype: "F16" }, "dtype", "F16"],
+      [{ kvCacheType: "q4" }, "kvCacheType", "q4"],
+      [{ kvCacheType: "f16" }, "kvCacheType", "f16"],
       [{ contextLength: 0 }, "contextLength", "0"],
       [{ contextLength: -5 }, "contextLength", "-5"],
       [{ contextLength: 1.5 }, "contextLength", "1.5"],

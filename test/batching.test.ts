@@ -45,6 +45,25 @@ describeShared("continuous batching (stories260K)", [STORIES, STORIES_FX], () =>
     expect(after.steps - before.steps).toBeLessThan(cases.length * n);
   });
 
+  it("int8 KV cache: staggered prompts decoding together give exactly their tokens alone", async () => {
+    const m = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 8, prefixCache: false, kvCacheType: "int8" });
+    try {
+      const n = 32;
+      const alone: number[][] = [];
+      for (const c of cases) alone.push((await m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: n }).result).tokenIds);
+      const together = await Promise.all(
+        cases.map(async (c, i) => {
+          await new Promise((r) => setTimeout(r, i * 3));
+          return (await m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: n }).result).tokenIds;
+        }),
+      );
+      together.forEach((ids, i) => expect(ids).toEqual(alone[i]));
+      expect(m.stats().scheduler.maxBatch).toBeGreaterThan(1);
+    } finally {
+      await m.dispose();
+    }
+  });
+
   it("seeded sampling: each sequence draws the same tokens batched as alone", async () => {
     const opts = (seed: number) => ({ temperature: 0.9, seed, stopOnEos: false, maxTokens: 40 });
     const alone: number[][] = [];

@@ -8,13 +8,14 @@ import path from "node:path";
 import { Llama2 } from "../llama2.js";
 import { native } from "../native.js";
 import { Rng } from "../rng.js";
-import type { Device, WeightDtype } from "../types.js";
+import type { Device, KvCacheType, WeightDtype } from "../types.js";
 import { BENCH_SCHEMA, stat, type BenchResult, type DecodeFigure, type MachineInfo, type PrefillFigure, type Stat } from "./result.js";
 
 export interface BenchOptions {
   model: string;
   device: Device;
   dtype: WeightDtype;
+  kvCacheType?: KvCacheType;
   prompts: number[];
   gen: number;
   batches: number[];
@@ -39,7 +40,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   // sequence needs only its prompt + generated tokens), not for maxBatch full contexts.
   const decodeTokens = maxBatch * (o.decodePrompt + o.gen + 32);
   const maxSequences = Math.max(1, Math.ceil(decodeTokens / context));
-  const loadOpts = { device: o.device, dtype: o.dtype, contextLength: context, maxSequences, threads: o.threads };
+  const loadOpts = { device: o.device, dtype: o.dtype, kvCacheType: o.kvCacheType ?? "auto", contextLength: context, maxSequences, threads: o.threads };
 
   // Load times. Cold: drop the files from the page cache first (works without root for unmapped files).
   const files = modelFiles(o.model);
@@ -93,7 +94,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
 
   // Decode at each batch size: `batch` concurrent sequences decoding in the same steps.
   const bandwidth = info.device === "cuda" ? addon.cudaCopyBandwidth(0) : hostBandwidth();
-  const kvBytesPerToken = cfg.nLayers * 2 * cfg.nKvHeads * cfg.headDim * (info.device === "cuda" ? 2 : 4);
+  // Bytes of one cached token (int8: a byte per value plus an fp16 scale per group of 32).
+  const kvValueBytes = info.kvCacheType === "int8" ? 1 + 2 / Math.min(32, cfg.headDim) : info.kvCacheType === "f16" ? 2 : 4;
+  const kvBytesPerToken = cfg.nLayers * 2 * cfg.nKvHeads * cfg.headDim * kvValueBytes;
   const decode: DecodeFigure[] = [];
   const overhead: number[] = [];
   for (const b of o.batches) {
@@ -149,6 +152,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       preset: o.preset,
       params: paramCount(cfg),
       dtype: info.dtype,
+      kvCacheType: info.kvCacheType,
       weightBytes: info.weightBytes,
       contextLength: info.contextLength,
       config: { ...cfg },
@@ -246,7 +250,7 @@ export function summarize(r: BenchResult): string {
   const lines: string[] = [];
   const dev = r.machine.gpu ? `${r.machine.gpu.name} (${r.machine.gpu.measuredBandwidthGBs.toFixed(0)} GB/s copy)` : `${r.machine.cpu.model} x${r.machine.cpu.cores}`;
   const params = r.model.params >= 1e9 ? `${(r.model.params / 1e9).toFixed(2)}B` : `${(r.model.params / 1e6).toFixed(2)}M`;
-  lines.push(`model ${path.basename(r.model.path)} (${params} params, ${r.model.dtype}) on ${dev}`);
+  lines.push(`model ${path.basename(r.model.path)} (${params} params, ${r.model.dtype}${r.model.kvCacheType ? `, KV ${r.model.kvCacheType}` : ""}) on ${dev}`);
   lines.push(`load: warm ${formatStat(r.load.warmMs, 0)} ms${r.load.coldMs ? `, cold ${formatStat(r.load.coldMs, 0)} ms` : ""}`);
   for (const p of r.prefill) lines.push(`prefill ${p.promptTokens}: ${formatStat(p.tokensPerSecond)} tok/s, TTFT ${formatStat(p.ttftMs)} ms`);
   for (const d of r.decode) {

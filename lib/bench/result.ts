@@ -70,6 +70,8 @@ export interface BenchResult {
     preset?: string;
     params: number;
     dtype: string;
+    /** KV cache precision (absent in results written before it was recorded). */
+    kvCacheType?: string;
     weightBytes: number;
     contextLength: number;
     config: Record<string, number | string | boolean>;

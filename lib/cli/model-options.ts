@@ -7,12 +7,13 @@ import { InvalidArgumentError, Llama2Error } from "../errors.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
 import { StopMatcher } from "../stop.js";
-import type { Device, GenerateOptions, LoadOptions, WeightDtype } from "../types.js";
+import type { Device, GenerateOptions, KvCacheType, LoadOptions, WeightDtype } from "../types.js";
 
 export const LOAD_FLAGS: FlagSpecs = {
   model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf or llama2.c .bin" },
   device: { type: "string", description: "cpu, cuda or auto", default: "auto" },
   dtype: { type: "string", description: "weight precision on the device: auto, f32, f16, bf16 or int8", default: "auto" },
+  "kv-cache": { type: "string", description: "KV cache precision: auto (CPU fp32, CUDA fp16) or int8 (half of fp16's memory)", default: "auto" },
   context: { type: "int", description: "context length in tokens (default: the model's, at most 4096)" },
   threads: { type: "int", description: "CPU threads (default: all cores)" },
   tokenizer: { type: "string", description: "tokenizer.model, for models that do not carry one" },
@@ -39,6 +40,7 @@ export const SAMPLING_FLAGS: FlagSpecs = {
 const FLAG_OF: Record<string, string> = {
   device: "--device",
   dtype: "--dtype",
+  kvCacheType: "--kv-cache",
   contextLength: "--context",
   threads: "--threads",
   tokenizerPath: "--tokenizer",
@@ -102,11 +104,14 @@ export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOption
   if (!["auto", "f32", "f16", "bf16", "int8"].includes(dtype)) {
     throw new InvalidArgumentError("--dtype", `expected auto, f32, f16, bf16 or int8, got '${dtype}'`);
   }
+  const kvCache = flags.kvCache as string;
+  if (!["auto", "int8"].includes(kvCache)) throw new InvalidArgumentError("--kv-cache", `expected auto or int8, got '${kvCache}'`);
   const context = flags.context as number | undefined;
   if (context !== undefined && (context < 1 || context > 1 << 20)) throw new InvalidArgumentError("--context", `expected 1..${1 << 20}, got ${context}`);
   const threads = flags.threads as number | undefined;
   if (threads !== undefined && (threads < 0 || threads > 1024)) throw new InvalidArgumentError("--threads", `expected 0..1024, got ${threads}`);
   const opts: LoadOptions = { device: device as Device, dtype: dtype as WeightDtype };
+  if (kvCache !== "auto") opts.kvCacheType = kvCache as KvCacheType;
   if (context !== undefined) opts.contextLength = context;
   if (threads !== undefined) opts.threads = threads;
   if (typeof flags.tokenizer === "string") opts.tokenizerPath = flags.tokenizer;
@@ -153,7 +158,7 @@ export async function loadModelFromFlags(flags: Record<string, unknown>, io: Com
   if (!flags.quiet) {
     const i = model.info;
     io.stderr.write(
-      `[llama2] loaded ${i.path} (${i.format}, ${i.dtype}, ${i.deviceName}, context ${i.contextLength}` +
+      `[llama2] loaded ${i.path} (${i.format}, ${i.dtype}, KV ${i.kvCacheType}, ${i.deviceName}, context ${i.contextLength}` +
         `${i.hasTokenizer ? "" : ", no tokenizer: token ids only"}) in ${Math.round(performance.now() - t0)} ms\n`,
     );
   }

@@ -181,6 +181,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       o.Set("device", b.device);
       o.Set("deviceName", b.name);
       o.Set("dtype", b.dtype);
+      o.Set("kvCacheType", b.kv_dtype);
       o.Set("weightBytes", (double)b.weight_bytes);
       o.Set("kvCacheBytes", (double)b.kv_bytes);
       o.Set("deviceMemoryUsed", (double)b.device_memory_used);
@@ -379,7 +380,7 @@ class LoadWorker : public Napi::AsyncWorker {
   Failure failure_;
 };
 
-// loadModel(path, { device, deviceIndex, dtype, contextLength, maxSequences, threads }, onProgress?, cancelFlag?: Int32Array)
+// loadModel(path, { device, deviceIndex, dtype, kvCacheType, contextLength, maxSequences, threads }, onProgress?, cancelFlag?: Int32Array)
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -390,6 +391,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
       auto get = [&](const char* k) { return opts.Has(k) ? opts.Get(k) : env.Undefined(); };
       if (!get("device").IsUndefined()) o.device = str_arg(get("device"), "device");
       if (!get("dtype").IsUndefined()) o.dtype = str_arg(get("dtype"), "dtype");
+      if (!get("kvCacheType").IsUndefined()) o.kv_cache_type = str_arg(get("kvCacheType"), "kvCacheType");
       if (!get("deviceIndex").IsUndefined()) o.device_index = int_arg(get("deviceIndex"), "deviceIndex");
       if (!get("contextLength").IsUndefined()) o.context_length = int_arg(get("contextLength"), "contextLength");
       if (!get("maxSequences").IsUndefined()) o.max_sequences = int_arg(get("maxSequences"), "maxSequences");

@@ -15,6 +15,10 @@ namespace l2 {
 // Tokens per KV-cache block (paged KV cache: a sequence's cache is a list of blocks).
 constexpr int kKvBlockSize = 16;
 
+// The int8 KV cache quantizes each token's K and V rows per head in groups of this many values
+// (Q8_0's rule, common/q8.h): 32, or the whole head when head_dim is not a multiple of 32.
+inline int kv_quant_group(int head_dim) { return head_dim % 32 == 0 ? 32 : head_dim; }
+
 // Tokens [start, start + count) of the batch belong to one sequence, at positions pos0.. pos0+count-1,
 // whose KV blocks are row `seg_index` of ForwardBatch::block_tables.
 struct Segment {
@@ -35,6 +39,7 @@ struct BackendInfo {
   std::string device;  // "cpu" | "cuda"
   std::string name;    // human-readable device name
   std::string dtype;   // weight precision used: "f32" | "f16" | "bf16" | "int8"
+  std::string kv_dtype;  // KV cache precision: "f32" (CPU) | "f16" (CUDA) | "int8"
   uint64_t weight_bytes = 0;
   uint64_t kv_bytes = 0;
   uint64_t device_memory_used = 0;   // CUDA: bytes allocated by us
@@ -54,6 +59,7 @@ struct BackendOptions {
   int threads = 0;
   int device_index = 0;
   std::string dtype = "auto";  // requested weight precision
+  bool kv_int8 = false;        // int8 KV cache (default: the backend's own precision)
   ProgressFn progress;
 };
 

@@ -28,6 +28,8 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOption
   static const char* kDtypes[] = {"auto", "f32", "f16", "bf16", "int8"};
   if (std::none_of(std::begin(kDtypes), std::end(kDtypes), [&](const char* d) { return o.dtype == d; }))
     fail(code::kInvalidArgument, "dtype: expected auto, f32, f16, bf16 or int8, got '" + o.dtype + "'");
+  if (o.kv_cache_type != "auto" && o.kv_cache_type != "int8")
+    fail(code::kInvalidArgument, "kvCacheType: expected 'auto' or 'int8', got '" + o.kv_cache_type + "'");
   if (o.max_sequences < 1 || o.max_sequences > 4096)
     fail(code::kInvalidArgument, "maxSequences: " + std::to_string(o.max_sequences) + " is out of range (1..4096)");
   if (o.threads < 0 || o.threads > 1024) fail(code::kInvalidArgument, "threads: " + std::to_string(o.threads) + " is out of range");
@@ -52,6 +54,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOption
   bo.threads = o.threads;
   bo.device_index = o.device_index;
   bo.dtype = o.dtype;
+  bo.kv_int8 = o.kv_cache_type == "int8";
   bo.progress = progress;
   std::string why;
   bool use_cuda = o.device == "cuda" || (o.device == "auto" && cuda_available(&why));

@@ -20,6 +20,7 @@ struct EngineOptions {
   std::string device = "auto";  // "cpu" | "cuda" | "auto"
   int device_index = 0;
   std::string dtype = "auto";   // "auto" | "f32" | "f16" | "bf16" | "int8"
+  std::string kv_cache_type = "auto";  // "auto" (CPU fp32, CUDA fp16) | "int8"
   int context_length = 0;       // 0: the model's trained context, at most 4096
   int max_sequences = 4;        // the KV pool holds this many full-context sequences
   int threads = 0;              // CPU threads; 0: all cores

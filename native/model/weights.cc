@@ -6,6 +6,7 @@
 
 #include "../common/error.h"
 #include "../common/half.h"
+#include "../common/q8.h"
 #include "../common/thread_pool.h"
 
 namespace l2 {
@@ -86,15 +87,9 @@ LlamaWeights map_weights(const ModelSource& src) {
 
 static void q8_quantize(const float* x, uint8_t* dst, int64_t cols) {
   for (int64_t b = 0; b < cols / kQ8Block; ++b) {
-    const float* xb = x + b * kQ8Block;
-    float amax = 0.f;
-    for (int i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(xb[i]));
-    float d = amax / 127.f;
-    float id = d != 0.f ? 1.f / d : 0.f;
-    uint16_t dh = f32_to_fp16(d);
     uint8_t* blk = dst + b * kQ8BlockBytes;
+    uint16_t dh = q8_quantize_group(x + b * kQ8Block, kQ8Block, reinterpret_cast<int8_t*>(blk + 2));
     std::memcpy(blk, &dh, 2);
-    for (int i = 0; i < kQ8Block; ++i) blk[2 + i] = (uint8_t)(int8_t)std::lround(xb[i] * id);
   }
 }
 

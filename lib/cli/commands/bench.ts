@@ -5,16 +5,17 @@ import { positiveInts } from "../args.js";
 import type { Command } from "../command.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { runBench, summarize } from "../../bench/bench.js";
-import type { Device, WeightDtype } from "../../types.js";
+import type { Device, KvCacheType, WeightDtype } from "../../types.js";
 
 const command: Command = {
   name: "bench",
   summary: "measure load time, prefill, decode (per batch size), memory and overhead; write a result JSON",
-  usage: "Usage: llama2 bench --model PATH [--device cuda|cpu|auto] [--dtype f16|int8|auto] [--prompt 128,512,2048] [--gen 256] [--batch 1,4,16] [--out FILE]",
+  usage: "Usage: llama2 bench --model PATH [--device cuda|cpu|auto] [--dtype f16|int8|auto] [--kv-cache auto|int8] [--prompt 128,512,2048] [--gen 256] [--batch 1,4,16] [--out FILE]",
   flags: {
     model: { type: "string", alias: "m", description: "model (HF directory, .gguf, llama2.c .bin)" },
     device: { type: "string", description: "cpu, cuda or auto", default: "auto" },
     dtype: { type: "string", description: "weight precision on the device", default: "auto" },
+    "kv-cache": { type: "string", description: "KV cache precision: auto or int8", default: "auto" },
     prompt: { type: "list", description: "prompt lengths for prefill / time to first token", default: ["128", "512"] },
     gen: { type: "int", description: "tokens generated per decode run", default: 128 },
     batch: { type: "list", description: "decode batch sizes (concurrent sequences)", default: ["1"] },
@@ -32,6 +33,8 @@ const command: Command = {
     if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required");
     const device = flags.device as string;
     if (!["cpu", "cuda", "auto"].includes(device)) throw new InvalidArgumentError("--device", `expected cpu, cuda or auto, got '${device}'`);
+    const kvCache = flags.kvCache as string;
+    if (!["auto", "int8"].includes(kvCache)) throw new InvalidArgumentError("--kv-cache", `expected auto or int8, got '${kvCache}'`);
     const gen = flags.gen as number;
     const reps = flags.reps as number;
     if (gen < 2 || gen > 65536) throw new InvalidArgumentError("--gen", `expected 2..65536, got ${gen}`);
@@ -40,6 +43,7 @@ const command: Command = {
       model: flags.model,
       device: device as Device,
       dtype: flags.dtype as WeightDtype,
+      kvCacheType: kvCache as KvCacheType,
       prompts: positiveInts("--prompt", flags.prompt, 1 << 20),
       gen,
       batches: positiveInts("--batch", flags.batch, 4096),

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "../../common/error.h"
+#include "../../common/q8.h"
 #include "../../common/thread_pool.h"
 #include "../backend.h"
 #include "cpu_ops.h"
@@ -38,7 +39,11 @@ class CpuBackend final : public Backend {
     }
     dtype_ = to;
     rope_ = rope_table(c_, ctx_);
-    block_floats_ = (size_t)c_.n_layers * 2 * kKvBlockSize * c_.kv_dim();
+    kv_int8_ = o.kv_int8;
+    kv_group_ = kv_quant_group(c_.head_dim);
+    // A cache row is one token's K or V for all KV heads: fp32, or int8 values then fp16 group scales.
+    kv_row_bytes_ = kv_int8_ ? (size_t)c_.kv_dim() + (size_t)(c_.kv_dim() / kv_group_) * 2 : (size_t)c_.kv_dim() * 4;
+    block_bytes_ = (size_t)c_.n_layers * 2 * kKvBlockSize * kv_row_bytes_;
     blocks_.resize((size_t)o.n_kv_blocks);
     if (o.progress) o.progress({"ready", total, total, (int)w_.matrices().size(), (int)w_.matrices().size()});
   }
@@ -54,7 +59,8 @@ class CpuBackend final : public Backend {
       case DType::Q8_0: i.dtype = "int8"; break;
     }
     i.weight_bytes = const_cast<LlamaWeights&>(w_).matrix_bytes();
-    i.kv_bytes = allocated_blocks_.load() * block_floats_ * 4;
+    i.kv_dtype = kv_int8_ ? "int8" : "f32";
+    i.kv_bytes = allocated_blocks_.load() * block_bytes_;
     return i;
   }
 
@@ -76,7 +82,7 @@ class CpuBackend final : public Backend {
     for (int t = 0; t < T; ++t) {
       int32_t blk = block_of(b, t);
       if (!blocks_[(size_t)blk]) {
-        blocks_[(size_t)blk].reset(new float[block_floats_]());
+        blocks_[(size_t)blk].reset(new uint8_t[block_bytes_]());
         ++allocated_blocks_;
       }
     }
@@ -91,8 +97,8 @@ class CpuBackend final : public Backend {
         int pos = b.positions[(size_t)t];
         rope(&q_[(size_t)t * Q], c_.n_heads, pos);
         rope(&k_[(size_t)t * KV], c_.n_kv_heads, pos);
-        std::memcpy(kv_slot(b, t, l, 0), &k_[(size_t)t * KV], (size_t)KV * 4);
-        std::memcpy(kv_slot(b, t, l, 1), &v_[(size_t)t * KV], (size_t)KV * 4);
+        store_kv(kv_slot(b, t, l, 0), &k_[(size_t)t * KV]);
+        store_kv(kv_slot(b, t, l, 1), &v_[(size_t)t * KV]);
       }
       attention(b, l);
       cpu::matmul(L.wo, att_.data(), T, xb_.data(), pool_);
@@ -139,10 +145,10 @@ class CpuBackend final : public Backend {
 
   void copy_block(int32_t src, int32_t dst) override {
     if (!blocks_[(size_t)dst]) {
-      blocks_[(size_t)dst].reset(new float[block_floats_]());
+      blocks_[(size_t)dst].reset(new uint8_t[block_bytes_]());
       ++allocated_blocks_;
     }
-    if (blocks_[(size_t)src]) std::memcpy(blocks_[(size_t)dst].get(), blocks_[(size_t)src].get(), block_floats_ * 4);
+    if (blocks_[(size_t)src]) std::memcpy(blocks_[(size_t)dst].get(), blocks_[(size_t)src].get(), block_bytes_);
   }
 
  private:
@@ -150,13 +156,40 @@ class CpuBackend final : public Backend {
     int pos = b.positions[(size_t)t];
     return b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks + pos / kKvBlockSize];
   }
-  // K (kv = 0) or V (kv = 1) of token t in layer l: a block is [layer][k|v][slot][kv_dim].
-  float* kv_slot(const ForwardBatch& b, int t, int l, int kv) {
+  // K (kv = 0) or V (kv = 1) row of token t in layer l: a block is [layer][k|v][slot] rows.
+  uint8_t* kv_slot(const ForwardBatch& b, int t, int l, int kv) {
     int pos = b.positions[(size_t)t];
-    return blocks_[(size_t)block_of(b, t)].get() + (((size_t)l * 2 + kv) * kKvBlockSize + pos % kKvBlockSize) * c_.kv_dim();
+    return blocks_[(size_t)block_of(b, t)].get() + (((size_t)l * 2 + kv) * kKvBlockSize + pos % kKvBlockSize) * kv_row_bytes_;
   }
-  const float* kv_at(const int32_t* table, int pos, int l, int kv) const {
-    return blocks_[(size_t)table[pos / kKvBlockSize]].get() + (((size_t)l * 2 + kv) * kKvBlockSize + pos % kKvBlockSize) * c_.kv_dim();
+  const uint8_t* kv_at(const int32_t* table, int pos, int l, int kv) const {
+    return blocks_[(size_t)table[pos / kKvBlockSize]].get() + (((size_t)l * 2 + kv) * kKvBlockSize + pos % kKvBlockSize) * kv_row_bytes_;
+  }
+  void store_kv(uint8_t* row, const float* x) const {
+    if (!kv_int8_) {
+      std::memcpy(row, x, (size_t)c_.kv_dim() * 4);
+      return;
+    }
+    const int n = c_.kv_dim(), G = kv_group_;
+    int8_t* q = reinterpret_cast<int8_t*>(row);
+    uint8_t* scales = row + n;
+    for (int g = 0; g < n / G; ++g) {
+      uint16_t d = q8_quantize_group(x + (size_t)g * G, G, q + (size_t)g * G);
+      std::memcpy(scales + (size_t)g * 2, &d, 2);
+    }
+  }
+  // A cache row as fp32: the row itself, or (int8) dequantized into `buf`.
+  const float* load_kv(const uint8_t* row, std::vector<float>& buf) const {
+    if (!kv_int8_) return reinterpret_cast<const float*>(row);
+    const int n = c_.kv_dim(), G = kv_group_;
+    buf.resize((size_t)n);
+    const int8_t* q = reinterpret_cast<const int8_t*>(row);
+    for (int g = 0; g < n / G; ++g) {
+      uint16_t dh;
+      std::memcpy(&dh, row + n + (size_t)g * 2, 2);
+      const float d = fp16_to_f32(dh);
+      for (int i = g * G; i < (g + 1) * G; ++i) buf[(size_t)i] = (float)q[i] * d;
+    }
+    return buf.data();
   }
 
   void rope(float* v, int n_heads, int pos) const {
@@ -178,10 +211,19 @@ class CpuBackend final : public Backend {
   // Causal attention of every batch token over its sequence's cache (positions 0..pos).
   void attention(const ForwardBatch& b, int l) {
     auto table = [&](int t) { return &b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks]; };
+    // attend_heads uses each row before asking for the next, so one scratch row per thread and per
+    // K/V holds a dequantized int8 row.
     cpu::attention(
         pool_, b.n_tokens(), c_.n_heads, c_.n_heads / c_.n_kv_heads, c_.head_dim, q_.data(), att_.data(),
-        [&](int t) { return b.positions[(size_t)t] + 1; }, [&](int t, int p) { return kv_at(table(t), p, l, 0); },
-        [&](int t, int p) { return kv_at(table(t), p, l, 1); });
+        [&](int t) { return b.positions[(size_t)t] + 1; },
+        [&](int t, int p) {
+          thread_local std::vector<float> kbuf;
+          return load_kv(kv_at(table(t), p, l, 0), kbuf);
+        },
+        [&](int t, int p) {
+          thread_local std::vector<float> vbuf;
+          return load_kv(kv_at(table(t), p, l, 1), vbuf);
+        });
   }
 
   ModelConfig c_;
@@ -190,8 +232,10 @@ class CpuBackend final : public Backend {
   mutable ThreadPool pool_;
   DType dtype_ = DType::F32;
   std::vector<float> rope_;
-  size_t block_floats_ = 0;
-  std::vector<std::unique_ptr<float[]>> blocks_;  // allocated on first use
+  bool kv_int8_ = false;
+  int kv_group_ = 32;
+  size_t kv_row_bytes_ = 0, block_bytes_ = 0;
+  std::vector<std::unique_ptr<uint8_t[]>> blocks_;  // allocated on first use
   std::atomic<size_t> allocated_blocks_{0};       // read by info() from other threads
   std::vector<float> x_, xb_, q_, k_, v_, att_, h1_, h3_, logits_;
   std::vector<int> seg_of_;

@@ -22,11 +22,13 @@
 #include "../../common/half.h"
 #include "../../common/thread_pool.h"
 #include "../backend.h"
+#include "../cuda_plan.h"
 #include "cuda_util.cuh"
 
 namespace l2 {
 
 namespace k = kernels;
+static_assert(kCudaPadN == k::kPadN && kCudaPadK == k::kPadK, "cuda_plan.h pads as the kernels do");
 
 namespace {
 
@@ -70,6 +72,7 @@ class CudaBackend final : public Backend {
       fail(code::kInvalidArgument, "dtype: the CUDA backend runs 'f16' or 'int8' weights (got '" + o.dtype + "')");
     const bool file_q8 = w.layers[0].wq.dtype == DType::Q8_0;
     want_int8_ = o.dtype == "int8" || (o.dtype == "auto" && file_q8);
+    kv_int8_ = o.kv_int8;
     try {
       setup(w, o);
     } catch (...) {
@@ -85,6 +88,7 @@ class CudaBackend final : public Backend {
     i.device = "cuda";
     i.name = std::string(props_.name) + " (sm_" + std::to_string(props_.major * 10 + props_.minor) + ", " + std::to_string(props_.multiProcessorCount) + " SMs)";
     i.dtype = want_int8_ ? "int8" : "f16";
+    i.kv_dtype = kv_int8_ ? "int8" : "f16";
     i.weight_bytes = weight_bytes_;
     i.kv_bytes = kv_bytes_;
     i.device_memory_used = allocated_;
@@ -161,10 +165,13 @@ class CudaBackend final : public Backend {
 
   void copy_block(int32_t src, int32_t dst) override {
     CK(cudaSetDevice(dev_));
+    // Per layer: K values, V values, then (int8) K scales, V scales, each [n_blocks][block bytes].
+    const uint64_t vb = plan_.kv_layer_k / n_blocks_, sb = plan_.kv_layer_scales / n_blocks_;
     for (int l = 0; l < c_.n_layers; ++l)
-      for (int kv = 0; kv < 2; ++kv) {
-        half* pool = kv ? v_pool(l) : k_pool(l);
-        CK(cudaMemcpyAsync(pool + (size_t)dst * block_elems_, pool + (size_t)src * block_elems_, block_elems_ * 2, cudaMemcpyDeviceToDevice, stream_));
+      for (int part = 0; part < (kv_int8_ ? 4 : 2); ++part) {
+        const uint64_t b = part < 2 ? vb : sb;
+        uint8_t* pool = kv_layer(l) + (part < 2 ? part * plan_.kv_layer_k : 2 * plan_.kv_layer_k + (part - 2) * plan_.kv_layer_scales);
+        CK(cudaMemcpyAsync(pool + dst * b, pool + src * b, b, cudaMemcpyDeviceToDevice, stream_));
       }
   }
 
@@ -215,22 +222,24 @@ class CudaBackend final : public Backend {
   void setup(LlamaWeights& w, const BackendOptions& o) {
     CK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     const int D = c_.dim, Q = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn_dim, V = c_.vocab_size, L = c_.n_layers;
-    Dpad_ = round_up(D, k::kPadN);
-    Qpad_ = round_up(Q, k::kPadN);
-    Fpad_ = round_up(F, k::kPadN);
-    Vpad_ = round_up(V, k::kPadN);
-    M_ = 2048;   // tokens per sub-batch (prefill chunk)
-    S_ = 256;    // sequences per sub-batch
-    max_blocks_ = (ctx_ + kKvBlockSize - 1) / kKvBlockSize;
-    block_elems_ = (size_t)c_.n_kv_heads * kKvBlockSize * c_.head_dim;
-    prefill_attn_ = c_.head_dim == 64 || c_.head_dim == 128;
-    dec_max_ = prefill_attn_ ? S_ : M_;
+    // Every buffer's size comes from the plan (cuda_plan.h), which predicts GPU memory without a GPU.
+    kinds_ = matrix_kinds(w);
+    plan_ = plan_cuda(c_, kinds_, kv_int8_, ctx_, n_blocks_);
+    Dpad_ = plan_.dpad;
+    Qpad_ = plan_.qpad;
+    Fpad_ = plan_.fpad;
+    Vpad_ = plan_.vpad;
+    M_ = plan_.max_tokens;
+    S_ = plan_.max_segments;
+    max_blocks_ = plan_.max_blocks;
+    prefill_attn_ = plan_.prefill_attn;
+    if (plan_.attn_ws < k::attention_decode_workspace(plan_.decode_chunk, c_.n_heads, c_.head_dim, ctx_))
+      fail(code::kInternal, "cuda_plan: decode-attention workspace smaller than the kernels need");
 
     // Check the whole budget before allocating anything large.
-    uint64_t weights = estimate_weights(w);
-    kv_bytes_ = (uint64_t)L * 2 * n_blocks_ * block_elems_ * 2;
-    uint64_t acts = (uint64_t)M_ * (Dpad_ * 4 + std::max(Dpad_, Fpad_) * 2 + Qpad_ * 4 + Fpad_ * 2) + (uint64_t)S_ * (Vpad_ * 4 + Dpad_ * 4) +
-                    k::attention_decode_workspace(dec_max_, c_.n_heads, c_.head_dim, ctx_) + (uint64_t)ctx_ * c_.head_dim * 4;
+    const uint64_t weights = plan_.weights;
+    kv_bytes_ = plan_.kv_cache;
+    const uint64_t acts = plan_.buffers();
     size_t free_b = 0, total_b = 0;
     CK(cudaMemGetInfo(&free_b, &total_b));
     uint64_t need = weights + kv_bytes_ + acts;
@@ -250,17 +259,17 @@ class CudaBackend final : public Backend {
     total_tensors_ = 3 + 4 * L;
 
     // Embedding and classifier.
-    emb_ = upload(pool, "token embeddings", V, D, rows_of(w.tok_embeddings), int8_for({&w.tok_embeddings}));
-    out_ = c_.tied_output && !want_int8_mismatch(w) ? emb_ : upload(pool, "output", V, D, rows_of(w.output), int8_for({&w.output}));
+    emb_ = upload(pool, "token embeddings", V, D, rows_of(w.tok_embeddings), kinds_.emb);
+    out_ = c_.tied_output ? emb_ : upload(pool, "output", V, D, rows_of(w.output), kinds_.out);
     layers_.resize((size_t)L);
     for (int l = 0; l < L; ++l) {
       LayerWeights& lw = w.layers[(size_t)l];
       DevLayer& dl = layers_[(size_t)l];
       std::string p = "layer " + std::to_string(l) + " ";
-      dl.qkv = upload(pool, p + "qkv", Q + 2 * KV, D, qkv_rows(lw), int8_for({&lw.wq, &lw.wk, &lw.wv}));
-      dl.wo = upload(pool, p + "wo", D, Q, rows_of(lw.wo), int8_for({&lw.wo}));
-      dl.w13 = upload(pool, p + "w13", 2 * F, D, interleaved_rows(lw.w1, lw.w3), int8_for({&lw.w1, &lw.w3}));
-      dl.w2 = upload(pool, p + "w2", D, F, rows_of(lw.w2), int8_for({&lw.w2}));
+      dl.qkv = upload(pool, p + "qkv", Q + 2 * KV, D, qkv_rows(lw), kinds_.qkv);
+      dl.wo = upload(pool, p + "wo", D, Q, rows_of(lw.wo), kinds_.wo);
+      dl.w13 = upload(pool, p + "w13", 2 * F, D, interleaved_rows(lw.w1, lw.w3), kinds_.w13);
+      dl.w2 = upload(pool, p + "w2", D, F, rows_of(lw.w2), kinds_.w2);
       dl.attn_norm = upload_f32(lw.attn_norm);
       dl.ffn_norm = upload_f32(lw.ffn_norm);
     }
@@ -272,29 +281,31 @@ class CudaBackend final : public Backend {
     }
 
     // KV cache, rotary table, activations.
-    kv_ = static_cast<half*>(dalloc(kv_bytes_));
+    kv_ = static_cast<uint8_t*>(dalloc(kv_bytes_));
     std::vector<float> rope = rope_table(c_, ctx_);
     rope_ = static_cast<float2*>(dalloc(rope.size() * 4));
     CK(cudaMemcpy(rope_, rope.data(), rope.size() * 4, cudaMemcpyHostToDevice));
-    x_ = static_cast<float*>(dalloc((size_t)M_ * Dpad_ * 4));
-    xn_ = static_cast<half*>(dalloc((size_t)M_ * std::max(Dpad_, Fpad_) * 2));
-    q_ = static_cast<half*>(dalloc((size_t)M_ * Qpad_ * 2));
-    att_ = static_cast<half*>(dalloc((size_t)M_ * Qpad_ * 2));
-    h_ = static_cast<half*>(dalloc((size_t)M_ * Fpad_ * 2));
-    xo_ = static_cast<float*>(dalloc((size_t)S_ * Dpad_ * 4));
-    logits_ = static_cast<float*>(dalloc((size_t)S_ * Vpad_ * 4));
-    topk_ids_ = static_cast<int32_t*>(dalloc((size_t)S_ * 256 * 4));
-    topk_vals_ = static_cast<float*>(dalloc((size_t)S_ * 256 * 4));
-    attn_ws_ = dalloc(k::attention_decode_workspace(dec_max_, c_.n_heads, c_.head_dim, ctx_));
+    x_ = static_cast<float*>(dalloc(plan_.x));
+    xn_ = static_cast<half*>(dalloc(plan_.xn));
+    q_ = static_cast<half*>(dalloc(plan_.q));
+    att_ = static_cast<half*>(dalloc(plan_.att));
+    h_ = static_cast<half*>(dalloc(plan_.h));
+    // int8 KV: the QKV epilogue's K/V rows, quantized into the cache by kv_quantize.
+    if (kv_int8_) kv_stage_ = plan_.stage_in_h ? h_ : static_cast<half*>(dalloc(plan_.stage));
+    xo_ = static_cast<float*>(dalloc(plan_.xo));
+    logits_ = static_cast<float*>(dalloc(plan_.logits));
+    topk_ids_ = static_cast<int32_t*>(dalloc(plan_.topk / 2));
+    topk_vals_ = static_cast<float*>(dalloc(plan_.topk / 2));
+    attn_ws_ = dalloc(plan_.attn_ws);
     // Pad columns must stay zero (they meet zero weight columns, but NaN * 0 would not be 0).
-    CK(cudaMemsetAsync(x_, 0, (size_t)M_ * Dpad_ * 4, stream_));
-    CK(cudaMemsetAsync(xn_, 0, (size_t)M_ * std::max(Dpad_, Fpad_) * 2, stream_));
-    CK(cudaMemsetAsync(q_, 0, (size_t)M_ * Qpad_ * 2, stream_));
-    CK(cudaMemsetAsync(att_, 0, (size_t)M_ * Qpad_ * 2, stream_));
-    CK(cudaMemsetAsync(h_, 0, (size_t)M_ * Fpad_ * 2, stream_));
-    CK(cudaMemsetAsync(xo_, 0, (size_t)S_ * Dpad_ * 4, stream_));
+    CK(cudaMemsetAsync(x_, 0, plan_.x, stream_));
+    CK(cudaMemsetAsync(xn_, 0, plan_.xn, stream_));
+    CK(cudaMemsetAsync(q_, 0, plan_.q, stream_));
+    CK(cudaMemsetAsync(att_, 0, plan_.att, stream_));
+    CK(cudaMemsetAsync(h_, 0, plan_.h, stream_));
+    CK(cudaMemsetAsync(xo_, 0, plan_.xo, stream_));
     CK(cudaMemsetAsync(kv_, 0, kv_bytes_, stream_));
-    in_bytes_ = ((size_t)M_ * 4 + (size_t)S_ * 4 + (size_t)S_ * max_blocks_) * 4;
+    in_bytes_ = plan_.inputs;
     in_dev_ = static_cast<int32_t*>(dalloc(in_bytes_));
     CK(cudaMallocHost(&pinned_in_, in_bytes_));
     CK(cudaMallocHost(&pinned_out_, (size_t)S_ * 256 * 4 * 2));
@@ -302,33 +313,25 @@ class CudaBackend final : public Backend {
     if (progress_) progress_({"ready", total_bytes_, total_bytes_, total_tensors_, total_tensors_});
   }
 
-  // A tied classifier can share the embedding's device copy only if both want the same precision.
-  bool want_int8_mismatch(LlamaWeights&) const { return false; }
-
-  bool int8_for(std::initializer_list<const Matrix*> ms) const {
-    bool all = true;
-    for (const Matrix* m : ms) {
-      bool q = m->dtype == DType::Q8_0 || (want_int8_ && m->cols % kQ8Block == 0);
-      all = all && q;
-    }
-    return all;
-  }
-
-  uint64_t estimate_weights(LlamaWeights& w) const {
-    const int D = c_.dim, Q = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn_dim, V = c_.vocab_size;
-    auto mat = [&](int n, int kk, bool q8) {
-      DevMat m;
-      m.int8 = q8;
-      m.npad = round_up(n, k::kPadN);
-      m.ldw = round_up(kk, k::kPadK);
-      return m.bytes();
+  // int8 on the device where every matrix of the kind is Q8_0 in the file or int8 was asked and its
+  // rows are whole groups of 32; the rest fp16 (Q8_0 rows are widened).
+  CudaMatrixKinds matrix_kinds(const LlamaWeights& w) const {
+    auto q = [&](std::initializer_list<const Matrix*> ms) {
+      bool all = true;
+      for (const Matrix* m : ms) all = all && (m->dtype == DType::Q8_0 || (want_int8_ && m->cols % kQ8Block == 0));
+      return all;
     };
-    uint64_t total = mat(V, D, int8_for({&w.tok_embeddings}));
-    if (!c_.tied_output) total += mat(V, D, int8_for({&w.output}));
-    for (auto& lw : w.layers)
-      total += mat(Q + 2 * KV, D, int8_for({&lw.wq, &lw.wk, &lw.wv})) + mat(D, Q, int8_for({&lw.wo})) + mat(2 * F, D, int8_for({&lw.w1, &lw.w3})) +
-               mat(D, F, int8_for({&lw.w2})) + 2 * D * 4;
-    return total + D * 4;
+    CudaMatrixKinds k;
+    k.emb = q({&w.tok_embeddings});
+    k.out = c_.tied_output ? k.emb : q({&w.output});
+    k.qkv = k.wo = k.w13 = k.w2 = true;
+    for (const LayerWeights& lw : w.layers) {
+      k.qkv = k.qkv && q({&lw.wq, &lw.wk, &lw.wv});
+      k.wo = k.wo && q({&lw.wo});
+      k.w13 = k.w13 && q({&lw.w1, &lw.w3});
+      k.w2 = k.w2 && q({&lw.w2});
+    }
+    return k;
   }
 
   std::vector<RowSrc> rows_of(const Matrix& m) {
@@ -448,8 +451,14 @@ class CudaBackend final : public Backend {
   }
 
   // ---------------------------------------------------------------- forward
-  half* k_pool(int l) const { return kv_ + (size_t)l * 2 * n_blocks_ * block_elems_; }
-  half* v_pool(int l) const { return k_pool(l) + (size_t)n_blocks_ * block_elems_; }
+  // Layer l's part of the cache: K values, V values (fp16 or int8), then (int8) K scales, V scales.
+  uint8_t* kv_layer(int l) const { return kv_ + (size_t)l * 2 * (plan_.kv_layer_k + plan_.kv_layer_scales); }
+  half* k_pool(int l) const { return reinterpret_cast<half*>(kv_layer(l)); }
+  half* v_pool(int l) const { return reinterpret_cast<half*>(kv_layer(l) + plan_.kv_layer_k); }
+  int8_t* k_q(int l) const { return reinterpret_cast<int8_t*>(kv_layer(l)); }
+  int8_t* v_q(int l) const { return reinterpret_cast<int8_t*>(kv_layer(l) + plan_.kv_layer_k); }
+  half* k_scale(int l) const { return reinterpret_cast<half*>(kv_layer(l) + 2 * plan_.kv_layer_k); }
+  half* v_scale(int l) const { return reinterpret_cast<half*>(kv_layer(l) + 2 * plan_.kv_layer_k + plan_.kv_layer_scales); }
 
   void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) {
     // Experimental tensor-core decode path (kernels/gemv_mma.cu), opt-in until validated on a GPU.
@@ -551,6 +560,16 @@ class CudaBackend final : public Backend {
     n_out_total_ += n_out;
   }
 
+  // Decode attention for n_dec tokens (listed at `list`), in chunks whose split-K workspace fits attn_ws_.
+  void decode_attention(k::AttentionParams ap, const int32_t* list, int n_dec, int span) {
+    const size_t per_token = k::attention_decode_workspace(1, c_.n_heads, c_.head_dim, span);
+    const int chunk = std::max(1, (int)std::min<size_t>((size_t)n_dec, plan_.attn_ws / per_token));
+    for (int i = 0; i < n_dec; i += chunk) {
+      ap.decode_tokens = list + i;
+      k::attention_decode(ap, std::min(chunk, n_dec - i), span, attn_ws_, stream_);
+    }
+  }
+
   // Everything one sub-batch does on the stream (also what a decode graph captures).
   void enqueue(const Layout& lay, int T, int S, int n_dec, int n_out, int max_count, int span, float* logits) {
     const int32_t* in = in_dev_;
@@ -588,13 +607,26 @@ class CudaBackend final : public Backend {
       qkv.positions = in + lay.positions;
       qkv.rope = rope_;
       qkv.kv_slot = in + lay.slots;
-      qkv.k_cache = k_pool(l);
-      qkv.v_cache = v_pool(l);
+      if (kv_int8_) {
+        qkv.kv_stage = kv_stage_;
+        qkv.ld_stage = plan_.ld_stage;
+        ap.k_q = k_q(l);
+        ap.v_q = v_q(l);
+        ap.k_scale = k_scale(l);
+        ap.v_scale = v_scale(l);
+        ap.kv_group = plan_.kv_group;
+      } else {
+        qkv.k_cache = k_pool(l);
+        qkv.v_cache = v_pool(l);
+        ap.k_cache = k_pool(l);
+        ap.v_cache = v_pool(l);
+      }
       matmul(L.qkv, xn_, Dpad_, T, qkv);
-      ap.k_cache = k_pool(l);
-      ap.v_cache = v_pool(l);
+      if (kv_int8_)
+        k::kv_quantize(kv_stage_, plan_.ld_stage, in + lay.slots, T, c_.n_kv_heads, c_.head_dim, plan_.kv_group, k_q(l), k_scale(l), v_q(l),
+                       v_scale(l), stream_);
       if (prefill_attn_ && max_count > 1) k::attention_prefill(ap, max_count, stream_);
-      if (n_dec > 0) k::attention_decode(ap, n_dec, span, attn_ws_, stream_);
+      decode_attention(ap, in + lay.decode_list, n_dec, span);
       k::Epilogue add;
       add.kind = k::Epi::AddF32;
       add.out = x_;
@@ -635,13 +667,17 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   std::vector<void*> allocs_;
   uint64_t allocated_ = 0, weight_bytes_ = 0, kv_bytes_ = 0;
-  int Dpad_ = 0, Qpad_ = 0, Fpad_ = 0, Vpad_ = 0, M_ = 0, S_ = 0, max_blocks_ = 0, dec_max_ = 0;
-  size_t block_elems_ = 0, in_bytes_ = 0;
+  bool kv_int8_ = false;
+  CudaMatrixKinds kinds_;
+  CudaPlan plan_;
+  int Dpad_ = 0, Qpad_ = 0, Fpad_ = 0, Vpad_ = 0, M_ = 0, S_ = 0, max_blocks_ = 0;
+  size_t in_bytes_ = 0;
   bool prefill_attn_ = false;
   DevMat emb_, out_;
   std::vector<DevLayer> layers_;
   float* final_norm_ = nullptr;
-  half* kv_ = nullptr;
+  uint8_t* kv_ = nullptr;
+  half* kv_stage_ = nullptr;
   float2* rope_ = nullptr;
   float *x_ = nullptr, *xo_ = nullptr, *logits_ = nullptr, *topk_vals_ = nullptr;
   half *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *h_ = nullptr;

@@ -1,0 +1,80 @@
+#include "cuda_plan.h"
+
+#include <algorithm>
+
+#include "backend.h"
+
+namespace l2 {
+
+namespace {
+uint64_t round_up(uint64_t a, uint64_t b) { return (a + b - 1) / b * b; }
+}  // namespace
+
+uint64_t cuda_matrix_bytes(int n, int k, bool int8) {
+  const uint64_t npad = round_up((uint64_t)n, kCudaPadN), ldw = round_up((uint64_t)k, kCudaPadK);
+  return int8 ? npad * ldw + npad * (ldw / 32) * 2 : npad * ldw * 2;
+}
+
+CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, bool int8) {
+  auto q = [&](int cols) { return int8 && cols % 32 == 0; };
+  CudaMatrixKinds k;
+  k.emb = k.out = k.qkv = k.w13 = q(c.dim);
+  k.wo = q(c.q_dim());
+  k.w2 = q(c.ffn_dim);
+  return k;
+}
+
+CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_int8, int ctx, int n_kv_blocks) {
+  CudaPlan p;
+  const int D = c.dim, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim, V = c.vocab_size, L = c.n_layers, HD = c.head_dim;
+  p.dpad = (int)round_up(D, kCudaPadN);
+  p.qpad = (int)round_up(Q, kCudaPadN);
+  p.fpad = (int)round_up(F, kCudaPadN);
+  p.vpad = (int)round_up(V, kCudaPadN);
+  p.max_tokens = 2048;
+  p.max_segments = 256;
+  p.max_blocks = (ctx + kKvBlockSize - 1) / kKvBlockSize;
+  p.prefill_attn = HD == 64 || HD == 128;
+  // Decode tokens of one step: every segment's token (prefill attention takes the rest), or all tokens.
+  const int dec_max = p.prefill_attn ? p.max_segments : p.max_tokens;
+  // The split-K workspace of decode attention grows with tokens x context: bound it, and launch the
+  // decode tokens in chunks when a step has more than fit (only long contexts with big batches).
+  p.decode_chunk = std::min(dec_max, 64);
+
+  uint64_t w = cuda_matrix_bytes(V, D, kinds.emb);
+  if (!c.tied_output) w += cuda_matrix_bytes(V, D, kinds.out);
+  w += (uint64_t)L * (cuda_matrix_bytes(Q + 2 * KV, D, kinds.qkv) + cuda_matrix_bytes(D, Q, kinds.wo) + cuda_matrix_bytes(2 * F, D, kinds.w13) +
+                      cuda_matrix_bytes(D, F, kinds.w2) + 2ull * D * 4);
+  p.weights = w + (uint64_t)D * 4;
+
+  p.kv_int8 = kv_int8;
+  p.kv_group = kv_quant_group(HD);
+  p.block_elems = (uint64_t)c.n_kv_heads * kKvBlockSize * HD;
+  p.kv_layer_k = (uint64_t)n_kv_blocks * p.block_elems * (kv_int8 ? 1 : 2);
+  p.kv_layer_scales = kv_int8 ? (uint64_t)n_kv_blocks * (p.block_elems / p.kv_group) * 2 : 0;
+  p.kv_cache = (uint64_t)L * 2 * (p.kv_layer_k + p.kv_layer_scales);
+
+  const uint64_t M = (uint64_t)p.max_tokens, S = (uint64_t)p.max_segments;
+  p.x = M * p.dpad * 4;
+  p.xn = M * std::max(p.dpad, p.fpad) * 2;
+  p.q = M * p.qpad * 2;
+  p.att = M * p.qpad * 2;
+  p.h = M * p.fpad * 2;
+  if (kv_int8) {
+    // The QKV epilogue's K/V rows wait in h (free until the FFN) when they fit there.
+    p.ld_stage = (int)round_up(2 * KV, 8);
+    p.stage_in_h = p.ld_stage <= p.fpad;
+    if (p.stage_in_h) p.ld_stage = p.fpad;
+    else p.stage = M * p.ld_stage * 2;
+  }
+  p.xo = S * p.dpad * 4;
+  p.logits = S * p.vpad * 4;
+  p.topk = S * 256 * 8;
+  // kernels/attention_decode.cu attention_decode_workspace: tokens x heads x splits of 128 x (hd + 2) floats.
+  p.attn_ws = (uint64_t)p.decode_chunk * c.n_heads * ((ctx + 127) / 128) * (HD + 2) * 4;
+  p.rope = (uint64_t)ctx * (HD / 2) * 8;
+  p.inputs = (M * 4 + S * 4 + S * (uint64_t)p.max_blocks) * 4;
+  return p;
+}
+
+}  // namespace l2

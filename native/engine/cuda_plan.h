@@ -1,0 +1,52 @@
+// Every device buffer of the CUDA backend, sized from the model's shape and the load options alone
+// (no GPU needed): the backend allocates exactly these, and `llama2 inspect --cuda-plan` / the tests
+// use the same figures to predict a model's GPU memory on machines without one.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "../model/config.h"
+
+namespace l2 {
+
+// Matrix padding of the CUDA kernels (kernels/kernels.h kPadN / kPadK).
+constexpr int kCudaPadN = 128;
+constexpr int kCudaPadK = 64;
+
+// Which device matrices are int8 (Q8_0 values + fp16 scales per 32) rather than fp16.
+struct CudaMatrixKinds {
+  bool emb = false, out = false, qkv = false, wo = false, w13 = false, w2 = false;
+};
+// The kinds a load gives: int8 where the file is Q8_0 or int8 was asked, for rows whose length is a
+// multiple of 32 (others stay fp16, as llama.cpp's converter does).
+CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, bool int8);
+
+struct CudaPlan {
+  int dpad = 0, qpad = 0, fpad = 0, vpad = 0;  // padded widths of the activations
+  int max_tokens = 0;    // tokens per sub-batch (prefill chunk)
+  int max_segments = 0;  // sequences (and outputs) per sub-batch
+  int max_blocks = 0;    // KV blocks per sequence
+  bool prefill_attn = false;  // tensor-core prefill attention (head_dim 64 / 128)
+  int decode_chunk = 0;  // decode-attention tokens per launch at the full context (workspace bound)
+  bool kv_int8 = false;
+  int kv_group = 0;      // int8 KV: values per scale
+  uint64_t block_elems = 0;  // values of one KV block, one layer, K or V
+  int ld_stage = 0;          // int8 KV: row stride of the K/V staging rows (halves)
+  bool stage_in_h = false;   // int8 KV: the staging rows reuse the FFN buffer h
+
+  uint64_t weights = 0;      // matrices + norms
+  uint64_t kv_layer_k = 0;   // bytes of one layer's K values (V the same), all blocks
+  uint64_t kv_layer_scales = 0;  // int8: bytes of one layer's K scales (V the same)
+  uint64_t kv_cache = 0;     // all layers, K and V, values and scales
+  uint64_t x = 0, xn = 0, q = 0, att = 0, h = 0, stage = 0, xo = 0, logits = 0, topk = 0, attn_ws = 0, rope = 0, inputs = 0;
+  uint64_t buffers() const { return x + xn + q + att + h + stage + xo + logits + topk + attn_ws + rope + inputs; }
+  uint64_t total() const { return weights + kv_cache + buffers(); }
+};
+
+// n_kv_blocks: KV blocks of kKvBlockSize tokens in the pool (maxSequences x context / 16).
+CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_int8, int context_length, int n_kv_blocks);
+
+// A device matrix's bytes: n x k padded, fp16 or int8 + scales.
+uint64_t cuda_matrix_bytes(int n, int k, bool int8);
+
+}  // namespace l2
