@@ -24,9 +24,11 @@ export {
   type NativeProgress,
   type NativeSelection,
   type NvidiaDriver,
+  type CudaMemoryPlan,
   type PrebuildManifest,
 } from "./native.js";
 export type { SchedulerStats } from "./engine/scheduler.js";
 export type { PrefixCacheStats } from "./engine/prefix-cache.js";
 export { ensureDemoModel, DEMO_MODEL_FILE } from "./synth/demo.js";
+export { planCudaMemory, type CudaPlanOptions } from "./cuda-plan.js";
 export type * from "./types.js";

@@ -148,6 +148,22 @@ export interface NativeAddon {
   cudaCopyBandwidth(deviceIndex: number, bytes?: number): number;
   /** Allocates one op with seeded random data; ERR_INVALID_ARGUMENT naming the field on a bad spec. */
   createOpBench(spec: OpBenchSpec): NativeOpBench;
+  /** The CUDA backend's device buffers for a model shape, computed without a GPU (engine/cuda_plan.h). */
+  cudaMemoryPlan(
+    config: Pick<ModelConfig, "dim" | "nLayers" | "nHeads" | "nKvHeads" | "headDim" | "ffnDim" | "vocabSize" | "tiedEmbeddings">,
+    opts: { int8Weights: boolean; kvCacheType: "auto" | "int8"; contextLength: number; maxSequences: number },
+  ): CudaMemoryPlan;
+}
+
+/** Bytes of GPU memory the CUDA backend allocates for a model (see `planCudaMemory`). */
+export interface CudaMemoryPlan {
+  weightBytes: number;
+  kvCacheBytes: number;
+  /** Activations, logits, workspaces, step inputs: `buffers` itemizes them. */
+  bufferBytes: number;
+  totalBytes: number;
+  kvBlocks: number;
+  buffers: Record<string, number>;
 }
 
 export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");

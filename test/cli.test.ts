@@ -82,6 +82,15 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     }
   });
 
+  it("generate --kv-cache int8 loads an int8 KV cache (named on the loaded line) and still follows the fixture on case 0", () => {
+    // Case 0 has no near-ties in its first 65 tokens: the int8 cache keeps every one (measured).
+    const c = fx[0]!;
+    const r = cli(["generate", "--model", stories, "--kv-cache", "int8", "--prompt-ids", c.prompt.join(","), "-t", "0", "--no-stop", "-n", String(c.generated.length), "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/loaded .*KV int8/);
+    expect(JSON.parse(r.stdout).ids).toEqual(c.generated);
+  });
+
   it("generate streams text to stdout (the --json text), info on stderr only; --quiet silences stderr", () => {
     const args = ["generate", "-m", tiny, "--prompt", "Once upon a time", "-t", "0", "--no-stop", "-n", "12"];
     const json = cli([...args, "--json"]);
@@ -206,6 +215,8 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
       [["generate", "--model", stories, "--prompt-ids", "1", "--seed", "x"], "--seed"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--device", "tpu"], "--device"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--dtype", "q4"], "--dtype"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--kv-cache", "f8"], "--kv-cache"],
+      [["bench", "--model", stories, "--kv-cache", "f8"], "--kv-cache"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--context", "0"], "--context"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--context", "100000"], "--context"], // checked by the engine
       [["generate", "--model", stories, "--prompt-ids", "1", "--threads", "-2"], "--threads"],

@@ -12,6 +12,7 @@
 #include "../common/error.h"
 #include "../engine/engine.h"
 #include "../engine/cpu/cpu_ops.h"
+#include "../engine/cuda_plan.h"
 #include "../engine/op_bench.h"
 
 namespace {
@@ -501,6 +502,51 @@ Napi::Value CreateOpBench(const Napi::CallbackInfo& info) {
   });
 }
 
+// cudaMemoryPlan(config, { int8Weights, kvCacheType, contextLength, maxSequences }): the CUDA backend's
+// device buffers for a model shape (engine/cuda_plan.h), computed without a GPU.
+Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsObject())
+      throw make_error(env, l2::code::kInvalidArgument, "cudaMemoryPlan(config, options): expected two objects");
+    Napi::Object co = info[0].As<Napi::Object>(), oo = info[1].As<Napi::Object>();
+    auto pos_int = [&](Napi::Object o, const char* k, int max) {
+      int32_t v = int_arg(o.Has(k) ? o.Get(k) : env.Undefined(), k);
+      if (v < 1 || v > max) throw make_error(env, l2::code::kInvalidArgument, std::string(k) + ": " + std::to_string(v) + " is out of range (1.." + std::to_string(max) + ")");
+      return v;
+    };
+    l2::ModelConfig c;
+    c.dim = pos_int(co, "dim", 1 << 16);
+    c.n_layers = pos_int(co, "nLayers", 1024);
+    c.n_heads = pos_int(co, "nHeads", 1024);
+    c.n_kv_heads = pos_int(co, "nKvHeads", 1024);
+    c.head_dim = pos_int(co, "headDim", 1024);
+    c.ffn_dim = pos_int(co, "ffnDim", 1 << 18);
+    c.vocab_size = pos_int(co, "vocabSize", 1 << 20);
+    c.tied_output = co.Has("tiedEmbeddings") && co.Get("tiedEmbeddings").ToBoolean();
+    const int ctx = pos_int(oo, "contextLength", 1 << 20);
+    const int seqs = pos_int(oo, "maxSequences", 4096);
+    const bool int8 = oo.Has("int8Weights") && oo.Get("int8Weights").ToBoolean();
+    const std::string kv = oo.Has("kvCacheType") ? str_arg(oo.Get("kvCacheType"), "kvCacheType") : "auto";
+    if (kv != "auto" && kv != "int8") throw make_error(env, l2::code::kInvalidArgument, "kvCacheType: expected 'auto' or 'int8', got '" + kv + "'");
+    const int n_blocks = seqs * ((ctx + l2::kKvBlockSize - 1) / l2::kKvBlockSize);
+    l2::CudaPlan p = l2::plan_cuda(c, l2::cuda_matrix_kinds(c, int8), kv == "int8", ctx, n_blocks);
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("weightBytes", (double)p.weights);
+    r.Set("kvCacheBytes", (double)p.kv_cache);
+    r.Set("bufferBytes", (double)p.buffers());
+    r.Set("totalBytes", (double)p.total());
+    r.Set("kvBlocks", n_blocks);
+    Napi::Object b = Napi::Object::New(env);
+    const std::pair<const char*, uint64_t> parts[] = {{"residual", p.x}, {"normed", p.xn}, {"q", p.q}, {"attention", p.att}, {"ffn", p.h},
+                                                      {"kvStage", p.stage}, {"outputRows", p.xo}, {"logits", p.logits}, {"topK", p.topk},
+                                                      {"decodeWorkspace", p.attn_ws}, {"rope", p.rope}, {"stepInputs", p.inputs}};
+    for (auto& [k, v] : parts) b.Set(k, (double)v);
+    r.Set("buffers", b);
+    return r;
+  });
+}
+
 Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -531,6 +577,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dropPageCache", Napi::Function::New(env, DropPageCache));
   exports.Set("cudaCopyBandwidth", Napi::Function::New(env, CudaCopyBandwidth));
   exports.Set("createOpBench", Napi::Function::New(env, CreateOpBench));
+  exports.Set("cudaMemoryPlan", Napi::Function::New(env, CudaMemoryPlan));
   return exports;
 }
 

@@ -4,6 +4,9 @@ import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import { native, type NativeModelSourceInfo } from "../../native.js";
 import { resolveTokenizer } from "../../tokenizer/for-model.js";
+import { planCudaMemory } from "../../cuda-plan.js";
+import type { CudaMemoryPlan } from "../../native.js";
+import type { KvCacheType, WeightDtype } from "../../types.js";
 
 export interface InspectResult {
   format: NativeModelSourceInfo["format"];
@@ -61,17 +64,41 @@ function bytes(n: number): string {
 const command: Command = {
   name: "inspect",
   summary: "show a model's format, config, tensors and tokenizer (without loading it)",
-  usage: "Usage: llama2 inspect --model PATH [--json]",
+  usage: "Usage: llama2 inspect --model PATH [--json] [--cuda-plan [--dtype auto|f16|int8] [--kv-cache auto|int8] [--context N] [--max-sequences N]]",
   flags: {
     model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf or llama2.c .bin" },
     json: { type: "boolean", description: "print one JSON object" },
+    "cuda-plan": { type: "boolean", description: "also predict the CUDA backend's GPU memory for these load options (no GPU needed)" },
+    dtype: { type: "string", description: "--cuda-plan: weight precision (auto, f16, int8)", default: "auto" },
+    "kv-cache": { type: "string", description: "--cuda-plan: KV cache precision (auto = fp16, int8)", default: "auto" },
+    context: { type: "int", description: "--cuda-plan: context length (default: the model's, at most 4096)" },
+    "max-sequences": { type: "int", description: "--cuda-plan: sequences the KV cache holds at full context", default: 4 },
   },
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument (options start with --)");
     if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
     const r = await inspectModel(flags.model);
+    let plan: (CudaMemoryPlan & { options: Record<string, unknown> }) | undefined;
+    if (flags.cudaPlan) {
+      const opts = {
+        dtype: flags.dtype as WeightDtype,
+        kvCacheType: flags.kvCache as KvCacheType,
+        contextLength: (flags.context as number | undefined) ?? Math.min(r.config.trainedContextLength, 4096),
+        maxSequences: flags.maxSequences as number,
+      };
+      const flagOf: Record<string, string> = { dtype: "--dtype", kvCacheType: "--kv-cache", contextLength: "--context", maxSequences: "--max-sequences" };
+      try {
+        plan = { options: opts, ...planCudaMemory(r, opts) };
+      } catch (err) {
+        if (err instanceof Llama2Error && err.code === "ERR_INVALID_ARGUMENT") {
+          const field = Object.keys(flagOf).find((k) => err.message.startsWith(`${k}:`));
+          if (field) throw new InvalidArgumentError(flagOf[field]!, err.message.slice(field.length + 1).trim());
+        }
+        throw err;
+      }
+    }
     if (flags.json) {
-      io.stdout.write(JSON.stringify(r, null, 2) + "\n");
+      io.stdout.write(JSON.stringify(plan ? { ...r, cudaPlan: plan } : r, null, 2) + "\n");
       return 0;
     }
     const c = r.config;
@@ -86,6 +113,17 @@ const command: Command = {
     ];
     const width = Math.max(...r.tensors.map((t) => t.fileName.length), 4);
     for (const t of r.tensors) lines.push(`    ${t.fileName.padEnd(width)}  ${t.dtype.padEnd(4)}  [${t.shape.join(", ")}]`);
+    if (plan) {
+      const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB (${(n / 1e9).toFixed(2)} GB)`;
+      const o = plan.options;
+      lines.push(
+        `  CUDA memory plan (dtype ${o.dtype}, KV ${o.kvCacheType === "int8" ? "int8" : "fp16"}, context ${o.contextLength} x ${o.maxSequences} sequences; our allocations, not the CUDA context):`,
+        `    weights    ${gib(plan.weightBytes)}`,
+        `    KV cache   ${gib(plan.kvCacheBytes)} (${plan.kvBlocks} blocks)`,
+        `    buffers    ${gib(plan.bufferBytes)}`,
+        `    total      ${gib(plan.totalBytes)}`,
+      );
+    }
     io.stdout.write(lines.join("\n") + "\n");
     return 0;
   },

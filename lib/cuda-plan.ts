@@ -1,0 +1,34 @@
+// GPU memory of a model on the CUDA backend, predicted from its shape and the load options without a
+// GPU: the native plan (engine/cuda_plan.h) is what the backend allocates, buffer by buffer.
+import { fromNative, InvalidArgumentError } from "./errors.js";
+import { native, type CudaMemoryPlan } from "./native.js";
+import type { KvCacheType, ModelConfig, WeightDtype } from "./types.js";
+
+export interface CudaPlanOptions {
+  /** As LoadOptions.dtype: "auto" keeps Q8_0 files int8 and everything else fp16. */
+  dtype?: WeightDtype;
+  kvCacheType?: KvCacheType;
+  /** Default: the model's trained context, at most 4096 (as Llama2.load). */
+  contextLength?: number;
+  /** Default 4 (as Llama2.load). */
+  maxSequences?: number;
+}
+
+/**
+ * The CUDA backend's device memory for a model: `config` and `fileDtype` as `llama2 inspect` (or
+ * `readModelInfo`) reports them. Counts our allocations, not the CUDA context (a few hundred MiB per
+ * process, driver-dependent).
+ */
+export function planCudaMemory(model: { config: ModelConfig; fileDtype: string }, o: CudaPlanOptions = {}): CudaMemoryPlan {
+  const dtype = o.dtype ?? "auto";
+  if (!["auto", "f16", "int8"].includes(dtype)) throw new InvalidArgumentError("dtype", `the CUDA backend runs f16 or int8 weights, got ${JSON.stringify(dtype)}`);
+  const kvCacheType = o.kvCacheType ?? "auto";
+  if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${JSON.stringify(kvCacheType)}`);
+  const int8Weights = dtype === "int8" || (dtype === "auto" && model.fileDtype === "Q8_0");
+  const contextLength = o.contextLength ?? Math.min(model.config.trainedContextLength, 4096);
+  try {
+    return native().cudaMemoryPlan(model.config, { int8Weights, kvCacheType, contextLength, maxSequences: o.maxSequences ?? 4 });
+  } catch (err) {
+    throw fromNative(err);
+  }
+}
