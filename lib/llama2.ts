@@ -96,7 +96,7 @@ export class Llama2 {
     this.tokenizer = tokenizer;
     this.blockSize = model.info().kvBlockSize;
     const chunk = info.device === "cuda" ? 2048 : 512;
-    this.scheduler = new Scheduler(model, { maxStepTokens: chunk, prefillChunk: chunk });
+    this.scheduler = new Scheduler(model, { maxStepTokens: chunk, prefillChunk: chunk, maxStepSequences: model.info().maxStepSequences });
     this.prefixes =
       prefixCache === false
         ? null

@@ -44,6 +44,8 @@ export interface NativeModelInfo extends NativeModelSourceInfo {
   deviceMemoryTotal: number;
   contextLength: number;
   maxSequences: number;
+  /** Most sequences one forward step may hold (the scheduler batches at most this many). */
+  maxStepSequences: number;
   kvBlockSize: number;
   kvBlocks: number;
 }

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { Scheduler } from "../lib/engine/scheduler.js";
 import { Llama2 } from "../lib/llama2.js";
 import type { NativeStepOutput } from "../lib/native.js";
-import { lastLogits, relErr } from "./helpers/logits.js";
+import { argmax, lastLogits, relErr } from "./helpers/logits.js";
 import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
 
 const STORIES = "models/stories260K.bin";
@@ -140,6 +140,32 @@ describeShared("continuous batching (stories260K)", [STORIES, STORIES_FX], () =>
       expect(sched.stats.tokens).toBe(100 + 37 + 17);
       expect(sched.stats.maxBatch).toBeGreaterThan(1);
       expect(seqs.map((s) => nm.sequenceLength(s))).toEqual([100, 37, 17]);
+    } finally {
+      seqs.forEach((s) => nm.freeSequence(s));
+    }
+  });
+
+  it("a step holds at most maxStepSequences (the backend's limit): the rest decode in the next steps, same tokens", async () => {
+    const nm = model._native();
+    expect(nm.info().maxStepSequences).toBeGreaterThanOrEqual(256);
+    const sched = new Scheduler(nm, { maxStepTokens: 512, prefillChunk: 512, maxStepSequences: 2 });
+    const seqs = cases.map(() => nm.createSequence());
+    try {
+      const greedy = async (i: number) => {
+        const ids: number[] = [];
+        let next: number[] = cases[i]!.prompt;
+        for (let k = 0; k < 12; k++) {
+          const out = (await sched.eval(seqs[i]!, next, -1)) as Float32Array;
+          const id = argmax(out);
+          ids.push(id);
+          next = [id];
+        }
+        return ids;
+      };
+      const ids = await Promise.all(cases.map((_, i) => greedy(i)));
+      ids.forEach((got, i) => expect(got).toEqual(cases[i]!.generated.slice(0, 12)));
+      expect(sched.stats.maxBatch).toBe(2);
+      expect(sched.stats.steps).toBeGreaterThanOrEqual(Math.ceil((cases.length * 12) / 2));
     } finally {
       seqs.forEach((s) => nm.freeSequence(s));
     }

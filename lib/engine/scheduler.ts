@@ -10,6 +10,8 @@ export interface SchedulerOptions {
   maxStepTokens: number;
   /** Most tokens of one prompt in one step. */
   prefillChunk: number;
+  /** Most sequences in one step (the backend's limit); the rest wait for the next step, in order. */
+  maxStepSequences?: number;
 }
 
 interface Job {
@@ -117,8 +119,10 @@ export class Scheduler {
       if (job.signal?.aborted) this.drop(job, new Llama2Error("ERR_ABORTED", "aborted"));
     }
     let budget = this.opts.maxStepTokens;
+    const maxSeqs = this.opts.maxStepSequences ?? Infinity;
     const out: { job: Job; n: number }[] = [];
     for (const job of this.queue) {
+      if (out.length >= maxSeqs) break;
       if (job.tokens.length - job.offset === 1) {
         out.push({ job, n: 1 });
         budget--;
@@ -127,7 +131,7 @@ export class Scheduler {
     for (const job of this.queue) {
       const left = job.tokens.length - job.offset;
       if (left === 1) continue;
-      if (budget <= 0 && out.length > 0) break;
+      if ((budget <= 0 && out.length > 0) || out.length >= maxSeqs) break;
       const n = Math.min(left, this.opts.prefillChunk, Math.max(budget, 1));
       out.push({ job, n });
       budget -= n;

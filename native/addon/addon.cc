@@ -189,6 +189,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       o.Set("deviceMemoryTotal", (double)b.device_memory_total);
       o.Set("contextLength", e.context_length());
       o.Set("maxSequences", e.max_sequences());
+      o.Set("maxStepSequences", e.max_step_sequences());
       o.Set("kvBlockSize", l2::kKvBlockSize);
       o.Set("kvBlocks", e.total_blocks());
       return o;

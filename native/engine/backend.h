@@ -74,6 +74,8 @@ class Backend {
   virtual void top_k(int k, int32_t* ids, float* vals) = 0;  // [n_outputs, k], logit descending, ties by id
   // Copies one KV block (all layers) for copy-on-write of shared blocks.
   virtual void copy_block(int32_t src, int32_t dst) = 0;
+  // Most sequences one forward may hold (the CUDA backend's output buffers are sized for this many).
+  virtual int max_step_sequences() const { return 1 << 30; }
 };
 
 // Rotary tables shared by every backend so that all compute the same angles:

@@ -134,6 +134,9 @@ int64_t Engine::free_token_capacity() {
 std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
   const int V = config().vocab_size;
   if (reqs.empty()) fail(code::kInvalidArgument, "forward: no sequences given");
+  if ((int64_t)reqs.size() > backend_->max_step_sequences())
+    fail(code::kInvalidArgument, "forward: " + std::to_string(reqs.size()) + " sequences in one step; this backend takes at most " +
+                                     std::to_string(backend_->max_step_sequences()));
   std::vector<std::vector<int32_t>> tables(reqs.size());
   std::vector<int32_t> pos0(reqs.size());
   std::vector<std::pair<int32_t, int32_t>> copies;  // copy-on-write (src, dst) block pairs

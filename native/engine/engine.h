@@ -48,6 +48,7 @@ class Engine {
   BackendInfo backend_info() const { return backend_->info(); }
   int context_length() const { return ctx_; }
   int max_sequences() const { return max_seqs_; }
+  int max_step_sequences() const { return backend_->max_step_sequences(); }
 
   int32_t create_sequence();
   // A sequence in a running step is freed when the step ends.

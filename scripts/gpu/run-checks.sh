@@ -25,7 +25,7 @@ if has kernels && [ -f .device/kernel_tests.xz ]; then
   timeout 150 /tmp/kernel_tests ${KERNEL_ARGS:-} > "$OUT/kernel-tests.log" 2>&1; echo "kernel_tests rc=$?"; tail -25 "$OUT/kernel-tests.log"
 fi
 BIG=/tmp/7b-f16.gguf
-if has big || has bench || has mma; then
+if has big || has bench || has mma || has kv8; then
   phase "make 7B synthetic"
   [ -f $BIG ] || node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet
 fi
@@ -45,6 +45,12 @@ if has bench; then
     node dist/cli/main.js bench --model $BIG --device cuda --dtype $dt --preset llama2-7b --prompt ${PROMPTS:-128,512} --gen ${GEN:-128} \
       --batch ${BATCHES:-1} --reps ${REPS:-2} ${BENCH_FLAGS:---skip-cold} --out "$OUT/bench-7b-$dt.json" 2>&1 | grep -v "^\[bench\]"
   done
+fi
+if has kv8; then
+  # The int8 KV cache: batched decode (bytes per step shrink with context) and memory at 4096 context.
+  phase "bench 7B f16, KV int8"
+  node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --kv-cache int8 --preset llama2-7b --prompt 128,512 --gen 128 \
+    --batch ${BATCHES:-1} --reps 2 --skip-cold --out "$OUT/bench-7b-f16-kv8.json" 2>&1 | grep -v "^\[bench\]"
 fi
 if has mma; then
   # The tensor-core small-batch kernel (kernels/gemv_mma.cu, opt-in with LLAMA2_GEMV_MMA=1): its kernel

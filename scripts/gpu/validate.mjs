@@ -4,7 +4,7 @@
 // Prints one PASS/FAIL line per check and exits non-zero on any failure. Needs dist/ and the addon.
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { Llama2 } from "../../dist/index.js";
+import { Llama2, planCudaMemory } from "../../dist/index.js";
 
 const args = process.argv.slice(2);
 const opt = (name) => {
@@ -132,6 +132,23 @@ if (!skipSmall) {
   }
 }
 
+// 2b. int8 KV cache: the CUDA cache (kv_quantize from fp16 K/V, int8 decode and prefill attention) against
+// the CPU's int8 cache (quantized from fp32 K/V), and batched equals alone.
+if (!skipSmall) {
+  const ref = JSON.parse(readFileSync(path.join(shared, "fixtures/tiny-llama-hf-reference.json"), "utf8"));
+  const kv8 = { cpu: { kvCacheType: "int8" }, gpu: { kvCacheType: "int8" } };
+  await compareBackends("tiny-llama-hf KV int8", path.join(shared, "models/tiny-llama-hf"), kv8, ref.cases[0].prompt, 24, 2e-2);
+  const fx = JSON.parse(readFileSync(path.join(shared, "fixtures/stories260K-greedy.json"), "utf8"));
+  await compareBackends("stories260K KV int8 (head_dim 8: groups of 8)", path.join(shared, "models/stories260K.bin"), kv8, fx.cases[1].prompt, 40, 3e-2);
+  const m = await Llama2.load(path.join(shared, "models/stories260K.bin"), { device: "cuda", kvCacheType: "int8", maxSequences: 8 });
+  check("stories260K KV int8: info", m.info.kvCacheType === "int8", { kvCacheType: m.info.kvCacheType });
+  const alone = [];
+  for (const c of fx.cases) alone.push((await m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: 48 }).result).tokenIds.join());
+  const rs = await Promise.all(fx.cases.map((c) => m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: 48 }).result));
+  check("stories260K KV int8: batched equals alone", rs.every((r, i) => r.tokenIds.join() === alone[i]), {});
+  await m.dispose();
+}
+
 // 3. A large synthetic model (7B shape): prefill (tensor-core GEMM + flash attention) and decode.
 const big = opt("--big");
 if (big) {
@@ -141,6 +158,22 @@ if (big) {
   // A long prompt takes the large-tile (wgmma on sm_90a) GEMM and the flash-attention prefill.
   const long = Array.from({ length: 600 }, (_, i) => 100 + ((i * 7919) % 31000));
   await compareBackends(`${path.basename(big)} f16 600-token prefill`, big, { cpu: { contextLength: 1024 }, gpu: { contextLength: 1024 } }, long, 1, 2e-2);
+  // int8 KV cache at the 7B shape: prefill through the int8 flash-attention path, then decode steps.
+  await compareBackends(`${path.basename(big)} f16 KV int8 600-token prefill`, big, { cpu: { contextLength: 1024, kvCacheType: "int8" }, gpu: { contextLength: 1024, kvCacheType: "int8" } }, long, 4, 2e-2);
+  // GPU memory at 4096 context, one sequence: what the backend allocated equals the plan (cuda_plan.h),
+  // within issue 4's budgets (14.5 GiB fp16 weights, 8 GiB int8, both with the int8 KV cache).
+  for (const [dtype, budget] of [["f16", 14.5], ["int8", 8]]) {
+    const g = await Llama2.load(big, { device: "cuda", dtype, kvCacheType: "int8", contextLength: 4096, maxSequences: 1 });
+    const used = g._native().info().deviceMemoryUsed;
+    const plan = planCudaMemory({ config: g.info.config, fileDtype: g.info.fileDtype }, { dtype, kvCacheType: "int8", contextLength: 4096, maxSequences: 1 });
+    const r = await g.generate(long.slice(0, 200), { temperature: 0, stopOnEos: false, maxTokens: 8 }).result;
+    check(`7B ${dtype} + KV int8 at 4096 context: allocated = plan, <= ${budget} GiB`, used === plan.totalBytes && used / 2 ** 30 <= budget && r.tokenIds.length === 8, {
+      allocatedGiB: used / 2 ** 30,
+      planGiB: plan.totalBytes / 2 ** 30,
+      allocatedGB: used / 1e9,
+    });
+    await g.dispose();
+  }
   // Batched decode on the GPU (GEMV batch and GEMM batch) equals each sequence alone.
   const m = await Llama2.load(big, { device: "cuda", contextLength: 512, maxSequences: 12 });
   const prompts = Array.from({ length: 12 }, (_, j) => prompt.slice(0, 20 + j * 5));
@@ -152,6 +185,12 @@ if (big) {
     check(`7B batch of ${n}: first 3 sequences equal their alone ids`, same === 3, { same, maxBatch: m.stats().scheduler.maxBatch });
   }
   await m.dispose();
+  const m8 = await Llama2.load(big, { device: "cuda", contextLength: 512, maxSequences: 12, kvCacheType: "int8" });
+  const alone8 = [];
+  for (const p of prompts.slice(0, 3)) alone8.push((await m8.generate(p, { temperature: 0, stopOnEos: false, maxTokens: 16 }).result).tokenIds.join());
+  const rs8 = await Promise.all(prompts.map((p) => m8.generate(p, { temperature: 0, stopOnEos: false, maxTokens: 16 }).result));
+  check("7B KV int8 batch of 12: first 3 sequences equal their alone ids", rs8.slice(0, 3).every((r, i) => r.tokenIds.join() === alone8[i]), {});
+  await m8.dispose();
 }
 
 const out = opt("--out");

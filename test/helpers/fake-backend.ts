@@ -60,6 +60,7 @@ export class FakeBackend implements ChatBackend {
       device: opts.deviceMemoryBytes !== undefined ? "cuda" : "cpu",
       deviceName: opts.deviceMemoryBytes !== undefined ? "Fake GPU" : "CPU (fake)",
       dtype: "f16",
+      kvCacheType: "f16",
       fileDtype: "f16",
       contextLength: opts.contextLength ?? 512,
       maxSequences: 4,

@@ -163,6 +163,8 @@ class CudaBackend final : public Backend {
     std::memcpy(vals, pinned_out_ + (size_t)n_out_total_ * kk * 4, (size_t)n_out_total_ * kk * 4);
   }
 
+  int max_step_sequences() const override { return S_; }
+
   void copy_block(int32_t src, int32_t dst) override {
     CK(cudaSetDevice(dev_));
     // Per layer: K values, V values, then (int8) K scales, V scales, each [n_blocks][block bytes].
