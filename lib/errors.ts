@@ -47,7 +47,7 @@ export class InvalidArgumentError extends Llama2Error {
 }
 
 const SUGGESTIONS: Partial<Record<ErrorCode, string>> = {
-  ERR_OUT_OF_MEMORY: "try dtype: 'int8', a smaller contextLength, or device: 'cpu'",
+  ERR_OUT_OF_MEMORY: "try dtype: 'int8', kvCacheType: 'int8', a smaller contextLength, or device: 'cpu'",
   ERR_DEVICE_UNAVAILABLE: "use device: 'cpu' (or 'auto'), or install the NVIDIA driver / rebuild with nvcc on PATH",
   ERR_CUDA_DRIVER: "update the NVIDIA driver (CUDA 13.0 needs driver >= 580) or use device: 'cpu'",
 };

@@ -32,7 +32,7 @@ static_assert(kCudaPadN == k::kPadN && kCudaPadK == k::kPadK, "cuda_plan.h pads 
 
 namespace {
 
-#define CK(x) check_cuda((x), #x, ": try dtype 'int8', a smaller contextLength or maxSequences, or device 'cpu'")
+#define CK(x) check_cuda((x), #x, ": try dtype 'int8', kvCacheType 'int8', a smaller contextLength or maxSequences, or device 'cpu'")
 
 std::string gib(uint64_t b) {
   char buf[32];
@@ -196,7 +196,7 @@ class CudaBackend final : public Backend {
       size_t free_b = 0, total_b = 0;
       cudaMemGetInfo(&free_b, &total_b);
       fail(code::kOutOfMemory, "out of GPU memory allocating " + gib(bytes) + " (" + gib(free_b) + " free of " + gib(total_b) +
-                                   " on " + props_.name + "): try dtype 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
+                                   " on " + props_.name + "): try dtype 'int8', kvCacheType 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
     }
     allocs_.push_back(p);
     allocated_ += bytes;
@@ -248,7 +248,7 @@ class CudaBackend final : public Backend {
     if (need + (256ull << 20) > free_b)
       fail(code::kOutOfMemory, "the model needs " + gib(need) + " of GPU memory (weights " + gib(weights) + ", KV cache " + gib(kv_bytes_) +
                                    " for " + std::to_string(n_blocks_ * kKvBlockSize) + " tokens, buffers " + gib(acts) + ") but " + props_.name +
-                                   " has " + gib(free_b) + " free: try dtype 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
+                                   " has " + gib(free_b) + " free: try dtype 'int8', kvCacheType 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
 
     // Staging for uploads: two pinned buffers, converted by host threads while the other copies.
     for (int i = 0; i < 2; ++i) {
