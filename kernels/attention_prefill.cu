@@ -50,9 +50,11 @@ struct AttnCfg {
   // int8 cache: Q, one fp16 K and V tile, then the staging of the int8 tiles [2][64][D] bytes and their
   // scales [2][64][D / 32] halves (K, then V).
   static constexpr int SCALES = D / 32;                   // per row
+  static constexpr int V_OFF_Q8 = 2 * TILE_ELEMS;          // the single fp16 V tile (halves), right after K
   static constexpr int Q8_STAGE = 3 * TILE_ELEMS * 2;     // byte offset of the staging
   static constexpr int Q8_SCALES = Q8_STAGE + 2 * TILE_ELEMS;
   static constexpr int SMEM_Q8 = Q8_SCALES + 2 * 64 * SCALES * 2;  // 32.5 KB (D 64), 65 KB (D 128)
+  static_assert((V_OFF_Q8 + TILE_ELEMS) * 2 <= Q8_STAGE, "int8 path: the fp16 K/V tiles end before the staging");
 };
 
 // Issues the cp.async copies of K and V tile `kv_tile` (positions 64 kv_tile ...) into buffer `buf`.
@@ -123,7 +125,7 @@ template <int D>
 __device__ __forceinline__ void widen_kv_q8(unsigned char* smem, int tid) {
   using CF = AttnCfg<D>;
   half* sK = reinterpret_cast<half*>(smem) + CF::K_OFF;
-  half* sV = reinterpret_cast<half*>(smem) + CF::V_OFF;
+  half* sV = reinterpret_cast<half*>(smem) + CF::V_OFF_Q8;
   const int8_t* qK = reinterpret_cast<const int8_t*>(smem + CF::Q8_STAGE);
   const int8_t* qV = qK + CF::TILE_ELEMS;
   const half* scK = reinterpret_cast<const half*>(smem + CF::Q8_SCALES);
@@ -223,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, 2) attn_prefill_kernel(const __grid_
     }
     const int buf = Q8 ? 0 : (j & 1);
     const uint32_t sK = smem_u32(smem + CF::K_OFF + buf * CF::TILE_ELEMS);
-    const uint32_t sV = smem_u32(smem + CF::V_OFF + buf * CF::TILE_ELEMS);
+    const uint32_t sV = smem_u32(smem + (Q8 ? CF::V_OFF_Q8 : CF::V_OFF + buf * CF::TILE_ELEMS));
 
     // S = Q K^T: 16 x 64 per warp = 8 n8 tiles.
     float sc[8][4];

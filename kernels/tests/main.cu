@@ -7,7 +7,8 @@
 #define L2_TEST_FAMILIES(X) \
   X(gemm)                   \
   X(gemv)                   \
-  X(attention_prefill)
+  X(attention_prefill)      \
+  X(kv_int8)
 
 #define L2_DECLARE_FAMILY(name) void test_##name(l2test::Context&);
 L2_TEST_FAMILIES(L2_DECLARE_FAMILY)
