@@ -24,6 +24,12 @@ if has kernels && [ -f .device/kernel_tests.xz ]; then
   phase "kernel tests"
   timeout 150 /tmp/kernel_tests ${KERNEL_ARGS:-} > "$OUT/kernel-tests.log" 2>&1; echo "kernel_tests rc=$?"; tail -25 "$OUT/kernel-tests.log"
 fi
+if has kv8 && [ -f .device/kernel_tests.xz ]; then
+  [ -f /tmp/kernel_tests ] || { xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests; }
+  phase "int8 KV cache kernels: checks and fp16-vs-int8 timings"
+  timeout 240 /tmp/kernel_tests --only=kv_int8 --bench > "$OUT/kernel-kv-int8.log" 2>&1; echo "kernel_tests kv_int8 rc=$?"
+  grep -E "FAIL|failed|passed|ratio" "$OUT/kernel-kv-int8.log" | head -30
+fi
 BIG=/tmp/7b-f16.gguf
 if has big || has bench || has mma || has kv8; then
   phase "make 7B synthetic"
