@@ -31,7 +31,7 @@ if has kv8 && [ -f .device/kernel_tests.xz ]; then
   grep -E "FAIL|failed|passed|ratio" "$OUT/kernel-kv-int8.log" | head -30
 fi
 BIG=/tmp/7b-f16.gguf
-if has big || has bench || has mma || has kv8; then
+if has big || has bench || has mma || has kv8bench; then
   phase "make 7B synthetic"
   [ -f $BIG ] || node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet
 fi
@@ -52,7 +52,7 @@ if has bench; then
       --batch ${BATCHES:-1} --reps ${REPS:-2} ${BENCH_FLAGS:---skip-cold} --out "$OUT/bench-7b-$dt.json" 2>&1 | grep -v "^\[bench\]"
   done
 fi
-if has kv8; then
+if has kv8bench; then
   # The int8 KV cache: batched decode (bytes per step shrink with context) and memory at 4096 context.
   phase "bench 7B f16, KV int8"
   node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --kv-cache int8 --preset llama2-7b --prompt 128,512 --gen 128 \
