@@ -113,6 +113,7 @@ class CpuBackend final : public Backend {
       cpu::matmul(L.w2, h1_.data(), T, xb_.data(), pool_);
       for (size_t i = 0; i < (size_t)T * D; ++i) x_[i] += xb_[i];
     }
+    wide_.clear();  // up to a context of fp32 rows per prefill segment: not kept between steps
     const int n_out = (int)b.output_rows.size();
     std::vector<float> xo((size_t)n_out * D);
     for (int o = 0; o < n_out; ++o)
@@ -177,18 +178,22 @@ class CpuBackend final : public Backend {
       std::memcpy(scales + (size_t)g * 2, &d, 2);
     }
   }
-  // A cache row as fp32: the row itself, or (int8) dequantized into `buf`.
-  const float* load_kv(const uint8_t* row, std::vector<float>& buf) const {
-    if (!kv_int8_) return reinterpret_cast<const float*>(row);
+  // An int8 cache row widened to fp32 (value * its group's scale).
+  void widen_kv(const uint8_t* row, float* out) const {
     const int n = c_.kv_dim(), G = kv_group_;
-    buf.resize((size_t)n);
     const int8_t* q = reinterpret_cast<const int8_t*>(row);
     for (int g = 0; g < n / G; ++g) {
       uint16_t dh;
       std::memcpy(&dh, row + n + (size_t)g * 2, 2);
       const float d = fp16_to_f32(dh);
-      for (int i = g * G; i < (g + 1) * G; ++i) buf[(size_t)i] = (float)q[i] * d;
+      for (int i = g * G; i < (g + 1) * G; ++i) out[i] = (float)q[i] * d;
     }
+  }
+  // A cache row as fp32: the row itself, or (int8) widened into `buf`.
+  const float* load_kv(const uint8_t* row, std::vector<float>& buf) const {
+    if (!kv_int8_) return reinterpret_cast<const float*>(row);
+    buf.resize((size_t)c_.kv_dim());
+    widen_kv(row, buf.data());
     return buf.data();
   }
 
@@ -211,16 +216,41 @@ class CpuBackend final : public Backend {
   // Causal attention of every batch token over its sequence's cache (positions 0..pos).
   void attention(const ForwardBatch& b, int l) {
     auto table = [&](int t) { return &b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks]; };
-    // attend_heads uses each row before asking for the next, so one scratch row per thread and per
-    // K/V holds a dequantized int8 row.
+    // int8 cache: a segment of several tokens (a prefill chunk) has its rows widened once for the layer,
+    // since every one of its tokens reads them; single tokens widen each row as they read it
+    // (attend_heads uses a row before asking for the next: one scratch row per thread and K/V). The
+    // same values either way, so results stay bit-identical across batching.
+    const size_t KV = (size_t)c_.kv_dim();
+    wide_.resize(b.segments.size());
+    for (size_t s = 0; s < b.segments.size(); ++s) {
+      const Segment& sg = b.segments[s];
+      if (!kv_int8_ || sg.count < 2) {
+        wide_[s].clear();
+        continue;
+      }
+      const int n = sg.pos0 + sg.count;
+      const int32_t* tb = &b.block_tables[s * (size_t)b.max_blocks];
+      wide_[s].resize((size_t)n * 2 * KV);
+      float* w = wide_[s].data();
+      pool_.parallel_for(n, 64, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          widen_kv(kv_at(tb, (int)p, l, 0), w + (size_t)p * 2 * KV);
+          widen_kv(kv_at(tb, (int)p, l, 1), w + (size_t)p * 2 * KV + KV);
+        }
+      });
+    }
     cpu::attention(
         pool_, b.n_tokens(), c_.n_heads, c_.n_heads / c_.n_kv_heads, c_.head_dim, q_.data(), att_.data(),
         [&](int t) { return b.positions[(size_t)t] + 1; },
-        [&](int t, int p) {
+        [&](int t, int p) -> const float* {
+          const auto& w = wide_[(size_t)seg_of_[(size_t)t]];
+          if (!w.empty()) return w.data() + (size_t)p * 2 * KV;
           thread_local std::vector<float> kbuf;
           return load_kv(kv_at(table(t), p, l, 0), kbuf);
         },
-        [&](int t, int p) {
+        [&](int t, int p) -> const float* {
+          const auto& w = wide_[(size_t)seg_of_[(size_t)t]];
+          if (!w.empty()) return w.data() + (size_t)p * 2 * KV + KV;
           thread_local std::vector<float> vbuf;
           return load_kv(kv_at(table(t), p, l, 1), vbuf);
         });
@@ -239,6 +269,7 @@ class CpuBackend final : public Backend {
   std::atomic<size_t> allocated_blocks_{0};       // read by info() from other threads
   std::vector<float> x_, xb_, q_, k_, v_, att_, h1_, h3_, logits_;
   std::vector<int> seg_of_;
+  std::vector<std::vector<float>> wide_;  // int8 cache: widened rows of multi-token segments (one layer)
   int n_out_ = 0;
 };
 
