@@ -68,8 +68,12 @@ describe("CUDA memory plan (no GPU needed)", () => {
       expect(Object.values(p.buffers).reduce((a, b) => a + b, 0)).toBe(p.bufferBytes);
       expect(p.bufferBytes / GiB).toBeLessThan(0.25);
     }
-    // The int8 cache stages K/V rows in the FFN buffer (free between the QKV matrix and the FFN).
+    // The int8 cache stages K/V rows in the FFN buffer (free between the QKV matrix and the FFN) ...
     expect(f16.buffers.kvStage).toBe(0);
+    // ... unless they would reach its pad columns (which must stay zero): then in a buffer of their own.
+    const narrow = { config: { ...llama7b.config, dim: 256, nHeads: 4, nKvHeads: 4, headDim: 64, ffnDim: 384 }, fileDtype: "F16" };
+    expect(planCudaMemory(narrow, { kvCacheType: "int8", ...at4096 }).buffers.kvStage).toBe(2048 * 512 * 2);
+    expect(planCudaMemory(narrow, at4096).buffers.kvStage).toBe(0);
   });
 
   it("the decode-attention workspace is bounded: more sequences do not grow it (chunked launches)", () => {

@@ -61,9 +61,10 @@ CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_i
   p.att = M * p.qpad * 2;
   p.h = M * p.fpad * 2;
   if (kv_int8) {
-    // The QKV epilogue's K/V rows wait in h (free until the FFN) when they fit there.
+    // The QKV epilogue's K/V rows wait in h (free until the FFN) when they fit in its real columns:
+    // h's pad columns [ffn_dim, fpad) must stay zero for the down projection.
     p.ld_stage = (int)round_up(2 * KV, 8);
-    p.stage_in_h = p.ld_stage <= p.fpad;
+    p.stage_in_h = p.ld_stage <= F;
     if (p.stage_in_h) p.ld_stage = p.fpad;
     else p.stage = M * p.ld_stage * 2;
   }
