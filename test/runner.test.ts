@@ -71,10 +71,13 @@ describe("durations and run flags", () => {
 
   it("validates run flags", () => {
     const s = parseRunSpec({ model: "m.gguf", device: "cuda:1", "autoRelease": "30m", apiKey: "abcdefgh", cors: "https://x.example" });
-    expect(s).toMatchObject({ device: "cuda", deviceIndex: 1, autoReleaseMs: 1_800_000, model: path.resolve("m.gguf"), host: "127.0.0.1", port: 8080, graceMs: 5000 });
+    expect(s).toMatchObject({ device: "cuda", deviceIndex: 1, autoReleaseMs: 1_800_000, model: path.resolve("m.gguf"), host: "127.0.0.1", port: 8080, graceMs: 5000, kvCacheType: "auto" });
+    expect(parseRunSpec({ kvCache: "int8", maxSequences: 32 })).toMatchObject({ kvCacheType: "int8", maxSequences: 32 });
     const cases: [Record<string, unknown>, string][] = [
       [{ device: "gpu" }, "--device"],
       [{ dtype: "f8" }, "--dtype"],
+      [{ kvCache: "f16" }, "--kv-cache"],
+      [{ maxSequences: 0 }, "--max-sequences"],
       [{ port: 70000 }, "--port"],
       [{ autoRelease: "soon" }, "--auto-release"],
       [{ name: "../etc" }, "--name"],

@@ -22,7 +22,9 @@ export const loadModel: LoadBackend = async (spec, onProgress, signal) => {
     device: spec.device,
     ...(spec.deviceIndex !== undefined && { deviceIndex: spec.deviceIndex }),
     dtype: spec.dtype,
+    kvCacheType: spec.kvCacheType,
     ...(spec.contextLength !== undefined && { contextLength: spec.contextLength }),
+    ...(spec.maxSequences !== undefined && { maxSequences: spec.maxSequences }),
     onProgress,
     signal,
   });

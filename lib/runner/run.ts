@@ -77,13 +77,14 @@ export async function runJob(spec: JobSpec, deps: RunDeps): Promise<RunResult> {
           device: info.device,
           deviceName: info.deviceName,
           dtype: info.dtype,
+          kvCacheType: info.kvCacheType,
           contextLength: info.contextLength,
           weightBytes: info.weightBytes,
           kvCacheBytes: info.kvCacheBytes,
           ...optional("deviceMemoryBytes", backend.deviceMemoryBytes()),
         },
       });
-      job.transition("running", `${info.deviceName}, ${info.dtype}, context ${info.contextLength}`);
+      job.transition("running", `${info.deviceName}, ${info.dtype}, KV ${info.kvCacheType}, context ${info.contextLength}`);
       if (spec.autoReleaseMs !== undefined) {
         const ms = spec.autoReleaseMs;
         releaseTimer = setTimeout(() => job.requestStop("released", `auto-release after ${formatDuration(ms)}`), ms);

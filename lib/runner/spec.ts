@@ -18,7 +18,10 @@ export interface JobSpec {
   device: "auto" | "cpu" | "cuda";
   deviceIndex?: number;
   dtype: "auto" | "f16" | "int8";
+  kvCacheType: "auto" | "int8";
   contextLength?: number;
+  /** Full-context sequences the KV cache holds (more shorter ones fit; default 4). */
+  maxSequences?: number;
   /** Unload the model and end the job after this long in `running`. */
   autoReleaseMs?: number;
   /** On release/cancel, how long in-flight requests may still run before they are cut. */
@@ -98,6 +101,8 @@ export function parseRunSpec(flags: Flags): JobSpec {
   const dtype = str(flags, "dtype") ?? "auto";
   if (dtype !== "auto" && dtype !== "f16" && dtype !== "int8")
     throw new InvalidArgumentError("--dtype", `expected auto, f16 or int8, got '${dtype}'`);
+  const kvCacheType = str(flags, "kvCache") ?? "auto";
+  if (kvCacheType !== "auto" && kvCacheType !== "int8") throw new InvalidArgumentError("--kv-cache", `expected auto or int8, got '${kvCacheType}'`);
   const host = str(flags, "host") ?? "127.0.0.1";
   if (!/^[A-Za-z0-9.:\-\[\]]{1,253}$/.test(host)) throw new InvalidArgumentError("--host", `not a host name or address: '${host}'`);
   const autoRelease = str(flags, "autoRelease");
@@ -112,7 +117,9 @@ export function parseRunSpec(flags: Flags): JobSpec {
     model: modelRaw === "demo" ? "demo" : path.resolve(modelRaw),
     ...parseDevice(str(flags, "device") ?? "auto"),
     dtype,
+    kvCacheType,
     ...(flags.context !== undefined && { contextLength: range(flags, "context", 16, 1 << 20, { int: true }) }),
+    ...(flags.maxSequences !== undefined && { maxSequences: range(flags, "maxSequences", 1, 4096, { int: true }) }),
     ...(autoRelease !== undefined && autoRelease !== "off" && { autoReleaseMs: parseDuration("--auto-release", autoRelease) }),
     graceMs: grace !== undefined ? parseDuration("--grace", grace) : DEFAULT_GRACE_MS,
     host: host.replace(/^\[(.*)\]$/, "$1"),

@@ -24,6 +24,7 @@ export interface JobResources {
   device?: string;
   deviceName?: string;
   dtype?: string;
+  kvCacheType?: string;
   contextLength?: number;
   weightBytes?: number;
   kvCacheBytes?: number;
