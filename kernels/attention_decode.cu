@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
   if (begin + warp * 32 < end) {
     const bool valid = pos < end;
     // Each lane resolves its own position's cache row once (one block-table lookup per position).
-    const size_t row = valid ? (((size_t)table[pos / kKvBlock] * p.n_kv_heads + kvh) * kKvBlock + pos % kKvBlock) * HD : 0;
+    const size_t row = valid ? kv_cache_row(table[pos / kKvBlock], pos % kKvBlock, p.n_kv_heads, kvh) * HD : 0;
     // V rows of this warp's positions for the lane's dims: they do not depend on the scores, so their
     // loads go out now and overlap the K loads below.
     const int n_pos = min(32, end - (begin + warp * 32));

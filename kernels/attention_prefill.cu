@@ -75,8 +75,7 @@ __device__ __forceinline__ void load_kv(const AttentionParams& p, half* smem, in
     bool ok = pos <= pos_last;
     size_t off = 0;
     if (ok) {
-      int blk = __ldg(bt + pos / kKvBlock);
-      off = (((size_t)blk * p.n_kv_heads + kvh) * kKvBlock + (pos % kKvBlock)) * D + ch * 8;
+      off = kv_cache_row(__ldg(bt + pos / kKvBlock), pos % kKvBlock, p.n_kv_heads, kvh) * D + ch * 8;
     }
     uint32_t so = swz<CF::C>(row, ch) * 2;
     cp_async_16(sK + so, p.k_cache + off, ok);
@@ -103,7 +102,7 @@ __device__ __forceinline__ void load_kv_q8(const AttentionParams& p, unsigned ch
     int pos = kv0 + row;
     bool ok = pos <= pos_last;
     size_t off = 0;
-    if (ok) off = (((size_t)__ldg(bt + pos / kKvBlock) * p.n_kv_heads + kvh) * kKvBlock + (pos % kKvBlock)) * D + ch * 16;
+    if (ok) off = kv_cache_row(__ldg(bt + pos / kKvBlock), pos % kKvBlock, p.n_kv_heads, kvh) * D + ch * 16;
     cp_async_16(sK + row * D + ch * 16, p.k_q + off, ok);
     cp_async_16(sV + row * D + ch * 16, p.v_q + off, ok);
   }
@@ -114,7 +113,7 @@ __device__ __forceinline__ void load_kv_q8(const AttentionParams& p, unsigned ch
     int pos = kv0 + row;
     bool ok = pos <= pos_last;
     size_t off = 0;
-    if (ok) off = (((size_t)__ldg(bt + pos / kKvBlock) * p.n_kv_heads + kvh) * kKvBlock + (pos % kKvBlock)) * CF::SCALES + w * 2;
+    if (ok) off = kv_cache_row(__ldg(bt + pos / kKvBlock), pos % kKvBlock, p.n_kv_heads, kvh) * CF::SCALES + w * 2;
     cp_async_4(sKs + (row * SW + w) * 4, p.k_scale + off, ok);
     cp_async_4(sVs + (row * SW + w) * 4, p.v_scale + off, ok);
   }

@@ -50,7 +50,7 @@ __device__ __forceinline__ void epilogue_pair(const Epilogue& e, int t, int n, f
         int c = col - e.q_dim - (is_k ? 0 : e.kv_dim);
         int kvh = c / e.head_dim, d = c % e.head_dim;
         int slot = e.kv_slot[t];
-        size_t idx = (((size_t)(slot / kKvBlock) * e.n_kv_heads + kvh) * kKvBlock + slot % kKvBlock) * e.head_dim + d;
+        size_t idx = kv_cache_row(slot / kKvBlock, slot % kKvBlock, e.n_kv_heads, kvh) * e.head_dim + d;
         *reinterpret_cast<half2*>((is_k ? e.k_cache : e.v_cache) + idx) = __floats2half2_rn(v0, v1);
       }
       break;

@@ -16,6 +16,12 @@
 namespace l2::kernels {
 
 constexpr int kKvBlock = 16;  // tokens per KV block (= l2::kKvBlockSize)
+
+// Row of the paged cache (the one definition of its layout) holding KV head `kvh` of the token at
+// position `in_block` of block `block`: values start at row * head_dim, int8 scales at row * (head_dim / group).
+__host__ __device__ inline size_t kv_cache_row(int32_t block, int in_block, int n_kv_heads, int kvh) {
+  return ((size_t)block * n_kv_heads + kvh) * kKvBlock + in_block;
+}
 constexpr int kPadN = 128;
 constexpr int kPadK = 64;
 

@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(128) kv_quantize_kernel(const half* __restrict
       for (int j = 0; j < 4; ++j) w |= ((uint32_t)(uint8_t)(int8_t)roundf(x[4 * i + j] * id)) << (8 * j);
       packed[i] = w;
     }
-    const size_t row = ((size_t)(slot / kKvBlock) * n_kv_heads + kvh) * kKvBlock + slot % kKvBlock;
+    const size_t row = kv_cache_row(slot / kKvBlock, slot % kKvBlock, n_kv_heads, kvh);
     int8_t* dst = (is_v ? v_q : k_q) + row * head_dim + d0;
     if constexpr (G == 8) {
       *reinterpret_cast<uint2*>(dst) = make_uint2(packed[0], packed[1]);

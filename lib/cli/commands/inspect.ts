@@ -5,6 +5,7 @@ import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import { native, type NativeModelSourceInfo } from "../../native.js";
 import { resolveTokenizer } from "../../tokenizer/for-model.js";
 import { planCudaMemory } from "../../cuda-plan.js";
+import { withFlagNames } from "../model-options.js";
 import type { CudaMemoryPlan } from "../../native.js";
 import type { KvCacheType, WeightDtype } from "../../types.js";
 
@@ -86,16 +87,7 @@ const command: Command = {
         contextLength: (flags.context as number | undefined) ?? Math.min(r.config.trainedContextLength, 4096),
         maxSequences: flags.maxSequences as number,
       };
-      const flagOf: Record<string, string> = { dtype: "--dtype", kvCacheType: "--kv-cache", contextLength: "--context", maxSequences: "--max-sequences" };
-      try {
-        plan = { options: opts, ...planCudaMemory(r, opts) };
-      } catch (err) {
-        if (err instanceof Llama2Error && err.code === "ERR_INVALID_ARGUMENT") {
-          const field = Object.keys(flagOf).find((k) => err.message.startsWith(`${k}:`));
-          if (field) throw new InvalidArgumentError(flagOf[field]!, err.message.slice(field.length + 1).trim());
-        }
-        throw err;
-      }
+      plan = { options: opts, ...(await withFlagNames(() => planCudaMemory(r, opts), { maxSequences: "--max-sequences" })) };
     }
     if (flags.json) {
       io.stdout.write(JSON.stringify(plan ? { ...r, cudaPlan: plan } : r, null, 2) + "\n");
