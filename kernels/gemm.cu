@@ -26,6 +26,7 @@
 #include "epilogue.cuh"
 #include "kernels.h"
 #include "gemm_common.cuh"
+#include "launch.cuh"
 #include "mma.cuh"
 
 namespace l2::kernels {
@@ -44,7 +45,8 @@ using namespace l2::kernels::gemm_common;
   X(0, 128, 128, 32, 2, 4, 1, 4)  /* 8 warps 64x32: 64 KB; M > 128 (H100: 223-275 TFLOP/s)                */ \
   X(1, 64, 64, 64, 1, 2, 4, 4)    /* 8 warps 64x32 (4-way k split): 64 KB; M ~ 128 with many N tiles      */ \
   X(2, 32, 64, 64, 1, 2, 4, 4)    /* 8 warps 32x32 (4-way k split): 48 KB; M <= 64, memory-bound          */ \
-  X(3, 32, 128, 64, 1, 4, 2, 4)   /* 8 warps 32x32 (2-way k split): 80 KB; M <= 64 alternative            */
+  X(3, 32, 128, 64, 1, 4, 2, 4)   /* 8 warps 32x32 (2-way k split): 80 KB; M <= 64 alternative            */ \
+  X(4, 32, 32, 64, 1, 1, 4, 6)    /* 4 warps 32x32 (4-way k split): 48 KB; M <= 32 when N is small (more CTAs) */
 
 // W8 variants need BK == 64 (one 4-byte cp.async of 2 group scales per weight row and k-tile) and STAGES >= 3;
 // smem = STAGES x (A + int8 W + scales) + 2 dequantized fp16 W tiles.
@@ -52,13 +54,14 @@ using namespace l2::kernels::gemm_common;
   X(0, 64, 64, 64, 1, 2, 4, 4)    /* 65 KB: M ~ 64-128 with many N tiles                                  */ \
   X(1, 32, 64, 64, 1, 2, 4, 4)    /* 49 KB: M <= 64, memory-bound                                         */ \
   X(2, 64, 128, 64, 1, 2, 4, 3)   /* 81 KB: A10 / L4 big M                                                */ \
-  X(3, 128, 128, 64, 2, 4, 1, 4)  /* 130 KB: 64x32 warps; M > 128 on A100 / H100 (H100: 200-248 TFLOP/s)  */
+  X(3, 128, 128, 64, 2, 4, 1, 4)  /* 130 KB: 64x32 warps; M > 128 on A100 / H100 (H100: 200-248 TFLOP/s)  */ \
+  X(4, 32, 32, 64, 1, 1, 4, 6)    /* 45 KB: M <= 32 when N is small (more CTAs)                           */
 
 // Tuning history (H100 SXM, --tune): 128x256x32 2x4x1, 128x128x32 2x2x2, 64x128x64 1x2x4, 128x128x64 2x2x2
 // (f16) and 128x128x64 2x2x2, 128x256x64 2x4x1, 64x128x64 1x2x4 s4 (w8) were never the best choice and were
 // dropped to keep the build small; the 64x64 warp tiles lost to 64x32 ones throughout.
-constexpr int kNumF16Configs = 4;
-constexpr int kNumW8Configs = 4;
+constexpr int kNumF16Configs = 5;
+constexpr int kNumW8Configs = 5;
 constexpr int kSm90aBase = 100;  // config id 100 + i = gemm_sm90a.cu configuration i
 
 // Per-architecture choice by M. The first row whose compute capability matches (and, for needs_sm90a,
@@ -84,31 +87,34 @@ constexpr ArchTuning kTuning[] = {
   // wins from M = 128 once the shape gives >= ~0.7 waves of 128x128 tiles.
   // f16 at M = 512: qkv 356, o 340, gate_up 402, down 442, logits 457 TFLOP/s (mma.sync best: 223-268);
   // w8 at M = 512: 265, 264, 286, 361, 323 (a deeper 6-stage w8 pipeline measured the same as 5).
+  // Every row: M <= 32 (batched decode of 9..32 sequences) switches from the 32x64 tile to 32x32 (#4) when the
+  // former gives under 0.9 waves (N = 4096: 64 CTAs, half the H100 idle, against 128): a prediction from the
+  // CTA count, not yet measured (`kernel_tests --only=gemm --tune` at M = 8..32 decides).
   {9, 0, true, "H100 sm_90a wgmma",
-   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 100, 2, 0.7f}, {384, 100, 102, 0.9f}, {kAnyM, 100, 100, 0}},
-   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 100, 1, 0.7f}, {kAnyM, 100, 100, 0}}},
+   {{32, 2, 4, 0.9f}, {64, 2, 2, 0}, {128, 100, 2, 0.7f}, {384, 100, 102, 0.9f}, {kAnyM, 100, 100, 0}},
+   {{32, 1, 4, 0.9f}, {64, 0, 1, 2.5f}, {128, 100, 1, 0.7f}, {kAnyM, 100, 100, 0}}},
   // H100 / H200 without the sm_90a translation unit: mma.sync only (measured on H100 SXM).
   {9, 0, false, "H100 sm_90 mma.sync",
-   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
-   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
+   {{32, 2, 4, 0.9f}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 4, 0.9f}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
   // A100 (sm_80: 108 SMs, 164 KB smem/SM, 163 KB per block, 40 MB L2): the H100 mma.sync choices (not measured
   // on an A100; every configuration used fits its shared memory).
   {8, 0, false, "A100 sm_80",
-   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
-   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
+   {{32, 2, 4, 0.9f}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 4, 0.9f}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
   // A10 / RTX 30xx (sm_86: 72-84 SMs, 100 KB smem/SM, 99 KB per block): configurations <= 81 KB (not measured).
   {8, 6, false, "A10 sm_86",
-   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
-   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 0, 1, 4.0f}, {kAnyM, 2, 2, 0}}},
+   {{32, 2, 4, 0.9f}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 4, 0.9f}, {64, 0, 1, 2.5f}, {128, 0, 1, 4.0f}, {kAnyM, 2, 2, 0}}},
   // L4 / RTX 40xx (sm_89: 58-128 SMs, 100 KB smem/SM, 99 KB per block): as sm_86 (not measured).
   {8, 9, false, "L4 sm_89",
-   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
-   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 0, 1, 4.0f}, {kAnyM, 2, 2, 0}}},
+   {{32, 2, 4, 0.9f}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 4, 0.9f}, {64, 0, 1, 2.5f}, {128, 0, 1, 4.0f}, {kAnyM, 2, 2, 0}}},
   // Anything else (other 8.x, newer GPUs through the compute_90 PTX): the A100 choices; a configuration that
   // does not fit the device's shared memory falls back to the alternative, then to the smallest one.
   {-1, -1, false, "default (sm_80 table)",
-   {{32, 2, 2, 0}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
-   {{32, 1, 1, 0}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
+   {{32, 2, 4, 0.9f}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
+   {{32, 1, 4, 0.9f}, {64, 0, 1, 2.5f}, {128, 3, 1, 0.7f}, {kAnyM, 3, 3, 0}}},
 };
 // clang-format on
 
@@ -193,10 +199,18 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
   half* X = reinterpret_cast<half*>(smem + CF::STAGES * CF::STAGE_BYTES);  // W8 only
   constexpr int X_ELEMS = CF::BN * CF::BK;
 
-  // Prologue: stages 0 .. STAGES-2 in flight (one commit group each, empty ones included).
+  // Prologue: stages 0 .. STAGES-2 in flight (one commit group each, empty ones included). Their weight
+  // tiles go out before the programmatic-dependent-launch wait (they need nothing from the previous
+  // kernel), so they land while it finishes; they join commit group 0, which makes the first wait below
+  // cover all of them.
+#pragma unroll
+  for (int s = 0; s < CF::STAGES - 1; ++s)
+    if (s < KT) load_stage_w<CF>(g, smem, s, s, n0, tid);
+  pdl_trigger();
+  pdl_wait();
 #pragma unroll
   for (int s = 0; s < CF::STAGES - 1; ++s) {
-    if (s < KT) load_stage<CF>(g, smem, s, s, m0, n0, tid);
+    if (s < KT) load_stage_a<CF>(g, smem, s, s, m0, tid);
     cp_async_commit();
   }
   if constexpr (CF::W8) {
@@ -315,7 +329,7 @@ struct Launcher {
       attr_set[dev].store(1, std::memory_order_release);
     }
     dim3 grid((g.M + CF::BM - 1) / CF::BM, (g.N + CF::BN - 1) / CF::BN);
-    gemm_kernel<CF><<<grid, CF::kThreads, CF::SMEM, stream>>>(g);
+    kernels::launch(gemm_kernel<CF>, grid, CF::kThreads, CF::SMEM, stream, g);
   }
   static long ctas(int M, int N) { return (long)((M + CF::BM - 1) / CF::BM) * ((N + CF::BN - 1) / CF::BN); }
 };

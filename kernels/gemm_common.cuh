@@ -22,12 +22,11 @@ struct GemmArgs {
   Epilogue epi;
 };
 
+// A stage's activation tile: BM rows x C chunks, swizzled.
 template <class CF>
-__device__ __forceinline__ void load_stage(const GemmArgs& g, unsigned char* smem, int slot, int kt, int m0, int n0,
-                                           int tid) {
+__device__ __forceinline__ void load_stage_a(const GemmArgs& g, unsigned char* smem, int slot, int kt, int m0, int tid) {
   unsigned char* st = smem + slot * CF::STAGE_BYTES;
   const int k0 = kt * CF::BK;
-  // A tile: BM rows x C chunks, swizzled.
   {
     const uint32_t sA = smem_u32(st);
     constexpr int kChunks = CF::BM * CF::C;
@@ -43,6 +42,14 @@ __device__ __forceinline__ void load_stage(const GemmArgs& g, unsigned char* sme
       }
     }
   }
+}
+
+// A stage's weight tile (fp16, or int8 + its group scales). Weights are constants: this part may be issued
+// before the kernel's programmatic-dependent-launch wait.
+template <class CF>
+__device__ __forceinline__ void load_stage_w(const GemmArgs& g, unsigned char* smem, int slot, int kt, int n0, int tid) {
+  unsigned char* st = smem + slot * CF::STAGE_BYTES;
+  const int k0 = kt * CF::BK;
   if constexpr (!CF::W8) {
     const uint32_t sW = smem_u32(st + CF::A_BYTES);
     const half* W = static_cast<const half*>(g.W);
@@ -88,6 +95,13 @@ __device__ __forceinline__ void load_stage(const GemmArgs& g, unsigned char* sme
       }
     }
   }
+}
+
+template <class CF>
+__device__ __forceinline__ void load_stage(const GemmArgs& g, unsigned char* smem, int slot, int kt, int m0, int n0,
+                                           int tid) {
+  load_stage_a<CF>(g, smem, slot, kt, m0, tid);
+  load_stage_w<CF>(g, smem, slot, kt, n0, tid);
 }
 
 // int8 x 4 (one 32-bit word, k order low byte first) -> two half2 = (q0, q1), (q2, q3), exactly.

@@ -1,7 +1,8 @@
 // Kernel test / benchmark driver. Usage:
-//   kernel_tests [--quick] [--bench] [--tune] [--no-check] [--host-only] [--only=gemm,attention_prefill] [--seed=N] [--reps=N]
+//   kernel_tests [--quick] [--bench] [--tune] [--no-check] [--host-only] [--no-pdl] [--only=gemm,attention_prefill] [--seed=N] [--reps=N]
 // Exit code: 0 when every check passed, 1 when any failed, 2 on a CUDA error.
 #include "harness.cuh"
+#include "../launch.cuh"
 
 // ---- Test families: one line each. test_<name>.cu defines void test_<name>(l2test::Context&). ----
 #define L2_TEST_FAMILIES(X) \
@@ -48,6 +49,7 @@ void fill_rand_i8(int8_t* p, size_t n, uint64_t seed, cudaStream_t s) {
 int main(int argc, char** argv) {
   using namespace l2test;
   Context ctx;
+  bool no_pdl = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--bench") ctx.opt.bench = true;
@@ -55,11 +57,12 @@ int main(int argc, char** argv) {
     else if (a == "--tune") ctx.opt.tune = ctx.opt.bench = true;
     else if (a == "--no-check") ctx.opt.no_check = true;
     else if (a == "--host-only") ctx.opt.host_only = true;
+    else if (a == "--no-pdl") no_pdl = true;
     else if (a.rfind("--only=", 0) == 0) ctx.opt.only = "," + a.substr(7) + ",";
     else if (a.rfind("--seed=", 0) == 0) ctx.opt.seed = std::strtoull(a.c_str() + 7, nullptr, 0);
     else if (a.rfind("--reps=", 0) == 0) ctx.opt.reps = std::max(3, std::atoi(a.c_str() + 7));
     else {
-      std::printf("usage: %s [--quick] [--bench] [--tune] [--no-check] [--host-only] [--only=fam1,fam2] [--seed=N] [--reps=N]\n", argv[0]);
+      std::printf("usage: %s [--quick] [--bench] [--tune] [--no-check] [--host-only] [--no-pdl] [--only=fam1,fam2] [--seed=N] [--reps=N]\n", argv[0]);
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
@@ -71,6 +74,8 @@ int main(int argc, char** argv) {
     CK(cudaSetDevice(dev));
     CK(cudaGetDeviceProperties(&prop, dev));
   }
+  // Kernels launch as in the engine: with programmatic dependent launch on sm_90+ (--no-pdl: without).
+  l2::kernels::set_pdl(!ctx.opt.host_only && prop.major >= 9 && !no_pdl);
   ctx.sms = prop.multiProcessorCount;
   ctx.cc_major = prop.major;
   ctx.cc_minor = prop.minor;

@@ -555,7 +555,7 @@ void correctness(Context& ctx) {
   // The 7B shapes.
   for (int w8 = 0; w8 < 2; ++w8)
     for (const Shape& s : kShapes7B)
-      for (int M : {16, 64, 128, 512, 2048}) {
+      for (int M : {16, 32, 64, 128, 512, 2048}) {
         GemmCase c{std::string("7b ") + s.name, M, s.N, s.n_valid, s.K, s.K, s.kind, w8 != 0, -1, 20, s.head_dim,
                    s.q_dim, s.kv_dim};
         run_gemm_case(ctx, c);
@@ -667,7 +667,7 @@ void bench_shape(Context& ctx, const Shape& s, int M, bool w8, bool tune) {
 
 void benchmarks(Context& ctx) {
   std::printf("  tuning table: %s\n", gd::tuning_name());
-  const std::vector<int> ms = ctx.opt.quick ? std::vector<int>{64, 512} : std::vector<int>{16, 64, 128, 512, 2048};
+  const std::vector<int> ms = ctx.opt.quick ? std::vector<int>{64, 512} : std::vector<int>{8, 16, 32, 64, 128, 512, 2048};
   for (int w8 = 0; w8 < 2; ++w8) {
     for (const Shape& s : kShapes7B)
       for (int M : ms) bench_shape(ctx, s, M, w8 != 0, ctx.opt.tune);
