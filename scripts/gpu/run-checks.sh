@@ -31,7 +31,7 @@ if has kv8 && [ -f .device/kernel_tests.xz ]; then
   grep -E "FAIL|failed|passed|ratio" "$OUT/kernel-kv-int8.log" | head -30
 fi
 BIG=/tmp/7b-f16.gguf
-if has big || has bench || has mma || has kv8bench; then
+if has big || has bench || has mma || has kv8bench || has gemvab; then
   phase "make 7B synthetic"
   [ -f $BIG ] || node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet
 fi
@@ -40,6 +40,21 @@ if has profile; then
   node dist/cli/main.js make-model --preset llama2-7b --layers 2 --out /tmp/7b2.gguf --quiet --force
   timeout 200 ncu --clock-control none --graph-profiling node --print-summary per-kernel node scripts/gpu/profile.mjs /tmp/7b2.gguf 4 1 > "$OUT/ncu-summary.txt" 2>&1
   grep -E "^  [a-zA-Z_].*\(|Duration|Invocations" "$OUT/ncu-summary.txt" | head -80
+fi
+if has profile-batch; then
+  # Where a batched decode step's time goes: 2-layer 7B-width model, 32 sequences, 3 decode steps
+  # (prefill kernels appear too; the decode ones are the GEMM M=32 tiles and attn_decode).
+  phase "ncu profile (2-layer 7B-width, decode batch 32)"
+  [ -f /tmp/7b2.gguf ] || node dist/cli/main.js make-model --preset llama2-7b --layers 2 --out /tmp/7b2.gguf --quiet --force
+  timeout 240 ncu --clock-control none --graph-profiling node --print-summary per-kernel node scripts/gpu/profile.mjs /tmp/7b2.gguf 3 32 > "$OUT/ncu-summary-b32.txt" 2>&1
+  grep -E "^  [a-zA-Z_].*\(|Duration|Invocations" "$OUT/ncu-summary-b32.txt" | head -120
+fi
+if has tune && { [ -f /tmp/kernel_tests ] || [ -f .device/kernel_tests.xz ]; }; then
+  # Every GEMM configuration at the 7B shapes for M = 8 .. 2048: the data for kTuning in kernels/gemm.cu.
+  [ -f /tmp/kernel_tests ] || { xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests; }
+  phase "GEMM tuning (every configuration per 7B shape and M)"
+  timeout 300 /tmp/kernel_tests --only=gemm --tune --no-check > "$OUT/kernel-gemm-tune.log" 2>&1; echo "kernel_tests gemm --tune rc=$?"
+  grep -E "tuning table|M=(8|16|32|64) |tune:" "$OUT/kernel-gemm-tune.log" | head -90
 fi
 if has big; then
   phase "validate 7B"
@@ -73,6 +88,12 @@ if has mma; then
   phase "bench 7B f16 with LLAMA2_GEMV_MMA=1"
   LLAMA2_GEMV_MMA=1 node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --preset llama2-7b --prompt 128 --gen 128 \
     --batch 1,8,16,32 --reps 2 --skip-cold --out "$OUT/bench-7b-f16-mma.json" 2>&1 | grep -v "^\[bench\]"
+fi
+if has gemvab; then
+  # Small batches end to end: the CUDA-core GEMV (default up to 8 tokens) against the tiled GEMM.
+  phase "bench 7B f16, batches 2-8 on the GEMM (LLAMA2_GEMV_MAX_T=1)"
+  LLAMA2_GEMV_MAX_T=1 node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --preset llama2-7b --prompt 128 --gen 128 \
+    --batch 2,4,8 --reps 2 --skip-cold --out "$OUT/bench-7b-f16-gemm-small.json" 2>&1 | grep -v "^\[bench\]"
 fi
 if has micro; then
   phase "micro-benchmarks: native ops at the 7B shape on the GPU"

@@ -1,7 +1,8 @@
 // The CUDA backend: weights uploaded once (fp16, or int8 with per-32 scales), a paged fp16 KV cache,
-// and the Llama forward as a sequence of fused kernels (kernels/). Decode steps of up to 8 tokens
-// replay a captured CUDA graph (one launch, one host sync to hand the tokens back); larger steps
-// (prefill, big batches) run eagerly on tensor-core GEMMs.
+// and the Llama forward as a sequence of fused kernels (kernels/). Decode steps of up to 64 sequences
+// replay a captured CUDA graph (one launch, one host sync to hand the tokens back); other steps
+// (prefill, bigger batches) run eagerly. Up to 8 tokens the matrices run on the GEMV, beyond on
+// tensor-core GEMMs.
 //
 // Layout conventions (see kernels/kernels.h): matrices padded to N % 128 and K % 64 with zeros,
 // activations row-major with padded row strides whose pad columns stay zero forever; Q/K rows of
@@ -11,9 +12,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "../../../kernels/kernels.h"
@@ -205,7 +209,7 @@ class CudaBackend final : public Backend {
 
   void release_all() {
     cudaSetDevice(dev_);
-    for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g);
+    for (auto& [key, g] : graphs_) cudaGraphExecDestroy(g.exec);
     graphs_.clear();
     for (void* p : allocs_) cudaFree(p);
     allocs_.clear();
@@ -468,7 +472,7 @@ class CudaBackend final : public Backend {
         (m.int8 ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)
                 : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)))
       return;
-    if (T <= k::kGemvMaxT) {
+    if (T <= gemv_max_t_) {
       if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
     } else {
@@ -539,27 +543,55 @@ class CudaBackend final : public Backend {
     while (span < max_len) span *= 2;
     span = std::min(span, ctx_);
     // A decode step (every sequence adds one token, one sub-batch) replays a graph captured for its shape.
-    if (all_single && T <= k::kGemvMaxT && n_out_total_ == 0) {
-      const int key = (T * 1024 + n_out) * 64 + (int)std::log2((double)std::max(span, 1));
-      auto it = graphs_.find(key);
-      if (it == graphs_.end()) {
-        cudaGraph_t g;
-        CK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-        enqueue(lay, T, S, n_dec, n_out, max_count, span, oc.logits);
-        CK(cudaStreamEndCapture(stream_, &g));
-        cudaGraphExec_t exec;
-        cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
-        cudaGraphDestroy(g);
-        CK(e);
-        it = graphs_.emplace(key, exec).first;
-      }
-      CK(cudaGraphLaunch(it->second, stream_));
-    } else {
-      enqueue(lay, T, S, n_dec, n_out, max_count, span, oc.logits);
-    }
+    auto work = [&] { enqueue(lay, T, S, n_dec, n_out, max_count, span, oc.logits); };
+    cudaGraphExec_t exec = nullptr;
+    if (all_single && T <= kGraphMaxT && n_out_total_ == 0)
+      exec = decode_graph((T * 1024 + n_out) * 64 + (int)std::log2((double)std::max(span, 1)), T, work);
+    if (exec) CK(cudaGraphLaunch(exec, stream_));
+    else work();
     CK(cudaGetLastError());
     if (n_out > 0) out_chunks_.push_back(oc);
     n_out_total_ += n_out;
+  }
+
+  // The graph of a decode-step shape: cached (least recently used dropped beyond kMaxGraphs), captured on
+  // first use. nullptr when capture fails (the step then runs eagerly; the shape is not tried again).
+  cudaGraphExec_t decode_graph(int key, int T, const std::function<void()>& work) {
+    ++graph_clock_;
+    auto it = graphs_.find(key);
+    if (it != graphs_.end()) {
+      it->second.used = graph_clock_;
+      return it->second.exec;
+    }
+    if (graph_failed_.count(key)) return nullptr;
+    cudaGraph_t g = nullptr;
+    CK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      work();
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &g);  // leave capture mode whatever happened
+      if (g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      throw;
+    }
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t e = cudaStreamEndCapture(stream_, &g);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      graph_failed_.insert(key);
+      std::fprintf(stderr, "llama2-native: CUDA graph capture of a %d-token decode step failed (%s); it runs without a graph\n", T,
+                   cudaGetErrorString(e));
+      return nullptr;
+    }
+    if (graphs_.size() >= kMaxGraphs) {
+      auto lru = std::min_element(graphs_.begin(), graphs_.end(), [](const auto& a, const auto& b) { return a.second.used < b.second.used; });
+      cudaGraphExecDestroy(lru->second.exec);  // freed once any launch in flight completes
+      graphs_.erase(lru);
+    }
+    graphs_.emplace(key, Graph{exec, graph_clock_});
+    return exec;
   }
 
   // Decode attention for n_dec tokens (listed at `list`), in chunks whose split-K workspace fits attn_ws_.
@@ -694,7 +726,22 @@ class CudaBackend final : public Backend {
   ProgressFn progress_;
   uint64_t total_bytes_ = 0, uploaded_ = 0;
   int tensors_done_ = 0, total_tensors_ = 0;
-  std::map<int, cudaGraphExec_t> graphs_;
+  // Decode steps of up to kGraphMaxT sequences replay CUDA graphs keyed by (tokens, outputs, context bucket).
+  static constexpr int kGraphMaxT = 64;
+  static constexpr size_t kMaxGraphs = 96;
+  struct Graph {
+    cudaGraphExec_t exec;
+    uint64_t used;
+  };
+  std::map<int, Graph> graphs_;
+  std::set<int> graph_failed_;
+  uint64_t graph_clock_ = 0;
+  // Steps of up to this many tokens use the CUDA-core GEMV, larger ones the tensor-core GEMM
+  // (LLAMA2_GEMV_MAX_T=0..8 overrides, for end-to-end A/B runs).
+  const int gemv_max_t_ = [] {
+    const char* v = std::getenv("LLAMA2_GEMV_MAX_T");
+    return v && *v ? std::clamp(std::atoi(v), 0, k::kGemvMaxT) : k::kGemvMaxT;
+  }();
   const bool gemv_mma_ = [] {
     const char* v = std::getenv("LLAMA2_GEMV_MMA");
     return v && std::strcmp(v, "1") == 0;
