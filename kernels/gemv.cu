@@ -11,42 +11,49 @@ namespace l2::kernels {
 
 namespace {
 
-// One block of kThreads owns a pair of adjacent rows (one epilogue pair) and splits K across all its
+// One block of kThreads owns R adjacent rows (R / 2 epilogue pairs) and splits K across all its
 // threads: a lane loads 16 bytes per row per step, U steps unrolled, so a 4096-wide row is read in a
-// single round of loads in flight. Short rows (7B: 8 KB) then cost one memory latency per block, and
-// many small blocks keep every SM full. Warp partial sums meet in shared memory.
+// single round of loads in flight. Short rows (7B: 8 KB in fp16) then cost one memory latency per block,
+// and many small blocks keep every SM full. Warp partial sums meet in shared memory.
+// R = 2 for fp16 (measured, H100: 86% of copy bandwidth at batch 1). int8 rows are half the bytes: a
+// 2-row int8 block has 8 KB in flight, and at 79 registers 6 blocks fit an SM (48 KB in flight, against
+// fp16's 5 x 16 KB); int8 at batch 1 reaches 68% of bandwidth, about that ratio of fp16's 86%, as if
+// latency-bound. So batch 1 int8 uses 4-row blocks (127 registers, 4 x 16 KB per SM): a prediction until
+// measured (kernel_tests --only=gemv --bench, the "rows" lines); at T >= 2 4-row blocks need 168+ registers.
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kR = 2;
 
-template <int T>
-__device__ __forceinline__ void finish(float (&acc)[T][kR], const Epilogue& epi, int n0) {
-  __shared__ float red[kWarps][T][kR];
+template <int T, int R>
+__device__ __forceinline__ void finish(float (&acc)[T][R], const Epilogue& epi, int n0, int n_valid) {
+  static_assert(R % 2 == 0 && T * (R / 2) <= kThreads, "pairs");
+  __shared__ float red[kWarps][T][R];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int t = 0; t < T; ++t)
 #pragma unroll
-    for (int r = 0; r < kR; ++r) {
+    for (int r = 0; r < R; ++r) {
       float v = warp_sum(acc[t][r]);
       if (lane == 0) red[warp][t][r] = v;
     }
   __syncthreads();
-  if (threadIdx.x < T) {
-    const int t = threadIdx.x;
-    float v[kR];
+  constexpr int P = R / 2;
+  if (threadIdx.x < T * P) {
+    const int t = threadIdx.x / P, p = threadIdx.x % P;
+    const int n = n0 + 2 * p;
+    if (n >= n_valid) return;  // pairs of the last block's pad rows
+    float v0 = 0.f, v1 = 0.f;
 #pragma unroll
-    for (int r = 0; r < kR; ++r) {
-      v[r] = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) v[r] += red[w][t][r];
+    for (int w = 0; w < kWarps; ++w) {
+      v0 += red[w][t][2 * p];
+      v1 += red[w][t][2 * p + 1];
     }
-    epilogue_pair(epi, t, n0, v[0], v[1]);
+    epilogue_pair(epi, t, n, v0, v1);
   }
 }
 
-template <int T, int U>
+template <int T, int U, int kR>
 __global__ void __launch_bounds__(kThreads) gemv_f16_kernel(const half* __restrict__ A, int lda, const half* __restrict__ W, int ldw,
-                                                            int K, Epilogue epi) {
+                                                            int K, int n_valid, Epilogue epi) {
   const int n0 = blockIdx.x * kR;
   float acc[T][kR];
 #pragma unroll
@@ -92,13 +99,13 @@ __global__ void __launch_bounds__(kThreads) gemv_f16_kernel(const half* __restri
     if (next >= K) break;
     k0 = next;
   }
-  finish<T>(acc, epi, n0);
+  finish<T, kR>(acc, epi, n0, n_valid);
 }
 
 // int8 weights: a lane reads 16 int8 (half a 32-group) per row per step; scales[n][k / 32].
-template <int T, int U>
+template <int T, int U, int kR>
 __global__ void __launch_bounds__(kThreads) gemv_w8_kernel(const half* __restrict__ A, int lda, const int8_t* __restrict__ Wq,
-                                                           const half* __restrict__ S, int ldw, int K, Epilogue epi) {
+                                                           const half* __restrict__ S, int ldw, int K, int n_valid, Epilogue epi) {
   const int n0 = blockIdx.x * kR;
   const int lds = ldw / 32;
   float acc[T][kR];
@@ -175,17 +182,23 @@ __global__ void __launch_bounds__(kThreads) gemv_w8_kernel(const half* __restric
     if (next >= K) break;
     k0 = next;
   }
-  finish<T>(acc, epi, n0);
+  finish<T, kR>(acc, epi, n0, n_valid);
 }
+
+// Rows per block: 0 = the defaults above; tests set 2 or 4 to compare (gemv_detail::set_rows).
+int g_rows_f16 = 0, g_rows_w8 = 0;
 
 template <int T>
 void launch_f16(const half* A, int lda, const half* W, int ldw, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
-  launch(gemv_f16_kernel<T, 4>, ceil_div(n_valid, kR), kThreads, 0, s, A, lda, W, ldw, K, epi);
+  if (g_rows_f16 == 4 && T <= 4) launch(gemv_f16_kernel<T, 4, 4>, ceil_div(n_valid, 4), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi);
+  else launch(gemv_f16_kernel<T, 4, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi);
 }
 
 template <int T>
 void launch_w8(const half* A, int lda, const int8_t* Wq, const half* S, int ldw, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
-  launch(gemv_w8_kernel<T, 2>, ceil_div(n_valid, kR), kThreads, 0, s, A, lda, Wq, S, ldw, K, epi);
+  const int rows = g_rows_w8 ? g_rows_w8 : (T == 1 ? 4 : 2);
+  if (rows == 4) launch(gemv_w8_kernel<T, 2, 4>, ceil_div(n_valid, 4), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi);
+  else launch(gemv_w8_kernel<T, 2, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi);
 }
 
 }  // namespace
@@ -218,5 +231,13 @@ void gemv_w8(const half* A, int lda, const int8_t* Wq, const half* S, int ldw, i
     default: break;
   }
 }
+
+// Test / tuning hook (declared by kernels/tests/test_gemv.cu; not part of the engine's interface).
+namespace gemv_detail {
+void set_rows(int f16_rows, int w8_rows) {
+  g_rows_f16 = f16_rows;
+  g_rows_w8 = w8_rows;
+}
+}  // namespace gemv_detail
 
 }  // namespace l2::kernels

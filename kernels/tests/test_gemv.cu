@@ -4,6 +4,10 @@
 #include "../kernels.h"
 #include "harness.cuh"
 
+namespace l2::kernels::gemv_detail {
+void set_rows(int f16_rows, int w8_rows);  // rows per GEMV block (2 or 4; 0 = the kernel's defaults)
+}
+
 using namespace l2test;
 namespace k = l2::kernels;
 
@@ -81,7 +85,7 @@ bool run(Kern kern, bool w8, const half* A, int lda, const void* W, const half* 
 
 // w8: weights int8 with per-32 fp16 scales; the reference uses each weight as the kernels see it
 // (fp16-rounded q * scale for the tensor-core path; the CUDA-core GEMV's fp32 products differ by less).
-void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, int T, bool add) {
+void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, int T, bool add, const char* tag = "") {
   Rng rng(ctx.next_seed());
   std::vector<half> w(w8 ? 0 : (size_t)N * K), a((size_t)T * K), sc(w8 ? (size_t)N * (K / 32) : 0);
   std::vector<int8_t> q(w8 ? (size_t)N * K : 0);
@@ -135,7 +139,7 @@ void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, in
       if (!add && fbits(o) == kPoisonF) ++st.unwritten;
       else st.add(o, ref);
     }
-  ctx.check(fmt("%s %s T%d N%d/%d K%d %s", kname(kern), w8 ? "w8" : "f16", T, n_valid, N, K, add ? "add" : "store"), st.ok(2e-3), st.rel_l2(),
+  ctx.check(fmt("%s%s %s T%d N%d/%d K%d %s", kname(kern), tag, w8 ? "w8" : "f16", T, n_valid, N, K, add ? "add" : "store"), st.ok(2e-3), st.rel_l2(),
             st.max_norm(), st.detail());
 }
 
@@ -149,6 +153,19 @@ void correctness(Context& ctx) {
         if (!ctx.opt.quick) check_shape(ctx, kern, w8, 4096, 4096, 4096, T, false);
       }
   }
+  // Both GEMV block heights (2 and 4 rows) wherever either can be chosen, including a row count that
+  // leaves half of the last 4-row block as padding.
+  for (int rows : {2, 4}) {
+    k::gemv_detail::set_rows(rows, rows);
+    const char* tag = rows == 2 ? " r2" : " r4";
+    for (int T : {1, 2, 3, 4})
+      for (bool w8 : {false, true}) {
+        check_shape(ctx, Kern::Gemv, w8, 256, 256, 512, T, false, tag);
+        check_shape(ctx, Kern::Gemv, w8, 384, 298, 1088, T, T % 2 == 1, tag);
+        if (!ctx.opt.quick && T == 1) check_shape(ctx, Kern::Gemv, w8, 4096, 4096, 4096, T, true, tag);
+      }
+  }
+  k::gemv_detail::set_rows(0, 0);
 }
 
 void benchmarks(Context& ctx) {
@@ -173,6 +190,15 @@ void benchmarks(Context& ctx) {
     for (bool w8 : {false, true}) {
       const void* W = w8 ? static_cast<const void*>(q.p) : static_cast<const void*>(w.p);
       const double bytes = w8 ? (double)s.N * s.K * (1 + 2.0 / 32) : (double)s.N * s.K * 2;
+      for (int T : {1, 2, 4}) {  // GEMV block heights: 2 and 4 rows
+        for (int rows : {2, 4}) {
+          k::gemv_detail::set_rows(rows, rows);
+          double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int) { run(Kern::Gemv, w8, a.p, s.K, W, sc.p, s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+          ctx.bench(fmt("gemv r%d %-3s %-7s N%-5d K%-5d T%-2d", rows, w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
+          ctx.metrics[fmt("gemv_rows.%d.%s.%s.%d", rows, w8 ? "w8" : "f16", s.name, T)] = ms;
+        }
+        k::gemv_detail::set_rows(0, 0);
+      }
       for (int T : {1, 2, 4, 8, 16, 32}) {
         for (Kern kern : {Kern::Gemv, Kern::Mma, Kern::Gemm}) {
           if (kern == Kern::Gemv && T > k::kGemvMaxT) continue;
@@ -185,6 +211,19 @@ void benchmarks(Context& ctx) {
     }
   }
   ctx.finalizers.push_back([](Context& c) {
+    for (const char* dt : {"f16", "w8"})
+      for (int T : {1, 2, 4}) {
+        std::string line = fmt("7B decode matrices per layer, GEMV rows per block, %s, T=%d:", dt, T);
+        for (int rows : {2, 4}) {
+          double sum = 0;
+          for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
+            auto it = c.metrics.find(fmt("gemv_rows.%d.%s.%s.%d", rows, dt, sh, T));
+            if (it != c.metrics.end()) sum += it->second;
+          }
+          line += fmt("  r%d %.1f us", rows, sum * 1e3);
+        }
+        c.summary.push_back(line);
+      }
     for (const char* dt : {"f16", "w8"})
     for (int T : {1, 2, 4, 8, 16, 32}) {
       std::string line = fmt("7B decode matrices per layer, %s, T=%d:", dt, T);

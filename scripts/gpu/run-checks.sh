@@ -81,7 +81,7 @@ if has mma; then
     [ -f /tmp/kernel_tests ] || { xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests; }
     phase "gemv kernels: checks and A/B bench"
     timeout 200 /tmp/kernel_tests --only=gemv --bench > "$OUT/kernel-gemv.log" 2>&1; echo "kernel_tests gemv rc=$?"
-    grep -E "FAIL|failed|decode matrices" "$OUT/kernel-gemv.log" | head -20
+    grep -E "FAIL|failed|decode matrices" "$OUT/kernel-gemv.log" | head -30
   fi
   phase "validate with LLAMA2_GEMV_MMA=1"
   LLAMA2_GEMV_MMA=1 node scripts/gpu/validate.mjs --big $BIG --out "$OUT/validate-mma.json" 2>&1 | tail -15 | tee "$OUT/validate-mma.log"
