@@ -6,6 +6,7 @@ import { mkdtempSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
+import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { cancelJob } from "../lib/runner/cancel.js";
 import type { Job } from "../lib/runner/job.js";
@@ -67,6 +68,17 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(streamedText(sse.events)).toBe(whole.choices[0].message.content);
     const text = await (await postJson(`${url}v1/completions`, { prompt: "Once upon a time", max_tokens: 5, seed: 3 })).json();
     expect(text.usage.completion_tokens).toBeLessThanOrEqual(5);
+  });
+
+  it("OpenAI's client gets the same text streamed and whole, and the usage", async () => {
+    const client = new OpenAI({ baseURL: `${url}v1`, apiKey: "unused", maxRetries: 0 });
+    const body = { model: "demo", messages: messages as OpenAI.Chat.ChatCompletionMessageParam[], max_tokens: 6, seed: 11 };
+    const whole = await client.chat.completions.create(body);
+    expect(whole.usage!.completion_tokens).toBeGreaterThan(0);
+    expect(whole.usage!.completion_tokens).toBeLessThanOrEqual(6);
+    let text = "";
+    for await (const c of await client.chat.completions.create({ ...body, stream: true })) text += c.choices[0]?.delta.content ?? "";
+    expect(text).toBe(whole.choices[0].message.content);
   });
 
   it("refuses max_tokens beyond the real context", async () => {
