@@ -545,7 +545,7 @@ class CudaBackend final : public Backend {
     // A decode step (every sequence adds one token, one sub-batch) replays a graph captured for its shape.
     auto work = [&] { enqueue(lay, T, S, n_dec, n_out, max_count, span, oc.logits); };
     cudaGraphExec_t exec = nullptr;
-    if (all_single && T <= kGraphMaxT && n_out_total_ == 0)
+    if (all_single && T <= graph_max_t_ && n_out_total_ == 0)
       exec = decode_graph((T * 1024 + n_out) * 64 + (int)std::log2((double)std::max(span, 1)), T, work);
     if (exec) CK(cudaGraphLaunch(exec, stream_));
     else work();
@@ -726,8 +726,12 @@ class CudaBackend final : public Backend {
   ProgressFn progress_;
   uint64_t total_bytes_ = 0, uploaded_ = 0;
   int tensors_done_ = 0, total_tensors_ = 0;
-  // Decode steps of up to kGraphMaxT sequences replay CUDA graphs keyed by (tokens, outputs, context bucket).
-  static constexpr int kGraphMaxT = 64;
+  // Decode steps of up to graph_max_t_ sequences replay CUDA graphs keyed by (tokens, outputs, context
+  // bucket): 64, or LLAMA2_GRAPH_MAX_T=0..64 (0: never; for A/B runs and to rule graphs out when debugging).
+  const int graph_max_t_ = [] {
+    const char* v = std::getenv("LLAMA2_GRAPH_MAX_T");
+    return v && *v ? std::clamp(std::atoi(v), 0, 64) : 64;
+  }();
   static constexpr size_t kMaxGraphs = 96;
   struct Graph {
     cudaGraphExec_t exec;
