@@ -94,6 +94,9 @@ if has gemvab; then
   phase "bench 7B f16, batches 2-8 on the GEMM (LLAMA2_GEMV_MAX_T=1)"
   LLAMA2_GEMV_MAX_T=1 node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --preset llama2-7b --prompt 128 --gen 128 \
     --batch 2,4,8 --reps 2 --skip-cold --out "$OUT/bench-7b-f16-gemm-small.json" 2>&1 | grep -v "^\[bench\]"
+  phase "bench 7B f16, batches 16-32 without decode graphs beyond 8 (LLAMA2_GRAPH_MAX_T=8)"
+  LLAMA2_GRAPH_MAX_T=8 node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --preset llama2-7b --prompt 128 --gen 128 \
+    --batch 16,32 --reps 2 --skip-cold --out "$OUT/bench-7b-f16-graph8.json" 2>&1 | grep -v "^\[bench\]"
 fi
 if has micro; then
   phase "micro-benchmarks: native ops at the 7B shape on the GPU"
