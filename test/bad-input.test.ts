@@ -230,6 +230,38 @@ describeShared("bad model files", [STORIES, TINY_HF, TINY_F16], () => {
   });
 });
 
+// Regressions from the loader fuzz test (test/fuzz-loaders.test.ts), several found by running it on a
+// sanitizer build (ASan + UBSan): each file below once loaded with a wrong result, or reached undefined
+// behaviour (a float->int cast out of range, a signed overflow, a misaligned read) that x86 happened
+// to survive.
+describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF, TINY_F16], () => {
+  const scratch = new Scratch();
+  afterAll(() => scratch.cleanup());
+  const hf = sharedPath(TINY_HF);
+  const gguf = sharedPath(TINY_F16);
+  const stories = sharedPath(STORIES);
+  const load = (p: string) => () => Llama2.load(p, { device: "cpu", maxSequences: 1 });
+  const info = (p: string) => () => {
+    try {
+      return native().readModelInfo(p, true);
+    } catch (err) {
+      throw fromNative(err);
+    }
+  };
+  const st = () => readSafetensors(path.join(hf, "model.safetensors"));
+  const q = "model.layers.0.self_attn.q_proj.weight";
+
+  it("a GGUF metadata array claiming more elements than the file holds -> ERR_MODEL_CORRUPT naming the array (was reserved first)", async () => {
+    const L = ggufLayout(readFileSync(gguf));
+    const tokens = ggufKv(L, "tokenizer.ggml.tokens");
+    for (const n of [1n << 40n, 5_000_000n, 2_000_000n]) {
+      const p = scratch.patched(gguf, (b) => b.writeBigUInt64LE(n, tokens.valueAt + 4));
+      await expectError(load(p), "ERR_MODEL_CORRUPT", p, "tokenizer.ggml.tokens", String(n));
+    }
+  });
+
+});
+
 describeShared("bad options and requests on a loaded model", [STORIES, STORIES_FX, TINY_F16], () => {
   const fx = readSharedJson<{ cases: { prompt: number[]; generated: number[] }[] }>(STORIES_FX).cases;
   let stories: Llama2;

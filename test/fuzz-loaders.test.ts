@@ -20,6 +20,7 @@ import {
   applyOps,
   caseRng,
   configOp,
+  growSparse,
   dirCase,
   fileCase,
   formatFailures,
@@ -33,6 +34,7 @@ import {
   type FuzzCase,
   type FuzzResult,
   type Op,
+  writeGgufWithArray,
 } from "./helpers/fuzz.js";
 import { describeShared, sharedPath } from "./helpers/shared.js";
 
@@ -203,6 +205,53 @@ describeShared("loader fuzzing: mutated model files never crash the process", [S
       });
     });
     await fuzz("hf-sharded", cases);
+  }, 120_000);
+
+  it("GGUF metadata arrays claiming or holding 2^25-2^28 elements (sparse files): no allocation or time in proportion", async () => {
+    // Regressions: the loader reserved a vector for any array count up to the file size (32 bytes per
+    // claimed string) and materialized every array but the BPE merges as doubles. Under the child's
+    // 1 GiB RLIMIT_DATA those allocations fail (ERR_OUT_OF_MEMORY, a failure here).
+    const base = readFileSync(synth.f16);
+    const tokens = mapGguf(base).fields.get("array header")!.find((f) => f.name === "count(tokenizer.ggml.tokens)")!;
+    const cases: [FuzzCase, string][] = [
+      [{
+        id: "sparse#claim",
+        desc: "tokenizer.ggml.tokens claims 2^28 strings in a 272 MiB file (mostly a hole)",
+        make: (dir) => {
+          const p = path.join(dir, "model.gguf");
+          const b = Buffer.from(base);
+          b.writeBigUInt64LE(1n << 28n, tokens.at);
+          writeFileSync(p, b);
+          growSparse(p, 2 ** 28 + 2 ** 24);
+          return p;
+        },
+      }, "ERR_MODEL_CORRUPT"],
+      [{
+        id: "sparse#u8",
+        desc: "a valid GGUF with an unused 2^28-element u8 array",
+        make: (dir) => {
+          const p = path.join(dir, "model.gguf");
+          writeGgufWithArray(p, base, "general.fuzz_blob", 0, 1n << 28n, 2 ** 28);
+          return p;
+        },
+      }, "ok"],
+      [{
+        id: "sparse#strings",
+        desc: "a valid GGUF with an unused array of 2^25 empty strings",
+        make: (dir) => {
+          const p = path.join(dir, "model.gguf");
+          writeGgufWithArray(p, base, "general.fuzz_tags", 8, 1n << 25n, 2 ** 28);
+          return p;
+        },
+      }, "ok"],
+    ];
+    const r = await runFuzzCases(
+      cases.map(([c]) => c),
+      { dir: path.join(work, "sparse"), parallel: 1 },
+    );
+    results.push(["sparse", r]);
+    expect(r.failures, formatFailures(SEED, r.failures)).toEqual([]);
+    for (const [c, want] of cases) expect(r.loads.get(c.id), c.desc).toBe(want);
   }, 120_000);
 
   it("llama2.c .bin (stories260K): seeded mutations of the header, size and weights", async () => {

@@ -26,6 +26,9 @@ struct Value {
   std::vector<double> numbers;
 };
 
+// Most elements of a metadata array we materialize (the vocabulary; ModelConfig allows 2^22 tokens).
+constexpr uint64_t kMaxArray = 1u << 22;
+
 struct Reader {
   const uint8_t* data;
   size_t size;
@@ -78,8 +81,9 @@ struct Reader {
     }
     corrupt("unknown metadata type " + std::to_string(t));
   }
-  // Reads a value; large numeric arrays we do not need are skipped, not materialized.
-  Value value(uint32_t type, bool keep) {
+  // Reads a value. Arrays are materialized only when `keep` (the tokenizer's), and then hold at most
+  // kMaxArray elements: the memory a file can make us allocate is bounded by what we use.
+  Value value(uint32_t type, bool keep, const std::string& key) {
     Value v;
     v.type = type;
     if (type == kString) {
@@ -87,14 +91,18 @@ struct Reader {
     } else if (type == kArray) {
       v.elem_type = get<uint32_t>();
       v.count = get<uint64_t>();
-      if (v.count > size) corrupt("array length " + std::to_string(v.count) + " exceeds the file");
+      const size_t es = v.elem_type == kString ? 8 : scalar_size(v.elem_type);  // a string is at least its length
+      if (es != 0 && v.count > (size - pos) / es)
+        corrupt("array '" + key + "' claims " + std::to_string(v.count) + " elements, more than the rest of the file holds");
+      if (keep && v.count > kMaxArray)
+        corrupt("array '" + key + "' has " + std::to_string(v.count) + " elements (at most " + std::to_string(kMaxArray) + " are supported)");
       if (v.elem_type == kString) {
         if (keep) v.strings.reserve(v.count);
         for (uint64_t i = 0; i < v.count; ++i) {
           if (keep) v.strings.push_back(string());
           else { uint64_t n = get<uint64_t>(); need(n); pos += n; }
         }
-      } else if (size_t es = scalar_size(v.elem_type)) {
+      } else if (es != 0) {
         need(v.count * es);
         if (keep) {
           v.numbers.reserve(v.count);
@@ -165,9 +173,9 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key = r.string();
     uint32_t type = r.get<uint32_t>();
-    // Keep everything but the merges (BPE vocabularies we do not use) materialized.
-    bool keep = key != "tokenizer.ggml.merges";
-    kv[key] = r.value(type, keep);
+    // Of the arrays, only the vocabulary is used: others (BPE merges, ...) are skipped.
+    bool keep = key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.scores" || key == "tokenizer.ggml.token_type";
+    kv[key] = r.value(type, keep, key);
   }
   auto find = [&](const std::string& k) -> const Value* {
     auto it = kv.find(k);

@@ -6,7 +6,7 @@
 // crash, abort, hang or runaway allocation in native code fails the case instead of killing vitest.
 // Every case is reproducible from (seed, corpus name, case index).
 import { spawn } from "node:child_process";
-import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync, writeSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -813,3 +813,34 @@ export function dirCase(id: string, desc: string, src: string, files: string[], 
   };
 }
 
+/**
+ * A valid GGUF with one more metadata entry, an array of `count` elements of ggml metadata type
+ * `elemType` whose `bodyBytes` of zeros are a hole (a sparse file: nothing is written). The key is
+ * padded so that the tensor data stays aligned.
+ */
+export function writeGgufWithArray(dest: string, base: Buffer, key: string, elemType: number, count: bigint, bodyBytes: number): void {
+  const L = ggufLayout(base);
+  let k = key;
+  while ((8 + Buffer.byteLength(k) + 16 + bodyBytes) % L.alignment !== 0) k += "_";
+  const entry = Buffer.alloc(8 + Buffer.byteLength(k) + 16);
+  entry.writeBigUInt64LE(BigInt(Buffer.byteLength(k)), 0);
+  entry.write(k, 8, "utf8");
+  entry.writeUInt32LE(9, entry.length - 16); // array
+  entry.writeUInt32LE(elemType, entry.length - 12);
+  entry.writeBigUInt64LE(count, entry.length - 8);
+  const head = Buffer.concat([base.subarray(0, L.kvEnd), entry]);
+  head.writeBigUInt64LE(BigInt(L.kvs.length + 1), 16);
+  const tail = base.subarray(L.kvEnd);
+  const fd = openSync(dest, "w");
+  try {
+    writeSync(fd, head, 0, head.length, 0);
+    writeSync(fd, tail, 0, tail.length, head.length + bodyBytes);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Extends a file with a hole to `size` bytes. */
+export function growSparse(file: string, size: number): void {
+  truncateSync(file, size);
+}
