@@ -251,6 +251,22 @@ describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF,
   const st = () => readSafetensors(path.join(hf, "model.safetensors"));
   const q = "model.layers.0.self_attn.q_proj.weight";
 
+  it("GGUF integer metadata beyond int32 or not a number -> ERR_MODEL_CONFIG naming the key and value (was a UB cast)", async () => {
+    const L = ggufLayout(readFileSync(gguf));
+    const blocks = ggufKv(L, "llama.block_count");
+    expect(blocks.type).toBe(4); // u32
+    const wide = scratch.patched(gguf, (b) => b.writeUInt32LE(0xffffffff, blocks.valueAt));
+    await expectError(load(wide), "ERR_MODEL_CONFIG", wide, "llama.block_count", "4294967295");
+    await expectError(info(wide), "ERR_MODEL_CONFIG", wide, "llama.block_count");
+    // Same-size retype u32 -> f32 NaN.
+    const dim = ggufKv(L, "llama.embedding_length");
+    const nan = scratch.patched(gguf, (b) => {
+      b.writeUInt32LE(6, dim.typeAt);
+      b.writeUInt32LE(0x7fc00000, dim.valueAt);
+    });
+    await expectError(load(nan), "ERR_MODEL_CONFIG", nan, "llama.embedding_length", "nan");
+  });
+
   it("a GGUF metadata array claiming more elements than the file holds -> ERR_MODEL_CORRUPT naming the array (was reserved first)", async () => {
     const L = ggufLayout(readFileSync(gguf));
     const tokens = ggufKv(L, "tokenizer.ggml.tokens");
@@ -258,6 +274,18 @@ describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF,
       const p = scratch.patched(gguf, (b) => b.writeBigUInt64LE(n, tokens.valueAt + 4));
       await expectError(load(p), "ERR_MODEL_CORRUPT", p, "tokenizer.ggml.tokens", String(n));
     }
+  });
+
+  it("config.json numbers that are NaN, infinite or beyond any integer -> ERR_MODEL_CONFIG naming the field", async () => {
+    for (const lit of ["NaN", "Infinity", "-1e308", "1e400"]) {
+      const dir = scratch.hfDir(hf, { config: (c) => JSON.stringify({ ...c, hidden_size: "@X@" }).replace('"@X@"', lit) });
+      await expectError(load(dir), "ERR_MODEL_CONFIG", path.join(dir, "config.json"), "hidden_size", "integer");
+    }
+  });
+
+  it("a llama2.c header with vocab_size INT32_MIN -> ERR_MODEL_CONFIG (was a signed overflow)", async () => {
+    const p = scratch.patched(stories, (b) => b.writeInt32LE(-2147483648, 20));
+    await expectError(load(p), "ERR_MODEL_CONFIG", p, "vocab_size");
   });
 
 });

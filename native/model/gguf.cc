@@ -1,8 +1,10 @@
 // GGUF v2/v3 as written by llama.cpp: llama metadata, the tokenizer in tokenizer.ggml.*, and
 // F32 / F16 / BF16 / Q8_0 tensors. Q/K rows are in Meta's interleaved rotary layout.
 // Every read is bounds-checked: a truncated or corrupt file gives ERR_MODEL_CORRUPT with the offset.
-#include <cstring>
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
 
 #include "../common/error.h"
 #include "model_source.h"
@@ -120,6 +122,11 @@ struct Reader {
   }
 };
 
+// double -> float without UB: values beyond float range become +-inf (NaN stays NaN).
+float to_float(double v) {
+  return std::isfinite(v) && std::fabs(v) > FLT_MAX ? (float)std::copysign(INFINITY, v) : (float)v;
+}
+
 // ggml_type ids.
 bool ggml_dtype(uint32_t t, DType* out) {
   switch (t) {
@@ -194,6 +201,14 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     if (v->type == kString || v->type == kArray) fail(code::kConfig, path + ": metadata '" + k + "' must be a number");
     return v->number;
   };
+  // An integer field: a whole number in int32 range (ModelConfig::validate checks the real bounds).
+  auto integer = [&](const std::string& k, double def, bool required) -> int {
+    double v = number(k, def, required);
+    if (!(v == std::floor(v) && v >= INT32_MIN && v <= INT32_MAX))
+      fail(code::kConfig, path + ": metadata '" + k + "' = " + number_str(v) + " is not an integer in range");
+    return (int)v;
+  };
+  auto real = [&](const std::string& k, double def) -> float { return to_float(number(k, def, false)); };
 
   std::string arch = str("general.architecture");
   if (arch != "llama")
@@ -201,17 +216,17 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
   std::string scaling = str("llama.rope.scaling.type");
   if (!scaling.empty() && scaling != "none") fail(code::kFormatUnsupported, path + ": rope scaling '" + scaling + "' is not supported");
   ModelConfig& c = src->config;
-  c.dim = (int)number("llama.embedding_length", 0, true);
-  c.n_layers = (int)number("llama.block_count", 0, true);
-  c.n_heads = (int)number("llama.attention.head_count", 0, true);
-  c.n_kv_heads = (int)number("llama.attention.head_count_kv", c.n_heads, false);
-  c.head_dim = c.n_heads > 0 ? (int)number("llama.attention.key_length", c.dim / c.n_heads, false) : 0;
-  c.ffn_dim = (int)number("llama.feed_forward_length", 0, true);
-  c.max_seq_len = (int)number("llama.context_length", 4096, false);
-  c.rms_eps = (float)number("llama.attention.layer_norm_rms_epsilon", 1e-5, false);
-  c.rope_theta = (float)number("llama.rope.freq_base", 10000.0, false);
+  c.dim = integer("llama.embedding_length", 0, true);
+  c.n_layers = integer("llama.block_count", 0, true);
+  c.n_heads = integer("llama.attention.head_count", 0, true);
+  c.n_kv_heads = integer("llama.attention.head_count_kv", c.n_heads, false);
+  c.head_dim = c.n_heads > 0 ? integer("llama.attention.key_length", c.dim / c.n_heads, false) : 0;
+  c.ffn_dim = integer("llama.feed_forward_length", 0, true);
+  c.max_seq_len = integer("llama.context_length", 4096, false);
+  c.rms_eps = real("llama.attention.layer_norm_rms_epsilon", 1e-5);
+  c.rope_theta = real("llama.rope.freq_base", 10000.0);
   c.rope_layout = RopeLayout::Interleaved;
-  int rope_dims = (int)number("llama.rope.dimension_count", c.head_dim, false);
+  int rope_dims = integer("llama.rope.dimension_count", c.head_dim, false);
   if (rope_dims != c.head_dim)
     fail(code::kFormatUnsupported, path + ": partial rotary embeddings (rope.dimension_count " + std::to_string(rope_dims) + ") are not supported");
   src->name = str("general.name");
@@ -223,17 +238,23 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     const Value* scores = find("tokenizer.ggml.scores");
     const Value* types = find("tokenizer.ggml.token_type");
     if (scores && scores->type == kArray && scores->numbers.size() == t.tokens.size())
-      for (double s : scores->numbers) t.scores.push_back((float)s);
+      for (double s : scores->numbers) t.scores.push_back(to_float(s));
     else
       t.scores.assign(t.tokens.size(), 0.f);
-    if (types && types->type == kArray && types->numbers.size() == t.tokens.size())
-      for (double s : types->numbers) t.types.push_back((int32_t)s);
-    else
+    if (types && types->type == kArray && types->numbers.size() == t.tokens.size()) {
+      for (size_t i = 0; i < types->numbers.size(); ++i) {
+        double s = types->numbers[i];
+        if (!(s == std::floor(s) && s >= INT32_MIN && s <= INT32_MAX))
+          fail(code::kFormatCorrupt, path + ": tokenizer.ggml.token_type[" + std::to_string(i) + "] = " + number_str(s) + " is not a token type");
+        t.types.push_back((int32_t)s);
+      }
+    } else {
       t.types.assign(t.tokens.size(), 1);
-    t.bos_id = (int)number("tokenizer.ggml.bos_token_id", 1, false);
-    t.eos_id = (int)number("tokenizer.ggml.eos_token_id", 2, false);
-    t.unk_id = (int)number("tokenizer.ggml.unknown_token_id", 0, false);
-    t.pad_id = (int)number("tokenizer.ggml.padding_token_id", -1, false);
+    }
+    t.bos_id = integer("tokenizer.ggml.bos_token_id", 1, false);
+    t.eos_id = integer("tokenizer.ggml.eos_token_id", 2, false);
+    t.unk_id = integer("tokenizer.ggml.unknown_token_id", 0, false);
+    t.pad_id = integer("tokenizer.ggml.padding_token_id", -1, false);
     t.add_bos = number("tokenizer.ggml.add_bos_token", 1, false) != 0;
     src->tokenizer = std::move(t);
   }
@@ -267,8 +288,10 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     in.name = in.name + "\n" + canon;  // keep both names
     infos.push_back(std::move(in));
   }
-  uint64_t alignment = (uint64_t)number("general.alignment", 32, false);
-  if (alignment == 0 || alignment > 65536 || (alignment & (alignment - 1))) r.corrupt("bad general.alignment");
+  const double align_v = number("general.alignment", 32, false);
+  if (!(align_v >= 1 && align_v <= 65536)) r.corrupt("bad general.alignment " + number_str(align_v));
+  const uint64_t alignment = (uint64_t)align_v;
+  if (alignment != align_v || (alignment & (alignment - 1))) r.corrupt("bad general.alignment " + number_str(align_v));
   uint64_t data_start = (r.pos + alignment - 1) / alignment * alignment;
   if (data_start > f.size()) r.corrupt("tensor data section is missing");
   for (auto& in : infos) {
@@ -290,8 +313,8 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     src->tensors[t.name] = t;
   }
   const TensorView* emb = src->find("tok_embeddings");
-  c.vocab_size = (int)number("llama.vocab_size", emb && emb->shape.size() == 2 ? (double)emb->shape[0]
-                                                  : (src->tokenizer ? (double)src->tokenizer->tokens.size() : 0), false);
+  c.vocab_size = integer("llama.vocab_size", emb && emb->shape.size() == 2 ? (double)std::min<int64_t>(emb->shape[0], INT32_MAX)
+                                              : (src->tokenizer ? (double)src->tokenizer->tokens.size() : 0), false);
   c.tied_output = src->find("output") == nullptr;
   return src;
 }

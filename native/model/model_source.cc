@@ -1,5 +1,7 @@
 #include "model_source.h"
 
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "../common/error.h"
@@ -24,6 +26,13 @@ size_t row_bytes(DType t, int64_t cols) {
     case DType::Q8_0: return (size_t)(cols / kQ8Block) * kQ8BlockBytes;
   }
   return 0;
+}
+
+std::string number_str(double v) {
+  if (v == std::floor(v) && std::fabs(v) < 1e18) return std::to_string((long long)v);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
 }
 
 int64_t TensorView::numel() const {

@@ -27,6 +27,8 @@ constexpr int kQ8BlockBytes = 34;
 const char* dtype_name(DType t);
 // Bytes of one row of `cols` elements (Q8_0 needs cols % 32 == 0).
 size_t row_bytes(DType t, int64_t cols);
+// A number from a file for messages: whole numbers in full ("4294967295"), others short ("1e+300", "nan").
+std::string number_str(double v);
 
 struct TensorView {
   std::string name;        // canonical name

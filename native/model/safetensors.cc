@@ -1,5 +1,7 @@
 // Hugging Face directory: config.json + model.safetensors (or shards + model.safetensors.index.json)
 // + tokenizer.model. Q/K rows are in HF's rotary layout (RopeLayout::Halves).
+#include <cfloat>
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -23,8 +25,14 @@ double num(const Json& cfg, const char* key, const std::string& src, double def,
 
 int integer(const Json& cfg, const char* key, const std::string& src, int def, bool required) {
   double v = num(cfg, key, src, def, required);
-  if (v != (double)(long long)v || v < -1e9 || v > 1e9) fail(code::kConfig, src + ": '" + key + "' must be an integer");
+  // Range first: casting NaN, inf or a huge double to an integer is undefined.
+  if (!(v >= -1e9 && v <= 1e9) || v != std::floor(v)) fail(code::kConfig, src + ": '" + key + "' must be an integer (got " + number_str(v) + ")");
   return (int)v;
+}
+
+// double -> float without UB: values beyond float range become +-inf (rejected by validation).
+float to_float(double v) {
+  return std::isfinite(v) && std::fabs(v) > FLT_MAX ? (float)std::copysign(INFINITY, v) : (float)v;
 }
 
 ModelConfig parse_config(const std::string& path) {
@@ -46,7 +54,7 @@ ModelConfig parse_config(const std::string& path) {
   c.ffn_dim = integer(cfg, "intermediate_size", path, 0, true);
   c.vocab_size = integer(cfg, "vocab_size", path, 0, true);
   c.max_seq_len = integer(cfg, "max_position_embeddings", path, 4096, false);
-  c.rms_eps = (float)num(cfg, "rms_norm_eps", path, 1e-5, false);
+  c.rms_eps = to_float(num(cfg, "rms_norm_eps", path, 1e-5, false));
   // Older checkpoints put rope_theta at the top level (or omit it); newer ones in rope_parameters.
   double theta = num(cfg, "rope_theta", path, 10000.0, false);
   if (const Json* rp = cfg.get("rope_parameters"); rp && rp->is_object()) {
@@ -54,7 +62,7 @@ ModelConfig parse_config(const std::string& path) {
     if (const Json* t = rp->get("rope_type"); t && t->is_string() && t->str != "default")
       fail(code::kFormatUnsupported, path + ": rope_type '" + t->str + "' is not supported");
   }
-  c.rope_theta = (float)theta;
+  c.rope_theta = to_float(theta);
   const Json* tie = cfg.get("tie_word_embeddings");
   c.tied_output = tie && tie->type == Json::Type::Bool && tie->b;
   c.rope_layout = RopeLayout::Halves;
