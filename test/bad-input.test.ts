@@ -267,6 +267,17 @@ describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF,
     await expectError(load(nan), "ERR_MODEL_CONFIG", nan, "llama.embedding_length", "nan");
   });
 
+  it("a GGUF tensor whose dimensions multiply past 2^64 -> ERR_MODEL_CORRUPT (its byte size used to wrap to 0 and pass)", async () => {
+    const L = ggufLayout(readFileSync(gguf));
+    const t = ggufTensor(L, "blk.0.attn_q.weight");
+    const p = scratch.patched(gguf, (b) => {
+      b.writeBigUInt64LE(1n << 32n, t.dimsAt);
+      b.writeBigUInt64LE(1n << 32n, t.dimsAt + 8);
+    });
+    await expectError(info(p), "ERR_MODEL_CORRUPT", p, "blk.0.attn_q.weight", "implausible size");
+    await expectError(load(p), "ERR_MODEL_CORRUPT", p, "blk.0.attn_q.weight");
+  });
+
   it("a GGUF metadata array claiming more elements than the file holds -> ERR_MODEL_CORRUPT naming the array (was reserved first)", async () => {
     const L = ggufLayout(readFileSync(gguf));
     const tokens = ggufKv(L, "tokenizer.ggml.tokens");
@@ -274,6 +285,32 @@ describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF,
       const p = scratch.patched(gguf, (b) => b.writeBigUInt64LE(n, tokens.valueAt + 4));
       await expectError(load(p), "ERR_MODEL_CORRUPT", p, "tokenizer.ggml.tokens", String(n));
     }
+  });
+
+  it("safetensors shapes and offsets must be whole numbers whose sizes fit (NaN offsets, 2^63-element shapes, 64.5 rows)", async () => {
+    const edit = (fn: (h: Record<string, any>) => void, json?: (t: string) => string) => {
+      const f = st();
+      fn(f.header);
+      return scratch.hfDir(hf, { files: { "model.safetensors": encodeSafetensors(f, { json }) } });
+    };
+    // 2^29 * 2^29 * 32 elements: the int64 count overflowed to 2^63, and * 2 bytes wrapped to 0 = the byte range.
+    const wrap = edit((h) => {
+      h[q].shape = [2 ** 29, 2 ** 29, 32];
+      h[q].data_offsets = [0, 0];
+    });
+    await expectError(info(wrap), "ERR_MODEL_CORRUPT", wrap, q, "byte size");
+    // NaN offsets passed every range comparison; (size_t)NaN matched 2^62 F16 elements.
+    const nan = edit(
+      (h) => {
+        h[q].shape = [2 ** 29, 2 ** 29, 16];
+        h[q].data_offsets = ["@NAN@", "@NAN@"];
+      },
+      (t) => t.replaceAll('"@NAN@"', "NaN"),
+    );
+    await expectError(info(nan), "ERR_MODEL_CORRUPT", nan, q, "outside the file");
+    // A fractional dimension was truncated and the file loaded.
+    const frac = edit((h) => (h[q].shape = [64.5, 64]));
+    await expectError(load(frac), "ERR_MODEL_CORRUPT", frac, q, "bad shape");
   });
 
   it("config.json numbers that are NaN, infinite or beyond any integer -> ERR_MODEL_CONFIG naming the field", async () => {

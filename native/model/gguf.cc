@@ -305,7 +305,11 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     int64_t cols = t.shape.back();
     if (t.dtype == DType::Q8_0 && cols % kQ8Block != 0)
       fail(code::kFormatCorrupt, path + ": Q8_0 tensor '" + t.file_name + "' has a row length not divisible by 32");
-    t.nbytes = row_bytes(t.dtype, cols) * (size_t)(t.numel() / std::max<int64_t>(1, cols));
+    int64_t numel;
+    uint64_t nbytes;
+    if (!tensor_size(t.dtype, t.shape, &numel, &nbytes))
+      fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' has an implausible size (" + t.describe() + ")");
+    t.nbytes = nbytes;
     if (in.offset > f.size() - data_start || t.nbytes > f.size() - data_start - in.offset)
       fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' data lies outside the file (truncated?)");
     t.data = f.data() + data_start + in.offset;

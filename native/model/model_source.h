@@ -27,6 +27,9 @@ constexpr int kQ8BlockBytes = 34;
 const char* dtype_name(DType t);
 // Bytes of one row of `cols` elements (Q8_0 needs cols % 32 == 0).
 size_t row_bytes(DType t, int64_t cols);
+// Elements and bytes of a tensor of `shape` (dims >= 0), false when either exceeds 2^62 (a corrupt
+// header): loaders check this before anything multiplies a file's dimensions.
+bool tensor_size(DType t, const std::vector<int64_t>& shape, int64_t* numel, uint64_t* bytes);
 // A number from a file for messages: whole numbers in full ("4294967295"), others short ("1e+300", "nan").
 std::string number_str(double v);
 

@@ -35,6 +35,11 @@ float to_float(double v) {
   return std::isfinite(v) && std::fabs(v) > FLT_MAX ? (float)std::copysign(INFINITY, v) : (float)v;
 }
 
+// A whole number in [0, max] (a shape dimension, a byte offset), or -1.
+int64_t whole(const Json& j, double max) {
+  return j.is_number() && j.num >= 0 && j.num <= max && j.num == std::floor(j.num) ? (int64_t)j.num : -1;
+}
+
 ModelConfig parse_config(const std::string& path) {
   Json cfg = Json::parse(read_text_file(path, 1 << 20), path);
   if (!cfg.is_object()) fail(code::kConfig, path + ": expected a JSON object");
@@ -129,15 +134,18 @@ void read_safetensors(ModelSource& src, const std::string& path) {
     if (!parse_dtype(dt->str, &t.dtype))
       fail(code::kTensorDtype, path + ": tensor '" + name + "' has dtype " + dt->str + " (supported: F32, F16, BF16)");
     for (const Json& d : shape->arr) {
-      if (!d.is_number() || d.num < 0 || d.num > 1e9) fail(code::kFormatCorrupt, path + ": tensor '" + name + "' has a bad shape");
-      t.shape.push_back((int64_t)d.num);
+      int64_t v = whole(d, 1e9);
+      if (v < 0) fail(code::kFormatCorrupt, path + ": tensor '" + name + "' has a bad shape");
+      t.shape.push_back(v);
     }
-    double b = offs->arr[0].num, e = offs->arr[1].num;
-    if (!offs->arr[0].is_number() || !offs->arr[1].is_number() || b < 0 || e < b || e > (double)data_size)
+    const int64_t b = whole(offs->arr[0], 9.0e15), e = whole(offs->arr[1], 9.0e15);
+    if (b < 0 || e < b || (uint64_t)e > data_size)
       fail(code::kFormatCorrupt, path + ": tensor '" + name + "' data lies outside the file (truncated?)");
-    t.data = base + (size_t)b;
+    t.data = base + b;
     t.nbytes = (size_t)(e - b);
-    if (t.shape.empty() || t.nbytes != (size_t)t.numel() * (t.dtype == DType::F32 ? 4 : 2))
+    int64_t numel;
+    uint64_t nbytes;
+    if (t.shape.empty() || !tensor_size(t.dtype, t.shape, &numel, &nbytes) || t.nbytes != nbytes)
       fail(code::kFormatCorrupt, path + ": tensor '" + name + "' byte size does not match its shape");
     if (src.tensors.count(canon)) fail(code::kFormatCorrupt, path + ": tensor '" + name + "' appears twice");
     src.tensors[canon] = t;
