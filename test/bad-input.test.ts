@@ -278,6 +278,16 @@ describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF,
     await expectError(load(p), "ERR_MODEL_CORRUPT", p, "blk.0.attn_q.weight");
   });
 
+  it("a GGUF tensor at an offset that is not a multiple of the alignment -> ERR_MODEL_CORRUPT (was read misaligned)", async () => {
+    const L = ggufLayout(readFileSync(gguf));
+    const t = ggufTensor(L, "blk.0.attn_q.weight");
+    const p = scratch.patched(gguf, (b) => b.writeBigUInt64LE(BigInt(t.offset + 2), t.offsetAt));
+    await expectError(load(p), "ERR_MODEL_CORRUPT", p, "blk.0.attn_q.weight", "not aligned");
+    const moved = scratch.patched(gguf, (b) => b.writeBigUInt64LE(BigInt(t.offset + 32), t.offsetAt)); // aligned: loads
+    const m = await Llama2.load(moved, { device: "cpu", maxSequences: 1 });
+    await m.dispose();
+  });
+
   it("a GGUF metadata array claiming more elements than the file holds -> ERR_MODEL_CORRUPT naming the array (was reserved first)", async () => {
     const L = ggufLayout(readFileSync(gguf));
     const tokens = ggufKv(L, "tokenizer.ggml.tokens");
@@ -323,6 +333,21 @@ describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF,
   it("a llama2.c header with vocab_size INT32_MIN -> ERR_MODEL_CONFIG (was a signed overflow)", async () => {
     const p = scratch.patched(stories, (b) => b.writeInt32LE(-2147483648, 20));
     await expectError(load(p), "ERR_MODEL_CONFIG", p, "vocab_size");
+  });
+
+  it("a safetensors file without header padding (tensors misaligned for their type) loads and generates like the padded one", async () => {
+    const f = st();
+    const odd = scratch.hfDir(hf, { files: { "model.safetensors": encodeSafetensors(f, { pad: 1 }) } });
+    expect((8 + Number(readFileSync(path.join(odd, "model.safetensors")).readBigUInt64LE(0))) % 2).toBe(1);
+    const run = async (p: string) => {
+      const m = await Llama2.load(p, { device: "cpu", maxSequences: 1 });
+      try {
+        return (await m.generate("Once upon a time", { temperature: 0, maxTokens: 6, stopOnEos: false }).result).tokenIds;
+      } finally {
+        await m.dispose();
+      }
+    };
+    expect(await run(odd)).toEqual(await run(hf));
   });
 
 });

@@ -312,6 +312,10 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     t.nbytes = nbytes;
     if (in.offset > f.size() - data_start || t.nbytes > f.size() - data_start - in.offset)
       fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' data lies outside the file (truncated?)");
+    // GGUF requires aligned offsets; the backends read elements in place, so they must be aligned.
+    if (in.offset % alignment != 0 || (data_start + in.offset) % dtype_align(t.dtype) != 0)
+      fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' data offset " + std::to_string(in.offset) + " is not aligned (general.alignment " +
+                                     std::to_string(alignment) + ", " + dtype_name(t.dtype) + " elements)");
     t.data = f.data() + data_start + in.offset;
     if (src->tensors.count(t.name)) fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' appears twice");
     src->tensors[t.name] = t;

@@ -28,6 +28,10 @@ size_t row_bytes(DType t, int64_t cols) {
   return 0;
 }
 
+size_t dtype_align(DType t) {
+  return t == DType::F32 ? 4 : 2;
+}
+
 bool tensor_size(DType t, const std::vector<int64_t>& shape, int64_t* numel, uint64_t* bytes) {
   constexpr uint64_t kMax = 1ull << 62;
   uint64_t n = 1;

@@ -148,6 +148,13 @@ void read_safetensors(ModelSource& src, const std::string& path) {
     if (t.shape.empty() || !tensor_size(t.dtype, t.shape, &numel, &nbytes) || t.nbytes != nbytes)
       fail(code::kFormatCorrupt, path + ": tensor '" + name + "' byte size does not match its shape");
     if (src.tensors.count(canon)) fail(code::kFormatCorrupt, path + ": tensor '" + name + "' appears twice");
+    // Files written without header padding (safetensors < 0.3, some other writers) can leave tensors
+    // misaligned for their element type; the backends read in place, so those get an aligned copy.
+    if (reinterpret_cast<uintptr_t>(t.data) % dtype_align(t.dtype) != 0 && t.nbytes > 0) {
+      src.owned.push_back(std::make_unique<uint8_t[]>(t.nbytes));
+      std::memcpy(src.owned.back().get(), t.data, t.nbytes);
+      t.data = src.owned.back().get();
+    }
     src.tensors[canon] = t;
   }
 }
