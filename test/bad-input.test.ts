@@ -350,6 +350,12 @@ describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF,
     expect(await run(odd)).toEqual(await run(hf));
   });
 
+  it("JSON: a high surrogate escape followed by a non-surrogate escape keeps the second character", async () => {
+    const f = st();
+    f.header[q].dtype = "@D@";
+    const dir = scratch.hfDir(hf, { files: { "model.safetensors": encodeSafetensors(f, { json: (t) => t.replace('"@D@"', '"\\ud800\\u0058YZ"') }) } });
+    await expectError(load(dir), "ERR_TENSOR_DTYPE", q, "XYZ");
+  });
 });
 
 describeShared("bad options and requests on a loaded model", [STORIES, STORIES_FX, TINY_F16], () => {
