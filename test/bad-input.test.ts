@@ -230,6 +230,134 @@ describeShared("bad model files", [STORIES, TINY_HF, TINY_F16], () => {
   });
 });
 
+// Regressions from the loader fuzz test (test/fuzz-loaders.test.ts), several found by running it on a
+// sanitizer build (ASan + UBSan): each file below once loaded with a wrong result, or reached undefined
+// behaviour (a float->int cast out of range, a signed overflow, a misaligned read) that x86 happened
+// to survive.
+describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF, TINY_F16], () => {
+  const scratch = new Scratch();
+  afterAll(() => scratch.cleanup());
+  const hf = sharedPath(TINY_HF);
+  const gguf = sharedPath(TINY_F16);
+  const stories = sharedPath(STORIES);
+  const load = (p: string) => () => Llama2.load(p, { device: "cpu", maxSequences: 1 });
+  const info = (p: string) => () => {
+    try {
+      return native().readModelInfo(p, true);
+    } catch (err) {
+      throw fromNative(err);
+    }
+  };
+  const st = () => readSafetensors(path.join(hf, "model.safetensors"));
+  const q = "model.layers.0.self_attn.q_proj.weight";
+
+  it("GGUF integer metadata beyond int32 or not a number -> ERR_MODEL_CONFIG naming the key and value (was a UB cast)", async () => {
+    const L = ggufLayout(readFileSync(gguf));
+    const blocks = ggufKv(L, "llama.block_count");
+    expect(blocks.type).toBe(4); // u32
+    const wide = scratch.patched(gguf, (b) => b.writeUInt32LE(0xffffffff, blocks.valueAt));
+    await expectError(load(wide), "ERR_MODEL_CONFIG", wide, "llama.block_count", "4294967295");
+    await expectError(info(wide), "ERR_MODEL_CONFIG", wide, "llama.block_count");
+    // Same-size retype u32 -> f32 NaN.
+    const dim = ggufKv(L, "llama.embedding_length");
+    const nan = scratch.patched(gguf, (b) => {
+      b.writeUInt32LE(6, dim.typeAt);
+      b.writeUInt32LE(0x7fc00000, dim.valueAt);
+    });
+    await expectError(load(nan), "ERR_MODEL_CONFIG", nan, "llama.embedding_length", "nan");
+  });
+
+  it("a GGUF tensor whose dimensions multiply past 2^64 -> ERR_MODEL_CORRUPT (its byte size used to wrap to 0 and pass)", async () => {
+    const L = ggufLayout(readFileSync(gguf));
+    const t = ggufTensor(L, "blk.0.attn_q.weight");
+    const p = scratch.patched(gguf, (b) => {
+      b.writeBigUInt64LE(1n << 32n, t.dimsAt);
+      b.writeBigUInt64LE(1n << 32n, t.dimsAt + 8);
+    });
+    await expectError(info(p), "ERR_MODEL_CORRUPT", p, "blk.0.attn_q.weight", "implausible size");
+    await expectError(load(p), "ERR_MODEL_CORRUPT", p, "blk.0.attn_q.weight");
+  });
+
+  it("a GGUF tensor at an offset that is not a multiple of the alignment -> ERR_MODEL_CORRUPT (was read misaligned)", async () => {
+    const L = ggufLayout(readFileSync(gguf));
+    const t = ggufTensor(L, "blk.0.attn_q.weight");
+    const p = scratch.patched(gguf, (b) => b.writeBigUInt64LE(BigInt(t.offset + 2), t.offsetAt));
+    await expectError(load(p), "ERR_MODEL_CORRUPT", p, "blk.0.attn_q.weight", "not aligned");
+    const moved = scratch.patched(gguf, (b) => b.writeBigUInt64LE(BigInt(t.offset + 32), t.offsetAt)); // aligned: loads
+    const m = await Llama2.load(moved, { device: "cpu", maxSequences: 1 });
+    await m.dispose();
+  });
+
+  it("a GGUF metadata array claiming more elements than the file holds -> ERR_MODEL_CORRUPT naming the array (was reserved first)", async () => {
+    const L = ggufLayout(readFileSync(gguf));
+    const tokens = ggufKv(L, "tokenizer.ggml.tokens");
+    for (const n of [1n << 40n, 5_000_000n, 2_000_000n]) {
+      const p = scratch.patched(gguf, (b) => b.writeBigUInt64LE(n, tokens.valueAt + 4));
+      await expectError(load(p), "ERR_MODEL_CORRUPT", p, "tokenizer.ggml.tokens", String(n));
+    }
+  });
+
+  it("safetensors shapes and offsets must be whole numbers whose sizes fit (NaN offsets, 2^63-element shapes, 64.5 rows)", async () => {
+    const edit = (fn: (h: Record<string, any>) => void, json?: (t: string) => string) => {
+      const f = st();
+      fn(f.header);
+      return scratch.hfDir(hf, { files: { "model.safetensors": encodeSafetensors(f, { json }) } });
+    };
+    // 2^29 * 2^29 * 32 elements: the int64 count overflowed to 2^63, and * 2 bytes wrapped to 0 = the byte range.
+    const wrap = edit((h) => {
+      h[q].shape = [2 ** 29, 2 ** 29, 32];
+      h[q].data_offsets = [0, 0];
+    });
+    await expectError(info(wrap), "ERR_MODEL_CORRUPT", wrap, q, "byte size");
+    // NaN offsets passed every range comparison; (size_t)NaN matched 2^62 F16 elements.
+    const nan = edit(
+      (h) => {
+        h[q].shape = [2 ** 29, 2 ** 29, 16];
+        h[q].data_offsets = ["@NAN@", "@NAN@"];
+      },
+      (t) => t.replaceAll('"@NAN@"', "NaN"),
+    );
+    await expectError(info(nan), "ERR_MODEL_CORRUPT", nan, q, "outside the file");
+    // A fractional dimension was truncated and the file loaded.
+    const frac = edit((h) => (h[q].shape = [64.5, 64]));
+    await expectError(load(frac), "ERR_MODEL_CORRUPT", frac, q, "bad shape");
+  });
+
+  it("config.json numbers that are NaN, infinite or beyond any integer -> ERR_MODEL_CONFIG naming the field", async () => {
+    for (const lit of ["NaN", "Infinity", "-1e308", "1e400"]) {
+      const dir = scratch.hfDir(hf, { config: (c) => JSON.stringify({ ...c, hidden_size: "@X@" }).replace('"@X@"', lit) });
+      await expectError(load(dir), "ERR_MODEL_CONFIG", path.join(dir, "config.json"), "hidden_size", "integer");
+    }
+  });
+
+  it("a llama2.c header with vocab_size INT32_MIN -> ERR_MODEL_CONFIG (was a signed overflow)", async () => {
+    const p = scratch.patched(stories, (b) => b.writeInt32LE(-2147483648, 20));
+    await expectError(load(p), "ERR_MODEL_CONFIG", p, "vocab_size");
+  });
+
+  it("a safetensors file without header padding (tensors misaligned for their type) loads and generates like the padded one", async () => {
+    const f = st();
+    const odd = scratch.hfDir(hf, { files: { "model.safetensors": encodeSafetensors(f, { pad: 1 }) } });
+    expect((8 + Number(readFileSync(path.join(odd, "model.safetensors")).readBigUInt64LE(0))) % 2).toBe(1);
+    const run = async (p: string) => {
+      const m = await Llama2.load(p, { device: "cpu", maxSequences: 1 });
+      try {
+        return (await m.generate("Once upon a time", { temperature: 0, maxTokens: 6, stopOnEos: false }).result).tokenIds;
+      } finally {
+        await m.dispose();
+      }
+    };
+    expect(await run(odd)).toEqual(await run(hf));
+  });
+
+  it("JSON: a high surrogate escape followed by a non-surrogate escape keeps the second character", async () => {
+    const f = st();
+    f.header[q].dtype = "@D@";
+    const dir = scratch.hfDir(hf, { files: { "model.safetensors": encodeSafetensors(f, { json: (t) => t.replace('"@D@"', '"\\ud800\\u0058YZ"') }) } });
+    await expectError(load(dir), "ERR_TENSOR_DTYPE", q, "XYZ");
+  });
+});
+
 describeShared("bad options and requests on a loaded model", [STORIES, STORIES_FX, TINY_F16], () => {
   const fx = readSharedJson<{ cases: { prompt: number[]; generated: number[] }[] }>(STORIES_FX).cases;
   let stories: Llama2;

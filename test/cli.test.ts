@@ -3,13 +3,14 @@
 // and the error contract: bad flags -> exit 2 with `error [ERR_INVALID_ARGUMENT]: --flag ...`, other
 // errors -> exit 1 with their code.
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseArgs } from "../lib/cli/args.js";
 import { parseStopFlag } from "../lib/cli/model-options.js";
 import { Llama2 } from "../lib/llama2.js";
 import { Scratch } from "./helpers/corrupt.js";
+import { ensureDist } from "./helpers/dist.js";
 import { describeShared, projectRoot, readSharedJson, sharedPath } from "./helpers/shared.js";
 
 const CLI = path.join(projectRoot, "dist/cli/main.js");
@@ -19,26 +20,6 @@ const TINY = "models/tiny-llama-f16.gguf";
 const TINY_HF = "models/tiny-llama-hf";
 const TOKENIZER = "models/tokenizer.model";
 const TOK_FX = "fixtures/llama2-tokenizer.json";
-
-function newestMtime(dir: string): number {
-  let t = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) t = Math.max(t, newestMtime(p));
-    else if (e.name.endsWith(".ts")) t = Math.max(t, statSync(p).mtimeMs);
-  }
-  return t;
-}
-
-/** Builds dist/ when it is missing or older than any lib/ source. */
-function ensureDist(): void {
-  const stale = !existsSync(CLI) || statSync(CLI).mtimeMs < newestMtime(path.join(projectRoot, "lib"));
-  if (!stale) return;
-  const tsc = path.join(projectRoot, "node_modules/typescript/bin/tsc");
-  // Type errors elsewhere in the tree still emit JavaScript; only a missing CLI is fatal here.
-  const r = spawnSync(process.execPath, [tsc, "-p", "tsconfig.json"], { cwd: projectRoot, encoding: "utf8" });
-  if (!existsSync(CLI)) throw new Error(`tsc did not produce ${CLI}: ${r.stdout}${r.stderr}`);
-}
 
 interface Run {
   code: number | null;
@@ -51,7 +32,7 @@ function cli(args: string[], input?: string): Run {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-beforeAll(() => ensureDist(), 120_000);
+beforeAll(() => ensureDist(CLI), 120_000);
 
 describe("CLI flag helpers", () => {
   it("--stop: comma lists with escapes, repeatable", () => {

@@ -90,9 +90,11 @@ struct Parser {
         case 'u': {
           uint32_t c1 = hex4();
           if (c1 >= 0xd800 && c1 < 0xdc00 && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+            const char* back = p;
             p += 2;
             uint32_t c2 = hex4();
-            c1 = 0x10000 + ((c1 - 0xd800) << 10) + (c2 - 0xdc00);
+            if (c2 >= 0xdc00 && c2 < 0xe000) c1 = 0x10000 + ((c1 - 0xd800) << 10) + (c2 - 0xdc00);
+            else p = back;  // not a pair: the lone surrogate stands alone, the next escape is read on its own
           }
           put_utf8(out, c1);
           break;

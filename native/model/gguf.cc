@@ -1,8 +1,10 @@
 // GGUF v2/v3 as written by llama.cpp: llama metadata, the tokenizer in tokenizer.ggml.*, and
 // F32 / F16 / BF16 / Q8_0 tensors. Q/K rows are in Meta's interleaved rotary layout.
 // Every read is bounds-checked: a truncated or corrupt file gives ERR_MODEL_CORRUPT with the offset.
-#include <cstring>
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
 
 #include "../common/error.h"
 #include "model_source.h"
@@ -25,6 +27,9 @@ struct Value {
   std::vector<std::string> strings;
   std::vector<double> numbers;
 };
+
+// Most elements of a metadata array we materialize (the vocabulary; ModelConfig allows 2^22 tokens).
+constexpr uint64_t kMaxArray = 1u << 22;
 
 struct Reader {
   const uint8_t* data;
@@ -78,8 +83,9 @@ struct Reader {
     }
     corrupt("unknown metadata type " + std::to_string(t));
   }
-  // Reads a value; large numeric arrays we do not need are skipped, not materialized.
-  Value value(uint32_t type, bool keep) {
+  // Reads a value. Arrays are materialized only when `keep` (the tokenizer's), and then hold at most
+  // kMaxArray elements: the memory a file can make us allocate is bounded by what we use.
+  Value value(uint32_t type, bool keep, const std::string& key) {
     Value v;
     v.type = type;
     if (type == kString) {
@@ -87,14 +93,18 @@ struct Reader {
     } else if (type == kArray) {
       v.elem_type = get<uint32_t>();
       v.count = get<uint64_t>();
-      if (v.count > size) corrupt("array length " + std::to_string(v.count) + " exceeds the file");
+      const size_t es = v.elem_type == kString ? 8 : scalar_size(v.elem_type);  // a string is at least its length
+      if (es != 0 && v.count > (size - pos) / es)
+        corrupt("array '" + key + "' claims " + std::to_string(v.count) + " elements, more than the rest of the file holds");
+      if (keep && v.count > kMaxArray)
+        corrupt("array '" + key + "' has " + std::to_string(v.count) + " elements (at most " + std::to_string(kMaxArray) + " are supported)");
       if (v.elem_type == kString) {
         if (keep) v.strings.reserve(v.count);
         for (uint64_t i = 0; i < v.count; ++i) {
           if (keep) v.strings.push_back(string());
           else { uint64_t n = get<uint64_t>(); need(n); pos += n; }
         }
-      } else if (size_t es = scalar_size(v.elem_type)) {
+      } else if (es != 0) {
         need(v.count * es);
         if (keep) {
           v.numbers.reserve(v.count);
@@ -111,6 +121,11 @@ struct Reader {
     return v;
   }
 };
+
+// double -> float without UB: values beyond float range become +-inf (NaN stays NaN).
+float to_float(double v) {
+  return std::isfinite(v) && std::fabs(v) > FLT_MAX ? (float)std::copysign(INFINITY, v) : (float)v;
+}
 
 // ggml_type ids.
 bool ggml_dtype(uint32_t t, DType* out) {
@@ -165,9 +180,9 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key = r.string();
     uint32_t type = r.get<uint32_t>();
-    // Keep everything but the merges (BPE vocabularies we do not use) materialized.
-    bool keep = key != "tokenizer.ggml.merges";
-    kv[key] = r.value(type, keep);
+    // Of the arrays, only the vocabulary is used: others (BPE merges, ...) are skipped.
+    bool keep = key == "tokenizer.ggml.tokens" || key == "tokenizer.ggml.scores" || key == "tokenizer.ggml.token_type";
+    kv[key] = r.value(type, keep, key);
   }
   auto find = [&](const std::string& k) -> const Value* {
     auto it = kv.find(k);
@@ -186,6 +201,14 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     if (v->type == kString || v->type == kArray) fail(code::kConfig, path + ": metadata '" + k + "' must be a number");
     return v->number;
   };
+  // An integer field: a whole number in int32 range (ModelConfig::validate checks the real bounds).
+  auto integer = [&](const std::string& k, double def, bool required) -> int {
+    double v = number(k, def, required);
+    if (!(v == std::floor(v) && v >= INT32_MIN && v <= INT32_MAX))
+      fail(code::kConfig, path + ": metadata '" + k + "' = " + number_str(v) + " is not an integer in range");
+    return (int)v;
+  };
+  auto real = [&](const std::string& k, double def) -> float { return to_float(number(k, def, false)); };
 
   std::string arch = str("general.architecture");
   if (arch != "llama")
@@ -193,17 +216,17 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
   std::string scaling = str("llama.rope.scaling.type");
   if (!scaling.empty() && scaling != "none") fail(code::kFormatUnsupported, path + ": rope scaling '" + scaling + "' is not supported");
   ModelConfig& c = src->config;
-  c.dim = (int)number("llama.embedding_length", 0, true);
-  c.n_layers = (int)number("llama.block_count", 0, true);
-  c.n_heads = (int)number("llama.attention.head_count", 0, true);
-  c.n_kv_heads = (int)number("llama.attention.head_count_kv", c.n_heads, false);
-  c.head_dim = c.n_heads > 0 ? (int)number("llama.attention.key_length", c.dim / c.n_heads, false) : 0;
-  c.ffn_dim = (int)number("llama.feed_forward_length", 0, true);
-  c.max_seq_len = (int)number("llama.context_length", 4096, false);
-  c.rms_eps = (float)number("llama.attention.layer_norm_rms_epsilon", 1e-5, false);
-  c.rope_theta = (float)number("llama.rope.freq_base", 10000.0, false);
+  c.dim = integer("llama.embedding_length", 0, true);
+  c.n_layers = integer("llama.block_count", 0, true);
+  c.n_heads = integer("llama.attention.head_count", 0, true);
+  c.n_kv_heads = integer("llama.attention.head_count_kv", c.n_heads, false);
+  c.head_dim = c.n_heads > 0 ? integer("llama.attention.key_length", c.dim / c.n_heads, false) : 0;
+  c.ffn_dim = integer("llama.feed_forward_length", 0, true);
+  c.max_seq_len = integer("llama.context_length", 4096, false);
+  c.rms_eps = real("llama.attention.layer_norm_rms_epsilon", 1e-5);
+  c.rope_theta = real("llama.rope.freq_base", 10000.0);
   c.rope_layout = RopeLayout::Interleaved;
-  int rope_dims = (int)number("llama.rope.dimension_count", c.head_dim, false);
+  int rope_dims = integer("llama.rope.dimension_count", c.head_dim, false);
   if (rope_dims != c.head_dim)
     fail(code::kFormatUnsupported, path + ": partial rotary embeddings (rope.dimension_count " + std::to_string(rope_dims) + ") are not supported");
   src->name = str("general.name");
@@ -215,17 +238,23 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     const Value* scores = find("tokenizer.ggml.scores");
     const Value* types = find("tokenizer.ggml.token_type");
     if (scores && scores->type == kArray && scores->numbers.size() == t.tokens.size())
-      for (double s : scores->numbers) t.scores.push_back((float)s);
+      for (double s : scores->numbers) t.scores.push_back(to_float(s));
     else
       t.scores.assign(t.tokens.size(), 0.f);
-    if (types && types->type == kArray && types->numbers.size() == t.tokens.size())
-      for (double s : types->numbers) t.types.push_back((int32_t)s);
-    else
+    if (types && types->type == kArray && types->numbers.size() == t.tokens.size()) {
+      for (size_t i = 0; i < types->numbers.size(); ++i) {
+        double s = types->numbers[i];
+        if (!(s == std::floor(s) && s >= INT32_MIN && s <= INT32_MAX))
+          fail(code::kFormatCorrupt, path + ": tokenizer.ggml.token_type[" + std::to_string(i) + "] = " + number_str(s) + " is not a token type");
+        t.types.push_back((int32_t)s);
+      }
+    } else {
       t.types.assign(t.tokens.size(), 1);
-    t.bos_id = (int)number("tokenizer.ggml.bos_token_id", 1, false);
-    t.eos_id = (int)number("tokenizer.ggml.eos_token_id", 2, false);
-    t.unk_id = (int)number("tokenizer.ggml.unknown_token_id", 0, false);
-    t.pad_id = (int)number("tokenizer.ggml.padding_token_id", -1, false);
+    }
+    t.bos_id = integer("tokenizer.ggml.bos_token_id", 1, false);
+    t.eos_id = integer("tokenizer.ggml.eos_token_id", 2, false);
+    t.unk_id = integer("tokenizer.ggml.unknown_token_id", 0, false);
+    t.pad_id = integer("tokenizer.ggml.padding_token_id", -1, false);
     t.add_bos = number("tokenizer.ggml.add_bos_token", 1, false) != 0;
     src->tokenizer = std::move(t);
   }
@@ -259,8 +288,10 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     in.name = in.name + "\n" + canon;  // keep both names
     infos.push_back(std::move(in));
   }
-  uint64_t alignment = (uint64_t)number("general.alignment", 32, false);
-  if (alignment == 0 || alignment > 65536 || (alignment & (alignment - 1))) r.corrupt("bad general.alignment");
+  const double align_v = number("general.alignment", 32, false);
+  if (!(align_v >= 1 && align_v <= 65536)) r.corrupt("bad general.alignment " + number_str(align_v));
+  const uint64_t alignment = (uint64_t)align_v;
+  if (alignment != align_v || (alignment & (alignment - 1))) r.corrupt("bad general.alignment " + number_str(align_v));
   uint64_t data_start = (r.pos + alignment - 1) / alignment * alignment;
   if (data_start > f.size()) r.corrupt("tensor data section is missing");
   for (auto& in : infos) {
@@ -274,16 +305,24 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     int64_t cols = t.shape.back();
     if (t.dtype == DType::Q8_0 && cols % kQ8Block != 0)
       fail(code::kFormatCorrupt, path + ": Q8_0 tensor '" + t.file_name + "' has a row length not divisible by 32");
-    t.nbytes = row_bytes(t.dtype, cols) * (size_t)(t.numel() / std::max<int64_t>(1, cols));
+    int64_t numel;
+    uint64_t nbytes;
+    if (!tensor_size(t.dtype, t.shape, &numel, &nbytes))
+      fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' has an implausible size (" + t.describe() + ")");
+    t.nbytes = nbytes;
     if (in.offset > f.size() - data_start || t.nbytes > f.size() - data_start - in.offset)
       fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' data lies outside the file (truncated?)");
+    // GGUF requires aligned offsets; the backends read elements in place, so they must be aligned.
+    if (in.offset % alignment != 0 || (data_start + in.offset) % dtype_align(t.dtype) != 0)
+      fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' data offset " + std::to_string(in.offset) + " is not aligned (general.alignment " +
+                                     std::to_string(alignment) + ", " + dtype_name(t.dtype) + " elements)");
     t.data = f.data() + data_start + in.offset;
     if (src->tensors.count(t.name)) fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' appears twice");
     src->tensors[t.name] = t;
   }
   const TensorView* emb = src->find("tok_embeddings");
-  c.vocab_size = (int)number("llama.vocab_size", emb && emb->shape.size() == 2 ? (double)emb->shape[0]
-                                                  : (src->tokenizer ? (double)src->tokenizer->tokens.size() : 0), false);
+  c.vocab_size = integer("llama.vocab_size", emb && emb->shape.size() == 2 ? (double)std::min<int64_t>(emb->shape[0], INT32_MAX)
+                                              : (src->tokenizer ? (double)src->tokenizer->tokens.size() : 0), false);
   c.tied_output = src->find("output") == nullptr;
   return src;
 }

@@ -1,6 +1,7 @@
 // llama2.c's legacy .bin: a header of 7 int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
 // vocab_size, seq_len; vocab_size > 0 means the classifier shares the embedding), then fp32 weights:
 // embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, two unused RoPE tables, [wcls].
+#include <cstdint>
 #include <cstring>
 
 #include "../common/error.h"
@@ -25,7 +26,7 @@ std::unique_ptr<ModelSource> open_llama2c(const std::string& path) {
   c.n_heads = h[3];
   c.n_kv_heads = h[4];
   bool shared = h[5] > 0;
-  c.vocab_size = h[5] < 0 ? -h[5] : h[5];
+  c.vocab_size = h[5] == INT32_MIN ? INT32_MAX : h[5] < 0 ? -h[5] : h[5];  // (-INT32_MIN overflows; validate rejects it)
   c.max_seq_len = h[6];
   c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
   c.rope_layout = RopeLayout::Interleaved;

@@ -1,5 +1,7 @@
 #include "model_source.h"
 
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "../common/error.h"
@@ -24,6 +26,36 @@ size_t row_bytes(DType t, int64_t cols) {
     case DType::Q8_0: return (size_t)(cols / kQ8Block) * kQ8BlockBytes;
   }
   return 0;
+}
+
+size_t dtype_align(DType t) {
+  return t == DType::F32 ? 4 : 2;
+}
+
+bool tensor_size(DType t, const std::vector<int64_t>& shape, int64_t* numel, uint64_t* bytes) {
+  constexpr uint64_t kMax = 1ull << 62;
+  uint64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return false;
+    if (d != 0 && n > kMax / (uint64_t)d) return false;
+    n *= (uint64_t)d;
+  }
+  // Bytes row by row (Q8_0 stores 34 bytes per 32 elements): rows * row_bytes(cols) <= 2^62.
+  const int64_t cols = shape.empty() ? 1 : shape.back();
+  if ((uint64_t)cols > kMax / 4) return false;
+  const uint64_t rows = cols > 0 ? n / (uint64_t)cols : 0;
+  const uint64_t row = row_bytes(t, cols);
+  if (rows != 0 && row > kMax / rows) return false;
+  *numel = (int64_t)n;
+  *bytes = row * rows;
+  return true;
+}
+
+std::string number_str(double v) {
+  if (v == std::floor(v) && std::fabs(v) < 1e18) return std::to_string((long long)v);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
 }
 
 int64_t TensorView::numel() const {

@@ -27,6 +27,13 @@ constexpr int kQ8BlockBytes = 34;
 const char* dtype_name(DType t);
 // Bytes of one row of `cols` elements (Q8_0 needs cols % 32 == 0).
 size_t row_bytes(DType t, int64_t cols);
+// Alignment the backends need for a tensor's data: its element (F32 4, F16/BF16 2, Q8_0's fp16 scale 2).
+size_t dtype_align(DType t);
+// Elements and bytes of a tensor of `shape` (dims >= 0), false when either exceeds 2^62 (a corrupt
+// header): loaders check this before anything multiplies a file's dimensions.
+bool tensor_size(DType t, const std::vector<int64_t>& shape, int64_t* numel, uint64_t* bytes);
+// A number from a file for messages: whole numbers in full ("4294967295"), others short ("1e+300", "nan").
+std::string number_str(double v);
 
 struct TensorView {
   std::string name;        // canonical name
@@ -56,6 +63,9 @@ struct ModelSource {
   std::string name;    // human-readable model name when the file has one
   ModelConfig config;
   std::vector<std::unique_ptr<MappedFile>> files;
+  // Aligned copies of tensors whose bytes lie misaligned in their file (safetensors written without
+  // header padding); their views point here.
+  std::vector<std::unique_ptr<uint8_t[]>> owned;
   std::map<std::string, TensorView> tensors;
   std::optional<TokenizerData> tokenizer;  // GGUF
   std::string tokenizer_path;              // HF directory: its tokenizer.model when present

@@ -1,5 +1,7 @@
 // Hugging Face directory: config.json + model.safetensors (or shards + model.safetensors.index.json)
 // + tokenizer.model. Q/K rows are in HF's rotary layout (RopeLayout::Halves).
+#include <cfloat>
+#include <cmath>
 #include <cstring>
 #include <set>
 
@@ -23,8 +25,19 @@ double num(const Json& cfg, const char* key, const std::string& src, double def,
 
 int integer(const Json& cfg, const char* key, const std::string& src, int def, bool required) {
   double v = num(cfg, key, src, def, required);
-  if (v != (double)(long long)v || v < -1e9 || v > 1e9) fail(code::kConfig, src + ": '" + key + "' must be an integer");
+  // Range first: casting NaN, inf or a huge double to an integer is undefined.
+  if (!(v >= -1e9 && v <= 1e9) || v != std::floor(v)) fail(code::kConfig, src + ": '" + key + "' must be an integer (got " + number_str(v) + ")");
   return (int)v;
+}
+
+// double -> float without UB: values beyond float range become +-inf (rejected by validation).
+float to_float(double v) {
+  return std::isfinite(v) && std::fabs(v) > FLT_MAX ? (float)std::copysign(INFINITY, v) : (float)v;
+}
+
+// A whole number in [0, max] (a shape dimension, a byte offset), or -1.
+int64_t whole(const Json& j, double max) {
+  return j.is_number() && j.num >= 0 && j.num <= max && j.num == std::floor(j.num) ? (int64_t)j.num : -1;
 }
 
 ModelConfig parse_config(const std::string& path) {
@@ -46,7 +59,7 @@ ModelConfig parse_config(const std::string& path) {
   c.ffn_dim = integer(cfg, "intermediate_size", path, 0, true);
   c.vocab_size = integer(cfg, "vocab_size", path, 0, true);
   c.max_seq_len = integer(cfg, "max_position_embeddings", path, 4096, false);
-  c.rms_eps = (float)num(cfg, "rms_norm_eps", path, 1e-5, false);
+  c.rms_eps = to_float(num(cfg, "rms_norm_eps", path, 1e-5, false));
   // Older checkpoints put rope_theta at the top level (or omit it); newer ones in rope_parameters.
   double theta = num(cfg, "rope_theta", path, 10000.0, false);
   if (const Json* rp = cfg.get("rope_parameters"); rp && rp->is_object()) {
@@ -54,7 +67,7 @@ ModelConfig parse_config(const std::string& path) {
     if (const Json* t = rp->get("rope_type"); t && t->is_string() && t->str != "default")
       fail(code::kFormatUnsupported, path + ": rope_type '" + t->str + "' is not supported");
   }
-  c.rope_theta = (float)theta;
+  c.rope_theta = to_float(theta);
   const Json* tie = cfg.get("tie_word_embeddings");
   c.tied_output = tie && tie->type == Json::Type::Bool && tie->b;
   c.rope_layout = RopeLayout::Halves;
@@ -121,17 +134,27 @@ void read_safetensors(ModelSource& src, const std::string& path) {
     if (!parse_dtype(dt->str, &t.dtype))
       fail(code::kTensorDtype, path + ": tensor '" + name + "' has dtype " + dt->str + " (supported: F32, F16, BF16)");
     for (const Json& d : shape->arr) {
-      if (!d.is_number() || d.num < 0 || d.num > 1e9) fail(code::kFormatCorrupt, path + ": tensor '" + name + "' has a bad shape");
-      t.shape.push_back((int64_t)d.num);
+      int64_t v = whole(d, 1e9);
+      if (v < 0) fail(code::kFormatCorrupt, path + ": tensor '" + name + "' has a bad shape");
+      t.shape.push_back(v);
     }
-    double b = offs->arr[0].num, e = offs->arr[1].num;
-    if (!offs->arr[0].is_number() || !offs->arr[1].is_number() || b < 0 || e < b || e > (double)data_size)
+    const int64_t b = whole(offs->arr[0], 9.0e15), e = whole(offs->arr[1], 9.0e15);
+    if (b < 0 || e < b || (uint64_t)e > data_size)
       fail(code::kFormatCorrupt, path + ": tensor '" + name + "' data lies outside the file (truncated?)");
-    t.data = base + (size_t)b;
+    t.data = base + b;
     t.nbytes = (size_t)(e - b);
-    if (t.shape.empty() || t.nbytes != (size_t)t.numel() * (t.dtype == DType::F32 ? 4 : 2))
+    int64_t numel;
+    uint64_t nbytes;
+    if (t.shape.empty() || !tensor_size(t.dtype, t.shape, &numel, &nbytes) || t.nbytes != nbytes)
       fail(code::kFormatCorrupt, path + ": tensor '" + name + "' byte size does not match its shape");
     if (src.tensors.count(canon)) fail(code::kFormatCorrupt, path + ": tensor '" + name + "' appears twice");
+    // Files written without header padding (safetensors < 0.3, some other writers) can leave tensors
+    // misaligned for their element type; the backends read in place, so those get an aligned copy.
+    if (reinterpret_cast<uintptr_t>(t.data) % dtype_align(t.dtype) != 0 && t.nbytes > 0) {
+      src.owned.push_back(std::make_unique<uint8_t[]>(t.nbytes));
+      std::memcpy(src.owned.back().get(), t.data, t.nbytes);
+      t.data = src.owned.back().get();
+    }
     src.tensors[canon] = t;
   }
 }

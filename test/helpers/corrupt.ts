@@ -221,10 +221,15 @@ export function readSafetensors(file: string): SafetensorsFile {
   return { header: JSON.parse(buf.toString("utf8", 8, 8 + n)), data: buf.subarray(8 + n) };
 }
 
-/** Serializes a safetensors file (the header padded with spaces to 8 bytes, as the reference does). */
-export function encodeSafetensors(f: SafetensorsFile): Buffer {
+/**
+ * Serializes a safetensors file (the header padded with spaces to 8 bytes, as the reference does).
+ * `opts.json` rewrites the header text first (e.g. to write NaN, which JSON.stringify cannot);
+ * `opts.pad` sets the data section's start modulo 8 (default 0: aligned).
+ */
+export function encodeSafetensors(f: SafetensorsFile, opts: { json?: (text: string) => string; pad?: number } = {}): Buffer {
   let json = JSON.stringify(f.header);
-  while ((8 + Buffer.byteLength(json)) % 8) json += " ";
+  if (opts.json) json = opts.json(json);
+  while ((8 + Buffer.byteLength(json)) % 8 !== (opts.pad ?? 0)) json += " ";
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
   return Buffer.concat([len, Buffer.from(json), f.data]);
