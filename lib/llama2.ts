@@ -470,7 +470,7 @@ export class Llama2 {
           finishReason = "abort";
           break;
         }
-        const tok = sampler.sample(out!, history);
+        const tok = this.sampleOrExplain(sampler, out!, history);
         if (tFirst === 0) tFirst = performance.now();
         if (tok === eos && stopOnEos) {
           finishReason = "stop";
@@ -527,6 +527,17 @@ export class Llama2 {
         }
       }
       this.wakeWaiters();
+    }
+  }
+
+  /** The sampler's pick; a model whose logits are all NaN / -Infinity gets an error naming it. */
+  private sampleOrExplain(sampler: Sampler, out: Parameters<Sampler["sample"]>[0], history: ArrayLike<number>): number {
+    try {
+      return sampler.sample(out, history);
+    } catch (e) {
+      if (e instanceof Llama2Error && e.code === "ERR_MODEL_CORRUPT")
+        throw new Llama2Error("ERR_MODEL_CORRUPT", `${this.info.path}: ${e.message}: the model's output is not a number (NaN or Inf in its weights, or activations that overflow)`);
+      throw e;
     }
   }
 

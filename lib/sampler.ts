@@ -255,8 +255,8 @@ export class Sampler {
 
   /**
    * Picks the next token. `history`: the sequence's tokens so far (prompt included), for the penalties.
-   * Never mutates `input`. Throws ERR_INTERNAL when no token is possible (all logits NaN/-Infinity/banned)
-   * or when the input does not match `needs`.
+   * Never mutates `input`. Throws ERR_MODEL_CORRUPT when no token is possible (all logits NaN/-Infinity/banned),
+   * ERR_INTERNAL when the input does not match `needs`.
    */
   sample(input: Float32Array | Candidates, history: ArrayLike<number>): number {
     const V = this.vocabSize;
@@ -525,6 +525,7 @@ function draw(w: Float64Array, len: number, u: number): number {
 function internal(msg: string): Llama2Error {
   return new Llama2Error("ERR_INTERNAL", msg);
 }
+/** No token is possible: the model's output is unusable (NaN/Inf), not a bug of ours. Llama2 adds the model's path. */
 function allMasked(): Llama2Error {
-  return internal("sampling failed: every logit is NaN or -Infinity (or banned by logitBias)");
+  return new Llama2Error("ERR_MODEL_CORRUPT", "sampling failed: every logit is NaN or -Infinity (or banned by logitBias)");
 }

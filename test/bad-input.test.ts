@@ -214,6 +214,24 @@ describeShared("bad model files", [STORIES, TINY_HF, TINY_F16], () => {
     await expectError(load(badHeader), "ERR_MODEL_CONFIG", badHeader, "n_kv_heads");
   });
 
+  it("NaN weights load (no scan of every weight) but generating names the model: ERR_MODEL_CORRUPT, not an internal error", async () => {
+    // The token embeddings (also the classifier: stories260K ties them) follow the 28-byte header.
+    const nan = scratch.patched(stories, (b) => {
+      for (let o = 28; o < 28 + 512 * 64 * 4; o += 4) b.writeUInt32LE(0x7fc00000, o);
+    });
+    const m = await Llama2.load(nan, { device: "cpu", maxSequences: 1 });
+    try {
+      await expectError(() => m.generate([1, 2, 3], { maxTokens: 2 }).result, "ERR_MODEL_CORRUPT", nan, "NaN");
+      expect((await Llama2.load(stories, { device: "cpu", maxSequences: 1 }).then(async (ok) => {
+        const r = await ok.generate([1, 2, 3], { maxTokens: 2, temperature: 0 }).result;
+        await ok.dispose();
+        return r.tokenIds.length;
+      }))).toBe(2);
+    } finally {
+      await m.dispose();
+    }
+  });
+
   it("a bad tokenizer: unreadable tokenizer.model, or one that does not match the vocabulary -> ERR_TOKENIZER", async () => {
     const dir = scratch.hfDir(hf, { files: { "tokenizer.model": "garbage" } });
     await expectError(load(dir), "ERR_TOKENIZER", path.join(dir, "tokenizer.model"));

@@ -248,7 +248,7 @@ describe("Sampler semantics", () => {
         }
       })();
       expect(err).toBeInstanceOf(Llama2Error);
-      expect(err?.code).toBe("ERR_INTERNAL");
+      expect(err?.code).toBe("ERR_MODEL_CORRUPT");
       expect(err?.message).toMatch(/NaN or -Infinity/);
     }
   });

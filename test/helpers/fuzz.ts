@@ -613,11 +613,11 @@ function judge(c: FuzzCase, modelPath: string, r: CaseReport, o: Required<RunOpt
     if (s.ok) return;
     const what = `${s.name} ${s.code ?? "(no code)"}: ${s.message}`;
     if (!s.typed) problems.push(`${step}: not a Llama2Error (${what})`);
+    if (typeof s.code !== "string" || !ALLOWED_LOAD_CODES.test(s.code)) problems.push(`${step}: error code ${s.code} is not an input error (${what})`);
     // Generating from a model whose weights are NaN / Inf (mutated weight bytes, swapped tensor data)
-    // ends in the sampler's documented failure: no token is possible (ERR_INTERNAL, lib/sampler.ts).
-    const noToken = !loading && s.code === "ERR_INTERNAL" && /^sampling failed: every logit is NaN or -Infinity/.test(s.message ?? "");
-    if ((typeof s.code !== "string" || !ALLOWED_LOAD_CODES.test(s.code)) && !noToken) problems.push(`${step}: error code ${s.code} is not an input error (${what})`);
-    if (loading && !s.message?.includes(modelPath)) problems.push(`${step}: the message does not name ${modelPath} (${what})`);
+    // ends with no possible token: ERR_MODEL_CORRUPT naming the model, like a load error.
+    const namesFile = loading || s.code === "ERR_MODEL_CORRUPT";
+    if (namesFile && !s.message?.includes(modelPath)) problems.push(`${step}: the message does not name ${modelPath} (${what})`);
   };
   checkError("readModelInfo", r.info, true);
   checkError("load", r.load, true);
