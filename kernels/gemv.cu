@@ -23,10 +23,13 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 
-template <int T, int R>
-__device__ __forceinline__ void finish(float (&acc)[T][R], const Epilogue& epi, int n0, int n_valid) {
+// NORM: the block also summed x^2 of each token's row (ss); outputs are scaled by rsqrt(mean + eps).
+template <bool NORM, int T, int R>
+__device__ __forceinline__ void finish(float (&acc)[T][R], const float (&ss)[T], const NormInput& nin, const Epilogue& epi, int n0,
+                                       int n_valid) {
   static_assert(R % 2 == 0 && T * (R / 2) <= kThreads, "pairs");
   __shared__ float red[kWarps][T][R];
+  __shared__ float red_ss[kWarps][NORM ? T : 1];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int t = 0; t < T; ++t)
@@ -35,6 +38,13 @@ __device__ __forceinline__ void finish(float (&acc)[T][R], const Epilogue& epi, 
       float v = warp_sum(acc[t][r]);
       if (lane == 0) red[warp][t][r] = v;
     }
+  if constexpr (NORM) {
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      float v = warp_sum(ss[t]);
+      if (lane == 0) red_ss[warp][t] = v;
+    }
+  }
   __syncthreads();
   constexpr int P = R / 2;
   if (threadIdx.x < T * P) {
@@ -47,15 +57,57 @@ __device__ __forceinline__ void finish(float (&acc)[T][R], const Epilogue& epi, 
       v0 += red[w][t][2 * p];
       v1 += red[w][t][2 * p + 1];
     }
+    if constexpr (NORM) {
+      float sum = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) sum += red_ss[w][t];
+      const float scale = rsqrtf(sum / (float)nin.dim + nin.eps);  // as rmsnorm_kernel
+      v0 *= scale;
+      v1 *= scale;
+    }
     epilogue_pair(epi, t, n, v0, v1);
   }
 }
 
-template <int T, int U, int kR>
+// NORM: 8 inputs of token t at column k (k % 8 == 0) as x * w (the norm weight), their x^2 added to ss.
+// dim % 8 == 0, so a chunk of 8 lies wholly inside the row or wholly in its zero padding.
+__device__ __forceinline__ void load_normed8(const NormInput& nin, int t, int k, float* xg, float& ss) {
+  if (k >= nin.dim) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) xg[i] = 0.f;
+    return;
+  }
+  const float4* xp = reinterpret_cast<const float4*>(nin.x + (size_t)t * nin.ldx + k);
+  const float4* gp = reinterpret_cast<const float4*>(nin.w + k);
+  const float4 x0 = __ldg(xp), x1 = __ldg(xp + 1), g0 = __ldg(gp), g1 = __ldg(gp + 1);
+  const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+  const float gv[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    ss = fmaf(xv[i], xv[i], ss);
+    xg[i] = xv[i] * gv[i];
+  }
+}
+
+// 8 fp16 weights . 8 fp32 inputs, accumulated in fp32.
+__device__ __forceinline__ float dot8f(uint4 w, const float* x, float acc) {
+  const half2* wh = reinterpret_cast<const half2*>(&w);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 a = __half22float2(wh[i]);
+    acc = fmaf(a.x, x[2 * i], acc);
+    acc = fmaf(a.y, x[2 * i + 1], acc);
+  }
+  return acc;
+}
+
+template <bool NORM, int T, int U, int kR>
 __global__ void __launch_bounds__(kThreads) gemv_f16_kernel(const half* __restrict__ A, int lda, const half* __restrict__ W, int ldw,
-                                                            int K, int n_valid, Epilogue epi) {
+                                                            int K, int n_valid, Epilogue epi, NormInput nin) {
   const int n0 = blockIdx.x * kR;
-  float acc[T][kR];
+  float acc[T][kR], ss[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) ss[t] = 0.f;
 #pragma unroll
   for (int t = 0; t < T; ++t)
 #pragma unroll
@@ -90,25 +142,36 @@ __global__ void __launch_bounds__(kThreads) gemv_f16_kernel(const half* __restri
       if (k < K) {
 #pragma unroll
         for (int t = 0; t < T; ++t) {
-          uint4 x = ld_cached(A + (size_t)t * lda + k);
+          if constexpr (NORM) {
+            float xg[8];
+            load_normed8(nin, t, k, xg, ss[t]);
 #pragma unroll
-          for (int r = 0; r < kR; ++r) acc[t][r] = dot8(cur[u][r], x, acc[t][r]);
+            for (int r = 0; r < kR; ++r) acc[t][r] = dot8f(cur[u][r], xg, acc[t][r]);
+          } else {
+            uint4 x = ld_cached(A + (size_t)t * lda + k);
+#pragma unroll
+            for (int r = 0; r < kR; ++r) acc[t][r] = dot8(cur[u][r], x, acc[t][r]);
+          }
         }
       }
     }
     if (next >= K) break;
     k0 = next;
   }
-  finish<T, kR>(acc, epi, n0, n_valid);
+  finish<NORM, T, kR>(acc, ss, nin, epi, n0, n_valid);
 }
 
 // int8 weights: a lane reads 16 int8 (half a 32-group) per row per step; scales[n][k / 32].
-template <int T, int U, int kR>
-__global__ void __launch_bounds__(kThreads) gemv_w8_kernel(const half* __restrict__ A, int lda, const int8_t* __restrict__ Wq,
-                                                           const half* __restrict__ S, int ldw, int K, int n_valid, Epilogue epi) {
+// Batch-1 4-row blocks are pinned to 4 per SM (<= 128 registers), the occupancy their choice rests on.
+template <bool NORM, int T, int U, int kR>
+__global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8_kernel(const half* __restrict__ A, int lda, const int8_t* __restrict__ Wq,
+                                                           const half* __restrict__ S, int ldw, int K, int n_valid, Epilogue epi,
+                                                           NormInput nin) {
   const int n0 = blockIdx.x * kR;
   const int lds = ldw / 32;
-  float acc[T][kR];
+  float acc[T][kR], ss[T];
+#pragma unroll
+  for (int t = 0; t < T; ++t) ss[t] = 0.f;
 #pragma unroll
   for (int t = 0; t < T; ++t)
 #pragma unroll
@@ -151,18 +214,23 @@ __global__ void __launch_bounds__(kThreads) gemv_w8_kernel(const half* __restric
       if (k < K) {
 #pragma unroll
         for (int t = 0; t < T; ++t) {
-          uint4 xa = ld_cached(A + (size_t)t * lda + k);
-          uint4 xb = ld_cached(A + (size_t)t * lda + k + 8);
           float xf[16];
-          const half2* xh0 = reinterpret_cast<const half2*>(&xa);
-          const half2* xh1 = reinterpret_cast<const half2*>(&xb);
+          if constexpr (NORM) {
+            load_normed8(nin, t, k, xf, ss[t]);
+            load_normed8(nin, t, k + 8, xf + 8, ss[t]);
+          } else {
+            uint4 xa = ld_cached(A + (size_t)t * lda + k);
+            uint4 xb = ld_cached(A + (size_t)t * lda + k + 8);
+            const half2* xh0 = reinterpret_cast<const half2*>(&xa);
+            const half2* xh1 = reinterpret_cast<const half2*>(&xb);
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            float2 a = __half22float2(xh0[j]), b = __half22float2(xh1[j]);
-            xf[2 * j] = a.x;
-            xf[2 * j + 1] = a.y;
-            xf[8 + 2 * j] = b.x;
-            xf[8 + 2 * j + 1] = b.y;
+            for (int j = 0; j < 4; ++j) {
+              float2 a = __half22float2(xh0[j]), b = __half22float2(xh1[j]);
+              xf[2 * j] = a.x;
+              xf[2 * j + 1] = a.y;
+              xf[8 + 2 * j] = b.x;
+              xf[8 + 2 * j + 1] = b.y;
+            }
           }
 #pragma unroll
           for (int r = 0; r < kR; ++r) {
@@ -182,54 +250,85 @@ __global__ void __launch_bounds__(kThreads) gemv_w8_kernel(const half* __restric
     if (next >= K) break;
     k0 = next;
   }
-  finish<T, kR>(acc, epi, n0, n_valid);
+  finish<NORM, T, kR>(acc, ss, nin, epi, n0, n_valid);
 }
 
 // Rows per block: 0 = the defaults above; tests set 2 or 4 to compare (gemv_detail::set_rows).
 int g_rows_f16 = 0, g_rows_w8 = 0;
 
-template <int T>
-void launch_f16(const half* A, int lda, const half* W, int ldw, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
-  if (g_rows_f16 == 4 && T <= 4) launch(gemv_f16_kernel<T, 4, 4>, ceil_div(n_valid, 4), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi);
-  else launch(gemv_f16_kernel<T, 4, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi);
+template <bool NORM, int T>
+void launch_f16(const half* A, int lda, const NormInput& nin, const half* W, int ldw, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
+  if constexpr (T <= 4) {  // 4-row fp16 blocks only where registers allow (tests compare them)
+    if (g_rows_f16 == 4) {
+      launch(gemv_f16_kernel<NORM, T, 4, 4>, ceil_div(n_valid, 4), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi, nin);
+      return;
+    }
+  }
+  launch(gemv_f16_kernel<NORM, T, 4, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi, nin);
 }
 
-template <int T>
-void launch_w8(const half* A, int lda, const int8_t* Wq, const half* S, int ldw, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
-  const int rows = g_rows_w8 ? g_rows_w8 : (T == 1 ? 4 : 2);
-  if (rows == 4) launch(gemv_w8_kernel<T, 2, 4>, ceil_div(n_valid, 4), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi);
-  else launch(gemv_w8_kernel<T, 2, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi);
+template <bool NORM, int T>
+void launch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq, const half* S, int ldw, int n_valid, int K, const Epilogue& epi,
+               cudaStream_t s) {
+  if constexpr (T <= 4) {  // 4-row int8 blocks: the default at T = 1, tests compare them up to 4
+    if ((g_rows_w8 ? g_rows_w8 : (T == 1 ? 4 : 2)) == 4) {
+      launch(gemv_w8_kernel<NORM, T, 2, 4>, ceil_div(n_valid, 4), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
+      return;
+    }
+  }
+  launch(gemv_w8_kernel<NORM, T, 2, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
+}
+
+template <bool NORM>
+void dispatch_f16(const half* A, int lda, const NormInput& nin, const half* W, int ldw, int T, int n_valid, int K, const Epilogue& epi,
+                  cudaStream_t s) {
+  switch (T) {
+    case 1: launch_f16<NORM, 1>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    case 2: launch_f16<NORM, 2>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    case 3: launch_f16<NORM, 3>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    case 4: launch_f16<NORM, 4>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    case 5: launch_f16<NORM, 5>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    case 6: launch_f16<NORM, 6>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    case 7: launch_f16<NORM, 7>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    case 8: launch_f16<NORM, 8>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    default: break;
+  }
+}
+
+template <bool NORM>
+void dispatch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq, const half* S, int ldw, int T, int n_valid, int K,
+                 const Epilogue& epi, cudaStream_t s) {
+  switch (T) {
+    case 1: launch_w8<NORM, 1>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
+    case 2: launch_w8<NORM, 2>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
+    case 3: launch_w8<NORM, 3>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
+    case 4: launch_w8<NORM, 4>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
+    case 5: launch_w8<NORM, 5>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
+    case 6: launch_w8<NORM, 6>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
+    case 7: launch_w8<NORM, 7>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
+    case 8: launch_w8<NORM, 8>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
+    default: break;
+  }
 }
 
 }  // namespace
 
 void gemv_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
-  switch (T) {
-    case 1: launch_f16<1>(A, lda, W, ldw, n_valid, K, epi, s); break;
-    case 2: launch_f16<2>(A, lda, W, ldw, n_valid, K, epi, s); break;
-    case 3: launch_f16<3>(A, lda, W, ldw, n_valid, K, epi, s); break;
-    case 4: launch_f16<4>(A, lda, W, ldw, n_valid, K, epi, s); break;
-    case 5: launch_f16<5>(A, lda, W, ldw, n_valid, K, epi, s); break;
-    case 6: launch_f16<6>(A, lda, W, ldw, n_valid, K, epi, s); break;
-    case 7: launch_f16<7>(A, lda, W, ldw, n_valid, K, epi, s); break;
-    case 8: launch_f16<8>(A, lda, W, ldw, n_valid, K, epi, s); break;
-    default: break;
-  }
+  dispatch_f16<false>(A, lda, NormInput{}, W, ldw, T, n_valid, K, epi, s);
 }
 
 void gemv_w8(const half* A, int lda, const int8_t* Wq, const half* S, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi,
              cudaStream_t s) {
-  switch (T) {
-    case 1: launch_w8<1>(A, lda, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 2: launch_w8<2>(A, lda, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 3: launch_w8<3>(A, lda, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 4: launch_w8<4>(A, lda, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 5: launch_w8<5>(A, lda, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 6: launch_w8<6>(A, lda, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 7: launch_w8<7>(A, lda, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 8: launch_w8<8>(A, lda, Wq, S, ldw, n_valid, K, epi, s); break;
-    default: break;
-  }
+  dispatch_w8<false>(A, lda, NormInput{}, Wq, S, ldw, T, n_valid, K, epi, s);
+}
+
+void gemv_f16_norm(const NormInput& in, const half* W, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
+  dispatch_f16<true>(nullptr, 0, in, W, ldw, T, n_valid, K, epi, s);
+}
+
+void gemv_w8_norm(const NormInput& in, const int8_t* Wq, const half* S, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi,
+                  cudaStream_t s) {
+  dispatch_w8<true>(nullptr, 0, in, Wq, S, ldw, T, n_valid, K, epi, s);
 }
 
 // Test / tuning hook (declared by kernels/tests/test_gemv.cu; not part of the engine's interface).

@@ -67,6 +67,21 @@ void gemv_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int 
 void gemv_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int T, int N, int n_valid,
              int K, const Epilogue& epi, cudaStream_t stream);
 
+// RMSNorm fused into the GEMV's input (decode): the matrix input of token t is rmsnorm(x[t]) * w, read from
+// the fp32 rows x [T][ldx] (dim columns, dim % 8 == 0; columns dim .. K-1 are zero) instead of an fp16 A.
+// Every block streams whole rows, so it sums x^2 on the way, dots W with x * w in fp32 and scales by
+// rsqrt(mean + eps) before the epilogue: no separate norm kernel, no fp16 rounding of the input.
+struct NormInput {
+  const float* x = nullptr;
+  int ldx = 0;
+  const float* w = nullptr;  // [dim]
+  int dim = 0;
+  float eps = 0.f;
+};
+void gemv_f16_norm(const NormInput& in, const half* W, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t stream);
+void gemv_w8_norm(const NormInput& in, const int8_t* Wq, const half* scales, int ldw, int T, int N, int n_valid, int K,
+                  const Epilogue& epi, cudaStream_t stream);
+
 // ---- gemv_mma.cu: decode batches of 1..kGemvMmaMaxT tokens, fp16 or int8 weights, on tensor cores (weights as
 // the MMA's M side, tokens as its N side); K % 64 == 0, N % 16 == 0. Returns false (launching nothing)
 // outside that. Not yet validated on a GPU: the backend uses it only with LLAMA2_GEMV_MMA=1.

@@ -150,13 +150,21 @@ struct DevBuf {
     CK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)));
   }
   size_t bytes() const { return n * sizeof(T); }
-  void upload(const std::vector<T>& h) { CK(cudaMemcpy(p, h.data(), std::min(h.size(), n) * sizeof(T), cudaMemcpyHostToDevice)); }
+  // Both complete before returning: a pageable cudaMemcpy / cudaMemset runs on the legacy stream, which does
+  // not order against the tests' non-blocking stream.
+  void upload(const std::vector<T>& h) {
+    CK(cudaMemcpy(p, h.data(), std::min(h.size(), n) * sizeof(T), cudaMemcpyHostToDevice));
+    CK(cudaDeviceSynchronize());
+  }
   std::vector<T> download() const {
     std::vector<T> h(n);
     CK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
     return h;
   }
-  void poison() { CK(cudaMemset(p, 0xFF, bytes())); }
+  void poison() {
+    CK(cudaMemset(p, 0xFF, bytes()));
+    CK(cudaDeviceSynchronize());
+  }
 };
 
 // Device-side random fill (bench data; checks use host-generated data): hash-based, never zero-heavy.

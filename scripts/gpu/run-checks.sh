@@ -22,7 +22,7 @@ fi
 if has kernels && [ -f .device/kernel_tests.xz ]; then
   xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
   phase "kernel tests"
-  timeout 150 /tmp/kernel_tests ${KERNEL_ARGS:-} > "$OUT/kernel-tests.log" 2>&1; echo "kernel_tests rc=$?"; tail -25 "$OUT/kernel-tests.log"
+  timeout 300 /tmp/kernel_tests ${KERNEL_ARGS:-} > "$OUT/kernel-tests.log" 2>&1; echo "kernel_tests rc=$?"; tail -25 "$OUT/kernel-tests.log"
 fi
 if has kv8 && [ -f .device/kernel_tests.xz ]; then
   [ -f /tmp/kernel_tests ] || { xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests; }
@@ -54,7 +54,7 @@ if has tune && { [ -f /tmp/kernel_tests ] || [ -f .device/kernel_tests.xz ]; }; 
   [ -f /tmp/kernel_tests ] || { xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests; }
   phase "GEMM tuning (every configuration per 7B shape and M)"
   timeout 300 /tmp/kernel_tests --only=gemm --tune --no-check > "$OUT/kernel-gemm-tune.log" 2>&1; echo "kernel_tests gemm --tune rc=$?"
-  grep -E "tuning table|M=(8|16|32|64) |tune:" "$OUT/kernel-gemm-tune.log" | head -90
+  grep -E -A1 "tuning table|^  bench (f16|w8 ) +\S+ M=" "$OUT/kernel-gemm-tune.log" | grep -E "tuning table|bench|tune:" | head -220
 fi
 if has big; then
   phase "validate 7B"
@@ -84,7 +84,7 @@ if has mma; then
     grep -E "FAIL|failed|decode matrices" "$OUT/kernel-gemv.log" | head -30
   fi
   phase "validate with LLAMA2_GEMV_MMA=1"
-  LLAMA2_GEMV_MMA=1 node scripts/gpu/validate.mjs --big $BIG --out "$OUT/validate-mma.json" 2>&1 | tail -15 | tee "$OUT/validate-mma.log"
+  LLAMA2_GEMV_MMA=1 node scripts/gpu/validate.mjs --skip-small --big $BIG --out "$OUT/validate-mma.json" 2>&1 | tail -15 | tee "$OUT/validate-mma.log"
   phase "bench 7B f16 with LLAMA2_GEMV_MMA=1"
   LLAMA2_GEMV_MMA=1 node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --preset llama2-7b --prompt 128 --gen 128 \
     --batch 1,8,16,32 --reps 2 --skip-cold --out "$OUT/bench-7b-f16-mma.json" 2>&1 | grep -v "^\[bench\]"
@@ -94,6 +94,11 @@ if has gemvab; then
   phase "bench 7B f16, batches 2-8 on the GEMM (LLAMA2_GEMV_MAX_T=1)"
   LLAMA2_GEMV_MAX_T=1 node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --preset llama2-7b --prompt 128 --gen 128 \
     --batch 2,4,8 --reps 2 --skip-cold --out "$OUT/bench-7b-f16-gemm-small.json" 2>&1 | grep -v "^\[bench\]"
+  phase "bench 7B f16 and int8, batch 1 with RMSNorm fused into the GEMV (LLAMA2_FUSED_NORM=1)"
+  for dt in f16 int8; do
+    LLAMA2_FUSED_NORM=1 node dist/cli/main.js bench --model $BIG --device cuda --dtype $dt --preset llama2-7b --prompt 128 --gen 128 \
+      --batch 1 --reps 2 --skip-cold --out "$OUT/bench-7b-$dt-fused-norm.json" 2>&1 | grep -v "^\[bench\]"
+  done
   phase "bench 7B f16, batches 16-32 without decode graphs beyond 8 (LLAMA2_GRAPH_MAX_T=8)"
   LLAMA2_GRAPH_MAX_T=8 node dist/cli/main.js bench --model $BIG --device cuda --dtype f16 --preset llama2-7b --prompt 128 --gen 128 \
     --batch 16,32 --reps 2 --skip-cold --out "$OUT/bench-7b-f16-graph8.json" 2>&1 | grep -v "^\[bench\]"

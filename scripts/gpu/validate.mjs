@@ -140,6 +140,12 @@ if (!skipSmall) {
   await compareBackends("tiny-llama-hf KV int8", path.join(shared, "models/tiny-llama-hf"), kv8, ref.cases[0].prompt, 24, 2e-2);
   const fx = JSON.parse(readFileSync(path.join(shared, "fixtures/stories260K-greedy.json"), "utf8"));
   await compareBackends("stories260K KV int8 (head_dim 8: groups of 8)", path.join(shared, "models/stories260K.bin"), kv8, fx.cases[1].prompt, 40, 3e-2);
+  // A context that is not a power of two: the decode graphs' last context bucket (600) is not the power of
+  // two below it (512); steps past position 512 must attend to every position (a graph captured for the
+  // 512 bucket and replayed there would skip the rest: the key once held log2 of the bucket).
+  const past512 = Array.from({ length: 500 }, (_, i) => 100 + ((i * 7919) % 31000));
+  await compareBackends("tiny-llama-hf, context 600, decoding past position 512", path.join(shared, "models/tiny-llama-hf"),
+    { cpu: { contextLength: 600 }, gpu: { contextLength: 600 } }, past512, 40, 2e-2);
   const m = await Llama2.load(path.join(shared, "models/stories260K.bin"), { device: "cuda", kvCacheType: "int8", maxSequences: 8 });
   check("stories260K KV int8: info", m.info.kvCacheType === "int8", { kvCacheType: m.info.kvCacheType });
   const alone = [];

@@ -481,6 +481,25 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // m applied to RMSNorm(x rows) * norm_w: fused into the GEMV's input for steps of up to fused_norm_max_t_
+  // tokens on the GEMV path, else the norm kernel writes xn_ for the matrix kernel.
+  void matmul_normed(const DevMat& m, const float* norm_w, const float* x, int T, const k::Epilogue& e) {
+    const bool mma = gemv_mma_ && T >= 2 && T <= k::kGemvMmaMaxT;
+    if (T <= fused_norm_max_t_ && T <= gemv_max_t_ && !mma) {
+      k::NormInput in;
+      in.x = x;
+      in.ldx = Dpad_;
+      in.w = norm_w;
+      in.dim = c_.dim;
+      in.eps = c_.rms_eps;
+      if (m.int8) k::gemv_w8_norm(in, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+      else k::gemv_f16_norm(in, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+      return;
+    }
+    k::rmsnorm_f16(x, Dpad_, norm_w, xn_, Dpad_, T, c_.dim, c_.rms_eps, stream_);
+    matmul(m, xn_, Dpad_, T, e);
+  }
+
   // Offsets (in int32) of the step inputs inside in_dev_ / pinned_in_ for T tokens and S segments.
   struct Layout {
     size_t tokens, positions, slots, decode_list, seg_start, seg_count, seg_pos0, out_rows, tables, total;
@@ -546,7 +565,7 @@ class CudaBackend final : public Backend {
     auto work = [&] { enqueue(lay, T, S, n_dec, n_out, max_count, span, oc.logits); };
     cudaGraphExec_t exec = nullptr;
     if (all_single && T <= graph_max_t_ && n_out_total_ == 0)
-      exec = decode_graph((T * 1024 + n_out) * 64 + (int)std::log2((double)std::max(span, 1)), T, work);
+      exec = decode_graph(((int64_t)T * 1024 + n_out) * (int64_t(1) << 24) + span, T, work);  // span <= ctx_ < 2^24: exact
     if (exec) CK(cudaGraphLaunch(exec, stream_));
     else work();
     CK(cudaGetLastError());
@@ -556,7 +575,7 @@ class CudaBackend final : public Backend {
 
   // The graph of a decode-step shape: cached (least recently used dropped beyond kMaxGraphs), captured on
   // first use. nullptr when capture fails (the step then runs eagerly; the shape is not tried again).
-  cudaGraphExec_t decode_graph(int key, int T, const std::function<void()>& work) {
+  cudaGraphExec_t decode_graph(int64_t key, int T, const std::function<void()>& work) {
     ++graph_clock_;
     auto it = graphs_.find(key);
     if (it != graphs_.end()) {
@@ -629,7 +648,6 @@ class CudaBackend final : public Backend {
     ap.decode_tokens = in + lay.decode_list;
     for (int l = 0; l < c_.n_layers; ++l) {
       const DevLayer& L = layers_[(size_t)l];
-      k::rmsnorm_f16(x_, Dpad_, L.attn_norm, xn_, Dpad_, T, D, c_.rms_eps, stream_);
       k::Epilogue qkv;
       qkv.kind = k::Epi::QkvRope;
       qkv.out = q_;
@@ -655,7 +673,7 @@ class CudaBackend final : public Backend {
         ap.k_cache = k_pool(l);
         ap.v_cache = v_pool(l);
       }
-      matmul(L.qkv, xn_, Dpad_, T, qkv);
+      matmul_normed(L.qkv, L.attn_norm, x_, T, qkv);
       if (kv_int8_)
         k::kv_quantize(kv_stage_, plan_.ld_stage, in + lay.slots, T, c_.n_kv_heads, c_.head_dim, plan_.kv_group, k_q(l), k_scale(l), v_q(l),
                        v_scale(l), stream_);
@@ -666,22 +684,20 @@ class CudaBackend final : public Backend {
       add.out = x_;
       add.ldo = Dpad_;
       matmul(L.wo, att_, Qpad_, T, add);
-      k::rmsnorm_f16(x_, Dpad_, L.ffn_norm, xn_, Dpad_, T, D, c_.rms_eps, stream_);
       k::Epilogue glu;
       glu.kind = k::Epi::SwiGLU;
       glu.out = h_;
       glu.ldo = Fpad_;
-      matmul(L.w13, xn_, Dpad_, T, glu);
+      matmul_normed(L.w13, L.ffn_norm, x_, T, glu);
       matmul(L.w2, h_, Fpad_, T, add);
     }
     if (n_out > 0) {
       k::gather_rows(x_, Dpad_, in + lay.out_rows, xo_, Dpad_, n_out, D, stream_);
-      k::rmsnorm_f16(xo_, Dpad_, final_norm_, xn_, Dpad_, n_out, D, c_.rms_eps, stream_);
       k::Epilogue st;
       st.kind = k::Epi::StoreF32;
       st.out = logits;
       st.ldo = Vpad_;
-      matmul(out_, xn_, Dpad_, n_out, st);
+      matmul_normed(out_, final_norm_, xo_, n_out, st);
     }
   }
 
@@ -732,16 +748,22 @@ class CudaBackend final : public Backend {
     const char* v = std::getenv("LLAMA2_GRAPH_MAX_T");
     return v && *v ? std::clamp(std::atoi(v), 0, 64) : 64;
   }();
-  static constexpr size_t kMaxGraphs = 96;
+  static constexpr size_t kMaxGraphs = 256;
   struct Graph {
     cudaGraphExec_t exec;
     uint64_t used;
   };
-  std::map<int, Graph> graphs_;
-  std::set<int> graph_failed_;
+  std::map<int64_t, Graph> graphs_;
+  std::set<int64_t> graph_failed_;
   uint64_t graph_clock_ = 0;
   // Steps of up to this many tokens use the CUDA-core GEMV, larger ones the tensor-core GEMM
   // (LLAMA2_GEMV_MAX_T=0..8 overrides, for end-to-end A/B runs).
+  // RMSNorm fused into the GEMV for steps of up to this many tokens (LLAMA2_FUSED_NORM=0..8; default 0, off:
+  // not yet measured on a GPU; its register use grows with T, so 1 is the candidate).
+  const int fused_norm_max_t_ = [] {
+    const char* v = std::getenv("LLAMA2_FUSED_NORM");
+    return v && *v ? std::clamp(std::atoi(v), 0, k::kGemvMaxT) : 0;
+  }();
   const int gemv_max_t_ = [] {
     const char* v = std::getenv("LLAMA2_GEMV_MAX_T");
     return v && *v ? std::clamp(std::atoi(v), 0, k::kGemvMaxT) : k::kGemvMaxT;
