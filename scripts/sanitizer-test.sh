@@ -10,7 +10,8 @@
 #
 # Under the sanitizer the engine is several times slower: LLAMA2_SANITIZER=1 is set for the run, and
 # LLAMA2_TEST_TIMEOUT_SCALE (default 5) raises the time limits: vitest's --testTimeout/--hookTimeout, and
-# the few tests with a limit of their own read it (test/helpers/shared.ts). The normal suite is untouched. test/fuzz-loaders.test.ts has its own runner (scripts/sanitizer-fuzz.sh).
+# the few tests with a limit of their own read it (test/helpers/shared.ts). The normal suite is untouched.
+# test/fuzz-loaders.test.ts has its own runner (scripts/sanitizer-fuzz.sh, which builds with this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_only=0
