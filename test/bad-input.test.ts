@@ -434,6 +434,45 @@ describeShared("bad options and requests on a loaded model", [STORIES, STORIES_F
     await stillWorks();
   });
 
+  it("the addon's integer arguments beyond int32 (1e10, ±Infinity, NaN, 2^31) -> ERR_INVALID_ARGUMENT (was a UB double->int32 cast)", async () => {
+    // Found by scripts/sanitizer-test.sh (UBSan float-cast-overflow in addon.cc int_arg): the addon is public
+    // (`nativeAddon`), so these reach it unchecked by the TypeScript layer.
+    const a = native();
+    const bad = [1e10, -1e10, Infinity, -Infinity, NaN, 2 ** 31, -(2 ** 31) - 1];
+    const invalid = async (fn: () => unknown, field: string) => {
+      let err: unknown;
+      try {
+        await fn();
+      } catch (e) {
+        err = e;
+      }
+      expect(err, field).toBeDefined();
+      expect((err as { code?: string }).code, String(err)).toBe("ERR_INVALID_ARGUMENT");
+      expect(String((err as Error).message)).toContain(field);
+    };
+    const m = await a.loadModel(sharedPath(STORIES), { device: "cpu", contextLength: 32, maxSequences: 1 });
+    try {
+      const seq = m.createSequence();
+      for (const v of bad) {
+        await invalid(() => a.loadModel(sharedPath(STORIES), { device: "cpu", contextLength: v }), "contextLength");
+        await invalid(() => a.createOpBench({ op: "matvec", rows: v, cols: 64 }), "rows");
+        await invalid(() => m.freeSequence(v), "seq");
+        await invalid(() => m.truncateSequence(seq, v), "length");
+        await invalid(() => m.forward([{ seq: v, tokens: new Int32Array([1]), output: 0 }]), "seq");
+        await invalid(() => m.forward([{ seq, tokens: [1, v] as unknown as Int32Array, output: 0 }]), "tokens[]");
+        await invalid(() => m.forward([{ seq, tokens: new Int32Array([1]), output: v }]), "output");
+      }
+      // The extremes that do fit still convert exactly (and are then refused for what they are).
+      const err = await m.forward([{ seq, tokens: new Int32Array([1]), output: 2 ** 31 - 1 }]).catch((e: Error) => e);
+      expect((err as Error).message).toContain("2147483647");
+      const out = await m.forward([{ seq, tokens: new Int32Array([1, 2]), output: -1 }]);
+      expect(out[0]).toHaveLength(512);
+    } finally {
+      m.dispose();
+    }
+    await stillWorks();
+  });
+
   it("device 'cuda' without a usable GPU -> a device error with a suggestion", async () => {
     if (native().buildInfo().cudaAvailable) return; // the GPU suites cover loading on CUDA
     const err = await failure(() => Llama2.load(sharedPath(STORIES), { device: "cuda" }));

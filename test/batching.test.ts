@@ -2,12 +2,12 @@
 // give exactly the tokens they give alone (greedy and seeded sampling), long prompts are prefilled in
 // chunks without changing anything, and KV admission control makes requests wait for room instead of
 // failing (or fail with ERR_KV_CACHE_FULL when they can never fit).
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Scheduler } from "../lib/engine/scheduler.js";
 import { Llama2 } from "../lib/llama2.js";
-import type { NativeStepOutput } from "../lib/native.js";
+import { native, type NativeModel, type NativeStepOutput } from "../lib/native.js";
 import { argmax, lastLogits, relErr } from "./helpers/logits.js";
-import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
+import { describeShared, readSharedJson, sharedPath, timeoutScale } from "./helpers/shared.js";
 
 const STORIES = "models/stories260K.bin";
 const STORIES_FX = "fixtures/stories260K-greedy.json";
@@ -231,6 +231,85 @@ describeShared("continuous batching (stories260K)", [STORIES, STORIES_FX], () =>
     } finally {
       await m.dispose();
     }
+  });
+
+  // Copy-on-write of a KV block shared by forked sequences. The engine's own sequences, through the addon
+  // (public as `nativeAddon`), whose forward() calls may run concurrently (steps take turns natively).
+  describe("forked sequences sharing a partly filled KV block", () => {
+    const prompt = [1, 50, 60, 70, 80];
+    const next = [90];
+    const other = [300, 301, 302, 303, 304, 305, 306, 307, 308, 309];
+    let nm: NativeModel;
+    let want: Float32Array;
+    const fresh = async (tokens: number[]) => {
+      const s = nm.createSequence();
+      const out = (await nm.forward([{ seq: s, tokens: Int32Array.from(tokens), output: -1 }]))[0] as Float32Array;
+      nm.freeSequence(s);
+      return out;
+    };
+    const same = (a: Float32Array, b: Float32Array) => a.length === b.length && a.every((v, j) => Object.is(v, b[j]));
+    beforeAll(async () => {
+      nm = await native().loadModel(sharedPath(STORIES), { device: "cpu", contextLength: 64, maxSequences: 8 });
+      want = await fresh([...prompt, ...next]);
+    });
+    afterAll(() => nm?.dispose());
+
+    it("both sharers in one step each get their own copy: the logits of unshared sequences", async () => {
+      const a = nm.createSequence();
+      await nm.forward([{ seq: a, tokens: Int32Array.from(prompt), output: 0 }]);
+      const b = nm.forkSequence(a);
+      const free = nm.kvState().freeBlocks;
+      const [oa, ob] = await nm.forward([
+        { seq: a, tokens: Int32Array.from(next), output: -1 },
+        { seq: b, tokens: Int32Array.from(other), output: -1 },
+      ]);
+      expect(same(oa as Float32Array, want)).toBe(true);
+      expect(same(ob as Float32Array, await fresh([...prompt, ...other]))).toBe(true);
+      // The shared block went back to the pool once both had copied it: one block each, net.
+      expect(nm.kvState().freeBlocks).toBe(free - 1);
+      nm.freeSequence(a);
+      nm.freeSequence(b);
+      expect(nm.kvState().freeBlocks).toBe(nm.kvState().totalBlocks);
+    });
+
+    it("a sharer truncated and extended in a concurrent step never writes into the block being copied", async () => {
+      // Was a race (found reviewing engine.cc while running scripts/sanitizer-test.sh): a's step released
+      // its reference on the shared block before copying it; b, truncated into that block, then saw itself
+      // its only owner and wrote positions 2.. in place, and when b's step took the step lock first, a's copy
+      // carried b's tokens into a's cache (~0.3% of these runs on two cores). The busy wait sweeps the timing.
+      const runs = 2500;
+      let wrong = 0;
+      const long = Int32Array.from({ length: 16 }, (_, j) => j + 3);
+      // b's step lands in the window when it comes about as c's step ends: sweep 0..1.5x c's duration.
+      const times: number[] = [];
+      for (let i = 0; i < 5; i++) {
+        const c = nm.createSequence();
+        const t0 = performance.now();
+        await nm.forward([{ seq: c, tokens: long, output: 0 }]);
+        times.push(performance.now() - t0);
+        nm.freeSequence(c);
+      }
+      const span = 1.5 * times.sort((x, y) => x - y)[2]!;
+      for (let i = 0; i < runs; i++) {
+        const a = nm.createSequence();
+        await nm.forward([{ seq: a, tokens: Int32Array.from(prompt), output: 0 }]);
+        const b = nm.forkSequence(a);
+        const c = nm.createSequence(); // a longer step that a's and b's wait behind
+        const pc = nm.forward([{ seq: c, tokens: long, output: 0 }]);
+        await new Promise((r) => setTimeout(r, 1));
+        const pa = nm.forward([{ seq: a, tokens: Int32Array.from(next), output: -1 }]);
+        const t0 = performance.now();
+        while (performance.now() - t0 < ((i % 50) / 50) * span);
+        nm.truncateSequence(b, 2);
+        const pb = nm.forward([{ seq: b, tokens: Int32Array.from(other), output: 0 }]);
+        const [oa] = await pa;
+        await Promise.all([pb, pc]);
+        if (!same(oa as Float32Array, want)) wrong++;
+        for (const s of [a, b, c]) nm.freeSequence(s);
+      }
+      expect(wrong, `${wrong} of ${runs} runs`).toBe(0);
+      expect(nm.kvState().freeBlocks).toBe(nm.kvState().totalBlocks);
+    }, 120_000 * timeoutScale);
   });
 });
 

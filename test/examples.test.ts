@@ -20,7 +20,9 @@ interface Run {
 
 function start(name: string, args: string[], input?: string): { child: ChildProcess; done: Promise<Run> } {
   const env = { ...process.env };
-  delete env.LLAMA2_ADDON;
+  // The examples load the addon as a user's program does; under scripts/sanitizer-test.sh they keep its
+  // sanitized build (LLAMA2_SANITIZER) so that the native code they run is checked too.
+  if (!process.env.LLAMA2_SANITIZER) delete env.LLAMA2_ADDON;
   const child = spawn(process.execPath, [path.join(examplesDir, name), ...args], { cwd: tmp, env, stdio: ["pipe", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";

@@ -16,6 +16,7 @@ import { runJob, type RunResult } from "../lib/runner/run.js";
 import { parseRunSpec } from "../lib/runner/spec.js";
 import { ensureDemoModel } from "../lib/synth/demo.js";
 import { postJson, readSse, streamedText, waitFor } from "./helpers/fake-backend.js";
+import { timeoutScale } from "./helpers/shared.js";
 
 const CLIENTS = 64;
 const MAX_TOKENS = 8;
@@ -50,7 +51,7 @@ beforeAll(async () => {
   await waitFor(() => job?.record.url !== undefined || job?.state === "failed", 60_000, "the demo model to load");
   expect(job.record.error).toBeUndefined();
   url = job.record.url!;
-}, 90_000);
+}, 90_000 * timeoutScale);
 
 afterAll(async () => {
   if (job && job.state === "running") await cancelJob(root, job.id, { waitMs: 10_000 });
@@ -136,5 +137,5 @@ describe("load on the real engine (demo model, CPU)", () => {
     // Cached prefixes hold KV blocks only until someone needs them.
     llama.clearPrefixCache();
     expect(llama.stats().kv.freeBlocks).toBe(llama.stats().kv.totalBlocks);
-  }, 90_000);
+  }, 90_000 * timeoutScale);
 });

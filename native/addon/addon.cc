@@ -68,7 +68,9 @@ std::string str_arg(const Napi::Value& v, const char* field) {
 int32_t int_arg(const Napi::Value& v, const char* field) {
   if (!v.IsNumber()) throw make_error(v.Env(), l2::code::kInvalidArgument, std::string(field) + ": expected an integer");
   double d = v.As<Napi::Number>().DoubleValue();
-  if (d != (double)(int32_t)d) throw make_error(v.Env(), l2::code::kInvalidArgument, std::string(field) + ": expected an integer, got " + std::to_string(d));
+  // Range first: casting a double outside int32 (1e10, Infinity, NaN) to int32_t is undefined behaviour
+  // (UBSan float-cast-overflow; x86 happens to give INT32_MIN). NaN fails both comparisons.
+  if (!(d >= -2147483648.0 && d <= 2147483647.0) || d != (double)(int32_t)d) throw make_error(v.Env(), l2::code::kInvalidArgument, std::string(field) + ": expected an integer, got " + std::to_string(d));
   return (int32_t)d;
 }
 

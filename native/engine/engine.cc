@@ -169,8 +169,11 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
         int32_t& last = s.blocks[(size_t)(s.length / kKvBlockSize)];
         if (pool_->refs(last) > 1) {
           int32_t nb = pool_->alloc();
+          // The source keeps this step's reference until copy_block has read it (released under mu_
+          // after the copies): released here, a sharer could see itself sole owner and write its own
+          // tokens into the block in place in a concurrent step that takes step_mu_ before this one,
+          // and the copy would then carry them into this sequence's cache.
           copies.emplace_back(last, nb);
-          pool_->release(last);
           last = nb;
         }
       }
@@ -182,8 +185,14 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
     }
   }
 
+  // Drops the references the pending copies held on their source blocks (see above).
+  auto release_copy_sources = [&] {
+    for (auto& cp : copies) pool_->release(cp.first);
+    copies.clear();
+  };
   auto finish = [&](bool ok) {
     std::lock_guard<std::mutex> lk(mu_);
+    release_copy_sources();  // when the step failed before its copies were released
     for (size_t i = 0; i < reqs.size(); ++i) {
       Sequence& s = seqs_[reqs[i].seq];
       s.busy = false;
@@ -199,6 +208,10 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
   try {
     std::lock_guard<std::mutex> step(step_mu_);
     for (auto& [src, dst] : copies) backend_->copy_block(src, dst);
+    if (!copies.empty()) {
+      std::lock_guard<std::mutex> lk(mu_);
+      release_copy_sources();
+    }
     // Build one batch of all requests.
     ForwardBatch b;
     size_t max_blocks = 0;

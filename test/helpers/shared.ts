@@ -10,6 +10,12 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..")
 export const projectRoot = root;
 export const sharedDir = path.resolve(root, process.env.LLAMA2_SHARED ?? "../shared");
 
+/**
+ * Multiplier for a test's own time limit: 1 normally; scripts/sanitizer-test.sh sets
+ * LLAMA2_TEST_TIMEOUT_SCALE (ASan/UBSan builds run the engine several times slower).
+ */
+export const timeoutScale = Math.max(1, Number(process.env.LLAMA2_TEST_TIMEOUT_SCALE) || 1);
+
 export function sharedPath(rel: string): string {
   return path.join(sharedDir, rel);
 }
