@@ -196,7 +196,13 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
     for (size_t i = 0; i < reqs.size(); ++i) {
       Sequence& s = seqs_[reqs[i].seq];
       s.busy = false;
-      if (ok) s.length = pos0[i] + (int32_t)reqs[i].tokens.size();
+      if (ok) {
+        s.length = pos0[i] + (int32_t)reqs[i].tokens.size();
+      } else {
+        // A failed step keeps no blocks past the sequence's length: a later fork would share them, and a
+        // step starting at that block boundary writes into its block in place (no copy-on-write check).
+        release(s, (size_t)((s.length + kKvBlockSize - 1) / kKvBlockSize));
+      }
       if (s.free_pending) {
         release(s, 0);
         seqs_.erase(reqs[i].seq);
