@@ -2,6 +2,8 @@
 // Memory-bound: every weight byte is read once per step with 16-byte streaming loads, all of a
 // block's loads in flight at once; the T activation rows are read through L1 (tiny, shared by the
 // block). fp32 accumulation, fused epilogue.
+#include <type_traits>
+
 #include "common.cuh"
 #include "epilogue.cuh"
 #include "kernels.h"
@@ -279,36 +281,33 @@ void launch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq, c
   launch(gemv_w8_kernel<NORM, T, 2, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
 }
 
-template <bool NORM>
-void dispatch_f16(const half* A, int lda, const NormInput& nin, const half* W, int ldw, int T, int n_valid, int K, const Epilogue& epi,
-                  cudaStream_t s) {
+// Calls f(std::integral_constant<int, T>{}) for the token counts the kernels are built for (1..kGemvMaxT).
+static_assert(kGemvMaxT == 8, "with_t lists T = 1..8");
+template <class F>
+void with_t(int T, F&& f) {
   switch (T) {
-    case 1: launch_f16<NORM, 1>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
-    case 2: launch_f16<NORM, 2>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
-    case 3: launch_f16<NORM, 3>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
-    case 4: launch_f16<NORM, 4>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
-    case 5: launch_f16<NORM, 5>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
-    case 6: launch_f16<NORM, 6>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
-    case 7: launch_f16<NORM, 7>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
-    case 8: launch_f16<NORM, 8>(A, lda, nin, W, ldw, n_valid, K, epi, s); break;
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
     default: break;
   }
 }
 
 template <bool NORM>
+void dispatch_f16(const half* A, int lda, const NormInput& nin, const half* W, int ldw, int T, int n_valid, int K, const Epilogue& epi,
+                  cudaStream_t s) {
+  with_t(T, [&](auto t) { launch_f16<NORM, decltype(t)::value>(A, lda, nin, W, ldw, n_valid, K, epi, s); });
+}
+
+template <bool NORM>
 void dispatch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq, const half* S, int ldw, int T, int n_valid, int K,
                  const Epilogue& epi, cudaStream_t s) {
-  switch (T) {
-    case 1: launch_w8<NORM, 1>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 2: launch_w8<NORM, 2>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 3: launch_w8<NORM, 3>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 4: launch_w8<NORM, 4>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 5: launch_w8<NORM, 5>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 6: launch_w8<NORM, 6>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 7: launch_w8<NORM, 7>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
-    case 8: launch_w8<NORM, 8>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); break;
-    default: break;
-  }
+  with_t(T, [&](auto t) { launch_w8<NORM, decltype(t)::value>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); });
 }
 
 }  // namespace

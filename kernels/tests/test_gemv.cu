@@ -83,46 +83,66 @@ bool run(Kern kern, bool w8, const half* A, int lda, const void* W, const half* 
   return false;
 }
 
-// w8: weights int8 with per-32 fp16 scales; the reference uses each weight as the kernels see it
-// (fp16-rounded q * scale for the tensor-core path; the CUDA-core GEMV's fp32 products differ by less).
-void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, int T, bool add, const char* tag = "") {
-  Rng rng(ctx.next_seed());
-  std::vector<half> w(w8 ? 0 : (size_t)N * K), a((size_t)T * K), sc(w8 ? (size_t)N * (K / 32) : 0);
-  std::vector<int8_t> q(w8 ? (size_t)N * K : 0);
-  std::vector<float> wf((size_t)N * K);  // the weights as used, for the reference
+// Random weights of an N x K matrix: rows >= n_valid and columns >= dim zero; fp16, or (w8) int8 with
+// per-32 fp16 scales. wf holds each weight as the kernels see it (fp16-rounded q * scale for the
+// tensor-core path; the CUDA-core GEMV's fp32 products differ by less), for the references; the device
+// copies are uploaded.
+struct Weights {
+  std::vector<half> w, sc;
+  std::vector<int8_t> q;
+  std::vector<float> wf;
+  DevBuf<half> dw, ds;
+  DevBuf<int8_t> dq;
+  const void* dev(bool w8) const { return w8 ? static_cast<const void*>(dq.p) : static_cast<const void*>(dw.p); }
+};
+
+Weights make_weights(Rng& rng, bool w8, int N, int n_valid, int K, int dim) {
+  Weights m;
+  m.w.resize(w8 ? 0 : (size_t)N * K);
+  m.sc.resize(w8 ? (size_t)N * (K / 32) : 0);
+  m.q.resize(w8 ? (size_t)N * K : 0);
+  m.wf.resize((size_t)N * K);
   for (int n = 0; n < N; ++n) {
-    for (int g = 0; w8 && g < K / 32; ++g) sc[(size_t)n * (K / 32) + g] = f2h(n < n_valid ? 0.0004f * (1.f + rng.uniform()) : 0.f);
+    for (int g = 0; w8 && g < K / 32; ++g) m.sc[(size_t)n * (K / 32) + g] = f2h(n < n_valid ? 0.0004f * (1.f + rng.uniform()) : 0.f);
     for (int kk = 0; kk < K; ++kk) {
       const size_t i = (size_t)n * K + kk;
+      const bool real = n < n_valid && kk < dim;
       if (w8) {
-        q[i] = (int8_t)(n < n_valid ? rng.below(255) - 127 : 0);
-        wf[i] = h2f(f2h((float)q[i] * h2f(sc[(size_t)n * (K / 32) + kk / 32])));
+        m.q[i] = (int8_t)(real ? rng.below(255) - 127 : 0);
+        m.wf[i] = h2f(f2h((float)m.q[i] * h2f(m.sc[(size_t)n * (K / 32) + kk / 32])));
       } else {
-        w[i] = f2h(n < n_valid ? rng.sym(0.05f) : 0.f);
-        wf[i] = h2f(w[i]);
+        m.w[i] = f2h(real ? rng.sym(0.05f) : 0.f);
+        m.wf[i] = h2f(m.w[i]);
       }
     }
   }
+  m.dw.alloc(m.w.size()), m.ds.alloc(m.sc.size()), m.dq.alloc(m.q.size());
+  if (w8) {
+    m.dq.upload(m.q);
+    m.ds.upload(m.sc);
+  } else {
+    m.dw.upload(m.w);
+  }
+  return m;
+}
+
+void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, int T, bool add, const char* tag = "") {
+  Rng rng(ctx.next_seed());
+  const Weights m = make_weights(rng, w8, N, n_valid, K, K);
+  const std::vector<float>& wf = m.wf;
+  std::vector<half> a((size_t)T * K);
   for (auto& v : a) v = f2h(rng.sym(1.f));
   std::vector<float> pre((size_t)T * N);
   for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
-  DevBuf<half> dw(w.size()), da(a.size()), ds(sc.size());
-  DevBuf<int8_t> dq(q.size());
+  DevBuf<half> da(a.size());
   DevBuf<float> dout(pre.size());
-  if (w8) {
-    dq.upload(q);
-    ds.upload(sc);
-  } else {
-    dw.upload(w);
-  }
   da.upload(a);
   dout.upload(pre);
   k::Epilogue e;
   e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
   e.out = dout.p;
   e.ldo = N;
-  const void* W = w8 ? static_cast<const void*>(dq.p) : static_cast<const void*>(dw.p);
-  if (!run(kern, w8, da.p, K, W, ds.p, K, T, N, n_valid, K, e, ctx.stream)) return;
+  if (!run(kern, w8, da.p, K, m.dev(w8), m.ds.p, K, T, N, n_valid, K, e, ctx.stream)) return;
   CK(cudaStreamSynchronize(ctx.stream));
   CK(cudaGetLastError());
   std::vector<float> out = dout.download();
@@ -148,36 +168,15 @@ void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, in
 void check_norm_shape(Context& ctx, bool w8, int N, int n_valid, int K, int dim, int T, bool add) {
   Rng rng(ctx.next_seed());
   const float eps = 1e-5f;
-  std::vector<half> w(w8 ? 0 : (size_t)N * K), sc(w8 ? (size_t)N * (K / 32) : 0);
-  std::vector<int8_t> q(w8 ? (size_t)N * K : 0);
-  std::vector<float> wf((size_t)N * K), x((size_t)T * K, 0.f), g((size_t)dim);
-  for (int n = 0; n < N; ++n) {
-    for (int gi = 0; w8 && gi < K / 32; ++gi) sc[(size_t)n * (K / 32) + gi] = f2h(n < n_valid ? 0.0004f * (1.f + rng.uniform()) : 0.f);
-    for (int kk = 0; kk < K; ++kk) {
-      const size_t i = (size_t)n * K + kk;
-      if (w8) {
-        q[i] = (int8_t)(n < n_valid && kk < dim ? rng.below(255) - 127 : 0);
-        wf[i] = h2f(f2h((float)q[i] * h2f(sc[(size_t)n * (K / 32) + kk / 32])));
-      } else {
-        w[i] = f2h(n < n_valid && kk < dim ? rng.sym(0.05f) : 0.f);
-        wf[i] = h2f(w[i]);
-      }
-    }
-  }
+  const Weights m = make_weights(rng, w8, N, n_valid, K, dim);
+  const std::vector<float>& wf = m.wf;
+  std::vector<float> x((size_t)T * K, 0.f), g((size_t)dim);
   for (int t = 0; t < T; ++t)
     for (int kk = 0; kk < dim; ++kk) x[(size_t)t * K + kk] = rng.sym(3.f) * (t + 1);  // rows of different scales
   for (auto& v : g) v = 0.5f + rng.uniform();
   std::vector<float> pre((size_t)T * N);
   for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
-  DevBuf<half> dw(w.size()), ds(sc.size());
-  DevBuf<int8_t> dq(q.size());
   DevBuf<float> dx(x.size()), dg(g.size()), dout(pre.size());
-  if (w8) {
-    dq.upload(q);
-    ds.upload(sc);
-  } else {
-    dw.upload(w);
-  }
   dx.upload(x);
   dg.upload(g);
   dout.upload(pre);
@@ -191,8 +190,8 @@ void check_norm_shape(Context& ctx, bool w8, int N, int n_valid, int K, int dim,
   in.w = dg.p;
   in.dim = dim;
   in.eps = eps;
-  if (w8) k::gemv_w8_norm(in, dq.p, ds.p, K, T, N, n_valid, K, e, ctx.stream);
-  else k::gemv_f16_norm(in, dw.p, K, T, N, n_valid, K, e, ctx.stream);
+  if (w8) k::gemv_w8_norm(in, m.dq.p, m.ds.p, K, T, N, n_valid, K, e, ctx.stream);
+  else k::gemv_f16_norm(in, m.dw.p, K, T, N, n_valid, K, e, ctx.stream);
   CK(cudaStreamSynchronize(ctx.stream));
   CK(cudaGetLastError());
   std::vector<float> out = dout.download();

@@ -201,40 +201,40 @@ void build(Setup& S, const CaseSpec& c, uint64_t seed, Fill fill) {
     S.q.upload(S.hq);
     if (fill == Fill::Poison) {
       S.cache.poison_q8();  // kv_quantize writes it; the test downloads it into hc
-    } else if (c.q8) {
-      hc.kq.resize(S.pool_values()), hc.vq.resize(S.pool_values());
-      hc.ks.resize(S.pool_scales()), hc.vs.resize(S.pool_scales());
-      for (int b = 0; b < S.L.n_blocks; ++b)
-        for (int kh = 0; kh < c.n_kv; ++kh)
-          for (int sl = 0; sl < kKvBlock; ++sl) {
-            const size_t r = hc.row(b, kh, sl);
-            const bool used = sl < S.L.owner_len[b];
-            for (int d = 0; d < D; ++d) {
-              hc.kq[r * D + d] = (int8_t)(rng.below(255) - 127);
-              hc.vq[r * D + d] = (int8_t)(rng.below(255) - 127);
-            }
-            // Positive scales that differ between groups (0.25x .. 1.75x), so a wrong scale index shows;
-            // K values up to ~3.5 (the fp16 tests use 2), V up to ~1.75.
-            for (int g = 0; g < ng; ++g) {
-              hc.ks[r * ng + g] = used ? f2h(2.f / 127 * (0.25f + 1.5f * rng.uniform())) : poison_h();
-              hc.vs[r * ng + g] = used ? f2h(1.f / 127 * (0.25f + 1.5f * rng.uniform())) : poison_h();
-            }
-          }
-      S.cache.kq.upload(hc.kq), S.cache.vq.upload(hc.vq);
-      S.cache.ks.upload(hc.ks), S.cache.vs.upload(hc.vs);
     } else {
-      hc.k.resize(S.pool_values()), hc.v.resize(S.pool_values());
-      for (int b = 0; b < S.L.n_blocks; ++b)
-        for (int kh = 0; kh < c.n_kv; ++kh)
-          for (int sl = 0; sl < kKvBlock; ++sl) {
-            const size_t r = hc.row(b, kh, sl);
-            const bool used = sl < S.L.owner_len[b];
-            for (int d = 0; d < D; ++d) {
-              hc.k[r * D + d] = used ? f2h(rng.sym(2.f)) : poison_h();
-              hc.v[r * D + d] = used ? f2h(rng.sym(1.f)) : poison_h();
-            }
+      // Every cache row (block, kv head, slot) in order, and whether a sequence's length covers it.
+      auto each_row = [&](auto&& fill_row) {
+        for (int b = 0; b < S.L.n_blocks; ++b)
+          for (int kh = 0; kh < c.n_kv; ++kh)
+            for (int sl = 0; sl < kKvBlock; ++sl) fill_row(hc.row(b, kh, sl), sl < S.L.owner_len[b]);
+      };
+      if (c.q8) {
+        hc.kq.resize(S.pool_values()), hc.vq.resize(S.pool_values());
+        hc.ks.resize(S.pool_scales()), hc.vs.resize(S.pool_scales());
+        each_row([&](size_t r, bool used) {
+          for (int d = 0; d < D; ++d) {
+            hc.kq[r * D + d] = (int8_t)(rng.below(255) - 127);
+            hc.vq[r * D + d] = (int8_t)(rng.below(255) - 127);
           }
-      S.cache.kc.upload(hc.k), S.cache.vc.upload(hc.v);
+          // Positive scales that differ between groups (0.25x .. 1.75x), so a wrong scale index shows;
+          // K values up to ~3.5 (the fp16 tests use 2), V up to ~1.75.
+          for (int g = 0; g < ng; ++g) {
+            hc.ks[r * ng + g] = used ? f2h(2.f / 127 * (0.25f + 1.5f * rng.uniform())) : poison_h();
+            hc.vs[r * ng + g] = used ? f2h(1.f / 127 * (0.25f + 1.5f * rng.uniform())) : poison_h();
+          }
+        });
+        S.cache.kq.upload(hc.kq), S.cache.vq.upload(hc.vq);
+        S.cache.ks.upload(hc.ks), S.cache.vs.upload(hc.vs);
+      } else {
+        hc.k.resize(S.pool_values()), hc.v.resize(S.pool_values());
+        each_row([&](size_t r, bool used) {
+          for (int d = 0; d < D; ++d) {
+            hc.k[r * D + d] = used ? f2h(rng.sym(2.f)) : poison_h();
+            hc.v[r * D + d] = used ? f2h(rng.sym(1.f)) : poison_h();
+          }
+        });
+        S.cache.kc.upload(hc.k), S.cache.vc.upload(hc.v);
+      }
     }
   }
   S.out.poison();

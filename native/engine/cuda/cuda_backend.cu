@@ -44,6 +44,12 @@ std::string gib(uint64_t b) {
   return buf;
 }
 
+// A tuning switch from the environment: an integer clamped to [lo, hi], `dflt` when unset or empty.
+int env_int(const char* name, int lo, int hi, int dflt) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::clamp(std::atoi(v), lo, hi) : dflt;
+}
+
 // A matrix on the device: fp16 w[npad][ldw], or int8 q[npad][ldw] + scales s[npad][ldw / 32].
 struct DevMat {
   bool int8 = false;
@@ -466,9 +472,12 @@ class CudaBackend final : public Backend {
   half* k_scale(int l) const { return reinterpret_cast<half*>(kv_layer(l) + 2 * plan_.kv_layer_k); }
   half* v_scale(int l) const { return reinterpret_cast<half*>(kv_layer(l) + 2 * plan_.kv_layer_k + plan_.kv_layer_scales); }
 
+  // Steps the experimental tensor-core decode kernel takes (with LLAMA2_GEMV_MMA=1).
+  bool mma_range(int T) const { return gemv_mma_ && T >= 2 && T <= k::kGemvMmaMaxT; }
+
   void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) {
     // Experimental tensor-core decode path (kernels/gemv_mma.cu), opt-in until validated on a GPU.
-    if (gemv_mma_ && T >= 2 && T <= k::kGemvMmaMaxT &&
+    if (mma_range(T) &&
         (m.int8 ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)
                 : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)))
       return;
@@ -484,8 +493,7 @@ class CudaBackend final : public Backend {
   // m applied to RMSNorm(x rows) * norm_w: fused into the GEMV's input for steps of up to fused_norm_max_t_
   // tokens on the GEMV path, else the norm kernel writes xn_ for the matrix kernel.
   void matmul_normed(const DevMat& m, const float* norm_w, const float* x, int T, const k::Epilogue& e) {
-    const bool mma = gemv_mma_ && T >= 2 && T <= k::kGemvMmaMaxT;
-    if (T <= fused_norm_max_t_ && T <= gemv_max_t_ && !mma) {
+    if (T <= fused_norm_max_t_ && T <= gemv_max_t_ && !mma_range(T)) {
       k::NormInput in;
       in.x = x;
       in.ldx = Dpad_;
@@ -744,10 +752,7 @@ class CudaBackend final : public Backend {
   int tensors_done_ = 0, total_tensors_ = 0;
   // Decode steps of up to graph_max_t_ sequences replay CUDA graphs keyed by (tokens, outputs, context
   // bucket): 64, or LLAMA2_GRAPH_MAX_T=0..64 (0: never; for A/B runs and to rule graphs out when debugging).
-  const int graph_max_t_ = [] {
-    const char* v = std::getenv("LLAMA2_GRAPH_MAX_T");
-    return v && *v ? std::clamp(std::atoi(v), 0, 64) : 64;
-  }();
+  const int graph_max_t_ = env_int("LLAMA2_GRAPH_MAX_T", 0, 64, 64);
   static constexpr size_t kMaxGraphs = 256;
   struct Graph {
     cudaGraphExec_t exec;
@@ -756,18 +761,12 @@ class CudaBackend final : public Backend {
   std::map<int64_t, Graph> graphs_;
   std::set<int64_t> graph_failed_;
   uint64_t graph_clock_ = 0;
-  // Steps of up to this many tokens use the CUDA-core GEMV, larger ones the tensor-core GEMM
-  // (LLAMA2_GEMV_MAX_T=0..8 overrides, for end-to-end A/B runs).
   // RMSNorm fused into the GEMV for steps of up to this many tokens (LLAMA2_FUSED_NORM=0..8; default 0, off:
   // not yet measured on a GPU; its register use grows with T, so 1 is the candidate).
-  const int fused_norm_max_t_ = [] {
-    const char* v = std::getenv("LLAMA2_FUSED_NORM");
-    return v && *v ? std::clamp(std::atoi(v), 0, k::kGemvMaxT) : 0;
-  }();
-  const int gemv_max_t_ = [] {
-    const char* v = std::getenv("LLAMA2_GEMV_MAX_T");
-    return v && *v ? std::clamp(std::atoi(v), 0, k::kGemvMaxT) : k::kGemvMaxT;
-  }();
+  const int fused_norm_max_t_ = env_int("LLAMA2_FUSED_NORM", 0, k::kGemvMaxT, 0);
+  // Steps of up to this many tokens use the CUDA-core GEMV, larger ones the tensor-core GEMM
+  // (LLAMA2_GEMV_MAX_T=0..8 overrides, for end-to-end A/B runs).
+  const int gemv_max_t_ = env_int("LLAMA2_GEMV_MAX_T", 0, k::kGemvMaxT, k::kGemvMaxT);
   const bool gemv_mma_ = [] {
     const char* v = std::getenv("LLAMA2_GEMV_MMA");
     return v && std::strcmp(v, "1") == 0;
