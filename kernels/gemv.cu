@@ -301,13 +301,17 @@ void with_t(int T, F&& f) {
 template <bool NORM>
 void dispatch_f16(const half* A, int lda, const NormInput& nin, const half* W, int ldw, int T, int n_valid, int K, const Epilogue& epi,
                   cudaStream_t s) {
-  with_t(T, [&](auto t) { launch_f16<NORM, decltype(t)::value>(A, lda, nin, W, ldw, n_valid, K, epi, s); });
+  with_t(T, [&](auto t) {
+    if constexpr (!NORM || decltype(t)::value <= kGemvNormMaxT) launch_f16<NORM, decltype(t)::value>(A, lda, nin, W, ldw, n_valid, K, epi, s);
+  });
 }
 
 template <bool NORM>
 void dispatch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq, const half* S, int ldw, int T, int n_valid, int K,
                  const Epilogue& epi, cudaStream_t s) {
-  with_t(T, [&](auto t) { launch_w8<NORM, decltype(t)::value>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s); });
+  with_t(T, [&](auto t) {
+    if constexpr (!NORM || decltype(t)::value <= kGemvNormMaxT) launch_w8<NORM, decltype(t)::value>(A, lda, nin, Wq, S, ldw, n_valid, K, epi, s);
+  });
 }
 
 }  // namespace

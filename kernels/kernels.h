@@ -78,6 +78,8 @@ struct NormInput {
   int dim = 0;
   float eps = 0.f;
 };
+// Steps of 1..kGemvNormMaxT tokens only, callers check (registers grow with T: at T = 7 the fp16 kernel spilled).
+constexpr int kGemvNormMaxT = 4;
 void gemv_f16_norm(const NormInput& in, const half* W, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t stream);
 void gemv_w8_norm(const NormInput& in, const int8_t* Wq, const half* scales, int ldw, int T, int N, int n_valid, int K,
                   const Epilogue& epi, cudaStream_t stream);

@@ -153,7 +153,7 @@ export interface NativeAddon {
   /** The CUDA backend's device buffers for a model shape, computed without a GPU (engine/cuda_plan.h). */
   cudaMemoryPlan(
     config: Pick<ModelConfig, "dim" | "nLayers" | "nHeads" | "nKvHeads" | "headDim" | "ffnDim" | "vocabSize" | "tiedEmbeddings">,
-    opts: { int8Weights: boolean; kvCacheType: "auto" | "int8"; contextLength: number; maxSequences: number },
+    opts: { int8Weights: boolean; f32Weights?: boolean; kvCacheType: "auto" | "int8"; contextLength: number; maxSequences: number },
   ): CudaMemoryPlan;
 }
 

@@ -533,6 +533,18 @@ Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
     const std::string kv = oo.Has("kvCacheType") ? str_arg(oo.Get("kvCacheType"), "kvCacheType") : "auto";
     if (kv != "auto" && kv != "int8") throw make_error(env, l2::code::kInvalidArgument, "kvCacheType: expected 'auto' or 'int8', got '" + kv + "'");
     const int n_blocks = seqs * ((ctx + l2::kKvBlockSize - 1) / l2::kKvBlockSize);
+    if (oo.Has("f32Weights") && oo.Get("f32Weights").ToBoolean()) {  // the fp32 path (engine/cuda_plan.h F32Plan)
+      if (kv == "int8") throw make_error(env, l2::code::kInvalidArgument, "kvCacheType: 'int8' is not available with dtype 'f32' on CUDA");
+      l2::F32Plan p = l2::plan_f32(c, ctx, n_blocks);
+      Napi::Object r = Napi::Object::New(env);
+      r.Set("weightBytes", (double)p.weights);
+      r.Set("kvCacheBytes", (double)p.kv_cache);
+      r.Set("bufferBytes", (double)p.buffers);
+      r.Set("totalBytes", (double)p.total());
+      r.Set("kvBlocks", n_blocks);
+      r.Set("buffers", Napi::Object::New(env));
+      return r;
+    }
     l2::CudaPlan p = l2::plan_cuda(c, l2::cuda_matrix_kinds(c, int8), kv == "int8", ctx, n_blocks);
     Napi::Object r = Napi::Object::New(env);
     r.Set("weightBytes", (double)p.weights);

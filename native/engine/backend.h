@@ -83,9 +83,17 @@ class Backend {
 // llama2.c and transformers do.
 std::vector<float> rope_table(const ModelConfig& c, int context_length);
 
+// Top-k of each of n_out rows of `vocab` logits on the host: [n_out, k] ids and values, logit
+// descending, ties by lower id, NaN last (what every backend's top_k returns).
+void host_top_k(const float* logits, int n_out, int vocab, int k, int32_t* ids, float* vals);
+
 std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o);
 // Throws ERR_DEVICE_UNAVAILABLE when built without CUDA or when no usable GPU is present.
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o);
+// The fp32 path (dtype 'f32' on CUDA; engine/f32_backend.h), reached through make_cuda_backend, and the
+// same path emulated on the host (tests on machines without a GPU: LLAMA2_CUDA_F32_EMULATE=1).
+std::unique_ptr<Backend> make_cuda_f32_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o);
+std::unique_ptr<Backend> make_f32_emulated_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o);
 // Whether a CUDA backend can be created; `why` says why not.
 bool cuda_available(std::string* why);
 // CUDA devices visible (for `llama2 doctor` and device selection); empty without CUDA.

@@ -78,4 +78,19 @@ CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_i
   return p;
 }
 
+F32Plan plan_f32(const ModelConfig& c, int ctx, int n_kv_blocks) {
+  F32Plan p;
+  const uint64_t D = c.dim, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim, V = c.vocab_size, L = c.n_layers;
+  p.max_blocks = (ctx + kKvBlockSize - 1) / kKvBlockSize;
+  // Embedding rows and the transposed classifier, the layers' matrices and norms, the final norm.
+  p.weights = 4 * (V * D * 2 + L * (D * (Q + 2 * KV) + Q * D + 3 * D * F + 2 * D) + D);
+  p.kv_cache = 4 * L * 2 * (uint64_t)n_kv_blocks * kKvBlockSize * KV;
+  const uint64_t M = (uint64_t)p.max_tokens, S = (uint64_t)p.max_segments;
+  // x, xb, q, att, k, v, gate, up per token; normed output rows and logits per sequence; the rotary
+  // table; the step inputs (tokens, positions, slots, segment of each token; outputs; block tables).
+  p.buffers = 4 * (M * (2 * D + 2 * Q + 2 * KV + 2 * F) + S * D + S * V + (uint64_t)ctx * c.head_dim) +
+              4 * (M * 4 + S + S * (uint64_t)p.max_blocks);
+  return p;
+}
+
 }  // namespace l2

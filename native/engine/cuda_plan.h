@@ -46,6 +46,16 @@ struct CudaPlan {
 // n_kv_blocks: KV blocks of kKvBlockSize tokens in the pool (maxSequences x context / 16).
 CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_int8, int context_length, int n_kv_blocks);
 
+// The fp32 path (dtype 'f32', engine/f32_backend.h): weights widened to fp32 (the classifier also
+// transposed, a second copy when tied), an fp32 paged KV cache, unpadded buffers for sub-batches of
+// max_tokens tokens and max_segments sequences.
+struct F32Plan {
+  int max_tokens = 512, max_segments = 256, max_blocks = 0;
+  uint64_t weights = 0, kv_cache = 0, buffers = 0;
+  uint64_t total() const { return weights + kv_cache + buffers; }
+};
+F32Plan plan_f32(const ModelConfig& c, int context_length, int n_kv_blocks);
+
 // A device matrix's bytes: n x k padded, fp16 or int8 + scales.
 uint64_t cuda_matrix_bytes(int n, int k, bool int8);
 

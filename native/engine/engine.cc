@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <set>
 
 #include "../common/error.h"
@@ -20,6 +21,24 @@ std::vector<float> rope_table(const ModelConfig& c, int context_length) {
     }
   }
   return t;
+}
+
+void host_top_k(const float* logits, int n_out, int V, int k, int32_t* ids, float* vals) {
+  k = std::min(k, V);
+  std::vector<int32_t> idx((size_t)V);
+  for (int o = 0; o < n_out; ++o) {
+    const float* lg = logits + (size_t)o * V;
+    auto key = [&](int32_t i) { return std::isnan(lg[i]) ? -INFINITY : lg[i]; };
+    for (int i = 0; i < V; ++i) idx[(size_t)i] = i;
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+      const float va = key(a), vb = key(b);
+      return va > vb || (va == vb && a < b);
+    });
+    for (int j = 0; j < k; ++j) {
+      ids[(size_t)o * k + j] = idx[(size_t)j];
+      vals[(size_t)o * k + j] = lg[idx[(size_t)j]];
+    }
+  }
 }
 
 std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOptions& o, const ProgressFn& progress) {
@@ -58,7 +77,9 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOption
   bo.progress = progress;
   std::string why;
   bool use_cuda = o.device == "cuda" || (o.device == "auto" && cuda_available(&why));
-  e->backend_ = use_cuda ? make_cuda_backend(c, std::move(w), bo) : make_cpu_backend(c, std::move(w), bo);
+  const char* emulate = std::getenv("LLAMA2_CUDA_F32_EMULATE");  // test hook: see cpu/f32_emulated.cc
+  if (use_cuda && o.dtype == "f32" && emulate && std::string(emulate) == "1") e->backend_ = make_f32_emulated_backend(c, std::move(w), bo);
+  else e->backend_ = use_cuda ? make_cuda_backend(c, std::move(w), bo) : make_cpu_backend(c, std::move(w), bo);
   return e;
 }
 

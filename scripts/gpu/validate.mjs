@@ -109,6 +109,58 @@ if (!skipSmall) {
   await m.dispose();
 }
 
+// 1b. The fp32 path (dtype 'f32'): every id of every case, logits within 2e-5 (the host emulation: 4e-6),
+// and the same bits as its host emulation (LLAMA2_CUDA_F32_EMULATE=1).
+async function loadEmulated(file, opts) {
+  process.env.LLAMA2_CUDA_F32_EMULATE = "1";
+  try {
+    return await Llama2.load(file, { device: "cuda", dtype: "f32", ...opts });
+  } finally {
+    delete process.env.LLAMA2_CUDA_F32_EMULATE;
+  }
+}
+function bitsDiffer(a, b) {
+  let n = 0;
+  for (let i = 0; i < b.length; i++) if (!Object.is(a[i], b[i])) n++;
+  return n;
+}
+if (!skipSmall) {
+  const fx = JSON.parse(readFileSync(path.join(shared, "fixtures/stories260K-greedy.json"), "utf8"));
+  const file = path.join(shared, "models/stories260K.bin");
+  const m = await Llama2.load(file, { device: "cuda", dtype: "f32", maxSequences: 8 });
+  const emu = await loadEmulated(file, { maxSequences: 2 });
+  check("fp32 path: info", m.info.dtype === "f32" && !m.info.deviceName.includes("emulation"), { deviceName: m.info.deviceName, dtype: m.info.dtype });
+  for (const [i, c] of fx.cases.entries()) {
+    const r = await m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result;
+    let same = 0;
+    while (same < c.generated.length && r.tokenIds[same] === c.generated[same]) same++;
+    const logits = await trace(m, c.prompt, c.generated.slice(0, -1));
+    const e1 = relErr(logits[0], c.first_logits), e2 = relErr(logits[logits.length - 1], c.last_logits);
+    check(`fp32 path stories260K case ${i}: every greedy id, logits within 2e-5`, same === c.generated.length && e1 <= 2e-5 && e2 <= 2e-5, { sameIds: same, of: c.generated.length, firstRel: e1, lastRel: e2 });
+    const ref = await trace(emu, c.prompt, c.generated.slice(0, 40));
+    const mine = logits.slice(0, ref.length);
+    const differing = mine.map((lg, j) => bitsDiffer(lg, ref[j]));
+    check(`fp32 path stories260K case ${i}: the host emulation's bits over ${ref.length} steps`, differing.every((n) => n === 0), { stepsDiffering: differing.filter((n) => n > 0).length, worstRel: Math.max(...mine.map((lg, j) => relErr(lg, ref[j]))) });
+  }
+  const rs = await Promise.all(fx.cases.map((c) => m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result));
+  check("fp32 path stories260K batched equals fixture", rs.every((r, i) => r.tokenIds.join() === fx.cases[i].generated.join()), {});
+  await m.dispose();
+  await emu.dispose();
+  const tref = JSON.parse(readFileSync(path.join(shared, "fixtures/tiny-llama-hf-reference.json"), "utf8"));
+  for (const rel of ["models/tiny-llama-hf", "models/tiny-llama-f16.gguf"]) {
+    const g = await Llama2.load(path.join(shared, rel), { device: "cuda", dtype: "f32" });
+    const e = await loadEmulated(path.join(shared, rel), {});
+    for (const [i, c] of tref.cases.entries()) {
+      const r = await g.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result;
+      const [lg] = await trace(g, c.prompt, []);
+      const [le] = await trace(e, c.prompt, []);
+      check(`fp32 path ${path.basename(rel)} case ${i}: transformers' ids, logits within 1e-3, emulation's bits`, r.tokenIds.join() === c.generated.join() && relErr(lg, c.last_logits) <= 1e-3 && bitsDiffer(lg, le) === 0, { rel: relErr(lg, c.last_logits), bitsDiffering: bitsDiffer(lg, le) });
+    }
+    await g.dispose();
+    await e.dispose();
+  }
+}
+
 // 2. tiny-llama in three formats; Q8_0 / int8 against the CPU's int8 on the same weights.
 if (!skipSmall) {
   const ref = JSON.parse(readFileSync(path.join(shared, "fixtures/tiny-llama-hf-reference.json"), "utf8"));

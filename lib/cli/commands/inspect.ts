@@ -65,12 +65,12 @@ function bytes(n: number): string {
 const command: Command = {
   name: "inspect",
   summary: "show a model's format, config, tensors and tokenizer (without loading it)",
-  usage: "Usage: llama2 inspect --model PATH [--json] [--cuda-plan [--dtype auto|f16|int8] [--kv-cache auto|int8] [--context N] [--max-sequences N]]",
+  usage: "Usage: llama2 inspect --model PATH [--json] [--cuda-plan [--dtype auto|f16|int8|f32] [--kv-cache auto|int8] [--context N] [--max-sequences N]]",
   flags: {
     model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf or llama2.c .bin" },
     json: { type: "boolean", description: "print one JSON object" },
     "cuda-plan": { type: "boolean", description: "also predict the CUDA backend's GPU memory for these load options (no GPU needed)" },
-    dtype: { type: "string", description: "--cuda-plan: weight precision (auto, f16, int8)", default: "auto" },
+    dtype: { type: "string", description: "--cuda-plan: weight precision (auto, f16, int8, f32: the fp32 path)", default: "auto" },
     "kv-cache": { type: "string", description: "--cuda-plan: KV cache precision (auto = fp16, int8)", default: "auto" },
     context: { type: "int", description: "--cuda-plan: context length (default: the model's, at most 4096)" },
     "max-sequences": { type: "int", description: "--cuda-plan: sequences the KV cache holds at full context", default: 4 },

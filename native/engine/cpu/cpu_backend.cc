@@ -125,24 +125,7 @@ class CpuBackend final : public Backend {
 
   void read_logits(float* dst) override { std::memcpy(dst, logits_.data(), logits_.size() * 4); }
 
-  void top_k(int k, int32_t* ids, float* vals) override {
-    const int V = c_.vocab_size;
-    k = std::min(k, V);
-    std::vector<int32_t> idx((size_t)V);
-    for (int o = 0; o < n_out_; ++o) {
-      const float* lg = &logits_[(size_t)o * V];
-      auto key = [&](int32_t i) { return std::isnan(lg[i]) ? -INFINITY : lg[i]; };
-      for (int i = 0; i < V; ++i) idx[(size_t)i] = i;
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t bb) {
-        float va = key(a), vb = key(bb);
-        return va > vb || (va == vb && a < bb);
-      });
-      for (int j = 0; j < k; ++j) {
-        ids[(size_t)o * k + j] = idx[(size_t)j];
-        vals[(size_t)o * k + j] = lg[idx[(size_t)j]];
-      }
-    }
-  }
+  void top_k(int k, int32_t* ids, float* vals) override { host_top_k(logits_.data(), n_out_, c_.vocab_size, k, ids, vals); }
 
   void copy_block(int32_t src, int32_t dst) override {
     if (!blocks_[(size_t)dst]) {

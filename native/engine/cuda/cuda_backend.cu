@@ -27,6 +27,7 @@
 #include "../../common/thread_pool.h"
 #include "../backend.h"
 #include "../cuda_plan.h"
+#include "../sub_batch.h"
 #include "cuda_util.cuh"
 
 namespace l2 {
@@ -79,7 +80,7 @@ class CudaBackend final : public Backend {
       fail(code::kConfig, "the CUDA backend supports up to 8 query heads per KV head");
     k::set_pdl(props_.major >= 9);  // programmatic dependent launch: Hopper and newer
     if (o.dtype != "auto" && o.dtype != "f16" && o.dtype != "int8")
-      fail(code::kInvalidArgument, "dtype: the CUDA backend runs 'f16' or 'int8' weights (got '" + o.dtype + "')");
+      fail(code::kInvalidArgument, "dtype: the CUDA backend runs 'f32', 'f16' or 'int8' weights (got '" + o.dtype + "')");
     const bool file_q8 = w.layers[0].wq.dtype == DType::Q8_0;
     want_int8_ = o.dtype == "int8" || (o.dtype == "auto" && file_q8);
     kv_int8_ = o.kv_int8;
@@ -110,28 +111,7 @@ class CudaBackend final : public Backend {
     CK(cudaSetDevice(dev_));
     n_out_total_ = 0;
     out_chunks_.clear();
-    // Sub-batches of at most M tokens and S segments; a segment may be split across sub-batches
-    // (its later chunk then sees the earlier chunk's K/V in the cache).
-    size_t seg = 0;
-    int seg_off = 0;  // tokens of segments[seg] already done
-    while (seg < b.segments.size()) {
-      Sub sub;
-      int tokens = 0;
-      while (seg < b.segments.size() && tokens < M_ && (int)sub.segs.size() < S_) {
-        const Segment& sg = b.segments[seg];
-        int n = std::min(sg.count - seg_off, M_ - tokens);
-        Segment part{sg.start + seg_off, n, sg.pos0 + seg_off};
-        sub.segs.push_back(part);
-        sub.table_rows.push_back((int)seg);
-        tokens += n;
-        seg_off += n;
-        if (seg_off == sg.count) {
-          ++seg;
-          seg_off = 0;
-        }
-      }
-      run_sub(b, sub);
-    }
+    for_each_sub_batch(b, M_, S_, [&](const SubBatch& sub) { run_sub(b, sub); });
   }
 
   void read_logits(float* dst) override {
@@ -149,17 +129,7 @@ class CudaBackend final : public Backend {
     if (kk > 256) {  // beyond the device kernel: sort on the host
       std::vector<float> all((size_t)n_out_total_ * V);
       read_logits(all.data());
-      std::vector<int32_t> idx((size_t)V);
-      for (int o = 0; o < n_out_total_; ++o) {
-        const float* lg = &all[(size_t)o * V];
-        auto key = [&](int32_t i) { return std::isnan(lg[i]) ? -INFINITY : lg[i]; };
-        for (int i = 0; i < V; ++i) idx[(size_t)i] = i;
-        std::partial_sort(idx.begin(), idx.begin() + kk, idx.end(), [&](int32_t a, int32_t bb) { return key(a) > key(bb) || (key(a) == key(bb) && a < bb); });
-        for (int j = 0; j < kk; ++j) {
-          ids[(size_t)o * kk + j] = idx[(size_t)j];
-          vals[(size_t)o * kk + j] = lg[idx[(size_t)j]];
-        }
-      }
+      host_top_k(all.data(), n_out_total_, V, kk, ids, vals);
       return;
     }
     for (const OutChunk& oc : out_chunks_) {
@@ -188,10 +158,6 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  struct Sub {
-    std::vector<Segment> segs;  // token ranges in the ForwardBatch
-    std::vector<int> table_rows;
-  };
   struct OutChunk {
     int first, n;
     float* logits;
@@ -528,7 +494,7 @@ class CudaBackend final : public Backend {
     return l;
   }
 
-  void run_sub(const ForwardBatch& b, const Sub& sub) {
+  void run_sub(const ForwardBatch& b, const SubBatch& sub) {
     const int S = (int)sub.segs.size();
     int T = 0;
     for (auto& sg : sub.segs) T += sg.count;
@@ -761,9 +727,9 @@ class CudaBackend final : public Backend {
   std::map<int64_t, Graph> graphs_;
   std::set<int64_t> graph_failed_;
   uint64_t graph_clock_ = 0;
-  // RMSNorm fused into the GEMV for steps of up to this many tokens (LLAMA2_FUSED_NORM=0..8; default 0, off:
+  // RMSNorm fused into the GEMV for steps of up to this many tokens (LLAMA2_FUSED_NORM=0..4; default 0, off:
   // not yet measured on a GPU; its register use grows with T, so 1 is the candidate).
-  const int fused_norm_max_t_ = env_int("LLAMA2_FUSED_NORM", 0, k::kGemvMaxT, 0);
+  const int fused_norm_max_t_ = env_int("LLAMA2_FUSED_NORM", 0, k::kGemvNormMaxT, 0);
   // Steps of up to this many tokens use the CUDA-core GEMV, larger ones the tensor-core GEMM
   // (LLAMA2_GEMV_MAX_T=0..8 overrides, for end-to-end A/B runs).
   const int gemv_max_t_ = env_int("LLAMA2_GEMV_MAX_T", 0, k::kGemvMaxT, k::kGemvMaxT);
@@ -859,6 +825,7 @@ std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& c, LlamaWeights we
     cudaGetLastError();
     fail(e == cudaErrorInsufficientDriver ? code::kDriver : code::kDeviceUnavailable, why);
   }
+  if (o.dtype == "f32") return make_cuda_f32_backend(c, std::move(weights), o);
   return std::make_unique<CudaBackend>(c, std::move(weights), o);
 }
 
