@@ -40,14 +40,16 @@ __global__ void __launch_bounds__(128) kv_quantize_kernel(const half* __restrict
     float amax = 0.f;
 #pragma unroll
     for (int i = 0; i < G; ++i) amax = fmaxf(amax, fabsf(x[i]));
-    const float d = amax / 127.f;
-    const float id = d != 0.f ? 1.f / d : 0.f;
+    // Exactly native/common/q8.h's float operations: IEEE division and reciprocal by intrinsics, which stay
+    // exact under --use_fast_math (plain `/` would become an approximate divide there).
+    const float d = __fdiv_rn(amax, 127.f);
+    const float id = d != 0.f ? __frcp_rn(d) : 0.f;
     uint32_t packed[G / 4];
 #pragma unroll
     for (int i = 0; i < G / 4; ++i) {
       uint32_t w = 0;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) w |= ((uint32_t)(uint8_t)(int8_t)roundf(x[4 * i + j] * id)) << (8 * j);
+      for (int j = 0; j < 4; ++j) w |= ((uint32_t)(uint8_t)(int8_t)roundf(__fmul_rn(x[4 * i + j], id))) << (8 * j);
       packed[i] = w;
     }
     const size_t row = kv_cache_row(slot / kKvBlock, slot % kKvBlock, n_kv_heads, kvh);

@@ -16,8 +16,6 @@ NVCC="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 ARCHS="${ARCHS:-80 86 89 90}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 OUT="build/kernel_tests"
-OBJ="build/kernel_tests_obj/$(echo "$ARCHS" | tr ' ' '_')"
-mkdir -p "$OBJ"
 
 GENCODE=()
 last=""
@@ -27,8 +25,12 @@ for a in $ARCHS; do
 done
 GENCODE+=("-gencode" "arch=compute_${last},code=compute_${last}")  # PTX for newer GPUs
 
-FLAGS=(-O3 -std=c++17 -lineinfo -Ikernels -Xptxas -warn-spills --expt-relaxed-constexpr -Xcompiler -pthread)
+# --use_fast_math as the addon compiles kernels/ (CMakeLists.txt): the tests check what ships.
+FLAGS=(-O3 -std=c++17 -lineinfo --use_fast_math -Ikernels -Xptxas -warn-spills --expt-relaxed-constexpr -Xcompiler -pthread)
 if [[ "${VERBOSE:-0}" == "1" ]]; then FLAGS+=(-Xptxas -v); fi
+# Objects per architecture list and compiler flags (a flag change rebuilds everything).
+OBJ="build/kernel_tests_obj/$(echo "$ARCHS" | tr ' ' '_')_$(echo "${FLAGS[*]}" | md5sum | cut -c1-8)"
+mkdir -p "$OBJ"
 
 SRCS=()
 if [[ -n "${KERNELS:-}" ]]; then

@@ -391,7 +391,7 @@ Q8Image quantize_host(const std::vector<half>& stage, int ld, const std::vector<
 }
 
 // Exact comparison: the kernel performs the host rule's float operations one for one (amax with fmaxf,
-// d = amax / 127.f, id = 1.f / d with IEEE division (no --use_fast_math in the build), roundf(x * id), which
+// d = amax / 127.f, id = 1.f / d by IEEE intrinsics (exact under --use_fast_math too), roundf(x * id), which
 // rounds halves away from zero as std::lround does, and __float2half_rn(d) = f32_to_fp16(d), both RNE
 // including subnormals), so there is no legitimate source of a one-step difference: |dq| must be 0.
 bool compare_q8(Context& ctx, const std::string& name, const Q8Image& want, const std::vector<int8_t>& kq, const std::vector<int8_t>& vq,

@@ -557,25 +557,33 @@ class CudaBackend final : public Backend {
       return it->second.exec;
     }
     if (graph_failed_.count(key)) return nullptr;
+    // Any failure (begin, an exception inside work(), end, instantiate) leaves capture mode, marks the
+    // shape and runs it eagerly; a real device error then surfaces from the eager run.
     cudaGraph_t g = nullptr;
-    CK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    try {
-      work();
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &g);  // leave capture mode whatever happened
-      if (g) cudaGraphDestroy(g);
-      cudaGetLastError();
-      throw;
-    }
     cudaGraphExec_t exec = nullptr;
-    cudaError_t e = cudaStreamEndCapture(stream_, &g);
+    std::string why;
+    cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+    if (e == cudaSuccess) {
+      try {
+        work();
+      } catch (const std::exception& ex) {
+        why = ex.what();
+      } catch (...) {
+        why = "an exception";
+      }
+      const cudaError_t end = cudaStreamEndCapture(stream_, &g);  // leave capture mode whatever happened
+      e = why.empty() ? end : cudaErrorStreamCaptureInvalidated;
+    }
     if (e == cudaSuccess) e = cudaGraphInstantiate(&exec, g, 0);
     if (g) cudaGraphDestroy(g);
     if (e != cudaSuccess) {
       cudaGetLastError();
       graph_failed_.insert(key);
-      std::fprintf(stderr, "llama2-native: CUDA graph capture of a %d-token decode step failed (%s); it runs without a graph\n", T,
-                   cudaGetErrorString(e));
+      if (!graph_warned_) {  // once per backend: a driver that cannot capture would otherwise print per shape
+        graph_warned_ = true;
+        std::fprintf(stderr, "llama2-native: CUDA graph capture of a %d-token decode step failed (%s); such steps run without a graph (not reported again)\n",
+                     T, why.empty() ? cudaGetErrorString(e) : why.c_str());
+      }
       return nullptr;
     }
     if (graphs_.size() >= kMaxGraphs) {
@@ -726,6 +734,7 @@ class CudaBackend final : public Backend {
   };
   std::map<int64_t, Graph> graphs_;
   std::set<int64_t> graph_failed_;
+  bool graph_warned_ = false;
   uint64_t graph_clock_ = 0;
   // RMSNorm fused into the GEMV for steps of up to this many tokens (LLAMA2_FUSED_NORM=0..4; default 0, off:
   // not yet measured on a GPU; its register use grows with T, so 1 is the candidate).
