@@ -10,8 +10,9 @@ import ts from "typescript";
 import { afterAll, describe, expect, it } from "vitest";
 import { codeFor, collectReport, formatReport, parseArchitectures } from "../lib/cli/commands/doctor.js";
 import { Llama2Error } from "../lib/errors.js";
-import { parseNvidiaVersionFile, selectAddon, type NativeAddon, type NvidiaDriver } from "../lib/native.js";
-import { projectRoot } from "./helpers/shared.js";
+import { native as nativeAddon, parseNvidiaVersionFile, selectAddon, type NativeAddon, type NvidiaDriver } from "../lib/native.js";
+import type { CheckResult } from "../lib/self-check.js";
+import { hasShared, projectRoot, sharedPath } from "./helpers/shared.js";
 import { runCli } from "./helpers/cli.js";
 
 const platformDir = `${process.platform}-${process.arch}`;
@@ -195,6 +196,35 @@ describe("llama2 doctor", () => {
     expect(plain.text).toMatch(/^Verdict: (OK|WARN): /m);
     expect((await run(["--help"])).text).toMatch(/doctor\s+check the installation/);
   });
+
+  it("`doctor --check` computes on every path and compares with the host fp32 reference (GPU paths skip without a GPU)", async () => {
+    const saved = process.env.LLAMA2_HOME;
+    process.env.LLAMA2_HOME = path.join(os.tmpdir(), "llama2-native-test-home"); // the demo model, shared with other tests
+    try {
+      const { code, stdout } = await runCli(["doctor", "--check", "--json"]);
+      const r = JSON.parse(stdout) as { checks: CheckResult[] };
+      const by = new Map(r.checks.map((c) => [c.name, c]));
+      // The CPU's SIMD kernels vs the sequential reference on the same fp16 weights: rounding only (measured 9e-7).
+      expect(by.get("cpu")).toMatchObject({ status: "pass", steps: 13, argmaxAgree: 13 });
+      expect(by.get("cpu")!.worstRelError!).toBeLessThan(1e-5);
+      // int8: the quantization's error, reported without a bound (measured 8.8e-3 on the demo model).
+      expect(by.get("cpu int8")).toMatchObject({ status: "info", steps: 13 });
+      expect(by.get("cpu int8")!.worstRelError!).toBeGreaterThan(1e-4);
+      const gpu = nativeAddon().buildInfo().cudaAvailable;
+      for (const name of ["cuda f32", "cuda f16"]) expect(by.get(name)?.status).toBe(gpu ? "pass" : "skip");
+      expect(code).toBe(0);
+      if (hasShared("models/stories260K.bin")) {
+        // A model without a tokenizer (token-id prompt), in the plain report.
+        const plain = await runCli(["doctor", "--check", "--model", sharedPath("models/stories260K.bin")]);
+        expect(plain.stdout).toMatch(/^ {2}cpu +PASS +worst rel\. error/m);
+        expect(plain.code).toBe(0);
+      }
+      await expect(runCli(["doctor", "--model", "x"])).resolves.toMatchObject({ code: 2, stderr: expect.stringContaining("--model: only with --check") });
+    } finally {
+      if (saved === undefined) delete process.env.LLAMA2_HOME;
+      else process.env.LLAMA2_HOME = saved;
+    }
+  }, 120_000);
 });
 
 describe("public types", () => {

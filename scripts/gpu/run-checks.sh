@@ -14,6 +14,8 @@ if has info; then
   phase info
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   node -e 'const a=require("node-gyp-build")(process.cwd()); console.log(a.buildInfo(), a.cudaDevices(), "copy GB/s", a.cudaCopyBandwidth(0).toFixed(0))'
+  phase "llama2 doctor --check (every path vs the host fp32 reference, demo model)"
+  LLAMA2_HOME=/tmp/l2home node dist/cli/main.js doctor --check 2>&1 | tee "$OUT/doctor-check.log"
 fi
 if has small; then
   phase "validate small models"

@@ -1,12 +1,15 @@
 // `llama2 doctor`: what this installation runs on and whether the GPU path works: Node and OS, the
 // addon binary chosen (and why), CUDA compiled in (version, architectures), NVIDIA driver and
 // whether it is new enough for the binary, GPUs and whether the binary has code for them, CPU SIMD,
-// and a verdict with advice. Exit code 1 only when the addon does not load.
+// and a verdict with advice. Exit code 1 only when the addon does not load. With --check it also computes:
+// lib/self-check.ts (CPU and GPU paths against a simple fp32 reference), exit code 1 when a check fails.
 import { readdirSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
+import { selfCheck, type CheckResult } from "../../self-check.js";
+import { ensureDemoModel } from "../../synth/demo.js";
 import {
   detectNvidiaDriver,
   native,
@@ -297,18 +300,43 @@ export function formatReport(r: DoctorReport): string {
   return lines.join("\n") + "\n";
 }
 
+function formatChecks(checks: CheckResult[]): string {
+  const lines = ["", "Checks (logits step by step against the host fp32 reference):"];
+  const width = Math.max(...checks.map((c) => c.name.length)) + 2;
+  for (const c of checks) {
+    const figures =
+      c.worstRelError !== undefined
+        ? `worst rel. error ${c.worstRelError.toExponential(2)}${c.bound !== undefined ? ` (bound ${c.bound.toExponential(0)})` : " (quantization)"}, argmax ${c.argmaxAgree}/${c.steps}`
+        : "";
+    lines.push(`  ${c.name.padEnd(width)}${c.status.toUpperCase().padEnd(6)}${[figures, c.detail].filter(Boolean).join("; ")}`);
+  }
+  return lines.join("\n") + "\n";
+}
+
 const command: Command = {
   name: "doctor",
-  summary: "check the installation: binary chosen, CUDA, driver, GPUs, CPU; with advice",
-  usage: "Usage: llama2 doctor [--json]",
+  summary: "check the installation: binary chosen, CUDA, driver, GPUs, CPU; with advice (--check: compute and compare)",
+  usage: "Usage: llama2 doctor [--json] [--check [--model PATH] [--device-index N]]",
   flags: {
     json: { type: "boolean", description: "print the report as JSON" },
+    check: {
+      type: "boolean",
+      description: "also run a model (the built-in demo model unless --model) on the CPU and every GPU path and compare their logits with a simple fp32 reference",
+    },
+    model: { type: "string", description: "--check: the model to run (default: the built-in demo model)" },
+    "device-index": { type: "int", description: "--check: which GPU", default: 0 },
   },
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument");
+    if (!flags.check && (flags.model !== undefined || flags.deviceIndex !== 0)) throw new InvalidArgumentError(flags.model !== undefined ? "--model" : "--device-index", "only with --check");
     const report = collectReport();
-    io.stdout.write(flags.json ? JSON.stringify(report, null, 2) + "\n" : formatReport(report));
-    return report.addon.loaded ? 0 : 1;
+    let checks: CheckResult[] | undefined;
+    if (flags.check && report.addon.loaded) {
+      const modelPath = (flags.model as string | undefined) ?? (await ensureDemoModel());
+      checks = await selfCheck({ modelPath, deviceIndex: flags.deviceIndex as number, log: (l) => io.stderr.write(`${l}\n`) });
+    }
+    io.stdout.write(flags.json ? JSON.stringify(checks ? { ...report, checks } : report, null, 2) + "\n" : formatReport(report) + (checks ? formatChecks(checks) : ""));
+    return report.addon.loaded && !checks?.some((c) => c.status === "fail") ? 0 : 1;
   },
 };
 
