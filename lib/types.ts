@@ -1,7 +1,11 @@
 // Public types of the llama2-native API. Implementation lives in llama2.ts / session.ts.
 
 export type Device = "cpu" | "cuda" | "auto";
-/** Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files). */
+/**
+ * Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files). On CUDA, "f32"
+ * is the reference-precision path (fp32 weights, activations and KV cache, llama2.c's order of
+ * operations; slow, for small models and checks); "bf16" is CPU-only.
+ */
 export type WeightDtype = "auto" | "f32" | "f16" | "bf16" | "int8";
 /**
  * KV cache precision. "auto": the backend's own (CPU fp32, CUDA fp16). "int8": each token's K and V
