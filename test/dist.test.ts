@@ -209,9 +209,11 @@ describe("llama2 doctor", () => {
       expect(by.get("cpu")!.worstRelError!).toBeLessThan(1e-5);
       // int8: the quantization's error, reported without a bound (measured 8.8e-3 on the demo model).
       expect(by.get("cpu int8")).toMatchObject({ status: "info", steps: 13 });
+      expect(by.get("cpu kv int8")).toMatchObject({ status: "info", steps: 13 });
       expect(by.get("cpu int8")!.worstRelError!).toBeGreaterThan(1e-4);
       const gpu = nativeAddon().buildInfo().cudaAvailable;
       for (const name of ["cuda f32", "cuda f16"]) expect(by.get(name)?.status).toBe(gpu ? "pass" : "skip");
+      if (!gpu) for (const name of ["cuda int8", "cuda kv int8"]) expect(by.get(name)?.status).toBe("skip");
       expect(code).toBe(0);
       if (hasShared("models/stories260K.bin")) {
         // A model without a tokenizer (token-id prompt), in the plain report.

@@ -301,7 +301,7 @@ export function formatReport(r: DoctorReport): string {
 }
 
 function formatChecks(checks: CheckResult[]): string {
-  const lines = ["", "Checks (logits step by step against the host fp32 reference):"];
+  const lines = ["", "Checks (logits step by step against the host fp32 reference; cuda int8 / kv int8 against the CPU's):"];
   const width = Math.max(...checks.map((c) => c.name.length)) + 2;
   for (const c of checks) {
     const figures =
@@ -323,7 +323,7 @@ const command: Command = {
       type: "boolean",
       description: "also run a model (the built-in demo model unless --model) on the CPU and every GPU path and compare their logits with a simple fp32 reference",
     },
-    model: { type: "string", description: "--check: the model to run (default: the built-in demo model)" },
+    model: { type: "string", description: "--check: the model to run (default: the built-in demo model; small models: the reference runs on the host)" },
     "device-index": { type: "int", description: "--check: which GPU", default: 0 },
   },
   async run(flags, positionals, io) {
