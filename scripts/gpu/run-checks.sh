@@ -33,7 +33,7 @@ if has kv8 && [ -f .device/kernel_tests.xz ]; then
   grep -E "FAIL|failed|passed|ratio" "$OUT/kernel-kv-int8.log" | head -30
 fi
 BIG=/tmp/7b-f16.gguf
-if has big || has bench || has mma || has kv8bench || has gemvab; then
+if has big || has bench || has mma || has kv8bench || has gemvab || has serve; then
   phase "make 7B synthetic"
   [ -f $BIG ] || node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet
 fi
@@ -68,6 +68,12 @@ if has bench; then
     node dist/cli/main.js bench --model $BIG --device cuda --dtype $dt --preset llama2-7b --prompt ${PROMPTS:-128,512} --gen ${GEN:-128} \
       --batch ${BATCHES:-1} --reps ${REPS:-2} ${BENCH_FLAGS:---skip-cold} --out "$OUT/bench-7b-$dt.json" 2>&1 | grep -v "^\[bench\]"
   done
+fi
+if has serve; then
+  # Issue 6's load test on the GPU: 64 concurrent streaming chat clients against the chatbot job.
+  phase "serving load: 64 streaming clients, 128 tokens each, 7B f16"
+  timeout 300 node scripts/gpu/serve-load.mjs --model $BIG --device cuda --dtype f16 --clients 64 --max-tokens 128 --rounds 2 --context 1024 \
+    --out "$OUT/serve-7b-f16.json" 2>&1 | tail -8
 fi
 if has kv8bench; then
   # The int8 KV cache: batched decode (bytes per step shrink with context) and memory at 4096 context.
