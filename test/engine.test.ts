@@ -12,21 +12,7 @@ import { llama2Template } from "../lib/chat-template.js";
 import { Llama2 } from "../lib/llama2.js";
 import type { ChatMessage } from "../lib/types.js";
 import { argmax, commonPrefix, lastLogits, relErr, topK } from "./helpers/logits.js";
-import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
-
-interface StoriesCase {
-  prompt: number[];
-  generated: number[];
-  first_logits: number[];
-  last_logits: number[];
-}
-interface TinyCase {
-  text: string;
-  prompt: number[];
-  generated: number[];
-  last_logits: number[];
-  first_position_logits_top: [number, number][];
-}
+import { describeShared, readSharedJson, sharedPath, type StoriesCase, type TinyCase } from "./helpers/shared.js";
 
 const STORIES = "models/stories260K.bin";
 const STORIES_FX = "fixtures/stories260K-greedy.json";

@@ -9,19 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { planCudaMemory } from "../lib/cuda-plan.js";
 import { Llama2 } from "../lib/llama2.js";
 import { argmax, lastLogits, relErr } from "./helpers/logits.js";
-import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
-
-interface StoriesCase {
-  prompt: number[];
-  generated: number[];
-  first_logits: number[];
-  last_logits: number[];
-}
-interface TinyCase {
-  prompt: number[];
-  generated: number[];
-  last_logits: number[];
-}
+import { describeShared, readSharedJson, sharedPath, type StoriesCase, type TinyCase } from "./helpers/shared.js";
 
 const STORIES = "models/stories260K.bin";
 const STORIES_FX = "fixtures/stories260K-greedy.json";

@@ -10,7 +10,7 @@ import { f16ToF32 } from "../lib/synth/half.js";
 import type { LoadOptions } from "../lib/types.js";
 import { Scratch, encodeSafetensors, readSafetensors } from "./helpers/corrupt.js";
 import { lastLogits, relErr } from "./helpers/logits.js";
-import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
+import { describeShared, readSharedJson, sharedPath, type TinyCase } from "./helpers/shared.js";
 
 const STORIES = "models/stories260K.bin";
 const TINY_HF = "models/tiny-llama-hf";
@@ -22,12 +22,6 @@ const TINY_FX = "fixtures/tiny-llama-hf-reference.json";
 const Q8_BOUND = 3e-2;
 /** bf16 weights (8-bit mantissa) vs the fp16 file: measured 4.6e-3 .. 6.6e-3. */
 const BF16_BOUND = 2e-2;
-
-interface TinyCase {
-  prompt: number[];
-  generated: number[];
-  last_logits: number[];
-}
 
 const tiny = { dim: 64, nLayers: 2, nHeads: 8, nKvHeads: 4, headDim: 8, ffnDim: 172, vocabSize: 32000, ropeTheta: 10000, trainedContextLength: 512, tiedEmbeddings: false };
 

@@ -45,3 +45,20 @@ export function describeShared(name: string, rels: string[], fn: () => void): vo
   describe.skip(`${name} [skipped: ${reason}]`, fn);
 }
 
+
+/** A case of fixtures/stories260K-greedy.json (llama2.c's greedy ids and logits). */
+export interface StoriesCase {
+  prompt: number[];
+  generated: number[];
+  first_logits: number[];
+  last_logits: number[];
+}
+
+/** A case of fixtures/tiny-llama-hf-reference.json (transformers' greedy ids and logits). */
+export interface TinyCase {
+  text: string;
+  prompt: number[];
+  generated: number[];
+  last_logits: number[];
+  first_position_logits_top: [number, number][];
+}
