@@ -33,7 +33,8 @@ export interface SelfCheckOptions {
 
 const PROMPT = "llama2-native checks its arithmetic: the quick brown fox jumps over the lazy dog.";
 
-function relErr(a: Float32Array, b: Float32Array): number {
+/** max|a - b| / max|b| (Infinity when `a` holds a non-finite value). Also used by scripts/gpu/validate.mjs. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let d = 0;
   let m = 0;
   for (let i = 0; i < b.length; i++) {
@@ -44,14 +45,14 @@ function relErr(a: Float32Array, b: Float32Array): number {
   return m > 0 ? d / m : d;
 }
 
-function argmax(a: Float32Array): number {
+export function argmax(a: ArrayLike<number>): number {
   let k = 0;
   for (let i = 1; i < a.length; i++) if (a[i]! > a[k]!) k = i;
   return k;
 }
 
 /** Logits after the prompt and after each fed token, in one sequence. */
-async function trace(model: Llama2, prompt: number[], feed: number[]): Promise<Float32Array[]> {
+export async function trace(model: Llama2, prompt: number[], feed: number[]): Promise<Float32Array[]> {
   const nm = model._native();
   const seq = nm.createSequence();
   try {
@@ -66,12 +67,15 @@ async function trace(model: Llama2, prompt: number[], feed: number[]): Promise<F
   }
 }
 
-/** The host reference: the fp32 path emulated on the host (the switch is read while loading). */
-async function loadReference(path: string): Promise<Llama2> {
+/**
+ * The host reference: the fp32 path emulated on the host (LLAMA2_CUDA_F32_EMULATE, read while loading;
+ * restored after).
+ */
+export async function loadHostReference(path: string, opts: LoadOptions = {}): Promise<Llama2> {
   const before = process.env.LLAMA2_CUDA_F32_EMULATE;
   process.env.LLAMA2_CUDA_F32_EMULATE = "1";
   try {
-    return await Llama2.load(path, { device: "cuda", dtype: "f32", maxSequences: 1 });
+    return await Llama2.load(path, { maxSequences: 1, ...opts, device: "cuda", dtype: "f32" });
   } finally {
     if (before === undefined) delete process.env.LLAMA2_CUDA_F32_EMULATE;
     else process.env.LLAMA2_CUDA_F32_EMULATE = before;
@@ -82,7 +86,7 @@ export async function selfCheck(o: SelfCheckOptions): Promise<CheckResult[]> {
   const log = o.log ?? (() => {});
   const steps = o.steps ?? 12;
   const results: CheckResult[] = [];
-  const ref = await loadReference(o.modelPath);
+  const ref = await loadHostReference(o.modelPath);
   let prompt: number[];
   let feed: number[];
   let want: Float32Array[];

@@ -5,6 +5,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { Llama2, planCudaMemory } from "../../dist/index.js";
+import { argmax, loadHostReference, relErr, trace } from "../../dist/self-check.js";
 
 const args = process.argv.slice(2);
 const opt = (name) => {
@@ -19,37 +20,6 @@ function check(name, ok, detail) {
   results.push({ name, ok, ...detail });
   if (!ok) failed++;
   console.log(`${ok ? "PASS" : "FAIL"} ${name} ${JSON.stringify(detail)}`);
-}
-
-// max |a - b| / max |b|, and NaN anywhere fails.
-function relErr(a, b) {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (!Number.isFinite(a[i])) return Infinity;
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  return num / den;
-}
-const argmax = (x) => {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
-  return best;
-};
-
-// Teacher-forced logits for `prompt` then greedy steps driven by `drive` (ids to feed), on one model.
-async function trace(model, prompt, feed) {
-  const n = model._native();
-  const seq = n.createSequence();
-  const out = [];
-  let [lg] = await n.forward([{ seq, tokens: Int32Array.from(prompt), output: -1 }]);
-  out.push(lg);
-  for (const t of feed) {
-    [lg] = await n.forward([{ seq, tokens: Int32Array.from([t]), output: -1 }]);
-    out.push(lg);
-  }
-  n.freeSequence(seq);
-  return out;
 }
 
 async function compareBackends(label, file, opts, prompt, steps, tol) {
@@ -91,16 +61,22 @@ async function compareBackends(label, file, opts, prompt, steps, tol) {
 
 const skipSmall = args.includes("--skip-small");
 
+// A stories260K fixture case on `m`: how many greedy ids equal llama2.c's, the teacher-forced logits, and
+// the relative error of the first and last step's.
+async function againstStories(m, c) {
+  const r = await m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result;
+  let same = 0;
+  while (same < c.generated.length && r.tokenIds[same] === c.generated[same]) same++;
+  const logits = await trace(m, c.prompt, c.generated.slice(0, -1));
+  return { same, logits, e1: relErr(logits[0], c.first_logits), e2: relErr(logits[logits.length - 1], c.last_logits) };
+}
+
 // 1. stories260K against llama2.c's fixture.
 if (!skipSmall) {
   const fx = JSON.parse(readFileSync(path.join(shared, "fixtures/stories260K-greedy.json"), "utf8"));
   const m = await Llama2.load(path.join(shared, "models/stories260K.bin"), { device: "cuda" });
   for (const [i, c] of fx.cases.entries()) {
-    const r = await m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result;
-    let same = 0;
-    while (same < c.generated.length && r.tokenIds[same] === c.generated[same]) same++;
-    const logits = await trace(m, c.prompt, c.generated.slice(0, -1));
-    const e1 = relErr(logits[0], c.first_logits), e2 = relErr(logits[logits.length - 1], c.last_logits);
+    const { same, e1, e2 } = await againstStories(m, c);
     check(`stories260K case ${i}: greedy ids (>= 64 equal) and logits within 2e-2`, same >= Math.min(64, c.generated.length) && e1 <= 2e-2 && e2 <= 2e-2, { sameIds: same, of: c.generated.length, firstRel: e1, lastRel: e2 });
   }
   // Batched: all cases at once give the same ids as alone.
@@ -111,14 +87,6 @@ if (!skipSmall) {
 
 // 1b. The fp32 path (dtype 'f32'): every id of every case, logits within 2e-5 (the host emulation: 4e-6),
 // and the same bits as its host emulation (LLAMA2_CUDA_F32_EMULATE=1).
-async function loadEmulated(file, opts) {
-  process.env.LLAMA2_CUDA_F32_EMULATE = "1";
-  try {
-    return await Llama2.load(file, { device: "cuda", dtype: "f32", ...opts });
-  } finally {
-    delete process.env.LLAMA2_CUDA_F32_EMULATE;
-  }
-}
 function bitsDiffer(a, b) {
   let n = 0;
   for (let i = 0; i < b.length; i++) if (!Object.is(a[i], b[i])) n++;
@@ -128,14 +96,10 @@ if (!skipSmall) {
   const fx = JSON.parse(readFileSync(path.join(shared, "fixtures/stories260K-greedy.json"), "utf8"));
   const file = path.join(shared, "models/stories260K.bin");
   const m = await Llama2.load(file, { device: "cuda", dtype: "f32", maxSequences: 8 });
-  const emu = await loadEmulated(file, { maxSequences: 2 });
+  const emu = await loadHostReference(file, { maxSequences: 2 });
   check("fp32 path: info", m.info.dtype === "f32" && !m.info.deviceName.includes("emulation"), { deviceName: m.info.deviceName, dtype: m.info.dtype });
   for (const [i, c] of fx.cases.entries()) {
-    const r = await m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result;
-    let same = 0;
-    while (same < c.generated.length && r.tokenIds[same] === c.generated[same]) same++;
-    const logits = await trace(m, c.prompt, c.generated.slice(0, -1));
-    const e1 = relErr(logits[0], c.first_logits), e2 = relErr(logits[logits.length - 1], c.last_logits);
+    const { same, logits, e1, e2 } = await againstStories(m, c);
     check(`fp32 path stories260K case ${i}: every greedy id, logits within 2e-5`, same === c.generated.length && e1 <= 2e-5 && e2 <= 2e-5, { sameIds: same, of: c.generated.length, firstRel: e1, lastRel: e2 });
     const ref = await trace(emu, c.prompt, c.generated.slice(0, 40));
     const mine = logits.slice(0, ref.length);
@@ -149,7 +113,7 @@ if (!skipSmall) {
   const tref = JSON.parse(readFileSync(path.join(shared, "fixtures/tiny-llama-hf-reference.json"), "utf8"));
   for (const rel of ["models/tiny-llama-hf", "models/tiny-llama-f16.gguf"]) {
     const g = await Llama2.load(path.join(shared, rel), { device: "cuda", dtype: "f32" });
-    const e = await loadEmulated(path.join(shared, rel), {});
+    const e = await loadHostReference(path.join(shared, rel), {});
     for (const [i, c] of tref.cases.entries()) {
       const r = await g.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result;
       const [lg] = await trace(g, c.prompt, []);
