@@ -40,20 +40,23 @@ async function expectError(fn: () => unknown, code: ErrorCode, ...mentions: stri
   return err;
 }
 
+// Thunks for expect(...).rejects / toThrow: loading on the CPU, and readModelInfo with typed errors.
+const load = (p: string, o: LoadOptions = {}) => () => Llama2.load(p, { device: "cpu", maxSequences: 1, ...o });
+const readInfo = (p: string, withTensors = false) => () => {
+  try {
+    return native().readModelInfo(p, withTensors);
+  } catch (err) {
+    throw fromNative(err);
+  }
+};
+const info = (p: string) => readInfo(p);
+
 describeShared("bad model files", [STORIES, TINY_HF, TINY_F16], () => {
   const scratch = new Scratch();
   afterAll(() => scratch.cleanup());
   const hf = sharedPath(TINY_HF);
   const gguf = sharedPath(TINY_F16);
   const stories = sharedPath(STORIES);
-  const load = (p: string, o: LoadOptions = {}) => () => Llama2.load(p, { device: "cpu", maxSequences: 1, ...o });
-  const info = (p: string) => () => {
-    try {
-      return native().readModelInfo(p);
-    } catch (err) {
-      throw fromNative(err);
-    }
-  };
 
   it("missing file or directory -> ERR_FILE_NOT_FOUND naming the path", async () => {
     const missing = path.join(scratch.dir, "nope.gguf");
@@ -258,14 +261,7 @@ describeShared("corrupt files found by the loader fuzz test", [STORIES, TINY_HF,
   const hf = sharedPath(TINY_HF);
   const gguf = sharedPath(TINY_F16);
   const stories = sharedPath(STORIES);
-  const load = (p: string) => () => Llama2.load(p, { device: "cpu", maxSequences: 1 });
-  const info = (p: string) => () => {
-    try {
-      return native().readModelInfo(p, true);
-    } catch (err) {
-      throw fromNative(err);
-    }
-  };
+  const info = (p: string) => readInfo(p, true);
   const st = () => readSafetensors(path.join(hf, "model.safetensors"));
   const q = "model.layers.0.self_attn.q_proj.weight";
 
