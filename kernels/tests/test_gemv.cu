@@ -126,39 +126,59 @@ Weights make_weights(Rng& rng, bool w8, int N, int n_valid, int K, int dim) {
   return m;
 }
 
+// The output [T][N] before a matrix kernel runs: the residual it adds to (add), else poison.
+std::vector<float> initial_out(Rng& rng, int T, int N, bool add) {
+  std::vector<float> pre((size_t)T * N);
+  for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
+  return pre;
+}
+
+k::Epilogue store_or_add(float* out, int N, bool add) {
+  k::Epilogue e;
+  e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
+  e.out = out;
+  e.ldo = N;
+  return e;
+}
+
+// Scores the output against pre + dot(t, n) (add) or dot(t, n): columns >= n_valid must be untouched,
+// and a stored value must have been written.
+template <class Dot>
+ErrStats score_out(const std::vector<float>& out, const std::vector<float>& pre, int T, int N, int n_valid, bool add, Dot dot) {
+  ErrStats st;
+  for (int t = 0; t < T; ++t)
+    for (int n = 0; n < N; ++n) {
+      const float o = out[(size_t)t * N + n];
+      if (n >= n_valid) {
+        if (fbits(o) != fbits(pre[(size_t)t * N + n])) ++st.clobbered;
+        continue;
+      }
+      if (!add && fbits(o) == kPoisonF) ++st.unwritten;
+      else st.add(o, (add ? pre[(size_t)t * N + n] : 0.0) + dot(t, n));
+    }
+  return st;
+}
+
 void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, int T, bool add, const char* tag = "") {
   Rng rng(ctx.next_seed());
   const Weights m = make_weights(rng, w8, N, n_valid, K, K);
   const std::vector<float>& wf = m.wf;
   std::vector<half> a((size_t)T * K);
   for (auto& v : a) v = f2h(rng.sym(1.f));
-  std::vector<float> pre((size_t)T * N);
-  for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
+  const std::vector<float> pre = initial_out(rng, T, N, add);
   DevBuf<half> da(a.size());
   DevBuf<float> dout(pre.size());
   da.upload(a);
   dout.upload(pre);
-  k::Epilogue e;
-  e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
-  e.out = dout.p;
-  e.ldo = N;
+  const k::Epilogue e = store_or_add(dout.p, N, add);
   if (!run(kern, w8, da.p, K, m.dev(w8), m.ds.p, K, T, N, n_valid, K, e, ctx.stream)) return;
   CK(cudaStreamSynchronize(ctx.stream));
   CK(cudaGetLastError());
-  std::vector<float> out = dout.download();
-  ErrStats st;
-  for (int t = 0; t < T; ++t)
-    for (int n = 0; n < N; ++n) {
-      const float o = out[(size_t)t * N + n];
-      if (n >= n_valid) {  // past n_valid: untouched
-        if (fbits(o) != fbits(pre[(size_t)t * N + n])) ++st.clobbered;
-        continue;
-      }
-      double ref = add ? pre[(size_t)t * N + n] : 0.0;
-      for (int kk = 0; kk < K; ++kk) ref += (double)wf[(size_t)n * K + kk] * h2f(a[(size_t)t * K + kk]);
-      if (!add && fbits(o) == kPoisonF) ++st.unwritten;
-      else st.add(o, ref);
-    }
+  ErrStats st = score_out(dout.download(), pre, T, N, n_valid, add, [&](int t, int n) {
+    double dot = 0;
+    for (int kk = 0; kk < K; ++kk) dot += (double)wf[(size_t)n * K + kk] * h2f(a[(size_t)t * K + kk]);
+    return dot;
+  });
   ctx.check(fmt("%s%s %s T%d N%d/%d K%d %s", kname(kern), tag, w8 ? "w8" : "f16", T, n_valid, N, K, add ? "add" : "store"), st.ok(2e-3), st.rel_l2(),
             st.max_norm(), st.detail());
 }
@@ -174,16 +194,12 @@ void check_norm_shape(Context& ctx, bool w8, int N, int n_valid, int K, int dim,
   for (int t = 0; t < T; ++t)
     for (int kk = 0; kk < dim; ++kk) x[(size_t)t * K + kk] = rng.sym(3.f) * (t + 1);  // rows of different scales
   for (auto& v : g) v = 0.5f + rng.uniform();
-  std::vector<float> pre((size_t)T * N);
-  for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
+  const std::vector<float> pre = initial_out(rng, T, N, add);
   DevBuf<float> dx(x.size()), dg(g.size()), dout(pre.size());
   dx.upload(x);
   dg.upload(g);
   dout.upload(pre);
-  k::Epilogue e;
-  e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
-  e.out = dout.p;
-  e.ldo = N;
+  const k::Epilogue e = store_or_add(dout.p, N, add);
   k::NormInput in;
   in.x = dx.p;
   in.ldx = K;
@@ -194,25 +210,17 @@ void check_norm_shape(Context& ctx, bool w8, int N, int n_valid, int K, int dim,
   else k::gemv_f16_norm(in, m.dw.p, K, T, N, n_valid, K, e, ctx.stream);
   CK(cudaStreamSynchronize(ctx.stream));
   CK(cudaGetLastError());
-  std::vector<float> out = dout.download();
-  ErrStats st;
+  std::vector<double> r((size_t)T);  // each row's 1 / rms
   for (int t = 0; t < T; ++t) {
     double ss = 0;
     for (int kk = 0; kk < dim; ++kk) ss += (double)x[(size_t)t * K + kk] * x[(size_t)t * K + kk];
-    const double r = 1.0 / std::sqrt(ss / dim + eps);
-    for (int n = 0; n < N; ++n) {
-      const float o = out[(size_t)t * N + n];
-      if (n >= n_valid) {
-        if (fbits(o) != fbits(pre[(size_t)t * N + n])) ++st.clobbered;
-        continue;
-      }
-      double dot = 0;
-      for (int kk = 0; kk < dim; ++kk) dot += (double)wf[(size_t)n * K + kk] * x[(size_t)t * K + kk] * g[(size_t)kk];
-      const double ref = (add ? pre[(size_t)t * N + n] : 0.0) + dot * r;
-      if (!add && fbits(o) == kPoisonF) ++st.unwritten;
-      else st.add(o, ref);
-    }
+    r[(size_t)t] = 1.0 / std::sqrt(ss / dim + eps);
   }
+  ErrStats st = score_out(dout.download(), pre, T, N, n_valid, add, [&](int t, int n) {
+    double dot = 0;
+    for (int kk = 0; kk < dim; ++kk) dot += (double)wf[(size_t)n * K + kk] * x[(size_t)t * K + kk] * g[(size_t)kk];
+    return dot * r[(size_t)t];
+  });
   ctx.check(fmt("gemv+norm %s T%d N%d/%d K%d dim%d %s", w8 ? "w8" : "f16", T, n_valid, N, K, dim, add ? "add" : "store"), st.ok(2e-3),
             st.rel_l2(), st.max_norm(), st.detail());
 }
