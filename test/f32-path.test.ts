@@ -51,6 +51,7 @@ describeShared("CUDA fp32 path (host emulation): stories260K vs llama2.c", [STOR
     expect(model.deviceMemoryBytes()).toBe(plan.totalBytes);
     expect(model.info.weightBytes).toBe(plan.weightBytes);
     expect(model.info.kvCacheBytes).toBe(plan.kvCacheBytes);
+    expect(Object.values(plan.buffers).reduce((a, b) => a + b, 0)).toBe(plan.bufferBytes);
     // 4 bytes per parameter, the classifier twice (rows for the embedding, transposed for the logits).
     const { dim, nLayers, ffnDim, vocabSize, nHeads, nKvHeads, headDim } = model.info.config;
     const layer = dim * (nHeads + 2 * nKvHeads) * headDim + nHeads * headDim * dim + 3 * dim * ffnDim + 2 * dim;

@@ -539,10 +539,15 @@ Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
       Napi::Object r = Napi::Object::New(env);
       r.Set("weightBytes", (double)p.weights);
       r.Set("kvCacheBytes", (double)p.kv_cache);
-      r.Set("bufferBytes", (double)p.buffers);
+      r.Set("bufferBytes", (double)p.buffers());
       r.Set("totalBytes", (double)p.total());
       r.Set("kvBlocks", n_blocks);
-      r.Set("buffers", Napi::Object::New(env));
+      Napi::Object b = Napi::Object::New(env);
+      const std::pair<const char*, uint64_t> parts[] = {{"residual", p.x}, {"normed", p.xb}, {"q", p.q},           {"attention", p.att},
+                                                        {"k", p.k},        {"v", p.v},       {"gate", p.h1},       {"up", p.h3},
+                                                        {"outputRows", p.xo}, {"logits", p.logits}, {"rope", p.rope}, {"stepInputs", p.inputs}};
+      for (auto& [k, v] : parts) b.Set(k, (double)v);
+      r.Set("buffers", b);
       return r;
     }
     l2::CudaPlan p = l2::plan_cuda(c, l2::cuda_matrix_kinds(c, int8), kv == "int8", ctx, n_blocks);

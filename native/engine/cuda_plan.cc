@@ -1,6 +1,7 @@
 #include "cuda_plan.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "backend.h"
 
@@ -9,6 +10,12 @@ namespace l2 {
 namespace {
 uint64_t round_up(uint64_t a, uint64_t b) { return (a + b - 1) / b * b; }
 }  // namespace
+
+std::string gib(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f GiB", (double)bytes / (1ull << 30));
+  return buf;
+}
 
 uint64_t cuda_matrix_bytes(int n, int k, bool int8) {
   const uint64_t npad = round_up((uint64_t)n, kCudaPadN), ldw = round_up((uint64_t)k, kCudaPadK);
@@ -86,10 +93,15 @@ F32Plan plan_f32(const ModelConfig& c, int ctx, int n_kv_blocks) {
   p.weights = 4 * (V * D * 2 + L * (D * (Q + 2 * KV) + Q * D + 3 * D * F + 2 * D) + D);
   p.kv_cache = 4 * L * 2 * (uint64_t)n_kv_blocks * kKvBlockSize * KV;
   const uint64_t M = (uint64_t)p.max_tokens, S = (uint64_t)p.max_segments;
-  // x, xb, q, att, k, v, gate, up per token; normed output rows and logits per sequence; the rotary
-  // table; the step inputs (tokens, positions, slots, segment of each token; outputs; block tables).
-  p.buffers = 4 * (M * (2 * D + 2 * Q + 2 * KV + 2 * F) + S * D + S * V + (uint64_t)ctx * c.head_dim) +
-              4 * (M * 4 + S + S * (uint64_t)p.max_blocks);
+  p.x = p.xb = 4 * M * D;
+  p.q = p.att = 4 * M * Q;
+  p.k = p.v = 4 * M * KV;
+  p.h1 = p.h3 = 4 * M * F;
+  p.xo = 4 * S * D;
+  p.logits = 4 * S * V;
+  p.rope = 4 * (uint64_t)ctx * c.head_dim;
+  // tokens, positions, slots, segment of each token; output rows; block tables
+  p.inputs = 4 * (M * 4 + S + S * (uint64_t)p.max_blocks);
   return p;
 }
 

@@ -51,10 +51,17 @@ CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_i
 // max_tokens tokens and max_segments sequences.
 struct F32Plan {
   int max_tokens = 512, max_segments = 256, max_blocks = 0;
-  uint64_t weights = 0, kv_cache = 0, buffers = 0;
-  uint64_t total() const { return weights + kv_cache + buffers; }
+  uint64_t weights = 0, kv_cache = 0;
+  // Bytes: residual, normed, q, attention out, k, v, gate, up [max_tokens rows]; normed output rows and
+  // logits [max_segments rows]; the rotary table; the step inputs (int32).
+  uint64_t x = 0, xb = 0, q = 0, att = 0, k = 0, v = 0, h1 = 0, h3 = 0, xo = 0, logits = 0, rope = 0, inputs = 0;
+  uint64_t buffers() const { return x + xb + q + att + k + v + h1 + h3 + xo + logits + rope + inputs; }
+  uint64_t total() const { return weights + kv_cache + buffers(); }
 };
 F32Plan plan_f32(const ModelConfig& c, int context_length, int n_kv_blocks);
+
+// "12.55 GiB": memory figures in the backends' messages.
+std::string gib(uint64_t bytes);
 
 // A device matrix's bytes: n x k padded, fp16 or int8 + scales.
 uint64_t cuda_matrix_bytes(int n, int k, bool int8);

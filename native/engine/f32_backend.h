@@ -14,7 +14,6 @@
 //   std::string name(); uint64_t total_bytes()
 #pragma once
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -44,24 +43,15 @@ class F32Backend final : public Backend {
                                    gib(plan_.kv_cache) + ") but " + dev_.name() + " has " + gib(dev_.free_bytes()) +
                                    " free: try dtype 'f16' or 'int8', a smaller contextLength or maxSequences, or device 'cpu'");
     upload_weights(w, o);
-    const int D = c_.dim, Q = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn_dim, V = c_.vocab_size, M = plan_.max_tokens, S = plan_.max_segments;
-    const uint64_t kv_layer = (uint64_t)n_blocks_ * kKvBlockSize * KV;
-    kv_ = falloc(kv_layer * 2 * c_.n_layers);
-    std::vector<float> rope = rope_table(c_, ctx_);
-    rope_ = falloc(rope.size());
-    dev_.upload(rope_, rope.data(), rope.size() * 4);
-    x_ = falloc((size_t)M * D);
-    xb_ = falloc((size_t)M * D);
-    q_ = falloc((size_t)M * Q);
-    att_ = falloc((size_t)M * Q);
-    k_ = falloc((size_t)M * KV);
-    v_ = falloc((size_t)M * KV);
-    h1_ = falloc((size_t)M * F);
-    h3_ = falloc((size_t)M * F);
-    xo_ = falloc((size_t)S * D);
-    logits_ = falloc((size_t)S * V);
-    in_host_.resize((size_t)M * 4 + S + (size_t)S * plan_.max_blocks);
-    in_dev_ = static_cast<int32_t*>(alloc(in_host_.size() * 4));
+    kv_ = falloc((uint64_t)n_blocks_ * kKvBlockSize * c_.kv_dim() * 2 * c_.n_layers);
+    const std::vector<float> rope = rope_table(c_, ctx_);
+    rope_ = static_cast<float*>(alloc(plan_.rope));
+    dev_.upload(rope_, rope.data(), plan_.rope);
+    for (auto [buf, bytes] : {std::pair{&x_, plan_.x}, {&xb_, plan_.xb}, {&q_, plan_.q}, {&att_, plan_.att}, {&k_, plan_.k}, {&v_, plan_.v},
+                              {&h1_, plan_.h1}, {&h3_, plan_.h3}, {&xo_, plan_.xo}, {&logits_, plan_.logits}})
+      *buf = static_cast<float*>(alloc(bytes));
+    in_host_.resize(plan_.inputs / 4);
+    in_dev_ = static_cast<int32_t*>(alloc(plan_.inputs));
     dev_.sync();
     if (o.progress) o.progress({"ready", plan_.weights, plan_.weights, total_tensors_, total_tensors_});
   }
@@ -111,12 +101,6 @@ class F32Backend final : public Backend {
   struct Layer {
     float *wq, *wk, *wv, *wo, *w1, *w2, *w3, *attn_norm, *ffn_norm;
   };
-
-  static std::string gib(uint64_t b) {
-    char buf[32];
-    snprintf(buf, sizeof buf, "%.2f GiB", (double)b / (1ull << 30));
-    return buf;
-  }
 
   void* alloc(uint64_t bytes) {
     void* p = dev_.alloc(bytes);

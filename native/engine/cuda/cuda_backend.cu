@@ -39,12 +39,6 @@ namespace {
 
 #define CK(x) check_cuda((x), #x, ": try dtype 'int8', kvCacheType 'int8', a smaller contextLength or maxSequences, or device 'cpu'")
 
-std::string gib(uint64_t b) {
-  char buf[32];
-  snprintf(buf, sizeof buf, "%.2f GiB", (double)b / (1ull << 30));
-  return buf;
-}
-
 // A tuning switch from the environment: an integer clamped to [lo, hi], `dflt` when unset or empty.
 int env_int(const char* name, int lo, int hi, int dflt) {
   const char* v = std::getenv(name);
