@@ -26,6 +26,7 @@
 #include <cstdint>
 
 #include "kernels.h"
+#include "launch.cuh"
 #include "mma.cuh"
 
 namespace l2::kernels {
@@ -156,7 +157,7 @@ __global__ void __launch_bounds__(kThreads, 2) attn_prefill_kernel(const __grid_
   constexpr int C = CF::C;
   constexpr int KD = D / 16;  // k16 steps over head_dim (S = Q K^T)
   constexpr int ND = D / 8;   // n8 tiles over head_dim (O)
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  L2_DYNAMIC_SMEM(smem_raw);
   half* smem = reinterpret_cast<half*>(smem_raw);
 
   const int s = blockIdx.z, h = blockIdx.y;
@@ -349,7 +350,7 @@ struct AttnLauncher {
       attr_set[dev].store(1, std::memory_order_release);
     }
     dim3 grid((max_seg_count + kBQ - 1) / kBQ, p.n_heads, p.n_segments);
-    attn_prefill_kernel<D, Q8><<<grid, kThreads, kSmem, stream>>>(p);
+    launch_plain(attn_prefill_kernel<D, Q8>, grid, kThreads, kSmem, stream, p);
   }
 };
 template <int D, bool Q8>

@@ -7,11 +7,16 @@ namespace l2::kernels {
 
 // 16-byte streaming load that bypasses L1 allocation (weights are read once per step).
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
+#ifdef L2_SIMT_EMU
+  if (reinterpret_cast<uintptr_t>(p) % 16) l2emu::fail("misaligned 16-byte load from %p", p);
+  return *reinterpret_cast<const uint4*>(p);
+#else
   uint4 v;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
+#endif
 }
 
 __device__ __forceinline__ uint4 ld_cached(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }

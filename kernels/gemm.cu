@@ -180,7 +180,7 @@ __device__ __forceinline__ void mma_tile(uint32_t sA, uint32_t sB, int wm, int w
 
 template <class CF>
 __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_constant__ GemmArgs g) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  L2_DYNAMIC_SMEM(smem);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wk = warp / (CF::WM * CF::WN);
   const int wmn = warp % (CF::WM * CF::WN);

@@ -6,7 +6,12 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <tuple>
+#include <type_traits>
 #include <utility>
+#ifdef L2_SIMT_EMU
+#include <functional>
+#endif
 
 namespace l2::kernels {
 
@@ -26,6 +31,29 @@ __device__ __forceinline__ void pdl_trigger() {
 bool pdl_enabled();
 void set_pdl(bool on);
 
+#ifdef L2_SIMT_EMU
+}  // namespace l2::kernels
+namespace l2emu {
+void launch_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& fn);
+}
+namespace l2::kernels {
+// Host emulation (kernels/emu): the grid runs on the host before this returns.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t, Args&&... args) {
+  std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  l2emu::launch_grid(grid, block, smem, [&] { std::apply(kernel, params); });
+}
+template <typename... Params, typename... Args>
+void launch_plain(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  launch(kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+}
+#else
+// A kernel launch without PDL (for kernels that do not call pdl_wait()).
+template <typename... Params, typename... Args>
+void launch_plain(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+}
+
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t cfg{};
@@ -42,5 +70,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaS
   }
   cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
+
+#endif
 
 }  // namespace l2::kernels

@@ -13,8 +13,31 @@
 
 #include <cstdint>
 
+// The kernel's dynamic shared memory as `unsigned char name[]`, 128-byte aligned.
+#ifdef L2_SIMT_EMU
+#define L2_DYNAMIC_SMEM(name) unsigned char* name = l2emu::dynamic_smem()
+#else
+#define L2_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
+
 namespace l2::kernels::mma {
 
+#ifdef L2_SIMT_EMU
+// Host emulation (kernels/emu/warp_ops.h): the same operations, by the PTX ISA's definitions.
+}  // namespace l2::kernels::mma
+#include "emu/warp_ops.h"
+namespace l2::kernels::mma {
+using l2emu::ops::cp_async_16;
+using l2emu::ops::cp_async_4;
+using l2emu::ops::cp_async_commit;
+using l2emu::ops::cp_async_wait;
+using l2emu::ops::ldsm_x2;
+using l2emu::ops::ldsm_x2_trans;
+using l2emu::ops::ldsm_x4;
+using l2emu::ops::ldsm_x4_trans;
+using l2emu::ops::mma_f16f32;
+using l2emu::ops::smem_u32;
+#else
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -73,15 +96,21 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+#endif
+
 // ---- small conversions ----
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   __half2 h = __floats2half2_rn(lo, hi);  // .x = lo (low 16 bits)
   return *reinterpret_cast<uint32_t*>(&h);
 }
 __device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx: exp2(-inf) = +0
+#ifdef L2_SIMT_EMU
+  return exp2f(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
 // ---- shared-memory swizzle for tiles of rows of C 16-byte chunks (C = 4, 8 or 16) ----

@@ -36,11 +36,11 @@ __global__ void fill_rand_i8_kernel(int8_t* p, size_t n, uint64_t seed) {
   }
 }
 void fill_rand_half(half* p, size_t n, uint64_t seed, float amp, cudaStream_t s) {
-  fill_rand_half_kernel<<<1024, 256, 0, s>>>(p, n, seed, amp);
+  l2::kernels::launch_plain(fill_rand_half_kernel, 1024, 256, 0, s, p, n, seed, amp);
   CK(cudaGetLastError());
 }
 void fill_rand_i8(int8_t* p, size_t n, uint64_t seed, cudaStream_t s) {
-  fill_rand_i8_kernel<<<1024, 256, 0, s>>>(p, n, seed);
+  l2::kernels::launch_plain(fill_rand_i8_kernel, 1024, 256, 0, s, p, n, seed);
   CK(cudaGetLastError());
 }
 

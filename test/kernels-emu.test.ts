@@ -1,0 +1,70 @@
+// The CUDA kernels' logic on the CPU: kernels/*.cu and their harness (kernels/tests) compiled as C++ for the
+// host SIMT emulator (kernels/emu: fibers per thread, warp collectives, ldmatrix / mma.sync / cp.async as
+// the PTX ISA defines them, guard pages around device buffers, poisoned shared memory). Every kernel check
+// of `kernel_tests --quick` runs against its CPU reference, in two thread orders; the emulator's self-test
+// shows it reports planted bugs (a missing barrier, a read before cp.async lands, an out-of-bounds read, a
+// full-mask shuffle with exited lanes, a misaligned vector load). Timing is not modelled: speed needs a GPU.
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+
+const root = join(fileURLToPath(new URL(".", import.meta.url)), "..");
+const headers = [process.env.CUDA_INC, process.env.CUDA_HOME && join(process.env.CUDA_HOME, "include"), "/usr/local/cuda/include", "/usr/include"].find(
+  (d) => d && existsSync(join(d, "cuda_fp16.h")),
+);
+const harness = join(root, "build/kernel_tests_emu");
+const selftest = join(root, "build/emu_selftest");
+
+function runHarness(order: string): { status: number | null; out: string } {
+  const r = spawnSync(harness, ["--quick"], { cwd: root, encoding: "utf8", env: { ...process.env, L2EMU_ORDER: order }, timeout: 600_000 });
+  return { status: r.status, out: `${r.stdout}${r.stderr}` };
+}
+
+function summary(out: string): { checks: number; failed: number } {
+  const m = /(\d+) checks, (\d+) failed/.exec(out);
+  return m ? { checks: Number(m[1]), failed: Number(m[2]) } : { checks: 0, failed: -1 };
+}
+
+describe.skipIf(!headers)(`CUDA kernels on the host SIMT emulator${headers ? "" : " (skipped: the CUDA headers, cuda_fp16.h, were not found)"}`, () => {
+  it("builds the emulated harness and self-test with g++ (no nvcc, no GPU)", () => {
+    execFileSync("bash", ["scripts/build-kernel-tests-emu.sh"], { cwd: root, stdio: "pipe", env: { ...process.env, CUDA_INC: headers } });
+    expect(existsSync(harness)).toBe(true);
+    expect(existsSync(selftest)).toBe(true);
+  }, 600_000);
+
+  for (const order of ["forward", "reverse"]) {
+    it(`every quick kernel check passes (threads in ${order} order)`, () => {
+      const { status, out } = runHarness(order);
+      const s = summary(out);
+      if (s.failed !== 0) console.error(out.split("\n").filter((l) => /FAIL|l2emu/.test(l)).join("\n"));
+      // Each family is there: GEMM, GEMV (incl. the tensor-core decode kernel), prefill attention, int8 KV.
+      for (const fam of ["gemm", "gemv", "attention_prefill", "kv_int8"]) expect(out).toContain(`=== ${fam} ===`);
+      expect(out).toContain("gemv_mma f16 T8");
+      expect(s.checks).toBeGreaterThan(250);
+      expect(s.failed).toBe(0);
+      expect(status).toBe(0);
+    }, 600_000);
+  }
+
+  describe("the emulator reports planted bugs", () => {
+    const cases: [string, string][] = [
+      ["race", "a shared value read without the barrier after its write (seen in reverse order)"],
+      ["early", "a cp.async destination read before its wait"],
+      ["exited", "a full-mask shuffle after half the warp exited"],
+      ["misaligned", "a misaligned 16-byte load"],
+      ["mma", "ldmatrix + mma.sync compute A . B^T (the positive control)"],
+    ];
+    for (const [c, what] of cases)
+      it(what, () => {
+        const r = spawnSync(selftest, [c], { encoding: "utf8" });
+        expect(r.status, `${r.stdout}${r.stderr}`).toBe(0);
+      });
+    it("an out-of-bounds read stops the run, naming the allocation, block and thread", () => {
+      const r = spawnSync(selftest, ["oob"], { encoding: "utf8" });
+      expect(r.status).toBe(3);
+      expect(r.stderr).toMatch(/invalid memory access .* past the end of allocation .* \(4096 bytes, offset 4352\), in block \(0,0,0\) thread \(0,0,0\)/);
+    });
+  });
+});
