@@ -40,8 +40,9 @@ namespace l2::kernels {
 // Host emulation (kernels/emu): the grid runs on the host before this returns.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t, Args&&... args) {
+  // The parameters are copied into the closure, which a stream capture keeps for graph replays.
   std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-  l2emu::launch_grid(grid, block, smem, [&] { std::apply(kernel, params); });
+  l2emu::launch_grid(grid, block, smem, [kernel, params] { std::apply(kernel, params); });
 }
 template <typename... Params, typename... Args>
 void launch_plain(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {

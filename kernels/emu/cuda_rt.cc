@@ -1,5 +1,7 @@
-// l2emu: the CUDA runtime API calls our kernels and their test harness make, on host memory. Streams and
-// events are recorded but everything runs synchronously (a launch returns when the grid has run).
+// l2emu: the CUDA runtime API calls our kernels, their test harness and the CUDA backend make, on host
+// memory. Everything runs synchronously (a launch returns when the grid has run), except under stream
+// capture: then launches, async copies and memsets are recorded, and a graph launch replays them (reading
+// host buffers when it runs, as a GPU's copy node does).
 // Device allocations sit between PROT_NONE guard pages (the end of a buffer is at most 255 bytes before
 // the page after it), so an out-of-bounds access faults; the fault handler names the kernel's block and
 // thread and the nearest allocation.
@@ -14,6 +16,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "simt.h"
 
@@ -30,6 +33,20 @@ std::mutex g_mu;
 cudaError_t g_sticky = cudaSuccess;
 std::string g_launch_error;
 size_t g_page = 0;
+size_t g_allocated = 0;
+constexpr size_t kEmuMemory = (size_t)8 << 30;  // the emulated device's memory (cudaMemGetInfo)
+
+// Stream capture: the recorded operations of the graph being captured.
+struct Graph {
+  std::vector<std::function<void()>> ops;
+};
+Graph* g_capture = nullptr;
+bool g_capture_failed = false;
+// Runs op now, or records it while a stream is being captured.
+void run_or_record(std::function<void()> op) {
+  if (g_capture) g_capture->ops.push_back(std::move(op));
+  else op();
+}
 
 int emu_cc() {
   const char* v = std::getenv("L2EMU_CC");
@@ -83,12 +100,14 @@ void install_handler() {
 // Launch entry used by kernels/launch.cuh in emulation builds.
 void launch_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& fn) {
   install_handler();
-  if (g_sticky != cudaSuccess) return;
-  if (!run_grid(grid, block, smem, fn)) {
-    g_launch_error = last_error();
-    std::fprintf(stderr, "l2emu: kernel failed: %s\n", g_launch_error.c_str());
-    g_sticky = cudaErrorLaunchFailure;
-  }
+  run_or_record([grid, block, smem, fn] {
+    if (g_sticky != cudaSuccess) return;
+    if (!run_grid(grid, block, smem, fn)) {
+      g_launch_error = last_error();
+      std::fprintf(stderr, "l2emu: kernel failed: %s\n", g_launch_error.c_str());
+      g_sticky = cudaErrorLaunchFailure;
+    }
+  });
 }
 
 }  // namespace l2emu
@@ -110,6 +129,7 @@ cudaError_t cudaMalloc(void** p, size_t size) {
   unsigned char* user = r + g_page + pages - body;
   std::memset(user, 0xa5, body);  // garbage, as cudaMalloc leaves it
   g_allocs[reinterpret_cast<uintptr_t>(user)] = {r, region_size, size};
+  g_allocated += size;
   *p = user;
   return cudaSuccess;
 }
@@ -120,16 +140,28 @@ cudaError_t cudaFree(void* p) {
   auto it = g_allocs.find(reinterpret_cast<uintptr_t>(p));
   if (it == g_allocs.end()) return cudaErrorInvalidValue;
   munmap(it->second.region, it->second.region_size);
+  g_allocated -= it->second.size;
   g_allocs.erase(it);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind) {
+  if (g_capture) {
+    g_capture_failed = true;
+    return cudaErrorStreamCaptureUnsupported;
+  }
   std::memmove(dst, src, n);
   return g_sticky;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
-  std::memmove(dst, src, n);
+  run_or_record([=] { std::memmove(dst, src, n); });
+  return g_sticky;
+}
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height, cudaMemcpyKind,
+                              cudaStream_t) {
+  run_or_record([=] {
+    for (size_t r = 0; r < height; ++r) std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+  });
   return g_sticky;
 }
 cudaError_t cudaMemset(void* p, int v, size_t n) {
@@ -137,7 +169,69 @@ cudaError_t cudaMemset(void* p, int v, size_t n) {
   return g_sticky;
 }
 cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
-  std::memset(p, v, n);
+  run_or_record([=] { std::memset(p, v, n); });
+  return g_sticky;
+}
+
+// Pinned host memory: plain host memory (no guard pages: the host writes it).
+cudaError_t cudaMallocHost(void** p, size_t n) {
+  *p = std::aligned_alloc(256, (n + 255) / 256 * 256);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaHostAlloc(void** p, size_t n, unsigned int) { return cudaMallocHost(p, n); }
+cudaError_t cudaFreeHost(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
+  *total_b = kEmuMemory;
+  *free_b = g_allocated < kEmuMemory ? kEmuMemory - g_allocated : 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+
+// Graphs: capture records the stream's operations; instantiate copies them; launch replays them in order.
+cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+  if (g_capture) return cudaErrorIllegalState;
+  g_capture = new Graph;
+  g_capture_failed = false;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t* out) {
+  if (!g_capture) return cudaErrorIllegalState;
+  Graph* gr = g_capture;
+  g_capture = nullptr;
+  if (g_capture_failed) {
+    delete gr;
+    *out = nullptr;
+    return cudaErrorStreamCaptureInvalidated;
+  }
+  *out = reinterpret_cast<cudaGraph_t>(gr);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t g, unsigned long long) {
+  if (!g) return cudaErrorInvalidValue;
+  *exec = reinterpret_cast<cudaGraphExec_t>(new Graph(*reinterpret_cast<Graph*>(g)));
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) {
+  delete reinterpret_cast<Graph*>(g);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
+  delete reinterpret_cast<Graph*>(e);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
+  if (g_capture) return cudaErrorStreamCaptureUnsupported;
+  for (auto& op : reinterpret_cast<Graph*>(e)->ops) op();
   return g_sticky;
 }
 
@@ -154,7 +248,13 @@ const char* cudaGetErrorString(cudaError_t e) {
 const char* cudaGetErrorName(cudaError_t e) { return e == cudaSuccess ? "cudaSuccess" : "cudaErrorLaunchFailure"; }
 
 cudaError_t cudaDeviceSynchronize() { return g_sticky; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return g_sticky; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  if (g_capture) {
+    g_capture_failed = true;
+    return cudaErrorStreamCaptureUnsupported;
+  }
+  return g_sticky;
+}
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
   *s = reinterpret_cast<cudaStream_t>(new int(0));
   return cudaSuccess;
@@ -221,9 +321,11 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
-  *reinterpret_cast<double*>(e) = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  run_or_record([e] { *reinterpret_cast<double*>(e) = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count(); });
   return g_sticky;
 }
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
 cudaError_t cudaEventSynchronize(cudaEvent_t) { return g_sticky; }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
   *ms = (float)(*reinterpret_cast<double*>(b) - *reinterpret_cast<double*>(a));

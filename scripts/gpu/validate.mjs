@@ -68,20 +68,23 @@ async function againstStories(m, c) {
   let same = 0;
   while (same < c.generated.length && r.tokenIds[same] === c.generated[same]) same++;
   const logits = await trace(m, c.prompt, c.generated.slice(0, -1));
-  return { same, logits, e1: relErr(logits[0], c.first_logits), e2: relErr(logits[logits.length - 1], c.last_logits) };
+  return { same, ids: r.tokenIds, logits, e1: relErr(logits[0], c.first_logits), e2: relErr(logits[logits.length - 1], c.last_logits) };
 }
 
 // 1. stories260K against llama2.c's fixture.
 if (!skipSmall) {
   const fx = JSON.parse(readFileSync(path.join(shared, "fixtures/stories260K-greedy.json"), "utf8"));
   const m = await Llama2.load(path.join(shared, "models/stories260K.bin"), { device: "cuda" });
+  const alone = [];
   for (const [i, c] of fx.cases.entries()) {
-    const { same, e1, e2 } = await againstStories(m, c);
+    const { same, ids, e1, e2 } = await againstStories(m, c);
+    alone.push(ids);
     check(`stories260K case ${i}: greedy ids (>= 64 equal) and logits within 2e-2`, same >= Math.min(64, c.generated.length) && e1 <= 2e-2 && e2 <= 2e-2, { sameIds: same, of: c.generated.length, firstRel: e1, lastRel: e2 });
   }
-  // Batched: all cases at once give the same ids as alone.
+  // Batched: all cases at once give the same ids as each alone (not the fixture's: fp16 leaves llama2.c's
+  // near-ties of cases 1 and 3 at tokens 37 and 51).
   const rs = await Promise.all(fx.cases.map((c) => m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result));
-  check("stories260K batched equals fixture", rs.every((r, i) => r.tokenIds.join() === fx.cases[i].generated.join()), {});
+  check("stories260K batched equals alone", rs.every((r, i) => r.tokenIds.join() === alone[i].join()), {});
   await m.dispose();
 }
 
@@ -97,7 +100,8 @@ if (!skipSmall) {
   const file = path.join(shared, "models/stories260K.bin");
   const m = await Llama2.load(file, { device: "cuda", dtype: "f32", maxSequences: 8 });
   const emu = await loadHostReference(file, { maxSequences: 2 });
-  check("fp32 path: info", m.info.dtype === "f32" && !m.info.deviceName.includes("emulation"), { deviceName: m.info.deviceName, dtype: m.info.dtype });
+  // The CUDA kernels, not the host policy of LLAMA2_CUDA_F32_EMULATE (named "host emulation of the CUDA fp32 path").
+  check("fp32 path: info", m.info.dtype === "f32" && !m.info.deviceName.includes("host emulation of"), { deviceName: m.info.deviceName, dtype: m.info.dtype });
   for (const [i, c] of fx.cases.entries()) {
     const { same, logits, e1, e2 } = await againstStories(m, c);
     check(`fp32 path stories260K case ${i}: every greedy id, logits within 2e-5`, same === c.generated.length && e1 <= 2e-5 && e2 <= 2e-5, { sameIds: same, of: c.generated.length, firstRel: e1, lastRel: e2 });

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../../../kernels/launch.cuh"
 #include "../f32_backend.h"
 #include "cuda_util.cuh"
 
@@ -60,7 +61,7 @@ class CudaDev {
   void run(int64_t n, const F& f) {
     if (n <= 0) return;
     const int64_t blocks = std::min<int64_t>((n + 127) / 128, (int64_t)props_.multiProcessorCount * 64);
-    each_kernel<<<(unsigned)blocks, 128, 0, stream_>>>(f, n);
+    kernels::launch_plain(each_kernel<F>, (unsigned)blocks, 128, 0, stream_, f, n);
     CKF(cudaGetLastError());
   }
   void sync() { CKF(cudaStreamSynchronize(stream_)); }

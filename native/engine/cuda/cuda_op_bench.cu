@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../../../kernels/kernels.h"
+#include "../../../kernels/launch.cuh"
 #include "../../common/error.h"
 #include "../backend.h"
 #include "../op_bench.h"
@@ -92,7 +93,7 @@ class CudaOpBench final : public OpBench {
   }
 
  private:
-  void grid_fill(half* p, size_t n, float scale, uint32_t seed) { fill_half<<<1024, 256, 0, stream_>>>(p, n, scale, seed); }
+  void grid_fill(half* p, size_t n, float scale, uint32_t seed) { k::launch_plain(fill_half, 1024, 256, 0, stream_, p, n, scale, seed); }
 
   void setup_matvec(const std::string& gpu) {
     int8_ = s_.dtype == "int8";
@@ -102,7 +103,7 @@ class CudaOpBench final : public OpBench {
     if (int8_) {
       q_ = arena_.alloc<int8_t>(wn);
       scales_ = arena_.alloc<half>(wn / 32);
-      fill_int8<<<1024, 256, 0, stream_>>>(q_, wn, 3);
+      k::launch_plain(fill_int8, 1024, 256, 0, stream_, q_, wn, 3);
       grid_fill(scales_, wn / 32, 0.0002f, 5);
     } else {
       w_ = arena_.alloc<half>(wn);
