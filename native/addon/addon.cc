@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <initializer_list>
 #include <memory>
 #include <new>
 
@@ -507,6 +508,21 @@ Napi::Value CreateOpBench(const Napi::CallbackInfo& info) {
 
 // cudaMemoryPlan(config, { int8Weights, kvCacheType, contextLength, maxSequences }): the CUDA backend's
 // device buffers for a model shape (engine/cuda_plan.h), computed without a GPU.
+// A CUDA memory plan (CudaPlan or F32Plan) as the JS object planCudaMemory() returns; `buffers` itemizes it.
+template <class Plan>
+Napi::Object plan_object(Napi::Env env, const Plan& p, int n_blocks, std::initializer_list<std::pair<const char*, uint64_t>> buffers) {
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("weightBytes", (double)p.weights);
+  r.Set("kvCacheBytes", (double)p.kv_cache);
+  r.Set("bufferBytes", (double)p.buffers());
+  r.Set("totalBytes", (double)p.total());
+  r.Set("kvBlocks", n_blocks);
+  Napi::Object b = Napi::Object::New(env);
+  for (auto& [k, v] : buffers) b.Set(k, (double)v);
+  r.Set("buffers", b);
+  return r;
+}
+
 Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -536,34 +552,14 @@ Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
     if (oo.Has("f32Weights") && oo.Get("f32Weights").ToBoolean()) {  // the fp32 path (engine/cuda_plan.h F32Plan)
       if (kv == "int8") throw make_error(env, l2::code::kInvalidArgument, "kvCacheType: 'int8' is not available with dtype 'f32' on CUDA");
       l2::F32Plan p = l2::plan_f32(c, ctx, n_blocks);
-      Napi::Object r = Napi::Object::New(env);
-      r.Set("weightBytes", (double)p.weights);
-      r.Set("kvCacheBytes", (double)p.kv_cache);
-      r.Set("bufferBytes", (double)p.buffers());
-      r.Set("totalBytes", (double)p.total());
-      r.Set("kvBlocks", n_blocks);
-      Napi::Object b = Napi::Object::New(env);
-      const std::pair<const char*, uint64_t> parts[] = {{"residual", p.x}, {"normed", p.xb}, {"q", p.q},           {"attention", p.att},
-                                                        {"k", p.k},        {"v", p.v},       {"gate", p.h1},       {"up", p.h3},
-                                                        {"outputRows", p.xo}, {"logits", p.logits}, {"rope", p.rope}, {"stepInputs", p.inputs}};
-      for (auto& [k, v] : parts) b.Set(k, (double)v);
-      r.Set("buffers", b);
-      return r;
+      return plan_object(env, p, n_blocks,
+                         {{"residual", p.x}, {"normed", p.xb}, {"q", p.q}, {"attention", p.att}, {"k", p.k}, {"v", p.v}, {"gate", p.h1}, {"up", p.h3},
+                          {"outputRows", p.xo}, {"logits", p.logits}, {"rope", p.rope}, {"stepInputs", p.inputs}});
     }
     l2::CudaPlan p = l2::plan_cuda(c, l2::cuda_matrix_kinds(c, int8), kv == "int8", ctx, n_blocks);
-    Napi::Object r = Napi::Object::New(env);
-    r.Set("weightBytes", (double)p.weights);
-    r.Set("kvCacheBytes", (double)p.kv_cache);
-    r.Set("bufferBytes", (double)p.buffers());
-    r.Set("totalBytes", (double)p.total());
-    r.Set("kvBlocks", n_blocks);
-    Napi::Object b = Napi::Object::New(env);
-    const std::pair<const char*, uint64_t> parts[] = {{"residual", p.x}, {"normed", p.xn}, {"q", p.q}, {"attention", p.att}, {"ffn", p.h},
-                                                      {"kvStage", p.stage}, {"outputRows", p.xo}, {"logits", p.logits}, {"topK", p.topk},
-                                                      {"decodeWorkspace", p.attn_ws}, {"rope", p.rope}, {"stepInputs", p.inputs}};
-    for (auto& [k, v] : parts) b.Set(k, (double)v);
-    r.Set("buffers", b);
-    return r;
+    return plan_object(env, p, n_blocks,
+                       {{"residual", p.x}, {"normed", p.xn}, {"q", p.q}, {"attention", p.att}, {"ffn", p.h}, {"kvStage", p.stage}, {"outputRows", p.xo},
+                        {"logits", p.logits}, {"topK", p.topk}, {"decodeWorkspace", p.attn_ws}, {"rope", p.rope}, {"stepInputs", p.inputs}});
   });
 }
 
