@@ -6,17 +6,16 @@
 // GEMV (LLAMA2_FUSED_NORM=1), batched = alone, the fp32 path, and (a synthetic model with head_dim 64) the
 // tensor-core prefill attention. It measures no speed: figures come from a GPU (NOTES.md).
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Llama2 as Llama2Type } from "../lib/llama2.js";
+import { cudaHeadersDir } from "./helpers/cuda-headers.js";
 import { relErr } from "./helpers/logits.js";
 import { hasShared, projectRoot, readSharedJson, sharedPath, type StoriesCase } from "./helpers/shared.js";
 
-const headers = [process.env.CUDA_INC, process.env.CUDA_HOME && path.join(process.env.CUDA_HOME, "include"), "/usr/local/cuda/include"].find(
-  (d) => d && existsSync(path.join(d, "cuda_fp16.h")),
-);
+const headers = cudaHeadersDir;
 const addonFile = path.join(projectRoot, "build-emu/Release/llama2_native.node");
 const STORIES = "models/stories260K.bin";
 const STORIES_FX = "fixtures/stories260K-greedy.json";

@@ -7,13 +7,12 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { cudaHeadersDir } from "./helpers/cuda-headers.js";
+import { projectRoot } from "./helpers/shared.js";
 
-const root = join(fileURLToPath(new URL(".", import.meta.url)), "..");
-const headers = [process.env.CUDA_INC, process.env.CUDA_HOME && join(process.env.CUDA_HOME, "include"), "/usr/local/cuda/include", "/usr/include"].find(
-  (d) => d && existsSync(join(d, "cuda_fp16.h")),
-);
+const root = projectRoot;
+const headers = cudaHeadersDir;
 const harness = join(root, "build/kernel_tests_emu");
 const selftest = join(root, "build/emu_selftest");
 

@@ -77,6 +77,13 @@ int fail(const char* what) {
   return 1;
 }
 
+// 0 when the launch just made left an error (printed under `name`), else the failure `what`.
+int expect_launch_error(const char* name, const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  std::printf("%s: %s\n", name, cudaGetErrorString(e));
+  return e != cudaSuccess ? 0 : fail(what);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -110,17 +117,13 @@ int main(int argc, char** argv) {
   if (c == "exited") {
     float* out = dev<float>(32);
     launch(exited_lane_kernel, 1, 32, 0, nullptr, out);
-    const cudaError_t e = cudaGetLastError();
-    std::printf("exited: %s\n", cudaGetErrorString(e));
-    return e != cudaSuccess ? 0 : fail("a full-mask shuffle with exited lanes passed");
+    return expect_launch_error("exited", "a full-mask shuffle with exited lanes passed");
   }
   if (c == "misaligned") {
     half* p = dev<half>(64);
     float* out = dev<float>(1);
     launch(misaligned_kernel, 1, 1, 0, nullptr, p, out);
-    const cudaError_t e = cudaGetLastError();
-    std::printf("misaligned: %s\n", cudaGetErrorString(e));
-    return e != cudaSuccess ? 0 : fail("a misaligned 16-byte load passed");
+    return expect_launch_error("misaligned", "a misaligned 16-byte load passed");
   }
   if (c == "mma") {
     half* A = dev<half>(256);

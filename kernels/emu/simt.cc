@@ -53,7 +53,7 @@ struct Fiber {
 struct Warp {
   unsigned arrived[2] = {0, 0};
   int gen_of[2] = {-1, -1};
-  unsigned live = 0;
+  unsigned lanes = 0, live = 0;  // lanes the block has in this warp; those not exited yet
   unsigned char slots[2][32][kSlot];
 };
 
@@ -156,8 +156,7 @@ const unsigned char* warp_exchange(unsigned mask, const void* mine, int bytes) {
   const int w = g.cur / 32, l = g.cur % 32;
   Warp& W = g.warps[(size_t)w];
   if (mask != 0xffffffffu && mask != W.live) fail("warp collective with mask %#x (live lanes %#x): partial masks are not emulated", mask, W.live);
-  if ((mask & W.live) != W.live || (mask & ~W.live & ((g.n - w * 32 >= 32) ? 0xffffffffu : ((1u << (g.n - w * 32)) - 1))) != 0)
-    fail("warp collective with mask %#x names exited lanes (live %#x)", mask, W.live);
+  if (mask & W.lanes & ~W.live) fail("warp collective with mask %#x names exited lanes (live %#x)", mask, W.live);
   const int gen = f.warp_gen++;
   const int b = gen & 1;
   if (W.gen_of[b] != gen) {
@@ -251,7 +250,10 @@ bool run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()
         g.n = g.live = n;
         g.at_bar = 0;
         g.warps.assign((size_t)(n + 31) / 32, Warp{});
-        for (int w = 0; w * 32 < n; ++w) g.warps[(size_t)w].live = n - w * 32 >= 32 ? 0xffffffffu : ((1u << (n - w * 32)) - 1);
+        for (int w = 0; w * 32 < n; ++w) {
+          Warp& W = g.warps[(size_t)w];
+          W.lanes = W.live = n - w * 32 >= 32 ? 0xffffffffu : ((1u << (n - w * 32)) - 1);
+        }
         for (int i = 0; i < n; ++i) {
           Fiber& f = g.fibers[i];
           f.sp = fresh_stack(i);

@@ -133,35 +133,33 @@ using std::max;
 using std::min;
 
 // Atomics: fibers switch only at barriers and collectives, so a plain read-modify-write is atomic.
+namespace l2emu {
+template <class T, class F>
+inline T rmw(T* p, F f) {
+  const T old = *p;
+  *p = f(old);
+  return old;
+}
+}  // namespace l2emu
 template <class T>
 inline T atomicAdd(T* p, T v) {
-  T old = *p;
-  *p = old + v;
-  return old;
+  return l2emu::rmw(p, [&](T o) { return o + v; });
 }
 template <class T>
 inline T atomicMax(T* p, T v) {
-  T old = *p;
-  *p = old < v ? v : old;
-  return old;
+  return l2emu::rmw(p, [&](T o) { return o < v ? v : o; });
 }
 template <class T>
 inline T atomicMin(T* p, T v) {
-  T old = *p;
-  *p = v < old ? v : old;
-  return old;
+  return l2emu::rmw(p, [&](T o) { return v < o ? v : o; });
 }
 template <class T>
 inline T atomicExch(T* p, T v) {
-  T old = *p;
-  *p = v;
-  return old;
+  return l2emu::rmw(p, [&](T) { return v; });
 }
 template <class T>
 inline T atomicCAS(T* p, T cmp, T v) {
-  T old = *p;
-  if (old == cmp) *p = v;
-  return old;
+  return l2emu::rmw(p, [&](T o) { return o == cmp ? v : o; });
 }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
