@@ -66,10 +66,14 @@ constexpr int kSm90aBase = 100;  // config id 100 + i = gemm_sm90a.cu configurat
 
 // Per-architecture choice by M. The first row whose compute capability matches (and, for needs_sm90a,
 // whose wgmma path is linked in) is used; the last row matches anything. Within a row, the first rule with
-// M <= max_m applies: `cfg`, unless it would launch fewer than min_waves x SMs CTAs, then `alt`.
+// M <= max_m applies: `cfg`, unless it would launch fewer than min_waves x SMs CTAs, then `alt`; and when
+// `small` is set and `alt` too would launch fewer CTAs than SMs, `small`.
 struct Rule {
   int max_m, cfg, alt;
   float min_waves;
+  int small;
+  constexpr Rule(int max_m_ = 0, int cfg_ = 0, int alt_ = 0, float min_waves_ = 0, int small_ = -1)
+      : max_m(max_m_), cfg(cfg_), alt(alt_), min_waves(min_waves_), small(small_) {}
 };
 constexpr int kMaxRules = 6;
 struct ArchTuning {
@@ -87,12 +91,15 @@ constexpr ArchTuning kTuning[] = {
   // wins from M = 128 once the shape gives >= ~0.7 waves of 128x128 tiles.
   // f16 at M = 512: qkv 356, o 340, gate_up 402, down 442, logits 457 TFLOP/s (mma.sync best: 223-268);
   // w8 at M = 512: 265, 264, 286, 361, 323 (a deeper 6-stage w8 pipeline measured the same as 5).
-  // Every row: M <= 32 (batched decode of 9..32 sequences) switches from the 32x64 tile to 32x32 (#4) when the
-  // former gives under 0.9 waves (N = 4096: 64 CTAs, half the H100 idle, against 128): a prediction from the
-  // CTA count, not yet measured (`kernel_tests --only=gemm --tune` at M = 8..32 decides).
+  // M <= 64 (batched decode), measured on H200 (--tune, stop 14; ms per matrix, best / before): the 32x32 tile
+  // (#4) wins wherever the 32x64 one (#2 f16, #1 w8) gives under 2 waves at M <= 32 (qkv f16 0.0384 / 0.0414,
+  // w8 0.0403 / 0.0473 at M = 32; N = 4096 already took it) and under 1 wave at M = 33..64 (f16 o 0.0233 /
+  // 0.0280, down 0.0468 / 0.0608; w8 o 0.0282 / 0.0330, down 0.0580 / 0.0755); gate_up (344 CTAs of 32x64)
+  // stays on the 32x64 tile (f16 0.0512 against 0.0635 on #4). Not changed: logits at M <= 64 (#3 / #4 or
+  // wgmma 64x128 measured 19-22% faster than #2, once per step).
   {9, 0, true, "H100 sm_90a wgmma",
-   {{32, 2, 4, 0.9f}, {64, 2, 2, 0}, {128, 100, 2, 0.7f}, {384, 100, 102, 0.9f}, {kAnyM, 100, 100, 0}},
-   {{32, 1, 4, 0.9f}, {64, 0, 1, 2.5f}, {128, 100, 1, 0.7f}, {kAnyM, 100, 100, 0}}},
+   {{32, 2, 4, 2.0f}, {64, 2, 4, 1.0f}, {128, 100, 2, 0.7f}, {384, 100, 102, 0.9f}, {kAnyM, 100, 100, 0}},
+   {{32, 1, 4, 2.0f}, {64, 0, 1, 2.5f, 4}, {128, 100, 1, 0.7f}, {kAnyM, 100, 100, 0}}},
   // H100 / H200 without the sm_90a translation unit: mma.sync only (measured on H100 SXM).
   {9, 0, false, "H100 sm_90 mma.sync",
    {{32, 2, 4, 0.9f}, {64, 2, 2, 0}, {128, 1, 2, 4.0f}, {kAnyM, 0, 0, 0}},
@@ -412,6 +419,7 @@ int pick(bool w8, int M, int N, const DeviceInfo& d) {
     int first = flat_id(w8, r->cfg), alt = flat_id(w8, r->alt);
     id = first;
     if (first >= 0 && cfg_ctas(w8, first, M, N) < (long)(r->min_waves * d.sms)) id = alt;
+    if (id == alt && r->small >= 0 && alt >= 0 && cfg_ctas(w8, alt, M, N) < d.sms) id = flat_id(w8, r->small);
     if (!cfg_fits(w8, id, d)) id = cfg_fits(w8, first, d) ? first : (cfg_fits(w8, alt, d) ? alt : -1);
   }
   if (id < 0) {  // nothing chosen fits this device: the smallest-smem mma.sync configuration

@@ -13,8 +13,9 @@
 // dot product does not depend on the order of its terms. The 4 warps of a block split K and meet in
 // shared memory for the fused epilogue.
 //
-// STATUS: compiled for every target, not yet run on a GPU. The backend uses it only when
-// LLAMA2_GEMV_MMA=1 (see cuda_backend.cu), so it can be validated and measured before it is the default.
+// Checked and measured on H200 (stop 14): int8 weights, where the GEMV is ALU-bound from 2 tokens, gain
+// most (7B qkv at T = 8: 0.0204 ms against the GEMV's 0.0531 and the GEMM's 0.0384), so the backend takes it
+// for int8 steps of 2..16 tokens; for fp16 the GEMV (T <= 4) or the GEMM measured faster (cuda_backend.cu).
 #include "common.cuh"
 #include "epilogue.cuh"
 #include "gemm_common.cuh"

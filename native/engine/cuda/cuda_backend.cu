@@ -432,16 +432,36 @@ class CudaBackend final : public Backend {
   half* k_scale(int l) const { return reinterpret_cast<half*>(kv_layer(l) + 2 * plan_.kv_layer_k); }
   half* v_scale(int l) const { return reinterpret_cast<half*>(kv_layer(l) + 2 * plan_.kv_layer_k + plan_.kv_layer_scales); }
 
-  // Steps the experimental tensor-core decode kernel takes (with LLAMA2_GEMV_MMA=1).
-  bool mma_range(int T) const { return gemv_mma_ && T >= 2 && T <= k::kGemvMmaMaxT; }
+  // Which matrix kernel a step of T tokens uses for a matrix of N rows: the CUDA-core GEMV (gemv.cu), the
+  // tensor-core decode kernel (gemv_mma.cu) or the tiled GEMM (gemm.cu). Chosen from per-matrix timings at the
+  // 7B shapes on H200 (kernel_tests --only=gemv --bench, stop 14; NOTES.md "H200 run"):
+  //  - fp16: the GEMV up to 4 tokens (it beat gemv_mma at T = 1, 2, 4 on every matrix), the GEMM from 5 (at
+  //    T = 8 the GEMM's 4 matrices of a layer took 0.138 ms, the GEMV 0.196, gemv_mma 0.152; the GEMV at T = 4
+  //    took 0.135, and the GEMM's time hardly moves with M up to 32).
+  //  - int8: the GEMV at T = 1; gemv_mma for 2..16 tokens (layer 0.101-0.115 ms against the GEMV's 0.103 at
+  //    T = 2, 0.132 at 4, 0.196 at 8 and the GEMM's 0.158 at 16), except the N = 4096 matrices (wo, down) up to
+  //    4 tokens, where the GEMV measured faster (down T = 2: 0.0219 against 0.0316 ms); the GEMM from 17 (T = 32:
+  //    0.161 against gemv_mma's 0.216).
+  // A100 / A10: the same choices, unmeasured (their CUDA cores have less arithmetic per byte than the H200's,
+  // which favours the tensor-core kernels further). LLAMA2_GEMV_MMA=0 never takes gemv_mma, =1 takes it for
+  // every step of 2..32 tokens; LLAMA2_GEMV_MAX_T=0..8 caps the GEMV (end-to-end A/B runs).
+  enum class MatKernel { Gemv, GemvMma, Gemm };
+  MatKernel mat_kernel(bool int8, int T, int N) const {
+    if (gemv_mma_env_ == 1 && T >= 2 && T <= k::kGemvMmaMaxT) return MatKernel::GemvMma;
+    if (int8 && gemv_mma_env_ != 0 && T >= 2 && T <= 16 && !(T <= 4 && N <= 4096)) return MatKernel::GemvMma;
+    const int gemv_max = std::min(gemv_max_t_, int8 ? k::kGemvMaxT : 4);
+    return T <= gemv_max ? MatKernel::Gemv : MatKernel::Gemm;
+  }
 
   void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) {
-    // Experimental tensor-core decode path (kernels/gemv_mma.cu), opt-in until validated on a GPU.
-    if (mma_range(T) &&
+    MatKernel kind = mat_kernel(m.int8, T, m.npad);
+    // gemv_mma declines shapes it does not cover (K % 64, N % 16): then the GEMV or the GEMM.
+    if (kind == MatKernel::GemvMma &&
         (m.int8 ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)
                 : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)))
       return;
-    if (T <= gemv_max_t_) {
+    if (kind == MatKernel::GemvMma) kind = T <= gemv_max_t_ ? MatKernel::Gemv : MatKernel::Gemm;
+    if (kind == MatKernel::Gemv) {
       if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
     } else {
@@ -453,7 +473,7 @@ class CudaBackend final : public Backend {
   // m applied to RMSNorm(x rows) * norm_w: fused into the GEMV's input for steps of up to fused_norm_max_t_
   // tokens on the GEMV path, else the norm kernel writes xn_ for the matrix kernel.
   void matmul_normed(const DevMat& m, const float* norm_w, const float* x, int T, const k::Epilogue& e) {
-    if (T <= fused_norm_max_t_ && T <= gemv_max_t_ && !mma_range(T)) {
+    if (T <= fused_norm_max_t_ && mat_kernel(m.int8, T, m.npad) == MatKernel::Gemv) {
       k::NormInput in;
       in.x = x;
       in.ldx = Dpad_;
@@ -731,15 +751,12 @@ class CudaBackend final : public Backend {
   bool graph_warned_ = false;
   uint64_t graph_clock_ = 0;
   // RMSNorm fused into the GEMV for steps of up to this many tokens (LLAMA2_FUSED_NORM=0..4; default 0, off:
-  // not yet measured on a GPU; its register use grows with T, so 1 is the candidate).
+  // measured slower on H200 at batch 1, fp16 228.4 against 234.1 tok/s, int8 279.4 against 325.3).
   const int fused_norm_max_t_ = env_int("LLAMA2_FUSED_NORM", 0, k::kGemvNormMaxT, 0);
-  // Steps of up to this many tokens use the CUDA-core GEMV, larger ones the tensor-core GEMM
-  // (LLAMA2_GEMV_MAX_T=0..8 overrides, for end-to-end A/B runs).
+  // Caps the GEMV's token count below mat_kernel()'s choice (LLAMA2_GEMV_MAX_T=0..8, for end-to-end A/B runs).
   const int gemv_max_t_ = env_int("LLAMA2_GEMV_MAX_T", 0, k::kGemvMaxT, k::kGemvMaxT);
-  const bool gemv_mma_ = [] {
-    const char* v = std::getenv("LLAMA2_GEMV_MMA");
-    return v && std::strcmp(v, "1") == 0;
-  }();
+  // LLAMA2_GEMV_MMA: unset = mat_kernel()'s choice, 0 = never gemv_mma, 1 = gemv_mma for every 2..32 tokens.
+  const int gemv_mma_env_ = env_int("LLAMA2_GEMV_MMA", 0, 1, -1);
   std::vector<OutChunk> out_chunks_;
   int n_out_total_ = 0;
 };
