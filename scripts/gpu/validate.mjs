@@ -40,12 +40,23 @@ async function compareBackends(label, file, opts, prompt, steps, tol) {
   }
   const a = await trace(cpu, prompt, feed);
   const b = await trace(gpu, prompt, feed);
+  // opts.quantRef (CPU options without the quantization under test): the CPU's own quantization error over
+  // the same steps; the CUDA-vs-CPU error may reach it (both quantize, from fp16 and fp32 values, so a value
+  // near a rounding boundary lands one step apart), and the check reports it.
+  let quantErr;
+  if (opts.quantRef) {
+    const ref = await Llama2.load(file, { device: "cpu", ...opts.quantRef });
+    const r = await trace(ref, prompt, feed);
+    quantErr = Math.max(...r.map((x, i) => relErr(a[i], x)));
+    tol = Math.max(tol, quantErr);
+    await ref.dispose();
+  }
   let worst = 0, agree = 0;
   for (let i = 0; i < a.length; i++) {
     worst = Math.max(worst, relErr(b[i], a[i]));
     if (argmax(a[i]) === argmax(b[i])) agree++;
   }
-  check(`${label}: CUDA vs CPU logits over ${a.length} steps`, worst <= tol, { worstRel: worst, tol, argmaxAgree: `${agree}/${a.length}`, device: gpu.info.deviceName, dtype: gpu.info.dtype });
+  check(`${label}: CUDA vs CPU logits over ${a.length} steps`, worst <= tol, { worstRel: worst, tol, quantErr, argmaxAgree: `${agree}/${a.length}`, device: gpu.info.deviceName, dtype: gpu.info.dtype });
   // Top-k from the device equals the top of the full logits.
   const g = gpu._native();
   const seq = g.createSequence();
@@ -156,10 +167,11 @@ if (!skipSmall) {
 // the CPU's int8 cache (quantized from fp32 K/V), and batched equals alone.
 if (!skipSmall) {
   const ref = JSON.parse(readFileSync(path.join(shared, "fixtures/tiny-llama-hf-reference.json"), "utf8"));
-  const kv8 = { cpu: { kvCacheType: "int8" }, gpu: { kvCacheType: "int8" } };
+  const kv8 = { cpu: { kvCacheType: "int8" }, gpu: { kvCacheType: "int8" }, quantRef: {} };
   await compareBackends("tiny-llama-hf KV int8", path.join(shared, "models/tiny-llama-hf"), kv8, ref.cases[0].prompt, 24, 2e-2);
   const fx = JSON.parse(readFileSync(path.join(shared, "fixtures/stories260K-greedy.json"), "utf8"));
-  await compareBackends("stories260K KV int8 (head_dim 8: groups of 8)", path.join(shared, "models/stories260K.bin"), kv8, fx.cases[1].prompt, 40, 3e-2);
+  // head_dim 8: one scale per 8 values, so the quantization error is large (H200: 3.7e-2 against the CPU).
+  await compareBackends("stories260K KV int8 (head_dim 8: groups of 8)", path.join(shared, "models/stories260K.bin"), kv8, fx.cases[1].prompt, 40, 2e-2);
   // A context that is not a power of two: the decode graphs' last context bucket (600) is not the power of
   // two below it (512); steps past position 512 must attend to every position (a graph captured for the
   // 512 bucket and replayed there would skip the rest: the key once held log2 of the bucket).

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# One short GPU lease (15 device-minutes in all, 10 per call): the figures that matter most first, each
+# step time-boxed, nothing started that the deadline cannot fit. From the project root on the device after
+# `source .device/setup.sh` (see NOTES.md, "GPU runs"):
+#   DEADLINE=540 STEPS="info small bench ..." bash scripts/gpu/lease.sh
+# Everything lands in $OUT/lease.log and $OUT/results.tar.gz (re-packed after every step, so a call
+# killed at its limit still returns what finished; the device returns at most 8 files).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+R=/tmp/results; mkdir -p "$OUT" "$R" build/Release
+exec > >(tee -a "$OUT/lease.log") 2>&1
+t0=$(date +%s)
+DEADLINE=${DEADLINE:-540}
+STEPS=" ${STEPS:-info small kernels-quick bench-f16 bench-int8 mma fused-norm big serve prefill kv8 gemv-ab sanitize kernels} "
+BIG=/tmp/7b-f16.gguf
+left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
+pack() { tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null; }
+# step NAME SECONDS: true when NAME is selected and at least SECONDS remain (then it is the step's timeout).
+step() {
+  [[ "$STEPS" == *" $1 "* ]] || return 1
+  local l; l=$(left)
+  if (( l < $2 )); then echo "=== skip $1: needs ${2}s, ${l}s left"; return 1; fi
+  echo; echo "=== $1 ($(date +%T), ${l}s left)"; return 0
+}
+bench() { # bench NAME TIMEOUT [env...] -- args
+  local name=$1 to=$2; shift 2
+  local envs=(); while [[ $1 != -- ]]; do envs+=("$1"); shift; done; shift
+  env "${envs[@]}" timeout "$to" node dist/cli/main.js bench --model $BIG --device cuda --preset llama2-7b --skip-cold \
+    --out "$R/bench-$name.json" "$@" 2>&1 | grep -v "^\[bench\]"
+  pack
+}
+
+if [ -d tmp/gpu-dist ]; then rm -rf dist && cp -r tmp/gpu-dist dist; fi
+xz -dc .device/llama2_native.node.xz > build/Release/llama2_native.node
+[ -f .device/kernel_tests.xz ] && xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
+# The 7B file is CPU and disk work: make it while the GPU runs the small checks.
+[ -s $BIG ] || ( node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet > "$R/make-7b.log" 2>&1; echo "make-model rc=$?" >> "$R/make-7b.log" ) &
+maker=$!  # (a warm machine kept the file of an earlier call)
+
+if step info 20; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit --format=csv
+  node -e 'const a=require("node-gyp-build")(process.cwd()); console.log(JSON.stringify(a.buildInfo()), JSON.stringify(a.cudaDevices()), "copy GB/s", a.cudaCopyBandwidth(0).toFixed(0))'
+fi
+if step small 120; then
+  timeout 120 node scripts/gpu/validate.mjs --out "$R/validate-small.json" > "$R/validate-small.log" 2>&1; echo "validate small rc=$?"
+  grep -E "FAIL|PASS|ok|passed|failed" "$R/validate-small.log" | tail -40; pack
+fi
+if step kernels-quick 90; then
+  timeout 90 /tmp/kernel_tests --quick > "$R/kernel-tests-quick.log" 2>&1; echo "kernel_tests --quick rc=$?"
+  grep -E "FAIL" "$R/kernel-tests-quick.log" | head -20; tail -3 "$R/kernel-tests-quick.log"; pack
+fi
+echo "=== waiting for the 7B file ($(left)s left)"; wait $maker; cat "$R/make-7b.log"
+if step bench-f16 150; then
+  bench f16 150 -- --dtype f16 --prompt 512 --gen 128 --batch 1,8,16,32,64 --reps 2
+fi
+if step bench-int8 120; then
+  bench int8 120 -- --dtype int8 --prompt 512 --gen 128 --batch 1,8,32,64 --reps 2
+fi
+if step mma 110; then  # tensor-core small-batch kernel (opt-in until measured)
+  bench f16-mma 110 LLAMA2_GEMV_MMA=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4,8,16,32 --reps 2
+fi
+if step fused-norm 70; then
+  bench f16-fused-norm 35 LLAMA2_FUSED_NORM=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1 --reps 2
+  bench int8-fused-norm 35 LLAMA2_FUSED_NORM=1 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
+fi
+if step mma-int8 60; then
+  bench int8-mma 60 LLAMA2_GEMV_MMA=1 -- --dtype int8 --prompt 128 --gen 128 --batch 1,8,32 --reps 2
+fi
+if step big 150; then
+  timeout 150 node scripts/gpu/validate.mjs --skip-small --big $BIG --out "$R/validate-7b.json" > "$R/validate-7b.log" 2>&1; echo "validate 7B rc=$?"
+  tail -25 "$R/validate-7b.log"; pack
+fi
+if step serve 150; then
+  timeout 150 node scripts/gpu/serve-load.mjs --model $BIG --device cuda --dtype f16 --clients 64 --max-tokens 128 --rounds 2 --context 1024 \
+    --out "$R/serve-7b-f16.json" > "$R/serve.log" 2>&1; echo "serve rc=$?"; tail -8 "$R/serve.log"; pack
+fi
+if step kv8 90; then
+  bench f16-kv8 90 -- --dtype f16 --kv-cache int8 --prompt 512 --gen 128 --batch 1,32,64 --reps 2
+fi
+if step gemv-ab 90; then
+  timeout 90 /tmp/kernel_tests --only=gemv --bench > "$R/kernel-gemv.log" 2>&1; echo "kernel_tests gemv rc=$?"
+  grep -E "FAIL|failed|passed" "$R/kernel-gemv.log" | head; pack
+fi
+if step sanitize 100; then
+  node dist/cli/main.js make-model --preset tiny --dim 256 --heads 4 --kv-heads 2 --ffn 512 --layers 2 --vocab 512 --out /tmp/san.gguf --quiet --force
+  timeout 50 compute-sanitizer --tool memcheck --print-limit 20 node scripts/gpu/sanitize.mjs /tmp/san.gguf > "$R/memcheck.log" 2>&1; tail -4 "$R/memcheck.log"
+  timeout 50 compute-sanitizer --tool racecheck --print-limit 20 node scripts/gpu/sanitize.mjs /tmp/san.gguf > "$R/racecheck.log" 2>&1; tail -4 "$R/racecheck.log"
+  pack
+fi
+if step kernels 120; then
+  timeout 120 /tmp/kernel_tests > "$R/kernel-tests.log" 2>&1; echo "kernel_tests rc=$?"
+  grep -E "FAIL" "$R/kernel-tests.log" | head -20; tail -3 "$R/kernel-tests.log"; pack
+fi
+if step profile-batch 100; then
+  node dist/cli/main.js make-model --preset llama2-7b --layers 2 --out /tmp/7b2.gguf --quiet --force
+  timeout 90 ncu --clock-control none --graph-profiling node --print-summary per-kernel node scripts/gpu/profile.mjs /tmp/7b2.gguf 3 32 > "$R/ncu-b32.txt" 2>&1
+  grep -E "^  [a-zA-Z_].*\(|Duration|Invocations" "$R/ncu-b32.txt" | head -60; pack
+fi
+pack
+echo "=== done ($(date +%T), $(( $(date +%s) - t0 ))s)"
