@@ -24,6 +24,7 @@
 #include "../../../kernels/launch.cuh"
 #include "../../common/error.h"
 #include "../../common/half.h"
+#include "../../common/q8.h"
 #include "../../common/thread_pool.h"
 #include "../backend.h"
 #include "../cuda_plan.h"
@@ -371,7 +372,6 @@ class CudaBackend final : public Backend {
       // int8: [nr][ldw] quants, then [nr][ldw/32] scales; fp16: [nr][ldw].
       pool.parallel_for(nr, 8, [&](int64_t b, int64_t e) {
         std::vector<float> f((size_t)m.ldw);
-        std::vector<uint8_t> blk(kQ8BlockBytes);
         for (int64_t i = b; i < e; ++i) {
           int r = r0 + (int)i;
           const RowSrc* src = r < (int)rows.size() ? &rows[(size_t)r] : nullptr;
@@ -391,11 +391,8 @@ class CudaBackend final : public Backend {
             } else {  // quantize exactly as the CPU backend does (llama.cpp's Q8_0)
               std::fill(f.begin(), f.end(), 0.f);
               convert_row(sm.dtype, sm.row(src->row), DType::F32, reinterpret_cast<uint8_t*>(f.data()), sm.cols);
-              for (int64_t g = 0; g < m.ldw / kQ8Block; ++g) {
-                convert_row(DType::F32, reinterpret_cast<const uint8_t*>(f.data() + g * kQ8Block), DType::Q8_0, blk.data(), kQ8Block);
-                std::memcpy(&s[g], blk.data(), 2);
-                std::memcpy(q + g * kQ8Block, blk.data() + 2, kQ8Block);
-              }
+              for (int64_t g = 0; g < m.ldw / kQ8Block; ++g)
+                s[g] = q8_quantize_group(f.data() + g * kQ8Block, kQ8Block, q + g * kQ8Block);
             }
           } else {
             uint16_t* h = reinterpret_cast<uint16_t*>(st) + (size_t)i * m.ldw;
