@@ -11,7 +11,7 @@ R=/tmp/results; mkdir -p "$OUT" "$R" build/Release
 exec > >(tee -a "$OUT/lease.log") 2>&1
 t0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
-STEPS=" ${STEPS:-info small kernels-quick bench-f16 bench-int8 mma fused-norm big serve prefill kv8 gemv-ab sanitize kernels} "
+STEPS=" ${STEPS:-info small kernels-quick bench-f16 bench-int8 ab-dispatch big serve kv8 gemv-ab sanitize kernels} "
 BIG=/tmp/7b-f16.gguf
 left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
 pack() { tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null; }
@@ -51,10 +51,10 @@ if step kernels-quick 90; then
 fi
 echo "=== waiting for the 7B file ($(left)s left)"; wait $maker; cat "$R/make-7b.log"
 if step bench-f16 150; then
-  bench f16 150 -- --dtype f16 --prompt 512 --gen 128 --batch 1,8,16,32,64 --reps 2
+  bench f16 150 -- --dtype f16 --prompt 512 --gen 128 --batch 1,2,4,8,16,32,64 --reps 2
 fi
 if step bench-int8 120; then
-  bench int8 120 -- --dtype int8 --prompt 512 --gen 128 --batch 1,8,32,64 --reps 2
+  bench int8 120 -- --dtype int8 --prompt 512 --gen 128 --batch 1,2,4,8,16,32,64 --reps 2
 fi
 if step mma 110; then  # tensor-core small-batch kernel (opt-in until measured)
   bench f16-mma 110 LLAMA2_GEMV_MMA=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4,8,16,32 --reps 2
@@ -62,6 +62,10 @@ fi
 if step fused-norm 70; then
   bench f16-fused-norm 35 LLAMA2_FUSED_NORM=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1 --reps 2
   bench int8-fused-norm 35 LLAMA2_FUSED_NORM=1 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
+fi
+if step ab-dispatch 120; then  # the decode dispatch before stop 14 (GEMV up to 8 tokens, no gemv_mma)
+  bench f16-old-dispatch 60 LLAMA2_GEMV_MMA=0 LLAMA2_GEMV_MAX_T=8 -- --dtype f16 --prompt 128 --gen 128 --batch 2,4,8,16 --reps 2
+  bench int8-old-dispatch 60 LLAMA2_GEMV_MMA=0 LLAMA2_GEMV_MAX_T=8 -- --dtype int8 --prompt 128 --gen 128 --batch 2,4,8,16 --reps 2
 fi
 if step mma-int8 60; then
   bench int8-mma 60 LLAMA2_GEMV_MMA=1 -- --dtype int8 --prompt 128 --gen 128 --batch 1,8,32 --reps 2

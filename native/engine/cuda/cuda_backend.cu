@@ -440,14 +440,15 @@ class CudaBackend final : public Backend {
   //    4 tokens, where the GEMV measured faster (down T = 2: 0.0219 against 0.0316 ms); the GEMM from 17 (T = 32:
   //    0.161 against gemv_mma's 0.216).
   // A100 / A10: the same choices, unmeasured (their CUDA cores have less arithmetic per byte than the H200's,
-  // which favours the tensor-core kernels further). LLAMA2_GEMV_MMA=0 never takes gemv_mma, =1 takes it for
-  // every step of 2..32 tokens; LLAMA2_GEMV_MAX_T=0..8 caps the GEMV (end-to-end A/B runs).
+  // which favours the tensor-core kernels further). For end-to-end A/B runs: LLAMA2_GEMV_MMA=0 never takes
+  // gemv_mma, =1 takes it for every step of 2..32 tokens; LLAMA2_GEMV_MAX_T=0..8 sets the GEMV's largest step
+  // for both weight types (LLAMA2_GEMV_MMA=0 LLAMA2_GEMV_MAX_T=8 is the dispatch before stop 14).
   enum class MatKernel { Gemv, GemvMma, Gemm };
+  int gemv_limit(bool int8) const { return gemv_max_t_ >= 0 ? gemv_max_t_ : int8 ? k::kGemvMaxT : 4; }
   MatKernel mat_kernel(bool int8, int T, int N) const {
     if (gemv_mma_env_ == 1 && T >= 2 && T <= k::kGemvMmaMaxT) return MatKernel::GemvMma;
     if (int8 && gemv_mma_env_ != 0 && T >= 2 && T <= 16 && !(T <= 4 && N <= 4096)) return MatKernel::GemvMma;
-    const int gemv_max = std::min(gemv_max_t_, int8 ? k::kGemvMaxT : 4);
-    return T <= gemv_max ? MatKernel::Gemv : MatKernel::Gemm;
+    return T <= gemv_limit(int8) ? MatKernel::Gemv : MatKernel::Gemm;
   }
 
   void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) {
@@ -457,7 +458,7 @@ class CudaBackend final : public Backend {
         (m.int8 ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)
                 : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)))
       return;
-    if (kind == MatKernel::GemvMma) kind = T <= gemv_max_t_ ? MatKernel::Gemv : MatKernel::Gemm;
+    if (kind == MatKernel::GemvMma) kind = T <= (gemv_max_t_ >= 0 ? gemv_max_t_ : k::kGemvMaxT) ? MatKernel::Gemv : MatKernel::Gemm;
     if (kind == MatKernel::Gemv) {
       if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
@@ -750,8 +751,8 @@ class CudaBackend final : public Backend {
   // RMSNorm fused into the GEMV for steps of up to this many tokens (LLAMA2_FUSED_NORM=0..4; default 0, off:
   // measured slower on H200 at batch 1, fp16 228.4 against 234.1 tok/s, int8 279.4 against 325.3).
   const int fused_norm_max_t_ = env_int("LLAMA2_FUSED_NORM", 0, k::kGemvNormMaxT, 0);
-  // Caps the GEMV's token count below mat_kernel()'s choice (LLAMA2_GEMV_MAX_T=0..8, for end-to-end A/B runs).
-  const int gemv_max_t_ = env_int("LLAMA2_GEMV_MAX_T", 0, k::kGemvMaxT, k::kGemvMaxT);
+  // The GEMV's largest step when LLAMA2_GEMV_MAX_T=0..8 is set (A/B runs), else -1: mat_kernel()'s choice.
+  const int gemv_max_t_ = env_int("LLAMA2_GEMV_MAX_T", 0, k::kGemvMaxT, -1);
   // LLAMA2_GEMV_MMA: unset = mat_kernel()'s choice, 0 = never gemv_mma, 1 = gemv_mma for every 2..32 tokens.
   const int gemv_mma_env_ = env_int("LLAMA2_GEMV_MMA", 0, 1, -1);
   std::vector<OutChunk> out_chunks_;
