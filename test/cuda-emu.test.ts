@@ -4,7 +4,8 @@
 // It checks the backend's logic: stories260K against llama2.c, CUDA against the CPU backend for fp16 and
 // int8 weights, the int8 KV cache, the tensor-core decode kernel (LLAMA2_GEMV_MMA=1) and the fused-norm
 // GEMV (LLAMA2_FUSED_NORM=1), batched = alone, the fp32 path, and (a synthetic model with head_dim 64) the
-// tensor-core prefill attention. It measures no speed: figures come from a GPU (NOTES.md).
+// tensor-core prefill attention, and `llama2 doctor --check`'s CUDA lines. It measures no speed: figures come
+// from a GPU (NOTES.md).
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
@@ -12,6 +13,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Llama2 as Llama2Type } from "../lib/llama2.js";
 import { cudaHeadersDir } from "./helpers/cuda-headers.js";
+import { ensureDist } from "./helpers/dist.js";
 import { relErr } from "./helpers/logits.js";
 import { hasShared, projectRoot, readSharedJson, sharedPath, type StoriesCase } from "./helpers/shared.js";
 
@@ -176,6 +178,30 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
       }
     });
   }, 300_000);
+
+  // `llama2 doctor --check` on an emulator build: its CUDA lines (fp32, fp16, int8 weights, int8 KV cache against
+  // the host references) run the real backend, as they would on a GPU.
+  it("llama2 doctor --check: every CUDA line passes, the GPU reported as emulated", () => {
+    const cli = path.join(projectRoot, "dist/cli/main.js");
+    ensureDist(cli);
+    const home = mkdtempSync(path.join(os.tmpdir(), "l2-doctor-"));
+    try {
+      const out = execFileSync(process.execPath, [cli, "doctor", "--check", "--json"], {
+        cwd: projectRoot,
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { ...process.env, LLAMA2_ADDON: addonFile, LLAMA2_HOME: home },
+        timeout: 600_000,
+      });
+      const r = JSON.parse(out) as { gpus: { code: string }[]; checks: { name: string; status: string }[] };
+      expect(r.gpus.map((g) => g.code)).toEqual(["emulated"]);
+      const cuda = r.checks.filter((c) => c.name.startsWith("cuda"));
+      expect(cuda.map((c) => c.name)).toEqual(["cuda f32", "cuda f16", "cuda int8", "cuda kv int8"]);
+      expect(cuda.every((c) => c.status === "pass"), JSON.stringify(cuda)).toBe(true);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  }, 600_000);
 
   it("fp32 path: llama2.c's ids past case 1's near-tie (token 37), bits equal to its host policy", async () => {
     const a = await Llama2.load(sharedPath(STORIES), { device: "cuda", dtype: "f32" });

@@ -164,6 +164,8 @@ describe("llama2 doctor", () => {
     expect(codeFor("7.5", archs)).toBe("unsupported");
     expect(codeFor("8.9", parseArchitectures("80-real;90-real"))).toBe("sass");
     expect(codeFor("9.0", parseArchitectures("80-real"))).toBe("unsupported");
+    expect(parseArchitectures("l2emu")).toEqual({ sass: [], ptx: [], emulated: true }); // LLAMA2_CUDA=EMU build
+    expect(codeFor("8.0", parseArchitectures("l2emu"))).toBe("emulated");
   });
 
   it("reports the loaded binary, CUDA, driver, GPUs, CPU and a verdict", () => {

@@ -33,8 +33,9 @@ export interface GpuReport {
   memoryTotalBytes: number;
   memoryFreeBytes: number;
   smCount: number;
-  /** How the binary runs on it: native SASS, PTX compiled by the driver, or not at all. */
-  code: "sass" | "ptx-jit" | "unsupported";
+  /** How the binary runs on it: native SASS, PTX compiled by the driver, the host SIMT emulator of a
+   * `LLAMA2_CUDA=EMU` test build (kernels/emu: no GPU, for tests, not speed), or not at all. */
+  code: "sass" | "ptx-jit" | "emulated" | "unsupported";
 }
 
 export interface DoctorReport {
@@ -101,10 +102,11 @@ function sourceCudaVersion(addonPath: string): string | undefined {
   return undefined;
 }
 
-/** "80-real,86-real,89-real,90" -> SASS [80, 86, 89, 90], PTX [90]. */
-export function parseArchitectures(list: string | undefined): { sass: number[]; ptx: number[] } {
+/** "80-real,86-real,89-real,90" -> SASS [80, 86, 89, 90], PTX [90]; "l2emu" (the emulator build) -> emulated. */
+export function parseArchitectures(list: string | undefined): { sass: number[]; ptx: number[]; emulated?: boolean } {
   const sass: number[] = [];
   const ptx: number[] = [];
+  if ((list ?? "").trim() === "l2emu") return { sass, ptx, emulated: true };
   for (const raw of (list ?? "").split(/[,;\s]+/).filter(Boolean)) {
     const m = /^(?:sm_|compute_)?(\d+)[a-z]?(?:-(real|virtual))?$/.exec(raw);
     if (!m) continue;
@@ -116,7 +118,8 @@ export function parseArchitectures(list: string | undefined): { sass: number[]; 
 }
 
 /** SASS for sm_XY runs on X.Z with Z >= Y; PTX for compute_N is compiled by the driver for any cc >= N. */
-export function codeFor(cc: string, archs: { sass: number[]; ptx: number[] }): GpuReport["code"] {
+export function codeFor(cc: string, archs: { sass: number[]; ptx: number[]; emulated?: boolean }): GpuReport["code"] {
+  if (archs.emulated) return "emulated";
   const [maj, min] = cc.split(".").map(Number) as [number, number];
   const n = maj * 10 + min;
   if (archs.sass.some((s) => Math.floor(s / 10) === maj && s % 10 <= min)) return "sass";
@@ -245,6 +248,7 @@ function verdict(r: DoctorReport): DoctorReport["verdict"] {
   const usable = r.gpus.filter((g) => g.code !== "unsupported");
   for (const g of r.gpus) {
     if (g.code === "ptx-jit") advice.push(`GPU ${g.index} (${g.name}, sm_${g.computeCapability.replace(".", "")}) has no SASS in this binary: the driver compiles the PTX on first use (slower first load); rebuild from source for native code`);
+    if (g.code === "emulated") advice.push(`GPU ${g.index} is the host SIMT emulator of a LLAMA2_CUDA=EMU build: it runs the CUDA code correctly but thousands of times slower than a GPU (for tests)`);
     if (g.code === "unsupported") advice.push(`GPU ${g.index} (${g.name}, compute capability ${g.computeCapability}) is older than the oldest architecture in this binary (${r.cuda.architectures}): use device: "cpu" or another GPU`);
   }
   if (usable.length === 0) return { status: "warn", device: "cpu", message: "no GPU here is supported by this binary: models run on the CPU", advice };
@@ -289,7 +293,7 @@ export function formatReport(r: DoctorReport): string {
   ]);
   if (r.gpus.length === 0) rows.push(["GPUs", !r.addon.loaded ? "not queried (no addon)" : r.cuda.built ? "none visible to CUDA" : "not queried (no CUDA in this binary)"]);
   for (const g of r.gpus) {
-    const code = g.code === "sass" ? "native code" : g.code === "ptx-jit" ? "PTX JIT" : "NOT SUPPORTED";
+    const code = g.code === "sass" ? "native code" : g.code === "ptx-jit" ? "PTX JIT" : g.code === "emulated" ? "host emulation (tests only)" : "NOT SUPPORTED";
     rows.push([`GPU ${g.index}`, `${g.name}, compute ${g.computeCapability}, ${gib(g.memoryTotalBytes)} (${gib(g.memoryFreeBytes)} free), ${g.smCount} SMs: ${code}`]);
   }
   rows.push(["CPU", `${r.cpu.model}, ${r.cpu.cores} threads, ${gib(r.cpu.memoryBytes)} RAM${r.cpu.simd ? `, SIMD ${r.cpu.simd}` : ""}`]);
