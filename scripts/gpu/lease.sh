@@ -56,7 +56,7 @@ fi
 if step bench-int8 120; then
   bench int8 120 -- --dtype int8 --prompt 512 --gen 128 --batch 1,2,4,8,16,32,64 --reps 2
 fi
-if step mma 110; then  # tensor-core small-batch kernel (opt-in until measured)
+if step mma 110; then  # gemv_mma forced for every step of 2..32 tokens (LLAMA2_GEMV_MMA=1), fp16 too
   bench f16-mma 110 LLAMA2_GEMV_MMA=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4,8,16,32 --reps 2
 fi
 if step fused-norm 70; then

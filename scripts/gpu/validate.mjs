@@ -5,6 +5,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { Llama2, planCudaMemory } from "../../dist/index.js";
+import { commonPrefix } from "../../dist/engine/prefix-cache.js";
 import { argmax, loadHostReference, relErr, trace } from "../../dist/self-check.js";
 
 const args = process.argv.slice(2);
@@ -76,8 +77,7 @@ const skipSmall = args.includes("--skip-small");
 // the relative error of the first and last step's.
 async function againstStories(m, c) {
   const r = await m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result;
-  let same = 0;
-  while (same < c.generated.length && r.tokenIds[same] === c.generated[same]) same++;
+  const same = commonPrefix(r.tokenIds, c.generated);
   const logits = await trace(m, c.prompt, c.generated.slice(0, -1));
   return { same, ids: r.tokenIds, logits, e1: relErr(logits[0], c.first_logits), e2: relErr(logits[logits.length - 1], c.last_logits) };
 }
@@ -98,11 +98,7 @@ if (!skipSmall) {
   // alone in the GEMV, and on the emulator a near-tie flips at its token 355 (the H200 kept all 401); the
   // first difference of each case is reported.
   const rs = await Promise.all(fx.cases.map((c) => m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: c.generated.length }).result));
-  const firstDiff = rs.map((r, i) => {
-    let k = 0;
-    while (k < alone[i].length && r.tokenIds[k] === alone[i][k]) k++;
-    return k;
-  });
+  const firstDiff = rs.map((r, i) => commonPrefix(r.tokenIds, alone[i]));
   check("stories260K batched equals alone (first 64 ids)", firstDiff.every((k, i) => k >= Math.min(64, alone[i].length)), { firstDifference: firstDiff, of: alone.map((a) => a.length) });
   await m.dispose();
 }

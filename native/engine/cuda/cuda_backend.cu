@@ -458,7 +458,7 @@ class CudaBackend final : public Backend {
         (m.int8 ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)
                 : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)))
       return;
-    if (kind == MatKernel::GemvMma) kind = T <= (gemv_max_t_ >= 0 ? gemv_max_t_ : k::kGemvMaxT) ? MatKernel::Gemv : MatKernel::Gemm;
+    if (kind == MatKernel::GemvMma) kind = T <= gemv_limit(m.int8) ? MatKernel::Gemv : MatKernel::Gemm;
     if (kind == MatKernel::Gemv) {
       if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
