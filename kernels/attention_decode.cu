@@ -2,10 +2,17 @@
 // positions) CTA, all query heads of the kv head (GQA) together so K/V are read once; 4 warps x 32
 // positions per split. Scores: a lane owns a position (its K row); values: a lane owns head dims
 // (coalesced V rows). Splits beyond a token's length exit at once, so the grid can be sized for the
-// whole context (fixed launch shape, capturable in a CUDA graph). A second kernel merges splits.
+// whole context (fixed launch shape, capturable in a CUDA graph). The last split CTA of a (token, kv head)
+// to finish merges the splits (a counter per (token, kv head) in the workspace; no second kernel).
+// Cache rows written by earlier steps (positions < the segment's seg_pos0) are loaded before the
+// programmatic-dependent-launch wait, so their DRAM latency overlaps the previous kernel; only this
+// step's rows (written by the QKV epilogue / kv_quantize) and q are read after it.
 // The int8 cache (Q8) reads a byte per value plus a group scale: a score is sum over groups of
 // scale * (q . k_int8), a value row is weighted by p * scale; the bytes widen without I2F (i8_to_f).
+#include <atomic>
 #include <cfloat>
+#include <cstdlib>
+#include <type_traits>
 
 #include "common.cuh"
 #include "kernels.h"
@@ -19,10 +26,30 @@ constexpr int kSplit = 128;  // positions per CTA
 constexpr int kWarps = 4;
 constexpr int kMaxGroup = 8;  // query heads per kv head (70B: 64 / 8); kernels are built for 1, 2, 4, 8
 
-__device__ __forceinline__ int token_segment(const AttentionParams& p, int t) {
-  for (int s = 0; s < p.n_segments; ++s)
-    if (t >= p.seg_start[s] && t < p.seg_start[s] + p.seg_count[s]) return s;
-  return -1;
+// The segment holding token t (s = -1: none) with its start token and first position. Called by whole
+// warps with a warp-uniform t: each lane tests one segment, so a batch of up to 32 sequences costs one
+// load latency, not one per segment before t's (a serial scan cost ~2-4 us per CTA at batch 32-64).
+struct TokenSeg {
+  int s, start, pos0;
+};
+__device__ __forceinline__ TokenSeg token_segment(const AttentionParams& p, int t) {
+  const int lane = threadIdx.x & 31;
+  for (int s0 = 0; s0 < p.n_segments; s0 += 32) {
+    const int s = s0 + lane;
+    int start = 0, pos0 = 0;
+    bool hit = false;
+    if (s < p.n_segments) {
+      start = p.seg_start[s];
+      pos0 = p.seg_pos0[s];  // loaded with the test: no second round trip once the segment is known
+      hit = t >= start && t < start + p.seg_count[s];
+    }
+    const unsigned b = __ballot_sync(0xffffffffu, hit);
+    if (b) {
+      const int src = __ffs(b) - 1;
+      return {s0 + src, __shfl_sync(0xffffffffu, start, src), __shfl_sync(0xffffffffu, pos0, src)};
+    }
+  }
+  return {-1, 0, 0};
 }
 
 // Values per int8-cache scale for a head dim (backend.h kv_quant_group).
@@ -32,16 +59,24 @@ constexpr int kQGroup = HD % 32 == 0 ? 32 : HD;
 // 4 signed bytes -> the biased word i8_to_f reads.
 __device__ __forceinline__ uint32_t bias8(uint32_t w) { return w ^ 0x80808080u; }
 
-// Scores of one cache row (element offset `row`) against the group's G query heads, accumulated in sc.
-template <int HD, int kMaxG>
-__device__ __forceinline__ void score_row_f16(const AttentionParams& p, size_t row, const float (*qs)[HD], int G, float (&sc)[kMaxG]) {
-  const half* k = p.k_cache + row;
-  uint4 kv[(HD + 7) / 8];
+// One fp16 cache K row (element offset `row`) into registers.
+template <int HD>
+struct KRowF16 {
+  uint4 w[(HD + 7) / 8];
+};
+template <int HD>
+__device__ __forceinline__ void load_k_f16(const AttentionParams& p, size_t row, KRowF16<HD>& k) {
+  const half* src = p.k_cache + row;
 #pragma unroll
-  for (int c = 0; c < (HD + 7) / 8; ++c) kv[c] = *reinterpret_cast<const uint4*>(k + c * 8);
+  for (int c = 0; c < (HD + 7) / 8; ++c) k.w[c] = *reinterpret_cast<const uint4*>(src + c * 8);
+}
+
+// Scores of a K row against the group's G query heads, accumulated in sc.
+template <int HD, int kMaxG>
+__device__ __forceinline__ void score_f16(const KRowF16<HD>& k, const float (*qs)[HD], int G, float (&sc)[kMaxG]) {
 #pragma unroll
   for (int c = 0; c < (HD + 7) / 8; ++c) {
-    const half2* kh = reinterpret_cast<const half2*>(&kv[c]);
+    const half2* kh = reinterpret_cast<const half2*>(&k.w[c]);
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       float2 kf = __half22float2(kh[j]);
@@ -52,28 +87,36 @@ __device__ __forceinline__ void score_row_f16(const AttentionParams& p, size_t r
   }
 }
 
-template <int HD, int kMaxG>
-__device__ __forceinline__ void score_row_q8(const AttentionParams& p, size_t row, const float (*qs)[HD], int G, float (&sc)[kMaxG]) {
+// One int8 cache K row: its HD bytes (16-byte loads, 8 for HD 8) and its HD / QG group scales.
+template <int HD>
+struct KRowQ8 {
+  uint32_t w[HD / 4];
+  float scale[HD / kQGroup<HD>];
+};
+template <int HD>
+__device__ __forceinline__ void load_k_q8(const AttentionParams& p, size_t row, KRowQ8<HD>& k) {
   constexpr int QG = kQGroup<HD>;
-  // The row's HD bytes (16-byte loads, 8 for HD 8) and its HD / QG scales, all in flight together.
-  uint32_t kw[HD / 4];
   if constexpr (HD % 16 == 0) {
 #pragma unroll
     for (int c = 0; c < HD / 16; ++c) {
       uint4 raw = *reinterpret_cast<const uint4*>(p.k_q + row + c * 16);
-      kw[4 * c] = raw.x;
-      kw[4 * c + 1] = raw.y;
-      kw[4 * c + 2] = raw.z;
-      kw[4 * c + 3] = raw.w;
+      k.w[4 * c] = raw.x;
+      k.w[4 * c + 1] = raw.y;
+      k.w[4 * c + 2] = raw.z;
+      k.w[4 * c + 3] = raw.w;
     }
   } else {
     uint2 raw = *reinterpret_cast<const uint2*>(p.k_q + row);
-    kw[0] = raw.x;
-    kw[1] = raw.y;
+    k.w[0] = raw.x;
+    k.w[1] = raw.y;
   }
-  float ksc[HD / QG];
 #pragma unroll
-  for (int g = 0; g < HD / QG; ++g) ksc[g] = __half2float(p.k_scale[row / QG + g]);
+  for (int g = 0; g < HD / QG; ++g) k.scale[g] = __half2float(p.k_scale[row / QG + g]);
+}
+
+template <int HD, int kMaxG>
+__device__ __forceinline__ void score_q8(const KRowQ8<HD>& k, const float (*qs)[HD], int G, float (&sc)[kMaxG]) {
+  constexpr int QG = kQGroup<HD>;
 #pragma unroll
   for (int gi = 0; gi < HD / QG; ++gi) {
     float part[kMaxG];
@@ -81,33 +124,40 @@ __device__ __forceinline__ void score_row_q8(const AttentionParams& p, size_t ro
     for (int g = 0; g < kMaxG; ++g) part[g] = 0.f;
 #pragma unroll
     for (int d = gi * QG; d < (gi + 1) * QG; ++d) {
-      const float kf = i8_to_f(bias8(kw[d / 4]), d % 4);
+      const float kf = i8_to_f(bias8(k.w[d / 4]), d % 4);
 #pragma unroll
       for (int g = 0; g < kMaxG; ++g)
         if (g < G) part[g] = fmaf(qs[g][d], kf, part[g]);
     }
 #pragma unroll
     for (int g = 0; g < kMaxG; ++g)
-      if (g < G) sc[g] = fmaf(ksc[gi], part[g], sc[g]);
+      if (g < G) sc[g] = fmaf(k.scale[gi], part[g], sc[g]);
   }
 }
 
-template <int HD, int kMaxG, bool Q8>
-__global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_constant__ AttentionParams p, int n_splits, float* __restrict__ ws_ml,
-                                                                  float* __restrict__ ws_acc) {
+// kEarly (small grids, where latency rules): the cache rows of earlier steps load before the PDL wait
+// (K and V together: ~200 registers). Otherwise (many CTAs: occupancy rules, ~100 registers) everything
+// loads after the wait and q, V rows first.
+template <int HD, int kMaxG, bool Q8, bool kEarly>
+__global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_constant__ AttentionParams p, int n_splits, int* __restrict__ counters,
+                                                                  float* __restrict__ ws_ml, float* __restrict__ ws_acc) {
   constexpr int DPL = HD >= 32 ? HD / 32 : 1;  // dims per lane in the value phase
-  constexpr int kVB = DPL >= 8 ? 8 : 32;       // V rows prefetched per lane (registers: kVB * DPL halves)
+  constexpr int kVB = DPL >= 8 ? 8 : 32;       // V rows prefetched per lane
   constexpr int QG = kQGroup<HD>;
-  constexpr int VW = (DPL + 3) / 4;  // int8 V: words per lane and row
+  // Words per lane and V row: int8 DPL bytes, fp16 DPL halves (DPL 1: one half in the low bits).
+  constexpr int VW = Q8 ? (DPL + 3) / 4 : (DPL + 1) / 2;
   pdl_trigger();
-  pdl_wait();
+  // Before pdl_wait: only the step's inputs (copied before its first kernel) and cache rows of earlier
+  // steps, positions < seg_pos0 (this step writes positions >= seg_pos0 only).
   const int split = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
   const int t = p.decode_tokens ? p.decode_tokens[z] : z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int G = p.n_heads / p.n_kv_heads;
-  const int s = token_segment(p, t);
+  const TokenSeg ts = token_segment(p, t);
+  const int s = ts.s;
   if (s < 0) return;
-  const int L = p.seg_pos0[s] + (t - p.seg_start[s]) + 1;
+  const int pos0 = ts.pos0;
+  const int L = pos0 + (t - ts.start) + 1;
   const int begin = split * kSplit;
   if (begin >= L) return;
   const int end = min(L, begin + kSplit);
@@ -116,11 +166,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
   __shared__ float qs[kMaxG][HD];
   __shared__ float sm_m[kWarps][kMaxG], sm_l[kWarps][kMaxG];
   __shared__ float sm_acc[kWarps][kMaxG][HD];
-  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
-    int g = i / HD, d = i % HD;
-    qs[g][d] = __half2float(p.q[(size_t)t * p.ldq + (size_t)(kvh * G + g) * HD + d]) * p.scale;
-  }
-  __syncthreads();
+  __shared__ int sm_last;
 
   float m[kMaxG], l[kMaxG], acc[kMaxG][DPL];
 #pragma unroll
@@ -131,65 +177,94 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
     for (int i = 0; i < DPL; ++i) acc[g][i] = 0.f;
   }
 
-  const int pos = begin + warp * 32 + lane;
-  if (begin + warp * 32 < end) {
-    const bool valid = pos < end;
-    // Each lane resolves its own position's cache row once (one block-table lookup per position).
-    const size_t row = valid ? kv_cache_row(table[pos / kKvBlock], pos % kKvBlock, p.n_kv_heads, kvh) * HD : 0;
-    // V rows of this warp's positions for the lane's dims: they do not depend on the scores, so their
-    // loads go out now and overlap the K loads below.
-    const int n_pos = min(32, end - (begin + warp * 32));
-    const bool has_dims = lane * DPL < HD;
-    half vbuf[Q8 ? 1 : kVB][DPL];
-    uint32_t vw[Q8 ? kVB : 1][VW];  // int8: the lane's DPL bytes of each row
-    float vsc[Q8 ? kVB : 1];        // int8: their group's scale
-    auto load_v = [&](int j0) {
+  const int wbegin = begin + warp * 32;
+  const int pos = wbegin + lane;
+  const bool active = wbegin < end;  // warp-uniform
+  const bool valid = pos < end;
+  const bool early = valid && pos < pos0;
+  // Each lane resolves its own position's cache row once (one block-table lookup per position).
+  const size_t row = valid ? kv_cache_row(table[pos / kKvBlock], pos % kKvBlock, p.n_kv_heads, kvh) * HD : 0;
+  const int n_pos = active ? min(32, end - wbegin) : 0;
+  const bool has_dims = lane * DPL < HD;
+  // V rows of this warp's positions for the lane's dims (they do not depend on the scores, so they load
+  // together with K), kept as raw words.
+  uint32_t vw[kVB][VW];
+  float vsc[Q8 ? kVB : 1];  // int8: the rows' group scales
+  auto load_v = [&](int j0, int phase) {  // phase 0: all rows, 1: earlier steps' rows, 2: this step's rows
 #pragma unroll
-      for (int jj = 0; jj < kVB; ++jj) {
-        const size_t r = (size_t)__shfl_sync(0xffffffffu, (unsigned long long)row, (j0 + jj) & 31);
-        const bool ok = has_dims && j0 + jj < n_pos;
-        if constexpr (Q8) {
-          const int8_t* src = p.v_q + r + lane * DPL;
-          if constexpr (DPL == 8) {
-            uint2 raw = ok ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
-            vw[jj][0] = raw.x;
-            vw[jj][1] = raw.y;
-          } else if constexpr (DPL == 4) {
-            vw[jj][0] = ok ? *reinterpret_cast<const uint32_t*>(src) : 0u;
-          } else if constexpr (DPL == 2) {
-            vw[jj][0] = ok ? *reinterpret_cast<const uint16_t*>(src) : 0u;
-          } else {
-            vw[jj][0] = ok ? (uint32_t)*reinterpret_cast<const uint8_t*>(src) : 0u;
-          }
-          vsc[jj] = ok ? __half2float(p.v_scale[r / QG + (lane * DPL) / QG]) : 0.f;
+    for (int jj = 0; jj < kVB; ++jj) {
+      const size_t r = (size_t)__shfl_sync(0xffffffffu, (unsigned long long)row, (j0 + jj) & 31);
+      const bool in = has_dims && j0 + jj < n_pos;
+      const bool cur = wbegin + j0 + jj >= pos0;
+      if (phase == 2 && !(in && cur)) continue;
+      const bool ok = in && (phase == 0 || (phase == 2) == cur);
+      if constexpr (Q8) {
+        const int8_t* src = p.v_q + r + lane * DPL;
+        if constexpr (DPL == 8) {
+          uint2 raw = ok ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
+          vw[jj][0] = raw.x;
+          vw[jj][1] = raw.y;
+        } else if constexpr (DPL == 4) {
+          vw[jj][0] = ok ? *reinterpret_cast<const uint32_t*>(src) : 0u;
+        } else if constexpr (DPL == 2) {
+          vw[jj][0] = ok ? *reinterpret_cast<const uint16_t*>(src) : 0u;
         } else {
-          const half* src = p.v_cache + r + lane * DPL;
-          if constexpr (DPL == 8) {
-            uint4 raw = ok ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) vbuf[jj][i] = reinterpret_cast<const half*>(&raw)[i];
-          } else if constexpr (DPL == 4) {
-            uint2 raw = ok ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) vbuf[jj][i] = reinterpret_cast<const half*>(&raw)[i];
-          } else if constexpr (DPL == 2) {
-            half2 raw = ok ? *reinterpret_cast<const half2*>(src) : __float2half2_rn(0.f);
-            vbuf[jj][0] = raw.x;
-            vbuf[jj][1] = raw.y;
-          } else {
-            vbuf[jj][0] = ok ? *src : __float2half(0.f);
-          }
+          vw[jj][0] = ok ? (uint32_t)*reinterpret_cast<const uint8_t*>(src) : 0u;
+        }
+        vsc[jj] = ok ? __half2float(p.v_scale[r / QG + (lane * DPL) / QG]) : 0.f;
+      } else {
+        const half* src = p.v_cache + r + lane * DPL;
+        if constexpr (DPL == 8) {
+          uint4 raw = ok ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+          vw[jj][0] = raw.x, vw[jj][1] = raw.y, vw[jj][2] = raw.z, vw[jj][3] = raw.w;
+        } else if constexpr (DPL == 4) {
+          uint2 raw = ok ? *reinterpret_cast<const uint2*>(src) : make_uint2(0, 0);
+          vw[jj][0] = raw.x, vw[jj][1] = raw.y;
+        } else if constexpr (DPL == 2) {
+          vw[jj][0] = ok ? *reinterpret_cast<const uint32_t*>(src) : 0u;
+        } else {
+          vw[jj][0] = ok ? (uint32_t)*reinterpret_cast<const uint16_t*>(src) : 0u;
         }
       }
-    };
-    load_v(0);
-    // Scores: this lane's position against every query head of the group; all K loads in flight.
+    }
+  };
+  std::conditional_t<Q8, KRowQ8<HD>, KRowF16<HD>> krow;
+  auto load_k = [&] {
+    if constexpr (Q8) load_k_q8<HD>(p, row, krow);
+    else load_k_f16<HD>(p, row, krow);
+  };
+  if constexpr (kEarly) {
+    if (active) {
+      if (early) load_k();
+      load_v(0, 1);
+    }
+  }
+  pdl_wait();
+  // The predecessor's writes are visible from here: this step's cache rows, and q.
+  if constexpr (kEarly) {
+    if (active && wbegin + n_pos > pos0) {  // warp-uniform: the warp has rows of this step
+      if (valid && !early) load_k();
+      load_v(0, 2);
+    }
+  }
+  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    int g = i / HD, d = i % HD;
+    qs[g][d] = __half2float(p.q[(size_t)t * p.ldq + (size_t)(kvh * G + g) * HD + d]) * p.scale;
+  }
+  __syncthreads();
+
+  if (active) {
+    if constexpr (!kEarly) {
+      load_v(0, 0);
+      if (valid) load_k();
+    }
+    // Scores: this lane's position against every query head of the group.
     float sc[kMaxG];
 #pragma unroll
     for (int g = 0; g < kMaxG; ++g) sc[g] = 0.f;
     if (valid) {
-      if constexpr (Q8) score_row_q8<HD, kMaxG>(p, row, qs, G, sc);
-      else score_row_f16<HD, kMaxG>(p, row, qs, G, sc);
+      if constexpr (Q8) score_q8<HD, kMaxG>(krow, qs, G, sc);
+      else score_f16<HD, kMaxG>(krow, qs, G, sc);
     }
     float pr[kMaxG];
 #pragma unroll
@@ -200,13 +275,12 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
       pr[g] = valid ? __expf(sc[g] - mx) : 0.f;
       l[g] = warp_sum(pr[g]);
     }
-    // Values: lane owns dims [lane * DPL, +DPL) (HD < 32: lanes >= HD idle). The rows were loaded
-    // before the scores (vbuf); only HD = 256 (DPL 8) needs a second batch loop.
-    const int n = min(32, end - (begin + warp * 32));
+    // Values: lane owns dims [lane * DPL, +DPL) (HD < 32: lanes >= HD idle). The first kVB rows are in
+    // registers already; only HD = 256 (DPL 8) needs a second batch loop.
 #pragma unroll
     for (int j0 = 0; j0 < 32; j0 += kVB) {
-      if (j0 >= n) break;
-      if (j0 > 0) load_v(j0);
+      if (j0 >= n_pos) break;
+      if (j0 > 0) load_v(j0, 0);
 #pragma unroll
       for (int jj = 0; jj < kVB; ++jj) {
 #pragma unroll
@@ -219,7 +293,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
             for (int i = 0; i < DPL; ++i) acc[g][i] = fmaf(ws, i8_to_f(bias8(vw[jj][i / 4]), i % 4), acc[g][i]);
           } else {
 #pragma unroll
-            for (int i = 0; i < DPL; ++i) acc[g][i] = fmaf(w, __half2float(vbuf[jj][i]), acc[g][i]);
+            for (int i = 0; i < DPL; ++i) {
+              const uint32_t wd = vw[jj][i / 2];
+              const float v = __half2float(__ushort_as_half((unsigned short)(i % 2 ? wd >> 16 : wd & 0xffffu)));
+              acc[g][i] = fmaf(w, v, acc[g][i]);
+            }
           }
         }
       }
@@ -262,61 +340,114 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
       }
     }
   }
+  if (n_splits == 1) return;
+
+  // The last of this (token, kv head)'s splits to get here merges them all:
+  // out = sum_s acc_s e^{m_s - M} / sum_s l_s e^{m_s - M}. The counter goes back to 0 for the next launch.
+  __threadfence();  // this CTA's partials are visible device-wide before its count is
+  __syncthreads();
+  const int used = min(n_splits, (L + kSplit - 1) / kSplit);
+  if (threadIdx.x == 0) {
+    int* c = counters + (size_t)z * p.n_kv_heads + kvh;
+    const bool last = atomicAdd(c, 1) == used - 1;
+    if (last) atomicExch(c, 0);
+    sm_last = last;
+  }
+  __syncthreads();
+  if (!sm_last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    const int g = i / HD, d = i % HD, h = kvh * G + g;
+    const size_t base = ((size_t)z * p.n_heads + h) * n_splits;
+    float M = -FLT_MAX;
+    for (int j = 0; j < used; ++j) M = fmaxf(M, __ldcg(ws_ml + (base + j) * 2));
+    float Ls = 0.f, A = 0.f;
+    for (int j = 0; j < used; ++j) {
+      const float f = __expf(__ldcg(ws_ml + (base + j) * 2) - M);
+      Ls += __ldcg(ws_ml + (base + j) * 2 + 1) * f;
+      A += __ldcg(ws_acc + (base + j) * HD + d) * f;
+    }
+    p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
+  }
 }
 
-// Merges the splits of one (token, head): out = sum_s acc_s e^{m_s - M} / sum_s l_s e^{m_s - M}.
-template <int HD>
-__global__ void attn_reduce_kernel(const __grid_constant__ AttentionParams p, int n_splits, const float* __restrict__ ws_ml, const float* __restrict__ ws_acc) {
-  pdl_trigger();
-  pdl_wait();
-  const int z = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-  const int t = p.decode_tokens ? p.decode_tokens[z] : z;
-  const int s = token_segment(p, t);
-  if (s < 0 || d >= HD) return;
-  const int L = p.seg_pos0[s] + (t - p.seg_start[s]) + 1;
-  const int used = min(n_splits, (L + kSplit - 1) / kSplit);
-  const size_t base = ((size_t)z * p.n_heads + h) * n_splits;
-  float M = -FLT_MAX;
-  for (int i = 0; i < used; ++i) M = fmaxf(M, ws_ml[(base + i) * 2]);
-  float Ls = 0.f, A = 0.f;
-  for (int i = 0; i < used; ++i) {
-    float f = __expf(ws_ml[(base + i) * 2] - M);
-    Ls += ws_ml[(base + i) * 2 + 1] * f;
-    A += ws_acc[(base + i) * HD + d] * f;
+// Workspace layout: the merge counters (tokens x kv heads ints, 16-byte padded), then m/l pairs and
+// the accumulators of every (token, head, split).
+struct Workspace {
+  int* counters;
+  float* ml;
+  float* acc;
+};
+// (Counters are sized by query heads, an upper bound of kv heads, so the size needs no kv-head count.)
+inline size_t counter_bytes(int n_tokens, int n_heads) { return ((size_t)n_tokens * n_heads * sizeof(int) + 15) / 16 * 16; }
+inline Workspace split_workspace(void* ws, int n_tokens, int n_heads, int n_splits) {
+  Workspace w;
+  w.counters = static_cast<int*>(ws);
+  w.ml = reinterpret_cast<float*>(static_cast<char*>(ws) + counter_bytes(n_tokens, n_heads));
+  w.acc = w.ml + (size_t)n_tokens * n_heads * n_splits * 2;
+  return w;
+}
+
+template <int HD, bool Q8, bool kEarly>
+void launch_variant(const AttentionParams& p, dim3 grid, int n_splits, const Workspace& w, cudaStream_t stream) {
+  const int g = p.n_heads / p.n_kv_heads;  // registers scale with the group: build per group size
+  if (g == 1) launch(attn_decode_kernel<HD, 1, Q8, kEarly>, grid, kWarps * 32, 0, stream, p, n_splits, w.counters, w.ml, w.acc);
+  else if (g == 2) launch(attn_decode_kernel<HD, 2, Q8, kEarly>, grid, kWarps * 32, 0, stream, p, n_splits, w.counters, w.ml, w.acc);
+  else if (g <= 4) launch(attn_decode_kernel<HD, 4, Q8, kEarly>, grid, kWarps * 32, 0, stream, p, n_splits, w.counters, w.ml, w.acc);
+  else launch(attn_decode_kernel<HD, kMaxGroup, Q8, kEarly>, grid, kWarps * 32, 0, stream, p, n_splits, w.counters, w.ml, w.acc);
+}
+
+// The early-load variant while (token, kv head) pairs x 2 splits fit in one wave of 2 CTAs per SM (batch 1
+// and 2 of 7B); LLAMA2_ATTN_EARLY=0 / 1 forces it off / on (A/B runs).
+std::atomic<int> g_force_early{-2};  // -2: not read yet; -1: by grid size; 0 / 1: forced
+bool use_early(int n_tokens, int n_kv_heads) {
+  int forced = g_force_early.load(std::memory_order_relaxed);
+  if (forced == -2) {
+    const char* e = std::getenv("LLAMA2_ATTN_EARLY");
+    forced = e && *e ? (std::atoi(e) != 0) : -1;
+    int expected = -2;
+    g_force_early.compare_exchange_strong(expected, forced);  // a test's setting wins over the environment
+    forced = g_force_early.load(std::memory_order_relaxed);
   }
-  p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
+  if (forced >= 0) return forced != 0;
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return (long)n_tokens * n_kv_heads * 2 <= 2L * sms;
 }
 
 template <int HD, bool Q8>
-void launch_kind(const AttentionParams& p, dim3 grid, int n_splits, float* ws_ml, float* ws_acc, cudaStream_t stream) {
-  const int g = p.n_heads / p.n_kv_heads;  // registers scale with the group: build per group size
-  if (g == 1) launch(attn_decode_kernel<HD, 1, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
-  else if (g == 2) launch(attn_decode_kernel<HD, 2, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
-  else if (g <= 4) launch(attn_decode_kernel<HD, 4, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
-  else launch(attn_decode_kernel<HD, kMaxGroup, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, ws_ml, ws_acc);
+void launch_kind(const AttentionParams& p, dim3 grid, int n_splits, const Workspace& w, cudaStream_t stream) {
+  if (use_early((int)grid.z, p.n_kv_heads)) launch_variant<HD, Q8, true>(p, grid, n_splits, w, stream);
+  else launch_variant<HD, Q8, false>(p, grid, n_splits, w, stream);
 }
 
 template <int HD>
 void launch(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
-  int n_splits = ceil_div(max_ctx, kSplit);
-  float* ws_ml = static_cast<float*>(workspace);
-  float* ws_acc = ws_ml + (size_t)n_tokens * p.n_heads * n_splits * 2;
+  const int n_splits = ceil_div(max_ctx, kSplit);
+  const Workspace w = split_workspace(workspace, n_tokens, p.n_heads, n_splits);
   dim3 grid(n_splits, p.n_kv_heads, n_tokens);
   if (p.k_q) {
     if (p.kv_group != kQGroup<HD>) return;  // the cache was written with another grouping
-    launch_kind<HD, true>(p, grid, n_splits, ws_ml, ws_acc, stream);
+    launch_kind<HD, true>(p, grid, n_splits, w, stream);
   } else {
-    launch_kind<HD, false>(p, grid, n_splits, ws_ml, ws_acc, stream);
+    launch_kind<HD, false>(p, grid, n_splits, w, stream);
   }
-  if (n_splits > 1) launch(attn_reduce_kernel<HD>, dim3(n_tokens, p.n_heads), HD < 32 ? 32 : HD, 0, stream, p, n_splits, (const float*)ws_ml, (const float*)ws_acc);
 }
 
 }  // namespace
 
+// Test hook (declared by kernels/tests/test_kv_int8.cu): -1 chooses the variant by grid size, 0 / 1 force it.
+namespace attention_detail {
+void force_early(int mode) { g_force_early.store(mode < 0 ? -1 : (mode != 0)); }
+}  // namespace attention_detail
+
 size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx) {
   size_t splits = (size_t)ceil_div(max_ctx, kSplit);
-  return (size_t)n_tokens * n_heads * splits * (head_dim + 2) * sizeof(float);
+  return counter_bytes(n_tokens, n_heads) + (size_t)n_tokens * n_heads * splits * (head_dim + 2) * sizeof(float);
 }
+
+size_t attention_decode_counter_bytes(int n_tokens, int n_heads) { return counter_bytes(n_tokens, n_heads); }
 
 void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
   if (n_tokens <= 0) return;

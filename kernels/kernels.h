@@ -124,10 +124,13 @@ struct AttentionParams {
 // Flash-attention style prefill on tensor cores (head_dim 64 or 128): segments with count > 1.
 // Returns false (launching nothing) for head dims it does not support.
 bool attention_prefill(const AttentionParams& p, int max_seg_count, cudaStream_t stream);
-// Flash-decoding (split over the context, then a reduce) for the n_tokens listed in p.decode_tokens,
-// any head_dim in {8, 16, 32, 64, 128, 256}. `workspace` holds the split partials; `max_ctx` bounds
-// the positions (the grid is sized by it, so a fixed max_ctx gives a fixed launch for CUDA graphs).
+// Flash-decoding (split over the context; the last split CTA merges) for the n_tokens listed in
+// p.decode_tokens, any head_dim in {8, 16, 32, 64, 128, 256}. `workspace` holds the split partials and
+// the merge counters: zero it once when allocated (cudaMemset); every call leaves the counters at zero.
+// `max_ctx` bounds the positions (the grid is sized by it: a fixed max_ctx gives a fixed launch for graphs).
 size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx);
+// The workspace's leading bytes that hold the merge counters (what must be zero before a call).
+size_t attention_decode_counter_bytes(int n_tokens, int n_heads);
 void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream);
 
 // ---- kv_quant.cu: the int8 KV cache's writer ----

@@ -97,8 +97,26 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   return __shfl_sync(mask, v, l >= (int)delta ? l - (int)delta : l, width);
 }
 
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  const unsigned char* s = l2emu::warp_exchange(mask, &pred, (int)sizeof(int));
+  unsigned r = 0;
+  for (int l = 0; l < 32; ++l) {
+    int v;
+    std::memcpy(&v, s + l * l2emu::kSlot, sizeof v);
+    if ((mask >> l) & 1u && v) r |= 1u << l;
+  }
+  return r;
+}
+inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
+inline int __ffs(int x) { return __ffs((unsigned)x); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+
 template <class T>
 inline T __ldg(const T* p) {
+  return *p;
+}
+template <class T>
+inline T __ldcg(const T* p) {
   return *p;
 }
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {

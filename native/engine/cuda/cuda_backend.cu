@@ -278,6 +278,7 @@ class CudaBackend final : public Backend {
     CK(cudaMemsetAsync(h_, 0, plan_.h, stream_));
     CK(cudaMemsetAsync(xo_, 0, plan_.xo, stream_));
     CK(cudaMemsetAsync(kv_, 0, kv_bytes_, stream_));
+    CK(cudaMemsetAsync(attn_ws_, 0, plan_.attn_ws, stream_));  // decode attention's merge counters start at 0
     in_bytes_ = plan_.inputs;
     in_dev_ = static_cast<int32_t*>(dalloc(in_bytes_));
     CK(cudaMallocHost(&pinned_in_, in_bytes_));

@@ -157,6 +157,7 @@ class CudaOpBench final : public OpBench {
     ap_.scale = 1.f / sqrtf((float)hd);
     max_ctx_ = ctx;
     ws_ = arena_.alloc<uint8_t>(k::attention_decode_workspace(B, H, hd, ctx));
+    CK(cudaMemset(ws_, 0, k::attention_decode_workspace(B, H, hd, ctx)));  // merge counters start at 0
     bytes = 2ull * B * ctx * KH * hd * 2 + 2ull * B * H * hd * 2;
     flops = 4.0 * B * H * (double)ctx * hd;
     description = "cuda flash-decoding, " + std::to_string(B) + " seq x " + std::to_string(ctx) + " positions, " + std::to_string(H) + "/" +
