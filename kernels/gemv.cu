@@ -2,6 +2,8 @@
 // Memory-bound: every weight byte is read once per step with 16-byte streaming loads, all of a
 // block's loads in flight at once; the T activation rows are read through L1 (tiny, shared by the
 // block). fp32 accumulation, fused epilogue.
+#include <atomic>
+#include <cstdlib>
 #include <type_traits>
 
 #include "common.cuh"
@@ -49,10 +51,9 @@ __device__ __forceinline__ void finish(float (&acc)[T][R], const float (&ss)[T],
   }
   __syncthreads();
   constexpr int P = R / 2;
-  if (threadIdx.x < T * P) {
-    const int t = threadIdx.x / P, p = threadIdx.x % P;
-    const int n = n0 + 2 * p;
-    if (n >= n_valid) return;  // pairs of the last block's pad rows
+  const int t = threadIdx.x / P, p = threadIdx.x % P;
+  const int n = n0 + 2 * p;
+  if (threadIdx.x < T * P && n < n_valid) {  // (pairs of the last block's pad rows skip)
     float v0 = 0.f, v1 = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
@@ -69,6 +70,7 @@ __device__ __forceinline__ void finish(float (&acc)[T][R], const float (&ss)[T],
     }
     epilogue_pair(epi, t, n, v0, v1);
   }
+  __syncthreads();  // red is reused by the block's next row group
 }
 
 // NORM: 8 inputs of token t at column k (k % 8 == 0) as x * w (the norm weight), their x^2 added to ss.
@@ -103,20 +105,28 @@ __device__ __forceinline__ float dot8f(uint4 w, const float* x, float acc) {
   return acc;
 }
 
+// Both kernels walk row groups (kR rows) grid-stride: with the grid capped at what fits the SMs at once
+// (launch_*), a block issues its next group's first loads before it reduces and stores the current one,
+// so the memory pipe stays full across groups instead of draining at every wave of blocks (the N = 4096
+// matrices had only ~2 waves: H200 batch 1, 2.5 TB/s against 3.6-4.0 for the wide ones).
 template <bool NORM, int T, int U, int kR>
 __global__ void __launch_bounds__(kThreads) gemv_f16_kernel(const half* __restrict__ A, int lda, const half* __restrict__ W, int ldw,
                                                             int K, int n_valid, Epilogue epi, NormInput nin) {
-  const int n0 = blockIdx.x * kR;
+  const int n_groups = (n_valid + kR - 1) / kR;
   float acc[T][kR], ss[T];
+  auto reset = [&] {
 #pragma unroll
-  for (int t = 0; t < T; ++t) ss[t] = 0.f;
+    for (int t = 0; t < T; ++t) {
+      ss[t] = 0.f;
 #pragma unroll
-  for (int t = 0; t < T; ++t)
-#pragma unroll
-    for (int r = 0; r < kR; ++r) acc[t][r] = 0.f;
-  const half* w0 = W + (size_t)n0 * ldw;
+      for (int r = 0; r < kR; ++r) acc[t][r] = 0.f;
+    }
+  };
+  reset();
   constexpr int kStep = kThreads * 8;  // halves per block per step
-  auto load = [&](uint4 (&w)[U][kR], int k0) {
+  const int kfirst = threadIdx.x * 8;
+  auto load = [&](uint4 (&w)[U][kR], int g, int k0) {
+    const half* w0 = W + (size_t)g * kR * ldw;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = k0 + u * kStep;
@@ -126,8 +136,8 @@ __global__ void __launch_bounds__(kThreads) gemv_f16_kernel(const half* __restri
   };
   // The first round of weights needs nothing from the previous kernel: load it before waiting.
   uint4 w[U][kR];
-  int k0 = threadIdx.x * 8;
-  load(w, k0);
+  int g = blockIdx.x, k0 = kfirst;
+  load(w, g, k0);
   pdl_trigger();
   pdl_wait();
   for (;;) {
@@ -136,8 +146,10 @@ __global__ void __launch_bounds__(kThreads) gemv_f16_kernel(const half* __restri
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int r = 0; r < kR; ++r) cur[u][r] = w[u][r];
-    const int next = k0 + kStep * U;
-    if (next < K) load(w, next);  // the next round is in flight while this one is used
+    // The next round (this group's next K chunk, or the next group's first) is in flight while this one is used.
+    int gn = g, kn = k0 + kStep * U;
+    if (kn >= K) gn = g + gridDim.x, kn = kfirst;
+    if (gn < n_groups) load(w, gn, kn);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = k0 + u * kStep;
@@ -157,10 +169,13 @@ __global__ void __launch_bounds__(kThreads) gemv_f16_kernel(const half* __restri
         }
       }
     }
-    if (next >= K) break;
-    k0 = next;
+    if (gn != g) {
+      finish<NORM, T, kR>(acc, ss, nin, epi, g * kR, n_valid);
+      if (gn >= n_groups) break;
+      reset();
+    }
+    g = gn, k0 = kn;
   }
-  finish<NORM, T, kR>(acc, ss, nin, epi, n0, n_valid);
 }
 
 // int8 weights: a lane reads 16 int8 (half a 32-group) per row per step; scales[n][k / 32].
@@ -169,19 +184,23 @@ template <bool NORM, int T, int U, int kR>
 __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8_kernel(const half* __restrict__ A, int lda, const int8_t* __restrict__ Wq,
                                                            const half* __restrict__ S, int ldw, int K, int n_valid, Epilogue epi,
                                                            NormInput nin) {
-  const int n0 = blockIdx.x * kR;
+  const int n_groups = (n_valid + kR - 1) / kR;
   const int lds = ldw / 32;
   float acc[T][kR], ss[T];
+  auto reset = [&] {
 #pragma unroll
-  for (int t = 0; t < T; ++t) ss[t] = 0.f;
+    for (int t = 0; t < T; ++t) {
+      ss[t] = 0.f;
 #pragma unroll
-  for (int t = 0; t < T; ++t)
-#pragma unroll
-    for (int r = 0; r < kR; ++r) acc[t][r] = 0.f;
-  const int8_t* w0 = Wq + (size_t)n0 * ldw;
-  const half* s0 = S + (size_t)n0 * lds;
+      for (int r = 0; r < kR; ++r) acc[t][r] = 0.f;
+    }
+  };
+  reset();
   constexpr int kStep = kThreads * 16;
-  auto load = [&](uint4 (&w)[U][kR], float (&sc)[U][kR], int k0) {
+  const int kfirst = threadIdx.x * 16;
+  auto load = [&](uint4 (&w)[U][kR], float (&sc)[U][kR], int g, int k0) {
+    const int8_t* w0 = Wq + (size_t)g * kR * ldw;
+    const half* s0 = S + (size_t)g * kR * lds;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = k0 + u * kStep;
@@ -194,8 +213,8 @@ __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8
   };
   uint4 w[U][kR];
   float sc[U][kR];
-  int k0 = threadIdx.x * 16;
-  load(w, sc, k0);
+  int g = blockIdx.x, k0 = kfirst;
+  load(w, sc, g, k0);
   pdl_trigger();
   pdl_wait();
   for (;;) {
@@ -208,8 +227,9 @@ __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8
         cur[u][r] = w[u][r];
         csc[u][r] = sc[u][r];
       }
-    const int next = k0 + kStep * U;
-    if (next < K) load(w, sc, next);
+    int gn = g, kn = k0 + kStep * U;
+    if (kn >= K) gn = g + gridDim.x, kn = kfirst;
+    if (gn < n_groups) load(w, sc, gn, kn);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = k0 + u * kStep;
@@ -249,24 +269,58 @@ __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8
         }
       }
     }
-    if (next >= K) break;
-    k0 = next;
+    if (gn != g) {
+      finish<NORM, T, kR>(acc, ss, nin, epi, g * kR, n_valid);
+      if (gn >= n_groups) break;
+      reset();
+    }
+    g = gn, k0 = kn;
   }
-  finish<NORM, T, kR>(acc, ss, nin, epi, n0, n_valid);
 }
 
 // Rows per block: 0 = the defaults above; tests set 2 or 4 to compare (gemv_detail::set_rows).
 int g_rows_f16 = 0, g_rows_w8 = 0;
+// Grid cap (blocks): 0 = as many as fit the SMs at once (the default), -1 = one block per row group
+// (LLAMA2_GEMV_PERSIST=0: the launch before the grid-stride loop, for A/B runs), > 0: tests.
+std::atomic<int> g_grid_cap{-2};  // -2: the environment not read yet
+
+// Blocks of `kernel` for n_groups row groups.
+template <class Kernel>
+int gemv_grid(Kernel kernel, int n_groups) {
+  int cap = g_grid_cap.load(std::memory_order_relaxed);
+  if (cap == -2) {
+    const char* e = std::getenv("LLAMA2_GEMV_PERSIST");
+    int expected = -2;
+    g_grid_cap.compare_exchange_strong(expected, e && *e == '0' ? -1 : 0);  // a test's setting wins
+    cap = g_grid_cap.load(std::memory_order_relaxed);
+  }
+  if (cap < 0) return n_groups;
+  if (cap == 0) {
+    static std::atomic<int> per_sm{0};  // per kernel instantiation (one GPU model per process in practice)
+    int bps = per_sm.load(std::memory_order_relaxed);
+    if (bps == 0) {
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, 0) != cudaSuccess || bps < 1) bps = 1;
+      per_sm.store(bps, std::memory_order_relaxed);
+    }
+    int dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cap = bps * (sms > 0 ? sms : 1);
+  }
+  // Equal shares: every block walks the same number of groups (the last share may be short by one block's).
+  const int per = (n_groups + cap - 1) / cap;
+  return (n_groups + per - 1) / per;
+}
 
 template <bool NORM, int T>
 void launch_f16(const half* A, int lda, const NormInput& nin, const half* W, int ldw, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
   if constexpr (T <= 4) {  // 4-row fp16 blocks only where registers allow (tests compare them)
     if (g_rows_f16 == 4) {
-      launch(gemv_f16_kernel<NORM, T, 4, 4>, ceil_div(n_valid, 4), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi, nin);
+      launch(gemv_f16_kernel<NORM, T, 4, 4>, gemv_grid(gemv_f16_kernel<NORM, T, 4, 4>, ceil_div(n_valid, 4)), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi, nin);
       return;
     }
   }
-  launch(gemv_f16_kernel<NORM, T, 4, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi, nin);
+  launch(gemv_f16_kernel<NORM, T, 4, 2>, gemv_grid(gemv_f16_kernel<NORM, T, 4, 2>, ceil_div(n_valid, 2)), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi, nin);
 }
 
 template <bool NORM, int T>
@@ -274,11 +328,11 @@ void launch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq, c
                cudaStream_t s) {
   if constexpr (T <= 4) {  // 4-row int8 blocks: the default at T = 1, tests compare them up to 4
     if ((g_rows_w8 ? g_rows_w8 : (T == 1 ? 4 : 2)) == 4) {
-      launch(gemv_w8_kernel<NORM, T, 2, 4>, ceil_div(n_valid, 4), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
+      launch(gemv_w8_kernel<NORM, T, 2, 4>, gemv_grid(gemv_w8_kernel<NORM, T, 2, 4>, ceil_div(n_valid, 4)), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
       return;
     }
   }
-  launch(gemv_w8_kernel<NORM, T, 2, 2>, ceil_div(n_valid, 2), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
+  launch(gemv_w8_kernel<NORM, T, 2, 2>, gemv_grid(gemv_w8_kernel<NORM, T, 2, 2>, ceil_div(n_valid, 2)), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
 }
 
 // Calls f(std::integral_constant<int, T>{}) for the token counts the kernels are built for (1..kGemvMaxT).
@@ -340,6 +394,7 @@ void set_rows(int f16_rows, int w8_rows) {
   g_rows_f16 = f16_rows;
   g_rows_w8 = w8_rows;
 }
+void set_grid_cap(int blocks) { g_grid_cap.store(blocks); }
 }  // namespace gemv_detail
 
 }  // namespace l2::kernels

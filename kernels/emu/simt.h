@@ -182,6 +182,13 @@ inline T atomicCAS(T* p, T cmp, T v) {
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 
+// Occupancy: the emulator has no registers to count; 4 blocks per SM (tests set their own grid caps).
+template <class... P>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void (*)(P...), int, size_t) {
+  *n = 4;
+  return cudaSuccess;
+}
+
 // The runtime's C++ overload for kernel entry points (nvcc-only in cuda_runtime.h).
 template <class... P>
 inline cudaError_t cudaFuncSetAttribute(void (*f)(P...), cudaFuncAttribute a, int v) {

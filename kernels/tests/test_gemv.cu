@@ -6,6 +6,7 @@
 
 namespace l2::kernels::gemv_detail {
 void set_rows(int f16_rows, int w8_rows);  // rows per GEMV block (2 or 4; 0 = the kernel's defaults)
+void set_grid_cap(int blocks);             // 0: fit the SMs (default), -1: a block per row group, > 0: that many
 }
 
 using namespace l2test;
@@ -248,6 +249,23 @@ void correctness(Context& ctx) {
       }
   }
   k::gemv_detail::set_rows(0, 0);
+  // The grid-stride walk over row groups: a few blocks walking many groups (each block's next group is
+  // loaded before it stores the current one), and one block per group (LLAMA2_GEMV_PERSIST=0).
+  for (int cap : {3, 7, -1}) {
+    k::gemv_detail::set_grid_cap(cap);
+    const std::string tag = cap < 0 ? " grid=groups" : fmt(" grid=%d", cap);
+    for (int rows : {2, 4}) {
+      k::gemv_detail::set_rows(rows, rows);
+      for (int T : {1, 3, 8})
+        for (bool w8 : {false, true}) {
+          if (rows == 4 && T > 4) continue;
+          check_shape(ctx, Kern::Gemv, w8, 384, 298, 1088, T, T % 2 == 1, (tag + fmt(" r%d", rows)).c_str());
+        }
+    }
+    for (bool w8 : {false, true}) check_norm_shape(ctx, w8, 384, 298, 1088, 1000, 1, true);
+  }
+  k::gemv_detail::set_grid_cap(0);
+  k::gemv_detail::set_rows(0, 0);
   // RMSNorm fused into the input: every T it is built for, both weight types and block heights, a row shorter than K
   // (dim 1000 of K 1088: its last chunk straddles dim for int8's 16-column steps), and the 7B width.
   for (int rows : {0, 2, 4}) {
@@ -302,6 +320,12 @@ void benchmarks(Context& ctx) {
           ctx.metrics[fmt("gemv_rows.%d.%s.%s.%d", rows, w8 ? "w8" : "f16", s.name, T)] = ms;
         }
         k::gemv_detail::set_rows(0, 0);
+        // The default block height with one block per row group (the launch before the grid-stride walk).
+        k::gemv_detail::set_grid_cap(-1);
+        double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(Kern::Gemv, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+        k::gemv_detail::set_grid_cap(0);
+        ctx.bench(fmt("gemv grid=groups %-3s %-7s N%-5d K%-5d T%-2d", w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
+        ctx.metrics[fmt("gemv_groups.%s.%s.%d", w8 ? "w8" : "f16", s.name, T)] = ms;
       }
       for (int T : {1, 2, 4, 8, 16, 32}) {
         for (Kern kern : {Kern::Gemv, Kern::Mma, Kern::Gemm}) {
@@ -327,6 +351,17 @@ void benchmarks(Context& ctx) {
           line += fmt("  r%d %.1f us", rows, sum * 1e3);
         }
         c.summary.push_back(line);
+      }
+    for (const char* dt : {"f16", "w8"})
+      for (int T : {1, 2, 4}) {
+        double grid = 0, groups = 0;
+        for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
+          auto a = c.metrics.find(fmt("gemv.gemv.%s.%s.%d", dt, sh, T)), b = c.metrics.find(fmt("gemv_groups.%s.%s.%d", dt, sh, T));
+          if (a != c.metrics.end()) grid += a->second;
+          if (b != c.metrics.end()) groups += b->second;
+        }
+        c.summary.push_back(fmt("7B decode matrices per layer, GEMV %s T=%d: grid-stride (fits the SMs) %.1f us, a block per row group %.1f us", dt, T,
+                                grid * 1e3, groups * 1e3));
       }
     for (const char* dt : {"f16", "w8"})
     for (int T : {1, 2, 4, 8, 16, 32}) {
