@@ -193,7 +193,11 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
   const int wmn = warp % (CF::WM * CF::WN);
   const int wm = wmn / CF::WN, wn = wmn % CF::WN;
   const int m0 = blockIdx.x * CF::BM, n0 = blockIdx.y * CF::BN;
-  const int KT = g.K / CF::BK;
+  // Split-K over gridDim.z: this CTA's k-tiles [kb, kb + KT).
+  const int S = gridDim.z, kz = blockIdx.z;
+  const int KT_all = g.K / CF::BK, per = (KT_all + S - 1) / S;
+  const int kb = kz * per;
+  const int KT = max(0, min(KT_all, kb + per) - kb);
 
   float acc[CF::MI][CF::NI][4];
 #pragma unroll
@@ -212,12 +216,12 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
   // cover all of them.
 #pragma unroll
   for (int s = 0; s < CF::STAGES - 1; ++s)
-    if (s < KT) load_stage_w<CF>(g, smem, s, s, n0, tid);
+    if (s < KT) load_stage_w<CF>(g, smem, s, kb + s, n0, tid);
   pdl_trigger();
   pdl_wait();
 #pragma unroll
   for (int s = 0; s < CF::STAGES - 1; ++s) {
-    if (s < KT) load_stage_a<CF>(g, smem, s, s, m0, tid);
+    if (s < KT) load_stage_a<CF>(g, smem, s, kb + s, m0, tid);
     cp_async_commit();
   }
   if constexpr (CF::W8) {
@@ -237,7 +241,7 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
       // Refill the slot of stage kt - 1: its A was read by the mma of iteration kt - 1 and (W8) its int8
       // tile by the dequantization in iteration kt - 2, both before the barrier above.
       int ktn = kt + CF::STAGES - 1;
-      if (ktn < KT) load_stage<CF>(g, smem, ktn % CF::STAGES, ktn, m0, n0, tid);
+      if (ktn < KT) load_stage<CF>(g, smem, ktn % CF::STAGES, kb + ktn, m0, n0, tid);
       cp_async_commit();
     }
     const int slot = kt % CF::STAGES;
@@ -271,7 +275,8 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
           for (int e = 0; e < 4; ++e) dst[((mi * CF::NI + ni) * 4 + e) * 32] = acc[mi][ni][e];
     }
     __syncthreads();
-    if (wk > 0) return;
+    if (wk > 0 && S == 1) return;  // (with split-K they still take part in its barriers below)
+    if (wk == 0)
 #pragma unroll
     for (int w = 1; w < CF::WK; ++w) {
       const float* src = red + ((size_t)(w - 1) * kWmn + wmn) * kAcc * 32 + lane;
@@ -282,6 +287,46 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[mi][ni][e] += src[((mi * CF::NI + ni) * 4 + e) * 32];
     }
+  }
+
+  // Split-K: every split stores its partial tile (the wk == 0 warps hold it); the last split CTA of the
+  // tile to arrive adds all of them in split order (the same sum whichever CTA is last) and runs the epilogue.
+  if (S > 1) {
+    constexpr int kAcc = CF::MI * CF::NI * 4, kOwners = CF::WM * CF::WN * 32;  // kOwners * kAcc = BM * BN
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    const int owner = (warp % (CF::WM * CF::WN)) * 32 + lane;
+    float* part = g.sk_ws + (size_t)tile * S * (kOwners * kAcc);
+    if (wk == 0) {
+      float* mine = part + (size_t)kz * (kOwners * kAcc) + owner;
+#pragma unroll
+      for (int mi = 0; mi < CF::MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < CF::NI; ++ni)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) mine[((mi * CF::NI + ni) * 4 + e) * kOwners] = acc[mi][ni][e];
+    }
+    __threadfence();  // the partial is visible device-wide before this CTA counts itself
+    __syncthreads();
+    __shared__ int sk_last;
+    if (tid == 0) {
+      const bool last = atomicAdd(g.sk_counters + tile, 1) == S - 1;
+      if (last) atomicExch(g.sk_counters + tile, 0);  // ready for the next launch (graph replays)
+      sk_last = last;
+    }
+    __syncthreads();
+    if (!sk_last || wk > 0) return;
+    __threadfence();
+#pragma unroll
+    for (int mi = 0; mi < CF::MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < CF::NI; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int idx = ((mi * CF::NI + ni) * 4 + e) * kOwners + owner;
+          float sum = 0.f;
+          for (int z = 0; z < S; ++z) sum += z == kz ? acc[mi][ni][e] : __ldcg(part + (size_t)z * (kOwners * kAcc) + idx);
+          acc[mi][ni][e] = sum;
+        }
   }
 
   // Epilogue: thread (g, q) holds (row g, cols 2q, 2q+1) and (row g + 8, same cols) of each 16 x 8 tile.
@@ -330,12 +375,12 @@ template <class CF>
 struct Launcher {
   static std::atomic<int> attr_set[kMaxDevices];
   static bool fits(const DeviceInfo& d) { return CF::SMEM <= d.smem_optin; }
-  static void launch(const GemmArgs& g, int dev, cudaStream_t stream) {
+  static void launch(const GemmArgs& g, int splits, int dev, cudaStream_t stream) {
     if (!attr_set[dev].load(std::memory_order_acquire)) {
       cudaFuncSetAttribute(gemm_kernel<CF>, cudaFuncAttributeMaxDynamicSharedMemorySize, CF::SMEM);
       attr_set[dev].store(1, std::memory_order_release);
     }
-    dim3 grid((g.M + CF::BM - 1) / CF::BM, (g.N + CF::BN - 1) / CF::BN);
+    dim3 grid((g.M + CF::BM - 1) / CF::BM, (g.N + CF::BN - 1) / CF::BN, splits);
     kernels::launch(gemm_kernel<CF>, grid, CF::kThreads, CF::SMEM, stream, g);
   }
   static long ctas(int M, int N) { return (long)((M + CF::BM - 1) / CF::BM) * ((N + CF::BN - 1) / CF::BN); }
@@ -345,18 +390,18 @@ std::atomic<int> Launcher<CF>::attr_set[kMaxDevices];
 
 struct ConfigEntry {
   const char* name;
-  int bm, bn, smem;
+  int bm, bn, bk, smem;
   bool (*fits)(const DeviceInfo&);
-  void (*launch)(const GemmArgs&, int, cudaStream_t);
+  void (*launch)(const GemmArgs&, int, int, cudaStream_t);
   long (*ctas)(int, int);
 };
 
 #define L2_F16_ENTRY(id, BM, BN, BK, WM, WN, WK, S)                                                      \
-  {"f16#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN,                          \
+  {"f16#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN, BK,                      \
    Cfg<BM, BN, BK, WM, WN, WK, S, false>::SMEM, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::fits,  \
    &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::launch, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::ctas},
 #define L2_W8_ENTRY(id, BM, BN, BK, WM, WN, WK, S)                                                     \
-  {"w8#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN,                         \
+  {"w8#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN, BK,                     \
    Cfg<BM, BN, BK, WM, WN, WK, S, true>::SMEM, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::fits,  \
    &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::launch, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::ctas},
 
@@ -430,8 +475,25 @@ int pick(bool w8, int M, int N, const DeviceInfo& d) {
   return id;
 }
 
+// Split-K for a memory-bound shape whose tiles would leave SMs idle (the N = 4096 matrices at decode batches:
+// 128-256 CTAs of 32 x 32 on 132 SMs), so more weight bytes are in flight: up to 4 splits, to ~2 CTAs per SM,
+// each split keeping >= 4 k-tiles; only with a workspace that holds the partial tiles (the backend passes
+// none under LLAMA2_GEMM_SPLITK=1). g_splits (tests): 0 = this choice, 1 = never, n = n where allowed.
+std::atomic<int> g_splits{0};
+int choose_splits(const ConfigEntry& c, int M, int N, int K, const DeviceInfo& d, const GemmSplitK* sk) {
+  if (!sk || !sk->ws || !sk->counters) return 1;
+  const long tiles = (long)((M + c.bm - 1) / c.bm) * ((N + c.bn - 1) / c.bn);
+  const int forced = g_splits.load(std::memory_order_relaxed);
+  int s = 1;
+  if (forced > 0) s = forced;
+  else if (M <= 64 && tiles < 2L * d.sms) s = (int)std::min<long>(4, (2L * d.sms + tiles - 1) / tiles);
+  s = std::min(s, (K / c.bk) / 4);
+  if (s < 2 || tiles > sk->n_counters || (size_t)tiles * s * c.bm * c.bn * sizeof(float) > sk->ws_bytes) return 1;
+  return s;
+}
+
 void run(bool w8, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
-         int n_valid, int K, const Epilogue& epi, cudaStream_t stream) {
+         int n_valid, int K, const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk = nullptr) {
   if (M <= 0 || N <= 0 || K <= 0 || n_valid <= 0) return;
   int dev = 0;
   const DeviceInfo& d = device_info(dev);
@@ -447,22 +509,25 @@ void run(bool w8, int cfg, const half* A, int lda, const void* W, const half* sc
   g.n_valid = n_valid < N ? n_valid : N;
   g.K = K;
   g.epi = epi;
-  if (cfg < num_mma(w8))
-    (w8 ? kW8Configs : kF16Configs)[cfg].launch(g, dev, stream);
-  else
+  if (cfg < num_mma(w8)) {
+    const ConfigEntry& c = (w8 ? kW8Configs : kF16Configs)[cfg];
+    const int splits = choose_splits(c, M, N, K, d, sk);
+    if (splits > 1) g.sk_ws = sk->ws, g.sk_counters = sk->counters;
+    c.launch(g, splits, dev, stream);
+  } else
     sm90a::launch(w8, cfg - num_mma(w8), g, dev, stream);
 }
 
 }  // namespace
 
 void gemm_f16(const half* A, int lda, const half* W, int ldw, int M, int N, int n_valid, int K, const Epilogue& epi,
-              cudaStream_t stream) {
-  run(false, -1, A, lda, W, nullptr, ldw, M, N, n_valid, K, epi, stream);
+              cudaStream_t stream, const GemmSplitK* sk) {
+  run(false, -1, A, lda, W, nullptr, ldw, M, N, n_valid, K, epi, stream, sk);
 }
 
 void gemm_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int M, int N, int n_valid, int K,
-             const Epilogue& epi, cudaStream_t stream) {
-  run(true, -1, A, lda, Wq, scales, ldw, M, N, n_valid, K, epi, stream);
+             const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk) {
+  run(true, -1, A, lda, Wq, scales, ldw, M, N, n_valid, K, epi, stream, sk);
 }
 
 // Test / tuning hooks (declared by kernels/tests/test_gemm.cu; not part of the engine's interface).
@@ -484,9 +549,10 @@ const char* tuning_name() {
   return tuning_for(device_info(dev)).gpu;
 }
 void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
-                int n_valid, int K, const Epilogue& epi, cudaStream_t stream) {
-  run(w8, cfg, A, lda, W, scales, ldw, M, N, n_valid, K, epi, stream);
+                int n_valid, int K, const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk) {
+  run(w8, cfg, A, lda, W, scales, ldw, M, N, n_valid, K, epi, stream, sk);
 }
+void set_splits(int n) { g_splits.store(n); }
 }  // namespace gemm_detail
 
 }  // namespace l2::kernels

@@ -20,6 +20,10 @@ struct GemmArgs {
   const half* scales;   // W8: [N][ldw / 32]
   int lda, ldw, M, N, n_valid, K;
   Epilogue epi;
+  // Split-K (mma.sync kernels, gridDim.z > 1): partial tiles [tile][split][BM * BN floats] and a counter per
+  // tile (zero between launches); the last split CTA of a tile sums them in split order and stores.
+  float* sk_ws = nullptr;
+  int* sk_counters = nullptr;
 };
 
 // A stage's activation tile: BM rows x C chunks, swizzled.

@@ -55,10 +55,21 @@ struct Epilogue {
 
 // ---- gemm.cu: prefill / large-batch matrix multiply on tensor cores (mma.sync, fp32 accumulate) ----
 // C = A[M, K] . W[N, K]^T, any M >= 1, N % 128 == 0, K % 64 == 0; columns >= n_valid are not written.
+// With a split-K workspace (optional; one per stream: launches on it must not overlap), small-M shapes
+// that would leave SMs idle split K across CTAs. Zero the counters once when allocated; every launch
+// leaves them at zero. kGemmSplitKBytes / kGemmSplitKCounters: what the backend allocates.
+struct GemmSplitK {
+  float* ws = nullptr;
+  size_t ws_bytes = 0;
+  int* counters = nullptr;
+  int n_counters = 0;
+};
+constexpr size_t kGemmSplitKBytes = 4u << 20;  // ~2 CTAs per SM of partial tiles (32 x 64: 2.1 MB on 132 SMs)
+constexpr int kGemmSplitKCounters = 4096;
 void gemm_f16(const half* A, int lda, const half* W, int ldw, int M, int N, int n_valid, int K,
-              const Epilogue& epi, cudaStream_t stream);
+              const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk = nullptr);
 void gemm_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int M, int N, int n_valid,
-             int K, const Epilogue& epi, cudaStream_t stream);
+             int K, const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk = nullptr);
 
 // ---- gemv.cu: decode matrix-vector / small batch (T <= kGemvMaxT), memory-bound ----
 constexpr int kGemvMaxT = 8;

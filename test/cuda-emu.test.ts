@@ -221,6 +221,42 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
     }
   }, 300_000);
 
+  // A model wide enough for the GEMM's split-K (cuda_backend passes its workspace; gemm.cu splits shapes whose
+  // tiles leave SMs idle): dim 512 = 8 k-tiles, so 8-token steps and short prefills split K in 2 on the
+  // emulated 108-SM GPU. Batched = alone (the merge sums splits in a fixed order), and the CPU's ids, with
+  // split-K on (default) and off (LLAMA2_GEMM_SPLITK=1).
+  describe("split-K GEMM (dim 512, 8 sequences)", () => {
+    let dir: string;
+    let file: string;
+    beforeAll(() => {
+      dir = mkdtempSync(path.join(os.tmpdir(), "llama2-emu-"));
+      file = path.join(dir, "w512.gguf");
+      execFileSync(process.execPath, [path.join(projectRoot, "dist/cli/main.js"), "make-model", "--preset", "demo", "--dim", "512", "--heads", "8", "--kv-heads", "4", "--ffn", "1024", "--layers", "2", "--vocab", "512", "--seed", "11", "--out", file, "--quiet"], { stdio: "pipe" });
+    }, 120_000);
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+    for (const splitk of ["", "1"])
+      it(`8 sequences equal alone and the CPU's ids (${splitk ? "split-K off" : "split-K on"})`, async () => {
+        await withEnv(splitk ? { LLAMA2_GEMM_SPLITK: splitk } : {}, async () => {
+          const prompts = Array.from({ length: 8 }, (_, s) => Array.from({ length: 5 + 3 * s }, (_, i) => (i * 37 + 11 * s + 3) % 512));
+          const a = await Llama2.load(file, { device: "cuda", maxSequences: 8 });
+          const b = await Llama2.load(file, { device: "cpu", maxSequences: 8 });
+          try {
+            const alone = [];
+            for (const p of prompts) alone.push((await a.generate(p, greedy(6)).result).tokenIds);
+            const together = await Promise.all(prompts.map((p) => a.generate(p, greedy(6)).result));
+            expect(together.map((r) => r.tokenIds)).toEqual(alone);
+            const ref = await Promise.all(prompts.map((p) => b.generate(p, greedy(6)).result));
+            expect(together.map((r) => r.tokenIds.slice(0, 4))).toEqual(ref.map((r) => r.tokenIds.slice(0, 4)));
+            expect(await worstRel(a, b, prompts[7], alone[7].slice(0, 4))).toBeLessThan(2e-2);
+          } finally {
+            await a.dispose();
+            await b.dispose();
+          }
+        });
+      }, 600_000);
+  });
+
   describe("head_dim 64 (the tensor-core prefill attention)", () => {
     let dir: string;
     let file: string;

@@ -20,7 +20,8 @@ bool config_fits(bool w8, int i);
 int pick_config(bool w8, int M, int N);
 const char* tuning_name();
 void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
-                int n_valid, int K, const Epilogue& epi, cudaStream_t stream);
+                int n_valid, int K, const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk);
+void set_splits(int n);  // split-K: 0 = the library's choice, 1 = never, n = forced where allowed
 }  // namespace l2::kernels::gemm_detail
 
 namespace {
@@ -205,7 +206,29 @@ struct GemmCase {
   int cfg = -1;         // -1: the library's choice
   int sample_rows = 0;  // 0: every row against the reference
   int head_dim = 0, q_dim = 0, kv_dim = 0;  // QkvRope
+  int splits = 0;       // split-K: 0 = the library's choice, n = forced
 };
+
+// The split-K workspace every launch gets (as the backend's): allocated and zeroed once.
+const l2::kernels::GemmSplitK* split_k_workspace() {
+  static DevBuf<float> ws(l2::kernels::kGemmSplitKBytes / sizeof(float));
+  static DevBuf<int32_t> counters(l2::kernels::kGemmSplitKCounters);
+  static l2::kernels::GemmSplitK sk = [] {
+    CK(cudaMemset(counters.p, 0, counters.bytes()));
+    return l2::kernels::GemmSplitK{ws.p, ws.bytes(), counters.p, l2::kernels::kGemmSplitKCounters};
+  }();
+  return &sk;
+}
+
+// Every split-K counter is back at zero (a launch that left one set would break the next).
+bool split_counters_clear() {
+  const l2::kernels::GemmSplitK* sk = split_k_workspace();
+  std::vector<int32_t> c(sk->n_counters);
+  CK(cudaMemcpy(c.data(), sk->counters, c.size() * 4, cudaMemcpyDeviceToHost));
+  for (int32_t v : c)
+    if (v != 0) return false;
+  return true;
+}
 
 const char* epi_name(Epi k) {
   switch (k) {
@@ -347,10 +370,13 @@ bool run_gemm_case(Context& ctx, const GemmCase& cs) {
 
   // ---- run ----
   const int cfg_used = cs.cfg >= 0 ? cs.cfg : gd::pick_config(cs.w8, M, N);
+  gd::set_splits(cs.splits);
   gd::run_config(cs.w8, cs.cfg, dA.p, lda, cs.w8 ? (const void*)dQ.p : (const void*)dW.p, dS.p, ldw, M, N, nv, K, e,
-                 ctx.stream);
+                 ctx.stream, split_k_workspace());
+  gd::set_splits(0);
   CK(cudaGetLastError());
   CK(cudaStreamSynchronize(ctx.stream));
+  const bool counters_clear = split_counters_clear();
 
   // ---- reference on the checked rows ----
   std::vector<int> rows;
@@ -484,10 +510,10 @@ bool run_gemm_case(Context& ctx, const GemmCase& cs) {
           }
         }
   }
-  std::string name = fmt("%s %s M%d N%d/%d K%d lda%d %s", cs.name.c_str(), cs.w8 ? "w8" : "f16", M, N, nv, K, lda,
-                         epi_name(cs.kind));
-  std::string det = fmt("cfg %d, %d/%d rows ref, %s", cfg_used, R, M, st.detail().c_str());
-  return ctx.check(name, st.ok(), st.rel_l2(), st.max_norm(), det);
+  std::string name = fmt("%s %s M%d N%d/%d K%d lda%d %s%s", cs.name.c_str(), cs.w8 ? "w8" : "f16", M, N, nv, K, lda,
+                         epi_name(cs.kind), cs.splits > 1 ? fmt(" split-K %d", cs.splits).c_str() : "");
+  std::string det = fmt("cfg %d, %d/%d rows ref, %s%s", cfg_used, R, M, st.detail().c_str(), counters_clear ? "" : ", split-K counters left set");
+  return ctx.check(name, st.ok() && counters_clear, st.rel_l2(), st.max_norm(), det);
 }
 
 // The Llama-2-7B matrices, with their natural epilogue.
@@ -542,6 +568,18 @@ void correctness(Context& ctx) {
         GemmCase s{std::string("cfg ") + gd::config_name(w8, cfg), 300, 640, 512, 1024, 1024, Epi::SwiGLU, w8 != 0, cfg};
         run_gemm_case(ctx, s);
       }
+      // Split-K forced (mma.sync configurations): 17 or 34 k-tiles in 2-4 splits (uneven shares), the residual-add
+      // and the RoPE epilogues after the merge; run twice (the counters must be back at zero for the second).
+      if (std::string(gd::config_name(w8, cfg)).find("wgmma") != std::string::npos) continue;
+      for (int splits : {2, 3, 4})
+        for (int rep = 0; rep < 2; ++rep) {
+          GemmCase a2{std::string("cfg ") + gd::config_name(w8, cfg), 40, 384, 300, 1088, 1088, Epi::AddF32, w8 != 0, cfg};
+          a2.splits = splits;
+          run_gemm_case(ctx, a2);
+        }
+      GemmCase q2{std::string("cfg ") + gd::config_name(w8, cfg), 9, 768, 768, 1024, 1024, Epi::QkvRope, w8 != 0, cfg};
+      q2.head_dim = 64, q2.q_dim = 256, q2.kv_dim = 256, q2.splits = 3;
+      run_gemm_case(ctx, q2);
     }
   if (ctx.opt.quick) return;
   // GQA-style QKV (Q 4096 + K/V 1024 each, 8 kv heads), ragged M.
@@ -643,13 +681,19 @@ void bench_shape(Context& ctx, const Shape& s, int M, bool w8, bool tune) {
   auto run = [&](int cfg, int i) {
     int c = i % copies;
     gd::run_config(w8, cfg, b.A.p, K, w8 ? (const void*)b.Q[c].p : (const void*)b.W[c].p, w8 ? b.S[c].p : nullptr, K,
-                   M, N, s.n_valid, K, e, ctx.stream);
+                   M, N, s.n_valid, K, e, ctx.stream, split_k_workspace());
   };
   const int picked = gd::pick_config(w8, M, N);
   std::string base = fmt("%s %s M=%d (N=%d K=%d)", w8 ? "w8 " : "f16", s.name, M, N, K);
   double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(-1, i); });
   ctx.bench(base, ms, flops, bytes, fmt("#%d %s", picked, gd::config_name(w8, picked)));
   ctx.metrics[fmt("gemm.%s.%s.%d", w8 ? "w8" : "f16", s.name, M)] = ms;
+  if (M <= 64) {  // the same configuration without split-K (A/B)
+    gd::set_splits(1);
+    double ms1 = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(-1, i); });
+    gd::set_splits(0);
+    ctx.bench(base + " no split-K", ms1, flops, bytes, fmt("#%d %s", picked, gd::config_name(w8, picked)));
+  }
   if (tune) {
     int best = -1;
     double best_ms = 1e30;
@@ -667,7 +711,7 @@ void bench_shape(Context& ctx, const Shape& s, int M, bool w8, bool tune) {
 
 void benchmarks(Context& ctx) {
   std::printf("  tuning table: %s\n", gd::tuning_name());
-  const std::vector<int> ms = ctx.opt.quick ? std::vector<int>{64, 512} : std::vector<int>{8, 16, 32, 64, 128, 512, 2048};
+  const std::vector<int> ms = ctx.opt.quick ? std::vector<int>{8, 32, 64, 512} : std::vector<int>{8, 16, 32, 64, 128, 512, 2048};
   for (int w8 = 0; w8 < 2; ++w8) {
     for (const Shape& s : kShapes7B)
       for (int M : ms) bench_shape(ctx, s, M, w8 != 0, ctx.opt.tune);

@@ -559,7 +559,7 @@ Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
     l2::CudaPlan p = l2::plan_cuda(c, l2::cuda_matrix_kinds(c, int8), kv == "int8", ctx, n_blocks);
     return plan_object(env, p, n_blocks,
                        {{"residual", p.x}, {"normed", p.xn}, {"q", p.q}, {"attention", p.att}, {"ffn", p.h}, {"kvStage", p.stage}, {"outputRows", p.xo},
-                        {"logits", p.logits}, {"topK", p.topk}, {"decodeWorkspace", p.attn_ws}, {"rope", p.rope}, {"stepInputs", p.inputs}});
+                        {"logits", p.logits}, {"topK", p.topk}, {"decodeWorkspace", p.attn_ws}, {"gemmSplitK", p.gemm_ws}, {"rope", p.rope}, {"stepInputs", p.inputs}});
   });
 }
 

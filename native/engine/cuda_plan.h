@@ -38,8 +38,8 @@ struct CudaPlan {
   uint64_t kv_layer_k = 0;   // bytes of one layer's K values (V the same), all blocks
   uint64_t kv_layer_scales = 0;  // int8: bytes of one layer's K scales (V the same)
   uint64_t kv_cache = 0;     // all layers, K and V, values and scales
-  uint64_t x = 0, xn = 0, q = 0, att = 0, h = 0, stage = 0, xo = 0, logits = 0, topk = 0, attn_ws = 0, rope = 0, inputs = 0;
-  uint64_t buffers() const { return x + xn + q + att + h + stage + xo + logits + topk + attn_ws + rope + inputs; }
+  uint64_t x = 0, xn = 0, q = 0, att = 0, h = 0, stage = 0, xo = 0, logits = 0, topk = 0, attn_ws = 0, gemm_ws = 0, rope = 0, inputs = 0;
+  uint64_t buffers() const { return x + xn + q + att + h + stage + xo + logits + topk + attn_ws + gemm_ws + rope + inputs; }
   uint64_t total() const { return weights + kv_cache + buffers(); }
 };
 

@@ -56,6 +56,26 @@ fi
 if step bench-int8 120; then
   bench int8 120 -- --dtype int8 --prompt 512 --gen 128 --batch 1,2,4,8,16,32,64 --reps 2
 fi
+if step micro-attn 70; then  # decode attention alone (and the layer's matrices), 7B shape, at 192 / 1024 positions
+  for b in 1 32 64; do
+    for early in "" 0 1; do
+      timeout 40 env ${early:+LLAMA2_ATTN_EARLY=$early} node dist/cli/main.js micro --only ops --device cuda --shape llama2-7b --dtype f16 \
+        --context 192,1024 --batch $b --time 150 --json --out "$R/micro-b$b${early:+-early$early}.json" > /dev/null 2>> "$R/micro.log" \
+        || { echo "micro batch $b rc=$?"; tail -5 "$R/micro.log"; }
+      echo "batch $b early=${early:-auto}: $(node -e 'const r=require(process.argv[1]); for (const t of r.tasks||r.results||[]) if (/attention/.test(t.name)) process.stdout.write(t.name.replace(/.*attention /,"")+" "+t.latencyMs.p50.toFixed(4)+" ms; ")' "$R/micro-b$b${early:+-early$early}.json" 2>&1)"
+    done
+  done
+  pack
+fi
+if step ab-persist 90; then  # GEMV grid-stride walk off (one block per row group, the launch before stop 15)
+  bench f16-persist0 45 LLAMA2_GEMV_PERSIST=0 -- --dtype f16 --prompt 128 --gen 128 --batch 1,4 --reps 2
+  bench int8-persist0 45 LLAMA2_GEMV_PERSIST=0 -- --dtype int8 --prompt 128 --gen 128 --batch 1,4 --reps 2
+fi
+if step ab-early 90; then  # decode attention's early-load variant forced off at batch 1, on at 32 / 64
+  bench f16-early0 30 LLAMA2_ATTN_EARLY=0 -- --dtype f16 --prompt 128 --gen 128 --batch 1 --reps 2
+  bench int8-early0 30 LLAMA2_ATTN_EARLY=0 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
+  bench f16-early1 45 LLAMA2_ATTN_EARLY=1 -- --dtype f16 --prompt 128 --gen 128 --batch 32,64 --reps 2
+fi
 if step mma 110; then  # gemv_mma forced for every step of 2..32 tokens (LLAMA2_GEMV_MMA=1), fp16 too
   bench f16-mma 110 LLAMA2_GEMV_MMA=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4,8,16,32 --reps 2
 fi

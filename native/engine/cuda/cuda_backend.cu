@@ -206,6 +206,8 @@ class CudaBackend final : public Backend {
     S_ = plan_.max_segments;
     max_blocks_ = plan_.max_blocks;
     prefill_attn_ = plan_.prefill_attn;
+    if (plan_.gemm_ws < k::kGemmSplitKBytes + k::kGemmSplitKCounters * sizeof(int))
+      fail(code::kInternal, "cuda_plan: GEMM split-K workspace smaller than the kernels need");
     if (plan_.attn_ws < k::attention_decode_workspace(plan_.decode_chunk, c_.n_heads, c_.head_dim, ctx_))
       fail(code::kInternal, "cuda_plan: decode-attention workspace smaller than the kernels need");
 
@@ -270,6 +272,13 @@ class CudaBackend final : public Backend {
     topk_ids_ = static_cast<int32_t*>(dalloc(plan_.topk / 2));
     topk_vals_ = static_cast<float*>(dalloc(plan_.topk / 2));
     attn_ws_ = dalloc(plan_.attn_ws);
+    {
+      char* g = static_cast<char*>(dalloc(plan_.gemm_ws));
+      split_k_.ws = reinterpret_cast<float*>(g);
+      split_k_.ws_bytes = k::kGemmSplitKBytes;
+      split_k_.counters = reinterpret_cast<int*>(g + k::kGemmSplitKBytes);
+      split_k_.n_counters = k::kGemmSplitKCounters;
+    }
     // Pad columns must stay zero (they meet zero weight columns, but NaN * 0 would not be 0).
     CK(cudaMemsetAsync(x_, 0, plan_.x, stream_));
     CK(cudaMemsetAsync(xn_, 0, plan_.xn, stream_));
@@ -279,6 +288,7 @@ class CudaBackend final : public Backend {
     CK(cudaMemsetAsync(xo_, 0, plan_.xo, stream_));
     CK(cudaMemsetAsync(kv_, 0, kv_bytes_, stream_));
     CK(cudaMemsetAsync(attn_ws_, 0, plan_.attn_ws, stream_));  // decode attention's merge counters start at 0
+    CK(cudaMemsetAsync(split_k_.counters, 0, k::kGemmSplitKCounters * sizeof(int), stream_));  // GEMM split-K tile counters
     in_bytes_ = plan_.inputs;
     in_dev_ = static_cast<int32_t*>(dalloc(in_bytes_));
     CK(cudaMallocHost(&pinned_in_, in_bytes_));
@@ -464,8 +474,9 @@ class CudaBackend final : public Backend {
       if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
     } else {
-      if (m.int8) k::gemm_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
-      else k::gemm_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+      const k::GemmSplitK* sk = split_k_off_ ? nullptr : &split_k_;
+      if (m.int8) k::gemm_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_, sk);
+      else k::gemm_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_, sk);
     }
   }
 
@@ -728,6 +739,9 @@ class CudaBackend final : public Backend {
   half *xn_ = nullptr, *q_ = nullptr, *att_ = nullptr, *h_ = nullptr;
   int32_t* topk_ids_ = nullptr;
   void* attn_ws_ = nullptr;
+  k::GemmSplitK split_k_;  // the GEMM's split-K partial tiles and counters (this backend's stream only)
+  // LLAMA2_GEMM_SPLITK=1: never split K (A/B runs; read when the model loads).
+  const bool split_k_off_ = env_int("LLAMA2_GEMM_SPLITK", 0, 1, 0) == 1;
   int32_t* in_dev_ = nullptr;
   int32_t* pinned_in_ = nullptr;
   uint8_t* pinned_out_ = nullptr;
