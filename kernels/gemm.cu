@@ -132,6 +132,8 @@ template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_, boo
 struct Cfg {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, WK = WK_, STAGES = STAGES_;
   static constexpr bool W8 = W8_;
+  // Split-K is built into the small tiles only (the decode shapes'); the big ones sit at the register limit.
+  static constexpr bool kSplitK = BM_ * BN_ <= 64 * 64;
   static constexpr int kWarps = WM * WN * WK, kThreads = kWarps * 32;
   static constexpr int TM = BM / WM, TN = BN / WN;  // warp tile
   static constexpr int MI = TM / 16, NI = TN / 8;   // mma tiles per warp
@@ -275,7 +277,7 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
           for (int e = 0; e < 4; ++e) dst[((mi * CF::NI + ni) * 4 + e) * 32] = acc[mi][ni][e];
     }
     __syncthreads();
-    if (wk > 0 && S == 1) return;  // (with split-K they still take part in its barriers below)
+    if (wk > 0 && (!CF::kSplitK || S == 1)) return;  // (with split-K they still take part in its barriers below)
     if (wk == 0)
 #pragma unroll
     for (int w = 1; w < CF::WK; ++w) {
@@ -291,7 +293,7 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
 
   // Split-K: every split stores its partial tile (the wk == 0 warps hold it); the last split CTA of the
   // tile to arrive adds all of them in split order (the same sum whichever CTA is last) and runs the epilogue.
-  if (S > 1) {
+  if constexpr (CF::kSplitK) if (S > 1) {
     constexpr int kAcc = CF::MI * CF::NI * 4, kOwners = CF::WM * CF::WN * 32;  // kOwners * kAcc = BM * BN
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
     const int owner = (warp % (CF::WM * CF::WN)) * 32 + lane;
@@ -316,17 +318,19 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
     __syncthreads();
     if (!sk_last || wk > 0) return;
     __threadfence();
+    // In place, split by split (its own partial read back too): no second accumulator set in registers.
+    for (int z = 0; z < S; ++z) {
+      const float* src = part + (size_t)z * (kOwners * kAcc) + owner;
 #pragma unroll
-    for (int mi = 0; mi < CF::MI; ++mi)
+      for (int mi = 0; mi < CF::MI; ++mi)
 #pragma unroll
-      for (int ni = 0; ni < CF::NI; ++ni)
+        for (int ni = 0; ni < CF::NI; ++ni)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int idx = ((mi * CF::NI + ni) * 4 + e) * kOwners + owner;
-          float sum = 0.f;
-          for (int z = 0; z < S; ++z) sum += z == kz ? acc[mi][ni][e] : __ldcg(part + (size_t)z * (kOwners * kAcc) + idx);
-          acc[mi][ni][e] = sum;
-        }
+          for (int e = 0; e < 4; ++e) {
+            const float v = __ldcg(src + ((mi * CF::NI + ni) * 4 + e) * kOwners);
+            acc[mi][ni][e] = z == 0 ? v : acc[mi][ni][e] + v;
+          }
+    }
   }
 
   // Epilogue: thread (g, q) holds (row g, cols 2q, 2q+1) and (row g + 8, same cols) of each 16 x 8 tile.
@@ -481,7 +485,7 @@ int pick(bool w8, int M, int N, const DeviceInfo& d) {
 // none under LLAMA2_GEMM_SPLITK=1). g_splits (tests): 0 = this choice, 1 = never, n = n where allowed.
 std::atomic<int> g_splits{0};
 int choose_splits(const ConfigEntry& c, int M, int N, int K, const DeviceInfo& d, const GemmSplitK* sk) {
-  if (!sk || !sk->ws || !sk->counters) return 1;
+  if (!sk || !sk->ws || !sk->counters || c.bm * c.bn > 64 * 64) return 1;  // (Cfg::kSplitK)
   const long tiles = (long)((M + c.bm - 1) / c.bm) * ((N + c.bn - 1) / c.bn);
   const int forced = g_splits.load(std::memory_order_relaxed);
   int s = 1;
@@ -553,6 +557,11 @@ void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const h
   run(w8, cfg, A, lda, W, scales, ldw, M, N, n_valid, K, epi, stream, sk);
 }
 void set_splits(int n) { g_splits.store(n); }
+bool config_splits(bool w8, int i) {
+  if (i < 0 || i >= num_mma(w8)) return false;
+  const ConfigEntry& c = (w8 ? kW8Configs : kF16Configs)[i];
+  return c.bm * c.bn <= 64 * 64;
+}
 }  // namespace gemm_detail
 
 }  // namespace l2::kernels

@@ -56,23 +56,23 @@ fi
 if step bench-int8 120; then
   bench int8 120 -- --dtype int8 --prompt 512 --gen 128 --batch 1,2,4,8,16,32,64 --reps 2
 fi
-if step micro-attn 70; then  # decode attention alone (and the layer's matrices), 7B shape, at 192 / 1024 positions
-  for b in 1 32 64; do
-    for early in "" 0 1; do
-      timeout 40 env ${early:+LLAMA2_ATTN_EARLY=$early} node dist/cli/main.js micro --only ops --device cuda --shape llama2-7b --dtype f16 \
-        --context 192,1024 --batch $b --time 150 --json --out "$R/micro-b$b${early:+-early$early}.json" > /dev/null 2>> "$R/micro.log" \
-        || { echo "micro batch $b rc=$?"; tail -5 "$R/micro.log"; }
-      echo "batch $b early=${early:-auto}: $(node -e 'const r=require(process.argv[1]); for (const t of r.tasks||r.results||[]) if (/attention/.test(t.name)) process.stdout.write(t.name.replace(/.*attention /,"")+" "+t.latencyMs.p50.toFixed(4)+" ms; ")' "$R/micro-b$b${early:+-early$early}.json" 2>&1)"
-    done
-  done
-  pack
+if step gemm-check 100; then  # every GEMM check incl. the 7B shapes at M 16-64 (split-K chosen there)
+  timeout 100 /tmp/kernel_tests --only=gemm > "$R/kernel-gemm.log" 2>&1; echo "kernel_tests gemm rc=$?"
+  grep -E "FAIL" "$R/kernel-gemm.log" | head -20; tail -2 "$R/kernel-gemm.log"; pack
+fi
+if step gemm-bench 80; then  # per matrix at M = 8 / 32 / 64 / 512, with and without split-K
+  timeout 80 /tmp/kernel_tests --only=gemm --bench --quick --no-check > "$R/kernel-gemm-bench.log" 2>&1; echo "gemm bench rc=$?"
+  grep -E "M=(8|32|64) " "$R/kernel-gemm-bench.log" | sed -E 's/ +TFLOP.*GB\/s//' | head -48; pack
+fi
+if step ab-split 60; then  # GEMM split-K off (LLAMA2_GEMM_SPLITK=1)
+  bench f16-splitk-off 60 LLAMA2_GEMM_SPLITK=1 -- --dtype f16 --prompt 128 --gen 128 --batch 8,32,64 --reps 2
 fi
 if step ab-persist 90; then  # GEMV grid-stride walk off (one block per row group, the launch before stop 15)
   bench f16-persist0 45 LLAMA2_GEMV_PERSIST=0 -- --dtype f16 --prompt 128 --gen 128 --batch 1,4 --reps 2
   bench int8-persist0 45 LLAMA2_GEMV_PERSIST=0 -- --dtype int8 --prompt 128 --gen 128 --batch 1,4 --reps 2
 fi
 if step ab-early 90; then  # decode attention's early-load variant forced off at batch 1, on at 32 / 64
-  bench f16-early0 30 LLAMA2_ATTN_EARLY=0 -- --dtype f16 --prompt 128 --gen 128 --batch 1 --reps 2
+  bench f16-early0 30 LLAMA2_ATTN_EARLY=0 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4 --reps 2
   bench int8-early0 30 LLAMA2_ATTN_EARLY=0 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
   bench f16-early1 45 LLAMA2_ATTN_EARLY=1 -- --dtype f16 --prompt 128 --gen 128 --batch 32,64 --reps 2
 fi
