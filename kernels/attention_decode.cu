@@ -399,21 +399,11 @@ void launch_variant(const AttentionParams& p, dim3 grid, int n_splits, const Wor
 
 // The early-load variant while (token, kv head) pairs x 2 splits fit in one wave of 2 CTAs per SM (batch 1
 // and 2 of 7B); LLAMA2_ATTN_EARLY=0 / 1 forces it off / on (A/B runs).
-std::atomic<int> g_force_early{-2};  // -2: not read yet; -1: by grid size; 0 / 1: forced
+std::atomic<int> g_force_early{kKnobUnread};  // -1: by grid size; 0 / 1: forced
 bool use_early(int n_tokens, int n_kv_heads) {
-  int forced = g_force_early.load(std::memory_order_relaxed);
-  if (forced == -2) {
-    const char* e = std::getenv("LLAMA2_ATTN_EARLY");
-    forced = e && *e ? (std::atoi(e) != 0) : -1;
-    int expected = -2;
-    g_force_early.compare_exchange_strong(expected, forced);  // a test's setting wins over the environment
-    forced = g_force_early.load(std::memory_order_relaxed);
-  }
+  const int forced = env_knob(g_force_early, "LLAMA2_ATTN_EARLY", [](const char* e) { return e && *e ? (int)(std::atoi(e) != 0) : -1; });
   if (forced >= 0) return forced != 0;
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return (long)n_tokens * n_kv_heads * 2 <= 2L * sms;
+  return (long)n_tokens * n_kv_heads * 2 <= 2L * device_sm_count();
 }
 
 template <int HD, bool Q8>

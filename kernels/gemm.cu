@@ -395,6 +395,7 @@ std::atomic<int> Launcher<CF>::attr_set[kMaxDevices];
 struct ConfigEntry {
   const char* name;
   int bm, bn, bk, smem;
+  bool split_k;  // Cfg::kSplitK: the split-K merge is compiled in
   bool (*fits)(const DeviceInfo&);
   void (*launch)(const GemmArgs&, int, int, cudaStream_t);
   long (*ctas)(int, int);
@@ -402,11 +403,13 @@ struct ConfigEntry {
 
 #define L2_F16_ENTRY(id, BM, BN, BK, WM, WN, WK, S)                                                      \
   {"f16#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN, BK,                      \
-   Cfg<BM, BN, BK, WM, WN, WK, S, false>::SMEM, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::fits,  \
+   Cfg<BM, BN, BK, WM, WN, WK, S, false>::SMEM, Cfg<BM, BN, BK, WM, WN, WK, S, false>::kSplitK,          \
+   &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::fits,                                               \
    &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::launch, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false>>::ctas},
 #define L2_W8_ENTRY(id, BM, BN, BK, WM, WN, WK, S)                                                     \
   {"w8#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN, BK,                     \
-   Cfg<BM, BN, BK, WM, WN, WK, S, true>::SMEM, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::fits,  \
+   Cfg<BM, BN, BK, WM, WN, WK, S, true>::SMEM, Cfg<BM, BN, BK, WM, WN, WK, S, true>::kSplitK,          \
+   &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::fits,                                              \
    &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::launch, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::ctas},
 
 const ConfigEntry kF16Configs[] = {L2_GEMM_CONFIGS(L2_F16_ENTRY)};
@@ -485,7 +488,7 @@ int pick(bool w8, int M, int N, const DeviceInfo& d) {
 // none under LLAMA2_GEMM_SPLITK=1). g_splits (tests): 0 = this choice, 1 = never, n = n where allowed.
 std::atomic<int> g_splits{0};
 int choose_splits(const ConfigEntry& c, int M, int N, int K, const DeviceInfo& d, const GemmSplitK* sk) {
-  if (!sk || !sk->ws || !sk->counters || c.bm * c.bn > 64 * 64) return 1;  // (Cfg::kSplitK)
+  if (!sk || !sk->ws || !sk->counters || !c.split_k) return 1;
   const long tiles = (long)((M + c.bm - 1) / c.bm) * ((N + c.bn - 1) / c.bn);
   const int forced = g_splits.load(std::memory_order_relaxed);
   int s = 1;
@@ -559,8 +562,7 @@ void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const h
 void set_splits(int n) { g_splits.store(n); }
 bool config_splits(bool w8, int i) {
   if (i < 0 || i >= num_mma(w8)) return false;
-  const ConfigEntry& c = (w8 ? kW8Configs : kF16Configs)[i];
-  return c.bm * c.bn <= 64 * 64;
+  return (w8 ? kW8Configs : kF16Configs)[i].split_k;
 }
 }  // namespace gemm_detail
 

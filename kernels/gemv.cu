@@ -3,7 +3,6 @@
 // block's loads in flight at once; the T activation rows are read through L1 (tiny, shared by the
 // block). fp32 accumulation, fused epilogue.
 #include <atomic>
-#include <cstdlib>
 #include <type_traits>
 
 #include "common.cuh"
@@ -282,20 +281,14 @@ __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8
 int g_rows_f16 = 0, g_rows_w8 = 0;
 // Grid cap (blocks): 0 = as many as fit the SMs at once (the default), -1 = one block per row group
 // (LLAMA2_GEMV_PERSIST=0: the launch before the grid-stride loop, for A/B runs), > 0: tests.
-std::atomic<int> g_grid_cap{-2};  // -2: the environment not read yet
+std::atomic<int> g_grid_cap{kKnobUnread};
 
 // Blocks of `kernel` (T tokens) for n_groups row groups. The grid-stride walk only at T = 1, where the GEMV is
 // memory-bound (H200, 7B: +4.4% fp16 and +5.7% int8 tok/s at batch 1); from T = 2 the kernel is arithmetic-bound
 // and the capped grid cost occupancy (int8 batch 4: 859 against 945 tok/s with a block per group).
 template <class Kernel>
 int gemv_grid(Kernel kernel, int T, int n_groups) {
-  int cap = g_grid_cap.load(std::memory_order_relaxed);
-  if (cap == -2) {
-    const char* e = std::getenv("LLAMA2_GEMV_PERSIST");
-    int expected = -2;
-    g_grid_cap.compare_exchange_strong(expected, e && *e == '0' ? -1 : 0);  // a test's setting wins
-    cap = g_grid_cap.load(std::memory_order_relaxed);
-  }
+  int cap = env_knob(g_grid_cap, "LLAMA2_GEMV_PERSIST", [](const char* e) { return e && *e == '0' ? -1 : 0; });
   if (cap < 0 || (cap == 0 && T > 1)) return n_groups;
   if (cap == 0) {
     static std::atomic<int> per_sm{0};  // per kernel instantiation (one GPU model per process in practice)
@@ -304,10 +297,7 @@ int gemv_grid(Kernel kernel, int T, int n_groups) {
       if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, 0) != cudaSuccess || bps < 1) bps = 1;
       per_sm.store(bps, std::memory_order_relaxed);
     }
-    int dev = 0, sms = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    cap = bps * (sms > 0 ? sms : 1);
+    cap = bps * device_sm_count();
   }
   // Equal shares: every block walks the same number of groups (the last share may be short by one block's).
   const int per = (n_groups + cap - 1) / cap;

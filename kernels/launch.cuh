@@ -6,6 +6,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -30,6 +32,34 @@ __device__ __forceinline__ void pdl_trigger() {
 // Set once per process by the backend (compute capability 9.0+); off elsewhere.
 bool pdl_enabled();
 void set_pdl(bool on);
+
+// The current device's SM count, cached per device (launch shapes that size themselves to the GPU).
+inline int device_sm_count() {
+  constexpr int kMaxDev = 64;
+  static std::atomic<int> cached[kMaxDev];
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= kMaxDev) dev = 0;
+  int n = cached[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    if (n < 1) n = 1;
+    cached[dev].store(n, std::memory_order_relaxed);  // benign race: every writer stores the same value
+  }
+  return n;
+}
+
+// A kernel-level A/B switch (LLAMA2_* variables read by the kernels, not the backend): `slot` starts at
+// kKnobUnread; the first call stores parse(getenv(name)) (value nullptr when unset), unless a test hook has
+// stored a setting first, which then wins. Returns the slot's value.
+constexpr int kKnobUnread = -2;
+inline int env_knob(std::atomic<int>& slot, const char* name, int (*parse)(const char* value)) {
+  const int v = slot.load(std::memory_order_relaxed);
+  if (v != kKnobUnread) return v;
+  int expected = kKnobUnread;
+  slot.compare_exchange_strong(expected, parse(std::getenv(name)));
+  return slot.load(std::memory_order_relaxed);
+}
 
 #ifdef L2_SIMT_EMU
 }  // namespace l2::kernels
