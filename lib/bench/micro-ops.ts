@@ -80,7 +80,10 @@ export function addOpBenches(bench: Bench, cases: OpCase[], figures: Map<string,
       `native: ${c.name}`,
       () => {
         const seconds = op!.run(iters);
-        return { overriddenDuration: (seconds * 1000) / iters };
+        // The sample is one iteration's time; what it cost against --time is the whole run (without
+        // overriddenIterationCost tinybench counts the per-iteration time, so a 3 us op at ~1 ms per
+        // sample ran ~300x longer than asked: the CUDA attention op "did not finish" in 40 s).
+        return { overriddenDuration: (seconds * 1000) / iters, overriddenIterationCost: seconds * 1000 };
       },
       {
         beforeAll: () => {
