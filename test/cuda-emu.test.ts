@@ -265,6 +265,27 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
       }, 600_000);
   });
 
+  it("op benches on 'cuda' run the kernel the engine picks for each batch (llama2 micro)", async () => {
+    const { native } = await import("../lib/native.js");
+    const kernelOf = (dtype: string, batch: number) => {
+      const op = native().createOpBench({ op: "matvec", device: "cuda", dtype: dtype as "f16", rows: 256, cols: 512, batch });
+      try {
+        expect(op.run(1)).toBeGreaterThan(0);
+        return /^cuda (\S+) /.exec(op.description)?.[1];
+      } finally {
+        op.dispose();
+      }
+    };
+    expect([kernelOf("f16", 1), kernelOf("f16", 4), kernelOf("f16", 16), kernelOf("f16", 64)]).toEqual(["gemv", "gemv", "gemm", "gemm"]);
+    expect([kernelOf("int8", 1), kernelOf("int8", 8), kernelOf("int8", 32)]).toEqual(["gemv", "gemv_mma", "gemm"]);
+    const att = native().createOpBench({ op: "attention", device: "cuda", context: 300, heads: 4, kvHeads: 2, headDim: 64, batch: 12 });
+    try {
+      expect(att.run(2)).toBeGreaterThan(0);
+    } finally {
+      att.dispose();
+    }
+  }, 300_000);
+
   describe("head_dim 64 (the tensor-core prefill attention)", () => {
     const model = syntheticModel("hd64.gguf", ["--preset", "demo", "--heads", "4", "--kv-heads", "2", "--layers", "2", "--vocab", "512", "--seed", "7"]);
 

@@ -23,7 +23,6 @@ std::unique_ptr<OpBench> make_op_bench(const OpBenchSpec& s) {
     if (s.dtype != "f32" && s.dtype != "f16" && s.dtype != "int8")
       fail(code::kInvalidArgument, "dtype: expected f32, f16 or int8, got '" + s.dtype + "'");
     if (s.device == "cuda" && s.dtype == "f32") fail(code::kInvalidArgument, "dtype: the CUDA matvec takes f16 or int8 weights");
-    if (s.device == "cuda") check_range("batch", s.batch, 1, 8);
   } else if (s.op == "attention") {
     check_range("context", s.context, 1, 1 << 17);
     check_range("heads", s.heads, 1, 256);

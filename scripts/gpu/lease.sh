@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# One short GPU lease (15 device-minutes in all, 10 per call): the figures that matter most first, each
-# step time-boxed, nothing started that the deadline cannot fit. From the project root on the device after
-# `source .device/setup.sh` (see NOTES.md, "GPU runs"):
-#   DEADLINE=540 STEPS="info small bench ..." bash scripts/gpu/lease.sh
-# Everything lands in $OUT/lease.log and $OUT/results.tar.gz (re-packed after every step, so a call
-# killed at its limit still returns what finished; the device returns at most 8 files).
+# Every GPU check and measurement, as named steps of one device call (15 device-minutes a session, 10 per
+# call): each step time-boxed, nothing started that the deadline cannot fit. Pack .device/ here first
+# (scripts/gpu/prepare.sh), then on the device, from the project root (NOTES.md, "GPU runs"):
+#   source .device/setup.sh > /dev/null 2>&1; DEADLINE=540 STEPS="info small bench-f16 ..." bash scripts/gpu/lease.sh
+# Steps (they run in this order, whatever the order in STEPS; default: info doctor small kernels-quick
+# bench-f16 bench-int8 big serve sanitize kernels):
+#   info doctor small kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
+#   A/B by env switch: ab-split ab-persist ab-early mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
+#   big (7B validation) serve kv8 gemv-ab sanitize kernels profile profile-batch
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 R=/tmp/results; mkdir -p "$OUT" "$R" build/Release
 exec > >(tee -a "$OUT/lease.log") 2>&1
 t0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
-STEPS=" ${STEPS:-info small kernels-quick bench-f16 bench-int8 ab-dispatch big serve kv8 gemv-ab sanitize kernels} "
+STEPS=" ${STEPS:-info doctor small kernels-quick bench-f16 bench-int8 big serve sanitize kernels} "
 BIG=/tmp/7b-f16.gguf
 left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
 pack() { tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null; }
@@ -33,13 +36,20 @@ bench() { # bench NAME TIMEOUT [env...] -- args
 if [ -d tmp/gpu-dist ]; then rm -rf dist && cp -r tmp/gpu-dist dist; fi
 xz -dc .device/llama2_native.node.xz > build/Release/llama2_native.node
 [ -f .device/kernel_tests.xz ] && xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
-# The 7B file is CPU and disk work: make it while the GPU runs the small checks.
-[ -s $BIG ] || ( node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet > "$R/make-7b.log" 2>&1; echo "make-model rc=$?" >> "$R/make-7b.log" ) &
-maker=$!  # (a warm machine kept the file of an earlier call)
+# The 7B file is CPU and disk work: made (when a step uses it) while the GPU runs the small checks.
+maker=
+if [[ "$STEPS" =~ \ (bench-f16|bench-int8|ab-[a-z]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|serve|kv8)\  ]] && [ ! -s $BIG ]; then
+  ( node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet > "$R/make-7b.log" 2>&1; echo "make-model rc=$?" >> "$R/make-7b.log" ) &
+  maker=$!  # (a warm machine keeps the file of an earlier call)
+fi
 
 if step info 20; then
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit --format=csv
   node -e 'const a=require("node-gyp-build")(process.cwd()); console.log(JSON.stringify(a.buildInfo()), JSON.stringify(a.cudaDevices()), "copy GB/s", a.cudaCopyBandwidth(0).toFixed(0))'
+fi
+if step doctor 60; then  # `llama2 doctor --check`: every CUDA path against the host fp32 reference (demo model)
+  LLAMA2_HOME=/tmp/l2home timeout 60 node dist/cli/main.js doctor --check > "$R/doctor-check.log" 2>&1; echo "doctor --check rc=$?"
+  tail -20 "$R/doctor-check.log"; pack
 fi
 if step small 120; then
   timeout 120 node scripts/gpu/validate.mjs --out "$R/validate-small.json" > "$R/validate-small.log" 2>&1; echo "validate small rc=$?"
@@ -49,7 +59,7 @@ if step kernels-quick 90; then
   timeout 90 /tmp/kernel_tests --quick > "$R/kernel-tests-quick.log" 2>&1; echo "kernel_tests --quick rc=$?"
   grep -E "FAIL" "$R/kernel-tests-quick.log" | head -20; tail -3 "$R/kernel-tests-quick.log"; pack
 fi
-echo "=== waiting for the 7B file ($(left)s left)"; wait $maker; cat "$R/make-7b.log"
+if [ -n "$maker" ]; then echo "=== waiting for the 7B file ($(left)s left)"; wait $maker; cat "$R/make-7b.log"; fi
 if step bench-f16 150; then
   bench f16 150 -- --dtype f16 --prompt 512 --gen 128 --batch 1,2,4,8,16,32,64 --reps 2
 fi
@@ -60,9 +70,25 @@ if step gemm-check 100; then  # every GEMM check incl. the 7B shapes at M 16-64 
   timeout 100 /tmp/kernel_tests --only=gemm > "$R/kernel-gemm.log" 2>&1; echo "kernel_tests gemm rc=$?"
   grep -E "FAIL" "$R/kernel-gemm.log" | head -20; tail -2 "$R/kernel-gemm.log"; pack
 fi
+if step kv8-kernels 120; then  # the int8 KV cache kernels: checks and fp16-vs-int8 timings
+  timeout 120 /tmp/kernel_tests --only=kv_int8 --bench > "$R/kernel-kv-int8.log" 2>&1; echo "kernel_tests kv_int8 rc=$?"
+  grep -E "FAIL|failed|passed|ratio" "$R/kernel-kv-int8.log" | head -30; pack
+fi
 if step gemm-bench 80; then  # per matrix at M = 8 / 32 / 64 / 512, with and without split-K
   timeout 80 /tmp/kernel_tests --only=gemm --bench --quick --no-check > "$R/kernel-gemm-bench.log" 2>&1; echo "gemm bench rc=$?"
   grep -E "M=(8|32|64) " "$R/kernel-gemm-bench.log" | sed -E 's/ +TFLOP.*GB\/s//' | head -48; pack
+fi
+if step tune 200; then  # every GEMM configuration (split-K where built in) per 7B shape at M = 8 / 32 / 64 / 512
+  timeout 200 /tmp/kernel_tests --only=gemm --tune --quick --no-check > "$R/kernel-gemm-tune.log" 2>&1; echo "gemm tune rc=$?"
+  grep -E "tuning table|tune:" "$R/kernel-gemm-tune.log" | head -60; pack
+fi
+if step micro 120; then  # the decode step's ops alone (native op benches), 7B shape, batch 1 and 8
+  for b in 1 8; do
+    timeout 55 node dist/cli/main.js micro --only ops --device cuda --shape llama2-7b --dtype f16,int8 --context 256,2048 --batch $b \
+      --time 200 --json --out "$R/micro-b$b.json" > /dev/null 2>> "$R/micro.log" || { echo "micro batch $b rc=$?"; tail -2 "$R/micro.log"; }
+    node -e 'const r=require(process.argv[1]); for (const t of r.tasks) console.log(t.name.padEnd(58), t.latencyMs.p50.toFixed(4), "ms", (t.bandwidthGBs||0).toFixed(0), "GB/s")' "$R/micro-b$b.json" 2>/dev/null
+  done
+  pack
 fi
 if step ab-split 60; then  # GEMM split-K off (LLAMA2_GEMM_SPLITK=1)
   bench f16-splitk-off 60 LLAMA2_GEMM_SPLITK=1 -- --dtype f16 --prompt 128 --gen 128 --batch 8,32,64 --reps 2
@@ -90,6 +116,12 @@ fi
 if step mma-int8 60; then
   bench int8-mma 60 LLAMA2_GEMV_MMA=1 -- --dtype int8 --prompt 128 --gen 128 --batch 1,8,32 --reps 2
 fi
+if step gemm-small 60; then  # small batches on the GEMM instead of the GEMV (LLAMA2_GEMV_MAX_T=1)
+  bench f16-gemm-small 60 LLAMA2_GEMV_MAX_T=1 -- --dtype f16 --prompt 128 --gen 128 --batch 2,4,8 --reps 2
+fi
+if step graph8 60; then  # batches 16-32 without decode graphs (LLAMA2_GRAPH_MAX_T=8)
+  bench f16-graph8 60 LLAMA2_GRAPH_MAX_T=8 -- --dtype f16 --prompt 128 --gen 128 --batch 16,32 --reps 2
+fi
 if step big 150; then
   timeout 150 node scripts/gpu/validate.mjs --skip-small --big $BIG --out "$R/validate-7b.json" > "$R/validate-7b.log" 2>&1; echo "validate 7B rc=$?"
   tail -25 "$R/validate-7b.log"; pack
@@ -115,8 +147,14 @@ if step kernels 120; then
   timeout 120 /tmp/kernel_tests > "$R/kernel-tests.log" 2>&1; echo "kernel_tests rc=$?"
   grep -E "FAIL" "$R/kernel-tests.log" | head -20; tail -3 "$R/kernel-tests.log"; pack
 fi
-if step profile-batch 100; then
-  node dist/cli/main.js make-model --preset llama2-7b --layers 2 --out /tmp/7b2.gguf --quiet --force
+# ncu per-kernel summaries on a 2-layer 7B-width model (caches flushed per kernel: slower than in a graph).
+if step profile 120; then  # decode batch 1 and a 128-token prefill
+  [ -f /tmp/7b2.gguf ] || node dist/cli/main.js make-model --preset llama2-7b --layers 2 --out /tmp/7b2.gguf --quiet --force
+  timeout 110 ncu --clock-control none --graph-profiling node --print-summary per-kernel node scripts/gpu/profile.mjs /tmp/7b2.gguf 4 1 > "$R/ncu-b1.txt" 2>&1
+  grep -E "^  [a-zA-Z_].*\(|Duration|Invocations" "$R/ncu-b1.txt" | head -80; pack
+fi
+if step profile-batch 100; then  # decode batch 32
+  [ -f /tmp/7b2.gguf ] || node dist/cli/main.js make-model --preset llama2-7b --layers 2 --out /tmp/7b2.gguf --quiet --force
   timeout 90 ncu --clock-control none --graph-profiling node --print-summary per-kernel node scripts/gpu/profile.mjs /tmp/7b2.gguf 3 32 > "$R/ncu-b32.txt" 2>&1
   grep -E "^  [a-zA-Z_].*\(|Duration|Invocations" "$R/ncu-b32.txt" | head -60; pack
 fi

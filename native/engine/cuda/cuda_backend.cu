@@ -1,8 +1,8 @@
 // The CUDA backend: weights uploaded once (fp16, or int8 with per-32 scales), a paged fp16 KV cache,
 // and the Llama forward as a sequence of fused kernels (kernels/). Decode steps of up to 64 sequences
 // replay a captured CUDA graph (one launch, one host sync to hand the tokens back); other steps
-// (prefill, bigger batches) run eagerly. Up to 8 tokens the matrices run on the GEMV, beyond on
-// tensor-core GEMMs.
+// (prefill, bigger batches) run eagerly. Each matrix runs on the GEMV, the tensor-core decode kernel
+// or the tiled GEMM by the step's token count (mat_dispatch.cuh).
 //
 // Layout conventions (see kernels/kernels.h): matrices padded to N % 128 and K % 64 with zeros,
 // activations row-major with padded row strides whose pad columns stay zero forever; Q/K rows of
@@ -30,6 +30,7 @@
 #include "../cuda_plan.h"
 #include "../sub_batch.h"
 #include "cuda_util.cuh"
+#include "mat_dispatch.cuh"
 
 namespace l2 {
 
@@ -39,22 +40,6 @@ static_assert(kCudaPadN == k::kPadN && kCudaPadK == k::kPadK, "cuda_plan.h pads 
 namespace {
 
 #define CK(x) check_cuda((x), #x, ": try dtype 'int8', kvCacheType 'int8', a smaller contextLength or maxSequences, or device 'cpu'")
-
-// A tuning switch from the environment: an integer clamped to [lo, hi], `dflt` when unset or empty.
-int env_int(const char* name, int lo, int hi, int dflt) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::clamp(std::atoi(v), lo, hi) : dflt;
-}
-
-// A matrix on the device: fp16 w[npad][ldw], or int8 q[npad][ldw] + scales s[npad][ldw / 32].
-struct DevMat {
-  bool int8 = false;
-  int n = 0, k = 0, npad = 0, ldw = 0;
-  half* w = nullptr;
-  int8_t* q = nullptr;
-  half* s = nullptr;
-  uint64_t bytes() const { return int8 ? (uint64_t)npad * ldw + (uint64_t)npad * (ldw / 32) * 2 : (uint64_t)npad * ldw * 2; }
-};
 
 // Where device row r of a matrix comes from: row `row` of `m` (nullptr: a zero pad row).
 struct RowSrc {
@@ -440,50 +425,13 @@ class CudaBackend final : public Backend {
   half* k_scale(int l) const { return reinterpret_cast<half*>(kv_layer(l) + 2 * plan_.kv_layer_k); }
   half* v_scale(int l) const { return reinterpret_cast<half*>(kv_layer(l) + 2 * plan_.kv_layer_k + plan_.kv_layer_scales); }
 
-  // Which matrix kernel a step of T tokens uses for a matrix of N rows: the CUDA-core GEMV (gemv.cu), the
-  // tensor-core decode kernel (gemv_mma.cu) or the tiled GEMM (gemm.cu). Chosen from per-matrix timings at the
-  // 7B shapes on H200 (kernel_tests --only=gemv --bench, stop 14; NOTES.md "H200 run"):
-  //  - fp16: the GEMV up to 4 tokens (it beat gemv_mma at T = 1, 2, 4 on every matrix), the GEMM from 5 (at
-  //    T = 8 the GEMM's 4 matrices of a layer took 0.138 ms, the GEMV 0.196, gemv_mma 0.152; the GEMV at T = 4
-  //    took 0.135, and the GEMM's time hardly moves with M up to 32).
-  //  - int8: the GEMV at T = 1; gemv_mma for 2..16 tokens (layer 0.101-0.115 ms against the GEMV's 0.103 at
-  //    T = 2, 0.132 at 4, 0.196 at 8 and the GEMM's 0.158 at 16), except the N = 4096 matrices (wo, down) up to
-  //    4 tokens, where the GEMV measured faster (down T = 2: 0.0219 against 0.0316 ms); the GEMM from 17 (T = 32:
-  //    0.161 against gemv_mma's 0.216).
-  // A100 / A10: the same choices, unmeasured (their CUDA cores have less arithmetic per byte than the H200's,
-  // which favours the tensor-core kernels further). For end-to-end A/B runs: LLAMA2_GEMV_MMA=0 never takes
-  // gemv_mma, =1 takes it for every step of 2..32 tokens; LLAMA2_GEMV_MAX_T=0..8 sets the GEMV's largest step
-  // for both weight types (LLAMA2_GEMV_MMA=0 LLAMA2_GEMV_MAX_T=8 is the dispatch before stop 14).
-  enum class MatKernel { Gemv, GemvMma, Gemm };
-  int gemv_limit(bool int8) const { return gemv_max_t_ >= 0 ? gemv_max_t_ : int8 ? k::kGemvMaxT : 4; }
-  MatKernel mat_kernel(bool int8, int T, int N) const {
-    if (gemv_mma_env_ == 1 && T >= 2 && T <= k::kGemvMmaMaxT) return MatKernel::GemvMma;
-    if (int8 && gemv_mma_env_ != 0 && T >= 2 && T <= 16 && !(T <= 4 && N <= 4096)) return MatKernel::GemvMma;
-    return T <= gemv_limit(int8) ? MatKernel::Gemv : MatKernel::Gemm;
-  }
-
-  void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) {
-    MatKernel kind = mat_kernel(m.int8, T, m.npad);
-    // gemv_mma declines shapes it does not cover (K % 64, N % 16): then the GEMV or the GEMM.
-    if (kind == MatKernel::GemvMma &&
-        (m.int8 ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)
-                : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_)))
-      return;
-    if (kind == MatKernel::GemvMma) kind = T <= gemv_limit(m.int8) ? MatKernel::Gemv : MatKernel::Gemm;
-    if (kind == MatKernel::Gemv) {
-      if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
-      else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
-    } else {
-      const k::GemmSplitK* sk = split_k_off_ ? nullptr : &split_k_;
-      if (m.int8) k::gemm_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_, sk);
-      else k::gemm_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_, sk);
-    }
-  }
+  // The matrix kernel for a step of T tokens: mat_dispatch.cuh (shared with the CUDA op benches).
+  void matmul(const DevMat& m, const half* A, int lda, int T, const k::Epilogue& e) { mats_.run(m, A, lda, T, e, &split_k_, stream_); }
 
   // m applied to RMSNorm(x rows) * norm_w: fused into the GEMV's input for steps of up to fused_norm_max_t_
   // tokens on the GEMV path, else the norm kernel writes xn_ for the matrix kernel.
   void matmul_normed(const DevMat& m, const float* norm_w, const float* x, int T, const k::Epilogue& e) {
-    if (T <= fused_norm_max_t_ && mat_kernel(m.int8, T, m.npad) == MatKernel::Gemv) {
+    if (T <= fused_norm_max_t_ && mats_.kind(m.int8, T, m.npad) == MatDispatch::Kind::Gemv) {
       k::NormInput in;
       in.x = x;
       in.ldx = Dpad_;
@@ -740,8 +688,7 @@ class CudaBackend final : public Backend {
   int32_t* topk_ids_ = nullptr;
   void* attn_ws_ = nullptr;
   k::GemmSplitK split_k_;  // the GEMM's split-K partial tiles and counters (this backend's stream only)
-  // LLAMA2_GEMM_SPLITK=1: never split K (A/B runs; read when the model loads).
-  const bool split_k_off_ = env_int("LLAMA2_GEMM_SPLITK", 0, 1, 0) == 1;
+  const MatDispatch mats_;  // the matrix kernel per step (its env switches are read when the model loads)
   int32_t* in_dev_ = nullptr;
   int32_t* pinned_in_ = nullptr;
   uint8_t* pinned_out_ = nullptr;
@@ -766,10 +713,6 @@ class CudaBackend final : public Backend {
   // RMSNorm fused into the GEMV for steps of up to this many tokens (LLAMA2_FUSED_NORM=0..4; default 0, off:
   // measured slower on H200 at batch 1, fp16 228.4 against 234.1 tok/s, int8 279.4 against 325.3).
   const int fused_norm_max_t_ = env_int("LLAMA2_FUSED_NORM", 0, k::kGemvNormMaxT, 0);
-  // The GEMV's largest step when LLAMA2_GEMV_MAX_T=0..8 is set (A/B runs), else -1: mat_kernel()'s choice.
-  const int gemv_max_t_ = env_int("LLAMA2_GEMV_MAX_T", 0, k::kGemvMaxT, -1);
-  // LLAMA2_GEMV_MMA: unset = mat_kernel()'s choice, 0 = never gemv_mma, 1 = gemv_mma for every 2..32 tokens.
-  const int gemv_mma_env_ = env_int("LLAMA2_GEMV_MMA", 0, 1, -1);
   std::vector<OutChunk> out_chunks_;
   int n_out_total_ = 0;
 };

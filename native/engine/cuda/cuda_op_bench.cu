@@ -1,5 +1,7 @@
-// CUDA op micro-benchmarks: the backend's decode kernels (kernels/gemv.cu, kernels/attention_decode.cu)
-// on seeded random device data at the shapes asked for, timed with CUDA events over back-to-back runs.
+// CUDA op micro-benchmarks: the backend's decode kernels on seeded random device data at the shapes asked
+// for, timed with CUDA events over back-to-back runs. A matrix runs on the kernel the engine picks for a step
+// of `batch` tokens (mat_dispatch.cuh: GEMV, gemv_mma or GEMM with split-K); attention is the decode kernel
+// (kernels/attention_decode.cu) for `batch` sequences.
 #include <cuda_runtime.h>
 
 #include <string>
@@ -11,6 +13,7 @@
 #include "../backend.h"
 #include "../op_bench.h"
 #include "cuda_util.cuh"
+#include "mat_dispatch.cuh"
 
 namespace l2 {
 
@@ -96,27 +99,36 @@ class CudaOpBench final : public OpBench {
   void grid_fill(half* p, size_t n, float scale, uint32_t seed) { k::launch_plain(fill_half, 1024, 256, 0, stream_, p, n, scale, seed); }
 
   void setup_matvec(const std::string& gpu) {
-    int8_ = s_.dtype == "int8";
-    npad_ = round_up(s_.rows, k::kPadN);
-    ldw_ = round_up(s_.cols, k::kPadK);
-    const size_t wn = (size_t)npad_ * ldw_;
-    if (int8_) {
-      q_ = arena_.alloc<int8_t>(wn);
-      scales_ = arena_.alloc<half>(wn / 32);
-      k::launch_plain(fill_int8, 1024, 256, 0, stream_, q_, wn, 3);
-      grid_fill(scales_, wn / 32, 0.0002f, 5);
+    m_.int8 = s_.dtype == "int8";
+    m_.n = s_.rows;
+    m_.k = s_.cols;
+    m_.npad = round_up(s_.rows, k::kPadN);
+    m_.ldw = round_up(s_.cols, k::kPadK);
+    const size_t wn = (size_t)m_.npad * m_.ldw;
+    if (m_.int8) {
+      m_.q = arena_.alloc<int8_t>(wn);
+      m_.s = arena_.alloc<half>(wn / 32);
+      k::launch_plain(fill_int8, 1024, 256, 0, stream_, m_.q, wn, 3);
+      grid_fill(m_.s, wn / 32, 0.0002f, 5);
     } else {
-      w_ = arena_.alloc<half>(wn);
-      grid_fill(w_, wn, 0.02f, 3);
+      m_.w = arena_.alloc<half>(wn);
+      grid_fill(m_.w, wn, 0.02f, 3);
     }
-    a_ = arena_.alloc<half>((size_t)s_.batch * ldw_);
-    grid_fill(a_, (size_t)s_.batch * ldw_, 1.f, 7);
-    out_ = arena_.alloc<float>((size_t)s_.batch * npad_);
-    const uint64_t wbytes = int8_ ? wn + wn / 32 * 2 : wn * 2;
-    bytes = wbytes + (uint64_t)s_.batch * ldw_ * 2 + (uint64_t)s_.batch * npad_ * 4;
+    a_ = arena_.alloc<half>((size_t)s_.batch * m_.ldw);
+    grid_fill(a_, (size_t)s_.batch * m_.ldw, 1.f, 7);
+    out_ = arena_.alloc<float>((size_t)s_.batch * m_.npad);
+    // The GEMM's split-K workspace, as the backend allocates it (counters start at zero).
+    sk_.ws = arena_.alloc<float>(k::kGemmSplitKBytes / sizeof(float));
+    sk_.ws_bytes = k::kGemmSplitKBytes;
+    sk_.counters = arena_.alloc<int>(k::kGemmSplitKCounters);
+    sk_.n_counters = k::kGemmSplitKCounters;
+    CK(cudaMemsetAsync(sk_.counters, 0, k::kGemmSplitKCounters * sizeof(int), stream_));
+    const uint64_t wbytes = m_.bytes();
+    bytes = wbytes + (uint64_t)s_.batch * m_.ldw * 2 + (uint64_t)s_.batch * m_.npad * 4;
     flops = 2.0 * s_.rows * s_.cols * s_.batch;
-    description = "cuda gemv " + s_.dtype + " [" + std::to_string(s_.batch) + "x" + std::to_string(s_.cols) + "] . [" + std::to_string(s_.rows) + "x" +
-                  std::to_string(s_.cols) + "]^T on " + gpu;
+    const char* kernel = MatDispatch::name(mats_.kind(m_.int8, s_.batch, m_.npad));
+    description = std::string("cuda ") + kernel + " " + s_.dtype + " [" + std::to_string(s_.batch) + "x" + std::to_string(s_.cols) + "] . [" +
+                  std::to_string(s_.rows) + "x" + std::to_string(s_.cols) + "]^T on " + gpu;
   }
 
   void setup_attention(const std::string& gpu) {
@@ -135,10 +147,12 @@ class CudaOpBench final : public OpBench {
     for (int b = 0; b < B; ++b) start[b] = b;
     int32_t* d_tables = arena_.alloc<int32_t>(tables.size());
     int32_t* d_seg = arena_.alloc<int32_t>(3 * (size_t)B);
-    CK(cudaMemcpy(d_tables, tables.data(), tables.size() * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(d_seg, start.data(), (size_t)B * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(d_seg + B, count.data(), (size_t)B * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(d_seg + 2 * B, pos0.data(), (size_t)B * 4, cudaMemcpyHostToDevice));
+    // On the bench's stream (a non-blocking one: work on the legacy default stream would not be ordered
+    // before its kernels); pageable sources are staged before the calls return.
+    CK(cudaMemcpyAsync(d_tables, tables.data(), tables.size() * 4, cudaMemcpyHostToDevice, stream_));
+    CK(cudaMemcpyAsync(d_seg, start.data(), (size_t)B * 4, cudaMemcpyHostToDevice, stream_));
+    CK(cudaMemcpyAsync(d_seg + B, count.data(), (size_t)B * 4, cudaMemcpyHostToDevice, stream_));
+    CK(cudaMemcpyAsync(d_seg + 2 * B, pos0.data(), (size_t)B * 4, cudaMemcpyHostToDevice, stream_));
     ap_.q = q;
     ap_.ldq = H * hd;
     ap_.out = out;
@@ -157,7 +171,7 @@ class CudaOpBench final : public OpBench {
     ap_.scale = 1.f / sqrtf((float)hd);
     max_ctx_ = ctx;
     ws_ = arena_.alloc<uint8_t>(k::attention_decode_workspace(B, H, hd, ctx));
-    CK(cudaMemset(ws_, 0, k::attention_decode_workspace(B, H, hd, ctx)));  // merge counters start at 0
+    CK(cudaMemsetAsync(ws_, 0, k::attention_decode_workspace(B, H, hd, ctx), stream_));  // merge counters start at 0
     bytes = 2ull * B * ctx * KH * hd * 2 + 2ull * B * H * hd * 2;
     flops = 4.0 * B * H * (double)ctx * hd;
     description = "cuda flash-decoding, " + std::to_string(B) + " seq x " + std::to_string(ctx) + " positions, " + std::to_string(H) + "/" +
@@ -172,9 +186,8 @@ class CudaOpBench final : public OpBench {
     k::Epilogue epi;
     epi.kind = k::Epi::StoreF32;
     epi.out = out_;
-    epi.ldo = npad_;
-    if (int8_) k::gemv_w8(a_, ldw_, q_, scales_, ldw_, s_.batch, npad_, s_.rows, ldw_, epi, stream_);
-    else k::gemv_f16(a_, ldw_, w_, ldw_, s_.batch, npad_, s_.rows, ldw_, epi, stream_);
+    epi.ldo = m_.npad;
+    mats_.run(m_, a_, m_.ldw, s_.batch, epi, &sk_, stream_);
   }
 
   OpBenchSpec s_;
@@ -182,10 +195,10 @@ class CudaOpBench final : public OpBench {
   cudaStream_t stream_ = nullptr;
   cudaEvent_t e0_ = nullptr, e1_ = nullptr;
   // matvec
-  bool int8_ = false;
-  int npad_ = 0, ldw_ = 0;
-  half *w_ = nullptr, *scales_ = nullptr, *a_ = nullptr;
-  int8_t* q_ = nullptr;
+  const MatDispatch mats_;
+  DevMat m_;
+  k::GemmSplitK sk_;
+  half* a_ = nullptr;
   float* out_ = nullptr;
   // attention
   k::AttentionParams ap_;
