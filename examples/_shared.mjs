@@ -46,6 +46,11 @@ export async function resolveModel(model) {
   });
 }
 
+/** Llama2.load options from the common flags (`--tokenizer` for a llama2.c `.bin`, which has none inside). */
+export function loadOptions(flags) {
+  return { device: flags.device, ...(flags.tokenizer && { tokenizerPath: path.resolve(flags.tokenizer) }) };
+}
+
 /** Path of the `llama2` CLI of the installed package (for examples that drive the CLI). */
 export function llama2Cli() {
   const require = createRequire(import.meta.url);

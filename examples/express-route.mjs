@@ -13,9 +13,9 @@
 // package's built-in server (`llama2 run`) instead; this file shows the pattern for an app of your own.
 import express from "express";
 import { Llama2, isLlama2Error } from "llama2-native";
-import { parseFlags, resolveModel } from "./_shared.mjs";
+import { loadOptions, parseFlags, resolveModel } from "./_shared.mjs";
 
-const flags = parseFlags({ model: "", port: 8787, host: "127.0.0.1", "max-tokens": 256, device: "auto", "self-test": false });
+const flags = parseFlags({ model: "", tokenizer: "", port: 8787, host: "127.0.0.1", "max-tokens": 256, device: "auto", "self-test": false });
 
 const ROLES = new Set(["system", "user", "assistant"]);
 
@@ -75,7 +75,7 @@ export function chatRoute(llama, defaults) {
   };
 }
 
-const llama = await Llama2.load(await resolveModel(flags.model), { device: flags.device });
+const llama = await Llama2.load(await resolveModel(flags.model), loadOptions(flags));
 const app = express();
 // Any content type is read as JSON (curl -d sends form-encoded); 64 KiB is plenty for a chat turn.
 app.post("/chat", express.json({ type: () => true, limit: "64kb" }), chatRoute(llama, { maxTokens: flags["max-tokens"] }));

@@ -4,11 +4,11 @@
 //
 // Without --model it runs on the built-in demo model (random weights: the text is gibberish).
 import { Llama2 } from "llama2-native";
-import { parseFlags, resolveModel } from "./_shared.mjs";
+import { loadOptions, parseFlags, resolveModel } from "./_shared.mjs";
 
-const flags = parseFlags({ model: "", prompt: "Once upon a time", "max-tokens": 32, device: "auto", temperature: 0.8, seed: 42 });
+const flags = parseFlags({ model: "", tokenizer: "", prompt: "Once upon a time", "max-tokens": 32, device: "auto", temperature: 0.8, seed: 42 });
 
-const llama = await Llama2.load(await resolveModel(flags.model), { device: flags.device });
+const llama = await Llama2.load(await resolveModel(flags.model), loadOptions(flags));
 try {
   // generate() returns a stream; `result` resolves with the whole text when generation ends.
   const { text, stats } = await llama.generate(flags.prompt, {

@@ -8,10 +8,11 @@
 // Commands: /reset (forget the conversation), /exit. Ctrl+C during a reply stops that reply.
 import readline from "node:readline";
 import { Llama2 } from "llama2-native";
-import { parseFlags, resolveModel } from "./_shared.mjs";
+import { loadOptions, parseFlags, resolveModel } from "./_shared.mjs";
 
 const flags = parseFlags({
   model: "",
+  tokenizer: "",
   system: "You are a helpful, concise assistant.",
   "max-tokens": 256,
   device: "auto",
@@ -19,7 +20,7 @@ const flags = parseFlags({
   seed: -1,
 });
 
-const llama = await Llama2.load(await resolveModel(flags.model), { device: flags.device });
+const llama = await Llama2.load(await resolveModel(flags.model), loadOptions(flags));
 const session = llama.createSession({ systemPrompt: flags.system });
 const interactive = process.stdin.isTTY === true;
 const rl = readline.createInterface({ input: process.stdin, terminal: interactive });

@@ -171,7 +171,7 @@ export function registerChatTemplate(template: ChatTemplate): void {
 
 export function getChatTemplate(name: string = DEFAULT_CHAT_TEMPLATE): ChatTemplate {
   const t = typeof name === "string" ? registry.get(name) : undefined;
-  if (!t) throw new InvalidArgumentError("chatTemplate", `unknown chat template ${JSON.stringify(name)} (known: ${[...registry.keys()].join(", ")})`);
+  if (!t) throw new InvalidArgumentError("template", `unknown chat template ${JSON.stringify(name)} (known: ${[...registry.keys()].join(", ")})`);
   return t;
 }
 

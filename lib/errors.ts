@@ -27,7 +27,7 @@ export type ErrorCode =
 export class Llama2Error extends Error {
   readonly code: ErrorCode;
   /** A hint for the user (e.g. "try dtype: 'int8' or device: 'cpu'"), when there is one. */
-  readonly suggestion?: string;
+  declare readonly suggestion?: string; // (declare: no own `suggestion: undefined` on errors without one)
   constructor(code: ErrorCode, message: string, options?: { cause?: unknown; suggestion?: string }) {
     super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
     this.name = "Llama2Error";
@@ -58,6 +58,9 @@ export function fromNative(err: unknown): Llama2Error {
   const e = err as { code?: unknown; message?: unknown };
   const code = typeof e?.code === "string" && e.code.startsWith("ERR_") ? (e.code as ErrorCode) : "ERR_INTERNAL";
   const message = typeof e?.message === "string" ? e.message : String(err);
+  // Native argument checks name the field first ("contextLength: ..."): keep it as `field`.
+  const arg = code === "ERR_INVALID_ARGUMENT" ? /^([A-Za-z_][\w.]*): ([^]*)$/.exec(message) : null;
+  if (arg) return new InvalidArgumentError(arg[1]!, arg[2]!);
   return new Llama2Error(code, message, { cause: err, suggestion: SUGGESTIONS[code] });
 }
 

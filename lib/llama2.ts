@@ -6,7 +6,7 @@ import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefi
 import { Scheduler } from "./engine/scheduler.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
 import { native, type NativeModel, type NativeStepOutput } from "./native.js";
-import { Sampler } from "./sampler.js";
+import { Sampler, showValue } from "./sampler.js";
 import { ChatSession } from "./session.js";
 import { StopMatcher } from "./stop.js";
 import { createGenerationStream } from "./stream.js";
@@ -55,18 +55,21 @@ export interface GenerationPlan {
    */
   reuse?: boolean;
   onSequence?: (seq: number) => void;
+  /** The chat template's stop strings (matched like `stop`, not counted against its limit). */
+  templateStops?: readonly string[];
 }
 
 const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
-  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "template",
+  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed",
 ]);
+const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
 
 function checkInt(v: unknown, field: string, min: number, max: number): number | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
-    throw new InvalidArgumentError(field, `expected an integer in [${min}, ${max}], got ${JSON.stringify(v)}`);
+    throw new InvalidArgumentError(field, `expected an integer in [${min}, ${max}], got ${showValue(v)}`);
   }
   return v;
 }
@@ -83,6 +86,8 @@ export class Llama2 {
   private readonly scheduler: Scheduler;
   private readonly active = new Set<AbortController>();
   private readonly waiting: (() => void)[] = [];
+  /** Generations started and not yet settled (running, prefilling or waiting for KV room). */
+  private inFlight = 0;
   /** Worst-case KV blocks each running generation may still allocate. */
   private readonly growth = new Map<symbol, number>();
   private disposed = false;
@@ -199,9 +204,9 @@ export class Llama2 {
     return this.requireTokenizer().decode(ids);
   }
 
-  /** Requests running or waiting. */
+  /** Requests running or waiting (counted from the call that starts them). */
   get pending(): number {
-    return this.active.size + this.waiting.length;
+    return this.inFlight;
   }
 
   /** GPU memory used by this model, bytes (undefined on the CPU). */
@@ -242,7 +247,7 @@ export class Llama2 {
     if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
     checkKeys(opts, new Set(["addBos", "signal"]), "options");
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
-    if (!this.prefixes) throw new Llama2Error("ERR_INVALID_ARGUMENT", "the prefix cache is disabled (loaded with prefixCache: false)");
+    if (!this.prefixes) throw new InvalidArgumentError("prefixCache", "the prefix cache is off (the model was loaded with prefixCache: false)");
     let ids: number[];
     if (typeof prefix === "string") {
       ids = this.requireTokenizer().encode(prefix, { bos: opts.addBos ?? true });
@@ -275,6 +280,7 @@ export class Llama2 {
     const key = Symbol("cachePrefix");
     const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: false, ownsSequence: true, reuse: true };
     let kept = false;
+    this.inFlight++;
     try {
       await this.admit(plan, 0, key, controller.signal);
       this.active.add(controller);
@@ -285,6 +291,7 @@ export class Llama2 {
     } catch (err) {
       throw controller.signal.aborted && !this.disposed ? new Llama2Error("ERR_ABORTED", "aborted") : err instanceof Llama2Error ? err : fromNative(err);
     } finally {
+      this.inFlight--;
       opts.signal?.removeEventListener("abort", onAbort);
       this.active.delete(controller);
       this.growth.delete(key);
@@ -318,17 +325,16 @@ export class Llama2 {
       throw new InvalidArgumentError("prompt", "expected a string or an array of token ids");
     }
     if (ids.length === 0) throw new InvalidArgumentError("prompt", "is empty (no tokens to condition on)");
-    return this.runOneShot(ids, opts, false);
+    return this.runOneShot(ids, opts);
   }
 
   /** Chat completion with the model's chat template (Llama 2's by default). */
   chat(messages: readonly ChatMessage[], opts: ChatOptions = {}): GenerationStream {
     this.checkAlive();
-    this.checkGenerateOptions(opts, GEN_KEYS);
+    this.checkGenerateOptions(opts, CHAT_KEYS);
     const template = this.templateFor(opts.template);
     const ids = template.encodeDialog(messages as ChatMessage[], this.requireTokenizer());
-    const stop = [...(opts.stop ?? []), ...(template.stopStrings ?? [])];
-    return this.runOneShot(ids, { ...opts, stop }, true);
+    return this.runOneShot(ids, opts, template.stopStrings);
   }
 
   /** Prompt tokens a chat request would use (the dialog through the chat template). */
@@ -371,6 +377,11 @@ export class Llama2 {
     this.checkGenerateOptions(opts, GEN_KEYS);
   }
 
+  /** @internal Whether the model is still loaded (not disposed). */
+  get _alive(): boolean {
+    return !this.disposed;
+  }
+
   /** @internal Whether the prefix cache is on. */
   get _prefixCacheEnabled(): boolean {
     return this.prefixes !== null;
@@ -391,10 +402,12 @@ export class Llama2 {
     this.wakeWaiters();
   }
 
-  private runOneShot(ids: number[], opts: GenerateOptions, isChat: boolean): GenerationStream {
+  /** `templateStops`: set for chat requests (their template's stop strings; a chat reply strips its leading space). */
+  private runOneShot(ids: number[], opts: GenerateOptions, templateStops?: readonly string[]): GenerationStream {
+    const isChat = templateStops !== undefined;
     return createGenerationStream(async (emit, signal) => {
       const seq = this.model.createSequence();
-      const plan: GenerationPlan = { seq, prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: isChat, ownsSequence: true, reuse: true };
+      const plan: GenerationPlan = { seq, prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: isChat, ownsSequence: true, reuse: true, templateStops };
       return this.generation(plan, opts, emit, signal);
     }, opts.signal);
   }
@@ -406,6 +419,7 @@ export class Llama2 {
     signal: AbortSignal,
   ): Promise<GenerationResult> {
     const t0 = performance.now();
+    this.inFlight++;
     const ctx = this.info.contextLength;
     const generated: number[] = [];
     let evaluated = 0; // prompt tokens that made it into the cache
@@ -425,6 +439,18 @@ export class Llama2 {
     let have = 0; // blocks the sequence held when admitted
     let keep = false; // hand the sequence to the prefix cache at the end
     const grew = (len: number) => this.growth.set(key, Math.max(0, worst - (Math.ceil(len / this.blockSize) - have)));
+    // The plan's end hook runs once; a hook that throws (e.g. the model was disposed meanwhile) does not
+    // turn a finished generation into a failure.
+    let ended = false;
+    const onEnd = (r: Parameters<NonNullable<GenerationPlan["onEnd"]>>[0]) => {
+      if (ended) return;
+      ended = true;
+      try {
+        plan.onEnd?.(r);
+      } catch {
+        /* see above */
+      }
+    };
     try {
       if (plan.cached + plan.prompt.length > ctx) {
         throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the prompt needs ${plan.cached + plan.prompt.length} tokens but the context length is ${ctx}`);
@@ -436,11 +462,17 @@ export class Llama2 {
       const room = ctx - plan.cached - plan.prompt.length;
       const maxTokens = Math.min(opts.maxTokens ?? Infinity, room + 1);
       const decoder = this.tokenizer?.createStreamDecoder({ stripLeadingSpace: plan.stripLeadingSpace });
-      const stop = new StopMatcher(opts.stop ?? []);
+      const stop = new StopMatcher(opts.stop ?? [], plan.templateStops);
       const history = plan.history.slice();
       const eos = this.info.eosId;
 
-      worst = await this.admit(plan, maxTokens, key, controller.signal);
+      try {
+        worst = await this.admit(plan, maxTokens, key, controller.signal);
+      } catch (err) {
+        // Aborted before it started (or while queued for KV room): it ends like any aborted generation.
+        if (controller.signal.aborted && !this.disposed) return this.finish(push, onEnd, streamed, plan, generated, 0, "abort", { t0, tAdmit: t0, tPrefill: t0, tFirst: 0 });
+        throw err;
+      }
       have = Math.ceil(plan.cached / this.blockSize);
       this.active.add(controller);
       const tAdmit = performance.now();
@@ -451,7 +483,7 @@ export class Llama2 {
         if (controller.signal.aborted) {
           evaluated = this.model.sequenceLength(plan.seq) - plan.cached;
           finishReason = "abort";
-          return this.finish(push, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill: performance.now(), tFirst: 0 });
+          return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill: performance.now(), tFirst: 0 });
         }
         throw err;
       }
@@ -504,12 +536,13 @@ export class Llama2 {
         if (tail) push({ text: tail, tokenIds: [] });
       }
       keep = finishReason !== "abort";
-      return this.finish(push, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst });
+      return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst });
     } catch (err) {
       const e = err instanceof Llama2Error ? err : fromNative(err);
-      plan.onEnd?.({ generated, evaluated, text: streamed, finishReason: "abort", error: e });
+      onEnd({ generated, evaluated, text: streamed, finishReason: "abort", error: e });
       throw e;
     } finally {
+      this.inFlight--;
       signal.removeEventListener("abort", onAbort);
       this.active.delete(controller);
       this.growth.delete(key);
@@ -535,8 +568,10 @@ export class Llama2 {
     try {
       return sampler.sample(out, history);
     } catch (e) {
-      if (e instanceof Llama2Error && e.code === "ERR_MODEL_CORRUPT")
+      if (e instanceof Llama2Error && e.code === "ERR_MODEL_CORRUPT") {
+        // logitBias bans fewer tokens than the vocabulary (validated), so the model's output is at fault.
         throw new Llama2Error("ERR_MODEL_CORRUPT", `${this.info.path}: ${e.message}: the model's output is not a number (NaN or Inf in its weights, or activations that overflow)`);
+      }
       throw e;
     }
   }
@@ -548,6 +583,7 @@ export class Llama2 {
 
   private finish(
     emit: (c: GenerationChunk) => void,
+    onEnd: NonNullable<GenerationPlan["onEnd"]>,
     text: string,
     plan: GenerationPlan,
     generated: number[],
@@ -566,7 +602,7 @@ export class Llama2 {
       totalMs: tEnd - t.t0,
       finishReason,
     };
-    plan.onEnd?.({ generated, evaluated, text, finishReason });
+    onEnd({ generated, evaluated, text, finishReason });
     emit({ text: "", tokenIds: [], stats });
     return { text, tokenIds: generated, stats };
   }

@@ -222,6 +222,9 @@ export class Sampler {
           throw new InvalidArgumentError("logitBias", `bias for token ${key} must be a finite number or -Infinity (got ${showValue(value)})`);
         if (value !== 0) map.set(id, value);
       }
+      let banned = 0;
+      for (const v of map.values()) if (v === -Infinity) banned++;
+      if (banned >= vocabSize) throw new InvalidArgumentError("logitBias", `bans every token of the vocabulary (${vocabSize} at -Infinity): nothing could be sampled`);
     }
     return resolved;
   }

@@ -26,14 +26,14 @@ export class ChatSession {
 
   /** Tokens of the conversation held in the KV cache. */
   get cachedTokens(): number {
-    return this.seq === null || this.disposed ? 0 : this.llama._native().sequenceLength(this.seq);
+    return this.seq === null || this.disposed || !this.llama._alive ? 0 : this.llama._native().sequenceLength(this.seq);
   }
 
   /** Sends a user message; the reply streams back and joins `messages` when it ends. */
   send(content: string, opts: GenerateOptions = {}): GenerationStream {
     if (this.disposed) throw new Llama2Error("ERR_DISPOSED", "the session has been disposed");
     if (typeof content !== "string") throw new InvalidArgumentError("content", "expected a string");
-    if (this.busy) throw new Llama2Error("ERR_INVALID_ARGUMENT", "the session is already generating a reply; wait for it or abort it");
+    if (this.busy) throw new InvalidArgumentError("session", "already generating a reply; wait for it or abort it");
     this.llama._checkOptions(opts);
     const tok = this.llama.tokenizer;
     if (!tok) throw new Llama2Error("ERR_TOKENIZER", "chat sessions need a model with a tokenizer");
@@ -46,7 +46,6 @@ export class ChatSession {
     const prompt = [...this.pending, ...turn];
     const known = this.tokens.length === cached;
     this.busy = true;
-    const stop = [...(opts.stop ?? []), ...(this.template.stopStrings ?? [])];
     // An empty session may start from a cached prefix (the system prompt, or a dialog another
     // request or session already evaluated): admission then swaps in a fork of it (onSequence).
     const plan: GenerationPlan = {
@@ -58,6 +57,7 @@ export class ChatSession {
       ownsSequence: false,
       ...(known && { context: this.tokens.slice() }),
       reuse: cached === 0 && this.llama._prefixCacheEnabled,
+      templateStops: this.template.stopStrings,
       onSequence: (seq) => {
         if (!this.disposed) {
           this.seq = seq;
@@ -82,19 +82,20 @@ export class ChatSession {
           }
           return;
         }
+        if (!this.llama._alive) return; // the model was disposed as the turn ended
         const inCache = native.sequenceLength(seq) - cached - prompt.length;
         if (known) this.tokens = [...this.tokens, ...prompt, ...generated.slice(0, inCache)];
         this.pending = [...generated.slice(inCache), ...this.template.assistantEnd(generated, tok)];
         this.messages.push(user, { role: "assistant", content: text });
       },
     };
-    return this.llama._run(plan, { ...opts, stop });
+    return this.llama._run(plan, opts);
   }
 
   /** Forgets the conversation (keeps the session usable). */
   reset(): void {
-    if (this.busy) throw new Llama2Error("ERR_INVALID_ARGUMENT", "the session is generating a reply");
-    if (this.seq !== null && !this.disposed) {
+    if (this.busy) throw new InvalidArgumentError("session", "generating a reply; wait for it or abort it");
+    if (this.seq !== null && !this.disposed && this.llama._alive) {
       const native = this.llama._native();
       // The prefix cache keeps the conversation (a fork): a request that repeats it starts from it.
       if (this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq)) this.llama._cacheSequence(this.seq, this.tokens, false);

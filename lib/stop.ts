@@ -19,9 +19,12 @@ export class StopMatcher {
   /** The stop string that ended generation, once one has. */
   matched: string | undefined;
 
-  /** `stops`: the `stop` option (undefined or [] = no stop strings: everything passes through). */
-  constructor(stops: readonly string[] | undefined) {
-    this.stops = StopMatcher.validate(stops);
+  /**
+   * `stops`: the `stop` option (undefined or [] = no stop strings: everything passes through);
+   * `extra`: stop strings checked elsewhere (a chat template's), not counted against the option's limit.
+   */
+  constructor(stops: readonly string[] | undefined, extra: readonly string[] = []) {
+    this.stops = [...StopMatcher.validate(stops), ...extra];
   }
 
   static validate(stops: unknown): string[] {

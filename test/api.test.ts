@@ -185,12 +185,10 @@ describeShared("Llama2 API on real models", [TINY, STORIES, STORIES_FX], () => {
   }
 
   it("an already aborted signal, and leaving the for-await loop, end with 'abort'", async () => {
-    // Aborted before it started: nothing is evaluated. (An abort before admission may reject with
-    // ERR_ABORTED instead of resolving with 'abort', as for requests still queued for KV room.)
+    // Aborted before it started: nothing is evaluated, and it resolves like any aborted generation.
     const steps = stories.stats().scheduler.steps;
-    const r = await outcome(stories.generate([1], { temperature: 0, stopOnEos: false, signal: AbortSignal.abort() }).result);
-    if (r instanceof Error) expect(r).toMatchObject({ code: "ERR_ABORTED" });
-    else expect(r).toMatchObject({ tokenIds: [], stats: { finishReason: "abort" } });
+    const r = await stories.generate([1], { temperature: 0, stopOnEos: false, signal: AbortSignal.abort() }).result;
+    expect(r).toMatchObject({ tokenIds: [], stats: { finishReason: "abort", completionTokens: 0 } });
     expect(stories.stats().scheduler.steps).toBe(steps);
     const s = stories.generate([1], { temperature: 0, stopOnEos: false });
     let n = 0;
@@ -272,12 +270,33 @@ describeShared("Llama2 API on real models", [TINY, STORIES, STORIES_FX], () => {
     const session = tiny.createSession();
     try {
       const s = session.send("First", { temperature: 0, maxTokens: 4, stopOnEos: false });
-      expect(() => session.send("Second")).toThrow(Llama2Error);
+      expect(() => session.send("Second")).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT", field: "session" }));
+      expect(() => session.reset()).toThrow(expect.objectContaining({ field: "session" }));
       await s.result;
       await session.send("Second", { temperature: 0, maxTokens: 2, stopOnEos: false }).result;
     } finally {
       session.dispose();
     }
+  });
+
+  it("a chat template's stop strings do not count against the stop option's limit; generate() takes no template", async () => {
+    const stop = Array.from({ length: 16 }, (_, i) => `zq${i}`);
+    const r = await tiny.chat([{ role: "user", content: "a" }], { template: "plain", stop, temperature: 0, maxTokens: 3, stopOnEos: false }).result;
+    expect(r.stats.completionTokens).toBeGreaterThan(0);
+    expect(() => tiny.generate("hi", { template: "plain" } as never)).toThrow(expect.objectContaining({ field: "options.template" }));
+    expect(() => tiny.chat([{ role: "user", content: "a" }], { template: "chatml" })).toThrow(expect.objectContaining({ field: "template" }));
+  });
+
+  it("pending counts a request from the call that starts it", async () => {
+    const streams = [0, 1, 2].map(() => tiny.generate("Once", { temperature: 0, maxTokens: 2, stopOnEos: false }));
+    expect(tiny.pending).toBe(3);
+    await Promise.all(streams.map((s) => s.result));
+    expect(tiny.pending).toBe(0);
+  });
+
+  it("options that ban every token are an invalid logitBias, not a corrupt model", () => {
+    const all = Object.fromEntries(Array.from({ length: stories.info.config.vocabSize }, (_, i) => [i, -Infinity]));
+    expect(() => stories.generate([1], { logitBias: all })).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT", field: "logitBias" }));
   });
 
   it("concurrent calls on one model each get the ids they get alone", async () => {
@@ -322,7 +341,7 @@ describeShared("Llama2 API on real models", [TINY, STORIES, STORIES_FX], () => {
   });
 });
 
-describeShared("dispose", [STORIES], () => {
+describeShared("dispose", [STORIES, TINY], () => {
   it("dispose() while generating ends every stream with abort or an error, never a crash or a hang", async () => {
     const m = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 2 });
     // Two running, two waiting for KV room (each may need the whole context).
@@ -344,6 +363,33 @@ describeShared("dispose", [STORIES], () => {
       if (rest instanceof Error) expect(rest).toBeInstanceOf(Llama2Error);
     }
     await m.dispose(); // twice is fine
+  });
+
+  it("dispose() during a session turn ends the turn with 'abort'; the session's state stays readable", async () => {
+    const m = await Llama2.load(sharedPath(TINY), { device: "cpu" });
+    const session = m.createSession();
+    const s = session.send("hey", { maxTokens: 200, stopOnEos: false, temperature: 0 });
+    let n = 0;
+    for await (const c of s) if (c.tokenIds.length > 0 && ++n === 3) await m.dispose();
+    const r = await s.result;
+    expect(r.stats.finishReason).toBe("abort");
+    expect(session.cachedTokens).toBe(0);
+    session.reset();
+    session.dispose();
+  });
+
+  it("a request queued for KV room and aborted resolves with 'abort'", async () => {
+    const m = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 1 });
+    try {
+      const first = m.generate([1, 300], { temperature: 0, stopOnEos: false, maxTokens: 40 });
+      const ac = new AbortController();
+      const queued = m.generate([1, 301], { temperature: 0, stopOnEos: false, signal: ac.signal });
+      ac.abort();
+      expect(await queued.result).toMatchObject({ tokenIds: [], stats: { finishReason: "abort" } });
+      expect((await first.result).tokenIds).toHaveLength(40);
+    } finally {
+      await m.dispose();
+    }
   });
 
   it("every call after dispose() throws ERR_DISPOSED", async () => {

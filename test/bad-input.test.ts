@@ -423,6 +423,9 @@ describeShared("bad options and requests on a loaded model", [STORIES, STORIES_F
     for (const [opts, field, value] of cases) {
       const err = await expectError(() => Llama2.load(p, opts as LoadOptions), "ERR_INVALID_ARGUMENT", field);
       if (value) expect(err.message).toContain(value);
+      // `field` names the option, for the checks made in TypeScript and natively alike.
+      expect((err as { field?: string }).field, JSON.stringify(opts)).toMatch(new RegExp(`^(options\\.)?${field}$`));
+      expect(Object.keys(err)).not.toContain("suggestion"); // (no own `suggestion: undefined`)
     }
     await expectError(() => Llama2.load("", {}), "ERR_INVALID_ARGUMENT", "path");
     await expectError(() => Llama2.load(5 as unknown as string), "ERR_INVALID_ARGUMENT", "path");

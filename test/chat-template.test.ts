@@ -138,7 +138,7 @@ describe("chat template registry and the plain template", () => {
 
   it("lists, looks up and registers templates", () => {
     expect(listChatTemplates()).toEqual(expect.arrayContaining(["llama2", "plain"]));
-    expectInvalid(() => getChatTemplate("chatml"), "chatTemplate");
+    expectInvalid(() => getChatTemplate("chatml"), "template");
     const custom: ChatTemplate = {
       name: "custom-test",
       encodeDialog: () => [7],

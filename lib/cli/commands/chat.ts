@@ -35,7 +35,7 @@ const command: Command = {
     try {
       getChatTemplate(flags.template as string);
     } catch (err) {
-      throw new InvalidArgumentError("--template", (err as Error).message.replace(/^chatTemplate: /, ""));
+      throw new InvalidArgumentError("--template", (err as Error).message.replace(/^template: /, ""));
     }
 
     const model = await loadModelFromFlags(flags, io);

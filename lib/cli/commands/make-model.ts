@@ -65,7 +65,7 @@ const command: Command = {
     io.stdout.write(
       [
         `wrote ${m.path} (${m.format}, ${m.dtype}, ${(m.bytes / GB).toFixed(2)} GB in ${m.seconds.toFixed(1)} s)`,
-        `  shape: dim ${s.dim}, ${s.layers} layers, ${s.heads} heads, ${s.kvHeads} KV heads, FFN ${s.ffn}, vocab ${s.vocab}, context ${s.context}; ${(m.params / 1e9).toFixed(2)}B params`,
+        `  shape: dim ${s.dim}, ${s.layers} layers, ${s.heads} heads, ${s.kvHeads} KV heads, FFN ${s.ffn}, vocab ${s.vocab}, context ${s.context}; ${m.params >= 1e9 ? `${(m.params / 1e9).toFixed(2)}B` : `${(m.params / 1e6).toFixed(2)}M`} params`,
         m.tokenizer
           ? `  tokenizer: ${m.tokenizer === "builtin" ? "the built-in Llama 2 vocabulary" : m.tokenizer}`
           : `  tokenizer: none (vocab ${s.vocab} is not Llama 2's 32000 and no --tokenizer was given): use token ids`,
