@@ -715,7 +715,7 @@ export class Llama2 {
   private requireTokenizer(): Tokenizer {
     this.checkAlive();
     if (!this.tokenizer) {
-      throw new Llama2Error("ERR_TOKENIZER", `${this.info.path} has no tokenizer: pass tokenizerPath when loading, or use token ids`);
+      throw new Llama2Error("ERR_TOKENIZER", `${this.info.path} has no tokenizer (llama2.c files carry none): load it with one (tokenizerPath in the API, --tokenizer in the CLI), or use token ids`);
     }
     return this.tokenizer;
   }

@@ -42,7 +42,8 @@ export interface LoadOptions {
 }
 
 export interface LoadProgress {
-  phase: "open" | "weights" | "upload" | "ready";
+  /** "weights": the CPU backend preparing its weights; "upload": a GPU backend copying them to the device; "ready": done. */
+  phase: "weights" | "upload" | "ready";
   /** Bytes of weights processed so far / in all. */
   bytes: number;
   totalBytes: number;
