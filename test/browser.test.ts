@@ -124,6 +124,46 @@ describeBrowser("chat page in Chromium", () => {
     expect(pageErrors).toEqual([]);
   });
 
+  it("a failed or stopped reply takes the user turn back out of the history and returns its text", async () => {
+    const slowBackend = new FakeBackend({ delayMs: 20, slowDelayMs: 5000 });
+    const s = await startServer({ backend: slowBackend, port: 0 });
+    try {
+      const page = await ctx.newPage();
+      page.on("pageerror", (e) => pageErrors.push(e.message));
+      await page.goto(s.url);
+      await page.waitForFunction(() => document.getElementById("model-name")?.textContent === "fake-7b");
+      const replies = (n: number) => page.waitForFunction((n) => document.querySelectorAll(".msg.assistant:not(.streaming)").length === n, n);
+
+      // 1. A prompt beyond the context: the server refuses it (400); the text goes back to the input.
+      const long = Array.from({ length: 600 }, (_, i) => "w" + i).join(" ");
+      await page.fill("#input", long);
+      await page.press("#input", "Enter");
+      await replies(1);
+      expect(await page.locator(".msg.assistant .meta").last().textContent()).toMatch(/context/);
+      expect(await page.inputValue("#input")).toBe(long);
+      expect(slowBackend.calls).toHaveLength(0);
+
+      // 2. Stopped before the first token: nothing came back, so the turn is rolled back too.
+      await page.fill("#input", "a slow one");
+      await page.press("#input", "Enter");
+      await waitFor(() => slowBackend.calls.length === 1, 3000, "the slow request");
+      await page.click("#stop");
+      await replies(2);
+      expect(await page.inputValue("#input")).toBe("a slow one");
+
+      // 3. The next message is sent as the only user turn (user/assistant alternation is kept).
+      await page.fill("#input", "hi there");
+      await page.press("#input", "Enter");
+      await replies(3);
+      expect(await page.locator(".msg.assistant .bubble").last().textContent()).toBe(echoReply("hi there").join(" "));
+      expect(slowBackend.calls.at(-1)!.messages).toEqual([{ role: "system", content: "You are a helpful assistant." }, { role: "user", content: "hi there" }]);
+      await page.close();
+    } finally {
+      await s.shutdown({ graceMs: 100 });
+    }
+    expect(pageErrors).toEqual([]);
+  });
+
   it("asks for the API key when the server needs one and keeps it in localStorage", async () => {
     const keyed = await startServer({ backend, port: 0, apiKey: "browser-key-123" });
     try {

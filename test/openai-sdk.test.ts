@@ -77,6 +77,23 @@ describe("the openai client", () => {
     expect(ids).toEqual(["fake-7b"]);
   });
 
+  it("models.retrieve, and NotFoundError for another model", async () => {
+    expect(await client.models.retrieve("fake-7b")).toMatchObject({ id: "fake-7b", object: "model", owned_by: "llama2-native" });
+    const err = await client.models.retrieve("gpt-4o").catch((e) => e);
+    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+    expect(err.code).toBe("model_not_found");
+  });
+
+  it("features the server cannot honour are a BadRequestError, not silently dropped", async () => {
+    const err = await client.chat.completions.create({ model: "llama2", messages, logprobs: true, top_logprobs: 2 }).catch((e) => e);
+    expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(err.param).toBe("logprobs");
+    const tools = await client.chat.completions
+      .create({ model: "llama2", messages, tools: [{ type: "function", function: { name: "f", parameters: {} } }] })
+      .catch((e) => e);
+    expect(tools.param).toBe("tools");
+  });
+
   it("a bad request becomes the SDK's BadRequestError naming the field", async () => {
     const err = await client.chat.completions.create({ model: "llama2", messages, temperature: 5 }).catch((e) => e);
     expect(err).toBeInstanceOf(OpenAI.BadRequestError);

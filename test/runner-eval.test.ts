@@ -1,10 +1,10 @@
 // The evaluation handler on a small dataset with good lines, bad lines and a failing line.
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { linkSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { Llama2Error } from "../lib/errors.js";
+import { InvalidArgumentError, Llama2Error } from "../lib/errors.js";
 import type { Job } from "../lib/runner/job.js";
 import { runJob } from "../lib/runner/run.js";
 import { parseRunSpec } from "../lib/runner/spec.js";
@@ -87,6 +87,41 @@ describe("evaluation handler", () => {
     await runJob(spec, { loadBackend: async () => new FakeBackend(), stderr: stderrSink(), jobsDir: path.join(dir, "jobs") });
     expect(readFileSync(out, "utf8").trim().split("\n")).toHaveLength(1);
     expect(JSON.parse(readFileSync(path.join(dir, "res.summary.json"), "utf8")).ok).toBe(1);
+  });
+
+  it("refuses an --out that would overwrite the dataset, or is a directory, before loading", async () => {
+    const dir = tmp();
+    const dataset = path.join(dir, "d.jsonl");
+    const content = JSON.stringify({ prompt: "one" }) + "\n";
+    writeFileSync(dataset, content);
+    linkSync(dataset, path.join(dir, "hard.jsonl"));
+    symlinkSync(dataset, path.join(dir, "soft.jsonl"));
+    const cases: [string, RegExp][] = [
+      [dataset, /dataset/], // the same path
+      [path.join(dir, "sub", "..", "d.jsonl"), /dataset/], // the same path, spelt differently
+      [path.join(dir, "hard.jsonl"), /dataset/], // the same inode
+      [path.join(dir, "soft.jsonl"), /dataset/], // a link to it
+      [dir, /is a directory/],
+    ];
+    for (const [out, re] of cases) {
+      let loaded = false;
+      const spec = parseRunSpec({ handler: "evaluation", dataset, out });
+      const err = await runJob(spec, { loadBackend: async () => ((loaded = true), new FakeBackend()), stderr: stderrSink(), jobsDir: path.join(dir, "jobs") }).catch((e) => e);
+      expect(err, out).toBeInstanceOf(InvalidArgumentError);
+      expect(err.field).toBe("--out");
+      expect(err.message).toMatch(re);
+      expect(loaded).toBe(false);
+    }
+    // The summary file derived from --out (d.jsonl -> d.summary.json) may not be the dataset either.
+    const summaryDataset = path.join(dir, "d.summary.json");
+    writeFileSync(summaryDataset, content);
+    const sumErr = await runJob(parseRunSpec({ handler: "evaluation", dataset: summaryDataset, out: path.join(dir, "d.jsonl") }), {
+      loadBackend: async () => new FakeBackend(), stderr: stderrSink(), jobsDir: path.join(dir, "jobs"),
+    }).catch((e) => e);
+    expect(sumErr.field).toBe("--out");
+    expect(sumErr.message).toMatch(/summary/);
+    expect(readFileSync(dataset, "utf8")).toBe(content);
+    expect(readFileSync(summaryDataset, "utf8")).toBe(content);
   });
 
   it("a missing dataset fails before the model is loaded", async () => {

@@ -4,6 +4,7 @@
 import { spawnSync } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { PassThrough } from "node:stream";
@@ -87,12 +88,22 @@ describe("durations and run flags", () => {
       [{ topP: 0 }, "--top-p"],
       [{ context: 3.5 }, "--context"],
       [{ concurrency: 0 }, "--concurrency"],
+      // Evaluation-only flags are refused with the chatbot handler instead of being ignored.
+      [{ dataset: "d.jsonl" }, "--dataset"],
+      [{ handler: "chatbot", out: "r.jsonl" }, "--out"],
+      [{ concurrency: 4 }, "--concurrency"],
+      [{ maxTokens: 3 }, "--max-tokens"],
+      [{ temperature: 0 }, "--temperature"],
+      [{ topP: 0.5 }, "--top-p"],
+      [{ seed: 1 }, "--seed"],
     ];
     for (const [flags, field] of cases) {
       const err = (() => { try { parseRunSpec(flags); } catch (e) { return e; } })();
       expect(err, field).toBeInstanceOf(InvalidArgumentError);
       expect((err as InvalidArgumentError).field).toBe(field);
     }
+    expect(() => parseRunSpec({ maxTokens: 3 })).toThrow(/only for --handler evaluation/);
+    expect(parseRunSpec({ handler: "evaluation", dataset: "d.jsonl", concurrency: 4, temperature: 0 })).toMatchObject({ concurrency: 4, sampling: { temperature: 0 } });
   });
 });
 
@@ -174,6 +185,11 @@ describe("chatbot jobs", () => {
     expect(await (await fetch(`${url}job`)).json()).toMatchObject({ id: job.id, state: "running" });
     const logs = await (await fetch(`${url}job/logs?n=5`)).json();
     expect(logs.lines.at(-1).msg).toMatch(/POST \/v1\/chat\/completions 200/);
+    // Requests refused before generating count too (as errors).
+    expect((await postJson(`${url}v1/chat/completions`, { messages: [] })).status).toBe(400);
+    expect((await postJson(`${url}v1/completions`, { prompt: "a", max_tokens: 99999 })).status).toBe(400);
+    await waitFor(() => readJob(job.dir).figures.requests === 3, 2000, "figures of refused requests");
+    expect(readJob(job.dir).figures.errors).toBe(2);
 
     // "Another process": only the job directory is shared.
     const out = io();
@@ -244,6 +260,24 @@ describe("chatbot jobs", () => {
     expect(err).toBeInstanceOf(InvalidArgumentError);
     expect(err.field).toBe("--host");
     expect(calls.n).toBe(0);
+  });
+
+  it("a port already in use fails before loading anything", async () => {
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(0, "127.0.0.1", () => r()));
+    try {
+      const calls = { n: 0 };
+      const root = tmpRoot();
+      const port = (busy.address() as net.AddressInfo).port;
+      const err = await runJob(spec({ port }), { loadBackend: fakeLoader(new FakeBackend(), calls), stderr: sink(), jobsDir: root }).catch((e) => e);
+      expect(err).toBeInstanceOf(InvalidArgumentError);
+      expect(err.field).toBe("--port");
+      expect(err.message).toMatch(/already in use/);
+      expect(calls.n).toBe(0);
+      expect(readdirSync(root)).toEqual([]);
+    } finally {
+      busy.close();
+    }
   });
 
   it("a missing model path fails before a job is created", async () => {
@@ -343,6 +377,14 @@ describe("cancel edge cases and CLI commands", () => {
     const empty = io();
     await jobsCommand.run({ jobsDir: tmpRoot() }, [], empty);
     expect(empty.stdout.text()).toMatch(/^no jobs in /);
+    const one = io();
+    await jobsCommand.run({ jobsDir: root, limit: 1 }, [], one);
+    expect(one.stdout.text().trim().split("\n")).toHaveLength(2);
+    for (const limit of [0, -1]) {
+      const err = await jobsCommand.run({ jobsDir: root, limit }, [], io()).catch((e) => e);
+      expect(err, String(limit)).toBeInstanceOf(InvalidArgumentError);
+      expect(err.field).toBe("--limit");
+    }
   });
 
   it("llama2 logs prints, tails, and follows until the job ends", async () => {

@@ -70,6 +70,20 @@ describe("400 for each kind of bad input", () => {
     ["completions", "n=3", { prompt: "a", n: 3 }, "n"],
     ["completions", "echo", { prompt: "a", echo: true }, "echo"],
     ["completions", "logprobs", { prompt: "a", logprobs: 2 }, "logprobs"],
+    ["completions", "suffix", { prompt: "a", suffix: "zzz" }, "suffix"],
+    ["chat", "logprobs true", { messages: user, logprobs: true }, "logprobs"],
+    ["chat", "top_logprobs", { messages: user, top_logprobs: 3 }, "top_logprobs"],
+    ["chat", "tools", { messages: user, tools: [{ type: "function", function: { name: "f" } }] }, "tools"],
+    ["chat", "functions", { messages: user, functions: [{ name: "f" }] }, "functions"],
+    ["chat", "tool_choice", { messages: user, tool_choice: "auto" }, "tool_choice"],
+    ["chat", "response_format json_object", { messages: user, response_format: { type: "json_object" } }, "response_format"],
+    ["chat", "response_format not an object", { messages: user, response_format: "text" }, "response_format"],
+    ["chat", "top_k negative", { messages: user, top_k: -1 }, "top_k"],
+    ["chat", "top_k fractional", { messages: user, top_k: 1.5 }, "top_k"],
+    ["completions", "min_p 1", { prompt: "a", min_p: 1 }, "min_p"],
+    ["completions", "min_p wrong type", { prompt: "a", min_p: "0.1" }, "min_p"],
+    ["chat", "max_completion_tokens string", { messages: user, max_completion_tokens: "10" }, "max_completion_tokens"],
+    ["chat", "max_completion_tokens bad with max_tokens set", { messages: user, max_tokens: 2, max_completion_tokens: "x" }, "max_completion_tokens"],
   ];
   it.each(cases)("%s: %s", async (endpoint, _what, body, param) => {
     const url = `${base}/v1/${endpoint === "chat" ? "chat/completions" : "completions"}`;
@@ -91,6 +105,18 @@ describe("400 for each kind of bad input", () => {
     await expectError(await postJson(`${base}/v1/completions`, { prompt }), 400, "prompt", "context_length_exceeded");
   });
 
+  it("max_completion_tokens beyond the context is reported under its own name", async () => {
+    const err = await expectError(await postJson(`${base}/v1/chat/completions`, { messages: user, max_completion_tokens: 60 }), 400, "max_completion_tokens", "context_length_exceeded");
+    expect(err.message).toMatch(/^max_completion_tokens: 60 \+/);
+  });
+
+  it("a deeply nested value in a typed field is a 400 naming the field, not a stack overflow", async () => {
+    const deep = "[".repeat(20_000) + "]".repeat(20_000);
+    await expectError(await postJson(`${base}/v1/completions`, `{"prompt":"a","temperature":${deep}}`), 400, "temperature", "invalid_value");
+    await expectError(await postJson(`${base}/v1/chat/completions`, `{"messages":[{"role":${deep},"content":"x"}]}`), 400, "messages[0].role");
+    await expectError(await postJson(`${base}/v1/chat/completions`, `{"messages":[{"role":"user","content":"x"}],"stream":${deep}}`), 400, "stream");
+  });
+
   it("invalid JSON", async () => {
     const err = await expectError(await postJson(`${base}/v1/chat/completions`, '{"messages": [}'), 400, null, "invalid_json");
     expect(err.message).toMatch(/invalid JSON/);
@@ -100,13 +126,16 @@ describe("400 for each kind of bad input", () => {
     await expectError(await postJson(`${base}/v1/chat/completions`, ""), 400, null, "invalid_json");
   });
 
-  it("unknown fields are ignored", async () => {
-    expect((await postJson(`${base}/v1/chat/completions`, { messages: user, max_tokens: 2, foo: 1, tools: [] })).status).toBe(200);
+  it("unknown fields are ignored, and so are the unsupported features' off values", async () => {
+    expect((await postJson(`${base}/v1/chat/completions`, { messages: user, max_tokens: 2, foo: 1, metadata: {} })).status).toBe(200);
+    const off = { logprobs: false, top_logprobs: null, tools: null, tool_choice: null, response_format: { type: "text" } };
+    expect((await postJson(`${base}/v1/chat/completions`, { messages: user, max_tokens: 2, ...off })).status).toBe(200);
+    expect((await postJson(`${base}/v1/completions`, { prompt: "a", max_tokens: 2, suffix: "", logprobs: null })).status).toBe(200);
   });
 
   it("no generation was started by any rejected request", () => {
     expect(backend.calls.every((c) => c.opts.maxTokens! >= 1)).toBe(true);
-    expect(backend.calls).toHaveLength(2);
+    expect(backend.calls).toHaveLength(4);
   });
 });
 
@@ -152,6 +181,17 @@ describe("other 4xx", () => {
     expect((await fetch(`http://localhost:${server.port}/health`)).status).toBe(200);
   });
 
+  it("431 for headers over the limit", async () => {
+    const head = await new Promise<string>((resolve, reject) => {
+      const s = net.connect(server.port, "127.0.0.1", () => s.write(`GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ${"a".repeat(20 * 1024)}\r\n\r\n`));
+      let buf = "";
+      s.on("data", (d) => (buf += d.toString()));
+      s.on("close", () => resolve(buf));
+      s.on("error", reject);
+    });
+    expect(head).toMatch(/^HTTP\/1\.1 431 /);
+  });
+
   it("garbage on the socket does not take the server down", async () => {
     await new Promise<void>((resolve) => {
       const s = net.connect(server.port, "127.0.0.1", () => s.end("\x00\x01 NOT HTTP\r\n\r\n"));
@@ -173,7 +213,7 @@ describe("API key", () => {
   afterAll(() => keyed.shutdown({ graceMs: 100 }));
 
   it("401 without or with a wrong key on /v1, /job and /metrics", async () => {
-    for (const p of ["/v1/models", "/metrics", "/job", "/job/logs"]) {
+    for (const p of ["/v1/models", "/v1/models/fake-7b", "/metrics", "/job", "/job/logs"]) {
       await expectError(await fetch(`${kbase}${p}`), 401, null, "invalid_api_key");
       await expectError(await fetch(`${kbase}${p}`, { headers: { Authorization: "Bearer s3cret-key-124" } }), 401, null, "invalid_api_key");
     }
@@ -185,6 +225,7 @@ describe("API key", () => {
   it("accepts the right key", async () => {
     const auth = { Authorization: "Bearer s3cret-key-123" };
     expect((await fetch(`${kbase}/v1/models`, { headers: auth })).status).toBe(200);
+    expect((await fetch(`${kbase}/v1/models/fake-7b`, { headers: auth })).status).toBe(200);
     expect((await fetch(`${kbase}/metrics`, { headers: auth })).status).toBe(200);
     expect((await postJson(`${kbase}/v1/chat/completions`, { messages: user }, auth)).status).toBe(200);
   });
@@ -225,6 +266,23 @@ describe("binding and CORS", () => {
       expect(pre.status).toBe(204);
       expect(pre.headers.get("access-control-allow-origin")).toBe("https://app.example");
       expect(pre.headers.get("access-control-allow-headers")).toMatch(/Authorization/);
+      // The OpenAI JS SDK sends X-Stainless-* headers: the preflight must allow what is asked for.
+      const asked = "authorization,content-type,x-stainless-os,x-stainless-retry-count";
+      const sdk = await fetch(`${c.url}v1/chat/completions`, {
+        method: "OPTIONS",
+        headers: { Origin: "https://app.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": asked },
+      });
+      expect(sdk.status).toBe(204);
+      expect(sdk.headers.get("access-control-allow-headers")).toBe(asked);
+      expect(sdk.headers.get("vary")).toMatch(/Access-Control-Request-Headers/);
+      // Anything that is not a list of header names is not echoed.
+      for (const bad of ["x-a;evil", "x-a, <script>", "x-a,".repeat(300) + "x-b"]) {
+        const r = await fetch(`${c.url}v1/chat/completions`, {
+          method: "OPTIONS",
+          headers: { Origin: "https://app.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": bad },
+        });
+        expect(r.headers.get("access-control-allow-headers"), bad.slice(0, 20)).toBe("Authorization, Content-Type");
+      }
       expect((await fetch(`${c.url}v1/models`)).headers.get("access-control-allow-origin")).toBe("https://app.example");
     } finally {
       await c.shutdown({ graceMs: 10 });

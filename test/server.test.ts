@@ -55,6 +55,16 @@ describe("POST /v1/chat/completions", () => {
     expect(opts).toEqual({ temperature: 0.5, topP: 0.9, maxTokens: 7, seed: 42, presencePenalty: 0.5, frequencyPenalty: -1, logitBias: { 50: -100 }, stop: ["zzz"] });
   });
 
+  it("accepts llama.cpp's top_k and min_p (0 = off); without them the library defaults apply", async () => {
+    expect((await postJson(`${base}/v1/chat/completions`, { ...chatBody, top_k: 0, min_p: 0, top_p: 1 })).status).toBe(200);
+    expect(backend.calls.at(-1)!.opts).toMatchObject({ topK: 0, minP: 0, topP: 1 });
+    expect((await postJson(`${base}/v1/completions`, { prompt: "a b", top_k: 5, min_p: 0.2 })).status).toBe(200);
+    expect(backend.calls.at(-1)!.opts).toMatchObject({ topK: 5, minP: 0.2 });
+    await postJson(`${base}/v1/completions`, { prompt: "a b" });
+    const { signal: _signal, ...opts } = backend.calls.at(-1)!.opts;
+    expect(Object.keys(opts)).toEqual(["maxTokens"]);
+  });
+
   it("defaults max_tokens to the context left after the prompt", async () => {
     await postJson(`${base}/v1/chat/completions`, chatBody);
     expect(backend.calls.at(-1)!.opts.maxTokens).toBe(512 - backend.chatPromptTokens(chatBody.messages as any));
@@ -125,6 +135,17 @@ describe("other routes", () => {
     expect(j.data[0]).toMatchObject({ id: "fake-7b", object: "model", owned_by: "llama2-native", llama2: { device: "cuda", device_name: "Fake GPU", context_length: 512 } });
   });
 
+  it("GET /v1/models/{id} retrieves the model; other ids are 404 model_not_found", async () => {
+    const res = await fetch(`${base}/v1/models/fake-7b`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ id: "fake-7b", object: "model", owned_by: "llama2-native", llama2: { context_length: 512 } });
+    expect((await fetch(`${base}/v1/models/fake-7b`, { method: "HEAD" })).status).toBe(200);
+    const other = await fetch(`${base}/v1/models/gpt-4o`);
+    expect(other.status).toBe(404);
+    expect((await other.json()).error).toMatchObject({ code: "model_not_found", param: "model" });
+    expect((await fetch(`${base}/v1/models/fake-7b`, { method: "POST" })).status).toBe(405);
+  });
+
   it("GET /health", async () => {
     const res = await fetch(`${base}/health`);
     expect(res.status).toBe(200);
@@ -150,6 +171,7 @@ describe("other routes", () => {
     expect(value(/^llama2_generated_tokens_total (\d+)$/m)).toBe(before + 2);
     expect(value(/^llama2_http_requests_total\{endpoint="\/v1\/chat\/completions",status="200"\} (\d+)$/m)).toBeGreaterThanOrEqual(1);
     expect(value(/^llama2_http_requests_total\{endpoint="other",status="404"\} (\d+)$/m)).toBe(1);
+    expect(value(/^llama2_http_requests_total\{endpoint="\/v1\/models\/\{id\}",status="404"\} (\d+)$/m)).toBe(1);
     expect(text).toMatch(/^llama2_request_duration_seconds_bucket\{endpoint="\/v1\/chat\/completions",le="\+Inf"\} \d+$/m);
     expect(text).toMatch(/^llama2_time_to_first_token_seconds_count \d+$/m);
     expect(text).toMatch(/^llama2_prompt_tokens_total \d+$/m);

@@ -91,8 +91,16 @@ export function parseApiKey(raw: string): string {
   return raw;
 }
 
+// Flags only the evaluation handler reads (`llama2 run --help` says "evaluation: ..."): given to another
+// handler they would be silently ignored, e.g. a --max-tokens that a chatbot's clients never get.
+const EVALUATION_FLAGS = ["dataset", "out", "concurrency", "maxTokens", "temperature", "topP", "seed"];
+
 export function parseRunSpec(flags: Flags): JobSpec {
   const handler = str(flags, "handler") ?? "chatbot";
+  if (handler !== "evaluation") {
+    const given = EVALUATION_FLAGS.find((k) => flags[k] !== undefined);
+    if (given) throw new InvalidArgumentError(kebab(given), `only for --handler evaluation (this job's handler is ${handler})`);
+  }
   const modelRaw = str(flags, "model") ?? "demo";
   if (modelRaw.trim() === "") throw new InvalidArgumentError("--model", "must be a path or 'demo'");
   const name = str(flags, "name");

@@ -2,6 +2,7 @@
 // node:http only, so limits, SSE and shutdown are fully under our control. Nothing a client sends or
 // does (garbage, huge bodies, disconnects) may throw out of a request handler.
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
+import net from "node:net";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { InvalidArgumentError, Llama2Error } from "../errors.js";
@@ -60,6 +61,8 @@ interface Active {
 }
 
 const ENDPOINTS = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/job", "/job/logs"]);
+const GENERATION = new Set(["/v1/chat/completions", "/v1/completions"]);
+const MODEL_PREFIX = "/v1/models/";
 const PROTECTED = (p: string): boolean => p.startsWith("/v1/") || p === "/job" || p.startsWith("/job/") || p === "/metrics";
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
@@ -112,17 +115,20 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     // No decoding and exact matches only: nothing here ever maps a URL to a file path.
     const pathname = q >= 0 ? url.slice(0, q) : url;
     const query = new URLSearchParams(q >= 0 ? url.slice(q + 1) : "");
-    const endpoint = ENDPOINTS.has(pathname) ? pathname : Object.hasOwn(PAGE_FILES, pathname) ? "page" : "other";
+    const endpoint = ENDPOINTS.has(pathname) ? pathname
+      : pathname.startsWith(MODEL_PREFIX) ? "/v1/models/{id}" // one metrics label, whatever the id
+      : Object.hasOwn(PAGE_FILES, pathname) ? "page" : "other";
     const method = req.method ?? "GET";
     securityHeaders(res);
     let outcome: GenerationOutcome | undefined;
     let failure = "";
     try {
       if (!checkKey && !hostHeaderAllowed(req.headers.host)) throw new HttpError(403, "Host header not allowed (use 127.0.0.1 or localhost)", undefined, "host_not_allowed");
-      if (method === "OPTIONS") return preflight(res);
+      if (method === "OPTIONS") return preflight(req, res);
       if (Object.hasOwn(PAGE_FILES, pathname)) return servePage(req, res, pathname);
       if (PROTECTED(pathname) && checkKey && !checkKey(req.headers.authorization))
         throw new HttpError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'", undefined, "invalid_api_key");
+      if (pathname.startsWith(MODEL_PREFIX)) return retrieveModel(method, res, pathname.slice(MODEL_PREFIX.length));
       switch (pathname) {
         case "/health":
           allow(method, "GET", "HEAD");
@@ -177,6 +183,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           `${outcome.ttftMs !== undefined ? ` ttft=${Math.round(outcome.ttftMs)}ms` : ""}${outcome.tokensPerSecond ? ` ${outcome.tokensPerSecond.toFixed(1)} tok/s` : ""} finish=${outcome.finishReason} ${Math.round(ms)}ms`);
         onGeneration({ ...outcome, endpoint, ms });
       } else if (status >= 400 && endpoint !== "page") {
+        // Refused before generating (bad request, context, the non-streamed cut): still a request for job.json.
+        if (GENERATION.has(endpoint)) onGeneration({ stream: false, promptTokens: 0, completionTokens: 0, status, endpoint, ms });
         log(status >= 500 ? "error" : "warn", `${method} ${pathname.slice(0, 100)} ${status}${failure ? `: ${failure}` : ""}`);
       }
     }
@@ -213,12 +221,28 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     };
   }
 
-  function preflight(res: ServerResponse): void {
+  // GET /v1/models/{id}: OpenAI SDKs' models.retrieve(). The id arrives percent-encoded.
+  function retrieveModel(method: string, res: ServerResponse, rawId: string): void {
+    allow(method, "GET", "HEAD");
+    let id: string;
+    try {
+      id = decodeURIComponent(rawId);
+    } catch {
+      id = rawId;
+    }
+    if (id !== modelId) throw new HttpError(404, `model '${id.slice(0, 100)}' not found (this server serves '${modelId}')`, undefined, "model_not_found", "model");
+    sendJson(res, 200, modelEntry());
+  }
+
+  function preflight(req: IncomingMessage, res: ServerResponse): void {
     if (!opts.cors) throw new HttpError(405, "CORS is not enabled on this server (start it with --cors ORIGIN)", undefined, "cors_disabled");
+    // Browsers send only the headers the caller set (the OpenAI SDK adds X-Stainless-*): allow what is
+    // asked for, as long as it is a plain list of header names.
     res.writeHead(204, {
       "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-      "Access-Control-Allow-Headers": "Authorization, Content-Type",
+      "Access-Control-Allow-Headers": headerNameList(req.headers["access-control-request-headers"]) ?? "Authorization, Content-Type",
       "Access-Control-Max-Age": "600",
+      Vary: "Origin, Access-Control-Request-Headers",
     });
     res.end();
   }
@@ -243,8 +267,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       res.destroy();
     });
   });
-  server.on("clientError", (_err, socket) => {
-    if (socket.writable) socket.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
+  server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+    const status = err.code === "HPE_HEADER_OVERFLOW" ? "431 Request Header Fields Too Large" : "400 Bad Request";
+    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\n\r\n`);
     else socket.destroy();
   });
   await listen(server, host, opts.port ?? 8080);
@@ -293,6 +318,13 @@ class MethodError extends HttpError {
   }
 }
 
+/** A preflight's requested header list, if it is only header names (and not absurdly long). */
+function headerNameList(v: string | undefined): string | undefined {
+  if (v === undefined || v.length > 1000) return undefined;
+  const t = v.trim();
+  return /^[A-Za-z0-9-]+(\s*,\s*[A-Za-z0-9-]+)*$/.test(t) ? t : undefined;
+}
+
 function allow(method: string, ...allowed: string[]): void {
   if (!allowed.includes(method)) throw new MethodError(method, allowed);
 }
@@ -320,7 +352,18 @@ async function readJson(req: IncomingMessage, limit: number): Promise<unknown> {
   }
 }
 
-function listen(server: http.Server, host: string, port: number): Promise<void> {
+/**
+ * Fails as startServer would on a busy or unusable host:port, without keeping the port: lets a job refuse
+ * it before a long model load. (Racy by nature: the port may still be taken in between.)
+ */
+export async function assertPortFree(host: string, port: number): Promise<void> {
+  if (port === 0) return;
+  const probe = net.createServer();
+  await listen(probe, host, port);
+  await new Promise<void>((r) => probe.close(() => r()));
+}
+
+function listen(server: net.Server, host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException): void => {
       server.off("listening", onListening);

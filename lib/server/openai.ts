@@ -123,7 +123,7 @@ async function serve(
   start: (opts: GenerateOptions) => GenerationStream,
 ): Promise<GenerationOutcome> {
   const { res, signal } = ctx;
-  const maxTokens = resolveMaxTokens(req.maxTokens, promptTokens, ctx.backend.info.contextLength, promptField);
+  const maxTokens = resolveMaxTokens(req.maxTokens, promptTokens, ctx.backend.info.contextLength, promptField, req.maxTokensField);
   const t0 = performance.now();
   const stream = start({ ...req.options, maxTokens, ...(req.stop && { stop: req.stop }), signal });
   const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomBytes(12).toString("hex")}`;

@@ -1,5 +1,6 @@
 // Validation of OpenAI-style request bodies (also used for evaluation dataset lines). Every problem is
-// an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored.
+// an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored;
+// known features the server cannot honour (logprobs, tools, JSON mode, suffix) are refused, not dropped.
 import { InvalidArgumentError } from "../errors.js";
 import type { ChatMessage, SamplingOptions } from "../types.js";
 
@@ -10,6 +11,8 @@ export class ContextLengthError extends InvalidArgumentError {
 
 export interface ParsedSampling {
   maxTokens?: number;
+  /** The field maxTokens came from (max_tokens or max_completion_tokens), for error messages. */
+  maxTokensField?: string;
   stop?: string[];
   options: SamplingOptions;
 }
@@ -24,7 +27,9 @@ export type Body = Record<string, unknown>;
 const MAX_STOP = 16;
 const MAX_MESSAGES = 10_000;
 
+// Never JSON.stringify an object here: a deeply nested one would overflow the stack (a 500, not a 400).
 function show(v: unknown): string {
+  if (typeof v === "object" && v !== null) return Array.isArray(v) ? "[...]" : "{...}";
   const s = v === undefined ? "undefined" : JSON.stringify(v);
   return s.length > 40 ? `${s.slice(0, 37)}...` : s;
 }
@@ -38,13 +43,14 @@ export function asObject(v: unknown, field: string): Body {
   return v as Body;
 }
 
-/** A number field; null/absent -> undefined. `loOpen`: the lower bound itself is excluded. */
-function numberField(o: Body, key: string, lo: number, hi: number, opts: { int?: boolean; loOpen?: boolean } = {}): number | undefined {
+/** A number field; null/absent -> undefined. `loOpen`/`hiOpen`: that bound itself is excluded. */
+function numberField(o: Body, key: string, lo: number, hi: number, opts: { int?: boolean; loOpen?: boolean; hiOpen?: boolean } = {}): number | undefined {
   const v = o[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== "number" || !Number.isFinite(v)) throw new InvalidArgumentError(key, `expected a number, got ${typeName(v)} ${show(v)}`);
   if (opts.int && !Number.isSafeInteger(v)) throw new InvalidArgumentError(key, `expected an integer, got ${v}`);
-  if ((opts.loOpen ? v <= lo : v < lo) || v > hi) throw new InvalidArgumentError(key, `must be in ${opts.loOpen ? "(" : "["}${lo}, ${hi}], got ${v}`);
+  if ((opts.loOpen ? v <= lo : v < lo) || (opts.hiOpen ? v >= hi : v > hi))
+    throw new InvalidArgumentError(key, `must be in ${opts.loOpen ? "(" : "["}${lo}, ${hi}${opts.hiOpen ? ")" : "]"}, got ${v}`);
   return v;
 }
 
@@ -91,16 +97,25 @@ function parseLogitBias(v: unknown, vocabSize: number): Record<number, number> |
   return out;
 }
 
-/** The sampling fields shared by both endpoints and evaluation lines. */
+/**
+ * The sampling fields shared by both endpoints and evaluation lines. Omitted fields keep the library's
+ * defaults (llama.cpp server's too); `top_k` and `min_p` are llama.cpp's extensions, 0 turning them off.
+ */
 export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
   const n = numberField(o, "n", 1, 128, { int: true });
   if (n !== undefined && n !== 1) throw new InvalidArgumentError("n", `only n=1 is supported, got ${n}`);
-  const maxTokens = numberField(o, "max_tokens", 1, 1 << 24, { int: true }) ?? numberField(o, "max_completion_tokens", 1, 1 << 24, { int: true });
+  // Both are checked even when both are sent; max_tokens wins, as it always has here.
+  const legacyMax = numberField(o, "max_tokens", 1, 1 << 24, { int: true });
+  const completionMax = numberField(o, "max_completion_tokens", 1, 1 << 24, { int: true });
+  const maxTokens = legacyMax ?? completionMax;
+  const maxTokensField = legacyMax !== undefined ? "max_tokens" : "max_completion_tokens";
   const stop = parseStop(o.stop);
   const logitBias = parseLogitBias(o.logit_bias, vocabSize);
   const entries: [keyof SamplingOptions, number | undefined][] = [
     ["temperature", numberField(o, "temperature", 0, 2)],
     ["topP", numberField(o, "top_p", 0, 1, { loOpen: true })],
+    ["topK", numberField(o, "top_k", 0, 1 << 24, { int: true })],
+    ["minP", numberField(o, "min_p", 0, 1, { hiOpen: true })],
     ["presencePenalty", numberField(o, "presence_penalty", -2, 2)],
     ["frequencyPenalty", numberField(o, "frequency_penalty", -2, 2)],
     ["seed", numberField(o, "seed", 0, Number.MAX_SAFE_INTEGER, { int: true })],
@@ -109,7 +124,7 @@ export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
   if (logitBias) options.logitBias = logitBias;
   stringField(o, "user");
   stringField(o, "model");
-  return { ...(maxTokens !== undefined && { maxTokens }), ...(stop && { stop }), options };
+  return { ...(maxTokens !== undefined && { maxTokens, maxTokensField }), ...(stop && { stop }), options };
 }
 
 function parseStreaming(o: Body): { stream: boolean; includeUsage: boolean } {
@@ -166,7 +181,20 @@ export function parseChatRequest(body: unknown, vocabSize: number): ParsedReques
   const o = asObject(body, "body");
   if (o.messages === undefined) throw new InvalidArgumentError("messages", "is required");
   const messages = parseMessages(o.messages);
+  refuseUnsupportedChat(o);
   return { messages, ...parseSampling(o, vocabSize), ...parseStreaming(o) };
+}
+
+// Silently dropping these would hand the client something it did not ask for (no logprobs, free text
+// instead of a tool call or JSON), so they are refused; their "off" values are accepted.
+function refuseUnsupportedChat(o: Body): void {
+  const set = (k: string): boolean => o[k] !== undefined && o[k] !== null;
+  if (boolField(o, "logprobs")) throw new InvalidArgumentError("logprobs", "logprobs are not supported by this server");
+  if (set("top_logprobs")) throw new InvalidArgumentError("top_logprobs", "logprobs are not supported by this server");
+  for (const k of ["tools", "functions", "tool_choice"])
+    if (set(k)) throw new InvalidArgumentError(k, "tool and function calling are not supported by this server");
+  if (set("response_format") && asObject(o.response_format, "response_format").type !== "text")
+    throw new InvalidArgumentError("response_format", 'only {"type":"text"} is supported by this server');
 }
 
 export function parseCompletionRequest(body: unknown, vocabSize: number): ParsedRequest & { prompt: string } {
@@ -175,19 +203,20 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Parsed
   const prompt = parsePrompt(o.prompt);
   if (boolField(o, "echo")) throw new InvalidArgumentError("echo", "echo is not supported");
   if (o.logprobs !== undefined && o.logprobs !== null && o.logprobs !== 0) throw new InvalidArgumentError("logprobs", "logprobs are not supported");
+  if (o.suffix !== undefined && o.suffix !== null && o.suffix !== "") throw new InvalidArgumentError("suffix", "suffix (insertion) is not supported by this server");
   const bestOf = numberField(o, "best_of", 1, 128, { int: true });
   if (bestOf !== undefined && bestOf !== 1) throw new InvalidArgumentError("best_of", `only best_of=1 is supported, got ${bestOf}`);
   return { prompt, ...parseSampling(o, vocabSize), ...parseStreaming(o) };
 }
 
-/** max_tokens bounded by the context left after the prompt; absent -> all of it. */
-export function resolveMaxTokens(requested: number | undefined, promptTokens: number, contextLength: number, promptField: string): number {
+/** max_tokens bounded by the context left after the prompt; absent -> all of it. `maxField`: where it came from. */
+export function resolveMaxTokens(requested: number | undefined, promptTokens: number, contextLength: number, promptField: string, maxField = "max_tokens"): number {
   const room = contextLength - promptTokens;
   if (room < 1)
     throw new ContextLengthError(promptField, `the prompt is ${promptTokens} tokens; the model's context is ${contextLength} tokens, which leaves no room to generate`);
   if (requested !== undefined && requested > room)
     throw new ContextLengthError(
-      "max_tokens",
+      maxField,
       `${requested} + ${promptTokens} prompt tokens exceeds the model's context of ${contextLength} tokens (at most ${room} here)`,
     );
   return requested ?? room;

@@ -1,4 +1,5 @@
 // `llama2 jobs`: list jobs (table, or --json).
+import { InvalidArgumentError } from "../../errors.js";
 import { formatDuration } from "../../runner/duration.js";
 import { isJobProcessAlive, isTerminal, jobsRoot, listJobs, type JobRecord } from "../../runner/store.js";
 import type { Command } from "../command.js";
@@ -42,7 +43,8 @@ const command: Command = {
     const root = jobsRoot(flags.jobsDir as string | undefined);
     let jobs = listJobs(root).map((j) => j.job);
     const limit = flags.limit as number | undefined;
-    if (limit !== undefined && limit > 0) jobs = jobs.slice(-limit);
+    if (limit !== undefined && limit < 1) throw new InvalidArgumentError("--limit", `must be at least 1, got ${limit}`);
+    if (limit !== undefined) jobs = jobs.slice(-limit);
     if (flags.json) io.stdout.write(JSON.stringify(jobs.map((j) => ({ ...j, shownState: shownState(j) })), null, 2) + "\n");
     else if (jobs.length === 0) io.stdout.write(`no jobs in ${root}\n`);
     else io.stdout.write(jobsTable(jobs));

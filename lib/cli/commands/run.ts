@@ -27,7 +27,7 @@ const command: Command = {
     "jobs-dir": { type: "string", description: "where job directories go (default $LLAMA2_HOME/jobs or ~/.llama2/jobs)" },
     dataset: { type: "string", description: "evaluation: JSON-lines dataset" },
     out: { type: "string", description: "evaluation: results file (default <job dir>/results.jsonl)" },
-    concurrency: { type: "int", description: "evaluation: lines in flight at once", default: 1 },
+    concurrency: { type: "int", description: "evaluation: lines in flight at once (default 1)" },
     "max-tokens": { type: "int", description: "evaluation: default max tokens per line" },
     temperature: { type: "number", description: "evaluation: default temperature" },
     "top-p": { type: "number", description: "evaluation: default top-p" },

@@ -2,14 +2,15 @@
 // then lets in-flight requests finish within the grace period and cuts the rest with the reason.
 import { once } from "node:events";
 import { assertBindAllowed } from "../../server/auth.js";
-import { startServer } from "../../server/http.js";
+import { assertPortFree, startServer } from "../../server/http.js";
 import type { Handler } from "./index.js";
 
 const handler: Handler = {
   name: "chatbot",
   summary: "chat page + OpenAI-compatible HTTP API",
-  validate(spec) {
+  async validate(spec) {
     assertBindAllowed(spec.host, spec.apiKey);
+    await assertPortFree(spec.host, spec.port);
   },
   async run({ job, spec, backend, stderr }) {
     if (job.stopSignal.aborted) return;

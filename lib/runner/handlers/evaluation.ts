@@ -44,12 +44,33 @@ const handler: Handler = {
     if (!spec.dataset) throw new InvalidArgumentError("--dataset", "the evaluation handler needs --dataset FILE.jsonl");
     if (!existsSync(spec.dataset) || !statSync(spec.dataset).isFile())
       throw new Llama2Error("ERR_FILE_NOT_FOUND", `--dataset: no such file ${spec.dataset}`);
-    if (spec.out && !existsSync(path.dirname(spec.out)))
-      throw new InvalidArgumentError("--out", `directory ${path.dirname(spec.out)} does not exist`);
+    if (spec.out) validateOut(spec.out, spec.dataset);
   },
   run: evaluate,
 };
 export default handler;
+
+// The results file is truncated before the dataset is read: --out must never resolve to the dataset.
+function validateOut(out: string, dataset: string): void {
+  if (!existsSync(path.dirname(out))) throw new InvalidArgumentError("--out", `directory ${path.dirname(out)} does not exist`);
+  const { results, summary } = outputPaths({ out }, "");
+  for (const f of [results, summary])
+    if (existsSync(f) && statSync(f).isDirectory()) throw new InvalidArgumentError("--out", `${f} is a directory; give a file name`);
+  if (sameFile(results, dataset)) throw new InvalidArgumentError("--out", `${out} is the dataset file (it would be overwritten)`);
+  if (sameFile(summary, dataset)) throw new InvalidArgumentError("--out", `its summary file ${summary} is the dataset file (it would be overwritten)`);
+}
+
+/** Same path, or the same file through a link (same device and inode). */
+function sameFile(a: string, b: string): boolean {
+  if (path.resolve(a) === path.resolve(b)) return true;
+  try {
+    const x = statSync(a);
+    const y = statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false; // one does not exist yet
+  }
+}
 
 async function evaluate(ctx: HandlerContext): Promise<void> {
   const { job, spec, backend, progress } = ctx;
@@ -102,7 +123,8 @@ async function evaluate(ctx: HandlerContext): Promise<void> {
     const prompt = hasMessages ? undefined : parsePrompt(o.prompt);
     const promptTokens = messages ? countChatTokens(backend, messages) : backend.tokenize(prompt!, { bos: true }).length;
     const { maxTokens: defMax, ...defaults } = spec.sampling;
-    const maxTokens = resolveMaxTokens(s.maxTokens ?? defMax, promptTokens, backend.info.contextLength, hasMessages ? "messages" : "prompt");
+    const maxField = s.maxTokensField ?? "--max-tokens"; // the line's own field, or the run's default
+    const maxTokens = resolveMaxTokens(s.maxTokens ?? defMax, promptTokens, backend.info.contextLength, hasMessages ? "messages" : "prompt", maxField);
     const opts: GenerateOptions = { ...defaults, ...s.options, maxTokens, ...(s.stop && { stop: s.stop }) };
     return { line, ...(o.id !== undefined && { id: o.id as string | number }), ...(messages ? { messages } : { prompt: prompt! }), opts };
   }

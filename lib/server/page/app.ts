@@ -212,6 +212,7 @@ async function sendMessage(text) {
   state.controller = null;
   reply.wrap.classList.remove("streaming");
   if (out) state.history.push({ role: "assistant", content: out });
+  else takeBack(text); // failed, empty or stopped before any text
   const end = performance.now();
   const ttft = timings && timings.ttft_ms != null ? timings.ttft_ms : firstAt !== null ? firstAt - t0 : null;
   const tokens = usage ? usage.completion_tokens : pieces;
@@ -234,6 +235,17 @@ async function sendMessage(text) {
   if (!out && !error) reply.bubble.textContent = stopped ? "(stopped)" : "(empty reply)";
   setBusy(false);
   el.input.focus();
+}
+
+// A user turn without a reply would make the next request send two user turns in a row, which the
+// chat template refuses: drop it from the history, and give its text back for editing or resending.
+function takeBack(text) {
+  const last = state.history[state.history.length - 1];
+  if (last && last.role === "user" && last.content === text) state.history.pop();
+  if (!el.input.value) {
+    el.input.value = text;
+    autoGrow();
+  }
 }
 
 function newChat() {
