@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Packs what a device call needs into .device/ (and dist/ into tmp/gpu-dist), on this machine, before the
 # lease: the device has no Node and no registry (NOTES.md, "GPU runs").
-#   scripts/gpu/prepare.sh                 # build what is missing (sm_90 addon, kernel harness), pack all
-#   PACK="addon shared" scripts/gpu/prepare.sh   # only these parts in .device/ (the carry limit is 64 MiB:
-#                                                  addon + kernel harness + models do not fit in one call)
+#   scripts/gpu/prepare.sh                 # the model steps' pack: node modules shared addon (~55 MiB)
+#   PACK="node modules addon kernels" scripts/gpu/prepare.sh   # the kernel harness's pack (~48 MiB)
+# (the carry limit is 64 MiB: addon + kernel harness + models do not fit in one call; a missing sm_90
+# addon or a stale harness is built first)
 #   REBUILD=1 ...                          # rebuild the sm_90 addon and harness even if present
 # Parts: node (this machine's node binary), modules (runtime packages only), shared (../shared models and
 # fixtures), addon (build-sm90's sm_90 addon), kernels (the sm_90 kernel harness). setup.sh is always
@@ -14,7 +15,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 SHARED="${LLAMA2_SHARED:-$ROOT/../shared}"
-PACK=" ${PACK:-node modules shared addon kernels} "
+PACK=" ${PACK:-node modules shared addon} "
 has() { [[ "$PACK" == *" $1 "* ]]; }
 D=.device
 mkdir -p "$D"
