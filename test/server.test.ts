@@ -94,8 +94,9 @@ describe("POST /v1/chat/completions", () => {
     const usage = sse.events.at(-1);
     expect(usage.choices).toEqual([]);
     expect(usage.usage.completion_tokens).toBe(echoReply("x y z").length);
-    // every content chunk has a null finish_reason
+    // every content chunk has a null finish_reason; with include_usage every chunk before the last has usage: null
     expect(sse.events.slice(0, -2).every((e) => e.choices[0].finish_reason === null)).toBe(true);
+    expect(sse.events.slice(0, -1).every((e) => "usage" in e && e.usage === null)).toBe(true);
   });
 
   it("accepts content as an array of text parts and the developer role", async () => {

@@ -129,12 +129,14 @@ async function serve(
   const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomBytes(12).toString("hex")}`;
   const created = Math.floor(Date.now() / 1000);
   const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
+  // With stream_options.include_usage, OpenAI puts `usage: null` on every chunk before the usage chunk.
   const chunk = (delta: { role?: string; content?: string }, finish: string | null, extra: object = {}): object => ({
     id,
     object,
     created,
     model: ctx.modelId,
     choices: [kind === "chat" ? { index: 0, delta, logprobs: null, finish_reason: finish } : { index: 0, text: delta.content ?? "", logprobs: null, finish_reason: finish }],
+    ...(req.includeUsage && { usage: null }),
     ...extra,
   });
 
@@ -192,6 +194,7 @@ async function serve(
   if (failure || cut) {
     const e = cut ? new HttpError(503, `generation cut: ${cut.message}`, "server_error", cut.code) : toHttpError(failure);
     if (cut) await send(res, sse(chunk({}, "length", { timings })));
+    if (cut && req.includeUsage) await send(res, sse({ id, object, created, model: ctx.modelId, choices: [], usage }));
     await send(res, sse(JSON.parse(errorBody(e))));
     finishReason = cut ? "length" : "error";
     outcome.status = cut ? 200 : e.status;
