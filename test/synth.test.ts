@@ -590,9 +590,9 @@ describe("llama2 make-model", () => {
     expect(readGguf(out).kv.get("llama.vocab_size")!.value).toBe(512);
     const b = await run(["--preset", "tiny", "--out", out, "--vocab", "512", "--quiet"]);
     expect(b.code).toBe(2);
-    expect(b.stderr).toMatch(/error \[ERR_INVALID_ARGUMENT\]: out: .*already exists/);
+    expect(b.stderr).toMatch(/error \[ERR_INVALID_ARGUMENT\]: --out: .*already exists/);
     const c = await run(["--preset", "tiny", "--out", out, "--format", "hf", "--dtype", "q8_0", "--force"]);
-    expect(c.stderr).toMatch(/dtype: q8_0 is a GGUF type/);
+    expect(c.stderr).toMatch(/--dtype: q8_0 is a GGUF type/);
     const d = await run(["--out", out]);
     expect(d.stderr).toMatch(/--preset: required/);
   });

@@ -59,6 +59,13 @@ const command: Command = {
       maxShardBytes: shardMb * 1e6,
       force: flags.force === true,
       onProgress: progress,
+    }).catch((err: unknown) => {
+      // The library names its options (kvHeads, out); on the command line they are flags (--kv-heads, --out).
+      if (err instanceof InvalidArgumentError && /^[a-z][A-Za-z]*$/.test(err.field)) {
+        const flag = `--${err.field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+        throw new InvalidArgumentError(flag, err.message.slice(err.field.length + 2));
+      }
+      throw err;
     });
     if (progress) io.stderr.write("\n");
     const s = m.shape;
