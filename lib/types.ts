@@ -83,6 +83,7 @@ export interface ModelInfo {
   contextLength: number;
   maxSequences: number;
   weightBytes: number;
+  /** GPU: the KV cache reserved at load. CPU: the KV blocks allocated so far (they are allocated as they fill). */
   kvCacheBytes: number;
   /** Whether a tokenizer is available (text APIs need one; id APIs do not). */
   hasTokenizer: boolean;

@@ -71,7 +71,7 @@ export async function runJob(spec: JobSpec, deps: RunDeps): Promise<RunResult> {
     }
     if (!job.stopKind) {
       const info = backend.info;
-      job.log("info", `model loaded in ${formatDuration(performance.now() - t0)}: ${info.path} (${info.format}, weights ${formatBytes(info.weightBytes)}, KV cache ${formatBytes(info.kvCacheBytes)})`);
+      job.log("info", `model loaded in ${formatDuration(performance.now() - t0)}: ${info.path} (${info.format}, weights ${formatBytes(info.weightBytes)}, KV cache ${info.device === "cpu" ? "allocated as it fills" : formatBytes(info.kvCacheBytes)})`);
       job.update({
         resources: {
           device: info.device,
