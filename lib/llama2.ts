@@ -517,7 +517,8 @@ export class Llama2 {
           finishReason = "stopSequence";
           break;
         }
-        if (generated.length >= maxTokens || plan.cached + evaluated + generated.length >= ctx) {
+        // Another token needs this one evaluated into the cache: cached + evaluated + generated positions.
+        if (generated.length >= maxTokens || plan.cached + evaluated + generated.length > ctx) {
           finishReason = "length";
           break;
         }

@@ -15,6 +15,8 @@ export class ChatSession {
   private tokens: number[] = [];
   private busy = false;
   private disposed = false;
+  /** Aborts the running turn (dispose() mid-turn). */
+  private turn: AbortController | null = null;
 
   constructor(
     private readonly llama: Llama2,
@@ -71,7 +73,12 @@ export class ChatSession {
       },
       onEnd: ({ generated, evaluated, text, error }) => {
         this.busy = false;
-        if (this.disposed) return;
+        this.turn = null;
+        if (this.disposed) {
+          // dispose() came mid-turn: the sequence is freed now that no step uses it.
+          this.freeSequence();
+          return;
+        }
         const seq = plan.seq;
         if (error !== undefined || evaluated < plan.prompt.length) {
           // The turn never fully reached the cache: forget it.
@@ -89,7 +96,9 @@ export class ChatSession {
         this.messages.push(user, { role: "assistant", content: text });
       },
     };
-    return this.llama._run(plan, opts);
+    this.turn = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, this.turn.signal]) : this.turn.signal;
+    return this.llama._run(plan, { ...opts, signal });
   }
 
   /** Forgets the conversation (keeps the session usable). */
@@ -113,17 +122,34 @@ export class ChatSession {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    if (this.busy) {
+      // A turn is running or waiting for KV room: its sequence may be in the step being computed, so it
+      // is freed when the turn ends (onEnd), after this abort.
+      this.turn?.abort(new Llama2Error("ERR_ABORTED", "the session was disposed"));
+      return;
+    }
     if (this.seq !== null) {
       try {
         const native = this.llama._native();
-        if (!this.busy && this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq)) {
+        if (this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq)) {
           this.llama._cacheSequence(this.seq, this.tokens, true);
-        } else {
-          native.freeSequence(this.seq);
+          this.seq = null;
+          return;
         }
       } catch {
         /* the model was disposed first */
       }
+      this.freeSequence();
     }
+  }
+
+  private freeSequence(): void {
+    if (this.seq === null) return;
+    try {
+      this.llama._native().freeSequence(this.seq);
+    } catch {
+      /* the model was disposed first */
+    }
+    this.seq = null;
   }
 }

@@ -11,6 +11,25 @@ import type { GenerationChunk, GenerationResult, GenerationStream } from "./type
  */
 export type GenerationRun = (emit: (chunk: GenerationChunk) => void, signal: AbortSignal) => Promise<GenerationResult>;
 
+// One "abort" listener per caller signal, fanning out to every stream that watches it: many concurrent
+// requests sharing one AbortSignal would otherwise trip Node's MaxListenersExceededWarning (at 11).
+const watchers = new WeakMap<AbortSignal, Set<() => void>>();
+function watchAbort(signal: AbortSignal, fn: () => void): () => void {
+  let set = watchers.get(signal);
+  if (!set) {
+    const fns = new Set<() => void>();
+    set = fns;
+    watchers.set(signal, fns);
+    signal.addEventListener("abort", () => {
+      watchers.delete(signal);
+      for (const f of fns) f();
+    }, { once: true });
+  }
+  set.add(fn);
+  const mine = set;
+  return () => mine.delete(fn);
+}
+
 interface Waiter {
   resolve: (r: IteratorResult<GenerationChunk>) => void;
   reject: (e: unknown) => void;
@@ -31,9 +50,9 @@ export function createGenerationStream(run: GenerationRun, externalSignal?: Abor
   const abort = (reason: unknown) => {
     if (!settled && !controller.signal.aborted) controller.abort(reason);
   };
-  const onExternalAbort = () => abort(externalSignal!.reason);
+  let unwatch = () => {};
   if (externalSignal?.aborted) abort(externalSignal.reason);
-  else externalSignal?.addEventListener("abort", onExternalAbort, { once: true });
+  else if (externalSignal) unwatch = watchAbort(externalSignal, () => abort(externalSignal.reason));
 
   const pump = () => {
     while (waiters.length > 0) {
@@ -56,7 +75,7 @@ export function createGenerationStream(run: GenerationRun, externalSignal?: Abor
   const done = () => {
     settled = true;
     finished = true;
-    externalSignal?.removeEventListener("abort", onExternalAbort);
+    unwatch();
     pump();
   };
 
