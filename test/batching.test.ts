@@ -171,6 +171,25 @@ describeShared("continuous batching (stories260K)", [STORIES, STORIES_FX], () =>
     }
   });
 
+  it("a step naming a freed sequence fails only that request: the others of the step get their logits", async () => {
+    const nm = model._native();
+    const sched = new Scheduler(nm, { maxStepTokens: 512, prefillChunk: 512 });
+    const [a, b, gone] = [nm.createSequence(), nm.createSequence(), nm.createSequence()];
+    nm.freeSequence(gone);
+    try {
+      const ref = await lastLogits(model, cases[0]!.prompt);
+      const outs = await Promise.allSettled([sched.eval(a, cases[0]!.prompt, -1), sched.eval(gone, [1, 2], -1), sched.eval(b, cases[0]!.prompt, -1)]);
+      expect(outs[1]).toMatchObject({ status: "rejected", reason: { code: "ERR_UNKNOWN_SEQUENCE" } });
+      for (const o of [outs[0], outs[2]]) {
+        expect(o!.status).toBe("fulfilled");
+        expect(Array.from((o as PromiseFulfilledResult<NativeStepOutput>).value as Float32Array)).toEqual(Array.from(ref));
+      }
+    } finally {
+      nm.freeSequence(a);
+      nm.freeSequence(b);
+    }
+  });
+
   it("more concurrent requests than maxSequences: the extra ones wait for KV room, all complete", async () => {
     const m = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 2, contextLength: 128 });
     try {

@@ -5,6 +5,10 @@
 import { Llama2Error, fromNative } from "../errors.js";
 import type { NativeModel, NativeStepOutput, NativeStepRequest } from "../native.js";
 
+// Errors the native engine raises while checking a step's requests, before it changes or runs anything
+// (native/engine/engine.cc Engine::forward).
+const CHECKED_BEFORE_RUN = new Set(["ERR_UNKNOWN_SEQUENCE", "ERR_INVALID_ARGUMENT", "ERR_CONTEXT_OVERFLOW", "ERR_KV_CACHE_FULL"]);
+
 export interface SchedulerOptions {
   /** Most tokens in one step (decode tokens + prompt chunks). */
   maxStepTokens: number;
@@ -73,37 +77,46 @@ export class Scheduler {
       while (this.queue.length > 0 && !this.closed) {
         const picked = this.pick();
         if (picked.length === 0) continue;
-        const reqs: NativeStepRequest[] = picked.map(({ job, n }) => ({
-          seq: job.seq,
-          tokens: job.tokens.subarray(job.offset, job.offset + n),
-          output: job.offset + n === job.tokens.length ? job.output : 0,
-        }));
-        const t0 = performance.now();
-        let outs: NativeStepOutput[];
         try {
-          outs = await this.model.forward(reqs);
+          await this.step(picked);
         } catch (err) {
           const e = fromNative(err);
-          for (const { job } of picked) this.drop(job, e);
-          continue;
-        }
-        this.stats.forwardMs += performance.now() - t0;
-        this.stats.steps++;
-        this.stats.maxBatch = Math.max(this.stats.maxBatch, picked.length);
-        picked.forEach(({ job, n }, i) => {
-          job.offset += n;
-          this.stats.tokens += n;
-          if (job.offset === job.tokens.length) {
-            this.queue.splice(this.queue.indexOf(job), 1);
-            job.resolve(outs[i] ?? null);
+          if (picked.length > 1 && CHECKED_BEFORE_RUN.has(e.code)) {
+            // The engine refused the step before running anything (e.g. one request names a sequence that
+            // was freed meanwhile): run each request alone, so only the offending ones fail.
+            for (const one of picked) await this.step([one]).catch((err1: unknown) => this.drop(one.job, fromNative(err1)));
+          } else {
+            for (const { job } of picked) this.drop(job, e);
           }
-        });
+        }
         // Let resolved callers sample and resubmit before the next step is assembled.
         await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
       this.running = false;
     }
+  }
+
+  /** One native forward for `picked`; resolves the jobs whose tokens are all evaluated. Throws what forward throws. */
+  private async step(picked: { job: Job; n: number }[]): Promise<void> {
+    const reqs: NativeStepRequest[] = picked.map(({ job, n }) => ({
+      seq: job.seq,
+      tokens: job.tokens.subarray(job.offset, job.offset + n),
+      output: job.offset + n === job.tokens.length ? job.output : 0,
+    }));
+    const t0 = performance.now();
+    const outs = await this.model.forward(reqs);
+    this.stats.forwardMs += performance.now() - t0;
+    this.stats.steps++;
+    this.stats.maxBatch = Math.max(this.stats.maxBatch, picked.length);
+    picked.forEach(({ job, n }, i) => {
+      job.offset += n;
+      this.stats.tokens += n;
+      if (job.offset === job.tokens.length) {
+        this.queue.splice(this.queue.indexOf(job), 1);
+        job.resolve(outs[i] ?? null);
+      }
+    });
   }
 
   private drop(job: Job, err: unknown): void {
