@@ -90,6 +90,8 @@ export class Llama2 {
   private inFlight = 0;
   /** Worst-case KV blocks each running generation may still allocate. */
   private readonly growth = new Map<symbol, number>();
+  /** Live chat sessions (idle ones can be parked to make KV room). */
+  private readonly sessions = new Set<ChatSession>();
   private disposed = false;
   private readonly blockSize: number;
   /** Cached prompt prefixes (null when LoadOptions.prefixCache is false). */
@@ -342,10 +344,15 @@ export class Llama2 {
     return this.templateFor(template).encodeDialog(messages as ChatMessage[], this.requireTokenizer()).length;
   }
 
-  /** A conversation that keeps its KV cache between turns. */
+  /**
+   * A conversation that keeps its KV cache between turns (while the cache has room: an idle session is
+   * parked for other requests when it runs out, and its next turn re-prompts the conversation).
+   */
   createSession(opts: { systemPrompt?: string; template?: string } = {}): ChatSession {
     this.checkAlive();
-    return new ChatSession(this, this.templateFor(opts.template), opts.systemPrompt);
+    const session = new ChatSession(this, this.templateFor(opts.template), opts.systemPrompt);
+    this.sessions.add(session);
+    return session;
   }
 
   /** Aborts running generations, rejects queued ones and frees the model (GPU memory included). */
@@ -356,6 +363,7 @@ export class Llama2 {
     this.scheduler.close();
     this.wakeWaiters();
     this.prefixes?.close();
+    this.sessions.clear();
     this.model.dispose();
   }
 
@@ -375,6 +383,17 @@ export class Llama2 {
   /** @internal */
   _checkOptions(opts: GenerateOptions): void {
     this.checkGenerateOptions(opts, GEN_KEYS);
+  }
+
+  /** @internal A disposed session leaves the parking candidates. */
+  _forgetSession(s: ChatSession): void {
+    this.sessions.delete(s);
+  }
+
+  /** Parks the least recently used idle session that holds KV blocks; false when there is none. */
+  private parkIdleSession(): boolean {
+    const idle = [...this.sessions].sort((a, b) => a._lastUsed - b._lastUsed);
+    return idle.some((s) => s._park());
   }
 
   /** @internal Whether the model is still loaded (not disposed). */
@@ -654,7 +673,9 @@ export class Llama2 {
         if (!running && match && this.prefixes.evict(match.entry)) continue;
       }
       if (!running) {
-        throw new Llama2Error("ERR_KV_CACHE_FULL", "the KV cache is held by idle sessions; dispose sessions or raise maxSequences");
+        // Nothing running will free blocks: idle sessions give theirs up (their next turn re-prompts).
+        if (this.parkIdleSession()) continue;
+        throw new Llama2Error("ERR_KV_CACHE_FULL", "the KV cache is full and nothing holding it can be released; raise maxSequences or contextLength");
       }
       await new Promise<void>((resolve) => {
         const wake = () => {

@@ -1,5 +1,8 @@
 // A chat session: the conversation's tokens stay in one native sequence's KV cache, so each turn
-// prefills only the new user turn (plus what closes the previous reply), never the history.
+// prefills only the new user turn (plus what closes the previous reply), never the history. When the
+// KV cache runs out and nothing running will free blocks, an idle session is "parked": its sequence
+// goes to the prefix cache (evictable, least recently used first) and its next turn prompts the whole
+// conversation again, starting from whatever of it is still cached.
 import type { ChatTemplate } from "./chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "./errors.js";
 import type { GenerationPlan, Llama2 } from "./llama2.js";
@@ -17,6 +20,8 @@ export class ChatSession {
   private disposed = false;
   /** Aborts the running turn (dispose() mid-turn). */
   private turn: AbortController | null = null;
+  /** When the last turn started (which idle session to park first). @internal */
+  _lastUsed = 0;
 
   constructor(
     private readonly llama: Llama2,
@@ -43,11 +48,15 @@ export class ChatSession {
     const system: ChatMessage[] = this.systemPrompt !== undefined ? [{ role: "system", content: this.systemPrompt }] : [];
     const turn = this.template.encodeUserTurn([...system, ...this.messages, user], tok);
     const native = this.llama._native();
+    // Parked (or never started): the conversation so far is not in a sequence of ours: prompt all of it.
+    const parked = this.seq === null && this.tokens.length > 0;
     if (this.seq === null) this.seq = native.createSequence();
     const cached = native.sequenceLength(this.seq);
-    const prompt = [...this.pending, ...turn];
-    const known = this.tokens.length === cached;
+    const base = parked ? [] : this.tokens; // the cached tokens the prompt continues
+    const prompt = [...(parked ? this.tokens : []), ...this.pending, ...turn];
+    const known = parked || this.tokens.length === cached;
     this.busy = true;
+    this._lastUsed = performance.now();
     // An empty session may start from a cached prefix (the system prompt, or a dialog another
     // request or session already evaluated): admission then swaps in a fork of it (onSequence).
     const plan: GenerationPlan = {
@@ -57,7 +66,7 @@ export class ChatSession {
       history: prompt,
       stripLeadingSpace: true,
       ownsSequence: false,
-      ...(known && { context: this.tokens.slice() }),
+      ...(known && { context: base.slice() }),
       reuse: cached === 0 && this.llama._prefixCacheEnabled,
       templateStops: this.template.stopStrings,
       onSequence: (seq) => {
@@ -81,7 +90,11 @@ export class ChatSession {
         }
         const seq = plan.seq;
         if (error !== undefined || evaluated < plan.prompt.length) {
-          // The turn never fully reached the cache: forget it.
+          // The turn never fully reached the cache: forget it (a parked session stays parked).
+          if (parked) {
+            this.freeSequence();
+            return;
+          }
           try {
             native.truncateSequence(seq, cached);
           } catch {
@@ -91,7 +104,7 @@ export class ChatSession {
         }
         if (!this.llama._alive) return; // the model was disposed as the turn ended
         const inCache = native.sequenceLength(seq) - cached - prompt.length;
-        if (known) this.tokens = [...this.tokens, ...prompt, ...generated.slice(0, inCache)];
+        if (known) this.tokens = [...base, ...prompt, ...generated.slice(0, inCache)];
         this.pending = [...generated.slice(inCache), ...this.template.assistantEnd(generated, tok)];
         this.messages.push(user, { role: "assistant", content: text });
       },
@@ -99,6 +112,18 @@ export class ChatSession {
     this.turn = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, this.turn.signal]) : this.turn.signal;
     return this.llama._run(plan, { ...opts, signal });
+  }
+
+  /**
+   * @internal Hands an idle session's sequence to the prefix cache (or frees it) to make KV room; its
+   * next turn re-prompts the conversation. False when the session is busy, empty or not parkable.
+   */
+  _park(): boolean {
+    if (this.busy || this.disposed || this.seq === null || this.tokens.length === 0 || !this.llama._alive) return false;
+    if (this.tokens.length !== this.llama._native().sequenceLength(this.seq)) return false; // cache and ids disagree
+    this.llama._cacheSequence(this.seq, this.tokens, true);
+    this.seq = null;
+    return true;
   }
 
   /** Forgets the conversation (keeps the session usable). */
@@ -122,6 +147,7 @@ export class ChatSession {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.llama._forgetSession(this);
     if (this.busy) {
       // A turn is running or waiting for KV room: its sequence may be in the step being computed, so it
       // is freed when the turn ends (onEnd), after this abort.
