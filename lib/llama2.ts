@@ -350,6 +350,8 @@ export class Llama2 {
    */
   createSession(opts: { systemPrompt?: string; template?: string } = {}): ChatSession {
     this.checkAlive();
+    if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
+    checkKeys(opts, new Set(["systemPrompt", "template"]), "options");
     const session = new ChatSession(this, this.templateFor(opts.template), opts.systemPrompt);
     this.sessions.add(session);
     return session;

@@ -186,6 +186,7 @@ export class Tokenizer {
   encode(text: string, options: EncodeOptions = {}): number[] {
     const t = this.checkText(text);
     if (options === null || typeof options !== "object") throw new InvalidArgumentError("options", "must be an object");
+    for (const k of Object.keys(options)) if (k !== "bos" && k !== "eos") throw new InvalidArgumentError(`options.${k}`, "unknown option");
     const { bos = false, eos = false } = options;
     if (typeof bos !== "boolean") throw new InvalidArgumentError("bos", "must be a boolean");
     if (typeof eos !== "boolean") throw new InvalidArgumentError("eos", "must be a boolean");

@@ -286,6 +286,11 @@ describeShared("Llama2 API on real models", [TINY, STORIES, STORIES_FX], () => {
     expect(() => tiny.chat([{ role: "user", content: "a" }], { template: "chatml" })).toThrow(expect.objectContaining({ field: "template" }));
   });
 
+  it("unknown options of createSession() and tokenize() are refused, naming the key", () => {
+    expect(() => tiny.createSession({ sytemPrompt: "x" } as never)).toThrow(expect.objectContaining({ field: "options.sytemPrompt" }));
+    expect(() => tiny.tokenize("x", { bso: true } as never)).toThrow(expect.objectContaining({ field: "options.bso" }));
+  });
+
   it("pending counts a request from the call that starts it", async () => {
     const streams = [0, 1, 2].map(() => tiny.generate("Once", { temperature: 0, maxTokens: 2, stopOnEos: false }));
     expect(tiny.pending).toBe(3);
