@@ -39,8 +39,8 @@ export class Llama2Error extends Error {
 /** Invalid API/CLI/HTTP argument. `field` names the offending option. */
 export class InvalidArgumentError extends Llama2Error {
   readonly field: string;
-  constructor(field: string, message: string) {
-    super("ERR_INVALID_ARGUMENT", `${field}: ${message}`);
+  constructor(field: string, message: string, options?: { cause?: unknown }) {
+    super("ERR_INVALID_ARGUMENT", `${field}: ${message}`, options);
     this.name = "InvalidArgumentError";
     this.field = field;
   }
@@ -52,15 +52,18 @@ const SUGGESTIONS: Partial<Record<ErrorCode, string>> = {
   ERR_CUDA_DRIVER: "update the NVIDIA driver (CUDA 13.0 needs driver >= 580) or use device: 'cpu'",
 };
 
+const INTERNAL_CALLS = new Set(["forward", "truncate", "spec", "cudaMemoryPlan(config, options)"]);
+
 /** Converts an error thrown by the addon (a plain Error with `.code`) into a Llama2Error. */
 export function fromNative(err: unknown): Llama2Error {
   if (err instanceof Llama2Error) return err;
   const e = err as { code?: unknown; message?: unknown };
   const code = typeof e?.code === "string" && e.code.startsWith("ERR_") ? (e.code as ErrorCode) : "ERR_INTERNAL";
   const message = typeof e?.message === "string" ? e.message : String(err);
-  // Native argument checks name the field first ("contextLength: ..."): keep it as `field`.
+  // Native argument checks name the option first ("contextLength: ..."): keep it as `field` (not for the
+  // engine's internal calls, whose messages start with the call's name).
   const arg = code === "ERR_INVALID_ARGUMENT" ? /^([A-Za-z_][\w.]*): ([^]*)$/.exec(message) : null;
-  if (arg) return new InvalidArgumentError(arg[1]!, arg[2]!);
+  if (arg && !INTERNAL_CALLS.has(arg[1]!)) return new InvalidArgumentError(arg[1]!, arg[2]!, { cause: err });
   return new Llama2Error(code, message, { cause: err, suggestion: SUGGESTIONS[code] });
 }
 

@@ -57,6 +57,11 @@ export interface GenerationPlan {
   onSequence?: (seq: number) => void;
   /** The chat template's stop strings (matched like `stop`, not counted against its limit). */
   templateStops?: readonly string[];
+  /**
+   * While waiting for admission only (the sequence is in no step): give the sequence's KV up (to the
+   * prefix cache) and prompt everything instead, keeping cached + prompt. False when it cannot.
+   */
+  park?: () => boolean;
 }
 
 const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
@@ -90,8 +95,10 @@ export class Llama2 {
   private inFlight = 0;
   /** Worst-case KV blocks each running generation may still allocate. */
   private readonly growth = new Map<symbol, number>();
-  /** Live chat sessions (idle ones can be parked to make KV room). */
-  private readonly sessions = new Set<ChatSession>();
+  /** Live chat sessions (idle ones can be parked to make KV room); weak: an abandoned session can go. */
+  private readonly sessions = new Set<WeakRef<ChatSession>>();
+  /** Plans waiting in admit() for KV room (their sequences are in no step). */
+  private readonly admitting = new Set<GenerationPlan>();
   private disposed = false;
   private readonly blockSize: number;
   /** Cached prompt prefixes (null when LoadOptions.prefixCache is false). */
@@ -353,7 +360,7 @@ export class Llama2 {
     if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
     checkKeys(opts, new Set(["systemPrompt", "template"]), "options");
     const session = new ChatSession(this, this.templateFor(opts.template), opts.systemPrompt);
-    this.sessions.add(session);
+    this.sessions.add(new WeakRef(session));
     return session;
   }
 
@@ -389,13 +396,23 @@ export class Llama2 {
 
   /** @internal A disposed session leaves the parking candidates. */
   _forgetSession(s: ChatSession): void {
-    this.sessions.delete(s);
+    for (const r of this.sessions) if (r.deref() === s || r.deref() === undefined) this.sessions.delete(r);
   }
 
   /** Parks the least recently used idle session that holds KV blocks; false when there is none. */
   private parkIdleSession(): boolean {
-    const idle = [...this.sessions].sort((a, b) => a._lastUsed - b._lastUsed);
-    return idle.some((s) => s._park());
+    const live: ChatSession[] = [];
+    for (const r of this.sessions) {
+      const s = r.deref();
+      if (s) live.push(s);
+      else this.sessions.delete(r);
+    }
+    return live.sort((a, b) => a._lastUsed - b._lastUsed).some((s) => s._park());
+  }
+
+  /** A turn still waiting for admission gives up its KV (the latest first); false when none can. */
+  private parkWaitingTurn(self: GenerationPlan): boolean {
+    return [...this.admitting].reverse().some((p) => p !== self && p.park?.() === true);
   }
 
   /** @internal Whether the model is still loaded (not disposed). */
@@ -676,19 +693,24 @@ export class Llama2 {
       }
       if (!running) {
         // Nothing running will free blocks: idle sessions give theirs up (their next turn re-prompts).
-        if (this.parkIdleSession()) continue;
+        if (this.parkIdleSession() || this.parkWaitingTurn(plan)) continue;
         throw new Llama2Error("ERR_KV_CACHE_FULL", "the KV cache is full and nothing holding it can be released; raise maxSequences or contextLength");
       }
-      await new Promise<void>((resolve) => {
-        const wake = () => {
-          signal.removeEventListener("abort", wake);
-          const i = this.waiting.indexOf(wake);
-          if (i >= 0) this.waiting.splice(i, 1);
-          resolve();
-        };
-        this.waiting.push(wake);
-        signal.addEventListener("abort", wake, { once: true });
-      });
+      this.admitting.add(plan);
+      try {
+        await new Promise<void>((resolve) => {
+          const wake = () => {
+            signal.removeEventListener("abort", wake);
+            const i = this.waiting.indexOf(wake);
+            if (i >= 0) this.waiting.splice(i, 1);
+            resolve();
+          };
+          this.waiting.push(wake);
+          signal.addEventListener("abort", wake, { once: true });
+        });
+      } finally {
+        this.admitting.delete(plan);
+      }
     }
   }
 

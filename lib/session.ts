@@ -18,8 +18,8 @@ export class ChatSession {
   private tokens: number[] = [];
   private busy = false;
   private disposed = false;
-  /** Aborts the running turn (dispose() mid-turn). */
-  private turn: AbortController | null = null;
+  /** The running turn's stream (dispose() mid-turn aborts it). */
+  private turn: GenerationStream | null = null;
   /** When the last turn started (which idle session to park first). @internal */
   _lastUsed = 0;
 
@@ -49,11 +49,13 @@ export class ChatSession {
     const turn = this.template.encodeUserTurn([...system, ...this.messages, user], tok);
     const native = this.llama._native();
     // Parked (or never started): the conversation so far is not in a sequence of ours: prompt all of it.
-    const parked = this.seq === null && this.tokens.length > 0;
+    // (park() below may switch a turn still waiting for KV room to that too.)
+    let parked = this.seq === null && this.tokens.length > 0;
     if (this.seq === null) this.seq = native.createSequence();
-    const cached = native.sequenceLength(this.seq);
-    const base = parked ? [] : this.tokens; // the cached tokens the prompt continues
-    const prompt = [...(parked ? this.tokens : []), ...this.pending, ...turn];
+    let cached = native.sequenceLength(this.seq);
+    let base = parked ? [] : this.tokens; // the cached tokens the prompt continues
+    const fresh = [...this.pending, ...turn]; // what this turn adds (the penalties' history, parked or not)
+    let prompt = [...(parked ? this.tokens : []), ...fresh];
     const known = parked || this.tokens.length === cached;
     this.busy = true;
     this._lastUsed = performance.now();
@@ -63,12 +65,28 @@ export class ChatSession {
       seq: this.seq,
       prompt,
       cached,
-      history: prompt,
+      history: fresh,
       stripLeadingSpace: true,
       ownsSequence: false,
       ...(known && { context: base.slice() }),
       reuse: cached === 0 && this.llama._prefixCacheEnabled,
       templateStops: this.template.stopStrings,
+      // Waiting for KV room (its sequence in no step): hand the conversation's KV to the prefix cache and
+      // prompt all of it instead, as a parked session's next turn does. cached + prompt stays the same.
+      park: () => {
+        if (parked || this.disposed || !known || plan.seq !== this.seq || cached === 0 || cached !== this.tokens.length) return false;
+        if (native.sequenceLength(plan.seq) !== cached) return false;
+        const empty = native.createSequence();
+        this.llama._cacheSequence(plan.seq, this.tokens, true);
+        this.seq = plan.seq = empty;
+        parked = true;
+        prompt = plan.prompt = [...this.tokens, ...plan.prompt];
+        base = [];
+        cached = plan.cached = 0;
+        plan.context = [];
+        plan.reuse = this.llama._prefixCacheEnabled;
+        return true;
+      },
       onSequence: (seq) => {
         if (!this.disposed) {
           this.seq = seq;
@@ -109,9 +127,9 @@ export class ChatSession {
         this.messages.push(user, { role: "assistant", content: text });
       },
     };
-    this.turn = new AbortController();
-    const signal = opts.signal ? AbortSignal.any([opts.signal, this.turn.signal]) : this.turn.signal;
-    return this.llama._run(plan, { ...opts, signal });
+    const stream = this.llama._run(plan, opts);
+    this.turn = stream;
+    return stream;
   }
 
   /**
@@ -151,7 +169,7 @@ export class ChatSession {
     if (this.busy) {
       // A turn is running or waiting for KV room: its sequence may be in the step being computed, so it
       // is freed when the turn ends (onEnd), after this abort.
-      this.turn?.abort(new Llama2Error("ERR_ABORTED", "the session was disposed"));
+      this.turn?.abort();
       return;
     }
     if (this.seq !== null) {

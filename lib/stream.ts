@@ -13,21 +13,30 @@ export type GenerationRun = (emit: (chunk: GenerationChunk) => void, signal: Abo
 
 // One "abort" listener per caller signal, fanning out to every stream that watches it: many concurrent
 // requests sharing one AbortSignal would otherwise trip Node's MaxListenersExceededWarning (at 11).
-const watchers = new WeakMap<AbortSignal, Set<() => void>>();
+const watchers = new WeakMap<AbortSignal, { fns: Set<() => void>; onAbort: () => void }>();
 function watchAbort(signal: AbortSignal, fn: () => void): () => void {
-  let set = watchers.get(signal);
-  if (!set) {
+  let w = watchers.get(signal);
+  if (!w) {
     const fns = new Set<() => void>();
-    set = fns;
-    watchers.set(signal, fns);
-    signal.addEventListener("abort", () => {
+    const onAbort = () => {
       watchers.delete(signal);
       for (const f of fns) f();
-    }, { once: true });
+    };
+    w = { fns, onAbort };
+    watchers.set(signal, w);
+    signal.addEventListener("abort", onAbort, { once: true });
   }
-  set.add(fn);
-  const mine = set;
-  return () => mine.delete(fn);
+  w.fns.add(fn);
+  const mine = w;
+  return () => {
+    // The last watcher removes the listener (a long-lived signal would otherwise keep it, and whatever
+    // it reaches, forever).
+    mine.fns.delete(fn);
+    if (mine.fns.size === 0 && watchers.get(signal) === mine) {
+      watchers.delete(signal);
+      signal.removeEventListener("abort", mine.onAbort);
+    }
+  };
 }
 
 interface Waiter {

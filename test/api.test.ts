@@ -1,6 +1,7 @@
 // The public API on real models (CPU): streaming, stats, every finish reason, stop strings across
 // token boundaries, seeds, sessions that keep their KV cache, concurrency, abort and dispose.
 // tiny-llama GGUF carries a tokenizer (text APIs); stories260K is used through token ids.
+import { getEventListeners } from "node:events";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { llama2Template } from "../lib/chat-template.js";
 import { Llama2Error } from "../lib/errors.js";
@@ -420,6 +421,10 @@ describeShared("dispose", [STORIES, TINY], () => {
       for (const s of streams) expect((await s.result).stats.finishReason).toBe("abort");
       await new Promise((r) => setImmediate(r));
       expect(warnings).not.toContain("MaxListenersExceededWarning");
+      // A long-lived signal that never fires keeps no listener once its requests have ended.
+      const shutdown = new AbortController();
+      await Promise.all([0, 1, 2].map((i) => m.generate([1, 310 + i], { maxTokens: 3, signal: shutdown.signal }).result));
+      expect(getEventListeners(shutdown.signal, "abort")).toHaveLength(0);
     } finally {
       process.off("warning", onWarning);
       await m.dispose();

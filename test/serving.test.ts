@@ -212,7 +212,8 @@ describe("KV admission control", () => {
 
   it("idle sessions holding the blocks are parked for a request (none waits forever); their next turns re-prompt and give the same ids", async () => {
     const turn = (i: number, k: number) => `Tell me a long story number ${i}, part ${k}.`;
-    const dialog = async (s: ChatSession, i: number) => (await s.send(turn(i, 1), { ...GREEDY, maxTokens: 40, stopOnEos: false }).result).tokenIds;
+    // (with a repetition penalty: its history is the new turn's tokens whether the session was parked or not)
+    const dialog = async (s: ChatSession, i: number) => (await s.send(turn(i, 1), { ...GREEDY, maxTokens: 40, stopOnEos: false, repetitionPenalty: 1.5 }).result).tokenIds;
     // What each session's second turn gives when it never leaves the cache (one session at a time).
     const want: number[][] = [];
     for (const i of [0, 1]) {
@@ -234,6 +235,45 @@ describe("KV admission control", () => {
       expect(llama.pending).toBe(0);
       expect(llama.stats().kv.freeBlocks).toBe(16);
     }
+  });
+
+  it("penalties look back on the new turn alike, whether the session was parked or kept its cache", async () => {
+    const P = { ...GREEDY, stopOnEos: false, repetitionPenalty: 1.5, penaltyLastN: 64 };
+    const second = async (park: boolean) => {
+      const s = small.createSession();
+      await s.send("Tell me a long story.", { ...P, maxTokens: 50 }).result;
+      if (park) {
+        const o = small.createSession(); // fills the cache: the request below parks s
+        await o.send("Another story please.", { ...P, maxTokens: 60 }).result;
+        await small.generate([1, ...Array.from({ length: 60 }, (_, i) => 100 + i)], { ...P, maxTokens: 40 }).result;
+        expect(s.cachedTokens).toBe(0);
+        o.dispose();
+      }
+      const r = await s.send("And then?", { ...P, maxTokens: 20 }).result;
+      s.dispose();
+      return r.tokenIds;
+    };
+    expect(await second(true)).toEqual(await second(false));
+  });
+
+  it("session turns waiting for KV room behind a running request: each gives up its KV in turn, all complete with the ids they give when nothing runs", async () => {
+    const G = { ...GREEDY, stopOnEos: false };
+    const run = async (llama: Llama2, busy: boolean) => {
+      const [a, b, c] = [llama.createSession(), llama.createSession(), llama.createSession()];
+      await a.send("Tell me a story 0.", { ...G, maxTokens: 60 }).result;
+      await b.send("Tell me a story 1.", { ...G, maxTokens: 60 }).result;
+      await c.send("Tell me a story 2.", { ...G, maxTokens: 45 }).result;
+      llama.clearPrefixCache();
+      const g = busy ? llama.generate([1, 5, 6, 7, 8, 9], { ...G, maxTokens: 10 }).result : undefined;
+      const turns = [a, b, c].map((s, i) => s.send(`And then ${i}?`, { ...G, maxTokens: 40 }).result);
+      await g;
+      const ids = (await Promise.all(turns)).map((r) => r.tokenIds);
+      for (const s of [a, b, c]) s.dispose();
+      llama.clearPrefixCache();
+      expect(llama.stats().kv.freeBlocks).toBe(llama.stats().kv.totalBlocks);
+      return ids;
+    };
+    for (const llama of [small, smallCached]) expect(await run(llama, true)).toEqual(await run(llama, false));
   });
 
   it("aborted requests free their blocks: running, mid-prefill, queued, and a consumer that stops reading", async () => {
