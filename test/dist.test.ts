@@ -163,6 +163,14 @@ describe("llama2 doctor", () => {
     expect(codeFor("12.0", archs)).toBe("ptx-jit");
     expect(codeFor("7.5", archs)).toBe("unsupported");
     expect(codeFor("8.9", parseArchitectures("80-real;90-real"))).toBe("sass");
+    // What the CMake build records when the sm_90a kernels are linked in.
+    const withWgmma = parseArchitectures("80-real,86-real,89-real,90+90a");
+    expect(withWgmma).toEqual({ sass: [80, 86, 89, 90], ptx: [90] });
+    expect(codeFor("9.0", withWgmma)).toBe("sass");
+    expect(codeFor("10.0", withWgmma)).toBe("ptx-jit");
+    // And whatever this checkout's addon says, when it has CUDA: an H100 / H200 has native code.
+    const info = nativeAddon().buildInfo();
+    if (info.cudaBuilt && info.cudaArchitectures && info.cudaArchitectures !== "l2emu") expect(codeFor("9.0", parseArchitectures(info.cudaArchitectures))).toBe("sass");
     expect(codeFor("9.0", parseArchitectures("80-real"))).toBe("unsupported");
     expect(parseArchitectures("l2emu")).toEqual({ sass: [], ptx: [], emulated: true }); // LLAMA2_CUDA=EMU build
     expect(codeFor("8.0", parseArchitectures("l2emu"))).toBe("emulated");
@@ -197,6 +205,9 @@ describe("llama2 doctor", () => {
     expect(plain.code).toBe(0);
     expect(plain.text).toMatch(/^Verdict: (OK|WARN): /m);
     expect((await run(["--help"])).text).toMatch(/doctor\s+check the installation/);
+    const bad = await runCli(["doctor", "--check", "--device-index", "-1"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/ERR_INVALID_ARGUMENT\]: --device-index: expected 0\.\.64/);
   });
 
   it("`doctor --check` computes on every path and compares with the host fp32 reference (GPU paths skip without a GPU)", async () => {

@@ -102,12 +102,16 @@ function sourceCudaVersion(addonPath: string): string | undefined {
   return undefined;
 }
 
-/** "80-real,86-real,89-real,90" -> SASS [80, 86, 89, 90], PTX [90]; "l2emu" (the emulator build) -> emulated. */
+/**
+ * "80-real,86-real,89-real,90+90a" (what CMakeLists.txt records) -> SASS [80, 86, 89, 90], PTX [90]: "+90a"
+ * notes the sm_90a-only kernels linked next to sm_90 (they add no GPU); "l2emu" (the emulator) -> emulated.
+ */
 export function parseArchitectures(list: string | undefined): { sass: number[]; ptx: number[]; emulated?: boolean } {
   const sass: number[] = [];
   const ptx: number[] = [];
   if ((list ?? "").trim() === "l2emu") return { sass, ptx, emulated: true };
-  for (const raw of (list ?? "").split(/[,;\s]+/).filter(Boolean)) {
+  for (const raw of (list ?? "").split(/[,;\s+]+/).filter(Boolean)) {
+    if (/^(?:sm_)?\d+a$/.test(raw)) continue; // arch-specific (sm_90a): runs only where its base's SASS does
     const m = /^(?:sm_|compute_)?(\d+)[a-z]?(?:-(real|virtual))?$/.exec(raw);
     if (!m) continue;
     const n = Number(m[1]);
@@ -333,11 +337,13 @@ const command: Command = {
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument");
     if (!flags.check && (flags.model !== undefined || flags.deviceIndex !== 0)) throw new InvalidArgumentError(flags.model !== undefined ? "--model" : "--device-index", "only with --check");
+    const deviceIndex = flags.deviceIndex as number;
+    if (deviceIndex < 0 || deviceIndex > 64) throw new InvalidArgumentError("--device-index", `expected 0..64, got ${deviceIndex}`);
     const report = collectReport();
     let checks: CheckResult[] | undefined;
     if (flags.check && report.addon.loaded) {
       const modelPath = (flags.model as string | undefined) ?? (await ensureDemoModel());
-      checks = await selfCheck({ modelPath, deviceIndex: flags.deviceIndex as number, log: (l) => io.stderr.write(`${l}\n`) });
+      checks = await selfCheck({ modelPath, deviceIndex, log: (l) => io.stderr.write(`${l}\n`) });
     }
     io.stdout.write(flags.json ? JSON.stringify(checks ? { ...report, checks } : report, null, 2) + "\n" : formatReport(report) + (checks ? formatChecks(checks) : ""));
     return report.addon.loaded && !checks?.some((c) => c.status === "fail") ? 0 : 1;
