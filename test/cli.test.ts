@@ -198,6 +198,13 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
       [["generate", "--model", stories, "--prompt-ids", "1", "--dtype", "q4"], "--dtype"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--kv-cache", "f8"], "--kv-cache"],
       [["bench", "--model", stories, "--kv-cache", "f8"], "--kv-cache"],
+      // bench checks what would fail late (after loading, or after minutes of runs) before it starts
+      [["bench", "--model", stories, "--dtype", "f8"], "--dtype"],
+      [["bench", "--model", stories, "--threads", "-1"], "--threads"],
+      [["bench", "--model", stories, "--decode-prompt", "0"], "--decode-prompt"],
+      [["bench", "--model", stories, "--context", "24", "--gen", "64", "--decode-prompt", "8", "--prompt", "8"], "--context"],
+      [["bench", "--model", stories, "--out", "/nonexistent-dir/x.json"], "--out"],
+      [["micro", "--only", "sampler", "--out", "/nonexistent-dir/x.json"], "--out"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--context", "0"], "--context"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--context", "100000"], "--context"], // checked by the engine
       [["generate", "--model", stories, "--prompt-ids", "1", "--threads", "-2"], "--threads"],
@@ -229,6 +236,7 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
       ["tokenize", "--model", missing, "--text", "hi"],
       ["inspect", "--model", missing],
       ["chat", "--model", missing],
+      ["bench", "--model", missing],
     ]) {
       const r = cli(args, "");
       expect(r.code, args.join(" ")).toBe(1);

@@ -5,6 +5,7 @@
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { Llama2Error } from "../errors.js";
 import { Llama2 } from "../llama2.js";
 import { native } from "../native.js";
 import { Rng } from "../rng.js";
@@ -106,18 +107,28 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       o.log(`decode batch ${b}, ${o.gen} tokens ${r < 0 ? "(warm-up)" : `${r + 1}/${o.reps}`}`);
       const before = llama.stats().scheduler;
       const t0 = performance.now();
-      const results = await Promise.all(
-        Array.from({ length: b }, () => llama.generate(randomPrompt(o.decodePrompt), { ...greedy, maxTokens: o.gen }).result),
+      // When each token arrived, per sequence (a token's chunk is pushed right after its step).
+      const arrivals = await Promise.all(
+        Array.from({ length: b }, async () => {
+          const times: number[] = [];
+          for await (const c of llama.generate(randomPrompt(o.decodePrompt), { ...greedy, maxTokens: o.gen })) {
+            for (let i = 0; i < c.tokenIds.length; i++) times.push(performance.now());
+          }
+          return times;
+        }),
       );
       const after = llama.stats().scheduler;
       if (r < 0) continue;
-      // Decode phase: from the last first-token to the end (all sequences are decoding together).
-      const firstDone = Math.max(...results.map((x) => x.stats.timeToFirstTokenMs));
-      const end = Math.max(...results.map((x) => x.stats.totalMs));
-      const steps = o.gen - 1;
-      const ms = (end - firstDone) / steps;
-      step.push(ms);
-      tps.push((b * steps) / ((end - firstDone) / 1000));
+      // Decode phase: from the last first token to the last token, when every sequence decodes in the same
+      // steps. Only the tokens that arrived inside it count: with chunked prefill, the sequences whose
+      // prompts finished first decoded some tokens before it.
+      const firstDone = Math.max(...arrivals.map((t) => t[0] ?? Infinity));
+      const end = Math.max(...arrivals.map((t) => t[t.length - 1] ?? -Infinity));
+      const inWindow = arrivals.map((t) => t.filter((x) => x > firstDone).length);
+      const steps = Math.max(...inWindow);
+      if (!(steps > 0 && end > firstDone)) throw new Llama2Error("ERR_INTERNAL", `decode batch ${b}: no tokens after the last first token (use a larger --gen)`);
+      step.push((end - firstDone) / steps);
+      tps.push(inWindow.reduce((a, n) => a + n, 0) / ((end - firstDone) / 1000));
       // Overhead: wall time of the whole run minus native forward time, per generated token step.
       const wall = performance.now() - t0;
       const fwd = after.forwardMs - before.forwardMs;

@@ -1,11 +1,24 @@
 // `llama2 bench`: the throughput bench (see lib/bench/bench.ts); progress on stderr, a summary on
 // stdout, the full result JSON in --out (input of `llama2 compare`).
-import { writeFileSync } from "node:fs";
+import { closeSync, existsSync, openSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { positiveInts } from "../args.js";
 import type { Command } from "../command.js";
-import { InvalidArgumentError } from "../../errors.js";
+import { loadOptionsFromFlags, withFlagNames } from "../model-options.js";
+import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { runBench, summarize } from "../../bench/bench.js";
 import type { Device, KvCacheType, WeightDtype } from "../../types.js";
+
+/** Fails now, naming `flag`, if `file` cannot be written (a bench may run for minutes before writing it). */
+export function checkWritable(file: string, flag: string): void {
+  const existed = existsSync(file);
+  if (existed && statSync(file).isDirectory()) throw new InvalidArgumentError(flag, `${file} is a directory`);
+  try {
+    closeSync(openSync(file, "a"));
+    if (!existed) unlinkSync(file);
+  } catch (err) {
+    throw new InvalidArgumentError(flag, `cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
 
 const command: Command = {
   name: "bench",
@@ -31,30 +44,39 @@ const command: Command = {
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument");
     if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required");
+    if (!existsSync(flags.model)) throw new Llama2Error("ERR_FILE_NOT_FOUND", `--model: no such file or directory: ${flags.model}`);
+    loadOptionsFromFlags(flags); // --device, --dtype, --kv-cache, --context, --threads checked before any load
     const device = flags.device as string;
-    if (!["cpu", "cuda", "auto"].includes(device)) throw new InvalidArgumentError("--device", `expected cpu, cuda or auto, got '${device}'`);
     const kvCache = flags.kvCache as string;
-    if (!["auto", "int8"].includes(kvCache)) throw new InvalidArgumentError("--kv-cache", `expected auto or int8, got '${kvCache}'`);
     const gen = flags.gen as number;
     const reps = flags.reps as number;
     if (gen < 2 || gen > 65536) throw new InvalidArgumentError("--gen", `expected 2..65536, got ${gen}`);
     if (reps < 1 || reps > 100) throw new InvalidArgumentError("--reps", `expected 1..100, got ${reps}`);
-    const result = await runBench({
-      model: flags.model,
+    const decodePrompt = flags.decodePrompt as number;
+    if (decodePrompt < 1 || decodePrompt > 1 << 20) throw new InvalidArgumentError("--decode-prompt", `expected 1..${1 << 20}, got ${decodePrompt}`);
+    const prompts = positiveInts("--prompt", flags.prompt, 1 << 20);
+    // Every run must fit the context, or sequences stop early and the figures would count tokens never made.
+    const context = flags.context as number | undefined;
+    const needs = Math.max(...prompts, decodePrompt + gen);
+    if (context !== undefined && context < needs)
+      throw new InvalidArgumentError("--context", `${context} is too small for these runs: they need ${needs} tokens (the longest --prompt, or --decode-prompt + --gen)`);
+    if (typeof flags.out === "string") checkWritable(flags.out, "--out");
+    const result = await withFlagNames(() => runBench({
+      model: flags.model as string,
       device: device as Device,
       dtype: flags.dtype as WeightDtype,
       kvCacheType: kvCache as KvCacheType,
-      prompts: positiveInts("--prompt", flags.prompt, 1 << 20),
+      prompts,
       gen,
       batches: positiveInts("--batch", flags.batch, 4096),
-      decodePrompt: flags.decodePrompt as number,
+      decodePrompt,
       reps,
       contextLength: flags.context as number | undefined,
       threads: flags.threads as number | undefined,
       skipCold: flags.skipCold === true,
       preset: flags.preset as string | undefined,
       log: (m) => io.stderr.write(`[bench] ${m}\n`),
-    });
+    }));
     if (typeof flags.out === "string") {
       writeFileSync(flags.out, JSON.stringify(result, null, 2) + "\n");
       io.stderr.write(`[bench] wrote ${flags.out}\n`);

@@ -2,6 +2,7 @@
 // tokenizer (encode, decode, streaming decode), the sampler at vocab 32000, and native ops at a model
 // shape (matrix-vector products, decode attention at several context lengths) on the CPU or the GPU.
 import { writeFileSync } from "node:fs";
+import { checkWritable } from "./bench.js";
 import os from "node:os";
 import { Bench } from "tinybench";
 import { positiveInts } from "../args.js";
@@ -91,6 +92,9 @@ const command: Command = {
     for (const g of only) if (!(GROUPS as readonly string[]).includes(g)) throw new InvalidArgumentError("--only", `expected some of ${GROUPS.join(", ")}, got '${g}'`);
     const time = flags.time as number;
     if (time < 10 || time > 600_000) throw new InvalidArgumentError("--time", `expected 10..600000, got ${time}`);
+    const threads = flags.threads as number | undefined;
+    if (threads !== undefined && (threads < 0 || threads > 1024)) throw new InvalidArgumentError("--threads", `expected 0..1024, got ${threads}`);
+    if (typeof flags.out === "string") checkWritable(flags.out, "--out");
     const shapeName = flags.shape as string;
     const shape = parseShape(shapeName);
     let device = flags.device as string;
@@ -151,7 +155,8 @@ const command: Command = {
     const result: MicroResult = {
       schema: MICRO_SCHEMA,
       createdAt: new Date().toISOString(),
-      machine: { cpu: os.cpus()[0]?.model ?? "unknown", cores: os.cpus().length, ...(gpu && { gpu }) },
+      // cores: the threads the CPU ops ran on (--threads, 0 / unset = all of them)
+      machine: { cpu: os.cpus()[0]?.model ?? "unknown", cores: threads || os.cpus().length, ...(gpu && { gpu }) },
       device: device as "cpu" | "cuda",
       shape: shapeName,
       tasks,
