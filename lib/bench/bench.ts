@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { Llama2Error } from "../errors.js";
 import { Llama2 } from "../llama2.js";
-import { native } from "../native.js";
+import { detectNvidiaDriver, native } from "../native.js";
 import { Rng } from "../rng.js";
 import type { Device, KvCacheType, WeightDtype } from "../types.js";
 import { BENCH_SCHEMA, stat, type BenchResult, type DecodeFigure, type MachineInfo, type PrefillFigure, type Stat } from "./result.js";
@@ -227,10 +227,13 @@ function machineInfo(bandwidth: number, cuda: boolean): MachineInfo {
     const d = native().cudaDevices()[0];
     if (d) {
       const drv = d.driverVersion;
+      const nvidia = detectNvidiaDriver();
+      const cudaVer = `${Math.floor(drv / 1000)}.${(drv % 1000) / 10}`;
       m.gpu = {
         name: d.name,
         computeCapability: d.computeCapability,
-        driver: `CUDA ${Math.floor(drv / 1000)}.${(drv % 1000) / 10}`,
+        // The NVIDIA driver (as `nvidia-smi` shows it) and the CUDA version it supports.
+        driver: nvidia.version ? `${nvidia.version} (CUDA ${cudaVer})` : `CUDA ${cudaVer}`,
         memoryBytes: d.memoryTotal,
         smCount: d.smCount,
         measuredBandwidthGBs: bandwidth,
