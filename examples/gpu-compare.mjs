@@ -68,8 +68,11 @@ for (const d of devices) {
     "--out", file,
   ];
   if (flags["skip-cold"]) args.push("--skip-cold"); // a cold load drops the page cache: slow for big models
-  // `llama2 bench` uses the first visible GPU: show it only the one being measured.
-  const env = d === "cpu" ? {} : { CUDA_VISIBLE_DEVICES: d.split(":")[1] };
+  // `llama2 bench` uses the first visible GPU: show it only the one being measured. Indices are of the GPUs
+  // visible to us, so an existing CUDA_VISIBLE_DEVICES list maps them to its own entries.
+  const visible = process.env.CUDA_VISIBLE_DEVICES?.split(",").map((v) => v.trim()).filter(Boolean);
+  const index = d.split(":")[1];
+  const env = d === "cpu" ? {} : { CUDA_VISIBLE_DEVICES: visible?.[Number(index)] ?? index };
   console.error(llama2(args, env).trim());
   files.push(file);
 }
