@@ -97,12 +97,15 @@ describe("CUDA memory plan (no GPU needed)", () => {
     const text = await runCli(["inspect", "--model", demo, "--cuda-plan", "--kv-cache", "int8", "--context", "1024", "--max-sequences", "2"]);
     expect(text.code).toBe(0);
     expect(text.stdout).toMatch(/CUDA memory plan \(dtype auto, KV int8, context 1024 x 2 sequences/);
-    expect(text.stdout).toMatch(/KV cache +[\d.]+ GiB .*\(128 blocks\)/);
+    expect(text.stdout).toMatch(/KV cache +[\d.]+ (GiB|MiB|KiB) .*\(128 blocks\)/);
     const json = await runCli(["inspect", "--model", demo, "--cuda-plan", "--json"]);
     const r = JSON.parse(json.stdout);
     expect(r.cudaPlan.totalBytes).toBe(r.cudaPlan.weightBytes + r.cudaPlan.kvCacheBytes + r.cudaPlan.bufferBytes);
     const bad = await runCli(["inspect", "--model", demo, "--cuda-plan", "--kv-cache", "q4"]);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/--kv-cache/);
+    const alone = await runCli(["inspect", "--model", demo, "--dtype", "int8"]); // a plan option without --cuda-plan
+    expect(alone.code).toBe(2);
+    expect(alone.stderr).toMatch(/--dtype: only with --cuda-plan/);
   });
 });

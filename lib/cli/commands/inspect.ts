@@ -55,6 +55,12 @@ export async function inspectModel(modelPath: string): Promise<InspectResult> {
   };
 }
 
+function binaryBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(2)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(2)} MiB`;
+  return `${(n / 2 ** 10).toFixed(1)} KiB`;
+}
+
 function bytes(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
   if (n >= 1e6) return `${(n / 1e6).toFixed(2)} MB`;
@@ -70,22 +76,24 @@ const command: Command = {
     model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf or llama2.c .bin" },
     json: { type: "boolean", description: "print one JSON object" },
     "cuda-plan": { type: "boolean", description: "also predict the CUDA backend's GPU memory for these load options (no GPU needed)" },
-    dtype: { type: "string", description: "--cuda-plan: weight precision (auto, f16, int8, f32: the fp32 path)", default: "auto" },
-    "kv-cache": { type: "string", description: "--cuda-plan: KV cache precision (auto = fp16, int8)", default: "auto" },
+    dtype: { type: "string", description: "--cuda-plan: weight precision (auto, f16, int8, f32: the fp32 path; default auto)" },
+    "kv-cache": { type: "string", description: "--cuda-plan: KV cache precision (auto = fp16, int8; default auto)" },
     context: { type: "int", description: "--cuda-plan: context length (default: the model's, at most 4096)" },
-    "max-sequences": { type: "int", description: "--cuda-plan: sequences the KV cache holds at full context", default: 4 },
+    "max-sequences": { type: "int", description: "--cuda-plan: sequences the KV cache holds at full context (default 4)" },
   },
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument (options start with --)");
     if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
+    const planFlag = (["dtype", "kvCache", "context", "maxSequences"] as const).find((k) => flags[k] !== undefined);
+    if (planFlag && !flags.cudaPlan) throw new InvalidArgumentError(`--${planFlag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, "only with --cuda-plan");
     const r = await inspectModel(flags.model);
     let plan: (CudaMemoryPlan & { options: Record<string, unknown> }) | undefined;
     if (flags.cudaPlan) {
       const opts = {
-        dtype: flags.dtype as WeightDtype,
-        kvCacheType: flags.kvCache as KvCacheType,
+        dtype: ((flags.dtype as string | undefined) ?? "auto") as WeightDtype,
+        kvCacheType: ((flags.kvCache as string | undefined) ?? "auto") as KvCacheType,
         contextLength: (flags.context as number | undefined) ?? Math.min(r.config.trainedContextLength, 4096),
-        maxSequences: flags.maxSequences as number,
+        maxSequences: (flags.maxSequences as number | undefined) ?? 4,
       };
       plan = { options: opts, ...(await withFlagNames(() => planCudaMemory(r, opts), { maxSequences: "--max-sequences" })) };
     }
@@ -106,7 +114,7 @@ const command: Command = {
     const width = Math.max(...r.tensors.map((t) => t.fileName.length), 4);
     for (const t of r.tensors) lines.push(`    ${t.fileName.padEnd(width)}  ${t.dtype.padEnd(4)}  [${t.shape.join(", ")}]`);
     if (plan) {
-      const gib = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB (${(n / 1e9).toFixed(2)} GB)`;
+      const gib = (n: number) => `${binaryBytes(n)} (${bytes(n)})`;
       const o = plan.options;
       lines.push(
         `  CUDA memory plan (dtype ${o.dtype}, KV ${o.kvCacheType === "int8" ? "int8" : "fp16"}, context ${o.contextLength} x ${o.maxSequences} sequences; our allocations, not the CUDA context):`,
