@@ -15,7 +15,7 @@ export interface OpShape {
   headDim: number;
 }
 
-/** Model shapes whose ops can be benchmarked (the synthetic presets' shapes). */
+/** Model shapes whose ops can be benchmarked: Llama 2's (70B: its full width), and a small GQA shape for quick runs. */
 export const OP_SHAPES: Record<string, OpShape> = {
   "llama2-7b": { dim: 4096, ffn: 11008, vocab: 32000, heads: 32, kvHeads: 32, headDim: 128 },
   "llama2-13b": { dim: 5120, ffn: 13824, vocab: 32000, heads: 40, kvHeads: 40, headDim: 128 },
