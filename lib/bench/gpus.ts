@@ -13,14 +13,18 @@ export interface GpuSpec {
 
 const GiB = 2 ** 30;
 
+// findGpu takes the first match, so entries go most specific first: "A100 80GB PCIe" before the
+// 40GB PCIe and 80GB SXM patterns that would also match it, H200 anchored so that "GH200" (another
+// bandwidth) is not taken for it.
 export const GPUS: GpuSpec[] = [
+  { name: "A100 80GB PCIe", bandwidthGBs: 1935, memoryBytes: 80 * GiB, match: /A100.*(80GB.*PCIE|PCIE.*80GB)/i },
   { name: "A100 40GB PCIe", bandwidthGBs: 1555, memoryBytes: 40 * GiB, match: /A100.*(PCIE|40GB)/i },
-  { name: "A100 80GB SXM", bandwidthGBs: 2039, memoryBytes: 80 * GiB, match: /A100.*(SXM|80GB)(?!.*PCIE)/i },
+  { name: "A100 80GB SXM", bandwidthGBs: 2039, memoryBytes: 80 * GiB, match: /A100.*(SXM|80GB)/i },
+  { name: "H200", bandwidthGBs: 4800, memoryBytes: 141 * GiB, match: /\bH200\b/i },
+  { name: "H100 SXM", bandwidthGBs: 3350, memoryBytes: 80 * GiB, match: /\bH100\b(?!.*(PCIE|NVL))/i },
+  { name: "RTX 4090", bandwidthGBs: 1008, memoryBytes: 24 * GiB, match: /\b4090\b/ },
   { name: "A10", bandwidthGBs: 600, memoryBytes: 24 * GiB, match: /\bA10G?\b/i },
   { name: "L4", bandwidthGBs: 300, memoryBytes: 24 * GiB, match: /\bL4\b/i },
-  { name: "H100 SXM", bandwidthGBs: 3350, memoryBytes: 80 * GiB, match: /H100(?!.*(PCIE|NVL))/i },
-  { name: "H200", bandwidthGBs: 4800, memoryBytes: 141 * GiB, match: /H200/i },
-  { name: "RTX 4090", bandwidthGBs: 1008, memoryBytes: 24 * GiB, match: /4090/ },
 ];
 
 /** The datasheet entry of a reported device name, if it is one of GPUS. */

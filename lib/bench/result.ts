@@ -2,6 +2,8 @@
 // peer readers (llama.cpp, node-llama-cpp) all produce or consume this shape.
 
 export const BENCH_SCHEMA = "llama2-native-bench/1";
+/** `llama2 micro --out` files (lib/cli/commands/micro.ts): they share bench/results/, and compare skips them. */
+export const MICRO_SCHEMA = "llama2-native-micro/1";
 
 /** Summary of repeated measurements. */
 export interface Stat {

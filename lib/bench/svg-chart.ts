@@ -13,6 +13,8 @@ export interface Bar {
 
 export interface ChartOptions {
   title: string;
+  /** A smaller line under the title (e.g. the models shown); wrapped to the chart's width. */
+  subtitle?: string;
   xLabel: string;
   width?: number;
 }
@@ -37,18 +39,48 @@ export function niceStep(max: number, target = 5): number {
   return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * p;
 }
 
+/** Average glyph width, px, at 12 px (labels) and at the title's 15 px semibold: SVG text never wraps, so lines are sized by it. */
+const CHAR_W = 6.6;
+const TITLE_CHAR_W = 9;
+
+/** Splits text at spaces into lines of at most `max` characters (a longer word is cut). */
+export function wrapText(text: string, max: number): string[] {
+  const lines: string[] = [];
+  let line = "";
+  for (let word of text.split(/\s+/).filter(Boolean)) {
+    while (word.length > max) {
+      if (line) lines.push(line);
+      lines.push(word.slice(0, max));
+      word = word.slice(max);
+      line = "";
+    }
+    if (!line) line = word;
+    else if (line.length + 1 + word.length <= max) line += ` ${word}`;
+    else {
+      lines.push(line);
+      line = word;
+    }
+  }
+  if (line) lines.push(line);
+  return lines;
+}
+
 function fmt(v: number): string {
   return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
 }
 
 export function barChartSvg(bars: Bar[], opts: ChartOptions): string {
-  // ~6.6 px per character at 12 px; the chart widens rather than clipping long labels
-  const labelW = 16 + 6.6 * Math.max(10, ...bars.map((b) => b.label.length));
+  // the chart widens rather than clipping long labels
+  const labelW = 16 + CHAR_W * Math.max(10, ...bars.map((b) => b.label.length));
   const width = Math.max(opts.width ?? 960, labelW + 480);
+  // titles wrap instead: their length grows with the number of models, not with one label
+  const titleLines = wrapText(opts.title, Math.floor((width - 40) / TITLE_CHAR_W));
+  const subtitleLines = wrapText(opts.subtitle ?? "", Math.floor((width - 40) / CHAR_W));
+  const headerH = 10 + titleLines.length * 20 + subtitleLines.length * 16;
   const left = labelW + 10;
   const right = 70;
   const rowH = 24;
-  const top = 48;
+  const top = headerH + 18;
   const kinds = (Object.keys(LEGEND) as BarKind[]).filter((k) => bars.some((b) => b.kind === k));
   const plotH = Math.max(1, bars.length) * rowH;
   const axisY = top + plotH;
@@ -62,7 +94,10 @@ export function barChartSvg(bars: Bar[], opts: ChartOptions): string {
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, -apple-system, 'Segoe UI', sans-serif" font-size="12">`,
     `<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)"><rect width="6" height="6" fill="${COLORS.predicted}" fill-opacity="0.25"/><line x1="0" y1="0" x2="0" y2="6" stroke="${COLORS.predicted}" stroke-width="2.5"/></pattern></defs>`,
     `<rect width="100%" height="100%" fill="#ffffff"/>`,
-    `<text x="${width / 2}" y="24" text-anchor="middle" font-size="15" font-weight="600">${escapeXml(opts.title)}</text>`,
+    ...titleLines.map((l, i) => `<text x="${width / 2}" y="${24 + i * 20}" text-anchor="middle" font-size="15" font-weight="600">${escapeXml(l)}</text>`),
+    ...subtitleLines.map(
+      (l, i) => `<text x="${width / 2}" y="${10 + titleLines.length * 20 + 10 + i * 16}" text-anchor="middle" fill="#374151">${escapeXml(l)}</text>`,
+    ),
   ];
   for (let v = 0; v <= xMax + 1e-9; v += step) {
     const px = x(v).toFixed(1);

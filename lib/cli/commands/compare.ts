@@ -20,6 +20,12 @@ const command: Command = {
     const eff = flags.efficiency as number;
     if (!(eff > 0 && eff <= 1)) throw new InvalidArgumentError("--efficiency", `must be in (0, 1], got ${eff}`);
     const results = [];
+    let skipped = 0;
+    // bench/results/ also holds `llama2 micro` results, and the documented command globs it whole
+    const onSkip = (why: string) => {
+      skipped++;
+      io.stderr.write(`[compare] ${why}\n`);
+    };
     for (const f of files) {
       let text: string;
       try {
@@ -27,13 +33,14 @@ const command: Command = {
       } catch (err) {
         throw new Llama2Error("ERR_FILE_NOT_FOUND", `${f}: ${(err as Error).message}`, { cause: err });
       }
-      results.push(...parseBenchFile(text, f));
+      results.push(...parseBenchFile(text, f, onSkip));
     }
+    if (results.length === 0) throw new Llama2Error("ERR_FORMAT_UNSUPPORTED", `${files.join(", ")}: no bench result to compare (${skipped} file(s) skipped)`);
     const { markdown, svg } = compareResults(results, { title: flags.title as string | undefined, defaultEfficiency: eff });
     if (typeof flags.outMd === "string") await save(flags.outMd, markdown, "--out-md");
     else io.stdout.write(markdown);
     if (typeof flags.outSvg === "string") await save(flags.outSvg, svg, "--out-svg");
-    if (flags.outMd || flags.outSvg) io.stderr.write(`compared ${results.length} runs from ${files.length} files\n`);
+    if (flags.outMd || flags.outSvg) io.stderr.write(`compared ${results.length} runs from ${files.length - skipped} files\n`);
     return 0;
   },
 };

@@ -15,7 +15,8 @@ import { addTokenizerBenches } from "../../bench/micro-tokenizer.js";
 import { ensureDemoModel } from "../../synth/demo.js";
 import { tokenizerForModel } from "../../tokenizer/for-model.js";
 
-export const MICRO_SCHEMA = "llama2-native-micro/1";
+import { MICRO_SCHEMA } from "../../bench/result.js";
+export { MICRO_SCHEMA };
 
 export interface MicroTask {
   name: string;
