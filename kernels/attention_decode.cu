@@ -135,6 +135,68 @@ __device__ __forceinline__ void score_q8(const KRowQ8<HD>& k, const float (*qs)[
   }
 }
 
+// The end of a split CTA: combines its kParts partial softmaxes (shared memory; a part that saw no
+// position has m = -FLT_MAX) and writes the output (one split) or the split's partial to the workspace;
+// then the last of the (token, kv head)'s `used` splits to get here merges them all:
+// out = sum_s acc_s e^{m_s - M} / sum_s l_s e^{m_s - M}. The counter goes back to 0 for the next launch.
+template <int HD, int kMaxG, int kParts>
+__device__ __forceinline__ void finish_split(const AttentionParams& p, int t, int z, int kvh, int split, int n_splits, int used,
+                                             const float (*sm_m)[kMaxG], const float (*sm_l)[kMaxG], const float (*sm_acc)[kMaxG][HD],
+                                             int* __restrict__ counters, float* __restrict__ ws_ml, float* __restrict__ ws_acc) {
+  const int G = p.n_heads / p.n_kv_heads;
+  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    int g = i / HD, d = i % HD;
+    float M = -FLT_MAX;
+    for (int w = 0; w < kParts; ++w) M = fmaxf(M, sm_m[w][g]);
+    float Ls = 0.f, A = 0.f;
+    for (int w = 0; w < kParts; ++w) {
+      if (sm_m[w][g] == -FLT_MAX) continue;  // part had no positions
+      float f = __expf(sm_m[w][g] - M);
+      Ls += sm_l[w][g] * f;
+      A += sm_acc[w][g][d] * f;
+    }
+    int h = kvh * G + g;
+    if (n_splits == 1) {
+      p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
+    } else {
+      size_t idx = ((size_t)z * p.n_heads + h) * n_splits + split;
+      ws_acc[idx * HD + d] = A;
+      if (d == 0) {
+        ws_ml[idx * 2] = M;
+        ws_ml[idx * 2 + 1] = Ls;
+      }
+    }
+  }
+  if (n_splits == 1) return;
+
+  __shared__ int sm_last;
+  __threadfence();  // this CTA's partials are visible device-wide before its count is
+  __syncthreads();
+  used = min(n_splits, used);
+  if (threadIdx.x == 0) {
+    int* c = counters + (size_t)z * p.n_kv_heads + kvh;
+    const bool last = atomicAdd(c, 1) == used - 1;
+    if (last) atomicExch(c, 0);
+    sm_last = last;
+  }
+  __syncthreads();
+  if (!sm_last) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    const int g = i / HD, d = i % HD, h = kvh * G + g;
+    const size_t base = ((size_t)z * p.n_heads + h) * n_splits;
+    float M = -FLT_MAX;
+    for (int j = 0; j < used; ++j) M = fmaxf(M, __ldcg(ws_ml + (base + j) * 2));
+    float Ls = 0.f, A = 0.f;
+    for (int j = 0; j < used; ++j) {
+      const float f = __expf(__ldcg(ws_ml + (base + j) * 2) - M);
+      Ls += __ldcg(ws_ml + (base + j) * 2 + 1) * f;
+      A += __ldcg(ws_acc + (base + j) * HD + d) * f;
+    }
+    p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
+  }
+}
+
 // kEarly (small grids, where latency rules): the cache rows of earlier steps load before the PDL wait
 // (K and V together: ~200 registers). Otherwise (many CTAs: occupancy rules, ~100 registers) everything
 // loads after the wait and q, V rows first.
@@ -166,7 +228,6 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
   __shared__ float qs[kMaxG][HD];
   __shared__ float sm_m[kWarps][kMaxG], sm_l[kWarps][kMaxG];
   __shared__ float sm_acc[kWarps][kMaxG][HD];
-  __shared__ int sm_last;
 
   float m[kMaxG], l[kMaxG], acc[kMaxG][DPL];
 #pragma unroll
@@ -317,58 +378,190 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
       for (int i = 0; i < DPL; ++i) sm_acc[warp][g][lane * DPL + i] = acc[g][i];
   }
   __syncthreads();
+  finish_split<HD, kMaxG, kWarps>(p, t, z, kvh, split, n_splits, (L + kSplit - 1) / kSplit, sm_m, sm_l, sm_acc, counters, ws_ml, ws_acc);
+}
+
+// The streaming variant (LLAMA2_ATTN_STREAM=1, for many CTAs; not yet measured on a GPU). The kernel above
+// makes one round trip per CTA for 128 positions (and before it the segment, block table and q: ~4
+// dependent latencies per 64 KB of cache at 7B), and each lane loads its own K row 16 bytes at a time (32
+// rows per instruction, half of every sector). Here a CTA takes kStreamSplit positions and the lanes split
+// each row (8 dims per lane: 16 bytes fp16, 8 bytes int8), so one warp instruction reads RPI = 32 / (HD / 8)
+// whole consecutive rows; each warp walks its rows in rounds of kStreamU instructions (K and V of a round
+// in flight together) with an online softmax per row stream (RPI streams per warp, kWarps * RPI per CTA).
+constexpr int kStreamSplit = 256;
+constexpr int kStreamU = 4;
+constexpr int kStreamMaxG = 4;  // query heads per kv head it is built for (more: the kernel above)
+
+template <bool Q8>
+struct RowPart;  // a lane's 8 values of a cache row
+template <>
+struct RowPart<false> {
+  uint4 w;
+};
+template <>
+struct RowPart<true> {
+  uint2 w;
+};
+
+template <bool Q8>
+__device__ __forceinline__ void row_part_floats(const RowPart<Q8>& r, float (&f)[8]) {
+  if constexpr (Q8) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      f[j] = i8_to_f(bias8(r.w.x), j);
+      f[4 + j] = i8_to_f(bias8(r.w.y), j);
+    }
+  } else {
+    const half2* h = reinterpret_cast<const half2*>(&r.w);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 v = __half22float2(h[j]);
+      f[2 * j] = v.x;
+      f[2 * j + 1] = v.y;
+    }
+  }
+}
+
+template <int HD, int kMaxG, bool Q8>
+__global__ void __launch_bounds__(kWarps * 32) attn_decode_stream_kernel(const __grid_constant__ AttentionParams p, int n_splits, int* __restrict__ counters,
+                                                                         float* __restrict__ ws_ml, float* __restrict__ ws_acc) {
+  constexpr int LPR = HD / 8;        // lanes per cache row
+  constexpr int RPI = 32 / LPR;      // rows per warp instruction = row streams per warp
+  constexpr int kStreams = kWarps * RPI;
+  constexpr int kRound = kStreams * kStreamU;  // positions per CTA round
+  constexpr int QG = kQGroup<HD>;
+  pdl_trigger();
+  const int split = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
+  const int t = p.decode_tokens ? p.decode_tokens[z] : z;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sg = lane / LPR, sl = lane % LPR;  // the lane's row stream in the warp, its dims [sl * 8, +8)
+  const int G = p.n_heads / p.n_kv_heads;
+  const TokenSeg ts = token_segment(p, t);
+  if (ts.s < 0) return;
+  const int L = ts.pos0 + (t - ts.start) + 1;
+  const int begin = split * kStreamSplit;
+  if (begin >= L) return;
+  const int n = min(L, begin + kStreamSplit) - begin;
+
+  __shared__ int sm_blk[kStreamSplit / kKvBlock];
+  __shared__ __align__(16) float qs[kMaxG][HD];
+  __shared__ float sm_m[kStreams][kMaxG], sm_l[kStreams][kMaxG];
+  __shared__ float sm_acc[kStreams][kMaxG][HD];
+  // The split's block-table entries (a step input: readable before the PDL wait).
+  const int32_t* table = p.block_tables + (size_t)ts.s * p.max_blocks + begin / kKvBlock;
+  for (int i = threadIdx.x; i < (n + kKvBlock - 1) / kKvBlock; i += blockDim.x) sm_blk[i] = table[i];
+  pdl_wait();
   for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
     int g = i / HD, d = i % HD;
-    float M = -FLT_MAX;
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w][g]);
-    float Ls = 0.f, A = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      if (begin + w * 32 >= end) continue;  // warp had no positions
-      float f = __expf(sm_m[w][g] - M);
-      Ls += sm_l[w][g] * f;
-      A += sm_acc[w][g][d] * f;
+    qs[g][d] = __half2float(p.q[(size_t)t * p.ldq + (size_t)(kvh * G + g) * HD + d]) * p.scale;
+  }
+  __syncthreads();
+
+  float m[kMaxG], l[kMaxG], acc[kMaxG][8];
+#pragma unroll
+  for (int g = 0; g < kMaxG; ++g) {
+    m[g] = -FLT_MAX;
+    l[g] = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
+  }
+  for (int r0 = 0; r0 < n; r0 += kRound) {
+    // The warp's kStreamU * RPI consecutive positions of this round; instruction u reads rows
+    // [u * RPI, (u + 1) * RPI) of them, this lane's stream row u * RPI + sg.
+    RowPart<Q8> kr[kStreamU], vr[kStreamU];
+    float ksc[kStreamU], vsc[kStreamU];
+    bool ok[kStreamU];
+#pragma unroll
+    for (int u = 0; u < kStreamU; ++u) {
+      const int i = r0 + (warp * kStreamU + u) * RPI + sg;
+      ok[u] = i < n;
+      ksc[u] = vsc[u] = 0.f;
+      if (!ok[u]) {
+        kr[u] = vr[u] = RowPart<Q8>{};
+        continue;
+      }
+      const size_t row = kv_cache_row(sm_blk[i / kKvBlock], (begin + i) % kKvBlock, p.n_kv_heads, kvh);
+      const size_t off = row * HD + sl * 8;
+      if constexpr (Q8) {
+        kr[u].w = *reinterpret_cast<const uint2*>(p.k_q + off);
+        vr[u].w = *reinterpret_cast<const uint2*>(p.v_q + off);
+        ksc[u] = __half2float(p.k_scale[off / QG]);
+        vsc[u] = __half2float(p.v_scale[off / QG]);
+      } else {
+        kr[u].w = *reinterpret_cast<const uint4*>(p.k_cache + off);
+        vr[u].w = *reinterpret_cast<const uint4*>(p.v_cache + off);
+      }
     }
-    int h = kvh * G + g;
-    if (n_splits == 1) {
-      p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
-    } else {
-      size_t idx = ((size_t)z * p.n_heads + h) * n_splits + split;
-      ws_acc[idx * HD + d] = A;
-      if (d == 0) {
-        ws_ml[idx * 2] = M;
-        ws_ml[idx * 2 + 1] = Ls;
+    // Scores: the lane's 8-dim part, summed over the row's LPR lanes (xor within the aligned lane group).
+    float s[kStreamU][kMaxG];
+#pragma unroll
+    for (int u = 0; u < kStreamU; ++u) {
+      float kf[8];
+      row_part_floats<Q8>(kr[u], kf);
+#pragma unroll
+      for (int g = 0; g < kMaxG; ++g) {
+        s[u][g] = 0.f;
+        if (g >= G) continue;
+        const float4 q0 = *reinterpret_cast<const float4*>(&qs[g][sl * 8]);
+        const float4 q1 = *reinterpret_cast<const float4*>(&qs[g][sl * 8 + 4]);
+        float d = q0.x * kf[0];
+        d = fmaf(q0.y, kf[1], d);
+        d = fmaf(q0.z, kf[2], d);
+        d = fmaf(q0.w, kf[3], d);
+        d = fmaf(q1.x, kf[4], d);
+        d = fmaf(q1.y, kf[5], d);
+        d = fmaf(q1.z, kf[6], d);
+        d = fmaf(q1.w, kf[7], d);
+        if constexpr (Q8) d *= ksc[u];  // the lane's 8 dims lie in one scale group
+#pragma unroll
+        for (int o = LPR / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        s[u][g] = d;
+      }
+    }
+    if (!ok[0]) continue;  // the stream has no rows this round (nor later: rows only grow with u)
+#pragma unroll
+    for (int g = 0; g < kMaxG; ++g) {
+      if (g >= G) continue;
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < kStreamU; ++u)
+        if (ok[u]) mx = fmaxf(mx, s[u][g]);
+      const float c = __expf(m[g] - mx);
+      m[g] = mx;
+      l[g] *= c;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[g][j] *= c;
+    }
+#pragma unroll
+    for (int u = 0; u < kStreamU; ++u) {
+      if (!ok[u]) continue;
+      float vf[8];
+      row_part_floats<Q8>(vr[u], vf);
+#pragma unroll
+      for (int g = 0; g < kMaxG; ++g) {
+        if (g >= G) continue;
+        const float pr = __expf(s[u][g] - m[g]);
+        l[g] += pr;
+        const float w = Q8 ? pr * vsc[u] : pr;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(w, vf[j], acc[g][j]);
       }
     }
   }
-  if (n_splits == 1) return;
-
-  // The last of this (token, kv head)'s splits to get here merges them all:
-  // out = sum_s acc_s e^{m_s - M} / sum_s l_s e^{m_s - M}. The counter goes back to 0 for the next launch.
-  __threadfence();  // this CTA's partials are visible device-wide before its count is
-  __syncthreads();
-  const int used = min(n_splits, (L + kSplit - 1) / kSplit);
-  if (threadIdx.x == 0) {
-    int* c = counters + (size_t)z * p.n_kv_heads + kvh;
-    const bool last = atomicAdd(c, 1) == used - 1;
-    if (last) atomicExch(c, 0);
-    sm_last = last;
-  }
-  __syncthreads();
-  if (!sm_last) return;
-  __threadfence();
-  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
-    const int g = i / HD, d = i % HD, h = kvh * G + g;
-    const size_t base = ((size_t)z * p.n_heads + h) * n_splits;
-    float M = -FLT_MAX;
-    for (int j = 0; j < used; ++j) M = fmaxf(M, __ldcg(ws_ml + (base + j) * 2));
-    float Ls = 0.f, A = 0.f;
-    for (int j = 0; j < used; ++j) {
-      const float f = __expf(__ldcg(ws_ml + (base + j) * 2) - M);
-      Ls += __ldcg(ws_ml + (base + j) * 2 + 1) * f;
-      A += __ldcg(ws_acc + (base + j) * HD + d) * f;
+  const int st = warp * RPI + sg;
+#pragma unroll
+  for (int g = 0; g < kMaxG; ++g) {
+    if (g >= G) continue;
+    if (sl == 0) {
+      sm_m[st][g] = m[g];
+      sm_l[st][g] = l[g];
     }
-    p.out[(size_t)t * p.ldo + (size_t)h * HD + d] = __float2half(A / Ls);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sm_acc[st][g][sl * 8 + j] = acc[g][j];
   }
+  __syncthreads();
+  finish_split<HD, kMaxG, kStreams>(p, t, z, kvh, split, n_splits, (L + kStreamSplit - 1) / kStreamSplit, sm_m, sm_l, sm_acc, counters, ws_ml,
+                                    ws_acc);
 }
 
 // Workspace layout: the merge counters (tokens x kv heads ints, 16-byte padded), then m/l pairs and
@@ -406,22 +599,42 @@ bool use_early(int n_tokens, int n_kv_heads) {
   return (long)n_tokens * n_kv_heads * 2 <= 2L * device_sm_count();
 }
 
+// The streaming variant: off unless LLAMA2_ATTN_STREAM=1 (then for every grid and group size it is built for)
+// until a GPU run has compared the two.
+std::atomic<int> g_force_stream{kKnobUnread};  // 0 / 1
+bool use_stream(int group) {
+  const int on = env_knob(g_force_stream, "LLAMA2_ATTN_STREAM", [](const char* e) { return e && *e ? (int)(std::atoi(e) != 0) : 0; });
+  return on == 1 && group <= kStreamMaxG;
+}
+
 template <int HD, bool Q8>
-void launch_kind(const AttentionParams& p, dim3 grid, int n_splits, const Workspace& w, cudaStream_t stream) {
-  if (use_early((int)grid.z, p.n_kv_heads)) launch_variant<HD, Q8, true>(p, grid, n_splits, w, stream);
+void launch_stream(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
+  const int n_splits = ceil_div(max_ctx, kStreamSplit);
+  const Workspace w = split_workspace(workspace, n_tokens, p.n_heads, n_splits);
+  const dim3 grid(n_splits, p.n_kv_heads, n_tokens);
+  const int g = p.n_heads / p.n_kv_heads;
+  if (g == 1) launch(attn_decode_stream_kernel<HD, 1, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, w.counters, w.ml, w.acc);
+  else if (g == 2) launch(attn_decode_stream_kernel<HD, 2, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, w.counters, w.ml, w.acc);
+  else launch(attn_decode_stream_kernel<HD, kStreamMaxG, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, w.counters, w.ml, w.acc);
+}
+
+template <int HD, bool Q8>
+void launch_kind(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
+  if (use_stream(p.n_heads / p.n_kv_heads)) return launch_stream<HD, Q8>(p, n_tokens, max_ctx, workspace, stream);
+  const int n_splits = ceil_div(max_ctx, kSplit);
+  const Workspace w = split_workspace(workspace, n_tokens, p.n_heads, n_splits);
+  const dim3 grid(n_splits, p.n_kv_heads, n_tokens);
+  if (use_early(n_tokens, p.n_kv_heads)) launch_variant<HD, Q8, true>(p, grid, n_splits, w, stream);
   else launch_variant<HD, Q8, false>(p, grid, n_splits, w, stream);
 }
 
 template <int HD>
 void launch(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
-  const int n_splits = ceil_div(max_ctx, kSplit);
-  const Workspace w = split_workspace(workspace, n_tokens, p.n_heads, n_splits);
-  dim3 grid(n_splits, p.n_kv_heads, n_tokens);
   if (p.k_q) {
     if (p.kv_group != kQGroup<HD>) return;  // the cache was written with another grouping
-    launch_kind<HD, true>(p, grid, n_splits, w, stream);
+    launch_kind<HD, true>(p, n_tokens, max_ctx, workspace, stream);
   } else {
-    launch_kind<HD, false>(p, grid, n_splits, w, stream);
+    launch_kind<HD, false>(p, n_tokens, max_ctx, workspace, stream);
   }
 }
 
@@ -430,6 +643,8 @@ void launch(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace
 // Test hook (declared by kernels/tests/test_kv_int8.cu): -1 chooses the variant by grid size, 0 / 1 force it.
 namespace attention_detail {
 void force_early(int mode) { g_force_early.store(mode < 0 ? -1 : (mode != 0)); }
+// 1: the streaming variant wherever it is built (group <= 4); 0: the split kernel; -1: the environment's choice.
+void force_stream(int mode) { g_force_stream.store(mode < 0 ? kKnobUnread : (mode != 0)); }
 }  // namespace attention_detail
 
 size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx) {

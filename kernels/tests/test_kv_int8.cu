@@ -25,6 +25,7 @@
 
 namespace l2::kernels::attention_detail {  // test hook defined in attention_decode.cu
 void force_early(int mode);
+void force_stream(int mode);
 }  // namespace l2::kernels::attention_detail
 
 namespace {
@@ -535,13 +536,20 @@ void decode_case(Context& ctx, const DecodeCase& dc, bool q8) {
   if (dc.contexts.size() > 6) name += fmt(" ... (%zu)", dc.contexts.size());
   std::vector<char> written(S.L.n_tokens, 0);
   for (int t : list) written[t] = 1;
-  // Both kernel variants: rows of earlier steps loaded before the PDL wait (kEarly) or all after it.
-  for (int early = 0; early < 2; ++early) {
-    k::attention_detail::force_early(early);
+  // Every kernel variant: the split kernel with the rows of earlier steps loaded before the PDL wait
+  // (kEarly) or all after it, and the streaming kernel (256-position splits; groups <= 4 only).
+  const int group = dc.H / dc.n_kv;
+  for (int v = 0; v < 3; ++v) {
+    if (v == 2 && group > 4) continue;
+    k::attention_detail::force_early(v == 1);
+    k::attention_detail::force_stream(v == 2);
     std::vector<half> out = run_decode(ctx, S, list, dc.null_list, dc.max_ctx);
-    compare(ctx, S, out, written, list, cache_rows(S), 1e-2, name + (early ? " [early loads]" : ""), fmt("%d splits", (dc.max_ctx + 127) / 128));
+    const int split = v == 2 ? 256 : 128;
+    compare(ctx, S, out, written, list, cache_rows(S), 1e-2, name + (v == 1 ? " [early loads]" : v == 2 ? " [stream]" : ""),
+            fmt("%d splits", (dc.max_ctx + split - 1) / split));
   }
   k::attention_detail::force_early(-1);
+  k::attention_detail::force_stream(-1);
 }
 
 struct PrefillCase {
@@ -775,7 +783,8 @@ void correctness(Context& ctx) {
 // Decode attention, 7B shape, B sequences of context `len` (max_ctx = len, as the backend's power-of-two
 // span). The cache of one call is `kv` bytes; calls rotate over enough copies that together they are >= 3x
 // L2, so every call streams its cache from memory (a decode step reads each layer's cache once).
-void bench_decode(Context& ctx, int B, int len, bool q8) {
+void bench_decode(Context& ctx, int B, int len, bool q8, bool stream) {
+  k::attention_detail::force_stream(stream);
   const int D = 128, H = 32, n_kv = 32;
   Setup S;
   build(S, {D, H, n_kv, std::vector<Seg>(B, Seg{1, len - 1}), q8}, ctx.next_seed(), Fill::Device);
@@ -800,8 +809,9 @@ void bench_decode(Context& ctx, int B, int len, bool q8) {
     k::attention_decode(p, B, len, ws.p, ctx.stream);
   });
   const double flops = 4.0 * D * len * H * B;
-  ctx.bench(fmt("decode %-3s 7b b%-2d ctx %d", q8 ? "q8" : "f16", B, len), ms, flops, kv, fmt("%d cache copies", copies));
-  ctx.metrics[fmt("kv_int8.decode.%s.b%d", q8 ? "q8" : "f16", B)] = ms;
+  ctx.bench(fmt("decode %-3s 7b b%-2d ctx %d%s", q8 ? "q8" : "f16", B, len, stream ? " [stream]" : ""), ms, flops, kv, fmt("%d cache copies", copies));
+  ctx.metrics[fmt("kv_int8.decode.%s.b%d.ctx%d%s", q8 ? "q8" : "f16", B, len, stream ? ".stream" : "")] = ms;
+  k::attention_detail::force_stream(-1);
 }
 
 void bench_prefill(Context& ctx, bool q8) {
@@ -816,16 +826,32 @@ void bench_prefill(Context& ctx, bool q8) {
 }
 
 void benchmarks(Context& ctx) {
-  for (int B : {1, 16})
-    for (bool q8 : {false, true}) bench_decode(ctx, B, 4096, q8);
+  // Long contexts at small batches, and the serving shape at 32 / 64 sequences (256 positions: where the
+  // bench's 128-token prompts + 128 generated end); the split kernel and the streaming one.
+  struct Shape {
+    int B, len;
+  };
+  const Shape shapes[] = {{1, 4096}, {16, 4096}, {32, 256}, {64, 256}};
+  for (const Shape& s : shapes)
+    for (bool q8 : {false, true})
+      for (bool stream : {false, true}) bench_decode(ctx, s.B, s.len, q8, stream);
   for (bool q8 : {false, true}) bench_prefill(ctx, q8);
-  ctx.finalizers.push_back([](Context& c) {
-    std::string line = "decode attention 7B, ctx 4096, int8 / fp16 cache time:";
-    for (int B : {1, 16}) {
-      auto f = c.metrics.find(fmt("kv_int8.decode.f16.b%d", B)), q = c.metrics.find(fmt("kv_int8.decode.q8.b%d", B));
-      if (f != c.metrics.end() && q != c.metrics.end()) line += fmt("  b%d %.2f (%.1f vs %.1f us)", B, q->second / f->second, q->second * 1e3, f->second * 1e3);
+  ctx.finalizers.push_back([shapes](Context& c) {
+    auto ms = [&](const std::string& key) {
+      auto it = c.metrics.find(key);
+      return it == c.metrics.end() ? -1.0 : it->second;
+    };
+    std::string kv = "decode attention 7B, int8 / fp16 cache time:", st = "decode attention 7B, stream / split kernel time:";
+    for (const Shape& s : shapes) {
+      const std::string f = fmt("kv_int8.decode.f16.b%d.ctx%d", s.B, s.len), q = fmt("kv_int8.decode.q8.b%d.ctx%d", s.B, s.len);
+      if (ms(f) > 0 && ms(q) > 0) kv += fmt("  b%d/%d %.2f (%.1f vs %.1f us)", s.B, s.len, ms(q) / ms(f), ms(q) * 1e3, ms(f) * 1e3);
+      if (ms(f) > 0 && ms(f + ".stream") > 0)
+        st += fmt("  f16 b%d/%d %.2f (%.1f vs %.1f us)", s.B, s.len, ms(f + ".stream") / ms(f), ms(f + ".stream") * 1e3, ms(f) * 1e3);
+      if (ms(q) > 0 && ms(q + ".stream") > 0)
+        st += fmt("  q8 b%d/%d %.2f", s.B, s.len, ms(q + ".stream") / ms(q));
     }
-    c.summary.push_back(line);
+    c.summary.push_back(kv);
+    c.summary.push_back(st);
   });
 }
 

@@ -6,7 +6,7 @@
 # Steps (they run in this order, whatever the order in STEPS; default: info doctor small kernels-quick
 # bench-f16 bench-int8 big serve sanitize kernels):
 #   info doctor small kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
-#   A/B by env switch: ab-split ab-persist ab-early mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
+#   A/B by env switch: ab-split ab-persist ab-early ab-stream mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
 #   big (7B validation) serve kv8 gemv-ab sanitize kernels profile profile-batch
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -101,6 +101,10 @@ if step ab-early 90; then  # decode attention's early-load variant forced off at
   bench f16-early0 30 LLAMA2_ATTN_EARLY=0 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4 --reps 2
   bench int8-early0 30 LLAMA2_ATTN_EARLY=0 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
   bench f16-early1 45 LLAMA2_ATTN_EARLY=1 -- --dtype f16 --prompt 128 --gen 128 --batch 32,64 --reps 2
+fi
+if step ab-stream 100; then  # the streaming decode attention (LLAMA2_ATTN_STREAM=1) at every batch, and with the int8 KV cache
+  bench f16-stream 60 LLAMA2_ATTN_STREAM=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,8,32,64 --reps 2
+  bench f16-kv8-stream 40 LLAMA2_ATTN_STREAM=1 -- --dtype f16 --kv-cache int8 --prompt 128 --gen 128 --batch 32,64 --reps 2
 fi
 if step mma 110; then  # gemv_mma forced for every step of 2..32 tokens (LLAMA2_GEMV_MMA=1), fp16 too
   bench f16-mma 110 LLAMA2_GEMV_MMA=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4,8,16,32 --reps 2
