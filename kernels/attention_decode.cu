@@ -137,12 +137,13 @@ __device__ __forceinline__ void score_q8(const KRowQ8<HD>& k, const float (*qs)[
 
 // The end of a split CTA: combines its kParts partial softmaxes (shared memory; a part that saw no
 // position has m = -FLT_MAX) and writes the output (one split) or the split's partial to the workspace;
-// then the last of the (token, kv head)'s `used` splits to get here merges them all:
+// then the last of the (token, kv head)'s `used` splits to get here (told through the caller's shared
+// sm_last) merges them all:
 // out = sum_s acc_s e^{m_s - M} / sum_s l_s e^{m_s - M}. The counter goes back to 0 for the next launch.
 template <int HD, int kMaxG, int kParts>
 __device__ __forceinline__ void finish_split(const AttentionParams& p, int t, int z, int kvh, int split, int n_splits, int used,
                                              const float (*sm_m)[kMaxG], const float (*sm_l)[kMaxG], const float (*sm_acc)[kMaxG][HD],
-                                             int* __restrict__ counters, float* __restrict__ ws_ml, float* __restrict__ ws_acc) {
+                                             int* __restrict__ counters, float* __restrict__ ws_ml, float* __restrict__ ws_acc, int& sm_last) {
   const int G = p.n_heads / p.n_kv_heads;
   for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
     int g = i / HD, d = i % HD;
@@ -169,7 +170,6 @@ __device__ __forceinline__ void finish_split(const AttentionParams& p, int t, in
   }
   if (n_splits == 1) return;
 
-  __shared__ int sm_last;
   __threadfence();  // this CTA's partials are visible device-wide before its count is
   __syncthreads();
   used = min(n_splits, used);
@@ -228,6 +228,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
   __shared__ float qs[kMaxG][HD];
   __shared__ float sm_m[kWarps][kMaxG], sm_l[kWarps][kMaxG];
   __shared__ float sm_acc[kWarps][kMaxG][HD];
+  __shared__ int sm_last;  // (declared here, not in finish_split: inside it, sm_90 gave this kernel 130 registers, not 95)
 
   float m[kMaxG], l[kMaxG], acc[kMaxG][DPL];
 #pragma unroll
@@ -378,7 +379,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
       for (int i = 0; i < DPL; ++i) sm_acc[warp][g][lane * DPL + i] = acc[g][i];
   }
   __syncthreads();
-  finish_split<HD, kMaxG, kWarps>(p, t, z, kvh, split, n_splits, (L + kSplit - 1) / kSplit, sm_m, sm_l, sm_acc, counters, ws_ml, ws_acc);
+  finish_split<HD, kMaxG, kWarps>(p, t, z, kvh, split, n_splits, (L + kSplit - 1) / kSplit, sm_m, sm_l, sm_acc, counters, ws_ml, ws_acc, sm_last);
 }
 
 // The streaming variant (LLAMA2_ATTN_STREAM=1, for many CTAs; not yet measured on a GPU). The kernel above
@@ -447,6 +448,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_stream_kernel(const _
   __shared__ __align__(16) float qs[kMaxG][HD];
   __shared__ float sm_m[kStreams][kMaxG], sm_l[kStreams][kMaxG];
   __shared__ float sm_acc[kStreams][kMaxG][HD];
+  __shared__ int sm_last;
   // The split's block-table entries (a step input: readable before the PDL wait).
   const int32_t* table = p.block_tables + (size_t)ts.s * p.max_blocks + begin / kKvBlock;
   for (int i = threadIdx.x; i < (n + kKvBlock - 1) / kKvBlock; i += blockDim.x) sm_blk[i] = table[i];
@@ -561,7 +563,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_stream_kernel(const _
   }
   __syncthreads();
   finish_split<HD, kMaxG, kStreams>(p, t, z, kvh, split, n_splits, (L + kStreamSplit - 1) / kStreamSplit, sm_m, sm_l, sm_acc, counters, ws_ml,
-                                    ws_acc);
+                                    ws_acc, sm_last);
 }
 
 // Workspace layout: the merge counters (tokens x kv heads ints, 16-byte padded), then m/l pairs and
