@@ -41,6 +41,9 @@ describe.skipIf(!headers)(`CUDA kernels on the host SIMT emulator${headers ? "" 
       // Each family is there: GEMM, GEMV (incl. the tensor-core decode kernel), prefill attention, int8 KV.
       for (const fam of ["gemm", "gemv", "attention_prefill", "kv_int8"]) expect(out).toContain(`=== ${fam} ===`);
       expect(out).toContain("gemv_mma f16 T8");
+      // Both decode attention variants: the 128-position split kernel and the streaming one (LLAMA2_ATTN_STREAM).
+      expect(out).toMatch(/decode f16 .*\[stream\] rel_l2/);
+      expect(out).toMatch(/decode q8 .*\[stream\] rel_l2/);
       expect(s.checks).toBeGreaterThan(250);
       expect(s.failed).toBe(0);
       expect(status).toBe(0);

@@ -7,7 +7,7 @@
 # bench-f16 bench-int8 big serve sanitize kernels):
 #   info doctor small kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
 #   A/B by env switch: ab-split ab-persist ab-early ab-stream mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
-#   big (7B validation) serve kv8 gemv-ab sanitize kernels profile profile-batch
+#   big (7B validation) serve kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 R=/tmp/results; mkdir -p "$OUT" "$R" build/Release
@@ -145,6 +145,11 @@ if step sanitize 100; then
   node dist/cli/main.js make-model --preset tiny --dim 256 --heads 4 --kv-heads 2 --ffn 512 --layers 2 --vocab 512 --out /tmp/san.gguf --quiet --force
   timeout 50 compute-sanitizer --tool memcheck --print-limit 20 node scripts/gpu/sanitize.mjs /tmp/san.gguf > "$R/memcheck.log" 2>&1; tail -4 "$R/memcheck.log"
   timeout 50 compute-sanitizer --tool racecheck --print-limit 20 node scripts/gpu/sanitize.mjs /tmp/san.gguf > "$R/racecheck.log" 2>&1; tail -4 "$R/racecheck.log"
+  pack
+fi
+if step sanitize-attn 100; then  # the kernel harness's decode attention cases (split, early, streaming) under both tools
+  timeout 50 compute-sanitizer --tool memcheck --print-limit 20 /tmp/kernel_tests --quick --only=kv_int8 > "$R/memcheck-attn.log" 2>&1; tail -4 "$R/memcheck-attn.log"
+  timeout 50 compute-sanitizer --tool racecheck --print-limit 20 /tmp/kernel_tests --quick --only=kv_int8 > "$R/racecheck-attn.log" 2>&1; tail -4 "$R/racecheck-attn.log"
   pack
 fi
 if step kernels 120; then
