@@ -135,6 +135,15 @@ __device__ __forceinline__ void score_q8(const KRowQ8<HD>& k, const float (*qs)[
   }
 }
 
+// The (token, kv head)'s G query heads, scaled, into shared memory (the caller syncs).
+template <int HD>
+__device__ __forceinline__ void stage_q(const AttentionParams& p, int t, int kvh, int G, float (*qs)[HD]) {
+  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    int g = i / HD, d = i % HD;
+    qs[g][d] = __half2float(p.q[(size_t)t * p.ldq + (size_t)(kvh * G + g) * HD + d]) * p.scale;
+  }
+}
+
 // The end of a split CTA: combines its kParts partial softmaxes (shared memory; a part that saw no
 // position has m = -FLT_MAX) and writes the output (one split) or the split's partial to the workspace;
 // then the last of the (token, kv head)'s `used` splits to get here (told through the caller's shared
@@ -309,10 +318,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_kernel(const __grid_c
       load_v(0, 2);
     }
   }
-  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
-    int g = i / HD, d = i % HD;
-    qs[g][d] = __half2float(p.q[(size_t)t * p.ldq + (size_t)(kvh * G + g) * HD + d]) * p.scale;
-  }
+  stage_q<HD>(p, t, kvh, G, qs);
   __syncthreads();
 
   if (active) {
@@ -453,10 +459,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_stream_kernel(const _
   const int32_t* table = p.block_tables + (size_t)ts.s * p.max_blocks + begin / kKvBlock;
   for (int i = threadIdx.x; i < (n + kKvBlock - 1) / kKvBlock; i += blockDim.x) sm_blk[i] = table[i];
   pdl_wait();
-  for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
-    int g = i / HD, d = i % HD;
-    qs[g][d] = __half2float(p.q[(size_t)t * p.ldq + (size_t)(kvh * G + g) * HD + d]) * p.scale;
-  }
+  stage_q<HD>(p, t, kvh, G, qs);
   __syncthreads();
 
   float m[kMaxG], l[kMaxG], acc[kMaxG][8];
