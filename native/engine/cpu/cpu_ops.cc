@@ -114,21 +114,22 @@ __attribute__((target("avx2,fma,f16c"))) void dot_rows_f16_avx2(const uint8_t* c
 }
 
 // One Q8_0 block (fp16 scale d, 32 int8 q) as four vectors of d * (float)q: the one conversion that both
-// the widening path and the fused decode path use, so they compute the same weights.
-__attribute__((target("avx2"))) inline void q8_block_avx2(const uint8_t* blk, __m256 (&w)[4]) {
+// the widening path and the fused decode path use, so they compute the same weights. d * q is exact in fp32
+// (11 + 8 significant bits). The scale goes through F16C and each quarter is sign-extended straight from
+// memory: no scalar fp16 decode, no extract / byte-shift shuffles competing with vpmovsxbd for the port.
+__attribute__((target("avx2,f16c"))) inline void q8_block_avx2(const uint8_t* blk, __m256 (&w)[4]) {
   uint16_t dh;
   std::memcpy(&dh, blk, 2);
-  const __m256 d = _mm256_set1_ps(fp16_to_f32(dh));
-  const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-  const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
-  w[0] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)));
-  w[1] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))));
-  w[2] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)));
-  w[3] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))));
+  const __m256 d = _mm256_set1_ps(_cvtsh_ss(dh));
+  for (int j = 0; j < 4; ++j)
+    w[j] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * j)))));
 }
 
-__attribute__((target("avx2,fma"))) void dot_rows_q8_avx2(const uint8_t* const* rows, int R, const float* x, int64_t K, float* out) {
-  __m256 acc[kGroup];
+// R rows at once with R a constant, so the R accumulators stay in registers (a runtime R left them on the
+// stack, a store-to-load round trip in every FMA chain). Per row, the lanes accumulate over k in order.
+template <int R>
+__attribute__((target("avx2,fma,f16c"))) inline void dot_rows_q8_r(const uint8_t* const* rows, const float* x, int64_t K, float* out) {
+  __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < K / kQ8Block; ++b) {
     const float* xb = x + b * kQ8Block;
@@ -144,6 +145,11 @@ __attribute__((target("avx2,fma"))) void dot_rows_q8_avx2(const uint8_t* const* 
     }
   }
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
+}
+
+__attribute__((target("avx2,fma,f16c"))) void dot_rows_q8_avx2(const uint8_t* const* rows, int R, const float* x, int64_t K, float* out) {
+  if (R == kGroup) return dot_rows_q8_r<kGroup>(rows, x, K, out);
+  for (int r = 0; r < R; ++r) dot_rows_q8_r<1>(rows + r, x, K, out + r);
 }
 
 void axpy_scalar(float a, const float* v, float* out, int n) {
@@ -195,7 +201,7 @@ void q8_to_f32_scalar(const uint8_t* p, float* out, int64_t n_blocks) {
   }
 }
 
-__attribute__((target("avx2"))) void q8_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
+__attribute__((target("avx2,f16c"))) void q8_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
   for (int64_t b = 0; b < n_blocks; ++b) {
     __m256 w[4];
     q8_block_avx2(p + b * kQ8BlockBytes, w);
