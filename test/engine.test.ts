@@ -156,9 +156,11 @@ describeShared("tiny-llama (HF, GGUF F16, GGUF Q8_0) vs transformers fp32", [TIN
   });
 
   it("a prompt prefilled in one step and fed token by token give bit-identical logits (every weight type)", async () => {
-    // The CPU matmul widens weights in registers for 1-2 tokens and into a buffer, in 3x4 tiles, for
-    // more; attention splits heads by batch size. All must give the same bits, or results would depend
-    // on batching. tiny-llama's FFN width (172) also exercises the scalar tails of the vector loops.
+    // The CPU matmul widens weights in registers for 1-2 tokens and takes 3x4 register tiles for more;
+    // attention over more than one 256-position chunk runs one schedule for a single token (chunks
+    // spread over the threads, folded afterwards) and another for a prefill (chunks folded in turn). All
+    // must give the same bits, or results would depend on batching: the prompt is 600 tokens (3 chunks).
+    // tiny-llama's FFN width (172) also exercises the scalar tails of the vector loops.
     const variants: [string, { dtype?: "f32" | "bf16" | "int8"; kvCacheType?: "int8" }][] = [
       [TINY_F16, {}],
       [TINY_Q8, {}],
@@ -169,12 +171,13 @@ describeShared("tiny-llama (HF, GGUF F16, GGUF Q8_0) vs transformers fp32", [TIN
       [TINY_HF, { kvCacheType: "int8" }],
     ];
     for (const [rel, opts] of variants) {
-      const model = await Llama2.load(sharedPath(rel), { device: "cpu", ...opts });
+      const model = await Llama2.load(sharedPath(rel), { device: "cpu", contextLength: 1024, ...opts });
       const nm = model._native();
       const a = nm.createSequence();
       const b = nm.createSequence();
       try {
-        const prompt = cases.reduce((x, c) => (c.prompt.length > x.length ? c.prompt : x), [] as number[]);
+        const longest = cases.reduce((x, c) => (c.prompt.length > x.length ? c.prompt : x), [] as number[]);
+        const prompt = Array.from({ length: 600 }, (_, i) => longest[i % longest.length]!);
         const whole = (await nm.forward([{ seq: a, tokens: Int32Array.from(prompt), output: -1 }]))[0] as Float32Array;
         let last: Float32Array | undefined;
         for (const tok of prompt) last = (await nm.forward([{ seq: b, tokens: Int32Array.of(tok), output: -1 }]))[0] as Float32Array;

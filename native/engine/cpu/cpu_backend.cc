@@ -201,7 +201,7 @@ class CpuBackend final : public Backend {
     auto table = [&](int t) { return &b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks]; };
     // int8 cache: a segment of several tokens (a prefill chunk) has its rows widened once for the layer,
     // since every one of its tokens reads them; single tokens widen each row as they read it
-    // (attend_heads uses a row before asking for the next: one scratch row per thread and K/V). The
+    // (attend_chunk uses a row before asking for the next: one scratch row per thread and K/V). The
     // same values either way, so results stay bit-identical across batching.
     const size_t KV = (size_t)c_.kv_dim();
     wide_.resize(b.segments.size());

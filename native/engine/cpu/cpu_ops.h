@@ -2,6 +2,7 @@
 // fp32 row by row. Every output element is computed the same way whatever the batch size or thread
 // count, so a sequence gives bit-identical results alone or batched with others.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -24,65 +25,136 @@ void rmsnorm(float* out, const float* x, const float* w, int n, float eps);
 void row_to_f32(const Matrix& m, int64_t r, float* out);
 const char* simd_name();
 
-// Attention of heads [h0, h1) of one token over positions 0..n_pos-1: for each head h,
-// out[h] = softmax(q[h] . K_h^T * scale) . V_h, where key_row(p) / value_row(p) give position p's row of
-// all KV heads ([n_kv_heads][hs]) and head h reads KV head h / group. Positions are the outer loop, so
-// each cache row is read once, contiguously, for all the heads (not once per head at a page-sized
-// stride); each head's arithmetic, and so its result, does not depend on [h0, h1).
-// q and out are the token's [n_heads][hs] rows; `scores` is scratch.
+// Positions per softmax chunk. Fixed (never derived from the thread count or the batch), so that a
+// token's attention is computed the same way alone or batched, and whichever path below runs it.
+constexpr int kAttnChunk = 256;
+
+// Attention of heads [h0, h1) of one token over the positions [p0, p1) of one chunk: for each head h,
+// m[h] = max_p s_p, l[h] = sum_p e_p with e_p = exp(s_p - m[h]), s_p = q[h] . k_p * scale, and
+// out[h] = sum_p (e_p / l[h]) v_p; key_row(p) / value_row(p) give position p's row of all KV heads
+// ([n_kv_heads][hs]) and head h reads KV head h / group. Positions are the outer loop, so each cache row
+// is read once, contiguously, for all the heads; a row is used before the next is asked for (the int8
+// cache widens into one scratch row). Each head's arithmetic does not depend on [h0, h1). q, out are the
+// token's [n_heads][hs] rows, m and l [n_heads]; `scores` is scratch.
 template <typename KeyRow, typename ValueRow>
-void attend_heads(const float* q, int h0, int h1, int group, int n_pos, int hs, float scale, KeyRow key_row, ValueRow value_row, float* out,
-                  std::vector<float>& scores) {
-  const int nh = h1 - h0;
-  scores.resize((size_t)nh * n_pos + nh);
-  float* sums = scores.data() + (size_t)nh * n_pos;
-  for (int p = 0; p < n_pos; ++p) {
+void attend_chunk(const float* q, int h0, int h1, int group, int p0, int p1, int hs, float scale, KeyRow key_row, ValueRow value_row,
+                  float* out, float* m, float* l, std::vector<float>& scores) {
+  const int nh = h1 - h0, np = p1 - p0;
+  scores.resize((size_t)nh * np);
+  for (int p = p0; p < p1; ++p) {
     const float* k = key_row(p);
-    for (int h = h0; h < h1; ++h) scores[(size_t)(h - h0) * n_pos + p] = dot(q + (size_t)h * hs, k + (size_t)(h / group) * hs, hs) * scale;
+    for (int h = h0; h < h1; ++h) scores[(size_t)(h - h0) * np + (p - p0)] = dot(q + (size_t)h * hs, k + (size_t)(h / group) * hs, hs) * scale;
   }
-  for (int i = 0; i < nh; ++i) {
-    float* sc = scores.data() + (size_t)i * n_pos;
+  for (int h = h0; h < h1; ++h) {
+    float* sc = scores.data() + (size_t)(h - h0) * np;
     float mx = -INFINITY;
-    for (int p = 0; p < n_pos; ++p) mx = sc[p] > mx ? sc[p] : mx;
+    for (int i = 0; i < np; ++i) mx = sc[i] > mx ? sc[i] : mx;
     float sum = 0.f;
-    for (int p = 0; p < n_pos; ++p) {
-      sc[p] = expf(sc[p] - mx);
-      sum += sc[p];
+    for (int i = 0; i < np; ++i) {
+      sc[i] = expf(sc[i] - mx);
+      sum += sc[i];
     }
-    sums[i] = sum;
-    for (int d = 0; d < hs; ++d) out[(size_t)(h0 + i) * hs + d] = 0.f;
+    m[h] = mx, l[h] = sum;
+    for (int d = 0; d < hs; ++d) out[(size_t)h * hs + d] = 0.f;
   }
-  for (int p = 0; p < n_pos; ++p) {
+  for (int p = p0; p < p1; ++p) {
     const float* v = value_row(p);
-    for (int h = h0; h < h1; ++h) {
-      const int i = h - h0;
-      axpy(scores[(size_t)i * n_pos + p] / sums[i], v + (size_t)(h / group) * hs, out + (size_t)h * hs, hs);
-    }
+    for (int h = h0; h < h1; ++h)
+      axpy(scores[(size_t)(h - h0) * np + (p - p0)] / l[h], v + (size_t)(h / group) * hs, out + (size_t)h * hs, hs);
   }
 }
 
-// Attention of n_tokens tokens, each over its own positions 0..n_pos(t)-1, in work items of (token,
-// chunk of heads) spread over the pool: enough chunks to keep every thread busy, whole tokens when
-// there are enough tokens (whole rows per item read the cache best). q and out are [n_tokens][n_heads
-// * hs]; key_row(t, p) / value_row(t, p) give token t's cache row at position p. The one loop of the
-// CPU backend and of its attention micro-benchmark.
+// Folds the next chunk's (o, m, l) of heads [h0, h1) into the running (acc, am, al): the softmax over
+// both, each side weighted by its share of the total. Chunks are folded in position order on every path.
+inline void fold_chunk(int h0, int h1, int hs, float* acc, float* am, float* al, const float* o, const float* m, const float* l) {
+  for (int h = h0; h < h1; ++h) {
+    const float mx = am[h] > m[h] ? am[h] : m[h];
+    const float sa = al[h] * expf(am[h] - mx), sc = l[h] * expf(m[h] - mx), sum = sa + sc;
+    const float wa = sa / sum, wc = sc / sum;
+    for (int d = 0; d < hs; ++d) acc[(size_t)h * hs + d] = acc[(size_t)h * hs + d] * wa + o[(size_t)h * hs + d] * wc;
+    am[h] = mx, al[h] = sum;
+  }
+}
+
+// Attention of n_tokens tokens, each over its own positions 0..n_pos(t)-1 in chunks of kAttnChunk. q and
+// out are [n_tokens][n_heads * hs]; key_row(t, p) / value_row(t, p) give token t's cache row at
+// position p. The one loop of the CPU backend and of its attention micro-benchmark. Two schedules, the
+// same arithmetic (each chunk by attend_chunk, folded in order from the first):
+//  - few tokens with many positions (decode): a work item per (token, chunk, head range), partial results
+//    kept and folded afterwards, so a long context is split over the threads and each item streams whole
+//    cache rows (split by heads only, each item read a 4 KB piece of every 16 KB row at 7B: 10-16 GB/s
+//    at 2,048-4,096 positions on 2 cores, against 20-25 GB/s this way);
+//  - otherwise a work item per (token, head range) that folds its chunks as it goes.
+// Head ranges are added until there are >= 2 items per thread.
 template <typename NPos, typename KeyRow, typename ValueRow>
 void attention(ThreadPool& pool, int n_tokens, int n_heads, int group, int hs, const float* q, float* out, NPos n_pos, KeyRow key_row,
                ValueRow value_row) {
   const float scale = 1.0f / sqrtf((float)hs);
   const int threads = pool.size();
-  int chunks = (2 * threads + n_tokens - 1) / n_tokens;
-  chunks = chunks < 1 ? 1 : chunks > n_heads ? n_heads : chunks;
-  const int per = (n_heads + chunks - 1) / chunks;
   const size_t ld = (size_t)n_heads * hs;
-  pool.parallel_for((int64_t)n_tokens * chunks, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> scores;
+  auto head_ranges = [&](int64_t items) {
+    int64_t r = (2 * threads + items - 1) / items;
+    return (int)(r < 1 ? 1 : r > n_heads ? n_heads : r);
+  };
+  int max_chunks = 1;
+  int64_t all_chunks = 0;
+  for (int t = 0; t < n_tokens; ++t) {
+    const int c = (n_pos(t) + kAttnChunk - 1) / kAttnChunk;
+    max_chunks = c > max_chunks ? c : max_chunks;
+    all_chunks += c;
+  }
+  // Partials [token][chunk]: o [n_heads * hs], then m and l [n_heads] each (capped at 64 MB).
+  const size_t part = ld + 2 * (size_t)n_heads;
+  if (n_tokens < 2 * threads && max_chunks > 1 && (size_t)n_tokens * max_chunks * part <= ((size_t)16 << 20)) {
+    thread_local std::vector<float> parts_buf;  // the calling thread's; workers reach it through `parts`
+    parts_buf.resize((size_t)n_tokens * max_chunks * part);
+    float* const parts = parts_buf.data();
+    const int hr = head_ranges(all_chunks), per = (n_heads + hr - 1) / hr;
+    pool.parallel_for((int64_t)n_tokens * max_chunks * hr, 1, [&](int64_t begin, int64_t end) {
+      thread_local std::vector<float> scores;
+      for (int64_t i = begin; i < end; ++i) {
+        const int t = (int)(i / ((int64_t)max_chunks * hr)), c = (int)(i / hr % max_chunks), h0 = (int)(i % hr) * per;
+        const int h1 = h0 + per < n_heads ? h0 + per : n_heads, p0 = c * kAttnChunk, np = n_pos(t);
+        if (h0 >= h1 || p0 >= np) continue;
+        float* o = &parts[((size_t)t * max_chunks + c) * part];
+        attend_chunk(
+            q + (size_t)t * ld, h0, h1, group, p0, p0 + kAttnChunk < np ? p0 + kAttnChunk : np, hs, scale, [&](int p) { return key_row(t, p); },
+            [&](int p) { return value_row(t, p); }, o, o + ld, o + ld + n_heads, scores);
+      }
+    });
+    for (int t = 0; t < n_tokens; ++t) {
+      float* acc = &parts[(size_t)t * max_chunks * part];
+      const int nc = (n_pos(t) + kAttnChunk - 1) / kAttnChunk;
+      for (int c = 1; c < nc; ++c) {
+        const float* o = acc + (size_t)c * part;
+        fold_chunk(0, n_heads, hs, acc, acc + ld, acc + ld + n_heads, o, o + ld, o + ld + n_heads);
+      }
+      std::copy(acc, acc + ld, out + (size_t)t * ld);
+    }
+    return;
+  }
+  const int hr = head_ranges(n_tokens), per = (n_heads + hr - 1) / hr;
+  pool.parallel_for((int64_t)n_tokens * hr, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores, next;
     for (int64_t i = begin; i < end; ++i) {
-      const int t = (int)(i / chunks), h0 = (int)(i % chunks) * per, h1 = h0 + per < n_heads ? h0 + per : n_heads;
+      const int t = (int)(i / hr), h0 = (int)(i % hr) * per, h1 = h0 + per < n_heads ? h0 + per : n_heads, np = n_pos(t);
       if (h0 >= h1) continue;
-      attend_heads(
-          q + (size_t)t * ld, h0, h1, group, n_pos(t), hs, scale, [&](int p) { return key_row(t, p); }, [&](int p) { return value_row(t, p); },
-          out + (size_t)t * ld, scores);
+      // The first chunk goes straight to out; later ones through `next` ([n_heads * hs] o, m, l).
+      float* acc = out + (size_t)t * ld;
+      next.resize(ld + 4 * (size_t)n_heads);
+      float *am = next.data() + ld + 2 * n_heads, *al = am + n_heads;
+      auto kr = [&](int p) { return key_row(t, p); };
+      auto vr = [&](int p) { return value_row(t, p); };
+      for (int p0 = 0; p0 < np; p0 += kAttnChunk) {
+        const int p1 = p0 + kAttnChunk < np ? p0 + kAttnChunk : np;
+        if (p0 == 0) {
+          attend_chunk(q + (size_t)t * ld, h0, h1, group, p0, p1, hs, scale, kr, vr, acc, am, al, scores);
+        } else {
+          float *o = next.data(), *m = o + ld, *l = m + n_heads;
+          attend_chunk(q + (size_t)t * ld, h0, h1, group, p0, p1, hs, scale, kr, vr, o, m, l, scores);
+          fold_chunk(h0, h1, hs, acc, am, al, o, m, l);
+        }
+      }
     }
   });
 }
