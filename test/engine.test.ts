@@ -247,6 +247,47 @@ describeShared("tiny-llama (HF, GGUF F16, GGUF Q8_0) vs transformers fp32", [TIN
   });
 });
 
+describeShared("CPU weights copied into huge pages at load", [STORIES, TINY_HF, TINY_F16, TINY_Q8, TINY_FX], () => {
+  // LLAMA2_CPU_HUGEPAGES=1 forces the copy that large models get when memory allows (=0 forbids it): the
+  // same bits must come out, from the file mapping (GGUF, llama2.c with its tied classifier) and from
+  // converted heap weights (HF fp16 loaded as int8), and the device name says where the weights are.
+  const cases = readSharedJson<{ cases: TinyCase[] }>(TINY_FX).cases;
+  async function load(rel: string, env: "0" | "1", opts: { dtype?: "int8" } = {}): Promise<Llama2> {
+    const before = process.env.LLAMA2_CPU_HUGEPAGES;
+    process.env.LLAMA2_CPU_HUGEPAGES = env;
+    try {
+      return await Llama2.load(sharedPath(rel), { device: "cpu", ...opts });
+    } finally {
+      if (before === undefined) delete process.env.LLAMA2_CPU_HUGEPAGES;
+      else process.env.LLAMA2_CPU_HUGEPAGES = before;
+    }
+  }
+  it("copied weights give bit-identical logits and tokens; the device name tells", async () => {
+    const variants: [string, { dtype?: "int8" }, number[]][] = [
+      [STORIES, {}, [1, 365, 471, 2]],
+      [TINY_F16, {}, cases[0]!.prompt],
+      [TINY_Q8, {}, cases[0]!.prompt],
+      [TINY_HF, { dtype: "int8" }, cases[0]!.prompt],
+    ];
+    for (const [rel, opts, prompt] of variants) {
+      const mapped = await load(rel, "0", opts);
+      const copied = await load(rel, "1", opts);
+      try {
+        expect(mapped.info.deviceName).not.toMatch(/weights (in huge pages|copied)/);
+        expect(copied.info.deviceName, rel).toMatch(/weights (in huge pages|copied \(huge pages not available\)), \d+ MiB/);
+        const [a, b] = [await lastLogits(mapped, prompt), await lastLogits(copied, prompt)];
+        expect(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength)), rel).toBe(true);
+        const greedy = { temperature: 0, stopOnEos: false, maxTokens: 24 } as const;
+        const [ra, rb] = [await mapped.generate(prompt, greedy).result, await copied.generate(prompt, greedy).result];
+        expect(rb.tokenIds).toEqual(ra.tokenIds);
+      } finally {
+        await mapped.dispose();
+        await copied.dispose();
+      }
+    }
+  });
+});
+
 describeShared("tokenizer from a GGUF's metadata vs SentencePiece", [TINY_F16, TOK_FX, TINY_FX], () => {
   const fx = readSharedJson<{ encode: { text: string; ids: number[]; decoded: string }[]; chat: { dialog: ChatMessage[]; ids: number[] }[] }>(TOK_FX);
   let model: Llama2;

@@ -11,6 +11,7 @@
 #include "../../common/thread_pool.h"
 #include "../backend.h"
 #include "cpu_ops.h"
+#include "weight_pages.h"
 
 namespace l2 {
 
@@ -38,6 +39,10 @@ class CpuBackend final : public Backend {
       });
     }
     dtype_ = to;
+    int copied = 0;
+    pages_.place(w_, pool_, [&](uint64_t done) {
+      if (o.progress) o.progress({"weights", done, total, ++copied, (int)w_.matrices().size()});
+    });
     rope_ = rope_table(c_, ctx_);
     kv_int8_ = o.kv_int8;
     kv_group_ = kv_quant_group(c_.head_dim);
@@ -51,7 +56,8 @@ class CpuBackend final : public Backend {
   BackendInfo info() const override {
     BackendInfo i;
     i.device = "cpu";
-    i.name = "CPU (" + std::to_string(pool_.size()) + " threads, " + cpu::simd_name() + ")";
+    i.name = "CPU (" + std::to_string(pool_.size()) + " threads, " + cpu::simd_name() +
+             (pages_.description().empty() ? "" : ", " + pages_.description()) + ")";
     switch (dtype_) {
       case DType::F32: i.dtype = "f32"; break;
       case DType::F16: i.dtype = "f16"; break;
@@ -241,6 +247,7 @@ class CpuBackend final : public Backend {
 
   ModelConfig c_;
   LlamaWeights w_;
+  cpu::WeightPages pages_;  // owns the weights when place() copied them (declared after w_: freed first)
   int ctx_;
   mutable ThreadPool pool_;
   DType dtype_ = DType::F32;
