@@ -39,9 +39,10 @@ class CpuBackend final : public Backend {
       });
     }
     dtype_ = to;
+    const int n_matrices = (int)w_.matrices().size();
     int copied = 0;
     pages_.place(w_, pool_, [&](uint64_t done) {
-      if (o.progress) o.progress({"weights", done, total, ++copied, (int)w_.matrices().size()});
+      if (o.progress) o.progress({"weights", done, total, ++copied, n_matrices});
     });
     rope_ = rope_table(c_, ctx_);
     kv_int8_ = o.kv_int8;

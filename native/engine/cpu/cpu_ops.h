@@ -139,7 +139,8 @@ void attention(ThreadPool& pool, int n_tokens, int n_heads, int group, int hs, c
     for (int64_t i = begin; i < end; ++i) {
       const int t = (int)(i / hr), h0 = (int)(i % hr) * per, h1 = h0 + per < n_heads ? h0 + per : n_heads, np = n_pos(t);
       if (h0 >= h1) continue;
-      // The first chunk goes straight to out; later ones through `next` ([n_heads * hs] o, m, l).
+      // The first chunk goes straight to out (its m, l to am, al); later ones through o, m, l. `next` holds
+      // o [n_heads * hs], then m, l, am, al [n_heads] each.
       float* acc = out + (size_t)t * ld;
       next.resize(ld + 4 * (size_t)n_heads);
       float *am = next.data() + ld + 2 * n_heads, *al = am + n_heads;

@@ -9,7 +9,6 @@
 #include <cstring>
 #include <fstream>
 #include <string>
-#include <unordered_map>
 
 namespace l2::cpu {
 
@@ -76,11 +75,11 @@ void WeightPages::place(LlamaWeights& w, ThreadPool& pool, const std::function<v
   base_ = p, size_ = size;
 
   const long page = sysconf(_SC_PAGESIZE);
-  std::unordered_map<const uint8_t*, uint8_t*> moved;
+  const bool tied = w.output.data == w.tok_embeddings.data;  // matrices() lists the tied classifier once
   uint8_t* dst = region;
   uint64_t done = 0;
   for (Matrix* mp : ms) {
-    const Matrix& m = *mp;
+    Matrix& m = *mp;
     const size_t bytes = m.bytes(), chunk = size_t{1} << 20;
     pool.parallel_for((int64_t)((bytes + chunk - 1) / chunk), 1, [&](int64_t b, int64_t e) {
       const size_t lo = (size_t)b * chunk, hi = std::min(bytes, (size_t)e * chunk);
@@ -93,20 +92,12 @@ void WeightPages::place(LlamaWeights& w, ThreadPool& pool, const std::function<v
       const uintptr_t z = (reinterpret_cast<uintptr_t>(m.data) + bytes) / page * page;
       if (z > a) madvise(reinterpret_cast<void*>(a), z - a, MADV_DONTNEED);
     }
-    moved[m.data] = dst;
+    m.data = dst;
     dst += (bytes + 63) / 64 * 64;
     done += bytes;
     if (progress) progress(done);
   }
-  // The tied classifier shares tok_embeddings' bytes (matrices() lists them once).
-  auto repoint = [&](Matrix& m) {
-    auto it = moved.find(m.data);
-    if (it != moved.end()) m.data = it->second;
-  };
-  repoint(w.tok_embeddings);
-  repoint(w.output);
-  for (auto& l : w.layers)
-    for (Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3}) repoint(*m);
+  if (tied) w.output = w.tok_embeddings;
   w.owned.clear();
   w.owned.shrink_to_fit();
   description_ = std::string(thp ? "weights in huge pages" : "weights copied (huge pages not available)") + ", " +
