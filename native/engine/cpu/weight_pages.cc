@@ -66,9 +66,11 @@ void WeightPages::place(LlamaWeights& w, ThreadPool& pool, const std::function<v
     // memory, and a 13 GB one 22-40 s (its own file pages were reclaimed mid-copy and read again).
     if (meminfo("MemFree:") < (uint64_t)total + (uint64_t{1} << 30)) return;
   }
-  // Map with a huge page of slack so the region can start on a 2 MiB boundary.
+  // Map with a huge page of slack so the region can start on a 2 MiB boundary. Without MAP_NORESERVE, so
+  // that a region the kernel cannot promise fails here (the weights stay where they are) instead of faulting
+  // in the copy.
   const size_t size = (total + 2 * kHuge - 1) / kHuge * kHuge;
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return;
   uint8_t* region = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + kHuge - 1) / kHuge * kHuge);
   const bool thp = madvise(region, size - (size_t)(region - static_cast<uint8_t*>(p)), MADV_HUGEPAGE) == 0;
