@@ -108,6 +108,10 @@ export interface BuildInfo {
   cudaAvailable: boolean;
   cudaUnavailableReason?: string;
   cpuSimd: string;
+  /** The CPU backend's default thread count: physical cores in the affinity mask, capped by a cgroup quota. */
+  cpuThreads: number;
+  /** How cpuThreads was found (CPUs usable, physical cores, quota). */
+  cpuThreadsReason: string;
   kvBlockSize: number;
 }
 

@@ -24,7 +24,10 @@ export interface LoadOptions {
   contextLength?: number;
   /** Sequences that can be live at once (KV cache is sized for contextLength x this). Default 4. */
   maxSequences?: number;
-  /** CPU threads (default: all cores). */
+  /**
+   * CPU threads (default: one per physical core this process may run on, capped by a cgroup CPU quota;
+   * `llama2 doctor` prints it).
+   */
   threads?: number;
   /** Tokenizer file (.model) for formats that do not carry one (llama2.c .bin, HF dir without it). */
   tokenizerPath?: string;

@@ -15,7 +15,7 @@ export const LOAD_FLAGS: FlagSpecs = {
   dtype: { type: "string", description: "weight precision on the device: auto, f32, f16, bf16 or int8", default: "auto" },
   "kv-cache": { type: "string", description: "KV cache precision: auto (CPU fp32, CUDA fp16) or int8 (half of fp16's memory)", default: "auto" },
   context: { type: "int", description: "context length in tokens (default: the model's, at most 4096)" },
-  threads: { type: "int", description: "CPU threads (default: all cores)" },
+  threads: { type: "int", description: "CPU threads (default: the physical cores usable, see llama2 doctor)" },
   tokenizer: { type: "string", description: "tokenizer.model, for models that do not carry one" },
   quiet: { type: "boolean", alias: "q", description: "nothing on stderr but errors" },
 };

@@ -577,6 +577,9 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   o.Set("cudaAvailable", ok);
   if (!ok) o.Set("cudaUnavailableReason", why);
   o.Set("cpuSimd", l2::cpu::simd_name());
+  const l2::CpuBudget cpu = l2::cpu_budget();
+  o.Set("cpuThreads", cpu.threads);
+  o.Set("cpuThreadsReason", cpu.describe());
   o.Set("kvBlockSize", l2::kKvBlockSize);
   return o;
 }

@@ -142,7 +142,7 @@ class F32Backend final : public Backend {
   }
 
   void upload_weights(const LlamaWeights& w, const BackendOptions& o) {
-    ThreadPool pool(o.threads > 0 ? o.threads : std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+    ThreadPool pool(o.threads > 0 ? o.threads : std::min(8, default_threads()));
     total_tensors_ = 2 + 7 * c_.n_layers;
     emb_ = upload_matrix(w.tok_embeddings, false, pool, o);
     out_t_ = upload_matrix(c_.tied_output ? w.tok_embeddings : w.output, true, pool, o);

@@ -67,7 +67,7 @@ export interface DoctorReport {
     newEnough?: boolean;
   };
   gpus: GpuReport[];
-  cpu: { model: string; cores: number; memoryBytes: number; simd?: string };
+  cpu: { model: string; cores: number; memoryBytes: number; simd?: string; defaultThreads?: number; defaultThreadsReason?: string };
   verdict: { status: "ok" | "warn" | "fail"; device: "cuda" | "cpu" | "none"; message: string; advice: string[] };
 }
 
@@ -169,6 +169,8 @@ export function collectReport(): DoctorReport {
     report.addon = { ...report.addon, loaded: true, path: sel.path, variant: sel.variant, reason: sel.reason, failed: sel.failed };
     info = addon.buildInfo();
     report.cpu.simd = info.cpuSimd;
+    report.cpu.defaultThreads = info.cpuThreads;
+    report.cpu.defaultThreadsReason = info.cpuThreadsReason;
     report.cuda = {
       built: info.cudaBuilt,
       available: info.cudaAvailable,
@@ -301,6 +303,7 @@ export function formatReport(r: DoctorReport): string {
     rows.push([`GPU ${g.index}`, `${g.name}, compute ${g.computeCapability}, ${gib(g.memoryTotalBytes)} (${gib(g.memoryFreeBytes)} free), ${g.smCount} SMs: ${code}`]);
   }
   rows.push(["CPU", `${r.cpu.model}, ${r.cpu.cores} threads, ${gib(r.cpu.memoryBytes)} RAM${r.cpu.simd ? `, SIMD ${r.cpu.simd}` : ""}`]);
+  if (r.cpu.defaultThreadsReason) rows.push(["CPU backend", `${r.cpu.defaultThreadsReason} by default; --threads / threads: N to change`]);
   const width = Math.max(...rows.map(([k]) => k.length)) + 2;
   const lines = [`llama2 doctor`, "", ...rows.map(([k, v]) => `${k.padEnd(width)}${v.split("\n").map((l) => l.trim()).join(`\n${" ".repeat(width + 2)}`)}`), ""];
   lines.push(`Verdict: ${r.verdict.status.toUpperCase()}: ${r.verdict.message}`);

@@ -16,6 +16,15 @@ import { ensureDemoModel } from "../../synth/demo.js";
 import { tokenizerForModel } from "../../tokenizer/for-model.js";
 
 import { MICRO_SCHEMA } from "../../bench/result.js";
+
+/** The CPU backend's default thread count (all CPUs when the addon cannot load: tokenizer-only runs). */
+function backendThreads(): number {
+  try {
+    return native().buildInfo().cpuThreads;
+  } catch {
+    return os.cpus().length;
+  }
+}
 export { MICRO_SCHEMA };
 
 export interface MicroTask {
@@ -81,7 +90,7 @@ const command: Command = {
     dtype: { type: "list", description: "matvec weight types (f16, int8; f32 on cpu)", default: ["f16", "int8"] },
     context: { type: "list", description: "attention context lengths", default: ["512", "2048", "4096"] },
     batch: { type: "int", description: "sequences per native op (decode batch)", default: 1 },
-    threads: { type: "int", description: "CPU threads for the native ops (default: all)" },
+    threads: { type: "int", description: "CPU threads for the native ops (default: the physical cores usable)" },
     tokenizer: { type: "string", description: "tokenizer.model, model directory or GGUF (default: the demo model's)" },
     time: { type: "int", description: "milliseconds of samples per task", default: 500 },
     json: { type: "boolean", description: "print the result JSON instead of the table" },
@@ -156,8 +165,8 @@ const command: Command = {
     const result: MicroResult = {
       schema: MICRO_SCHEMA,
       createdAt: new Date().toISOString(),
-      // cores: the threads the CPU ops ran on (--threads, 0 / unset = all of them)
-      machine: { cpu: os.cpus()[0]?.model ?? "unknown", cores: threads || os.cpus().length, ...(gpu && { gpu }) },
+      // cores: the threads the CPU ops ran on (--threads, 0 / unset = the backend's default)
+      machine: { cpu: os.cpus()[0]?.model ?? "unknown", cores: threads || backendThreads(), ...(gpu && { gpu }) },
       device: device as "cpu" | "cuda",
       shape: shapeName,
       tasks,

@@ -21,7 +21,7 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(const ModelConfig& c, LlamaWeights w, const BackendOptions& o)
       : c_(c), w_(std::move(w)), ctx_(o.context_length),
-        pool_(o.threads > 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency())) {
+        pool_(default_threads(o.threads)) {
     DType to = w_.layers[0].wq.dtype;
     bool convert = true;
     if (o.dtype == "auto") convert = false;
@@ -97,9 +97,9 @@ class CpuBackend final : public Backend {
     for (int l = 0; l < c_.n_layers; ++l) {
       const LayerWeights& L = w_.layers[(size_t)l];
       for (int t = 0; t < T; ++t) cpu::rmsnorm(&xb_[(size_t)t * D], &x_[(size_t)t * D], L.attn_norm.data(), D, c_.rms_eps);
-      cpu::matmul(L.wq, xb_.data(), T, q_.data(), pool_);
-      cpu::matmul(L.wk, xb_.data(), T, k_.data(), pool_);
-      cpu::matmul(L.wv, xb_.data(), T, v_.data(), pool_);
+      const Matrix* qkv[3] = {&L.wq, &L.wk, &L.wv};
+      float* qkv_out[3] = {q_.data(), k_.data(), v_.data()};
+      cpu::matmul_multi(qkv, qkv_out, 3, xb_.data(), T, pool_);
       for (int t = 0; t < T; ++t) {
         int pos = b.positions[(size_t)t];
         rope(&q_[(size_t)t * Q], c_.n_heads, pos);
@@ -111,12 +111,7 @@ class CpuBackend final : public Backend {
       cpu::matmul(L.wo, att_.data(), T, xb_.data(), pool_);
       for (size_t i = 0; i < (size_t)T * D; ++i) x_[i] += xb_[i];
       for (int t = 0; t < T; ++t) cpu::rmsnorm(&xb_[(size_t)t * D], &x_[(size_t)t * D], L.ffn_norm.data(), D, c_.rms_eps);
-      cpu::matmul(L.w1, xb_.data(), T, h1_.data(), pool_);
-      cpu::matmul(L.w3, xb_.data(), T, h3_.data(), pool_);
-      for (size_t i = 0; i < (size_t)T * F; ++i) {
-        float g = h1_[i];
-        h1_[i] = g / (1.0f + expf(-g)) * h3_[i];
-      }
+      cpu::matmul_swiglu(L.w1, L.w3, xb_.data(), T, h1_.data(), h3_.data(), pool_);
       cpu::matmul(L.w2, h1_.data(), T, xb_.data(), pool_);
       for (size_t i = 0; i < (size_t)T * D; ++i) x_[i] += xb_[i];
     }

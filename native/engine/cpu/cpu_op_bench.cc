@@ -16,7 +16,7 @@ namespace l2 {
 
 namespace {
 
-int pool_size(int threads) { return threads > 0 ? threads : (int)std::max(1u, std::thread::hardware_concurrency()); }
+int pool_size(int threads) { return default_threads(threads); }
 
 std::vector<float> random_floats(size_t n, float scale, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -273,59 +273,94 @@ void rmsnorm(float* out, const float* x, const float* w, int n, float eps) {
   for (int i = 0; i < n; ++i) out[i] = w[i] * (ss * x[i]);
 }
 
-void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool) {
+namespace {
+
+// Rows [r0, r1) of out[t * W.rows + n] = dot(W.row(n), in + t * W.cols): the body every matmul entry point
+// splits over the threads. Each row's arithmetic does not depend on the range it falls in.
+void matmul_rows(const Matrix& W, const float* in, int T, float* out, int64_t r0, int64_t r1) {
   const int64_t N = W.rows, K = W.cols;
   const auto& d = dispatch();
   // Decode (few tokens): f16 / Q8_0 rows are widened in registers; more tokens: widened once into a
   // buffer and reused for every token. Both give the same bits (see dot_rows_f16_avx2).
   auto fused = !d.avx2 || T > 2 ? nullptr : W.dtype == DType::F16 ? dot_rows_f16_avx2 : W.dtype == DType::Q8_0 ? dot_rows_q8_avx2 : nullptr;
   if (fused) {
-    pool.parallel_for(N, kGroup * 4, [&](int64_t begin, int64_t end) {
-      const uint8_t* rows[kGroup];
-      float res[kGroup];
-      for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
-        int R = (int)std::min<int64_t>(kGroup, end - n0);
-        for (int r = 0; r < R; ++r) rows[r] = W.row(n0 + r);
-        for (int t = 0; t < T; ++t) {
-          fused(rows, R, in + (size_t)t * K, K, res);
-          for (int r = 0; r < R; ++r) out[(size_t)t * N + n0 + r] = res[r];
-        }
+    const uint8_t* rows[kGroup];
+    float res[kGroup];
+    for (int64_t n0 = r0; n0 < r1; n0 += kGroup) {
+      int R = (int)std::min<int64_t>(kGroup, r1 - n0);
+      for (int r = 0; r < R; ++r) rows[r] = W.row(n0 + r);
+      for (int t = 0; t < T; ++t) {
+        fused(rows, R, in + (size_t)t * K, K, res);
+        for (int r = 0; r < R; ++r) out[(size_t)t * N + n0 + r] = res[r];
       }
-    });
+    }
     return;
   }
   // fp16 rows go to the tile as they are (widened in registers); bf16 / Q8_0 rows are widened once per row
   // group into a buffer; fp32 rows are used in place.
   const bool in_place = W.dtype == DType::F32 || (d.avx2 && W.dtype == DType::F16);
-  pool.parallel_for(N, kGroup * 4, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> buf;
-    if (!in_place && buf.size() < (size_t)(kGroup * K)) buf.resize((size_t)(kGroup * K));
-    const void* rows[kGroup];
-    float res[kGroup];
-    for (int64_t n0 = begin; n0 < end; n0 += kGroup) {
-      int R = (int)std::min<int64_t>(kGroup, end - n0);
-      for (int r = 0; r < R; ++r) {
-        if (in_place) {
-          rows[r] = W.row(n0 + r);
-        } else {
-          row_to_f32(W, n0 + r, buf.data() + (size_t)r * K);
-          rows[r] = buf.data() + (size_t)r * K;
-        }
-      }
-      int t = 0;
-      if (d.avx2) {
-        const bool f16 = W.dtype == DType::F16;
-        for (; t + 3 <= T; t += 3)
-          (f16 ? dot_tile_avx2<3, true> : dot_tile_avx2<3, false>)(rows, R, in + (size_t)t * K, K, K, out + (size_t)t * N + n0, N);
-        if (T - t == 2) (f16 ? dot_tile_avx2<2, true> : dot_tile_avx2<2, false>)(rows, R, in + (size_t)t * K, K, K, out + (size_t)t * N + n0, N), t += 2;
-        if (T - t == 1) (f16 ? dot_tile_avx2<1, true> : dot_tile_avx2<1, false>)(rows, R, in + (size_t)t * K, K, K, out + (size_t)t * N + n0, N), t += 1;
-        continue;
-      }
-      for (; t < T; ++t) {
-        d.dot_rows(reinterpret_cast<const float* const*>(rows), R, in + (size_t)t * K, K, res);
-        for (int r = 0; r < R; ++r) out[(size_t)t * N + n0 + r] = res[r];
+  thread_local std::vector<float> buf;
+  if (!in_place && buf.size() < (size_t)(kGroup * K)) buf.resize((size_t)(kGroup * K));
+  const void* rows[kGroup];
+  float res[kGroup];
+  for (int64_t n0 = r0; n0 < r1; n0 += kGroup) {
+    int R = (int)std::min<int64_t>(kGroup, r1 - n0);
+    for (int r = 0; r < R; ++r) {
+      if (in_place) {
+        rows[r] = W.row(n0 + r);
+      } else {
+        row_to_f32(W, n0 + r, buf.data() + (size_t)r * K);
+        rows[r] = buf.data() + (size_t)r * K;
       }
     }
+    int t = 0;
+    if (d.avx2) {
+      const bool f16 = W.dtype == DType::F16;
+      for (; t + 3 <= T; t += 3)
+        (f16 ? dot_tile_avx2<3, true> : dot_tile_avx2<3, false>)(rows, R, in + (size_t)t * K, K, K, out + (size_t)t * N + n0, N);
+      if (T - t == 2) (f16 ? dot_tile_avx2<2, true> : dot_tile_avx2<2, false>)(rows, R, in + (size_t)t * K, K, K, out + (size_t)t * N + n0, N), t += 2;
+      if (T - t == 1) (f16 ? dot_tile_avx2<1, true> : dot_tile_avx2<1, false>)(rows, R, in + (size_t)t * K, K, K, out + (size_t)t * N + n0, N), t += 1;
+      continue;
+    }
+    for (; t < T; ++t) {
+      d.dot_rows(reinterpret_cast<const float* const*>(rows), R, in + (size_t)t * K, K, res);
+      for (int r = 0; r < R; ++r) out[(size_t)t * N + n0 + r] = res[r];
+    }
+  }
+}
+
+}  // namespace
+
+void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool) {
+  const Matrix* w[1] = {&W};
+  float* o[1] = {out};
+  matmul_multi(w, o, 1, in, T, pool);
+}
+
+void matmul_multi(const Matrix* const* W, float* const* out, int n, const float* in, int T, ThreadPool& pool) {
+  int64_t total = 0;
+  for (int i = 0; i < n; ++i) total += W[i]->rows;
+  const int64_t K = W[0]->cols;
+  // Row ranges of the concatenation, cut at the matrices' edges.
+  pool.parallel_for(total, work_grain(total, total * K * T, kGroup * 4), [&](int64_t begin, int64_t end) {
+    int64_t base = 0;
+    for (int i = 0; i < n && base < end; base += W[i]->rows, ++i) {
+      const int64_t r0 = std::max(begin, base) - base, r1 = std::min(end, base + W[i]->rows) - base;
+      if (r0 < r1) matmul_rows(*W[i], in, T, out[i], r0, r1);
+    }
+  });
+}
+
+void matmul_swiglu(const Matrix& W1, const Matrix& W3, const float* in, int T, float* h1, float* h3, ThreadPool& pool) {
+  const int64_t F = W1.rows, K = W1.cols;
+  pool.parallel_for(F, work_grain(F, 2 * F * K * T, kGroup * 4), [&](int64_t r0, int64_t r1) {
+    matmul_rows(W1, in, T, h1, r0, r1);
+    matmul_rows(W3, in, T, h3, r0, r1);
+    for (int t = 0; t < T; ++t)
+      for (int64_t i = (int64_t)t * F + r0; i < (int64_t)t * F + r1; ++i) {
+        const float g = h1[i];
+        h1[i] = g / (1.0f + expf(-g)) * h3[i];
+      }
   });
 }
 

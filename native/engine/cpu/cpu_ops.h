@@ -16,6 +16,11 @@ namespace cpu {
 
 // out[t * W.rows + n] = dot(W.row(n), in + t * W.cols), for t < T.
 void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool);
+// matmul of n matrices with the same input (and cols) in one parallel loop over all their rows (q, k, v).
+void matmul_multi(const Matrix* const* W, float* const* out, int n, const float* in, int T, ThreadPool& pool);
+// h1 = silu(W1 . in) * (W3 . in), h3 = W3 . in (the FFN's gate and up), each thread doing both matrices
+// and the product for its rows: the same per-element arithmetic as three separate loops.
+void matmul_swiglu(const Matrix& W1, const Matrix& W3, const float* in, int T, float* h1, float* h3, ThreadPool& pool);
 float dot(const float* a, const float* b, int64_t n);
 // out[i] += a * v[i] (a multiply then an add, as the scalar loop rounds: vectorized, same bits).
 void axpy(float a, const float* v, float* out, int n);
@@ -24,6 +29,16 @@ void rmsnorm(float* out, const float* x, const float* w, int n, float eps);
 // Widens one row of any dtype to fp32 (vectorized where the CPU allows).
 void row_to_f32(const Matrix& m, int64_t r, float* out);
 const char* simd_name();
+
+// Least work (multiply-adds) worth handing to another thread: a part costs a few microseconds to hand
+// out and collect, so small models' matrices and attention run on the calling thread instead.
+constexpr int64_t kMinWorkPerPart = 1 << 15;
+// Grain (items per part) for `items` items of `total_work` multiply-adds together, at least `least`.
+inline int64_t work_grain(int64_t items, int64_t total_work, int64_t least = 1) {
+  const int64_t per_item = total_work / (items > 0 ? items : 1);
+  const int64_t g = kMinWorkPerPart / (per_item > 0 ? per_item : 1);
+  return g > least ? g : least;
+}
 
 // Positions per softmax chunk. Fixed (never derived from the thread count or the batch), so that a
 // token's attention is computed the same way alone or batched, and whichever path below runs it.
@@ -97,11 +112,12 @@ void attention(ThreadPool& pool, int n_tokens, int n_heads, int group, int hs, c
     return (int)(r < 1 ? 1 : r > n_heads ? n_heads : r);
   };
   int max_chunks = 1;
-  int64_t all_chunks = 0;
+  int64_t all_chunks = 0, work = 0;  // work: q.k and p.v multiply-adds of every head
   for (int t = 0; t < n_tokens; ++t) {
     const int c = (n_pos(t) + kAttnChunk - 1) / kAttnChunk;
     max_chunks = c > max_chunks ? c : max_chunks;
     all_chunks += c;
+    work += (int64_t)n_pos(t) * n_heads * hs * 2;
   }
   // Partials [token][chunk]: o [n_heads * hs], then m and l [n_heads] each (capped at 64 MB).
   const size_t part = ld + 2 * (size_t)n_heads;
@@ -110,7 +126,8 @@ void attention(ThreadPool& pool, int n_tokens, int n_heads, int group, int hs, c
     parts_buf.resize((size_t)n_tokens * max_chunks * part);
     float* const parts = parts_buf.data();
     const int hr = head_ranges(all_chunks), per = (n_heads + hr - 1) / hr;
-    pool.parallel_for((int64_t)n_tokens * max_chunks * hr, 1, [&](int64_t begin, int64_t end) {
+    const int64_t items = (int64_t)n_tokens * max_chunks * hr;
+    pool.parallel_for(items, work_grain(items, work), [&](int64_t begin, int64_t end) {
       thread_local std::vector<float> scores;
       for (int64_t i = begin; i < end; ++i) {
         const int t = (int)(i / ((int64_t)max_chunks * hr)), c = (int)(i / hr % max_chunks), h0 = (int)(i % hr) * per;
@@ -134,7 +151,7 @@ void attention(ThreadPool& pool, int n_tokens, int n_heads, int group, int hs, c
     return;
   }
   const int hr = head_ranges(n_tokens), per = (n_heads + hr - 1) / hr;
-  pool.parallel_for((int64_t)n_tokens * hr, 1, [&](int64_t begin, int64_t end) {
+  pool.parallel_for((int64_t)n_tokens * hr, work_grain((int64_t)n_tokens * hr, work), [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores, next;
     for (int64_t i = begin; i < end; ++i) {
       const int t = (int)(i / hr), h0 = (int)(i % hr) * per, h1 = h0 + per < n_heads ? h0 + per : n_heads, np = n_pos(t);

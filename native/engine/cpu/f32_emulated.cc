@@ -19,7 +19,7 @@ namespace {
 
 class HostDev {
  public:
-  explicit HostDev(int threads) : pool_(threads > 0 ? threads : std::max(1u, std::thread::hardware_concurrency())) {}
+  explicit HostDev(int threads) : pool_(default_threads(threads)) {}
 
   void* alloc(uint64_t bytes) {
     try {

@@ -213,7 +213,7 @@ class CudaBackend final : public Backend {
       CK(cudaMallocHost(&staging_[i], kStaging));
       CK(cudaEventCreateWithFlags(&staging_done_[i], cudaEventDisableTiming));
     }
-    ThreadPool pool(std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+    ThreadPool pool(std::min(8, default_threads()));
     progress_ = o.progress;
     total_bytes_ = weights;
     total_tensors_ = 3 + 4 * L;
