@@ -4,6 +4,7 @@
 // errors -> exit 1 with their code.
 import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseArgs } from "../lib/cli/args.js";
@@ -27,8 +28,14 @@ interface Run {
   stderr: string;
 }
 
-function cli(args: string[], input?: string): Run {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: projectRoot, encoding: "utf8", input: input ?? "", timeout: 60_000 });
+function cli(args: string[], input?: string, env?: Record<string, string>): Run {
+  const r = spawnSync(process.execPath, [CLI, ...args], {
+    cwd: projectRoot,
+    encoding: "utf8",
+    input: input ?? "",
+    timeout: 60_000,
+    ...(env && { env: { ...process.env, ...env } }),
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -40,6 +47,26 @@ describe("CLI flag helpers", () => {
     const { flags } = parseArgs(["--stop", "a", "--stop=b,c"], { stop: { type: "string", repeatable: true, description: "" } });
     expect(flags.stop).toEqual(["a", "b,c"]);
   });
+});
+
+describe("--model demo", () => {
+  // The demo model shared with the other tests that use it (generated once, ~40 MB).
+  const env = { LLAMA2_HOME: path.join(os.tmpdir(), "llama2-native-test-home") };
+  it("names the built-in demo model in generate, tokenize, inspect and bench, as in llama2 run", () => {
+    const gen = cli(["generate", "--model", "demo", "--prompt-ids", "1,15043", "--max-tokens", "4", "--temperature", "0", "--json"], "", env);
+    expect(gen.code, gen.stderr).toBe(0);
+    expect(gen.stderr).toContain(path.join(env.LLAMA2_HOME, "models", "demo-v1.gguf"));
+    expect(JSON.parse(gen.stdout).ids).toHaveLength(4);
+    const tok = cli(["tokenize", "--model", "demo", "--text", "Hello", "--json"], "", env);
+    expect(tok.code, tok.stderr).toBe(0);
+    expect(JSON.parse(tok.stdout).ids).toEqual([15043]); // the real Llama 2 vocabulary
+    const info = cli(["inspect", "--model", "demo", "--json"], "", env);
+    expect(info.code, info.stderr).toBe(0);
+    expect(JSON.parse(info.stdout).format).toBe("gguf");
+    const bench = cli(["bench", "--model", "demo", "--device", "cpu", "--prompt", "8", "--gen", "4", "--reps", "1", "--skip-cold", "--json"], "", env);
+    expect(bench.code, bench.stderr).toBe(0);
+    expect(JSON.parse(bench.stdout).model.path).toContain("demo-v1.gguf");
+  }, 120_000);
 });
 
 describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK_FX], () => {

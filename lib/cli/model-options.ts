@@ -10,7 +10,7 @@ import { StopMatcher } from "../stop.js";
 import type { Device, GenerateOptions, KvCacheType, LoadOptions, WeightDtype } from "../types.js";
 
 export const LOAD_FLAGS: FlagSpecs = {
-  model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf or llama2.c .bin" },
+  model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf, llama2.c .bin, or demo (the built-in demo model)" },
   device: { type: "string", description: "cpu, cuda or auto", default: "auto" },
   dtype: { type: "string", description: "weight precision on the device: auto, f32, f16, bf16 or int8", default: "auto" },
   "kv-cache": { type: "string", description: "KV cache precision: auto (CPU fp32, CUDA fp16) or int8 (half of fp16's memory)", default: "auto" },
@@ -149,12 +149,23 @@ export function generateOptionsFromFlags(flags: Record<string, unknown>): Genera
 }
 
 /** Loads `--model` with the load flags; a one-line summary goes to stderr unless --quiet. */
+/**
+ * The path a `--model` value names: `demo` is the built-in demo model (generated into ~/.llama2/models on
+ * first use, as `llama2 run` does); a file or folder called demo is `./demo`.
+ */
+export async function resolveModelFlag(value: string): Promise<string> {
+  if (value !== "demo") return value;
+  const { ensureDemoModel } = await import("../synth/demo.js");
+  return ensureDemoModel();
+}
+
 export async function loadModelFromFlags(flags: Record<string, unknown>, io: CommandIO, signal?: AbortSignal): Promise<Llama2> {
-  if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
+  if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin, or demo)");
   const opts = loadOptionsFromFlags(flags);
+  const path = await resolveModelFlag(flags.model);
   const { Llama2 } = await import("../llama2.js");
   const t0 = performance.now();
-  const model = await withFlagNames(() => Llama2.load(flags.model as string, { ...opts, ...(signal && { signal }) }));
+  const model = await withFlagNames(() => Llama2.load(path, { ...opts, ...(signal && { signal }) }));
   if (!flags.quiet) {
     const i = model.info;
     io.stderr.write(

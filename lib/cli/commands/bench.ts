@@ -3,7 +3,7 @@
 import { closeSync, existsSync, openSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { positiveInts } from "../args.js";
 import type { Command } from "../command.js";
-import { loadOptionsFromFlags, withFlagNames } from "../model-options.js";
+import { loadOptionsFromFlags, resolveModelFlag, withFlagNames } from "../model-options.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { runBench, summarize } from "../../bench/bench.js";
 import type { Device, KvCacheType, WeightDtype } from "../../types.js";
@@ -25,7 +25,7 @@ const command: Command = {
   summary: "measure load time, prefill, decode (per batch size), memory and overhead; write a result JSON",
   usage: "Usage: llama2 bench --model PATH [--device cuda|cpu|auto] [--dtype f16|int8|auto] [--kv-cache auto|int8] [--prompt 128,512,2048] [--gen 256] [--batch 1,4,16] [--out FILE]",
   flags: {
-    model: { type: "string", alias: "m", description: "model (HF directory, .gguf, llama2.c .bin)" },
+    model: { type: "string", alias: "m", description: "model (HF directory, .gguf, llama2.c .bin, or demo)" },
     device: { type: "string", description: "cpu, cuda or auto", default: "auto" },
     dtype: { type: "string", description: "weight precision on the device", default: "auto" },
     "kv-cache": { type: "string", description: "KV cache precision: auto or int8", default: "auto" },
@@ -44,7 +44,7 @@ const command: Command = {
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument");
     if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required");
-    if (!existsSync(flags.model)) throw new Llama2Error("ERR_FILE_NOT_FOUND", `--model: no such file or directory: ${flags.model}`);
+    if (flags.model !== "demo" && !existsSync(flags.model)) throw new Llama2Error("ERR_FILE_NOT_FOUND", `--model: no such file or directory: ${flags.model}`);
     loadOptionsFromFlags(flags); // --device, --dtype, --kv-cache, --context, --threads checked before any load
     const device = flags.device as string;
     const kvCache = flags.kvCache as string;
@@ -61,8 +61,9 @@ const command: Command = {
     if (context !== undefined && context < needs)
       throw new InvalidArgumentError("--context", `${context} is too small for these runs: they need ${needs} tokens (the longest --prompt, or --decode-prompt + --gen)`);
     if (typeof flags.out === "string") checkWritable(flags.out, "--out");
+    const model = await resolveModelFlag(flags.model);
     const result = await withFlagNames(() => runBench({
-      model: flags.model as string,
+      model,
       device: device as Device,
       dtype: flags.dtype as WeightDtype,
       kvCacheType: kvCache as KvCacheType,

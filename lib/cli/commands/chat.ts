@@ -29,7 +29,7 @@ const command: Command = {
   },
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument (options start with --)");
-    if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
+    if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin, or demo)");
     loadOptionsFromFlags(flags);
     const opts = generateOptionsFromFlags(flags);
     try {

@@ -34,7 +34,7 @@ const command: Command = {
   },
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument (options start with --)");
-    if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
+    if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin, or demo)");
     const hasText = typeof flags.prompt === "string";
     const hasIds = flags.promptIds !== undefined;
     if (hasText === hasIds) throw new InvalidArgumentError("--prompt", "give exactly one of --prompt TEXT or --prompt-ids 1,2,3");

@@ -5,7 +5,7 @@ import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import { native, type NativeModelSourceInfo } from "../../native.js";
 import { resolveTokenizer } from "../../tokenizer/for-model.js";
 import { planCudaMemory } from "../../cuda-plan.js";
-import { withFlagNames } from "../model-options.js";
+import { resolveModelFlag, withFlagNames } from "../model-options.js";
 import type { CudaMemoryPlan } from "../../native.js";
 import type { KvCacheType, WeightDtype } from "../../types.js";
 
@@ -73,7 +73,7 @@ const command: Command = {
   summary: "show a model's format, config, tensors and tokenizer (without loading it)",
   usage: "Usage: llama2 inspect --model PATH [--json] [--cuda-plan [--dtype auto|f16|int8|f32] [--kv-cache auto|int8] [--context N] [--max-sequences N]]",
   flags: {
-    model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf or llama2.c .bin" },
+    model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf, llama2.c .bin, or demo" },
     json: { type: "boolean", description: "print one JSON object" },
     "cuda-plan": { type: "boolean", description: "also predict the CUDA backend's GPU memory for these load options (no GPU needed)" },
     dtype: { type: "string", description: "--cuda-plan: weight precision (auto, f16, int8, f32: the fp32 path; default auto)" },
@@ -83,10 +83,10 @@ const command: Command = {
   },
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument (options start with --)");
-    if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin)");
+    if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin, or demo)");
     const planFlag = (["dtype", "kvCache", "context", "maxSequences"] as const).find((k) => flags[k] !== undefined);
     if (planFlag && !flags.cudaPlan) throw new InvalidArgumentError(`--${planFlag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, "only with --cuda-plan");
-    const r = await inspectModel(flags.model);
+    const r = await inspectModel(await resolveModelFlag(flags.model));
     let plan: (CudaMemoryPlan & { options: Record<string, unknown> }) | undefined;
     if (flags.cudaPlan) {
       const opts = {

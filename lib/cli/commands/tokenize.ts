@@ -6,6 +6,7 @@ import type { Command, CommandIO } from "../command.js";
 import { getChatTemplate } from "../../chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { tokenizerForModel } from "../../tokenizer/for-model.js";
+import { resolveModelFlag } from "../model-options.js";
 import type { ChatMessage } from "../../types.js";
 
 async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
@@ -48,7 +49,7 @@ const command: Command = {
     "applies the chat template (it adds BOS/EOS itself).",
   ].join("\n"),
   flags: {
-    model: { type: "string", alias: "m", description: "tokenizer.model, model directory, .gguf or .bin" },
+    model: { type: "string", alias: "m", description: "tokenizer.model, model directory, .gguf or .bin, or demo" },
     text: { type: "string", description: "text to encode" },
     chat: { type: "string", description: "JSON file with a dialog [{role, content}, ...] ('-' = stdin)" },
     template: { type: "string", description: "chat template", default: "llama2" },
@@ -67,7 +68,7 @@ const command: Command = {
     }
     const template = hasChat ? getChatTemplate(flags.template as string) : undefined;
     const dialog = hasChat ? await readDialog(flags.chat as string, io) : undefined;
-    const tok = await tokenizerForModel(flags.model);
+    const tok = await tokenizerForModel(await resolveModelFlag(flags.model));
     let ids: number[];
     if (template) {
       try {
