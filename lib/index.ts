@@ -30,5 +30,7 @@ export {
 export type { SchedulerStats } from "./engine/scheduler.js";
 export type { PrefixCacheStats } from "./engine/prefix-cache.js";
 export { ensureDemoModel, DEMO_MODEL_FILE } from "./synth/demo.js";
+export { pullModel, localPathOf, type PullOptions, type PullProgress } from "./hub/pull.js";
+export { MODEL_ALIASES, parseHubRef, isHubRef, type HubRef, type ModelAlias } from "./hub/refs.js";
 export { planCudaMemory, type CudaPlanOptions } from "./cuda-plan.js";
 export type * from "./types.js";

@@ -20,6 +20,7 @@ const COMMANDS: Record<string, () => Promise<{ default: Command }>> = {
   cancel: () => import("./commands/cancel.js"),
   micro: () => import("./commands/micro.js"),
   doctor: () => import("./commands/doctor.js"),
+  pull: () => import("./commands/pull.js"),
 };
 
 export async function main(argv: string[], io: CommandIO): Promise<number> {

@@ -151,18 +151,45 @@ export function generateOptionsFromFlags(flags: Record<string, unknown>): Genera
 /** Loads `--model` with the load flags; a one-line summary goes to stderr unless --quiet. */
 /**
  * The path a `--model` value names: `demo` is the built-in demo model (generated into ~/.llama2/models on
- * first use, as `llama2 run` does); a file or folder called demo is `./demo`.
+ * first use, as `llama2 run` does; a file or folder called demo is `./demo`); a Hugging Face reference
+ * (an alias such as llama2-7b-chat, hf:owner/repo[/file.gguf], a huggingface.co URL) is downloaded on
+ * first use, with progress on `io.stderr`.
  */
-export async function resolveModelFlag(value: string): Promise<string> {
-  if (value !== "demo") return value;
-  const { ensureDemoModel } = await import("../synth/demo.js");
-  return ensureDemoModel();
+export async function resolveModelFlag(value: string, io?: CommandIO, signal?: AbortSignal): Promise<string> {
+  if (value === "demo") {
+    const { ensureDemoModel } = await import("../synth/demo.js");
+    return ensureDemoModel();
+  }
+  const { isHubRef } = await import("../hub/refs.js");
+  if (!isHubRef(value)) return value;
+  return withFlagNames(() => pullWithProgress(value, io, signal ? { signal } : {}), { model: "--model" });
+}
+
+/** pullModel with a progress line on io.stderr (none without io). */
+export async function pullWithProgress(value: string, io: CommandIO | undefined, opts: import("../hub/pull.js").PullOptions): Promise<string> {
+  const { pullModel } = await import("../hub/pull.js");
+  if (!io) return pullModel(value, opts);
+  const { ProgressLine, formatBytes } = await import("../runner/progress.js");
+  const progress = new ProgressLine(io.stderr);
+  const t0 = performance.now();
+  try {
+    return await pullModel(value, {
+      ...opts,
+      onProgress: (p) => {
+        const rate = p.bytes / Math.max(1e-3, (performance.now() - t0) / 1000);
+        const label = `downloading ${p.files > 1 ? `${p.file} (${p.fileIndex + 1}/${p.files})` : p.file}`;
+        progress.update(label, p.bytes, p.totalBytes ?? 0, `${formatBytes(p.bytes)}${p.totalBytes ? ` / ${formatBytes(p.totalBytes)}` : ""}, ${formatBytes(rate)}/s`);
+      },
+    });
+  } finally {
+    progress.end();
+  }
 }
 
 export async function loadModelFromFlags(flags: Record<string, unknown>, io: CommandIO, signal?: AbortSignal): Promise<Llama2> {
   if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin, or demo)");
   const opts = loadOptionsFromFlags(flags);
-  const path = await resolveModelFlag(flags.model);
+  const path = await resolveModelFlag(flags.model, flags.quiet ? undefined : io, signal);
   const { Llama2 } = await import("../llama2.js");
   const t0 = performance.now();
   const model = await withFlagNames(() => Llama2.load(path, { ...opts, ...(signal && { signal }) }));

@@ -34,7 +34,7 @@ export interface RunResult {
 export async function runJob(spec: JobSpec, deps: RunDeps): Promise<RunResult> {
   const { stderr } = deps;
   const handler = await loadHandler(spec.handler);
-  if (spec.model !== "demo" && !existsSync(spec.model))
+  if (spec.model !== "demo" && !spec.model.startsWith("hf:") && !existsSync(spec.model))
     throw new Llama2Error("ERR_FILE_NOT_FOUND", `--model: no such file or directory: ${spec.model}`);
   await handler.validate?.(spec);
   const job = Job.create(jobsRoot(deps.jobsDir), spec);
@@ -128,6 +128,8 @@ function optional<K extends string, V>(key: K, v: V | undefined): { [P in K]?: V
 function showLoad(progress: ProgressLine, e: LoadEvent): void {
   if (e.phase === "demo") {
     progress.update("preparing demo model", e.bytes, e.totalBytes, `${formatBytes(e.bytes)} / ${formatBytes(e.totalBytes)}`);
+  } else if (e.phase === "download") {
+    progress.update(`downloading ${e.file}`, e.bytes, e.totalBytes ?? 0, `${formatBytes(e.bytes)}${e.totalBytes ? ` / ${formatBytes(e.totalBytes)}` : ""}`);
   } else if (e.phase === "upload") {
     progress.update("uploading tensors   ", e.tensors, e.totalTensors, `${e.tensors}/${e.totalTensors} tensors`);
   } else if (e.phase !== "ready") {

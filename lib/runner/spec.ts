@@ -2,6 +2,7 @@
 import path from "node:path";
 import { InvalidArgumentError } from "../errors.js";
 import { parseDuration } from "./duration.js";
+import { formatHubRef, isHubRef, parseHubRef } from "../hub/refs.js";
 
 export interface SamplingDefaults {
   maxTokens?: number;
@@ -13,7 +14,7 @@ export interface SamplingDefaults {
 export interface JobSpec {
   name?: string;
   handler: string;
-  /** Model path (absolute) or "demo". */
+  /** Model path (absolute), "demo", or a Hugging Face reference (hf:owner/repo[/file], pulled when the job starts). */
   model: string;
   device: "auto" | "cpu" | "cuda";
   deviceIndex?: number;
@@ -102,7 +103,7 @@ export function parseRunSpec(flags: Flags): JobSpec {
     if (given) throw new InvalidArgumentError(kebab(given), `only for --handler evaluation (this job's handler is ${handler})`);
   }
   const modelRaw = str(flags, "model") ?? "demo";
-  if (modelRaw.trim() === "") throw new InvalidArgumentError("--model", "must be a path or 'demo'");
+  if (modelRaw.trim() === "") throw new InvalidArgumentError("--model", "must be a path, 'demo' or a Hugging Face reference (hf:owner/repo/file.gguf, llama2-7b-chat)");
   const name = str(flags, "name");
   if (name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name))
     throw new InvalidArgumentError("--name", "1-64 characters: letters, digits, '.', '_' or '-'");
@@ -122,7 +123,7 @@ export function parseRunSpec(flags: Flags): JobSpec {
   return {
     ...(name !== undefined && { name }),
     handler,
-    model: modelRaw === "demo" ? "demo" : path.resolve(modelRaw),
+    model: modelRaw === "demo" ? "demo" : isHubRef(modelRaw) ? formatHubRef(parseHubRef(modelRaw, "--model")) : path.resolve(modelRaw),
     ...parseDevice(str(flags, "device") ?? "auto"),
     dtype,
     kvCacheType,

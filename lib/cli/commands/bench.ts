@@ -4,6 +4,7 @@ import { closeSync, existsSync, openSync, statSync, unlinkSync, writeFileSync } 
 import { positiveInts } from "../args.js";
 import type { Command } from "../command.js";
 import { loadOptionsFromFlags, resolveModelFlag, withFlagNames } from "../model-options.js";
+import { isHubRef } from "../../hub/refs.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { runBench, summarize } from "../../bench/bench.js";
 import type { Device, KvCacheType, WeightDtype } from "../../types.js";
@@ -44,7 +45,7 @@ const command: Command = {
   async run(flags, positionals, io) {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument");
     if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required");
-    if (flags.model !== "demo" && !existsSync(flags.model)) throw new Llama2Error("ERR_FILE_NOT_FOUND", `--model: no such file or directory: ${flags.model}`);
+    if (flags.model !== "demo" && !isHubRef(flags.model) && !existsSync(flags.model)) throw new Llama2Error("ERR_FILE_NOT_FOUND", `--model: no such file or directory: ${flags.model}`);
     loadOptionsFromFlags(flags); // --device, --dtype, --kv-cache, --context, --threads checked before any load
     const device = flags.device as string;
     const kvCache = flags.kvCache as string;
@@ -61,7 +62,7 @@ const command: Command = {
     if (context !== undefined && context < needs)
       throw new InvalidArgumentError("--context", `${context} is too small for these runs: they need ${needs} tokens (the longest --prompt, or --decode-prompt + --gen)`);
     if (typeof flags.out === "string") checkWritable(flags.out, "--out");
-    const model = await resolveModelFlag(flags.model);
+    const model = await resolveModelFlag(flags.model, io);
     const result = await withFlagNames(() => runBench({
       model,
       device: device as Device,

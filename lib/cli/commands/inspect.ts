@@ -86,7 +86,7 @@ const command: Command = {
     if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin, or demo)");
     const planFlag = (["dtype", "kvCache", "context", "maxSequences"] as const).find((k) => flags[k] !== undefined);
     if (planFlag && !flags.cudaPlan) throw new InvalidArgumentError(`--${planFlag.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, "only with --cuda-plan");
-    const r = await inspectModel(await resolveModelFlag(flags.model));
+    const r = await inspectModel(await resolveModelFlag(flags.model, io));
     let plan: (CudaMemoryPlan & { options: Record<string, unknown> }) | undefined;
     if (flags.cudaPlan) {
       const opts = {

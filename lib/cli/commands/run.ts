@@ -10,7 +10,7 @@ const command: Command = {
   summary: "run a job: chat server (OpenAI API + chat page) or dataset evaluation",
   usage: "Usage: llama2 run [--model PATH|demo] [--handler chatbot|evaluation] [options]",
   flags: {
-    model: { type: "string", description: "model (HF dir, .gguf, llama2.c .bin) or 'demo'", default: "demo" },
+    model: { type: "string", description: "model (HF dir, .gguf, llama2.c .bin), 'demo', or from the Hub: llama2-7b-chat, hf:owner/repo[/file.gguf]", default: "demo" },
     handler: { type: "string", description: `what the job does: ${Object.keys(HANDLERS).join(" | ")}`, default: "chatbot" },
     device: { type: "string", description: "auto | cpu | cuda | cuda:N", default: "auto" },
     dtype: { type: "string", description: "auto | f16 | int8", default: "auto" },

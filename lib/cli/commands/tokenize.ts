@@ -68,7 +68,7 @@ const command: Command = {
     }
     const template = hasChat ? getChatTemplate(flags.template as string) : undefined;
     const dialog = hasChat ? await readDialog(flags.chat as string, io) : undefined;
-    const tok = await tokenizerForModel(await resolveModelFlag(flags.model));
+    const tok = await tokenizerForModel(await resolveModelFlag(flags.model, io));
     let ids: number[];
     if (template) {
       try {
