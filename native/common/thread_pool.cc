@@ -40,7 +40,10 @@ bool spin_until(Done done, int64_t spin_ns) {
   for (int i = 1;; ++i) {
     if (done()) return true;
     cpu_relax();
-    if ((i & 63) == 0 && now_ns() > deadline) return done();
+    if ((i & 63) == 0) {
+      if (now_ns() > deadline) return done();
+      std::this_thread::yield();  // lets a runnable thread on this CPU in (another process's, or ours when oversubscribed)
+    }
   }
 }
 
