@@ -148,7 +148,6 @@ export function generateOptionsFromFlags(flags: Record<string, unknown>): Genera
   return opts;
 }
 
-/** Loads `--model` with the load flags; a one-line summary goes to stderr unless --quiet. */
 /**
  * The path a `--model` value names: `demo` is the built-in demo model (generated into ~/.llama2/models on
  * first use, as `llama2 run` does; a file or folder called demo is `./demo`); a Hugging Face reference
@@ -186,6 +185,7 @@ export async function pullWithProgress(value: string, io: CommandIO | undefined,
   }
 }
 
+/** Loads `--model` with the load flags; a one-line summary goes to stderr unless --quiet. */
 export async function loadModelFromFlags(flags: Record<string, unknown>, io: CommandIO, signal?: AbortSignal): Promise<Llama2> {
   if (typeof flags.model !== "string" || flags.model === "") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin, or demo)");
   const opts = loadOptionsFromFlags(flags);

@@ -6,7 +6,7 @@
 // token goes to the Hub only, never to the CDN it redirects large files to.
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
-import { mkdir, open, readFile, rename, stat, statfs, unlink, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rename, stat, statfs, unlink } from "node:fs/promises";
 import path from "node:path";
 import { Llama2Error } from "../errors.js";
 
@@ -315,11 +315,4 @@ async function verify(part: string, dest: string, exp: Expected): Promise<void> 
   const got = h.digest("hex");
   const want = (exp.sha256 ?? exp.gitSha1)!;
   if (got !== want) return fail(`${exp.sha256 ? "sha256" : "git blob sha1"} ${got} where the Hub says ${want}`);
-}
-
-/** Writes a small JSON file atomically (write to a temporary name, then rename). */
-export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
-  const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, JSON.stringify(value, null, 2) + "\n");
-  await rename(tmp, file);
 }

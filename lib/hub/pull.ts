@@ -11,7 +11,8 @@ import os from "node:os";
 import path from "node:path";
 import { Llama2Error } from "../errors.js";
 import { defaultModelsDir } from "../synth/demo.js";
-import { downloadFile, httpError, writeJsonAtomic, type Expected } from "./download.js";
+import { writeJsonAtomic } from "../runner/store.js";
+import { downloadFile, httpError, type Expected } from "./download.js";
 import { formatHubRef, parseHubRef, type HubRef } from "./refs.js";
 
 export interface PullProgress {
@@ -111,7 +112,7 @@ export async function pullModel(reference: string, opts: PullOptions = {}): Prom
     if (f !== index) await fetchOne(f, i, files.length, before);
     before += f.expected.size ?? 0;
   }
-  await writeJsonAtomic(done, { ref: formatHubRef(ref), files: files.map((f) => f.name), pulledAt: new Date().toISOString() });
+  writeJsonAtomic(done, { ref: formatHubRef(ref), files: files.map((f) => f.name), pulledAt: new Date().toISOString() });
   return local;
 }
 

@@ -4,7 +4,7 @@
 import type { Command } from "../command.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { MODEL_ALIASES, parseHubRef } from "../../hub/refs.js";
-import { localPathOf, pullModel } from "../../hub/pull.js";
+import { localPathOf } from "../../hub/pull.js";
 import { pullWithProgress } from "../model-options.js";
 
 const command: Command = {
@@ -41,9 +41,7 @@ const command: Command = {
     const onSigint = () => abort.abort(new Error("interrupted"));
     process.once("SIGINT", onSigint);
     try {
-      const local = flags.quiet
-        ? await pullModel(model, { ...(revision && { revision }), force: flags.force === true, signal: abort.signal })
-        : await pullWithProgress(model, io, { ...(revision && { revision }), force: flags.force === true, signal: abort.signal });
+      const local = await pullWithProgress(model, flags.quiet ? undefined : io, { ...(revision && { revision }), force: flags.force === true, signal: abort.signal });
       io.stdout.write(flags.json ? JSON.stringify({ path: local }) + "\n" : local + "\n");
       return 0;
     } finally {
