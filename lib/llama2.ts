@@ -4,6 +4,8 @@
 import { getChatTemplate, type ChatTemplate } from "./chat-template.js";
 import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefix-cache.js";
 import { Scheduler } from "./engine/scheduler.js";
+import { compileResponseFormat, createConstraint } from "./grammar/response-format.js";
+import type { JsonConstraint } from "./grammar/token-constraint.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
 import { native, type NativeModel, type NativeStepOutput } from "./native.js";
 import { Sampler, showValue } from "./sampler.js";
@@ -67,7 +69,7 @@ export interface GenerationPlan {
 const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
-  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed",
+  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat",
 ]);
 const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
 
@@ -493,7 +495,8 @@ export class Llama2 {
       if (plan.cached + plan.prompt.length > ctx) {
         throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the prompt needs ${plan.cached + plan.prompt.length} tokens but the context length is ${ctx}`);
       }
-      const sampler = new Sampler(opts, this.info.config.vocabSize);
+      const constraint = createConstraint(opts.responseFormat, this.tokenizer);
+      const sampler = new Sampler(opts, this.info.config.vocabSize, { constrained: constraint !== null });
       const needs = sampler.needs;
       const output = needs.fullLogits ? -1 : needs.candidates;
       const stopOnEos = opts.stopOnEos ?? true;
@@ -540,12 +543,14 @@ export class Llama2 {
           finishReason = "abort";
           break;
         }
-        const tok = this.sampleOrExplain(sampler, out!, history);
+        const tok = this.sampleOrExplain(sampler, out!, history, constraint);
         if (tFirst === 0) tFirst = performance.now();
-        if (tok === eos && stopOnEos) {
+        // Under a response format EOS is allowed only where the document is complete, and ends it.
+        if (tok === eos && (stopOnEos || constraint)) {
           finishReason = "stop";
           break;
         }
+        constraint?.accept(tok);
         generated.push(tok);
         history.push(tok);
         const piece = decoder ? decoder.push(tok) : "";
@@ -553,6 +558,10 @@ export class Llama2 {
         push({ text: r.text, tokenIds: [tok] });
         if (r.stopped) {
           finishReason = "stopSequence";
+          break;
+        }
+        if (constraint?.done) {
+          finishReason = "stop"; // the document is complete and nothing may follow it
           break;
         }
         // Another token needs this one evaluated into the cache: cached + evaluated + generated positions.
@@ -603,9 +612,9 @@ export class Llama2 {
   }
 
   /** The sampler's pick; a model whose logits are all NaN / -Infinity gets an error naming it. */
-  private sampleOrExplain(sampler: Sampler, out: Parameters<Sampler["sample"]>[0], history: ArrayLike<number>): number {
+  private sampleOrExplain(sampler: Sampler, out: Parameters<Sampler["sample"]>[0], history: ArrayLike<number>, constraint: JsonConstraint | null): number {
     try {
-      return sampler.sample(out, history);
+      return sampler.sample(out, history, constraint ?? undefined);
     } catch (e) {
       if (e instanceof Llama2Error && e.code === "ERR_MODEL_CORRUPT") {
         // logitBias bans fewer tokens than the vocabulary (validated), so the model's output is at fault.
@@ -746,6 +755,8 @@ export class Llama2 {
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
     new StopMatcher(opts.stop ?? []);
     Sampler.validate(opts, this.info.config.vocabSize);
+    if (compileResponseFormat(opts.responseFormat) !== null && !this.tokenizer)
+      throw new InvalidArgumentError("responseFormat", `constrained output needs a tokenizer, and ${this.info.path} has none: load it with tokenizerPath`);
   }
 
   private checkIds(ids: readonly unknown[], field: string): number[] {

@@ -115,6 +115,7 @@ export class Tokenizer {
   private readonly vocab: Vocabulary;
   private readonly sp: SpProcessor;
   private readonly table: DecoderTable;
+  private bytesCache: (Uint8Array | null)[] | undefined;
 
   private constructor(vocab: Vocabulary, sp: SpProcessor, table: DecoderTable, source: string) {
     this.vocab = vocab;
@@ -180,6 +181,25 @@ export class Tokenizer {
   /** Whether `id` is a control token (BOS, EOS, ...), which decodes to nothing. */
   isControl(id: number): boolean {
     return this.vocab.types[this.checkId(id, "id")] === PieceType.CONTROL;
+  }
+
+  /**
+   * The bytes each token adds to decoded text ("▁" as a space, a byte piece as its byte), as the stream
+   * decoder produces them; null for control, unknown and unused pieces. Computed once.
+   */
+  tokenBytes(): readonly (Uint8Array | null)[] {
+    if (!this.bytesCache) {
+      const enc = new TextEncoder();
+      const { surface, byteValue } = this.table;
+      this.bytesCache = this.vocab.tokens.map((_, id) => {
+        const type = this.vocab.types[id];
+        if (type === PieceType.BYTE) return Uint8Array.of(byteValue[id]!);
+        if (type === PieceType.CONTROL || type === PieceType.UNKNOWN || type === PieceType.UNUSED) return null;
+        const s = surface[id]!;
+        return s === "" ? null : enc.encode(s);
+      });
+    }
+    return this.bytesCache;
   }
 
   /** SentencePiece encoding of `text` ("<s>" in the text is plain text, not BOS). */

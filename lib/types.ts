@@ -117,6 +117,20 @@ export interface SamplingOptions {
   seed?: number;
 }
 
+/** A JSON Schema (the subset `responseFormat` supports is listed in the README), or true for any value. */
+export type JsonSchema = boolean | { [keyword: string]: unknown };
+
+/**
+ * Constrains what the model may generate. "json_object": one JSON object (OpenAI's JSON mode);
+ * "json_schema": one JSON document that matches `schema`. Tokens that would break the format are
+ * never sampled; generation ends when the document is complete (finishReason "stop"), or is cut by
+ * maxTokens ("length").
+ */
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object"; schema?: JsonSchema }
+  | { type: "json_schema"; schema: JsonSchema };
+
 export interface GenerateOptions extends SamplingOptions {
   /** Maximum generated tokens (default: until EOS or the context is full). */
   maxTokens?: number;
@@ -126,6 +140,8 @@ export interface GenerateOptions extends SamplingOptions {
   stopOnEos?: boolean;
   /** Prepend BOS when the prompt is text (default true). */
   addBos?: boolean;
+  /** Constrained output: JSON, optionally following a JSON Schema (default: free text). */
+  responseFormat?: ResponseFormat;
   signal?: AbortSignal;
 }
 

@@ -67,6 +67,30 @@ describe("--model demo", () => {
     expect(bench.code, bench.stderr).toBe(0);
     expect(JSON.parse(bench.stdout).model.path).toContain("demo-v1.gguf");
   }, 120_000);
+
+  it("generate --json-schema (inline or a file) constrains the output; a bad schema exits 2 naming its keyword", () => {
+    const schema = { type: "object", properties: { name: { type: "string", maxLength: 8 }, n: { type: "integer" } }, required: ["name", "n"] };
+    const scratch = new Scratch("llama2-cli-schema-");
+    try {
+      const file = path.join(scratch.dir, "schema.json");
+      writeFileSync(file, JSON.stringify(schema));
+      for (const arg of [JSON.stringify(schema), file]) {
+        const r = cli(["generate", "--model", "demo", "--prompt", "Person:", "--temperature", "0", "--max-tokens", "200", "--json-schema", arg, "--json"], "", env);
+        expect(r.code, r.stderr).toBe(0);
+        const out = JSON.parse(r.stdout);
+        expect(out.stats.finishReason).toBe("stop");
+        expect(Object.keys(JSON.parse(out.text))).toEqual(["name", "n"]);
+      }
+    } finally {
+      scratch.cleanup();
+    }
+    const bad = cli(["generate", "--model", "demo", "--prompt", "P", "--json-schema", '{"type":"string","pattern":"x"}'], "", env);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/ERR_INVALID_ARGUMENT.*pattern/);
+    const missing = cli(["generate", "--model", "demo", "--prompt", "P", "--json-schema", "/nonexistent/schema.json"], "", env);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("ERR_FILE_NOT_FOUND");
+  }, 120_000);
 });
 
 describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK_FX], () => {

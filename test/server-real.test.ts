@@ -81,6 +81,30 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(text).toBe(whole.choices[0].message.content);
   });
 
+  it("response_format json_schema: OpenAI's client gets a document of the schema, streamed and whole", async () => {
+    const client = new OpenAI({ baseURL: `${url}v1`, apiKey: "unused", maxRetries: 0 });
+    const schema = { type: "object", properties: { city: { type: "string", maxLength: 10 }, rain: { type: "boolean" } }, required: ["city", "rain"], additionalProperties: false };
+    const body = {
+      model: "demo",
+      messages: messages as OpenAI.Chat.ChatCompletionMessageParam[],
+      max_tokens: 120,
+      seed: 4,
+      response_format: { type: "json_schema" as const, json_schema: { name: "weather", schema, strict: true } },
+    };
+    const whole = await client.chat.completions.create(body);
+    expect(whole.choices[0]!.finish_reason).toBe("stop");
+    const v = JSON.parse(whole.choices[0]!.message.content!);
+    expect(Object.keys(v)).toEqual(["city", "rain"]);
+    expect(typeof v.city).toBe("string");
+    expect(typeof v.rain).toBe("boolean");
+    let text = "";
+    for await (const c of await client.chat.completions.create({ ...body, stream: true })) text += c.choices[0]?.delta.content ?? "";
+    expect(text).toBe(whole.choices[0]!.message.content);
+    // JSON mode on the completions endpoint.
+    const r = await (await postJson(`${url}v1/completions`, { prompt: "{", max_tokens: 40, temperature: 0, response_format: { type: "json_object", schema: { type: "object", properties: { n: { type: "integer" } }, required: ["n"] } } })).json();
+    expect(Number.isInteger(JSON.parse(r.choices[0].text).n)).toBe(true);
+  });
+
   it("refuses max_tokens beyond the real context", async () => {
     const res = await postJson(`${url}v1/chat/completions`, { messages, max_tokens: 256 });
     expect(res.status).toBe(400);

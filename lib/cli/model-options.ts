@@ -1,13 +1,15 @@
 // Flags shared by the commands that load a model (generate, chat): loading (--model, --device, ...)
 // and sampling (--temperature, --stop, ...). Values are checked before the model loads, and every
 // library error about an option is reported under its flag's name (`--top-k: must be ...`).
+import { readFileSync } from "node:fs";
 import type { FlagSpecs } from "./args.js";
 import type { CommandIO } from "./command.js";
 import { InvalidArgumentError, Llama2Error } from "../errors.js";
+import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
 import { StopMatcher } from "../stop.js";
-import type { Device, GenerateOptions, KvCacheType, LoadOptions, WeightDtype } from "../types.js";
+import type { Device, GenerateOptions, JsonSchema, KvCacheType, LoadOptions, ResponseFormat, WeightDtype } from "../types.js";
 
 export const LOAD_FLAGS: FlagSpecs = {
   model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf, llama2.c .bin, or demo (the built-in demo model)" },
@@ -34,6 +36,8 @@ export const SAMPLING_FLAGS: FlagSpecs = {
     description: "stop string; a comma list, '\\,' for a comma, '\\n' '\\t' '\\\\' escapes",
   },
   "no-stop": { type: "boolean", description: "ignore EOS: generate until --max-tokens or the context is full" },
+  "json-object": { type: "boolean", description: "constrain the output to one JSON object" },
+  "json-schema": { type: "string", description: "constrain the output to JSON matching this JSON Schema (a file, or the schema itself starting with '{')" },
 };
 
 /** Option field (as the library names it) -> the flag that sets it. */
@@ -118,6 +122,30 @@ export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOption
   return opts;
 }
 
+/** --json-object / --json-schema FILE|JSON, compiled (errors name the flag and the schema's keyword). */
+function responseFormatFromFlags(flags: Record<string, unknown>): ResponseFormat | undefined {
+  const raw = flags.jsonSchema as string | undefined;
+  if (raw === undefined) return flags.jsonObject === true ? { type: "json_object" } : undefined;
+  let text = raw;
+  if (!raw.trimStart().startsWith("{")) {
+    try {
+      text = readFileSync(raw, "utf8");
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "ERR_FILE_NOT_FOUND" : "ERR_FILE_READ";
+      throw new Llama2Error(code, `--json-schema: cannot read ${raw}: ${(err as Error).message}`);
+    }
+  }
+  let schema: JsonSchema;
+  try {
+    schema = JSON.parse(text) as JsonSchema;
+  } catch (err) {
+    throw new InvalidArgumentError("--json-schema", `${raw === text ? "the schema" : raw} is not valid JSON: ${(err as Error).message}`);
+  }
+  const format: ResponseFormat = flags.jsonObject === true ? { type: "json_object", schema } : { type: "json_schema", schema };
+  compileResponseFormat(format, "--json-schema");
+  return format;
+}
+
 /** Generation options from the sampling flags, checked. */
 export function generateOptionsFromFlags(flags: Record<string, unknown>): GenerateOptions {
   const opts: GenerateOptions = {};
@@ -139,6 +167,8 @@ export function generateOptionsFromFlags(flags: Record<string, unknown>): Genera
   if ((flags.stop as string[] | undefined)?.length && stop.length === 0) throw new InvalidArgumentError("--stop", "is empty");
   if (stop.length > 0) opts.stop = stop;
   if (flags.noStop === true) opts.stopOnEos = false;
+  const format = responseFormatFromFlags(flags);
+  if (format) opts.responseFormat = format;
   try {
     Sampler.validate(opts, Number.MAX_SAFE_INTEGER);
     StopMatcher.validate(opts.stop);

@@ -1,8 +1,9 @@
 // Validation of OpenAI-style request bodies (also used for evaluation dataset lines). Every problem is
 // an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored;
-// known features the server cannot honour (logprobs, tools, JSON mode, suffix) are refused, not dropped.
+// known features the server cannot honour (logprobs, tools, suffix) are refused, not dropped.
 import { InvalidArgumentError } from "../errors.js";
-import type { ChatMessage, SamplingOptions } from "../types.js";
+import { compileResponseFormat } from "../grammar/response-format.js";
+import type { ChatMessage, JsonSchema, ResponseFormat, SamplingOptions } from "../types.js";
 
 /** The prompt does not leave room for the requested completion (OpenAI code context_length_exceeded). */
 export class ContextLengthError extends InvalidArgumentError {
@@ -14,7 +15,7 @@ export interface ParsedSampling {
   /** The field maxTokens came from (max_tokens or max_completion_tokens), for error messages. */
   maxTokensField?: string;
   stop?: string[];
-  options: SamplingOptions;
+  options: SamplingOptions & { responseFormat?: ResponseFormat };
 }
 
 export interface ParsedRequest extends ParsedSampling {
@@ -120,11 +121,39 @@ export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
     ["frequencyPenalty", numberField(o, "frequency_penalty", -2, 2)],
     ["seed", numberField(o, "seed", 0, Number.MAX_SAFE_INTEGER, { int: true })],
   ];
-  const options: SamplingOptions = Object.fromEntries(entries.filter(([, v]) => v !== undefined));
+  const options: ParsedSampling["options"] = Object.fromEntries(entries.filter(([, v]) => v !== undefined));
   if (logitBias) options.logitBias = logitBias;
+  const responseFormat = parseResponseFormat(o.response_format);
+  if (responseFormat) options.responseFormat = responseFormat;
   stringField(o, "user");
   stringField(o, "model");
   return { ...(maxTokens !== undefined && { maxTokens, maxTokensField }), ...(stop && { stop }), options };
+}
+
+/**
+ * OpenAI's response_format: {"type":"text"}, {"type":"json_object"} (llama.cpp's server also takes a
+ * "schema" there), or {"type":"json_schema","json_schema":{"name","schema","strict"}}. The schema is
+ * compiled here, so that an unsupported one is a 400 naming its keyword before anything runs.
+ */
+function parseResponseFormat(v: unknown): ResponseFormat | undefined {
+  if (v === undefined || v === null) return undefined;
+  const o = asObject(v, "response_format");
+  let format: ResponseFormat;
+  if (o.type === "text") return undefined;
+  if (o.type === "json_object") {
+    format = o.schema === undefined || o.schema === null ? { type: "json_object" } : { type: "json_object", schema: o.schema as JsonSchema };
+  } else if (o.type === "json_schema") {
+    const js = asObject(o.json_schema, "response_format.json_schema");
+    stringField(js, "name");
+    stringField(js, "description");
+    boolField(js, "strict");
+    if (js.schema === undefined || js.schema === null) throw new InvalidArgumentError("response_format.json_schema.schema", "is required");
+    format = { type: "json_schema", schema: js.schema as JsonSchema };
+  } else {
+    throw new InvalidArgumentError("response_format.type", `expected "text", "json_object" or "json_schema", got ${show(o.type)}`);
+  }
+  compileResponseFormat(format, o.type === "json_schema" ? "response_format.json_schema" : "response_format");
+  return format;
 }
 
 function parseStreaming(o: Body): { stream: boolean; includeUsage: boolean } {
@@ -193,8 +222,6 @@ function refuseUnsupportedChat(o: Body): void {
   if (set("top_logprobs")) throw new InvalidArgumentError("top_logprobs", "logprobs are not supported by this server");
   for (const k of ["tools", "functions", "tool_choice"])
     if (set(k)) throw new InvalidArgumentError(k, "tool and function calling are not supported by this server");
-  if (set("response_format") && asObject(o.response_format, "response_format").type !== "text")
-    throw new InvalidArgumentError("response_format", 'only {"type":"text"} is supported by this server');
 }
 
 export function parseCompletionRequest(body: unknown, vocabSize: number): ParsedRequest & { prompt: string } {

@@ -1,0 +1,61 @@
+// The `responseFormat` generation option: validation, and the per-generation constraint it creates.
+import { InvalidArgumentError } from "../errors.js";
+import type { Tokenizer } from "../tokenizer.js";
+import type { ResponseFormat } from "../types.js";
+import type { SchemaNode } from "./json-recognizer.js";
+import { ANY_VALUE, compileJsonSchema } from "./json-schema.js";
+import { JsonConstraint, VocabTrie } from "./token-constraint.js";
+
+/** A validated response format: null for free text. */
+export type CompiledFormat = { root: SchemaNode } | null;
+
+const ANY_OBJECT: SchemaNode = { kind: "object", props: [], extra: ANY_VALUE };
+const compiled = new WeakMap<object, CompiledFormat>();
+
+/**
+ * Validates `responseFormat` and compiles its schema (memoized per option object, so validating
+ * the options and then generating compiles once). Throws InvalidArgumentError naming the field.
+ */
+export function compileResponseFormat(format: unknown, field = "responseFormat"): CompiledFormat {
+  if (format === undefined) return null;
+  if (typeof format !== "object" || format === null || Array.isArray(format))
+    throw new InvalidArgumentError(field, 'expected { type: "text" | "json_object" | "json_schema", schema? }');
+  const have = compiled.get(format);
+  if (have !== undefined) return have;
+  const f = format as Record<string, unknown>;
+  for (const k of Object.keys(f)) if (k !== "type" && k !== "schema") throw new InvalidArgumentError(`${field}.${k}`, "unknown option");
+  let out: CompiledFormat;
+  switch (f.type) {
+    case "text":
+      if (f.schema !== undefined) throw new InvalidArgumentError(`${field}.schema`, 'a schema needs type "json_schema"');
+      out = null;
+      break;
+    case "json_object":
+      // Any JSON object (OpenAI's JSON mode); a schema, when given, narrows it (llama.cpp's server accepts that too).
+      out = { root: f.schema === undefined ? ANY_OBJECT : compileJsonSchema(f.schema, `${field}.schema`) };
+      break;
+    case "json_schema":
+      if (f.schema === undefined) throw new InvalidArgumentError(`${field}.schema`, 'is required with type "json_schema"');
+      out = { root: compileJsonSchema(f.schema, `${field}.schema`) };
+      break;
+    default:
+      throw new InvalidArgumentError(`${field}.type`, `expected "text", "json_object" or "json_schema", got ${JSON.stringify(f.type) ?? typeof f.type}`);
+  }
+  compiled.set(format, out);
+  return out;
+}
+
+const tries = new WeakMap<Tokenizer, VocabTrie>();
+
+/** The constraint for one generation (null for free text). */
+export function createConstraint(format: ResponseFormat | undefined, tokenizer: Tokenizer | null): JsonConstraint | null {
+  const c = compileResponseFormat(format);
+  if (c === null) return null;
+  if (!tokenizer) throw new InvalidArgumentError("responseFormat", "constrained output needs the model's tokenizer (this model has none: load it with tokenizerPath)");
+  let trie = tries.get(tokenizer);
+  if (!trie) {
+    trie = new VocabTrie(tokenizer.tokenBytes());
+    tries.set(tokenizer, trie);
+  }
+  return new JsonConstraint(c.root, trie, tokenizer.eosId);
+}

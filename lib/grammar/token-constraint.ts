@@ -1,0 +1,146 @@
+// Constrained generation at the token level: which tokens may come next so that the output can still
+// become a JSON document of the schema. The sampler asks about its best candidates one by one
+// (`allows`, cheap: a token's few bytes through the recognizer) and only when too few of them pass does
+// it ask for the whole vocabulary at once (`fillMask`: one walk of a trie of the tokens' bytes, where a
+// prefix the recognizer rejects prunes every token under it).
+import { Llama2Error } from "../errors.js";
+import { canEnd, feed, initialState, mustEnd, stepState, type SchemaNode, type Stack, type State } from "./json-recognizer.js";
+
+/** What the sampler needs from a constraint. */
+export interface TokenFilter {
+  /** Whether token `id` may come next. */
+  allows(id: number): boolean;
+  /** Sets mask[id] to 1 for every token that may come next, 0 for the others (mask.length = vocabulary). */
+  fillMask(mask: Uint8Array): void;
+}
+
+/** The tokens' bytes in a trie, built once per vocabulary. */
+export class VocabTrie {
+  readonly vocabSize: number;
+  /** Each token's bytes in decoded text; null for tokens that never appear in constrained output. */
+  readonly bytes: readonly (Uint8Array | null)[];
+  // Node n's children are childNode[childStart[n] .. childStart[n + 1]), on bytes childByte[...];
+  // the tokens whose bytes end at node n are tokens[tokStart[n] .. tokStart[n + 1]).
+  private readonly childStart: Int32Array;
+  private readonly childByte: Uint8Array;
+  private readonly childNode: Int32Array;
+  private readonly tokStart: Int32Array;
+  private readonly tokens: Int32Array;
+
+  constructor(bytes: readonly (Uint8Array | null)[]) {
+    this.vocabSize = bytes.length;
+    this.bytes = bytes;
+    const kids: Map<number, number>[] = [new Map()];
+    const ends: number[][] = [[]];
+    bytes.forEach((b, id) => {
+      if (!b || b.length === 0) return;
+      let n = 0;
+      for (const x of b) {
+        let c = kids[n]!.get(x);
+        if (c === undefined) {
+          c = kids.length;
+          kids.push(new Map());
+          ends.push([]);
+          kids[n]!.set(x, c);
+        }
+        n = c;
+      }
+      ends[n]!.push(id);
+    });
+    const N = kids.length;
+    this.childStart = new Int32Array(N + 1);
+    this.tokStart = new Int32Array(N + 1);
+    for (let n = 0; n < N; n++) {
+      this.childStart[n + 1] = this.childStart[n]! + kids[n]!.size;
+      this.tokStart[n + 1] = this.tokStart[n]! + ends[n]!.length;
+    }
+    this.childByte = new Uint8Array(this.childStart[N]!);
+    this.childNode = new Int32Array(this.childStart[N]!);
+    this.tokens = new Int32Array(this.tokStart[N]!);
+    for (let n = 0; n < N; n++) {
+      let j = this.childStart[n]!;
+      for (const [x, c] of kids[n]!) {
+        this.childByte[j] = x;
+        this.childNode[j++] = c;
+      }
+      this.tokens.set(ends[n]!, this.tokStart[n]!);
+    }
+  }
+
+  /** Marks in `mask` every token whose bytes, fed to `state`, leave it alive. */
+  walk(state: State, mask: Uint8Array): void {
+    const nodes: number[] = [0];
+    const states: State[] = [state];
+    while (nodes.length > 0) {
+      const n = nodes.pop()!;
+      const st = states.pop()!;
+      for (let j = this.childStart[n]!; j < this.childStart[n + 1]!; j++) {
+        const next: Stack[] = [];
+        stepState(st, this.childByte[j]!, next);
+        if (next.length === 0) continue;
+        const c = this.childNode[j]!;
+        for (let t = this.tokStart[c]!; t < this.tokStart[c + 1]!; t++) mask[this.tokens[t]!] = 1;
+        if (this.childStart[c + 1]! > this.childStart[c]!) {
+          nodes.push(c);
+          states.push(next);
+        }
+      }
+    }
+  }
+}
+
+/** A generation's JSON constraint: the recognizer's state after the tokens accepted so far. */
+export class JsonConstraint implements TokenFilter {
+  private state: State;
+  /** States after each token checked since the last accept (accept reuses them). */
+  private readonly memo = new Map<number, State>();
+
+  constructor(
+    root: SchemaNode,
+    private readonly trie: VocabTrie,
+    /** The end-of-sequence token: allowed exactly where the document may end. */
+    private readonly eosId: number,
+  ) {
+    this.state = initialState(root);
+  }
+
+  allows(id: number): boolean {
+    if (id === this.eosId) return canEnd(this.state);
+    return this.after(id).length > 0;
+  }
+
+  fillMask(mask: Uint8Array): void {
+    mask.fill(0);
+    this.trie.walk(this.state, mask);
+    if (this.eosId >= 0 && this.eosId < mask.length) mask[this.eosId] = canEnd(this.state) ? 1 : 0;
+  }
+
+  /** Advances past a token the filter allowed. */
+  accept(id: number): void {
+    if (id === this.eosId) return;
+    const next = this.after(id);
+    if (next.length === 0) throw new Llama2Error("ERR_INTERNAL", `the JSON constraint was handed token ${id}, which it does not allow`);
+    this.state = next;
+    this.memo.clear();
+  }
+
+  /** The output so far is a complete document that no token can extend: generation is over. */
+  get done(): boolean {
+    return mustEnd(this.state);
+  }
+
+  /** The output so far is a complete document (it may still be extended, e.g. a top-level number). */
+  get complete(): boolean {
+    return canEnd(this.state);
+  }
+
+  private after(id: number): State {
+    let s = this.memo.get(id);
+    if (s === undefined) {
+      const b = this.trie.bytes[id];
+      s = b && b.length > 0 ? feed(this.state, b) : [];
+      this.memo.set(id, s);
+    }
+    return s;
+  }
+}
