@@ -13,6 +13,7 @@ import path from "node:path";
 import { PassThrough } from "node:stream";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { Llama2Error } from "../lib/errors.js";
+import { hashReads } from "../lib/hub/download.js";
 import { localPathOf, pullModel } from "../lib/hub/pull.js";
 import { isHubRef, parseHubRef, unsupportedQuant } from "../lib/hub/refs.js";
 import { Llama2 } from "../lib/llama2.js";
@@ -225,7 +226,10 @@ describe("Hub references", () => {
 
 describe("pullModel against a fake Hub", () => {
   it("downloads an LFS file through the redirect, checks its sha256, and reuses it offline afterwards", async () => {
+    const reads = { ...hashReads };
     const local = await pull("hf:acme/tiny-GGUF/tiny.Q8_0.gguf", { token: TOKEN });
+    // The sha256 was computed while the bytes streamed in: the file was not read back.
+    expect(hashReads).toEqual(reads);
     expect(local).toBe(localPathOf(parseHubRef("hf:acme/tiny-GGUF/tiny.Q8_0.gguf"), dir));
     expect(readFileSync(local).equals(gguf)).toBe(true);
     expect(existsSync(`${local}.part`) || existsSync(`${local}.lock`)).toBe(false);
@@ -245,8 +249,10 @@ describe("pullModel against a fake Hub", () => {
 
   it("resumes with a Range request after a dropped connection and after a stall", async () => {
     hub.faults.set("acme/tiny-GGUF/tiny.Q8_0.gguf", { kind: "drop", after: 1 << 20 });
+    const reads = { ...hashReads };
     const local = await pull("hf:acme/tiny-GGUF/tiny.Q8_0.gguf");
     expect(readFileSync(local).equals(gguf)).toBe(true);
+    expect(hashReads).toEqual(reads); // the running hash carried over the resumed request
     const gets = hub.cdnGets("tiny.Q8_0.gguf");
     expect(gets.length).toBe(2);
     expect(gets[1]!.range).toMatch(/^bytes=[1-9]\d*-$/);
@@ -270,9 +276,12 @@ describe("pullModel against a fake Hub", () => {
     const kept = statSync(`${local}.part`).size;
     expect(kept).toBeGreaterThan(0);
     hub.log = [];
+    const reads = { ...hashReads };
     await pull("hf:acme/tiny-GGUF/tiny.Q8_0.gguf");
     expect(hub.cdnGets("tiny.Q8_0.gguf")[0]!.range).toBe(`bytes=${kept}-`);
     expect(readFileSync(local).equals(gguf)).toBe(true);
+    // A part from an earlier run is hashed once up to where it resumes, never read whole.
+    expect(hashReads).toEqual({ prefix: reads.prefix + 1, whole: reads.whole });
   });
 
   it("a checksum mismatch deletes the download (ERR_DOWNLOAD_CORRUPT); the next pull fetches it whole", async () => {

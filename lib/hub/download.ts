@@ -120,13 +120,27 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 
 class Retryable extends Error {}
 
+/**
+ * The sha256 of the part's first `bytes` bytes, updated as chunks are written and kept across attempts,
+ * so that a 7 GB file is not read back to verify it. A part left by an earlier run (or one whose size
+ * disagrees after a failed write) is hashed from disk up to where the download resumes.
+ */
+interface RunningHash {
+  h: Hash;
+  bytes: number;
+}
+
+/** How often the part was read back from disk to hash it (tests check that a download does not). @internal */
+export const hashReads = { prefix: 0, whole: 0 };
+
 async function fetchToFile(url: string, dest: string, opts: DownloadOptions): Promise<void> {
   const attempts = opts.attempts ?? 5;
   const part = `${dest}.part`;
   let expected: Expected = { ...opts.expected };
+  const running: { hash?: RunningHash } = {};
   for (let attempt = 1; ; attempt++) {
     try {
-      expected = await transfer(url, part, expected, opts);
+      expected = await transfer(url, part, expected, opts, running);
       break;
     } catch (err) {
       if (opts.signal?.aborted) throw aborted(dest, opts.signal);
@@ -140,7 +154,7 @@ async function fetchToFile(url: string, dest: string, opts: DownloadOptions): Pr
       });
     }
   }
-  await verify(part, dest, expected);
+  await verify(part, dest, expected, running.hash);
   await rename(part, dest);
 }
 
@@ -151,7 +165,7 @@ function aborted(dest: string, signal: AbortSignal): Llama2Error {
 }
 
 /** One request (plus its redirects) appending to `part`; returns what the server said the file is. */
-async function transfer(url: string, part: string, expected: Expected, opts: DownloadOptions): Promise<Expected> {
+async function transfer(url: string, part: string, expected: Expected, opts: DownloadOptions, running: { hash?: RunningHash }): Promise<Expected> {
   let have = await stat(part).then((s) => s.size, () => 0);
   if (expected.size !== undefined && have > expected.size) {
     await unlink(part);
@@ -190,6 +204,12 @@ async function transfer(url: string, part: string, expected: Expected, opts: Dow
     const total = size ?? (res.status === 200 && res.headers.get("content-length") ? Number(res.headers.get("content-length")) : undefined);
     if (exp.size === undefined && total !== undefined) exp.size = total;
     await checkSpace(part, total !== undefined ? total - (append ? have : 0) : undefined);
+    let hash: RunningHash | undefined;
+    if (exp.sha256) {
+      const start = append ? have : 0;
+      hash = running.hash?.bytes === start ? running.hash : await hashPrefix(part, start);
+      running.hash = hash;
+    }
     const fh = await open(part, append ? "a" : "w");
     let bytes = append ? have : 0;
     try {
@@ -197,6 +217,10 @@ async function transfer(url: string, part: string, expected: Expected, opts: Dow
       for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
         arm();
         await fh.write(chunk);
+        if (hash) {
+          hash.h.update(chunk);
+          hash.bytes += chunk.length;
+        }
         bytes += chunk.length;
         opts.onBytes?.(bytes, total);
       }
@@ -298,7 +322,17 @@ async function checkSpace(file: string, needed: number | undefined): Promise<voi
 
 const gb = (n: number) => `${(n / 1e9).toFixed(2)} GB`;
 
-async function verify(part: string, dest: string, exp: Expected): Promise<void> {
+/** A running sha256 of the part's first `n` bytes (read from disk when n > 0). */
+async function hashPrefix(part: string, n: number): Promise<RunningHash> {
+  const h = createHash("sha256");
+  if (n > 0) {
+    hashReads.prefix++;
+    for await (const chunk of createReadStream(part, { start: 0, end: n - 1, highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  }
+  return { h, bytes: n };
+}
+
+async function verify(part: string, dest: string, exp: Expected, running: RunningHash | undefined): Promise<void> {
   const { size } = await stat(part);
   const fail = (what: string) => {
     return unlink(part)
@@ -309,10 +343,16 @@ async function verify(part: string, dest: string, exp: Expected): Promise<void> 
   };
   if (exp.size !== undefined && size !== exp.size) return fail(`${size} bytes where the Hub says ${exp.size}`);
   if (!exp.sha256 && !exp.gitSha1) return;
-  const h: Hash = createHash(exp.sha256 ? "sha256" : "sha1");
-  if (!exp.sha256) h.update(`blob ${size}\0`);
-  for await (const chunk of createReadStream(part, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  const got = h.digest("hex");
+  let got: string;
+  if (exp.sha256 && running?.bytes === size) got = running.h.digest("hex");
+  else {
+    // Small files (git blob sha1, whose header needs the final size), or a part the running hash lost track of.
+    hashReads.whole++;
+    const h: Hash = createHash(exp.sha256 ? "sha256" : "sha1");
+    if (!exp.sha256) h.update(`blob ${size}\0`);
+    for await (const chunk of createReadStream(part, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+    got = h.digest("hex");
+  }
   const want = (exp.sha256 ?? exp.gitSha1)!;
   if (got !== want) return fail(`${exp.sha256 ? "sha256" : "git blob sha1"} ${got} where the Hub says ${want}`);
 }
