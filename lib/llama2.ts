@@ -5,6 +5,7 @@ import { getChatTemplate, type ChatTemplate } from "./chat-template.js";
 import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefix-cache.js";
 import { Scheduler } from "./engine/scheduler.js";
 import { compileResponseFormat, createConstraint } from "./grammar/response-format.js";
+import { tokenLogprob } from "./logprobs.js";
 import type { JsonConstraint } from "./grammar/token-constraint.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
 import { native, type NativeModel, type NativeStepOutput } from "./native.js";
@@ -69,7 +70,7 @@ export interface GenerationPlan {
 const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
-  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat",
+  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs",
 ]);
 const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
 
@@ -462,6 +463,7 @@ export class Llama2 {
     this.inFlight++;
     const ctx = this.info.contextLength;
     const generated: number[] = [];
+    const logprobs: GenerationResult["logprobs"] = opts.logprobs === undefined ? undefined : [];
     let evaluated = 0; // prompt tokens that made it into the cache
     let finishReason: FinishReason = "length";
     const controller = new AbortController();
@@ -498,7 +500,9 @@ export class Llama2 {
       const constraint = createConstraint(opts.responseFormat, this.tokenizer);
       const sampler = new Sampler(opts, this.info.config.vocabSize, { constrained: constraint !== null });
       const needs = sampler.needs;
-      const output = needs.fullLogits ? -1 : needs.candidates;
+      // Log-probabilities need the whole distribution's normalizer: full logits.
+      const output = needs.fullLogits || logprobs ? -1 : needs.candidates;
+      const tokenText = (id: number) => this.tokenizer?.tokenBytes()[id] ?? null;
       const stopOnEos = opts.stopOnEos ?? true;
       const room = ctx - plan.cached - plan.prompt.length;
       const maxTokens = Math.min(opts.maxTokens ?? Infinity, room + 1);
@@ -511,7 +515,7 @@ export class Llama2 {
         worst = await this.admit(plan, maxTokens, key, controller.signal);
       } catch (err) {
         // Aborted before it started (or while queued for KV room): it ends like any aborted generation.
-        if (controller.signal.aborted && !this.disposed) return this.finish(push, onEnd, streamed, plan, generated, 0, "abort", { t0, tAdmit: t0, tPrefill: t0, tFirst: 0 });
+        if (controller.signal.aborted && !this.disposed) return this.finish(push, onEnd, streamed, plan, generated, 0, "abort", { t0, tAdmit: t0, tPrefill: t0, tFirst: 0 }, logprobs);
         throw err;
       }
       have = Math.ceil(plan.cached / this.blockSize);
@@ -524,7 +528,7 @@ export class Llama2 {
         if (controller.signal.aborted) {
           evaluated = this.model.sequenceLength(plan.seq) - plan.cached;
           finishReason = "abort";
-          return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill: performance.now(), tFirst: 0 });
+          return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill: performance.now(), tFirst: 0 }, logprobs);
         }
         throw err;
       }
@@ -555,7 +559,11 @@ export class Llama2 {
         history.push(tok);
         const piece = decoder ? decoder.push(tok) : "";
         const r = stop.push(piece);
-        push({ text: r.text, tokenIds: [tok] });
+        if (logprobs) {
+          const lp = tokenLogprob(out! as Float32Array, tok, opts.logprobs!, tokenText);
+          logprobs.push(lp);
+          push({ text: r.text, tokenIds: [tok], logprobs: [lp] });
+        } else push({ text: r.text, tokenIds: [tok] });
         if (r.stopped) {
           finishReason = "stopSequence";
           break;
@@ -584,7 +592,7 @@ export class Llama2 {
         if (tail) push({ text: tail, tokenIds: [] });
       }
       keep = finishReason !== "abort";
-      return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst });
+      return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst }, logprobs);
     } catch (err) {
       const e = err instanceof Llama2Error ? err : fromNative(err);
       onEnd({ generated, evaluated, text: streamed, finishReason: "abort", error: e });
@@ -638,6 +646,7 @@ export class Llama2 {
     evaluated: number,
     finishReason: FinishReason,
     t: { t0: number; tAdmit: number; tPrefill: number; tFirst: number },
+    logprobs?: GenerationResult["logprobs"],
   ): GenerationResult {
     const tEnd = performance.now();
     const stats: GenerationStats = {
@@ -652,7 +661,7 @@ export class Llama2 {
     };
     onEnd({ generated, evaluated, text, finishReason });
     emit({ text: "", tokenIds: [], stats });
-    return { text, tokenIds: generated, stats };
+    return { text, tokenIds: generated, ...(logprobs && { logprobs }), stats };
   }
 
   // Admission control: a generation starts only when the KV cache can hold its worst case
@@ -749,6 +758,7 @@ export class Llama2 {
     if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
     checkKeys(opts, allowed, "options");
     checkInt(opts.maxTokens, "maxTokens", 1, 1 << 20);
+    checkInt(opts.logprobs, "logprobs", 0, 20);
     for (const k of ["stopOnEos", "addBos"] as const) {
       if (opts[k] !== undefined && typeof opts[k] !== "boolean") throw new InvalidArgumentError(k, "expected a boolean");
     }

@@ -142,6 +142,12 @@ export interface GenerateOptions extends SamplingOptions {
   addBos?: boolean;
   /** Constrained output: JSON, optionally following a JSON Schema (default: free text). */
   responseFormat?: ResponseFormat;
+  /**
+   * Report each generated token's log-probability under the model (log-softmax of its raw logits, before
+   * temperature, penalties, logitBias and the response format), with this many most likely alternatives
+   * (0..20). Off by default (it needs the full logits from the device each step).
+   */
+  logprobs?: number;
   signal?: AbortSignal;
 }
 
@@ -162,10 +168,27 @@ export interface GenerationStats {
   finishReason: FinishReason;
 }
 
+/** A token and its log-probability (natural log). */
+export interface TokenLogprobAlternative {
+  id: number;
+  /** The token's text on its own (U+FFFD for a byte of an incomplete UTF-8 character). */
+  token: string;
+  /** The token's bytes in the output. */
+  bytes: number[];
+  logprob: number;
+}
+
+/** The log-probability of a generated token, and the most likely alternatives (best first). */
+export interface TokenLogprob extends TokenLogprobAlternative {
+  top: TokenLogprobAlternative[];
+}
+
 export interface GenerationChunk {
   /** Text decoded since the previous chunk (never a broken UTF-8 character). */
   text: string;
   tokenIds: number[];
+  /** With `logprobs`: one entry per id of tokenIds. */
+  logprobs?: TokenLogprob[];
   /** Present on the last chunk only. */
   stats?: GenerationStats;
 }
@@ -173,6 +196,8 @@ export interface GenerationChunk {
 export interface GenerationResult {
   text: string;
   tokenIds: number[];
+  /** With `logprobs`: one entry per generated token. */
+  logprobs?: TokenLogprob[];
   stats: GenerationStats;
 }
 

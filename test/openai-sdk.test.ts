@@ -85,9 +85,9 @@ describe("the openai client", () => {
   });
 
   it("features the server cannot honour are a BadRequestError, not silently dropped", async () => {
-    const err = await client.chat.completions.create({ model: "llama2", messages, logprobs: true, top_logprobs: 2 }).catch((e) => e);
+    const err = await client.chat.completions.create({ model: "llama2", messages, top_logprobs: 2 }).catch((e) => e);
     expect(err).toBeInstanceOf(OpenAI.BadRequestError);
-    expect(err.param).toBe("logprobs");
+    expect(err.param).toBe("top_logprobs"); // without logprobs: true
     const tools = await client.chat.completions
       .create({ model: "llama2", messages, tools: [{ type: "function", function: { name: "f", parameters: {} } }] })
       .catch((e) => e);

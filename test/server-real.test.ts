@@ -105,6 +105,32 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(Number.isInteger(JSON.parse(r.choices[0].text).n)).toBe(true);
   });
 
+  it("logprobs: chat (whole and streamed, OpenAI's client) and the legacy completions shape", async () => {
+    const client = new OpenAI({ baseURL: `${url}v1`, apiKey: "unused", maxRetries: 0 });
+    const body = { model: "demo", messages: messages as OpenAI.Chat.ChatCompletionMessageParam[], max_tokens: 6, seed: 8, logprobs: true, top_logprobs: 2 };
+    const whole = await client.chat.completions.create(body);
+    const content = whole.choices[0]!.logprobs!.content!;
+    expect(content).toHaveLength(whole.usage!.completion_tokens);
+    for (const t of content) {
+      expect(t.logprob).toBeLessThanOrEqual(0);
+      expect(t.top_logprobs).toHaveLength(2);
+      expect(Buffer.from(t.bytes!).toString("utf8")).toBe(t.token);
+    }
+    const streamed: unknown[] = [];
+    for await (const c of await client.chat.completions.create({ ...body, stream: true })) streamed.push(...(c.choices[0]?.logprobs?.content ?? []));
+    expect(streamed).toEqual(content);
+    const plain = await client.chat.completions.create({ ...body, logprobs: false, top_logprobs: undefined });
+    expect(plain.choices[0]!.logprobs).toBeNull();
+    expect(plain.choices[0]!.message.content).toBe(whole.choices[0]!.message.content);
+    const r = await (await postJson(`${url}v1/completions`, { prompt: "Once upon a time", max_tokens: 5, temperature: 0, logprobs: 1 })).json();
+    const lp = r.choices[0].logprobs;
+    expect(lp.tokens).toHaveLength(r.usage.completion_tokens);
+    expect(lp.token_logprobs).toHaveLength(lp.tokens.length);
+    expect(lp.top_logprobs.every((o: object) => Object.keys(o).length === 1)).toBe(true);
+    expect(lp.text_offset[0]).toBe(0);
+    expect(lp.text_offset[1]).toBe(lp.tokens[0].length);
+  });
+
   it("refuses max_tokens beyond the real context", async () => {
     const res = await postJson(`${url}v1/chat/completions`, { messages, max_tokens: 256 });
     expect(res.status).toBe(400);

@@ -2,7 +2,7 @@
 import { randomBytes } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import { fromNative, InvalidArgumentError, Llama2Error } from "../errors.js";
-import type { FinishReason, GenerateOptions, GenerationStats, GenerationStream } from "../types.js";
+import type { FinishReason, GenerateOptions, GenerationStats, GenerationStream, TokenLogprob } from "../types.js";
 import { countChatTokens, type ChatBackend } from "./backend.js";
 import { ContextLengthError, parseChatRequest, parseCompletionRequest, resolveMaxTokens, type ParsedRequest } from "./validate.js";
 
@@ -130,12 +130,30 @@ async function serve(
   const created = Math.floor(Date.now() / 1000);
   const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
   // With stream_options.include_usage, OpenAI puts `usage: null` on every chunk before the usage chunk.
-  const chunk = (delta: { role?: string; content?: string }, finish: string | null, extra: object = {}): object => ({
+  const wantLogprobs = req.options.logprobs !== undefined;
+  let offset = 0; // text_offset of the legacy endpoint's logprobs
+  const formatLogprobs = (l: TokenLogprob[]): object | null => {
+    if (!wantLogprobs) return null;
+    if (kind === "chat") return { content: l.map((x) => ({ ...alternative(x), top_logprobs: x.top.map(alternative) })), refusal: null };
+    const text_offset = l.map((x) => ((offset += x.token.length), offset - x.token.length));
+    return {
+      tokens: l.map((x) => x.token),
+      token_logprobs: l.map((x) => finiteLogprob(x.logprob)),
+      top_logprobs: l.map((x) => Object.fromEntries(x.top.map((t) => [t.token, finiteLogprob(t.logprob)]))),
+      text_offset,
+    };
+  };
+  let pending: TokenLogprob[] = []; // logprobs of tokens whose text has not been sent yet
+  const chunk = (delta: { role?: string; content?: string }, finish: string | null, extra: object = {}, lp: TokenLogprob[] | null = null): object => ({
     id,
     object,
     created,
     model: ctx.modelId,
-    choices: [kind === "chat" ? { index: 0, delta, logprobs: null, finish_reason: finish } : { index: 0, text: delta.content ?? "", logprobs: null, finish_reason: finish }],
+    choices: [
+      kind === "chat"
+        ? { index: 0, delta, logprobs: lp && formatLogprobs(lp), finish_reason: finish }
+        : { index: 0, text: delta.content ?? "", logprobs: lp && formatLogprobs(lp), finish_reason: finish },
+    ],
     ...(req.includeUsage && { usage: null }),
     ...extra,
   });
@@ -154,9 +172,12 @@ async function serve(
       if (c.tokenIds.length > 0) firstTokenMs ??= performance.now() - t0;
       completionTokens += c.tokenIds.length;
       if (c.stats) stats = c.stats;
+      if (c.logprobs) pending.push(...c.logprobs);
       if (!c.text) continue;
-      if (req.stream) await send(res, sse(chunk({ content: c.text }, null)));
-      else text += c.text;
+      if (req.stream) {
+        await send(res, sse(chunk({ content: c.text }, null, {}, wantLogprobs ? pending : null)));
+        pending = [];
+      } else text += c.text;
     }
   } catch (err) {
     // An abort may surface as a thrown ERR_ABORTED rather than finishReason "abort".
@@ -185,7 +206,8 @@ async function serve(
     if (failure) throw failure;
     if (cut) throw new HttpError(503, `generation cut: ${cut.message}`, "server_error", cut.code);
     const finish = openaiFinish(stats?.finishReason ?? "stop");
-    const choice = kind === "chat" ? { index: 0, message: { role: "assistant", content: text }, logprobs: null, finish_reason: finish } : { index: 0, text, logprobs: null, finish_reason: finish };
+    const logprobs = formatLogprobs(pending);
+    const choice = kind === "chat" ? { index: 0, message: { role: "assistant", content: text }, logprobs, finish_reason: finish } : { index: 0, text, logprobs, finish_reason: finish };
     sendJson(res, 200, { id, object: kind === "chat" ? "chat.completion" : "text_completion", created, model: ctx.modelId, choices: [choice], usage, timings });
     return { ...outcome, finishReason: finish };
   }
@@ -200,12 +222,22 @@ async function serve(
     outcome.status = cut ? 200 : e.status;
   } else {
     finishReason = openaiFinish(stats?.finishReason ?? "stop");
-    await send(res, sse(chunk({}, finishReason, { timings })));
+    await send(res, sse(chunk({}, finishReason, { timings }, wantLogprobs && pending.length > 0 ? pending : null)));
     if (req.includeUsage) await send(res, sse({ id, object, created, model: ctx.modelId, choices: [], usage }));
   }
   await send(res, "data: [DONE]\n\n");
   res.end();
   return { ...outcome, finishReason };
+}
+
+/** A token in OpenAI's logprobs shape. */
+function alternative(x: { token: string; logprob: number; bytes: number[] }): { token: string; logprob: number; bytes: number[] } {
+  return { token: x.token, logprob: finiteLogprob(x.logprob), bytes: x.bytes };
+}
+
+/** JSON has no -Infinity: a token the model rules out gets OpenAI's floor, -9999. */
+function finiteLogprob(v: number): number {
+  return Number.isFinite(v) ? v : -9999;
 }
 
 function round(v: number | undefined): number | null {

@@ -1,6 +1,6 @@
 // Validation of OpenAI-style request bodies (also used for evaluation dataset lines). Every problem is
 // an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored;
-// known features the server cannot honour (logprobs, tools, suffix) are refused, not dropped.
+// known features the server cannot honour (tools, suffix, echo) are refused, not dropped.
 import { InvalidArgumentError } from "../errors.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
 import type { ChatMessage, JsonSchema, ResponseFormat, SamplingOptions } from "../types.js";
@@ -15,7 +15,7 @@ export interface ParsedSampling {
   /** The field maxTokens came from (max_tokens or max_completion_tokens), for error messages. */
   maxTokensField?: string;
   stop?: string[];
-  options: SamplingOptions & { responseFormat?: ResponseFormat };
+  options: SamplingOptions & { responseFormat?: ResponseFormat; logprobs?: number };
 }
 
 export interface ParsedRequest extends ParsedSampling {
@@ -211,15 +211,18 @@ export function parseChatRequest(body: unknown, vocabSize: number): ParsedReques
   if (o.messages === undefined) throw new InvalidArgumentError("messages", "is required");
   const messages = parseMessages(o.messages);
   refuseUnsupportedChat(o);
-  return { messages, ...parseSampling(o, vocabSize), ...parseStreaming(o) };
+  const sampling = parseSampling(o, vocabSize);
+  // logprobs: true reports each token's log-probability; top_logprobs (0..20) adds that many alternatives.
+  const top = numberField(o, "top_logprobs", 0, 20, { int: true });
+  if (boolField(o, "logprobs")) sampling.options.logprobs = top ?? 0;
+  else if (top !== undefined) throw new InvalidArgumentError("top_logprobs", "needs logprobs: true");
+  return { messages, ...sampling, ...parseStreaming(o) };
 }
 
 // Silently dropping these would hand the client something it did not ask for (no logprobs, free text
 // instead of a tool call or JSON), so they are refused; their "off" values are accepted.
 function refuseUnsupportedChat(o: Body): void {
   const set = (k: string): boolean => o[k] !== undefined && o[k] !== null;
-  if (boolField(o, "logprobs")) throw new InvalidArgumentError("logprobs", "logprobs are not supported by this server");
-  if (set("top_logprobs")) throw new InvalidArgumentError("top_logprobs", "logprobs are not supported by this server");
   for (const k of ["tools", "functions", "tool_choice"])
     if (set(k)) throw new InvalidArgumentError(k, "tool and function calling are not supported by this server");
 }
@@ -229,11 +232,14 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Parsed
   if (o.prompt === undefined) throw new InvalidArgumentError("prompt", "is required");
   const prompt = parsePrompt(o.prompt);
   if (boolField(o, "echo")) throw new InvalidArgumentError("echo", "echo is not supported");
-  if (o.logprobs !== undefined && o.logprobs !== null && o.logprobs !== 0) throw new InvalidArgumentError("logprobs", "logprobs are not supported");
   if (o.suffix !== undefined && o.suffix !== null && o.suffix !== "") throw new InvalidArgumentError("suffix", "suffix (insertion) is not supported by this server");
   const bestOf = numberField(o, "best_of", 1, 128, { int: true });
   if (bestOf !== undefined && bestOf !== 1) throw new InvalidArgumentError("best_of", `only best_of=1 is supported, got ${bestOf}`);
-  return { prompt, ...parseSampling(o, vocabSize), ...parseStreaming(o) };
+  const sampling = parseSampling(o, vocabSize);
+  // The legacy endpoint's logprobs: how many alternatives per token (0..5); each token's own is always given.
+  const logprobs = numberField(o, "logprobs", 0, 5, { int: true });
+  if (logprobs !== undefined) sampling.options.logprobs = logprobs;
+  return { prompt, ...sampling, ...parseStreaming(o) };
 }
 
 /** max_tokens bounded by the context left after the prompt; absent -> all of it. `maxField`: where it came from. */
