@@ -200,6 +200,21 @@ describe("token-level constraint (the Llama 2 vocabulary)", () => {
     expect(c.done).toBe(true);
     expect(c.complete).toBe(true);
     expect(() => c.accept(tok.encode("x")[0]!)).toThrow(Llama2Error);
+    // Inside strings (free keys and values, a maxLength that is nearly used up), where fillMask takes
+    // the plain-content tokens wholesale: still exactly what allows() says, at every position.
+    for (const [format, doc] of [
+      [{ type: "json_object" }, '{"ké y": "日本 \\\\ \\\"x\\\" 😀 abc", "b": ["zz"]}'],
+      [{ type: "json_schema", schema: { type: "object", properties: { s: { type: "string", maxLength: 4 } } } }, '{"s": "aé日"}'],
+    ] as const) {
+      const e = createConstraint(format as never, tok)!;
+      for (const id of tok.encode(doc)) {
+        e.fillMask(mask);
+        for (let t = 0; t < tok.vocabSize; t++) if ((mask[t] === 1) !== e.allows(t)) throw new Error(`${doc}: token ${t} ${tok.piece(t)}: mask ${mask[t]}`);
+        expect(e.allows(id)).toBe(true);
+        e.accept(id);
+      }
+      expect(e.done).toBe(true);
+    }
     // A string's inside allows most of the vocabulary; the quote-free tokens all pass.
     const d = createConstraint({ type: "json_object" }, tok)!;
     for (const id of tok.encode('{"a')) d.accept(id);

@@ -363,3 +363,50 @@ function stepArray(f: ArrayF, b: number, out: Stack[]): void {
       return;
   }
 }
+
+/**
+ * How many more characters the string being generated may take, when the state is exactly one stack
+ * inside a string between characters (no escape or UTF-8 sequence open); -1 otherwise. In that case any
+ * "plain" token (see plainChars) of at most that many characters is allowed, whatever its bytes.
+ */
+export function plainStringRoom(state: State): number {
+  if (state.length !== 1) return -1;
+  const f = state[0]!;
+  if (f === null || f.t !== T.String || f.esc !== 0 || f.cont !== 0) return -1;
+  return f.max - f.len;
+}
+
+/**
+ * The characters of `bytes` when they can sit anywhere inside a JSON string without ending it or
+ * opening an escape: printable ASCII other than '"' and '\', and complete well-formed UTF-8
+ * characters. -1 for anything else.
+ */
+export function plainChars(bytes: Uint8Array): number {
+  let chars = 0;
+  for (let i = 0; i < bytes.length; chars++) {
+    const b = bytes[i]!;
+    if (b < 0x80) {
+      if (b < 0x20 || b === 0x22 || b === 0x5c) return -1;
+      i++;
+      continue;
+    }
+    let n: number;
+    let lo = 0x80;
+    let hi = 0xbf;
+    if (b >= 0xc2 && b <= 0xdf) n = 1;
+    else if (b === 0xe0) [n, lo] = [2, 0xa0];
+    else if (b === 0xed) [n, hi] = [2, 0x9f];
+    else if (b >= 0xe1 && b <= 0xef) n = 2;
+    else if (b === 0xf0) [n, lo] = [3, 0x90];
+    else if (b >= 0xf1 && b <= 0xf3) n = 3;
+    else if (b === 0xf4) [n, hi] = [3, 0x8f];
+    else return -1;
+    if (i + n >= bytes.length) return -1; // the character is cut by the token's end
+    for (let j = 1; j <= n; j++) {
+      const c = bytes[i + j]!;
+      if (c < (j === 1 ? lo : 0x80) || c > (j === 1 ? hi : 0xbf)) return -1;
+    }
+    i += n + 1;
+  }
+  return chars;
+}

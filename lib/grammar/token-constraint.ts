@@ -4,7 +4,7 @@
 // it ask for the whole vocabulary at once (`fillMask`: one walk of a trie of the tokens' bytes, where a
 // prefix the recognizer rejects prunes every token under it).
 import { Llama2Error } from "../errors.js";
-import { canEnd, feed, initialState, mustEnd, stepState, type SchemaNode, type Stack, type State } from "./json-recognizer.js";
+import { canEnd, feed, initialState, mustEnd, plainChars, plainStringRoom, stepState, type SchemaNode, type Stack, type State } from "./json-recognizer.js";
 
 /** What the sampler needs from a constraint. */
 export interface TokenFilter {
@@ -15,7 +15,7 @@ export interface TokenFilter {
 }
 
 /** The tokens' bytes in a trie, built once per vocabulary. */
-export class VocabTrie {
+class Trie {
   readonly vocabSize: number;
   /** Each token's bytes in decoded text; null for tokens that never appear in constrained output. */
   readonly bytes: readonly (Uint8Array | null)[];
@@ -86,6 +86,48 @@ export class VocabTrie {
         }
       }
     }
+  }
+}
+
+/**
+ * The vocabulary for constrained sampling: the tokens that are plain string content (most of the
+ * vocabulary: their bytes fit anywhere inside a JSON string) apart, with their character counts, and a
+ * trie of the others. Inside a string the mask is then the plain tokens that fit, plus one walk of the
+ * small trie, instead of a walk through nearly every token (~5 ms at vocabulary 32000).
+ */
+export class VocabTrie {
+  readonly vocabSize: number;
+  readonly bytes: readonly (Uint8Array | null)[];
+  private readonly all: Trie;
+  private readonly special: Trie;
+  /** Plain tokens (ids) and their characters. */
+  private readonly plain: Int32Array;
+  private readonly plainLen: Int32Array;
+
+  constructor(bytes: readonly (Uint8Array | null)[]) {
+    this.vocabSize = bytes.length;
+    this.bytes = bytes;
+    this.all = new Trie(bytes);
+    const plain: number[] = [];
+    const plainLen: number[] = [];
+    const special = bytes.map((b, id) => {
+      const n = b && b.length > 0 ? plainChars(b) : -1;
+      if (n < 0) return b;
+      plain.push(id);
+      plainLen.push(n);
+      return null;
+    });
+    this.special = new Trie(special);
+    this.plain = Int32Array.from(plain);
+    this.plainLen = Int32Array.from(plainLen);
+  }
+
+  /** Marks in `mask` every token whose bytes, fed to `state`, leave it alive. */
+  walk(state: State, mask: Uint8Array): void {
+    const room = plainStringRoom(state);
+    if (room < 0) return this.all.walk(state, mask);
+    for (let j = 0; j < this.plain.length; j++) if (this.plainLen[j]! <= room) mask[this.plain[j]!] = 1;
+    this.special.walk(state, mask);
   }
 }
 
