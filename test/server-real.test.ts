@@ -131,6 +131,37 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(lp.text_offset[1]).toBe(lp.tokens[0].length);
   });
 
+  it("n choices: batched generations of one prompt, each as it would be alone, whole and streamed", async () => {
+    const body = { messages, max_tokens: 8, seed: 21, temperature: 0.9, n: 3 };
+    const r = await (await postJson(`${url}v1/chat/completions`, body)).json();
+    expect(r.choices.map((c: { index: number }) => c.index)).toEqual([0, 1, 2]);
+    const texts = r.choices.map((c: { message: { content: string } }) => c.message.content);
+    for (let i = 0; i < 3; i++) {
+      // Choice i is the single completion with seed + i.
+      const one = await (await postJson(`${url}v1/chat/completions`, { ...body, n: 1, seed: 21 + i })).json();
+      expect(texts[i]).toBe(one.choices[0].message.content);
+    }
+    expect(new Set(texts).size).toBeGreaterThan(1);
+    const perChoice = await Promise.all(
+      [0, 1, 2].map(async (i) => (await (await postJson(`${url}v1/chat/completions`, { ...body, n: 1, seed: 21 + i })).json()).usage.completion_tokens as number),
+    );
+    expect(r.usage.completion_tokens).toBe(perChoice.reduce((a, b) => a + b, 0));
+    const sse = await readSse(await postJson(`${url}v1/chat/completions`, { ...body, stream: true }));
+    expect(sse.done).toBe(true);
+    const byIndex = ["", "", ""];
+    const finishes: (string | null)[] = [null, null, null];
+    for (const e of sse.events as { choices: { index: number; delta: { content?: string }; finish_reason: string | null }[] }[]) {
+      for (const c of e.choices ?? []) {
+        byIndex[c.index] += c.delta.content ?? "";
+        if (c.finish_reason) finishes[c.index] = c.finish_reason;
+      }
+    }
+    expect(byIndex).toEqual(texts);
+    expect(finishes.every((f) => f !== null)).toBe(true);
+    const t = await (await postJson(`${url}v1/completions`, { prompt: "Once upon a time", max_tokens: 4, n: 2, seed: 5 })).json();
+    expect(t.choices).toHaveLength(2);
+  });
+
   it("refuses max_tokens beyond the real context", async () => {
     const res = await postJson(`${url}v1/chat/completions`, { messages, max_tokens: 256 });
     expect(res.status).toBe(400);

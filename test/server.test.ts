@@ -289,5 +289,11 @@ describe("concurrency and disconnects", () => {
     const res = await postJson(`${base}/v1/chat/completions`, { messages: [{ role: "user", content: "FAIL now" }] });
     expect(res.status).toBe(500);
     expect((await res.json()).error.message).toContain("ERR_CUDA");
+    // With n choices one failure fails the request, and no choice is left generating.
+    const before = backend.calls.length;
+    const multi = await postJson(`${base}/v1/chat/completions`, { messages: [{ role: "user", content: "FAIL now" }], n: 3 });
+    expect(multi.status).toBe(500);
+    expect(backend.calls.length - before).toBe(3);
+    expect(backend.calls.slice(before).every((c) => c.finished)).toBe(true);
   });
 });

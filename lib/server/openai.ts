@@ -125,17 +125,38 @@ async function serve(
   const { res, signal } = ctx;
   const maxTokens = resolveMaxTokens(req.maxTokens, promptTokens, ctx.backend.info.contextLength, promptField, req.maxTokensField);
   const t0 = performance.now();
-  const stream = start({ ...req.options, maxTokens, ...(req.stop && { stop: req.stop }), signal });
+  // n choices are n generations of the same prompt, batched together by the engine (the prefix cache
+  // shares the prompt); with a seed, choice i uses seed + i so that they differ.
+  const seed = req.options.seed;
+  const streams: GenerationStream[] = [];
+  try {
+    for (let i = 0; i < req.n; i++) {
+      streams.push(start({ ...req.options, ...(seed !== undefined && { seed: seed + i }), maxTokens, ...(req.stop && { stop: req.stop }), signal }));
+    }
+  } catch (err) {
+    for (const s of streams) s.abort();
+    throw err;
+  }
   const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomBytes(12).toString("hex")}`;
   const created = Math.floor(Date.now() / 1000);
   const object = kind === "chat" ? "chat.completion.chunk" : "text_completion";
-  // With stream_options.include_usage, OpenAI puts `usage: null` on every chunk before the usage chunk.
   const wantLogprobs = req.options.logprobs !== undefined;
-  let offset = 0; // text_offset of the legacy endpoint's logprobs
-  const formatLogprobs = (l: TokenLogprob[]): object | null => {
+
+  interface Choice {
+    text: string;
+    completionTokens: number;
+    firstTokenMs?: number;
+    stats?: GenerationStats;
+    /** Logprobs of tokens whose text has not been sent yet (streaming), or all of them. */
+    pending: TokenLogprob[];
+    /** text_offset of the legacy endpoint's logprobs. */
+    offset: number;
+  }
+  const choices: Choice[] = streams.map(() => ({ text: "", completionTokens: 0, pending: [], offset: 0 }));
+  const formatLogprobs = (c: Choice, l: TokenLogprob[]): object | null => {
     if (!wantLogprobs) return null;
     if (kind === "chat") return { content: l.map((x) => ({ ...alternative(x), top_logprobs: x.top.map(alternative) })), refusal: null };
-    const text_offset = l.map((x) => ((offset += x.token.length), offset - x.token.length));
+    const text_offset = l.map((x) => ((c.offset += x.token.length), c.offset - x.token.length));
     return {
       tokens: l.map((x) => x.token),
       token_logprobs: l.map((x) => finiteLogprob(x.logprob)),
@@ -143,53 +164,61 @@ async function serve(
       text_offset,
     };
   };
-  let pending: TokenLogprob[] = []; // logprobs of tokens whose text has not been sent yet
-  const chunk = (delta: { role?: string; content?: string }, finish: string | null, extra: object = {}, lp: TokenLogprob[] | null = null): object => ({
-    id,
-    object,
-    created,
-    model: ctx.modelId,
-    choices: [
-      kind === "chat"
-        ? { index: 0, delta, logprobs: lp && formatLogprobs(lp), finish_reason: finish }
-        : { index: 0, text: delta.content ?? "", logprobs: lp && formatLogprobs(lp), finish_reason: finish },
-    ],
-    ...(req.includeUsage && { usage: null }),
-    ...extra,
-  });
+  // With stream_options.include_usage, OpenAI puts `usage: null` on every chunk before the usage chunk.
+  const chunk = (index: number, delta: { role?: string; content?: string }, finish: string | null, extra: object = {}, lp: TokenLogprob[] | null = null): object => {
+    const logprobs = lp && formatLogprobs(choices[index]!, lp);
+    return {
+      id,
+      object,
+      created,
+      model: ctx.modelId,
+      choices: [
+        kind === "chat" ? { index, delta, logprobs, finish_reason: finish } : { index, text: delta.content ?? "", logprobs, finish_reason: finish },
+      ],
+      ...(req.includeUsage && { usage: null }),
+      ...extra,
+    };
+  };
 
-  let text = "";
-  let completionTokens = 0;
-  let firstTokenMs: number | undefined;
-  let stats: GenerationStats | undefined;
   let failure: unknown;
   if (req.stream) {
     res.writeHead(200, SSE_HEADERS);
-    if (kind === "chat") await send(res, sse(chunk({ role: "assistant", content: "" }, null)));
+    if (kind === "chat") for (let i = 0; i < req.n; i++) await send(res, sse(chunk(i, { role: "assistant", content: "" }, null)));
   }
-  try {
-    for await (const c of stream) {
-      if (c.tokenIds.length > 0) firstTokenMs ??= performance.now() - t0;
-      completionTokens += c.tokenIds.length;
-      if (c.stats) stats = c.stats;
-      if (c.logprobs) pending.push(...c.logprobs);
-      if (!c.text) continue;
-      if (req.stream) {
-        await send(res, sse(chunk({ content: c.text }, null, {}, wantLogprobs ? pending : null)));
-        pending = [];
-      } else text += c.text;
-    }
-  } catch (err) {
-    // An abort may surface as a thrown ERR_ABORTED rather than finishReason "abort".
-    if (!signal.aborted) failure = err;
-  }
-  const ttftMs = stats?.timeToFirstTokenMs ?? firstTokenMs;
+  await Promise.all(
+    streams.map(async (stream, i) => {
+      const c = choices[i]!;
+      try {
+        for await (const part of stream) {
+          if (part.tokenIds.length > 0) c.firstTokenMs ??= performance.now() - t0;
+          c.completionTokens += part.tokenIds.length;
+          if (part.stats) c.stats = part.stats;
+          if (part.logprobs) c.pending.push(...part.logprobs);
+          if (!part.text) continue;
+          if (req.stream) {
+            await send(res, sse(chunk(i, { content: part.text }, null, {}, wantLogprobs ? c.pending : null)));
+            c.pending = [];
+          } else c.text += part.text;
+        }
+      } catch (err) {
+        // An abort may surface as a thrown ERR_ABORTED rather than finishReason "abort".
+        if (!signal.aborted && failure === undefined) {
+          failure = err;
+          for (const s of streams) s.abort(); // one choice failed: the request fails, the others stop
+        }
+      }
+    }),
+  );
+  const first = choices[0]!;
+  const ttfts = choices.map((c) => c.stats?.timeToFirstTokenMs ?? c.firstTokenMs).filter((v): v is number => v !== undefined);
+  const ttftMs = ttfts.length > 0 ? Math.min(...ttfts) : undefined;
+  const completionTokens = choices.reduce((a, c) => a + (c.stats?.completionTokens ?? c.completionTokens), 0);
   const outcome: GenerationOutcome = {
     stream: req.stream,
-    promptTokens: stats?.promptTokens ?? promptTokens,
-    completionTokens: stats?.completionTokens ?? completionTokens,
+    promptTokens: first.stats?.promptTokens ?? promptTokens,
+    completionTokens,
     ...(ttftMs !== undefined && { ttftMs }),
-    ...(stats && { tokensPerSecond: stats.tokensPerSecond }),
+    ...(first.stats && { tokensPerSecond: choices.reduce((a, c) => a + (c.stats?.tokensPerSecond ?? 0), 0) }),
     status: 200,
   };
   const cut = ctx.cutReason();
@@ -198,31 +227,38 @@ async function serve(
   const usage = { prompt_tokens: outcome.promptTokens, completion_tokens: outcome.completionTokens, total_tokens: outcome.promptTokens + outcome.completionTokens };
   const timings = {
     ttft_ms: round(ttftMs),
-    tokens_per_second: round(stats?.tokensPerSecond),
-    prompt_tokens_per_second: round(stats?.promptTokensPerSecond),
-    total_ms: round(stats?.totalMs ?? performance.now() - t0),
+    tokens_per_second: round(first.stats?.tokensPerSecond),
+    prompt_tokens_per_second: round(first.stats?.promptTokensPerSecond),
+    total_ms: round(first.stats?.totalMs ?? performance.now() - t0),
   };
+  const finishOf = (c: Choice) => openaiFinish(c.stats?.finishReason ?? "stop");
   if (!req.stream) {
     if (failure) throw failure;
     if (cut) throw new HttpError(503, `generation cut: ${cut.message}`, "server_error", cut.code);
-    const finish = openaiFinish(stats?.finishReason ?? "stop");
-    const logprobs = formatLogprobs(pending);
-    const choice = kind === "chat" ? { index: 0, message: { role: "assistant", content: text }, logprobs, finish_reason: finish } : { index: 0, text, logprobs, finish_reason: finish };
-    sendJson(res, 200, { id, object: kind === "chat" ? "chat.completion" : "text_completion", created, model: ctx.modelId, choices: [choice], usage, timings });
-    return { ...outcome, finishReason: finish };
+    const out = choices.map((c, index) => {
+      const logprobs = formatLogprobs(c, c.pending);
+      return kind === "chat"
+        ? { index, message: { role: "assistant", content: c.text }, logprobs, finish_reason: finishOf(c) }
+        : { index, text: c.text, logprobs, finish_reason: finishOf(c) };
+    });
+    sendJson(res, 200, { id, object: kind === "chat" ? "chat.completion" : "text_completion", created, model: ctx.modelId, choices: out, usage, timings });
+    return { ...outcome, finishReason: finishOf(first) };
   }
   // Streaming: headers are gone, so problems travel in the stream as OpenAI-style error events.
   let finishReason: string;
   if (failure || cut) {
     const e = cut ? new HttpError(503, `generation cut: ${cut.message}`, "server_error", cut.code) : toHttpError(failure);
-    if (cut) await send(res, sse(chunk({}, "length", { timings })));
+    if (cut) for (let i = 0; i < req.n; i++) await send(res, sse(chunk(i, {}, "length", { timings })));
     if (cut && req.includeUsage) await send(res, sse({ id, object, created, model: ctx.modelId, choices: [], usage }));
     await send(res, sse(JSON.parse(errorBody(e))));
     finishReason = cut ? "length" : "error";
     outcome.status = cut ? 200 : e.status;
   } else {
-    finishReason = openaiFinish(stats?.finishReason ?? "stop");
-    await send(res, sse(chunk({}, finishReason, { timings }, wantLogprobs && pending.length > 0 ? pending : null)));
+    finishReason = finishOf(first);
+    for (let i = 0; i < req.n; i++) {
+      const c = choices[i]!;
+      await send(res, sse(chunk(i, {}, finishOf(c), { timings }, wantLogprobs && c.pending.length > 0 ? c.pending : null)));
+    }
     if (req.includeUsage) await send(res, sse({ id, object, created, model: ctx.modelId, choices: [], usage }));
   }
   await send(res, "data: [DONE]\n\n");

@@ -19,6 +19,8 @@ export interface ParsedSampling {
 }
 
 export interface ParsedRequest extends ParsedSampling {
+  /** Choices to generate (OpenAI's n). */
+  n: number;
   stream: boolean;
   includeUsage: boolean;
 }
@@ -103,8 +105,6 @@ function parseLogitBias(v: unknown, vocabSize: number): Record<number, number> |
  * defaults (llama.cpp server's too); `top_k` and `min_p` are llama.cpp's extensions, 0 turning them off.
  */
 export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
-  const n = numberField(o, "n", 1, 128, { int: true });
-  if (n !== undefined && n !== 1) throw new InvalidArgumentError("n", `only n=1 is supported, got ${n}`);
   // Both are checked even when both are sent; max_tokens wins, as it always has here.
   const legacyMax = numberField(o, "max_tokens", 1, 1 << 24, { int: true });
   const completionMax = numberField(o, "max_completion_tokens", 1, 1 << 24, { int: true });
@@ -156,7 +156,11 @@ function parseResponseFormat(v: unknown): ResponseFormat | undefined {
   return format;
 }
 
-function parseStreaming(o: Body): { stream: boolean; includeUsage: boolean } {
+/** Choices per request: each is a generation of its own (batched together), so their number is bounded. */
+const MAX_N = 16;
+
+function parseStreaming(o: Body): { n: number; stream: boolean; includeUsage: boolean } {
+  const n = numberField(o, "n", 1, MAX_N, { int: true }) ?? 1;
   const stream = boolField(o, "stream") ?? false;
   let includeUsage = false;
   if (o.stream_options !== undefined && o.stream_options !== null) {
@@ -166,7 +170,7 @@ function parseStreaming(o: Body): { stream: boolean; includeUsage: boolean } {
       throw new InvalidArgumentError("stream_options.include_usage", `expected true or false, got ${show(v)}`);
     includeUsage = v === true;
   }
-  return { stream, includeUsage };
+  return { n, stream, includeUsage };
 }
 
 export function parseMessages(v: unknown, field = "messages"): ChatMessage[] {

@@ -119,6 +119,7 @@ async function evaluate(ctx: HandlerContext): Promise<void> {
     const hasMessages = o.messages !== undefined;
     if (hasMessages === (o.prompt !== undefined)) throw new InvalidArgumentError("line", "needs exactly one of 'prompt' or 'messages'");
     const s = parseSampling(o, vocab);
+    if (o.n !== undefined && o.n !== null && o.n !== 1) throw new InvalidArgumentError("n", "an evaluation line has one completion (n=1)");
     const messages = hasMessages ? parseMessages(o.messages) : undefined;
     const prompt = hasMessages ? undefined : parsePrompt(o.prompt);
     const promptTokens = messages ? countChatTokens(backend, messages) : backend.tokenize(prompt!, { bos: true }).length;
