@@ -88,10 +88,8 @@ describe("the openai client", () => {
     const err = await client.chat.completions.create({ model: "llama2", messages, top_logprobs: 2 }).catch((e) => e);
     expect(err).toBeInstanceOf(OpenAI.BadRequestError);
     expect(err.param).toBe("top_logprobs"); // without logprobs: true
-    const tools = await client.chat.completions
-      .create({ model: "llama2", messages, tools: [{ type: "function", function: { name: "f", parameters: {} } }] })
-      .catch((e) => e);
-    expect(tools.param).toBe("tools");
+    const fns = await client.chat.completions.create({ model: "llama2", messages, functions: [{ name: "f", parameters: {} }] }).catch((e) => e);
+    expect(fns.param).toBe("functions"); // the deprecated API; tools replace it
   });
 
   it("a bad request becomes the SDK's BadRequestError naming the field", async () => {

@@ -162,6 +162,51 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(t.choices).toHaveLength(2);
   });
 
+  it("tools: calls that follow the tools' schemas (OpenAI's client), text with auto, tool results in the history", async () => {
+    const client = new OpenAI({ baseURL: `${url}v1`, apiKey: "unused", maxRetries: 0 });
+    const tools: OpenAI.Chat.ChatCompletionTool[] = [
+      { type: "function", function: { name: "get_weather", description: "Weather in a city", parameters: { type: "object", properties: { city: { type: "string", maxLength: 12 }, unit: { enum: ["C", "F"] } }, required: ["city", "unit"] } } },
+      { type: "function", function: { name: "get_time", parameters: { type: "object", properties: { zone: { type: "string", maxLength: 8 } }, required: ["zone"] } } },
+    ];
+    const ask = [{ role: "user" as const, content: "What is the weather in Paris?" }];
+    const r = await client.chat.completions.create({ model: "demo", messages: ask, tools, tool_choice: "required", parallel_tool_calls: false, max_tokens: 90, seed: 1 });
+    const choice = r.choices[0]!;
+    expect(choice.finish_reason).toBe("tool_calls");
+    expect(choice.message.content).toBeNull();
+    const calls = choice.message.tool_calls!;
+    expect(calls.length).toBeGreaterThan(0);
+    for (const c of calls) {
+      expect(c.type).toBe("function");
+      expect(c.id).toMatch(/^call_/);
+      const args = JSON.parse((c as { function: { arguments: string } }).function.arguments);
+      const name = (c as { function: { name: string } }).function.name;
+      if (name === "get_weather") expect(["C", "F"]).toContain(args.unit);
+      else expect(name).toBe("get_time");
+    }
+    // A named tool; and streamed, the same call arrives as one tool_calls delta.
+    const named = { model: "demo", messages: ask, tools, tool_choice: { type: "function" as const, function: { name: "get_time" } }, max_tokens: 60, seed: 2, parallel_tool_calls: false };
+    const one = await client.chat.completions.create(named);
+    const call = one.choices[0]!.message.tool_calls!;
+    expect(call).toHaveLength(1);
+    expect((call[0] as { function: { name: string } }).function.name).toBe("get_time");
+    let streamedArgs = "";
+    for await (const c of await client.chat.completions.create({ ...named, stream: true })) {
+      for (const t of c.choices[0]?.delta.tool_calls ?? []) streamedArgs += t.function?.arguments ?? "";
+    }
+    expect(streamedArgs).toBe((call[0] as { function: { arguments: string } }).function.arguments);
+    // The tool's result goes back in; auto may answer in text or call again, always in a valid shape.
+    const follow = await client.chat.completions.create({
+      model: "demo",
+      messages: [...ask, one.choices[0]!.message, { role: "tool", tool_call_id: call[0]!.id, content: "12:00" }],
+      tools,
+      seed: 3,
+    });
+    const m = follow.choices[0]!;
+    expect(follow.usage!.prompt_tokens).toBeGreaterThan(r.usage!.prompt_tokens); // the call and its result are in the prompt
+    if (m.finish_reason === "tool_calls") expect(m.message.tool_calls!.length).toBeGreaterThan(0);
+    else expect(typeof m.message.content).toBe("string"); // an answer, or the raw text when the context cut it
+  });
+
   it("refuses max_tokens beyond the real context", async () => {
     const res = await postJson(`${url}v1/chat/completions`, { messages, max_tokens: 256 });
     expect(res.status).toBe(400);

@@ -4,6 +4,7 @@ import type { ServerResponse } from "node:http";
 import { fromNative, InvalidArgumentError, Llama2Error } from "../errors.js";
 import type { FinishReason, GenerateOptions, GenerationStats, GenerationStream, TokenLogprob } from "../types.js";
 import { countChatTokens, type ChatBackend } from "./backend.js";
+import { parseToolReply } from "./tools.js";
 import { ContextLengthError, parseChatRequest, parseCompletionRequest, resolveMaxTokens, type ParsedRequest } from "./validate.js";
 
 /** An error with an HTTP status and OpenAI's error fields. */
@@ -104,7 +105,7 @@ export async function chatCompletions(ctx: GenerationContext, body: unknown): Pr
   const { backend } = ctx;
   const req = parseChatRequest(body, backend.info.config.vocabSize);
   const promptTokens = countChatTokens(backend, req.messages);
-  return serve(ctx, "chat", req, promptTokens, "messages", (opts) => backend.chat(req.messages, opts));
+  return serve(ctx, "chat", req, promptTokens, "messages", (opts) => backend.chat(req.messages, opts), req.tools !== undefined);
 }
 
 export async function completions(ctx: GenerationContext, body: unknown): Promise<GenerationOutcome> {
@@ -121,6 +122,8 @@ async function serve(
   promptTokens: number,
   promptField: string,
   start: (opts: GenerateOptions) => GenerationStream,
+  /** The reply is tools.ts's JSON, turned into content or tool_calls at the end (streamed as one delta). */
+  toolReply = false,
 ): Promise<GenerationOutcome> {
   const { res, signal } = ctx;
   const maxTokens = resolveMaxTokens(req.maxTokens, promptTokens, ctx.backend.info.contextLength, promptField, req.maxTokensField);
@@ -165,7 +168,7 @@ async function serve(
     };
   };
   // With stream_options.include_usage, OpenAI puts `usage: null` on every chunk before the usage chunk.
-  const chunk = (index: number, delta: { role?: string; content?: string }, finish: string | null, extra: object = {}, lp: TokenLogprob[] | null = null): object => {
+  const chunk = (index: number, delta: { role?: string; content?: string | null; tool_calls?: object[] }, finish: string | null, extra: object = {}, lp: TokenLogprob[] | null = null): object => {
     const logprobs = lp && formatLogprobs(choices[index]!, lp);
     return {
       id,
@@ -195,7 +198,7 @@ async function serve(
           if (part.stats) c.stats = part.stats;
           if (part.logprobs) c.pending.push(...part.logprobs);
           if (!part.text) continue;
-          if (req.stream) {
+          if (req.stream && !toolReply) {
             await send(res, sse(chunk(i, { content: part.text }, null, {}, wantLogprobs ? c.pending : null)));
             c.pending = [];
           } else c.text += part.text;
@@ -231,14 +234,24 @@ async function serve(
     prompt_tokens_per_second: round(first.stats?.promptTokensPerSecond),
     total_ms: round(first.stats?.totalMs ?? performance.now() - t0),
   };
-  const finishOf = (c: Choice) => openaiFinish(c.stats?.finishReason ?? "stop");
+  // With tools: the reply's content or tool calls (the raw text when max_tokens cut the JSON).
+  const replies = choices.map((c) => (toolReply ? parseToolReply(c.text) : null));
+  const finishOf = (c: Choice) => {
+    const f = openaiFinish(c.stats?.finishReason ?? "stop");
+    return f === "stop" && (replies[choices.indexOf(c)]?.toolCalls.length ?? 0) > 0 ? "tool_calls" : f;
+  };
+  const message = (c: Choice, i: number) => {
+    const r = replies[i];
+    if (!toolReply || !r) return { role: "assistant", content: c.text };
+    return { role: "assistant", content: r.content, ...(r.toolCalls.length > 0 && { tool_calls: r.toolCalls }) };
+  };
   if (!req.stream) {
     if (failure) throw failure;
     if (cut) throw new HttpError(503, `generation cut: ${cut.message}`, "server_error", cut.code);
     const out = choices.map((c, index) => {
       const logprobs = formatLogprobs(c, c.pending);
       return kind === "chat"
-        ? { index, message: { role: "assistant", content: c.text }, logprobs, finish_reason: finishOf(c) }
+        ? { index, message: message(c, index), logprobs, finish_reason: finishOf(c) }
         : { index, text: c.text, logprobs, finish_reason: finishOf(c) };
     });
     sendJson(res, 200, { id, object: kind === "chat" ? "chat.completion" : "text_completion", created, model: ctx.modelId, choices: out, usage, timings });
@@ -257,6 +270,12 @@ async function serve(
     finishReason = finishOf(first);
     for (let i = 0; i < req.n; i++) {
       const c = choices[i]!;
+      if (toolReply) {
+        const m = message(c, i);
+        const delta = "tool_calls" in m && m.tool_calls ? { tool_calls: m.tool_calls.map((t, index) => ({ index, ...t })) } : { content: m.content };
+        await send(res, sse(chunk(i, delta, null, {}, wantLogprobs ? c.pending : null)));
+        c.pending = [];
+      }
       await send(res, sse(chunk(i, {}, finishOf(c), { timings }, wantLogprobs && c.pending.length > 0 ? c.pending : null)));
     }
     if (req.includeUsage) await send(res, sse({ id, object, created, model: ctx.modelId, choices: [], usage }));

@@ -1,8 +1,9 @@
 // Validation of OpenAI-style request bodies (also used for evaluation dataset lines). Every problem is
 // an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored;
-// known features the server cannot honour (tools, suffix, echo) are refused, not dropped.
+// known features the server cannot honour (the functions API, suffix, echo) are refused, not dropped.
 import { InvalidArgumentError } from "../errors.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
+import { dialogWithTools, parseTools, toolsFormat, type ToolRequest } from "./tools.js";
 import type { ChatMessage, JsonSchema, ResponseFormat, SamplingOptions } from "../types.js";
 
 /** The prompt does not leave room for the requested completion (OpenAI code context_length_exceeded). */
@@ -180,11 +181,13 @@ export function parseMessages(v: unknown, field = "messages"): ChatMessage[] {
   const messages = v.map((raw, i): ChatMessage => {
     const f = `${field}[${i}]`;
     const m = asObject(raw, f);
-    // "developer" is OpenAI's newer name for the system role.
-    const role = m.role === "developer" ? "system" : m.role;
+    // "developer" is OpenAI's newer name for the system role; tool results are user input (see tools.ts).
+    const role = m.role === "developer" ? "system" : m.role === "tool" ? "user" : m.role;
     if (role !== "system" && role !== "user" && role !== "assistant")
-      throw new InvalidArgumentError(`${f}.role`, `expected system, user or assistant, got ${show(m.role)}`);
-    return { role, content: parseContent(m.content, `${f}.content`) };
+      throw new InvalidArgumentError(`${f}.role`, `expected system, user, assistant or tool, got ${show(m.role)}`);
+    // An assistant turn that only called tools has no content.
+    const callsOnly = role === "assistant" && (m.content === null || m.content === undefined) && Array.isArray(m.tool_calls) && m.tool_calls.length > 0;
+    return { role, content: callsOnly ? "" : parseContent(m.content, `${f}.content`) };
   });
   if (!messages.some((m) => m.role === "user")) throw new InvalidArgumentError(field, "needs at least one user message");
   return messages;
@@ -210,25 +213,32 @@ export function parsePrompt(v: unknown, field = "prompt"): string {
   throw new InvalidArgumentError(field, `expected a string (token arrays and batches of prompts are not supported), got ${typeName(v)}`);
 }
 
-export function parseChatRequest(body: unknown, vocabSize: number): ParsedRequest & { messages: ChatMessage[] } {
+export function parseChatRequest(body: unknown, vocabSize: number): ParsedRequest & { messages: ChatMessage[]; tools?: ToolRequest } {
   const o = asObject(body, "body");
   if (o.messages === undefined) throw new InvalidArgumentError("messages", "is required");
-  const messages = parseMessages(o.messages);
+  let messages = parseMessages(o.messages);
   refuseUnsupportedChat(o);
   const sampling = parseSampling(o, vocabSize);
+  const tools = parseTools(o);
+  const raw = o.messages as Body[];
+  if (tools || raw.some((m) => m.role === "tool" || (Array.isArray(m.tool_calls) && m.tool_calls.length > 0))) messages = dialogWithTools(raw, messages, tools);
+  if (tools) {
+    if (sampling.options.responseFormat) throw new InvalidArgumentError("response_format", "a response format together with tools is not supported");
+    sampling.options.responseFormat = toolsFormat(tools);
+  }
   // logprobs: true reports each token's log-probability; top_logprobs (0..20) adds that many alternatives.
   const top = numberField(o, "top_logprobs", 0, 20, { int: true });
   if (boolField(o, "logprobs")) sampling.options.logprobs = top ?? 0;
   else if (top !== undefined) throw new InvalidArgumentError("top_logprobs", "needs logprobs: true");
-  return { messages, ...sampling, ...parseStreaming(o) };
+  return { messages, ...sampling, ...parseStreaming(o), ...(tools && { tools }) };
 }
 
-// Silently dropping these would hand the client something it did not ask for (no logprobs, free text
-// instead of a tool call or JSON), so they are refused; their "off" values are accepted.
+// Silently dropping these would hand the client something it did not ask for, so they are refused;
+// their "off" values are accepted. (The deprecated functions API: tools replace it.)
 function refuseUnsupportedChat(o: Body): void {
   const set = (k: string): boolean => o[k] !== undefined && o[k] !== null;
-  for (const k of ["tools", "functions", "tool_choice"])
-    if (set(k)) throw new InvalidArgumentError(k, "tool and function calling are not supported by this server");
+  for (const k of ["functions", "function_call"])
+    if (set(k)) throw new InvalidArgumentError(k, "the deprecated functions API is not supported: use tools");
 }
 
 export function parseCompletionRequest(body: unknown, vocabSize: number): ParsedRequest & { prompt: string } {
