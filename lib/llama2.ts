@@ -32,6 +32,18 @@ export interface ChatOptions extends GenerateOptions {
   template?: string;
 }
 
+export interface SessionOptions {
+  /** Folded into the first turn by the template (Llama 2: `<<SYS>>`); kept when old turns are dropped. */
+  systemPrompt?: string;
+  /** Chat template name (default "llama2"). */
+  template?: string;
+  /**
+   * Drop the oldest exchanges when a turn would not leave room for its reply (default true). The room
+   * asked for is the turn's `maxTokens`, or a quarter of the context when it has none.
+   */
+  contextShift?: boolean;
+}
+
 /** What a generation runs on: a native sequence and the tokens to append before sampling. @internal */
 export interface GenerationPlan {
   seq: number;
@@ -346,7 +358,7 @@ export class Llama2 {
     this.checkGenerateOptions(opts, CHAT_KEYS);
     const template = this.templateFor(opts.template);
     const ids = template.encodeDialog(messages as ChatMessage[], this.requireTokenizer());
-    return this.runOneShot(ids, opts, template.stopStrings);
+    return this.runOneShot(ids, opts, template.stopStrings ?? []);
   }
 
   /** Prompt tokens a chat request would use (the dialog through the chat template). */
@@ -356,13 +368,17 @@ export class Llama2 {
 
   /**
    * A conversation that keeps its KV cache between turns (while the cache has room: an idle session is
-   * parked for other requests when it runs out, and its next turn re-prompts the conversation).
+   * parked for other requests when it runs out, and its next turn re-prompts the conversation). With
+   * `contextShift` (default true), a turn that would not leave room for its reply (`maxTokens`, or a
+   * quarter of the context) drops the oldest exchanges from the model's window (`droppedMessages`);
+   * false makes such a turn fail with ERR_CONTEXT_OVERFLOW once the prompt itself no longer fits.
    */
-  createSession(opts: { systemPrompt?: string; template?: string } = {}): ChatSession {
+  createSession(opts: SessionOptions = {}): ChatSession {
     this.checkAlive();
     if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
-    checkKeys(opts, new Set(["systemPrompt", "template"]), "options");
-    const session = new ChatSession(this, this.templateFor(opts.template), opts.systemPrompt);
+    checkKeys(opts, new Set(["systemPrompt", "template", "contextShift"]), "options");
+    if (opts.contextShift !== undefined && typeof opts.contextShift !== "boolean") throw new InvalidArgumentError("options.contextShift", "expected a boolean");
+    const session = new ChatSession(this, this.templateFor(opts.template), opts.systemPrompt, opts.contextShift ?? true);
     this.sessions.add(new WeakRef(session));
     return session;
   }

@@ -3,6 +3,12 @@
 // KV cache runs out and nothing running will free blocks, an idle session is "parked": its sequence
 // goes to the prefix cache (evictable, least recently used first) and its next turn prompts the whole
 // conversation again, starting from whatever of it is still cached.
+//
+// Context shift: when a turn plus room for its reply would not fit the context, the oldest exchanges
+// (user + assistant pairs; the system prompt stays) leave the model's window and the remaining dialog is
+// prompted again through the template's encodeDialog. The KV of the common prefix (the start of the
+// first turn, with the system prompt) is kept; the rest is prefilled once, and the drop goes an eighth of
+// the context past the need so that the next turns append again instead of re-prompting each time.
 import type { ChatTemplate } from "./chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "./errors.js";
 import type { GenerationPlan, Llama2 } from "./llama2.js";
@@ -16,6 +22,10 @@ export class ChatSession {
   private pending: number[] = [];
   /** The token ids in the cache (what the prefix cache may keep when the session resets or ends). */
   private tokens: number[] = [];
+  /** The cache holds only a prefix of the window's dialog (after a shift that did not complete). */
+  private stale = false;
+  /** Messages at the start of `messages` that no longer fit the context. */
+  private dropped = 0;
   private busy = false;
   private disposed = false;
   /** The running turn's stream (dispose() mid-turn aborts it). */
@@ -27,8 +37,18 @@ export class ChatSession {
     private readonly llama: Llama2,
     private readonly template: ChatTemplate,
     readonly systemPrompt?: string,
+    private readonly contextShift = true,
   ) {
     if (systemPrompt !== undefined && typeof systemPrompt !== "string") throw new InvalidArgumentError("systemPrompt", "expected a string");
+    if (typeof contextShift !== "boolean") throw new InvalidArgumentError("contextShift", "expected a boolean");
+  }
+
+  /**
+   * How many of the earliest `messages` have left the model's context (context shift): the model no
+   * longer sees them. Always even (whole exchanges); 0 until the conversation outgrows the context.
+   */
+  get droppedMessages(): number {
+    return this.dropped;
   }
 
   /** Tokens of the conversation held in the KV cache. */
@@ -46,8 +66,46 @@ export class ChatSession {
     if (!tok) throw new Llama2Error("ERR_TOKENIZER", "chat sessions need a model with a tokenizer");
     const user: ChatMessage = { role: "user", content };
     const system: ChatMessage[] = this.systemPrompt !== undefined ? [{ role: "system", content: this.systemPrompt }] : [];
-    const turn = this.template.encodeUserTurn([...system, ...this.messages, user], tok);
+    const dialog = (from: number) => [...system, ...this.messages.slice(from), user];
+    let turn = this.template.encodeUserTurn(dialog(this.dropped), tok);
     const native = this.llama._native();
+    // The whole window's dialog, when it must be prompted again (a shift now, or one that did not complete).
+    let reprompt = this.stale ? this.template.encodeDialog(dialog(this.dropped), tok) : null;
+    if (this.contextShift) {
+      const ctx = this.llama.info.contextLength;
+      const room = opts.maxTokens ?? Math.floor(ctx / 4);
+      const size = reprompt ? reprompt.length : this.tokens.length + this.pending.length + turn.length;
+      if (size + room > ctx && this.dropped < this.messages.length) {
+        const target = ctx - room - Math.floor(ctx / 8);
+        let from = this.dropped;
+        let ids: number[];
+        do {
+          from += 2;
+          ids = this.template.encodeDialog(dialog(from), tok);
+        } while (from < this.messages.length && ids.length > target);
+        // Applied only when the new turn then fits at all (otherwise the turn fails as it would have, and
+        // the conversation is untouched).
+        if (ids.length < ctx) {
+          this.dropped = from;
+          reprompt = ids;
+        }
+      }
+    }
+    if (reprompt) {
+      // Keep the KV of what the cache and the new prompt share (the cache is known to hold this.tokens).
+      let keep = 0;
+      if (this.seq !== null) {
+        if (this.tokens.length === native.sequenceLength(this.seq)) {
+          const limit = Math.min(this.tokens.length, reprompt.length - 1);
+          while (keep < limit && this.tokens[keep] === reprompt[keep]) keep++;
+        }
+        native.truncateSequence(this.seq, keep);
+      }
+      this.tokens = reprompt.slice(0, keep);
+      this.pending = [];
+      this.stale = true;
+      turn = reprompt.slice(keep);
+    }
     // Parked (or never started): the conversation so far is not in a sequence of ours: prompt all of it.
     // (park() below may switch a turn still waiting for KV room to that too.)
     let parked = this.seq === null && this.tokens.length > 0;
@@ -123,6 +181,7 @@ export class ChatSession {
         if (!this.llama._alive) return; // the model was disposed as the turn ended
         const inCache = native.sequenceLength(seq) - cached - prompt.length;
         if (known) this.tokens = [...base, ...prompt, ...generated.slice(0, inCache)];
+        this.stale = false;
         this.pending = [...generated.slice(inCache), ...this.template.assistantEnd(generated, tok)];
         this.messages.push(user, { role: "assistant", content: text });
       },
@@ -156,6 +215,8 @@ export class ChatSession {
     this.messages.length = 0;
     this.pending = [];
     this.tokens = [];
+    this.stale = false;
+    this.dropped = 0;
   }
 
   /**

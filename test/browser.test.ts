@@ -164,6 +164,51 @@ describeBrowser("chat page in Chromium", () => {
     expect(pageErrors).toEqual([]);
   });
 
+  it("a conversation that outgrows the context goes on: the oldest exchanges leave it, shown faded", async () => {
+    // The fake counts a word as a token and 4 per message: the system prompt is 10 with BOS, each
+    // 5-word question 9 and each echo reply 12, so with 16 tokens of reply room a context of 80 holds
+    // three exchanges and the fourth question drops the first exchange.
+    const small = new FakeBackend({ delayMs: 2, contextLength: 80 });
+    const s = await startServer({ backend: small, port: 0 });
+    try {
+      const page = await ctx.newPage();
+      page.on("pageerror", (e) => pageErrors.push(e.message));
+      await page.goto(s.url);
+      await page.waitForFunction(() => document.getElementById("model-name")?.textContent === "fake-7b");
+      await page.fill("#max-tokens", "16");
+      await page.locator("#max-tokens").dispatchEvent("change");
+      const questions = ["one two three four five", "six seven eight nine ten", "a b c d e", "f g h i j", "k l m n o"];
+      for (const [i, q] of questions.entries()) {
+        await page.fill("#input", q);
+        await page.press("#input", "Enter");
+        await page.waitForFunction((n) => document.querySelectorAll(".msg.assistant:not(.streaming)").length === n, i + 1);
+        expect(await page.locator(".msg.assistant .bubble").last().textContent()).toBe(echoReply(q).join(" "));
+        expect(await page.locator(".msg.error").count()).toBe(0);
+      }
+      // Every request the backend ran fitted, and the last one carried the system prompt and the newest exchanges.
+      for (const c of small.calls) expect(small.chatPromptTokens(c.messages!) + 16).toBeLessThanOrEqual(80);
+      const last = small.calls.at(-1)!.messages!;
+      expect(last[0]).toEqual({ role: "system", content: "You are a helpful assistant." });
+      expect(last.at(-1)).toEqual({ role: "user", content: "k l m n o" });
+      const dropped = 2 * questions.length - 1 - (last.length - 1); // history messages the last request left out
+      expect(dropped).toBeGreaterThanOrEqual(2);
+      expect(await page.locator(".msg.dropped").count()).toBe(dropped);
+      expect(await page.locator(".msg").first().getAttribute("class")).toContain("dropped");
+      expect(await page.locator(".msg.assistant .meta").last().textContent()).toMatch(/oldest messages left the context/);
+      // New chat: nothing is dropped any more.
+      await page.click("#new-chat");
+      await page.fill("#input", "fresh");
+      await page.press("#input", "Enter");
+      await page.waitForSelector(".msg.assistant:not(.streaming)");
+      expect(small.calls.at(-1)!.messages!.map((m) => m.role)).toEqual(["system", "user"]);
+      expect(await page.locator(".msg.dropped").count()).toBe(0);
+      await page.close();
+    } finally {
+      await s.shutdown({ graceMs: 100 });
+    }
+    expect(pageErrors).toEqual([]);
+  });
+
   it("asks for the API key when the server needs one and keeps it in localStorage", async () => {
     const keyed = await startServer({ backend, port: 0, apiKey: "browser-key-123" });
     try {

@@ -219,6 +219,26 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     expect(noTok.stderr).toContain("error [ERR_TOKENIZER]");
   });
 
+  it("chat goes on past a full context: the oldest exchanges leave it, as in a library session", async () => {
+    const opts = { temperature: 0, maxTokens: 6, stopOnEos: false };
+    const lines = ["Hello there", "Tell me more", "Why so?", "And then what", "Really now"];
+    const m = await Llama2.load(tiny, { device: "cpu", prefixCache: false, contextLength: 64 });
+    const expected: string[] = [];
+    try {
+      const s = m.createSession();
+      for (const l of lines) expected.push((await s.send(l, opts).result).text);
+      expect(s.droppedMessages).toBeGreaterThan(0);
+      s.dispose();
+    } finally {
+      await m.dispose();
+    }
+    const r = cli(["chat", "--model", tiny, "--context", "64", "-t", "0", "-n", "6", "--no-stop"], lines.join("\n") + "\n");
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe(expected.map((t) => (t.endsWith("\n") ? t : `${t}\n`)).join(""));
+    expect(r.stderr).toMatch(/the context is full: the \d+ oldest messages no longer reach the model/);
+    expect(r.stderr).not.toContain("error [");
+  });
+
   it("inspect shows format, config, tensors and tokenizer (--json and text)", () => {
     const r = cli(["inspect", "--model", tiny, "--json"]);
     expect(r.code, r.stderr).toBe(0);

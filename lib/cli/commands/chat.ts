@@ -83,6 +83,7 @@ const command: Command = {
         } else if (text !== "") {
           aborting = false;
           try {
+            const dropped = session.droppedMessages;
             current = session.send(text, opts);
             let last = "";
             for await (const chunk of current) {
@@ -94,6 +95,9 @@ const command: Command = {
             const { stats } = await current.result;
             if (!last.endsWith("\n") || stats.finishReason === "abort") io.stdout.write("\n");
             if (stats.finishReason === "abort" && !flags.quiet) io.stderr.write("(reply stopped)\n");
+            if (session.droppedMessages > dropped && !flags.quiet) {
+              io.stderr.write(`(the context is full: the ${session.droppedMessages} oldest messages no longer reach the model)\n`);
+            }
             if (flags.stats) {
               io.stderr.write(
                 `[llama2] ${stats.promptTokens} prompt tokens (${stats.cachedPromptTokens} cached), ${stats.completionTokens} generated, ` +

@@ -18,7 +18,9 @@ const store = {
   },
 };
 
-const state = { history: [], controller: null, contextLength: null };
+// history: the conversation ({ role, content }, sent as is); wraps: each history message's element;
+// dropped: how many of the oldest history messages no longer fit the model's context (not sent).
+const state = { history: [], wraps: [], dropped: 0, controller: null, contextLength: null };
 const el = {
   messages: $("messages"), empty: $("empty"), input: $("input"), send: $("send"), stop: $("stop"),
   newChat: $("new-chat"), settings: $("settings"), toggle: $("toggle-settings"), banner: $("banner"),
@@ -158,10 +160,11 @@ async function readEvents(body, onData) {
 async function sendMessage(text) {
   const s = settings();
   state.history.push({ role: "user", content: text });
-  addMessage("user", text);
+  state.wraps.push(addMessage("user", text).wrap);
   const reply = addMessage("assistant", "");
   reply.wrap.classList.add("streaming");
-  const messages = (s.system.trim() ? [{ role: "system", content: s.system }] : []).concat(state.history);
+  const system = s.system.trim() ? [{ role: "system", content: s.system }] : [];
+  const droppedBefore = state.dropped;
   const controller = new AbortController();
   state.controller = controller;
   setBusy(true);
@@ -175,15 +178,24 @@ async function sendMessage(text) {
   let error = null;
   let stopped = false;
   try {
-    const res = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: headers(),
-      signal: controller.signal,
-      body: JSON.stringify({
-        messages, stream: true, stream_options: { include_usage: true },
-        temperature: s.temperature, top_p: s.topP, max_tokens: s.maxTokens,
-      }),
-    });
+    let res;
+    for (;;) {
+      res = await fetch("/v1/chat/completions", {
+        method: "POST",
+        headers: headers(),
+        signal: controller.signal,
+        body: JSON.stringify({
+          messages: system.concat(state.history.slice(state.dropped)), stream: true, stream_options: { include_usage: true },
+          temperature: s.temperature, top_p: s.topP, max_tokens: s.maxTokens,
+        }),
+      });
+      // The conversation outgrew the context: the oldest exchange leaves it (the system prompt stays),
+      // while one remains before the new question.
+      if (res.status !== 400 || state.history.length - state.dropped < 3 || state.controller !== controller) break;
+      const body = await res.clone().json().catch(() => null);
+      if (!body || !body.error || body.error.code !== "context_length_exceeded") break;
+      dropOldestExchange();
+    }
     if (!res.ok) {
       const body = await res.json().catch(() => null);
       if (res.status === 401) needKey("The API key was missing or wrong: enter it in Settings.");
@@ -211,8 +223,10 @@ async function sendMessage(text) {
   if (state.controller !== controller) return; // "New chat" discarded this conversation
   state.controller = null;
   reply.wrap.classList.remove("streaming");
-  if (out) state.history.push({ role: "assistant", content: out });
-  else takeBack(text); // failed, empty or stopped before any text
+  if (out) {
+    state.history.push({ role: "assistant", content: out });
+    state.wraps.push(reply.wrap);
+  } else takeBack(text); // failed, empty or stopped before any text
   const end = performance.now();
   const ttft = timings && timings.ttft_ms != null ? timings.ttft_ms : firstAt !== null ? firstAt - t0 : null;
   const tokens = usage ? usage.completion_tokens : pieces;
@@ -222,6 +236,7 @@ async function sendMessage(text) {
   if (tps !== null) parts.push(tps.toFixed(1) + " tok/s");
   if (ttft !== null) parts.push("TTFT " + Math.round(ttft) + " ms");
   if (tokens) parts.push(tokens + " tokens");
+  if (state.dropped > droppedBefore) parts.push(state.dropped + " oldest messages left the context");
   if (stopped) parts.push("stopped");
   else if (finish === "length") parts.push("hit the token limit");
   reply.meta.textContent = parts.join(" · ");
@@ -237,11 +252,22 @@ async function sendMessage(text) {
   el.input.focus();
 }
 
+function dropOldestExchange() {
+  for (const w of state.wraps.slice(state.dropped, state.dropped + 2)) {
+    w.classList.add("dropped");
+    w.title = "No longer in the model's context";
+  }
+  state.dropped += 2;
+}
+
 // A user turn without a reply would make the next request send two user turns in a row, which the
 // chat template refuses: drop it from the history, and give its text back for editing or resending.
 function takeBack(text) {
   const last = state.history[state.history.length - 1];
-  if (last && last.role === "user" && last.content === text) state.history.pop();
+  if (last && last.role === "user" && last.content === text) {
+    state.history.pop();
+    state.wraps.pop();
+  }
   if (!el.input.value) {
     el.input.value = text;
     autoGrow();
@@ -253,6 +279,8 @@ function newChat() {
   state.controller = null;
   if (c) c.abort();
   state.history = [];
+  state.wraps = [];
+  state.dropped = 0;
   for (const m of Array.from(el.messages.querySelectorAll(".msg"))) m.remove();
   el.empty.hidden = false;
   setBusy(false);

@@ -45,6 +45,7 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
 .msg.streaming .bubble::after { content: "▍"; animation: blink 1s steps(1) infinite; color: var(--accent); }
 .msg .meta { font-size: .78rem; color: var(--muted); min-height: 1em; }
 .msg.error .bubble { border-color: var(--danger); }
+.msg.dropped { opacity: .5; }
 .msg .meta .err { color: var(--danger); }
 @keyframes blink { 50% { opacity: 0; } }
 

@@ -1,0 +1,143 @@
+// Chat sessions that outgrow the context: the oldest exchanges leave the model's window (context
+// shift) and the turn's reply is what a one-shot chat over the remaining dialog gives. tiny-llama runs
+// with a 64-token context here, so a few turns are enough.
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { llama2Template } from "../lib/chat-template.js";
+import { Llama2 } from "../lib/llama2.js";
+import type { ChatMessage, GenerateOptions } from "../lib/types.js";
+import { describeShared, sharedPath } from "./helpers/shared.js";
+
+const TINY = "models/tiny-llama-f16.gguf";
+const OPTS: GenerateOptions = { temperature: 0, maxTokens: 6, stopOnEos: false };
+const USER = ["Hello there", "Tell me more", "Why so?", "And then what", "Really now", "One more time", "Last one"];
+
+describeShared("chat sessions: context shift", [TINY], () => {
+  let tiny: Llama2;
+  beforeAll(async () => {
+    tiny = await Llama2.load(sharedPath(TINY), { device: "cpu", contextLength: 64 });
+  });
+  afterAll(async () => {
+    await tiny?.dispose();
+  });
+
+  /** The dialog the model sees after `dropped` messages left the window. */
+  const window = (system: string | undefined, messages: readonly ChatMessage[], dropped: number, user: string): ChatMessage[] => [
+    ...(system !== undefined ? [{ role: "system" as const, content: system }] : []),
+    ...messages.slice(dropped),
+    { role: "user", content: user },
+  ];
+
+  for (const system of [undefined, "You are brief."]) {
+    it(`drops the oldest exchanges and replies as a one-shot chat over the rest (${system ? "with" : "without"} a system prompt)`, async () => {
+      const ctx = tiny.info.contextLength;
+      expect(ctx).toBe(64);
+      const session = tiny.createSession({ systemPrompt: system });
+      let shifts = 0;
+      let afterShift = false;
+      try {
+        for (const text of USER) {
+          const before = session.droppedMessages;
+          const history = session.messages.slice();
+          const cachedBefore = session.cachedTokens;
+          const r = await session.send(text, OPTS).result;
+          // The reply always had its room: it ran to maxTokens, never to the end of the context.
+          expect(r.stats).toMatchObject({ completionTokens: 6, finishReason: "length" });
+          expect(r.stats.promptTokens + 6).toBeLessThanOrEqual(ctx);
+          const dropped = session.droppedMessages;
+          expect(dropped % 2).toBe(0);
+          expect(dropped).toBeGreaterThanOrEqual(before);
+          expect(session.messages).toHaveLength(history.length + 2); // the full history stays visible
+          if (dropped > before) {
+            shifts++;
+            // The prompt is the window's dialog as the template encodes it; only its shared start
+            // (BOS, "[INST]", the system prompt) came from the cache.
+            const ids = llama2Template.encodeDialog(window(system, history, dropped, text), tiny.tokenizer!);
+            expect(r.stats.promptTokens).toBe(ids.length);
+            expect(r.stats.cachedPromptTokens).toBeGreaterThan(0);
+            expect(r.stats.cachedPromptTokens).toBeLessThan(cachedBefore);
+            if (system) expect(r.stats.cachedPromptTokens).toBeGreaterThan(tiny.tokenize(system).length);
+            // Exactly what a one-shot chat over the same dialog gives (the CPU is batch-invariant).
+            const alone = await tiny.chat(window(system, history, dropped, text), OPTS).result;
+            expect(r.tokenIds).toEqual(alone.tokenIds);
+            expect(r.text).toBe(alone.text);
+            afterShift = true;
+          } else if (afterShift) {
+            // The turn after a shift appends to the cache again (the drop left slack for it).
+            expect(r.stats.cachedPromptTokens).toBe(cachedBefore);
+            afterShift = false;
+          }
+        }
+        expect(shifts).toBeGreaterThan(0);
+        expect(session.messages).toHaveLength(USER.length * 2);
+      } finally {
+        session.dispose();
+      }
+    });
+  }
+
+  it("maxTokens sets the room a turn keeps for its reply; reset() brings the dropped messages back to zero", async () => {
+    const session = tiny.createSession();
+    try {
+      await session.send("Hello there", OPTS).result;
+      expect(session.droppedMessages).toBe(0);
+      // 40 tokens of reply do not fit after the first exchange (~17 tokens) and this turn: it is dropped.
+      const r = await session.send("Tell me more", { ...OPTS, maxTokens: 40 }).result;
+      expect(session.droppedMessages).toBe(2);
+      expect(r.stats).toMatchObject({ completionTokens: 40, finishReason: "length" });
+      session.reset();
+      expect(session.droppedMessages).toBe(0);
+      expect(session.messages).toEqual([]);
+    } finally {
+      session.dispose();
+    }
+  });
+
+  it("a shifted turn that does not complete leaves a consistent session: the next turn prompts the window again", async () => {
+    const session = tiny.createSession();
+    try {
+      await session.send("Hello there", OPTS).result;
+      await session.send("Tell me more", OPTS).result;
+      const history = session.messages.slice();
+      const ac = new AbortController();
+      ac.abort();
+      const aborted = await session.send("Why so?", { ...OPTS, maxTokens: 40, signal: ac.signal }).result;
+      expect(aborted.stats.finishReason).toBe("abort");
+      expect(session.droppedMessages).toBeGreaterThan(0);
+      expect(session.messages).toEqual(history); // the aborted turn did not join the conversation
+      const dropped = session.droppedMessages;
+      const r = await session.send("Why so?", OPTS).result;
+      expect(session.droppedMessages).toBe(dropped);
+      const alone = await tiny.chat(window(undefined, history, dropped, "Why so?"), OPTS).result;
+      expect(r.tokenIds).toEqual(alone.tokenIds);
+      // And the one after appends to the cache.
+      const cached = session.cachedTokens;
+      const r2 = await session.send("Go on", { ...OPTS, maxTokens: 3 }).result;
+      expect(r2.stats.cachedPromptTokens).toBe(cached);
+    } finally {
+      session.dispose();
+    }
+  });
+
+  it("contextShift: false keeps every message: the turn that no longer fits fails, the session stays usable", async () => {
+    const session = tiny.createSession({ contextShift: false });
+    try {
+      let failed = false;
+      for (const text of USER) {
+        try {
+          await session.send(text, OPTS).result;
+        } catch (err) {
+          expect(err).toMatchObject({ code: "ERR_CONTEXT_OVERFLOW" });
+          failed = true;
+          break;
+        }
+        expect(session.droppedMessages).toBe(0);
+      }
+      expect(failed).toBe(true);
+      session.reset();
+      expect((await session.send("Hi", OPTS).result).stats.completionTokens).toBe(6);
+    } finally {
+      session.dispose();
+    }
+    expect(() => tiny.createSession({ contextShift: "yes" } as never)).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT", field: "options.contextShift" }));
+  });
+});
