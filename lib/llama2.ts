@@ -42,6 +42,11 @@ export interface SessionOptions {
    * asked for is the turn's `maxTokens`, or a quarter of the context when it has none.
    */
   contextShift?: boolean;
+  /**
+   * A conversation to resume (e.g. a saved `session.messages`): user / assistant pairs, oldest first,
+   * without the system prompt. The first turn prompts it whole.
+   */
+  messages?: readonly ChatMessage[];
 }
 
 /** What a generation runs on: a native sequence and the tokens to append before sampling. @internal */
@@ -376,9 +381,9 @@ export class Llama2 {
   createSession(opts: SessionOptions = {}): ChatSession {
     this.checkAlive();
     if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
-    checkKeys(opts, new Set(["systemPrompt", "template", "contextShift"]), "options");
+    checkKeys(opts, new Set(["systemPrompt", "template", "contextShift", "messages"]), "options");
     if (opts.contextShift !== undefined && typeof opts.contextShift !== "boolean") throw new InvalidArgumentError("options.contextShift", "expected a boolean");
-    const session = new ChatSession(this, this.templateFor(opts.template), opts.systemPrompt, opts.contextShift ?? true);
+    const session = new ChatSession(this, this.templateFor(opts.template), opts.systemPrompt, opts.contextShift ?? true, opts.messages);
     this.sessions.add(new WeakRef(session));
     return session;
   }

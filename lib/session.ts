@@ -38,9 +38,14 @@ export class ChatSession {
     private readonly template: ChatTemplate,
     readonly systemPrompt?: string,
     private readonly contextShift = true,
+    resume?: readonly ChatMessage[],
   ) {
     if (systemPrompt !== undefined && typeof systemPrompt !== "string") throw new InvalidArgumentError("systemPrompt", "expected a string");
     if (typeof contextShift !== "boolean") throw new InvalidArgumentError("contextShift", "expected a boolean");
+    if (resume !== undefined) {
+      this.messages.push(...checkHistory(resume, "options.messages"));
+      this.stale = this.messages.length > 0; // nothing of it is cached: the first turn prompts it all
+    }
   }
 
   /**
@@ -257,4 +262,22 @@ export class ChatSession {
     }
     this.seq = null;
   }
+}
+
+/** A resumable conversation: user / assistant pairs (copied), checked message by message. */
+function checkHistory(messages: unknown, field: string): ChatMessage[] {
+  if (!Array.isArray(messages)) throw new InvalidArgumentError(field, "expected an array of { role, content } messages");
+  const out = messages.map((m: unknown, i): ChatMessage => {
+    const msg = m as Partial<ChatMessage> | null;
+    if (!msg || typeof msg !== "object") throw new InvalidArgumentError(`${field}[${i}]`, "expected an object { role, content }");
+    const want = i % 2 === 0 ? "user" : "assistant";
+    if (msg.role !== want) {
+      const why = msg.role === "system" ? "the system prompt goes in systemPrompt" : "user and assistant messages alternate, starting with user";
+      throw new InvalidArgumentError(`${field}[${i}].role`, `expected "${want}", got ${JSON.stringify(msg.role)} (${why})`);
+    }
+    if (typeof msg.content !== "string") throw new InvalidArgumentError(`${field}[${i}].content`, "expected a string");
+    return { role: want, content: msg.content };
+  });
+  if (out.length % 2 !== 0) throw new InvalidArgumentError(field, "must end with an assistant reply (the next user message is what send() takes)");
+  return out;
 }

@@ -118,6 +118,57 @@ describeShared("chat sessions: context shift", [TINY], () => {
     }
   });
 
+  it("a session resumed from saved messages replies as a one-shot chat of that dialog, then appends", async () => {
+    // A roomier context for the resumed conversation, so that nothing shifts there.
+    const roomy = await Llama2.load(sharedPath(TINY), { device: "cpu", contextLength: 256 });
+    const first = roomy.createSession({ systemPrompt: "You are brief." });
+    let saved: ChatMessage[];
+    try {
+      await first.send("Hello there", OPTS).result;
+      await first.send("Tell me more", OPTS).result;
+      saved = JSON.parse(JSON.stringify(first.messages)) as ChatMessage[];
+    } finally {
+      first.dispose();
+    }
+    const resumed = roomy.createSession({ systemPrompt: "You are brief.", messages: saved });
+    try {
+      expect(resumed.messages).toEqual(saved);
+      expect(resumed.cachedTokens).toBe(0);
+      const r = await resumed.send("Why so?", OPTS).result;
+      expect(resumed.droppedMessages).toBe(0);
+      const alone = await roomy.chat(window("You are brief.", saved, 0, "Why so?"), OPTS).result;
+      expect(r.tokenIds).toEqual(alone.tokenIds);
+      expect(r.stats.promptTokens).toBe(llama2Template.encodeDialog(window("You are brief.", saved, 0, "Why so?"), tiny.tokenizer!).length);
+      expect(resumed.messages).toHaveLength(6);
+      const cached = resumed.cachedTokens;
+      const r2 = await resumed.send("Go on", OPTS).result;
+      expect(resumed.droppedMessages).toBe(0);
+      expect(r2.stats.cachedPromptTokens).toBe(cached);
+    } finally {
+      resumed.dispose();
+      await roomy.dispose();
+    }
+    // A history too long for the context is shifted on the first turn like any other.
+    const long = Array.from({ length: 8 }, (_, i) => ({ role: i % 2 ? "assistant" : "user", content: `message number ${i} of a long chat` }) as ChatMessage);
+    const big = tiny.createSession({ messages: long });
+    try {
+      const r = await big.send("Hi", OPTS).result;
+      expect(big.droppedMessages).toBeGreaterThan(0);
+      expect(r.tokenIds).toEqual((await tiny.chat(window(undefined, long, big.droppedMessages, "Hi"), OPTS).result).tokenIds);
+    } finally {
+      big.dispose();
+    }
+    // Bad histories are refused, naming the message.
+    const bad = (messages: unknown, field: string) =>
+      expect(() => tiny.createSession({ messages } as never)).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT", field }));
+    bad("hi", "options.messages");
+    bad([{ role: "user", content: "a" }], "options.messages");
+    bad([{ role: "assistant", content: "a" }, { role: "user", content: "b" }], "options.messages[0].role");
+    bad([{ role: "system", content: "a" }, { role: "user", content: "b" }], "options.messages[0].role");
+    bad([{ role: "user", content: "a" }, { role: "assistant", content: 3 }], "options.messages[1].content");
+    bad([{ role: "user", content: "a" }, null], "options.messages[1]");
+  });
+
   it("contextShift: false keeps every message: the turn that no longer fits fails, the session stays usable", async () => {
     const session = tiny.createSession({ contextShift: false });
     try {
