@@ -209,6 +209,76 @@ describeBrowser("chat page in Chromium", () => {
     expect(pageErrors).toEqual([]);
   });
 
+  it("renders a reply's Markdown as inert DOM: code blocks with a copy button, lists, emphasis, http links only", async () => {
+    const reply = [
+      "## Steps",
+      "Run this:",
+      "```js",
+      'const a = 1 < 2 && "<b>x</b>";',
+      "```",
+      "- **bold** item",
+      "- *it* and `code` and <img src=x onerror=alert(1)>",
+      "  continued",
+      "",
+      "3. three",
+      "4. four",
+      "",
+      "> quoted",
+      "",
+      "[site](https://example.com/a) and [bad](javascript:alert(1)) <script>window.pwned = 1</script>",
+    ].join("\n");
+    const md = new FakeBackend({ delayMs: 3, replyText: reply });
+    const s = await startServer({ backend: md, port: 0 });
+    try {
+      const page = await ctx.newPage();
+      page.on("pageerror", (e) => pageErrors.push(e.message));
+      await page.goto(s.url);
+      await page.waitForFunction(() => document.getElementById("model-name")?.textContent === "fake-7b");
+      await page.fill("#input", "show me markdown");
+      await page.press("#input", "Enter");
+      // Mid-stream (an open fence, half a list) renders without errors too.
+      await page.waitForSelector(".msg.assistant.streaming pre.code");
+      await page.waitForSelector(".msg.assistant:not(.streaming)");
+      const bubble = page.locator(".msg.assistant .bubble").last();
+      expect(await bubble.locator("h4").textContent()).toBe("Steps");
+      expect(await bubble.locator("pre.code code").textContent()).toBe('const a = 1 < 2 && "<b>x</b>";');
+      expect(await bubble.locator("pre.code .code-head span").textContent()).toBe("js");
+      expect(await bubble.locator("ul > li").count()).toBe(2);
+      expect(await bubble.locator("ul > li strong").textContent()).toBe("bold");
+      expect(await bubble.locator("ul > li em").textContent()).toBe("it");
+      expect(await bubble.locator("ul > li code").textContent()).toBe("code");
+      expect(await bubble.locator("ul > li").nth(1).textContent()).toBe("it and code and <img src=x onerror=alert(1)>continued");
+      expect(await bubble.locator("ol").getAttribute("start")).toBe("3");
+      expect(await bubble.locator("ol > li").allTextContents()).toEqual(["three", "four"]);
+      expect(await bubble.locator("blockquote").textContent()).toBe("quoted");
+      // Only the http(s) link is a link; markup in the text stays text.
+      expect(await bubble.locator("a").count()).toBe(1);
+      expect(await bubble.locator("a").getAttribute("href")).toBe("https://example.com/a");
+      expect(await bubble.locator("a").getAttribute("rel")).toContain("noopener");
+      expect(await bubble.locator("img, script, b").count()).toBe(0);
+      expect(await bubble.textContent()).toContain("[bad](javascript:alert(1)) <script>window.pwned = 1</script>");
+      expect(await page.evaluate(() => (window as unknown as { pwned?: number }).pwned)).toBeUndefined();
+      // The history keeps the raw Markdown: the next request sends it back as written.
+      await page.fill("#input", "thanks");
+      await page.press("#input", "Enter");
+      await page.waitForFunction(() => document.querySelectorAll(".msg.assistant:not(.streaming)").length === 2);
+      expect(md.calls.at(-1)!.messages![2]).toEqual({ role: "assistant", content: reply });
+      // The user's own message is plain text, not Markdown.
+      await page.fill("#input", "**not bold**");
+      await page.press("#input", "Enter");
+      await page.waitForFunction(() => document.querySelectorAll(".msg.assistant:not(.streaming)").length === 3);
+      expect(await page.locator(".msg.user .bubble").last().textContent()).toBe("**not bold**");
+      // The copy button copies the code (the clipboard, or a selection where there is none).
+      await page.locator("pre.code .copy").first().click();
+      await page.waitForFunction(() => /Copied|Selected/.test(document.querySelector("pre.code .copy")!.textContent!));
+      await page.screenshot({ path: path.join(projectRoot, "test-artifacts", "chat-page-markdown.png"), fullPage: true });
+      await page.close();
+    } finally {
+      await s.shutdown({ graceMs: 100 });
+    }
+    expect(pageErrors).toEqual([]);
+  });
+
   it("asks for the API key when the server needs one and keeps it in localStorage", async () => {
     const keyed = await startServer({ backend, port: 0, apiKey: "browser-key-123" });
     try {

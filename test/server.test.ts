@@ -188,7 +188,7 @@ describe("other routes", () => {
     expect(page.headers.get("content-security-policy")).toMatch(/script-src 'self'/);
     const html = await page.text();
     expect(html).toContain('<script type="module" src="/app.js">');
-    for (const p of ["/app.js", "/style.css", "/favicon.svg", "/index.html"]) expect((await fetch(`${base}${p}`)).status).toBe(200);
+    for (const p of ["/app.js", "/markdown.js", "/style.css", "/favicon.svg", "/index.html"]) expect((await fetch(`${base}${p}`)).status).toBe(200);
     // Raw paths, so fetch does not normalise them away.
     for (const p of ["/../package.json", "/%2e%2e/package.json", "/app.js/..", "/lib/server/http.ts", "//app.js"]) {
       const status = await rawGet(p);
@@ -196,11 +196,13 @@ describe("other routes", () => {
     }
   });
 
-  it("the page script is valid JavaScript", async () => {
-    const js = await (await fetch(`${base}/app.js`)).text();
-    const file = path.join(mkdtempSync(path.join(os.tmpdir(), "llama2-page-")), "app.mjs");
-    writeFileSync(file, js);
-    execFileSync(process.execPath, ["--check", file]); // throws on a syntax error
+  it("the page scripts are valid JavaScript", async () => {
+    for (const name of ["app", "markdown"]) {
+      const js = await (await fetch(`${base}/${name}.js`)).text();
+      const file = path.join(mkdtempSync(path.join(os.tmpdir(), "llama2-page-")), `${name}.mjs`);
+      writeFileSync(file, js);
+      execFileSync(process.execPath, ["--check", file]); // throws on a syntax error
+    }
   });
 
   it("every element id the page script looks up exists in the HTML, once", async () => {

@@ -14,6 +14,8 @@ export interface FakeOptions {
   contextLength?: number;
   /** Reply with exactly this many tokens ("w0 w1 ..."); default: an echo of the input's last line. */
   replyTokens?: number;
+  /** Reply with this text, streamed 5 characters per token (overrides replyTokens and the echo). */
+  replyText?: string;
   /** Inputs containing "slow" use this delay per token and replyTokens=slowTokens (for stop/cut tests). */
   slowDelayMs?: number;
   slowTokens?: number;
@@ -148,7 +150,8 @@ export class FakeBackend implements ChatBackend {
     const t0 = performance.now();
     const slow = call.input.includes("slow");
     const n = slow ? (this.opts.slowTokens ?? 10_000) : this.opts.replyTokens;
-    const words = n !== undefined ? Array.from({ length: n }, (_, i) => `w${i}`) : echoReply(call.input);
+    const text0 = slow ? undefined : this.opts.replyText;
+    const words = text0 !== undefined ? (text0.match(/[\s\S]{1,5}/g) ?? []) : n !== undefined ? Array.from({ length: n }, (_, i) => `w${i}`) : echoReply(call.input);
     const delay = slow ? (this.opts.slowDelayMs ?? 50) : (this.opts.delayMs ?? 1);
     const max = call.opts.maxTokens ?? Infinity;
     const promptTokens = call.messages ? this.chatPromptTokens(call.messages) : this.tokenize(call.input).length;
@@ -169,7 +172,7 @@ export class FakeBackend implements ChatBackend {
         break;
       }
       if (call.input.includes("FAIL") && i === 1) throw new Llama2Error("ERR_CUDA", "simulated device failure");
-      let piece = (i ? " " : "") + words[i];
+      let piece = (i && text0 === undefined ? " " : "") + words[i];
       const stopAt = (call.opts.stop ?? []).map((s) => (text + piece).indexOf(s)).filter((p) => p >= 0).sort((a, b) => a - b)[0];
       if (stopAt !== undefined) {
         piece = (text + piece).slice(text.length, stopAt);

@@ -1,6 +1,8 @@
 // The chat page's script (a browser ES module, no dependencies). Kept in a String.raw template, so
 // it must not contain backticks or dollar-brace sequences: test/server.test.ts checks that it parses.
 export const APP_JS = String.raw`// llama2-native chat page: streams /v1/chat/completions over server-sent events.
+import { renderMarkdown } from "./markdown.js";
+
 const $ = (id) => document.getElementById(id);
 const DEFAULTS = { system: "You are a helpful assistant.", temperature: 0.7, topP: 0.95, maxTokens: 256 };
 
@@ -127,6 +129,11 @@ function addMessage(role, text) {
   return { wrap, bubble, meta };
 }
 
+// Assistant replies are Markdown (rendered as DOM text nodes); the user's own messages stay plain text.
+function showReply(bubble, text) {
+  bubble.replaceChildren(renderMarkdown(text));
+}
+
 function scrollDown() {
   el.messages.scrollTop = el.messages.scrollHeight;
 }
@@ -163,6 +170,7 @@ async function sendMessage(text) {
   state.wraps.push(addMessage("user", text).wrap);
   const reply = addMessage("assistant", "");
   reply.wrap.classList.add("streaming");
+  reply.bubble.classList.add("md");
   const system = s.system.trim() ? [{ role: "system", content: s.system }] : [];
   const droppedBefore = state.dropped;
   const controller = new AbortController();
@@ -211,7 +219,7 @@ async function sendMessage(text) {
         if (firstAt === null) firstAt = performance.now();
         out += choice.delta.content;
         pieces++;
-        reply.bubble.textContent = out;
+        showReply(reply.bubble, out);
         scrollDown();
       }
       if (choice.finish_reason) finish = choice.finish_reason;

@@ -46,6 +46,24 @@ button.link { border: none; background: none; color: var(--accent); padding: 0; 
 .msg .meta { font-size: .78rem; color: var(--muted); min-height: 1em; }
 .msg.error .bubble { border-color: var(--danger); }
 .msg.dropped { opacity: .5; }
+/* Rendered Markdown (assistant replies). */
+.msg .bubble.md { white-space: normal; }
+.md > :first-child { margin-top: 0; }
+.md > :last-child { margin-bottom: 0; }
+.md p, .md ul, .md ol, .md blockquote, .md pre { margin: .5rem 0; }
+.md ul, .md ol { padding-left: 1.5rem; }
+.md h3, .md h4, .md h5, .md h6 { margin: .75rem 0 .35rem; font-size: 1rem; }
+.md h3 { font-size: 1.1rem; }
+.md blockquote { border-left: 3px solid var(--border); padding-left: .75rem; color: var(--muted); }
+.md hr { border: none; border-top: 1px solid var(--border); }
+.md a { color: var(--accent); }
+.md code { font: .88em/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: var(--bg);
+  border: 1px solid var(--border); border-radius: 4px; padding: .05rem .3rem; }
+.md pre.code { border: 1px solid var(--border); border-radius: 8px; background: var(--bg); overflow: hidden; }
+.md pre.code > code { display: block; white-space: pre; overflow-x: auto; border: none; border-radius: 0; padding: .6rem .75rem; }
+.md .code-head { display: flex; justify-content: space-between; align-items: center; padding: .2rem .5rem .2rem .75rem;
+  border-bottom: 1px solid var(--border); font-size: .78rem; color: var(--muted); }
+.md .code-head .copy { padding: .1rem .5rem; font-size: .78rem; }
 .msg .meta .err { color: var(--danger); }
 @keyframes blink { 50% { opacity: 0; } }
 
