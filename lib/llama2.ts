@@ -6,7 +6,7 @@ import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefi
 import { Scheduler } from "./engine/scheduler.js";
 import { compileResponseFormat, createConstraint } from "./grammar/response-format.js";
 import { tokenLogprob } from "./logprobs.js";
-import type { JsonConstraint } from "./grammar/token-constraint.js";
+import type { Constraint } from "./grammar/token-constraint.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
 import { native, type NativeModel, type NativeStepOutput } from "./native.js";
 import { Sampler, showValue } from "./sampler.js";
@@ -641,7 +641,7 @@ export class Llama2 {
   }
 
   /** The sampler's pick; a model whose logits are all NaN / -Infinity gets an error naming it. */
-  private sampleOrExplain(sampler: Sampler, out: Parameters<Sampler["sample"]>[0], history: ArrayLike<number>, constraint: JsonConstraint | null): number {
+  private sampleOrExplain(sampler: Sampler, out: Parameters<Sampler["sample"]>[0], history: ArrayLike<number>, constraint: Constraint | null): number {
     try {
       return sampler.sample(out, history, constraint ?? undefined);
     } catch (e) {

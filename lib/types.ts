@@ -124,12 +124,15 @@ export type JsonSchema = boolean | { [keyword: string]: unknown };
  * Constrains what the model may generate. "json_object": one JSON object (OpenAI's JSON mode);
  * "json_schema": one JSON document that matches `schema`. Tokens that would break the format are
  * never sampled; generation ends when the document is complete (finishReason "stop"), or is cut by
- * maxTokens ("length").
+ * maxTokens ("length"). "grammar": text that a GBNF grammar accepts; EOS is allowed where the grammar
+ * may end, and generation stops where nothing may follow.
  */
 export type ResponseFormat =
   | { type: "text" }
   | { type: "json_object"; schema?: JsonSchema }
-  | { type: "json_schema"; schema: JsonSchema };
+  | { type: "json_schema"; schema: JsonSchema }
+  /** Output that a GBNF grammar (llama.cpp's format, starting at its `root` rule) accepts. */
+  | { type: "grammar"; grammar: string };
 
 export interface GenerateOptions extends SamplingOptions {
   /** Maximum generated tokens (default: until EOS or the context is full). */

@@ -91,6 +91,30 @@ describe("--model demo", () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain("ERR_FILE_NOT_FOUND");
   }, 120_000);
+
+  it("generate --grammar (GBNF rules inline or a file): the output is what the grammar accepts; bad rules exit 2 with the line", () => {
+    const rules = 'root ::= "Code: " [A-Z]{2} "-" digit{3}\ndigit ::= [0-9]';
+    const scratch = new Scratch("llama2-cli-grammar-");
+    try {
+      const file = path.join(scratch.dir, "code.gbnf");
+      writeFileSync(file, rules);
+      for (const arg of [rules, file]) {
+        const r = cli(["generate", "--model", "demo", "--prompt", "Your code", "--seed", "3", "--max-tokens", "40", "--grammar", arg, "--json"], "", env);
+        expect(r.code, r.stderr).toBe(0);
+        const out = JSON.parse(r.stdout);
+        expect(out.text).toMatch(/^Code: [A-Z]{2}-[0-9]{3}$/);
+        expect(out.stats.finishReason).toBe("stop");
+      }
+    } finally {
+      scratch.cleanup();
+    }
+    const bad = cli(["generate", "--model", "demo", "--prompt", "P", "--grammar", 'root ::= item\nitem ::= "a" | [b'], "", env);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/ERR_INVALID_ARGUMENT\]: --grammar: unterminated character class.*\(line 2, column 18\)/);
+    const both = cli(["generate", "--model", "demo", "--prompt", "P", "--grammar", 'root ::= "a"', "--json-object"], "", env);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain("--grammar");
+  }, 120_000);
 });
 
 describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK_FX], () => {

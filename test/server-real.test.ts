@@ -105,6 +105,20 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(Number.isInteger(JSON.parse(r.choices[0].text).n)).toBe(true);
   });
 
+  it("grammar (llama.cpp's GBNF field) on both endpoints: the reply is what the grammar accepts", async () => {
+    const grammar = 'root ::= "The answer is " ("yes" | "no") "."';
+    for (const seed of [1, 2]) {
+      const chat = await (await postJson(`${url}v1/chat/completions`, { messages, max_tokens: 30, seed, grammar })).json();
+      expect(chat.choices[0].message.content).toMatch(/^The answer is (yes|no)\.$/);
+      expect(chat.choices[0].finish_reason).toBe("stop");
+    }
+    const text = await (await postJson(`${url}v1/completions`, { prompt: "Q:", max_tokens: 30, temperature: 0, grammar: 'root ::= [0-9]{3} "-" [0-9]{4}' })).json();
+    expect(text.choices[0].text).toMatch(/^[0-9]{3}-[0-9]{4}$/);
+    // An empty grammar means none (llama.cpp's default).
+    const free = await postJson(`${url}v1/completions`, { prompt: "Q:", max_tokens: 3, grammar: "" });
+    expect(free.status).toBe(200);
+  });
+
   it("logprobs: chat (whole and streamed, OpenAI's client) and the legacy completions shape", async () => {
     const client = new OpenAI({ baseURL: `${url}v1`, apiKey: "unused", maxRetries: 0 });
     const body = { model: "demo", messages: messages as OpenAI.Chat.ChatCompletionMessageParam[], max_tokens: 6, seed: 8, logprobs: true, top_logprobs: 2 };

@@ -5,6 +5,7 @@ import { readFileSync } from "node:fs";
 import type { FlagSpecs } from "./args.js";
 import type { CommandIO } from "./command.js";
 import { InvalidArgumentError, Llama2Error } from "../errors.js";
+import { parseGrammar } from "../grammar/gbnf.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
@@ -38,6 +39,7 @@ export const SAMPLING_FLAGS: FlagSpecs = {
   "no-stop": { type: "boolean", description: "ignore EOS: generate until --max-tokens or the context is full" },
   "json-object": { type: "boolean", description: "constrain the output to one JSON object" },
   "json-schema": { type: "string", description: "constrain the output to JSON matching this JSON Schema (a file, or the schema itself starting with '{')" },
+  grammar: { type: "string", description: "constrain the output to a GBNF grammar (a file, or the rules themselves when they contain '::=')" },
 };
 
 /** Option field (as the library names it) -> the flag that sets it. */
@@ -124,6 +126,21 @@ export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOption
 
 /** --json-object / --json-schema FILE|JSON, compiled (errors name the flag and the schema's keyword). */
 function responseFormatFromFlags(flags: Record<string, unknown>): ResponseFormat | undefined {
+  const gbnf = flags.grammar as string | undefined;
+  if (gbnf !== undefined) {
+    if (flags.jsonSchema !== undefined || flags.jsonObject === true) throw new InvalidArgumentError("--grammar", "cannot be combined with --json-object or --json-schema");
+    let text = gbnf;
+    if (!gbnf.includes("::=")) {
+      try {
+        text = readFileSync(gbnf, "utf8");
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "ERR_FILE_NOT_FOUND" : "ERR_FILE_READ";
+        throw new Llama2Error(code, `--grammar: cannot read ${gbnf}: ${(err as Error).message}`);
+      }
+    }
+    parseGrammar(text, "--grammar");
+    return { type: "grammar", grammar: text };
+  }
   const raw = flags.jsonSchema as string | undefined;
   if (raw === undefined) return flags.jsonObject === true ? { type: "json_object" } : undefined;
   let text = raw;

@@ -2,12 +2,13 @@
 import { InvalidArgumentError } from "../errors.js";
 import type { Tokenizer } from "../tokenizer.js";
 import type { ResponseFormat } from "../types.js";
+import { parseGrammar, type Grammar } from "./gbnf.js";
 import type { SchemaNode } from "./json-recognizer.js";
 import { ANY_VALUE, compileJsonSchema } from "./json-schema.js";
-import { JsonConstraint, VocabTrie } from "./token-constraint.js";
+import { GrammarConstraint, JsonConstraint, VocabTrie, type Constraint } from "./token-constraint.js";
 
 /** A validated response format: null for free text. */
-export type CompiledFormat = { root: SchemaNode } | null;
+export type CompiledFormat = { root: SchemaNode } | { grammar: Grammar } | null;
 
 const ANY_OBJECT: SchemaNode = { kind: "object", props: [], extra: ANY_VALUE };
 const compiled = new WeakMap<object, CompiledFormat>();
@@ -19,11 +20,12 @@ const compiled = new WeakMap<object, CompiledFormat>();
 export function compileResponseFormat(format: unknown, field = "responseFormat"): CompiledFormat {
   if (format === undefined) return null;
   if (typeof format !== "object" || format === null || Array.isArray(format))
-    throw new InvalidArgumentError(field, 'expected { type: "text" | "json_object" | "json_schema", schema? }');
+    throw new InvalidArgumentError(field, 'expected { type: "text" | "json_object" | "json_schema" | "grammar", schema? | grammar? }');
   const have = compiled.get(format);
   if (have !== undefined) return have;
   const f = format as Record<string, unknown>;
-  for (const k of Object.keys(f)) if (k !== "type" && k !== "schema") throw new InvalidArgumentError(`${field}.${k}`, "unknown option");
+  const known = f.type === "grammar" ? "grammar" : "schema";
+  for (const k of Object.keys(f)) if (k !== "type" && k !== known) throw new InvalidArgumentError(`${field}.${k}`, k === "schema" || k === "grammar" ? `not with type ${JSON.stringify(f.type)}` : "unknown option");
   let out: CompiledFormat;
   switch (f.type) {
     case "text":
@@ -38,8 +40,12 @@ export function compileResponseFormat(format: unknown, field = "responseFormat")
       if (f.schema === undefined) throw new InvalidArgumentError(`${field}.schema`, 'is required with type "json_schema"');
       out = { root: compileJsonSchema(f.schema, `${field}.schema`) };
       break;
+    case "grammar":
+      if (f.grammar === undefined) throw new InvalidArgumentError(`${field}.grammar`, 'is required with type "grammar" (GBNF rules with a root rule)');
+      out = { grammar: parseGrammar(f.grammar, `${field}.grammar`) };
+      break;
     default:
-      throw new InvalidArgumentError(`${field}.type`, `expected "text", "json_object" or "json_schema", got ${JSON.stringify(f.type) ?? typeof f.type}`);
+      throw new InvalidArgumentError(`${field}.type`, `expected "text", "json_object", "json_schema" or "grammar", got ${JSON.stringify(f.type) ?? typeof f.type}`);
   }
   compiled.set(format, out);
   return out;
@@ -48,7 +54,7 @@ export function compileResponseFormat(format: unknown, field = "responseFormat")
 const tries = new WeakMap<Tokenizer, VocabTrie>();
 
 /** The constraint for one generation (null for free text). */
-export function createConstraint(format: ResponseFormat | undefined, tokenizer: Tokenizer | null): JsonConstraint | null {
+export function createConstraint(format: ResponseFormat | undefined, tokenizer: Tokenizer | null): Constraint | null {
   const c = compileResponseFormat(format);
   if (c === null) return null;
   if (!tokenizer) throw new InvalidArgumentError("responseFormat", "constrained output needs the model's tokenizer (this model has none: load it with tokenizerPath)");
@@ -57,5 +63,5 @@ export function createConstraint(format: ResponseFormat | undefined, tokenizer: 
     trie = new VocabTrie(tokenizer.tokenBytes());
     tries.set(tokenizer, trie);
   }
-  return new JsonConstraint(c.root, trie, tokenizer.eosId);
+  return "grammar" in c ? new GrammarConstraint(c.grammar, trie, tokenizer.eosId) : new JsonConstraint(c.root, trie, tokenizer.eosId);
 }

@@ -4,6 +4,7 @@
 // it ask for the whole vocabulary at once (`fillMask`: one walk of a trie of the tokens' bytes, where a
 // prefix the recognizer rejects prunes every token under it).
 import { Llama2Error } from "../errors.js";
+import { grammarCanEnd, grammarMustEnd, initialGrammarState, stackKey, stepGrammar, type Grammar, type GState } from "./gbnf.js";
 import { canEnd, feed, initialState, mustEnd, plainChars, plainStringRoom, stepState, type SchemaNode, type Stack, type State } from "./json-recognizer.js";
 
 /** What the sampler needs from a constraint. */
@@ -13,6 +14,25 @@ export interface TokenFilter {
   /** Sets mask[id] to 1 for every token that may come next, 0 for the others (mask.length = vocabulary). */
   fillMask(mask: Uint8Array): void;
 }
+
+/** A generation's constraint: a TokenFilter that follows the tokens sampled. */
+export interface Constraint extends TokenFilter {
+  /** Advances past a token the filter allowed. */
+  accept(id: number): void;
+  /** The output is complete and nothing may follow: generation is over. */
+  readonly done: boolean;
+  /** The output is complete (EOS may come), though it might still be extended. */
+  readonly complete: boolean;
+}
+
+/** One byte through a recognizer: the next state, or null when the byte is refused. */
+type Step<S> = (state: S, byte: number) => S | null;
+
+const jsonStep: Step<State> = (st, b) => {
+  const next: Stack[] = [];
+  stepState(st, b, next);
+  return next.length > 0 ? next : null;
+};
 
 /** The tokens' bytes in a trie, built once per vocabulary. */
 class Trie {
@@ -68,16 +88,15 @@ class Trie {
   }
 
   /** Marks in `mask` every token whose bytes, fed to `state`, leave it alive. */
-  walk(state: State, mask: Uint8Array): void {
+  walk<S>(state: S, step: Step<S>, mask: Uint8Array): void {
     const nodes: number[] = [0];
-    const states: State[] = [state];
+    const states: S[] = [state];
     while (nodes.length > 0) {
       const n = nodes.pop()!;
       const st = states.pop()!;
       for (let j = this.childStart[n]!; j < this.childStart[n + 1]!; j++) {
-        const next: Stack[] = [];
-        stepState(st, this.childByte[j]!, next);
-        if (next.length === 0) continue;
+        const next = step(st, this.childByte[j]!);
+        if (next === null) continue;
         const c = this.childNode[j]!;
         for (let t = this.tokStart[c]!; t < this.tokStart[c + 1]!; t++) mask[this.tokens[t]!] = 1;
         if (this.childStart[c + 1]! > this.childStart[c]!) {
@@ -125,14 +144,19 @@ export class VocabTrie {
   /** Marks in `mask` every token whose bytes, fed to `state`, leave it alive. */
   walk(state: State, mask: Uint8Array): void {
     const room = plainStringRoom(state);
-    if (room < 0) return this.all.walk(state, mask);
+    if (room < 0) return this.all.walk(state, jsonStep, mask);
     for (let j = 0; j < this.plain.length; j++) if (this.plainLen[j]! <= room) mask[this.plain[j]!] = 1;
-    this.special.walk(state, mask);
+    this.special.walk(state, jsonStep, mask);
+  }
+
+  /** The same walk for any byte-level recognizer (no plain-token shortcut). */
+  walkWith<S>(state: S, step: Step<S>, mask: Uint8Array): void {
+    this.all.walk(state, step, mask);
   }
 }
 
 /** A generation's JSON constraint: the recognizer's state after the tokens accepted so far. */
-export class JsonConstraint implements TokenFilter {
+export class JsonConstraint implements Constraint {
   private state: State;
   /** States after each token checked since the last accept (accept reuses them). */
   private readonly memo = new Map<number, State>();
@@ -181,6 +205,95 @@ export class JsonConstraint implements TokenFilter {
     if (s === undefined) {
       const b = this.trie.bytes[id];
       s = b && b.length > 0 ? feed(this.state, b) : [];
+      this.memo.set(id, s);
+    }
+    return s;
+  }
+}
+
+/**
+ * A generation's GBNF constraint: the grammar recognizer's state after the tokens accepted so far.
+ * States are interned (one object per distinct set of stacks) and each state's transitions memoized,
+ * so the vocabulary walk mostly looks transitions up: inside a JSON string every ordinary character
+ * leads back to the same state.
+ */
+export class GrammarConstraint implements Constraint {
+  private state: GState;
+  private readonly memo = new Map<number, GState | null>();
+  private readonly step: Step<GState>;
+  private readonly interned = new Map<string, GState>();
+  private readonly transitions = new Map<GState, (GState | null | undefined)[]>();
+
+  constructor(
+    private readonly grammar: Grammar,
+    private readonly trie: VocabTrie,
+    private readonly eosId: number,
+  ) {
+    this.state = this.canonical(initialGrammarState(grammar));
+    this.step = (st, b) => {
+      let row = this.transitions.get(st);
+      if (row === undefined) {
+        row = new Array<GState | null | undefined>(256);
+        this.transitions.set(st, row);
+      }
+      let next = row[b];
+      if (next === undefined) {
+        const n = stepGrammar(grammar, st, b);
+        next = row[b] = n === null ? null : this.canonical(n);
+      }
+      return next;
+    };
+  }
+
+  private canonical(st: GState): GState {
+    const key = `${st.need},${st.cp},${st.min}|${st.stacks.map(stackKey).sort().join(";")}`;
+    const have = this.interned.get(key);
+    if (have !== undefined) return have;
+    if (this.interned.size >= 65536) {
+      // Bounded memory: start over (the live state stays valid; it is re-interned on first use).
+      this.interned.clear();
+      this.transitions.clear();
+    }
+    this.interned.set(key, st);
+    return st;
+  }
+
+  allows(id: number): boolean {
+    if (id === this.eosId) return grammarCanEnd(this.state);
+    return this.after(id) !== null;
+  }
+
+  fillMask(mask: Uint8Array): void {
+    mask.fill(0);
+    this.trie.walkWith(this.state, this.step, mask);
+    if (this.eosId >= 0 && this.eosId < mask.length) mask[this.eosId] = grammarCanEnd(this.state) ? 1 : 0;
+  }
+
+  accept(id: number): void {
+    if (id === this.eosId) return;
+    const next = this.after(id);
+    if (next === null) throw new Llama2Error("ERR_INTERNAL", `the grammar constraint was handed token ${id}, which it does not allow`);
+    this.state = next;
+    this.memo.clear();
+  }
+
+  get done(): boolean {
+    return grammarMustEnd(this.state);
+  }
+
+  get complete(): boolean {
+    return grammarCanEnd(this.state);
+  }
+
+  private after(id: number): GState | null {
+    let s = this.memo.get(id);
+    if (s === undefined) {
+      const b = this.trie.bytes[id];
+      s = null;
+      if (b && b.length > 0) {
+        s = this.state;
+        for (let k = 0; k < b.length && s !== null; k++) s = this.step(s, b[k]!);
+      }
       this.memo.set(id, s);
     }
     return s;

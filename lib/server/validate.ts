@@ -2,6 +2,7 @@
 // an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored;
 // known features the server cannot honour (the functions API, suffix, echo) are refused, not dropped.
 import { InvalidArgumentError } from "../errors.js";
+import { parseGrammar } from "../grammar/gbnf.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
 import { dialogWithTools, parseTools, toolsFormat, type ToolRequest } from "./tools.js";
 import type { ChatMessage, JsonSchema, ResponseFormat, SamplingOptions } from "../types.js";
@@ -126,6 +127,15 @@ export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
   if (logitBias) options.logitBias = logitBias;
   const responseFormat = parseResponseFormat(o.response_format);
   if (responseFormat) options.responseFormat = responseFormat;
+  // llama.cpp's server extension: "grammar" (GBNF rules), compiled here so that a bad one is a 400.
+  if (o.grammar !== undefined && o.grammar !== null) {
+    if (responseFormat) throw new InvalidArgumentError("grammar", "cannot be combined with response_format");
+    if (typeof o.grammar !== "string") throw new InvalidArgumentError("grammar", `expected a string of GBNF rules, got ${show(o.grammar)}`);
+    if (o.grammar.trim() !== "") {
+      parseGrammar(o.grammar, "grammar");
+      options.responseFormat = { type: "grammar", grammar: o.grammar };
+    }
+  }
   stringField(o, "user");
   stringField(o, "model");
   return { ...(maxTokens !== undefined && { maxTokens, maxTokensField }), ...(stop && { stop }), options };
@@ -223,7 +233,10 @@ export function parseChatRequest(body: unknown, vocabSize: number): ParsedReques
   const raw = o.messages as Body[];
   if (tools || raw.some((m) => m.role === "tool" || (Array.isArray(m.tool_calls) && m.tool_calls.length > 0))) messages = dialogWithTools(raw, messages, tools);
   if (tools) {
-    if (sampling.options.responseFormat) throw new InvalidArgumentError("response_format", "a response format together with tools is not supported");
+    if (sampling.options.responseFormat) {
+      const field = sampling.options.responseFormat.type === "grammar" ? "grammar" : "response_format";
+      throw new InvalidArgumentError(field, `a ${field === "grammar" ? "grammar" : "response format"} together with tools is not supported`);
+    }
     sampling.options.responseFormat = toolsFormat(tools);
   }
   // logprobs: true reports each token's log-probability; top_logprobs (0..20) adds that many alternatives.
