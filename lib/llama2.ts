@@ -39,7 +39,7 @@ export interface SessionOptions {
   template?: string;
   /**
    * Drop the oldest exchanges when a turn would not leave room for its reply (default true). The room
-   * asked for is the turn's `maxTokens`, or a quarter of the context when it has none.
+   * asked for is the turn's `maxTokens` (at most half the context), or a quarter of the context without it.
    */
   contextShift?: boolean;
   /**
@@ -374,8 +374,8 @@ export class Llama2 {
   /**
    * A conversation that keeps its KV cache between turns (while the cache has room: an idle session is
    * parked for other requests when it runs out, and its next turn re-prompts the conversation). With
-   * `contextShift` (default true), a turn that would not leave room for its reply (`maxTokens`, or a
-   * quarter of the context) drops the oldest exchanges from the model's window (`droppedMessages`);
+   * `contextShift` (default true), a turn that would not leave room for its reply (`maxTokens` up to half
+   * the context, or a quarter of the context) drops the oldest exchanges from the model's window (`droppedMessages`);
    * false makes such a turn fail with ERR_CONTEXT_OVERFLOW once the prompt itself no longer fits.
    */
   createSession(opts: SessionOptions = {}): ChatSession {

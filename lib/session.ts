@@ -78,7 +78,9 @@ export class ChatSession {
     let reprompt = this.stale ? this.template.encodeDialog(dialog(this.dropped), tok) : null;
     if (this.contextShift) {
       const ctx = this.llama.info.contextLength;
-      const room = opts.maxTokens ?? Math.floor(ctx / 4);
+      // The reply's room: its maxTokens (at most half the context, so that a large one does not wipe the
+      // history every turn), or a quarter of the context.
+      const room = Math.min(opts.maxTokens ?? Math.floor(ctx / 4), Math.floor(ctx / 2));
       const size = reprompt ? reprompt.length : this.tokens.length + this.pending.length + turn.length;
       if (size + room > ctx && this.dropped < this.messages.length) {
         const target = ctx - room - Math.floor(ctx / 8);

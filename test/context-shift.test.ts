@@ -76,19 +76,22 @@ describeShared("chat sessions: context shift", [TINY], () => {
   }
 
   it("maxTokens sets the room a turn keeps for its reply; reset() brings the dropped messages back to zero", async () => {
-    const session = tiny.createSession();
-    try {
-      await session.send("Hello there", OPTS).result;
-      expect(session.droppedMessages).toBe(0);
-      // 40 tokens of reply do not fit after the first exchange (~17 tokens) and this turn: it is dropped.
-      const r = await session.send("Tell me more", { ...OPTS, maxTokens: 40 }).result;
-      expect(session.droppedMessages).toBe(2);
-      expect(r.stats).toMatchObject({ completionTokens: 40, finishReason: "length" });
-      session.reset();
-      expect(session.droppedMessages).toBe(0);
-      expect(session.messages).toEqual([]);
-    } finally {
-      session.dispose();
+    for (const [max, dropped] of [[6, 0], [32, 2]] as const) {
+      const session = tiny.createSession();
+      try {
+        await session.send("Hello there", { ...OPTS, maxTokens: 12 }).result;
+        expect(session.droppedMessages).toBe(0);
+        // The first exchange (~23 tokens) and this turn (~10) leave room for 6 tokens of reply, not for 32:
+        // then the first exchange leaves the window.
+        const r = await session.send("Tell me more", { ...OPTS, maxTokens: max }).result;
+        expect(session.droppedMessages).toBe(dropped);
+        expect(r.stats).toMatchObject({ completionTokens: max, finishReason: "length" });
+        session.reset();
+        expect(session.droppedMessages).toBe(0);
+        expect(session.messages).toEqual([]);
+      } finally {
+        session.dispose();
+      }
     }
   });
 
@@ -144,6 +147,11 @@ describeShared("chat sessions: context shift", [TINY], () => {
       const r2 = await resumed.send("Go on", OPTS).result;
       expect(resumed.droppedMessages).toBe(0);
       expect(r2.stats.cachedPromptTokens).toBe(cached);
+      // A maxTokens beyond the context asks for half of it at most: the history stays.
+      const long = await resumed.send("A long one", { ...OPTS, maxTokens: 1000 }).result;
+      expect(resumed.droppedMessages).toBe(0);
+      expect(long.stats.finishReason).toBe("length");
+      expect(long.stats.promptTokens).toBeLessThan(128);
     } finally {
       resumed.dispose();
       await roomy.dispose();
