@@ -1,0 +1,37 @@
+// The device-side scripts that do not need a GPU to run: here on the CPU with the demo model, so that a
+// lease does not spend device minutes finding a broken script.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { beforeAll, describe, expect, it } from "vitest";
+import { ensureDemoModel } from "../lib/synth/demo.js";
+import { ensureDist } from "./helpers/dist.js";
+import { projectRoot } from "./helpers/shared.js";
+
+describe("scripts/gpu on the CPU", () => {
+  let demo: string;
+  beforeAll(async () => {
+    ensureDist();
+    demo = await ensureDemoModel({ dir: path.join(os.tmpdir(), "llama2-native-test-home", "models") });
+  }, 120_000);
+
+  it("constrained-bench.mjs times every mode and writes its JSON", () => {
+    const out = path.join(mkdtempSync(path.join(os.tmpdir(), "llama2-cbench-")), "c.json");
+    const r = spawnSync(process.execPath, ["scripts/gpu/constrained-bench.mjs", "--model", demo, "--device", "cpu", "--tokens", "16", "--reps", "1", "--out", out], {
+      cwd: projectRoot,
+      encoding: "utf8",
+      timeout: 120_000,
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const j = JSON.parse(readFileSync(out, "utf8"));
+    expect(j.rows.map((x: { mode: string }) => x.mode)).toEqual([
+      "free greedy", "free topK 0", "json_schema greedy", "json_schema topK 0", "gbnf json greedy", "gbnf json topK 0", "logprobs 5",
+    ]);
+    for (const row of j.rows) {
+      expect(row.tokens, row.mode).toEqual([16]); // the grammar and the schema keep every run going
+      expect(row.msPerToken, row.mode).toBeGreaterThan(0);
+    }
+    expect(r.stdout).toMatch(/gbnf json topK 0 +\d+\.\d+ ms\/token/);
+  }, 150_000);
+});
