@@ -81,6 +81,7 @@ describe("GBNF parser", () => {
         expect((err as Error).message, src).toMatch(re);
       }
     }
+    expect(() => parseGrammar("root ::= " + "(".repeat(30000) + '"a"' + ")".repeat(30000))).toThrow(/parentheses nested deeper than 256/);
     expect(() => parseGrammar(42)).toThrow(expect.objectContaining({ field: "grammar" }));
     expect(() => parseGrammar("root ::= " + "x".repeat(70000))).toThrow(/at most 65536/);
   });
@@ -145,6 +146,41 @@ describe("GBNF parser", () => {
     const a = feedGrammar(more, initialGrammarState(more), utf8("aa"))!;
     expect(grammarCanEnd(a)).toBe(true);
     expect(grammarMustEnd(a)).toBe(false);
+  });
+
+  it("mutated grammars parse or fail with ERR_INVALID_ARGUMENT, and what parses runs on random bytes without other errors", () => {
+    const seeds = [JSON_GBNF, 'root ::= ("a" | [b-d]+ x)* "." \nx ::= "e"{1,3} | (y)?\ny ::= [^\n] "\x41"'];
+    const alphabet = ['"', "(", ")", "[", "]", "^", "-", "|", "*", "+", "?", "{", "}", ",", "\\", "\n", " ", "::=", "root", "x", "a", "0", "9", "#", "é"];
+    const rng = new Rng(11);
+    const pick = <T,>(xs: readonly T[]) => xs[Math.floor(rng.next() * xs.length)]!;
+    let parsed = 0;
+    for (let n = 0; n < 1500; n++) {
+      let src = pick(seeds);
+      for (let m = 1 + Math.floor(rng.next() * 3); m > 0; m--) {
+        const at = Math.floor(rng.next() * (src.length + 1));
+        const op = rng.next();
+        src = op < 0.4 ? src.slice(0, at) + pick(alphabet) + src.slice(at) : op < 0.7 ? src.slice(0, at) + src.slice(at + 1) : src.slice(0, at) + pick(alphabet) + src.slice(at + 1);
+      }
+      let g: Grammar;
+      try {
+        g = parseGrammar(src);
+      } catch (err) {
+        expect(err, src).toMatchObject({ code: "ERR_INVALID_ARGUMENT", field: "grammar" });
+        continue;
+      }
+      parsed++;
+      try {
+        let st = initialGrammarState(g);
+        for (let k = 0; k < 40; k++) {
+          const b = Math.floor(rng.next() * 128);
+          const next = feedGrammar(g, st, Uint8Array.of(b));
+          if (next) st = next;
+        }
+      } catch (err) {
+        expect(err, src).toMatchObject({ code: "ERR_INVALID_ARGUMENT" });
+      }
+    }
+    expect(parsed).toBeGreaterThan(100);
   });
 
   it("right recursion (a long repetition) does not grow the stacks", () => {

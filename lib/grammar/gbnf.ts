@@ -34,8 +34,10 @@ export interface Grammar {
 export const MAX_GRAMMAR_CHARS = 65536;
 const MAX_ELEMENTS = 100_000;
 const MAX_REPEAT = 1000;
+/** Parentheses nested deeper than this are refused (the parser recurses on them). */
+const MAX_NESTING = 256;
 /** Stacks alive at once: beyond this the grammar is too ambiguous to follow (an error, not a hang). */
-export const MAX_STACKS = 4096;
+export const MAX_STACKS = 16384;
 
 const NAME = /[A-Za-z0-9_-]/;
 
@@ -46,6 +48,7 @@ class Parser {
   private readonly defined: (Elem[][] | undefined)[] = [];
   private readonly firstUse = new Map<number, number>();
   private elements = 0;
+  private nesting = 0;
 
   constructor(
     private readonly src: string,
@@ -146,9 +149,11 @@ class Parser {
         this.i++;
         item = [{ t: 0, ranges: [0, 0x10ffff], neg: false }];
       } else if (c === "(") {
+        if (++this.nesting > MAX_NESTING) this.fail(`parentheses nested deeper than ${MAX_NESTING}`);
         this.i++;
         this.space(true);
         const alts = this.alternatives(true);
+        this.nesting--;
         if (this.src[this.i] !== ")") this.fail('expected ")"');
         this.i++;
         item = [{ t: 1, rule: this.anon(alts) }];
