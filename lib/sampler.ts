@@ -339,7 +339,10 @@ export class Sampler {
         }
       }
       if (j === k || exhausted) {
-        if (j === 0) throw noAllowedToken(input);
+        if (j === 0) {
+          filter.fillMask(buf.mask.length === V ? buf.mask : buf.mask.subarray(0, V));
+          throw noAllowedToken(input, buf.mask.subarray(0, V));
+        }
         return this.greedy ? buf.listIds[0]! : this.finish(j);
       }
     }
@@ -350,7 +353,7 @@ export class Sampler {
       if (mask[i] === 0) logits[i] = -Infinity;
       else if (logits[i]! > -Infinity) any = true;
     }
-    if (!any) throw noAllowedToken(input);
+    if (!any) throw noAllowedToken(input, mask);
     if (this.greedy) return argmax(logits);
     if (k < V) return this.finish(selectTopK(logits, k));
     return this.fromDistribution(logits);
@@ -595,7 +598,11 @@ function internal(msg: string): Llama2Error {
   return new Llama2Error("ERR_INTERNAL", msg);
 }
 /** Constrained sampling found no allowed token with a finite logit. */
-function noAllowedToken(input: Float32Array): Llama2Error {
+function noAllowedToken(input: Float32Array, mask: Uint8Array): Llama2Error {
+  // The format itself allows nothing: a grammar that can neither go on nor end here.
+  if (!mask.includes(1)) {
+    return new InvalidArgumentError("responseFormat", "the response format allows no token here: the output so far can neither continue nor end (a grammar rule that matches nothing?)");
+  }
   // With some finite logit, the model is fine: logitBias banned every token the format allows.
   for (let i = 0; i < input.length; i++) {
     if (Number.isFinite(input[i])) {

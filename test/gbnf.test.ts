@@ -244,6 +244,9 @@ describeShared("GBNF constrained generation", ["models/tiny-llama-f16.gguf", "mo
     // Greedy, top-k and chat paths too.
     const chat = await tiny.chat([{ role: "user", content: "Yes or no?" }], { responseFormat: { type: "grammar", grammar: yesNo }, temperature: 0 }).result;
     expect(["yes.", "no."]).toContain(chat.text.trim());
+    // A grammar that reaches a dead end (a class that matches nothing) is reported as such, not as a ban.
+    const dead = tiny.generate("x", { responseFormat: { type: "grammar", grammar: 'root ::= "a" [^\\x00-\\U0010FFFF]' }, temperature: 0 }).result;
+    await expect(dead).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT", field: "responseFormat", message: expect.stringMatching(/allows no token here/) });
     await expect(async () => tiny.generate("x", { responseFormat: { type: "grammar", grammar: "root ::= root" } })).rejects.toMatchObject({ field: "responseFormat.grammar" });
     await expect(async () => tiny.generate("x", { responseFormat: { type: "grammar" } as never })).rejects.toMatchObject({ field: "responseFormat.grammar" });
     await expect(async () => tiny.generate("x", { responseFormat: { type: "grammar", grammar: "root ::= \"a\"", schema: {} } as never })).rejects.toMatchObject({ field: "responseFormat.schema" });
