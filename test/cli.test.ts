@@ -3,7 +3,7 @@
 // and the error contract: bad flags -> exit 2 with `error [ERR_INVALID_ARGUMENT]: --flag ...`, other
 // errors -> exit 1 with their code.
 import { spawnSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -261,6 +261,48 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     expect(r.stdout).toBe(expected.map((t) => (t.endsWith("\n") ? t : `${t}\n`)).join(""));
     expect(r.stderr).toMatch(/the context is full: the \d+ oldest messages no longer reach the model/);
     expect(r.stderr).not.toContain("error [");
+  });
+
+  it("chat /save writes the conversation and --resume continues it as a library session resumed from it", async () => {
+    const scratch = new Scratch("llama2-cli-resume-");
+    try {
+      const file = path.join(scratch.dir, "talk.json");
+      const flags = ["-t", "0", "-n", "6", "--no-stop"];
+      const first = cli(["chat", "--model", tiny, "--system", "Be brief.", ...flags], `Hello\nTell me more\n/save ${file}\n`);
+      expect(first.code, first.stderr).toBe(0);
+      expect(first.stderr).toContain(`saved 2 exchanges to ${file}`);
+      const saved = JSON.parse(readFileSync(file, "utf8"));
+      expect(saved.system).toBe("Be brief.");
+      expect(saved.messages.map((m: { role: string }) => m.role)).toEqual(["user", "assistant", "user", "assistant"]);
+      expect(saved.messages[0].content).toBe("Hello");
+      // The resumed chat answers as a session resumed from the saved messages does.
+      const m = await Llama2.load(tiny, { device: "cpu", prefixCache: false });
+      let expected: string;
+      try {
+        const s = m.createSession({ systemPrompt: "Be brief.", messages: saved.messages });
+        expected = (await s.send("Why?", { temperature: 0, maxTokens: 6, stopOnEos: false }).result).text;
+        s.dispose();
+      } finally {
+        await m.dispose();
+      }
+      const resumed = cli(["chat", "--model", tiny, "--resume", file, ...flags], "Why?\n");
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(resumed.stdout).toBe(expected.endsWith("\n") ? expected : `${expected}\n`);
+      expect(resumed.stderr).toContain("resumed 2 exchanges");
+      // Bad files: exit 2 (or 1 for a missing one) naming --resume.
+      const bad = scratch.write("bad.json", JSON.stringify({ messages: [{ role: "assistant", content: "x" }, { role: "user", content: "y" }] }));
+      const r1 = cli(["chat", "--model", tiny, "--resume", bad], "Hi\n");
+      expect(r1.code).toBe(2);
+      expect(r1.stderr).toMatch(/error \[ERR_INVALID_ARGUMENT\]: --resume: .*messages\[0\]\.role/);
+      const r2 = cli(["chat", "--model", tiny, "--resume", scratch.write("notjson.json", "{")], "Hi\n");
+      expect(r2.code).toBe(2);
+      expect(r2.stderr).toContain("is not valid JSON");
+      const r3 = cli(["chat", "--model", tiny, "--resume", path.join(scratch.dir, "missing.json")], "Hi\n");
+      expect(r3.code).toBe(1);
+      expect(r3.stderr).toContain("ERR_FILE_NOT_FOUND");
+    } finally {
+      scratch.cleanup();
+    }
   });
 
   it("inspect shows format, config, tensors and tokenizer (--json and text)", () => {

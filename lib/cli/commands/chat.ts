@@ -3,11 +3,12 @@
 // the reply being generated, and a Ctrl-C with no reply running (or a second one) exits.
 // With stdin not a TTY (a pipe, a file) every line is a user message, answered in turn: the replies,
 // one per message and each ending with a newline, are all that goes to stdout.
+import { readFileSync, writeFileSync } from "node:fs";
 import readline from "node:readline";
 import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import { getChatTemplate } from "../../chat-template.js";
-import type { GenerationStream } from "../../types.js";
+import type { ChatMessage, GenerationStream } from "../../types.js";
 import { LOAD_FLAGS, SAMPLING_FLAGS, generateOptionsFromFlags, loadModelFromFlags, loadOptionsFromFlags } from "../model-options.js";
 
 const command: Command = {
@@ -16,13 +17,15 @@ const command: Command = {
   usage: [
     "Usage: llama2 chat --model PATH [--system TEXT] [--template NAME] [sampling flags] [--device D] [--dtype D] [--context N]",
     "",
-    "Type a message and press Enter. /reset forgets the conversation, /exit quits. Ctrl-C stops the",
+    "Type a message and press Enter. /reset forgets the conversation, /save FILE writes it (JSON) for",
+    "--resume FILE to continue later, /exit quits. Ctrl-C stops the",
     "current reply; Ctrl-C again (or with no reply running) exits. Without a TTY, each input line is a",
     "message and each reply is printed on stdout followed by a newline.",
   ].join("\n"),
   flags: {
     ...LOAD_FLAGS,
-    system: { type: "string", alias: "s", description: "system prompt" },
+    system: { type: "string", alias: "s", description: "system prompt (default: the resumed conversation's)" },
+    resume: { type: "string", description: "continue a conversation saved with /save (JSON: { system?, messages })" },
     template: { type: "string", description: "chat template (llama2 or plain)", default: "llama2" },
     ...SAMPLING_FLAGS,
     stats: { type: "boolean", description: "print each reply's token counts and speed on stderr" },
@@ -38,6 +41,7 @@ const command: Command = {
       throw new InvalidArgumentError("--template", (err as Error).message.replace(/^template: /, ""));
     }
 
+    const saved = flags.resume !== undefined ? readConversation(flags.resume as string) : undefined;
     const model = await loadModelFromFlags(flags, io);
     const stdin = io.stdin as NodeJS.ReadableStream & { isTTY?: boolean };
     const tty = stdin.isTTY === true;
@@ -60,7 +64,14 @@ const command: Command = {
     const session = (() => {
       try {
         if (!model.tokenizer) throw new Llama2Error("ERR_TOKENIZER", `${model.info.path} has no tokenizer: chat needs one (pass --tokenizer)`);
-        return model.createSession({ systemPrompt: flags.system as string | undefined, template: flags.template as string });
+        const systemPrompt = (flags.system as string | undefined) ?? saved?.system;
+        try {
+          return model.createSession({ systemPrompt, template: flags.template as string, ...(saved && { messages: saved.messages }) });
+        } catch (err) {
+          const e = err as InvalidArgumentError;
+          if (saved && e.field?.startsWith("options.messages")) throw new InvalidArgumentError("--resume", `${flags.resume}: ${e.field.slice(8)}: ${e.message.replace(/^[^:]*: /, "")}`);
+          throw err;
+        }
       } catch (err) {
         rl.close();
         process.off("SIGINT", onSigint);
@@ -69,7 +80,8 @@ const command: Command = {
       }
     })();
     try {
-      if (tty && !flags.quiet) io.stderr.write("/reset forgets the conversation, /exit quits, Ctrl-C stops a reply.\n");
+      if (tty && !flags.quiet) io.stderr.write("/reset forgets the conversation, /save FILE keeps it, /exit quits, Ctrl-C stops a reply.\n");
+      if (saved && !flags.quiet) io.stderr.write(`(resumed ${saved.messages.length / 2} exchanges from ${flags.resume})\n`);
       rl.setPrompt("> ");
       if (tty) rl.prompt();
       for await (const line of rl) {
@@ -78,8 +90,20 @@ const command: Command = {
         if (text === "/reset") {
           session.reset();
           if (!flags.quiet) io.stderr.write("(conversation reset)\n");
+        } else if (text === "/save" || text.startsWith("/save ")) {
+          const file = text.slice(5).trim();
+          if (!file) io.stderr.write("usage: /save FILE\n");
+          else {
+            try {
+              const system = (flags.system as string | undefined) ?? saved?.system;
+              writeFileSync(file, JSON.stringify({ ...(system !== undefined && { system }), messages: session.messages }, null, 2) + "\n");
+              if (!flags.quiet) io.stderr.write(`(saved ${session.messages.length / 2} exchanges to ${file}; continue with --resume ${file})\n`);
+            } catch (err) {
+              io.stderr.write(`error [ERR_FILE_WRITE]: /save: cannot write ${file}: ${(err as Error).message}\n`);
+            }
+          }
         } else if (text.startsWith("/")) {
-          io.stderr.write(`unknown command ${text.split(/\s/)[0]} (/reset, /exit)\n`);
+          io.stderr.write(`unknown command ${text.split(/\s/)[0]} (/reset, /save FILE, /exit)\n`);
         } else if (text !== "") {
           aborting = false;
           try {
@@ -129,3 +153,24 @@ const command: Command = {
 };
 
 export default command;
+
+/** A conversation saved by /save: { system?, messages: user/assistant pairs } (the pairs are checked by createSession). */
+function readConversation(file: string): { system?: string; messages: ChatMessage[] } {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "ERR_FILE_NOT_FOUND" : "ERR_FILE_READ";
+    throw new Llama2Error(code, `--resume: cannot read ${file}: ${(err as Error).message}`);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (err) {
+    throw new InvalidArgumentError("--resume", `${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  const o = v as { system?: unknown; messages?: unknown } | null;
+  if (!o || typeof o !== "object" || !Array.isArray(o.messages)) throw new InvalidArgumentError("--resume", `${file}: expected { "system"?: string, "messages": [...] }`);
+  if (o.system !== undefined && typeof o.system !== "string") throw new InvalidArgumentError("--resume", `${file}: "system" must be a string`);
+  return { ...(o.system !== undefined && { system: o.system as string }), messages: o.messages as ChatMessage[] };
+}
