@@ -32,6 +32,34 @@ export interface ChatOptions extends GenerateOptions {
   template?: string;
 }
 
+/** What score() returns. */
+export interface ScoreResult {
+  /** The tokens scored (BOS included for text, unless addBos: false). */
+  tokenIds: number[];
+  /** log P(tokenIds[i + 1] | tokenIds[0..i]) for each token after the first (natural log, float64 softmax). */
+  logprobs: number[];
+  /** Their sum: the log-likelihood of the text after its first token. */
+  sum: number;
+  /** exp(-sum / logprobs.length). */
+  perplexity: number;
+  totalMs: number;
+}
+
+/** log-softmax of one row of logits at `id`, in float64 (a NaN row gives NaN). */
+function rowLogprob(row: Float32Array, id: number): number {
+  let m = -Infinity;
+  let nan = false;
+  for (let i = 0; i < row.length; i++) {
+    const v = row[i]!;
+    if (v > m) m = v;
+    else if (v !== v) nan = true;
+  }
+  if (nan || !Number.isFinite(m)) return NaN;
+  let z = 0;
+  for (let i = 0; i < row.length; i++) z += Math.exp(row[i]! - m);
+  return row[id]! - m - Math.log(z);
+}
+
 export interface SessionOptions {
   /** Folded into the first turn by the template (Llama 2: `<<SYS>>`); kept when old turns are dropped. */
   systemPrompt?: string;
@@ -130,7 +158,8 @@ export class Llama2 {
     this.tokenizer = tokenizer;
     this.blockSize = model.info().kvBlockSize;
     const chunk = info.device === "cuda" ? 2048 : 512;
-    this.scheduler = new Scheduler(model, { maxStepTokens: chunk, prefillChunk: chunk, maxStepSequences: model.info().maxStepSequences });
+    const maxStep = model.info().maxStepSequences;
+    this.scheduler = new Scheduler(model, { maxStepTokens: chunk, prefillChunk: chunk, maxStepSequences: maxStep, maxStepOutputs: maxStep });
     this.prefixes =
       prefixCache === false
         ? null
@@ -333,6 +362,67 @@ export class Llama2 {
       }
       this.wakeWaiters();
     }
+  }
+
+  /**
+   * Scores a text (teacher forcing): the model's log-probability of each token given the ones before it,
+   * from one evaluation of the whole text (no sampling), and the perplexity over them. Text is encoded
+   * as generate() does (BOS unless addBos: false); token ids are taken as they are. At least 2 tokens, at
+   * most the context length. Runs beside other requests (continuous batching), in chunks of the step's
+   * output rows.
+   */
+  async score(input: string | readonly number[], opts: { addBos?: boolean; signal?: AbortSignal } = {}): Promise<ScoreResult> {
+    this.checkAlive();
+    if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
+    checkKeys(opts, new Set(["addBos", "signal"]), "options");
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
+    if (opts.addBos !== undefined && typeof opts.addBos !== "boolean") throw new InvalidArgumentError("addBos", "expected a boolean");
+    let ids: number[];
+    if (typeof input === "string") ids = this.requireTokenizer().encode(input, { bos: opts.addBos ?? true });
+    else if (Array.isArray(input)) ids = this.checkIds(input, "input").slice();
+    else throw new InvalidArgumentError("input", "expected a string or an array of token ids");
+    if (ids.length < 2) throw new InvalidArgumentError("input", `needs at least 2 tokens to score, got ${ids.length}`);
+    if (ids.length > this.info.contextLength) {
+      throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the text is ${ids.length} tokens but the context length is ${this.info.contextLength}`, {
+        suggestion: "score it in windows (llama2 perplexity does)",
+      });
+    }
+    if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
+    const controller = new AbortController();
+    const onAbort = () => controller.abort();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const key = Symbol("score");
+    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, history: [], stripLeadingSpace: false, ownsSequence: true, reuse: false };
+    const V = this.info.config.vocabSize;
+    const logprobs: number[] = [];
+    const t0 = performance.now();
+    this.inFlight++;
+    try {
+      await this.admit(plan, 0, key, controller.signal);
+      this.active.add(controller);
+      // Row r of the logits predicts token r + 1; the last token's row predicts nothing.
+      const out = (await this.scheduler.eval(plan.seq, ids, -2, controller.signal)) as Float32Array;
+      if (!(out instanceof Float32Array) || out.length !== ids.length * V) throw new Llama2Error("ERR_INTERNAL", `score: expected ${ids.length} rows of logits`);
+      for (let r = 0; r + 1 < ids.length; r++) logprobs.push(rowLogprob(out.subarray(r * V, (r + 1) * V), ids[r + 1]!));
+    } catch (err) {
+      throw controller.signal.aborted && !this.disposed ? new Llama2Error("ERR_ABORTED", "aborted") : err instanceof Llama2Error ? err : fromNative(err);
+    } finally {
+      this.inFlight--;
+      opts.signal?.removeEventListener("abort", onAbort);
+      this.active.delete(controller);
+      this.growth.delete(key);
+      if (!this.disposed) {
+        try {
+          this.model.freeSequence(plan.seq);
+        } catch {
+          /* already gone */
+        }
+      }
+      this.wakeWaiters();
+    }
+    if (logprobs.some((l) => Number.isNaN(l))) throw new Llama2Error("ERR_MODEL_CORRUPT", `${this.info.path}: the model's logits are not numbers (NaN)`);
+    const sum = logprobs.reduce((a, b) => a + b, 0);
+    return { tokenIds: ids, logprobs, sum, perplexity: Math.exp(-sum / logprobs.length), totalMs: performance.now() - t0 };
   }
 
   /** Drops every cached prefix (their KV blocks return to the pool once no request shares them). */

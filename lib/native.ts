@@ -50,7 +50,10 @@ export interface NativeModelInfo extends NativeModelSourceInfo {
   kvBlocks: number;
 }
 
-/** Per sequence in a step: tokens to append; output 0 = none, -1 = full logits, k > 0 = top-k candidates. */
+/**
+ * Per sequence in a step: tokens to append; output 0 = none, -1 = full logits of the last token, -2 = full
+ * logits of every token ([tokens][vocab], at most the step's output rows), k > 0 = top-k candidates.
+ */
 export interface NativeStepRequest {
   seq: number;
   tokens: Int32Array;

@@ -145,6 +145,32 @@ describeShared("continuous batching (stories260K)", [STORIES, STORIES_FX], () =>
     }
   });
 
+  it("output -2 gives every token's logits, gathered over chunks capped by maxStepOutputs, beside decoding sequences", async () => {
+    const nm = model._native();
+    const sched = new Scheduler(nm, { maxStepTokens: 24, prefillChunk: 16, maxStepOutputs: 8 });
+    const text = [...cases[1]!.prompt, ...cases[1]!.generated.slice(0, 20)];
+    const [scored, other] = [nm.createSequence(), nm.createSequence()];
+    try {
+      const V = model.info.config.vocabSize;
+      // A decoding sequence shares the steps: each of its steps takes one of the 8 output rows.
+      const decode = (async () => {
+        let next: number[] = cases[0]!.prompt;
+        for (let k = 0; k < 6; k++) next = [argmax((await sched.eval(other, next, -1)) as Float32Array)];
+      })();
+      const rows = (await sched.eval(scored, text, -2)) as Float32Array;
+      await decode;
+      expect(rows.length).toBe(text.length * V);
+      for (const r of [0, 1, 7, 8, 15, 16, text.length - 1]) {
+        expect(relErr(rows.subarray(r * V, (r + 1) * V), await lastLogits(model, text.slice(0, r + 1))), `row ${r}`).toBeLessThan(1e-6);
+      }
+      expect(sched.stats.steps).toBeGreaterThanOrEqual(Math.ceil(text.length / 8));
+      expect(nm.sequenceLength(scored)).toBe(text.length);
+    } finally {
+      nm.freeSequence(scored);
+      nm.freeSequence(other);
+    }
+  });
+
   it("a step holds at most maxStepSequences (the backend's limit): the rest decode in the next steps, same tokens", async () => {
     const nm = model._native();
     expect(nm.info().maxStepSequences).toBeGreaterThanOrEqual(256);

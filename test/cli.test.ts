@@ -305,6 +305,47 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     }
   });
 
+  it("perplexity scores windows as llama.cpp does: equal to score() over the same windows; Q8_0 close to F16", async () => {
+    const text = tok.encode.map((c) => c.text).join(" ").repeat(6);
+    const scratch = new Scratch("llama2-cli-ppl-");
+    try {
+      const file = scratch.write("text.txt", text);
+      const r = cli(["perplexity", "--model", tiny, "--file", file, "--context", "32", "--chunks", "5", "--json"]);
+      expect(r.code, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout);
+      expect(out).toMatchObject({ windows: 5, context: 32, scoredTokens: 5 * 15 });
+      // The same windows through the library.
+      const m = await Llama2.load(tiny, { device: "cpu", contextLength: 32 });
+      try {
+        const ids = m.tokenize(text);
+        let nll = 0;
+        for (let w = 0; w < 5; w++) {
+          const win = ids.slice(w * 32, (w + 1) * 32);
+          win[0] = m.info.bosId;
+          nll -= (await m.score(win)).logprobs.slice(16).reduce((a, b) => a + b, 0);
+        }
+        expect(out.perplexity).toBeCloseTo(Math.exp(nll / 75), 6);
+      } finally {
+        await m.dispose();
+      }
+      // Q8_0 weights: close to F16's figure on the same text and windows (its quantization error only).
+      const q8 = JSON.parse(cli(["perplexity", "--model", sharedPath("models/tiny-llama-q8_0.gguf"), "--file", file, "--context", "32", "--chunks", "5", "--json"]).stdout);
+      expect(Math.abs(q8.perplexity / out.perplexity - 1)).toBeLessThan(0.02);
+      const human = cli(["perplexity", "--model", tiny, "--text", text, "--context", "32", "--chunks", "2"]);
+      expect(human.code, human.stderr).toBe(0);
+      expect(human.stdout).toMatch(/^perplexity \d+\.\d{4} over 30 tokens \(2 windows of 32;/);
+      expect(human.stderr).toMatch(/\[1\]\d+\.\d+,\[2\]\d+\.\d+/);
+      const short = cli(["perplexity", "--model", tiny, "--text", "too short", "--context", "32"]);
+      expect(short.code).toBe(2);
+      expect(short.stderr).toMatch(/ERR_INVALID_ARGUMENT\]: --text: the text is \d+ tokens/);
+      const missing = cli(["perplexity", "--model", tiny, "--file", path.join(scratch.dir, "none.txt")]);
+      expect(missing.code).toBe(1);
+      expect(missing.stderr).toContain("ERR_FILE_NOT_FOUND");
+    } finally {
+      scratch.cleanup();
+    }
+  });
+
   it("inspect shows format, config, tensors and tokenizer (--json and text)", () => {
     const r = cli(["inspect", "--model", tiny, "--json"]);
     expect(r.code, r.stderr).toBe(0);

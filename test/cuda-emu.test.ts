@@ -114,6 +114,22 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
     }
   }, 300_000);
 
+  it("score() (every token's logits, output -2) on CUDA: the CPU's log-probabilities within fp16 error, beside a generation", async () => {
+    const c = cases[3];
+    const ids = [...c.prompt, ...c.generated.slice(0, 40)];
+    const [g, s] = await Promise.all([gpu.generate(cases[0].prompt, greedy(6)).result, gpu.score(ids)]);
+    expect(g.tokenIds).toEqual(cases[0].generated.slice(0, 6));
+    const ref = await cpu.score(ids);
+    // fp16 logits are within ~2e-2 of the CPU's: log-probabilities differ by a few hundredths at worst, while a
+    // row given to the wrong position would be off by whole units (another token's log-probability).
+    const diffs = s.logprobs.map((l, k) => Math.abs(l - ref.logprobs[k]!));
+    const mean = diffs.reduce((a, b) => a + b, 0) / diffs.length;
+    console.log(`score on CUDA (emulated) vs CPU: mean |dlogprob| ${mean.toExponential(2)}, worst ${Math.max(...diffs).toExponential(2)}, ppl ${s.perplexity.toFixed(4)} vs ${ref.perplexity.toFixed(4)}`);
+    expect(mean).toBeLessThan(2e-2);
+    expect(Math.max(...diffs)).toBeLessThan(0.1);
+    expect(Math.abs(s.perplexity / ref.perplexity - 1)).toBeLessThan(1e-2);
+  }, 300_000);
+
   it("batched decode (graph capture and replay) gives each sequence's ids alone", async () => {
     await expectBatchedEqualsAlone(gpu, cases.map((c) => c.prompt), 24);
   }, 300_000);

@@ -21,6 +21,7 @@ const COMMANDS: Record<string, () => Promise<{ default: Command }>> = {
   micro: () => import("./commands/micro.js"),
   doctor: () => import("./commands/doctor.js"),
   pull: () => import("./commands/pull.js"),
+  perplexity: () => import("./commands/perplexity.js"),
 };
 
 export async function main(argv: string[], io: CommandIO): Promise<number> {

@@ -16,6 +16,8 @@ export interface SchedulerOptions {
   prefillChunk: number;
   /** Most sequences in one step (the backend's limit); the rest wait for the next step, in order. */
   maxStepSequences?: number;
+  /** Most rows of logits in one step (the backend's limit; a scoring job's chunk takes one per token). */
+  maxStepOutputs?: number;
 }
 
 interface Job {
@@ -24,6 +26,8 @@ interface Job {
   tokens: Int32Array;
   offset: number;
   output: number;
+  /** output -2: the logits of the chunks evaluated so far. */
+  rows?: Float32Array[];
   resolve: (out: NativeStepOutput) => void;
   reject: (err: unknown) => void;
 }
@@ -50,7 +54,10 @@ export class Scheduler {
     return this.queue.length;
   }
 
-  /** Appends `tokens` to `seq`; resolves with the output for the last token once evaluated. */
+  /**
+   * Appends `tokens` to `seq`; resolves with the output for the last token once evaluated (output -2: the
+   * logits of every token, [tokens][vocab], gathered over the steps its chunks ran in).
+   */
   eval(seq: number, tokens: ArrayLike<number>, output: number, signal?: AbortSignal): Promise<NativeStepOutput> {
     if (this.closed) return Promise.reject(new Llama2Error("ERR_DISPOSED", "the model has been disposed"));
     if (tokens.length === 0) return Promise.reject(new Llama2Error("ERR_INTERNAL", "eval needs at least one token"));
@@ -102,7 +109,7 @@ export class Scheduler {
     const reqs: NativeStepRequest[] = picked.map(({ job, n }) => ({
       seq: job.seq,
       tokens: job.tokens.subarray(job.offset, job.offset + n),
-      output: job.offset + n === job.tokens.length ? job.output : 0,
+      output: job.output === -2 ? -2 : job.offset + n === job.tokens.length ? job.output : 0,
     }));
     const t0 = performance.now();
     const outs = await this.model.forward(reqs);
@@ -112,9 +119,10 @@ export class Scheduler {
     picked.forEach(({ job, n }, i) => {
       job.offset += n;
       this.stats.tokens += n;
+      if (job.output === -2) (job.rows ??= []).push(outs[i] as Float32Array);
       if (job.offset === job.tokens.length) {
         this.queue.splice(this.queue.indexOf(job), 1);
-        job.resolve(outs[i] ?? null);
+        job.resolve(job.output === -2 ? concat(job.rows!) : (outs[i] ?? null));
       }
     });
   }
@@ -133,22 +141,40 @@ export class Scheduler {
     }
     let budget = this.opts.maxStepTokens;
     const maxSeqs = this.opts.maxStepSequences ?? Infinity;
+    let rows = this.opts.maxStepOutputs ?? Infinity; // rows of logits left in this step
     const out: { job: Job; n: number }[] = [];
     for (const job of this.queue) {
-      if (out.length >= maxSeqs) break;
+      if (out.length >= maxSeqs || rows < 1) break;
       if (job.tokens.length - job.offset === 1) {
         out.push({ job, n: 1 });
         budget--;
+        if (job.output !== 0) rows--;
       }
     }
     for (const job of this.queue) {
       const left = job.tokens.length - job.offset;
       if (left === 1) continue;
       if ((budget <= 0 && out.length > 0) || out.length >= maxSeqs) break;
-      const n = Math.min(left, this.opts.prefillChunk, Math.max(budget, 1));
+      let n = Math.min(left, this.opts.prefillChunk, Math.max(budget, 1));
+      if (job.output === -2) n = Math.min(n, rows); // every token of a scoring chunk is an output row
+      else if (job.output !== 0 && n === left && rows < 1) n = left - 1; // its last token waits for a step with room
+      if (n < 1) continue;
       out.push({ job, n });
       budget -= n;
+      if (job.output === -2) rows -= n;
+      else if (job.output !== 0 && n === left) rows--;
     }
     return out;
   }
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0]!;
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }

@@ -250,7 +250,7 @@ class ForwardWorker : public Napi::AsyncWorker {
     Napi::Array arr = Napi::Array::New(env, out_.size());
     for (size_t i = 0; i < out_.size(); ++i) {
       const l2::SeqOutput& o = out_[i];
-      if (reqs_[i].output == -1) {
+      if (reqs_[i].output < 0) {
         auto f = Napi::Float32Array::New(env, o.logits.size());
         std::copy(o.logits.begin(), o.logits.end(), f.Data());
         arr.Set((uint32_t)i, f);
@@ -283,7 +283,8 @@ class ForwardWorker : public Napi::AsyncWorker {
   Failure failure_;
 };
 
-// forward([{ seq, tokens: Int32Array | number[], output: 0 | -1 | k }]) -> Promise<(null | Float32Array | {ids, logits})[]>
+// forward([{ seq, tokens: Int32Array | number[], output: 0 | -1 | -2 | k }]) -> Promise<(null | Float32Array | {ids, logits})[]>
+// (-2: the logits of every token, [tokens][vocab])
 Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {

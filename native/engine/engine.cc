@@ -158,6 +158,12 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
   if ((int64_t)reqs.size() > backend_->max_step_sequences())
     fail(code::kInvalidArgument, "forward: " + std::to_string(reqs.size()) + " sequences in one step; this backend takes at most " +
                                      std::to_string(backend_->max_step_sequences()));
+  // Output rows: the backend keeps at most max_step_sequences() rows of logits per step.
+  int64_t rows = 0;
+  for (const SeqRequest& r : reqs) rows += r.output == -2 ? (int64_t)r.tokens.size() : r.output != 0 ? 1 : 0;
+  if (rows > backend_->max_step_sequences())
+    fail(code::kInvalidArgument, "forward: " + std::to_string(rows) + " output rows in one step; this backend keeps at most " +
+                                     std::to_string(backend_->max_step_sequences()));
   std::vector<std::vector<int32_t>> tables(reqs.size());
   std::vector<int32_t> pos0(reqs.size());
   std::vector<std::pair<int32_t, int32_t>> copies;  // copy-on-write (src, dst) block pairs
@@ -171,7 +177,7 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
       if (s.busy) fail(code::kInvalidArgument, name + " is already in a running step");
       if (!seen.insert(r.seq).second) fail(code::kInvalidArgument, name + " appears twice in one step");
       if (r.tokens.empty()) fail(code::kInvalidArgument, name + ": no tokens to evaluate");
-      if (r.output < -1 || r.output > V) fail(code::kInvalidArgument, name + ": output " + std::to_string(r.output) + " is out of range");
+      if (r.output < -2 || r.output > V) fail(code::kInvalidArgument, name + ": output " + std::to_string(r.output) + " is out of range");
       for (int32_t t : r.tokens)
         if (t < 0 || t >= V) fail(code::kInvalidArgument, name + ": token id " + std::to_string(t) + " is out of range [0, " + std::to_string(V) + ")");
       int64_t total = (int64_t)s.length + (int64_t)r.tokens.size();
@@ -258,7 +264,12 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
         b.tokens.push_back(r.tokens[(size_t)j]);
         b.positions.push_back(sg.pos0 + j);
       }
-      if (r.output != 0) {
+      if (r.output == -2) {
+        for (int32_t j = 0; j < sg.count; ++j) {
+          b.output_rows.push_back(sg.start + j);
+          out_req.push_back(i);
+        }
+      } else if (r.output != 0) {
         b.output_rows.push_back(b.n_tokens() - 1);
         out_req.push_back(i);
       }
@@ -268,14 +279,18 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
     int max_k = 0;
     bool any_full = false;
     for (size_t j : out_req) {
-      if (reqs[j].output == -1) any_full = true;
+      if (reqs[j].output < 0) any_full = true;
       else max_k = std::max(max_k, reqs[j].output);
     }
     if (any_full) {
       std::vector<float> logits(n_out * (size_t)V);
       backend_->read_logits(logits.data());
+      // Rows come in token order, so a request's rows (-2: one per token) append in order.
       for (size_t o = 0; o < n_out; ++o)
-        if (reqs[out_req[o]].output == -1) out[out_req[o]].logits.assign(logits.begin() + (ptrdiff_t)(o * V), logits.begin() + (ptrdiff_t)((o + 1) * V));
+        if (reqs[out_req[o]].output < 0) {
+          std::vector<float>& dst = out[out_req[o]].logits;
+          dst.insert(dst.end(), logits.begin() + (ptrdiff_t)(o * V), logits.begin() + (ptrdiff_t)((o + 1) * V));
+        }
     }
     if (max_k > 0) {
       std::vector<int32_t> ids(n_out * (size_t)max_k);

@@ -30,11 +30,13 @@ struct EngineOptions {
 struct SeqRequest {
   int32_t seq = 0;
   std::vector<int32_t> tokens;
-  int32_t output = 0;  // 0: nothing, -1: full logits, k > 0: top-k candidates
+  // 0: nothing, -1: full logits of the last token, -2: full logits of every token (scoring a text),
+  // k > 0: top-k candidates of the last token.
+  int32_t output = 0;
 };
 
 struct SeqOutput {
-  std::vector<float> logits;  // output == -1
+  std::vector<float> logits;  // output == -1: [vocab]; output == -2: [tokens][vocab]
   std::vector<int32_t> ids;   // output > 0
   std::vector<float> vals;
 };

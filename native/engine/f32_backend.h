@@ -168,9 +168,12 @@ class F32Backend final : public Backend {
     const int T = sub.n_tokens(), S = (int)sub.segs.size(), MB = plan_.max_blocks;
     const int D = c_.dim, Q = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn_dim, V = c_.vocab_size, H = c_.n_heads, HKV = c_.n_kv_heads,
               HD = c_.head_dim;
-    // Inputs: tokens, positions, slots, segment of each token [T each], output rows [<= S], tables [S][MB].
+    // Inputs: tokens, positions, slots, segment of each token [T each], output rows [R], tables [S][MB], where
+    // R = max(S, this sub-batch's outputs): scoring (every token an output) may have more outputs than
+    // segments, never more than max_segments in all, which the buffer's S-sized region covers.
+    const int R = std::max(S, sub_outputs(b, sub));
     int32_t* in = in_host_.data();
-    int32_t *tokens = in, *positions = in + T, *slots = in + 2 * T, *seg_of = in + 3 * T, *out_rows = in + 4 * T, *tables = out_rows + S;
+    int32_t *tokens = in, *positions = in + T, *slots = in + 2 * T, *seg_of = in + 3 * T, *out_rows = in + 4 * T, *tables = out_rows + R;
     int t = 0, n_out = 0;
     for (int s = 0; s < S; ++s) {
       const Segment& sg = sub.segs[(size_t)s];
@@ -186,10 +189,10 @@ class F32Backend final : public Backend {
       }
     }
     if (n_out_ + n_out > plan_.max_segments) fail(code::kInternal, "fp32 path: too many outputs in one step");
-    dev_.upload(in_dev_, in, (size_t)(4 * T + S + S * MB) * 4);
+    dev_.upload(in_dev_, in, (size_t)(4 * T + R + S * MB) * 4);
     const int32_t* d = in_dev_;
     const int32_t *d_tokens = d, *d_positions = d + T, *d_slots = d + 2 * T, *d_seg_of = d + 3 * T, *d_out_rows = d + 4 * T,
-                  *d_tables = d_out_rows + S;
+                  *d_tables = d_out_rows + R;
     const bool halves = c_.rope_layout == RopeLayout::Halves;
 
     dev_.run((int64_t)T * D, f::Embed{emb_, d_tokens, x_, D});

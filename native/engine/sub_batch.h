@@ -19,6 +19,17 @@ struct SubBatch {
   }
 };
 
+// Output rows of the ForwardBatch that fall in `sub` (batch.output_rows is ascending).
+inline int sub_outputs(const ForwardBatch& b, const SubBatch& sub) {
+  int n = 0;
+  for (const Segment& sg : sub.segs) {
+    auto lo = std::lower_bound(b.output_rows.begin(), b.output_rows.end(), sg.start);
+    auto hi = std::lower_bound(lo, b.output_rows.end(), sg.start + sg.count);
+    n += (int)(hi - lo);
+  }
+  return n;
+}
+
 template <typename Fn>
 void for_each_sub_batch(const ForwardBatch& b, int max_tokens, int max_segments, Fn&& fn) {
   size_t seg = 0;

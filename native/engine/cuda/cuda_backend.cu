@@ -450,7 +450,8 @@ class CudaBackend final : public Backend {
   struct Layout {
     size_t tokens, positions, slots, decode_list, seg_start, seg_count, seg_pos0, out_rows, tables, total;
   };
-  Layout layout(int T, int S) const {
+  // R: rows of out_rows, max(S, the sub-batch's outputs) (see f32_backend.h: scoring has one per token).
+  Layout layout(int T, int S, int R) const {
     Layout l;
     size_t o = 0;
     l.tokens = o; o += T;
@@ -460,7 +461,7 @@ class CudaBackend final : public Backend {
     l.seg_start = o; o += S;
     l.seg_count = o; o += S;
     l.seg_pos0 = o; o += S;
-    l.out_rows = o; o += S;
+    l.out_rows = o; o += R;
     l.tables = o; o += (size_t)S * max_blocks_;
     l.total = o;
     return l;
@@ -470,7 +471,7 @@ class CudaBackend final : public Backend {
     const int S = (int)sub.segs.size();
     int T = 0;
     for (auto& sg : sub.segs) T += sg.count;
-    const Layout lay = layout(T, S);
+    const Layout lay = layout(T, S, std::max(S, sub_outputs(b, sub)));
     int32_t* in = pinned_in_;
     // Graph replays read pinned_in_ when they run: wait for the previous step before rewriting it.
     CK(cudaStreamSynchronize(stream_));
