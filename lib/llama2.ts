@@ -5,7 +5,7 @@ import { getChatTemplate, type ChatTemplate } from "./chat-template.js";
 import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefix-cache.js";
 import { Scheduler } from "./engine/scheduler.js";
 import { compileResponseFormat, createConstraint } from "./grammar/response-format.js";
-import { tokenLogprob } from "./logprobs.js";
+import { logSumExp, tokenLogprob } from "./logprobs.js";
 import type { Constraint } from "./grammar/token-constraint.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
 import { native, type NativeModel, type NativeStepOutput } from "./native.js";
@@ -45,19 +45,10 @@ export interface ScoreResult {
   totalMs: number;
 }
 
-/** log-softmax of one row of logits at `id`, in float64 (a NaN row gives NaN). */
+/** log-softmax of one row of logits at `id`, in float64; NaN when the row holds a NaN or no finite logit. */
 function rowLogprob(row: Float32Array, id: number): number {
-  let m = -Infinity;
-  let nan = false;
-  for (let i = 0; i < row.length; i++) {
-    const v = row[i]!;
-    if (v > m) m = v;
-    else if (v !== v) nan = true;
-  }
-  if (nan || !Number.isFinite(m)) return NaN;
-  let z = 0;
-  for (let i = 0; i < row.length; i++) z += Math.exp(row[i]! - m);
-  return row[id]! - m - Math.log(z);
+  const lse = logSumExp(row);
+  return Number.isFinite(lse) && !row.some(Number.isNaN) ? row[id]! - lse : NaN;
 }
 
 export interface SessionOptions {
@@ -332,25 +323,36 @@ export class Llama2 {
       return { tokens: ids.length, reusedTokens: ids.length };
     }
     if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
+    const prefixes = this.prefixes;
+    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: false, ownsSequence: true, reuse: true };
+    await this.evalPrompt(plan, 0, opts.signal, () => {
+      prefixes.insert(plan.seq, ids);
+      return true;
+    });
+    return { tokens: ids.length, reusedTokens: plan.cached };
+  }
+
+  /**
+   * Evaluates `plan`'s prompt alone (admitted with no reply: maxTokens 0) with `output`, and hands the step's
+   * output to `use` while the sequence is still held. The sequence is freed afterwards unless `use` returns
+   * true (it kept it). Aborting `signal` (or disposing the model) ends it with ERR_ABORTED.
+   */
+  private async evalPrompt(plan: GenerationPlan, output: number, signal: AbortSignal | undefined, use: (out: NativeStepOutput) => boolean): Promise<void> {
     const controller = new AbortController();
     const onAbort = () => controller.abort();
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    const key = Symbol("cachePrefix");
-    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: false, ownsSequence: true, reuse: true };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const key = Symbol("evalPrompt");
     let kept = false;
     this.inFlight++;
     try {
       await this.admit(plan, 0, key, controller.signal);
       this.active.add(controller);
-      await this.scheduler.eval(plan.seq, plan.prompt, 0, controller.signal);
-      kept = true;
-      this.prefixes.insert(plan.seq, ids);
-      return { tokens: ids.length, reusedTokens: plan.cached };
+      kept = use(await this.scheduler.eval(plan.seq, plan.prompt, output, controller.signal));
     } catch (err) {
       throw controller.signal.aborted && !this.disposed ? new Llama2Error("ERR_ABORTED", "aborted") : err instanceof Llama2Error ? err : fromNative(err);
     } finally {
       this.inFlight--;
-      opts.signal?.removeEventListener("abort", onAbort);
+      signal?.removeEventListener("abort", onAbort);
       this.active.delete(controller);
       this.growth.delete(key);
       if (!kept && !this.disposed) {
@@ -388,38 +390,16 @@ export class Llama2 {
       });
     }
     if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
-    const controller = new AbortController();
-    const onAbort = () => controller.abort();
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    const key = Symbol("score");
     const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, history: [], stripLeadingSpace: false, ownsSequence: true, reuse: false };
     const V = this.info.config.vocabSize;
     const logprobs: number[] = [];
     const t0 = performance.now();
-    this.inFlight++;
-    try {
-      await this.admit(plan, 0, key, controller.signal);
-      this.active.add(controller);
+    await this.evalPrompt(plan, -2, opts.signal, (out) => {
       // Row r of the logits predicts token r + 1; the last token's row predicts nothing.
-      const out = (await this.scheduler.eval(plan.seq, ids, -2, controller.signal)) as Float32Array;
       if (!(out instanceof Float32Array) || out.length !== ids.length * V) throw new Llama2Error("ERR_INTERNAL", `score: expected ${ids.length} rows of logits`);
       for (let r = 0; r + 1 < ids.length; r++) logprobs.push(rowLogprob(out.subarray(r * V, (r + 1) * V), ids[r + 1]!));
-    } catch (err) {
-      throw controller.signal.aborted && !this.disposed ? new Llama2Error("ERR_ABORTED", "aborted") : err instanceof Llama2Error ? err : fromNative(err);
-    } finally {
-      this.inFlight--;
-      opts.signal?.removeEventListener("abort", onAbort);
-      this.active.delete(controller);
-      this.growth.delete(key);
-      if (!this.disposed) {
-        try {
-          this.model.freeSequence(plan.seq);
-        } catch {
-          /* already gone */
-        }
-      }
-      this.wakeWaiters();
-    }
+      return false;
+    });
     if (logprobs.some((l) => Number.isNaN(l))) throw new Llama2Error("ERR_MODEL_CORRUPT", `${this.info.path}: the model's logits are not numbers (NaN)`);
     const sum = logprobs.reduce((a, b) => a + b, 0);
     return { tokenIds: ids, logprobs, sum, perplexity: Math.exp(-sum / logprobs.length), totalMs: performance.now() - t0 };

@@ -6,17 +6,25 @@ export type TokenText = (id: number) => Uint8Array | null;
 
 const decoder = new TextDecoder();
 
-/** `id`'s log-probability under `logits` and the `top` most likely tokens (logit descending, id ascending). */
-export function tokenLogprob(logits: Float32Array, id: number, top: number, text: TokenText): TokenLogprob {
-  // log-sum-exp in two passes (max, then the sum), in float64; NaN logits count as -Infinity.
+/**
+ * log(sum(exp(logits))) in two passes (max, then the sum), in float64; NaN logits count as -Infinity. The
+ * largest logit itself when it is not finite (+Infinity, or -Infinity when every logit is).
+ */
+export function logSumExp(logits: Float32Array): number {
   let m = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i]! > m) m = logits[i]!;
+  if (!Number.isFinite(m)) return m;
   let z = 0;
-  if (m !== -Infinity && m !== Infinity) for (let i = 0; i < logits.length; i++) z += logits[i]! > -Infinity ? Math.exp(logits[i]! - m) : 0;
-  const lse = m + Math.log(z);
+  for (let i = 0; i < logits.length; i++) z += logits[i]! > -Infinity ? Math.exp(logits[i]! - m) : 0;
+  return m + Math.log(z);
+}
+
+/** `id`'s log-probability under `logits` and the `top` most likely tokens (logit descending, id ascending). */
+export function tokenLogprob(logits: Float32Array, id: number, top: number, text: TokenText): TokenLogprob {
+  const lse = logSumExp(logits);
   const lp = (i: number): number => {
     const v = logits[i]!;
-    if (m === Infinity) return v === Infinity ? -Math.log(countInf(logits)) : -Infinity; // a broken model: +Infinity shares all the mass
+    if (lse === Infinity) return v === Infinity ? -Math.log(countInf(logits)) : -Infinity; // a broken model: +Infinity shares all the mass
     return v > -Infinity ? Math.max(v - lse, -Number.MAX_VALUE) : -Infinity;
   };
   // The `top` best by a small insertion-sorted list (top <= 20).
