@@ -95,7 +95,7 @@ const command: Command = {
           if (!file) io.stderr.write("usage: /save FILE\n");
           else {
             try {
-              const system = (flags.system as string | undefined) ?? saved?.system;
+              const system = session.systemPrompt;
               writeFileSync(file, JSON.stringify({ ...(system !== undefined && { system }), messages: session.messages }, null, 2) + "\n");
               if (!flags.quiet) io.stderr.write(`(saved ${session.messages.length / 2} exchanges to ${file}; continue with --resume ${file})\n`);
             } catch (err) {
