@@ -25,6 +25,7 @@ import type {
   GenerationStream,
   LoadOptions,
   ModelInfo,
+  TokenLogprob,
 } from "./types.js";
 
 export interface ChatOptions extends GenerateOptions {
@@ -42,7 +43,26 @@ export interface ScoreResult {
   sum: number;
   /** exp(-sum / logprobs.length). */
   perplexity: number;
+  /**
+   * With `topLogprobs`: each scored token (tokenIds[1..]) with its text, bytes, log-probability and the
+   * `topLogprobs` most likely tokens at its position, as generation's `logprobs` reports them.
+   */
+  tokens?: TokenLogprob[];
   totalMs: number;
+}
+
+/** score()'s options. */
+export interface ScoreOptions {
+  /** Prepend BOS to a text (default true); token ids are taken as they are. */
+  addBos?: boolean;
+  signal?: AbortSignal;
+  /** Also report each scored token with this many alternatives (0..20) in `tokens`. */
+  topLogprobs?: number;
+  /**
+   * Keep the scored tokens' KV cache in the prefix cache (evicted like any cached prefix), so that a
+   * generation from the same tokens evaluates only its last ones (the server's echo does this).
+   */
+  keepPrefix?: boolean;
 }
 
 /** log-softmax of one row of logits at `id`, in float64; NaN when the row holds a NaN or no finite logit. */
@@ -373,12 +393,15 @@ export class Llama2 {
    * most the context length. Runs beside other requests (continuous batching), in chunks of the step's
    * output rows.
    */
-  async score(input: string | readonly number[], opts: { addBos?: boolean; signal?: AbortSignal } = {}): Promise<ScoreResult> {
+  async score(input: string | readonly number[], opts: ScoreOptions = {}): Promise<ScoreResult> {
     this.checkAlive();
     if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
-    checkKeys(opts, new Set(["addBos", "signal"]), "options");
+    checkKeys(opts, new Set(["addBos", "signal", "topLogprobs", "keepPrefix"]), "options");
     if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
     if (opts.addBos !== undefined && typeof opts.addBos !== "boolean") throw new InvalidArgumentError("addBos", "expected a boolean");
+    if (opts.keepPrefix !== undefined && typeof opts.keepPrefix !== "boolean") throw new InvalidArgumentError("keepPrefix", "expected a boolean");
+    const top = opts.topLogprobs;
+    if (top !== undefined && (!Number.isInteger(top) || top < 0 || top > 20)) throw new InvalidArgumentError("topLogprobs", `expected an integer in [0, 20], got ${String(top)}`);
     let ids: number[];
     if (typeof input === "string") ids = this.requireTokenizer().encode(input, { bos: opts.addBos ?? true });
     else if (Array.isArray(input)) ids = this.checkIds(input, "input").slice();
@@ -390,19 +413,28 @@ export class Llama2 {
       });
     }
     if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
-    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, history: [], stripLeadingSpace: false, ownsSequence: true, reuse: false };
+    const keep = opts.keepPrefix === true && this.prefixes !== null && ids.length >= this.prefixes.minTokens;
+    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: [], stripLeadingSpace: false, ownsSequence: true, reuse: false };
     const V = this.info.config.vocabSize;
     const logprobs: number[] = [];
+    const tokens: TokenLogprob[] | undefined = top !== undefined ? [] : undefined;
+    const tokenText = (id: number) => this.tokenizer?.tokenBytes()[id] ?? null;
     const t0 = performance.now();
     await this.evalPrompt(plan, -2, opts.signal, (out) => {
       // Row r of the logits predicts token r + 1; the last token's row predicts nothing.
       if (!(out instanceof Float32Array) || out.length !== ids.length * V) throw new Llama2Error("ERR_INTERNAL", `score: expected ${ids.length} rows of logits`);
-      for (let r = 0; r + 1 < ids.length; r++) logprobs.push(rowLogprob(out.subarray(r * V, (r + 1) * V), ids[r + 1]!));
-      return false;
+      for (let r = 0; r + 1 < ids.length; r++) {
+        const row = out.subarray(r * V, (r + 1) * V);
+        logprobs.push(rowLogprob(row, ids[r + 1]!));
+        tokens?.push(tokenLogprob(row, ids[r + 1]!, top!, tokenText));
+      }
+      if (!keep || logprobs.some((l) => Number.isNaN(l))) return false;
+      this.prefixes!.insert(plan.seq, ids);
+      return true;
     });
     if (logprobs.some((l) => Number.isNaN(l))) throw new Llama2Error("ERR_MODEL_CORRUPT", `${this.info.path}: the model's logits are not numbers (NaN)`);
     const sum = logprobs.reduce((a, b) => a + b, 0);
-    return { tokenIds: ids, logprobs, sum, perplexity: Math.exp(-sum / logprobs.length), totalMs: performance.now() - t0 };
+    return { tokenIds: ids, logprobs, sum, perplexity: Math.exp(-sum / logprobs.length), ...(tokens && { tokens }), totalMs: performance.now() - t0 };
   }
 
   /** Drops every cached prefix (their KV blocks return to the pool once no request shares them). */

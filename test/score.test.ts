@@ -67,7 +67,45 @@ describeShared("score (teacher-forced log-probabilities, perplexity)", [STORIES,
     const ac = new AbortController();
     ac.abort();
     await expect(tiny.score(text, { signal: ac.signal })).rejects.toMatchObject({ code: "ERR_ABORTED" });
+    await expect(tiny.score(text, { topLogprobs: 21 })).rejects.toMatchObject({ field: "topLogprobs" });
+    await expect(tiny.score(text, { keepPrefix: 1 as never })).rejects.toMatchObject({ field: "keepPrefix" });
     // Nothing leaked: the KV cache is as free as before.
+    expect(tiny._native().kvState().freeBlocks).toBe(tiny._native().kvState().totalBlocks);
+  });
+
+  it("topLogprobs reports each scored token with its alternatives; keepPrefix leaves the KV for a generation", async () => {
+    const text = "Once upon a time there was a little dog who liked to run in the park with his friends every day.";
+    const s = await tiny.score(text, { topLogprobs: 3 });
+    expect(s.tokens).toHaveLength(s.logprobs.length);
+    const bytes = tiny.tokenizer!.tokenBytes();
+    s.tokens!.forEach((t, k) => {
+      expect(t.id).toBe(s.tokenIds[k + 1]);
+      expect(Buffer.from(t.bytes)).toEqual(Buffer.from(bytes[t.id]!));
+      expect(t.logprob).toBe(s.logprobs[k]);
+      expect(t.top).toHaveLength(3);
+      expect(t.top[0]!.logprob).toBeGreaterThanOrEqual(t.top[1]!.logprob);
+      expect(t.top[0]!.logprob).toBeGreaterThanOrEqual(t.logprob);
+      // The token is among the top 3 exactly when its log-probability reaches the third's.
+      expect(t.top.some((x) => x.id === t.id)).toBe(t.logprob >= t.top[2]!.logprob);
+    });
+    // Greedy generation's first token is the top alternative of the position after the prompt's prefix.
+    const k = 6;
+    const g = await tiny.generate(s.tokenIds.slice(0, k + 1), { temperature: 0, maxTokens: 1, logprobs: 3 }).result;
+    expect(g.tokenIds[0]).toBe(s.tokens![k]!.top[0]!.id);
+    g.logprobs![0]!.top.forEach((x, i) => expect(x.logprob).toBeCloseTo(s.tokens![k]!.top[i]!.logprob, 4));
+    expect((await tiny.score(text)).tokens).toBeUndefined();
+
+    // keepPrefix: the scored tokens stay cached, so generating from them evaluates only the last ones.
+    tiny.clearPrefixCache();
+    const plain = await tiny.generate(s.tokenIds, { temperature: 0, maxTokens: 4 }).result;
+    expect(plain.stats.cachedPromptTokens).toBe(0);
+    tiny.clearPrefixCache();
+    await tiny.score(s.tokenIds, { keepPrefix: true });
+    const after = await tiny.generate(s.tokenIds, { temperature: 0, maxTokens: 4 }).result;
+    expect(after.stats.cachedPromptTokens).toBeGreaterThan(0);
+    expect(after.stats.cachedPromptTokens).toBeLessThan(s.tokenIds.length);
+    expect(after.tokenIds).toEqual(plain.tokenIds);
+    tiny.clearPrefixCache();
     expect(tiny._native().kvState().freeBlocks).toBe(tiny._native().kvState().totalBlocks);
   });
 });

@@ -65,10 +65,20 @@ describe("400 for each kind of bad input", () => {
     ["chat", "user not a string", { messages: user, user: 7 }, "user"],
     ["chat", "model not a string", { messages: user, model: 7 }, "model"],
     ["completions", "missing prompt", { max_tokens: 3 }, "prompt"],
-    ["completions", "token array prompt", { prompt: [1, 2, 3] }, "prompt"],
-    ["completions", "batch of prompts", { prompt: ["a", "b"] }, "prompt"],
+    ["completions", "prompt an object", { prompt: { text: "a" } }, "prompt"],
+    ["completions", "prompt an empty array", { prompt: [] }, "prompt"],
+    ["completions", "token id beyond the vocabulary", { prompt: [1, 2, 32000] }, "prompt[2]"],
+    ["completions", "token id fractional", { prompt: [1, 2.5] }, "prompt[1]"],
+    ["completions", "token array mixing a string", { prompt: [1, "a"] }, "prompt[1]"],
+    ["completions", "batch item a number in strings", { prompt: ["a", 5] }, "prompt[1]"],
+    ["completions", "batch item an empty token array", { prompt: [[1, 2], []] }, "prompt[1]"],
+    ["completions", "batch item with a bad id", { prompt: [[1, 2], [3, -1]] }, "prompt[1][1]"],
+    ["completions", "batch over 64 prompts", { prompt: Array.from({ length: 65 }, () => "a") }, "prompt"],
+    ["completions", "prompts x n over 64 choices", { prompt: Array.from({ length: 9 }, () => "a"), n: 8 }, "n"],
     ["completions", "n not an integer", { prompt: "a", n: 1.5 }, "n"],
-    ["completions", "echo", { prompt: "a", echo: true }, "echo"],
+    ["completions", "echo not a boolean", { prompt: "a", echo: "yes" }, "echo"],
+    ["completions", "max_tokens 0 without echo", { prompt: "a", max_tokens: 0 }, "max_tokens"],
+    ["completions", "max_tokens negative with echo", { prompt: "a", max_tokens: -1, echo: true }, "max_tokens"],
     ["completions", "logprobs beyond 5", { prompt: "a", logprobs: 6 }, "logprobs"],
     ["completions", "suffix", { prompt: "a", suffix: "zzz" }, "suffix"],
     ["chat", "logprobs not a boolean", { messages: user, logprobs: 1 }, "logprobs"],
@@ -120,6 +130,14 @@ describe("400 for each kind of bad input", () => {
   it("a prompt that fills the context", async () => {
     const prompt = Array.from({ length: 70 }, (_, i) => `w${i}`).join(" ");
     await expectError(await postJson(`${base}/v1/completions`, { prompt }), 400, "prompt", "context_length_exceeded");
+    // One prompt of a batch: the request fails before anything runs, naming that prompt.
+    await expectError(await postJson(`${base}/v1/completions`, { prompt: ["a b", prompt] }), 400, "prompt[1]", "context_length_exceeded");
+    await expectError(await postJson(`${base}/v1/completions`, { prompt: [[3], [1, 2]], max_tokens: 63 }), 400, "max_tokens", "context_length_exceeded");
+  });
+
+  it("echo needs the model's tokenizer (the fake has none)", async () => {
+    const err = await expectError(await postJson(`${base}/v1/completions`, { prompt: "a", echo: true, max_tokens: 2 }), 400, "echo", "invalid_value");
+    expect(err.message).toMatch(/tokenizer/);
   });
 
   it("max_completion_tokens beyond the context is reported under its own name", async () => {

@@ -8,11 +8,13 @@ import path from "node:path";
 import { PassThrough } from "node:stream";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Llama2 } from "../lib/llama2.js";
 import { cancelJob } from "../lib/runner/cancel.js";
 import type { Job } from "../lib/runner/job.js";
 import { runJob, type RunResult } from "../lib/runner/run.js";
 import { parseRunSpec } from "../lib/runner/spec.js";
 import { readJob } from "../lib/runner/store.js";
+import { ensureDemoModel } from "../lib/synth/demo.js";
 import { postJson, readSse, streamedText, waitFor } from "./helpers/fake-backend.js";
 
 const savedHome = process.env.LLAMA2_HOME;
@@ -143,6 +145,56 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(lp.top_logprobs.every((o: object) => Object.keys(o).length === 1)).toBe(true);
     expect(lp.text_offset[0]).toBe(0);
     expect(lp.text_offset[1]).toBe(lp.tokens[0].length);
+  });
+
+  it("echo: the prompt's tokens with their logprobs (lm-evaluation-harness's loglikelihood request), batched, streamed", async () => {
+    const ref = await Llama2.load(await ensureDemoModel({ dir: path.join(os.tmpdir(), "llama2-native-test-home", "models") }), { device: "cpu", contextLength: 256 });
+    try {
+      const a = ref.tokenize("Once upon a time, a cat", { bos: true });
+      const b = ref.tokenize("The sun was hot and the", { bos: true });
+      // lm-eval's local-completions payload: token ids in a batch, one generated token, its best alternative.
+      const r = await (await postJson(`${url}v1/completions`, { prompt: [a, b], echo: true, max_tokens: 1, logprobs: 1, temperature: 0, seed: 1234 })).json();
+      expect(r.choices.map((c: { index: number }) => c.index)).toEqual([0, 1]);
+      expect(r.usage.prompt_tokens).toBe(a.length + b.length);
+      for (const [i, ids] of [a, b].entries()) {
+        const lp = r.choices[i].logprobs;
+        const s = await ref.score(ids, { topLogprobs: 1 });
+        expect(lp.tokens).toHaveLength(ids.length + 1);
+        expect(lp.token_logprobs[0]).toBeNull();
+        expect(lp.top_logprobs[0]).toBeNull();
+        s.logprobs.forEach((l, k) => expect(lp.token_logprobs[k + 1]).toBeCloseTo(l, 9));
+        s.tokens!.forEach((t, k) => expect(lp.top_logprobs[k + 1]).toEqual({ [t.top[0]!.token]: expect.closeTo(t.top[0]!.logprob, 9) }));
+        // The generated token is greedy, so its logprob is its position's best (lm-eval's is_greedy).
+        expect(lp.token_logprobs.at(-1)).toBe(Math.max(...(Object.values(lp.top_logprobs.at(-1)) as number[])));
+        // The text is the prompt then the completion, and text_offset indexes it.
+        const prompt = ref.detokenize(ids);
+        const alone = await ref.generate(ids, { temperature: 0, maxTokens: 1 }).result;
+        expect(r.choices[i].text).toBe(prompt + alone.text);
+        expect(lp.text_offset.at(-1)).toBe(prompt.length);
+        expect(lp.text_offset.every((o: number, k: number) => k === 0 || o >= lp.text_offset[k - 1])).toBe(true);
+      }
+      // max_tokens 0: the echo alone. A text prompt echoes as sent.
+      const text = "Once upon a time, a cat";
+      const z = await (await postJson(`${url}v1/completions`, { prompt: text, echo: true, max_tokens: 0, logprobs: 0 })).json();
+      expect(z.choices[0]).toMatchObject({ text, finish_reason: "length" });
+      expect(z.choices[0].logprobs.tokens).toHaveLength(a.length);
+      expect(z.choices[0].logprobs.top_logprobs.slice(1).every((o: object) => Object.keys(o).length === 0)).toBe(true);
+      expect(z.usage).toMatchObject({ prompt_tokens: a.length, completion_tokens: 0 });
+      // Echo without logprobs, whole and streamed: the same text, the prompt first.
+      const body = { prompt: text, echo: true, max_tokens: 5, temperature: 0 };
+      const whole = await (await postJson(`${url}v1/completions`, body)).json();
+      expect(whole.choices[0].text.startsWith(text)).toBe(true);
+      expect(whole.choices[0].logprobs).toBeNull();
+      const sse = await readSse(await postJson(`${url}v1/completions`, { ...body, stream: true }));
+      expect(sse.events[0].choices[0].text).toBe(text);
+      expect(streamedText(sse.events)).toBe(whole.choices[0].text);
+      const sseLp = await readSse(await postJson(`${url}v1/completions`, { ...body, stream: true, logprobs: 1 }));
+      const echoed = sseLp.events[0].choices[0].logprobs;
+      expect(echoed.tokens).toHaveLength(a.length);
+      expect(echoed.token_logprobs.slice(1)).toEqual(z.choices[0].logprobs.token_logprobs.slice(1));
+    } finally {
+      await ref.dispose();
+    }
   });
 
   it("n choices: batched generations of one prompt, each as it would be alone, whole and streamed", async () => {

@@ -126,6 +126,32 @@ describe("POST /v1/completions", () => {
     expect(streamedText(sse.events)).toBe(echoReply("once upon a time").join(" "));
     expect(sse.events.at(-1).choices[0].finish_reason).toBe("stop");
   });
+
+  it("takes token ids and batches of prompts: choice index = prompt x n + k, usage counts each prompt once", async () => {
+    const before = backend.calls.length;
+    const prompts = ["one two three", [5, 6, 7, 8], "four five"];
+    const res = await postJson(`${base}/v1/completions`, { prompt: prompts, n: 2, max_tokens: 3, seed: 7 });
+    const j = await res.json();
+    expect(res.status).toBe(200);
+    const calls = backend.calls.slice(before);
+    expect(calls).toHaveLength(6);
+    // The ids reach the backend as ids (the fake reads them as words "t<id>").
+    expect(calls.map((c) => c.input)).toEqual(["one two three", "one two three", "t5 t6 t7 t8", "t5 t6 t7 t8", "four five", "four five"]);
+    expect(calls.map((c) => c.opts.seed)).toEqual([7, 8, 7, 8, 7, 8]);
+    expect(j.choices.map((c: any) => c.index)).toEqual([0, 1, 2, 3, 4, 5]);
+    const inputs = ["one two three", "t5 t6 t7 t8", "four five"];
+    j.choices.forEach((c: any, i: number) => expect(c.text).toBe(echoReply(inputs[Math.floor(i / 2)]!).slice(0, 3).join(" ")));
+    expect(j.usage.prompt_tokens).toBe(inputs.reduce((a, p) => a + backend.tokenize(p).length, 0));
+    expect(j.usage.completion_tokens).toBe(18);
+    // Streamed: every choice's chunks carry its index, and each ends once.
+    const sse = await readSse(await postJson(`${base}/v1/completions`, { prompt: [[9, 10], "six"], max_tokens: 2, stream: true }));
+    expect(sse.done).toBe(true);
+    for (const index of [0, 1]) {
+      const mine = sse.events.filter((e) => e.choices[0]?.index === index);
+      expect(mine.map((e) => e.choices[0].text).join("")).toBe(echoReply(["t9 t10", "six"][index]!).slice(0, 2).join(" "));
+      expect(mine.filter((e) => e.choices[0].finish_reason !== null)).toHaveLength(1);
+    }
+  });
 });
 
 describe("other routes", () => {

@@ -1,18 +1,24 @@
 // What the server and the job runner need from a loaded model. `Llama2` satisfies it; tests use a fake.
+import type { ScoreOptions, ScoreResult } from "../llama2.js";
+import type { StreamDecoder, StreamDecoderOptions } from "../tokenizer/decoder.js";
 import type { ChatMessage, GenerateOptions, GenerationStream, ModelInfo } from "../types.js";
 
 export interface ChatBackend {
   readonly info: ModelInfo;
   /** Applies the model's chat template. */
   chat(messages: ChatMessage[], opts?: GenerateOptions): GenerationStream;
-  /** Raw completion. */
-  generate(prompt: string, opts?: GenerateOptions): GenerationStream;
+  /** Raw completion of a text (BOS prepended) or of token ids (taken as they are). */
+  generate(prompt: string | readonly number[], opts?: GenerateOptions): GenerationStream;
   tokenize(text: string, opts?: { bos?: boolean }): number[];
   /**
    * Optional: exact prompt length of `messages` after the chat template. Used to bound max_tokens by
    * the context; without it the server estimates conservatively from tokenize().
    */
   chatPromptTokens?(messages: ChatMessage[]): number;
+  /** Optional: teacher-forced log-probabilities (the completions endpoint's echo with logprobs needs it). */
+  score?(ids: readonly number[], opts: ScoreOptions): Promise<ScoreResult>;
+  /** The tokenizer's incremental decoder (echo's text and offsets); null or absent without a tokenizer. */
+  readonly tokenizer?: { createStreamDecoder(opts?: StreamDecoderOptions): StreamDecoder } | null;
   /** Requests waiting + running (for /metrics and fairness). */
   readonly pending: number;
   /** GPU memory in use, bytes (undefined on CPU). */

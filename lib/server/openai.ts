@@ -2,10 +2,10 @@
 import { randomBytes } from "node:crypto";
 import type { ServerResponse } from "node:http";
 import { fromNative, InvalidArgumentError, Llama2Error } from "../errors.js";
-import type { FinishReason, GenerateOptions, GenerationStats, GenerationStream, TokenLogprob } from "../types.js";
+import type { FinishReason, GenerateOptions, GenerationStats, GenerationStream, TokenLogprob, TokenLogprobAlternative } from "../types.js";
 import { countChatTokens, type ChatBackend } from "./backend.js";
 import { parseToolReply } from "./tools.js";
-import { ContextLengthError, parseChatRequest, parseCompletionRequest, resolveMaxTokens, type ParsedRequest } from "./validate.js";
+import { ContextLengthError, parseChatRequest, parseCompletionRequest, resolveMaxTokens, type ParsedRequest, type PromptInput } from "./validate.js";
 
 /** An error with an HTTP status and OpenAI's error fields. */
 export class HttpError extends Error {
@@ -104,40 +104,127 @@ export function sendJson(res: ServerResponse, status: number, value: unknown, he
 export async function chatCompletions(ctx: GenerationContext, body: unknown): Promise<GenerationOutcome> {
   const { backend } = ctx;
   const req = parseChatRequest(body, backend.info.config.vocabSize);
-  const promptTokens = countChatTokens(backend, req.messages);
-  return serve(ctx, "chat", req, promptTokens, "messages", (opts) => backend.chat(req.messages, opts), req.tools !== undefined);
+  const tokens = countChatTokens(backend, req.messages);
+  const maxTokens = resolveMaxTokens(req.maxTokens, tokens, backend.info.contextLength, "messages", req.maxTokensField);
+  return serve(ctx, "chat", req, [{ tokens, maxTokens, start: (opts) => backend.chat(req.messages, opts) }], req.tools !== undefined);
 }
 
+/** The legacy endpoint: one prompt or a batch (choice index = prompt index x n + k), optionally echoed. */
 export async function completions(ctx: GenerationContext, body: unknown): Promise<GenerationOutcome> {
   const { backend } = ctx;
   const req = parseCompletionRequest(body, backend.info.config.vocabSize);
-  const promptTokens = backend.tokenize(req.prompt, { bos: true }).length;
-  return serve(ctx, "text", req, promptTokens, "prompt", (opts) => backend.generate(req.prompt, opts));
+  const contextLength = backend.info.contextLength;
+  const batch = req.prompts.length > 1;
+  const prompts = req.prompts.map((input, i) => {
+    const field = batch ? `prompt[${i}]` : "prompt";
+    const ids = typeof input === "string" ? backend.tokenize(input, { bos: true }) : input;
+    if (req.maxTokens === 0 && ids.length > contextLength)
+      throw new ContextLengthError(field, `the prompt is ${ids.length} tokens; the model's context is ${contextLength} tokens`);
+    const maxTokens = req.maxTokens === 0 ? 0 : resolveMaxTokens(req.maxTokens, ids.length, contextLength, field, req.maxTokensField);
+    return { input, ids, maxTokens };
+  });
+  // Echo's prompt log-probabilities come from scoring each prompt once (before any header is sent, so
+  // that a failure is a plain HTTP error); the scored KV stays in the prefix cache for the generation.
+  const echoes = req.echo ? await scoreEchoes(ctx, prompts.map((p) => p.ids), req.options.logprobs) : [];
+  return serve(
+    ctx,
+    "text",
+    req,
+    prompts.map((p, i) => ({
+      tokens: p.ids.length,
+      maxTokens: p.maxTokens,
+      ...(p.maxTokens > 0 && { start: (opts: GenerateOptions) => backend.generate(p.input as PromptInput, opts) }),
+      ...(echoes[i] && { echo: echoes[i] }),
+    })),
+  );
+}
+
+/** One prompt token as echoed with logprobs (the first has none: nothing predicts it). */
+interface EchoEntry {
+  token: string;
+  logprob: number | null;
+  top: TokenLogprobAlternative[] | null;
+  offset: number;
+}
+
+/** A prompt echoed before its completion: its text, and its tokens when logprobs were asked for. */
+interface Echo {
+  text: string;
+  entries: EchoEntry[] | null;
+}
+
+async function scoreEchoes(ctx: GenerationContext, prompts: number[][], top: number | undefined): Promise<Echo[]> {
+  const { backend } = ctx;
+  const tokenizer = backend.tokenizer;
+  if (!tokenizer) throw new HttpError(400, "echo needs the model's tokenizer (this model has none)", undefined, "invalid_value", "echo");
+  const score = backend.score?.bind(backend);
+  if (top !== undefined && !score) throw new HttpError(400, "echo with logprobs is not supported by this backend", undefined, "invalid_value", "echo");
+  // One prompt failing (or the client going away) stops the others.
+  const stop = new AbortController();
+  const signal = AbortSignal.any([ctx.signal, stop.signal]);
+  try {
+    return await Promise.all(
+      prompts.map(async (ids): Promise<Echo> => {
+        // Offsets are where each token's text starts in the decoded prompt (SentencePiece's decode,
+        // which gives back the text a prompt string was encoded from).
+        const decoder = tokenizer.createStreamDecoder({ stripLeadingSpace: true });
+        const offsets: number[] = [];
+        let text = "";
+        for (const id of ids) {
+          offsets.push(text.length);
+          text += decoder.push(id);
+        }
+        text += decoder.flush();
+        if (top === undefined) return { text, entries: null };
+        const scored = ids.length >= 2 ? await score!(ids, { topLogprobs: top, signal, keepPrefix: true }) : undefined;
+        const firstDecoder = tokenizer.createStreamDecoder({ stripLeadingSpace: false });
+        const first: EchoEntry = { token: firstDecoder.push(ids[0]!) + firstDecoder.flush(), logprob: null, top: null, offset: 0 };
+        const rest = (scored?.tokens ?? []).map((t, k): EchoEntry => ({ token: t.token, logprob: t.logprob, top: t.top, offset: offsets[k + 1]! }));
+        return { text, entries: [first, ...rest] };
+      }),
+    );
+  } catch (err) {
+    stop.abort();
+    const cut = ctx.cutReason();
+    if (cut) throw new HttpError(503, `generation cut: ${cut.message}`, "server_error", cut.code);
+    if (ctx.signal.aborted) throw new HttpError(499, "the client went away", undefined, "client_disconnected");
+    throw err;
+  }
+}
+
+/** One prompt of a request: its n choices are generated from `start` (none when maxTokens is 0). */
+interface PromptJob {
+  /** Its length in tokens (usage, unless the generation reports it). */
+  tokens: number;
+  maxTokens: number;
+  start?: (opts: GenerateOptions) => GenerationStream;
+  echo?: Echo;
 }
 
 async function serve(
   ctx: GenerationContext,
   kind: "chat" | "text",
   req: ParsedRequest,
-  promptTokens: number,
-  promptField: string,
-  start: (opts: GenerateOptions) => GenerationStream,
+  jobs: PromptJob[],
   /** The reply is tools.ts's JSON, turned into content or tool_calls at the end (streamed as one delta). */
   toolReply = false,
 ): Promise<GenerationOutcome> {
   const { res, signal } = ctx;
-  const maxTokens = resolveMaxTokens(req.maxTokens, promptTokens, ctx.backend.info.contextLength, promptField, req.maxTokensField);
   const t0 = performance.now();
   // n choices are n generations of the same prompt, batched together by the engine (the prefix cache
-  // shares the prompt); with a seed, choice i uses seed + i so that they differ.
+  // shares the prompt); with a seed, choice k uses seed + k so that they differ.
   const seed = req.options.seed;
-  const streams: GenerationStream[] = [];
+  const n = req.n;
+  const streams: (GenerationStream | undefined)[] = [];
   try {
-    for (let i = 0; i < req.n; i++) {
-      streams.push(start({ ...req.options, ...(seed !== undefined && { seed: seed + i }), maxTokens, ...(req.stop && { stop: req.stop }), signal }));
+    for (const job of jobs) {
+      for (let k = 0; k < n; k++) {
+        const opts = { ...req.options, ...(seed !== undefined && { seed: seed + k }), maxTokens: job.maxTokens, ...(req.stop && { stop: req.stop }), signal };
+        streams.push(job.start?.(opts));
+      }
     }
   } catch (err) {
-    for (const s of streams) s.abort();
+    for (const s of streams) s?.abort();
     throw err;
   }
   const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomBytes(12).toString("hex")}`;
@@ -152,24 +239,37 @@ async function serve(
     stats?: GenerationStats;
     /** Logprobs of tokens whose text has not been sent yet (streaming), or all of them. */
     pending: TokenLogprob[];
-    /** text_offset of the legacy endpoint's logprobs. */
+    /** text_offset of the legacy endpoint's logprobs (after the echoed prompt). */
     offset: number;
+    /** The echoed prompt (legacy endpoint, echo: true). */
+    echo?: Echo;
   }
-  const choices: Choice[] = streams.map(() => ({ text: "", completionTokens: 0, pending: [], offset: 0 }));
-  const formatLogprobs = (c: Choice, l: TokenLogprob[]): object | null => {
+  const choices: Choice[] = streams.map((_, i) => {
+    const echo = jobs[Math.floor(i / n)]!.echo;
+    return { text: "", completionTokens: 0, pending: [], offset: echo?.text.length ?? 0, ...(echo && { echo }) };
+  });
+  const formatLogprobs = (c: Choice, l: TokenLogprob[], echo: EchoEntry[] = []): object | null => {
     if (!wantLogprobs) return null;
     if (kind === "chat") return { content: l.map((x) => ({ ...alternative(x), top_logprobs: x.top.map(alternative) })), refusal: null };
     const text_offset = l.map((x) => ((c.offset += x.token.length), c.offset - x.token.length));
+    const topObject = (top: TokenLogprobAlternative[]) => Object.fromEntries(top.map((t) => [t.token, finiteLogprob(t.logprob)]));
     return {
-      tokens: l.map((x) => x.token),
-      token_logprobs: l.map((x) => finiteLogprob(x.logprob)),
-      top_logprobs: l.map((x) => Object.fromEntries(x.top.map((t) => [t.token, finiteLogprob(t.logprob)]))),
-      text_offset,
+      tokens: [...echo.map((e) => e.token), ...l.map((x) => x.token)],
+      token_logprobs: [...echo.map((e) => (e.logprob === null ? null : finiteLogprob(e.logprob))), ...l.map((x) => finiteLogprob(x.logprob))],
+      top_logprobs: [...echo.map((e) => (e.top === null ? null : topObject(e.top))), ...l.map((x) => topObject(x.top))],
+      text_offset: [...echo.map((e) => e.offset), ...text_offset],
     };
   };
   // With stream_options.include_usage, OpenAI puts `usage: null` on every chunk before the usage chunk.
-  const chunk = (index: number, delta: { role?: string; content?: string | null; tool_calls?: object[] }, finish: string | null, extra: object = {}, lp: TokenLogprob[] | null = null): object => {
-    const logprobs = lp && formatLogprobs(choices[index]!, lp);
+  const chunk = (
+    index: number,
+    delta: { role?: string; content?: string | null; tool_calls?: object[] },
+    finish: string | null,
+    extra: object = {},
+    lp: TokenLogprob[] | null = null,
+    echo?: EchoEntry[],
+  ): object => {
+    const logprobs = lp && formatLogprobs(choices[index]!, lp, echo);
     return {
       id,
       object,
@@ -186,11 +286,16 @@ async function serve(
   let failure: unknown;
   if (req.stream) {
     res.writeHead(200, SSE_HEADERS);
-    if (kind === "chat") for (let i = 0; i < req.n; i++) await send(res, sse(chunk(i, { role: "assistant", content: "" }, null)));
+    if (kind === "chat") for (let i = 0; i < choices.length; i++) await send(res, sse(chunk(i, { role: "assistant", content: "" }, null)));
+    // The echoed prompt comes first, with its tokens' logprobs.
+    for (const [i, c] of choices.entries()) {
+      if (c.echo) await send(res, sse(chunk(i, { content: c.echo.text }, null, {}, wantLogprobs ? [] : null, c.echo.entries ?? [])));
+    }
   }
   await Promise.all(
     streams.map(async (stream, i) => {
       const c = choices[i]!;
+      if (!stream) return; // max_tokens 0: the echo alone
       try {
         for await (const part of stream) {
           if (part.tokenIds.length > 0) c.firstTokenMs ??= performance.now() - t0;
@@ -207,7 +312,7 @@ async function serve(
         // An abort may surface as a thrown ERR_ABORTED rather than finishReason "abort".
         if (!signal.aborted && failure === undefined) {
           failure = err;
-          for (const s of streams) s.abort(); // one choice failed: the request fails, the others stop
+          for (const s of streams) s?.abort(); // one choice failed: the request fails, the others stop
         }
       }
     }),
@@ -218,7 +323,8 @@ async function serve(
   const completionTokens = choices.reduce((a, c) => a + (c.stats?.completionTokens ?? c.completionTokens), 0);
   const outcome: GenerationOutcome = {
     stream: req.stream,
-    promptTokens: first.stats?.promptTokens ?? promptTokens,
+    // Each prompt counts once, whatever its n.
+    promptTokens: jobs.reduce((a, job, p) => a + (choices[p * n]!.stats?.promptTokens ?? job.tokens), 0),
     completionTokens,
     ...(ttftMs !== undefined && { ttftMs }),
     ...(first.stats && { tokensPerSecond: choices.reduce((a, c) => a + (c.stats?.tokensPerSecond ?? 0), 0) }),
@@ -237,6 +343,7 @@ async function serve(
   // With tools: the reply's content or tool calls (the raw text when max_tokens cut the JSON).
   const replies = choices.map((c) => (toolReply ? parseToolReply(c.text) : null));
   const finishOf = (c: Choice) => {
+    if (!streams[choices.indexOf(c)]) return "length"; // max_tokens 0
     const f = openaiFinish(c.stats?.finishReason ?? "stop");
     return f === "stop" && (replies[choices.indexOf(c)]?.toolCalls.length ?? 0) > 0 ? "tool_calls" : f;
   };
@@ -249,10 +356,10 @@ async function serve(
     if (failure) throw failure;
     if (cut) throw new HttpError(503, `generation cut: ${cut.message}`, "server_error", cut.code);
     const out = choices.map((c, index) => {
-      const logprobs = formatLogprobs(c, c.pending);
+      const logprobs = formatLogprobs(c, c.pending, c.echo?.entries ?? undefined);
       return kind === "chat"
         ? { index, message: message(c, index), logprobs, finish_reason: finishOf(c) }
-        : { index, text: c.text, logprobs, finish_reason: finishOf(c) };
+        : { index, text: (c.echo?.text ?? "") + c.text, logprobs, finish_reason: finishOf(c) };
     });
     sendJson(res, 200, { id, object: kind === "chat" ? "chat.completion" : "text_completion", created, model: ctx.modelId, choices: out, usage, timings });
     return { ...outcome, finishReason: finishOf(first) };
@@ -261,14 +368,14 @@ async function serve(
   let finishReason: string;
   if (failure || cut) {
     const e = cut ? new HttpError(503, `generation cut: ${cut.message}`, "server_error", cut.code) : toHttpError(failure);
-    if (cut) for (let i = 0; i < req.n; i++) await send(res, sse(chunk(i, {}, "length", { timings })));
+    if (cut) for (let i = 0; i < choices.length; i++) await send(res, sse(chunk(i, {}, "length", { timings })));
     if (cut && req.includeUsage) await send(res, sse({ id, object, created, model: ctx.modelId, choices: [], usage }));
     await send(res, sse(JSON.parse(errorBody(e))));
     finishReason = cut ? "length" : "error";
     outcome.status = cut ? 200 : e.status;
   } else {
     finishReason = finishOf(first);
-    for (let i = 0; i < req.n; i++) {
+    for (let i = 0; i < choices.length; i++) {
       const c = choices[i]!;
       if (toolReply) {
         const m = message(c, i);

@@ -1,6 +1,6 @@
 // Validation of OpenAI-style request bodies (also used for evaluation dataset lines). Every problem is
 // an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored;
-// known features the server cannot honour (the functions API, suffix, echo) are refused, not dropped.
+// known features the server cannot honour (the functions API, suffix, best_of) are refused, not dropped.
 import { InvalidArgumentError } from "../errors.js";
 import { parseGrammar } from "../grammar/gbnf.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
@@ -220,7 +220,41 @@ function parseContent(v: unknown, field: string): string {
 export function parsePrompt(v: unknown, field = "prompt"): string {
   if (typeof v === "string") return v;
   if (Array.isArray(v) && v.length === 1 && typeof v[0] === "string") return v[0];
-  throw new InvalidArgumentError(field, `expected a string (token arrays and batches of prompts are not supported), got ${typeName(v)}`);
+  throw new InvalidArgumentError(field, `expected a string (token arrays and batches of prompts are not supported here), got ${typeName(v)}`);
+}
+
+/** A completion prompt: a text (BOS is prepended) or token ids (taken as they are). */
+export type PromptInput = string | number[];
+
+/** Prompts per completions request (each with its n choices, all batched together). */
+const MAX_PROMPTS = 64;
+/** Choices per request: prompts x n. */
+const MAX_CHOICES = 64;
+
+/**
+ * OpenAI's completion prompt: a string, an array of token ids, or a batch of either (an array of
+ * strings and / or arrays of token ids). Each id must be an integer in [0, vocabSize).
+ */
+export function parsePrompts(v: unknown, vocabSize: number, field = "prompt"): PromptInput[] {
+  if (typeof v === "string") return [v];
+  if (!Array.isArray(v)) throw new InvalidArgumentError(field, `expected a string, an array of token ids or an array of prompts, got ${typeName(v)}`);
+  if (v.length === 0) throw new InvalidArgumentError(field, "is an empty array");
+  if (typeof v[0] === "number") return [parseTokenIds(v, vocabSize, field)];
+  if (v.length > MAX_PROMPTS) throw new InvalidArgumentError(field, `at most ${MAX_PROMPTS} prompts per request, got ${v.length}`);
+  return v.map((p, i) => {
+    if (typeof p === "string") return p;
+    if (Array.isArray(p)) return parseTokenIds(p, vocabSize, `${field}[${i}]`);
+    throw new InvalidArgumentError(`${field}[${i}]`, `expected a string or an array of token ids, got ${typeName(p)}`);
+  });
+}
+
+function parseTokenIds(v: unknown[], vocabSize: number, field: string): number[] {
+  if (v.length === 0) throw new InvalidArgumentError(field, "is an empty array of token ids");
+  return v.map((id, i) => {
+    if (typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= vocabSize)
+      throw new InvalidArgumentError(`${field}[${i}]`, `expected a token id (an integer in [0, ${vocabSize})), got ${show(id)}`);
+    return id;
+  });
 }
 
 export function parseChatRequest(body: unknown, vocabSize: number): ParsedRequest & { messages: ChatMessage[]; tools?: ToolRequest } {
@@ -254,19 +288,27 @@ function refuseUnsupportedChat(o: Body): void {
     if (set(k)) throw new InvalidArgumentError(k, "the deprecated functions API is not supported: use tools");
 }
 
-export function parseCompletionRequest(body: unknown, vocabSize: number): ParsedRequest & { prompt: string } {
+export function parseCompletionRequest(body: unknown, vocabSize: number): ParsedRequest & { prompts: PromptInput[]; echo: boolean } {
   const o = asObject(body, "body");
   if (o.prompt === undefined) throw new InvalidArgumentError("prompt", "is required");
-  const prompt = parsePrompt(o.prompt);
-  if (boolField(o, "echo")) throw new InvalidArgumentError("echo", "echo is not supported");
+  const prompts = parsePrompts(o.prompt, vocabSize);
+  const echo = boolField(o, "echo") ?? false;
   if (o.suffix !== undefined && o.suffix !== null && o.suffix !== "") throw new InvalidArgumentError("suffix", "suffix (insertion) is not supported by this server");
   const bestOf = numberField(o, "best_of", 1, 128, { int: true });
   if (bestOf !== undefined && bestOf !== 1) throw new InvalidArgumentError("best_of", `only best_of=1 is supported, got ${bestOf}`);
-  const sampling = parseSampling(o, vocabSize);
+  // max_tokens 0 with echo: the prompt (and its log-probabilities) alone, as lm-evaluation-harness asks.
+  const maxField = o.max_tokens !== undefined && o.max_tokens !== null ? "max_tokens" : "max_completion_tokens";
+  const zero = o[maxField] === 0;
+  if (zero && !echo) throw new InvalidArgumentError(maxField, "0 is only allowed with echo: true (the prompt alone, with its logprobs)");
+  const sampling = parseSampling(zero ? { ...o, max_tokens: undefined, max_completion_tokens: undefined } : o, vocabSize);
+  if (zero) Object.assign(sampling, { maxTokens: 0, maxTokensField: maxField });
   // The legacy endpoint's logprobs: how many alternatives per token (0..5); each token's own is always given.
   const logprobs = numberField(o, "logprobs", 0, 5, { int: true });
   if (logprobs !== undefined) sampling.options.logprobs = logprobs;
-  return { prompt, ...sampling, ...parseStreaming(o) };
+  const streaming = parseStreaming(o);
+  if (prompts.length * streaming.n > MAX_CHOICES)
+    throw new InvalidArgumentError("n", `${prompts.length} prompts x n=${streaming.n} is more than ${MAX_CHOICES} choices per request`);
+  return { prompts, echo, ...sampling, ...streaming };
 }
 
 /** max_tokens bounded by the context left after the prompt; absent -> all of it. `maxField`: where it came from. */

@@ -96,9 +96,11 @@ export class FakeBackend implements ChatBackend {
     return this.stream({ kind: "chat", input: messages.map((m) => m.content).join("\n"), messages, opts, tokens: 0, aborted: false, finished: false });
   }
 
-  generate(prompt: string, opts: GenerateOptions = {}): GenerationStream {
+  generate(prompt: string | readonly number[], opts: GenerateOptions = {}): GenerationStream {
     this.check();
-    return this.stream({ kind: "generate", input: prompt, opts, tokens: 0, aborted: false, finished: false });
+    // Token ids read as words "t<id>" (the fake's tokenize() of them is a different id: it never round-trips).
+    const input = typeof prompt === "string" ? prompt : prompt.map((id) => `t${id}`).join(" ");
+    return this.stream({ kind: "generate", input, opts, tokens: 0, aborted: false, finished: false });
   }
 
   async dispose(): Promise<void> {
