@@ -84,12 +84,23 @@ export class ChatSession {
       const size = reprompt ? reprompt.length : this.tokens.length + this.pending.length + turn.length;
       if (size + room > ctx && this.dropped < this.messages.length) {
         const target = ctx - room - Math.floor(ctx / 8);
-        let from = this.dropped;
-        let ids: number[];
-        do {
-          from += 2;
-          ids = this.template.encodeDialog(dialog(from), tok);
-        } while (from < this.messages.length && ids.length > target);
+        // The fewest exchanges to drop (k of them) so that the window fits `target`, or all of them: a
+        // binary search, since the dialog shrinks as exchanges leave (log2(n) encodings, not n).
+        const encoded = new Map<number, number[]>();
+        const encode = (k: number): number[] => {
+          let ids = encoded.get(k);
+          if (!ids) encoded.set(k, (ids = this.template.encodeDialog(dialog(this.dropped + 2 * k), tok)));
+          return ids;
+        };
+        let lo = 1;
+        let hi = Math.ceil((this.messages.length - this.dropped) / 2);
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (encode(mid).length <= target) hi = mid;
+          else lo = mid + 1;
+        }
+        const from = this.dropped + 2 * lo;
+        const ids = encode(lo);
         // Applied only when the new turn then fits at all (otherwise the turn fails as it would have, and
         // the conversation is untouched).
         if (ids.length < ctx) {

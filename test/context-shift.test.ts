@@ -1,7 +1,7 @@
 // Chat sessions that outgrow the context: the oldest exchanges leave the model's window (context
 // shift) and the turn's reply is what a one-shot chat over the remaining dialog gives. tiny-llama runs
 // with a 64-token context here, so a few turns are enough.
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, expect, it, vi } from "vitest";
 import { llama2Template } from "../lib/chat-template.js";
 import { Llama2 } from "../lib/llama2.js";
 import type { ChatMessage, GenerateOptions } from "../lib/types.js";
@@ -165,6 +165,28 @@ describeShared("chat sessions: context shift", [TINY], () => {
       expect(r.tokenIds).toEqual((await tiny.chat(window(undefined, long, big.droppedMessages, "Hi"), OPTS).result).tokenIds);
     } finally {
       big.dispose();
+    }
+    // Many short exchanges: the shift drops the fewest that make room (what a linear search finds), with
+    // a logarithmic number of encodings of the dialog.
+    const roomy2 = await Llama2.load(sharedPath(TINY), { device: "cpu", contextLength: 256 });
+    const many = Array.from({ length: 60 }, (_, i) => ({ role: i % 2 ? "assistant" : "user", content: `m${i} ok` }) as ChatMessage);
+    const chatty = roomy2.createSession({ messages: many });
+    const spy = vi.spyOn(llama2Template, "encodeDialog");
+    try {
+      const r = await chatty.send("Hi", OPTS).result;
+      const encodings = spy.mock.calls.length;
+      spy.mockRestore();
+      const target = 256 - 6 - 32; // context - room (the turn's maxTokens) - slack (an eighth)
+      let linear = 2;
+      while (linear < many.length && llama2Template.encodeDialog(window(undefined, many, linear, "Hi"), tiny.tokenizer!).length > target) linear += 2;
+      expect(chatty.droppedMessages).toBe(linear);
+      expect(linear).toBeGreaterThan(6); // several exchanges had to go
+      expect(encodings).toBeLessThanOrEqual(8); // ~log2(30) + the turn's own, not one per dropped exchange
+      expect(r.tokenIds).toEqual((await roomy2.chat(window(undefined, many, linear, "Hi"), OPTS).result).tokenIds);
+    } finally {
+      spy.mockRestore();
+      chatty.dispose();
+      await roomy2.dispose();
     }
     // Bad histories are refused, naming the message.
     const bad = (messages: unknown, field: string) =>
