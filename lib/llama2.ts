@@ -2,6 +2,7 @@
 // Text <-> ids (tokenizer, chat template) and sampling happen here in TypeScript; each step of
 // every active generation is batched by the Scheduler into one native forward pass.
 import { getChatTemplate, type ChatTemplate } from "./chat-template.js";
+import { lookupDraft } from "./engine/lookup.js";
 import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefix-cache.js";
 import { Scheduler } from "./engine/scheduler.js";
 import { compileResponseFormat, createConstraint } from "./grammar/response-format.js";
@@ -126,9 +127,12 @@ export interface GenerationPlan {
 const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
-  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs",
+  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup",
 ]);
 const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
+
+/** The most draft tokens `lookup` may ask for per step. */
+const MAX_LOOKUP = 32;
 
 function checkInt(v: unknown, field: string, min: number, max: number): number | undefined {
   if (v === undefined) return undefined;
@@ -633,6 +637,18 @@ export class Llama2 {
       const stop = new StopMatcher(opts.stop ?? [], plan.templateStops);
       const history = plan.history.slice();
       const eos = this.info.eosId;
+      // Prompt lookup decoding (greedy only, where it cannot change the tokens): drafts copied from earlier
+      // in the history are evaluated with the token that precedes them, one row of logits each.
+      const lookup = sampler.isGreedy ? (opts.lookup ?? 0) : 0;
+      let drafted: number[] = []; // drafts evaluated after the last evaluated token
+      let row = 0; // the row of `out` the next token is sampled from
+      let kvValid = 0; // the sequence's tokens whose KV holds what the generation kept
+      let draftTokens = 0;
+      let acceptedDraftTokens = 0;
+      // Drafts per step adapt to how they fare: doubled (up to `lookup`) when all came true, halved when
+      // none did, so that text that does not repeat costs little.
+      let draftMax = lookup;
+      const V = this.info.config.vocabSize;
 
       try {
         worst = await this.admit(plan, maxTokens, key, controller.signal);
@@ -656,6 +672,7 @@ export class Llama2 {
         throw err;
       }
       evaluated = plan.prompt.length;
+      kvValid = plan.cached + evaluated;
       grew(plan.cached + evaluated);
       if (this.prefixes && plan.context && plan.context.length === plan.cached) {
         // Later requests with the same start can fork the prompt's full blocks right away.
@@ -670,7 +687,8 @@ export class Llama2 {
           finishReason = "abort";
           break;
         }
-        const tok = this.sampleOrExplain(sampler, out!, history, constraint);
+        const logits = drafted.length > 0 ? (out! as Float32Array).subarray(row * V, (row + 1) * V) : out!;
+        const tok = this.sampleOrExplain(sampler, logits, history, constraint);
         if (tFirst === 0) tFirst = performance.now();
         // Under a response format EOS is allowed only where the document is complete, and ends it.
         if (tok === eos && (stopOnEos || constraint)) {
@@ -680,10 +698,16 @@ export class Llama2 {
         constraint?.accept(tok);
         generated.push(tok);
         history.push(tok);
+        // The draft at this row was right: its KV is in the cache and the next row follows it.
+        const hit = row < drafted.length && tok === drafted[row];
+        if (hit) {
+          kvValid++;
+          acceptedDraftTokens++;
+        }
         const piece = decoder ? decoder.push(tok) : "";
         const r = stop.push(piece);
         if (logprobs) {
-          const lp = tokenLogprob(out! as Float32Array, tok, opts.logprobs!, tokenText);
+          const lp = tokenLogprob(logits as Float32Array, tok, opts.logprobs!, tokenText);
           logprobs.push(lp);
           push({ text: r.text, tokenIds: [tok], logprobs: [lp] });
         } else push({ text: r.text, tokenIds: [tok] });
@@ -700,7 +724,16 @@ export class Llama2 {
           finishReason = "length";
           break;
         }
-        out = await this.scheduler.eval(plan.seq, [tok], output, controller.signal).catch((err) => {
+        if (hit) {
+          row++;
+          continue;
+        }
+        // Evaluate the token (after dropping the KV of drafts that did not come true), with new drafts
+        // that may all come true within maxTokens and the context.
+        if (this.model.sequenceLength(plan.seq) > kvValid) this.model.truncateSequence(plan.seq, kvValid);
+        if (drafted.length > 0) draftMax = row === drafted.length ? Math.min(lookup, draftMax * 2) : row === 0 ? Math.max(1, draftMax >> 1) : draftMax;
+        const draft = lookup > 0 ? lookupDraft(history, Math.min(draftMax, maxTokens - generated.length - 1, ctx - kvValid - 1)) : [];
+        out = await this.scheduler.eval(plan.seq, [tok, ...draft], draft.length > 0 ? -2 : output, controller.signal).catch((err) => {
           if (controller.signal.aborted) return null;
           throw err;
         });
@@ -708,14 +741,21 @@ export class Llama2 {
           finishReason = "abort";
           break;
         }
-        grew(plan.cached + evaluated + generated.length);
+        drafted = draft;
+        row = 0;
+        draftTokens += draft.length;
+        kvValid++;
+        grew(kvValid + draft.length);
       }
+      // Drafts evaluated past what the generation kept leave the cache (which the prefix cache may keep).
+      if (drafted.length > 0 && this.model.sequenceLength(plan.seq) > kvValid) this.model.truncateSequence(plan.seq, kvValid);
       if (finishReason !== "stopSequence") {
         const tail = stop.push(decoder ? decoder.flush() : "").text + stop.flush();
         if (tail) push({ text: tail, tokenIds: [] });
       }
       keep = finishReason !== "abort";
-      return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst }, logprobs);
+      const draft = lookup > 0 ? { draftTokens, acceptedDraftTokens } : undefined;
+      return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst }, logprobs, draft);
     } catch (err) {
       const e = err instanceof Llama2Error ? err : fromNative(err);
       onEnd({ generated, evaluated, text: streamed, finishReason: "abort", error: e });
@@ -770,6 +810,7 @@ export class Llama2 {
     finishReason: FinishReason,
     t: { t0: number; tAdmit: number; tPrefill: number; tFirst: number },
     logprobs?: GenerationResult["logprobs"],
+    draft?: { draftTokens: number; acceptedDraftTokens: number },
   ): GenerationResult {
     const tEnd = performance.now();
     const stats: GenerationStats = {
@@ -781,6 +822,7 @@ export class Llama2 {
       tokensPerSecond: generated.length > 1 && t.tFirst ? (generated.length - 1) / ((tEnd - t.tFirst) / 1000) : 0,
       totalMs: tEnd - t.t0,
       finishReason,
+      ...draft,
     };
     onEnd({ generated, evaluated, text, finishReason });
     emit({ text: "", tokenIds: [], stats });
@@ -882,6 +924,7 @@ export class Llama2 {
     checkKeys(opts, allowed, "options");
     checkInt(opts.maxTokens, "maxTokens", 1, 1 << 20);
     checkInt(opts.logprobs, "logprobs", 0, 20);
+    checkInt(opts.lookup, "lookup", 0, MAX_LOOKUP);
     for (const k of ["stopOnEos", "addBos"] as const) {
       if (opts[k] !== undefined && typeof opts[k] !== "boolean") throw new InvalidArgumentError(k, "expected a boolean");
     }

@@ -236,6 +236,11 @@ export class Sampler {
     return resolved;
   }
 
+  /** Greedy (temperature 0): the pick is a function of the logits and the history alone. */
+  get isGreedy(): boolean {
+    return this.greedy;
+  }
+
   /** What the engine must hand to sample(): full logits, or this many top candidates. */
   get needs(): Readonly<SamplerNeeds> {
     return this._needs;

@@ -151,6 +151,14 @@ export interface GenerateOptions extends SamplingOptions {
    * (0..20). Off by default (it needs the full logits from the device each step).
    */
   logprobs?: number;
+  /**
+   * Prompt lookup decoding: each step also evaluates up to this many draft tokens (0..32) copied from
+   * what followed the last earlier occurrence of the latest tokens in the prompt or the reply, and keeps
+   * those greedy sampling confirms. Greedy decoding only (temperature 0; ignored otherwise); the tokens
+   * are the same as without it. Pays off when the reply repeats its input (quoting, editing, extracting),
+   * most on a GPU, where a batch-1 step costs about the same for a few tokens as for one. Default 0 (off).
+   */
+  lookup?: number;
   signal?: AbortSignal;
 }
 
@@ -169,6 +177,9 @@ export interface GenerationStats {
   tokensPerSecond: number;
   totalMs: number;
   finishReason: FinishReason;
+  /** With `lookup`: draft tokens evaluated, and how many of them became generated tokens. */
+  draftTokens?: number;
+  acceptedDraftTokens?: number;
 }
 
 /** A token and its log-probability (natural log). */

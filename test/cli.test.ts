@@ -138,6 +138,19 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     }
   });
 
+  it("generate --lookup gives the same ids with drafts counted on stderr; a bad --lookup exits 2", () => {
+    const c = fx[1]!;
+    const r = cli(["generate", "--model", stories, "--prompt-ids", c.prompt.join(","), "-t", "0", "--no-stop", "-n", String(c.generated.length), "--lookup", "6", "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.ids).toEqual(c.generated);
+    expect(out.stats.acceptedDraftTokens).toBeGreaterThan(0);
+    expect(r.stderr).toMatch(/lookup drafts \d+\/\d+ accepted/);
+    const bad = cli(["generate", "--model", stories, "--prompt-ids", "1,2", "--lookup", "33"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--lookup");
+  });
+
   it("generate --kv-cache int8 loads an int8 KV cache (named on the loaded line) and still follows the fixture on case 0", () => {
     // Case 0 has no near-ties in its first 65 tokens: the int8 cache keeps every one (measured).
     const c = fx[0]!;

@@ -130,6 +130,20 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
     expect(Math.abs(s.perplexity / ref.perplexity - 1)).toBeLessThan(1e-2);
   }, 300_000);
 
+  it("lookup (drafts verified in multi-token steps, rejected ones truncated from the cache) keeps llama2.c's ids", async () => {
+    // Case 0 has no near-tie, so fp16 keeps its ids whichever kernel a step's token count picks; case 1
+    // is checked up to its first near-tie (token 37), beside case 0.
+    const [a, b] = await Promise.all([
+      gpu.generate(cases[0].prompt, { ...greedy(cases[0].generated.length), lookup: 6 }).result,
+      gpu.generate(cases[1].prompt, { ...greedy(36), lookup: 6 }).result,
+    ]);
+    expect(a.tokenIds).toEqual(cases[0].generated);
+    expect(b.tokenIds).toEqual(cases[1].generated.slice(0, 36));
+    expect(a.stats.acceptedDraftTokens! + b.stats.acceptedDraftTokens!).toBeGreaterThan(0);
+    gpu.clearPrefixCache();
+    expect(gpu._native().kvState().freeBlocks).toBe(gpu._native().kvState().totalBlocks);
+  }, 300_000);
+
   it("batched decode (graph capture and replay) gives each sequence's ids alone", async () => {
     await expectBatchedEqualsAlone(gpu, cases.map((c) => c.prompt), 24);
   }, 300_000);

@@ -108,6 +108,8 @@ describe("400 for each kind of bad input", () => {
     ["chat", "top_k negative", { messages: user, top_k: -1 }, "top_k"],
     ["chat", "top_k fractional", { messages: user, top_k: 1.5 }, "top_k"],
     ["completions", "min_p 1", { prompt: "a", min_p: 1 }, "min_p"],
+    ["completions", "lookup beyond 32", { prompt: "a", lookup: 33 }, "lookup"],
+    ["chat", "lookup fractional", { messages: user, lookup: 1.5 }, "lookup"],
     ["completions", "min_p wrong type", { prompt: "a", min_p: "0.1" }, "min_p"],
     ["chat", "max_completion_tokens string", { messages: user, max_completion_tokens: "10" }, "max_completion_tokens"],
     ["chat", "max_completion_tokens bad with max_tokens set", { messages: user, max_tokens: 2, max_completion_tokens: "x" }, "max_completion_tokens"],

@@ -49,6 +49,19 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(readJob(job.dir).resources).toMatchObject({ device: "cpu", contextLength: 256 });
   });
 
+  it("lookup (prompt lookup decoding) on a greedy request: the same text as without it", async () => {
+    const prompt = "one two three four five one two three four five one two three";
+    const body = { prompt, max_tokens: 24, temperature: 0 };
+    const plain = await (await postJson(`${url}v1/completions`, body)).json();
+    const fast = await (await postJson(`${url}v1/completions`, { ...body, lookup: 8 })).json();
+    expect(fast.choices[0].text).toBe(plain.choices[0].text);
+    expect(fast.usage).toEqual(plain.usage);
+    const chat = { messages, max_tokens: 12, temperature: 0 };
+    const a = await (await postJson(`${url}v1/chat/completions`, chat)).json();
+    const b = await (await postJson(`${url}v1/chat/completions`, { ...chat, lookup: 4 })).json();
+    expect(b.choices[0].message.content).toBe(a.choices[0].message.content);
+  });
+
   it("completes with usage, and the same seed gives the same text", async () => {
     const body = { messages, max_tokens: 8, seed: 1234, temperature: 0.9 };
     const a = await (await postJson(`${url}v1/chat/completions`, body)).json();

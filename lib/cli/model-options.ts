@@ -40,6 +40,7 @@ export const SAMPLING_FLAGS: FlagSpecs = {
   "json-object": { type: "boolean", description: "constrain the output to one JSON object" },
   "json-schema": { type: "string", description: "constrain the output to JSON matching this JSON Schema (a file, or the schema itself starting with '{')" },
   grammar: { type: "string", description: "constrain the output to a GBNF grammar (a file, or the rules themselves when they contain '::=')" },
+  lookup: { type: "int", description: "prompt lookup decoding with greedy sampling: up to N draft tokens per step copied from the text so far (0-32; same output, fewer steps when the reply repeats its input)" },
 };
 
 /** Option field (as the library names it) -> the flag that sets it. */
@@ -58,6 +59,7 @@ const FLAG_OF: Record<string, string> = {
   repetitionPenalty: "--repetition-penalty",
   seed: "--seed",
   stop: "--stop",
+  lookup: "--lookup",
 };
 
 /**
@@ -177,6 +179,8 @@ export function generateOptionsFromFlags(flags: Record<string, unknown>): Genera
   set("minP", "minP");
   set("repetitionPenalty", "repetitionPenalty");
   set("seed", "seed");
+  set("lookup", "lookup");
+  if (opts.lookup !== undefined && (opts.lookup < 0 || opts.lookup > 32)) throw new InvalidArgumentError("--lookup", `expected 0..32, got ${opts.lookup}`);
   if (opts.maxTokens !== undefined && (opts.maxTokens < 1 || opts.maxTokens > 1 << 20)) {
     throw new InvalidArgumentError("--max-tokens", `expected 1..${1 << 20}, got ${opts.maxTokens}`);
   }

@@ -17,7 +17,7 @@ export interface ParsedSampling {
   /** The field maxTokens came from (max_tokens or max_completion_tokens), for error messages. */
   maxTokensField?: string;
   stop?: string[];
-  options: SamplingOptions & { responseFormat?: ResponseFormat; logprobs?: number };
+  options: SamplingOptions & { responseFormat?: ResponseFormat; logprobs?: number; lookup?: number };
 }
 
 export interface ParsedRequest extends ParsedSampling {
@@ -114,7 +114,7 @@ export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
   const maxTokensField = legacyMax !== undefined ? "max_tokens" : "max_completion_tokens";
   const stop = parseStop(o.stop);
   const logitBias = parseLogitBias(o.logit_bias, vocabSize);
-  const entries: [keyof SamplingOptions, number | undefined][] = [
+  const entries: [keyof SamplingOptions | "lookup", number | undefined][] = [
     ["temperature", numberField(o, "temperature", 0, 2)],
     ["topP", numberField(o, "top_p", 0, 1, { loOpen: true })],
     ["topK", numberField(o, "top_k", 0, 1 << 24, { int: true })],
@@ -122,6 +122,8 @@ export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
     ["presencePenalty", numberField(o, "presence_penalty", -2, 2)],
     ["frequencyPenalty", numberField(o, "frequency_penalty", -2, 2)],
     ["seed", numberField(o, "seed", 0, Number.MAX_SAFE_INTEGER, { int: true })],
+    // Prompt lookup decoding (an extension: draft tokens per step, greedy requests only).
+    ["lookup", numberField(o, "lookup", 0, 32, { int: true })],
   ];
   const options: ParsedSampling["options"] = Object.fromEntries(entries.filter(([, v]) => v !== undefined));
   if (logitBias) options.logitBias = logitBias;

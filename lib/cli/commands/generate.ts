@@ -19,7 +19,7 @@ const command: Command = {
   summary: "complete a prompt (text or token ids), streaming the text",
   usage: [
     "Usage: llama2 generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N] [--temperature T]",
-    "       [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--no-stop]",
+    "       [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--no-stop] [--lookup N]",
     "       [--device auto|cpu|cuda] [--dtype D] [--context N] [--threads N] [--tokenizer PATH] [--json]",
     "",
     "The text streams to stdout; with --json, one object {\"ids\", \"text\", \"stats\"} is printed at the end.",
@@ -74,7 +74,8 @@ const command: Command = {
         const s = result.stats;
         io.stderr.write(
           `[llama2] ${s.promptTokens} prompt tokens (${s.promptTokensPerSecond.toFixed(1)} tok/s), ${s.completionTokens} generated ` +
-            `(${s.tokensPerSecond.toFixed(1)} tok/s), first token ${s.timeToFirstTokenMs.toFixed(0)} ms, finish: ${s.finishReason}\n`,
+            `(${s.tokensPerSecond.toFixed(1)} tok/s), first token ${s.timeToFirstTokenMs.toFixed(0)} ms, finish: ${s.finishReason}` +
+            `${s.draftTokens !== undefined ? `, lookup drafts ${s.acceptedDraftTokens}/${s.draftTokens} accepted` : ""}\n`,
         );
       }
       return 0;
