@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // What constrained output and logprobs cost per token beside the model's own step (batch 1): the same
 // prompt decoded free (greedy, and topK 0 sampling), under a JSON Schema, under llama.cpp's json.gbnf
-// and with logprobs 5; medians of REPS runs after a warm-up. The host-side sampler runs between device
+// and with logprobs 5; and what prompt lookup decoding saves (lookup 4 / 8, greedy: the free greedy
+// tokens in fewer steps); medians of REPS runs after a warm-up. The host-side sampler runs between device
 // steps, so on a GPU its cost is not hidden; this is the figure NOTES asks for.
 //   node scripts/gpu/constrained-bench.mjs --model M [--device cuda] [--dtype f16] [--tokens 64] [--reps 3] [--out FILE]
 // Needs dist/ and the addon only, so it runs on the device machine (and on the CPU: the test suite runs it
@@ -44,6 +45,9 @@ const modes = [
   ["gbnf json greedy", { temperature: 0, responseFormat: { type: "grammar", grammar: JSON_GBNF } }],
   ["gbnf json topK 0", { temperature: 1, topK: 0, topP: 1, minP: 0, responseFormat: { type: "grammar", grammar: JSON_GBNF } }],
   ["logprobs 5", { temperature: 0, logprobs: 5 }],
+  // Prompt lookup decoding: the same greedy tokens as "free greedy", in fewer steps where they repeat.
+  ["lookup 4 greedy", { temperature: 0, lookup: 4 }],
+  ["lookup 8 greedy", { temperature: 0, lookup: 8 }],
 ];
 
 const llama = await Llama2.load(model, { device: opt("--device", "cuda"), dtype: opt("--dtype", "auto"), contextLength: 512, maxSequences: 1 });
@@ -55,7 +59,7 @@ try {
     const run = async (seed) => {
       const r = await llama.generate("Notes about the weather, as JSON:", { ...o, seed, maxTokens: tokens, stopOnEos: false }).result;
       const s = r.stats;
-      return { n: s.completionTokens, ms: s.completionTokens > 1 ? (s.totalMs - s.timeToFirstTokenMs) / (s.completionTokens - 1) : NaN };
+      return { n: s.completionTokens, ms: s.completionTokens > 1 ? (s.totalMs - s.timeToFirstTokenMs) / (s.completionTokens - 1) : NaN, drafts: s.draftTokens, accepted: s.acceptedDraftTokens };
     };
     await run(0); // warm-up (schema / grammar compile, the vocabulary trie)
     const got = [];
@@ -63,8 +67,9 @@ try {
     // Runs of under 8 tokens say little about a per-token cost: left out (NaN when all are).
     const long = got.filter((g) => g.n >= 8).map((g) => g.ms);
     const row = { mode: name, msPerToken: long.length ? median(long) : NaN, tokens: got.map((g) => g.n) };
+    if (got[0].drafts !== undefined) row.draftsAccepted = got.map((g) => `${g.accepted}/${g.drafts}`);
     rows.push(row);
-    console.log(`${name.padEnd(20)} ${row.msPerToken.toFixed(3)} ms/token (tokens per run: ${row.tokens.join(", ")})`);
+    console.log(`${name.padEnd(20)} ${row.msPerToken.toFixed(3)} ms/token (tokens per run: ${row.tokens.join(", ")}${row.draftsAccepted ? `; drafts accepted ${row.draftsAccepted.join(", ")}` : ""})`);
   }
 } finally {
   await llama.dispose();
