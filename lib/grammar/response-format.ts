@@ -5,7 +5,7 @@ import type { ResponseFormat } from "../types.js";
 import { parseGrammar, type Grammar } from "./gbnf.js";
 import type { SchemaNode } from "./json-recognizer.js";
 import { ANY_VALUE, compileJsonSchema } from "./json-schema.js";
-import { GrammarConstraint, JsonConstraint, VocabTrie, type Constraint } from "./token-constraint.js";
+import { grammarRecognizer, jsonRecognizer, RecognizerConstraint, VocabTrie, type Constraint } from "./token-constraint.js";
 
 /** A validated response format: null for free text. */
 export type CompiledFormat = { root: SchemaNode } | { grammar: Grammar } | null;
@@ -63,5 +63,6 @@ export function createConstraint(format: ResponseFormat | undefined, tokenizer: 
     trie = new VocabTrie(tokenizer.tokenBytes());
     tries.set(tokenizer, trie);
   }
-  return "grammar" in c ? new GrammarConstraint(c.grammar, trie, tokenizer.eosId) : new JsonConstraint(c.root, trie, tokenizer.eosId);
+  if ("grammar" in c) return new RecognizerConstraint(grammarRecognizer(c.grammar, trie), trie, tokenizer.eosId);
+  return new RecognizerConstraint(jsonRecognizer(c.root, trie), trie, tokenizer.eosId);
 }

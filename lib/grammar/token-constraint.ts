@@ -1,7 +1,7 @@
 // Constrained generation at the token level: which tokens may come next so that the output can still
-// become a JSON document of the schema. The sampler asks about its best candidates one by one
-// (`allows`, cheap: a token's few bytes through the recognizer) and only when too few of them pass does
-// it ask for the whole vocabulary at once (`fillMask`: one walk of a trie of the tokens' bytes, where a
+// become what a recognizer accepts (a JSON document of the schema, or a GBNF grammar's language). The
+// sampler asks about its best candidates one by one (`allows`, cheap: a token's few bytes through the
+// recognizer) and only when too few of them pass does it ask for the whole vocabulary at once (`fillMask`: one walk of a trie of the tokens' bytes, where a
 // prefix the recognizer rejects prunes every token under it).
 import { Llama2Error } from "../errors.js";
 import { grammarCanEnd, grammarMustEnd, initialGrammarState, stackKey, stepGrammar, type Grammar, type GState } from "./gbnf.js";
@@ -155,147 +155,135 @@ export class VocabTrie {
   }
 }
 
-/** A generation's JSON constraint: the recognizer's state after the tokens accepted so far. */
-export class JsonConstraint implements Constraint {
-  private state: State;
+/**
+ * A byte-level recognizer (the JSON / JSON Schema one, or a GBNF grammar's) as a constraint needs it:
+ * states, bytes through them, where the output may or must end, and the vocabulary walk that suits it.
+ */
+export interface Recognizer<S> {
+  /** Names it in the error for a token handed to accept() that it does not allow. */
+  readonly what: string;
+  readonly initial: S;
+  /** The state after `bytes`, or null when they are refused. */
+  feed(state: S, bytes: Uint8Array): S | null;
+  canEnd(state: S): boolean;
+  mustEnd(state: S): boolean;
+  /** Marks in `mask` every token whose bytes, fed to `state`, leave it alive. */
+  walk(state: S, mask: Uint8Array): void;
+}
+
+/** A generation's constraint: a recognizer's state after the tokens accepted so far. */
+export class RecognizerConstraint<S> implements Constraint {
+  private state: S;
   /** States after each token checked since the last accept (accept reuses them). */
-  private readonly memo = new Map<number, State>();
+  private readonly memo = new Map<number, S | null>();
 
   constructor(
-    root: SchemaNode,
+    private readonly recognizer: Recognizer<S>,
     private readonly trie: VocabTrie,
-    /** The end-of-sequence token: allowed exactly where the document may end. */
+    /** The end-of-sequence token: allowed exactly where the output may end. */
     private readonly eosId: number,
   ) {
-    this.state = initialState(root);
+    this.state = recognizer.initial;
   }
 
   allows(id: number): boolean {
-    if (id === this.eosId) return canEnd(this.state);
-    return this.after(id).length > 0;
+    if (id === this.eosId) return this.recognizer.canEnd(this.state);
+    return this.after(id) !== null;
   }
 
   fillMask(mask: Uint8Array): void {
     mask.fill(0);
-    this.trie.walk(this.state, mask);
-    if (this.eosId >= 0 && this.eosId < mask.length) mask[this.eosId] = canEnd(this.state) ? 1 : 0;
+    this.recognizer.walk(this.state, mask);
+    if (this.eosId >= 0 && this.eosId < mask.length) mask[this.eosId] = this.recognizer.canEnd(this.state) ? 1 : 0;
   }
 
-  /** Advances past a token the filter allowed. */
   accept(id: number): void {
     if (id === this.eosId) return;
     const next = this.after(id);
-    if (next.length === 0) throw new Llama2Error("ERR_INTERNAL", `the JSON constraint was handed token ${id}, which it does not allow`);
+    if (next === null) throw new Llama2Error("ERR_INTERNAL", `${this.recognizer.what} was handed token ${id}, which it does not allow`);
     this.state = next;
     this.memo.clear();
   }
 
-  /** The output so far is a complete document that no token can extend: generation is over. */
+  /** The output so far is complete and no token can extend it: generation is over. */
   get done(): boolean {
-    return mustEnd(this.state);
+    return this.recognizer.mustEnd(this.state);
   }
 
-  /** The output so far is a complete document (it may still be extended, e.g. a top-level number). */
+  /** The output so far is complete (it may still be extended, e.g. a top-level number). */
   get complete(): boolean {
-    return canEnd(this.state);
+    return this.recognizer.canEnd(this.state);
   }
 
-  private after(id: number): State {
+  private after(id: number): S | null {
     let s = this.memo.get(id);
     if (s === undefined) {
       const b = this.trie.bytes[id];
-      s = b && b.length > 0 ? feed(this.state, b) : [];
+      s = b && b.length > 0 ? this.recognizer.feed(this.state, b) : null;
       this.memo.set(id, s);
     }
     return s;
   }
 }
 
+/** JSON (optionally of a schema): the vocabulary walk takes the plain-string-token shortcut. */
+export function jsonRecognizer(root: SchemaNode, trie: VocabTrie): Recognizer<State> {
+  return {
+    what: "the JSON constraint",
+    initial: initialState(root),
+    feed: (st, bytes) => {
+      const next = feed(st, bytes);
+      return next.length > 0 ? next : null;
+    },
+    canEnd,
+    mustEnd,
+    walk: (st, mask) => trie.walk(st, mask),
+  };
+}
+
 /**
- * A generation's GBNF constraint: the grammar recognizer's state after the tokens accepted so far.
- * States are interned (one object per distinct set of stacks) and each state's transitions memoized,
- * so the vocabulary walk mostly looks transitions up: inside a JSON string every ordinary character
- * leads back to the same state.
+ * A GBNF grammar. States are interned (one object per distinct set of stacks) and each state's
+ * transitions memoized, so the vocabulary walk mostly looks transitions up: inside a JSON string every
+ * ordinary character leads back to the same state.
  */
-export class GrammarConstraint implements Constraint {
-  private state: GState;
-  private readonly memo = new Map<number, GState | null>();
-  private readonly step: Step<GState>;
-  private readonly interned = new Map<string, GState>();
-  private readonly transitions = new Map<GState, (GState | null | undefined)[]>();
-
-  constructor(
-    private readonly grammar: Grammar,
-    private readonly trie: VocabTrie,
-    private readonly eosId: number,
-  ) {
-    this.state = this.canonical(initialGrammarState(grammar));
-    this.step = (st, b) => {
-      let row = this.transitions.get(st);
-      if (row === undefined) {
-        row = new Array<GState | null | undefined>(256);
-        this.transitions.set(st, row);
-      }
-      let next = row[b];
-      if (next === undefined) {
-        const n = stepGrammar(grammar, st, b);
-        next = row[b] = n === null ? null : this.canonical(n);
-      }
-      return next;
-    };
-  }
-
-  private canonical(st: GState): GState {
+export function grammarRecognizer(grammar: Grammar, trie: VocabTrie): Recognizer<GState> {
+  const interned = new Map<string, GState>();
+  const transitions = new Map<GState, (GState | null | undefined)[]>();
+  const canonical = (st: GState): GState => {
     const key = `${st.need},${st.cp},${st.min}|${st.stacks.map(stackKey).sort().join(";")}`;
-    const have = this.interned.get(key);
+    const have = interned.get(key);
     if (have !== undefined) return have;
-    if (this.interned.size >= 65536) {
+    if (interned.size >= 65536) {
       // Bounded memory: start over (the live state stays valid; it is re-interned on first use).
-      this.interned.clear();
-      this.transitions.clear();
+      interned.clear();
+      transitions.clear();
     }
-    this.interned.set(key, st);
+    interned.set(key, st);
     return st;
-  }
-
-  allows(id: number): boolean {
-    if (id === this.eosId) return grammarCanEnd(this.state);
-    return this.after(id) !== null;
-  }
-
-  fillMask(mask: Uint8Array): void {
-    mask.fill(0);
-    this.trie.walkWith(this.state, this.step, mask);
-    if (this.eosId >= 0 && this.eosId < mask.length) mask[this.eosId] = grammarCanEnd(this.state) ? 1 : 0;
-  }
-
-  accept(id: number): void {
-    if (id === this.eosId) return;
-    const next = this.after(id);
-    if (next === null) throw new Llama2Error("ERR_INTERNAL", `the grammar constraint was handed token ${id}, which it does not allow`);
-    this.state = next;
-    this.memo.clear();
-  }
-
-  get done(): boolean {
-    return grammarMustEnd(this.state);
-  }
-
-  get complete(): boolean {
-    return grammarCanEnd(this.state);
-  }
-
-  private after(id: number): GState | null {
-    let s = this.memo.get(id);
-    if (s === undefined) {
-      const b = this.trie.bytes[id];
-      s = null;
-      if (b && b.length > 0) {
-        s = this.state;
-        for (let k = 0; k < b.length && s !== null; k++) s = this.step(s, b[k]!);
-      }
-      this.memo.set(id, s);
+  };
+  const step: Step<GState> = (st, b) => {
+    let row = transitions.get(st);
+    if (row === undefined) {
+      row = new Array<GState | null | undefined>(256);
+      transitions.set(st, row);
     }
-    return s;
-  }
+    let next = row[b];
+    if (next === undefined) {
+      const n = stepGrammar(grammar, st, b);
+      next = row[b] = n === null ? null : canonical(n);
+    }
+    return next;
+  };
+  return {
+    what: "the grammar constraint",
+    initial: canonical(initialGrammarState(grammar)),
+    feed: (st, bytes) => {
+      let s: GState | null = st;
+      for (let k = 0; k < bytes.length && s !== null; k++) s = step(s, bytes[k]!);
+      return s;
+    },
+    canEnd: grammarCanEnd,
+    mustEnd: grammarMustEnd,
+    walk: (st, mask) => trie.walkWith(st, step, mask),
+  };
 }
