@@ -637,9 +637,10 @@ export class Llama2 {
       const stop = new StopMatcher(opts.stop ?? [], plan.templateStops);
       const history = plan.history.slice();
       const eos = this.info.eosId;
-      // Prompt lookup decoding (greedy only, where it cannot change the tokens): drafts copied from earlier
-      // in the history are evaluated with the token that precedes them, one row of logits each.
-      const lookup = sampler.isGreedy ? (opts.lookup ?? 0) : 0;
+      // Prompt lookup decoding: drafts copied from earlier in the history are evaluated with the token
+      // that precedes them, one row of logits each, and kept while the sampler confirms them (greedy: the
+      // argmax; sampling: speculative sampling, which keeps the sampler's distribution exactly).
+      const lookup = opts.lookup ?? 0;
       let drafted: number[] = []; // drafts evaluated after the last evaluated token
       let row = 0; // the row of `out` the next token is sampled from
       let kvValid = 0; // the sequence's tokens whose KV holds what the generation kept
@@ -688,7 +689,7 @@ export class Llama2 {
           break;
         }
         const logits = drafted.length > 0 ? (out! as Float32Array).subarray(row * V, (row + 1) * V) : out!;
-        const tok = this.sampleOrExplain(sampler, logits, history, constraint);
+        const tok = this.sampleOrExplain(sampler, logits, history, constraint, row < drafted.length ? drafted[row]! : -1);
         if (tFirst === 0) tFirst = performance.now();
         // Under a response format EOS is allowed only where the document is complete, and ends it.
         if (tok === eos && (stopOnEos || constraint)) {
@@ -783,9 +784,9 @@ export class Llama2 {
   }
 
   /** The sampler's pick; a model whose logits are all NaN / -Infinity gets an error naming it. */
-  private sampleOrExplain(sampler: Sampler, out: Parameters<Sampler["sample"]>[0], history: ArrayLike<number>, constraint: Constraint | null): number {
+  private sampleOrExplain(sampler: Sampler, out: Parameters<Sampler["sample"]>[0], history: ArrayLike<number>, constraint: Constraint | null, draft = -1): number {
     try {
-      return sampler.sample(out, history, constraint ?? undefined);
+      return draft >= 0 ? sampler.sampleDraft(out, history, draft, constraint ?? undefined) : sampler.sample(out, history, constraint ?? undefined);
     } catch (e) {
       if (e instanceof Llama2Error && e.code === "ERR_MODEL_CORRUPT") {
         // logitBias bans fewer tokens than the vocabulary (validated), so the model's output is at fault.

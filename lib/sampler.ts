@@ -172,6 +172,8 @@ export class Sampler {
   readonly options: ResolvedSamplingOptions;
   readonly vocabSize: number;
   private readonly rng: Rng;
+  /** A draft token for the current sampleDraft() call (-1: none). */
+  private draft = -1;
   private readonly _needs: Readonly<SamplerNeeds>;
   private readonly penalties: boolean;
   /** Temperature 0, or so small that 1/T overflows (denormals): argmax. */
@@ -236,11 +238,6 @@ export class Sampler {
     return resolved;
   }
 
-  /** Greedy (temperature 0): the pick is a function of the logits and the history alone. */
-  get isGreedy(): boolean {
-    return this.greedy;
-  }
-
   /** What the engine must hand to sample(): full logits, or this many top candidates. */
   get needs(): Readonly<SamplerNeeds> {
     return this._needs;
@@ -277,6 +274,21 @@ export class Sampler {
    * `filter` (samplers made with `constrained: true`) restricts the choice to the tokens it allows: the
    * result is the one sampling would give from the logits with every other token at -Infinity.
    */
+  /**
+   * sample() with a draft token (speculative sampling with a deterministic draft): the draft is kept
+   * with its probability p(draft) under the final distribution, and otherwise the token is drawn from
+   * that distribution without the draft. The result follows exactly the distribution sample() draws
+   * from; greedy samplers simply return the argmax.
+   */
+  sampleDraft(input: Float32Array | Candidates, history: ArrayLike<number>, draft: number, filter?: TokenFilter): number {
+    this.draft = draft;
+    try {
+      return this.sample(input, history, filter);
+    } finally {
+      this.draft = -1;
+    }
+  }
+
   sample(input: Float32Array | Candidates, history: ArrayLike<number>, filter?: TokenFilter): number {
     const V = this.vocabSize;
     const isFull = input instanceof Float32Array;
@@ -453,6 +465,13 @@ export class Sampler {
         break;
       }
     }
+    const d = this.draft >= 0 ? ids.subarray(0, len).indexOf(this.draft) : -1;
+    if (d >= 0) {
+      let sum = 0;
+      for (let j = 0; j < len; j++) sum += w[j]!;
+      if (this.rng.next() * sum < w[d]!) return this.draft;
+      w[d] = 0; // rejected: drawn from the rest
+    }
     return ids[draw(w, len, this.rng.next())]!;
   }
 
@@ -538,13 +557,21 @@ export class Sampler {
         if (cum >= target) break;
       }
     }
+    const d = this.draft;
+    if (d >= 0 && kept.subarray(0, nk).includes(d)) {
+      if (this.rng.next() * s < w[d]!) return d;
+      s -= w[d]!; // rejected: drawn from the rest
+      w[d] = 0;
+    }
     let r = this.rng.next() * s;
     for (let j = 0; j < nk; j++) {
       r -= w[kept[j]!]!;
       if (r < 0) return kept[j]!;
     }
     if (nk === 0) throw allMasked(); // not reachable: the best token always weighs 1
-    return kept[nk - 1]!; // rounding left r >= 0 after the last kept token
+    // Rounding left r >= 0 after the last kept token: the last one with weight (never a rejected draft).
+    for (let j = nk - 1; j > 0; j--) if (w[kept[j]!]! > 0) return kept[j]!;
+    return kept[0]!;
   }
 }
 

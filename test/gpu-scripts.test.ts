@@ -27,11 +27,31 @@ describe("scripts/gpu on the CPU", () => {
     const j = JSON.parse(readFileSync(out, "utf8"));
     expect(j.rows.map((x: { mode: string }) => x.mode)).toEqual([
       "free greedy", "free topK 0", "json_schema greedy", "json_schema topK 0", "gbnf json greedy", "gbnf json topK 0", "logprobs 5",
+      "lookup 4 greedy", "lookup 8 greedy",
     ]);
     for (const row of j.rows) {
       expect(row.tokens, row.mode).toEqual([16]); // the grammar and the schema keep every run going
       expect(row.msPerToken, row.mode).toBeGreaterThan(0);
     }
     expect(r.stdout).toMatch(/gbnf json topK 0 +\d+\.\d+ ms\/token/);
+    for (const row of j.rows.filter((x: { mode: string }) => x.mode.startsWith("lookup"))) expect(row.draftsAccepted).toHaveLength(1);
+  }, 150_000);
+
+  it("step-cost.mjs times a step of each token count and writes its JSON; bad arguments exit 2", () => {
+    const out = path.join(mkdtempSync(path.join(os.tmpdir(), "llama2-stepcost-")), "s.json");
+    const run = (extra: string[]) =>
+      spawnSync(process.execPath, ["scripts/gpu/step-cost.mjs", "--model", demo, "--device", "cpu", "--context", "32", "--reps", "2", ...extra], {
+        cwd: projectRoot,
+        encoding: "utf8",
+        timeout: 120_000,
+      });
+    const r = run(["--tokens", "1,2,5", "--out", out]);
+    expect(r.status, r.stderr).toBe(0);
+    const j = JSON.parse(readFileSync(out, "utf8"));
+    expect(j.rows.map((x: { tokens: number }) => x.tokens)).toEqual([1, 2, 5]);
+    for (const row of j.rows) expect(row.ms).toBeGreaterThan(0);
+    expect(j.rows[0].vsOne).toBe(1);
+    expect(r.stdout).toMatch(/T= +5: \d+\.\d+ ms/);
+    expect(run(["--tokens", "0,2"]).status).toBe(2);
   }, 150_000);
 });

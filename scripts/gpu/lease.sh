@@ -7,7 +7,7 @@
 # bench-f16 bench-int8 big serve sanitize kernels):
 #   info doctor small kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
 #   A/B by env switch: ab-split ab-persist ab-early ab-stream mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
-#   big (7B validation) serve constrained kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
+#   big (7B validation) serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 R=/tmp/results; mkdir -p "$OUT" "$R" build/Release
@@ -38,7 +38,7 @@ xz -dc .device/llama2_native.node.xz > build/Release/llama2_native.node
 [ -f .device/kernel_tests.xz ] && xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
 # The 7B file is CPU and disk work: made (when a step uses it) while the GPU runs the small checks.
 maker=
-if [[ "$STEPS" =~ \ (bench-f16|bench-int8|ab-[a-z]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|serve|constrained|kv8)\  ]] && [ ! -s $BIG ]; then
+if [[ "$STEPS" =~ \ (bench-f16|bench-int8|ab-[a-z]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|serve|constrained|step-cost|kv8)\  ]] && [ ! -s $BIG ]; then
   ( node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet > "$R/make-7b.log" 2>&1; echo "make-model rc=$?" >> "$R/make-7b.log" ) &
   maker=$!  # (a warm machine keeps the file of an earlier call)
 fi
@@ -137,6 +137,10 @@ fi
 if step constrained 90; then  # host-side cost of JSON Schema / GBNF / logprobs beside a 7B decode step
   timeout 90 node scripts/gpu/constrained-bench.mjs --model $BIG --device cuda --dtype f16 --tokens 64 --reps 3 \
     --out "$R/constrained-7b-f16.json" > "$R/constrained.log" 2>&1; echo "constrained rc=$?"; cat "$R/constrained.log"; pack
+fi
+if step step-cost 60; then  # a step of T = 1..17 tokens against one: what verifying lookup drafts costs
+  timeout 60 node scripts/gpu/step-cost.mjs --model $BIG --device cuda --dtype f16 --context 512 --tokens 1,2,3,5,9,17 --reps 5 \
+    --out "$R/step-cost-7b-f16.json" > "$R/step-cost.log" 2>&1; echo "step-cost rc=$?"; cat "$R/step-cost.log"; pack
 fi
 if step kv8 90; then
   bench f16-kv8 90 -- --dtype f16 --kv-cache int8 --prompt 512 --gen 128 --batch 1,32,64 --reps 2
