@@ -249,7 +249,7 @@ describe("API key", () => {
   });
   afterAll(() => keyed.shutdown({ graceMs: 100 }));
 
-  it("401 without or with a wrong key on /v1, /job and /metrics", async () => {
+  it("401 without or with a wrong key on /v1, /job, /metrics, /tokenize and /detokenize", async () => {
     for (const p of ["/v1/models", "/v1/models/fake-7b", "/metrics", "/job", "/job/logs"]) {
       await expectError(await fetch(`${kbase}${p}`), 401, null, "invalid_api_key");
       await expectError(await fetch(`${kbase}${p}`, { headers: { Authorization: "Bearer s3cret-key-124" } }), 401, null, "invalid_api_key");
@@ -257,6 +257,8 @@ describe("API key", () => {
     await expectError(await fetch(`${kbase}/v1/models`, { headers: { Authorization: "Bearer s3cret-key-123x" } }), 401, null);
     await expectError(await fetch(`${kbase}/v1/models`, { headers: { Authorization: "s3cret-key-123" } }), 401, null);
     await expectError(await postJson(`${kbase}/v1/chat/completions`, { messages: user }), 401, null);
+    await expectError(await postJson(`${kbase}/tokenize`, { content: "hi" }), 401, null, "invalid_api_key");
+    await expectError(await postJson(`${kbase}/detokenize`, { tokens: [1] }), 401, null, "invalid_api_key");
   });
 
   it("accepts the right key", async () => {
@@ -265,6 +267,11 @@ describe("API key", () => {
     expect((await fetch(`${kbase}/v1/models/fake-7b`, { headers: auth })).status).toBe(200);
     expect((await fetch(`${kbase}/metrics`, { headers: auth })).status).toBe(200);
     expect((await postJson(`${kbase}/v1/chat/completions`, { messages: user }, auth)).status).toBe(200);
+    // The fake backend tokenizes by words and has no decoder: /detokenize says so.
+    expect(await (await postJson(`${kbase}/tokenize`, { content: "a b" }, auth)).json()).toEqual({ tokens: backend.tokenize("a b", { bos: false }) });
+    const nt = await postJson(`${kbase}/detokenize`, { tokens: [1] }, auth);
+    expect(nt.status).toBe(400);
+    expect((await nt.json()).error.code).toBe("no_tokenizer");
   });
 
   it("still serves the page and /health without a key, and says a key is needed", async () => {

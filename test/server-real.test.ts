@@ -210,6 +210,38 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     }
   });
 
+  it("/tokenize and /detokenize (llama.cpp's routes) use the model's tokenizer", async () => {
+    const ref = await Llama2.load(await ensureDemoModel({ dir: path.join(os.tmpdir(), "llama2-native-test-home", "models") }), { device: "cpu", contextLength: 256 });
+    try {
+      const text = "Hello wörld 🦙";
+      const t = await (await postJson(`${url}tokenize`, { content: text })).json();
+      expect(t.tokens).toEqual(ref.tokenize(text, { bos: false }));
+      const withBos = await (await postJson(`${url}tokenize`, { content: text, add_special: true })).json();
+      expect(withBos.tokens).toEqual(ref.tokenize(text, { bos: true }));
+      // Pieces: text where a token is whole UTF-8, its bytes where it is not (the llama is byte tokens).
+      const p = await (await postJson(`${url}tokenize`, { content: text, with_pieces: true })).json();
+      expect(p.tokens.map((x: { id: number }) => x.id)).toEqual(t.tokens);
+      const bytes = p.tokens.flatMap((x: { piece: string | number[] }) => (typeof x.piece === "string" ? [...Buffer.from(x.piece)] : x.piece));
+      expect(Buffer.from(bytes).toString("utf8")).toBe(` ${text}`); // SentencePiece's leading space
+      expect(p.tokens.some((x: { piece: unknown }) => Array.isArray(x.piece))).toBe(true);
+      const d = await (await postJson(`${url}detokenize`, { tokens: withBos.tokens })).json();
+      expect(d.content).toBe(text);
+      // Bad requests name their field.
+      const bad = async (route: string, body: unknown, param: string) => {
+        const r = await postJson(`${url}${route}`, body);
+        expect(r.status).toBe(400);
+        expect((await r.json()).error.param).toBe(param);
+      };
+      await bad("tokenize", { text: "x" }, "content");
+      await bad("tokenize", { content: "x", add_special: "yes" }, "add_special");
+      await bad("detokenize", { tokens: "1,2" }, "tokens");
+      await bad("detokenize", { tokens: [1, 32000] }, "tokens[1]");
+      expect((await fetch(`${url}tokenize`)).status).toBe(405);
+    } finally {
+      await ref.dispose();
+    }
+  });
+
   it("n choices: batched generations of one prompt, each as it would be alone, whole and streamed", async () => {
     const body = { messages, max_tokens: 8, seed: 21, temperature: 0.9, n: 3 };
     const r = await (await postJson(`${url}v1/chat/completions`, body)).json();

@@ -17,8 +17,8 @@ export interface ChatBackend {
   chatPromptTokens?(messages: ChatMessage[]): number;
   /** Optional: teacher-forced log-probabilities (the completions endpoint's echo with logprobs needs it). */
   score?(ids: readonly number[], opts: ScoreOptions): Promise<ScoreResult>;
-  /** The tokenizer's incremental decoder (echo's text and offsets); null or absent without a tokenizer. */
-  readonly tokenizer?: { createStreamDecoder(opts?: StreamDecoderOptions): StreamDecoder } | null;
+  /** The tokenizer's decoder and token bytes (echo, /detokenize); null or absent without a tokenizer. */
+  readonly tokenizer?: { createStreamDecoder(opts?: StreamDecoderOptions): StreamDecoder; tokenBytes(): readonly (Uint8Array | null)[] } | null;
   /** Requests waiting + running (for /metrics and fairness). */
   readonly pending: number;
   /** GPU memory in use, bytes (undefined on CPU). */

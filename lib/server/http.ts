@@ -10,6 +10,7 @@ import { assertBindAllowed, bearerChecker, hostHeaderAllowed } from "./auth.js";
 import type { ChatBackend } from "./backend.js";
 import { Metrics } from "./metrics.js";
 import { chatCompletions, completions, errorBody, HttpError, sendJson, toHttpError, type GenerationOutcome } from "./openai.js";
+import { detokenizeRequest, tokenizeRequest } from "./tokenize.js";
 import { PAGE_FILES } from "./page/index.js";
 
 /** What /job and /job/logs show (the job runner provides it). */
@@ -60,10 +61,10 @@ interface Active {
   done: Promise<void>;
 }
 
-const ENDPOINTS = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/job", "/job/logs"]);
+const ENDPOINTS = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/job", "/job/logs", "/tokenize", "/detokenize"]);
 const GENERATION = new Set(["/v1/chat/completions", "/v1/completions"]);
 const MODEL_PREFIX = "/v1/models/";
-const PROTECTED = (p: string): boolean => p.startsWith("/v1/") || p === "/job" || p.startsWith("/job/") || p === "/metrics";
+const PROTECTED = (p: string): boolean => p.startsWith("/v1/") || p === "/job" || p.startsWith("/job/") || p === "/metrics" || p === "/tokenize" || p === "/detokenize";
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { backend } = opts;
@@ -151,6 +152,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           if (!/^\d{1,3}$/.test(n) || +n < 1 || +n > 500) throw new InvalidArgumentError("n", `expected an integer in [1, 500], got '${n.slice(0, 20)}'`);
           return sendJson(res, 200, { lines: opts.job.recentLogs(+n) });
         }
+        case "/tokenize":
+          allow(method, "POST");
+          return sendJson(res, 200, tokenizeRequest(backend, await readJson(req, bodyLimit)));
+        case "/detokenize":
+          allow(method, "POST");
+          return sendJson(res, 200, detokenizeRequest(backend, await readJson(req, bodyLimit)));
         case "/v1/chat/completions":
         case "/v1/completions": {
           allow(method, "POST");

@@ -36,6 +36,8 @@ export function toHttpError(err: unknown): HttpError {
     case "ERR_KV_CACHE_FULL":
     case "ERR_OUT_OF_MEMORY":
       return new HttpError(503, `the model is overloaded, retry later (${e.message})`, undefined, "overloaded");
+    case "ERR_TOKENIZER":
+      return new HttpError(400, e.message, undefined, "no_tokenizer");
     case "ERR_DISPOSED":
       return new HttpError(503, "the model has been unloaded", undefined, "model_unloaded");
     default:
