@@ -127,12 +127,20 @@ export interface GenerationPlan {
 const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
-  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup",
+  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup", "draft",
 ]);
 const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
 
-/** The most draft tokens `lookup` may ask for per step. */
+/** The most draft tokens `lookup` (or a draft model) may propose per step. */
 const MAX_LOOKUP = 32;
+
+/** Where a generation's draft tokens come from (a draft model, or prompt lookup). @internal */
+export interface Drafter {
+  /** Up to `max` tokens that may follow `history` (whose last token is about to be evaluated). */
+  propose(history: readonly number[], max: number, signal: AbortSignal): Promise<number[]>;
+  /** The generation is over: frees what the drafter holds. */
+  close(): void;
+}
 
 function checkInt(v: unknown, field: string, min: number, max: number): number | undefined {
   if (v === undefined) return undefined;
@@ -607,6 +615,7 @@ export class Llama2 {
     let worst = 0;
     let have = 0; // blocks the sequence held when admitted
     let keep = false; // hand the sequence to the prefix cache at the end
+    let drafter: Drafter | null = null;
     const grew = (len: number) => this.growth.set(key, Math.max(0, worst - (Math.ceil(len / this.blockSize) - have)));
     // The plan's end hook runs once; a hook that throws (e.g. the model was disposed meanwhile) does not
     // turn a finished generation into a failure.
@@ -640,7 +649,10 @@ export class Llama2 {
       // Prompt lookup decoding: drafts copied from earlier in the history are evaluated with the token
       // that precedes them, one row of logits each, and kept while the sampler confirms them (greedy: the
       // argmax; sampling: speculative sampling, which keeps the sampler's distribution exactly).
-      const lookup = opts.lookup ?? 0;
+      const lookup = opts.draft ? (opts.draft.tokens ?? 8) : (opts.lookup ?? 0);
+      drafter = opts.draft ? opts.draft.model._createDrafter() : lookup > 0 ? { propose: async (h, max) => lookupDraft(h, max), close: () => {} } : null;
+      // The tokens the sequence holds (prompt and reply), from position 0 when known: what drafts follow.
+      const seqTokens = plan.context && plan.context.length === plan.cached ? plan.context.concat(plan.prompt) : history;
       let drafted: number[] = []; // drafts evaluated after the last evaluated token
       let row = 0; // the row of `out` the next token is sampled from
       let kvValid = 0; // the sequence's tokens whose KV holds what the generation kept
@@ -699,6 +711,7 @@ export class Llama2 {
         constraint?.accept(tok);
         generated.push(tok);
         history.push(tok);
+        if (seqTokens !== history) seqTokens.push(tok);
         // The draft at this row was right: its KV is in the cache and the next row follows it.
         const hit = row < drafted.length && tok === drafted[row];
         if (hit) {
@@ -733,7 +746,7 @@ export class Llama2 {
         // that may all come true within maxTokens and the context.
         if (this.model.sequenceLength(plan.seq) > kvValid) this.model.truncateSequence(plan.seq, kvValid);
         if (drafted.length > 0) draftMax = row === drafted.length ? Math.min(lookup, draftMax * 2) : row === 0 ? Math.max(1, draftMax >> 1) : draftMax;
-        const draft = lookup > 0 ? lookupDraft(history, Math.min(draftMax, maxTokens - generated.length - 1, ctx - kvValid - 1)) : [];
+        const draft = drafter ? await drafter.propose(seqTokens, Math.min(draftMax, maxTokens - generated.length - 1, ctx - kvValid - 1), controller.signal) : [];
         out = await this.scheduler.eval(plan.seq, [tok, ...draft], draft.length > 0 ? -2 : output, controller.signal).catch((err) => {
           if (controller.signal.aborted) return null;
           throw err;
@@ -762,6 +775,7 @@ export class Llama2 {
       onEnd({ generated, evaluated, text: streamed, finishReason: "abort", error: e });
       throw e;
     } finally {
+      drafter?.close();
       this.inFlight--;
       signal.removeEventListener("abort", onAbort);
       this.active.delete(controller);
@@ -926,6 +940,7 @@ export class Llama2 {
     checkInt(opts.maxTokens, "maxTokens", 1, 1 << 20);
     checkInt(opts.logprobs, "logprobs", 0, 20);
     checkInt(opts.lookup, "lookup", 0, MAX_LOOKUP);
+    if (opts.draft !== undefined) this.checkDraft(opts);
     for (const k of ["stopOnEos", "addBos"] as const) {
       if (opts[k] !== undefined && typeof opts[k] !== "boolean") throw new InvalidArgumentError(k, "expected a boolean");
     }
@@ -934,6 +949,78 @@ export class Llama2 {
     Sampler.validate(opts, this.info.config.vocabSize);
     if (compileResponseFormat(opts.responseFormat) !== null && !this.tokenizer)
       throw new InvalidArgumentError("responseFormat", `constrained output needs a tokenizer, and ${this.info.path} has none: load it with tokenizerPath`);
+  }
+
+  private checkDraft(opts: GenerateOptions): void {
+    const d = opts.draft as unknown;
+    if (typeof d !== "object" || d === null) throw new InvalidArgumentError("draft", "expected { model, tokens }");
+    checkKeys(d as object, new Set(["model", "tokens"]), "draft");
+    const { model, tokens } = d as { model?: unknown; tokens?: unknown };
+    if (!(model instanceof Llama2)) throw new InvalidArgumentError("draft.model", "expected a loaded Llama2 model");
+    if (model === this) throw new InvalidArgumentError("draft.model", "is this model itself: a draft model must be a second, smaller model");
+    if (!model._alive) throw new InvalidArgumentError("draft.model", "has been disposed");
+    checkInt(tokens, "draft.tokens", 1, MAX_LOOKUP);
+    if (opts.lookup) throw new InvalidArgumentError("draft", "cannot be combined with lookup");
+    const a = this.info;
+    const b = model.info;
+    if (a.config.vocabSize !== b.config.vocabSize || a.bosId !== b.bosId || a.eosId !== b.eosId) {
+      throw new InvalidArgumentError(
+        "draft.model",
+        `its vocabulary (${b.config.vocabSize} tokens, BOS ${b.bosId}, EOS ${b.eosId}) is not this model's (${a.config.vocabSize}, BOS ${a.bosId}, EOS ${a.eosId})`,
+      );
+    }
+  }
+
+  /**
+   * Greedy draft proposals from this model for another model's speculative decoding (@internal). It keeps
+   * one sequence whose KV follows the history it is shown (truncated back to the part it shares), and
+   * gives up for good (returning no drafts) on the first error: drafting is best effort.
+   */
+  _createDrafter(): Drafter {
+    let seq: number | null = null;
+    let held: number[] = []; // the tokens in seq's KV
+    let broken = false;
+    const close = (): void => {
+      if (seq !== null && !this.disposed) {
+        try {
+          this.model.freeSequence(seq);
+        } catch {
+          /* already gone */
+        }
+      }
+      seq = null;
+      held = [];
+    };
+    return {
+      propose: async (history, max, signal) => {
+        if (broken || max <= 0 || this.disposed) return [];
+        try {
+          seq ??= this.model.createSequence();
+          // At least one token is evaluated: its logits give the first draft.
+          const keep = Math.min(commonPrefix(held, history), history.length - 1);
+          if (keep < held.length) {
+            this.model.truncateSequence(seq, keep);
+            held.length = keep;
+          }
+          const out: number[] = [];
+          let feed = history.slice(keep);
+          while (out.length < max && held.length + feed.length <= this.info.contextLength) {
+            const r = await this.scheduler.eval(seq, feed, 1, signal);
+            held.push(...feed);
+            const t = r && !(r instanceof Float32Array) ? r.ids[0] : undefined;
+            if (t === undefined) throw new Llama2Error("ERR_INTERNAL", "the draft model gave no candidate");
+            out.push(t);
+            feed = [t];
+          }
+          return out;
+        } catch {
+          broken = true;
+          close();
+          return [];
+        }
+      },
+      close,
+    };
   }
 
   private checkIds(ids: readonly unknown[], field: string): number[] {

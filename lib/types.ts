@@ -159,6 +159,15 @@ export interface GenerateOptions extends SamplingOptions {
    * most on a GPU, where a batch-1 step costs about the same for a few tokens as for one. Default 0 (off).
    */
   lookup?: number;
+  /**
+   * Speculative decoding with a draft model: a smaller model with the same vocabulary (e.g. a 1B Llama
+   * beside Llama 2 7B) proposes up to `tokens` (1..32, default 8) tokens greedily each step, and they are
+   * kept as `lookup`'s drafts are: the output is the same greedy tokens, or the same sampling
+   * distribution. The draft model should be loaded for this alone (its KV cache holds one sequence per
+   * generation that uses it); drafting stops quietly for a generation when the draft model cannot go on
+   * (disposed, out of KV room). Not together with `lookup`.
+   */
+  draft?: { model: import("./llama2.js").Llama2; tokens?: number };
   signal?: AbortSignal;
 }
 

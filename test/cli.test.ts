@@ -151,6 +151,25 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     expect(bad.stderr).toContain("--lookup");
   });
 
+  it("generate / chat --draft-model: the model's own greedy ids, drafts counted; a draft of another vocabulary exits 2", () => {
+    const args = ["generate", "-m", tiny, "--prompt", "Once upon a time", "-t", "0", "--no-stop", "-n", "24", "--json"];
+    const base = JSON.parse(cli(args).stdout);
+    const r = cli([...args, "--draft-model", sharedPath("models/tiny-llama-q8_0.gguf"), "--draft-tokens", "4"]);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.ids).toEqual(base.ids);
+    expect(out.stats.acceptedDraftTokens).toBeGreaterThan(0);
+    expect(r.stderr).toMatch(/draft model .*tiny-llama-q8_0\.gguf/);
+    const chat = cli(["chat", "-m", tiny, "-t", "0", "-n", "8", "--stats", "--draft-model", sharedPath("models/tiny-llama-q8_0.gguf")], "Hello\n");
+    expect(chat.code, chat.stderr).toBe(0);
+    expect(chat.stderr).toMatch(/drafts \d+\/\d+ accepted/);
+    const bad = cli(["generate", "-m", tiny, "--prompt", "x", "--draft-model", stories]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--draft-model: .*vocabulary \(512 tokens\)/);
+    expect(cli(["generate", "-m", tiny, "--prompt", "x", "--draft-tokens", "4"]).stderr).toContain("--draft-tokens: needs --draft-model");
+    expect(cli(["generate", "-m", tiny, "--prompt", "x", "--lookup", "4", "--draft-model", tiny]).code).toBe(2);
+  });
+
   it("generate --kv-cache int8 loads an int8 KV cache (named on the loaded line) and still follows the fixture on case 0", () => {
     // Case 0 has no near-ties in its first 65 tokens: the int8 cache keeps every one (measured).
     const c = fx[0]!;

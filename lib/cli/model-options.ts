@@ -43,6 +43,48 @@ export const SAMPLING_FLAGS: FlagSpecs = {
   lookup: { type: "int", description: "prompt lookup decoding with greedy sampling: up to N draft tokens per step copied from the text so far (0-32; same output, fewer steps when the reply repeats its input)" },
 };
 
+/** Speculative decoding with a draft model (generate, chat). */
+export const DRAFT_FLAGS: FlagSpecs = {
+  "draft-model": { type: "string", description: "speculative decoding: a smaller model with the same vocabulary drafts tokens that the model checks (same output)" },
+  "draft-tokens": { type: "int", description: "most tokens the draft model proposes per step (1-32, default 8)" },
+};
+
+/** Checks --draft-model / --draft-tokens before anything loads; true when a draft model is asked for. */
+export function checkDraftFlags(flags: Record<string, unknown>): boolean {
+  const tokens = flags.draftTokens as number | undefined;
+  if (tokens !== undefined && (!Number.isInteger(tokens) || tokens < 1 || tokens > 32)) throw new InvalidArgumentError("--draft-tokens", `expected 1..32, got ${tokens}`);
+  if (flags.draftModel === undefined) {
+    if (tokens !== undefined) throw new InvalidArgumentError("--draft-tokens", "needs --draft-model");
+    return false;
+  }
+  if (typeof flags.draftModel !== "string" || flags.draftModel === "") throw new InvalidArgumentError("--draft-model", "expected a model path");
+  if (flags.lookup !== undefined && flags.lookup !== 0) throw new InvalidArgumentError("--draft-model", "cannot be combined with --lookup");
+  return true;
+}
+
+/**
+ * Loads --draft-model beside `target` (same device and context) and returns the `draft` generate option;
+ * undefined without the flag. Its vocabulary must be the target's.
+ */
+export async function loadDraftFromFlags(flags: Record<string, unknown>, io: CommandIO, target: Llama2, signal?: AbortSignal): Promise<GenerateOptions["draft"]> {
+  if (!checkDraftFlags(flags)) return undefined;
+  const tokens = flags.draftTokens as number | undefined;
+  const path = await resolveModelFlag(flags.draftModel as string, flags.quiet ? undefined : io, signal);
+  const { Llama2 } = await import("../llama2.js");
+  const t = target.info;
+  const model = await withFlagNames(
+    () => Llama2.load(path, { device: t.device, contextLength: t.contextLength, ...(signal && { signal }) }),
+    { path: "--draft-model" },
+  );
+  const d = model.info;
+  if (d.config.vocabSize !== t.config.vocabSize || d.bosId !== t.bosId || d.eosId !== t.eosId) {
+    await model.dispose();
+    throw new InvalidArgumentError("--draft-model", `${d.path}: its vocabulary (${d.config.vocabSize} tokens) is not the model's (${t.config.vocabSize})`);
+  }
+  if (!flags.quiet) io.stderr.write(`[llama2] draft model ${d.path} (${d.dtype}, ${d.deviceName})\n`);
+  return { model, ...(tokens !== undefined && { tokens }) };
+}
+
 /** Option field (as the library names it) -> the flag that sets it. */
 const FLAG_OF: Record<string, string> = {
   device: "--device",

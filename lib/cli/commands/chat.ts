@@ -9,13 +9,16 @@ import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import { getChatTemplate } from "../../chat-template.js";
 import type { ChatMessage, GenerationStream } from "../../types.js";
-import { LOAD_FLAGS, SAMPLING_FLAGS, generateOptionsFromFlags, loadModelFromFlags, loadOptionsFromFlags } from "../model-options.js";
+import {
+  DRAFT_FLAGS, LOAD_FLAGS, SAMPLING_FLAGS, checkDraftFlags, generateOptionsFromFlags, loadDraftFromFlags, loadModelFromFlags, loadOptionsFromFlags,
+} from "../model-options.js";
 
 const command: Command = {
   name: "chat",
   summary: "chat with a model in the terminal (a session that keeps its KV cache)",
   usage: [
     "Usage: llama2 chat --model PATH [--system TEXT] [--template NAME] [sampling flags] [--device D] [--dtype D] [--context N]",
+    "       [--lookup N | --draft-model PATH [--draft-tokens N]]",
     "",
     "Type a message and press Enter. /reset forgets the conversation, /save FILE writes it (JSON) for",
     "--resume FILE to continue later, /exit quits. Ctrl-C stops the",
@@ -28,6 +31,7 @@ const command: Command = {
     resume: { type: "string", description: "continue a conversation saved with /save (JSON: { system?, messages })" },
     template: { type: "string", description: "chat template (llama2 or plain)", default: "llama2" },
     ...SAMPLING_FLAGS,
+    ...DRAFT_FLAGS,
     stats: { type: "boolean", description: "print each reply's token counts and speed on stderr" },
   },
   async run(flags, positionals, io) {
@@ -35,6 +39,7 @@ const command: Command = {
     if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required (a model directory, .gguf or .bin, or demo)");
     loadOptionsFromFlags(flags);
     const opts = generateOptionsFromFlags(flags);
+    checkDraftFlags(flags);
     try {
       getChatTemplate(flags.template as string);
     } catch (err) {
@@ -43,6 +48,13 @@ const command: Command = {
 
     const saved = flags.resume !== undefined ? readConversation(flags.resume as string) : undefined;
     const model = await loadModelFromFlags(flags, io);
+    try {
+      opts.draft = await loadDraftFromFlags(flags, io, model);
+    } catch (err) {
+      await model.dispose();
+      throw err;
+    }
+    if (!opts.draft) delete opts.draft;
     const stdin = io.stdin as NodeJS.ReadableStream & { isTTY?: boolean };
     const tty = stdin.isTTY === true;
     const rl = readline.createInterface({ input: stdin, output: tty ? io.stdout : undefined, terminal: tty });
@@ -75,6 +87,7 @@ const command: Command = {
       } catch (err) {
         rl.close();
         process.off("SIGINT", onSigint);
+        void opts.draft?.model.dispose();
         void model.dispose();
         throw err;
       }
@@ -125,7 +138,8 @@ const command: Command = {
             if (flags.stats) {
               io.stderr.write(
                 `[llama2] ${stats.promptTokens} prompt tokens (${stats.cachedPromptTokens} cached), ${stats.completionTokens} generated, ` +
-                  `${stats.tokensPerSecond.toFixed(1)} tok/s, finish: ${stats.finishReason}\n`,
+                  `${stats.tokensPerSecond.toFixed(1)} tok/s, finish: ${stats.finishReason}` +
+                  `${stats.draftTokens !== undefined ? `, drafts ${stats.acceptedDraftTokens}/${stats.draftTokens} accepted` : ""}\n`,
               );
             }
           } catch (err) {
@@ -146,6 +160,7 @@ const command: Command = {
       process.off("SIGINT", onSigint);
       rl.close();
       session.dispose();
+      await opts.draft?.model.dispose();
       await model.dispose();
     }
     return interrupted ? 130 : 0;

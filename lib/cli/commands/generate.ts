@@ -3,8 +3,10 @@
 // generation (what was generated is still printed).
 import type { Command } from "../command.js";
 import { InvalidArgumentError } from "../../errors.js";
-import { LOAD_FLAGS, SAMPLING_FLAGS, generateOptionsFromFlags, loadModelFromFlags, loadOptionsFromFlags, withFlagNames } from "../model-options.js";
-import type { GenerationResult } from "../../types.js";
+import {
+  DRAFT_FLAGS, LOAD_FLAGS, SAMPLING_FLAGS, checkDraftFlags, generateOptionsFromFlags, loadDraftFromFlags, loadModelFromFlags, loadOptionsFromFlags, withFlagNames,
+} from "../model-options.js";
+import type { GenerateOptions, GenerationResult } from "../../types.js";
 
 function parseIds(raw: string[]): number[] {
   const ids = raw.map((s) => (/^\d+$/.test(s) ? Number(s) : NaN));
@@ -19,7 +21,8 @@ const command: Command = {
   summary: "complete a prompt (text or token ids), streaming the text",
   usage: [
     "Usage: llama2 generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N] [--temperature T]",
-    "       [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--no-stop] [--lookup N]",
+    "       [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--no-stop]",
+    "       [--lookup N | --draft-model PATH [--draft-tokens N]]",
     "       [--device auto|cpu|cuda] [--dtype D] [--context N] [--threads N] [--tokenizer PATH] [--json]",
     "",
     "The text streams to stdout; with --json, one object {\"ids\", \"text\", \"stats\"} is printed at the end.",
@@ -30,6 +33,7 @@ const command: Command = {
     "prompt-ids": { type: "list", description: "prompt as token ids, e.g. 1,450,4996 (no tokenizer needed)" },
     bos: { type: "boolean", description: "prepend BOS to a text prompt (--no-bos: do not)", default: true },
     ...SAMPLING_FLAGS,
+    ...DRAFT_FLAGS,
     json: { type: "boolean", description: "print one JSON object {ids, text, stats} instead of streaming" },
   },
   async run(flags, positionals, io) {
@@ -42,12 +46,16 @@ const command: Command = {
     // Everything is checked before the (possibly slow) load.
     loadOptionsFromFlags(flags);
     const opts = generateOptionsFromFlags(flags);
+    checkDraftFlags(flags);
 
     const abort = new AbortController();
     const onSigint = () => abort.abort();
     process.once("SIGINT", onSigint);
     const model = await loadModelFromFlags(flags, io, abort.signal);
+    let draft: GenerateOptions["draft"];
     try {
+      draft = await loadDraftFromFlags(flags, io, model, abort.signal);
+      if (draft) opts.draft = draft;
       const stream = await withFlagNames(() =>
         model.generate(ids ?? (flags.prompt as string), { ...opts, addBos: flags.bos !== false, signal: abort.signal }),
         { prompt: hasIds ? "--prompt-ids" : "--prompt" },
@@ -81,6 +89,7 @@ const command: Command = {
       return 0;
     } finally {
       process.off("SIGINT", onSigint);
+      await draft?.model.dispose();
       await model.dispose();
     }
   },
