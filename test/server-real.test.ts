@@ -62,6 +62,35 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(b.choices[0].message.content).toBe(a.choices[0].message.content);
   });
 
+  it("a job with --draft-model drafts for every request: the same greedy text, drafts accepted", async () => {
+    let drafted: Job | undefined;
+    const spec = parseRunSpec({ model: "demo", draftModel: "demo", draftTokens: 4, device: "cpu", context: 256, port: 0 });
+    expect(spec).toMatchObject({ draftModel: "demo", draftTokens: 4 });
+    const run = runJob(spec, { stderr: new PassThrough().resume(), jobsDir: root, onJob: (j) => (drafted = j), controlPollMs: 20 });
+    run.catch(() => {});
+    try {
+      await waitFor(() => drafted?.record.url !== undefined || drafted?.state === "failed", 60_000, "the drafted job to load");
+      expect(drafted!.record.error).toBeUndefined();
+      const body = { prompt: "Once upon a time", max_tokens: 24, temperature: 0 };
+      const plain = await (await postJson(`${url}v1/completions`, body)).json();
+      const fast = await (await postJson(`${drafted!.record.url}v1/completions`, body)).json();
+      expect(fast.choices[0].text).toBe(plain.choices[0].text);
+      // The draft model is the model itself here: every draft comes true.
+      expect(fast.timings.draft_n_accepted).toBeGreaterThan(0);
+      expect(fast.timings.draft_n_accepted).toBe(fast.timings.draft_n);
+      expect(plain.timings.draft_n).toBeUndefined();
+      const chat = { messages, max_tokens: 12, temperature: 0 };
+      const a = await (await postJson(`${url}v1/chat/completions`, chat)).json();
+      const b = await (await postJson(`${drafted!.record.url}v1/chat/completions`, chat)).json();
+      expect(b.choices[0].message.content).toBe(a.choices[0].message.content);
+    } finally {
+      if (drafted && drafted.state === "running") await cancelJob(root, drafted.id, { waitMs: 10_000 });
+      await run.catch(() => {});
+    }
+    expect(() => parseRunSpec({ draftTokens: 4 })).toThrow(expect.objectContaining({ field: "--draft-tokens" }));
+    expect(() => parseRunSpec({ draftModel: "demo", draftTokens: 40 })).toThrow(expect.objectContaining({ field: "--draft-tokens" }));
+  }, 120_000);
+
   it("completes with usage, and the same seed gives the same text", async () => {
     const body = { messages, max_tokens: 8, seed: 1234, temperature: 0.9 };
     const a = await (await postJson(`${url}v1/chat/completions`, body)).json();

@@ -23,6 +23,9 @@ export interface JobSpec {
   contextLength?: number;
   /** Full-context sequences the KV cache holds (more shorter ones fit; default 4). */
   maxSequences?: number;
+  /** Speculative decoding: a draft model (path, "demo" or Hub reference) and its tokens per step. */
+  draftModel?: string;
+  draftTokens?: number;
   /** Unload the model and end the job after this long in `running`. */
   autoReleaseMs?: number;
   /** On release/cancel, how long in-flight requests may still run before they are cut. */
@@ -120,15 +123,20 @@ export function parseRunSpec(flags: Flags): JobSpec {
   const cors = str(flags, "cors");
   const dataset = str(flags, "dataset");
   const out = str(flags, "out");
+  const draftRaw = str(flags, "draftModel");
+  if (draftRaw !== undefined && draftRaw.trim() === "") throw new InvalidArgumentError("--draft-model", "must be a path, 'demo' or a Hugging Face reference");
+  if (flags.draftTokens !== undefined && draftRaw === undefined) throw new InvalidArgumentError("--draft-tokens", "needs --draft-model");
   return {
     ...(name !== undefined && { name }),
     handler,
-    model: modelRaw === "demo" ? "demo" : isHubRef(modelRaw) ? formatHubRef(parseHubRef(modelRaw, "--model")) : path.resolve(modelRaw),
+    model: resolveModelRef(modelRaw, "--model"),
     ...parseDevice(str(flags, "device") ?? "auto"),
     dtype,
     kvCacheType,
     ...(flags.context !== undefined && { contextLength: range(flags, "context", 16, 1 << 20, { int: true }) }),
     ...(flags.maxSequences !== undefined && { maxSequences: range(flags, "maxSequences", 1, 4096, { int: true }) }),
+    ...(draftRaw !== undefined && { draftModel: resolveModelRef(draftRaw, "--draft-model") }),
+    ...(flags.draftTokens !== undefined && { draftTokens: range(flags, "draftTokens", 1, 32, { int: true }) }),
     ...(autoRelease !== undefined && autoRelease !== "off" && { autoReleaseMs: parseDuration("--auto-release", autoRelease) }),
     graceMs: grace !== undefined ? parseDuration("--grace", grace) : DEFAULT_GRACE_MS,
     host: host.replace(/^\[(.*)\]$/, "$1"),
@@ -145,6 +153,11 @@ export function parseRunSpec(flags: Flags): JobSpec {
       seed: range(flags, "seed", 0, Number.MAX_SAFE_INTEGER, { int: true }),
     }),
   };
+}
+
+/** "demo", a Hub reference (normalized) or an absolute path. */
+function resolveModelRef(raw: string, flag: string): string {
+  return raw === "demo" ? "demo" : isHubRef(raw) ? formatHubRef(parseHubRef(raw, flag)) : path.resolve(raw);
 }
 
 function dropUndefined<T extends object>(o: T): T {

@@ -341,6 +341,11 @@ async function serve(
     tokens_per_second: round(first.stats?.tokensPerSecond),
     prompt_tokens_per_second: round(first.stats?.promptTokensPerSecond),
     total_ms: round(first.stats?.totalMs ?? performance.now() - t0),
+    // llama.cpp's names: draft tokens evaluated and accepted (lookup or a draft model), over every choice.
+    ...(first.stats?.draftTokens !== undefined && {
+      draft_n: choices.reduce((a, c) => a + (c.stats?.draftTokens ?? 0), 0),
+      draft_n_accepted: choices.reduce((a, c) => a + (c.stats?.acceptedDraftTokens ?? 0), 0),
+    }),
   };
   // With tools: the reply's content or tool calls (the raw text when max_tokens cut the JSON).
   const replies = choices.map((c) => (toolReply ? parseToolReply(c.text) : null));

@@ -17,6 +17,8 @@ const command: Command = {
     "kv-cache": { type: "string", description: "KV cache precision: auto | int8 (half of fp16's memory)", default: "auto" },
     context: { type: "int", description: "context length in tokens (default: the model's, capped)" },
     "max-sequences": { type: "int", description: "full-context sequences the KV cache holds (more shorter ones fit)", default: 4 },
+    "draft-model": { type: "string", description: "speculative decoding for every request: a smaller model with the same vocabulary (path or Hub reference)" },
+    "draft-tokens": { type: "int", description: "most tokens the draft model proposes per step (1-32, default 8)" },
     "auto-release": { type: "string", description: "unload the model and end the job after a duration (30s, 30m, 2h)" },
     grace: { type: "string", description: "on release/cancel, time in-flight requests may finish", default: "5s" },
     host: { type: "string", description: "address to bind (non-loopback needs --api-key)", default: "127.0.0.1" },
