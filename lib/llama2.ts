@@ -972,9 +972,10 @@ export class Llama2 {
   }
 
   /**
-   * Greedy draft proposals from this model for another model's speculative decoding (@internal). It keeps
-   * one sequence whose KV follows the history it is shown (truncated back to the part it shares), and
-   * gives up for good (returning no drafts) on the first error: drafting is best effort.
+   * Greedy draft proposals from this model for another model's speculative decoding. It keeps one
+   * sequence whose KV follows the history it is shown (truncated back to the part it shares), and gives
+   * up for good (returning no drafts) on the first error: drafting is best effort.
+   * @internal
    */
   _createDrafter(): Drafter {
     let seq: number | null = null;
