@@ -66,6 +66,13 @@ export interface ScoreOptions {
   keepPrefix?: boolean;
 }
 
+/** Row `r` of an every-token output of `rows` rows: logits [rows][V] or candidates [rows][k]. */
+function outputRow(out: NonNullable<NativeStepOutput>, r: number, rows: number, V: number): NonNullable<NativeStepOutput> {
+  if (out instanceof Float32Array) return out.subarray(r * V, (r + 1) * V);
+  const k = out.ids.length / rows;
+  return { ids: out.ids.subarray(r * k, (r + 1) * k), logits: out.logits.subarray(r * k, (r + 1) * k) };
+}
+
 /** log-softmax of one row of logits at `id`, in float64; NaN when the row holds a NaN or no finite logit. */
 function rowLogprob(row: Float32Array, id: number): number {
   const lse = logSumExp(row);
@@ -700,7 +707,7 @@ export class Llama2 {
           finishReason = "abort";
           break;
         }
-        const logits = drafted.length > 0 ? (out! as Float32Array).subarray(row * V, (row + 1) * V) : out!;
+        const logits = drafted.length > 0 ? outputRow(out!, row, drafted.length + 1, V) : out!;
         const tok = this.sampleOrExplain(sampler, logits, history, constraint, row < drafted.length ? drafted[row]! : -1);
         if (tFirst === 0) tFirst = performance.now();
         // Under a response format EOS is allowed only where the document is complete, and ends it.
@@ -747,7 +754,8 @@ export class Llama2 {
         if (this.model.sequenceLength(plan.seq) > kvValid) this.model.truncateSequence(plan.seq, kvValid);
         if (drafted.length > 0) draftMax = row === drafted.length ? Math.min(lookup, draftMax * 2) : row === 0 ? Math.max(1, draftMax >> 1) : draftMax;
         const draft = drafter ? await drafter.propose(seqTokens, Math.min(draftMax, maxTokens - generated.length - 1, ctx - kvValid - 1), controller.signal) : [];
-        out = await this.scheduler.eval(plan.seq, [tok, ...draft], draft.length > 0 ? -2 : output, controller.signal).catch((err) => {
+        // With drafts, every token's row: what the sampler needs (candidates or logits) for each.
+        out = await this.scheduler.eval(plan.seq, [tok, ...draft], output, controller.signal, draft.length > 0).catch((err) => {
           if (controller.signal.aborted) return null;
           throw err;
         });

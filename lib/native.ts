@@ -58,6 +58,8 @@ export interface NativeStepRequest {
   seq: number;
   tokens: Int32Array;
   output: number;
+  /** output -1 or k for every token instead of the last ([tokens][vocab] or [tokens][k], rows in order). */
+  every?: boolean;
 }
 /** Device-selected top candidates (the same type as the sampler's). */
 export type { Candidates } from "./sampler.js";

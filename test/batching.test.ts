@@ -171,6 +171,35 @@ describeShared("continuous batching (stories260K)", [STORIES, STORIES_FX], () =>
     }
   });
 
+  it("every: top-k candidates for every token (draft verification) equal each row's own top-k, over capped chunks", async () => {
+    const nm = model._native();
+    const sched = new Scheduler(nm, { maxStepTokens: 24, prefillChunk: 16, maxStepOutputs: 8 });
+    const text = [...cases[2]!.prompt, ...cases[2]!.generated.slice(0, 12)];
+    const [a, b] = [nm.createSequence(), nm.createSequence()];
+    try {
+      const V = model.info.config.vocabSize;
+      const k = 5;
+      const [cands, full] = await Promise.all([sched.eval(a, text, k, undefined, true), sched.eval(b, text, -1, undefined, true)]);
+      const c = cands as { ids: Int32Array; logits: Float32Array };
+      const f = full as Float32Array;
+      expect(c.ids.length).toBe(text.length * k);
+      expect(f.length).toBe(text.length * V);
+      for (let r = 0; r < text.length; r++) {
+        const row = f.subarray(r * V, (r + 1) * V);
+        const best = Array.from(row.keys()).sort((x, y) => row[y]! - row[x]! || x - y).slice(0, k);
+        expect(Array.from(c.ids.subarray(r * k, (r + 1) * k)), `row ${r}`).toEqual(best);
+        expect(Array.from(c.logits.subarray(r * k, (r + 1) * k))).toEqual(best.map((i) => row[i]!));
+      }
+      // Native requests refuse a non-boolean every.
+      const s = nm.createSequence();
+      expect(() => nm.forward([{ seq: s, tokens: Int32Array.of(1), output: 1, every: 1 as never }])).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT" }));
+      nm.freeSequence(s);
+    } finally {
+      nm.freeSequence(a);
+      nm.freeSequence(b);
+    }
+  });
+
   it("a step holds at most maxStepSequences (the backend's limit): the rest decode in the next steps, same tokens", async () => {
     const nm = model._native();
     expect(nm.info().maxStepSequences).toBeGreaterThanOrEqual(256);

@@ -3,7 +3,7 @@
 // plus chunks of pending prompts (so a long prompt never stalls the others), within a token budget.
 // Callers resubmit in the microtasks after a step resolves, so they land in the next step.
 import { Llama2Error, fromNative } from "../errors.js";
-import type { NativeModel, NativeStepOutput, NativeStepRequest } from "../native.js";
+import type { Candidates, NativeModel, NativeStepOutput, NativeStepRequest } from "../native.js";
 
 // Errors the native engine raises while checking a step's requests, before it changes or runs anything
 // (native/engine/engine.cc Engine::forward).
@@ -26,8 +26,10 @@ interface Job {
   tokens: Int32Array;
   offset: number;
   output: number;
-  /** output -2: the logits of the chunks evaluated so far. */
-  rows?: Float32Array[];
+  /** The output for every token (output -2, or `every`): one row per token, gathered over the chunks. */
+  every: boolean;
+  /** With `every`: the outputs of the chunks evaluated so far. */
+  rows?: NativeStepOutput[];
   resolve: (out: NativeStepOutput) => void;
   reject: (err: unknown) => void;
 }
@@ -55,17 +57,19 @@ export class Scheduler {
   }
 
   /**
-   * Appends `tokens` to `seq`; resolves with the output for the last token once evaluated (output -2: the
-   * logits of every token, [tokens][vocab], gathered over the steps its chunks ran in).
+   * Appends `tokens` to `seq`; resolves with the output for the last token once evaluated. Output -2 (the
+   * logits of every token, [tokens][vocab]) or `every` (output -1 or k for every token: [tokens][vocab] or
+   * candidates [tokens][k]) gather the rows over the steps the chunks ran in.
    */
-  eval(seq: number, tokens: ArrayLike<number>, output: number, signal?: AbortSignal): Promise<NativeStepOutput> {
+  eval(seq: number, tokens: ArrayLike<number>, output: number, signal?: AbortSignal, every = false): Promise<NativeStepOutput> {
     if (this.closed) return Promise.reject(new Llama2Error("ERR_DISPOSED", "the model has been disposed"));
     if (tokens.length === 0) return Promise.reject(new Llama2Error("ERR_INTERNAL", "eval needs at least one token"));
     if (this.queue.some((j) => j.seq === seq)) {
       return Promise.reject(new Llama2Error("ERR_INTERNAL", `sequence ${seq} already has work queued`));
     }
     return new Promise((resolve, reject) => {
-      this.queue.push({ seq, tokens: Int32Array.from(tokens), offset: 0, output, resolve, reject, signal });
+      const all = output === -2 || (every && output !== 0);
+      this.queue.push({ seq, tokens: Int32Array.from(tokens), offset: 0, output: output === -2 ? -1 : output, every: all, resolve, reject, signal });
       if (!this.running) {
         this.running = true;
         setImmediate(() => void this.loop());
@@ -109,7 +113,8 @@ export class Scheduler {
     const reqs: NativeStepRequest[] = picked.map(({ job, n }) => ({
       seq: job.seq,
       tokens: job.tokens.subarray(job.offset, job.offset + n),
-      output: job.output === -2 ? -2 : job.offset + n === job.tokens.length ? job.output : 0,
+      output: job.every || job.offset + n === job.tokens.length ? job.output : 0,
+      ...(job.every && { every: true }),
     }));
     const t0 = performance.now();
     const outs = await this.model.forward(reqs);
@@ -119,10 +124,10 @@ export class Scheduler {
     picked.forEach(({ job, n }, i) => {
       job.offset += n;
       this.stats.tokens += n;
-      if (job.output === -2) (job.rows ??= []).push(outs[i] as Float32Array);
+      if (job.every) (job.rows ??= []).push(outs[i] ?? null);
       if (job.offset === job.tokens.length) {
         this.queue.splice(this.queue.indexOf(job), 1);
-        job.resolve(job.output === -2 ? concat(job.rows!) : (outs[i] ?? null));
+        job.resolve(job.every ? concatRows(job.rows!) : (outs[i] ?? null));
       }
     });
   }
@@ -156,21 +161,39 @@ export class Scheduler {
       if (left === 1) continue;
       if ((budget <= 0 && out.length > 0) || out.length >= maxSeqs) break;
       let n = Math.min(left, this.opts.prefillChunk, Math.max(budget, 1));
-      if (job.output === -2) n = Math.min(n, rows); // every token of a scoring chunk is an output row
+      if (job.every) n = Math.min(n, rows); // every token of such a chunk is an output row
       else if (job.output !== 0 && n === left && rows < 1) n = left - 1; // its last token waits for a step with room
       if (n < 1) continue;
       out.push({ job, n });
       budget -= n;
-      if (job.output === -2) rows -= n;
+      if (job.every) rows -= n;
       else if (job.output !== 0 && n === left) rows--;
     }
     return out;
   }
 }
 
+/** The chunks' rows as one output: logits [tokens][vocab], or candidates [tokens][k]. */
+function concatRows(parts: NativeStepOutput[]): NativeStepOutput {
+  if (parts.length === 1) return parts[0]!;
+  if (parts[0] instanceof Float32Array) return concat(parts as Float32Array[]);
+  const c = parts as Candidates[];
+  return { ids: concatInt(c.map((p) => p.ids)), logits: concat(c.map((p) => p.logits)) };
+}
+
 function concat(parts: Float32Array[]): Float32Array {
   if (parts.length === 1) return parts[0]!;
   const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+function concatInt(parts: Int32Array[]): Int32Array {
+  const out = new Int32Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
     out.set(p, at);

@@ -283,8 +283,9 @@ class ForwardWorker : public Napi::AsyncWorker {
   Failure failure_;
 };
 
-// forward([{ seq, tokens: Int32Array | number[], output: 0 | -1 | -2 | k }]) -> Promise<(null | Float32Array | {ids, logits})[]>
-// (-2: the logits of every token, [tokens][vocab])
+// forward([{ seq, tokens: Int32Array | number[], output: 0 | -1 | -2 | k, every?: boolean }])
+//   -> Promise<(null | Float32Array | {ids, logits})[]>
+// (-2: the logits of every token, [tokens][vocab]; every: output -1 or k for every token, rows in token order)
 Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -299,6 +300,11 @@ Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
       Napi::Object r = v.As<Napi::Object>();
       reqs[i].seq = int_arg(r.Get("seq"), "seq");
       reqs[i].output = r.Has("output") ? int_arg(r.Get("output"), "output") : 0;
+      if (r.Has("every")) {
+        Napi::Value ev = r.Get("every");
+        if (!ev.IsBoolean() && !ev.IsUndefined()) throw make_error(env, l2::code::kInvalidArgument, "forward: every must be a boolean");
+        reqs[i].every = ev.IsBoolean() && ev.As<Napi::Boolean>().Value();
+      }
       Napi::Value toks = r.Get("tokens");
       if (toks.IsTypedArray() && toks.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
         Napi::Int32Array ta = toks.As<Napi::Int32Array>();

@@ -160,7 +160,7 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
                                      std::to_string(backend_->max_step_sequences()));
   // Output rows: the backend keeps at most max_step_sequences() rows of logits per step.
   int64_t rows = 0;
-  for (const SeqRequest& r : reqs) rows += r.output == -2 ? (int64_t)r.tokens.size() : r.output != 0 ? 1 : 0;
+  for (const SeqRequest& r : reqs) rows += r.every_token() ? (int64_t)r.tokens.size() : r.output != 0 ? 1 : 0;
   if (rows > backend_->max_step_sequences())
     fail(code::kInvalidArgument, "forward: " + std::to_string(rows) + " output rows in one step; this backend keeps at most " +
                                      std::to_string(backend_->max_step_sequences()));
@@ -264,7 +264,7 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
         b.tokens.push_back(r.tokens[(size_t)j]);
         b.positions.push_back(sg.pos0 + j);
       }
-      if (r.output == -2) {
+      if (r.every_token()) {
         for (int32_t j = 0; j < sg.count; ++j) {
           b.output_rows.push_back(sg.start + j);
           out_req.push_back(i);
@@ -285,7 +285,7 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
     if (any_full) {
       std::vector<float> logits(n_out * (size_t)V);
       backend_->read_logits(logits.data());
-      // Rows come in token order, so a request's rows (-2: one per token) append in order.
+      // Rows come in token order, so a request's rows (every token: one per token) append in order.
       for (size_t o = 0; o < n_out; ++o)
         if (reqs[out_req[o]].output < 0) {
           std::vector<float>& dst = out[out_req[o]].logits;
@@ -300,8 +300,8 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
         int k = reqs[out_req[o]].output;
         if (k <= 0) continue;
         SeqOutput& so = out[out_req[o]];
-        so.ids.assign(ids.begin() + (ptrdiff_t)(o * max_k), ids.begin() + (ptrdiff_t)(o * max_k + k));
-        so.vals.assign(vals.begin() + (ptrdiff_t)(o * max_k), vals.begin() + (ptrdiff_t)(o * max_k + k));
+        so.ids.insert(so.ids.end(), ids.begin() + (ptrdiff_t)(o * max_k), ids.begin() + (ptrdiff_t)(o * max_k + k));
+        so.vals.insert(so.vals.end(), vals.begin() + (ptrdiff_t)(o * max_k), vals.begin() + (ptrdiff_t)(o * max_k + k));
       }
     }
   } catch (...) {

@@ -33,11 +33,14 @@ struct SeqRequest {
   // 0: nothing, -1: full logits of the last token, -2: full logits of every token (scoring a text),
   // k > 0: top-k candidates of the last token.
   int32_t output = 0;
+  // The output (-1 or k) for every token instead of the last, rows in token order (verifying drafts).
+  bool every = false;
+  bool every_token() const { return output == -2 || (every && output != 0); }
 };
 
 struct SeqOutput {
-  std::vector<float> logits;  // output == -1: [vocab]; output == -2: [tokens][vocab]
-  std::vector<int32_t> ids;   // output > 0
+  std::vector<float> logits;  // output == -1: [vocab]; every token (output -2): [tokens][vocab]
+  std::vector<int32_t> ids;   // output > 0: [k], every token: [tokens][k]
   std::vector<float> vals;
 };
 
