@@ -751,7 +751,10 @@ export class Llama2 {
         }
         // Evaluate the token (after dropping the KV of drafts that did not come true), with new drafts
         // that may all come true within maxTokens and the context.
-        if (this.model.sequenceLength(plan.seq) > kvValid) this.model.truncateSequence(plan.seq, kvValid);
+        if (this.model.sequenceLength(plan.seq) > kvValid) {
+          this.model.truncateSequence(plan.seq, kvValid);
+          grew(kvValid); // the freed blocks go back under this generation's reservation
+        }
         if (drafted.length > 0) draftMax = row === drafted.length ? Math.min(lookup, draftMax * 2) : row === 0 ? Math.max(1, draftMax >> 1) : draftMax;
         const draft = drafter ? await drafter.propose(seqTokens, Math.min(draftMax, maxTokens - generated.length - 1, ctx - kvValid - 1), controller.signal) : [];
         // With drafts, every token's row: what the sampler needs (candidates or logits) for each.
@@ -769,8 +772,9 @@ export class Llama2 {
         kvValid++;
         grew(kvValid + draft.length);
       }
-      // Drafts evaluated past what the generation kept leave the cache (which the prefix cache may keep).
-      if (drafted.length > 0 && this.model.sequenceLength(plan.seq) > kvValid) this.model.truncateSequence(plan.seq, kvValid);
+      // Drafts evaluated past what the generation kept (or an aborted step's part) leave the cache: the
+      // prefix cache and sessions take the sequence to hold exactly the tokens kept.
+      if (!this.disposed && this.model.sequenceLength(plan.seq) > kvValid) this.model.truncateSequence(plan.seq, kvValid);
       if (finishReason !== "stopSequence") {
         const tail = stop.push(decoder ? decoder.flush() : "").text + stop.flush();
         if (tail) push({ text: tail, tokenIds: [] });
