@@ -6,7 +6,7 @@
 // GEMV (LLAMA2_FUSED_NORM=1), batched = alone, the fp32 path, and (a synthetic model with head_dim 64) the
 // tensor-core prefill attention, and `llama2 doctor --check`'s CUDA lines. It measures no speed: figures come
 // from a GPU (NOTES.md).
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -293,6 +293,18 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
           }
         });
       }, 600_000);
+  });
+
+  describe("scripts/emu-shape-check.mjs (used by hand at the 13B / 70B widths)", () => {
+    // GQA 4:1 and an FFN that is not a power of two; the script runs in its own process on build-emu.
+    const model = syntheticModel("shape.gguf", ["--preset", "demo", "--dim", "384", "--heads", "12", "--kv-heads", "3", "--ffn", "1056", "--layers", "1", "--vocab", "512", "--seed", "5"]);
+    for (const dtype of ["f16", "int8"]) {
+      it(`passes on a small GQA shape (${dtype})`, () => {
+        const r = spawnSync(process.execPath, [path.join(projectRoot, "scripts/emu-shape-check.mjs"), model(), "--dtype", dtype], { encoding: "utf8", timeout: 300_000 });
+        expect(r.status, r.stdout + r.stderr).toBe(0);
+        expect(r.stdout).toMatch(/decode 2: relative error \d\.\d+e-\d/);
+      }, 300_000);
+    }
   });
 
   it("op benches on 'cuda' run the kernel the engine picks for each batch (llama2 micro)", async () => {
