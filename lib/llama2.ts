@@ -140,6 +140,8 @@ const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
 
 /** The most draft tokens `lookup` (or a draft model) may propose per step. */
 const MAX_LOOKUP = 32;
+/** Generations drafting (lookup, a draft model) propose drafts only while at most this many requests run. */
+const MAX_DRAFT_BATCH = 4;
 
 /** Where a generation's draft tokens come from (a draft model, or prompt lookup). @internal */
 export interface Drafter {
@@ -756,7 +758,9 @@ export class Llama2 {
           grew(kvValid); // the freed blocks go back under this generation's reservation
         }
         if (drafted.length > 0) draftMax = row === drafted.length ? Math.min(lookup, draftMax * 2) : row === 0 ? Math.max(1, draftMax >> 1) : draftMax;
-        const draft = drafter ? await drafter.propose(seqTokens, Math.min(draftMax, maxTokens - generated.length - 1, ctx - kvValid - 1), controller.signal) : [];
+        // Drafts only while the batch is small: a batched step already reads the weights once for many
+        // tokens, and each sequence's drafts would add rows to every step of the batch.
+        const draft = drafter && this.inFlight <= MAX_DRAFT_BATCH ? await drafter.propose(seqTokens, Math.min(draftMax, maxTokens - generated.length - 1, ctx - kvValid - 1), controller.signal) : [];
         // With drafts, every token's row: what the sampler needs (candidates or logits) for each.
         out = await this.scheduler.eval(plan.seq, [tok, ...draft], output, controller.signal, draft.length > 0).catch((err) => {
           if (controller.signal.aborted) return null;

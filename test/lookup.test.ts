@@ -104,6 +104,20 @@ describeShared("prompt lookup decoding (greedy: the same tokens, fewer steps)", 
     free(stories);
   });
 
+  it("drafts only while at most 4 requests run: 6 at once draft less than one by one, same ids", async () => {
+    const cases = readSharedJson<{ cases: { prompt: number[]; generated: number[] }[] }>(STORIES_FX).cases;
+    const prompts = [0, 1, 2, 3, 1, 3].map((i) => cases[i]!.prompt);
+    const opts: GenerateOptions = { temperature: 0, stopOnEos: false, maxTokens: 64, lookup: 8 };
+    const alone = [];
+    for (const p of prompts) alone.push(await stories.generate(p, opts).result);
+    const together = await Promise.all(prompts.map((p) => stories.generate(p, opts).result));
+    together.forEach((r, i) => expect(r.tokenIds).toEqual(alone[i]!.tokenIds));
+    const drafts = (rs: { stats: { draftTokens?: number } }[]) => rs.reduce((a, r) => a + r.stats.draftTokens!, 0);
+    expect(drafts(alone)).toBeGreaterThan(0);
+    expect(drafts(together)).toBeLessThan(drafts(alone));
+    free(stories);
+  });
+
   it("changes nothing in text, logprobs, stop strings, EOS and maxTokens (tiny-llama, real tokenizer)", async () => {
     const prompt = "One two three four. One two three four. One two three four. One two";
     for (const extra of [{ maxTokens: 40 }, { maxTokens: 7 }, { maxTokens: 40, stop: ["four."] }, { maxTokens: 30, logprobs: 2 }, { maxTokens: 60, stopOnEos: true }] as GenerateOptions[]) {
