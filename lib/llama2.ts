@@ -989,7 +989,9 @@ export class Llama2 {
 
   /**
    * Greedy draft proposals from this model for another model's speculative decoding. It keeps one
-   * sequence whose KV follows the history it is shown (truncated back to the part it shares), and gives
+   * sequence whose KV follows the history it is shown (truncated back to the part it shares), starting
+   * from this model's prefix cache and handing the sequence back to it at the end (a chat's next turn, or
+   * a request with the same system prompt, then skips what the draft model already evaluated). It gives
    * up for good (returning no drafts) on the first error: drafting is best effort.
    * @internal
    */
@@ -997,10 +999,11 @@ export class Llama2 {
     let seq: number | null = null;
     let held: number[] = []; // the tokens in seq's KV
     let broken = false;
-    const close = (): void => {
+    const close = (keep = true): void => {
       if (seq !== null && !this.disposed) {
         try {
-          this.model.freeSequence(seq);
+          if (keep && this.prefixes && this.model.sequenceLength(seq) === held.length) this.prefixes.insert(seq, held);
+          else this.model.freeSequence(seq);
         } catch {
           /* already gone */
         }
@@ -1012,7 +1015,11 @@ export class Llama2 {
       propose: async (history, max, signal) => {
         if (broken || max <= 0 || this.disposed) return [];
         try {
-          seq ??= this.model.createSequence();
+          if (seq === null) {
+            const m = this.prefixes?.match(history, history.length - 1);
+            seq = m ? this.prefixes!.fork(m) : this.model.createSequence();
+            held = m ? history.slice(0, m.length) : [];
+          }
           // At least one token is evaluated: its logits give the first draft.
           const keep = Math.min(commonPrefix(held, history), history.length - 1);
           if (keep < held.length) {
@@ -1022,6 +1029,12 @@ export class Llama2 {
           const out: number[] = [];
           let feed = history.slice(keep);
           while (out.length < max && held.length + feed.length <= this.info.contextLength) {
+            // Cached prefixes (earlier drafting sequences among them) give way when the KV pool runs low:
+            // nothing admits the drafter's steps, so it makes its own room.
+            const need = Math.ceil(feed.length / this.blockSize) + 1;
+            while (this.model.kvState().freeBlocks < need && this.prefixes?.evictLRU()) {
+              /* evicted one */
+            }
             const r = await this.scheduler.eval(seq, feed, 1, signal);
             held.push(...feed);
             const t = r && !(r instanceof Float32Array) ? r.ids[0] : undefined;
@@ -1032,11 +1045,11 @@ export class Llama2 {
           return out;
         } catch {
           broken = true;
-          close();
+          close(false);
           return [];
         }
       },
-      close,
+      close: () => close(),
     };
   }
 

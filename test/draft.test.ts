@@ -72,18 +72,37 @@ describeShared("speculative decoding with a draft model", [STORIES, STORIES_FX, 
     expect(a.stats.draftTokens).toBeGreaterThan(0);
     const plain = target.createSession({ systemPrompt: "Be brief." });
     const fast = target.createSession({ systemPrompt: "Be brief." });
+    drafter.clearPrefixCache();
     try {
-      for (const t of ["Hello there", "Tell me more"]) {
+      for (const [turn, t] of ["Hello there", "Tell me more"].entries()) {
+        const hits = drafter.stats().prefixCache!.hitTokens;
         const want = await plain.send(t, { temperature: 0, maxTokens: 16 }).result;
         const got = await fast.send(t, { temperature: 0, maxTokens: 16, draft: { model: drafter, tokens: 4 } }).result;
         expect(got.tokenIds).toEqual(want.tokenIds);
         expect(got.stats.acceptedDraftTokens).toBeGreaterThan(0);
+        // The draft model's sequence went to its prefix cache: the second turn starts from the first's.
+        if (turn === 1) expect(drafter.stats().prefixCache!.hitTokens - hits).toBeGreaterThan(want.stats.cachedPromptTokens / 2);
       }
     } finally {
       plain.dispose();
       fast.dispose();
     }
     allFree(drafter);
+  });
+
+  it("the draft model's KV fills with cached drafting sequences, which give way to new ones", async () => {
+    // A draft model with room for one 64-token sequence: each generation leaves its sequence in the
+    // prefix cache, and the next evicts what it needs.
+    const small = await Llama2.load(sharedPath(TINY_Q8), { device: "cpu", contextLength: 64, maxSequences: 1 });
+    try {
+      for (const p of ["Once upon a time", "The weather today is", "def fibonacci(n):", "Dear diary,", "In the beginning"]) {
+        const r = await target.generate(p, { temperature: 0, maxTokens: 20, stopOnEos: false, draft: { model: small, tokens: 4 } }).result;
+        expect(r.stats.acceptedDraftTokens, p).toBeGreaterThan(0);
+      }
+      expect(small.stats().prefixCache!.evictions).toBeGreaterThan(0);
+    } finally {
+      await small.dispose();
+    }
   });
 
   it("a draft model that goes away mid-generation only stops the drafting", async () => {
