@@ -134,7 +134,7 @@ export interface GenerationPlan {
 const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
-  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup", "draft",
+  "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup", "draft", "contextShift",
 ]);
 const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
 
@@ -650,7 +650,12 @@ export class Llama2 {
       const tokenText = (id: number) => this.tokenizer?.tokenBytes()[id] ?? null;
       const stopOnEos = opts.stopOnEos ?? true;
       const room = ctx - plan.cached - plan.prompt.length;
-      const maxTokens = Math.min(opts.maxTokens ?? Infinity, room + 1);
+      // The tokens the sequence holds (prompt and reply), from position 0 when known: what drafts follow.
+      const known = plan.context !== undefined && plan.context.length === plan.cached;
+      // Context shift inside a reply (one-shot requests, whose sequence is theirs): when the context is
+      // full, the oldest half of what follows the kept start leaves it and the rest is evaluated again.
+      const canShift = opts.contextShift === true && plan.ownsSequence && known;
+      const maxTokens = canShift ? (opts.maxTokens ?? Infinity) : Math.min(opts.maxTokens ?? Infinity, room + 1);
       const decoder = this.tokenizer?.createStreamDecoder({ stripLeadingSpace: plan.stripLeadingSpace });
       const stop = new StopMatcher(opts.stop ?? [], plan.templateStops);
       const history = plan.history.slice();
@@ -660,8 +665,11 @@ export class Llama2 {
       // argmax; sampling: speculative sampling, which keeps the sampler's distribution exactly).
       const lookup = opts.draft ? (opts.draft.tokens ?? 8) : (opts.lookup ?? 0);
       drafter = opts.draft ? opts.draft.model._createDrafter() : lookup > 0 ? { propose: async (h, max) => lookupDraft(h, max), close: () => {} } : null;
-      // The tokens the sequence holds (prompt and reply), from position 0 when known: what drafts follow.
-      const seqTokens = plan.context && plan.context.length === plan.cached ? plan.context.concat(plan.prompt) : history;
+      const seqTokens = known ? plan.context!.concat(plan.prompt) : history;
+      // What a shift keeps: the whole prompt when it takes at most half the context, else its first token.
+      const keepOnShift = seqTokens.length <= ctx / 2 ? seqTokens.length : 1;
+      let dropped = 0; // tokens that context shifts took out of the sequence
+      let shifted = false;
       let drafted: number[] = []; // drafts evaluated after the last evaluated token
       let row = 0; // the row of `out` the next token is sampled from
       let kvValid = 0; // the sequence's tokens whose KV holds what the generation kept
@@ -743,9 +751,39 @@ export class Llama2 {
           break;
         }
         // Another token needs this one evaluated into the cache: cached + evaluated + generated positions.
-        if (generated.length >= maxTokens || plan.cached + evaluated + generated.length > ctx) {
+        if (generated.length >= maxTokens) {
           finishReason = "length";
           break;
+        }
+        if (plan.cached + evaluated + generated.length - dropped > ctx) {
+          if (!canShift) {
+            finishReason = "length";
+            break;
+          }
+          // Keep the start, drop the oldest half of the rest, and evaluate what remains after the start
+          // (this token last) into the cache again: exact, where shifting the cached keys' RoPE would not be.
+          const tail = seqTokens.length - keepOnShift;
+          const drop = Math.max(1, Math.floor(tail / 2));
+          const window = seqTokens.slice(0, keepOnShift).concat(seqTokens.slice(keepOnShift + drop));
+          this.model.truncateSequence(plan.seq, keepOnShift);
+          grew(keepOnShift);
+          out = await this.scheduler.eval(plan.seq, window.slice(keepOnShift), output, controller.signal).catch((err) => {
+            if (controller.signal.aborted) return null;
+            throw err;
+          });
+          seqTokens.length = 0;
+          seqTokens.push(...window);
+          kvValid = out === null ? keepOnShift : window.length;
+          if (out === null) {
+            finishReason = "abort";
+            break;
+          }
+          dropped += drop;
+          shifted = true;
+          drafted = [];
+          row = 0;
+          grew(kvValid);
+          continue;
         }
         if (hit) {
           row++;
@@ -783,7 +821,8 @@ export class Llama2 {
         const tail = stop.push(decoder ? decoder.flush() : "").text + stop.flush();
         if (tail) push({ text: tail, tokenIds: [] });
       }
-      keep = finishReason !== "abort";
+      // After a shift the sequence no longer holds the prompt and reply from their start: not cached.
+      keep = finishReason !== "abort" && !shifted;
       const draft = lookup > 0 ? { draftTokens, acceptedDraftTokens } : undefined;
       return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst }, logprobs, draft);
     } catch (err) {
@@ -956,6 +995,7 @@ export class Llama2 {
     checkInt(opts.maxTokens, "maxTokens", 1, 1 << 20);
     checkInt(opts.logprobs, "logprobs", 0, 20);
     checkInt(opts.lookup, "lookup", 0, MAX_LOOKUP);
+    if (opts.contextShift !== undefined && typeof opts.contextShift !== "boolean") throw new InvalidArgumentError("contextShift", "expected a boolean");
     if (opts.draft !== undefined) this.checkDraft(opts);
     for (const k of ["stopOnEos", "addBos"] as const) {
       if (opts[k] !== undefined && typeof opts[k] !== "boolean") throw new InvalidArgumentError(k, "expected a boolean");

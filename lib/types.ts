@@ -168,6 +168,14 @@ export interface GenerateOptions extends SamplingOptions {
    * (disposed, out of KV room). Not together with `lookup`.
    */
   draft?: { model: import("./llama2.js").Llama2; tokens?: number };
+  /**
+   * Generate past the end of the context (generate / chat; sessions shift between turns instead): when
+   * the context is full, the oldest half of the tokens after the kept start leaves it (the start: the
+   * whole prompt when it takes at most half the context, else its first token) and the rest is evaluated
+   * again, so the reply goes on until `maxTokens`, EOS or a stop. Default false: the reply ends with
+   * `length` when the context is full.
+   */
+  contextShift?: boolean;
   signal?: AbortSignal;
 }
 

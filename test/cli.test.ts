@@ -168,6 +168,9 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     expect(bad.stderr).toMatch(/--draft-model: .*vocabulary \(512 tokens\)/);
     expect(cli(["generate", "-m", tiny, "--prompt", "x", "--draft-tokens", "4"]).stderr).toContain("--draft-tokens: needs --draft-model");
     expect(cli(["generate", "-m", tiny, "--prompt", "x", "--lookup", "4", "--draft-model", tiny]).code).toBe(2);
+    // --context-shift: past a 32-token context.
+    const long = JSON.parse(cli(["generate", "-m", tiny, "--context", "32", "--prompt", "Once", "-t", "0", "--no-stop", "-n", "80", "--context-shift", "--json"]).stdout);
+    expect(long.ids).toHaveLength(80);
   });
 
   it("generate --kv-cache int8 loads an int8 KV cache (named on the loaded line) and still follows the fixture on case 0", () => {

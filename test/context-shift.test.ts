@@ -222,3 +222,40 @@ describeShared("chat sessions: context shift", [TINY], () => {
     expect(() => tiny.createSession({ contextShift: "yes" } as never)).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARGUMENT", field: "options.contextShift" }));
   });
 });
+
+describeShared("context shift inside a one-shot reply (contextShift: true)", [TINY], () => {
+  let tiny: Llama2;
+  beforeAll(async () => {
+    tiny = await Llama2.load(sharedPath(TINY), { device: "cpu", contextLength: 64 });
+  });
+  afterAll(async () => {
+    await tiny?.dispose();
+  });
+
+  it("generates past the context; after a shift it continues as a fresh prompt of the kept window does", async () => {
+    const prompt = tiny.tokenize("Once upon a time", { bos: true });
+    const P = prompt.length;
+    const r = await tiny.generate(prompt, { temperature: 0, maxTokens: 150, stopOnEos: false, contextShift: true }).result;
+    expect(r.tokenIds).toHaveLength(150); // far past the 64-token context
+    expect(r.stats.finishReason).toBe("length");
+    // The first shift comes when the token generated[64 - P] needs a 65th position: the prompt is kept and
+    // the oldest half of the reply so far leaves. The next tokens are what that window gives as a prompt.
+    const g = 65 - P;
+    const all = [...prompt, ...r.tokenIds.slice(0, g)];
+    const drop = Math.floor((all.length - P) / 2);
+    const window = [...all.slice(0, P), ...all.slice(P + drop)];
+    const fresh = await tiny.generate(window, { temperature: 0, maxTokens: 8, stopOnEos: false }).result;
+    expect(r.tokenIds.slice(g, g + 8)).toEqual(fresh.tokenIds);
+    // Without it the reply ends with the context; before the first shift both are the same tokens.
+    const plain = await tiny.generate(prompt, { temperature: 0, maxTokens: 150, stopOnEos: false }).result;
+    expect(plain.tokenIds).toHaveLength(65 - P);
+    expect(plain.stats.finishReason).toBe("length");
+    expect(r.tokenIds.slice(0, g)).toEqual(plain.tokenIds);
+    // With drafts (lookup) and a stop string the shifted reply is the same; nothing leaks.
+    const drafted = await tiny.generate(prompt, { temperature: 0, maxTokens: 150, stopOnEos: false, contextShift: true, lookup: 4 }).result;
+    expect(drafted.tokenIds).toEqual(r.tokenIds);
+    tiny.clearPrefixCache();
+    expect(tiny._native().kvState().freeBlocks).toBe(tiny._native().kvState().totalBlocks);
+    expect(() => tiny.generate(prompt, { contextShift: "yes" } as never)).toThrow(expect.objectContaining({ field: "contextShift" }));
+  });
+});

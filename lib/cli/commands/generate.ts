@@ -22,7 +22,7 @@ const command: Command = {
   usage: [
     "Usage: llama2 generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N] [--temperature T]",
     "       [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--no-stop]",
-    "       [--lookup N | --draft-model PATH [--draft-tokens N]]",
+    "       [--lookup N | --draft-model PATH [--draft-tokens N]] [--context-shift]",
     "       [--device auto|cpu|cuda] [--dtype D] [--context N] [--threads N] [--tokenizer PATH] [--json]",
     "",
     "The text streams to stdout; with --json, one object {\"ids\", \"text\", \"stats\"} is printed at the end.",
@@ -34,6 +34,7 @@ const command: Command = {
     bos: { type: "boolean", description: "prepend BOS to a text prompt (--no-bos: do not)", default: true },
     ...SAMPLING_FLAGS,
     ...DRAFT_FLAGS,
+    "context-shift": { type: "boolean", description: "generate past the context: the oldest half of the reply (after the prompt) leaves it when it is full" },
     json: { type: "boolean", description: "print one JSON object {ids, text, stats} instead of streaming" },
   },
   async run(flags, positionals, io) {
@@ -47,6 +48,7 @@ const command: Command = {
     loadOptionsFromFlags(flags);
     const opts = generateOptionsFromFlags(flags);
     checkDraftFlags(flags);
+    if (flags.contextShift === true) opts.contextShift = true;
 
     const abort = new AbortController();
     const onSigint = () => abort.abort();
