@@ -109,6 +109,7 @@ describe("400 for each kind of bad input", () => {
     ["chat", "top_k fractional", { messages: user, top_k: 1.5 }, "top_k"],
     ["completions", "min_p 1", { prompt: "a", min_p: 1 }, "min_p"],
     ["completions", "lookup beyond 32", { prompt: "a", lookup: 33 }, "lookup"],
+    ["chat", "context_shift not a boolean", { messages: user, context_shift: "yes" }, "context_shift"],
     ["chat", "lookup fractional", { messages: user, lookup: 1.5 }, "lookup"],
     ["completions", "min_p wrong type", { prompt: "a", min_p: "0.1" }, "min_p"],
     ["chat", "max_completion_tokens string", { messages: user, max_completion_tokens: "10" }, "max_completion_tokens"],

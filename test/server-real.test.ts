@@ -91,6 +91,16 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(() => parseRunSpec({ draftModel: "demo", draftTokens: 40 })).toThrow(expect.objectContaining({ field: "--draft-tokens" }));
   }, 120_000);
 
+  it("context_shift: a reply past the 256-token context; without it such a max_tokens is refused", async () => {
+    const body = { prompt: "Once upon a time", max_tokens: 300, temperature: 0 };
+    const refused = await postJson(`${url}v1/completions`, body);
+    expect(refused.status).toBe(400);
+    expect((await refused.json()).error.code).toBe("context_length_exceeded");
+    const r = await (await postJson(`${url}v1/completions`, { ...body, context_shift: true })).json();
+    expect(r.usage.completion_tokens).toBe(300);
+    expect(r.choices[0].finish_reason).toBe("length");
+  });
+
   it("completes with usage, and the same seed gives the same text", async () => {
     const body = { messages, max_tokens: 8, seed: 1234, temperature: 0.9 };
     const a = await (await postJson(`${url}v1/chat/completions`, body)).json();

@@ -107,7 +107,7 @@ export async function chatCompletions(ctx: GenerationContext, body: unknown): Pr
   const { backend } = ctx;
   const req = parseChatRequest(body, backend.info.config.vocabSize);
   const tokens = countChatTokens(backend, req.messages);
-  const maxTokens = resolveMaxTokens(req.maxTokens, tokens, backend.info.contextLength, "messages", req.maxTokensField);
+  const maxTokens = resolveMaxTokens(req.maxTokens, tokens, backend.info.contextLength, "messages", req.maxTokensField, req.options.contextShift);
   return serve(ctx, "chat", req, [{ tokens, maxTokens, start: (opts) => backend.chat(req.messages, opts) }], req.tools !== undefined);
 }
 
@@ -122,7 +122,7 @@ export async function completions(ctx: GenerationContext, body: unknown): Promis
     const ids = typeof input === "string" ? backend.tokenize(input, { bos: true }) : input;
     if (req.maxTokens === 0 && ids.length > contextLength)
       throw new ContextLengthError(field, `the prompt is ${ids.length} tokens; the model's context is ${contextLength} tokens`);
-    const maxTokens = req.maxTokens === 0 ? 0 : resolveMaxTokens(req.maxTokens, ids.length, contextLength, field, req.maxTokensField);
+    const maxTokens = req.maxTokens === 0 ? 0 : resolveMaxTokens(req.maxTokens, ids.length, contextLength, field, req.maxTokensField, req.options.contextShift);
     return { input, ids, maxTokens };
   });
   // Echo's prompt log-probabilities come from scoring each prompt once (before any header is sent, so

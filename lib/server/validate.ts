@@ -17,7 +17,7 @@ export interface ParsedSampling {
   /** The field maxTokens came from (max_tokens or max_completion_tokens), for error messages. */
   maxTokensField?: string;
   stop?: string[];
-  options: SamplingOptions & { responseFormat?: ResponseFormat; logprobs?: number; lookup?: number };
+  options: SamplingOptions & { responseFormat?: ResponseFormat; logprobs?: number; lookup?: number; contextShift?: boolean };
 }
 
 export interface ParsedRequest extends ParsedSampling {
@@ -138,6 +138,8 @@ export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
       options.responseFormat = { type: "grammar", grammar: o.grammar };
     }
   }
+  // llama.cpp's context shift, per request here: the reply may go on past the context.
+  if (boolField(o, "context_shift")) options.contextShift = true;
   stringField(o, "user");
   stringField(o, "model");
   return { ...(maxTokens !== undefined && { maxTokens, maxTokensField }), ...(stop && { stop }), options };
@@ -313,11 +315,22 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Parsed
   return { prompts, echo, ...sampling, ...streaming };
 }
 
-/** max_tokens bounded by the context left after the prompt; absent -> all of it. `maxField`: where it came from. */
-export function resolveMaxTokens(requested: number | undefined, promptTokens: number, contextLength: number, promptField: string, maxField = "max_tokens"): number {
+/**
+ * max_tokens bounded by the context left after the prompt; absent -> all of it. `maxField`: where it came
+ * from. With `contextShift` the reply may pass the context: any max_tokens, absent -> the context length.
+ */
+export function resolveMaxTokens(
+  requested: number | undefined,
+  promptTokens: number,
+  contextLength: number,
+  promptField: string,
+  maxField = "max_tokens",
+  contextShift = false,
+): number {
   const room = contextLength - promptTokens;
   if (room < 1)
     throw new ContextLengthError(promptField, `the prompt is ${promptTokens} tokens; the model's context is ${contextLength} tokens, which leaves no room to generate`);
+  if (contextShift) return requested ?? contextLength;
   if (requested !== undefined && requested > room)
     throw new ContextLengthError(
       maxField,

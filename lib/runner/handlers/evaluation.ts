@@ -125,7 +125,7 @@ async function evaluate(ctx: HandlerContext): Promise<void> {
     const promptTokens = messages ? countChatTokens(backend, messages) : backend.tokenize(prompt!, { bos: true }).length;
     const { maxTokens: defMax, ...defaults } = spec.sampling;
     const maxField = s.maxTokensField ?? "--max-tokens"; // the line's own field, or the run's default
-    const maxTokens = resolveMaxTokens(s.maxTokens ?? defMax, promptTokens, backend.info.contextLength, hasMessages ? "messages" : "prompt", maxField);
+    const maxTokens = resolveMaxTokens(s.maxTokens ?? defMax, promptTokens, backend.info.contextLength, hasMessages ? "messages" : "prompt", maxField, s.options.contextShift);
     const opts: GenerateOptions = { ...defaults, ...s.options, maxTokens, ...(s.stop && { stop: s.stop }) };
     return { line, ...(o.id !== undefined && { id: o.id as string | number }), ...(messages ? { messages } : { prompt: prompt! }), opts };
   }
