@@ -107,7 +107,15 @@ export interface GenerationPlan {
   history: number[];
   stripLeadingSpace: boolean;
   /** Called once with the outcome (sessions update their state here). */
-  onEnd?: (r: { generated: number[]; evaluated: number; text: string; finishReason: FinishReason; error?: unknown }) => void;
+  onEnd?: (r: {
+    generated: number[];
+    evaluated: number;
+    text: string;
+    finishReason: FinishReason;
+    error?: unknown;
+    /** After a context shift inside the reply: the tokens the sequence holds now. */
+    shifted?: number[];
+  }) => void;
   /** Frees the sequence at the end (one-shot calls), or hands it to the prefix cache. */
   ownsSequence: boolean;
   /**
@@ -654,7 +662,7 @@ export class Llama2 {
       const known = plan.context !== undefined && plan.context.length === plan.cached;
       // Context shift inside a reply (one-shot requests, whose sequence is theirs): when the context is
       // full, the oldest half of what follows the kept start leaves it and the rest is evaluated again.
-      const canShift = opts.contextShift === true && plan.ownsSequence && known;
+      const canShift = opts.contextShift === true && known;
       const maxTokens = canShift ? (opts.maxTokens ?? Infinity) : Math.min(opts.maxTokens ?? Infinity, room + 1);
       const decoder = this.tokenizer?.createStreamDecoder({ stripLeadingSpace: plan.stripLeadingSpace });
       const stop = new StopMatcher(opts.stop ?? [], plan.templateStops);
@@ -824,7 +832,8 @@ export class Llama2 {
       // After a shift the sequence no longer holds the prompt and reply from their start: not cached.
       keep = finishReason !== "abort" && !shifted;
       const draft = lookup > 0 ? { draftTokens, acceptedDraftTokens } : undefined;
-      return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst }, logprobs, draft);
+      const held = shifted ? seqTokens.slice(0, this.disposed ? 0 : this.model.sequenceLength(plan.seq)) : undefined;
+      return this.finish(push, onEnd, streamed, plan, generated, evaluated, finishReason, { t0, tAdmit, tPrefill, tFirst }, logprobs, draft, held);
     } catch (err) {
       const e = err instanceof Llama2Error ? err : fromNative(err);
       onEnd({ generated, evaluated, text: streamed, finishReason: "abort", error: e });
@@ -881,6 +890,7 @@ export class Llama2 {
     t: { t0: number; tAdmit: number; tPrefill: number; tFirst: number },
     logprobs?: GenerationResult["logprobs"],
     draft?: { draftTokens: number; acceptedDraftTokens: number },
+    shifted?: number[],
   ): GenerationResult {
     const tEnd = performance.now();
     const stats: GenerationStats = {
@@ -894,7 +904,7 @@ export class Llama2 {
       finishReason,
       ...draft,
     };
-    onEnd({ generated, evaluated, text, finishReason });
+    onEnd({ generated, evaluated, text, finishReason, ...(shifted && { shifted }) });
     emit({ text: "", tokenIds: [], stats });
     return { text, tokenIds: generated, ...(logprobs && { logprobs }), stats };
   }

@@ -174,7 +174,7 @@ export class ChatSession {
           /* model disposed */
         }
       },
-      onEnd: ({ generated, evaluated, text, error }) => {
+      onEnd: ({ generated, evaluated, text, error, shifted }) => {
         this.busy = false;
         this.turn = null;
         if (this.disposed) {
@@ -197,6 +197,15 @@ export class ChatSession {
           return;
         }
         if (!this.llama._alive) return; // the model was disposed as the turn ended
+        if (shifted) {
+          // The reply went past the context: the sequence holds a cut of the dialog, so the next turn
+          // prompts the window again (keeping what it shares with that cut).
+          this.tokens = shifted;
+          this.pending = [];
+          this.stale = true;
+          this.messages.push(user, { role: "assistant", content: text });
+          return;
+        }
         const inCache = native.sequenceLength(seq) - cached - prompt.length;
         if (known) this.tokens = [...base, ...prompt, ...generated.slice(0, inCache)];
         this.stale = false;

@@ -169,11 +169,11 @@ export interface GenerateOptions extends SamplingOptions {
    */
   draft?: { model: import("./llama2.js").Llama2; tokens?: number };
   /**
-   * Generate past the end of the context (generate / chat; sessions shift between turns instead): when
-   * the context is full, the oldest half of the tokens after the kept start leaves it (the start: the
-   * whole prompt when it takes at most half the context, else its first token) and the rest is evaluated
-   * again, so the reply goes on until `maxTokens`, EOS or a stop. Default false: the reply ends with
-   * `length` when the context is full.
+   * Generate past the end of the context: when the context is full, the oldest half of the tokens after
+   * the kept start leaves it (the start: the whole prompt, or in a session the whole conversation, when it
+   * takes at most half the context, else its first token) and the rest is evaluated again, so the reply
+   * goes on until `maxTokens`, EOS or a stop (a session's next turn then prompts its window again).
+   * Default false: the reply ends with `length` when the context is full.
    */
   contextShift?: boolean;
   signal?: AbortSignal;

@@ -259,3 +259,40 @@ describeShared("context shift inside a one-shot reply (contextShift: true)", [TI
     expect(() => tiny.generate(prompt, { contextShift: "yes" } as never)).toThrow(expect.objectContaining({ field: "contextShift" }));
   });
 });
+
+describeShared("context shift inside a session's reply", [TINY], () => {
+  let tiny: Llama2;
+  beforeAll(async () => {
+    tiny = await Llama2.load(sharedPath(TINY), { device: "cpu", contextLength: 64 });
+  });
+  afterAll(async () => {
+    await tiny?.dispose();
+  });
+
+  it("a reply past the context goes on; the next turn prompts the window again, as a one-shot chat of it", async () => {
+    const session = tiny.createSession();
+    try {
+      const first = await session.send("Hello there", { temperature: 0, maxTokens: 90, stopOnEos: false, contextShift: true }).result;
+      expect(first.tokenIds).toHaveLength(90);
+      expect(session.messages).toHaveLength(2);
+      expect(session.messages[1]!.content).toBe(first.text);
+      // The next turn: the long reply no longer fits, so the between-turn shift drops it.
+      const history = session.messages.slice();
+      const next = await session.send("Tell me more", OPTS).result;
+      const dropped = session.droppedMessages;
+      expect(dropped).toBe(2);
+      const alone = await tiny.chat([...history.slice(dropped), { role: "user", content: "Tell me more" }], OPTS).result;
+      expect(next.tokenIds).toEqual(alone.tokenIds);
+      // Without the option the reply stops at the context.
+      session.reset();
+      const plain = await session.send("Hello there", { temperature: 0, maxTokens: 90, stopOnEos: false }).result;
+      expect(plain.stats.finishReason).toBe("length");
+      expect(plain.tokenIds.length).toBeLessThan(64);
+      expect(first.tokenIds.slice(0, plain.tokenIds.length)).toEqual(plain.tokenIds);
+    } finally {
+      session.dispose();
+    }
+    tiny.clearPrefixCache();
+    expect(tiny._native().kvState().freeBlocks).toBe(tiny._native().kvState().totalBlocks);
+  });
+});
