@@ -9,12 +9,8 @@
 // on the demo model).
 import { writeFileSync } from "node:fs";
 import { Llama2 } from "../../dist/index.js";
+import { opt } from "./args.mjs";
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : dflt;
-};
 const model = opt("--model");
 if (!model) {
   console.error("usage: constrained-bench.mjs --model PATH [--device cuda] [--dtype f16] [--tokens 64] [--reps 3] [--out FILE]");

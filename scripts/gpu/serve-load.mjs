@@ -14,12 +14,8 @@ import { Llama2 } from "../../dist/index.js";
 import { cancelJob } from "../../dist/runner/cancel.js";
 import { runJob } from "../../dist/runner/run.js";
 import { parseRunSpec } from "../../dist/runner/spec.js";
+import { opt } from "./args.mjs";
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : dflt;
-};
 const model = opt("--model");
 if (!model) {
   console.error("usage: serve-load.mjs --model PATH [--device cuda] [--dtype f16] [--clients 64] [--max-tokens 128] [--rounds 2] [--context 1024] [--out FILE]");

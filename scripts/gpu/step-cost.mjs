@@ -7,12 +7,8 @@
 // Needs dist/ and the addon only (the device machine; the test suite runs it on the CPU's demo model).
 import { writeFileSync } from "node:fs";
 import { Llama2 } from "../../dist/index.js";
+import { opt } from "./args.mjs";
 
-const args = process.argv.slice(2);
-const opt = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : dflt;
-};
 const model = opt("--model");
 if (!model) {
   console.error("usage: step-cost.mjs --model PATH [--device cuda] [--dtype f16] [--context 512] [--tokens 1,2,3,5,9,17] [--reps 5] [--out FILE]");

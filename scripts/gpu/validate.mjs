@@ -7,12 +7,8 @@ import path from "node:path";
 import { Llama2, planCudaMemory } from "../../dist/index.js";
 import { commonPrefix } from "../../dist/engine/prefix-cache.js";
 import { argmax, loadHostReference, relErr, trace } from "../../dist/self-check.js";
+import { args, opt } from "./args.mjs";
 
-const args = process.argv.slice(2);
-const opt = (name) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
 const shared = process.env.LLAMA2_SHARED ?? path.resolve("../shared");
 const results = [];
 let failed = 0;
