@@ -2,6 +2,7 @@
 // Text <-> ids (tokenizer, chat template) and sampling happen here in TypeScript; each step of
 // every active generation is batched by the Scheduler into one native forward pass.
 import { getChatTemplate, type ChatTemplate } from "./chat-template.js";
+import { draftMismatch } from "./engine/draft-model.js";
 import { lookupDraft } from "./engine/lookup.js";
 import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefix-cache.js";
 import { Scheduler } from "./engine/scheduler.js";
@@ -1027,14 +1028,8 @@ export class Llama2 {
     if (!model._alive) throw new InvalidArgumentError("draft.model", "has been disposed");
     checkInt(tokens, "draft.tokens", 1, MAX_LOOKUP);
     if (opts.lookup) throw new InvalidArgumentError("draft", "cannot be combined with lookup");
-    const a = this.info;
-    const b = model.info;
-    if (a.config.vocabSize !== b.config.vocabSize || a.bosId !== b.bosId || a.eosId !== b.eosId) {
-      throw new InvalidArgumentError(
-        "draft.model",
-        `its vocabulary (${b.config.vocabSize} tokens, BOS ${b.bosId}, EOS ${b.eosId}) is not this model's (${a.config.vocabSize}, BOS ${a.bosId}, EOS ${a.eosId})`,
-      );
-    }
+    const mismatch = draftMismatch(this.info, model.info);
+    if (mismatch) throw new InvalidArgumentError("draft.model", mismatch);
   }
 
   /**

@@ -6,6 +6,7 @@ import type { FlagSpecs } from "./args.js";
 import type { CommandIO } from "./command.js";
 import { InvalidArgumentError, Llama2Error } from "../errors.js";
 import { parseGrammar } from "../grammar/gbnf.js";
+import { draftMismatch } from "../engine/draft-model.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
@@ -77,9 +78,10 @@ export async function loadDraftFromFlags(flags: Record<string, unknown>, io: Com
     { path: "--draft-model" },
   );
   const d = model.info;
-  if (d.config.vocabSize !== t.config.vocabSize || d.bosId !== t.bosId || d.eosId !== t.eosId) {
+  const mismatch = draftMismatch(t, d);
+  if (mismatch) {
     await model.dispose();
-    throw new InvalidArgumentError("--draft-model", `${d.path}: its vocabulary (${d.config.vocabSize} tokens) is not the model's (${t.config.vocabSize})`);
+    throw new InvalidArgumentError("--draft-model", `${d.path}: ${mismatch}`);
   }
   if (!flags.quiet) io.stderr.write(`[llama2] draft model ${d.path} (${d.dtype}, ${d.deviceName})\n`);
   return { model, ...(tokens !== undefined && { tokens }) };

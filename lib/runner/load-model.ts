@@ -1,6 +1,7 @@
 // The default model loader for jobs: "demo" -> the built-in demo model, hf:... -> pulled from the Hugging
 // Face Hub (lib/hub), otherwise a path; then Llama2.load.
 // Both modules are imported lazily: `llama2 jobs` / `logs` / `cancel` never load the native addon.
+import { draftMismatch } from "../engine/draft-model.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { Llama2 } from "../llama2.js";
 import type { GenerateOptions, LoadProgress } from "../types.js";
@@ -39,11 +40,10 @@ export const loadModel: LoadBackend = async (spec, onProgress, signal) => {
       ...(spec.maxSequences !== undefined && { maxSequences: spec.maxSequences }),
       signal,
     });
-    const a = model.info;
-    const b = draft.info;
-    if (a.config.vocabSize !== b.config.vocabSize || a.bosId !== b.bosId || a.eosId !== b.eosId) {
+    const mismatch = draftMismatch(model.info, draft.info);
+    if (mismatch) {
       await draft.dispose();
-      throw new InvalidArgumentError("--draft-model", `${b.path}: its vocabulary (${b.config.vocabSize} tokens) is not the model's (${a.config.vocabSize})`);
+      throw new InvalidArgumentError("--draft-model", `${draft.info.path}: ${mismatch}`);
     }
     return withDraftModel(model, { model: draft, ...(spec.draftTokens !== undefined && { tokens: spec.draftTokens }) });
   } catch (err) {
