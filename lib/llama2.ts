@@ -74,9 +74,8 @@ function outputRow(out: NonNullable<NativeStepOutput>, r: number, rows: number, 
   return { ids: out.ids.subarray(r * k, (r + 1) * k), logits: out.logits.subarray(r * k, (r + 1) * k) };
 }
 
-/** log-softmax of one row of logits at `id`, in float64; NaN when the row holds a NaN or no finite logit. */
-function rowLogprob(row: Float32Array, id: number): number {
-  const lse = logSumExp(row);
+/** log-softmax of one row of logits at `id` (lse: the row's logSumExp), in float64; NaN when the row holds a NaN or no finite logit. */
+function rowLogprob(row: Float32Array, id: number, lse: number): number {
   return Number.isFinite(lse) && !row.some(Number.isNaN) ? row[id]! - lse : NaN;
 }
 
@@ -455,8 +454,9 @@ export class Llama2 {
       if (!(out instanceof Float32Array) || out.length !== ids.length * V) throw new Llama2Error("ERR_INTERNAL", `score: expected ${ids.length} rows of logits`);
       for (let r = 0; r + 1 < ids.length; r++) {
         const row = out.subarray(r * V, (r + 1) * V);
-        logprobs.push(rowLogprob(row, ids[r + 1]!));
-        tokens?.push(tokenLogprob(row, ids[r + 1]!, top!, tokenText));
+        const lse = logSumExp(row); // once per row, for both
+        logprobs.push(rowLogprob(row, ids[r + 1]!, lse));
+        tokens?.push(tokenLogprob(row, ids[r + 1]!, top!, tokenText, lse));
       }
       if (!keep || logprobs.some((l) => Number.isNaN(l))) return false;
       this.prefixes!.insert(plan.seq, ids);
@@ -659,10 +659,11 @@ export class Llama2 {
       const tokenText = (id: number) => this.tokenizer?.tokenBytes()[id] ?? null;
       const stopOnEos = opts.stopOnEos ?? true;
       const room = ctx - plan.cached - plan.prompt.length;
-      // The tokens the sequence holds (prompt and reply), from position 0 when known: what drafts follow.
+      // Whether the tokens before the prompt are known (not for a parked session): then `seqTokens` below
+      // holds everything the sequence does, from position 0.
       const known = plan.context !== undefined && plan.context.length === plan.cached;
-      // Context shift inside a reply (one-shot requests, whose sequence is theirs): when the context is
-      // full, the oldest half of what follows the kept start leaves it and the rest is evaluated again.
+      // Context shift inside a reply: when the context is full, the oldest half of what follows the kept
+      // start leaves it and the rest is evaluated again.
       const canShift = opts.contextShift === true && known;
       const maxTokens = canShift ? (opts.maxTokens ?? Infinity) : Math.min(opts.maxTokens ?? Infinity, room + 1);
       const decoder = this.tokenizer?.createStreamDecoder({ stripLeadingSpace: plan.stripLeadingSpace });
@@ -674,10 +675,10 @@ export class Llama2 {
       // argmax; sampling: speculative sampling, which keeps the sampler's distribution exactly).
       const lookup = opts.draft ? (opts.draft.tokens ?? 8) : (opts.lookup ?? 0);
       drafter = opts.draft ? opts.draft.model._createDrafter() : lookup > 0 ? { propose: async (h, max) => lookupDraft(h, max), close: () => {} } : null;
+      // The tokens the sequence holds (prompt and reply): what drafts follow and what a shift cuts.
       const seqTokens = known ? plan.context!.concat(plan.prompt) : history;
       // What a shift keeps: the whole prompt when it takes at most half the context, else its first token.
       const keepOnShift = seqTokens.length <= ctx / 2 ? seqTokens.length : 1;
-      let dropped = 0; // tokens that context shifts took out of the sequence
       let shifted = false;
       let drafted: number[] = []; // drafts evaluated after the last evaluated token
       let row = 0; // the row of `out` the next token is sampled from
@@ -764,7 +765,8 @@ export class Llama2 {
           finishReason = "length";
           break;
         }
-        if (plan.cached + evaluated + generated.length - dropped > ctx) {
+        // Positions the sequence needs: seqTokens when known (shifts cut it), else the prompt and reply.
+        if ((known ? seqTokens.length : plan.cached + evaluated + generated.length) > ctx) {
           if (!canShift) {
             finishReason = "length";
             break;
@@ -787,7 +789,6 @@ export class Llama2 {
             finishReason = "abort";
             break;
           }
-          dropped += drop;
           shifted = true;
           drafted = [];
           row = 0;

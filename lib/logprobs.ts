@@ -19,9 +19,11 @@ export function logSumExp(logits: Float32Array): number {
   return m + Math.log(z);
 }
 
-/** `id`'s log-probability under `logits` and the `top` most likely tokens (logit descending, id ascending). */
-export function tokenLogprob(logits: Float32Array, id: number, top: number, text: TokenText): TokenLogprob {
-  const lse = logSumExp(logits);
+/**
+ * `id`'s log-probability under `logits` and the `top` most likely tokens (logit descending, id ascending).
+ * `lse`: logSumExp(logits), when the caller has it already.
+ */
+export function tokenLogprob(logits: Float32Array, id: number, top: number, text: TokenText, lse = logSumExp(logits)): TokenLogprob {
   const lp = (i: number): number => {
     const v = logits[i]!;
     if (lse === Infinity) return v === Infinity ? -Math.log(countInf(logits)) : -Infinity; // a broken model: +Infinity shares all the mass

@@ -268,13 +268,6 @@ export class Sampler {
   }
 
   /**
-   * Picks the next token. `history`: the sequence's tokens so far (prompt included), for the penalties.
-   * Never mutates `input`. Throws ERR_MODEL_CORRUPT when no token is possible (all logits NaN/-Infinity/banned),
-   * ERR_INTERNAL when the input does not match `needs`.
-   * `filter` (samplers made with `constrained: true`) restricts the choice to the tokens it allows: the
-   * result is the one sampling would give from the logits with every other token at -Infinity.
-   */
-  /**
    * sample() with a draft token (speculative sampling with a deterministic draft): the draft is kept
    * with its probability p(draft) under the final distribution, and otherwise the token is drawn from
    * that distribution without the draft. The result follows exactly the distribution sample() draws
@@ -289,6 +282,13 @@ export class Sampler {
     }
   }
 
+  /**
+   * Picks the next token. `history`: the sequence's tokens so far (prompt included), for the penalties.
+   * Never mutates `input`. Throws ERR_MODEL_CORRUPT when no token is possible (all logits NaN/-Infinity/banned),
+   * ERR_INTERNAL when the input does not match `needs`.
+   * `filter` (samplers made with `constrained: true`) restricts the choice to the tokens it allows: the
+   * result is the one sampling would give from the logits with every other token at -Infinity.
+   */
   sample(input: Float32Array | Candidates, history: ArrayLike<number>, filter?: TokenFilter): number {
     const V = this.vocabSize;
     const isFull = input instanceof Float32Array;

@@ -176,24 +176,13 @@ export class Scheduler {
 /** The chunks' rows as one output: logits [tokens][vocab], or candidates [tokens][k]. */
 function concatRows(parts: NativeStepOutput[]): NativeStepOutput {
   if (parts.length === 1) return parts[0]!;
-  if (parts[0] instanceof Float32Array) return concat(parts as Float32Array[]);
+  if (parts[0] instanceof Float32Array) return concat(parts as Float32Array[], Float32Array);
   const c = parts as Candidates[];
-  return { ids: concatInt(c.map((p) => p.ids)), logits: concat(c.map((p) => p.logits)) };
+  return { ids: concat(c.map((p) => p.ids), Int32Array), logits: concat(c.map((p) => p.logits), Float32Array) };
 }
 
-function concat(parts: Float32Array[]): Float32Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-function concatInt(parts: Int32Array[]): Int32Array {
-  const out = new Int32Array(parts.reduce((n, p) => n + p.length, 0));
+function concat<T extends Float32Array | Int32Array>(parts: T[], Type: new (length: number) => T): T {
+  const out = new Type(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
     out.set(p, at);

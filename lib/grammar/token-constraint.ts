@@ -1,8 +1,9 @@
 // Constrained generation at the token level: which tokens may come next so that the output can still
 // become what a recognizer accepts (a JSON document of the schema, or a GBNF grammar's language). The
 // sampler asks about its best candidates one by one (`allows`, cheap: a token's few bytes through the
-// recognizer) and only when too few of them pass does it ask for the whole vocabulary at once (`fillMask`: one walk of a trie of the tokens' bytes, where a
-// prefix the recognizer rejects prunes every token under it).
+// recognizer) and only when too few of them pass does it ask for the whole vocabulary at once
+// (`fillMask`: one walk of a trie of the tokens' bytes, where a prefix the recognizer rejects prunes every
+// token under it).
 import { Llama2Error } from "../errors.js";
 import { grammarCanEnd, grammarMustEnd, initialGrammarState, stackKey, stepGrammar, type Grammar, type GState } from "./gbnf.js";
 import { canEnd, feed, initialState, mustEnd, plainChars, plainStringRoom, stepState, type SchemaNode, type Stack, type State } from "./json-recognizer.js";

@@ -3,17 +3,10 @@
 import { InvalidArgumentError } from "../errors.js";
 import type { ChatBackend } from "./backend.js";
 import { HttpError } from "./openai.js";
-import { asObject } from "./validate.js";
+import { asObject, boolField } from "./validate.js";
 
 /** Most ids one /detokenize request may send. */
 const MAX_IDS = 1 << 20;
-
-function flag(o: Record<string, unknown>, key: string): boolean {
-  const v = o[key];
-  if (v === undefined || v === null) return false;
-  if (typeof v !== "boolean") throw new InvalidArgumentError(key, "expected true or false");
-  return v;
-}
 
 function needTokenizer(backend: ChatBackend): NonNullable<ChatBackend["tokenizer"]> {
   if (!backend.tokenizer) throw new HttpError(400, "this model has no tokenizer", undefined, "no_tokenizer");
@@ -27,8 +20,8 @@ function needTokenizer(backend: ChatBackend): NonNullable<ChatBackend["tokenizer
 export function tokenizeRequest(backend: ChatBackend, body: unknown): object {
   const o = asObject(body, "body");
   if (typeof o.content !== "string") throw new InvalidArgumentError("content", "expected a string");
-  const ids = backend.tokenize(o.content, { bos: flag(o, "add_special") });
-  if (!flag(o, "with_pieces")) return { tokens: ids };
+  const ids = backend.tokenize(o.content, { bos: boolField(o, "add_special") ?? false });
+  if (!boolField(o, "with_pieces")) return { tokens: ids };
   const bytes = needTokenizer(backend).tokenBytes();
   const utf8 = new TextDecoder("utf-8", { fatal: true });
   return {

@@ -59,7 +59,7 @@ function numberField(o: Body, key: string, lo: number, hi: number, opts: { int?:
   return v;
 }
 
-function boolField(o: Body, key: string): boolean | undefined {
+export function boolField(o: Body, key: string): boolean | undefined {
   const v = o[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== "boolean") throw new InvalidArgumentError(key, `expected true or false, got ${show(v)}`);
