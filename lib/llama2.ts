@@ -2,7 +2,7 @@
 // Text <-> ids (tokenizer, chat template) and sampling happen here in TypeScript; each step of
 // every active generation is batched by the Scheduler into one native forward pass.
 import { getChatTemplate, type ChatTemplate } from "./chat-template.js";
-import { draftMismatch } from "./engine/draft-model.js";
+import { draftMismatch, MAX_DRAFT_TOKENS } from "./engine/draft-model.js";
 import { lookupDraft } from "./engine/lookup.js";
 import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefix-cache.js";
 import { Scheduler } from "./engine/scheduler.js";
@@ -146,8 +146,6 @@ const GEN_KEYS = new Set([
 ]);
 const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
 
-/** The most draft tokens `lookup` (or a draft model) may propose per step. */
-const MAX_LOOKUP = 32;
 /** Generations drafting (lookup, a draft model) propose drafts only while at most this many requests run. */
 const MAX_DRAFT_BATCH = 4;
 
@@ -1006,7 +1004,7 @@ export class Llama2 {
     checkKeys(opts, allowed, "options");
     checkInt(opts.maxTokens, "maxTokens", 1, 1 << 20);
     checkInt(opts.logprobs, "logprobs", 0, 20);
-    checkInt(opts.lookup, "lookup", 0, MAX_LOOKUP);
+    checkInt(opts.lookup, "lookup", 0, MAX_DRAFT_TOKENS);
     if (opts.contextShift !== undefined && typeof opts.contextShift !== "boolean") throw new InvalidArgumentError("contextShift", "expected a boolean");
     if (opts.draft !== undefined) this.checkDraft(opts);
     for (const k of ["stopOnEos", "addBos"] as const) {
@@ -1027,7 +1025,7 @@ export class Llama2 {
     if (!(model instanceof Llama2)) throw new InvalidArgumentError("draft.model", "expected a loaded Llama2 model");
     if (model === this) throw new InvalidArgumentError("draft.model", "is this model itself: a draft model must be a second, smaller model");
     if (!model._alive) throw new InvalidArgumentError("draft.model", "has been disposed");
-    checkInt(tokens, "draft.tokens", 1, MAX_LOOKUP);
+    checkInt(tokens, "draft.tokens", 1, MAX_DRAFT_TOKENS);
     if (opts.lookup) throw new InvalidArgumentError("draft", "cannot be combined with lookup");
     const mismatch = draftMismatch(this.info, model.info);
     if (mismatch) throw new InvalidArgumentError("draft.model", mismatch);

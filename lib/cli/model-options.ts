@@ -6,7 +6,7 @@ import type { FlagSpecs } from "./args.js";
 import type { CommandIO } from "./command.js";
 import { InvalidArgumentError, Llama2Error } from "../errors.js";
 import { parseGrammar } from "../grammar/gbnf.js";
-import { draftMismatch } from "../engine/draft-model.js";
+import { draftMismatch, MAX_DRAFT_TOKENS } from "../engine/draft-model.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
@@ -41,19 +41,20 @@ export const SAMPLING_FLAGS: FlagSpecs = {
   "json-object": { type: "boolean", description: "constrain the output to one JSON object" },
   "json-schema": { type: "string", description: "constrain the output to JSON matching this JSON Schema (a file, or the schema itself starting with '{')" },
   grammar: { type: "string", description: "constrain the output to a GBNF grammar (a file, or the rules themselves when they contain '::=')" },
-  lookup: { type: "int", description: "prompt lookup decoding with greedy sampling: up to N draft tokens per step copied from the text so far (0-32; same output, fewer steps when the reply repeats its input)" },
+  lookup: { type: "int", description: `prompt lookup decoding: up to N draft tokens per step copied from the text so far (0-${MAX_DRAFT_TOKENS}; same output, fewer steps when the reply repeats its input)` },
 };
 
 /** Speculative decoding with a draft model (generate, chat). */
 export const DRAFT_FLAGS: FlagSpecs = {
   "draft-model": { type: "string", description: "speculative decoding: a smaller model with the same vocabulary drafts tokens that the model checks (same output)" },
-  "draft-tokens": { type: "int", description: "most tokens the draft model proposes per step (1-32, default 8)" },
+  "draft-tokens": { type: "int", description: `most tokens the draft model proposes per step (1-${MAX_DRAFT_TOKENS}, default 8)` },
 };
 
 /** Checks --draft-model / --draft-tokens before anything loads; true when a draft model is asked for. */
 export function checkDraftFlags(flags: Record<string, unknown>): boolean {
   const tokens = flags.draftTokens as number | undefined;
-  if (tokens !== undefined && (!Number.isInteger(tokens) || tokens < 1 || tokens > 32)) throw new InvalidArgumentError("--draft-tokens", `expected 1..32, got ${tokens}`);
+  if (tokens !== undefined && (!Number.isInteger(tokens) || tokens < 1 || tokens > MAX_DRAFT_TOKENS))
+    throw new InvalidArgumentError("--draft-tokens", `expected 1..${MAX_DRAFT_TOKENS}, got ${tokens}`);
   if (flags.draftModel === undefined) {
     if (tokens !== undefined) throw new InvalidArgumentError("--draft-tokens", "needs --draft-model");
     return false;
@@ -224,7 +225,7 @@ export function generateOptionsFromFlags(flags: Record<string, unknown>): Genera
   set("repetitionPenalty", "repetitionPenalty");
   set("seed", "seed");
   set("lookup", "lookup");
-  if (opts.lookup !== undefined && (opts.lookup < 0 || opts.lookup > 32)) throw new InvalidArgumentError("--lookup", `expected 0..32, got ${opts.lookup}`);
+  if (opts.lookup !== undefined && (opts.lookup < 0 || opts.lookup > MAX_DRAFT_TOKENS)) throw new InvalidArgumentError("--lookup", `expected 0..${MAX_DRAFT_TOKENS}, got ${opts.lookup}`);
   if (opts.maxTokens !== undefined && (opts.maxTokens < 1 || opts.maxTokens > 1 << 20)) {
     throw new InvalidArgumentError("--max-tokens", `expected 1..${1 << 20}, got ${opts.maxTokens}`);
   }

@@ -1,6 +1,10 @@
-// Whether a model can draft for another (speculative decoding): the drafts are token ids, so both must
-// use the same vocabulary. One check for the library option, the CLI flags and the job runner.
+// Speculative decoding's shared rules: whether a model can draft for another (the drafts are token ids,
+// so both must use the same vocabulary) and how many drafts a step may verify. One place for the library
+// options, the CLI flags, the server fields and the job runner.
 import type { ModelInfo } from "../types.js";
+
+/** The most draft tokens a step may verify (`lookup`, a draft model's `tokens`). */
+export const MAX_DRAFT_TOKENS = 32;
 
 /** Why `draft` cannot draft for `target` (its vocabulary differs), or undefined when it can. */
 export function draftMismatch(target: ModelInfo, draft: ModelInfo): string | undefined {

@@ -1,5 +1,6 @@
 // The job spec: what `llama2 run` was asked to do, validated from CLI flags before anything is loaded.
 import path from "node:path";
+import { MAX_DRAFT_TOKENS } from "../engine/draft-model.js";
 import { InvalidArgumentError } from "../errors.js";
 import { parseDuration } from "./duration.js";
 import { formatHubRef, isHubRef, parseHubRef } from "../hub/refs.js";
@@ -136,7 +137,7 @@ export function parseRunSpec(flags: Flags): JobSpec {
     ...(flags.context !== undefined && { contextLength: range(flags, "context", 16, 1 << 20, { int: true }) }),
     ...(flags.maxSequences !== undefined && { maxSequences: range(flags, "maxSequences", 1, 4096, { int: true }) }),
     ...(draftRaw !== undefined && { draftModel: resolveModelRef(draftRaw, "--draft-model") }),
-    ...(flags.draftTokens !== undefined && { draftTokens: range(flags, "draftTokens", 1, 32, { int: true }) }),
+    ...(flags.draftTokens !== undefined && { draftTokens: range(flags, "draftTokens", 1, MAX_DRAFT_TOKENS, { int: true }) }),
     ...(autoRelease !== undefined && autoRelease !== "off" && { autoReleaseMs: parseDuration("--auto-release", autoRelease) }),
     graceMs: grace !== undefined ? parseDuration("--grace", grace) : DEFAULT_GRACE_MS,
     host: host.replace(/^\[(.*)\]$/, "$1"),

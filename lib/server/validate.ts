@@ -1,6 +1,7 @@
 // Validation of OpenAI-style request bodies (also used for evaluation dataset lines). Every problem is
 // an InvalidArgumentError naming the offending field, e.g. "messages[2].role". Unknown fields are ignored;
 // known features the server cannot honour (the functions API, suffix, best_of) are refused, not dropped.
+import { MAX_DRAFT_TOKENS } from "../engine/draft-model.js";
 import { InvalidArgumentError } from "../errors.js";
 import { parseGrammar } from "../grammar/gbnf.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
@@ -122,8 +123,8 @@ export function parseSampling(o: Body, vocabSize: number): ParsedSampling {
     ["presencePenalty", numberField(o, "presence_penalty", -2, 2)],
     ["frequencyPenalty", numberField(o, "frequency_penalty", -2, 2)],
     ["seed", numberField(o, "seed", 0, Number.MAX_SAFE_INTEGER, { int: true })],
-    // Prompt lookup decoding (an extension: draft tokens per step, greedy requests only).
-    ["lookup", numberField(o, "lookup", 0, 32, { int: true })],
+    // Prompt lookup decoding (an extension: draft tokens per step).
+    ["lookup", numberField(o, "lookup", 0, MAX_DRAFT_TOKENS, { int: true })],
   ];
   const options: ParsedSampling["options"] = Object.fromEntries(entries.filter(([, v]) => v !== undefined));
   if (logitBias) options.logitBias = logitBias;

@@ -1,5 +1,6 @@
 // `llama2 run`: load a model and run a job handler (chatbot server by default).
 import { InvalidArgumentError } from "../../errors.js";
+import { DRAFT_FLAGS } from "../model-options.js";
 import { HANDLERS } from "../../runner/handlers/index.js";
 import { runJob } from "../../runner/run.js";
 import { parseRunSpec } from "../../runner/spec.js";
@@ -18,7 +19,7 @@ const command: Command = {
     context: { type: "int", description: "context length in tokens (default: the model's, capped)" },
     "max-sequences": { type: "int", description: "full-context sequences the KV cache holds (more shorter ones fit)", default: 4 },
     "draft-model": { type: "string", description: "speculative decoding for every request: a smaller model with the same vocabulary (path or Hub reference)" },
-    "draft-tokens": { type: "int", description: "most tokens the draft model proposes per step (1-32, default 8)" },
+    "draft-tokens": DRAFT_FLAGS["draft-tokens"]!,
     "auto-release": { type: "string", description: "unload the model and end the job after a duration (30s, 30m, 2h)" },
     grace: { type: "string", description: "on release/cancel, time in-flight requests may finish", default: "5s" },
     host: { type: "string", description: "address to bind (non-loopback needs --api-key)", default: "127.0.0.1" },
