@@ -154,8 +154,8 @@ export interface GenerateOptions extends SamplingOptions {
   /**
    * Prompt lookup decoding: each step also evaluates up to this many draft tokens (0..32) copied from
    * what followed the last earlier occurrence of the latest tokens in the prompt or the reply, and keeps
-   * those greedy sampling confirms. Greedy decoding only (temperature 0; ignored otherwise); the tokens
-   * are the same as without it. Pays off when the reply repeats its input (quoting, editing, extracting),
+   * those the sampler confirms (greedy: the argmax; sampling: each with its probability, so the
+   * distribution is unchanged); greedy tokens are the same as without it. Pays off when the reply repeats its input (quoting, editing, extracting),
    * most on a GPU, where a batch-1 step costs about the same for a few tokens as for one. Default 0 (off).
    */
   lookup?: number;
