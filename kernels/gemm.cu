@@ -196,10 +196,9 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
   const int wm = wmn / CF::WN, wn = wmn % CF::WN;
   const int m0 = blockIdx.x * CF::BM, n0 = blockIdx.y * CF::BN;
   // Split-K over gridDim.z: this CTA's k-tiles [kb, kb + KT).
-  const int S = gridDim.z, kz = blockIdx.z;
-  const int KT_all = g.K / CF::BK, per = (KT_all + S - 1) / S;
-  const int kb = kz * per;
-  const int KT = max(0, min(KT_all, kb + per) - kb);
+  const int S = gridDim.z;
+  int kb, KT;
+  splitk_range(g.K / CF::BK, kb, KT);
 
   float acc[CF::MI][CF::NI][4];
 #pragma unroll
@@ -291,46 +290,12 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
     }
   }
 
-  // Split-K: every split stores its partial tile (the wk == 0 warps hold it); the last split CTA of the
-  // tile to arrive adds all of them in split order (the same sum whichever CTA is last) and runs the epilogue.
+  // Split-K: the wk == 0 warps hold the tile; the last split CTA of the tile merges and runs the epilogue.
   if constexpr (CF::kSplitK) if (S > 1) {
     constexpr int kAcc = CF::MI * CF::NI * 4, kOwners = CF::WM * CF::WN * 32;  // kOwners * kAcc = BM * BN
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    const int owner = (warp % (CF::WM * CF::WN)) * 32 + lane;
-    float* part = g.sk_ws + (size_t)tile * S * (kOwners * kAcc);
-    if (wk == 0) {
-      float* mine = part + (size_t)kz * (kOwners * kAcc) + owner;
-#pragma unroll
-      for (int mi = 0; mi < CF::MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < CF::NI; ++ni)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) mine[((mi * CF::NI + ni) * 4 + e) * kOwners] = acc[mi][ni][e];
-    }
-    __threadfence();  // the partial is visible device-wide before this CTA counts itself
-    __syncthreads();
     __shared__ int sk_last;
-    if (tid == 0) {
-      const bool last = atomicAdd(g.sk_counters + tile, 1) == S - 1;
-      if (last) atomicExch(g.sk_counters + tile, 0);  // ready for the next launch (graph replays)
-      sk_last = last;
-    }
-    __syncthreads();
-    if (!sk_last || wk > 0) return;
-    __threadfence();
-    // In place, split by split (its own partial read back too): no second accumulator set in registers.
-    for (int z = 0; z < S; ++z) {
-      const float* src = part + (size_t)z * (kOwners * kAcc) + owner;
-#pragma unroll
-      for (int mi = 0; mi < CF::MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < CF::NI; ++ni)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float v = __ldcg(src + ((mi * CF::NI + ni) * 4 + e) * kOwners);
-            acc[mi][ni][e] = z == 0 ? v : acc[mi][ni][e] + v;
-          }
-    }
+    if (!splitk_merge<kOwners, kAcc>(g, reinterpret_cast<float(&)[kAcc]>(acc), wk == 0, wmn * 32 + lane, sk_last))
+      return;
   }
 
   // Epilogue: thread (g, q) holds (row g, cols 2q, 2q+1) and (row g + 8, same cols) of each 16 x 8 tile.
@@ -355,7 +320,7 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_kernel(const __grid_cons
 constexpr int kMaxDevices = 64;
 
 struct DeviceInfo {
-  int sms = 0, cc_major = 0, cc_minor = 0, smem_optin = 0;
+  int sms = 0, cc_major = 0, cc_minor = 0, smem_optin = 0, smem_per_sm = 0;
 };
 DeviceInfo g_dev[kMaxDevices];
 std::atomic<int> g_dev_ready[kMaxDevices];
@@ -369,6 +334,7 @@ const DeviceInfo& device_info(int& dev) {
     cudaDeviceGetAttribute(&d.cc_major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaDeviceGetAttribute(&d.cc_minor, cudaDevAttrComputeCapabilityMinor, dev);
     cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
     g_dev[dev] = d;  // benign race: every writer stores the same values
     g_dev_ready[dev].store(1, std::memory_order_release);
   }
@@ -457,7 +423,27 @@ const ArchTuning& tuning_for(const DeviceInfo& d) {
   return kTuning[sizeof(kTuning) / sizeof(kTuning[0]) - 1];
 }
 
+// LLAMA2_GEMM_WGMMA_MIN_M=m (A/B switch, unset = 0 = off; not measured yet): on sm_90a, batches of m..64
+// rows take the 64-row wgmma tile (f16 102, w8 101) with split-K chosen by waves. Why it may win at 33..64:
+// the 32-row mma.sync tiles read every weight tile twice from L2 (two M tiles) and the activations once per
+// 64 columns (H200 f16 down at M = 64: ~270 MB of L2 reads for 90 MB of weights, 0.044 ms = 2.05 TB/s), and
+// streaming weights at 4.2 TB/s at M = 64 takes ~270 TFLOP/s, above what this file's mma.sync kernels reach
+// at any M (223-275 measured on the H100); one 64 x 128 wgmma tile reads each weight once and the
+// activations once per 128 columns.
+std::atomic<int> g_wgmma_min_m{kKnobUnread};
+int wgmma_min_m() {
+  return env_knob(g_wgmma_min_m, "LLAMA2_GEMM_WGMMA_MIN_M", [](const char* v) {
+    const int m = v ? std::atoi(v) : 0;
+    return m >= 1 && m <= 64 ? m : 0;
+  });
+}
+
 int pick(bool w8, int M, int N, const DeviceInfo& d) {
+  const int small_min = wgmma_min_m();
+  if (small_min > 0 && M >= small_min && M <= 64) {
+    const int id = flat_id(w8, w8 ? kSm90aBase + 1 : kSm90aBase + 2);
+    if (id >= 0 && cfg_fits(w8, id, d)) return id;
+  }
   const ArchTuning& t = tuning_for(d);
   const Rule* rules = w8 ? t.w8 : t.f16;
   const Rule* r = nullptr;
@@ -482,21 +468,47 @@ int pick(bool w8, int M, int N, const DeviceInfo& d) {
   return id;
 }
 
-// Split-K for a memory-bound shape whose tiles would leave SMs idle (the N = 4096 matrices at decode batches:
-// 128-256 CTAs of 32 x 32 on 132 SMs), so more weight bytes are in flight: up to 4 splits, to ~2 CTAs per SM,
-// each split keeping >= 4 k-tiles; only with a workspace that holds the partial tiles (the backend passes
-// none under LLAMA2_GEMM_SPLITK=1). g_splits (tests): 0 = this choice, 1 = never, n = n where allowed.
+// Split-K for a memory-bound shape whose tiles would leave SMs idle, so more weight bytes are in flight; only
+// with a workspace that holds the partial tiles (the backend passes none under LLAMA2_GEMM_SPLITK=1) and
+// never leaving a split under 4 k-tiles or empty. g_splits (tests): 0 = this choice, 1 = never, n = n.
+//  - mma.sync tiles (the N = 4096 matrices at decode batches: 128-256 CTAs of 32 x 32 on 132 SMs): up to 4
+//    splits, to ~2 CTAs per SM (measured, stop 15).
+//  - 64-row wgmma tiles (one CTA per SM: 145-155 KB of shared memory): by waves, the s in 1..8 that minimizes
+//    the k-tiles the busiest SM streams, ceil(tiles * s / slots) * ceil(KT / s), smallest s on ties
+//    (H200 at M = 64: qkv 96 tiles -> 4 splits, o 32 -> 4, gate_up 172 -> 3, down 32 -> 4, logits 250 -> 1).
 std::atomic<int> g_splits{0};
-int choose_splits(const ConfigEntry& c, int M, int N, int K, const DeviceInfo& d, const GemmSplitK* sk) {
+struct TileShape {
+  int bm, bn, bk, smem;
+  bool split_k, by_waves;
+};
+int choose_splits(const TileShape& c, int M, int N, int K, const DeviceInfo& d, const GemmSplitK* sk) {
   if (!sk || !sk->ws || !sk->counters || !c.split_k) return 1;
   const long tiles = (long)((M + c.bm - 1) / c.bm) * ((N + c.bn - 1) / c.bn);
+  const int KT = K / c.bk;
+  auto ok = [&](int s) {  // >= 4 k-tiles per split, the last one not empty, the workspace big enough
+    if (s < 2) return false;
+    const int per = (KT + s - 1) / s;
+    return per >= 4 && (long)per * (s - 1) < KT && tiles <= sk->n_counters &&
+           (size_t)tiles * s * c.bm * c.bn * sizeof(float) <= sk->ws_bytes;
+  };
   const int forced = g_splits.load(std::memory_order_relaxed);
-  int s = 1;
-  if (forced > 0) s = forced;
-  else if (M <= 64 && tiles < 2L * d.sms) s = (int)std::min<long>(4, (2L * d.sms + tiles - 1) / tiles);
-  s = std::min(s, (K / c.bk) / 4);
-  if (s < 2 || tiles > sk->n_counters || (size_t)tiles * s * c.bm * c.bn * sizeof(float) > sk->ws_bytes) return 1;
-  return s;
+  if (forced > 0) return ok(forced) ? forced : 1;
+  if (M > 64) return 1;
+  if (!c.by_waves) {
+    if (tiles >= 2L * d.sms) return 1;
+    int s = (int)std::min<long>(4, (2L * d.sms + tiles - 1) / tiles);
+    s = std::min(s, KT / 4);
+    return ok(s) ? s : 1;
+  }
+  const long slots = (long)d.sms * std::max(1, d.smem_per_sm / (c.smem + 1024));  // + the 1 KB the driver keeps per CTA
+  int best = 1;
+  long best_cost = KT * ((tiles + slots - 1) / slots);
+  for (int s = 2; s <= 8; ++s) {
+    if (!ok(s)) continue;
+    const long cost = ((tiles * s + slots - 1) / slots) * ((KT + s - 1) / s);
+    if (cost < best_cost) best = s, best_cost = cost;
+  }
+  return best;
 }
 
 void run(bool w8, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
@@ -518,11 +530,16 @@ void run(bool w8, int cfg, const half* A, int lda, const void* W, const half* sc
   g.epi = epi;
   if (cfg < num_mma(w8)) {
     const ConfigEntry& c = (w8 ? kW8Configs : kF16Configs)[cfg];
-    const int splits = choose_splits(c, M, N, K, d, sk);
+    const int splits = choose_splits({c.bm, c.bn, c.bk, c.smem, c.split_k, false}, M, N, K, d, sk);
     if (splits > 1) g.sk_ws = sk->ws, g.sk_counters = sk->counters;
     c.launch(g, splits, dev, stream);
-  } else
-    sm90a::launch(w8, cfg - num_mma(w8), g, dev, stream);
+  } else {
+    const sm90a::ConfigInfo c = sm90a::config(w8, cfg - num_mma(w8));
+    const int splits = choose_splits({c.bm, c.bn, 64, c.smem, c.split_k, true}, M, N, K, d, sk);
+    if (splits > 1) g.sk_ws = sk->ws, g.sk_counters = sk->counters;
+    // Decode-sized launches use PDL, as the mma.sync kernels do; the prefill ones stay plain (as measured).
+    sm90a::launch(w8, cfg - num_mma(w8), g, splits, M <= 64, dev, stream);
+  }
 }
 
 }  // namespace
@@ -561,9 +578,10 @@ void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const h
 }
 void set_splits(int n) { g_splits.store(n); }
 bool config_splits(bool w8, int i) {
-  if (i < 0 || i >= num_mma(w8)) return false;
-  return (w8 ? kW8Configs : kF16Configs)[i].split_k;
+  if (i < 0 || i >= num_all(w8)) return false;
+  return i < num_mma(w8) ? (w8 ? kW8Configs : kF16Configs)[i].split_k : sm90a::config(w8, i - num_mma(w8)).split_k;
 }
+void set_wgmma_min_m(int m) { g_wgmma_min_m.store(m); }
 }  // namespace gemm_detail
 
 }  // namespace l2::kernels

@@ -20,10 +20,13 @@ struct GemmArgs {
   const half* scales;   // W8: [N][ldw / 32]
   int lda, ldw, M, N, n_valid, K;
   Epilogue epi;
-  // Split-K (mma.sync kernels, gridDim.z > 1): partial tiles [tile][split][BM * BN floats] and a counter per
+  // Split-K (gridDim.z > 1; splitk_merge below): partial tiles [tile][split][BM * BN floats] and a counter per
   // tile (zero between launches); the last split CTA of a tile sums them in split order and stores.
   float* sk_ws = nullptr;
   int* sk_counters = nullptr;
+  // wgmma kernel only: it was launched with PDL, so it lets its successor start early (the mma.sync kernels
+  // always do; the wgmma prefill launches stay as measured, without PDL).
+  bool pdl = false;
 };
 
 // A stage's activation tile: BM rows x C chunks, swizzled.
@@ -155,6 +158,54 @@ __device__ __forceinline__ void dequant_stage(unsigned char* smem, int slot, hal
   }
 }
 
+// Split-K merge (gridDim.z = S > 1 CTAs per output tile, each over its own share of K). Every split stores its
+// partial tile: kOwners `holder` threads of kAcc floats each (kOwners * kAcc = the tile), at
+// sk_ws[tile][split][kAcc][kOwners] (consecutive owners adjacent: coalesced). The last split CTA of the tile to
+// arrive adds all of them in split order (the same sum whichever CTA came last), leaves the tile's counter at
+// zero for the next launch (graph replays), and returns true in its holder threads, which then run the
+// epilogue. Every thread of the CTA calls it (barriers inside). `last` is a __shared__ int of the kernel: one
+// declared inside an inlined helper cost the decode attention 35 registers on sm_90 (stop 17).
+template <int kOwners, int kAcc>
+__device__ __forceinline__ bool splitk_merge(const GemmArgs& g, float (&acc)[kAcc], bool holder, int owner,
+                                             int& last) {
+  const int S = gridDim.z;
+  const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+  float* part = g.sk_ws + (size_t)tile * S * (kOwners * kAcc);
+  if (holder) {
+    float* mine = part + (size_t)blockIdx.z * (kOwners * kAcc) + owner;
+#pragma unroll
+    for (int e = 0; e < kAcc; ++e) mine[e * kOwners] = acc[e];
+  }
+  __threadfence();  // the partial is visible device-wide before this CTA counts itself
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const bool is_last = atomicAdd(g.sk_counters + tile, 1) == S - 1;
+    if (is_last) atomicExch(g.sk_counters + tile, 0);
+    last = is_last;
+  }
+  __syncthreads();
+  if (!last || !holder) return false;
+  __threadfence();
+  // In place, split by split (its own partial read back too): no second accumulator set in registers.
+  for (int z = 0; z < S; ++z) {
+    const float* src = part + (size_t)z * (kOwners * kAcc) + owner;
+#pragma unroll
+    for (int e = 0; e < kAcc; ++e) {
+      const float v = __ldcg(src + e * kOwners);
+      acc[e] = z == 0 ? v : acc[e] + v;
+    }
+  }
+  return true;
+}
+
+// This CTA's share of the K tiles under split-K over gridDim.z: [kb, kb + KT) of KT_all (KT may be 0 for a last
+// split when S does not divide evenly; the host keeps >= 4 k-tiles per split).
+__device__ __forceinline__ void splitk_range(int KT_all, int& kb, int& KT) {
+  const int S = gridDim.z, per = (KT_all + S - 1) / S;
+  kb = (int)blockIdx.z * per;
+  KT = max(0, min(KT_all, kb + per) - kb);
+}
+
 }  // namespace l2::kernels::gemm_common
 
 // The sm_90a wgmma path (gemm_sm90a.cu). Declared weak: gemm.cu works (mma.sync only) when that translation
@@ -163,8 +214,12 @@ namespace l2::kernels::sm90a {
 struct ConfigInfo {
   const char* name;
   int bm, bn, smem;
+  bool split_k;  // split-K built in (the 64-row tiles, for batched decode)
 };
 __attribute__((weak)) int num_configs(bool w8);
 __attribute__((weak)) ConfigInfo config(bool w8, int i);
-__attribute__((weak)) void launch(bool w8, int i, const gemm_common::GemmArgs& g, int dev, cudaStream_t stream);
+// splits: gridDim.z (> 1 only where config(w8, i).split_k and g.sk_ws / g.sk_counters are set); pdl: launch with
+// programmatic dependent launch (the kernel loads its first weight tiles before waiting on its predecessor).
+__attribute__((weak)) void launch(bool w8, int i, const gemm_common::GemmArgs& g, int splits, bool pdl, int dev,
+                                  cudaStream_t stream);
 }  // namespace l2::kernels::sm90a

@@ -11,6 +11,9 @@
 // -> async proxy, barriers, refills the slot of tile kt - 2 (its wgmma retired by wait_group 1 in iteration
 // kt - 1), issues 4 async wgmmas and keeps one wgmma group in flight across the next barrier.
 // W8: int8 tiles are dequantized one k-tile ahead into a 3-deep ring of fp16 tiles, while the wgmmas run.
+// The one-warpgroup (64-row) tiles also serve batched decode (M <= 64, gemm.cu's LLAMA2_GEMM_WGMMA_MIN_M):
+// there they split K over gridDim.z (gemm_common.cuh's splitk_merge, as the mma.sync tiles), and are launched
+// with PDL, their first weight tiles loaded before the wait on the previous kernel.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -20,6 +23,7 @@
 #include "epilogue.cuh"
 #include "gemm_common.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 #include "mma.cuh"
 
 namespace l2::kernels {
@@ -90,6 +94,8 @@ template <int WGS_, int BN_, int STAGES_, bool W8_>
 struct Cfg {
   static constexpr int WGS = WGS_, BM = 64 * WGS_, BN = BN_, BK = 64, C = 8, STAGES = STAGES_;
   static constexpr bool W8 = W8_;
+  // Split-K is built into the one-warpgroup (64-row) tiles only: the batched-decode shapes (M <= 64).
+  static constexpr bool kSplitK = WGS_ == 1;
   static constexpr int kThreads = 128 * WGS;
   static constexpr int A_BYTES = BM * BK * 2;
   static constexpr int WST_BYTES = W8 ? BN * BK : BN * BK * 2;
@@ -109,22 +115,31 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_wgmma_kernel(const __gri
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;
   const int m0 = blockIdx.x * CF::BM, n0 = blockIdx.y * CF::BN;
-  const int KT = g.K / CF::BK;
-  constexpr int S = CF::STAGES;
+  // Split-K over gridDim.z (kSplitK configurations): this CTA's k-tiles [kb, kb + KT).
+  int kb = 0, KT = g.K / CF::BK;
+  if constexpr (CF::kSplitK) splitk_range(g.K / CF::BK, kb, KT);
+  constexpr int NS = CF::STAGES;
 
   float acc[CF::BN / 2];
 #pragma unroll
   for (int i = 0; i < CF::BN / 2; ++i) acc[i] = 0.f;
-  half* X = reinterpret_cast<half*>(smem + S * CF::STAGE_BYTES);
+  half* X = reinterpret_cast<half*>(smem + NS * CF::STAGE_BYTES);
   constexpr int X_ELEMS = CF::X_TILE / 2;
 
+  // Prologue: the weight tiles first, before the programmatic-dependent-launch wait (a no-op unless launched
+  // with PDL: they need nothing from the previous kernel); they join commit group 0 with the first A tile.
 #pragma unroll
-  for (int s = 0; s < S - 2; ++s) {
-    if (s < KT) load_stage<CF>(g, smem, s, s, m0, n0, tid);
+  for (int s = 0; s < NS - 2; ++s)
+    if (s < KT) load_stage_w<CF>(g, smem, s, kb + s, n0, tid);
+  if (g.pdl) pdl_trigger();
+  pdl_wait();
+#pragma unroll
+  for (int s = 0; s < NS - 2; ++s) {
+    if (s < KT) load_stage_a<CF>(g, smem, s, kb + s, m0, tid);
     cp_async_commit();
   }
   if constexpr (CF::W8) {
-    cp_async_wait<S - 3>();  // tile 0 landed
+    cp_async_wait<NS - 3>();  // tile 0 landed
     __syncthreads();
     dequant_stage<CF>(smem, 0, X, tid);
   }
@@ -132,17 +147,17 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_wgmma_kernel(const __gri
   for (int kt = 0; kt < KT; ++kt) {
     // f16: tile kt landed. W8: tile kt + 1 landed (tile kt is already dequantized into X[kt % 3]).
     if constexpr (CF::W8)
-      cp_async_wait<S - 4>();
+      cp_async_wait<NS - 4>();
     else
-      cp_async_wait<S - 3>();
+      cp_async_wait<NS - 3>();
     fence_proxy_async();  // this thread's cp.async / dequant writes -> visible to the async proxy (wgmma)
     __syncthreads();
     {
-      const int ktn = kt + S - 2;  // slot of tile kt - 2: its wgmma retired (wait_group 1 in iteration kt - 1)
-      if (ktn < KT) load_stage<CF>(g, smem, ktn % S, ktn, m0, n0, tid);
+      const int ktn = kt + NS - 2;  // slot of tile kt - 2: its wgmma retired (wait_group 1 in iteration kt - 1)
+      if (ktn < KT) load_stage<CF>(g, smem, ktn % NS, kb + ktn, m0, n0, tid);
       cp_async_commit();
     }
-    const int slot = kt % S;
+    const int slot = kt % NS;
     const uint32_t a_base = smem_u32(smem + slot * CF::STAGE_BYTES) + wg * (64 * 128);
     uint32_t b_base;
     if constexpr (CF::W8)
@@ -155,13 +170,20 @@ __global__ void __launch_bounds__(CF::kThreads, 1) gemm_wgmma_kernel(const __gri
     wgmma_commit();
     if constexpr (CF::W8) {
       // X[(kt + 1) % 3] was last read by the wgmmas of tile kt - 2 (retired before this iteration's barrier).
-      if (kt + 1 < KT) dequant_stage<CF>(smem, (kt + 1) % S, X + ((kt + 1) % 3) * X_ELEMS, tid);
+      if (kt + 1 < KT) dequant_stage<CF>(smem, (kt + 1) % NS, X + ((kt + 1) % 3) * X_ELEMS, tid);
     }
     wgmma_wait<1>();
     fence_acc(acc);
   }
   wgmma_wait<0>();
   fence_acc(acc);
+
+  // Split-K: every thread holds a slice of the tile; the last split CTA of the tile merges and runs the epilogue.
+  if constexpr (CF::kSplitK) if (gridDim.z > 1) {
+    cp_async_wait<0>();  // (empty groups only: every tile was consumed)
+    __shared__ int sk_last;
+    if (!splitk_merge<CF::kThreads, CF::BN / 2>(g, acc, true, tid, sk_last)) return;
+  }
 
   // Accumulator layout (per warp, like mma.sync's C): d[4j + 0, 1] = (row g, cols 8j + 2q, +1), d[4j + 2, 3] = row g + 8.
   const int gq = lane >> 2, qq = lane & 3;
@@ -180,13 +202,18 @@ constexpr int kMaxDevices = 64;
 template <class CF>
 struct Launcher {
   static std::atomic<int> attr_set[kMaxDevices];
-  static void launch(const GemmArgs& g, int dev, cudaStream_t stream) {
+  static void launch(const GemmArgs& g, int splits, bool pdl, int dev, cudaStream_t stream) {
     if (!attr_set[dev].load(std::memory_order_acquire)) {
       cudaFuncSetAttribute(gemm_wgmma_kernel<CF>, cudaFuncAttributeMaxDynamicSharedMemorySize, CF::SMEM);
       attr_set[dev].store(1, std::memory_order_release);
     }
-    dim3 grid((g.M + CF::BM - 1) / CF::BM, (g.N + CF::BN - 1) / CF::BN);
-    gemm_wgmma_kernel<CF><<<grid, CF::kThreads, CF::SMEM, stream>>>(g);
+    dim3 grid((g.M + CF::BM - 1) / CF::BM, (g.N + CF::BN - 1) / CF::BN, CF::kSplitK && splits > 1 ? splits : 1);
+    GemmArgs a = g;
+    a.pdl = pdl && pdl_enabled();
+    if (a.pdl)
+      kernels::launch(gemm_wgmma_kernel<CF>, grid, CF::kThreads, CF::SMEM, stream, a);
+    else
+      kernels::launch_plain(gemm_wgmma_kernel<CF>, grid, CF::kThreads, CF::SMEM, stream, a);
   }
 };
 template <class CF>
@@ -194,10 +221,10 @@ std::atomic<int> Launcher<CF>::attr_set[kMaxDevices];
 
 struct Entry {
   ConfigInfo info;
-  void (*launch)(const GemmArgs&, int, cudaStream_t);
+  void (*launch)(const GemmArgs&, int, bool, int, cudaStream_t);
 };
 #define L2_SM90A_ENTRY(WGS, BN, S, W8, NAME) \
-  {{NAME, 64 * WGS, BN, Cfg<WGS, BN, S, W8>::SMEM}, &Launcher<Cfg<WGS, BN, S, W8>>::launch},
+  {{NAME, 64 * WGS, BN, Cfg<WGS, BN, S, W8>::SMEM, Cfg<WGS, BN, S, W8>::kSplitK}, &Launcher<Cfg<WGS, BN, S, W8>>::launch},
 // clang-format off
 const Entry kF16[] = {  // ids as in gemm.cu's kTuning (100 + index)
   L2_SM90A_ENTRY(2, 128, 6, false, "f16 wgmma 128x128x64 s6")
@@ -215,7 +242,9 @@ const Entry kW8[] = {
 
 int num_configs(bool w8) { return w8 ? (int)(sizeof(kW8) / sizeof(kW8[0])) : (int)(sizeof(kF16) / sizeof(kF16[0])); }
 ConfigInfo config(bool w8, int i) { return (w8 ? kW8 : kF16)[i].info; }
-void launch(bool w8, int i, const GemmArgs& g, int dev, cudaStream_t stream) { (w8 ? kW8 : kF16)[i].launch(g, dev, stream); }
+void launch(bool w8, int i, const GemmArgs& g, int splits, bool pdl, int dev, cudaStream_t stream) {
+  (w8 ? kW8 : kF16)[i].launch(g, splits, pdl, dev, stream);
+}
 
 }  // namespace sm90a
 }  // namespace l2::kernels

@@ -64,7 +64,9 @@ struct GemmSplitK {
   int* counters = nullptr;
   int n_counters = 0;
 };
-constexpr size_t kGemmSplitKBytes = 4u << 20;  // ~2 CTAs per SM of partial tiles (32 x 64: 2.1 MB on 132 SMs)
+// Partial tiles: ~2 CTAs per SM of 32 x 64 mma.sync tiles take 2.1 MB on 132 SMs; the 64 x 128 wgmma tiles'
+// wave-chosen splits up to 16.1 MB (7B gate_up at M = 64: 172 tiles x 3 splits x 32 KB).
+constexpr size_t kGemmSplitKBytes = 20u << 20;
 constexpr int kGemmSplitKCounters = 4096;
 void gemm_f16(const half* A, int lda, const half* W, int ldw, int M, int N, int n_valid, int K,
               const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk = nullptr);

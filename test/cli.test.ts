@@ -160,6 +160,8 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     expect(out.ids).toEqual(base.ids);
     expect(out.stats.acceptedDraftTokens).toBeGreaterThan(0);
     expect(r.stderr).toMatch(/draft model .*tiny-llama-q8_0\.gguf/);
+    expect(r.stderr).toMatch(/, draft model drafts \d+\/\d+ accepted/);
+    expect(r.stderr).not.toContain("lookup drafts");
     const chat = cli(["chat", "-m", tiny, "-t", "0", "-n", "8", "--stats", "--draft-model", sharedPath("models/tiny-llama-q8_0.gguf")], "Hello\n");
     expect(chat.code, chat.stderr).toBe(0);
     expect(chat.stderr).toMatch(/drafts \d+\/\d+ accepted/);

@@ -23,6 +23,7 @@ void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const h
                 int n_valid, int K, const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk);
 void set_splits(int n);  // split-K: 0 = the library's choice, 1 = never, n = forced where allowed
 bool config_splits(bool w8, int i);  // the configuration has split-K built in (the small tiles)
+void set_wgmma_min_m(int m);         // LLAMA2_GEMM_WGMMA_MIN_M's setting (0 = off)
 }  // namespace l2::kernels::gemm_detail
 
 namespace {
@@ -569,7 +570,7 @@ void correctness(Context& ctx) {
         GemmCase s{std::string("cfg ") + gd::config_name(w8, cfg), 300, 640, 512, 1024, 1024, Epi::SwiGLU, w8 != 0, cfg};
         run_gemm_case(ctx, s);
       }
-      // Split-K forced (mma.sync configurations): 17 or 34 k-tiles in 2-4 splits (uneven shares), the residual-add
+      // Split-K forced (the configurations that have it: mma.sync's small tiles, the 64-row wgmma ones): 17 or 34 k-tiles in 2-4 splits (uneven shares), the residual-add
       // and the RoPE epilogues after the merge; run twice (the counters must be back at zero for the second).
       if (!gd::config_splits(w8, cfg)) continue;
       for (int splits : {2, 3, 4})
@@ -597,6 +598,18 @@ void correctness(Context& ctx) {
       for (int M : {16, 32, 64, 128, 512, 2048}) {
         GemmCase c{std::string("7b ") + s.name, M, s.N, s.n_valid, s.K, s.K, s.kind, w8 != 0, -1, 20, s.head_dim,
                    s.q_dim, s.kv_dim};
+        run_gemm_case(ctx, c);
+      }
+  // The 64-row wgmma tile with its split-K chosen by waves (LLAMA2_GEMM_WGMMA_MIN_M; sm_90a only).
+  for (int w8 = 0; w8 < 2; ++w8)
+    for (const Shape& s : kShapes7B)
+      for (int M : {9, 33, 64}) {
+        gd::set_wgmma_min_m(1);
+        const int wg = gd::pick_config(w8, M, s.N);
+        gd::set_wgmma_min_m(0);
+        if (wg == gd::pick_config(w8, M, s.N)) continue;
+        GemmCase c{std::string("7b wgmma64 ") + s.name, M, s.N, s.n_valid, s.K, s.K, s.kind, w8 != 0, wg, 20,
+                   s.head_dim, s.q_dim, s.kv_dim};
         run_gemm_case(ctx, c);
       }
   for (int w8 = 0; w8 < 2; ++w8) {  // logits of the last prompt row
@@ -694,6 +707,15 @@ void bench_shape(Context& ctx, const Shape& s, int M, bool w8, bool tune) {
     double ms1 = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(-1, i); });
     gd::set_splits(0);
     ctx.bench(base + " no split-K", ms1, flops, bytes, fmt("#%d %s", picked, gd::config_name(w8, picked)));
+    // The 64-row wgmma tile with split-K by waves (LLAMA2_GEMM_WGMMA_MIN_M; sm_90a only), A/B.
+    gd::set_wgmma_min_m(1);
+    const int wg = gd::pick_config(w8, M, N);
+    if (wg != picked) {
+      double ms2 = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(-1, i); });
+      ctx.bench(base + " wgmma64", ms2, flops, bytes, fmt("#%d %s", wg, gd::config_name(w8, wg)));
+      ctx.metrics[fmt("gemm.%s.%s.%d.wgmma64", w8 ? "w8" : "f16", s.name, M)] = ms2;
+    }
+    gd::set_wgmma_min_m(0);
   }
   if (tune) {
     int best = -1;

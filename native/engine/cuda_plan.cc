@@ -82,7 +82,7 @@ CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_i
   // then tokens x heads x splits of 128 x (hd + 2) floats.
   p.attn_ws = ((uint64_t)p.decode_chunk * c.n_heads * 4 + 15) / 16 * 16 + (uint64_t)p.decode_chunk * c.n_heads * ((ctx + 127) / 128) * (HD + 2) * 4;
   // kernels.h kGemmSplitKBytes + kGemmSplitKCounters ints: the GEMM's split-K partial tiles and tile counters.
-  p.gemm_ws = (4ull << 20) + 4096 * 4;
+  p.gemm_ws = (20ull << 20) + 4096 * 4;
   p.rope = (uint64_t)ctx * (HD / 2) * 8;
   p.inputs = (M * 4 + S * 4 + S * (uint64_t)p.max_blocks) * 4;
   return p;

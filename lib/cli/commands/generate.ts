@@ -85,7 +85,7 @@ const command: Command = {
         io.stderr.write(
           `[llama2] ${s.promptTokens} prompt tokens (${s.promptTokensPerSecond.toFixed(1)} tok/s), ${s.completionTokens} generated ` +
             `(${s.tokensPerSecond.toFixed(1)} tok/s), first token ${s.timeToFirstTokenMs.toFixed(0)} ms, finish: ${s.finishReason}` +
-            `${s.draftTokens !== undefined ? `, lookup drafts ${s.acceptedDraftTokens}/${s.draftTokens} accepted` : ""}\n`,
+            `${s.draftTokens !== undefined ? `, ${draft ? "draft model" : "lookup"} drafts ${s.acceptedDraftTokens}/${s.draftTokens} accepted` : ""}\n`,
         );
       }
       return 0;
