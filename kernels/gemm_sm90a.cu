@@ -44,6 +44,22 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t saddr) {
          | ((uint64_t)(1024 >> 4) << 32)       // stride byte offset: 8 rows x 128 B
          | ((uint64_t)1 << 62);                // 128-byte swizzle
 }
+#ifdef L2_SIMT_EMU
+// Host emulation (kernels/emu/simt.cc): wgmma queued per thread and performed at the wait_group retiring it.
+inline void fence_proxy_async() {}
+inline void wgmma_fence() {}
+inline void wgmma_commit() { l2emu::wgmma_commit(); }
+template <int N>
+inline void wgmma_wait() {
+  l2emu::wgmma_wait(N);
+}
+template <int N>
+inline void fence_acc(float (&)[N]) {}
+template <int BN>
+inline void wgmma_k16(float (&d)[BN / 2], uint64_t da, uint64_t db) {
+  l2emu::wgmma_f16(d, BN / 2, da, db, true);
+}
+#else
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -89,6 +105,7 @@ __device__ __forceinline__ void wgmma_k16(float (&d)[BN / 2], uint64_t da, uint6
   else
     wgmma_m64n256k16(d, da, db);
 }
+#endif  // L2_SIMT_EMU
 
 template <int WGS_, int BN_, int STAGES_, bool W8_>
 struct Cfg {
@@ -111,7 +128,7 @@ struct Cfg {
 
 template <class CF>
 __global__ void __launch_bounds__(CF::kThreads, 1) gemm_wgmma_kernel(const __grid_constant__ GemmArgs g) {
-  extern __shared__ unsigned char smem_raw[];
+  L2_DYNAMIC_SMEM(smem_raw);
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;
   const int m0 = blockIdx.x * CF::BM, n0 = blockIdx.y * CF::BN;

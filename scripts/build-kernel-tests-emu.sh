@@ -3,8 +3,8 @@
 # the CUDA kernels' logic on the CPU (no GPU, no driver; nvcc is not used, only the CUDA headers).
 #   scripts/build-kernel-tests-emu.sh && build/kernel_tests_emu --quick [--only=gemv,kv_int8]
 #   L2EMU_ORDER=reverse|shuffle build/kernel_tests_emu ...   # another thread order inside barrier intervals
-#   L2EMU_CC=86 ...                                           # model an sm_86 (A10) instead of an sm_80
-# The Hopper-only file (kernels/*_sm90a.cu: wgmma) is left out, as in an sm_80 build.
+#   L2EMU_CC=86|90 ...                                        # model an sm_86 (A10) or sm_90 (H100) instead of an sm_80
+# The Hopper-only file (kernels/*_sm90a.cu: wgmma) is built in; only an L2EMU_CC=90 run selects its kernels.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -24,10 +24,7 @@ OBJ="build/kernel_tests_emu_obj/$(echo "${FLAGS[*]}" | md5sum | cut -c1-8)"
 mkdir -p "$OBJ"
 
 SRCS=()
-for f in kernels/*.cu kernels/tests/*.cu; do
-  [[ "$f" == *_sm90a.cu ]] && continue
-  SRCS+=("$f")
-done
+for f in kernels/*.cu kernels/tests/*.cu; do SRCS+=("$f"); done
 OBJS=()
 fail=0
 compile() {  # src obj lang

@@ -50,7 +50,8 @@ void run_or_record(std::function<void()> op) {
 
 int emu_cc() {
   const char* v = std::getenv("L2EMU_CC");
-  return v && std::atoi(v) == 86 ? 86 : 80;
+  const int cc = v ? std::atoi(v) : 80;
+  return cc == 86 || cc == 90 ? cc : 80;
 }
 
 void on_fault(int sig, siginfo_t* si, void*) {
@@ -274,15 +275,28 @@ cudaError_t cudaGetDeviceCount(int* n) {
   return cudaSuccess;
 }
 
-// An sm_80 (A100-like: 108 SMs, 163 KB of shared memory per block) or, with L2EMU_CC=86, an sm_86 (A10-like).
+// An sm_80 (A100-like: 108 SMs, 163 KB of shared memory per block), with L2EMU_CC=86 an sm_86 (A10-like), with
+// L2EMU_CC=90 an sm_90 (H100 SXM-like: 132 SMs, 227 KB per block; it runs the sm_90a wgmma code too).
+struct EmuDevice {
+  const char* name;
+  int major, minor, sms, smem_optin, smem_per_sm, l2;
+};
+EmuDevice emu_device() {
+  switch (emu_cc()) {
+    case 86: return {"sm_86", 8, 6, 72, 99 * 1024, 100 * 1024, 6 << 20};
+    case 90: return {"sm_90", 9, 0, 132, 227 * 1024, 228 * 1024, 50 << 20};
+    default: return {"sm_80", 8, 0, 108, 163 * 1024, 164 * 1024, 40 << 20};
+  }
+}
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-  const bool a10 = emu_cc() == 86;
+  const EmuDevice d = emu_device();
   switch (a) {
-    case cudaDevAttrMultiProcessorCount: *v = a10 ? 72 : 108; break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = a10 ? 99 * 1024 : 163 * 1024; break;
-    case cudaDevAttrComputeCapabilityMajor: *v = 8; break;
-    case cudaDevAttrComputeCapabilityMinor: *v = a10 ? 6 : 0; break;
-    case cudaDevAttrL2CacheSize: *v = a10 ? 6 << 20 : 40 << 20; break;
+    case cudaDevAttrMultiProcessorCount: *v = d.sms; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = d.smem_optin; break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *v = d.smem_per_sm; break;
+    case cudaDevAttrComputeCapabilityMajor: *v = d.major; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = d.minor; break;
+    case cudaDevAttrL2CacheSize: *v = d.l2; break;
     case cudaDevAttrMaxThreadsPerBlock: *v = 1024; break;
     case cudaDevAttrWarpSize: *v = 32; break;
     default: *v = 0; break;
@@ -292,14 +306,13 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int dev) {
   std::memset(p, 0, sizeof *p);
-  const bool a10 = emu_cc() == 86;
-  std::snprintf(p->name, sizeof p->name, "l2emu host SIMT emulation (%s model)", a10 ? "sm_86" : "sm_80");
+  const EmuDevice d = emu_device();
+  std::snprintf(p->name, sizeof p->name, "l2emu host SIMT emulation (%s model)", d.name);
   cudaDeviceGetAttribute(&p->multiProcessorCount, cudaDevAttrMultiProcessorCount, dev);
-  p->major = 8;
-  p->minor = a10 ? 6 : 0;
-  int v = 0;
-  cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  p->sharedMemPerBlockOptin = (size_t)v;
+  p->major = d.major;
+  p->minor = d.minor;
+  p->sharedMemPerBlockOptin = (size_t)d.smem_optin;
+  p->sharedMemPerMultiprocessor = (size_t)d.smem_per_sm;
   p->sharedMemPerBlock = 48 * 1024;
   cudaDeviceGetAttribute(&p->l2CacheSize, cudaDevAttrL2CacheSize, dev);
   p->totalGlobalMem = (size_t)8 << 30;

@@ -65,6 +65,37 @@ __global__ void mma_kernel(const half* A, const half* B, float* D) {
   D[(g + 8) * 8 + 2 * q + 1] = c[3];
 }
 
+// One wgmma m64n128k16 (a warpgroup: 128 threads) from 128-byte-swizzled K-major tiles in dynamic shared memory:
+// A 64 x 16 at offset 0, B 128 x 16 at 8192, each row 128 bytes apart (64 halves: the first 16 used), row r of
+// an 8-row group at r % 8, 16-byte chunk c stored at chunk c ^ (r % 8), groups 1024 bytes apart. mode 1: A is
+// overwritten after the wgmma is issued, before its wait (the ISA leaves the result undefined; the emulator
+// reads at the wait, so the product changes); mode 2: the kernel exits without waiting.
+__device__ uint64_t wg_desc(uint32_t saddr) {
+  return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+__global__ void wgmma_kernel(const half* A, const half* B, float* D, int mode) {
+  L2_DYNAMIC_SMEM(smem);
+  half* s = reinterpret_cast<half*>(smem);
+  auto at = [](int r, int k) { return (r / 8) * 512 + (r % 8) * 64 + (((k / 8) ^ (r % 8)) * 8) + k % 8; };  // halves
+  for (int i = threadIdx.x; i < 64 * 16; i += 128) s[at(i / 16, i % 16)] = A[i];
+  for (int i = threadIdx.x; i < 128 * 16; i += 128) s[4096 + at(i / 16, i % 16)] = B[i];
+  __syncthreads();
+  float d[64];
+  for (float& x : d) x = 0.f;
+  const uint32_t base = mma::smem_u32(smem);
+  l2emu::wgmma_f16(d, 64, wg_desc(base), wg_desc(base + 8192), true);
+  l2emu::wgmma_commit();
+  if (mode == 2) return;
+  __syncthreads();
+  if (mode == 1) {
+    for (int i = threadIdx.x; i < 64 * 16; i += 128) s[at(i / 16, i % 16)] = __float2half(0.f);
+    __syncthreads();
+  }
+  l2emu::wgmma_wait(0);
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, g = lane / 4, q = lane % 4;
+  for (int i = 0; i < 64; ++i) D[(16 * w + g + 8 * ((i >> 1) & 1)) * 128 + 8 * (i >> 2) + 2 * q + (i & 1)] = d[i];
+}
+
 template <class T>
 T* dev(size_t n) {
   void* p = nullptr;
@@ -143,6 +174,28 @@ int main(int argc, char** argv) {
     std::printf("mma: %d of 128 outputs wrong\n", bad);
     return bad == 0 && cudaGetLastError() == cudaSuccess ? 0 : fail("ldmatrix + mma.sync do not compute A . B^T");
   }
-  std::printf("usage: emu_selftest race|early|oob|exited|misaligned|mma\n");
+  if (c == "wgmma" || c == "wgmma-late" || c == "wgmma-exit") {
+    half* A = dev<half>(64 * 16);
+    half* B = dev<half>(128 * 16);
+    float* D = dev<float>(64 * 128);
+    std::vector<float> a(64 * 16), b(128 * 16);
+    for (int i = 0; i < 64 * 16; ++i) a[i] = (float)((i * 7) % 11 - 5), A[i] = __float2half(a[i]);
+    for (int i = 0; i < 128 * 16; ++i) b[i] = (float)((i * 5) % 9 - 4), B[i] = __float2half(b[i]);
+    const int mode = c == "wgmma" ? 0 : c == "wgmma-late" ? 1 : 2;
+    launch(wgmma_kernel, 1, 128, 24576, nullptr, A, B, D, mode);
+    if (mode == 2) return expect_launch_error("wgmma-exit", "a kernel that exited with a wgmma in flight passed");
+    int bad = 0, zero = 0;
+    for (int m = 0; m < 64; ++m)
+      for (int n = 0; n < 128; ++n) {
+        float ref = 0.f;
+        for (int k = 0; k < 16; ++k) ref += a[m * 16 + k] * b[n * 16 + k];
+        bad += D[m * 128 + n] != ref;
+        zero += D[m * 128 + n] == 0.f;
+      }
+    std::printf("%s: %d of 8192 outputs differ from A . B^T (%d zero)\n", c.c_str(), bad, zero);
+    if (mode == 0) return bad == 0 && cudaGetLastError() == cudaSuccess ? 0 : fail("wgmma does not compute A . B^T");
+    return zero == 8192 ? 0 : fail("a wgmma whose A was overwritten before its wait kept the old A");
+  }
+  std::printf("usage: emu_selftest race|early|oob|exited|misaligned|mma|wgmma|wgmma-late|wgmma-exit\n");
   return 2;
 }

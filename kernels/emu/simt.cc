@@ -41,6 +41,13 @@ struct CpOp {
   bool valid;
 };
 
+struct WgOp {  // one wgmma.mma_async of this thread, waiting for its wait_group
+  float* d;
+  int n;  // accumulator registers (N / 2)
+  uint64_t da, db;
+  bool scale_d;
+};
+
 struct Fiber {
   void* sp = nullptr;
   St st = St::Done;
@@ -48,6 +55,8 @@ struct Fiber {
   int warp_gen = 0;  // warp collectives this thread has entered
   std::vector<std::vector<CpOp>> cp_groups;  // committed, oldest first
   std::vector<CpOp> cp_open;
+  std::vector<std::vector<WgOp>> wg_groups;  // committed wgmma groups, oldest first
+  std::vector<WgOp> wg_open;
 };
 
 struct Warp {
@@ -70,6 +79,7 @@ struct State {
   size_t dyn_size = 0;
   std::mt19937 rng{12345};
   int order = 0;  // 0 forward, 1 reverse, 2 shuffle
+  bool cp_early = false;  // L2EMU_CP_ASYNC=early: cp.async copies at issue instead of at the covering wait
 };
 State g;
 
@@ -93,6 +103,8 @@ void check_bar() {
 extern "C" void l2emu_fiber_main() {
   (*g.fn)();
   Fiber& f = me();
+  if (!f.wg_groups.empty() || !f.wg_open.empty())
+    fail("thread %d exited with wgmma operations in flight (no wgmma.wait_group 0 after them)", g.cur);
   f.st = St::Done;
   --g.live;
   const int w = g.cur / 32;
@@ -201,8 +213,18 @@ void* smem_ptr(uint32_t a, int bytes) {
 
 unsigned char* dynamic_smem() { return g.dyn; }
 
+// A cp.async may land any time between its issue and the wait that covers it. Late (the default) exposes reads
+// before the wait; early (L2EMU_CP_ASYNC=early) exposes refills of a buffer that is still being read (by other
+// threads without a barrier in between, or by a wgmma not yet retired).
 void cp_async(uint32_t dst, const void* src, int bytes, bool valid) {
-  me().cp_open.push_back({static_cast<unsigned char*>(smem_ptr(dst, bytes)), src, bytes, valid});
+  auto* d = static_cast<unsigned char*>(smem_ptr(dst, bytes));
+  if (!g.cp_early) {
+    me().cp_open.push_back({d, src, bytes, valid});
+  } else if (valid) {
+    std::memcpy(d, src, (size_t)bytes);
+  } else {
+    std::memset(d, 0, (size_t)bytes);
+  }
 }
 void cp_async_commit() {
   Fiber& f = me();
@@ -217,6 +239,74 @@ void cp_async_wait(int n_pending) {
       else std::memset(op.dst, 0, (size_t)op.bytes);
     }
     f.cp_groups.erase(f.cp_groups.begin());
+  }
+}
+
+// ---- wgmma (sm_90a), by the PTX ISA: m64nNk16, f16 inputs, f32 accumulators, A and B from shared memory
+// through matrix descriptors, both K-major (no transpose), 128-byte swizzle. Performed at the
+// wgmma.wait_group that retires its group (the latest moment the ISA allows), reading shared memory then: a
+// kernel that refills a stage or touches the accumulators before that wait gets wrong numbers.
+namespace {
+// Descriptor: bits 0-13 start address >> 4 (an 18-bit shared address), 16-29 leading byte offset >> 4 (unused
+// for swizzled K-major operands whose K extent fits one swizzle row), 32-45 stride byte offset >> 4 (between
+// 8-row groups), 49-51 base offset, 62-63 swizzle (1 = 128-byte).
+struct Desc {
+  uint32_t start, sbo;
+};
+Desc decode_desc(uint64_t d) {
+  const int swizzle = (int)(d >> 62), base_off = (int)((d >> 49) & 7);
+  if (swizzle != 1) fail("wgmma descriptor %#llx: swizzle mode %d is not modelled (only 128-byte)", (unsigned long long)d, swizzle);
+  if (base_off != 0) fail("wgmma descriptor %#llx: base offset %d is not modelled", (unsigned long long)d, base_off);
+  // The emulator's dynamic shared memory sits at kDynBase, whose low 18 bits are zero (256 KB window).
+  return {kDynBase + (uint32_t)((d & 0x3FFF) << 4), (uint32_t)(((d >> 32) & 0x3FFF) << 4)};
+}
+// Element (row, k) of a K-major 128-byte-swizzled operand: row r at (r / 8) * SBO + (r % 8) * 128 bytes, k at
+// 2 k bytes, then address bits 4-6 XOR bits 7-9 (the hardware swizzle of the absolute address).
+float operand(const Desc& m, int r, int k) {
+  uint32_t a = m.start + (uint32_t)(r / 8) * m.sbo + (uint32_t)(r % 8) * 128u + 2u * (uint32_t)k;
+  a ^= ((a >> 7) & 7u) << 4;
+  uint16_t bits;
+  std::memcpy(&bits, smem_ptr(a, 2), 2);
+  return __half2float(__ushort_as_half(bits));
+}
+void exec_wgmma(const WgOp& op, int warp, int lane) {
+  const Desc A = decode_desc(op.da), B = decode_desc(op.db);
+  const int gq = lane / 4, q = lane % 4;
+  for (int i = 0; i < op.n; ++i) {
+    // Accumulator register i: row 16 w + g + 8 ((i >> 1) & 1), column 8 (i >> 2) + 2 q + (i & 1).
+    const int row = 16 * warp + gq + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * q + (i & 1);
+    double acc = op.scale_d ? op.d[i] : 0.0;
+    for (int k = 0; k < 16; ++k) acc += (double)operand(A, row, k) * (double)operand(B, col, k);
+    op.d[i] = (float)acc;
+  }
+}
+}  // namespace
+
+void wgmma_f16(float* d, int n, uint64_t da, uint64_t db, bool scale_d) {
+  if (n != 64 && n != 128) fail("wgmma: %d accumulator registers (N = %d) is not modelled", n, 2 * n);
+  // .sync.aligned: every lane of the warp issues the same wgmma (checked per warp).
+  struct In {
+    uint64_t da, db;
+  } in{da, db};
+  const unsigned char* sl = warp_exchange(0xffffffffu, &in, (int)sizeof in);
+  for (int l = 0; l < 32; ++l) {
+    In x;
+    std::memcpy(&x, sl + l * kSlot, sizeof x);
+    if (x.da != da || x.db != db) fail("wgmma: lane %d of the warp passed other descriptors than lane %d", l, lane());
+  }
+  me().wg_open.push_back({d, n, da, db, scale_d});
+}
+void wgmma_commit() {
+  Fiber& f = me();
+  f.wg_groups.push_back(std::move(f.wg_open));
+  f.wg_open.clear();
+}
+void wgmma_wait(int n_pending) {
+  Fiber& f = me();
+  const int warp = (g.cur / 32) % 4, l = g.cur % 32;  // warp rank in its warpgroup, lane
+  while ((int)f.wg_groups.size() > n_pending) {
+    for (const WgOp& op : f.wg_groups.front()) exec_wgmma(op, warp, l);
+    f.wg_groups.erase(f.wg_groups.begin());
   }
 }
 
@@ -235,6 +325,7 @@ bool run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()
   }
   if (!g.dyn) g.dyn = static_cast<unsigned char*>(std::aligned_alloc(128, kDynSmem));
   if (const char* o = std::getenv("L2EMU_ORDER")) g.order = !std::strcmp(o, "reverse") ? 1 : !std::strcmp(o, "shuffle") ? 2 : 0;
+  if (const char* c = std::getenv("L2EMU_CP_ASYNC")) g.cp_early = !std::strcmp(c, "early");
   g.dyn_size = dyn_smem;
   g.fn = &fn;
   gridDim = grid;
@@ -262,6 +353,8 @@ bool run_grid(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()
           f.warp_gen = 0;
           f.cp_groups.clear();
           f.cp_open.clear();
+          f.wg_groups.clear();
+          f.wg_open.clear();
           order[(size_t)i] = g.order == 1 ? n - 1 - i : i;
         }
         while (g.live > 0) {

@@ -5,14 +5,17 @@
 // after another (shared memory is poisoned before each). __syncthreads waits for every live thread of the block; warp collectives (shuffles,
 // ldmatrix, mma.sync) wait for every lane of the warp and exchange values as the PTX ISA defines them;
 // cp.async copies land only at the cp.async.wait_group that covers them, so a kernel reading a stage before
-// waiting sees stale data. Device memory is host memory between guard pages, so an out-of-bounds access
+// waiting sees stale data (L2EMU_CP_ASYNC=early: at issue instead, so refilling a stage that is still being
+// read gives wrong numbers). Device memory is host memory between guard pages, so an out-of-bounds access
 // stops the run with the kernel's block and thread. Shared memory: static __shared__ arrays become
 // function statics in one section (blocks run one at a time), dynamic shared memory is one buffer; both
 // are poisoned (NaN bytes) before every block.
 // What it does not model: timing, memory ordering between blocks, races inside a barrier interval (the
 // thread order inside an interval is forward, reverse or shuffled: L2EMU_ORDER=forward|reverse|shuffle, so
 // running twice with different orders exposes most of them), the approximate math of --use_fast_math
-// (host math is IEEE), and Hopper-only code (wgmma; the emulated device is sm_80 or sm_86: L2EMU_CC=80|86).
+// (host math is IEEE). The emulated device is an sm_80 (A100-like), or with L2EMU_CC=86 an sm_86 (A10-like), or
+// with L2EMU_CC=90 an sm_90 (H100-like) that also runs the sm_90a wgmma GEMM (its wgmma, as the PTX ISA
+// defines it, in simt.cc; TMA and mbarriers are not modelled: no kernel of ours uses them).
 #pragma once
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -53,6 +56,11 @@ unsigned char* dynamic_smem();
 void cp_async(uint32_t dst, const void* src, int bytes, bool valid);
 void cp_async_commit();
 void cp_async_wait(int n_pending);
+
+// wgmma (sm_90a): queued per thread at issue, performed at the wait_group that retires its group.
+void wgmma_f16(float* d, int n, uint64_t da, uint64_t db, bool scale_d);
+void wgmma_commit();
+void wgmma_wait(int n_pending);
 
 // Runs fn on every thread of every block of the grid (blocks in order); returns false with the reason in
 // last_error() when the kernel failed (deadlock, bad collective, ...).
