@@ -106,10 +106,11 @@ if step ab-stream 100; then  # the streaming decode attention (LLAMA2_ATTN_STREA
   bench f16-stream 60 LLAMA2_ATTN_STREAM=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,8,32,64 --reps 2
   bench f16-kv8-stream 40 LLAMA2_ATTN_STREAM=1 -- --dtype f16 --kv-cache int8 --prompt 128 --gen 128 --batch 32,64 --reps 2
 fi
-if step ab-wgmma 120; then  # the 64-row wgmma tile + split-K by waves for 33..64 and 17..64 rows (LLAMA2_GEMM_WGMMA_MIN_M), both switches with streaming attention
+if step ab-wgmma 150; then  # the 64-row wgmma tile + split-K by waves for 33..64 and 17..64 rows (LLAMA2_GEMM_WGMMA_MIN_M), with streaming attention, int8 weights
   bench f16-wgmma33 40 LLAMA2_GEMM_WGMMA_MIN_M=33 -- --dtype f16 --prompt 128 --gen 128 --batch 64 --reps 2
   bench f16-wgmma17 40 LLAMA2_GEMM_WGMMA_MIN_M=17 -- --dtype f16 --prompt 128 --gen 128 --batch 16,32 --reps 2
   bench f16-wgmma17-stream 40 LLAMA2_GEMM_WGMMA_MIN_M=17 LLAMA2_ATTN_STREAM=1 -- --dtype f16 --prompt 128 --gen 128 --batch 32,64 --reps 2
+  bench int8-wgmma17 30 LLAMA2_GEMM_WGMMA_MIN_M=17 -- --dtype int8 --prompt 128 --gen 128 --batch 32,64 --reps 2
 fi
 if step mma 110; then  # gemv_mma forced for every step of 2..32 tokens (LLAMA2_GEMV_MMA=1), fp16 too
   bench f16-mma 110 LLAMA2_GEMV_MMA=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4,8,16,32 --reps 2
