@@ -582,6 +582,23 @@ bool config_splits(bool w8, int i) {
   return i < num_mma(w8) ? (w8 ? kW8Configs : kF16Configs)[i].split_k : sm90a::config(w8, i - num_mma(w8)).split_k;
 }
 void set_wgmma_min_m(int m) { g_wgmma_min_m.store(m); }
+// The split count run() would launch configuration i with, given the backend's workspace sizes.
+int chosen_splits(bool w8, int i, int M, int N, int K) {
+  if (i < 0 || i >= num_all(w8)) return 1;
+  int dev = 0;
+  const DeviceInfo& d = device_info(dev);
+  GemmSplitK sk;  // sizes only: choose_splits never dereferences the pointers
+  sk.ws = reinterpret_cast<float*>(alignof(float));
+  sk.counters = reinterpret_cast<int*>(alignof(int));
+  sk.ws_bytes = kGemmSplitKBytes;
+  sk.n_counters = kGemmSplitKCounters;
+  if (i < num_mma(w8)) {
+    const ConfigEntry& c = (w8 ? kW8Configs : kF16Configs)[i];
+    return choose_splits({c.bm, c.bn, c.bk, c.smem, c.split_k, false}, M, N, K, d, &sk);
+  }
+  const sm90a::ConfigInfo c = sm90a::config(w8, i - num_mma(w8));
+  return choose_splits({c.bm, c.bn, 64, c.smem, c.split_k, true}, M, N, K, d, &sk);
+}
 }  // namespace gemm_detail
 
 }  // namespace l2::kernels

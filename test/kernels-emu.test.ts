@@ -61,6 +61,8 @@ describe.skipIf(!headers)(`CUDA kernels on the host SIMT emulator${headers ? "" 
           expect(out).toContain(`cfg ${cfg}`);
         expect(out).toMatch(/cfg f16 wgmma 64x128x64 .* split-K 4 rel_l2/);
         expect(out).toMatch(/cfg w8 wgmma 64x128x64 .* split-K 3 rel_l2/);
+        // The wave rule's split counts at the 7B shapes, M = 64, 132 SMs (qkv o gate_up down logits).
+        expect(out).toMatch(/\[ ok \] f16 wgmma 64-row split-K by waves.* 4 4 3 4 1/);
       } else {
         expect(out).not.toMatch(/\[ ok \] cfg \S+ wgmma/);
         expect(out).toContain("(skip f16 wgmma 64x128x64 s6: sm_90a only)");

@@ -24,6 +24,7 @@ void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const h
 void set_splits(int n);  // split-K: 0 = the library's choice, 1 = never, n = forced where allowed
 bool config_splits(bool w8, int i);  // the configuration has split-K built in (the small tiles)
 void set_wgmma_min_m(int m);         // LLAMA2_GEMM_WGMMA_MIN_M's setting (0 = off)
+int chosen_splits(bool w8, int i, int M, int N, int K);  // the split count run() would use
 }  // namespace l2::kernels::gemm_detail
 
 namespace {
@@ -585,6 +586,19 @@ void correctness(Context& ctx) {
       GemmCase q2{std::string("cfg ") + gd::config_name(w8, cfg), 9, 768, 768, 1024, 1024, Epi::QkvRope, w8 != 0, cfg};
       q2.head_dim = 64, q2.q_dim = 256, q2.kv_dim = 256, q2.splits = 3;
       run_gemm_case(ctx, q2);
+    }
+  // The wave rule's split counts for the 64-row wgmma tile at the 7B shapes, M = 64, on a 132-SM sm_90 (H100 SXM /
+  // H200, or the emulator's sm_90 model): qkv 4, o 4, gate_up 3, down 4, logits 1 (NOTES, stop 23).
+  if (ctx.cc_major == 9 && ctx.sms == 132)
+    for (int w8 = 0; w8 < 2; ++w8) {
+      gd::set_wgmma_min_m(1);
+      const int wg = gd::pick_config(w8, 64, 4096);
+      gd::set_wgmma_min_m(0);
+      if (!std::strstr(gd::config_name(w8, wg), "wgmma 64x")) continue;  // (the sm_90a file is not linked in)
+      std::string got;
+      for (const Shape& s : kShapes7B) got += fmt("%s%d", got.empty() ? "" : " ", gd::chosen_splits(w8, wg, 64, s.N, s.K));
+      ctx.check(fmt("%s wgmma 64-row split-K by waves, 7B shapes at M=64 (qkv o gate_up down logits)", w8 ? "w8" : "f16"),
+                got == "4 4 3 4 1", 0, 0, got);
     }
   if (ctx.opt.quick) return;
   // GQA-style QKV (Q 4096 + K/V 1024 each, 8 kv heads), ragged M.

@@ -7,7 +7,7 @@
 # bench-f16 bench-int8 big serve sanitize kernels):
 #   info doctor small kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
 #   A/B by env switch: ab-split ab-persist ab-early ab-stream ab-wgmma mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
-#   big (7B validation) serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
+#   big (7B validation) big-wgmma serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 R=/tmp/results; mkdir -p "$OUT" "$R" build/Release
@@ -38,7 +38,7 @@ xz -dc .device/llama2_native.node.xz > build/Release/llama2_native.node
 [ -f .device/kernel_tests.xz ] && xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
 # The 7B file is CPU and disk work: made (when a step uses it) while the GPU runs the small checks.
 maker=
-if [[ "$STEPS" =~ \ (bench-f16|bench-int8|ab-[a-z]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|serve|constrained|step-cost|kv8)\  ]] && [ ! -s $BIG ]; then
+if [[ "$STEPS" =~ \ (bench-f16|bench-int8|ab-[a-z]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|big-wgmma|serve|constrained|step-cost|kv8)\  ]] && [ ! -s $BIG ]; then
   ( node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet > "$R/make-7b.log" 2>&1; echo "make-model rc=$?" >> "$R/make-7b.log" ) &
   maker=$!  # (a warm machine keeps the file of an earlier call)
 fi
@@ -135,6 +135,10 @@ fi
 if step big 150; then
   timeout 150 node scripts/gpu/validate.mjs --skip-small --big $BIG --out "$R/validate-7b.json" > "$R/validate-7b.log" 2>&1; echo "validate 7B rc=$?"
   tail -25 "$R/validate-7b.log"; pack
+fi
+if step big-wgmma 150; then  # the 7B validation with every 17..64-row GEMM on the 64-row wgmma tile (LLAMA2_GEMM_WGMMA_MIN_M=17)
+  LLAMA2_GEMM_WGMMA_MIN_M=17 timeout 150 node scripts/gpu/validate.mjs --skip-small --big $BIG --out "$R/validate-7b-wgmma.json" > "$R/validate-7b-wgmma.log" 2>&1; echo "validate 7B (wgmma64) rc=$?"
+  tail -25 "$R/validate-7b-wgmma.log"; pack
 fi
 if step serve 150; then
   timeout 150 node scripts/gpu/serve-load.mjs --model $BIG --device cuda --dtype f16 --clients 64 --max-tokens 128 --rounds 2 --context 1024 \
