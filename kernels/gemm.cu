@@ -86,7 +86,7 @@ constexpr int kAnyM = 1 << 30;
 // clang-format off
 constexpr ArchTuning kTuning[] = {
   // H100 / H200 (sm_90: 132 SMs, 227 KB smem/SM, 50 MB L2) with the wgmma path (gemm_sm90a.cu; ids 100+:
-  // f16 100 = 128x128x64 s6, 101 = 128x256x64 s4, 102 = 64x128x64 s6; w8 100 = 128x128x64 s5, 101 = 64x128x64
+  // f16 100 = 128x128x64 s6, 101 = 128x256x64 s4, 102 = 64x128x64 s6, 103 = 64x128x64 s4; w8 100 = 128x128x64 s5, 101 = 64x128x64
   // s6). Measured on H100 SXM (--tune): M <= 64 is memory-bound and best on the small mma.sync tiles; wgmma
   // wins from M = 128 once the shape gives >= ~0.7 waves of 128x128 tiles.
   // f16 at M = 512: qkv 356, o 340, gate_up 402, down 442, logits 457 TFLOP/s (mma.sync best: 223-268);

@@ -247,6 +247,9 @@ const Entry kF16[] = {  // ids as in gemm.cu's kTuning (100 + index)
   L2_SM90A_ENTRY(2, 128, 6, false, "f16 wgmma 128x128x64 s6")
   L2_SM90A_ENTRY(2, 256, 4, false, "f16 wgmma 128x256x64 s4")
   L2_SM90A_ENTRY(1, 128, 6, false, "f16 wgmma 64x128x64 s6")
+  // 97 KB: two CTAs per SM, so with PDL the next GEMM's CTAs load their first weight tiles beside this one's
+  // (batched decode: ~25 us per launch at M = 64); timed by --tune against s6, not chosen by any table yet.
+  L2_SM90A_ENTRY(1, 128, 4, false, "f16 wgmma 64x128x64 s4")
 };
 const Entry kW8[] = {
   L2_SM90A_ENTRY(2, 128, 5, true, "w8 wgmma 128x128x64 s5")
