@@ -63,9 +63,17 @@ describe("--model demo", () => {
     const info = cli(["inspect", "--model", "demo", "--json"], "", env);
     expect(info.code, info.stderr).toBe(0);
     expect(JSON.parse(info.stdout).format).toBe("gguf");
-    const bench = cli(["bench", "--model", "demo", "--device", "cpu", "--prompt", "8", "--gen", "4", "--reps", "1", "--skip-cold", "--json"], "", env);
+    // An A/B switch is recorded in the result; a key-like variable is not.
+    const bench = cli(["bench", "--model", "demo", "--device", "cpu", "--prompt", "8", "--gen", "4", "--reps", "1", "--skip-cold", "--json"], "", {
+      ...env,
+      LLAMA2_GEMM_WGMMA_MIN_M: "33",
+      LLAMA2_API_KEY: "secret",
+    });
     expect(bench.code, bench.stderr).toBe(0);
-    expect(JSON.parse(bench.stdout).model.path).toContain("demo-v1.gguf");
+    const result = JSON.parse(bench.stdout);
+    expect(result.model.path).toContain("demo-v1.gguf");
+    expect(result.engine.switches).toMatchObject({ LLAMA2_GEMM_WGMMA_MIN_M: "33" });
+    expect(result.engine.switches).not.toHaveProperty("LLAMA2_API_KEY");
   }, 120_000);
 
   it("generate --json-schema (inline or a file) constrains the output; a bad schema exits 2 naming its keyword", () => {

@@ -154,6 +154,14 @@ describe("compare", () => {
     expect([nl[5], nl[7], nl[8]]).toEqual(["150", "9000", "57.0"]);
   });
 
+  it("labels an A/B run with the engine switches it recorded", () => {
+    const base = load("gpu-example.json")[0]!;
+    const ab: BenchResult = structuredClone(base);
+    ab.engine.switches = { LLAMA2_GEMM_WGMMA_MIN_M: "33" };
+    const rows = table(compareResults([base, ab]).markdown).slice(2).filter((r) => r[0] === "measured");
+    expect(rows.map((r) => r[1])).toEqual(["llama2-native 0.0.0-example (cuda)", "llama2-native 0.0.0-example (cuda) [LLAMA2_GEMM_WGMMA_MIN_M=33]"]);
+  });
+
   it("converts llama-bench tests per model and device", () => {
     const tests = JSON.parse(readFileSync(fixture("llama-bench-example.json"), "utf8"));
     const cpuTests = tests.map((t: any) => ({ ...t, backends: "CPU", gpu_info: "", model_filename: "/m/other.gguf" }));

@@ -10,7 +10,7 @@ import { Llama2 } from "../llama2.js";
 import { detectNvidiaDriver, native } from "../native.js";
 import { Rng } from "../rng.js";
 import type { Device, KvCacheType, WeightDtype } from "../types.js";
-import { BENCH_SCHEMA, stat, type BenchResult, type DecodeFigure, type MachineInfo, type PrefillFigure, type Stat } from "./result.js";
+import { BENCH_SCHEMA, engineSwitches, stat, type BenchResult, type DecodeFigure, type MachineInfo, type PrefillFigure, type Stat } from "./result.js";
 
 export interface BenchOptions {
   model: string;
@@ -155,7 +155,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const result: BenchResult = {
     schema: BENCH_SCHEMA,
     createdAt: new Date().toISOString(),
-    engine: { name: "llama2-native", version: packageVersion(), backend: info.device, command: process.argv.slice(1).join(" ") },
+    engine: { name: "llama2-native", version: packageVersion(), backend: info.device, command: process.argv.slice(1).join(" "), switches: engineSwitches() },
     machine,
     model: {
       path: path.resolve(o.model),
@@ -265,6 +265,8 @@ export function summarize(r: BenchResult): string {
   const dev = r.machine.gpu ? `${r.machine.gpu.name} (${r.machine.gpu.measuredBandwidthGBs.toFixed(0)} GB/s copy)` : `${r.machine.cpu.model} x${r.machine.cpu.cores}`;
   const params = r.model.params >= 1e9 ? `${(r.model.params / 1e9).toFixed(2)}B` : `${(r.model.params / 1e6).toFixed(2)}M`;
   lines.push(`model ${path.basename(r.model.path)} (${params} params, ${r.model.dtype}${r.model.kvCacheType ? `, KV ${r.model.kvCacheType}` : ""}) on ${dev}`);
+  const sw = Object.entries(r.engine.switches ?? {});
+  if (sw.length > 0) lines.push(`switches: ${sw.map(([k, v]) => `${k}=${v}`).join(" ")}`);
   lines.push(`load: warm ${formatStat(r.load.warmMs, 0)} ms${r.load.coldMs ? `, cold ${formatStat(r.load.coldMs, 0)} ms` : ""}`);
   for (const p of r.prefill) lines.push(`prefill ${p.promptTokens}: ${formatStat(p.tokensPerSecond)} tok/s, TTFT ${formatStat(p.ttftMs)} ms`);
   for (const d of r.decode) {

@@ -129,13 +129,19 @@ const deviceOf = (r: BenchResult) =>
   r.engine.backend === "cuda" && r.machine.gpu ? r.machine.gpu.name : `CPU${r.machine.cpu.model ? `: ${r.machine.cpu.model}` : ""}`;
 const batch1 = (r: BenchResult): DecodeFigure | undefined => r.decode.find((d) => d.batch === 1);
 
+function switchesOf(r: BenchResult): string {
+  const sw = r.engine.switches && typeof r.engine.switches === "object" ? Object.entries(r.engine.switches) : [];
+  return sw.length > 0 ? ` [${sw.map(([k, v]) => `${k}=${String(v)}`).join(" ")}]` : "";
+}
+
 function measuredRow(r: BenchResult): Row {
   const prefill = new Map<number, { tps: number; ttftMs: number }>();
   for (const p of r.prefill) prefill.set(p.promptTokens, { tps: num(p.tokensPerSecond?.median), ttftMs: num(p.ttftMs?.median) });
   return {
     kind: "measured",
     ours: isOurs(r),
-    engine: `${r.engine.name} ${r.engine.version} (${r.engine.backend})`,
+    // A/B runs differ only by their switches: the engine cell names them.
+    engine: `${r.engine.name} ${r.engine.version} (${r.engine.backend})${switchesOf(r)}`,
     device: deviceOf(r),
     model: modelKey(r),
     dtype: r.model.dtype,

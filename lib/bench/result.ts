@@ -63,7 +63,14 @@ export interface DecodeFigure {
 export interface BenchResult {
   schema: typeof BENCH_SCHEMA;
   createdAt: string;
-  engine: { name: string; version: string; backend: "cpu" | "cuda"; command?: string };
+  engine: {
+    name: string;
+    version: string;
+    backend: "cpu" | "cuda";
+    command?: string;
+    /** The engine's A/B switches set for the run (LLAMA2_GEMM_*, LLAMA2_ATTN_*, ...; see engineSwitches). */
+    switches?: Record<string, string>;
+  };
   machine: MachineInfo;
   model: {
     path: string;
@@ -97,4 +104,17 @@ export function stat(samples: number[]): Stat {
   const mean = s.reduce((a, b) => a + b, 0) / n;
   const stdev = n > 1 ? Math.sqrt(s.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1)) : 0;
   return { median, min: s[0]!, max: s[n - 1]!, mean, stdev, n };
+}
+
+/**
+ * The environment variables that change which kernels or engine paths run (the A/B switches the GPU lease
+ * steps set: LLAMA2_GEMM_*, LLAMA2_GEMV_*, LLAMA2_ATTN_*, LLAMA2_GRAPH_*, LLAMA2_FUSED_*, LLAMA2_CPU_*,
+ * LLAMA2_CUDA_F32_*, and the emulator's L2EMU_*), so that a result file says what it measured. Names are
+ * matched by rule, so paths, keys and tokens (LLAMA2_HOME, LLAMA2_API_KEY, ...) never land in a result.
+ */
+export function engineSwitches(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of Object.keys(env).sort())
+    if (/^(LLAMA2_(GEMM|GEMV|ATTN|GRAPH|FUSED|CPU|CUDA_F32)_[A-Z0-9_]+|L2EMU_[A-Z0-9_]+)$/.test(name) && env[name] !== undefined) out[name] = env[name]!;
+  return out;
 }
