@@ -55,3 +55,25 @@ describe("scripts/gpu on the CPU", () => {
     expect(run(["--tokens", "0,2"]).status).toBe(2);
   }, 150_000);
 });
+
+describe("scripts/gpu/lease.sh", () => {
+  const src = readFileSync(path.join(projectRoot, "scripts/gpu/lease.sh"), "utf8");
+  it("parses, and its header lists exactly the steps it implements", () => {
+    expect(spawnSync("bash", ["-n", path.join(projectRoot, "scripts/gpu/lease.sh")]).status).toBe(0);
+    const implemented = [...src.matchAll(/^if step ([a-z0-9-]+) \d+; then/gm)].map((m) => m[1]!);
+    // The step list: the header lines from "#   info doctor" to the first line that is not a comment.
+    const lines = src.split("\n");
+    const first = lines.findIndex((l) => l.startsWith("#   info doctor"));
+    const last = lines.findIndex((l, i) => i > first && !l.startsWith("#"));
+    const header = lines
+      .slice(first, last)
+      .join(" ")
+      .replace(/#|\([^)]*\)|A\/B by env switch:/g, " ")
+      .split(/[\s|]+/)
+      .filter((w) => w !== "");
+    expect(implemented.length).toBeGreaterThan(20);
+    expect(new Set(implemented).size).toBe(implemented.length);
+    expect(implemented.filter((s) => !header.includes(s))).toEqual([]);
+    expect(header.filter((s) => !implemented.includes(s))).toEqual([]);
+  });
+});
