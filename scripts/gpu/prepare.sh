@@ -4,8 +4,8 @@
 #   scripts/gpu/prepare.sh                 # the model steps' pack: node modules shared addon (~55 MiB)
 #   PACK="node modules addon kernels" scripts/gpu/prepare.sh   # the kernel harness's pack (~48 MiB)
 # (the carry limit is 64 MiB: addon + kernel harness + models do not fit in one call; a missing sm_90
-# addon or a stale harness is built first)
-#   REBUILD=1 ...                          # rebuild the sm_90 addon and harness even if present
+# addon or a stale harness is built first; the addon's build is incremental)
+#   REBUILD=1 ...                          # rebuild the sm_90 addon and harness from scratch
 # Parts: node (this machine's node binary), modules (runtime packages only), shared (../shared models and
 # fixtures), addon (build-sm90's sm_90 addon), kernels (the sm_90 kernel harness). setup.sh is always
 # written. Then: run with carry [".device", "tmp/gpu-dist"] and
@@ -24,16 +24,17 @@ npx tsc -p tsconfig.json
 rm -rf tmp/gpu-dist && mkdir -p tmp && cp -r dist tmp/gpu-dist
 
 if has addon; then
-  if [[ "${REBUILD:-0}" == 1 || ! -f build-sm90/Release/llama2_native.node ]]; then
-    npx cmake-js compile -O build-sm90 --CDCMAKE_CUDA_ARCHITECTURES=90 --log-level warn
-  fi
+  # Always built: the build is incremental (nothing to do when current), and a present but stale addon
+  # would be packed otherwise. REBUILD=1 starts from an empty build-sm90.
+  [[ "${REBUILD:-0}" == 1 ]] && rm -rf build-sm90
+  npx cmake-js compile -O build-sm90 --CDCMAKE_CUDA_ARCHITECTURES=90 --log-level warn
   strip -o /tmp/llama2_native.node build-sm90/Release/llama2_native.node
   xz -T0 -9 -c /tmp/llama2_native.node > "$D/llama2_native.node.xz"
 else
   rm -f "$D/llama2_native.node.xz"
 fi
 if has kernels; then
-  if [[ "${REBUILD:-0}" == 1 || ! -x build/kernel_tests || -n "$(find kernels -newer build/kernel_tests -name '*.cu*' 2>/dev/null | head -1)" ]]; then
+  if [[ "${REBUILD:-0}" == 1 || ! -x build/kernel_tests || -n "$(find kernels native/common -newer build/kernel_tests \( -name '*.cu*' -o -name '*.h' \) 2>/dev/null | head -1)" ]]; then
     ARCHS=90 JOBS="${JOBS:-2}" scripts/build-kernel-tests.sh
   fi
   strip -o /tmp/kernel_tests build/kernel_tests
