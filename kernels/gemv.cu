@@ -2,7 +2,6 @@
 // Memory-bound: every weight byte is read once per step with 16-byte streaming loads, all of a
 // block's loads in flight at once; the T activation rows are read through L1 (tiny, shared by the
 // block). fp32 accumulation, fused epilogue.
-#include <atomic>
 #include <type_traits>
 
 #include "common.cuh"
@@ -279,29 +278,14 @@ __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8
 
 // Rows per block: 0 = the defaults above; tests set 2 or 4 to compare (gemv_detail::set_rows).
 int g_rows_f16 = 0, g_rows_w8 = 0;
-// Grid cap (blocks): 0 = as many as fit the SMs at once (the default), -1 = one block per row group
-// (LLAMA2_GEMV_PERSIST=0: the launch before the grid-stride loop, for A/B runs), > 0: tests.
-std::atomic<int> g_grid_cap{kKnobUnread};
 
-// Blocks of `kernel` (T tokens) for n_groups row groups. The grid-stride walk only at T = 1, where the GEMV is
-// memory-bound (H200, 7B: +4.4% fp16 and +5.7% int8 tok/s at batch 1); from T = 2 the kernel is arithmetic-bound
-// and the capped grid cost occupancy (int8 batch 4: 859 against 945 tok/s with a block per group).
+// Blocks of `kernel` (T tokens) for n_groups row groups (walk_grid, launch.cuh). The grid-stride walk only at
+// T = 1, where the GEMV is memory-bound (H200, 7B: +4.4% fp16 and +5.7% int8 tok/s at batch 1); from T = 2 the
+// kernel is arithmetic-bound and the capped grid cost occupancy (int8 batch 4: 859 against 945 tok/s with a
+// block per group).
 template <class Kernel>
 int gemv_grid(Kernel kernel, int T, int n_groups) {
-  int cap = env_knob(g_grid_cap, "LLAMA2_GEMV_PERSIST", [](const char* e) { return e && *e == '0' ? -1 : 0; });
-  if (cap < 0 || (cap == 0 && T > 1)) return n_groups;
-  if (cap == 0) {
-    static std::atomic<int> per_sm{0};  // per kernel instantiation (one GPU model per process in practice)
-    int bps = per_sm.load(std::memory_order_relaxed);
-    if (bps == 0) {
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, kThreads, 0) != cudaSuccess || bps < 1) bps = 1;
-      per_sm.store(bps, std::memory_order_relaxed);
-    }
-    cap = bps * device_sm_count();
-  }
-  // Equal shares: every block walks the same number of groups (the last share may be short by one block's).
-  const int per = (n_groups + cap - 1) / cap;
-  return (n_groups + per - 1) / per;
+  return walk_grid(kernel, kThreads, n_groups, T == 1);
 }
 
 template <bool NORM, int T>
@@ -386,7 +370,7 @@ void set_rows(int f16_rows, int w8_rows) {
   g_rows_f16 = f16_rows;
   g_rows_w8 = w8_rows;
 }
-void set_grid_cap(int blocks) { g_grid_cap.store(blocks); }
+void set_grid_cap(int blocks) { set_walk_cap(blocks); }
 }  // namespace gemv_detail
 
 }  // namespace l2::kernels

@@ -16,6 +16,8 @@
 // Checked and measured on H200 (stop 14): int8 weights, where the GEMV is ALU-bound from 2 tokens, gain
 // most (7B qkv at T = 8: 0.0204 ms against the GEMV's 0.0531 and the GEMM's 0.0384), so the backend takes it
 // for int8 steps of 2..16 tokens; for fp16 the GEMV (T <= 4) or the GEMM measured faster (cuda_backend.cu).
+// At one token it walks its row blocks grid-stride like the GEMV (stop 24; LLAMA2_GEMV_MMA_T1=1 selects it
+// there for A/B runs, not measured yet).
 #include "common.cuh"
 #include "epilogue.cuh"
 #include "gemm_common.cuh"
@@ -77,28 +79,35 @@ __device__ __forceinline__ Frag to_frag(const Raw<W8>& r, int row) {
 
 // NT tiles of 8 tokens; U chunks per warp per round (their weight loads are in flight together).
 // W8: Wv is int8 q[N][ldw] and S its scales [N][ldw / 32]; otherwise Wv is fp16 [N][ldw] and S unused.
+// Blocks walk the 16-row blocks grid-stride (walk_grid: capped at one token, as the GEMV): a block's next
+// row block's first round is in flight while it reduces and stores the current one.
 template <bool W8, int NT, int U>
 __global__ void __launch_bounds__(kThreads) gemv_mma_kernel(const half* __restrict__ A, int lda, const void* __restrict__ Wv,
                                                             const half* __restrict__ S, int ldw, int T, int n_valid, int K, Epilogue epi) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, q = lane & 3;
-  const int n0 = blockIdx.x * kRows;
   constexpr int kElem = W8 ? 1 : 2;  // bytes per weight
-  const uint8_t* w_lo = static_cast<const uint8_t*>(Wv) + ((size_t)(n0 + g) * ldw + 16 * q) * kElem;  // row g
-  const uint8_t* w_hi = w_lo + (size_t)8 * ldw * kElem;                                               // row g + 8
-  const half* s_lo = W8 ? S + (size_t)(n0 + g) * (ldw / 32) + q / 2 : nullptr;
-  const half* s_hi = W8 ? s_lo + (size_t)8 * (ldw / 32) : nullptr;
   const int n_chunks = K / kChunk;
+  const int n_blocks = (n_valid + kRows - 1) / kRows;
+  const int rounds = (n_chunks + U * kWarps - 1) / (U * kWarps);
 
   float acc[NT][4];
+  auto reset = [&] {
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
+    for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+      for (int i = 0; i < 4; ++i) acc[nt][i] = 0.f;
+  };
+  reset();
 
   // Chunks of this warp: warp, warp + kWarps, ...; round r holds chunks r * U * kWarps + u * kWarps + warp.
   auto chunk_of = [&](int round, int u) { return (round * U + u) * kWarps + warp; };
-  auto load_w = [&](Raw<W8> (&w)[U], int round) {
+  auto load_w = [&](Raw<W8> (&w)[U], int rb, int round) {
+    const int n0 = rb * kRows;
+    const uint8_t* w_lo = static_cast<const uint8_t*>(Wv) + ((size_t)(n0 + g) * ldw + 16 * q) * kElem;  // row g
+    const uint8_t* w_hi = w_lo + (size_t)8 * ldw * kElem;                                               // row g + 8
+    const half* s_lo = W8 ? S + (size_t)(n0 + g) * (ldw / 32) + q / 2 : nullptr;
+    const half* s_hi = W8 ? s_lo + (size_t)8 * (ldw / 32) : nullptr;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = chunk_of(round, u);
@@ -116,16 +125,47 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_kernel(const half* __restri
     }
   };
 
+  // acc[nt][0..1] = C[row g][tokens nt*8 + 2q, +1], acc[nt][2..3] = C[row g + 8][same tokens]; the warps'
+  // K shares meet in shared memory, then epilogue pairs (rows 2i, 2i + 1) x tokens.
+  __shared__ float red[kWarps][kRows][NT * 8];
+  auto finish = [&](int rb) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      red[warp][g][nt * 8 + 2 * q] = acc[nt][0];
+      red[warp][g][nt * 8 + 2 * q + 1] = acc[nt][1];
+      red[warp][g + 8][nt * 8 + 2 * q] = acc[nt][2];
+      red[warp][g + 8][nt * 8 + 2 * q + 1] = acc[nt][3];
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < (kRows / 2) * T; p += kThreads) {
+      const int t = p / (kRows / 2), r = 2 * (p % (kRows / 2));
+      const int n = rb * kRows + r;
+      if (n >= n_valid) continue;
+      float v0 = 0.f, v1 = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        v0 += red[w][r][t];
+        v1 += red[w][r + 1][t];
+      }
+      epilogue_pair(epi, t, n, v0, v1);
+    }
+    __syncthreads();  // red is rewritten by the block's next row block
+  };
+
   Raw<W8> wr[U];
-  load_w(wr, 0);  // weights need nothing from the previous kernel
+  int rb = blockIdx.x, round = 0;
+  if (rb >= n_blocks) return;
+  load_w(wr, rb, 0);  // weights need nothing from the previous kernel
   pdl_trigger();
   pdl_wait();
-  const int rounds = (n_chunks + U * kWarps - 1) / (U * kWarps);
-  for (int round = 0; round < rounds; ++round) {
+  for (;;) {
     Raw<W8> cur[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) cur[u] = wr[u];
-    if (round + 1 < rounds) load_w(wr, round + 1);  // next round in flight while this one computes
+    // The next round (this row block's, or the next row block's first) is in flight while this one computes.
+    int rbn = rb, rn = round + 1;
+    if (rn == rounds) rbn = rb + gridDim.x, rn = 0;
+    if (rbn < n_blocks) load_w(wr, rbn, rn);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = chunk_of(round, u);
@@ -149,37 +189,20 @@ __global__ void __launch_bounds__(kThreads) gemv_mma_kernel(const half* __restri
         }
       }
     }
-  }
-
-  // acc[nt][0..1] = C[row g][tokens nt*8 + 2q, +1], acc[nt][2..3] = C[row g + 8][same tokens].
-  __shared__ float red[kWarps][kRows][NT * 8];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    red[warp][g][nt * 8 + 2 * q] = acc[nt][0];
-    red[warp][g][nt * 8 + 2 * q + 1] = acc[nt][1];
-    red[warp][g + 8][nt * 8 + 2 * q] = acc[nt][2];
-    red[warp][g + 8][nt * 8 + 2 * q + 1] = acc[nt][3];
-  }
-  __syncthreads();
-  // Epilogue pairs (rows 2i, 2i + 1) x tokens.
-  for (int p = threadIdx.x; p < (kRows / 2) * T; p += kThreads) {
-    const int t = p / (kRows / 2), r = 2 * (p % (kRows / 2));
-    const int n = n0 + r;
-    if (n >= n_valid) continue;
-    float v0 = 0.f, v1 = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      v0 += red[w][r][t];
-      v1 += red[w][r + 1][t];
+    if (rbn != rb) {
+      finish(rb);
+      if (rbn >= n_blocks) break;
+      reset();
     }
-    epilogue_pair(epi, t, n, v0, v1);
+    rb = rbn, round = rn;
   }
 }
 
 template <bool W8, int NT>
 void launch_mma(const half* A, int lda, const void* W, const half* S, int ldw, int T, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
   constexpr int U = NT <= 2 ? 2 : 1;  // registers: U chunks of weights in flight, NT * 8 words of activations
-  launch(gemv_mma_kernel<W8, NT, U>, ceil_div(n_valid, kRows), kThreads, 0, s, A, lda, W, S, ldw, T, n_valid, K, epi);
+  auto* kernel = gemv_mma_kernel<W8, NT, U>;
+  launch(kernel, walk_grid(kernel, kThreads, ceil_div(n_valid, kRows), T == 1), kThreads, 0, s, A, lda, W, S, ldw, T, n_valid, K, epi);
 }
 
 template <bool W8>

@@ -8,9 +8,11 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 #ifdef L2_SIMT_EMU
 #include <functional>
 #endif
@@ -59,6 +61,46 @@ inline int env_knob(std::atomic<int>& slot, const char* name, int (*parse)(const
   int expected = kKnobUnread;
   slot.compare_exchange_strong(expected, parse(std::getenv(name)));
   return slot.load(std::memory_order_relaxed);
+}
+
+// Grid-stride decode kernels (gemv.cu, gemv_mma.cu) walk row groups with a grid capped at what fits the SMs
+// at once, loading a block's next group before they reduce and store the current one. The cap, one switch
+// for both files: kKnobUnread until read, 0 = fit the SMs (the default), -1 = a block per row group
+// (LLAMA2_GEMV_PERSIST=0, the launch before the walk, for A/B runs), > 0 = that many blocks (tests).
+inline std::atomic<int> g_walk_cap{kKnobUnread};
+inline void set_walk_cap(int blocks) { g_walk_cap.store(blocks); }
+
+// Blocks of `kernel` (`threads` each, no dynamic shared memory) resident per SM, cached per kernel and
+// device (a kernel's occupancy depends on its own registers, so not per signature).
+template <typename... Params>
+int resident_blocks_per_sm(void (*kernel)(Params...), int threads) {
+  struct Entry {
+    const void* kernel;
+    int dev, threads, blocks;
+  };
+  static std::mutex mu;
+  static std::vector<Entry> cache;
+  int dev = 0;
+  cudaGetDevice(&dev);
+  std::lock_guard<std::mutex> lock(mu);
+  for (const Entry& e : cache)
+    if (e.kernel == reinterpret_cast<const void*>(kernel) && e.dev == dev && e.threads == threads) return e.blocks;
+  int bps = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, threads, 0) != cudaSuccess || bps < 1) bps = 1;
+  cache.push_back({reinterpret_cast<const void*>(kernel), dev, threads, bps});
+  return bps;
+}
+
+// The grid of a walk over n_groups row groups: with `walk` and the default cap, as many blocks as fit the
+// SMs; every block takes the same number of groups (the last share may be short by one block's).
+template <typename... Params>
+int walk_grid(void (*kernel)(Params...), int threads, int n_groups, bool walk) {
+  int cap = env_knob(g_walk_cap, "LLAMA2_GEMV_PERSIST", [](const char* e) { return e && *e == '0' ? -1 : 0; });
+  if (n_groups < 1) return n_groups;
+  if (cap < 0 || (cap == 0 && !walk)) return n_groups;
+  if (cap == 0) cap = resident_blocks_per_sm(kernel, threads) * device_sm_count();
+  const int per = (n_groups + cap - 1) / cap;
+  return (n_groups + per - 1) / per;
 }
 
 #ifdef L2_SIMT_EMU

@@ -2,7 +2,7 @@
 // built with LLAMA2_CUDA=EMU (kernels/emu) is loaded in this test process, so device 'cuda' runs every
 // kernel, graph capture and replay, paged cache and top-k of the real backend on the CPU, thread by thread.
 // It checks the backend's logic: stories260K against llama2.c, CUDA against the CPU backend for fp16 and
-// int8 weights, the int8 KV cache, the tensor-core decode kernel (LLAMA2_GEMV_MMA=1) and the fused-norm
+// int8 weights, the int8 KV cache, the tensor-core decode kernel (LLAMA2_GEMV_MMA=1, LLAMA2_GEMV_MMA_T1=1) and the fused-norm
 // GEMV (LLAMA2_FUSED_NORM=1), batched = alone, the fp32 path, and (a synthetic model with head_dim 64) the
 // tensor-core prefill attention, and `llama2 doctor --check`'s CUDA lines. It measures no speed: figures come
 // from a GPU (NOTES.md).
@@ -21,8 +21,11 @@ const headers = cudaHeadersDir;
 const addonFile = path.join(projectRoot, "build-emu/Release/llama2_native.node");
 const STORIES = "models/stories260K.bin";
 const STORIES_FX = "fixtures/stories260K-greedy.json";
+const TINY_F16 = "models/tiny-llama-f16.gguf";
+const TINY_Q8 = "models/tiny-llama-q8_0.gguf";
+const TINY_FX = "fixtures/tiny-llama-hf-reference.json";
 const greedy = (n: number) => ({ temperature: 0, stopOnEos: false, maxTokens: n });
-const skipReason = !headers ? "the CUDA headers (cuda_fp16.h) were not found" : !hasShared(STORIES, STORIES_FX) ? "the shared stories260K model is missing" : "";
+const skipReason = !headers ? "the CUDA headers (cuda_fp16.h) were not found" : !hasShared(STORIES, STORIES_FX, TINY_F16, TINY_Q8, TINY_FX) ? "the shared stories260K or tiny-llama models are missing" : "";
 if (skipReason && process.env.LLAMA2_REQUIRE_SHARED === "1" && headers) throw new Error(`CI requires the shared fixtures: ${skipReason}`);
 
 let Llama2: typeof Llama2Type;
@@ -224,6 +227,26 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
         expect(await worstRel(a, cpu, cases[0].prompt, cases[0].generated.slice(0, 16))).toBeLessThan(2e-2);
       } finally {
         await a.dispose();
+      }
+    });
+  }, 300_000);
+
+  // gemv_mma at one token walks its row blocks grid-stride: tiny-llama's 32000 x 64 logits matrix has 2,000
+  // blocks of 16 rows against the emulator's 432 resident blocks (4 per SM x 108 SMs), so each block walks
+  // four or five. Its F16 and Q8_0 files (int8 weights, llama.cpp's Q8_0 scales) against the CPU on the same file.
+  it("one-token steps on the tensor-core decode kernel (LLAMA2_GEMV_MMA_T1=1): tiny-llama F16 and Q8_0 within 2e-2 of the CPU", async () => {
+    const TINY = readSharedJson<{ cases: { prompt: number[]; generated: number[] }[] }>(TINY_FX).cases[0];
+    await withEnv({ LLAMA2_GEMV_MMA_T1: "1" }, async () => {
+      for (const file of [TINY_F16, TINY_Q8]) {
+        const a = await Llama2.load(sharedPath(file), { device: "cuda" });
+        const b = await Llama2.load(sharedPath(file), { device: "cpu" });
+        try {
+          expect(await worstRel(a, b, TINY.prompt, TINY.generated.slice(0, 12))).toBeLessThan(2e-2);
+          await expectLeadingIds(b, [TINY.prompt], [(await a.generate(TINY.prompt, greedy(10)).result).tokenIds], 6);
+        } finally {
+          await a.dispose();
+          await b.dispose();
+        }
       }
     });
   }, 300_000);

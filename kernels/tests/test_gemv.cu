@@ -6,7 +6,7 @@
 
 namespace l2::kernels::gemv_detail {
 void set_rows(int f16_rows, int w8_rows);  // rows per GEMV block (2 or 4; 0 = the kernel's defaults)
-void set_grid_cap(int blocks);             // 0: fit the SMs (default), -1: a block per row group, > 0: that many
+void set_grid_cap(int blocks);             // GEMV and gemv_mma: 0 fit the SMs (default), -1 a block per row group, > 0 that many
 }
 
 using namespace l2test;
@@ -263,6 +263,9 @@ void correctness(Context& ctx) {
         }
     }
     for (bool w8 : {false, true}) check_norm_shape(ctx, w8, 384, 298, 1088, 1000, 1, true);
+    // gemv_mma walks its 16-row blocks the same way (the cap applies at every T when a test sets it).
+    for (int T : {1, 3, 17})
+      for (bool w8 : {false, true}) check_shape(ctx, Kern::Mma, w8, 384, 298, 1088, T, T % 2 == 1, tag.c_str());
   }
   k::gemv_detail::set_grid_cap(0);
   k::gemv_detail::set_rows(0, 0);
@@ -326,6 +329,13 @@ void benchmarks(Context& ctx) {
         k::gemv_detail::set_grid_cap(0);
         ctx.bench(fmt("gemv grid=groups %-3s %-7s N%-5d K%-5d T%-2d", w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
         ctx.metrics[fmt("gemv_groups.%s.%s.%d", w8 ? "w8" : "f16", s.name, T)] = ms;
+        if (T == 1) {  // gemv_mma's walk at one token, against a block per 16 rows
+          k::gemv_detail::set_grid_cap(-1);
+          ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(Kern::Mma, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+          k::gemv_detail::set_grid_cap(0);
+          ctx.bench(fmt("gemv_mma grid=groups %-3s %-7s N%-5d K%-5d T%-2d", w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
+          ctx.metrics[fmt("gemv_mma_groups.%s.%s.%d", w8 ? "w8" : "f16", s.name, T)] = ms;
+        }
       }
       for (int T : {1, 2, 4, 8, 16, 32}) {
         for (Kern kern : {Kern::Gemv, Kern::Mma, Kern::Gemm}) {
@@ -363,6 +373,16 @@ void benchmarks(Context& ctx) {
         c.summary.push_back(fmt("7B decode matrices per layer, GEMV %s T=%d: grid-stride (fits the SMs) %.1f us, a block per row group %.1f us", dt, T,
                                 grid * 1e3, groups * 1e3));
       }
+    for (const char* dt : {"f16", "w8"}) {
+      double grid = 0, groups = 0;
+      for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
+        auto a = c.metrics.find(fmt("gemv.gemv_mma.%s.%s.1", dt, sh)), b = c.metrics.find(fmt("gemv_mma_groups.%s.%s.1", dt, sh));
+        if (a != c.metrics.end()) grid += a->second;
+        if (b != c.metrics.end()) groups += b->second;
+      }
+      c.summary.push_back(fmt("7B decode matrices per layer, gemv_mma %s T=1: grid-stride (fits the SMs) %.1f us, a block per 16 rows %.1f us", dt,
+                              grid * 1e3, groups * 1e3));
+    }
     for (const char* dt : {"f16", "w8"})
     for (int T : {1, 2, 4, 8, 16, 32}) {
       std::string line = fmt("7B decode matrices per layer, %s, T=%d:", dt, T);

@@ -41,13 +41,17 @@ struct DevMat {
 // which favours the tensor-core kernels further). For end-to-end A/B runs: LLAMA2_GEMV_MMA=0 never takes
 // gemv_mma, =1 takes it for every step of 2..32 tokens; LLAMA2_GEMV_MAX_T=0..8 sets the GEMV's largest step
 // for both weight types (LLAMA2_GEMV_MMA=0 LLAMA2_GEMV_MAX_T=8 is the dispatch before stop 14);
-// LLAMA2_GEMM_SPLITK=1 turns the GEMM's split-K off.
+// LLAMA2_GEMM_SPLITK=1 turns the GEMM's split-K off; LLAMA2_GEMV_MMA_T1=1 runs one-token steps on gemv_mma
+// (stop 24: it walks its row blocks grid-stride at one token now, as the GEMV does; its int8 conversion
+// costs ~1.75 instructions per weight against the GEMV's ~3, and before either walked, the H200 measured it
+// ahead of the GEMV on int8 qkv, 0.0192 against 0.0203 ms; unmeasured end to end).
 class MatDispatch {
  public:
   enum class Kind { Gemv, GemvMma, Gemm };
 
   int gemv_limit(bool int8) const { return gemv_max_t_ >= 0 ? gemv_max_t_ : int8 ? kernels::kGemvMaxT : 4; }
   Kind kind(bool int8, int T, int N) const {
+    if (T == 1 && gemv_mma_t1_) return Kind::GemvMma;
     if (gemv_mma_env_ == 1 && T >= 2 && T <= kernels::kGemvMmaMaxT) return Kind::GemvMma;
     if (int8 && gemv_mma_env_ != 0 && T >= 2 && T <= 16 && !(T <= 4 && N <= 4096)) return Kind::GemvMma;
     return T <= gemv_limit(int8) ? Kind::Gemv : Kind::Gemm;
@@ -81,6 +85,7 @@ class MatDispatch {
   // LLAMA2_GEMV_MMA: unset = kind()'s choice, 0 = never gemv_mma, 1 = gemv_mma for every 2..32 tokens.
   const int gemv_mma_env_ = env_int("LLAMA2_GEMV_MMA", 0, 1, -1);
   const bool split_k_off_ = env_int("LLAMA2_GEMM_SPLITK", 0, 1, 0) == 1;
+  const bool gemv_mma_t1_ = env_int("LLAMA2_GEMV_MMA_T1", 0, 1, 0) == 1;
 };
 
 }  // namespace l2
