@@ -2,12 +2,14 @@
 // Memory-bound: every weight byte is read once per step with 16-byte streaming loads, all of a
 // block's loads in flight at once; the T activation rows are read through L1 (tiny, shared by the
 // block). fp32 accumulation, fused epilogue.
+#include <atomic>
 #include <type_traits>
 
 #include "common.cuh"
 #include "epilogue.cuh"
 #include "kernels.h"
 #include "launch.cuh"
+#include "mma.cuh"
 
 namespace l2::kernels {
 
@@ -276,6 +278,137 @@ __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8
   }
 }
 
+// ---- One token, weights staged through shared memory (LLAMA2_GEMV_STAGED=1; stop 24, not measured) ----
+// The kernels above hold a round of weights in registers while the previous one is used, so registers bound
+// what is in flight: ~64 KB per SM for int8 (4 blocks x 16 KB), ~80 KB for fp16, where int8 reaches 57% of
+// the H200's copy bandwidth and fp16 82% at batch 1. Here every thread keeps kStages 16-byte pieces in flight
+// with cp.async into its own ring slots in shared memory and reads back only what it copied itself, so no
+// barrier orders the ring (a slot is refilled after its piece was used: consume, then issue): 256 B per
+// thread (plus int8 scales) for a few registers, 32-40 KB per block, as many blocks as shared memory allows.
+// Blocks walk row groups grid-stride; a block's stages run on across its groups, so the pipeline does not
+// drain at a group's reduction. Stages go column chunk outer, row inner: a chunk's activations are loaded
+// once for the group's rows.
+constexpr int kStages = 16;
+
+template <bool W8>
+struct Staged {
+  static constexpr int E = W8 ? 16 : 8;                                // weights per 16-byte piece
+  static constexpr int kStep = kThreads * E;                           // columns per stage
+  static constexpr int SLOT = kThreads * 16 + (W8 ? kThreads * 4 : 0);  // a stage's bytes: pieces, then scale words
+  static constexpr int SMEM = kStages * SLOT;
+};
+
+// W8: Wv is int8 q[N][ldw] with scales S[N][ldw / 32] (ldw % 64 == 0: a thread's scale sits in an aligned
+// 4-byte pair); else fp16 [N][ldw]. Rows up to the last group's end are read (as the kernels above).
+template <bool W8, int kR>
+__global__ void __launch_bounds__(kThreads) gemv_staged_kernel(const half* __restrict__ A, const void* __restrict__ Wv,
+                                                               const half* __restrict__ S, int ldw, int K, int n_valid, Epilogue epi) {
+  using C = Staged<W8>;
+  L2_DYNAMIC_SMEM(smem);
+  const int t = threadIdx.x;
+  const int KC = (K + C::kStep - 1) / C::kStep;
+  const int P = KC * kR;  // stages per row group
+  const int n_groups = (n_valid + kR - 1) / kR;
+  const int my_groups = (int)blockIdx.x < n_groups ? (n_groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+  const int total = my_groups * P;
+  const int lds = ldw / 32;
+  // Stage s of this block: its j-th group, column chunk kc, row r of the group.
+  auto issue = [&](int s) {
+    if (s < total) {
+      const int j = s / P, rem = s % P, kc = rem / kR, r = rem % kR;
+      const size_t row = (size_t)(blockIdx.x + j * gridDim.x) * kR + r;
+      const int k = kc * C::kStep + t * C::E;
+      const bool ok = k < K;
+      const int kk = ok ? k : 0;
+      unsigned char* slot = smem + (s % kStages) * C::SLOT;
+      if constexpr (W8) {
+        mma::cp_async_16(mma::smem_u32(slot + t * 16), static_cast<const int8_t*>(Wv) + row * ldw + kk, ok);
+        mma::cp_async_4(mma::smem_u32(slot + kThreads * 16 + t * 4), S + row * lds + ((kk / 32) & ~1), ok);
+      } else {
+        mma::cp_async_16(mma::smem_u32(slot + t * 16), static_cast<const half*>(Wv) + row * ldw + kk, ok);
+      }
+    }
+    mma::cp_async_commit();  // one group per stage, empty past the end: the wait below counts stages
+  };
+  for (int s = 0; s < kStages; ++s) issue(s);  // weights need nothing from the previous kernel
+  pdl_trigger();
+  pdl_wait();
+  float acc[1][kR], ss[1] = {0.f};
+#pragma unroll
+  for (int r = 0; r < kR; ++r) acc[0][r] = 0.f;
+  float xf[C::E];
+  for (int s = 0; s < total; ++s) {
+    mma::cp_async_wait<kStages - 1>();  // stage s has landed (this thread's copies: all it reads)
+    const int j = s / P, rem = s % P, kc = rem / kR, r = rem % kR;
+    const int k = kc * C::kStep + t * C::E;
+    if (r == 0) {  // the chunk's activations, for every row of the group
+      if (k < K) {
+        const uint4 xa = ld_cached(A + k);
+        const half2* h0 = reinterpret_cast<const half2*>(&xa);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 v = __half22float2(h0[i]);
+          xf[2 * i] = v.x, xf[2 * i + 1] = v.y;
+        }
+        if constexpr (W8) {
+          const uint4 xb = ld_cached(A + k + 8);
+          const half2* h1 = reinterpret_cast<const half2*>(&xb);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float2 v = __half22float2(h1[i]);
+            xf[8 + 2 * i] = v.x, xf[8 + 2 * i + 1] = v.y;
+          }
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < C::E; ++i) xf[i] = 0.f;
+      }
+    }
+    const unsigned char* slot = smem + (s % kStages) * C::SLOT;
+    const uint4 w = *reinterpret_cast<const uint4*>(slot + t * 16);
+    float v;
+    if constexpr (W8) {
+      const uint32_t sw = *reinterpret_cast<const uint32_t*>(slot + kThreads * 16 + t * 4);
+      const float sc = __half2float(__ushort_as_half((unsigned short)(((k / 32) & 1) ? sw >> 16 : sw & 0xffffu)));
+      const uint32_t* q = reinterpret_cast<const uint32_t*>(&w);
+      float part = 0.f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t bw = q[i] ^ 0x80808080u;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) part = fmaf(i8_to_f(bw, b), xf[4 * i + b], part);
+      }
+      v = part * sc;
+    } else {
+      v = dot8f(w, xf, 0.f);
+    }
+    // r is the same for every thread: a runtime index into acc would put it in local memory.
+#pragma unroll
+    for (int rr = 0; rr < kR; ++rr)
+      if (rr == r) acc[0][rr] += v;
+    issue(s + kStages);  // into the slot just read (its value is in registers)
+    if (rem == P - 1) {
+      finish<false, 1, kR>(acc, ss, NormInput{}, epi, (int)(blockIdx.x + j * gridDim.x) * kR, n_valid);
+#pragma unroll
+      for (int rr = 0; rr < kR; ++rr) acc[0][rr] = 0.f;
+    }
+  }
+  mma::cp_async_wait<0>();
+}
+
+// The staged kernel instead of the register one (one token): 0 off (default), 1 on; LLAMA2_GEMV_STAGED=1 or tests.
+std::atomic<int> g_staged{kKnobUnread};
+bool staged_on() {
+  return env_knob(g_staged, "LLAMA2_GEMV_STAGED", [](const char* e) { return e && *e == '1' ? 1 : 0; }) == 1;
+}
+
+template <bool W8, int kR>
+void launch_staged(const half* A, const void* W, const half* S, int ldw, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
+  auto* kernel = gemv_staged_kernel<W8, kR>;
+  const int grid = walk_grid(kernel, kThreads, ceil_div(n_valid, kR), true, Staged<W8>::SMEM);
+  launch(kernel, grid, kThreads, Staged<W8>::SMEM, s, A, W, S, ldw, K, n_valid, epi);
+}
+
 // Rows per block: 0 = the defaults above; tests set 2 or 4 to compare (gemv_detail::set_rows).
 int g_rows_f16 = 0, g_rows_w8 = 0;
 
@@ -290,6 +423,9 @@ int gemv_grid(Kernel kernel, int T, int n_groups) {
 
 template <bool NORM, int T>
 void launch_f16(const half* A, int lda, const NormInput& nin, const half* W, int ldw, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
+  if constexpr (T == 1 && !NORM) {
+    if (K % 8 == 0 && staged_on()) return launch_staged<false, 2>(A, W, nullptr, ldw, n_valid, K, epi, s);
+  }
   if constexpr (T <= 4) {  // 4-row fp16 blocks only where registers allow (tests compare them)
     if (g_rows_f16 == 4) {
       launch(gemv_f16_kernel<NORM, T, 4, 4>, gemv_grid(gemv_f16_kernel<NORM, T, 4, 4>, T, ceil_div(n_valid, 4)), kThreads, 0, s, A, lda, W, ldw, K, n_valid, epi, nin);
@@ -302,6 +438,9 @@ void launch_f16(const half* A, int lda, const NormInput& nin, const half* W, int
 template <bool NORM, int T>
 void launch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq, const half* S, int ldw, int n_valid, int K, const Epilogue& epi,
                cudaStream_t s) {
+  if constexpr (T == 1 && !NORM) {
+    if (K % 16 == 0 && ldw % 64 == 0 && staged_on()) return launch_staged<true, 4>(A, Wq, S, ldw, n_valid, K, epi, s);
+  }
   if constexpr (T <= 4) {  // 4-row int8 blocks: the default at T = 1, tests compare them up to 4
     if ((g_rows_w8 ? g_rows_w8 : (T == 1 ? 4 : 2)) == 4) {
       launch(gemv_w8_kernel<NORM, T, 2, 4>, gemv_grid(gemv_w8_kernel<NORM, T, 2, 4>, T, ceil_div(n_valid, 4)), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
@@ -371,6 +510,7 @@ void set_rows(int f16_rows, int w8_rows) {
   g_rows_w8 = w8_rows;
 }
 void set_grid_cap(int blocks) { set_walk_cap(blocks); }
+void set_staged(int on) { g_staged.store(on); }
 }  // namespace gemv_detail
 
 }  // namespace l2::kernels

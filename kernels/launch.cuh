@@ -70,13 +70,15 @@ inline int env_knob(std::atomic<int>& slot, const char* name, int (*parse)(const
 inline std::atomic<int> g_walk_cap{kKnobUnread};
 inline void set_walk_cap(int blocks) { g_walk_cap.store(blocks); }
 
-// Blocks of `kernel` (`threads` each, no dynamic shared memory) resident per SM, cached per kernel and
-// device (a kernel's occupancy depends on its own registers, so not per signature).
+// Blocks of `kernel` (`threads` each, `smem` bytes of dynamic shared memory) resident per SM, cached per
+// kernel and device (a kernel's occupancy depends on its own registers, so not per signature).
 template <typename... Params>
-int resident_blocks_per_sm(void (*kernel)(Params...), int threads) {
+int resident_blocks_per_sm(void (*kernel)(Params...), int threads, size_t smem = 0) {
   struct Entry {
     const void* kernel;
-    int dev, threads, blocks;
+    int dev, threads;
+    size_t smem;
+    int blocks;
   };
   static std::mutex mu;
   static std::vector<Entry> cache;
@@ -84,21 +86,21 @@ int resident_blocks_per_sm(void (*kernel)(Params...), int threads) {
   cudaGetDevice(&dev);
   std::lock_guard<std::mutex> lock(mu);
   for (const Entry& e : cache)
-    if (e.kernel == reinterpret_cast<const void*>(kernel) && e.dev == dev && e.threads == threads) return e.blocks;
+    if (e.kernel == reinterpret_cast<const void*>(kernel) && e.dev == dev && e.threads == threads && e.smem == smem) return e.blocks;
   int bps = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, threads, 0) != cudaSuccess || bps < 1) bps = 1;
-  cache.push_back({reinterpret_cast<const void*>(kernel), dev, threads, bps});
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kernel, threads, smem) != cudaSuccess || bps < 1) bps = 1;
+  cache.push_back({reinterpret_cast<const void*>(kernel), dev, threads, smem, bps});
   return bps;
 }
 
 // The grid of a walk over n_groups row groups: with `walk` and the default cap, as many blocks as fit the
 // SMs; every block takes the same number of groups (the last share may be short by one block's).
 template <typename... Params>
-int walk_grid(void (*kernel)(Params...), int threads, int n_groups, bool walk) {
+int walk_grid(void (*kernel)(Params...), int threads, int n_groups, bool walk, size_t smem = 0) {
   int cap = env_knob(g_walk_cap, "LLAMA2_GEMV_PERSIST", [](const char* e) { return e && *e == '0' ? -1 : 0; });
   if (n_groups < 1) return n_groups;
   if (cap < 0 || (cap == 0 && !walk)) return n_groups;
-  if (cap == 0) cap = resident_blocks_per_sm(kernel, threads) * device_sm_count();
+  if (cap == 0) cap = resident_blocks_per_sm(kernel, threads, smem) * device_sm_count();
   const int per = (n_groups + cap - 1) / cap;
   return (n_groups + per - 1) / per;
 }

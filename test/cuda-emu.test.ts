@@ -327,6 +327,16 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
         expect(r.status, r.stdout + r.stderr).toBe(0);
         expect(r.stdout).toMatch(/decode 2: relative error \d\.\d+e-\d/);
       }, 300_000);
+      // The one-token GEMV through the shared-memory ring (a kernel-level switch, read once per process).
+      it(`passes with the staged one-token GEMV (LLAMA2_GEMV_STAGED=1; ${dtype})`, () => {
+        const r = spawnSync(process.execPath, [path.join(projectRoot, "scripts/emu-shape-check.mjs"), model(), "--dtype", dtype], {
+          encoding: "utf8",
+          timeout: 300_000,
+          env: { ...process.env, LLAMA2_GEMV_STAGED: "1" },
+        });
+        expect(r.status, r.stdout + r.stderr).toBe(0);
+        expect(r.stdout).toMatch(/decode 2: relative error \d\.\d+e-\d/);
+      }, 300_000);
       // An sm_90 (H100-like) with every GEMM of 1..64 rows on the 64-row wgmma tile: the prefill's down
       // projection (K = 1088: 17 k-tiles, 3 column tiles) splits K in 5 by the wave rule.
       it(`passes on the sm_90 model with the wgmma GEMMs and their split-K (L2EMU_CC=90, LLAMA2_GEMM_WGMMA_MIN_M=1; ${dtype})`, () => {

@@ -7,6 +7,7 @@
 namespace l2::kernels::gemv_detail {
 void set_rows(int f16_rows, int w8_rows);  // rows per GEMV block (2 or 4; 0 = the kernel's defaults)
 void set_grid_cap(int blocks);             // GEMV and gemv_mma: 0 fit the SMs (default), -1 a block per row group, > 0 that many
+void set_staged(int on);                   // one-token GEMV through the cp.async ring (LLAMA2_GEMV_STAGED): 1 on, 0 off
 }
 
 using namespace l2test;
@@ -269,6 +270,21 @@ void correctness(Context& ctx) {
   }
   k::gemv_detail::set_grid_cap(0);
   k::gemv_detail::set_rows(0, 0);
+  // The staged one-token GEMV (shared-memory ring): its own grid (fits the SMs by shared memory), a few blocks
+  // walking many groups (stages run on across groups), one block per group; K with a partial last chunk,
+  // rows past n_valid, a residual add; and the 7B width.
+  k::gemv_detail::set_staged(1);
+  for (int cap : {0, 3, 7, -1}) {
+    k::gemv_detail::set_grid_cap(cap);
+    const std::string tag = cap == 0 ? " staged" : cap < 0 ? " staged grid=groups" : fmt(" staged grid=%d", cap);
+    for (bool w8 : {false, true}) {
+      check_shape(ctx, Kern::Gemv, w8, 256, 256, 512, 1, false, tag.c_str());
+      check_shape(ctx, Kern::Gemv, w8, 384, 298, 1088, 1, true, tag.c_str());
+      if (!ctx.opt.quick && cap == 0) check_shape(ctx, Kern::Gemv, w8, 4096, 4096, 4096, 1, false, tag.c_str());
+    }
+  }
+  k::gemv_detail::set_grid_cap(0);
+  k::gemv_detail::set_staged(0);
   // RMSNorm fused into the input: every T it is built for, both weight types and block heights, a row shorter than K
   // (dim 1000 of K 1088: its last chunk straddles dim for int8's 16-column steps), and the 7B width.
   for (int rows : {0, 2, 4}) {
@@ -329,6 +345,13 @@ void benchmarks(Context& ctx) {
         k::gemv_detail::set_grid_cap(0);
         ctx.bench(fmt("gemv grid=groups %-3s %-7s N%-5d K%-5d T%-2d", w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
         ctx.metrics[fmt("gemv_groups.%s.%s.%d", w8 ? "w8" : "f16", s.name, T)] = ms;
+        if (T == 1) {  // the staged GEMV (cp.async ring in shared memory) against the register one above
+          k::gemv_detail::set_staged(1);
+          ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(Kern::Gemv, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+          k::gemv_detail::set_staged(0);
+          ctx.bench(fmt("gemv staged %-3s %-7s N%-5d K%-5d T%-2d", w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
+          ctx.metrics[fmt("gemv_staged.%s.%s.%d", w8 ? "w8" : "f16", s.name, T)] = ms;
+        }
         if (T == 1) {  // gemv_mma's walk at one token, against a block per 16 rows
           k::gemv_detail::set_grid_cap(-1);
           ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(Kern::Mma, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
@@ -382,6 +405,16 @@ void benchmarks(Context& ctx) {
       }
       c.summary.push_back(fmt("7B decode matrices per layer, gemv_mma %s T=1: grid-stride (fits the SMs) %.1f us, a block per 16 rows %.1f us", dt,
                               grid * 1e3, groups * 1e3));
+    }
+    for (const char* dt : {"f16", "w8"}) {
+      double reg = 0, staged = 0;
+      for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
+        auto a = c.metrics.find(fmt("gemv.gemv.%s.%s.1", dt, sh)), b = c.metrics.find(fmt("gemv_staged.%s.%s.1", dt, sh));
+        if (a != c.metrics.end()) reg += a->second;
+        if (b != c.metrics.end()) staged += b->second;
+      }
+      c.summary.push_back(fmt("7B decode matrices per layer, GEMV %s T=1: registers %.1f us, staged through shared memory %.1f us", dt, reg * 1e3,
+                              staged * 1e3));
     }
     for (const char* dt : {"f16", "w8"})
     for (int T : {1, 2, 4, 8, 16, 32}) {

@@ -6,7 +6,7 @@
 # Steps (they run in this order, whatever the order in STEPS; default: info doctor small kernels-quick
 # bench-f16 bench-int8 big serve sanitize kernels):
 #   info doctor small kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
-#   A/B by env switch: ab-split ab-persist ab-early ab-stream ab-wgmma ab-mma-t1 mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
+#   A/B by env switch: ab-split ab-persist ab-early ab-stream ab-wgmma ab-b1 mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
 #   big (7B validation) big-wgmma serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -38,7 +38,7 @@ xz -dc .device/llama2_native.node.xz > build/Release/llama2_native.node
 [ -f .device/kernel_tests.xz ] && xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
 # The 7B file is CPU and disk work: made (when a step uses it) while the GPU runs the small checks.
 maker=
-if [[ "$STEPS" =~ \ (bench-f16|bench-int8|ab-[a-z]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|big-wgmma|serve|constrained|step-cost|kv8)\  ]] && [ ! -s $BIG ]; then
+if [[ "$STEPS" =~ \ (bench-f16|bench-int8|ab-[a-z0-9]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|big-wgmma|serve|constrained|step-cost|kv8)\  ]] && [ ! -s $BIG ]; then
   ( node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet > "$R/make-7b.log" 2>&1; echo "make-model rc=$?" >> "$R/make-7b.log" ) &
   maker=$!  # (a warm machine keeps the file of an earlier call)
 fi
@@ -112,11 +112,12 @@ if step ab-wgmma 150; then  # the 64-row wgmma tile + split-K by waves for 33..6
   bench f16-wgmma17-stream 40 LLAMA2_GEMM_WGMMA_MIN_M=17 LLAMA2_ATTN_STREAM=1 -- --dtype f16 --prompt 128 --gen 128 --batch 32,64 --reps 2
   bench int8-wgmma17 30 LLAMA2_GEMM_WGMMA_MIN_M=17 -- --dtype int8 --prompt 128 --gen 128 --batch 32,64 --reps 2
 fi
-if step ab-mma-t1 100; then  # one-token steps on the tensor-core decode kernel (LLAMA2_GEMV_MMA_T1=1), baselines in the same step
+if step ab-b1 130; then  # batch 1: the staged GEMV (LLAMA2_GEMV_STAGED=1) and gemv_mma at one token (LLAMA2_GEMV_MMA_T1=1), baselines in the same step
   bench int8-b1 30 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
-  bench int8-mma-t1 30 LLAMA2_GEMV_MMA_T1=1 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
+  bench int8-staged 30 LLAMA2_GEMV_STAGED=1 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
   bench f16-b1 20 -- --dtype f16 --prompt 128 --gen 128 --batch 1 --reps 2
-  bench f16-mma-t1 20 LLAMA2_GEMV_MMA_T1=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1 --reps 2
+  bench f16-staged 20 LLAMA2_GEMV_STAGED=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1 --reps 2
+  bench int8-mma-t1 30 LLAMA2_GEMV_MMA_T1=1 -- --dtype int8 --prompt 128 --gen 128 --batch 1 --reps 2
 fi
 if step mma 110; then  # gemv_mma forced for every step of 2..32 tokens (LLAMA2_GEMV_MMA=1), fp16 too
   bench f16-mma 110 LLAMA2_GEMV_MMA=1 -- --dtype f16 --prompt 128 --gen 128 --batch 1,2,4,8,16,32 --reps 2
