@@ -331,90 +331,68 @@ void benchmarks(Context& ctx) {
       auto W = [&](int i) { return w8 ? static_cast<const void*>(q[i % copies].p) : static_cast<const void*>(w[i % copies].p); };
       auto S = [&](int i) { return sc[i % copies].p; };
       const double bytes = w8 ? (double)s.N * s.K * (1 + 2.0 / 32) : (double)s.N * s.K * 2;
+      // Times `kern` on T tokens (weight copies rotated run by run): bench line "<label> <dtype> <shape> ...",
+      // metric "<key>.<dtype>.<shape>.<T>" (the per-layer sums below read them).
+      auto measure = [&](Kern kern, int T, const std::string& label, const std::string& key) {
+        const double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(kern, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+        ctx.bench(fmt("%s %-3s %-7s N%-5d K%-5d T%-2d", label.c_str(), w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
+        ctx.metrics[fmt("%s.%s.%s.%d", key.c_str(), w8 ? "w8" : "f16", s.name, T)] = ms;
+      };
       for (int T : {1, 2, 4}) {  // GEMV block heights: 2 and 4 rows
         for (int rows : {2, 4}) {
           k::gemv_detail::set_rows(rows, rows);
-          double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(Kern::Gemv, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
-          ctx.bench(fmt("gemv r%d %-3s %-7s N%-5d K%-5d T%-2d", rows, w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
-          ctx.metrics[fmt("gemv_rows.%d.%s.%s.%d", rows, w8 ? "w8" : "f16", s.name, T)] = ms;
+          measure(Kern::Gemv, T, fmt("gemv r%d", rows), fmt("gemv_rows.%d", rows));
         }
         k::gemv_detail::set_rows(0, 0);
         // The default block height with one block per row group (the launch before the grid-stride walk).
         k::gemv_detail::set_grid_cap(-1);
-        double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(Kern::Gemv, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+        measure(Kern::Gemv, T, "gemv grid=groups", "gemv_groups");
         k::gemv_detail::set_grid_cap(0);
-        ctx.bench(fmt("gemv grid=groups %-3s %-7s N%-5d K%-5d T%-2d", w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
-        ctx.metrics[fmt("gemv_groups.%s.%s.%d", w8 ? "w8" : "f16", s.name, T)] = ms;
-        if (T == 1) {  // the staged GEMV (cp.async ring in shared memory) against the register one above
+        if (T == 1) {
+          // The staged GEMV (cp.async ring in shared memory) against the register one.
           k::gemv_detail::set_staged(1);
-          ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(Kern::Gemv, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+          measure(Kern::Gemv, T, "gemv staged", "gemv_staged");
           k::gemv_detail::set_staged(0);
-          ctx.bench(fmt("gemv staged %-3s %-7s N%-5d K%-5d T%-2d", w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
-          ctx.metrics[fmt("gemv_staged.%s.%s.%d", w8 ? "w8" : "f16", s.name, T)] = ms;
-        }
-        if (T == 1) {  // gemv_mma's walk at one token, against a block per 16 rows
+          // gemv_mma's walk at one token, against a block per 16 rows.
           k::gemv_detail::set_grid_cap(-1);
-          ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(Kern::Mma, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
+          measure(Kern::Mma, T, "gemv_mma grid=groups", "gemv_mma_groups");
           k::gemv_detail::set_grid_cap(0);
-          ctx.bench(fmt("gemv_mma grid=groups %-3s %-7s N%-5d K%-5d T%-2d", w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
-          ctx.metrics[fmt("gemv_mma_groups.%s.%s.%d", w8 ? "w8" : "f16", s.name, T)] = ms;
         }
       }
       for (int T : {1, 2, 4, 8, 16, 32}) {
         for (Kern kern : {Kern::Gemv, Kern::Mma, Kern::Gemm}) {
           if (kern == Kern::Gemv && T > k::kGemvMaxT) continue;
           if (kern == Kern::Gemm && T < 8) continue;
-          double ms = time_ms(ctx.stream, ctx.opt.reps, [&](int i) { run(kern, w8, a.p, s.K, W(i), S(i), s.K, T, s.N, s.N, s.K, e, ctx.stream); });
-          ctx.bench(fmt("%-8s %-3s %-7s N%-5d K%-5d T%-2d", kname(kern), w8 ? "w8" : "f16", s.name, s.N, s.K, T), ms, 2.0 * s.N * s.K * T, bytes);
-          ctx.metrics[fmt("gemv.%s.%s.%s.%d", kname(kern), w8 ? "w8" : "f16", s.name, T)] = ms;
+          measure(kern, T, fmt("%-8s", kname(kern)), fmt("gemv.%s", kname(kern)));
         }
       }
     }
   }
   ctx.finalizers.push_back([](Context& c) {
+    // A 7B layer's four decode matrices summed for one metric key (see measure above), in us; absent ones count 0.
+    auto layer_us = [&c](const std::string& key, const char* dt, int T) {
+      double sum = 0;
+      for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
+        auto it = c.metrics.find(fmt("%s.%s.%s.%d", key.c_str(), dt, sh, T));
+        if (it != c.metrics.end()) sum += it->second;
+      }
+      return sum * 1e3;
+    };
     for (const char* dt : {"f16", "w8"})
       for (int T : {1, 2, 4}) {
         std::string line = fmt("7B decode matrices per layer, GEMV rows per block, %s, T=%d:", dt, T);
-        for (int rows : {2, 4}) {
-          double sum = 0;
-          for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
-            auto it = c.metrics.find(fmt("gemv_rows.%d.%s.%s.%d", rows, dt, sh, T));
-            if (it != c.metrics.end()) sum += it->second;
-          }
-          line += fmt("  r%d %.1f us", rows, sum * 1e3);
-        }
+        for (int rows : {2, 4}) line += fmt("  r%d %.1f us", rows, layer_us(fmt("gemv_rows.%d", rows), dt, T));
         c.summary.push_back(line);
       }
     for (const char* dt : {"f16", "w8"})
-      for (int T : {1, 2, 4}) {
-        double grid = 0, groups = 0;
-        for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
-          auto a = c.metrics.find(fmt("gemv.gemv.%s.%s.%d", dt, sh, T)), b = c.metrics.find(fmt("gemv_groups.%s.%s.%d", dt, sh, T));
-          if (a != c.metrics.end()) grid += a->second;
-          if (b != c.metrics.end()) groups += b->second;
-        }
+      for (int T : {1, 2, 4})
         c.summary.push_back(fmt("7B decode matrices per layer, GEMV %s T=%d: grid-stride (fits the SMs) %.1f us, a block per row group %.1f us", dt, T,
-                                grid * 1e3, groups * 1e3));
-      }
+                                layer_us("gemv.gemv", dt, T), layer_us("gemv_groups", dt, T)));
     for (const char* dt : {"f16", "w8"}) {
-      double grid = 0, groups = 0;
-      for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
-        auto a = c.metrics.find(fmt("gemv.gemv_mma.%s.%s.1", dt, sh)), b = c.metrics.find(fmt("gemv_mma_groups.%s.%s.1", dt, sh));
-        if (a != c.metrics.end()) grid += a->second;
-        if (b != c.metrics.end()) groups += b->second;
-      }
       c.summary.push_back(fmt("7B decode matrices per layer, gemv_mma %s T=1: grid-stride (fits the SMs) %.1f us, a block per 16 rows %.1f us", dt,
-                              grid * 1e3, groups * 1e3));
-    }
-    for (const char* dt : {"f16", "w8"}) {
-      double reg = 0, staged = 0;
-      for (const char* sh : {"qkv", "wo", "gate+up", "down"}) {
-        auto a = c.metrics.find(fmt("gemv.gemv.%s.%s.1", dt, sh)), b = c.metrics.find(fmt("gemv_staged.%s.%s.1", dt, sh));
-        if (a != c.metrics.end()) reg += a->second;
-        if (b != c.metrics.end()) staged += b->second;
-      }
-      c.summary.push_back(fmt("7B decode matrices per layer, GEMV %s T=1: registers %.1f us, staged through shared memory %.1f us", dt, reg * 1e3,
-                              staged * 1e3));
+                              layer_us("gemv.gemv_mma", dt, 1), layer_us("gemv_mma_groups", dt, 1)));
+      c.summary.push_back(fmt("7B decode matrices per layer, GEMV %s T=1: registers %.1f us, staged through shared memory %.1f us", dt,
+                              layer_us("gemv.gemv", dt, 1), layer_us("gemv_staged", dt, 1)));
     }
     for (const char* dt : {"f16", "w8"})
     for (int T : {1, 2, 4, 8, 16, 32}) {
