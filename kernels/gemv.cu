@@ -105,6 +105,46 @@ __device__ __forceinline__ float dot8f(uint4 w, const float* x, float acc) {
   return acc;
 }
 
+// 8 fp16 activations -> fp32.
+__device__ __forceinline__ void load_x8f(const half* p, float* xf) {
+  const uint4 x = ld_cached(p);
+  const half2* h = reinterpret_cast<const half2*>(&x);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __half22float2(h[i]);
+    xf[2 * i] = v.x;
+    xf[2 * i + 1] = v.y;
+  }
+}
+
+// 16 fp16 activations -> fp32 (both loads issued before either converts).
+__device__ __forceinline__ void load_x16f(const half* p, float* xf) {
+  const uint4 xa = ld_cached(p), xb = ld_cached(p + 8);
+  const half2* h0 = reinterpret_cast<const half2*>(&xa);
+  const half2* h1 = reinterpret_cast<const half2*>(&xb);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 a = __half22float2(h0[j]), b = __half22float2(h1[j]);
+    xf[2 * j] = a.x;
+    xf[2 * j + 1] = a.y;
+    xf[8 + 2 * j] = b.x;
+    xf[8 + 2 * j + 1] = b.y;
+  }
+}
+
+// 16 int8 weights . 16 fp32 inputs (unscaled), accumulated in fp32.
+__device__ __forceinline__ float dot16_i8(uint4 w, const float* x) {
+  const uint32_t* q = reinterpret_cast<const uint32_t*>(&w);
+  float part = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {  // 4 words x 4 int8
+    const uint32_t bw = q[j] ^ 0x80808080u;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) part = fmaf(i8_to_f(bw, b), x[4 * j + b], part);
+  }
+  return part;
+}
+
 // Both kernels walk row groups (kR rows) grid-stride: with the grid capped at what fits the SMs at once
 // (launch_*), a block issues its next group's first loads before it reduces and stores the current one,
 // so the memory pipe stays full across groups instead of draining at every wave of blocks (the N = 4096
@@ -241,31 +281,10 @@ __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8
             load_normed8(nin, t, k, xf, ss[t]);
             load_normed8(nin, t, k + 8, xf + 8, ss[t]);
           } else {
-            uint4 xa = ld_cached(A + (size_t)t * lda + k);
-            uint4 xb = ld_cached(A + (size_t)t * lda + k + 8);
-            const half2* xh0 = reinterpret_cast<const half2*>(&xa);
-            const half2* xh1 = reinterpret_cast<const half2*>(&xb);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              float2 a = __half22float2(xh0[j]), b = __half22float2(xh1[j]);
-              xf[2 * j] = a.x;
-              xf[2 * j + 1] = a.y;
-              xf[8 + 2 * j] = b.x;
-              xf[8 + 2 * j + 1] = b.y;
-            }
+            load_x16f(A + (size_t)t * lda + k, xf);
           }
 #pragma unroll
-          for (int r = 0; r < kR; ++r) {
-            const uint32_t* q = reinterpret_cast<const uint32_t*>(&cur[u][r]);
-            float part = 0.f;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {  // 4 words x 4 int8
-              const uint32_t bw = q[j] ^ 0x80808080u;
-#pragma unroll
-              for (int b = 0; b < 4; ++b) part = fmaf(i8_to_f(bw, b), xf[4 * j + b], part);
-            }
-            acc[t][r] = fmaf(part, csc[u][r], acc[t][r]);
-          }
+          for (int r = 0; r < kR; ++r) acc[t][r] = fmaf(dot16_i8(cur[u][r], xf), csc[u][r], acc[t][r]);
         }
       }
     }
@@ -343,22 +362,8 @@ __global__ void __launch_bounds__(kThreads) gemv_staged_kernel(const half* __res
     const int k = kc * C::kStep + t * C::E;
     if (r == 0) {  // the chunk's activations, for every row of the group
       if (k < K) {
-        const uint4 xa = ld_cached(A + k);
-        const half2* h0 = reinterpret_cast<const half2*>(&xa);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float2 v = __half22float2(h0[i]);
-          xf[2 * i] = v.x, xf[2 * i + 1] = v.y;
-        }
-        if constexpr (W8) {
-          const uint4 xb = ld_cached(A + k + 8);
-          const half2* h1 = reinterpret_cast<const half2*>(&xb);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float2 v = __half22float2(h1[i]);
-            xf[8 + 2 * i] = v.x, xf[8 + 2 * i + 1] = v.y;
-          }
-        }
+        if constexpr (W8) load_x16f(A + k, xf);
+        else load_x8f(A + k, xf);
       } else {
 #pragma unroll
         for (int i = 0; i < C::E; ++i) xf[i] = 0.f;
@@ -370,15 +375,7 @@ __global__ void __launch_bounds__(kThreads) gemv_staged_kernel(const half* __res
     if constexpr (W8) {
       const uint32_t sw = *reinterpret_cast<const uint32_t*>(slot + kThreads * 16 + t * 4);
       const float sc = __half2float(__ushort_as_half((unsigned short)(((k / 32) & 1) ? sw >> 16 : sw & 0xffffu)));
-      const uint32_t* q = reinterpret_cast<const uint32_t*>(&w);
-      float part = 0.f;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t bw = q[i] ^ 0x80808080u;
-#pragma unroll
-        for (int b = 0; b < 4; ++b) part = fmaf(i8_to_f(bw, b), xf[4 * i + b], part);
-      }
-      v = part * sc;
+      v = dot16_i8(w, xf) * sc;
     } else {
       v = dot8f(w, xf, 0.f);
     }
