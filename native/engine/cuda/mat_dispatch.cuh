@@ -44,7 +44,8 @@ struct DevMat {
 // LLAMA2_GEMM_SPLITK=1 turns the GEMM's split-K off; LLAMA2_GEMV_MMA_T1=1 runs one-token steps on gemv_mma
 // (stop 24: it walks its row blocks grid-stride at one token now, as the GEMV does; its int8 conversion
 // costs ~1.75 instructions per weight against the GEMV's ~3, and before either walked, the H200 measured it
-// ahead of the GEMV on int8 qkv, 0.0192 against 0.0203 ms; unmeasured end to end).
+// ahead of the GEMV on int8 qkv, 0.0192 against 0.0203 ms, but behind on the other 7B matrices, 100.2 against
+// 80.4 us per layer: an A/B for the record, unmeasured end to end).
 class MatDispatch {
  public:
   enum class Kind { Gemv, GemvMma, Gemm };
