@@ -1,6 +1,7 @@
 // The CPU backend's thread pool and its default thread count (native/common/thread_pool.cc):
 // test/native/thread-pool.cc checks that every loop covers its range exactly once with workers spinning
-// or asleep, and reads the default from fake cgroup / topology trees; the addon's default is checked
+// or asleep, that loops finish while a worker is held (the caller claims its chunks), and reads the
+// default from fake cgroup / topology trees; the addon's default is checked
 // under a one-CPU affinity mask.
 import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -9,7 +10,7 @@ import { join } from "node:path";
 import { expect, it } from "vitest";
 import { describeShared, projectRoot, sharedPath } from "./helpers/shared.js";
 
-it("parallel_for covers each range once (spinning, sleeping, oversubscribed) and the default thread count follows cgroups and SMT", () => {
+it("parallel_for covers each range once (spinning, sleeping, oversubscribed, a worker held) and the default thread count follows cgroups and SMT", () => {
   const dir = mkdtempSync(join(tmpdir(), "l2-pool-"));
   try {
     const exe = join(dir, "thread-pool");

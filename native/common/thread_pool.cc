@@ -185,7 +185,7 @@ ThreadPool::ThreadPool(int n_threads) {
   // Spinning threads would hold the CPUs the others need when there are more threads than CPUs.
   if (n_threads > cpu_budget().allowed) spin_us = 0;
   spin_ns_ = spin_us * 1000;
-  for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -197,54 +197,73 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::worker_loop(int index) {
-  uint64_t seen = 0;
+namespace {
+constexpr uint64_t kMaxParts = 0xffff;
+inline uint32_t gen_of(uint64_t s) { return (uint32_t)(s >> 32); }
+}  // namespace
+
+void ThreadPool::run_chunks(uint32_t gen) {
+  uint64_t s = state_.load(std::memory_order_acquire);
   for (;;) {
-    auto ready = [&] { return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen; };
-    if (!spin_until(ready, spin_ns_)) {
-      // Sleep. sleepers_ goes up before the condition is checked (both seq_cst), and the caller bumps
-      // generation_ before it reads sleepers_, so either this thread sees the new loop or the caller
-      // sees a sleeper and notifies under the mutex.
-      std::unique_lock<std::mutex> lk(mu_);
-      sleepers_.fetch_add(1);
-      cv_start_.wait(lk, [&] { return stop_.load() || generation_.load() != seen; });
-      sleepers_.fetch_sub(1);
-    }
-    if (stop_.load(std::memory_order_acquire)) return;
-    seen = generation_.load(std::memory_order_acquire);
-    const int64_t n = job_n_, chunk = job_chunk_, b = (int64_t)index * chunk;
+    const uint32_t parts = (uint32_t)(s >> 16) & kMaxParts, k = (uint32_t)s & kMaxParts;
+    if (gen_of(s) != gen || k >= parts) return;
+    if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    const int64_t n = job_n_, chunk = job_chunk_, b = (int64_t)k * chunk;
     if (b < n) (*job_)(b, std::min(n, b + chunk));
-    // The same handshake for the caller's sleep on completion.
-    if (pending_.fetch_sub(1) == 1 && caller_sleeping_.load()) {
+    // The last chunk wakes a sleeping caller: done_ goes up before caller_sleeping_ is read (both
+    // seq_cst) and the caller sets it before it checks done_, so one of the two sees the other.
+    if (done_.fetch_add(1) + 1 == (int)parts && caller_sleeping_.load()) {
       std::lock_guard<std::mutex> lk(mu_);
       cv_done_.notify_one();
     }
+    s = state_.load(std::memory_order_acquire);
+  }
+}
+
+void ThreadPool::worker_loop() {
+  uint32_t seen = 0;
+  for (;;) {
+    auto ready = [&] { return stop_.load(std::memory_order_acquire) || gen_of(state_.load(std::memory_order_acquire)) != seen; };
+    if (!spin_until(ready, spin_ns_)) {
+      // Sleep. sleepers_ goes up before the condition is checked (both seq_cst), and the caller
+      // publishes a loop before it reads sleepers_, so either this thread sees the new loop or the
+      // caller sees a sleeper and notifies under the mutex.
+      std::unique_lock<std::mutex> lk(mu_);
+      sleepers_.fetch_add(1);
+      cv_start_.wait(lk, [&] { return stop_.load() || gen_of(state_.load()) != seen; });
+      sleepers_.fetch_sub(1);
+    }
+    if (stop_.load(std::memory_order_acquire)) return;
+    seen = gen_of(state_.load(std::memory_order_acquire));
+    run_chunks(seen);  // nothing left when this thread comes late: the others ran its share
   }
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
-  int parts = (int)std::min<int64_t>(size(), std::max<int64_t>(1, n / std::max<int64_t>(1, grain)));
+  const int64_t cap = std::min<int64_t>(size(), (int64_t)kMaxParts);
+  const int parts = (int)std::min<int64_t>(cap, std::max<int64_t>(1, n / std::max<int64_t>(1, grain)));
   if (parts <= 1 || workers_.empty()) {
     fn(0, n);
     return;
   }
-  const int64_t chunk = (n + parts - 1) / parts;  // workers past `parts` find no chunk
   job_ = &fn;
   job_n_ = n;
-  job_chunk_ = chunk;
-  pending_.store((int)workers_.size());
-  generation_.fetch_add(1);  // seq_cst: publishes the job, ordered before the read of sleepers_
+  job_chunk_ = (n + parts - 1) / parts;
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t gen = ++generation_;
+  // seq_cst: publishes the job, ordered before the read of sleepers_.
+  state_.store(((uint64_t)gen << 32) | ((uint64_t)parts << 16));
   if (sleepers_.load() > 0) {
     { std::lock_guard<std::mutex> lk(mu_); }
     cv_start_.notify_all();
   }
-  fn(0, std::min(n, chunk));
-  auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  run_chunks(gen);
+  auto done = [&] { return done_.load(std::memory_order_acquire) == parts; };
   if (spin_until(done, spin_ns_)) return;
   std::unique_lock<std::mutex> lk(mu_);
   caller_sleeping_.store(true);
-  cv_done_.wait(lk, [&] { return pending_.load() == 0; });
+  cv_done_.wait(lk, [&] { return done_.load() == parts; });
   caller_sleeping_.store(false);
 }
 

@@ -6,6 +6,11 @@
 // loops, workers spin on an atomic generation counter for a short while (LLAMA2_CPU_SPIN_US, default
 // 200 us) before they sleep, and the caller spins for their completion the same way. Spinning is off
 // when the pool has more threads than the process may run on (it would steal the CPUs the others need).
+//
+// A loop is cut into at most size() chunks (the same cut whoever runs them, so results do not depend on
+// scheduling), and every thread, the caller included, claims chunks until none is left. So a worker that
+// is descheduled or slow to wake costs its chunk's time, not a scheduler time slice: with the CPUs shared
+// with other busy processes, static one-chunk-per-worker loops made small-model steps ~100x slower.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -28,15 +33,21 @@ class ThreadPool {
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
-  void worker_loop(int index);
+  void worker_loop();
+  void run_chunks(uint32_t gen);  // claims and runs the chunks of loop `gen` until none is left
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
-  // Written by the caller before it bumps generation_ (release); read by workers after they see it.
+  // Written by the caller before it publishes a loop in state_; read by a thread only after it has
+  // claimed a chunk of that loop (the caller cannot publish the next one before that chunk is done).
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0, job_chunk_ = 0;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};           // workers yet to finish the current loop
+  // The loop's generation (bits 63..32; equality only, so wrapping is harmless), its chunk count (31..16)
+  // and the next unclaimed chunk (15..0), in one word so that a claim is one compare-exchange that fails
+  // once the loop it was read for is over.
+  std::atomic<uint64_t> state_{0};
+  uint32_t generation_ = 0;               // the caller's copy of the current generation
+  std::atomic<int> done_{0};              // chunks of the current loop finished
   std::atomic<int> sleepers_{0};          // workers blocked on cv_start_
   std::atomic<bool> caller_sleeping_{false};
   std::atomic<bool> stop_{false};

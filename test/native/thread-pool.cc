@@ -1,8 +1,14 @@
 // The CPU thread pool (native/common/thread_pool.cc): every parallel_for covers its range exactly once
-// whether workers spin or sleep between loops, with more threads than CPUs, and through destruction;
-// and the default thread count read from fake /proc and /sys trees (cgroup v1 / v2 quotas, SMT).
+// whether workers spin or sleep between loops, with more threads than CPUs, and through destruction; loops
+// go on when a worker is held (the others claim its chunks); and the default thread count read from fake
+// /proc and /sys trees (cgroup v1 / v2 quotas, SMT).
 // Prints "pool ok" when every check passes.
+#include <pthread.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <thread>
 
 #include <atomic>
 #include <chrono>
@@ -60,9 +66,71 @@ static void check_pool(int threads, const char* spin_us) {
   }  // destruction with workers spinning or asleep must return
 }
 
+// A worker held (spinning in a signal handler, as if descheduled) between loops: the caller claims every
+// chunk and the loops finish. The static one-chunk-per-worker pool waited for it here (alarm ends that).
+static std::atomic<bool> held{false}, let_go{false};
+static void hold(int) {
+  held.store(true);
+  while (!let_go.load()) {
+  }
+}
+
+static void check_held_worker() {
+  // A long spin: the worker holds no lock between loops, so the signal cannot land while it has one.
+  setenv("LLAMA2_CPU_SPIN_US", "5000000", 1);
+  l2::ThreadPool pool(2);
+  const pthread_t caller = pthread_self();
+  // The worker's thread: the caller's chunk waits (up to 20 s) for the worker to run the other one; it
+  // would claim both at once on a busy machine otherwise.
+  pthread_t worker{};
+  std::atomic<bool> found{false};
+  pool.parallel_for(2, 1, [&](int64_t, int64_t) {
+    if (!pthread_equal(pthread_self(), caller)) {
+      worker = pthread_self();
+      found.store(true);
+      return;
+    }
+    for (int i = 0; i < 20000 && !found.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  });
+  CHECK(found.load(), "no chunk ran on the worker");
+  if (!found) return;
+  struct sigaction sa {};
+  sa.sa_handler = hold;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGUSR1, &sa, nullptr);
+  pthread_kill(worker, SIGUSR1);
+  for (int i = 0; i < 5000 && !held.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(held.load(), "the worker never entered the handler");
+  alarm(30);
+  std::vector<std::atomic<int>> hits(256);
+  std::atomic<int> off_caller{0};
+  bool ok = true;
+  for (int iter = 0; iter < 500; ++iter) {
+    for (auto& h : hits) h.store(0);
+    pool.parallel_for(256, 1, [&](int64_t b, int64_t e) {
+      if (!pthread_equal(pthread_self(), caller)) off_caller.fetch_add(1);
+      for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+    });
+    for (auto& h : hits) ok = ok && h.load() == 1;
+  }
+  alarm(0);
+  CHECK(ok && off_caller.load() == 0, "held worker: covered once %d, chunks off the caller %d", (int)ok, off_caller.load());
+  let_go.store(true);
+  // Released, it takes part again (and finds no stale chunk to run twice).
+  for (int iter = 0; iter < 500; ++iter) {
+    for (auto& h : hits) h.store(0);
+    pool.parallel_for(256, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+    });
+    for (auto& h : hits) ok = ok && h.load() == 1;
+  }
+  CHECK(ok, "after release: a range not covered exactly once");
+}
+
 int main() {
   for (int t : {1, 2, 3, 8})
     for (const char* spin : {"0", "200"}) check_pool(t, spin);
+  check_held_worker();
 
   char tmpl[] = "/tmp/l2-budget-XXXXXX";
   const std::string root = mkdtemp(tmpl);
