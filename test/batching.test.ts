@@ -351,10 +351,10 @@ describeShared("continuous batching (stories260K)", [STORIES, STORIES_FX], () =>
       // its reference on the shared block before copying it; b, truncated into that block, then saw itself
       // its only owner and wrote positions 2.. in place, and when b's step took the step lock first, a's copy
       // carried b's tokens into a's cache (~0.3% of these runs on two cores). The busy wait sweeps the timing.
-      // One compute thread (the model above): with the 2-thread pool, a run beside the emulator tests in CI
-      // took ~20x its 2.3 ms alone (every layer's parallel_for waits for a descheduled worker), and the span
-      // measured under that load stretched every busy wait: 117 s, then a 120 s timeout. The race is between
-      // two steps on libuv's workers, not in the pool. Timed on this VM with two busy loops beside it: 9 s for
+      // One compute thread (the model above): the race is between two steps on libuv's workers, not in the
+      // pool. With 2 threads, a run beside the emulator tests in CI took ~20x its 2.3 ms alone (the pool then
+      // waited for descheduled workers), and the span measured under that load stretched every busy wait:
+      // 117 s, then a 120 s timeout. Timed on this VM with two busy loops beside it: 9 s for
       // 2500 runs; the old code (mutation) fails 12 of 2500 alone and 28 under that load. The time budget
       // keeps a machine slower still from timing out; it runs at least 150.
       const maxRuns = 2500;

@@ -251,7 +251,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
   job_n_ = n;
   job_chunk_ = (n + parts - 1) / parts;
   done_.store(0, std::memory_order_relaxed);
-  const uint32_t gen = ++generation_;
+  const uint32_t gen = gen_of(state_.load(std::memory_order_relaxed)) + 1;  // only the caller writes state_'s generation
   // seq_cst: publishes the job, ordered before the read of sleepers_.
   state_.store(((uint64_t)gen << 32) | ((uint64_t)parts << 16));
   if (sleepers_.load() > 0) {

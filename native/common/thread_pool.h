@@ -46,7 +46,6 @@ class ThreadPool {
   // and the next unclaimed chunk (15..0), in one word so that a claim is one compare-exchange that fails
   // once the loop it was read for is over.
   std::atomic<uint64_t> state_{0};
-  uint32_t generation_ = 0;               // the caller's copy of the current generation
   std::atomic<int> done_{0};              // chunks of the current loop finished
   std::atomic<int> sleepers_{0};          // workers blocked on cv_start_
   std::atomic<bool> caller_sleeping_{false};

@@ -7,16 +7,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <csignal>
-#include <thread>
-
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "native/common/thread_pool.h"
@@ -101,30 +100,28 @@ static void check_held_worker() {
   pthread_kill(worker, SIGUSR1);
   for (int i = 0; i < 5000 && !held.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   CHECK(held.load(), "the worker never entered the handler");
-  alarm(30);
+  // 500 loops of 256 items: true when each covered every index once; counts the chunks run off the caller.
   std::vector<std::atomic<int>> hits(256);
   std::atomic<int> off_caller{0};
-  bool ok = true;
-  for (int iter = 0; iter < 500; ++iter) {
-    for (auto& h : hits) h.store(0);
-    pool.parallel_for(256, 1, [&](int64_t b, int64_t e) {
-      if (!pthread_equal(pthread_self(), caller)) off_caller.fetch_add(1);
-      for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
-    });
-    for (auto& h : hits) ok = ok && h.load() == 1;
-  }
+  auto loops = [&] {
+    bool ok = true;
+    for (int iter = 0; iter < 500; ++iter) {
+      for (auto& h : hits) h.store(0);
+      pool.parallel_for(256, 1, [&](int64_t b, int64_t e) {
+        if (!pthread_equal(pthread_self(), caller)) off_caller.fetch_add(1);
+        for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+      });
+      for (auto& h : hits) ok = ok && h.load() == 1;
+    }
+    return ok;
+  };
+  alarm(30);
+  bool ok = loops();
   alarm(0);
   CHECK(ok && off_caller.load() == 0, "held worker: covered once %d, chunks off the caller %d", (int)ok, off_caller.load());
   let_go.store(true);
   // Released, it takes part again (and finds no stale chunk to run twice).
-  for (int iter = 0; iter < 500; ++iter) {
-    for (auto& h : hits) h.store(0);
-    pool.parallel_for(256, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
-    });
-    for (auto& h : hits) ok = ok && h.load() == 1;
-  }
-  CHECK(ok, "after release: a range not covered exactly once");
+  CHECK(loops(), "after release: a range not covered exactly once");
 }
 
 int main() {
