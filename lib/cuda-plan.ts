@@ -5,7 +5,7 @@ import { native, type CudaMemoryPlan } from "./native.js";
 import type { KvCacheType, ModelConfig, WeightDtype } from "./types.js";
 
 export interface CudaPlanOptions {
-  /** As LoadOptions.dtype: "auto" keeps Q8_0 files int8 and everything else fp16; "f32" is the fp32 path. */
+  /** As LoadOptions.dtype: "auto" runs Q8_0 and 4-6 bit block files (Q4_K ...) in int8 and everything else in fp16; "f32" is the fp32 path. */
   dtype?: WeightDtype;
   kvCacheType?: KvCacheType;
   /** Default: the model's trained context, at most 4096 (as Llama2.load). */
@@ -24,7 +24,8 @@ export function planCudaMemory(model: { config: ModelConfig; fileDtype: string }
   if (!["auto", "f32", "f16", "int8"].includes(dtype)) throw new InvalidArgumentError("dtype", `the CUDA backend runs f32, f16 or int8 weights, got ${JSON.stringify(dtype)}`);
   const kvCacheType = o.kvCacheType ?? "auto";
   if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${JSON.stringify(kvCacheType)}`);
-  const int8Weights = dtype === "int8" || (dtype === "auto" && model.fileDtype === "Q8_0");
+  // "auto": Q8_0 files stay int8, and 4-6 bit block files (Q4_K ...) are decoded into int8 at load.
+  const int8Weights = dtype === "int8" || (dtype === "auto" && /^Q(?:8_0|[45]_[01]|[2-6]_K)$/.test(model.fileDtype));
   const contextLength = o.contextLength ?? Math.min(model.config.trainedContextLength, 4096);
   try {
     return native().cudaMemoryPlan(model.config, { int8Weights, f32Weights: dtype === "f32", kvCacheType, contextLength, maxSequences: o.maxSequences ?? 4 });

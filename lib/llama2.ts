@@ -26,6 +26,7 @@ import type {
   GenerationStats,
   GenerationStream,
   LoadOptions,
+  LoadProgress,
   ModelInfo,
   TokenLogprob,
 } from "./types.js";
@@ -247,7 +248,7 @@ export class Llama2 {
         onProgress
           ? (p) => {
               try {
-                onProgress({ phase: p.phase as "weights", bytes: p.bytes, totalBytes: p.totalBytes, tensors: p.tensors, totalTensors: p.totalTensors });
+                onProgress({ phase: p.phase as LoadProgress["phase"], bytes: p.bytes, totalBytes: p.totalBytes, tensors: p.tensors, totalTensors: p.totalTensors });
               } catch {
                 /* a throwing progress callback must not break loading */
               }

@@ -2,7 +2,9 @@
 
 export type Device = "cpu" | "cuda" | "auto";
 /**
- * Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files). On CUDA, "f32"
+ * Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files); GGUF files of
+ * 4-6 bit blocks (Q4_0 ... Q6_K, e.g. Q4_K_M) are decoded at load into int8, or into the dtype named
+ * here ("f16" / "f32" keep their values exactly). On CUDA, "f32"
  * is the reference-precision path (fp32 weights, activations and KV cache, llama2.c's order of
  * operations; slow, for small models and checks); "bf16" is CPU-only.
  */
@@ -45,8 +47,12 @@ export interface LoadOptions {
 }
 
 export interface LoadProgress {
-  /** "weights": the CPU backend preparing its weights; "upload": a GPU backend copying them to the device; "ready": done. */
-  phase: "weights" | "upload" | "ready";
+  /**
+   * "decode": a GGUF file's 4-6 bit blocks (Q4_K ...) being decoded into the weight dtype (int8 unless
+   * `dtype` asks otherwise); "weights": the CPU backend preparing its weights; "upload": a GPU backend
+   * copying them to the device; "ready": done.
+   */
+  phase: "decode" | "weights" | "upload" | "ready";
   /** Bytes of weights processed so far / in all. */
   bytes: number;
   totalBytes: number;

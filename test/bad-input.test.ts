@@ -117,8 +117,10 @@ describeShared("bad model files", [STORIES, TINY_HF, TINY_F16], () => {
   it("a GGUF tensor of an unsupported ggml type -> ERR_TENSOR_DTYPE naming tensor and type", async () => {
     const L = ggufLayout(readFileSync(gguf));
     const k = ggufTensor(L, "blk.1.attn_k.weight");
-    const p = scratch.patched(gguf, (b) => b.writeUInt32LE(2, k.typeAt)); // Q4_0
-    await expectError(load(p), "ERR_TENSOR_DTYPE", p, "blk.1.attn_k.weight", "type 2");
+    const p = scratch.patched(gguf, (b) => b.writeUInt32LE(16, k.typeAt)); // IQ2_XXS
+    await expectError(load(p), "ERR_TENSOR_DTYPE", p, "blk.1.attn_k.weight", "type 16 (IQ2_XXS");
+    const q = scratch.patched(gguf, (b) => b.writeUInt32LE(12, k.typeAt)); // Q4_K: rows of 64 are not 256-blocks
+    await expectError(load(q), "ERR_MODEL_CORRUPT", q, "blk.1.attn_k.weight", "not divisible by its block of 256");
   });
 
   it("a GGUF of another architecture -> ERR_FORMAT_UNSUPPORTED naming it", async () => {

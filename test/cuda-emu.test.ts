@@ -2,7 +2,7 @@
 // built with LLAMA2_CUDA=EMU (kernels/emu) is loaded in this test process, so device 'cuda' runs every
 // kernel, graph capture and replay, paged cache and top-k of the real backend on the CPU, thread by thread.
 // It checks the backend's logic: stories260K against llama2.c, CUDA against the CPU backend for fp16 and
-// int8 weights, the int8 KV cache, the tensor-core decode kernel (LLAMA2_GEMV_MMA=1, LLAMA2_GEMV_MMA_T1=1) and the fused-norm
+// int8 weights (also decoded from a GGUF's 4-bit blocks), the int8 KV cache, the tensor-core decode kernel (LLAMA2_GEMV_MMA=1, LLAMA2_GEMV_MMA_T1=1) and the fused-norm
 // GEMV (LLAMA2_FUSED_NORM=1), batched = alone, the fp32 path, and (a synthetic model with head_dim 64) the
 // tensor-core prefill attention, and `llama2 doctor --check`'s CUDA lines. It measures no speed: figures come
 // from a GPU (NOTES.md).
@@ -12,6 +12,8 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Llama2 as Llama2Type } from "../lib/llama2.js";
+import { mixedTypes, writeBlockModels } from "./helpers/block-models.js";
+import { Scratch } from "./helpers/corrupt.js";
 import { cudaHeadersDir } from "./helpers/cuda-headers.js";
 import { ensureDist } from "./helpers/dist.js";
 import { relErr } from "./helpers/logits.js";
@@ -164,6 +166,24 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
     } finally {
       await a.dispose();
       await b.dispose();
+    }
+  }, 300_000);
+
+  it("a GGUF of 4-6 bit blocks (a Q4_K_M-like mix) is decoded into int8 at load: CUDA vs the CPU's int8 within 2e-2", async () => {
+    const scratch = new Scratch("llama2-emu-blocks-");
+    try {
+      const { quant } = await writeBlockModels(scratch, mixedTypes, "mixed");
+      const a = await Llama2.load(quant, { device: "cuda" });
+      const b = await Llama2.load(quant, { device: "cpu" });
+      try {
+        expect([a.info.dtype, b.info.dtype]).toEqual(["int8", "int8"]);
+        expect(await worstRel(a, b, [1, 17, 200, 3, 99, 45], [128, 7, 250, 64, 5, 9, 33, 2])).toBeLessThan(2e-2);
+      } finally {
+        await a.dispose();
+        await b.dispose();
+      }
+    } finally {
+      scratch.cleanup();
     }
   }, 300_000);
 

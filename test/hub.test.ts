@@ -173,7 +173,7 @@ beforeAll(async () => {
   hub.add("acme/tiny-hf", "README.md", Buffer.from("# tiny hf\n"));
   hub.add("acme/only-pt", "config.json", Buffer.from("{}"));
   hub.add("acme/only-pt", "pytorch_model.bin", Buffer.alloc(10000, 1));
-  hub.add("acme/ggufs", "a.Q4_K_M.gguf", Buffer.alloc(5000, 1));
+  hub.add("acme/ggufs", "a.IQ2_XS.gguf", Buffer.alloc(5000, 1));
   hub.add("acme/ggufs", "a.Q8_0.gguf", Buffer.alloc(5000, 2));
   await hub.start();
 }, 120_000);
@@ -212,12 +212,17 @@ describe("Hub references", () => {
     expect(parseHubRef("hf:acme/tiny-hf", "model", "abc123")).toEqual({ repo: "acme/tiny-hf", revision: "abc123" });
     expect(parseHubRef("https://huggingface.co/acme/x-GGUF/blob/main/sub/m.f16.gguf?download=true")).toEqual({ repo: "acme/x-GGUF", revision: "main", file: "sub/m.f16.gguf" });
     expect(parseHubRef("llama2-7b-chat")).toEqual({ repo: "TheBloke/Llama-2-7B-Chat-GGUF", revision: "main", file: "llama-2-7b-chat.Q8_0.gguf" });
+    expect(parseHubRef("llama2-7b-chat-q4")).toEqual({ repo: "TheBloke/Llama-2-7B-Chat-GGUF", revision: "main", file: "llama-2-7b-chat.Q4_K_M.gguf" });
     expect(isHubRef("llama2-7b-chat") && isHubRef("hf:a/b") && !isHubRef("./models/x.gguf") && !isHubRef("demo")).toBe(true);
-    expect(unsupportedQuant("llama-2-7b-chat.Q4_K_M.gguf")).toBe("Q4_K_M");
+    for (const ok of ["llama-2-7b-chat.Q4_K_M.gguf", "x.Q5_K_S.gguf", "x.Q3_K_L.gguf", "x.Q2_K.gguf", "x.Q6_K.gguf", "x-q4_0.gguf", "x.Q5_1.gguf"])
+      expect(unsupportedQuant(ok), ok).toBeUndefined();
     expect(unsupportedQuant("m-IQ2_XS.gguf")).toBe("IQ2_XS");
+    expect(unsupportedQuant("m.IQ4_NL.gguf")).toBe("IQ4_NL");
+    expect(unsupportedQuant("m.TQ1_0.gguf")).toBe("TQ1_0");
+    expect(unsupportedQuant("m.Q4_0_4_4.gguf")).toBe("Q4_0_4_4");
     expect(unsupportedQuant("llama-2-7b-chat.Q8_0.gguf")).toBeUndefined();
     expect(unsupportedQuant("model-f16.gguf")).toBeUndefined();
-    for (const bad of ["hf:acme", "hf:../x/y.gguf", "hf:acme/x/../../etc/passwd.gguf", "hf:acme/x/model.safetensors", "hf:acme/x@../y", "hf:acme/x/a.Q5_K_S.gguf", "hf:a b/c"]) {
+    for (const bad of ["hf:acme", "hf:../x/y.gguf", "hf:acme/x/../../etc/passwd.gguf", "hf:acme/x/model.safetensors", "hf:acme/x@../y", "hf:acme/x/a.IQ3_XXS.gguf", "hf:a b/c"]) {
       expect(() => parseHubRef(bad), bad).toThrow(/model: /);
     }
     expect(() => parseHubRef("hf:acme/x@dev", "model", "main")).toThrow(/--revision/);
@@ -313,7 +318,7 @@ describe("pullModel against a fake Hub", () => {
     await expectCode(pull("hf:acme/tiny-GGUF/missing.gguf"), "ERR_FILE_NOT_FOUND");
     await expectCode(pull("hf:acme/nope"), "ERR_FILE_NOT_FOUND");
     hub.log = [];
-    await expectCode(pull("hf:acme/ggufs/a.Q4_K_M.gguf"), "ERR_INVALID_ARGUMENT");
+    await expectCode(pull("hf:acme/ggufs/a.IQ2_XS.gguf"), "ERR_INVALID_ARGUMENT");
     expect(hub.log).toEqual([]);
     const many = await expectCode(pull("hf:acme/ggufs"), "ERR_INVALID_ARGUMENT");
     expect(many.message).toContain("hf:acme/ggufs/a.Q8_0.gguf");
@@ -400,9 +405,9 @@ describe("the CLI with Hub references", () => {
     expect(g.status, g.stderr).toBe(0);
     expect(JSON.parse(g.stdout).ids).toHaveLength(3);
     expect(existsSync(path.join(dir, "models", "hf", "acme", "tiny-hf", "main", "config.json"))).toBe(true);
-    const bad = await cli(["pull", "hf:acme/ggufs/a.Q4_K_M.gguf"]);
+    const bad = await cli(["pull", "hf:acme/ggufs/a.IQ2_XS.gguf"]);
     expect(bad.status).toBe(2);
-    expect(bad.stderr).toMatch(/^error \[ERR_INVALID_ARGUMENT\]: MODEL: .*Q4_K_M/);
+    expect(bad.stderr).toMatch(/^error \[ERR_INVALID_ARGUMENT\]: MODEL: .*IQ2_XS/);
     const gated = await cli(["pull", "hf:gated/tiny-GGUF/tiny.f16.gguf"]);
     expect(gated.status).toBe(1);
     expect(gated.stderr).toMatch(/error \[ERR_DOWNLOAD_AUTH\][^]*hint: .*HF_TOKEN/);

@@ -22,8 +22,8 @@ export const GgufValueType = {
 } as const;
 export type GgufValueTypeName = keyof typeof GgufValueType;
 
-/** ggml_type of a tensor (the subset used here). */
-export const GgmlType = { F32: 0, F16: 1, Q8_0: 8, BF16: 30 } as const;
+/** ggml_type of a tensor (the subset used here: the engine runs F32/F16/BF16/Q8_0 and decodes the rest at load). */
+export const GgmlType = { F32: 0, F16: 1, Q4_0: 2, Q4_1: 3, Q5_0: 6, Q5_1: 7, Q8_0: 8, Q2_K: 10, Q3_K: 11, Q4_K: 12, Q5_K: 13, Q6_K: 14, BF16: 30 } as const;
 export type GgmlTypeName = keyof typeof GgmlType;
 
 /** Elements per block and bytes per block of each tensor type. */
@@ -32,6 +32,15 @@ export const GGML_BLOCK: Record<GgmlTypeName, { elements: number; bytes: number 
   F16: { elements: 1, bytes: 2 },
   BF16: { elements: 1, bytes: 2 },
   Q8_0: { elements: 32, bytes: 34 }, // fp16 scale + 32 x int8
+  Q4_0: { elements: 32, bytes: 18 },
+  Q4_1: { elements: 32, bytes: 20 },
+  Q5_0: { elements: 32, bytes: 22 },
+  Q5_1: { elements: 32, bytes: 24 },
+  Q2_K: { elements: 256, bytes: 84 },
+  Q3_K: { elements: 256, bytes: 110 },
+  Q4_K: { elements: 256, bytes: 144 },
+  Q5_K: { elements: 256, bytes: 176 },
+  Q6_K: { elements: 256, bytes: 210 },
 };
 
 /** general.file_type (llama_ftype): the type of most of the file's matrices. */

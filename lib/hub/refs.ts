@@ -18,12 +18,17 @@ export interface ModelAlias {
 
 /**
  * Short names for `--model` / `llama2 pull`. GGUF Q8_0 files load natively as int8 weights on the CPU and on
- * CUDA (fp16 weights: the Meta repos, gated: accept the license on huggingface.co and set HF_TOKEN).
+ * CUDA; Q4_K_M files are decoded into int8 at load (smaller download, same memory as Q8_0). fp16 weights:
+ * the Meta repos, gated: accept the license on huggingface.co and set HF_TOKEN.
  */
 export const MODEL_ALIASES: Readonly<Record<string, ModelAlias>> = {
   "llama2-7b-chat": {
     ref: "hf:TheBloke/Llama-2-7B-Chat-GGUF/llama-2-7b-chat.Q8_0.gguf",
     description: "Llama 2 7B chat, GGUF Q8_0 (7.2 GB), tokenizer included",
+  },
+  "llama2-7b-chat-q4": {
+    ref: "hf:TheBloke/Llama-2-7B-Chat-GGUF/llama-2-7b-chat.Q4_K_M.gguf",
+    description: "Llama 2 7B chat, GGUF Q4_K_M (4.1 GB download; decoded into int8 at load, 6.7 GiB of weights)",
   },
   "llama2-13b-chat": {
     ref: "hf:TheBloke/Llama-2-13B-chat-GGUF/llama-2-13b-chat.Q8_0.gguf",
@@ -53,11 +58,15 @@ export function isHubRef(s: string): boolean {
   return Object.hasOwn(MODEL_ALIASES, s) || s.startsWith("hf:") || HUB_URL.test(s);
 }
 
-/** Quantization tags in GGUF file names that the engine does not load (it reads F32/F16/BF16/Q8_0). */
+/**
+ * Quantization tags in GGUF file names that the engine does not load. It reads F32/F16/BF16/Q8_0 and
+ * llama.cpp's Q4_0, Q4_1, Q5_0, Q5_1 and K-quants Q2_K..Q6_K (with their _S/_M/_L mixes); not the
+ * IQ*, TQ* or repacked (Q4_0_4_4 ...) types.
+ */
 export function unsupportedQuant(file: string): string | undefined {
   const base = file.split("/").pop()!;
-  const m = /(?:^|[.\-_])(i?q[1-7](?:_[0-9a-z]+)*)(?=[.\-_]|$)/i.exec(base.replace(/\.gguf$/i, ""));
-  return m && !/^q8_0$/i.test(m[1]!) ? m[1] : undefined;
+  const m = /(?:^|[.\-_])(i?t?q[1-8](?:_[0-9a-z]+)*)(?=[.\-_]|$)/i.exec(base.replace(/\.gguf$/i, ""));
+  return m && !/^q(?:8_0|[45]_[01]|[2-6]_k(?:_[sml])?)$/i.test(m[1]!) ? m[1] : undefined;
 }
 
 /**
@@ -100,7 +109,7 @@ export function parseHubRef(input: string, field = "model", revision?: string): 
     if (q)
       throw new InvalidArgumentError(
         field,
-        `'${input}': ${q} tensors are not supported (llama2-native loads GGUF F32, F16, BF16 and Q8_0); pick the repo's Q8_0 or F16 file`,
+        `'${input}': ${q} tensors are not supported (llama2-native loads GGUF F32, F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 and the K-quants Q2_K..Q6_K); pick the repo's Q4_K_M, Q8_0 or F16 file`,
       );
   }
   return { repo: `${owner}/${name}`, revision: rev, ...(file !== undefined && { file }) };

@@ -132,6 +132,8 @@ function showLoad(progress: ProgressLine, e: LoadEvent): void {
     progress.update(`downloading ${e.file}`, e.bytes, e.totalBytes ?? 0, `${formatBytes(e.bytes)}${e.totalBytes ? ` / ${formatBytes(e.totalBytes)}` : ""}`);
   } else if (e.phase === "upload") {
     progress.update("uploading tensors   ", e.tensors, e.totalTensors, `${e.tensors}/${e.totalTensors} tensors`);
+  } else if (e.phase === "decode") {
+    progress.update("decoding blocks     ", e.bytes, e.totalBytes, `${formatBytes(e.bytes)} / ${formatBytes(e.totalBytes)}`);
   } else if (e.phase !== "ready") {
     progress.update("reading weights     ", e.bytes, e.totalBytes, `${formatBytes(e.bytes)} / ${formatBytes(e.totalBytes)}`);
   }

@@ -47,7 +47,7 @@ struct BackendInfo {
 };
 
 struct LoadProgress {
-  const char* phase;  // "weights" | "upload"
+  const char* phase;  // "decode" | "weights" | "upload"
   uint64_t bytes, total_bytes;
   int tensors, total_tensors;
 };

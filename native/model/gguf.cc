@@ -1,5 +1,5 @@
 // GGUF v2/v3 as written by llama.cpp: llama metadata, the tokenizer in tokenizer.ggml.*, and
-// F32 / F16 / BF16 / Q8_0 tensors. Q/K rows are in Meta's interleaved rotary layout.
+// F32 / F16 / BF16 / Q8_0 tensors, and the 4-6 bit block types (decoded at load). Q/K rows are in Meta's interleaved rotary layout.
 // Every read is bounds-checked: a truncated or corrupt file gives ERR_MODEL_CORRUPT with the offset.
 #include <algorithm>
 #include <cfloat>
@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "../common/error.h"
+#include "ggml_blocks.h"
 #include "model_source.h"
 
 namespace l2 {
@@ -132,10 +133,31 @@ bool ggml_dtype(uint32_t t, DType* out) {
   switch (t) {
     case 0: *out = DType::F32; return true;
     case 1: *out = DType::F16; return true;
+    case 2: *out = DType::Q4_0; return true;
+    case 3: *out = DType::Q4_1; return true;
+    case 6: *out = DType::Q5_0; return true;
+    case 7: *out = DType::Q5_1; return true;
     case 8: *out = DType::Q8_0; return true;
+    case 10: *out = DType::Q2_K; return true;
+    case 11: *out = DType::Q3_K; return true;
+    case 12: *out = DType::Q4_K; return true;
+    case 13: *out = DType::Q5_K; return true;
+    case 14: *out = DType::Q6_K; return true;
     case 30: *out = DType::BF16; return true;
     default: return false;
   }
+}
+
+// Names of the ggml types we do not read, for the message.
+std::string ggml_type_name(uint32_t t) {
+  static const char* kNames[] = {"F32", "F16", "Q4_0", "Q4_1", "Q4_2 (removed)", "Q4_3 (removed)", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
+                                 "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+                                 "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16"};
+  if (t < sizeof kNames / sizeof kNames[0]) return kNames[t];
+  if (t == 34) return "TQ1_0";
+  if (t == 35) return "TQ2_0";
+  if (t == 39) return "MXFP4";
+  return "unknown";
 }
 
 std::string canonical_name(const std::string& n) {
@@ -283,8 +305,8 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     std::string canon = canonical_name(in.name);
     if (canon.empty()) continue;
     if (!ggml_dtype(type, &in.dtype))
-      fail(code::kTensorDtype, path + ": tensor '" + in.name + "' has ggml type " + std::to_string(type) +
-                                   " (supported: F32, F16, BF16, Q8_0)");
+      fail(code::kTensorDtype, path + ": tensor '" + in.name + "' has ggml type " + std::to_string(type) + " (" + ggml_type_name(type) +
+                                   "; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)");
     in.name = in.name + "\n" + canon;  // keep both names
     infos.push_back(std::move(in));
   }
@@ -303,8 +325,10 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     t.shape = in.shape;
     t.file = &f;
     int64_t cols = t.shape.back();
-    if (t.dtype == DType::Q8_0 && cols % kQ8Block != 0)
-      fail(code::kFormatCorrupt, path + ": Q8_0 tensor '" + t.file_name + "' has a row length not divisible by 32");
+    const int block = block_layout(t.dtype).elements;
+    if (cols % block != 0)
+      fail(code::kFormatCorrupt, path + ": " + dtype_name(t.dtype) + " tensor '" + t.file_name + "' has a row length (" + std::to_string(cols) +
+                                     ") not divisible by its block of " + std::to_string(block));
     int64_t numel;
     uint64_t nbytes;
     if (!tensor_size(t.dtype, t.shape, &numel, &nbytes))

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "../common/error.h"
+#include "ggml_blocks.h"
 
 namespace l2 {
 
@@ -14,18 +15,22 @@ const char* dtype_name(DType t) {
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
     case DType::Q8_0: return "Q8_0";
+    case DType::Q4_0: return "Q4_0";
+    case DType::Q4_1: return "Q4_1";
+    case DType::Q5_0: return "Q5_0";
+    case DType::Q5_1: return "Q5_1";
+    case DType::Q2_K: return "Q2_K";
+    case DType::Q3_K: return "Q3_K";
+    case DType::Q4_K: return "Q4_K";
+    case DType::Q5_K: return "Q5_K";
+    case DType::Q6_K: return "Q6_K";
   }
   return "?";
 }
 
 size_t row_bytes(DType t, int64_t cols) {
-  switch (t) {
-    case DType::F32: return (size_t)cols * 4;
-    case DType::F16:
-    case DType::BF16: return (size_t)cols * 2;
-    case DType::Q8_0: return (size_t)(cols / kQ8Block) * kQ8BlockBytes;
-  }
-  return 0;
+  const BlockLayout b = block_layout(t);
+  return (size_t)(cols / b.elements) * (size_t)b.bytes;
 }
 
 size_t dtype_align(DType t) {

@@ -18,16 +18,18 @@
 
 namespace l2 {
 
-enum class DType : uint8_t { F32, F16, BF16, Q8_0 };
+// The types the backends run, then GGUF's 4-6 bit block types, which the engine decodes at load
+// (ggml_blocks.h; is_load_only()).
+enum class DType : uint8_t { F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K };
 
 // Q8_0 (as GGUF): blocks of 32 weights along a row, each an fp16 scale followed by 32 int8.
 constexpr int kQ8Block = 32;
 constexpr int kQ8BlockBytes = 34;
 
 const char* dtype_name(DType t);
-// Bytes of one row of `cols` elements (Q8_0 needs cols % 32 == 0).
+// Bytes of one row of `cols` elements (block types need cols to be a multiple of their block).
 size_t row_bytes(DType t, int64_t cols);
-// Alignment the backends need for a tensor's data: its element (F32 4, F16/BF16 2, Q8_0's fp16 scale 2).
+// Alignment the backends need for a tensor's data: its element (F32 4, F16/BF16 2, block types' fp16 scales 2).
 size_t dtype_align(DType t);
 // Elements and bytes of a tensor of `shape` (dims >= 0), false when either exceeds 2^62 (a corrupt
 // header): loaders check this before anything multiplies a file's dimensions.

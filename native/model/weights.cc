@@ -8,6 +8,7 @@
 #include "../common/half.h"
 #include "../common/q8.h"
 #include "../common/thread_pool.h"
+#include "ggml_blocks.h"
 
 namespace l2 {
 
@@ -42,7 +43,8 @@ Matrix matrix(const ModelSource& src, const std::string& name, int64_t rows, int
   m.cols = cols;
   m.data = t.data;
   m.name = t.file_name;
-  if (m.dtype == DType::Q8_0 && cols % kQ8Block) fail(code::kTensorShape, src.path + ": " + t.describe() + " is Q8_0 with cols % 32 != 0");
+  if (cols % block_layout(m.dtype).elements)
+    fail(code::kTensorShape, src.path + ": " + t.describe() + " has rows that are not whole " + dtype_name(m.dtype) + " blocks");
   return m;
 }
 
@@ -50,7 +52,8 @@ std::vector<float> vector_f32(const ModelSource& src, const std::string& name, i
   const TensorView& t = src.get(name);
   bool ok = (t.shape.size() == 1 && t.shape[0] == n) || (t.shape.size() == 2 && t.shape[0] == 1 && t.shape[1] == n);
   if (!ok) fail(code::kTensorShape, src.path + ": tensor " + t.describe() + " should have shape [" + std::to_string(n) + "]");
-  if (t.dtype == DType::Q8_0) fail(code::kTensorDtype, src.path + ": norm tensor " + t.describe() + " cannot be Q8_0");
+  if (block_layout(t.dtype).elements != 1)
+    fail(code::kTensorDtype, src.path + ": norm tensor " + t.describe() + " cannot be " + dtype_name(t.dtype) + " (expected F32, F16 or BF16)");
   std::vector<float> v((size_t)n);
   convert_row(t.dtype, t.data, DType::F32, reinterpret_cast<uint8_t*>(v.data()), n);
   for (float x : v)
@@ -98,6 +101,7 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
     std::memcpy(dst, src, row_bytes(from, cols));
     return;
   }
+  if (to == DType::Q8_0 && blocks_to_q8_0(from, src, dst, cols)) return;  // Q4_0 / Q5_0: the same values
   // Through fp32: simple and exact for every pair we need.
   std::vector<float> tmp;
   float* f;
@@ -108,6 +112,7 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
     f = tmp.data();
   }
   switch (from) {
+    default: decode_blocks(from, src, f, cols); break;  // the load-only block types
     case DType::F32: std::memcpy(f, src, (size_t)cols * 4); break;
     case DType::F16: {
       const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
@@ -135,7 +140,7 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
     case DType::F16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_fp16(f[i]); break;
     case DType::BF16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_bf16(f[i]); break;
     case DType::Q8_0: q8_quantize(f, dst, cols); break;
-    case DType::F32: break;
+    default: fail(code::kInternal, std::string("convert_row: cannot encode ") + dtype_name(to));
   }
 }
 
@@ -143,24 +148,50 @@ void dequantize_row(const Matrix& m, int64_t r, float* out) {
   convert_row(m.dtype, m.row(r), DType::F32, reinterpret_cast<uint8_t*>(out), m.cols);
 }
 
+namespace {
+
+// Converts one matrix into owned storage of `to` (parallel over rows).
+void convert_matrix(LlamaWeights& w, Matrix& m, DType to, ThreadPool& pool) {
+  const size_t dst_stride = row_bytes(to, m.cols);
+  LlamaWeights::Owned buf{std::unique_ptr<uint8_t[]>(new uint8_t[dst_stride * (size_t)m.rows]), dst_stride * (size_t)m.rows};
+  uint8_t* dst = buf.bytes.get();
+  const Matrix src = m;
+  pool.parallel_for(m.rows, 16, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) convert_row(src.dtype, src.row(r), to, dst + dst_stride * (size_t)r, src.cols);
+  });
+  m.dtype = to;
+  m.data = dst;
+  w.owned.push_back(std::move(buf));
+}
+
+// Like llama.cpp's converter, a matrix whose rows do not split into 32-blocks stays fp16 in int8 mode.
+DType target_for(const Matrix& m, DType to) { return to == DType::Q8_0 && m.cols % kQ8Block ? DType::F16 : to; }
+
+}  // namespace
+
 void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress) {
   bool tied = w.output.data == w.tok_embeddings.data;
   uint64_t done = 0;
   for (Matrix* m : w.matrices()) {
-    // Like llama.cpp's converter, a matrix whose rows do not split into 32-blocks stays fp16 in int8 mode.
-    DType target = to == DType::Q8_0 && m->cols % kQ8Block ? DType::F16 : to;
-    if (m->dtype != target) {
-      std::vector<uint8_t> buf(row_bytes(target, m->cols) * (size_t)m->rows);
-      Matrix src = *m;
-      size_t dst_stride = row_bytes(target, m->cols);
-      pool.parallel_for(m->rows, 16, [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) convert_row(src.dtype, src.row(r), target, buf.data() + dst_stride * (size_t)r, src.cols);
-      });
-      m->dtype = target;
-      m->data = buf.data();
-      w.owned.push_back(std::move(buf));
-    }
+    if (m->dtype != target_for(*m, to)) convert_matrix(w, *m, target_for(*m, to), pool);
     done += m->bytes();
+    if (progress) progress(done);
+  }
+  if (tied) w.output = w.tok_embeddings;
+}
+
+bool has_load_only(LlamaWeights& w) {
+  for (Matrix* m : w.matrices())
+    if (is_load_only(m->dtype)) return true;
+  return false;
+}
+
+void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress) {
+  bool tied = w.output.data == w.tok_embeddings.data;
+  uint64_t done = 0;
+  for (Matrix* m : w.matrices()) {
+    done += m->bytes();  // counted in the file's bytes: the work is reading them
+    if (is_load_only(m->dtype)) convert_matrix(w, *m, target_for(*m, to), pool);
     if (progress) progress(done);
   }
   if (tied) w.output = w.tok_embeddings;

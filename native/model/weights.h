@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "model_source.h"
@@ -32,7 +33,14 @@ struct LlamaWeights {
   Matrix output;  // the classifier; same data as tok_embeddings when tied
   std::vector<float> output_norm;
   std::vector<LayerWeights> layers;
-  std::vector<std::vector<uint8_t>> owned;  // storage of converted matrices
+  // Storage of converted matrices, one buffer per matrix, uninitialized when allocated (a 7B conversion
+  // writes every byte anyway; zero-filling first cost 12% of a Q4_K_M load).
+  struct Owned {
+    std::unique_ptr<uint8_t[]> bytes;
+    size_t size = 0;
+    bool holds(const uint8_t* p) const { return p >= bytes.get() && p < bytes.get() + size; }
+  };
+  std::vector<Owned> owned;
 
   // Every distinct matrix once (the tied classifier is not counted twice).
   std::vector<Matrix*> matrices();
@@ -51,5 +59,10 @@ using ConvertProgress = std::function<void(uint64_t bytes_done)>;
 // Converts every matrix whose dtype differs from `to` into owned storage (parallel over rows).
 // For Q8_0, matrices whose row length is not a multiple of 32 become F16 instead.
 void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress);
+// True when some matrix has a load-only block type (Q4_K ...: ggml_blocks.h).
+bool has_load_only(LlamaWeights& w);
+// Decodes the matrices of load-only types into `to` (a type the backends run), the others untouched.
+// `progress` gets the file bytes of the matrices visited so far.
+void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress);
 
 }  // namespace l2

@@ -276,6 +276,13 @@ export function ggufOp(rng: FuzzRng, base: Buffer, m: GgufMap): Op {
       return { desc: `swap ${a.name} and ${b.name}`, apply: (buf) => (writeField(buf, a.at, 8, vb), writeField(buf, b.at, 8, va), buf) };
     }],
     [2, () => setBytes(rng.range(0, 3), Buffer.from([rng.int(256)]))],
+    [4, () => {
+      // A tensor retyped as one of the 4-6 bit block types (decoded at load) or an unsupported one: the
+      // byte sizes then disagree with the data, and rows may not split into the type's blocks.
+      const f = rng.pick(m.fields.get("tensor type")!);
+      const v = rng.pick([2, 3, 6, 7, 10, 11, 12, 13, 14, 16, 20, 23, 39]);
+      return { desc: `${f.name}@${f.at} := ${v}`, apply: (b) => (writeField(b, f.at, 4, BigInt(v)), b) };
+    }],
     [5, () => {
       const t = rng.pick(m.data);
       return nanOp(rng, t.from, t.to, t.width);

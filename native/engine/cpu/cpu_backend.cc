@@ -9,6 +9,7 @@
 #include "../../common/error.h"
 #include "../../common/q8.h"
 #include "../../common/thread_pool.h"
+#include "../../model/ggml_blocks.h"
 #include "../backend.h"
 #include "cpu_ops.h"
 #include "weight_pages.h"
@@ -39,6 +40,8 @@ class CpuBackend final : public Backend {
       });
     }
     dtype_ = to;
+    for (Matrix* m : w_.matrices())  // Engine::load decodes these first; the matrix kernels do not run them
+      if (is_load_only(m->dtype)) fail(code::kInternal, m->name + ": " + dtype_name(m->dtype) + " weights reached the CPU backend undecoded");
     const int n_matrices = (int)w_.matrices().size();
     int copied = 0;
     pages_.place(w_, pool_, [&](uint64_t done) {
@@ -64,6 +67,7 @@ class CpuBackend final : public Backend {
       case DType::F16: i.dtype = "f16"; break;
       case DType::BF16: i.dtype = "bf16"; break;
       case DType::Q8_0: i.dtype = "int8"; break;
+      default: i.dtype = dtype_name(dtype_); break;  // not reached: the engine decodes load-only types
     }
     i.weight_bytes = const_cast<LlamaWeights&>(w_).matrix_bytes();
     i.kv_dtype = kv_int8_ ? "int8" : "f32";

@@ -1,0 +1,235 @@
+#include "ggml_blocks.h"
+
+#include <cstring>
+
+#include "../common/half.h"
+#include "model_source.h"
+
+// ggml's reference rounds each product and each sum. Every product here is exact (an fp16 scale times
+// integers of at most 6 bits fits fp32's 24-bit mantissa), so a fused multiply-add would round the same;
+// contraction stays off anyway so that the operations are the ones written.
+#pragma GCC optimize("fp-contract=off")
+
+namespace l2 {
+
+namespace {
+
+constexpr int kK = 256;  // values per K-quant super-block
+
+float half_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return fp16_to_f32(h);
+}
+
+// Q4_0: fp16 d, 16 bytes of nibbles (low nibbles are values 0..15, high nibbles 16..31): (q - 8) * d.
+// Q4_1: fp16 d, fp16 m, nibbles: q * d + m.
+void q4_0(const uint8_t* b, float* y) {
+  const float d = half_at(b);
+  const uint8_t* qs = b + 2;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = (float)((qs[j] & 0xF) - 8) * d;
+    y[j + 16] = (float)((qs[j] >> 4) - 8) * d;
+  }
+}
+
+void q4_1(const uint8_t* b, float* y) {
+  const float d = half_at(b), m = half_at(b + 2);
+  const uint8_t* qs = b + 4;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = (float)(qs[j] & 0xF) * d + m;
+    y[j + 16] = (float)(qs[j] >> 4) * d + m;
+  }
+}
+
+// Q5_0 / Q5_1: as Q4 with a fifth bit per value in a 32-bit word (bit j for value j); Q5_0 centres at 16.
+void q5(const uint8_t* qh_p, const uint8_t* qs, int centre, float d, float m, bool has_m, float* y) {
+  uint32_t qh;
+  std::memcpy(&qh, qh_p, 4);
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (int)((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - centre;
+    const int hi = (int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - centre;
+    y[j] = has_m ? (float)lo * d + m : (float)lo * d;
+    y[j + 16] = has_m ? (float)hi * d + m : (float)hi * d;
+  }
+}
+
+void q5_0(const uint8_t* b, float* y) { q5(b + 2, b + 6, 16, half_at(b), 0.f, false, y); }
+void q5_1(const uint8_t* b, float* y) { q5(b + 4, b + 8, 0, half_at(b), half_at(b + 2), true, y); }
+
+// Q2_K (84 bytes): 16 bytes of (scale | min << 4) per 16 values, 64 bytes of 2-bit values, fp16 d, dmin.
+// Values come in two halves of 128; within a half, 2-bit plane p of byte l holds value 32 p + l.
+void q2_k(const uint8_t* b, float* y) {
+  const uint8_t* sc = b;
+  const uint8_t* qs = b + 16;
+  const float d = half_at(b + 80), dmin = half_at(b + 82);
+  for (int half = 0; half < 2; ++half, qs += 32) {
+    for (int plane = 0; plane < 4; ++plane) {
+      for (int part = 0; part < 2; ++part) {
+        const uint8_t s = *sc++;
+        const float dl = d * (float)(s & 0xF), ml = dmin * (float)(s >> 4);
+        const uint8_t* q = qs + 16 * part;
+        for (int l = 0; l < 16; ++l) *y++ = dl * (float)((q[l] >> (2 * plane)) & 3) - ml;
+      }
+    }
+  }
+}
+
+// Q3_K (110 bytes): 32 bytes of high bits (bit p of byte l: value 32 p + l of each half, p counting
+// planes across both halves), 64 bytes of 2-bit values laid out as Q2_K's, 12 bytes packing sixteen
+// 6-bit scales (offset 32), fp16 d. A value is ((2 low bits) - (high bit clear ? 4 : 0)) * d * scale.
+void q3_k(const uint8_t* b, float* y) {
+  const uint8_t* hmask = b;
+  const uint8_t* qs = b + 32;
+  const uint8_t* packed = b + 96;
+  const float d = half_at(b + 108);
+  int8_t scales[16];
+  for (int i = 0; i < 16; ++i) {
+    // Low 4 bits: the low nibble of byte i (i < 8) or the high nibble of byte i - 8; high 2 bits: bit
+    // pair i / 4 of byte 8 + i % 4.
+    const int low = i < 8 ? packed[i] & 0xF : packed[i - 8] >> 4;
+    const int high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+    scales[i] = (int8_t)((low | (high << 4)) - 32);
+  }
+  int s = 0;
+  for (int half = 0; half < 2; ++half, qs += 32) {
+    for (int plane = 0; plane < 4; ++plane) {
+      const uint8_t bit = (uint8_t)(1u << (4 * half + plane));
+      for (int part = 0; part < 2; ++part) {
+        const float dl = d * (float)scales[s++];
+        const uint8_t* q = qs + 16 * part;
+        const uint8_t* hm = hmask + 16 * part;
+        for (int l = 0; l < 16; ++l) {
+          const int v = (int)((q[l] >> (2 * plane)) & 3) - ((hm[l] & bit) ? 0 : 4);
+          *y++ = dl * (float)v;
+        }
+      }
+    }
+  }
+}
+
+// The 6-bit scale and min of sub-block j (0..7) of Q4_K / Q5_K, packed in 12 bytes: j < 4 in the low
+// 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte j + 4 with their top 2 bits in the top 2
+// bits of bytes j - 4 (scale) and j (min).
+void scale_min_k4(int j, const uint8_t* p, float* sc, float* mn) {
+  int s, m;
+  if (j < 4) {
+    s = p[j] & 63;
+    m = p[j + 4] & 63;
+  } else {
+    s = (p[j + 4] & 0xF) | ((p[j - 4] >> 6) << 4);
+    m = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
+  }
+  *sc = (float)s;
+  *mn = (float)m;
+}
+
+// Q4_K (144 bytes): fp16 d, dmin, 12 scale bytes, 128 bytes of nibbles. Each 64 values are 32 bytes:
+// low nibbles the first 32 (sub-block 2 i), high nibbles the next (2 i + 1). value = d*sc * q - dmin*m.
+// Q5_K (176 bytes) adds 32 bytes of fifth bits before the nibbles: bit 2 i (low) / 2 i + 1 (high) of byte l.
+void q45_k(const uint8_t* b, bool five, float* y) {
+  const float d = half_at(b), dmin = half_at(b + 2);
+  const uint8_t* packed = b + 4;
+  const uint8_t* qh = b + 16;
+  const uint8_t* qs = b + (five ? 48 : 16);
+  for (int i = 0; i < 4; ++i, qs += 32) {
+    float sc, mn;
+    for (int nib = 0; nib < 2; ++nib) {
+      scale_min_k4(2 * i + nib, packed, &sc, &mn);
+      const float dl = d * sc, ml = dmin * mn;
+      const int bit = 2 * i + nib;
+      for (int l = 0; l < 32; ++l) {
+        int q = nib ? qs[l] >> 4 : qs[l] & 0xF;
+        if (five && ((qh[l] >> bit) & 1)) q += 16;
+        *y++ = dl * (float)q - ml;
+      }
+    }
+  }
+}
+
+// Q6_K (210 bytes): 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 int8 scales (one per
+// 16 values), fp16 d. Per half of 128 values (64 nibble bytes, 32 pair bytes): value 32 g + l takes the
+// low (g < 2) or high nibble of byte l + 32 (g & 1), and bit pair g of qh[l]; value = d * scale * (q - 32).
+void q6_k(const uint8_t* b, float* y) {
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+  const float d = half_at(b + 208);
+  for (int half = 0; half < 2; ++half, ql += 64, qh += 32, sc += 8, y += 128) {
+    for (int l = 0; l < 32; ++l) {
+      for (int g = 0; g < 4; ++g) {
+        const uint8_t lo = ql[l + 32 * (g & 1)];
+        const int q = (int)(((g < 2 ? lo & 0xF : lo >> 4)) | (((qh[l] >> (2 * g)) & 3) << 4)) - 32;
+        y[l + 32 * g] = d * (float)sc[l / 16 + 2 * g] * (float)q;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+BlockLayout block_layout(DType t) {
+  switch (t) {
+    case DType::F32: return {1, 4};
+    case DType::F16:
+    case DType::BF16: return {1, 2};
+    case DType::Q8_0: return {32, 34};
+    case DType::Q4_0: return {32, 18};
+    case DType::Q4_1: return {32, 20};
+    case DType::Q5_0: return {32, 22};
+    case DType::Q5_1: return {32, 24};
+    case DType::Q2_K: return {kK, 84};
+    case DType::Q3_K: return {kK, 110};
+    case DType::Q4_K: return {kK, 144};
+    case DType::Q5_K: return {kK, 176};
+    case DType::Q6_K: return {kK, 210};
+  }
+  return {1, 0};
+}
+
+bool is_load_only(DType t) {
+  return t != DType::F32 && t != DType::F16 && t != DType::BF16 && t != DType::Q8_0;
+}
+
+void decode_blocks(DType t, const uint8_t* src, float* dst, int64_t cols) {
+  const BlockLayout L = block_layout(t);
+  for (int64_t i = 0; i < cols / L.elements; ++i, src += L.bytes, dst += L.elements) {
+    switch (t) {
+      case DType::Q4_0: q4_0(src, dst); break;
+      case DType::Q4_1: q4_1(src, dst); break;
+      case DType::Q5_0: q5_0(src, dst); break;
+      case DType::Q5_1: q5_1(src, dst); break;
+      case DType::Q2_K: q2_k(src, dst); break;
+      case DType::Q3_K: q3_k(src, dst); break;
+      case DType::Q4_K: q45_k(src, false, dst); break;
+      case DType::Q5_K: q45_k(src, true, dst); break;
+      case DType::Q6_K: q6_k(src, dst); break;
+      default: return;
+    }
+  }
+}
+
+bool blocks_to_q8_0(DType t, const uint8_t* src, uint8_t* dst, int64_t cols) {
+  if (t != DType::Q4_0 && t != DType::Q5_0) return false;
+  const BlockLayout L = block_layout(t);
+  for (int64_t i = 0; i < cols / 32; ++i, src += L.bytes, dst += 34) {
+    std::memcpy(dst, src, 2);  // the fp16 scale
+    int8_t* q = reinterpret_cast<int8_t*>(dst + 2);
+    if (t == DType::Q4_0) {
+      for (int j = 0; j < 16; ++j) {
+        q[j] = (int8_t)((src[2 + j] & 0xF) - 8);
+        q[j + 16] = (int8_t)((src[2 + j] >> 4) - 8);
+      }
+    } else {
+      uint32_t qh;
+      std::memcpy(&qh, src + 2, 4);
+      for (int j = 0; j < 16; ++j) {
+        q[j] = (int8_t)((int)((src[6 + j] & 0xF) | (((qh >> j) & 1) << 4)) - 16);
+        q[j + 16] = (int8_t)((int)((src[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace l2

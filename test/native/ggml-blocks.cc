@@ -1,0 +1,81 @@
+// Decodes rows of one GGUF block type with native/model/ggml_blocks.cc and compares them bit for bit
+// with ggml's own decoding (test/fixtures/ggml-blocks.json, written by scripts/ggml-oracle/).
+//   ggml-blocks TYPE COLS ROWS blocks.bin expected.bin   -> "ok N" (" +q8" when also checked as Q8_0) or the first differences
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "native/common/half.h"
+#include "native/model/ggml_blocks.h"
+#include "native/model/model_source.h"
+
+using namespace l2;
+
+static std::vector<char> slurp(const char* path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::vector<char>(std::istreambuf_iterator<char>(f), {});
+}
+
+int main(int argc, char** argv) {
+  if (argc != 6) return 2;
+  const std::string name = argv[1];
+  const std::pair<const char*, DType> all[] = {{"Q4_0", DType::Q4_0}, {"Q4_1", DType::Q4_1}, {"Q5_0", DType::Q5_0},
+                                               {"Q5_1", DType::Q5_1}, {"Q2_K", DType::Q2_K}, {"Q3_K", DType::Q3_K},
+                                               {"Q4_K", DType::Q4_K}, {"Q5_K", DType::Q5_K}, {"Q6_K", DType::Q6_K}};
+  const DType* t = nullptr;
+  for (const auto& [n, d] : all)
+    if (name == n) t = &d;
+  if (!t || !is_load_only(*t)) {
+    std::printf("no load-only type %s\n", name.c_str());
+    return 1;
+  }
+  const long cols = std::stol(argv[2]), rows = std::stol(argv[3]);
+  std::vector<char> blocks = slurp(argv[4]), expected = slurp(argv[5]);
+  const BlockLayout L = block_layout(*t);
+  const size_t rb = (size_t)(cols / L.elements) * (size_t)L.bytes;
+  if (blocks.size() != rb * (size_t)rows || expected.size() != (size_t)(cols * rows) * 4) {
+    std::printf("sizes: %zu block bytes (row %zu), %zu expected bytes\n", blocks.size(), rb, expected.size());
+    return 1;
+  }
+  std::vector<float> got((size_t)cols);
+  int bad = 0;
+  for (long r = 0; r < rows; ++r) {
+    std::fill(got.begin(), got.end(), -12345.f);
+    decode_blocks(*t, reinterpret_cast<const uint8_t*>(blocks.data()) + rb * (size_t)r, got.data(), cols);
+    for (long i = 0; i < cols; ++i) {
+      uint32_t a, b;
+      std::memcpy(&a, &got[(size_t)i], 4);
+      std::memcpy(&b, expected.data() + (size_t)(r * cols + i) * 4, 4);
+      if (a != b && bad++ < 8) {
+        float e;
+        std::memcpy(&e, &b, 4);
+        std::printf("%s row %ld value %ld: got %.9g, ggml %.9g\n", name.c_str(), r, i, got[(size_t)i], e);
+      }
+    }
+  }
+  // Q4_0 / Q5_0 are also rewritten as Q8_0 blocks, which must hold the same values.
+  std::vector<uint8_t> q8((size_t)(cols / 32) * 34);
+  long transcoded = 0;
+  for (long r = 0; r < rows; ++r) {
+    if (!blocks_to_q8_0(*t, reinterpret_cast<const uint8_t*>(blocks.data()) + rb * (size_t)r, q8.data(), cols)) break;
+    for (long i = 0; i < cols; ++i, ++transcoded) {
+      const uint8_t* blk = q8.data() + (size_t)(i / 32) * 34;
+      uint16_t dh;
+      std::memcpy(&dh, blk, 2);
+      const float v = fp16_to_f32(dh) * (float)(int8_t)blk[2 + i % 32];
+      float e;
+      std::memcpy(&e, expected.data() + (size_t)(r * cols + i) * 4, 4);
+      if (std::memcmp(&v, &e, 4) != 0 && bad++ < 8) std::printf("%s as Q8_0 row %ld value %ld: got %.9g, ggml %.9g\n", name.c_str(), r, i, v, e);
+    }
+  }
+  if (bad) {
+    std::printf("%d values differ\n", bad);
+    return 1;
+  }
+  std::printf("ok %ld%s\n", cols * rows, transcoded ? " +q8" : "");
+  return 0;
+}
