@@ -48,9 +48,9 @@ export interface LoadOptions {
 
 export interface LoadProgress {
   /**
-   * "decode": a GGUF file's 4-6 bit blocks (Q4_K ...) being decoded into the weight dtype (int8 unless
-   * `dtype` asks otherwise); "weights": the CPU backend preparing its weights; "upload": a GPU backend
-   * copying them to the device; "ready": done.
+   * "decode": the CPU backend decoding a GGUF file's 4-6 bit blocks (Q4_K ...) into the weight dtype
+   * (int8 unless `dtype` asks otherwise; a GPU backend decodes them as it uploads); "weights": the CPU
+   * backend preparing its weights; "upload": a GPU backend copying them to the device; "ready": done.
    */
   phase: "decode" | "weights" | "upload" | "ready";
   /** Bytes of weights processed so far / in all. */

@@ -4,10 +4,13 @@
 //  - stories260K vs llama2.c: every generated id of every case (the near-ties of cases 1 and 3 that the
 //    fp16 CUDA path gets wrong included), logits within 2e-5;
 //  - tiny-llama (HF halves rotary layout, GGUF interleaved, Q8_0 widened) vs transformers;
+//  - a GGUF of 4-6 bit blocks widened to ggml's values: the bits of its fp32 twin;
 //  - batching, prefill chunking (sub-batches) and copy-on-write forks give the same bits as alone.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { planCudaMemory } from "../lib/cuda-plan.js";
 import { Llama2 } from "../lib/llama2.js";
+import { mixedTypes, writeBlockModels } from "./helpers/block-models.js";
+import { Scratch } from "./helpers/corrupt.js";
 import { argmax, lastLogits, relErr } from "./helpers/logits.js";
 import { describeShared, readSharedJson, sharedPath, type StoriesCase, type TinyCase } from "./helpers/shared.js";
 
@@ -28,6 +31,28 @@ describe("dtype 'f32' on CUDA: options", () => {
       code: "ERR_INVALID_ARGUMENT",
       message: expect.stringContaining("kvCacheType"),
     });
+  });
+});
+
+describe("dtype 'f32' on CUDA: a GGUF of 4-6 bit blocks", () => {
+  // The CUDA backends read such blocks themselves (row by row, on upload); the fp32 path widens them to
+  // ggml's values, so the Q4_K_M-like model gives the bits of its fp32 twin (test/helpers/block-models.ts).
+  const scratch = new Scratch("llama2-f32-blocks-");
+  afterAll(() => scratch.cleanup());
+  it("gives exactly the logits of the same model stored as fp32", async () => {
+    const { quant, ref } = await writeBlockModels(scratch, mixedTypes, "mixed");
+    const prompt = [1, 17, 200, 3, 99, 45, 128, 7];
+    const logits = [];
+    for (const file of [quant, ref]) {
+      const m = await Llama2.load(file, { device: "cuda", dtype: "f32", maxSequences: 1 });
+      try {
+        expect(m.info).toMatchObject({ device: "cuda", dtype: "f32" });
+        logits.push(await lastLogits(m, prompt));
+      } finally {
+        await m.dispose();
+      }
+    }
+    expect(sameBits(logits[0]!, logits[1]!)).toBe(true);
   });
 });
 

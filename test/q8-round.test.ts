@@ -8,11 +8,11 @@ import { join } from "node:path";
 import { expect, it } from "vitest";
 import { projectRoot } from "./helpers/shared.js";
 
-it("q8_round equals std::lround for every |v| <= 128, and q8_quantize_group equals the lround rule", () => {
+it("q8_round equals std::lround for every |v| <= 128, q8_quantize_group the lround rule, q8_quantize_row (AVX2) the scalar rule", () => {
   const dir = mkdtempSync(join(tmpdir(), "l2-q8-"));
   try {
     const exe = join(dir, "q8-round");
-    execFileSync("g++", ["-O2", "-std=c++17", `-I${projectRoot}`, join(projectRoot, "test/native/q8-round.cc"), "-o", exe], { stdio: "pipe" });
+    execFileSync("g++", ["-O2", "-std=c++17", `-I${projectRoot}`, join(projectRoot, "test/native/q8-round.cc"), join(projectRoot, "native/common/q8_row.cc"), "-o", exe], { stdio: "pipe" });
     const out = execFileSync(exe, { encoding: "utf8", timeout: 120_000 });
     expect(out.trim()).toBe("q8 ok");
   } finally {

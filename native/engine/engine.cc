@@ -6,7 +6,6 @@
 #include <set>
 
 #include "../common/error.h"
-#include "../common/thread_pool.h"
 
 namespace l2 {
 
@@ -58,19 +57,6 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOption
   e->src_ = open_model(path);
   const ModelConfig& c = e->src_->config;
   LlamaWeights w = map_weights(*e->src_);
-  if (has_load_only(w)) {
-    // 4-6 bit GGUF blocks (Q4_K_M files ...): decoded once into the dtype asked for, by default int8
-    // (Q8_0 groups of 32: at most 1/254 of a group's largest value of added error, half fp16's memory).
-    const DType to = o.dtype == "f32" ? DType::F32 : o.dtype == "f16" ? DType::F16 : o.dtype == "bf16" ? DType::BF16 : DType::Q8_0;
-    ThreadPool decode_pool(default_threads(o.threads));
-    const uint64_t total = w.matrix_bytes();
-    const int n = (int)w.matrices().size();
-    int visited = 0;
-    decode_load_only(w, to, decode_pool, [&](uint64_t done) {
-      if (progress) progress({"decode", done, total, ++visited, n});
-    });
-  }
-
   int ctx = o.context_length > 0 ? o.context_length : std::min(c.max_seq_len, 4096);
   if (ctx < 1 || ctx > std::max(c.max_seq_len, 1) * 8 || ctx > (1 << 20))
     fail(code::kInvalidArgument, "contextLength: " + std::to_string(o.context_length) + " is out of range (1.." +

@@ -6,7 +6,7 @@
 
 #include "../common/error.h"
 #include "../common/half.h"
-#include "../common/q8.h"
+#include "../common/q8_row.h"
 #include "../common/thread_pool.h"
 #include "ggml_blocks.h"
 
@@ -88,14 +88,6 @@ LlamaWeights map_weights(const ModelSource& src) {
   return w;
 }
 
-static void q8_quantize(const float* x, uint8_t* dst, int64_t cols) {
-  for (int64_t b = 0; b < cols / kQ8Block; ++b) {
-    uint8_t* blk = dst + b * kQ8BlockBytes;
-    uint16_t dh = q8_quantize_group(x + b * kQ8Block, kQ8Block, reinterpret_cast<int8_t*>(blk + 2));
-    std::memcpy(blk, &dh, 2);
-  }
-}
-
 void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t cols) {
   if (from == to) {
     std::memcpy(dst, src, row_bytes(from, cols));
@@ -139,7 +131,7 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
   switch (to) {
     case DType::F16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_fp16(f[i]); break;
     case DType::BF16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_bf16(f[i]); break;
-    case DType::Q8_0: q8_quantize(f, dst, cols); break;
+    case DType::Q8_0: q8_quantize_row(f, cols, dst); break;
     default: fail(code::kInternal, std::string("convert_row: cannot encode ") + dtype_name(to));
   }
 }
@@ -151,9 +143,9 @@ void dequantize_row(const Matrix& m, int64_t r, float* out) {
 namespace {
 
 // Converts one matrix into owned storage of `to` (parallel over rows).
-void convert_matrix(LlamaWeights& w, Matrix& m, DType to, ThreadPool& pool) {
+void convert_matrix(LlamaWeights& w, Matrix& m, DType to, ThreadPool& pool, const OwnedAlloc& alloc) {
   const size_t dst_stride = row_bytes(to, m.cols);
-  LlamaWeights::Owned buf{std::unique_ptr<uint8_t[]>(new uint8_t[dst_stride * (size_t)m.rows]), dst_stride * (size_t)m.rows};
+  LlamaWeights::Owned buf = alloc(dst_stride * (size_t)m.rows);
   uint8_t* dst = buf.bytes.get();
   const Matrix src = m;
   pool.parallel_for(m.rows, 16, [&](int64_t b, int64_t e) {
@@ -169,11 +161,18 @@ DType target_for(const Matrix& m, DType to) { return to == DType::Q8_0 && m.cols
 
 }  // namespace
 
-void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress) {
+LlamaWeights::Owned heap_owned(size_t bytes) {
+  LlamaWeights::Owned o;
+  o.bytes = {new uint8_t[bytes], [](uint8_t* p) { delete[] p; }};
+  o.size = bytes;
+  return o;
+}
+
+void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
   bool tied = w.output.data == w.tok_embeddings.data;
   uint64_t done = 0;
   for (Matrix* m : w.matrices()) {
-    if (m->dtype != target_for(*m, to)) convert_matrix(w, *m, target_for(*m, to), pool);
+    if (m->dtype != target_for(*m, to)) convert_matrix(w, *m, target_for(*m, to), pool, alloc);
     done += m->bytes();
     if (progress) progress(done);
   }
@@ -186,12 +185,12 @@ bool has_load_only(LlamaWeights& w) {
   return false;
 }
 
-void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress) {
+void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
   bool tied = w.output.data == w.tok_embeddings.data;
   uint64_t done = 0;
   for (Matrix* m : w.matrices()) {
     done += m->bytes();  // counted in the file's bytes: the work is reading them
-    if (is_load_only(m->dtype)) convert_matrix(w, *m, target_for(*m, to), pool);
+    if (is_load_only(m->dtype)) convert_matrix(w, *m, target_for(*m, to), pool, alloc);
     if (progress) progress(done);
   }
   if (tied) w.output = w.tok_embeddings;

@@ -36,9 +36,10 @@ struct LlamaWeights {
   // Storage of converted matrices, one buffer per matrix, uninitialized when allocated (a 7B conversion
   // writes every byte anyway; zero-filling first cost 12% of a Q4_K_M load).
   struct Owned {
-    std::unique_ptr<uint8_t[]> bytes;
+    std::unique_ptr<uint8_t, std::function<void(uint8_t*)>> bytes;  // with its allocator's release
     size_t size = 0;
-    bool holds(const uint8_t* p) const { return p >= bytes.get() && p < bytes.get() + size; }
+    bool huge_pages = false;  // the allocator placed it in transparent-huge-page memory
+    bool holds(const uint8_t* p) const { return bytes && p >= bytes.get() && p < bytes.get() + size; }
   };
   std::vector<Owned> owned;
 
@@ -56,13 +57,16 @@ void dequantize_row(const Matrix& m, int64_t r, float* out);
 void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t cols);
 
 using ConvertProgress = std::function<void(uint64_t bytes_done)>;
+// Where converted matrices go; the default is the heap (new[]).
+using OwnedAlloc = std::function<LlamaWeights::Owned(size_t bytes)>;
+LlamaWeights::Owned heap_owned(size_t bytes);
 // Converts every matrix whose dtype differs from `to` into owned storage (parallel over rows).
 // For Q8_0, matrices whose row length is not a multiple of 32 become F16 instead.
-void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress);
+void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
 // True when some matrix has a load-only block type (Q4_K ...: ggml_blocks.h).
 bool has_load_only(LlamaWeights& w);
 // Decodes the matrices of load-only types into `to` (a type the backends run), the others untouched.
 // `progress` gets the file bytes of the matrices visited so far.
-void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress);
+void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
 
 }  // namespace l2

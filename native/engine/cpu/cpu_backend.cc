@@ -23,25 +23,33 @@ class CpuBackend final : public Backend {
   CpuBackend(const ModelConfig& c, LlamaWeights w, const BackendOptions& o)
       : c_(c), w_(std::move(w)), ctx_(o.context_length),
         pool_(default_threads(o.threads)) {
-    DType to = w_.layers[0].wq.dtype;
-    bool convert = true;
-    if (o.dtype == "auto") convert = false;
-    else if (o.dtype == "f32") to = DType::F32;
-    else if (o.dtype == "f16") to = DType::F16;
-    else if (o.dtype == "bf16") to = DType::BF16;
-    else if (o.dtype == "int8") to = DType::Q8_0;
+    const bool convert = o.dtype != "auto";
+    DType to = o.dtype == "f32" ? DType::F32 : o.dtype == "f16" ? DType::F16 : o.dtype == "bf16" ? DType::BF16 : DType::Q8_0;
+    if (has_load_only(w_)) {
+      // 4-6 bit GGUF blocks (Q4_K_M files ...): decoded once into the dtype asked for, by default int8
+      // (Q8_0 groups of 32: at most 1/254 of a group's largest value of added error, half fp16's memory).
+      const uint64_t file_bytes = w_.matrix_bytes();
+      const int n = (int)w_.matrices().size();
+      int visited = 0;
+      decode_load_only(
+          w_, to, pool_, [&](uint64_t done) {
+            if (o.progress) o.progress({"decode", done, file_bytes, ++visited, n});
+          },
+          cpu::WeightPages::allocate);
+    }
+    if (!convert) to = w_.layers[0].wq.dtype;
     uint64_t total = w_.matrix_bytes();
     if (o.progress) o.progress({"weights", 0, total, 0, (int)w_.matrices().size()});
     if (convert) {
       int n = 0;
       int total_t = (int)w_.matrices().size();
-      convert_weights(w_, to, pool_, [&](uint64_t done) {
-        if (o.progress) o.progress({"weights", done, total, ++n, total_t});
-      });
+      convert_weights(
+          w_, to, pool_, [&](uint64_t done) {
+            if (o.progress) o.progress({"weights", done, total, ++n, total_t});
+          },
+          cpu::WeightPages::allocate);
     }
     dtype_ = to;
-    for (Matrix* m : w_.matrices())  // Engine::load decodes these first; the matrix kernels do not run them
-      if (is_load_only(m->dtype)) fail(code::kInternal, m->name + ": " + dtype_name(m->dtype) + " weights reached the CPU backend undecoded");
     const int n_matrices = (int)w_.matrices().size();
     int copied = 0;
     pages_.place(w_, pool_, [&](uint64_t done) {
@@ -67,7 +75,7 @@ class CpuBackend final : public Backend {
       case DType::F16: i.dtype = "f16"; break;
       case DType::BF16: i.dtype = "bf16"; break;
       case DType::Q8_0: i.dtype = "int8"; break;
-      default: i.dtype = dtype_name(dtype_); break;  // not reached: the engine decodes load-only types
+      default: i.dtype = dtype_name(dtype_); break;  // not reached: load-only types are decoded above
     }
     i.weight_bytes = const_cast<LlamaWeights&>(w_).matrix_bytes();
     i.kv_dtype = kv_int8_ ? "int8" : "f32";

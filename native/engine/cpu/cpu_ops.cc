@@ -255,7 +255,7 @@ void row_to_f32(const Matrix& m, int64_t r, float* out) {
     case DType::F16: dispatch().f16(reinterpret_cast<const uint16_t*>(p), out, m.cols); break;
     case DType::BF16: dispatch().bf16(reinterpret_cast<const uint16_t*>(p), out, m.cols); break;
     case DType::Q8_0: dispatch().q8(p, out, m.cols / kQ8Block); break;
-    default: decode_blocks(m.dtype, p, out, m.cols); break;  // the engine decodes these at load; correct anyway
+    default: decode_blocks(m.dtype, p, out, m.cols); break;  // the backend decodes these at load; correct anyway
   }
 }
 

@@ -22,7 +22,11 @@ class WeightPages {
   WeightPages(const WeightPages&) = delete;
   WeightPages& operator=(const WeightPages&) = delete;
 
-  // Copies every matrix of `w` into the region (and frees w.owned) when the policy says so:
+  // Storage for converted matrices (convert_weights' allocator): transparent-huge-page memory unless
+  // LLAMA2_CPU_HUGEPAGES=0, THP is disabled or the buffer is under 2 MiB (then the heap). place() leaves
+  // matrices there, so converted weights are neither copied nor faulted in 4 KB at a time.
+  static LlamaWeights::Owned allocate(size_t bytes);
+  // Copies every other matrix of `w` into the region (freeing converted heap buffers) when the policy says so:
   // LLAMA2_CPU_HUGEPAGES=0 never, =1 always, unset: when transparent huge pages are not disabled, the
   // matrices total >= 256 MiB and free memory (MemFree) holds them plus 1 GiB, so that the load does not
   // wait for page-cache reclaim and compaction. Otherwise, or when the mapping fails, nothing changes.

@@ -24,8 +24,8 @@
 #include "../../../kernels/launch.cuh"
 #include "../../common/error.h"
 #include "../../common/half.h"
-#include "../../common/q8.h"
 #include "../../common/thread_pool.h"
+#include "../../model/ggml_blocks.h"
 #include "../backend.h"
 #include "../cuda_plan.h"
 #include "../sub_batch.h"
@@ -61,7 +61,8 @@ class CudaBackend final : public Backend {
     k::set_pdl(props_.major >= 9);  // programmatic dependent launch: Hopper and newer
     if (o.dtype != "auto" && o.dtype != "f16" && o.dtype != "int8")
       fail(code::kInvalidArgument, "dtype: the CUDA backend runs 'f32', 'f16' or 'int8' weights (got '" + o.dtype + "')");
-    const bool file_q8 = w.layers[0].wq.dtype == DType::Q8_0;
+    // Q8_0 files run in int8, and so do files of 4-6 bit blocks (Q4_K_M ...), decoded row by row on upload.
+    const bool file_q8 = w.layers[0].wq.dtype == DType::Q8_0 || is_load_only(w.layers[0].wq.dtype);
     want_int8_ = o.dtype == "int8" || (o.dtype == "auto" && file_q8);
     kv_int8_ = o.kv_int8;
     try {
@@ -367,7 +368,7 @@ class CudaBackend final : public Backend {
       uint8_t* st = staging_[buf];
       // int8: [nr][ldw] quants, then [nr][ldw/32] scales; fp16: [nr][ldw].
       pool.parallel_for(nr, 8, [&](int64_t b, int64_t e) {
-        std::vector<float> f((size_t)m.ldw);
+        std::vector<uint8_t> blocks;
         for (int64_t i = b; i < e; ++i) {
           int r = r0 + (int)i;
           const RowSrc* src = r < (int)rows.size() ? &rows[(size_t)r] : nullptr;
@@ -378,17 +379,17 @@ class CudaBackend final : public Backend {
             std::memset(s, 0, (size_t)(m.ldw / 32) * 2);
             if (!src) continue;
             const Matrix& sm = *src->m;
-            if (sm.dtype == DType::Q8_0) {  // split GGUF blocks into quants and scales
-              const uint8_t* row = sm.row(src->row);
-              for (int64_t g = 0; g < sm.cols / kQ8Block; ++g) {
-                std::memcpy(&s[g], row + g * kQ8BlockBytes, 2);
-                std::memcpy(q + g * kQ8Block, row + g * kQ8BlockBytes + 2, kQ8Block);
-              }
-            } else {  // quantize exactly as the CPU backend does (llama.cpp's Q8_0)
-              std::fill(f.begin(), f.end(), 0.f);
-              convert_row(sm.dtype, sm.row(src->row), DType::F32, reinterpret_cast<uint8_t*>(f.data()), sm.cols);
-              for (int64_t g = 0; g < m.ldw / kQ8Block; ++g)
-                s[g] = q8_quantize_group(f.data() + g * kQ8Block, kQ8Block, q + g * kQ8Block);
+            // Q8_0 blocks: the file's, or converted exactly as the CPU backend converts (llama.cpp's Q8_0
+            // rule; Q4_0 / Q5_0 blocks rewritten with their own values); then split into quants and scales.
+            const uint8_t* row = sm.row(src->row);
+            if (sm.dtype != DType::Q8_0) {
+              blocks.resize(row_bytes(DType::Q8_0, sm.cols));
+              convert_row(sm.dtype, row, DType::Q8_0, blocks.data(), sm.cols);
+              row = blocks.data();
+            }
+            for (int64_t g = 0; g < sm.cols / kQ8Block; ++g) {
+              std::memcpy(&s[g], row + g * kQ8BlockBytes, 2);
+              std::memcpy(q + g * kQ8Block, row + g * kQ8BlockBytes + 2, kQ8Block);
             }
           } else {
             uint16_t* h = reinterpret_cast<uint16_t*>(st) + (size_t)i * m.ldw;
