@@ -56,6 +56,20 @@ describe("scripts/gpu on the CPU", () => {
   }, 150_000);
 });
 
+describe("scripts/gpu/blocks.mjs on the CPU", () => {
+  it("writes a Q4_K_M-like model, loads it as int8 on the device and the CPU, and compares their logits", () => {
+    const out = path.join(mkdtempSync(path.join(os.tmpdir(), "llama2-blocks-")), "b.json");
+    const run = (args: string[]) => spawnSync(process.execPath, ["scripts/gpu/blocks.mjs", "--device", "cpu", ...args], { cwd: projectRoot, encoding: "utf8", timeout: 120_000 });
+    const r = run(["--layers", "1", "--dim", "512", "--ffn", "1536", "--heads", "8", "--out", out]);
+    expect(r.status, r.stderr).toBe(0);
+    const j = JSON.parse(readFileSync(out, "utf8"));
+    expect(j).toMatchObject({ layers: 1, dim: 512, dtype: "int8", relErr: 0 }); // the CPU against itself
+    expect(j.loadMs).toBeGreaterThan(0);
+    expect(r.stdout).toMatch(/logits relErr 0\.00e\+0/);
+    expect(run(["--layers", "1", "--dim", "500"]).status).toBe(2);
+  }, 150_000);
+});
+
 describe("scripts/gpu/lease.sh", () => {
   const src = readFileSync(path.join(projectRoot, "scripts/gpu/lease.sh"), "utf8");
   it("parses, and its header lists exactly the steps it implements", () => {

@@ -5,7 +5,7 @@
 #   source .device/setup.sh > /dev/null 2>&1; DEADLINE=540 STEPS="info small bench-f16 ..." bash scripts/gpu/lease.sh
 # Steps (they run in this order, whatever the order in STEPS; default: info doctor small kernels-quick
 # bench-f16 bench-int8 big serve sanitize kernels):
-#   info doctor small kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
+#   info doctor small blocks kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
 #   A/B by env switch: ab-split ab-persist ab-early ab-stream ab-wgmma ab-b1 mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
 #   big (7B validation) big-wgmma serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
 set -uo pipefail
@@ -54,6 +54,10 @@ fi
 if step small 120; then
   timeout 120 node scripts/gpu/validate.mjs --out "$R/validate-small.json" > "$R/validate-small.log" 2>&1; echo "validate small rc=$?"
   grep -E "FAIL|PASS|ok|passed|failed" "$R/validate-small.log" | tail -40; pack
+fi
+if step blocks 150; then  # a Q4_K_M-like GGUF (4-bit blocks decoded on upload) at 2 layers of the 7B width: CUDA vs CPU, load times
+  timeout 150 node scripts/gpu/blocks.mjs --device cuda --layers 2 --out "$R/blocks.json" > "$R/blocks.log" 2>&1; echo "blocks rc=$?"
+  tail -3 "$R/blocks.log"; pack
 fi
 if step kernels-quick 90; then
   timeout 90 /tmp/kernel_tests --quick > "$R/kernel-tests-quick.log" 2>&1; echo "kernel_tests --quick rc=$?"
