@@ -5,9 +5,10 @@
 #include "../common/half.h"
 #include "model_source.h"
 
-// ggml's reference rounds each product and each sum. Every product here is exact (an fp16 scale times
-// integers of at most 6 bits fits fp32's 24-bit mantissa), so a fused multiply-add would round the same;
-// contraction stays off anyway so that the operations are the ones written.
+// ggml's reference rounds each product and each sum. Every product here is exact: an fp16 scale (11
+// significant bits) times the block's integer factors (at most 12 bits together, Q6_K's 127 x 31) fits
+// fp32's 24-bit mantissa, so a fused multiply-add would round the same; contraction stays off anyway so
+// that the operations are the ones written.
 #pragma GCC optimize("fp-contract=off")
 
 namespace l2 {
