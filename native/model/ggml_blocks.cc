@@ -23,40 +23,31 @@ float half_at(const uint8_t* p) {
   return fp16_to_f32(h);
 }
 
-// Q4_0: fp16 d, 16 bytes of nibbles (low nibbles are values 0..15, high nibbles 16..31): (q - 8) * d.
-// Q4_1: fp16 d, fp16 m, nibbles: q * d + m.
-void q4_0(const uint8_t* b, float* y) {
-  const float d = half_at(b);
-  const uint8_t* qs = b + 2;
+// The 32 integers of a Q4_0 / Q4_1 / Q5_0 / Q5_1 block before its scale: nibbles (low nibbles are values
+// 0..15, high nibbles 16..31), with a fifth bit per value from a 32-bit word for Q5 (bit j for value j),
+// less `centre` (8 for Q4_0, 16 for Q5_0, 0 where the block has a minimum instead).
+void ints32(const uint8_t* qs, const uint8_t* qh_p, int centre, int* v) {
+  uint32_t qh = 0;
+  if (qh_p) std::memcpy(&qh, qh_p, 4);
   for (int j = 0; j < 16; ++j) {
-    y[j] = (float)((qs[j] & 0xF) - 8) * d;
-    y[j + 16] = (float)((qs[j] >> 4) - 8) * d;
+    v[j] = (int)((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - centre;
+    v[j + 16] = (int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - centre;
   }
 }
 
-void q4_1(const uint8_t* b, float* y) {
-  const float d = half_at(b), m = half_at(b + 2);
-  const uint8_t* qs = b + 4;
-  for (int j = 0; j < 16; ++j) {
-    y[j] = (float)(qs[j] & 0xF) * d + m;
-    y[j + 16] = (float)(qs[j] >> 4) * d + m;
-  }
+// Q4_0 (fp16 d, nibbles) and Q5_0 (fp16 d, fifth bits, nibbles): v * d. Q4_1 / Q5_1 add an fp16 minimum
+// after d: v * d + m.
+void q_0(const uint8_t* qs, const uint8_t* qh, int centre, float d, float* y) {
+  int v[32];
+  ints32(qs, qh, centre, v);
+  for (int j = 0; j < 32; ++j) y[j] = (float)v[j] * d;
 }
 
-// Q5_0 / Q5_1: as Q4 with a fifth bit per value in a 32-bit word (bit j for value j); Q5_0 centres at 16.
-void q5(const uint8_t* qh_p, const uint8_t* qs, int centre, float d, float m, bool has_m, float* y) {
-  uint32_t qh;
-  std::memcpy(&qh, qh_p, 4);
-  for (int j = 0; j < 16; ++j) {
-    const int lo = (int)((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - centre;
-    const int hi = (int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - centre;
-    y[j] = has_m ? (float)lo * d + m : (float)lo * d;
-    y[j + 16] = has_m ? (float)hi * d + m : (float)hi * d;
-  }
+void q_1(const uint8_t* qs, const uint8_t* qh, float d, float m, float* y) {
+  int v[32];
+  ints32(qs, qh, 0, v);
+  for (int j = 0; j < 32; ++j) y[j] = (float)v[j] * d + m;
 }
-
-void q5_0(const uint8_t* b, float* y) { q5(b + 2, b + 6, 16, half_at(b), 0.f, false, y); }
-void q5_1(const uint8_t* b, float* y) { q5(b + 4, b + 8, 0, half_at(b), half_at(b + 2), true, y); }
 
 // Q2_K (84 bytes): 16 bytes of (scale | min << 4) per 16 values, 64 bytes of 2-bit values, fp16 d, dmin.
 // Values come in two halves of 128; within a half, 2-bit plane p of byte l holds value 32 p + l.
@@ -196,10 +187,10 @@ void decode_blocks(DType t, const uint8_t* src, float* dst, int64_t cols) {
   const BlockLayout L = block_layout(t);
   for (int64_t i = 0; i < cols / L.elements; ++i, src += L.bytes, dst += L.elements) {
     switch (t) {
-      case DType::Q4_0: q4_0(src, dst); break;
-      case DType::Q4_1: q4_1(src, dst); break;
-      case DType::Q5_0: q5_0(src, dst); break;
-      case DType::Q5_1: q5_1(src, dst); break;
+      case DType::Q4_0: q_0(src + 2, nullptr, 8, half_at(src), dst); break;
+      case DType::Q4_1: q_1(src + 4, nullptr, half_at(src), half_at(src + 2), dst); break;
+      case DType::Q5_0: q_0(src + 6, src + 2, 16, half_at(src), dst); break;
+      case DType::Q5_1: q_1(src + 8, src + 4, half_at(src), half_at(src + 2), dst); break;
       case DType::Q2_K: q2_k(src, dst); break;
       case DType::Q3_K: q3_k(src, dst); break;
       case DType::Q4_K: q45_k(src, false, dst); break;
@@ -215,20 +206,10 @@ bool blocks_to_q8_0(DType t, const uint8_t* src, uint8_t* dst, int64_t cols) {
   const BlockLayout L = block_layout(t);
   for (int64_t i = 0; i < cols / 32; ++i, src += L.bytes, dst += 34) {
     std::memcpy(dst, src, 2);  // the fp16 scale
-    int8_t* q = reinterpret_cast<int8_t*>(dst + 2);
-    if (t == DType::Q4_0) {
-      for (int j = 0; j < 16; ++j) {
-        q[j] = (int8_t)((src[2 + j] & 0xF) - 8);
-        q[j + 16] = (int8_t)((src[2 + j] >> 4) - 8);
-      }
-    } else {
-      uint32_t qh;
-      std::memcpy(&qh, src + 2, 4);
-      for (int j = 0; j < 16; ++j) {
-        q[j] = (int8_t)((int)((src[6 + j] & 0xF) | (((qh >> j) & 1) << 4)) - 16);
-        q[j + 16] = (int8_t)((int)((src[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
-      }
-    }
+    int v[32];
+    if (t == DType::Q4_0) ints32(src + 2, nullptr, 8, v);
+    else ints32(src + 6, src + 2, 16, v);
+    for (int j = 0; j < 32; ++j) dst[2 + j] = (uint8_t)(int8_t)v[j];
   }
   return true;
 }
