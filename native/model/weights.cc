@@ -168,15 +168,29 @@ LlamaWeights::Owned heap_owned(size_t bytes) {
   return o;
 }
 
-void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
-  bool tied = w.output.data == w.tok_embeddings.data;
+namespace {
+
+// Converts the matrices `pick` selects into target_for(to). `progress` gets the bytes of the matrices
+// visited so far, counted after conversion or, with `source_bytes`, as they were (decoding 4-bit blocks
+// is work on the file's bytes).
+template <typename Pick>
+void convert_where(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc, Pick pick,
+                   bool source_bytes) {
+  const bool tied = w.output.data == w.tok_embeddings.data;
   uint64_t done = 0;
   for (Matrix* m : w.matrices()) {
-    if (m->dtype != target_for(*m, to)) convert_matrix(w, *m, target_for(*m, to), pool, alloc);
-    done += m->bytes();
+    if (source_bytes) done += m->bytes();
+    if (pick(*m)) convert_matrix(w, *m, target_for(*m, to), pool, alloc);
+    if (!source_bytes) done += m->bytes();
     if (progress) progress(done);
   }
   if (tied) w.output = w.tok_embeddings;
+}
+
+}  // namespace
+
+void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
+  convert_where(w, to, pool, progress, alloc, [&](const Matrix& m) { return m.dtype != target_for(m, to); }, false);
 }
 
 bool has_load_only(LlamaWeights& w) {
@@ -186,14 +200,7 @@ bool has_load_only(LlamaWeights& w) {
 }
 
 void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
-  bool tied = w.output.data == w.tok_embeddings.data;
-  uint64_t done = 0;
-  for (Matrix* m : w.matrices()) {
-    done += m->bytes();  // counted in the file's bytes: the work is reading them
-    if (is_load_only(m->dtype)) convert_matrix(w, *m, target_for(*m, to), pool, alloc);
-    if (progress) progress(done);
-  }
-  if (tied) w.output = w.tok_embeddings;
+  convert_where(w, to, pool, progress, alloc, [](const Matrix& m) { return is_load_only(m.dtype); }, true);
 }
 
 }  // namespace l2
