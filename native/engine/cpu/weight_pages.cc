@@ -16,13 +16,18 @@ namespace {
 
 constexpr size_t kHuge = size_t{2} << 20;
 
-// "always" / "madvise" / "never" from the kernel's THP switch ("" when it cannot be read).
-std::string thp_mode() {
-  std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
-  std::string s;
-  std::getline(f, s);
-  const size_t a = s.find('['), b = s.find(']');
-  return a == std::string::npos || b == std::string::npos || b < a ? "" : s.substr(a + 1, b - a - 1);
+// Whether the kernel's THP switch lets madvise(MADV_HUGEPAGE) work: "always" or "madvise" (read once; a
+// load asks for every converted matrix).
+bool thp_available() {
+  static const bool on = [] {
+    std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string s;
+    std::getline(f, s);
+    const size_t a = s.find('['), b = s.find(']');
+    const std::string mode = a == std::string::npos || b == std::string::npos || b < a ? "" : s.substr(a + 1, b - a - 1);
+    return mode == "always" || mode == "madvise";
+  }();
+  return on;
 }
 
 // A /proc/meminfo field in bytes (0 when unknown).
@@ -48,8 +53,7 @@ LlamaWeights::Owned WeightPages::allocate(size_t bytes) {
   // Converted weights are written once and then streamed by every step: straight into huge pages, so that
   // neither a copy nor a page fault per 4 KB (~11 us each on a 2-core VM: 18 s of a 7B Q4_K_M load) is paid.
   const char* env = std::getenv("LLAMA2_CPU_HUGEPAGES");
-  const std::string mode = thp_mode();
-  if ((env && std::string(env) == "0") || bytes < kHuge || (mode != "always" && mode != "madvise")) return heap_owned(bytes);
+  if ((env && std::string(env) == "0") || bytes < kHuge || !thp_available()) return heap_owned(bytes);
   const size_t size = (bytes + 2 * kHuge - 1) / kHuge * kHuge;
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return heap_owned(bytes);  // the heap fails the same way, as a bad_alloc the load reports
@@ -86,8 +90,7 @@ void WeightPages::place(LlamaWeights& w, ThreadPool& pool, const std::function<v
   if (kept) describe(true, kept);
   if (total == 0) return;
   if (force != "1") {
-    const std::string mode = thp_mode();
-    if (mode != "always" && mode != "madvise") return;
+    if (!thp_available()) return;
     if (total + kept < (size_t{256} << 20)) return;
     // Free memory only, not MemAvailable: getting the region by reclaiming page cache (and compacting
     // it into 2 MiB pages) took a 7 GB model 10-11 s to load on a 23 GB VM, against 2.4 s from free
