@@ -1,6 +1,6 @@
-// GGUF's 4-6 bit block types (llama.cpp's Q4_0 ... Q6_K), decoded to fp32. The backends do not run
-// these: the engine decodes such matrices once at load into a type they run (int8 by default, or the
-// dtype asked for), so a Q4_K_M file from the Hub loads without a converter. The arithmetic follows
+// GGUF's 4-6 bit block types (llama.cpp's Q4_0 ... Q6_K), decoded to fp32. The matrix kernels do not
+// run these: each backend decodes such matrices once at load into a type they run (int8 by default, or
+// the dtype asked for), so a Q4_K_M file from the Hub loads without a converter. The arithmetic follows
 // ggml's reference dequantizers operation for operation, so the values are the ones llama.cpp computes
 // (bit-equal: test/native/ggml-blocks.cc against blocks quantized and decoded by ggml itself).
 #pragma once

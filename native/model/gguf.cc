@@ -1,5 +1,6 @@
 // GGUF v2/v3 as written by llama.cpp: llama metadata, the tokenizer in tokenizer.ggml.*, and
-// F32 / F16 / BF16 / Q8_0 tensors, and the 4-6 bit block types (decoded at load). Q/K rows are in Meta's interleaved rotary layout.
+// F32 / F16 / BF16 / Q8_0 tensors and the 4-6 bit block types (decoded at load). Q/K rows are in Meta's
+// interleaved rotary layout.
 // Every read is bounds-checked: a truncated or corrupt file gives ERR_MODEL_CORRUPT with the offset.
 #include <algorithm>
 #include <cfloat>

@@ -18,7 +18,7 @@
 
 namespace l2 {
 
-// The types the backends run, then GGUF's 4-6 bit block types, which the engine decodes at load
+// The types the backends run, then GGUF's 4-6 bit block types, which the backends decode at load
 // (ggml_blocks.h; is_load_only()).
 enum class DType : uint8_t { F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K };
 
