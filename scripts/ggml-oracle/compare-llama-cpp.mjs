@@ -5,25 +5,18 @@
 //   LLAMA_CPP_BIN=/path/to/llama.cpp/build/bin node scripts/ggml-oracle/compare-llama-cpp.mjs LOGITS_EXE a.gguf b.gguf ...
 import { execFileSync } from "node:child_process";
 import { Llama2 } from "../../dist/index.js";
+import { relErr, trace } from "../../dist/self-check.js";
 
 const [exe, ...files] = process.argv.slice(2);
 if (!exe || !files.length) throw new Error("usage: compare-llama-cpp.mjs LOGITS_EXE model.gguf ...");
 const ids = [1, 450, 4996, 17354, 1701, 29916, 432, 17204, 975, 278, 17366, 11203, 29889, 13, 1576];
-const rel = (a, b) => {
-  let d = 0, m = 0;
-  for (let i = 0; i < b.length; i++) (d = Math.max(d, Math.abs(a[i] - b[i]))), (m = Math.max(m, Math.abs(b[i])));
-  return d / m;
-};
 const top = (a, k) => Array.from(a, (v, i) => [i, v]).sort((x, y) => y[1] - x[1]).slice(0, k).map((p) => p[0]);
 
 async function ours(file, dtype) {
   const m = await Llama2.load(file, { device: "cpu", dtype, threads: 2 });
   try {
-    const nm = m._native();
-    const seq = nm.createSequence();
-    const [out] = await nm.forward([{ seq, tokens: Int32Array.from(ids), output: -1 }]);
-    nm.freeSequence(seq);
-    return { logits: out, info: m.info };
+    const [logits] = await trace(m, ids, []);
+    return { logits, info: m.info };
   } finally {
     await m.dispose();
   }
@@ -37,7 +30,7 @@ for (const f of files) {
   for (const dtype of ["f32", "auto"]) {
     const { logits, info } = await ours(f, dtype);
     const [t, r] = [top(logits, 5), top(ref, 5)];
-    row.push(`${dtype} (${info.dtype}): ${rel(logits, ref).toExponential(2)}, top-1 ${t[0] === r[0] ? "same" : "differs"}, top-5 shared ${t.filter((x) => r.includes(x)).length}`);
+    row.push(`${dtype} (${info.dtype}): ${relErr(logits, ref).toExponential(2)}, top-1 ${t[0] === r[0] ? "same" : "differs"}, top-5 shared ${t.filter((x) => r.includes(x)).length}`);
   }
   console.log(row.join(" | "));
 }
