@@ -156,19 +156,12 @@ function sizeLabel(n: number): string {
   return `${scaled.toFixed(digits)}${suffix}`;
 }
 
-async function writeGgufModel(
-  file: string,
-  s: ModelShape,
-  dtype: SynthDtype,
-  seed: number,
-  name: string,
-  vocab: Vocabulary | undefined,
-  onProgress: SyntheticModelOptions["onProgress"],
-): Promise<number> {
-  const matrix: Record<SynthDtype, GgmlTypeName> = { f32: "F32", f16: "F16", bf16: "BF16", q8_0: "Q8_0" };
-  const fileType = { f32: LlamaFileType.ALL_F32, f16: LlamaFileType.MOSTLY_F16, bf16: LlamaFileType.MOSTLY_BF16, q8_0: LlamaFileType.MOSTLY_Q8_0 }[dtype];
+/**
+ * The GGUF metadata of a Llama 2 model of shape `s`: keys, types and order as convert_hf_to_gguf.py writes
+ * them; the tokenizer's keys when `vocab` is given; general.file_type when `fileType` is (a llama_ftype).
+ */
+export function llamaGgufMetadata(s: ModelShape, name: string, o: { fileType?: number; vocab?: Vocabulary } = {}): Array<[string, GgufValue]> {
   const hd = s.dim / s.heads;
-  // Keys, types and order as convert_hf_to_gguf.py writes them for Llama 2.
   const md: Array<[string, GgufValue]> = [
     ["general.architecture", gguf.str("llama")],
     ["general.type", gguf.str("model")],
@@ -184,11 +177,12 @@ async function writeGgufModel(
     ["llama.attention.layer_norm_rms_epsilon", gguf.f32(s.normEps)],
     ["llama.attention.key_length", gguf.u32(hd)],
     ["llama.attention.value_length", gguf.u32(hd)],
-    ["general.file_type", gguf.u32(fileType)],
+    ...(o.fileType === undefined ? [] : [["general.file_type", gguf.u32(o.fileType)] as [string, GgufValue]]),
     ["llama.vocab_size", gguf.u32(s.vocab)],
     ["llama.rope.dimension_count", gguf.u32(hd)],
     ["general.quantization_version", gguf.u32(2)],
   ];
+  const vocab = o.vocab;
   if (vocab) {
     md.push(
       ["tokenizer.ggml.model", gguf.str("llama")],
@@ -203,6 +197,21 @@ async function writeGgufModel(
     if (vocab.padId >= 0) md.push(["tokenizer.ggml.padding_token_id", gguf.u32(vocab.padId)]);
     md.push(["tokenizer.ggml.add_bos_token", gguf.bool(true)], ["tokenizer.ggml.add_eos_token", gguf.bool(false)]);
   }
+  return md;
+}
+
+async function writeGgufModel(
+  file: string,
+  s: ModelShape,
+  dtype: SynthDtype,
+  seed: number,
+  name: string,
+  vocab: Vocabulary | undefined,
+  onProgress: SyntheticModelOptions["onProgress"],
+): Promise<number> {
+  const matrix: Record<SynthDtype, GgmlTypeName> = { f32: "F32", f16: "F16", bf16: "BF16", q8_0: "Q8_0" };
+  const fileType = { f32: LlamaFileType.ALL_F32, f16: LlamaFileType.MOSTLY_F16, bf16: LlamaFileType.MOSTLY_BF16, q8_0: LlamaFileType.MOSTLY_Q8_0 }[dtype];
+  const md = llamaGgufMetadata(s, name, { fileType, vocab });
   const pool = new ChunkPool();
   const tensors = llamaTensors(s).map((t) => {
     // Like the converter: norms stay F32; Q8_0 falls back to F16 for rows not divisible by 32.

@@ -4,7 +4,10 @@
 // fp32 twin holding ggml's values of its blocks.
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { writeGguf, gguf, type GgufTensor, type GgufValue } from "../../lib/formats/gguf-writer.js";
+import { writeGguf, type GgufTensor } from "../../lib/formats/gguf-writer.js";
+import { llamaGgufMetadata } from "../../lib/synth/model.js";
+import { resolveShape } from "../../lib/synth/presets.js";
+import { llamaTensors } from "../../lib/synth/tensors.js";
 import type { Scratch } from "./corrupt.js";
 import { projectRoot } from "./shared.js";
 
@@ -28,7 +31,7 @@ const SCALES: Record<BlockType, number[]> = {
 // A 2-layer GQA model (dim 256, FFN 512, 4 heads, 2 KV heads, vocab 256) whose matrices are blocks from
 // the fixture's ggml-quantized Gaussian rows, each picked by a hash of (tensor, row, block) and negated
 // (its scale signs flipped) by another bit of it.
-const SHAPE = { dim: 256, ffn: 512, layers: 2, heads: 4, kvHeads: 2, vocab: 256 };
+const SHAPE = { dim: 256, ffn: 512, layers: 2, heads: 4, kvHeads: 2, vocab: 256 };  // tensors and metadata: lib/synth
 
 function mix(a: number, b: number, c: number): number {
   let h = Math.imul(a + 0x9e3779b9, 0x85ebca6b) ^ Math.imul(b + 0x7f4a7c15, 0xc2b2ae35) ^ Math.imul(c + 0x165667b1, 0x27d4eb2f);
@@ -69,39 +72,24 @@ export const mixedTypes: TypeOf = (name, layer) =>
 
 /** Writes the model with `typeOf`'s block types, and the same values as F32 (`ref`), into `scratch`. */
 export async function writeBlockModels(scratch: Scratch, typeOf: TypeOf, tag: string, ffn = SHAPE.ffn): Promise<{ quant: string; ref: string }> {
-  const { dim, layers, heads, kvHeads, vocab } = SHAPE;
-  const kv = (dim / heads) * kvHeads;
-  const mats: Array<[string, number, number, number]> = [["token_embd.weight", -1, vocab, dim]];
-  for (let l = 0; l < layers; l++)
-    for (const [n, rows, cols] of [["attn_q", dim, dim], ["attn_k", kv, dim], ["attn_v", kv, dim], ["attn_output", dim, dim], ["ffn_gate", ffn, dim], ["ffn_down", dim, ffn], ["ffn_up", ffn, dim]] as const)
-      mats.push([`blk.${l}.${n}.weight`, l, rows, cols]);
-  mats.push(["output.weight", -1, vocab, dim]);
-  const norms: string[] = ["output_norm.weight"];
-  for (let l = 0; l < layers; l++) norms.push(`blk.${l}.attn_norm.weight`, `blk.${l}.ffn_norm.weight`);
-  const metadata: Array<[string, GgufValue]> = [
-    ["general.architecture", gguf.str("llama")],
-    ["general.name", gguf.str(`blocks-${tag}`)],
-    ["llama.context_length", gguf.u32(256)],
-    ["llama.embedding_length", gguf.u32(dim)],
-    ["llama.block_count", gguf.u32(layers)],
-    ["llama.feed_forward_length", gguf.u32(ffn)],
-    ["llama.attention.head_count", gguf.u32(heads)],
-    ["llama.attention.head_count_kv", gguf.u32(kvHeads)],
-    ["llama.attention.layer_norm_rms_epsilon", gguf.f32(1e-5)],
-  ];
+  const shape = resolveShape("tiny", { ...SHAPE, ffn, context: 256 });
+  const metadata = llamaGgufMetadata(shape, `blocks-${tag}`);
   const quant: GgufTensor[] = [];
   const ref: GgufTensor[] = [];
-  mats.forEach(([name, layer, rows, cols], i) => {
-    const type = typeOf(name, layer);
+  llamaTensors(shape).forEach((t, i) => {
+    const name = t.gguf;
+    if (t.shape.length === 1) {  // norms: F32 in both files
+      const w = Float32Array.from({ length: t.shape[0]! }, (_, j) => 0.5 + (mix(1000 + i, j, 7) % 1000) / 1000);
+      const norm: GgufTensor = { name, type: "F32", dims: t.shape, data: () => [new Uint8Array(w.buffer)] };
+      quant.push(norm);
+      ref.push(norm);
+      return;
+    }
+    const [rows, cols] = t.shape as [number, number];
+    const type = typeOf(name, Number(/^blk\.(\d+)\./.exec(name)?.[1] ?? -1));
     const m = matrix(type, i, rows, cols);
     quant.push({ name, type, dims: [cols, rows], data: () => [m.blocks] });
     ref.push({ name, type: "F32", dims: [cols, rows], data: () => [new Uint8Array(m.values.buffer)] });
-  });
-  norms.forEach((name, i) => {
-    const w = Float32Array.from({ length: dim }, (_, j) => 0.5 + (mix(1000 + i, j, 7) % 1000) / 1000);
-    const t: GgufTensor = { name, type: "F32", dims: [dim], data: () => [new Uint8Array(w.buffer)] };
-    quant.push(t);
-    ref.push(t);
   });
   const q = scratch.path(`${tag}.gguf`);
   const r = scratch.path(`${tag}-f32.gguf`);
@@ -109,4 +97,3 @@ export async function writeBlockModels(scratch: Scratch, typeOf: TypeOf, tag: st
   await writeGguf(r, { metadata, tensors: ref });
   return { quant: q, ref: r };
 }
-
