@@ -128,10 +128,11 @@ constexpr ArchTuning kTuning[] = {
 // =====================================================================================================
 // The kernel
 // =====================================================================================================
-template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_, bool W8_>
+// W4_: 4-bit weights through the W8 pipeline (a staged quantized tile widened into X), half its tile bytes.
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int WK_, int STAGES_, bool W8_, bool W4_ = false>
 struct Cfg {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, WK = WK_, STAGES = STAGES_;
-  static constexpr bool W8 = W8_;
+  static constexpr bool W8 = W8_ || W4_, W4 = W4_;
   // Split-K is built into the small tiles only (the decode shapes'); the big ones sit at the register limit.
   static constexpr bool kSplitK = BM_ * BN_ <= 64 * 64;
   static constexpr int kWarps = WM * WN * WK, kThreads = kWarps * 32;
@@ -140,8 +141,8 @@ struct Cfg {
   static constexpr int KS = BK / 16;                // k16 steps per k-tile
   static constexpr int C = BK / 8;                  // 16-byte chunks per fp16 smem row
   static constexpr int A_BYTES = BM * BK * 2;
-  static constexpr int WST_BYTES = W8 ? BN * BK : BN * BK * 2;  // staged weight tile
-  static constexpr int SC_BYTES = W8 ? BN * (BK / 32) * 2 : 0;
+  static constexpr int WST_BYTES = W4 ? BN * BK / 2 : W8 ? BN * BK : BN * BK * 2;  // staged weight tile
+  static constexpr int SC_BYTES = W4 ? BN * (BK / 32) * 4 : W8 ? BN * (BK / 32) * 2 : 0;
   static constexpr int STAGE_BYTES = A_BYTES + WST_BYTES + SC_BYTES;
   static constexpr int X_BYTES = W8 ? 2 * BN * BK * 2 : 0;  // dequantized fp16 tiles (double buffer)
   static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES + X_BYTES;
@@ -378,7 +379,15 @@ struct ConfigEntry {
    &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::fits,                                              \
    &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::launch, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, true>>::ctas},
 
+#define L2_W4_ENTRY(id, BM, BN, BK, WM, WN, WK, S)                                                     \
+  {"w4#" #id " " #BM "x" #BN "x" #BK " w" #WM "x" #WN "x" #WK " s" #S, BM, BN, BK,                     \
+   Cfg<BM, BN, BK, WM, WN, WK, S, false, true>::SMEM, Cfg<BM, BN, BK, WM, WN, WK, S, false, true>::kSplitK, \
+   &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false, true>>::fits,                                       \
+   &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false, true>>::launch, &Launcher<Cfg<BM, BN, BK, WM, WN, WK, S, false, true>>::ctas},
+
 const ConfigEntry kF16Configs[] = {L2_GEMM_CONFIGS(L2_F16_ENTRY)};
+// The W8 geometries with 4-bit tiles: same ids, so the W8 tuning rules (mma.sync rows) choose among them.
+const ConfigEntry kW4Configs[] = {L2_GEMM_W8_CONFIGS(L2_W4_ENTRY)};
 const ConfigEntry kW8Configs[] = {L2_GEMM_W8_CONFIGS(L2_W8_ENTRY)};
 static_assert(sizeof(kF16Configs) / sizeof(kF16Configs[0]) == kNumF16Configs, "f16 config count");
 static_assert(sizeof(kW8Configs) / sizeof(kW8Configs[0]) == kNumW8Configs, "w8 config count");
@@ -542,7 +551,65 @@ void run(bool w8, int cfg, const half* A, int lda, const void* W, const half* sc
   }
 }
 
+// 4-bit weights: the mma.sync W8 rule of the device's tuning row that needs no sm_90a code (the same geometry
+// ids), with its wave test and fallbacks; split-K as for the mma.sync tiles. Not measured on a GPU yet.
+int pick_w4(int M, int N, const DeviceInfo& d) {
+  const ArchTuning* t = &kTuning[sizeof(kTuning) / sizeof(kTuning[0]) - 1];
+  for (const ArchTuning& a : kTuning)
+    if (!a.needs_sm90a && ((a.cc_major == d.cc_major && a.cc_minor == d.cc_minor) || a.cc_major < 0)) {
+      t = &a;
+      break;
+    }
+  auto fits = [&](int id) { return id >= 0 && id < kNumW8Configs && kW4Configs[id].fits(d); };
+  auto ctas = [&](int id) { return kW4Configs[id].ctas(M, N); };
+  for (int i = 0; i < kMaxRules && t->w8[i].max_m > 0; ++i) {
+    const Rule& r = t->w8[i];
+    if (M > r.max_m) continue;
+    int id = r.cfg;
+    if (fits(id) && ctas(id) < (long)(r.min_waves * d.sms)) id = r.alt;
+    if (id == r.alt && r.small >= 0 && fits(r.alt) && ctas(r.alt) < d.sms) id = r.small;
+    if (!fits(id)) id = fits(r.cfg) ? r.cfg : fits(r.alt) ? r.alt : -1;
+    if (id >= 0) return id;
+    break;
+  }
+  int id = 0;
+  for (int i = 1; i < kNumW8Configs; ++i)
+    if (kW4Configs[i].smem < kW4Configs[id].smem) id = i;
+  return id;
+}
+
+std::atomic<int> g_w4_cfg{-1};  // tests: a fixed W4 configuration (-1: pick_w4)
+
+void run_w4(const half* A, int lda, const uint8_t* Wq, const half2* meta, int ldw, int M, int N, int n_valid, int K,
+            const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk) {
+  if (M <= 0 || N <= 0 || K <= 0 || n_valid <= 0) return;
+  int dev = 0;
+  const DeviceInfo& d = device_info(dev);
+  int cfg = g_w4_cfg.load(std::memory_order_relaxed);
+  if (cfg < 0 || cfg >= kNumW8Configs || !kW4Configs[cfg].fits(d)) cfg = pick_w4(M, N, d);
+  GemmArgs g;
+  g.A = A;
+  g.W = Wq;
+  g.scales = reinterpret_cast<const half*>(meta);
+  g.lda = lda;
+  g.ldw = ldw;
+  g.M = M;
+  g.N = N;
+  g.n_valid = n_valid < N ? n_valid : N;
+  g.K = K;
+  g.epi = epi;
+  const ConfigEntry& c = kW4Configs[cfg];
+  const int splits = choose_splits({c.bm, c.bn, c.bk, c.smem, c.split_k, false}, M, N, K, d, sk);
+  if (splits > 1) g.sk_ws = sk->ws, g.sk_counters = sk->counters;
+  c.launch(g, splits, dev, stream);
+}
+
 }  // namespace
+
+void gemm_w4(const half* A, int lda, const uint8_t* Wq, const half2* meta, int ldw, int M, int N, int n_valid, int K,
+             const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk) {
+  run_w4(A, lda, Wq, meta, ldw, M, N, n_valid, K, epi, stream, sk);
+}
 
 void gemm_f16(const half* A, int lda, const half* W, int ldw, int M, int N, int n_valid, int K, const Epilogue& epi,
               cudaStream_t stream, const GemmSplitK* sk) {
@@ -582,6 +649,13 @@ bool config_splits(bool w8, int i) {
   return i < num_mma(w8) ? (w8 ? kW8Configs : kF16Configs)[i].split_k : sm90a::config(w8, i - num_mma(w8)).split_k;
 }
 void set_wgmma_min_m(int m) { g_wgmma_min_m.store(m); }
+void set_w4_config(int i) { g_w4_cfg.store(i); }
+int num_w4_configs() { return kNumW8Configs; }
+const char* w4_config_name(int i) { return i >= 0 && i < kNumW8Configs ? kW4Configs[i].name : "?"; }
+int pick_w4_config(int M, int N) {
+  int dev = 0;
+  return pick_w4(M, N, device_info(dev));
+}
 // The split count run() would launch configuration i with, given the backend's workspace sizes.
 int chosen_splits(bool w8, int i, int M, int N, int K) {
   if (i < 0 || i >= num_all(w8)) return 1;

@@ -1,11 +1,13 @@
 // Shared pieces of the tensor-core GEMMs (gemm.cu: mma.sync for sm_80+, gemm_sm90a.cu: wgmma for sm_90a):
 // the kernel arguments, the cp.async stage loader (A tile + fp16 or int8 weight tile + group scales, into
 // 128-byte-row XOR-swizzled shared memory) and the int8 -> fp16 dequantization of a staged weight tile.
-// A configuration type CF provides: BM, BN, BK, C (= BK / 8), kThreads, W8, A_BYTES, WST_BYTES, STAGE_BYTES.
+// A configuration type CF provides: BM, BN, BK, C (= BK / 8), kThreads, W8, A_BYTES, WST_BYTES, STAGE_BYTES, and
+// optionally W4 (with W8: a 4-bit tile + (scale, bias) pairs instead of int8 + scales).
 #pragma once
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels.h"
 #include "mma.cuh"
@@ -14,10 +16,16 @@ namespace l2::kernels::gemm_common {
 
 using namespace l2::kernels::mma;
 
+// CF::W4 where the configuration declares it (gemm.cu's), else false (the sm_90a ones: no 4-bit variant).
+template <class CF, class = void>
+struct IsW4 : std::false_type {};
+template <class CF>
+struct IsW4<CF, std::void_t<decltype(CF::W4)>> : std::bool_constant<CF::W4> {};
+
 struct GemmArgs {
   const half* A;
-  const void* W;        // half [N][ldw] or int8 [N][ldw]
-  const half* scales;   // W8: [N][ldw / 32]
+  const void* W;        // half [N][ldw], int8 [N][ldw] or (W4) 4-bit [N][ldw / 2]
+  const half* scales;   // W8: [N][ldw / 32]; W4: half2 (scale, bias) [N][ldw / 32]
   int lda, ldw, M, N, n_valid, K;
   Epilogue epi;
   // Split-K (gridDim.z > 1; splitk_merge below): partial tiles [tile][split][BM * BN floats] and a counter per
@@ -72,6 +80,38 @@ __device__ __forceinline__ void load_stage_w(const GemmArgs& g, unsigned char* s
         cp_async_16(sW + swz<CF::C>(row, ch) * 2, src, ok);
       }
     }
+  } else if constexpr (IsW4<CF>::value) {
+    // 4-bit tile: BN rows x (BK / 32) 16-byte groups, linear; meta: the groups' (scale, bias) pairs, 8 bytes per
+    // row (two 4-byte copies: cp.async takes 4, 8 or 16, and the emulator models 4 and 16).
+    const uint32_t sQ = smem_u32(st + CF::A_BYTES);
+    const uint8_t* Wq = static_cast<const uint8_t*>(g.W);
+    constexpr int C4 = CF::BK / 32;
+    constexpr int kChunks = CF::BN * C4;
+#pragma unroll
+    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
+      int i = tid + j * CF::kThreads;
+      if (kChunks % CF::kThreads == 0 || i < kChunks) {
+        int row = i / C4, ch = i % C4;
+        int grow = n0 + row;
+        bool ok = grow < g.N;
+        const uint8_t* src = Wq + (size_t)(ok ? grow : 0) * (g.ldw / 2) + k0 / 2 + ch * 16;
+        cp_async_16(sQ + i * 16, src, ok);
+      }
+    }
+    const uint32_t sS = smem_u32(st + CF::A_BYTES + CF::WST_BYTES);
+    const int ldm = g.ldw / 32;
+    constexpr int kPairs = CF::BN * C4;
+#pragma unroll
+    for (int j = 0; j < (kPairs + CF::kThreads - 1) / CF::kThreads; ++j) {
+      int i = tid + j * CF::kThreads;
+      if (kPairs % CF::kThreads == 0 || i < kPairs) {
+        int row = i / C4, ch = i % C4;
+        int grow = n0 + row;
+        bool ok = grow < g.N;
+        const half* src = g.scales + ((size_t)(ok ? grow : 0) * ldm + kt * C4 + ch) * 2;
+        cp_async_4(sS + i * 4, src, ok);
+      }
+    }
   } else {
     // int8 tile: BN rows x (BK / 16) chunks, linear; scales: one 4-byte pair per row.
     const uint32_t sQ = smem_u32(st + CF::A_BYTES);
@@ -121,10 +161,51 @@ __device__ __forceinline__ void i8x4_to_half2x2(uint32_t w, __half2& lo, __half2
   hi = __hsub2(*reinterpret_cast<__half2*>(&h), bias);
 }
 
-// Dequantizes the staged int8 tile of `slot` into the fp16 tile X (swizzled like an fp16 weight tile).
+// 4 nibbles (bytes of `nib`, each 0..15) -> two half2 = (q0, q1) * s + b, (q2, q3) * s + b: q exact, one rounding.
+__device__ __forceinline__ void u4x4_to_half2x2(uint32_t nib, __half2 s, __half2 b, __half2& lo, __half2& hi) {
+  uint32_t l = __byte_perm(nib, 0x64646464u, 0x4140);  // halves 0x64XX = 1024 + q
+  uint32_t h = __byte_perm(nib, 0x64646464u, 0x4342);
+  const __half2 k1024 = __half2half2(__ushort_as_half((unsigned short)0x6400));
+  lo = __hfma2(__hsub2(*reinterpret_cast<__half2*>(&l), k1024), s, b);
+  hi = __hfma2(__hsub2(*reinterpret_cast<__half2*>(&h), k1024), s, b);
+}
+
+// Dequantizes the staged int8 (or 4-bit) tile of `slot` into the fp16 tile X (swizzled like an fp16 weight tile).
 template <class CF>
 __device__ __forceinline__ void dequant_stage(unsigned char* smem, int slot, half* X, int tid) {
   const unsigned char* st = smem + slot * CF::STAGE_BYTES;
+  if constexpr (IsW4<CF>::value) {
+    const uint8_t* q = st + CF::A_BYTES;
+    const __half2* mt = reinterpret_cast<const __half2*>(st + CF::A_BYTES + CF::WST_BYTES);
+    constexpr int C4 = CF::BK / 32;
+    constexpr int kChunks = CF::BN * C4;
+#pragma unroll
+    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
+      int i = tid + j * CF::kThreads;
+      if (kChunks % CF::kThreads == 0 || i < kChunks) {
+        int row = i / C4, ch = i % C4;  // group ch of the row: k = 32 ch .. 32 ch + 31 = fp16 chunks 4 ch .. 4 ch + 3
+        const uint4 w = *reinterpret_cast<const uint4*>(q + i * 16);
+        const __half2 sb = mt[i];
+        const __half2 sc = __low2half2(sb), bi = __high2half2(sb);
+        const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
+        uint32_t o[16];  // o[2 j], o[2 j + 1]: values 4 j .. 4 j + 3 (low nibbles); o[8 + ...]: 16 + 4 j ... (high)
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          __half2 a, b;
+          u4x4_to_half2x2(ws[jj] & 0x0F0F0F0Fu, sc, bi, a, b);
+          o[2 * jj] = *reinterpret_cast<uint32_t*>(&a);
+          o[2 * jj + 1] = *reinterpret_cast<uint32_t*>(&b);
+          u4x4_to_half2x2((ws[jj] >> 4) & 0x0F0F0F0Fu, sc, bi, a, b);
+          o[8 + 2 * jj] = *reinterpret_cast<uint32_t*>(&a);
+          o[8 + 2 * jj + 1] = *reinterpret_cast<uint32_t*>(&b);
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 4 * ch + c)) = make_uint4(o[4 * c], o[4 * c + 1], o[4 * c + 2], o[4 * c + 3]);
+      }
+    }
+    return;
+  }
   const int8_t* q = reinterpret_cast<const int8_t*>(st + CF::A_BYTES);
   const __half* sc = reinterpret_cast<const __half*>(st + CF::A_BYTES + CF::WST_BYTES);
   constexpr int C8 = CF::BK / 16;

@@ -1,4 +1,4 @@
-// Decode matrix-vector (and small batch, T <= 8) for fp16 and int8 (W8A16) weights.
+// Decode matrix-vector (and small batch, T <= 8) for fp16, int8 (W8A16) and 4-bit (W4A16) weights.
 // Memory-bound: every weight byte is read once per step with 16-byte streaming loads, all of a
 // block's loads in flight at once; the T activation rows are read through L1 (tiny, shared by the
 // block). fp32 accumulation, fused epilogue.
@@ -297,6 +297,110 @@ __global__ void __launch_bounds__(kThreads, (kR == 4 && T == 1) ? 4 : 1) gemv_w8
   }
 }
 
+// 4-bit weights (W4, kernels.h): a lane reads 16 bytes = one whole 32-group (value i in the low nibble of
+// byte i, value i + 16 in the high one) and its (scale, bias) pair per row per step. Per group,
+// dot(w, x) = scale * dot(q, x) + bias * sum(x): the integer dot is taken in fp32 (a nibble becomes a float
+// through the 2^23 mantissa trick), and sum(x) is shared by the block's rows. Half the int8 kernel's bytes
+// per weight for about its instructions; one token takes 8-row blocks (8 x 16 B in flight per thread, as
+// int8's 4 rows x 2 steps), larger steps 2-row ones. Not measured on a GPU yet (NOTES "Stop 27").
+__device__ __forceinline__ float u4_to_f(uint32_t nibbles, int byte) {  // byte `byte` of nibbles & 0x0F0F0F0F
+  return __uint_as_float(__byte_perm(nibbles, 0x4B000000u, 0x7440u | (uint32_t)byte)) - 8388608.0f;
+}
+
+// The 16 values of one nibble plane (0: low, 1: high) of a group's 4 words, dotted with 16 inputs.
+__device__ __forceinline__ float dot16_u4(uint4 w, int plane, const float* x) {
+  const uint32_t* q = reinterpret_cast<const uint32_t*>(&w);
+  float part = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t v = (plane ? q[j] >> 4 : q[j]) & 0x0F0F0F0Fu;
+#pragma unroll
+    for (int b = 0; b < 4; ++b) part = fmaf(u4_to_f(v, b), x[4 * j + b], part);
+  }
+  return part;
+}
+
+template <bool NORM, int T, int kR>
+__global__ void __launch_bounds__(kThreads) gemv_w4_kernel(const half* __restrict__ A, int lda, const uint8_t* __restrict__ Wq,
+                                                           const half2* __restrict__ Mt, int ldw, int K, int n_valid, Epilogue epi,
+                                                           NormInput nin) {
+  const int n_groups = (n_valid + kR - 1) / kR;
+  const int ldq = ldw / 2, ldm = ldw / 32;
+  float acc[T][kR], ss[T];
+  auto reset = [&] {
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      ss[t] = 0.f;
+#pragma unroll
+      for (int r = 0; r < kR; ++r) acc[t][r] = 0.f;
+    }
+  };
+  reset();
+  constexpr int kStep = kThreads * 32;
+  const int kfirst = threadIdx.x * 32;
+  auto load = [&](uint4 (&w)[kR], half2 (&m)[kR], int g, int k0) {
+    const uint8_t* w0 = Wq + (size_t)g * kR * ldq;
+    const half2* m0 = Mt + (size_t)g * kR * ldm;
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      w[r] = k0 < K ? ld_stream(w0 + (size_t)r * ldq + k0 / 2) : make_uint4(0, 0, 0, 0);
+      m[r] = k0 < K ? __ldg(m0 + (size_t)r * ldm + k0 / 32) : __floats2half2_rn(0.f, 0.f);
+    }
+  };
+  uint4 w[kR];
+  half2 m[kR];
+  int g = blockIdx.x, k0 = kfirst;
+  load(w, m, g, k0);
+  pdl_trigger();
+  pdl_wait();
+  for (;;) {
+    uint4 cur[kR];
+    half2 cm[kR];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) {
+      cur[r] = w[r];
+      cm[r] = m[r];
+    }
+    int gn = g, kn = k0 + kStep;
+    if (kn >= K) gn = g + gridDim.x, kn = kfirst;
+    if (gn < n_groups) load(w, m, gn, kn);
+    if (k0 < K) {
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        float qd[kR], xsum = 0.f;
+#pragma unroll
+        for (int r = 0; r < kR; ++r) qd[r] = 0.f;
+#pragma unroll
+        for (int plane = 0; plane < 2; ++plane) {  // values k0 .. k0 + 15, then k0 + 16 .. k0 + 31
+          const int k = k0 + 16 * plane;
+          float xf[16];
+          if constexpr (NORM) {
+            load_normed8(nin, t, k, xf, ss[t]);
+            load_normed8(nin, t, k + 8, xf + 8, ss[t]);
+          } else {
+            load_x16f(A + (size_t)t * lda + k, xf);
+          }
+#pragma unroll
+          for (int i = 0; i < 16; ++i) xsum += xf[i];
+#pragma unroll
+          for (int r = 0; r < kR; ++r) qd[r] += dot16_u4(cur[r], plane, xf);
+        }
+#pragma unroll
+        for (int r = 0; r < kR; ++r) {
+          const float2 sb = __half22float2(cm[r]);
+          acc[t][r] = fmaf(sb.x, qd[r], fmaf(sb.y, xsum, acc[t][r]));
+        }
+      }
+    }
+    if (gn != g) {
+      finish<NORM, T, kR>(acc, ss, nin, epi, g * kR, n_valid);
+      if (gn >= n_groups) break;
+      reset();
+    }
+    g = gn, k0 = kn;
+  }
+}
+
 // ---- One token, weights staged through shared memory (LLAMA2_GEMV_STAGED=1; stop 24, not measured) ----
 // The kernels above hold a round of weights in registers while the previous one is used, so registers bound
 // what is in flight: ~64 KB per SM for int8 (4 blocks x 16 KB), ~80 KB for fp16, where int8 reaches 57% of
@@ -447,6 +551,30 @@ void launch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq, c
   launch(gemv_w8_kernel<NORM, T, 2, 2>, gemv_grid(gemv_w8_kernel<NORM, T, 2, 2>, T, ceil_div(n_valid, 2)), kThreads, 0, s, A, lda, Wq, S, ldw, K, n_valid, epi, nin);
 }
 
+// Rows per 4-bit block: 8 at one token, 2 from two tokens (tests set 2, 4 or 8: gemv_detail::set_rows_w4; 4 is
+// built for T <= 2, 8 for T = 1).
+int g_rows_w4 = 0;
+
+template <bool NORM, int T>
+void launch_w4(const half* A, int lda, const NormInput& nin, const uint8_t* Wq, const half2* Mt, int ldw, int n_valid, int K, const Epilogue& epi,
+               cudaStream_t s) {
+  const int rows = g_rows_w4 ? g_rows_w4 : (T == 1 ? 8 : 2);
+  if constexpr (T == 1) {  // (8-row blocks spill from two tokens on, 4-row ones from four with the norm)
+    if (rows == 8) {
+      auto* kern = gemv_w4_kernel<NORM, T, 8>;
+      return launch(kern, gemv_grid(kern, T, ceil_div(n_valid, 8)), kThreads, 0, s, A, lda, Wq, Mt, ldw, K, n_valid, epi, nin);
+    }
+  }
+  if constexpr (T <= 2) {
+    if (rows == 4) {
+      auto* kern = gemv_w4_kernel<NORM, T, 4>;
+      return launch(kern, gemv_grid(kern, T, ceil_div(n_valid, 4)), kThreads, 0, s, A, lda, Wq, Mt, ldw, K, n_valid, epi, nin);
+    }
+  }
+  auto* kern = gemv_w4_kernel<NORM, T, 2>;
+  launch(kern, gemv_grid(kern, T, ceil_div(n_valid, 2)), kThreads, 0, s, A, lda, Wq, Mt, ldw, K, n_valid, epi, nin);
+}
+
 // Calls f(std::integral_constant<int, T>{}) for the token counts the kernels are built for (1..kGemvMaxT).
 static_assert(kGemvMaxT == 8, "with_t lists T = 1..8");
 template <class F>
@@ -480,6 +608,14 @@ void dispatch_w8(const half* A, int lda, const NormInput& nin, const int8_t* Wq,
   });
 }
 
+template <bool NORM>
+void dispatch_w4(const half* A, int lda, const NormInput& nin, const uint8_t* Wq, const half2* Mt, int ldw, int T, int n_valid, int K,
+                 const Epilogue& epi, cudaStream_t s) {
+  with_t(T, [&](auto t) {
+    if constexpr (!NORM || decltype(t)::value <= kGemvNormMaxT) launch_w4<NORM, decltype(t)::value>(A, lda, nin, Wq, Mt, ldw, n_valid, K, epi, s);
+  });
+}
+
 }  // namespace
 
 void gemv_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t s) {
@@ -500,6 +636,16 @@ void gemv_w8_norm(const NormInput& in, const int8_t* Wq, const half* S, int ldw,
   dispatch_w8<true>(nullptr, 0, in, Wq, S, ldw, T, n_valid, K, epi, s);
 }
 
+void gemv_w4(const half* A, int lda, const uint8_t* Wq, const half2* meta, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi,
+             cudaStream_t s) {
+  dispatch_w4<false>(A, lda, NormInput{}, Wq, meta, ldw, T, n_valid, K, epi, s);
+}
+
+void gemv_w4_norm(const NormInput& in, const uint8_t* Wq, const half2* meta, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi,
+                  cudaStream_t s) {
+  dispatch_w4<true>(nullptr, 0, in, Wq, meta, ldw, T, n_valid, K, epi, s);
+}
+
 // Test / tuning hook (declared by kernels/tests/test_gemv.cu; not part of the engine's interface).
 namespace gemv_detail {
 void set_rows(int f16_rows, int w8_rows) {
@@ -508,6 +654,7 @@ void set_rows(int f16_rows, int w8_rows) {
 }
 void set_grid_cap(int blocks) { set_walk_cap(blocks); }
 void set_staged(int on) { g_staged.store(on); }
+void set_rows_w4(int rows) { g_rows_w4 = rows; }
 }  // namespace gemv_detail
 
 }  // namespace l2::kernels

@@ -2,6 +2,9 @@
 // - Weights are row-major [N, K] (output rows, input cols), stored PADDED: N to a multiple of 128 and
 //   K to a multiple of 64, zero-filled, so kernels need no ragged edges (`n_valid` says how many
 //   output columns are real). int8 weights ("W8", per-32 group scales): q[N][K] int8 + scales[N][K/32] fp16.
+//   4-bit weights ("W4", from GGUF Q4_0 / Q4_1 / Q4_K blocks): q[N][K/2] bytes, 16 per 32-group of a row
+//   (byte i: value i in the low nibble, value i + 16 in the high one), + meta[N][K/32] half2 (scale, bias):
+//   w = scale * q + bias, q in 0..15.
 // - Activations are row-major [T tokens, K] fp16 with row stride `lda` (the padded K; pad columns are 0).
 // - The KV cache is paged: per layer, K and V pools [n_blocks][n_kv_heads][kKvBlock][head_dim] fp16, or
 //   (int8 KV cache) int8 values in that layout plus fp16 scales [n_blocks][n_kv_heads][kKvBlock][head_dim / group],
@@ -72,12 +75,18 @@ void gemm_f16(const half* A, int lda, const half* W, int ldw, int M, int N, int 
               const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk = nullptr);
 void gemm_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int M, int N, int n_valid,
              int K, const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk = nullptr);
+// W4 runs the W8 kernels' mma.sync tiles (the 4-bit tile is staged, then widened to fp16 in shared memory),
+// chosen by the mma.sync rows of the W8 tuning; no wgmma variant.
+void gemm_w4(const half* A, int lda, const uint8_t* Wq, const half2* meta, int ldw, int M, int N, int n_valid, int K,
+             const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk = nullptr);
 
 // ---- gemv.cu: decode matrix-vector / small batch (T <= kGemvMaxT), memory-bound ----
 constexpr int kGemvMaxT = 8;
 void gemv_f16(const half* A, int lda, const half* W, int ldw, int T, int N, int n_valid, int K,
               const Epilogue& epi, cudaStream_t stream);
 void gemv_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int T, int N, int n_valid,
+             int K, const Epilogue& epi, cudaStream_t stream);
+void gemv_w4(const half* A, int lda, const uint8_t* Wq, const half2* meta, int ldw, int T, int N, int n_valid,
              int K, const Epilogue& epi, cudaStream_t stream);
 
 // RMSNorm fused into the GEMV's input (decode): the matrix input of token t is rmsnorm(x[t]) * w, read from
@@ -95,6 +104,8 @@ struct NormInput {
 constexpr int kGemvNormMaxT = 4;
 void gemv_f16_norm(const NormInput& in, const half* W, int ldw, int T, int N, int n_valid, int K, const Epilogue& epi, cudaStream_t stream);
 void gemv_w8_norm(const NormInput& in, const int8_t* Wq, const half* scales, int ldw, int T, int N, int n_valid, int K,
+                  const Epilogue& epi, cudaStream_t stream);
+void gemv_w4_norm(const NormInput& in, const uint8_t* Wq, const half2* meta, int ldw, int T, int N, int n_valid, int K,
                   const Epilogue& epi, cudaStream_t stream);
 
 // ---- gemv_mma.cu: decode batches of 1..kGemvMmaMaxT tokens, fp16 or int8 weights, on tensor cores (weights as
@@ -159,6 +170,7 @@ void rmsnorm_f16(const float* x, int ldx, const float* w, half* out, int ldo, in
 // x[t] = embedding row tokens[t] (fp16 table [V][ld] or Q8 table q[V][ld] + scales) as fp32.
 void embed_f16(const half* table, int ld, const int32_t* tokens, float* x, int ldx, int T, int dim, cudaStream_t stream);
 void embed_w8(const int8_t* q, const half* scales, int ld, const int32_t* tokens, float* x, int ldx, int T, int dim, cudaStream_t stream);
+void embed_w4(const uint8_t* q, const half2* meta, int ld, const int32_t* tokens, float* x, int ldx, int T, int dim, cudaStream_t stream);
 // Gathers rows: out[i] = x[rows[i]] (fp32), for the final norm of output rows.
 void gather_rows(const float* x, int ldx, const int32_t* rows, float* out, int ldo, int n, int dim, cudaStream_t stream);
 

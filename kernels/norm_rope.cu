@@ -75,6 +75,21 @@ __global__ void embed_w8_kernel(const int8_t* __restrict__ q, const half* __rest
   for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = (float)q[r * ld + i] * __half2float(scales[r * (ld / 32) + i / 32]);
 }
 
+// 4-bit table (W4): value i of a row's group g is scale * nibble + bias (byte i % 16, low nibble for i < 16).
+__global__ void embed_w4_kernel(const uint8_t* __restrict__ q, const half2* __restrict__ meta, int ld, const int32_t* __restrict__ tokens,
+                                float* __restrict__ x, int ldx, int dim) {
+  pdl_trigger();
+  pdl_wait();
+  size_t r = (size_t)tokens[blockIdx.x];
+  float* o = x + (size_t)blockIdx.x * ldx;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    const int g = i / 32, j = i % 32;
+    const uint8_t b = q[r * (ld / 2) + (size_t)g * 16 + (j & 15)];
+    const float2 sb = __half22float2(meta[r * (ld / 32) + g]);
+    o[i] = fmaf(sb.x, (float)(j < 16 ? b & 15 : b >> 4), sb.y);
+  }
+}
+
 __global__ void gather_rows_kernel(const float* __restrict__ x, int ldx, const int32_t* __restrict__ rows, float* __restrict__ out,
                                    int ldo, int dim) {
   pdl_trigger();
@@ -101,6 +116,9 @@ void embed_f16(const half* table, int ld, const int32_t* tokens, float* x, int l
 }
 void embed_w8(const int8_t* q, const half* scales, int ld, const int32_t* tokens, float* x, int ldx, int T, int dim, cudaStream_t s) {
   if (T > 0) launch(embed_w8_kernel, T, 256, 0, s, q, scales, ld, tokens, x, ldx, dim);
+}
+void embed_w4(const uint8_t* q, const half2* meta, int ld, const int32_t* tokens, float* x, int ldx, int T, int dim, cudaStream_t s) {
+  if (T > 0) launch(embed_w4_kernel, T, 256, 0, s, q, meta, ld, tokens, x, ldx, dim);
 }
 void gather_rows(const float* x, int ldx, const int32_t* rows, float* out, int ldo, int n, int dim, cudaStream_t s) {
   if (n > 0) launch(gather_rows_kernel, n, 256, 0, s, x, ldx, rows, out, ldo, dim);

@@ -35,6 +35,13 @@
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 
+// fma.rn.f16x2 (cuda_fp16.hpp declares __hfma2 for the device only): the exact a * b + c in double, rounded once
+// to fp16 (a double rounding only when the exponents of a * b and c lie more than ~30 apart).
+inline __half2 __hfma2(const __half2 a, const __half2 b, const __half2 c) {
+  const float2 x = __half22float2(a), y = __half22float2(b), z = __half22float2(c);
+  return __halves2half2(__double2half((double)x.x * y.x + z.x), __double2half((double)x.y * y.y + z.y));
+}
+
 namespace l2emu {
 
 // The running thread (fiber) of the current block.

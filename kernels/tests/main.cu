@@ -9,7 +9,8 @@
   X(gemm)                   \
   X(gemv)                   \
   X(attention_prefill)      \
-  X(kv_int8)
+  X(kv_int8)                \
+  X(w4)
 
 #define L2_DECLARE_FAMILY(name) void test_##name(l2test::Context&);
 L2_TEST_FAMILIES(L2_DECLARE_FAMILY)
