@@ -276,6 +276,7 @@ export class Llama2 {
         dtype: ni.dtype,
         kvCacheType: ni.kvCacheType,
         fileDtype: ni.fileDtype,
+        ...(ni.matrixDtypes && { matrixDtypes: ni.matrixDtypes }),
         contextLength: ni.contextLength,
         maxSequences: ni.maxSequences,
         weightBytes: ni.weightBytes,

@@ -6,7 +6,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Llama2Error } from "./errors.js";
 import type { Candidates } from "./sampler.js";
-import type { ModelConfig } from "./types.js";
+import type { ModelConfig, ModelInfo } from "./types.js";
 
 export interface NativeTokenizerData {
   model: string;
@@ -28,6 +28,8 @@ export interface NativeModelSourceInfo {
   fileBytes: number;
   /** Storage type of the first layer's wq, e.g. "F16", "Q8_0". */
   fileDtype: string;
+  /** Every matrix's storage type: the embedding, the classifier, then per layer wq wk wv wo w1 w2 w3. */
+  matrixDtypes?: string[];
   tokenizer?: NativeTokenizerData;
   tokenizerPath?: string;
   tensors?: { name: string; fileName: string; dtype: string; shape: number[]; bytes: number }[];
@@ -36,7 +38,7 @@ export interface NativeModelSourceInfo {
 export interface NativeModelInfo extends NativeModelSourceInfo {
   device: "cpu" | "cuda";
   deviceName: string;
-  dtype: "f32" | "f16" | "bf16" | "int8";
+  dtype: ModelInfo["dtype"];
   kvCacheType: "f32" | "f16" | "int8";
   weightBytes: number;
   kvCacheBytes: number;
@@ -162,7 +164,16 @@ export interface NativeAddon {
   /** The CUDA backend's device buffers for a model shape, computed without a GPU (engine/cuda_plan.h). */
   cudaMemoryPlan(
     config: Pick<ModelConfig, "dim" | "nLayers" | "nHeads" | "nKvHeads" | "headDim" | "ffnDim" | "vocabSize" | "tiedEmbeddings">,
-    opts: { int8Weights: boolean; f32Weights?: boolean; kvCacheType: "auto" | "int8"; contextLength: number; maxSequences: number },
+    opts: {
+      int8Weights: boolean;
+      f32Weights?: boolean;
+      kvCacheType: "auto" | "int8";
+      contextLength: number;
+      maxSequences: number;
+      /** With the file's matrix types (NativeModelSourceInfo.matrixDtypes), `dtype` and the backend's own rule pick each format. */
+      matrixDtypes?: string[];
+      dtype?: "auto" | "f16" | "int8";
+    },
   ): CudaMemoryPlan;
 }
 

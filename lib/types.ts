@@ -3,8 +3,9 @@
 export type Device = "cpu" | "cuda" | "auto";
 /**
  * Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files); GGUF files of
- * 4-6 bit blocks (Q4_0 ... Q6_K, e.g. Q4_K_M) are decoded at load into int8, or into the dtype named
- * here ("f16" / "f32" keep their values exactly). On CUDA, "f32"
+ * 4-6 bit blocks (Q4_0 ... Q6_K, e.g. Q4_K_M): on CUDA their Q4_0 / Q4_1 / Q4_K matrices run as 4-bit
+ * (info.dtype "q4+int8") and the other types are decoded into int8; the CPU decodes every block type into
+ * int8. A dtype named here decodes them all into it ("f16" / "f32" keep their values exactly). On CUDA, "f32"
  * is the reference-precision path (fp32 weights, activations and KV cache, llama2.c's order of
  * operations; slow, for small models and checks); "bf16" is CPU-only.
  */
@@ -83,12 +84,17 @@ export interface ModelInfo {
   device: "cpu" | "cuda";
   /** e.g. "NVIDIA H100 80GB HBM3 (sm_90)" or "CPU (8 threads)". */
   deviceName: string;
-  /** Weight precision actually used on the device. */
-  dtype: "f32" | "f16" | "bf16" | "int8";
+  /**
+   * Weight precision actually used on the device. "q4+int8": a GGUF file's Q4_0 / Q4_1 / Q4_K matrices run as
+   * 4-bit on the CUDA backend, its other matrices (Q6_K ... decoded, the embedding) as int8.
+   */
+  dtype: "f32" | "f16" | "bf16" | "int8" | "q4+int8" | "q4+f16";
   /** KV cache precision actually used. */
   kvCacheType: "f32" | "f16" | "int8";
-  /** Storage precision of the file's matrices. */
+  /** Storage precision of the file's matrices (the first layer's wq). */
   fileDtype: string;
+  /** Every matrix's storage type: the embedding, the classifier, then per layer wq wk wv wo w1 w2 w3 (planCudaMemory reads it). */
+  matrixDtypes?: string[];
   contextLength: number;
   maxSequences: number;
   weightBytes: number;

@@ -47,6 +47,41 @@ describe("CUDA memory plan (no GPU needed)", () => {
     expect(planCudaMemory({ ...llama7b, fileDtype: "Q4_K" }, { ...at4096, dtype: "f16" }).weightBytes).toBe(planCudaMemory(llama7b, at4096).weightBytes);
   });
 
+  it("with the file's matrix types: a Q4_K_M 7B runs its Q4_K matrices 4-bit (0.5 + 4 / 32 bytes per weight) and the rest int8", () => {
+    const c = llama7b.config;
+    const L = c.nLayers;
+    // llama.cpp's Q4_K_M rule for 32 layers: attn_v and ffn_down are Q6_K in layers 0-3, 28-31 and every third
+    // between (6, 9, ..., 27), Q4_K elsewhere; the classifier Q6_K, everything else Q4_K.
+    const more = (i: number) => i < L / 8 || i >= (7 * L) / 8 || (i - L / 8) % 3 === 2;
+    const types = ["Q4_K", "Q6_K"];
+    for (let l = 0; l < L; l++) {
+      const v = more(l) ? "Q6_K" : "Q4_K";
+      types.push("Q4_K", "Q4_K", v, "Q4_K", "Q4_K", v, "Q4_K");  // wq wk wv wo w1 w2 w3
+    }
+    const D = c.dim, F = c.ffnDim, V = c.vocabSize;
+    const w4 = (n: number, k: number) => n * k * (0.5 + 4 / 32);
+    const w8 = (n: number, k: number) => n * k * (1 + 2 / 32);
+    let want = w4(V, D) + w8(V, D) + (2 * L + 1) * D * 4;
+    for (let l = 0; l < L; l++) want += (more(l) ? w8(3 * D, D) + w8(D, F) : w4(3 * D, D) + w4(D, F)) + w4(D, D) + w4(2 * F, D);
+    const m = { ...llama7b, fileDtype: "Q4_K", matrixDtypes: types };
+    expect(Array.from({ length: L }, (_, i) => more(i)).filter(Boolean).length).toBe(16);
+    const plan = planCudaMemory(m, at4096);
+    expect(plan.weightBytes).toBe(want);
+    expect(plan.weightBytes / GiB).toBeCloseTo(4.6, 2);  // against 6.67 GiB in int8 (the plan without the types, an upper bound)
+    expect(planCudaMemory({ config: c, fileDtype: "Q4_K" }, at4096).weightBytes / GiB).toBeCloseTo(6.67, 2);
+    // dtype 'int8' / 'f16' requantize or widen everything, as without the types.
+    expect(planCudaMemory(m, { ...at4096, dtype: "int8" }).weightBytes).toBe(planCudaMemory(llama7b, { ...at4096, dtype: "int8" }).weightBytes);
+    expect(planCudaMemory(m, { ...at4096, dtype: "f16" }).weightBytes).toBe(planCudaMemory(llama7b, { ...at4096, dtype: "f16" }).weightBytes);
+    // A Q4_0 file (llama-quantize keeps the classifier Q6_K): every other matrix 4-bit.
+    const q40 = ["Q4_0", "Q6_K", ...Array.from({ length: 7 * L }, () => "Q4_0")];
+    expect(planCudaMemory({ ...llama7b, fileDtype: "Q4_0", matrixDtypes: q40 }, at4096).weightBytes).toBe(
+      w4(V, D) + w8(V, D) + L * (w4(3 * D, D) + w4(D, D) + w4(2 * F, D) + w4(D, F)) + (2 * L + 1) * D * 4,
+    );
+    // Malformed type lists are refused, naming the field.
+    expect(() => planCudaMemory({ ...m, matrixDtypes: types.slice(1) }, at4096)).toThrow(/matrixDtypes/);
+    expect(() => planCudaMemory({ ...m, matrixDtypes: ["Q4_K", "Q9_Z", ...types.slice(2)] }, at4096)).toThrow(/matrixDtypes\[1\]/);
+  });
+
   it("KV cache: 2 bytes per value in fp16, 1 + an fp16 scale per 32 in int8; per full-context sequence", () => {
     const c = llama7b.config;
     const values = c.nLayers * 2 * 4096 * c.nKvHeads * c.headDim;

@@ -18,7 +18,7 @@ import { projectRoot } from "./helpers/shared.js";
 const scratch = new Scratch("llama2-ggml-blocks-");
 afterAll(() => scratch.cleanup());
 
-it("decodes every block type bit for bit as ggml does (quantized rows, edge cases, random bytes)", () => {
+it("decodes every block type bit for bit as ggml does (quantized rows, edge cases, random bytes); Q4_0 / Q4_1 / Q4_K as W4 groups too", () => {
   const exe = scratch.path("ggml-blocks");
   execFileSync("g++", ["-O2", "-std=c++17", `-I${projectRoot}`, path.join(projectRoot, "test/native/ggml-blocks.cc"), path.join(projectRoot, "native/model/ggml_blocks.cc"), "-o", exe], { stdio: "pipe" });
   for (const name of LOAD_ONLY) {
@@ -26,7 +26,8 @@ it("decodes every block type bit for bit as ggml does (quantized rows, edge case
     const blocks = scratch.write(`${name}.bin`, Buffer.from(t.bytes, "base64"));
     const expected = scratch.write(`${name}.f32`, Buffer.from(t.values, "base64"));
     const out = execFileSync(exe, [name, String(fx.cols), String(t.rows), blocks, expected], { encoding: "utf8" });
-    expect(out.trim(), name).toBe(`ok ${fx.cols * t.rows}${name === "Q4_0" || name === "Q5_0" ? " +q8" : ""}`);
+    const extra = (name === "Q4_0" || name === "Q5_0" ? " +q8" : "") + (["Q4_0", "Q4_1", "Q4_K"].includes(name) ? " +w4" : "");
+    expect(out.trim(), name).toBe(`ok ${fx.cols * t.rows}${extra}`);
   }
 }, 120_000);
 

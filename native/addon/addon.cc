@@ -101,6 +101,29 @@ Napi::Object source_object(Napi::Env env, const l2::ModelSource& s, bool with_te
   o.Set("fileBytes", (double)s.file_bytes);
   const l2::TensorView* wq = s.find("layers.0.wq");
   o.Set("fileDtype", wq ? l2::dtype_name(wq->dtype) : "?");
+  // The matrices' types (what planCudaMemory needs for files that mix them, Q4_K_M): the embedding, the
+  // classifier (the embedding's when tied), then per layer wq wk wv wo w1 w2 w3.
+  {
+    const l2::TensorView* emb = s.find("tok_embeddings");
+    const l2::TensorView* out = s.config.tied_output ? emb : s.find("output");
+    Napi::Array a = Napi::Array::New(env);
+    uint32_t n = 0;
+    bool all = emb && out;
+    if (all) {
+      a.Set(n++, l2::dtype_name(emb->dtype));
+      a.Set(n++, l2::dtype_name(out->dtype));
+    }
+    for (int l = 0; all && l < s.config.n_layers; ++l)
+      for (const char* m : {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}) {
+        const l2::TensorView* t = s.find("layers." + std::to_string(l) + "." + m);
+        if (!t) {
+          all = false;
+          break;
+        }
+        a.Set(n++, l2::dtype_name(t->dtype));
+      }
+    if (all) o.Set("matrixDtypes", a);
+  }
   if (!s.tokenizer_path.empty()) o.Set("tokenizerPath", s.tokenizer_path);
   if (s.tokenizer && with_tokenizer) {
     const l2::TokenizerData& t = *s.tokenizer;
@@ -563,7 +586,34 @@ Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
                          {{"residual", p.x}, {"normed", p.xb}, {"q", p.q}, {"attention", p.att}, {"k", p.k}, {"v", p.v}, {"gate", p.h1}, {"up", p.h3},
                           {"outputRows", p.xo}, {"logits", p.logits}, {"rope", p.rope}, {"stepInputs", p.inputs}});
     }
-    l2::CudaPlan p = l2::plan_cuda(c, l2::cuda_matrix_kinds(c, int8), kv == "int8", ctx, n_blocks);
+    // With the file's matrix types (readModelInfo's matrixDtypes) the backend's own rule decides each matrix's
+    // format (4-bit files mix 4-bit and int8); without them every matrix is int8 or fp16 by int8Weights.
+    l2::CudaMatrixKinds kinds = l2::cuda_matrix_kinds(c, int8);
+    if (oo.Has("matrixDtypes") && !oo.Get("matrixDtypes").IsUndefined()) {
+      const Napi::Value mv = oo.Get("matrixDtypes");
+      const size_t want = 2 + 7 * (size_t)c.n_layers;
+      if (!mv.IsArray() || mv.As<Napi::Array>().Length() != want)
+        throw make_error(env, l2::code::kInvalidArgument, "matrixDtypes: expected an array of " + std::to_string(want) + " type names (embedding, classifier, 7 per layer)");
+      Napi::Array arr = mv.As<Napi::Array>();
+      auto type_at = [&](uint32_t i) {
+        const std::string name = str_arg(arr.Get(i), "matrixDtypes");
+        for (int t = 0; t <= (int)l2::DType::Q6_K; ++t)
+          if (name == l2::dtype_name((l2::DType)t)) return (l2::DType)t;
+        throw make_error(env, l2::code::kInvalidArgument, "matrixDtypes[" + std::to_string(i) + "]: unknown type '" + name + "'");
+      };
+      l2::FileMatrixTypes ft;
+      ft.emb = type_at(0);
+      ft.out = type_at(1);
+      for (int l = 0; l < c.n_layers; ++l) {
+        std::array<l2::DType, 7> m{};
+        for (int j = 0; j < 7; ++j) m[(size_t)j] = type_at((uint32_t)(2 + 7 * l + j));
+        ft.layers.push_back(m);
+      }
+      const std::string dt = oo.Has("dtype") ? str_arg(oo.Get("dtype"), "dtype") : "auto";
+      if (dt != "auto" && dt != "f16" && dt != "int8") throw make_error(env, l2::code::kInvalidArgument, "dtype: expected 'auto', 'f16' or 'int8', got '" + dt + "'");
+      kinds = l2::cuda_matrix_kinds(c, ft, dt);
+    }
+    l2::CudaPlan p = l2::plan_cuda(c, kinds, kv == "int8", ctx, n_blocks);
     return plan_object(env, p, n_blocks,
                        {{"residual", p.x}, {"normed", p.xn}, {"q", p.q}, {"attention", p.att}, {"ffn", p.h}, {"kvStage", p.stage}, {"outputRows", p.xo},
                         {"logits", p.logits}, {"topK", p.topk}, {"decodeWorkspace", p.attn_ws}, {"gemmSplitK", p.gemm_ws}, {"rope", p.rope}, {"stepInputs", p.inputs}});

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <initializer_list>
 
+#include "../model/ggml_blocks.h"
 #include "backend.h"
 
 namespace l2 {
@@ -17,17 +19,42 @@ std::string gib(uint64_t bytes) {
   return buf;
 }
 
-uint64_t cuda_matrix_bytes(int n, int k, bool int8) {
+const char* cuda_fmt_name(CudaFmt f) { return f == CudaFmt::W4 ? "q4" : f == CudaFmt::W8 ? "int8" : "f16"; }
+
+uint64_t cuda_matrix_bytes(int n, int k, CudaFmt f) {
   const uint64_t npad = round_up((uint64_t)n, kCudaPadN), ldw = round_up((uint64_t)k, kCudaPadK);
-  return int8 ? npad * ldw + npad * (ldw / 32) * 2 : npad * ldw * 2;
+  switch (f) {
+    case CudaFmt::W8: return npad * ldw + npad * (ldw / 32) * 2;
+    case CudaFmt::W4: return npad * ldw / 2 + npad * (ldw / 32) * 4;
+    default: return npad * ldw * 2;
+  }
 }
 
 CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, bool int8) {
-  auto q = [&](int cols) { return int8 && cols % 32 == 0; };
+  auto q = [&](int cols) { return int8 && cols % 32 == 0 ? CudaFmt::W8 : CudaFmt::F16; };
   CudaMatrixKinds k;
-  k.emb = k.out = k.qkv = k.w13 = q(c.dim);
-  k.wo = q(c.q_dim());
-  k.w2 = q(c.ffn_dim);
+  k.emb = k.out = q(c.dim);
+  k.layers.assign((size_t)c.n_layers, CudaLayerKinds{q(c.dim), q(c.q_dim()), q(c.dim), q(c.ffn_dim)});
+  return k;
+}
+
+CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, const FileMatrixTypes& t, const std::string& dtype) {
+  const bool w4_ok = dtype == "auto";
+  const DType wq0 = t.layers.empty() ? DType::F16 : t.layers[0][0];
+  const bool want_int8 = dtype == "int8" || (dtype == "auto" && (wq0 == DType::Q8_0 || is_load_only(wq0)));
+  auto kind = [&](std::initializer_list<DType> parts, int cols) {
+    bool w4 = w4_ok, w8 = true;
+    for (DType d : parts) {
+      w4 = w4 && runs_as_w4(d);
+      w8 = w8 && (d == DType::Q8_0 || (want_int8 && cols % 32 == 0));
+    }
+    return w4 ? CudaFmt::W4 : w8 ? CudaFmt::W8 : CudaFmt::F16;
+  };
+  CudaMatrixKinds k;
+  k.emb = kind({t.emb}, c.dim);
+  k.out = c.tied_output ? k.emb : kind({t.out}, c.dim);
+  for (const auto& l : t.layers)  // wq wk wv wo w1 w2 w3
+    k.layers.push_back({kind({l[0], l[1], l[2]}, c.dim), kind({l[3]}, c.q_dim()), kind({l[4], l[6]}, c.dim), kind({l[5]}, c.ffn_dim)});
   return k;
 }
 
@@ -50,8 +77,11 @@ CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_i
 
   uint64_t w = cuda_matrix_bytes(V, D, kinds.emb);
   if (!c.tied_output) w += cuda_matrix_bytes(V, D, kinds.out);
-  w += (uint64_t)L * (cuda_matrix_bytes(Q + 2 * KV, D, kinds.qkv) + cuda_matrix_bytes(D, Q, kinds.wo) + cuda_matrix_bytes(2 * F, D, kinds.w13) +
-                      cuda_matrix_bytes(D, F, kinds.w2) + 2ull * D * 4);
+  for (int l = 0; l < L; ++l) {
+    const CudaLayerKinds& k = kinds.layers.at((size_t)l);
+    w += cuda_matrix_bytes(Q + 2 * KV, D, k.qkv) + cuda_matrix_bytes(D, Q, k.wo) + cuda_matrix_bytes(2 * F, D, k.w13) + cuda_matrix_bytes(D, F, k.w2) +
+         2ull * D * 4;
+  }
   p.weights = w + (uint64_t)D * 4;
 
   p.kv_int8 = kv_int8;

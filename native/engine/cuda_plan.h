@@ -2,10 +2,13 @@
 // (no GPU needed): the backend allocates exactly these, and `llama2 inspect --cuda-plan` / the tests
 // use the same figures to predict a model's GPU memory on machines without one.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "../model/config.h"
+#include "../model/model_source.h"
 
 namespace l2 {
 
@@ -13,12 +16,34 @@ namespace l2 {
 constexpr int kCudaPadN = 128;
 constexpr int kCudaPadK = 64;
 
-// Which device matrices are int8 (Q8_0 values + fp16 scales per 32) rather than fp16.
-struct CudaMatrixKinds {
-  bool emb = false, out = false, qkv = false, wo = false, w13 = false, w2 = false;
+// How a device matrix is stored (kernels/kernels.h): fp16, int8 (Q8_0 values + fp16 scales per 32), or 4-bit
+// (nibbles + an fp16 (scale, bias) pair per 32: GGUF Q4_0 / Q4_1 / Q4_K blocks as they are).
+enum class CudaFmt : uint8_t { F16, W8, W4 };
+const char* cuda_fmt_name(CudaFmt f);  // "f16" | "int8" | "q4"
+struct CudaLayerKinds {
+  CudaFmt qkv = CudaFmt::F16, wo = CudaFmt::F16, w13 = CudaFmt::F16, w2 = CudaFmt::F16;
 };
-// The kinds a load gives: int8 where the file is Q8_0 or int8 was asked, for rows whose length is a
-// multiple of 32 (others stay fp16, as llama.cpp's converter does).
+struct CudaMatrixKinds {
+  CudaFmt emb = CudaFmt::F16, out = CudaFmt::F16;
+  std::vector<CudaLayerKinds> layers;  // one per layer
+};
+
+// A file's matrix types: the embedding, the classifier (the embedding's when tied), and per layer
+// wq, wk, wv, wo, w1, w2, w3.
+struct FileMatrixTypes {
+  DType emb = DType::F16, out = DType::F16;
+  std::vector<std::array<DType, 7>> layers;
+};
+// The kinds a load with `dtype` ("auto", "f16" or "int8") gives, matrix by matrix (one rule for the backend
+// and the predictions):
+//  - "auto": a fused matrix (qkv: wq wk wv; w13: w1 w3) is 4-bit where all its parts are Q4_0 / Q4_1 / Q4_K
+//    (the embedding too: its rows are gathered from the 4-bit table); else int8 where all are Q8_0 or the file holds quantized
+//    blocks (Q8_0 in layer 0's wq, or 4-6 bit blocks: decoded into int8 on upload); else fp16.
+//  - "int8": int8 everywhere, "f16": fp16 everywhere (Q8_0 stays int8 under both: its rows are not widened
+//    unless int8 cannot hold them).
+// int8 needs rows of whole 32-groups (others stay fp16, as llama.cpp's converter does).
+CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, const FileMatrixTypes& t, const std::string& dtype);
+// From the shape alone (no file): every matrix int8 (int8 = true; rows of whole 32-groups) or fp16.
 CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, bool int8);
 
 struct CudaPlan {
@@ -63,7 +88,7 @@ F32Plan plan_f32(const ModelConfig& c, int context_length, int n_kv_blocks);
 // "12.55 GiB": memory figures in the backends' messages.
 std::string gib(uint64_t bytes);
 
-// A device matrix's bytes: n x k padded, fp16 or int8 + scales.
-uint64_t cuda_matrix_bytes(int n, int k, bool int8);
+// A device matrix's bytes: n x k padded, fp16, int8 + scales, or 4-bit + (scale, bias) pairs.
+uint64_t cuda_matrix_bytes(int n, int k, CudaFmt f);
 
 }  // namespace l2

@@ -214,4 +214,41 @@ bool blocks_to_q8_0(DType t, const uint8_t* src, uint8_t* dst, int64_t cols) {
   return true;
 }
 
+bool runs_as_w4(DType t) { return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q4_K; }
+
+namespace {
+// fp16 of a finite scale or bias, saturated at +-65504 instead of overflowing to infinity.
+uint16_t fp16_sat(float v) { return f32_to_fp16(v > 65504.f ? 65504.f : v < -65504.f ? -65504.f : v); }
+}  // namespace
+
+bool blocks_to_w4(DType t, const uint8_t* src, uint8_t* q, uint16_t* meta, int64_t cols) {
+  if (!runs_as_w4(t)) return false;
+  const BlockLayout L = block_layout(t);
+  for (int64_t b = 0; b < cols / L.elements; ++b, src += L.bytes) {
+    if (t != DType::Q4_K) {
+      // Q4_0 / Q4_1 nibbles are already in the W4 order. Q4_0: d * (q - 8) = d * q + (-8 d), exact in fp16
+      // (a power-of-two multiple) unless -8 d overflows, which no finite weight of |value| <= 8 |d| reaches
+      // below 65504 / 8 = 8188 (saturated beyond).
+      std::memcpy(q, src + (t == DType::Q4_0 ? 2 : 4), 16);
+      std::memcpy(&meta[0], src, 2);  // d
+      meta[1] = t == DType::Q4_0 ? fp16_sat(-8.f * half_at(src)) : (uint16_t)(src[2] | src[3] << 8);
+      q += 16, meta += 2;
+      continue;
+    }
+    // Q4_K: sub-block j (32 values) of 64-value chunk i = 2 i + nib takes nibble plane `nib` of qs[32 i ..].
+    const float d = half_at(src), dmin = half_at(src + 2);
+    const uint8_t* qs = src + 16;
+    for (int j = 0; j < 8; ++j, q += 16, meta += 2) {
+      float sc, mn;
+      scale_min_k4(j, src + 4, &sc, &mn);
+      meta[0] = fp16_sat(d * sc);
+      meta[1] = fp16_sat(-(dmin * mn));
+      const uint8_t* p = qs + 32 * (j / 2);
+      const int shift = 4 * (j % 2);
+      for (int i = 0; i < 16; ++i) q[i] = (uint8_t)(((p[i] >> shift) & 0xF) | (((p[i + 16] >> shift) & 0xF) << 4));
+    }
+  }
+  return true;
+}
+
 }  // namespace l2

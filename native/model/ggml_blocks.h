@@ -25,4 +25,12 @@ void decode_blocks(DType t, const uint8_t* src, float* dst, int64_t cols);
 // the same fp16 scale); false for the other types, whose values need requantizing.
 bool blocks_to_q8_0(DType t, const uint8_t* src, uint8_t* dst, int64_t cols);
 
+// The 4-bit block types a GPU runs as they are (kernels.h "W4"): Q4_0, Q4_1 and Q4_K.
+bool runs_as_w4(DType t);
+// Rewrites `cols` values (whole blocks) of a runs_as_w4 type as W4 groups of 32: q gets cols / 2 bytes (byte i of
+// a group: value i in the low nibble, value i + 16 in the high one), meta cols / 32 fp16 pairs (scale, bias),
+// value = scale * q + bias. Q4_0 (d, -8 d) and Q4_1 (d, m) keep their values exactly; Q4_K's sub-block scale
+// d * sc and bias -dmin * m are rounded once to fp16 (relative 2^-11 each). False for other types.
+bool blocks_to_w4(DType t, const uint8_t* src, uint8_t* q, uint16_t* meta, int64_t cols);
+
 }  // namespace l2

@@ -1,7 +1,10 @@
 // Decodes rows of one GGUF block type with native/model/ggml_blocks.cc and compares them bit for bit
 // with ggml's own decoding (test/fixtures/ggml-blocks.json, written by scripts/ggml-oracle/).
-//   ggml-blocks TYPE COLS ROWS blocks.bin expected.bin   -> "ok N" (" +q8" when also checked as Q8_0) or the first differences
+//   ggml-blocks TYPE COLS ROWS blocks.bin expected.bin   -> "ok N" (" +q8" / " +w4" when also checked as Q8_0 / as W4)
+//   or the first differences
 #include <cstdio>
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -72,10 +75,36 @@ int main(int argc, char** argv) {
       if (std::memcmp(&v, &e, 4) != 0 && bad++ < 8) std::printf("%s as Q8_0 row %ld value %ld: got %.9g, ggml %.9g\n", name.c_str(), r, i, v, e);
     }
   }
+  // Q4_0 / Q4_1 / Q4_K are also rewritten as W4 groups (a GPU runs them as they are): scale * q + bias gives
+  // ggml's value exactly for Q4_0 / Q4_1, and for Q4_K within the fp16 rounding of the scale and the bias
+  // (2^-11 of each, relative; the bound allows 2^-10).
+  std::vector<uint8_t> wq((size_t)cols / 2);
+  std::vector<uint16_t> meta((size_t)cols / 32 * 2);
+  long as_w4 = 0;
+  double worst = 0;
+  for (long r = 0; r < rows; ++r) {
+    if (!blocks_to_w4(*t, reinterpret_cast<const uint8_t*>(blocks.data()) + rb * (size_t)r, wq.data(), meta.data(), cols)) break;
+    for (long i = 0; i < cols; ++i, ++as_w4) {
+      const long g = i / 32, j = i % 32;
+      const uint8_t byte = wq[(size_t)(g * 16 + j % 16)];
+      const int q = j < 16 ? byte & 0xF : byte >> 4;
+      const float sc = fp16_to_f32(meta[(size_t)g * 2]), bias = fp16_to_f32(meta[(size_t)g * 2 + 1]);
+      const float v = sc * (float)q + bias;
+      float e;
+      std::memcpy(&e, expected.data() + (size_t)(r * cols + i) * 4, 4);
+      const double err = std::fabs((double)v - e), bound = *t == DType::Q4_K ? (15.0 * std::fabs(sc) + std::fabs(bias)) / 1024.0 : 0.0;
+      if (*t == DType::Q4_K && 15.0 * std::fabs(sc) + std::fabs(bias) > 0) worst = std::max(worst, err / (15.0 * std::fabs(sc) + std::fabs(bias)));
+      // (compared as numbers: Q4_0's 0 * d comes out +0 here where ggml's (q - 8) * d with d < 0 gives -0)
+      const bool same = v == e || (std::isnan(v) && std::isnan(e));
+      if ((*t == DType::Q4_K ? !(err <= bound) && !same : !same) && bad++ < 8)
+        std::printf("%s as W4 row %ld value %ld: got %.9g, ggml %.9g\n", name.c_str(), r, i, v, e);
+    }
+  }
   if (bad) {
     std::printf("%d values differ\n", bad);
     return 1;
   }
-  std::printf("ok %ld%s\n", cols * rows, transcoded ? " +q8" : "");
+  std::printf("ok %ld%s%s\n", cols * rows, transcoded ? " +q8" : "", as_w4 ? " +w4" : "");
+  if (as_w4 && *t == DType::Q4_K) std::fprintf(stderr, "Q4_K as W4: worst error %.3g of the group's range\n", worst);
   return 0;
 }

@@ -15,6 +15,8 @@ export interface InspectResult {
   name: string;
   fileBytes: number;
   fileDtype: string;
+  /** Every matrix's storage type (embedding, classifier, 7 per layer): what the CUDA plan needs for mixed files. */
+  matrixDtypes?: string[];
   config: NativeModelSourceInfo["config"];
   /** null when the model has no tokenizer (use token ids, or pass one). */
   tokenizer: { source: string; vocabSize: number; bosId: number; eosId: number } | null;
@@ -47,6 +49,7 @@ export async function inspectModel(modelPath: string): Promise<InspectResult> {
     name: info.name,
     fileBytes: info.fileBytes,
     fileDtype: info.fileDtype,
+    ...(info.matrixDtypes && { matrixDtypes: info.matrixDtypes }),
     config: info.config,
     tokenizer,
     ...(tokenizerError !== undefined && { tokenizerError }),

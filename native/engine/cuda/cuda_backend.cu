@@ -1,4 +1,5 @@
-// The CUDA backend: weights uploaded once (fp16, or int8 with per-32 scales), a paged fp16 KV cache,
+// The CUDA backend: weights uploaded once (fp16, int8 with per-32 scales, or GGUF's 4-bit blocks as they are),
+// a paged fp16 KV cache,
 // and the Llama forward as a sequence of fused kernels (kernels/). Decode steps of up to 64 sequences
 // replay a captured CUDA graph (one launch, one host sync to hand the tokens back); other steps
 // (prefill, bigger batches) run eagerly. Each matrix runs on the GEMV, the tensor-core decode kernel
@@ -61,9 +62,7 @@ class CudaBackend final : public Backend {
     k::set_pdl(props_.major >= 9);  // programmatic dependent launch: Hopper and newer
     if (o.dtype != "auto" && o.dtype != "f16" && o.dtype != "int8")
       fail(code::kInvalidArgument, "dtype: the CUDA backend runs 'f32', 'f16' or 'int8' weights (got '" + o.dtype + "')");
-    // Q8_0 files run in int8, and so do files of 4-6 bit blocks (Q4_K_M ...), decoded row by row on upload.
-    const bool file_q8 = w.layers[0].wq.dtype == DType::Q8_0 || is_load_only(w.layers[0].wq.dtype);
-    want_int8_ = o.dtype == "int8" || (o.dtype == "auto" && file_q8);
+    dtype_ = o.dtype;
     kv_int8_ = o.kv_int8;
     try {
       setup(w, o);
@@ -79,7 +78,7 @@ class CudaBackend final : public Backend {
     BackendInfo i;
     i.device = "cuda";
     i.name = std::string(props_.name) + " (sm_" + std::to_string(props_.major * 10 + props_.minor) + ", " + std::to_string(props_.multiProcessorCount) + " SMs)";
-    i.dtype = want_int8_ ? "int8" : "f16";
+    i.dtype = dtype_name_;
     i.kv_dtype = kv_int8_ ? "int8" : "f16";
     i.weight_bytes = weight_bytes_;
     i.kv_bytes = kv_bytes_;
@@ -182,7 +181,16 @@ class CudaBackend final : public Backend {
     CK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     const int D = c_.dim, Q = c_.q_dim(), KV = c_.kv_dim(), F = c_.ffn_dim, V = c_.vocab_size, L = c_.n_layers;
     // Every buffer's size comes from the plan (cuda_plan.h), which predicts GPU memory without a GPU.
-    kinds_ = matrix_kinds(w);
+    kinds_ = cuda_matrix_kinds(c_, file_types(w), dtype_);
+    // Reported dtype: "int8" where the file's quantized blocks (Q8_0, or decoded 4-6 bit ones) or dtype 'int8'
+    // made the matrices int8, else "f16"; "q4+" before it when some run as 4-bit (a Q4_K_M file: "q4+int8").
+    {
+      const DType wq0 = w.layers[0].wq.dtype;
+      const bool int8 = dtype_ == "int8" || (dtype_ == "auto" && (wq0 == DType::Q8_0 || is_load_only(wq0)));
+      bool w4 = kinds_.out == CudaFmt::W4;
+      for (const CudaLayerKinds& k : kinds_.layers) w4 = w4 || k.qkv == CudaFmt::W4 || k.wo == CudaFmt::W4 || k.w13 == CudaFmt::W4 || k.w2 == CudaFmt::W4;
+      dtype_name_ = std::string(w4 ? "q4+" : "") + (int8 ? "int8" : "f16");
+    }
     plan_ = plan_cuda(c_, kinds_, kv_int8_, ctx_, n_blocks_);
     Dpad_ = plan_.dpad;
     Qpad_ = plan_.qpad;
@@ -227,10 +235,11 @@ class CudaBackend final : public Backend {
       LayerWeights& lw = w.layers[(size_t)l];
       DevLayer& dl = layers_[(size_t)l];
       std::string p = "layer " + std::to_string(l) + " ";
-      dl.qkv = upload(pool, p + "qkv", Q + 2 * KV, D, qkv_rows(lw), kinds_.qkv);
-      dl.wo = upload(pool, p + "wo", D, Q, rows_of(lw.wo), kinds_.wo);
-      dl.w13 = upload(pool, p + "w13", 2 * F, D, interleaved_rows(lw.w1, lw.w3), kinds_.w13);
-      dl.w2 = upload(pool, p + "w2", D, F, rows_of(lw.w2), kinds_.w2);
+      const CudaLayerKinds& lk = kinds_.layers[(size_t)l];
+      dl.qkv = upload(pool, p + "qkv", Q + 2 * KV, D, qkv_rows(lw), lk.qkv);
+      dl.wo = upload(pool, p + "wo", D, Q, rows_of(lw.wo), lk.wo);
+      dl.w13 = upload(pool, p + "w13", 2 * F, D, interleaved_rows(lw.w1, lw.w3), lk.w13);
+      dl.w2 = upload(pool, p + "w2", D, F, rows_of(lw.w2), lk.w2);
       dl.attn_norm = upload_f32(lw.attn_norm);
       dl.ffn_norm = upload_f32(lw.ffn_norm);
     }
@@ -283,25 +292,13 @@ class CudaBackend final : public Backend {
     if (progress_) progress_({"ready", total_bytes_, total_bytes_, total_tensors_, total_tensors_});
   }
 
-  // int8 on the device where every matrix of the kind is Q8_0 in the file or int8 was asked and its
-  // rows are whole groups of 32; the rest fp16 (Q8_0 rows are widened).
-  CudaMatrixKinds matrix_kinds(const LlamaWeights& w) const {
-    auto q = [&](std::initializer_list<const Matrix*> ms) {
-      bool all = true;
-      for (const Matrix* m : ms) all = all && (m->dtype == DType::Q8_0 || (want_int8_ && m->cols % kQ8Block == 0));
-      return all;
-    };
-    CudaMatrixKinds k;
-    k.emb = q({&w.tok_embeddings});
-    k.out = c_.tied_output ? k.emb : q({&w.output});
-    k.qkv = k.wo = k.w13 = k.w2 = true;
-    for (const LayerWeights& lw : w.layers) {
-      k.qkv = k.qkv && q({&lw.wq, &lw.wk, &lw.wv});
-      k.wo = k.wo && q({&lw.wo});
-      k.w13 = k.w13 && q({&lw.w1, &lw.w3});
-      k.w2 = k.w2 && q({&lw.w2});
-    }
-    return k;
+  // The file's matrix types, for cuda_matrix_kinds (the one rule of which device format each matrix gets).
+  static FileMatrixTypes file_types(const LlamaWeights& w) {
+    FileMatrixTypes t;
+    t.emb = w.tok_embeddings.dtype;
+    t.out = w.output.dtype;
+    for (const LayerWeights& lw : w.layers) t.layers.push_back({lw.wq.dtype, lw.wk.dtype, lw.wv.dtype, lw.wo.dtype, lw.w1.dtype, lw.w2.dtype, lw.w3.dtype});
+    return t;
   }
 
   std::vector<RowSrc> rows_of(const Matrix& m) {
@@ -346,17 +343,21 @@ class CudaBackend final : public Backend {
   }
 
   // Converts rows on host threads into a pinned staging buffer and copies them up, double-buffered.
-  DevMat upload(ThreadPool& pool, const std::string& what, int n, int kk, const std::vector<RowSrc>& rows, bool int8) {
+  DevMat upload(ThreadPool& pool, const std::string& what, int n, int kk, const std::vector<RowSrc>& rows, CudaFmt fmt) {
     DevMat m;
-    m.int8 = int8;
+    m.fmt = fmt;
     m.n = n;
     m.k = kk;
     m.npad = round_up(n, k::kPadN);
     m.ldw = round_up(kk, k::kPadK);
-    const size_t row_bytes_dev = int8 ? (size_t)m.ldw + (size_t)m.ldw / 32 * 2 : (size_t)m.ldw * 2;
+    const bool int8 = fmt == CudaFmt::W8, w4 = fmt == CudaFmt::W4;
+    const size_t row_bytes_dev = int8 ? (size_t)m.ldw + (size_t)m.ldw / 32 * 2 : w4 ? (size_t)m.ldw / 2 + (size_t)m.ldw / 32 * 4 : (size_t)m.ldw * 2;
     if (int8) {
       m.q = static_cast<int8_t*>(dalloc((size_t)m.npad * m.ldw));
       m.s = static_cast<half*>(dalloc((size_t)m.npad * (m.ldw / 32) * 2));
+    } else if (w4) {
+      m.q4 = static_cast<uint8_t*>(dalloc((size_t)m.npad * m.ldw / 2));
+      m.m = static_cast<half2*>(dalloc((size_t)m.npad * (m.ldw / 32) * 4));
     } else {
       m.w = static_cast<half*>(dalloc((size_t)m.npad * m.ldw * 2));
     }
@@ -366,13 +367,23 @@ class CudaBackend final : public Backend {
       const int buf = stage_++ % 2;
       CK(cudaEventSynchronize(staging_done_[buf]));
       uint8_t* st = staging_[buf];
-      // int8: [nr][ldw] quants, then [nr][ldw/32] scales; fp16: [nr][ldw].
+      // int8: [nr][ldw] quants, then [nr][ldw/32] scales; 4-bit: [nr][ldw/2] nibbles, then [nr][ldw/32] pairs;
+      // fp16: [nr][ldw].
       pool.parallel_for(nr, 8, [&](int64_t b, int64_t e) {
         std::vector<uint8_t> blocks;
         for (int64_t i = b; i < e; ++i) {
           int r = r0 + (int)i;
           const RowSrc* src = r < (int)rows.size() ? &rows[(size_t)r] : nullptr;
-          if (int8) {
+          if (w4) {
+            uint8_t* q = st + (size_t)i * (m.ldw / 2);
+            uint16_t* mp = reinterpret_cast<uint16_t*>(st + (size_t)nr * (m.ldw / 2)) + (size_t)i * (m.ldw / 32) * 2;
+            std::memset(q, 0, (size_t)m.ldw / 2);
+            std::memset(mp, 0, (size_t)(m.ldw / 32) * 4);  // pad groups: scale 0, bias 0
+            if (!src) continue;
+            // Q4_0 / Q4_1 / Q4_K blocks as they are (cuda_matrix_kinds only picks 4-bit for those).
+            if (!blocks_to_w4(src->m->dtype, src->m->row(src->row), q, mp, src->m->cols))
+              fail(code::kInternal, "upload: " + src->m->name + " is not 4-bit blocks");
+          } else if (int8) {
             int8_t* q = reinterpret_cast<int8_t*>(st) + (size_t)i * m.ldw;
             uint16_t* s = reinterpret_cast<uint16_t*>(st + (size_t)nr * m.ldw) + (size_t)i * (m.ldw / 32);
             std::memset(q, 0, (size_t)m.ldw);
@@ -400,7 +411,11 @@ class CudaBackend final : public Backend {
           }
         }
       });
-      if (int8) {
+      if (w4) {
+        CK(cudaMemcpyAsync(m.q4 + (size_t)r0 * (m.ldw / 2), st, (size_t)nr * (m.ldw / 2), cudaMemcpyHostToDevice, stream_));
+        CK(cudaMemcpyAsync(m.m + (size_t)r0 * (m.ldw / 32), st + (size_t)nr * (m.ldw / 2), (size_t)nr * (m.ldw / 32) * 4, cudaMemcpyHostToDevice,
+                           stream_));
+      } else if (int8) {
         CK(cudaMemcpyAsync(m.q + (size_t)r0 * m.ldw, st, (size_t)nr * m.ldw, cudaMemcpyHostToDevice, stream_));
         CK(cudaMemcpyAsync(m.s + (size_t)r0 * (m.ldw / 32), st + (size_t)nr * m.ldw, (size_t)nr * (m.ldw / 32) * 2, cudaMemcpyHostToDevice, stream_));
       } else {
@@ -432,14 +447,15 @@ class CudaBackend final : public Backend {
   // m applied to RMSNorm(x rows) * norm_w: fused into the GEMV's input for steps of up to fused_norm_max_t_
   // tokens on the GEMV path, else the norm kernel writes xn_ for the matrix kernel.
   void matmul_normed(const DevMat& m, const float* norm_w, const float* x, int T, const k::Epilogue& e) {
-    if (T <= fused_norm_max_t_ && mats_.kind(m.int8, T, m.npad) == MatDispatch::Kind::Gemv) {
+    if (T <= fused_norm_max_t_ && mats_.kind(m.fmt, T, m.npad) == MatDispatch::Kind::Gemv) {
       k::NormInput in;
       in.x = x;
       in.ldx = Dpad_;
       in.w = norm_w;
       in.dim = c_.dim;
       in.eps = c_.rms_eps;
-      if (m.int8) k::gemv_w8_norm(in, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+      if (m.fmt == CudaFmt::W4) k::gemv_w4_norm(in, m.q4, m.m, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
+      else if (m.int8()) k::gemv_w8_norm(in, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       else k::gemv_f16_norm(in, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream_);
       return;
     }
@@ -584,7 +600,8 @@ class CudaBackend final : public Backend {
     const int32_t* in = in_dev_;
     CK(cudaMemcpyAsync(in_dev_, pinned_in_, lay.total * 4, cudaMemcpyHostToDevice, stream_));
     const int D = c_.dim;
-    if (emb_.int8) k::embed_w8(emb_.q, emb_.s, emb_.ldw, in + lay.tokens, x_, Dpad_, T, D, stream_);
+    if (emb_.fmt == CudaFmt::W4) k::embed_w4(emb_.q4, emb_.m, emb_.ldw, in + lay.tokens, x_, Dpad_, T, D, stream_);
+    else if (emb_.int8()) k::embed_w8(emb_.q, emb_.s, emb_.ldw, in + lay.tokens, x_, Dpad_, T, D, stream_);
     else k::embed_f16(emb_.w, emb_.ldw, in + lay.tokens, x_, Dpad_, T, D, stream_);
     k::AttentionParams ap;
     ap.q = q_;
@@ -669,7 +686,8 @@ class CudaBackend final : public Backend {
   int ctx_, n_blocks_;
   int dev_ = 0;
   cudaDeviceProp props_{};
-  bool want_int8_ = false;
+  std::string dtype_ = "auto";  // the dtype option: "auto", "f16" or "int8"
+  std::string dtype_name_;      // what info() reports: the layers' formats, "q4+int8" ...
   cudaStream_t stream_ = nullptr;
   std::vector<void*> allocs_;
   uint64_t allocated_ = 0, weight_bytes_ = 0, kv_bytes_ = 0;

@@ -99,13 +99,13 @@ class CudaOpBench final : public OpBench {
   void grid_fill(half* p, size_t n, float scale, uint32_t seed) { k::launch_plain(fill_half, 1024, 256, 0, stream_, p, n, scale, seed); }
 
   void setup_matvec(const std::string& gpu) {
-    m_.int8 = s_.dtype == "int8";
+    m_.fmt = s_.dtype == "int8" ? CudaFmt::W8 : CudaFmt::F16;
     m_.n = s_.rows;
     m_.k = s_.cols;
     m_.npad = round_up(s_.rows, k::kPadN);
     m_.ldw = round_up(s_.cols, k::kPadK);
     const size_t wn = (size_t)m_.npad * m_.ldw;
-    if (m_.int8) {
+    if (m_.int8()) {
       m_.q = arena_.alloc<int8_t>(wn);
       m_.s = arena_.alloc<half>(wn / 32);
       k::launch_plain(fill_int8, 1024, 256, 0, stream_, m_.q, wn, 3);
@@ -126,7 +126,7 @@ class CudaOpBench final : public OpBench {
     const uint64_t wbytes = m_.bytes();
     bytes = wbytes + (uint64_t)s_.batch * m_.ldw * 2 + (uint64_t)s_.batch * m_.npad * 4;
     flops = 2.0 * s_.rows * s_.cols * s_.batch;
-    const char* kernel = MatDispatch::name(mats_.kind(m_.int8, s_.batch, m_.npad));
+    const char* kernel = MatDispatch::name(mats_.kind(m_.fmt, s_.batch, m_.npad));
     description = std::string("cuda ") + kernel + " " + s_.dtype + " [" + std::to_string(s_.batch) + "x" + std::to_string(s_.cols) + "] . [" +
                   std::to_string(s_.rows) + "x" + std::to_string(s_.cols) + "]^T on " + gpu;
   }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "../../../kernels/kernels.h"
+#include "../cuda_plan.h"
 
 namespace l2 {
 
@@ -17,14 +18,18 @@ inline int env_int(const char* name, int lo, int hi, int dflt) {
   return v && *v ? std::clamp(std::atoi(v), lo, hi) : dflt;
 }
 
-// A matrix on the device: fp16 w[npad][ldw], or int8 q[npad][ldw] + scales s[npad][ldw / 32].
+// A matrix on the device: fp16 w[npad][ldw]; int8 q[npad][ldw] + scales s[npad][ldw / 32]; or 4-bit
+// q4[npad][ldw / 2] + (scale, bias) pairs m[npad][ldw / 32] (kernels.h).
 struct DevMat {
-  bool int8 = false;
+  CudaFmt fmt = CudaFmt::F16;
   int n = 0, k = 0, npad = 0, ldw = 0;
   half* w = nullptr;
   int8_t* q = nullptr;
   half* s = nullptr;
-  uint64_t bytes() const { return int8 ? (uint64_t)npad * ldw + (uint64_t)npad * (ldw / 32) * 2 : (uint64_t)npad * ldw * 2; }
+  uint8_t* q4 = nullptr;
+  half2* m = nullptr;
+  bool int8() const { return fmt == CudaFmt::W8; }
+  uint64_t bytes() const { return cuda_matrix_bytes(n, k, fmt); }
 };
 
 // Which kernel: the CUDA-core GEMV (gemv.cu), the tensor-core decode kernel (gemv_mma.cu) or the tiled GEMM
@@ -46,34 +51,39 @@ struct DevMat {
 // costs ~1.75 instructions per weight against the GEMV's ~3, and before either walked, the H200 measured it
 // ahead of the GEMV on int8 qkv, 0.0192 against 0.0203 ms, but behind on the other 7B matrices, 100.2 against
 // 80.4 us per layer: an A/B for the record, unmeasured end to end).
+// 4-bit (W4): the GEMV up to kGemvMaxT tokens, the GEMM beyond (no gemv_mma variant; unmeasured, NOTES "Stop 27").
 class MatDispatch {
  public:
   enum class Kind { Gemv, GemvMma, Gemm };
 
-  int gemv_limit(bool int8) const { return gemv_max_t_ >= 0 ? gemv_max_t_ : int8 ? kernels::kGemvMaxT : 4; }
-  Kind kind(bool int8, int T, int N) const {
+  int gemv_limit(CudaFmt f) const { return gemv_max_t_ >= 0 ? gemv_max_t_ : f != CudaFmt::F16 ? kernels::kGemvMaxT : 4; }
+  Kind kind(CudaFmt f, int T, int N) const {
+    if (f == CudaFmt::W4) return T <= gemv_limit(f) ? Kind::Gemv : Kind::Gemm;
+    const bool int8 = f == CudaFmt::W8;
     if (T == 1 && gemv_mma_t1_) return Kind::GemvMma;
     if (gemv_mma_env_ == 1 && T >= 2 && T <= kernels::kGemvMmaMaxT) return Kind::GemvMma;
     if (int8 && gemv_mma_env_ != 0 && T >= 2 && T <= 16 && !(T <= 4 && N <= 4096)) return Kind::GemvMma;
-    return T <= gemv_limit(int8) ? Kind::Gemv : Kind::Gemm;
+    return T <= gemv_limit(f) ? Kind::Gemv : Kind::Gemm;
   }
   // out = A[T][lda] . m^T through the epilogue; sk: the GEMM's split-K workspace (nullptr: none).
   // Returns the kernel that ran.
   Kind run(const DevMat& m, const half* A, int lda, int T, const kernels::Epilogue& e, const kernels::GemmSplitK* sk,
            cudaStream_t stream) const {
     namespace k = kernels;
-    Kind kd = kind(m.int8, T, m.npad);
+    Kind kd = kind(m.fmt, T, m.npad);
     // gemv_mma declines shapes it does not cover (K % 64, N % 16): then the GEMV or the GEMM.
-    if (kd == Kind::GemvMma && (m.int8 ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream)
-                                       : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream)))
+    if (kd == Kind::GemvMma && (m.int8() ? k::gemv_mma_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream)
+                                         : k::gemv_mma_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream)))
       return kd;
-    if (kd == Kind::GemvMma) kd = T <= gemv_limit(m.int8) ? Kind::Gemv : Kind::Gemm;
+    if (kd == Kind::GemvMma) kd = T <= gemv_limit(m.fmt) ? Kind::Gemv : Kind::Gemm;
     if (kd == Kind::Gemv) {
-      if (m.int8) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream);
+      if (m.fmt == CudaFmt::W4) k::gemv_w4(A, lda, m.q4, m.m, m.ldw, T, m.npad, m.n, m.ldw, e, stream);
+      else if (m.int8()) k::gemv_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream);
       else k::gemv_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream);
     } else {
       if (split_k_off_) sk = nullptr;
-      if (m.int8) k::gemm_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream, sk);
+      if (m.fmt == CudaFmt::W4) k::gemm_w4(A, lda, m.q4, m.m, m.ldw, T, m.npad, m.n, m.ldw, e, stream, sk);
+      else if (m.int8()) k::gemm_w8(A, lda, m.q, m.s, m.ldw, T, m.npad, m.n, m.ldw, e, stream, sk);
       else k::gemm_f16(A, lda, m.w, m.ldw, T, m.npad, m.n, m.ldw, e, stream, sk);
     }
     return kd;
