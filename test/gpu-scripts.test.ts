@@ -1,7 +1,7 @@
 // The device-side scripts that do not need a GPU to run: here on the CPU with the demo model, so that a
 // lease does not spend device minutes finding a broken script.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -57,16 +57,26 @@ describe("scripts/gpu on the CPU", () => {
 });
 
 describe("scripts/gpu/blocks.mjs on the CPU", () => {
-  it("writes a Q4_K_M-like model, loads it as int8 on the device and the CPU, and compares their logits", () => {
+  it("writes a Q4_K_M-like model and its exact fp32 twin, loads it on the device and the CPU, and compares their logits with the exact ones", () => {
     const out = path.join(mkdtempSync(path.join(os.tmpdir(), "llama2-blocks-")), "b.json");
     const run = (args: string[]) => spawnSync(process.execPath, ["scripts/gpu/blocks.mjs", "--device", "cpu", ...args], { cwd: projectRoot, encoding: "utf8", timeout: 120_000 });
     const r = run(["--layers", "1", "--dim", "512", "--ffn", "1536", "--heads", "8", "--out", out]);
     expect(r.status, r.stderr).toBe(0);
     const j = JSON.parse(readFileSync(out, "utf8"));
-    expect(j).toMatchObject({ layers: 1, dim: 512, dtype: "int8", relErr: 0 }); // the CPU against itself
+    expect(j).toMatchObject({ layers: 1, dim: 512, dtype: "int8" });
+    // The "device" is the CPU here: both are its int8 load, off the exact values by the requantization alone.
+    expect(j.relErr).toBe(j.cpuInt8RelErr);
+    expect(j.relErr).toBeGreaterThan(0);
+    expect(j.relErr).toBeLessThan(2e-2);
     expect(j.loadMs).toBeGreaterThan(0);
-    expect(r.stdout).toMatch(/logits relErr 0\.00e\+0/);
+    expect(r.stdout).toMatch(/against the exact values: cpu \d\.\d\de-\d+ \(bound 2e-2\)/);
     expect(run(["--layers", "1", "--dim", "500"]).status).toBe(2);
+    // --keep leaves the quantized file (and --no-check loads nothing): what the lease's bench step runs on.
+    const kept = path.join(path.dirname(out), "k.gguf");
+    const k = run(["--layers", "1", "--dim", "512", "--ffn", "1536", "--heads", "8", "--keep", kept, "--no-check"]);
+    expect(k.status, k.stderr).toBe(0);
+    expect(statSync(kept).size).toBeGreaterThan(1_000_000);
+    expect(k.stdout).not.toMatch(/relErr/);
   }, 150_000);
 });
 

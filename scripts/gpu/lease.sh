@@ -5,7 +5,7 @@
 #   source .device/setup.sh > /dev/null 2>&1; DEADLINE=540 STEPS="info small bench-f16 ..." bash scripts/gpu/lease.sh
 # Steps (they run in this order, whatever the order in STEPS; default: info doctor small kernels-quick
 # bench-f16 bench-int8 big serve sanitize kernels):
-#   info doctor small blocks kernels-quick | bench-f16 bench-int8 | gemm-check kv8-kernels gemm-bench tune micro |
+#   info doctor small blocks kernels-quick w4-bench | bench-f16 bench-int8 bench-q4 | gemm-check kv8-kernels gemm-bench tune micro |
 #   A/B by env switch: ab-split ab-persist ab-early ab-stream ab-wgmma ab-b1 mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
 #   big (7B validation) big-wgmma serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
 set -uo pipefail
@@ -16,6 +16,7 @@ t0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
 STEPS=" ${STEPS:-info doctor small kernels-quick bench-f16 bench-int8 big serve sanitize kernels} "
 BIG=/tmp/7b-f16.gguf
+Q4=/tmp/7b-q4km.gguf  # bench-q4's Q4_K_M-like 7B (scripts/gpu/blocks.mjs --keep)
 left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
 pack() { tar czf "$OUT/results.tar.gz" -C "$R" . 2>/dev/null; }
 # step NAME SECONDS: true when NAME is selected and at least SECONDS remain (then it is the step's timeout).
@@ -55,7 +56,7 @@ if step small 120; then
   timeout 120 node scripts/gpu/validate.mjs --out "$R/validate-small.json" > "$R/validate-small.log" 2>&1; echo "validate small rc=$?"
   grep -E "FAIL|PASS|ok|passed|failed" "$R/validate-small.log" | tail -40; pack
 fi
-if step blocks 150; then  # a Q4_K_M-like GGUF (4-bit blocks decoded on upload) at 2 layers of the 7B width: CUDA vs CPU, load times
+if step blocks 150; then  # a Q4_K_M-like GGUF at 2 layers of the 7B width (Q4_K on the 4-bit kernels, Q6_K int8): CUDA vs the exact values, load times
   timeout 150 node scripts/gpu/blocks.mjs --device cuda --layers 2 --out "$R/blocks.json" > "$R/blocks.log" 2>&1; echo "blocks rc=$?"
   tail -3 "$R/blocks.log"; pack
 fi
@@ -63,12 +64,24 @@ if step kernels-quick 90; then
   timeout 90 /tmp/kernel_tests --quick > "$R/kernel-tests-quick.log" 2>&1; echo "kernel_tests --quick rc=$?"
   grep -E "FAIL" "$R/kernel-tests-quick.log" | head -20; tail -3 "$R/kernel-tests-quick.log"; pack
 fi
+if step w4-bench 150; then  # the 4-bit GEMV / GEMM checks, then timed beside int8 at the 7B shapes (T = 1 .. 64)
+  timeout 150 /tmp/kernel_tests --only=w4 --bench > "$R/kernel-w4.log" 2>&1; echo "kernel_tests w4 rc=$?"
+  grep -E "FAIL|per layer" "$R/kernel-w4.log"; tail -2 "$R/kernel-w4.log"; pack
+fi
 if [ -n "$maker" ]; then echo "=== waiting for the 7B file ($(left)s left)"; wait $maker; cat "$R/make-7b.log"; fi
 if step bench-f16 150; then
   bench f16 150 -- --dtype f16 --prompt 512 --gen 128 --batch 1,2,4,8,16,32,64 --reps 2
 fi
 if step bench-int8 120; then
   bench int8 120 -- --dtype int8 --prompt 512 --gen 128 --batch 1,2,4,8,16,32,64 --reps 2
+fi
+if step bench-q4 240; then  # a Q4_K_M-like 7B: dtype auto (q4+int8) against the same file requantized to int8
+  [ -s $Q4 ] || { timeout 120 node scripts/gpu/blocks.mjs --layers 32 --keep $Q4 --no-check > "$R/make-q4.log" 2>&1; tail -1 "$R/make-q4.log"; }
+  for dt in auto int8; do
+    timeout 55 node dist/cli/main.js bench --model $Q4 --device cuda --dtype $dt --preset llama2-7b --skip-cold --prompt 512 --gen 128 \
+      --batch 1,8,32 --reps 2 --out "$R/bench-q4-$dt.json" 2>&1 | grep -v "^\[bench\]"
+  done
+  pack
 fi
 if step gemm-check 100; then  # every GEMM check incl. the 7B shapes at M 16-64 (split-K chosen there)
   timeout 100 /tmp/kernel_tests --only=gemm > "$R/kernel-gemm.log" 2>&1; echo "kernel_tests gemm rc=$?"
