@@ -126,8 +126,8 @@ export interface BuildInfo {
 export interface OpBenchSpec {
   op: "matvec" | "attention";
   device: "cpu" | "cuda";
-  /** matvec weights: f32 (cpu), f16 or int8; attention runs on the backend's own cache type. */
-  dtype?: "f32" | "f16" | "int8";
+  /** matvec weights: f32 (cpu), f16, int8 or q4 (a GGUF's 4-bit groups as the backends run them); attention runs on the backend's own cache type. */
+  dtype?: "f32" | "f16" | "int8" | "q4";
   /** matvec: out[batch][rows] = in[batch][cols] . W[rows][cols]^T */
   rows?: number;
   cols?: number;

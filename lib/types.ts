@@ -3,9 +3,9 @@
 export type Device = "cpu" | "cuda" | "auto";
 /**
  * Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files); GGUF files of
- * 4-6 bit blocks (Q4_0 ... Q6_K, e.g. Q4_K_M): on CUDA their Q4_0 / Q4_1 / Q4_K matrices run as 4-bit
- * (info.dtype "q4+int8") and the other types are decoded into int8; the CPU decodes every block type into
- * int8. A dtype named here decodes them all into it ("f16" / "f32" keep their values exactly). On CUDA, "f32"
+ * 4-6 bit blocks (Q4_0 ... Q6_K, e.g. Q4_K_M): their Q4_0 / Q4_1 / Q4_K matrices run as 4-bit (info.dtype
+ * "q4+int8") and the other types are decoded into int8. A dtype named here decodes them all into it ("f16" /
+ * "f32" keep their values exactly). On CUDA, "f32"
  * is the reference-precision path (fp32 weights, activations and KV cache, llama2.c's order of
  * operations; slow, for small models and checks); "bf16" is CPU-only.
  */
@@ -86,7 +86,7 @@ export interface ModelInfo {
   deviceName: string;
   /**
    * Weight precision actually used on the device. "q4+int8": a GGUF file's Q4_0 / Q4_1 / Q4_K matrices run as
-   * 4-bit on the CUDA backend, its other matrices (Q6_K ... decoded, the embedding) as int8.
+   * 4-bit, its other quantized matrices (Q8_0, Q6_K ... decoded) as int8.
    */
   dtype: "f32" | "f16" | "bf16" | "int8" | "q4+int8" | "q4+f16";
   /** KV cache precision actually used. */

@@ -224,7 +224,7 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
     it("a Q4_K_M-like mix: Q4_K matrices 4-bit, Q6_K / Q8_0 ones int8, layer by layer (ffn_down is Q6_K in layer 0 only); within 2e-2 of the fp32 model, closer than the CPU's all-int8 load", async () => {
       const { quant, ref } = await writeBlockModels(scratch, mixedTypes, "mixed");
       const [a, b] = await pair(quant, ref, "q4+int8");
-      const c = await Llama2.load(quant, { device: "cpu" });
+      const c = await Llama2.load(quant, { device: "cpu", dtype: "int8" });
       try {
         expect(c.info.dtype).toBe("int8");
         const mixErr = await worstRel(a, b, PROMPT, FEED);
@@ -449,6 +449,7 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
     };
     expect([kernelOf("f16", 1), kernelOf("f16", 4), kernelOf("f16", 16), kernelOf("f16", 64)]).toEqual(["gemv", "gemv", "gemm", "gemm"]);
     expect([kernelOf("int8", 1), kernelOf("int8", 8), kernelOf("int8", 32)]).toEqual(["gemv", "gemv_mma", "gemm"]);
+    expect([kernelOf("q4", 1), kernelOf("q4", 8), kernelOf("q4", 9), kernelOf("q4", 32)]).toEqual(["gemv", "gemv", "gemm", "gemm"]);
     const att = native().createOpBench({ op: "attention", device: "cuda", context: 300, heads: 4, kvHeads: 2, headDim: 64, batch: 12 });
     try {
       expect(att.run(2)).toBeGreaterThan(0);

@@ -31,6 +31,11 @@ describe("native op benches", () => {
     expect(codeOf(() => op.run(1))).toBe("ERR_DISPOSED");
     const q8 = native().createOpBench({ op: "matvec", device: "cpu", dtype: "int8", rows: 256, cols: 512 });
     expect(q8.bytes).toBe(256 * (512 / 32) * 34 + (512 + 256) * 4); // Q8_0 blocks: fp16 scale + 32 int8
+    const q4 = native().createOpBench({ op: "matvec", device: "cpu", dtype: "q4", rows: 256, cols: 512 });
+    expect(q4.bytes).toBe(256 * (512 / 32) * 20 + (512 + 256) * 4); // Q4_1 blocks: fp16 scale and minimum + 16 nibble bytes
+    expect(q4.description).toMatch(/cpu matvec q4/);
+    expect(q4.run(2)).toBeGreaterThan(0);
+    q4.dispose();
     q8.dispose();
   });
 

@@ -32,7 +32,7 @@ export interface OpCase {
  * The ops of one decode step of `shape` as the engine runs them (Q/K/V fused, gate/up fused), for
  * each weight dtype, plus attention at each context length, for `batch` sequences.
  */
-export function opCases(shape: OpShape, o: { device: "cpu" | "cuda"; dtypes: ("f16" | "int8" | "f32")[]; contexts: number[]; batch?: number; threads?: number }): OpCase[] {
+export function opCases(shape: OpShape, o: { device: "cpu" | "cuda"; dtypes: ("f16" | "int8" | "f32" | "q4")[]; contexts: number[]; batch?: number; threads?: number }): OpCase[] {
   const batch = o.batch ?? 1;
   const { dim, ffn, vocab, heads, kvHeads, headDim } = shape;
   const kvDim = kvHeads * headDim;

@@ -20,9 +20,9 @@ std::unique_ptr<OpBench> make_op_bench(const OpBenchSpec& s) {
     check_range("rows", s.rows, 1, 1 << 18);
     check_range("cols", s.cols, 32, 1 << 16);
     if (s.cols % 32 != 0) fail(code::kInvalidArgument, "cols: must be a multiple of 32 (int8 groups), got " + std::to_string(s.cols));
-    if (s.dtype != "f32" && s.dtype != "f16" && s.dtype != "int8")
-      fail(code::kInvalidArgument, "dtype: expected f32, f16 or int8, got '" + s.dtype + "'");
-    if (s.device == "cuda" && s.dtype == "f32") fail(code::kInvalidArgument, "dtype: the CUDA matvec takes f16 or int8 weights");
+    if (s.dtype != "f32" && s.dtype != "f16" && s.dtype != "int8" && s.dtype != "q4")
+      fail(code::kInvalidArgument, "dtype: expected f32, f16, int8 or q4, got '" + s.dtype + "'");
+    if (s.device == "cuda" && s.dtype == "f32") fail(code::kInvalidArgument, "dtype: the CUDA matvec takes f16, int8 or q4 weights");
   } else if (s.op == "attention") {
     check_range("context", s.context, 1, 1 << 17);
     check_range("heads", s.heads, 1, 256);

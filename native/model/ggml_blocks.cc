@@ -251,4 +251,23 @@ bool blocks_to_w4(DType t, const uint8_t* src, uint8_t* q, uint16_t* meta, int64
   return true;
 }
 
+bool blocks_to_q4_1(DType t, const uint8_t* src, uint8_t* dst, int64_t cols) {
+  if (!runs_as_w4(t)) return false;
+  if (t == DType::Q4_1) {
+    std::memcpy(dst, src, (size_t)(cols / 32) * 20);
+    return true;
+  }
+  const BlockLayout L = block_layout(t);
+  uint8_t q[128];
+  uint16_t meta[16];
+  for (int64_t b = 0; b < cols / L.elements; ++b, src += L.bytes) {
+    blocks_to_w4(t, src, q, meta, L.elements);
+    for (int g = 0; g < L.elements / 32; ++g, dst += 20) {
+      std::memcpy(dst, &meta[2 * g], 4);
+      std::memcpy(dst + 4, q + 16 * g, 16);
+    }
+  }
+  return true;
+}
+
 }  // namespace l2

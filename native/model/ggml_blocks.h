@@ -32,5 +32,8 @@ bool runs_as_w4(DType t);
 // value = scale * q + bias. Q4_0 (d, -8 d) and Q4_1 (d, m) keep their values exactly; Q4_K's sub-block scale
 // d * sc and bias -dmin * m are rounded once to fp16 (relative 2^-11 each). False for other types.
 bool blocks_to_w4(DType t, const uint8_t* src, uint8_t* q, uint16_t* meta, int64_t cols);
+// The same groups as Q4_1 blocks (fp16 d = scale, fp16 m = bias, 16 nibble bytes): the form the CPU backend runs
+// 4-bit matrices in. Q4_1 is copied, Q4_0 rewritten exactly, Q4_K as blocks_to_w4. False for other types.
+bool blocks_to_q4_1(DType t, const uint8_t* src, uint8_t* dst, int64_t cols);
 
 }  // namespace l2

@@ -94,6 +94,10 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
     return;
   }
   if (to == DType::Q8_0 && blocks_to_q8_0(from, src, dst, cols)) return;  // Q4_0 / Q5_0: the same values
+  if (to == DType::Q4_1) {  // 4-bit groups: only from the types that are 4-bit groups already
+    if (!blocks_to_q4_1(from, src, dst, cols)) fail(code::kInternal, std::string("convert_row: cannot make Q4_1 from ") + dtype_name(from));
+    return;
+  }
   // Through fp32: simple and exact for every pair we need.
   std::vector<float> tmp;
   float* f;
@@ -170,17 +174,17 @@ LlamaWeights::Owned heap_owned(size_t bytes) {
 
 namespace {
 
-// Converts the matrices `pick` selects into target_for(to). `progress` gets the bytes of the matrices
-// visited so far, counted after conversion or, with `source_bytes`, as they were (decoding 4-bit blocks
-// is work on the file's bytes).
-template <typename Pick>
-void convert_where(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc, Pick pick,
-                   bool source_bytes) {
+// Converts each matrix into the type `target` gives it (itself: left as it is). `progress` gets the bytes of
+// the matrices visited so far, counted after conversion or, with `source_bytes`, as they were (decoding 4-bit
+// blocks is work on the file's bytes).
+template <typename Target>
+void convert_where(LlamaWeights& w, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc, Target target, bool source_bytes) {
   const bool tied = w.output.data == w.tok_embeddings.data;
   uint64_t done = 0;
   for (Matrix* m : w.matrices()) {
     if (source_bytes) done += m->bytes();
-    if (pick(*m)) convert_matrix(w, *m, target_for(*m, to), pool, alloc);
+    const DType to = target(*m);
+    if (to != m->dtype) convert_matrix(w, *m, to, pool, alloc);
     if (!source_bytes) done += m->bytes();
     if (progress) progress(done);
   }
@@ -190,7 +194,7 @@ void convert_where(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertPro
 }  // namespace
 
 void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
-  convert_where(w, to, pool, progress, alloc, [&](const Matrix& m) { return m.dtype != target_for(m, to); }, false);
+  convert_where(w, pool, progress, alloc, [&](const Matrix& m) { return target_for(m, to); }, false);
 }
 
 bool has_load_only(LlamaWeights& w) {
@@ -200,7 +204,13 @@ bool has_load_only(LlamaWeights& w) {
 }
 
 void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
-  convert_where(w, to, pool, progress, alloc, [](const Matrix& m) { return is_load_only(m.dtype); }, true);
+  convert_where(w, pool, progress, alloc, [&](const Matrix& m) { return is_load_only(m.dtype) ? target_for(m, to) : m.dtype; }, true);
+}
+
+void decode_keeping_q4(LlamaWeights& w, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
+  convert_where(
+      w, pool, progress, alloc,
+      [](const Matrix& m) { return runs_as_w4(m.dtype) ? DType::Q4_1 : is_load_only(m.dtype) ? target_for(m, DType::Q8_0) : m.dtype; }, true);
 }
 
 }  // namespace l2

@@ -68,5 +68,8 @@ bool has_load_only(LlamaWeights& w);
 // Decodes the matrices of load-only types into `to` (a type the backends run), the others untouched.
 // `progress` gets the file bytes of the matrices visited so far.
 void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
+// dtype "auto" on the CPU: the 4-bit matrices (Q4_0 / Q4_1 / Q4_K) become Q4_1 blocks (Q4_1 kept as mapped,
+// Q4_0 exactly, Q4_K with fp16 group scales: ggml_blocks.h blocks_to_q4_1), the other load-only ones int8.
+void decode_keeping_q4(LlamaWeights& w, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
 
 }  // namespace l2

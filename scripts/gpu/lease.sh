@@ -101,7 +101,7 @@ if step tune 200; then  # every GEMM configuration (split-K where built in) per 
 fi
 if step micro 120; then  # the decode step's ops alone (native op benches), 7B shape, batch 1 and 8
   for b in 1 8; do
-    timeout 55 node dist/cli/main.js micro --only ops --device cuda --shape llama2-7b --dtype f16,int8 --context 256,2048 --batch $b \
+    timeout 55 node dist/cli/main.js micro --only ops --device cuda --shape llama2-7b --dtype f16,int8,q4 --context 256,2048 --batch $b \
       --time 200 --json --out "$R/micro-b$b.json" > /dev/null 2>> "$R/micro.log" || { echo "micro batch $b rc=$?"; tail -2 "$R/micro.log"; }
     node -e 'const r=require(process.argv[1]); for (const t of r.tasks) console.log(t.name.padEnd(58), t.latencyMs.p50.toFixed(4), "ms", (t.bandwidthGBs||0).toFixed(0), "GB/s")' "$R/micro-b$b.json" 2>/dev/null
   done

@@ -82,12 +82,12 @@ const command: Command = {
   name: "micro",
   summary: "tinybench micro-benchmarks: tokenizer, sampler, native matvec and attention at a model shape",
   usage:
-    "Usage: llama2 micro [--only tokenizer,sampler,ops] [--device cpu|cuda|auto] [--shape llama2-7b] [--dtype f16,int8] [--context 512,2048,4096] [--batch 1] [--tokenizer PATH] [--time MS] [--json] [--out FILE]",
+    "Usage: llama2 micro [--only tokenizer,sampler,ops] [--device cpu|cuda|auto] [--shape llama2-7b] [--dtype f16,int8,q4] [--context 512,2048,4096] [--batch 1] [--tokenizer PATH] [--time MS] [--json] [--out FILE]",
   flags: {
     only: { type: "list", description: "which groups: tokenizer, sampler, ops", default: [...GROUPS] },
     device: { type: "string", description: "device of the native ops: cpu, cuda or auto (cuda when usable)", default: "auto" },
     shape: { type: "string", description: "model shape of the native ops: llama2-7b, llama2-13b, llama2-70b, tiny", default: "llama2-7b" },
-    dtype: { type: "list", description: "matvec weight types (f16, int8; f32 on cpu)", default: ["f16", "int8"] },
+    dtype: { type: "list", description: "matvec weight types (f16, int8, q4; f32 on cpu)", default: ["f16", "int8"] },
     context: { type: "list", description: "attention context lengths", default: ["512", "2048", "4096"] },
     batch: { type: "int", description: "sequences per native op (decode batch)", default: 1 },
     threads: { type: "int", description: "CPU threads for the native ops (default: the physical cores usable)" },
@@ -112,8 +112,8 @@ const command: Command = {
     if (device === "auto") device = native().buildInfo().cudaAvailable ? "cuda" : "cpu";
     const dtypes = flags.dtype as string[];
     for (const d of dtypes) {
-      if (!["f16", "int8", "f32"].includes(d) || (d === "f32" && device === "cuda")) {
-        throw new InvalidArgumentError("--dtype", `expected f16 or int8${device === "cpu" ? " or f32" : ""}, got '${d}'`);
+      if (!["f16", "int8", "q4", "f32"].includes(d) || (d === "f32" && device === "cuda")) {
+        throw new InvalidArgumentError("--dtype", `expected f16, int8 or q4${device === "cpu" ? " or f32" : ""}, got '${d}'`);
       }
     }
     const contexts = positiveInts("--context", flags.context, 131072);
@@ -130,7 +130,7 @@ const command: Command = {
     if (only.includes("ops")) {
       const cases = opCases(shape, {
         device: device as "cpu" | "cuda",
-        dtypes: dtypes as ("f16" | "int8" | "f32")[],
+        dtypes: dtypes as ("f16" | "int8" | "f32" | "q4")[],
         contexts,
         batch,
         ...(typeof flags.threads === "number" && { threads: flags.threads }),

@@ -26,18 +26,20 @@ class CpuBackend final : public Backend {
     const bool convert = o.dtype != "auto";
     DType to = o.dtype == "f32" ? DType::F32 : o.dtype == "f16" ? DType::F16 : o.dtype == "bf16" ? DType::BF16 : DType::Q8_0;
     if (has_load_only(w_)) {
-      // 4-6 bit GGUF blocks (Q4_K_M files ...): decoded once into the dtype asked for, by default int8
-      // (Q8_0 groups of 32: at most 1/254 of a group's largest value of added error, half fp16's memory).
+      // 4-6 bit GGUF blocks (Q4_K_M files ...), decoded once. "auto": the 4-bit ones (Q4_0 / Q4_1 / Q4_K) run
+      // as Q4_1 blocks (cpu_ops widens them in registers as it does Q8_0), the others become int8 (Q8_0
+      // groups of 32: at most 1/254 of a group's largest value of added error); a dtype asked for: all into it.
       const uint64_t file_bytes = w_.matrix_bytes();
       const int n = (int)w_.matrices().size();
       int visited = 0;
-      decode_load_only(
-          w_, to, pool_, [&](uint64_t done) {
-            if (o.progress) o.progress({"decode", done, file_bytes, ++visited, n});
-          },
-          cpu::WeightPages::allocate);
+      const ConvertProgress progress = [&](uint64_t done) {
+        if (o.progress) o.progress({"decode", done, file_bytes, ++visited, n});
+      };
+      if (convert) decode_load_only(w_, to, pool_, progress, cpu::WeightPages::allocate);
+      else decode_keeping_q4(w_, pool_, progress, cpu::WeightPages::allocate);
     }
     if (!convert) to = w_.layers[0].wq.dtype;
+    for (Matrix* m : w_.matrices()) q4_ = q4_ || m->dtype == DType::Q4_1;
     uint64_t total = w_.matrix_bytes();
     if (o.progress) o.progress({"weights", 0, total, 0, (int)w_.matrices().size()});
     if (convert) {
@@ -75,8 +77,10 @@ class CpuBackend final : public Backend {
       case DType::F16: i.dtype = "f16"; break;
       case DType::BF16: i.dtype = "bf16"; break;
       case DType::Q8_0: i.dtype = "int8"; break;
-      default: i.dtype = dtype_name(dtype_); break;  // not reached: load-only types are decoded above
+      default: i.dtype = "int8"; break;  // layer 0's wq is 4-bit: q4_ below
     }
+    // 4-bit matrices beside int8 ones (the CUDA backend's name for the same load).
+    if (q4_) i.dtype = "q4+" + i.dtype;
     i.weight_bytes = const_cast<LlamaWeights&>(w_).matrix_bytes();
     i.kv_dtype = kv_int8_ ? "int8" : "f32";
     i.kv_bytes = allocated_blocks_.load() * block_bytes_;
@@ -259,6 +263,7 @@ class CpuBackend final : public Backend {
   int ctx_;
   mutable ThreadPool pool_;
   DType dtype_ = DType::F32;
+  bool q4_ = false;  // some matrices run as Q4_1 (a GGUF's 4-bit blocks, dtype auto)
   std::vector<float> rope_;
   bool kv_int8_ = false;
   int kv_group_ = 32;

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <thread>
 #include <random>
 #include <vector>
 
+#include "../../common/half.h"
 #include "../../common/thread_pool.h"
 #include "../../model/weights.h"
 #include "../op_bench.h"
@@ -33,7 +35,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 class CpuMatvec final : public OpBench {
  public:
   explicit CpuMatvec(const OpBenchSpec& s) : pool_(pool_size(s.threads)), batch_(s.batch) {
-    DType dt = s.dtype == "f32" ? DType::F32 : s.dtype == "f16" ? DType::F16 : DType::Q8_0;
+    // q4: Q4_1 blocks, the form the backend runs a GGUF's 4-bit matrices in (random nibbles, scale, minimum).
+    DType dt = s.dtype == "f32" ? DType::F32 : s.dtype == "f16" ? DType::F16 : s.dtype == "q4" ? DType::Q4_1 : DType::Q8_0;
     w_.dtype = dt;
     w_.rows = s.rows;
     w_.cols = s.cols;
@@ -41,8 +44,19 @@ class CpuMatvec final : public OpBench {
     storage_.resize(w_.bytes());
     std::vector<float> row;
     for (int r = 0; r < s.rows; ++r) {
+      uint8_t* dst = storage_.data() + w_.row_stride() * (size_t)r;
       row = random_floats((size_t)s.cols, 0.02f, 1234u + (uint32_t)r);
-      convert_row(DType::F32, reinterpret_cast<const uint8_t*>(row.data()), dt, storage_.data() + w_.row_stride() * (size_t)r, s.cols);
+      if (dt == DType::Q4_1) {
+        for (int b = 0; b < s.cols / 32; ++b) {
+          uint8_t* blk = dst + (size_t)b * 20;
+          const uint16_t d = f32_to_fp16(std::fabs(row[(size_t)b * 32]) / 8 + 1e-3f), m = f32_to_fp16(-std::fabs(row[(size_t)b * 32 + 1]));
+          std::memcpy(blk, &d, 2);
+          std::memcpy(blk + 2, &m, 2);
+          for (int i = 0; i < 16; ++i) blk[4 + i] = (uint8_t)((int)(row[(size_t)b * 32 + 2 * i % 32] * 1e4f) & 0xFF);
+        }
+        continue;
+      }
+      convert_row(DType::F32, reinterpret_cast<const uint8_t*>(row.data()), dt, dst, s.cols);
     }
     w_.data = storage_.data();
     in_ = random_floats((size_t)s.batch * s.cols, 1.f, 7);

@@ -99,7 +99,7 @@ class CudaOpBench final : public OpBench {
   void grid_fill(half* p, size_t n, float scale, uint32_t seed) { k::launch_plain(fill_half, 1024, 256, 0, stream_, p, n, scale, seed); }
 
   void setup_matvec(const std::string& gpu) {
-    m_.fmt = s_.dtype == "int8" ? CudaFmt::W8 : CudaFmt::F16;
+    m_.fmt = s_.dtype == "int8" ? CudaFmt::W8 : s_.dtype == "q4" ? CudaFmt::W4 : CudaFmt::F16;
     m_.n = s_.rows;
     m_.k = s_.cols;
     m_.npad = round_up(s_.rows, k::kPadN);
@@ -110,6 +110,11 @@ class CudaOpBench final : public OpBench {
       m_.s = arena_.alloc<half>(wn / 32);
       k::launch_plain(fill_int8, 1024, 256, 0, stream_, m_.q, wn, 3);
       grid_fill(m_.s, wn / 32, 0.0002f, 5);
+    } else if (m_.fmt == CudaFmt::W4) {  // random nibbles, (scale, bias) pairs
+      m_.q4 = arena_.alloc<uint8_t>(wn / 2);
+      m_.m = arena_.alloc<half2>(wn / 32);
+      k::launch_plain(fill_int8, 1024, 256, 0, stream_, reinterpret_cast<int8_t*>(m_.q4), wn / 2, 3);
+      grid_fill(reinterpret_cast<half*>(m_.m), wn / 16, 0.002f, 5);
     } else {
       m_.w = arena_.alloc<half>(wn);
       grid_fill(m_.w, wn, 0.02f, 3);
