@@ -7,7 +7,7 @@
 # bench-f16 bench-int8 big serve sanitize kernels):
 #   info doctor small blocks kernels-quick w4-bench | bench-f16 bench-int8 bench-q4 | gemm-check kv8-kernels gemm-bench tune micro |
 #   A/B by env switch: ab-split ab-persist ab-early ab-stream ab-wgmma ab-b1 mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
-#   big (7B validation) big-wgmma serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn kernels profile profile-batch
+#   big (7B validation) big-wgmma serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn sanitize-w4 kernels profile profile-batch
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 R=/tmp/results; mkdir -p "$OUT" "$R" build/Release
@@ -192,6 +192,11 @@ fi
 if step sanitize-attn 100; then  # the kernel harness's decode attention cases (split, early, streaming) under both tools
   timeout 50 compute-sanitizer --tool memcheck --print-limit 20 /tmp/kernel_tests --quick --only=kv_int8 > "$R/memcheck-attn.log" 2>&1; tail -4 "$R/memcheck-attn.log"
   timeout 50 compute-sanitizer --tool racecheck --print-limit 20 /tmp/kernel_tests --quick --only=kv_int8 > "$R/racecheck-attn.log" 2>&1; tail -4 "$R/racecheck-attn.log"
+  pack
+fi
+if step sanitize-w4 100; then  # the 4-bit GEMV / GEMM harness cases (kernel pack) under both tools
+  timeout 50 compute-sanitizer --tool memcheck --print-limit 20 /tmp/kernel_tests --quick --only=w4 > "$R/memcheck-w4.log" 2>&1; tail -4 "$R/memcheck-w4.log"
+  timeout 50 compute-sanitizer --tool racecheck --print-limit 20 /tmp/kernel_tests --quick --only=w4 > "$R/racecheck-w4.log" 2>&1; tail -4 "$R/racecheck-w4.log"
   pack
 fi
 if step kernels 120; then
