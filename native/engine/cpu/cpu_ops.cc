@@ -166,11 +166,11 @@ __attribute__((target("avx2,fma,f16c"))) void dot_rows_q8_avx2(const uint8_t* co
 }
 
 // One Q4_1 block (fp16 d, fp16 m, 16 bytes: value i in the low nibble of byte i, value i + 16 in the high one)
-// as four vectors of d * q + m: an exact product (11 + 4 bits) then one rounded sum, as ggml's dequantizer and
-// the scalar path (decode_blocks) compute it, and as a contracted multiply-add would: every path sees the same
-// weights. 4-bit matrices (GGUF
+// as four vectors of d * q + m. The product is exact (11 + 4 bits), so one fused multiply-add rounds the same
+// sum as ggml's dequantizer and the scalar path (decode_blocks: a product, then a rounded sum) do, one
+// instruction fewer: every path sees the same weights. 4-bit matrices (GGUF
 // Q4_0 / Q4_1 / Q4_K) run in this form: 20 bytes per 32 weights against Q8_0's 34.
-__attribute__((target("avx2,f16c"))) inline void q41_block_avx2(const uint8_t* blk, __m256 (&w)[4]) {
+__attribute__((target("avx2,fma,f16c"))) inline void q41_block_avx2(const uint8_t* blk, __m256 (&w)[4]) {
   uint16_t dh, mh;
   std::memcpy(&dh, blk, 2);
   std::memcpy(&mh, blk + 2, 2);
@@ -178,7 +178,7 @@ __attribute__((target("avx2,f16c"))) inline void q41_block_avx2(const uint8_t* b
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
   const __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F));
   const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-  for (int j = 0; j < 4; ++j) w[j] = _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[j]))), m);
+  for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[j])), m);
 }
 
 template <int R>
@@ -265,7 +265,7 @@ __attribute__((target("avx2,f16c"))) void q8_to_f32_avx2(const uint8_t* p, float
 
 void q41_to_f32_scalar(const uint8_t* p, float* out, int64_t n_blocks) { decode_blocks(DType::Q4_1, p, out, n_blocks * 32); }
 
-__attribute__((target("avx2,f16c"))) void q41_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
+__attribute__((target("avx2,fma,f16c"))) void q41_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
   for (int64_t b = 0; b < n_blocks; ++b) {
     __m256 w[4];
     q41_block_avx2(p + b * 20, w);
