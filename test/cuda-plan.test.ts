@@ -42,7 +42,8 @@ describe("CUDA memory plan (no GPU needed)", () => {
     expect(planCudaMemory(llama7b, { dtype: "int8", ...at4096 }).weightBytes).toBe((matrices * 34) / 32 + norms);
     // A Q8_0 file stays int8 with dtype auto.
     expect(planCudaMemory({ ...llama7b, fileDtype: "Q8_0" }, at4096).weightBytes).toBe((matrices * 34) / 32 + norms);
-    // 4-6 bit block files are decoded into int8 at load ("auto"), or into fp16 when asked.
+    // Without the matrix types, 4-6 bit block files count as int8 ("auto": an upper bound, the 4-bit matrices
+    // take less; see the next test), or as fp16 when asked.
     for (const q of ["Q4_K", "Q4_0", "Q6_K", "Q5_1"]) expect(planCudaMemory({ ...llama7b, fileDtype: q }, at4096).weightBytes, q).toBe((matrices * 34) / 32 + norms);
     expect(planCudaMemory({ ...llama7b, fileDtype: "Q4_K" }, { ...at4096, dtype: "f16" }).weightBytes).toBe(planCudaMemory(llama7b, at4096).weightBytes);
   });

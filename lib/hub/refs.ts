@@ -18,8 +18,8 @@ export interface ModelAlias {
 
 /**
  * Short names for `--model` / `llama2 pull`. GGUF Q8_0 files load natively as int8 weights on the CPU and on
- * CUDA; Q4_K_M files are decoded into int8 at load (smaller download, same memory as Q8_0). fp16 weights:
- * the Meta repos, gated: accept the license on huggingface.co and set HF_TOKEN.
+ * CUDA; Q4_K_M files run their Q4_K matrices as 4-bit and the rest as int8 (4.6 GiB of 7B weights against
+ * Q8_0's 6.7). fp16 weights: the Meta repos, gated: accept the license on huggingface.co and set HF_TOKEN.
  */
 export const MODEL_ALIASES: Readonly<Record<string, ModelAlias>> = {
   "llama2-7b-chat": {
@@ -28,7 +28,7 @@ export const MODEL_ALIASES: Readonly<Record<string, ModelAlias>> = {
   },
   "llama2-7b-chat-q4": {
     ref: "hf:TheBloke/Llama-2-7B-Chat-GGUF/llama-2-7b-chat.Q4_K_M.gguf",
-    description: "Llama 2 7B chat, GGUF Q4_K_M (4.1 GB download; decoded into int8 at load, 6.7 GiB of weights)",
+    description: "Llama 2 7B chat, GGUF Q4_K_M (4.1 GB download; its Q4_K matrices run 4-bit, the rest int8: 4.6 GiB of weights)",
   },
   "llama2-13b-chat": {
     ref: "hf:TheBloke/Llama-2-13B-chat-GGUF/llama-2-13b-chat.Q8_0.gguf",
