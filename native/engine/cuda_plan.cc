@@ -19,8 +19,6 @@ std::string gib(uint64_t bytes) {
   return buf;
 }
 
-const char* cuda_fmt_name(CudaFmt f) { return f == CudaFmt::W4 ? "q4" : f == CudaFmt::W8 ? "int8" : "f16"; }
-
 uint64_t cuda_matrix_bytes(int n, int k, CudaFmt f) {
   const uint64_t npad = round_up((uint64_t)n, kCudaPadN), ldw = round_up((uint64_t)k, kCudaPadK);
   switch (f) {

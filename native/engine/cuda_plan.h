@@ -19,7 +19,6 @@ constexpr int kCudaPadK = 64;
 // How a device matrix is stored (kernels/kernels.h): fp16, int8 (Q8_0 values + fp16 scales per 32), or 4-bit
 // (nibbles + an fp16 (scale, bias) pair per 32: GGUF Q4_0 / Q4_1 / Q4_K blocks as they are).
 enum class CudaFmt : uint8_t { F16, W8, W4 };
-const char* cuda_fmt_name(CudaFmt f);  // "f16" | "int8" | "q4"
 struct CudaLayerKinds {
   CudaFmt qkv = CudaFmt::F16, wo = CudaFmt::F16, w13 = CudaFmt::F16, w2 = CudaFmt::F16;
 };
