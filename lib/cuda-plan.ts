@@ -26,15 +26,23 @@ export interface CudaPlanOptions {
  */
 export function planCudaMemory(model: { config: ModelConfig; fileDtype: string; matrixDtypes?: string[] }, o: CudaPlanOptions = {}): CudaMemoryPlan {
   const dtype = o.dtype ?? "auto";
-  if (!["auto", "f32", "f16", "int8"].includes(dtype)) throw new InvalidArgumentError("dtype", `the CUDA backend runs f32, f16 or int8 weights, got ${JSON.stringify(dtype)}`);
+  if (!["auto", "f32", "f16", "int8", "q4"].includes(dtype)) throw new InvalidArgumentError("dtype", `the CUDA backend runs f32, f16, int8 or q4 weights, got ${JSON.stringify(dtype)}`);
   const kvCacheType = o.kvCacheType ?? "auto";
   if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${JSON.stringify(kvCacheType)}`);
   // Without the matrix types: Q8_0 files stay int8, and 4-6 bit block files (Q4_K ...) count as int8.
   const int8Weights = dtype === "int8" || (dtype === "auto" && /^Q(?:8_0|[45]_[01]|[2-6]_K)$/.test(model.fileDtype));
   const contextLength = o.contextLength ?? Math.min(model.config.trainedContextLength, 4096);
-  const byMatrix = model.matrixDtypes && dtype !== "f32" ? { matrixDtypes: model.matrixDtypes, dtype: dtype as "auto" | "f16" | "int8" } : {};
+  const byMatrix = model.matrixDtypes && dtype !== "f32" ? { matrixDtypes: model.matrixDtypes, dtype: dtype as "auto" | "f16" | "int8" | "q4" } : {};
   try {
-    return native().cudaMemoryPlan(model.config, { int8Weights, f32Weights: dtype === "f32", kvCacheType, contextLength, maxSequences: o.maxSequences ?? 4, ...byMatrix });
+    return native().cudaMemoryPlan(model.config, {
+      int8Weights,
+      q4Weights: dtype === "q4",
+      f32Weights: dtype === "f32",
+      kvCacheType,
+      contextLength,
+      maxSequences: o.maxSequences ?? 4,
+      ...byMatrix,
+    });
   } catch (err) {
     throw fromNative(err);
   }

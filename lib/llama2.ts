@@ -212,7 +212,7 @@ export class Llama2 {
     checkKeys(options, LOAD_KEYS, "options");
     const { device = "auto", dtype = "auto", kvCacheType = "auto", signal, onProgress, tokenizerPath } = options;
     if (!["auto", "cpu", "cuda"].includes(device)) throw new InvalidArgumentError("device", `expected 'auto', 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
-    if (!["auto", "f32", "f16", "bf16", "int8"].includes(dtype)) throw new InvalidArgumentError("dtype", `expected auto, f32, f16, bf16 or int8, got ${JSON.stringify(dtype)}`);
+    if (!["auto", "f32", "f16", "bf16", "int8", "q4"].includes(dtype)) throw new InvalidArgumentError("dtype", `expected auto, f32, f16, bf16, int8 or q4, got ${JSON.stringify(dtype)}`);
     if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${JSON.stringify(kvCacheType)}`);
     checkInt(options.deviceIndex, "deviceIndex", 0, 64);
     checkInt(options.contextLength, "contextLength", 1, 1 << 20);

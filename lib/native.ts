@@ -166,13 +166,14 @@ export interface NativeAddon {
     config: Pick<ModelConfig, "dim" | "nLayers" | "nHeads" | "nKvHeads" | "headDim" | "ffnDim" | "vocabSize" | "tiedEmbeddings">,
     opts: {
       int8Weights: boolean;
+      q4Weights?: boolean;
       f32Weights?: boolean;
       kvCacheType: "auto" | "int8";
       contextLength: number;
       maxSequences: number;
       /** With the file's matrix types (NativeModelSourceInfo.matrixDtypes), `dtype` and the backend's own rule pick each format. */
       matrixDtypes?: string[];
-      dtype?: "auto" | "f16" | "int8";
+      dtype?: "auto" | "f16" | "int8" | "q4";
     },
   ): CudaMemoryPlan;
 }

@@ -139,12 +139,14 @@ export async function selfCheck(o: SelfCheckOptions): Promise<CheckResult[]> {
   await compare("cpu", { device: "cpu" }, 1e-4);
   // int8 on the CPU: its distance from fp32 is the quantization's (reported); it is the reference of CUDA int8.
   const cpuInt8 = await compare("cpu int8", { device: "cpu", dtype: "int8" }, undefined);
+  // 4-bit (dtype "q4": Q4_1 groups) likewise.
+  const cpuQ4 = await compare("cpu q4", { device: "cpu", dtype: "q4" }, undefined);
   // The int8 KV cache likewise: the CPU's is the reference of the GPU's.
   const cpuKv8 = await compare("cpu kv int8", { device: "cpu", kvCacheType: "int8" }, undefined);
   const build = native().buildInfo();
   if (!build.cudaAvailable) {
     const why = build.cudaUnavailableReason ?? "no usable GPU";
-    for (const name of ["cuda f32", "cuda f16", "cuda int8", "cuda kv int8"]) results.push({ name, status: "skip", detail: why });
+    for (const name of ["cuda f32", "cuda f16", "cuda int8", "cuda q4", "cuda kv int8"]) results.push({ name, status: "skip", detail: why });
     return results;
   }
   // The fp32 path repeats the reference's operations: expected bit-identical, allowed 1e-6.
@@ -152,6 +154,8 @@ export async function selfCheck(o: SelfCheckOptions): Promise<CheckResult[]> {
   await compare("cuda f16", { device: "cuda", dtype: "f16" }, 2e-2);
   if (cpuInt8) await compare("cuda int8", { device: "cuda", dtype: "int8" }, 2e-2, cpuInt8);
   else results.push({ name: "cuda int8", status: "skip", detail: "the CPU int8 reference failed" });
+  if (cpuQ4) await compare("cuda q4", { device: "cuda", dtype: "q4" }, 2e-2, cpuQ4);
+  else results.push({ name: "cuda q4", status: "skip", detail: "the CPU q4 reference failed" });
   if (cpuKv8) await compare("cuda kv int8", { device: "cuda", dtype: "f16", kvCacheType: "int8" }, 2e-2, cpuKv8);
   else results.push({ name: "cuda kv int8", status: "skip", detail: "the CPU kv int8 reference failed" });
   return results;

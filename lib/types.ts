@@ -5,11 +5,13 @@ export type Device = "cpu" | "cuda" | "auto";
  * Weight precision on the device. "auto": as stored (CUDA: fp16, or int8 for Q8_0 files); GGUF files of
  * 4-6 bit blocks (Q4_0 ... Q6_K, e.g. Q4_K_M): their Q4_0 / Q4_1 / Q4_K matrices run as 4-bit (info.dtype
  * "q4+int8") and the other types are decoded into int8. A dtype named here decodes them all into it ("f16" /
- * "f32" keep their values exactly). On CUDA, "f32"
+ * "f32" keep their values exactly; "q4" rewrites a GGUF's 4-bit blocks and quantizes everything else into
+ * 4-bit groups by llama.cpp's Q4_1 rule: about 0.63 bytes per weight, for models int8 does not fit; rows that are
+ * not whole 32-groups stay fp16). On CUDA, "f32"
  * is the reference-precision path (fp32 weights, activations and KV cache, llama2.c's order of
  * operations; slow, for small models and checks); "bf16" is CPU-only.
  */
-export type WeightDtype = "auto" | "f32" | "f16" | "bf16" | "int8";
+export type WeightDtype = "auto" | "f32" | "f16" | "bf16" | "int8" | "q4";
 /**
  * KV cache precision. "auto": the backend's own (CPU fp32, CUDA fp16). "int8": each token's K and V
  * rows quantized per head in groups of 32 (Q8_0's rule): half the memory of fp16, so twice the tokens
@@ -88,7 +90,7 @@ export interface ModelInfo {
    * Weight precision actually used on the device. "q4+int8": a GGUF file's Q4_0 / Q4_1 / Q4_K matrices run as
    * 4-bit, its other quantized matrices (Q8_0, Q6_K ... decoded) as int8.
    */
-  dtype: "f32" | "f16" | "bf16" | "int8" | "q4+int8" | "q4+f16";
+  dtype: "f32" | "f16" | "bf16" | "int8" | "q4" | "q4+int8" | "q4+f16";
   /** KV cache precision actually used. */
   kvCacheType: "f32" | "f16" | "int8";
   /** Storage precision of the file's matrices (the first layer's wq). */

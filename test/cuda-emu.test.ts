@@ -214,6 +214,15 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
           } finally {
             await c.dispose();
           }
+          // dtype 'q4': the same 4-bit values, the embedding and classifier included (those already are here).
+          const d = await Llama2.load(quant, { device: "cuda", dtype: "q4" });
+          try {
+            expect(d.info.dtype).toBe("q4");
+            expect(planCudaMemory(d.info, { dtype: "q4", maxSequences: d.info.maxSequences, contextLength: d.info.contextLength }).totalBytes).toBe(d.deviceMemoryBytes());
+            expect(await worstRel(d, a, PROMPT, FEED.slice(0, 3))).toBe(0);
+          } finally {
+            await d.dispose();
+          }
         } finally {
           await a.dispose();
           await b.dispose();
@@ -352,7 +361,7 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
       const r = JSON.parse(out) as { gpus: { code: string }[]; checks: { name: string; status: string }[] };
       expect(r.gpus.map((g) => g.code)).toEqual(["emulated"]);
       const cuda = r.checks.filter((c) => c.name.startsWith("cuda"));
-      expect(cuda.map((c) => c.name)).toEqual(["cuda f32", "cuda f16", "cuda int8", "cuda kv int8"]);
+      expect(cuda.map((c) => c.name)).toEqual(["cuda f32", "cuda f16", "cuda int8", "cuda q4", "cuda kv int8"]);
       expect(cuda.every((c) => c.status === "pass"), JSON.stringify(cuda)).toBe(true);
     } finally {
       rmSync(home, { recursive: true, force: true });

@@ -224,9 +224,12 @@ describe("llama2 doctor", () => {
       expect(by.get("cpu int8")).toMatchObject({ status: "info", steps: 13 });
       expect(by.get("cpu kv int8")).toMatchObject({ status: "info", steps: 13 });
       expect(by.get("cpu int8")!.worstRelError!).toBeGreaterThan(1e-4);
+      // dtype q4 (Q4_1 groups): 4-bit quantization's error, several times int8's.
+      expect(by.get("cpu q4")).toMatchObject({ status: "info", steps: 13 });
+      expect(by.get("cpu q4")!.worstRelError!).toBeGreaterThan(by.get("cpu int8")!.worstRelError!);
       const gpu = nativeAddon().buildInfo().cudaAvailable;
       for (const name of ["cuda f32", "cuda f16"]) expect(by.get(name)?.status).toBe(gpu ? "pass" : "skip");
-      if (!gpu) for (const name of ["cuda int8", "cuda kv int8"]) expect(by.get(name)?.status).toBe("skip");
+      if (!gpu) for (const name of ["cuda int8", "cuda q4", "cuda kv int8"]) expect(by.get(name)?.status).toBe("skip");
       expect(code).toBe(0);
       if (hasShared("models/stories260K.bin")) {
         // A model without a tokenizer (token-id prompt), in the plain report.

@@ -26,7 +26,7 @@ it("decodes every block type bit for bit as ggml does (quantized rows, edge case
     const blocks = scratch.write(`${name}.bin`, Buffer.from(t.bytes, "base64"));
     const expected = scratch.write(`${name}.f32`, Buffer.from(t.values, "base64"));
     const out = execFileSync(exe, [name, String(fx.cols), String(t.rows), blocks, expected], { encoding: "utf8" });
-    const extra = (name === "Q4_0" || name === "Q5_0" ? " +q8" : "") + (["Q4_0", "Q4_1", "Q4_K"].includes(name) ? " +w4" : "");
+    const extra = (name === "Q4_0" || name === "Q5_0" ? " +q8" : "") + (["Q4_0", "Q4_1", "Q4_K"].includes(name) ? " +w4" : "") + (name === "Q4_1" ? " +q4_1" : "");
     expect(out.trim(), name).toBe(`ok ${fx.cols * t.rows}${extra}`);
   }
 }, 120_000);
@@ -50,6 +50,9 @@ const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer, a.byteO
 const INT8_BOUND = 3e-2;
 const F16_BOUND = 2e-3;
 const Q4K_BOUND = 3e-3;
+// dtype q4 on fp32 weights that were Q4_K values: a second 4-bit rounding, steps 16x int8's (measured 8.0e-2 on
+// these random-weight models, whose logits are sensitive; real checkpoints lose far less).
+const Q4_BOUND = 0.15;
 const FOUR_BIT = ["Q4_0", "Q4_1", "Q4_K"];
 
 describe("GGUF models of 4-6 bit blocks", () => {
@@ -105,6 +108,31 @@ describe("GGUF models of 4-6 bit blocks", () => {
       for (const p of prompts) alone.push((await m.generate(p, greedy).result).tokenIds);
       const together = await Promise.all(prompts.map((p) => m.generate(p, greedy).result));
       expect(together.map((r) => r.tokenIds)).toEqual(alone);
+    } finally {
+      await m.dispose();
+    }
+  }, 120_000);
+
+  it("dtype 'q4': 4-bit blocks are rewritten (the same logits as auto for an all-Q4_K file), other types quantized into Q4_1 groups", async () => {
+    const { quant, ref } = await writeBlockModels(scratch, () => "Q4_K", "q4-dtype");
+    const auto = await logitsOf(quant, {});
+    const q4 = await logitsOf(quant, { dtype: "q4" });
+    expect(q4.dtype).toBe("q4");
+    expect(same(q4.logits, auto.logits)).toBe(true);
+    // The fp32 twin quantized at load by the Q4_1 rule (min / max per 32): its values are Q4_K's, which a
+    // second 4-bit rounding moves by up to half a step.
+    const exact = await logitsOf(ref, { dtype: "f32" });
+    const requant = await logitsOf(ref, { dtype: "q4" });
+    expect(requant.dtype).toBe("q4");
+    const err = relErr(requant.logits, exact.logits);
+    expect(err).toBeGreaterThan(0);
+    expect(err).toBeLessThan(Q4_BOUND);
+    const m = await Llama2.load(ref, { device: "cpu", dtype: "q4", threads: 2 });
+    try {
+      // Every matrix (rows of whole 32-groups here) at 20 bytes per 32 weights.
+      const f32 = Number(native().readModelInfo(ref, false).fileBytes);
+      expect(m.info.weightBytes).toBeLessThan(f32 * (20 / 32 / 4) * 1.01);
+      expect(m.info.weightBytes).toBeGreaterThan(f32 * (20 / 32 / 4) * 0.9);
     } finally {
       await m.dispose();
     }

@@ -16,7 +16,7 @@ import type { Device, GenerateOptions, JsonSchema, KvCacheType, LoadOptions, Res
 export const LOAD_FLAGS: FlagSpecs = {
   model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf, llama2.c .bin, or demo (the built-in demo model)" },
   device: { type: "string", description: "cpu, cuda or auto", default: "auto" },
-  dtype: { type: "string", description: "weight precision on the device: auto, f32, f16, bf16 or int8", default: "auto" },
+  dtype: { type: "string", description: "weight precision on the device: auto, f32, f16, bf16, int8 or q4", default: "auto" },
   "kv-cache": { type: "string", description: "KV cache precision: auto (CPU fp32, CUDA fp16) or int8 (half of fp16's memory)", default: "auto" },
   context: { type: "int", description: "context length in tokens (default: the model's, at most 4096)" },
   threads: { type: "int", description: "CPU threads (default: the physical cores usable, see llama2 doctor)" },
@@ -154,8 +154,8 @@ export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOption
   const device = flags.device as string;
   if (!["auto", "cpu", "cuda"].includes(device)) throw new InvalidArgumentError("--device", `expected cpu, cuda or auto, got '${device}'`);
   const dtype = flags.dtype as string;
-  if (!["auto", "f32", "f16", "bf16", "int8"].includes(dtype)) {
-    throw new InvalidArgumentError("--dtype", `expected auto, f32, f16, bf16 or int8, got '${dtype}'`);
+  if (!["auto", "f32", "f16", "bf16", "int8", "q4"].includes(dtype)) {
+    throw new InvalidArgumentError("--dtype", `expected auto, f32, f16, bf16, int8 or q4, got '${dtype}'`);
   }
   const kvCache = flags.kvCache as string;
   if (!["auto", "int8"].includes(kvCache)) throw new InvalidArgumentError("--kv-cache", `expected auto or int8, got '${kvCache}'`);

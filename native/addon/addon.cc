@@ -576,6 +576,7 @@ Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
     const int ctx = pos_int(oo, "contextLength", 1 << 20);
     const int seqs = pos_int(oo, "maxSequences", 4096);
     const bool int8 = oo.Has("int8Weights") && oo.Get("int8Weights").ToBoolean();
+    const bool q4 = oo.Has("q4Weights") && oo.Get("q4Weights").ToBoolean();
     const std::string kv = oo.Has("kvCacheType") ? str_arg(oo.Get("kvCacheType"), "kvCacheType") : "auto";
     if (kv != "auto" && kv != "int8") throw make_error(env, l2::code::kInvalidArgument, "kvCacheType: expected 'auto' or 'int8', got '" + kv + "'");
     const int n_blocks = seqs * ((ctx + l2::kKvBlockSize - 1) / l2::kKvBlockSize);
@@ -588,7 +589,7 @@ Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
     }
     // With the file's matrix types (readModelInfo's matrixDtypes) the backend's own rule decides each matrix's
     // format (4-bit files mix 4-bit and int8); without them every matrix is int8 or fp16 by int8Weights.
-    l2::CudaMatrixKinds kinds = l2::cuda_matrix_kinds(c, int8);
+    l2::CudaMatrixKinds kinds = l2::cuda_matrix_kinds(c, q4 ? l2::CudaFmt::W4 : int8 ? l2::CudaFmt::W8 : l2::CudaFmt::F16);
     if (oo.Has("matrixDtypes") && !oo.Get("matrixDtypes").IsUndefined()) {
       const Napi::Value mv = oo.Get("matrixDtypes");
       const size_t want = 2 + 7 * (size_t)c.n_layers;
@@ -610,7 +611,8 @@ Napi::Value CudaMemoryPlan(const Napi::CallbackInfo& info) {
         ft.layers.push_back(m);
       }
       const std::string dt = oo.Has("dtype") ? str_arg(oo.Get("dtype"), "dtype") : "auto";
-      if (dt != "auto" && dt != "f16" && dt != "int8") throw make_error(env, l2::code::kInvalidArgument, "dtype: expected 'auto', 'f16' or 'int8', got '" + dt + "'");
+      if (dt != "auto" && dt != "f16" && dt != "int8" && dt != "q4")
+        throw make_error(env, l2::code::kInvalidArgument, "dtype: expected 'auto', 'f16', 'int8' or 'q4', got '" + dt + "'");
       kinds = l2::cuda_matrix_kinds(c, ft, dt);
     }
     l2::CudaPlan p = l2::plan_cuda(c, kinds, kv == "int8", ctx, n_blocks);

@@ -28,8 +28,8 @@ uint64_t cuda_matrix_bytes(int n, int k, CudaFmt f) {
   }
 }
 
-CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, bool int8) {
-  auto q = [&](int cols) { return int8 && cols % 32 == 0 ? CudaFmt::W8 : CudaFmt::F16; };
+CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, CudaFmt all) {
+  auto q = [&](int cols) { return all != CudaFmt::F16 && cols % 32 == 0 ? all : CudaFmt::F16; };
   CudaMatrixKinds k;
   k.emb = k.out = q(c.dim);
   k.layers.assign((size_t)c.n_layers, CudaLayerKinds{q(c.dim), q(c.q_dim()), q(c.dim), q(c.ffn_dim)});
@@ -37,6 +37,7 @@ CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, bool int8) {
 }
 
 CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, const FileMatrixTypes& t, const std::string& dtype) {
+  if (dtype == "q4") return cuda_matrix_kinds(c, CudaFmt::W4);
   const bool w4_ok = dtype == "auto";
   const DType wq0 = t.layers.empty() ? DType::F16 : t.layers[0][0];
   const bool want_int8 = dtype == "int8" || (dtype == "auto" && (wq0 == DType::Q8_0 || is_load_only(wq0)));

@@ -33,17 +33,17 @@ struct FileMatrixTypes {
   DType emb = DType::F16, out = DType::F16;
   std::vector<std::array<DType, 7>> layers;
 };
-// The kinds a load with `dtype` ("auto", "f16" or "int8") gives, matrix by matrix (one rule for the backend
-// and the predictions):
+// The kinds a load with `dtype` ("auto", "f16", "int8" or "q4") gives, matrix by matrix (one rule for the
+// backend and the predictions):
 //  - "auto": a fused matrix (qkv: wq wk wv; w13: w1 w3) is 4-bit where all its parts are Q4_0 / Q4_1 / Q4_K
 //    (the embedding too: its rows are gathered from the 4-bit table); else int8 where all are Q8_0 or the file holds quantized
 //    blocks (Q8_0 in layer 0's wq, or 4-6 bit blocks: decoded into int8 on upload); else fp16.
 //  - "int8": int8 everywhere, "f16": fp16 everywhere (Q8_0 stays int8 under both: its rows are not widened
-//    unless int8 cannot hold them).
-// int8 needs rows of whole 32-groups (others stay fp16, as llama.cpp's converter does).
+//    unless int8 cannot hold them), "q4": 4-bit everywhere (other types quantized into Q4_1 groups on upload).
+// int8 and 4-bit need rows of whole 32-groups (others stay fp16, as llama.cpp's converter does).
 CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, const FileMatrixTypes& t, const std::string& dtype);
-// From the shape alone (no file): every matrix int8 (int8 = true; rows of whole 32-groups) or fp16.
-CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, bool int8);
+// From the shape alone (no file): every matrix `all` (int8 and 4-bit: where rows are whole 32-groups, else fp16).
+CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, CudaFmt all);
 
 struct CudaPlan {
   int dpad = 0, qpad = 0, fpad = 0, vpad = 0;  // padded widths of the activations

@@ -44,9 +44,9 @@ void host_top_k(const float* logits, int n_out, int V, int k, int32_t* ids, floa
 std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOptions& o, const ProgressFn& progress) {
   if (o.device != "auto" && o.device != "cpu" && o.device != "cuda")
     fail(code::kInvalidArgument, "device: expected 'auto', 'cpu' or 'cuda', got '" + o.device + "'");
-  static const char* kDtypes[] = {"auto", "f32", "f16", "bf16", "int8"};
+  static const char* kDtypes[] = {"auto", "f32", "f16", "bf16", "int8", "q4"};
   if (std::none_of(std::begin(kDtypes), std::end(kDtypes), [&](const char* d) { return o.dtype == d; }))
-    fail(code::kInvalidArgument, "dtype: expected auto, f32, f16, bf16 or int8, got '" + o.dtype + "'");
+    fail(code::kInvalidArgument, "dtype: expected auto, f32, f16, bf16, int8 or q4, got '" + o.dtype + "'");
   if (o.kv_cache_type != "auto" && o.kv_cache_type != "int8")
     fail(code::kInvalidArgument, "kvCacheType: expected 'auto' or 'int8', got '" + o.kv_cache_type + "'");
   if (o.max_sequences < 1 || o.max_sequences > 4096)

@@ -251,6 +251,25 @@ bool blocks_to_w4(DType t, const uint8_t* src, uint8_t* q, uint16_t* meta, int64
   return true;
 }
 
+void q4_1_quantize_row(const float* x, int64_t cols, uint8_t* dst) {
+  for (int64_t b = 0; b < cols / 32; ++b, x += 32, dst += 20) {
+    float lo = x[0], hi = x[0];
+    for (int i = 1; i < 32; ++i) {
+      lo = x[i] < lo ? x[i] : lo;
+      hi = x[i] > hi ? x[i] : hi;
+    }
+    const float d = (hi - lo) / 15.f, id = d != 0.f ? 1.f / d : 0.f;
+    const uint16_t dh = fp16_sat(d), mh = fp16_sat(lo);
+    std::memcpy(dst, &dh, 2);
+    std::memcpy(dst + 2, &mh, 2);
+    auto q = [&](float v) {
+      const float t = (v - lo) * id + 0.5f;
+      return t >= 15.f ? 15 : t >= 0.f ? (int)t : 0;  // (NaN -> 0)
+    };
+    for (int i = 0; i < 16; ++i) dst[4 + i] = (uint8_t)(q(x[i]) | q(x[i + 16]) << 4);
+  }
+}
+
 bool blocks_to_q4_1(DType t, const uint8_t* src, uint8_t* dst, int64_t cols) {
   if (!runs_as_w4(t)) return false;
   if (t == DType::Q4_1) {

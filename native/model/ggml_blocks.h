@@ -35,5 +35,8 @@ bool blocks_to_w4(DType t, const uint8_t* src, uint8_t* q, uint16_t* meta, int64
 // The same groups as Q4_1 blocks (fp16 d = scale, fp16 m = bias, 16 nibble bytes): the form the CPU backend runs
 // 4-bit matrices in. Q4_1 is copied, Q4_0 rewritten exactly, Q4_K as blocks_to_w4. False for other types.
 bool blocks_to_q4_1(DType t, const uint8_t* src, uint8_t* dst, int64_t cols);
+// Quantizes `cols` (a multiple of 32) fp32 values into Q4_1 blocks by llama.cpp's reference rule (per 32: d =
+// (max - min) / 15, m = min, q = round((x - min) / d) clamped to 0..15): dtype "q4" of other types.
+void q4_1_quantize_row(const float* x, int64_t cols, uint8_t* dst);
 
 }  // namespace l2

@@ -94,10 +94,7 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
     return;
   }
   if (to == DType::Q8_0 && blocks_to_q8_0(from, src, dst, cols)) return;  // Q4_0 / Q5_0: the same values
-  if (to == DType::Q4_1) {  // 4-bit groups: only from the types that are 4-bit groups already
-    if (!blocks_to_q4_1(from, src, dst, cols)) fail(code::kInternal, std::string("convert_row: cannot make Q4_1 from ") + dtype_name(from));
-    return;
-  }
+  if (to == DType::Q4_1 && blocks_to_q4_1(from, src, dst, cols)) return;  // 4-bit groups already: rewritten, not requantized
   // Through fp32: simple and exact for every pair we need.
   std::vector<float> tmp;
   float* f;
@@ -136,6 +133,7 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
     case DType::F16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_fp16(f[i]); break;
     case DType::BF16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_bf16(f[i]); break;
     case DType::Q8_0: q8_quantize_row(f, cols, dst); break;
+    case DType::Q4_1: q4_1_quantize_row(f, cols, dst); break;
     default: fail(code::kInternal, std::string("convert_row: cannot encode ") + dtype_name(to));
   }
 }
@@ -160,8 +158,8 @@ void convert_matrix(LlamaWeights& w, Matrix& m, DType to, ThreadPool& pool, cons
   w.owned.push_back(std::move(buf));
 }
 
-// Like llama.cpp's converter, a matrix whose rows do not split into 32-blocks stays fp16 in int8 mode.
-DType target_for(const Matrix& m, DType to) { return to == DType::Q8_0 && m.cols % kQ8Block ? DType::F16 : to; }
+// Like llama.cpp's converter, a matrix whose rows do not split into 32-blocks stays fp16 in int8 (or 4-bit) mode.
+DType target_for(const Matrix& m, DType to) { return (to == DType::Q8_0 || to == DType::Q4_1) && m.cols % 32 ? DType::F16 : to; }
 
 }  // namespace
 

@@ -100,11 +100,32 @@ int main(int argc, char** argv) {
         std::printf("%s as W4 row %ld value %ld: got %.9g, ggml %.9g\n", name.c_str(), r, i, v, e);
     }
   }
+  // dtype 'q4' quantizes other types by the Q4_1 rule: requantizing ggml's Q4_1 values must land within half a
+  // step (plus the fp16 rounding of the new scale and minimum) of each.
+  long requant = 0;
+  if (*t == DType::Q4_1) {
+    std::vector<uint8_t> blk((size_t)cols / 32 * 20);
+    std::vector<float> back((size_t)cols);
+    for (long r = 0; r < rows; ++r) {
+      const float* x = reinterpret_cast<const float*>(expected.data()) + r * cols;
+      q4_1_quantize_row(x, cols, blk.data());
+      decode_blocks(DType::Q4_1, blk.data(), back.data(), cols);
+      for (long i = 0; i < cols; ++i, ++requant) {
+        uint16_t dh, mh;
+        std::memcpy(&dh, blk.data() + (i / 32) * 20, 2);
+        std::memcpy(&mh, blk.data() + (i / 32) * 20 + 2, 2);
+        const double d = fp16_to_f32(dh), m = fp16_to_f32(mh);
+        const double bound = 0.5 * d + (std::fabs(m) + 15 * d) / 1024.0 + 1e-30;
+        if (std::isfinite(x[i]) && !(std::fabs((double)back[(size_t)i] - x[i]) <= bound) && bad++ < 8)
+          std::printf("Q4_1 requantized row %ld value %ld: %.9g -> %.9g (d %.3g)\n", r, i, x[i], back[(size_t)i], d);
+      }
+    }
+  }
   if (bad) {
     std::printf("%d values differ\n", bad);
     return 1;
   }
-  std::printf("ok %ld%s%s\n", cols * rows, transcoded ? " +q8" : "", as_w4 ? " +w4" : "");
+  std::printf("ok %ld%s%s%s\n", cols * rows, transcoded ? " +q8" : "", as_w4 ? " +w4" : "", requant ? " +q4_1" : "");
   if (as_w4 && *t == DType::Q4_K) std::fprintf(stderr, "Q4_K as W4: worst error %.3g of the group's range\n", worst);
   return 0;
 }

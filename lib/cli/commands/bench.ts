@@ -24,7 +24,7 @@ export function checkWritable(file: string, flag: string): void {
 const command: Command = {
   name: "bench",
   summary: "measure load time, prefill, decode (per batch size), memory and overhead; write a result JSON",
-  usage: "Usage: llama2 bench --model PATH [--device cuda|cpu|auto] [--dtype f16|int8|auto] [--kv-cache auto|int8] [--prompt 128,512,2048] [--gen 256] [--batch 1,4,16] [--out FILE]",
+  usage: "Usage: llama2 bench --model PATH [--device cuda|cpu|auto] [--dtype f16|int8|q4|auto] [--kv-cache auto|int8] [--prompt 128,512,2048] [--gen 256] [--batch 1,4,16] [--out FILE]",
   flags: {
     model: { type: "string", alias: "m", description: "model (HF directory, .gguf, llama2.c .bin, or demo)" },
     device: { type: "string", description: "cpu, cuda or auto", default: "auto" },

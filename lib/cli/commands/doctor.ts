@@ -312,7 +312,7 @@ export function formatReport(r: DoctorReport): string {
 }
 
 function formatChecks(checks: CheckResult[]): string {
-  const lines = ["", "Checks (logits step by step against the host fp32 reference; cuda int8 / kv int8 against the CPU's):"];
+  const lines = ["", "Checks (logits step by step against the host fp32 reference; cuda int8 / q4 / kv int8 against the CPU's):"];
   const width = Math.max(...checks.map((c) => c.name.length)) + 2;
   for (const c of checks) {
     const figures =

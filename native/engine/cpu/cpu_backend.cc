@@ -24,7 +24,11 @@ class CpuBackend final : public Backend {
       : c_(c), w_(std::move(w)), ctx_(o.context_length),
         pool_(default_threads(o.threads)) {
     const bool convert = o.dtype != "auto";
-    DType to = o.dtype == "f32" ? DType::F32 : o.dtype == "f16" ? DType::F16 : o.dtype == "bf16" ? DType::BF16 : DType::Q8_0;
+    DType to = o.dtype == "f32"    ? DType::F32
+               : o.dtype == "f16"  ? DType::F16
+               : o.dtype == "bf16" ? DType::BF16
+               : o.dtype == "q4"   ? DType::Q4_1  // 4-bit groups: GGUF 4-bit blocks rewritten, other types quantized
+                                   : DType::Q8_0;
     if (has_load_only(w_)) {
       // 4-6 bit GGUF blocks (Q4_K_M files ...), decoded once. "auto": the 4-bit ones (Q4_0 / Q4_1 / Q4_K) run
       // as Q4_1 blocks (cpu_ops widens them in registers as it does Q8_0), the others become int8 (Q8_0
@@ -40,6 +44,7 @@ class CpuBackend final : public Backend {
     }
     if (!convert) to = w_.layers[0].wq.dtype;
     for (Matrix* m : w_.matrices()) q4_ = q4_ || m->dtype == DType::Q4_1;
+    requested_q4_ = o.dtype == "q4";
     uint64_t total = w_.matrix_bytes();
     if (o.progress) o.progress({"weights", 0, total, 0, (int)w_.matrices().size()});
     if (convert) {
@@ -79,8 +84,10 @@ class CpuBackend final : public Backend {
       case DType::Q8_0: i.dtype = "int8"; break;
       default: i.dtype = "int8"; break;  // layer 0's wq is 4-bit: q4_ below
     }
-    // 4-bit matrices beside int8 ones (the CUDA backend's name for the same load).
-    if (q4_) i.dtype = "q4+" + i.dtype;
+    // dtype "q4": every matrix 4-bit (rows not of whole 32-groups stay fp16). Else 4-bit matrices beside int8
+    // ones (a GGUF's 4-bit blocks with dtype "auto"; the CUDA backend's name for the same load).
+    if (requested_q4_) i.dtype = "q4";
+    else if (q4_) i.dtype = "q4+" + i.dtype;
     i.weight_bytes = const_cast<LlamaWeights&>(w_).matrix_bytes();
     i.kv_dtype = kv_int8_ ? "int8" : "f32";
     i.kv_bytes = allocated_blocks_.load() * block_bytes_;
@@ -264,6 +271,7 @@ class CpuBackend final : public Backend {
   mutable ThreadPool pool_;
   DType dtype_ = DType::F32;
   bool q4_ = false;  // some matrices run as Q4_1 (a GGUF's 4-bit blocks, dtype auto)
+  bool requested_q4_ = false;  // dtype "q4"
   std::vector<float> rope_;
   bool kv_int8_ = false;
   int kv_group_ = 32;

@@ -60,8 +60,8 @@ class CudaBackend final : public Backend {
     if (c_.n_heads / c_.n_kv_heads > 8)
       fail(code::kConfig, "the CUDA backend supports up to 8 query heads per KV head");
     k::set_pdl(props_.major >= 9);  // programmatic dependent launch: Hopper and newer
-    if (o.dtype != "auto" && o.dtype != "f16" && o.dtype != "int8")
-      fail(code::kInvalidArgument, "dtype: the CUDA backend runs 'f32', 'f16' or 'int8' weights (got '" + o.dtype + "')");
+    if (o.dtype != "auto" && o.dtype != "f16" && o.dtype != "int8" && o.dtype != "q4")
+      fail(code::kInvalidArgument, "dtype: the CUDA backend runs 'f32', 'f16', 'int8' or 'q4' weights (got '" + o.dtype + "')");
     dtype_ = o.dtype;
     kv_int8_ = o.kv_int8;
     try {
@@ -189,7 +189,7 @@ class CudaBackend final : public Backend {
       const bool int8 = dtype_ == "int8" || (dtype_ == "auto" && (wq0 == DType::Q8_0 || is_load_only(wq0)));
       bool w4 = kinds_.out == CudaFmt::W4;
       for (const CudaLayerKinds& k : kinds_.layers) w4 = w4 || k.qkv == CudaFmt::W4 || k.wo == CudaFmt::W4 || k.w13 == CudaFmt::W4 || k.w2 == CudaFmt::W4;
-      dtype_name_ = std::string(w4 ? "q4+" : "") + (int8 ? "int8" : "f16");
+      dtype_name_ = dtype_ == "q4" ? "q4" : std::string(w4 ? "q4+" : "") + (int8 ? "int8" : "f16");
     }
     plan_ = plan_cuda(c_, kinds_, kv_int8_, ctx_, n_blocks_);
     Dpad_ = plan_.dpad;
@@ -380,9 +380,16 @@ class CudaBackend final : public Backend {
             std::memset(q, 0, (size_t)m.ldw / 2);
             std::memset(mp, 0, (size_t)(m.ldw / 32) * 4);  // pad groups: scale 0, bias 0
             if (!src) continue;
-            // Q4_0 / Q4_1 / Q4_K blocks as they are (cuda_matrix_kinds only picks 4-bit for those).
-            if (!blocks_to_w4(src->m->dtype, src->m->row(src->row), q, mp, src->m->cols))
-              fail(code::kInternal, "upload: " + src->m->name + " is not 4-bit blocks");
+            // Q4_0 / Q4_1 / Q4_K blocks as they are; other types (dtype 'q4') quantized into Q4_1 blocks first.
+            const Matrix& sm = *src->m;
+            const uint8_t* row = sm.row(src->row);
+            DType t = sm.dtype;
+            if (!runs_as_w4(t)) {
+              blocks.resize(row_bytes(DType::Q4_1, sm.cols));
+              convert_row(t, row, DType::Q4_1, blocks.data(), sm.cols);
+              row = blocks.data(), t = DType::Q4_1;
+            }
+            blocks_to_w4(t, row, q, mp, sm.cols);
           } else if (int8) {
             int8_t* q = reinterpret_cast<int8_t*>(st) + (size_t)i * m.ldw;
             uint16_t* s = reinterpret_cast<uint16_t*>(st + (size_t)nr * m.ldw) + (size_t)i * (m.ldw / 32);
