@@ -418,7 +418,7 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
       [["generate", "--model", stories, "--prompt-ids", "1", "--repetition-penalty", "0"], "--repetition-penalty"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--seed", "x"], "--seed"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--device", "tpu"], "--device"],
-      [["generate", "--model", stories, "--prompt-ids", "1", "--dtype", "q4"], "--dtype"],
+      [["generate", "--model", stories, "--prompt-ids", "1", "--dtype", "q3"], "--dtype"],
       [["generate", "--model", stories, "--prompt-ids", "1", "--kv-cache", "f8"], "--kv-cache"],
       [["bench", "--model", stories, "--kv-cache", "f8"], "--kv-cache"],
       // bench checks what would fail late (after loading, or after minutes of runs) before it starts
