@@ -139,17 +139,18 @@ __attribute__((target("avx2,f16c"))) inline void q8_block_avx2(const uint8_t* bl
 }
 
 // R rows at once with R a constant, so the R accumulators stay in registers (a runtime R left them on the
-// stack, a store-to-load round trip in every FMA chain). Per row, the lanes accumulate over k in order.
-template <int R>
-__attribute__((target("avx2,fma,f16c"))) inline void dot_rows_q8_r(const uint8_t* const* rows, const float* x, int64_t K, float* out) {
+// stack, a store-to-load round trip in every FMA chain). Per row, the lanes accumulate over k in order. Rows
+// are blocks of 32 values, `kBytes` each, widened by `Widen` (Q8_0, Q4_1).
+template <int R, int kBytes, void (*Widen)(const uint8_t*, __m256 (&)[4])>
+__attribute__((target("avx2,fma,f16c"))) inline void dot_rows_blocks_r(const uint8_t* const* rows, const float* x, int64_t K, float* out) {
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < K / kQ8Block; ++b) {
-    const float* xb = x + b * kQ8Block;
+  for (int64_t b = 0; b < K / 32; ++b) {
+    const float* xb = x + b * 32;
     const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
     for (int r = 0; r < R; ++r) {
       __m256 w[4];
-      q8_block_avx2(rows[r] + b * kQ8BlockBytes, w);
+      Widen(rows[r] + b * kBytes, w);
       __m256 a = acc[r];
       a = _mm256_fmadd_ps(w[0], x0, a);
       a = _mm256_fmadd_ps(w[1], x1, a);
@@ -160,9 +161,20 @@ __attribute__((target("avx2,fma,f16c"))) inline void dot_rows_q8_r(const uint8_t
   for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
 }
 
-__attribute__((target("avx2,fma,f16c"))) void dot_rows_q8_avx2(const uint8_t* const* rows, int R, const float* x, int64_t K, float* out) {
-  if (R == kGroup) return dot_rows_q8_r<kGroup>(rows, x, K, out);
-  for (int r = 0; r < R; ++r) dot_rows_q8_r<1>(rows + r, x, K, out + r);
+template <int kBytes, void (*Widen)(const uint8_t*, __m256 (&)[4])>
+__attribute__((target("avx2,fma,f16c"))) void dot_rows_blocks_avx2(const uint8_t* const* rows, int R, const float* x, int64_t K, float* out) {
+  if (R == kGroup) return dot_rows_blocks_r<kGroup, kBytes, Widen>(rows, x, K, out);
+  for (int r = 0; r < R; ++r) dot_rows_blocks_r<1, kBytes, Widen>(rows + r, x, K, out + r);
+}
+
+// The same widening into a row buffer (prefill), so both paths see the same weights.
+template <int kBytes, void (*Widen)(const uint8_t*, __m256 (&)[4])>
+__attribute__((target("avx2,fma,f16c"))) void blocks_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    __m256 w[4];
+    Widen(p + b * kBytes, w);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + 8 * j, w[j]);
+  }
 }
 
 // One Q4_1 block (fp16 d, fp16 m, 16 bytes: value i in the low nibble of byte i, value i + 16 in the high one)
@@ -179,31 +191,6 @@ __attribute__((target("avx2,fma,f16c"))) inline void q41_block_avx2(const uint8_
   const __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F));
   const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
   for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[j])), m);
-}
-
-template <int R>
-__attribute__((target("avx2,fma,f16c"))) inline void dot_rows_q41_r(const uint8_t* const* rows, const float* x, int64_t K, float* out) {
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < K / 32; ++b) {
-    const float* xb = x + b * 32;
-    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-    for (int r = 0; r < R; ++r) {
-      __m256 w[4];
-      q41_block_avx2(rows[r] + b * 20, w);
-      __m256 a = acc[r];
-      a = _mm256_fmadd_ps(w[0], x0, a);
-      a = _mm256_fmadd_ps(w[1], x1, a);
-      a = _mm256_fmadd_ps(w[2], x2, a);
-      acc[r] = _mm256_fmadd_ps(w[3], x3, a);
-    }
-  }
-  for (int r = 0; r < R; ++r) out[r] = hsum(acc[r]);
-}
-
-__attribute__((target("avx2,fma,f16c"))) void dot_rows_q41_avx2(const uint8_t* const* rows, int R, const float* x, int64_t K, float* out) {
-  if (R == kGroup) return dot_rows_q41_r<kGroup>(rows, x, K, out);
-  for (int r = 0; r < R; ++r) dot_rows_q41_r<1>(rows + r, x, K, out + r);
 }
 
 void axpy_scalar(float a, const float* v, float* out, int n) {
@@ -255,23 +242,9 @@ void q8_to_f32_scalar(const uint8_t* p, float* out, int64_t n_blocks) {
   }
 }
 
-__attribute__((target("avx2,f16c"))) void q8_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    __m256 w[4];
-    q8_block_avx2(p + b * kQ8BlockBytes, w);
-    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * kQ8Block + 8 * j, w[j]);
-  }
-}
 
 void q41_to_f32_scalar(const uint8_t* p, float* out, int64_t n_blocks) { decode_blocks(DType::Q4_1, p, out, n_blocks * 32); }
 
-__attribute__((target("avx2,fma,f16c"))) void q41_to_f32_avx2(const uint8_t* p, float* out, int64_t n_blocks) {
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    __m256 w[4];
-    q41_block_avx2(p + b * 20, w);
-    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + 8 * j, w[j]);
-  }
-}
 
 struct Dispatch {
   bool avx2;
@@ -287,8 +260,8 @@ struct Dispatch {
     dot_rows = avx2 ? dot_rows_avx2 : dot_rows_scalar;
     f16 = avx2 ? f16_to_f32_f16c : f16_to_f32_scalar;
     bf16 = avx2 ? bf16_to_f32_avx2 : bf16_to_f32_scalar;
-    q8 = avx2 ? q8_to_f32_avx2 : q8_to_f32_scalar;
-    q41 = avx2 ? q41_to_f32_avx2 : q41_to_f32_scalar;
+    q8 = avx2 ? blocks_to_f32_avx2<kQ8BlockBytes, q8_block_avx2> : q8_to_f32_scalar;
+    q41 = avx2 ? blocks_to_f32_avx2<20, q41_block_avx2> : q41_to_f32_scalar;
     axpy = avx2 ? axpy_avx2 : axpy_scalar;
   }
 };
@@ -340,8 +313,8 @@ void matmul_rows(const Matrix& W, const float* in, int T, float* out, int64_t r0
   // buffer and reused for every token. Both give the same bits (see dot_rows_f16_avx2).
   auto fused = !d.avx2 || T > 2                ? nullptr
                : W.dtype == DType::F16         ? dot_rows_f16_avx2
-               : W.dtype == DType::Q8_0        ? dot_rows_q8_avx2
-               : W.dtype == DType::Q4_1        ? dot_rows_q41_avx2
+               : W.dtype == DType::Q8_0        ? dot_rows_blocks_avx2<kQ8BlockBytes, q8_block_avx2>
+               : W.dtype == DType::Q4_1        ? dot_rows_blocks_avx2<20, q41_block_avx2>
                                                : nullptr;
   if (fused) {
     const uint8_t* rows[kGroup];
