@@ -392,42 +392,47 @@ const ConfigEntry kW8Configs[] = {L2_GEMM_W8_CONFIGS(L2_W8_ENTRY)};
 static_assert(sizeof(kF16Configs) / sizeof(kF16Configs[0]) == kNumF16Configs, "f16 config count");
 static_assert(sizeof(kW8Configs) / sizeof(kW8Configs[0]) == kNumW8Configs, "w8 config count");
 
-// Configurations as one flat list per weight format: [0, kNum*Configs) mma.sync, then the sm_90a ones.
+// The weight formats of the host-side selection. Each has its mma.sync table; f16 and int8 also have the
+// wgmma configurations of gemm_sm90a.cu on sm_90 (4-bit has none, so it takes the tuning row without
+// them). 4-bit uses int8's geometries (same ids) and so int8's rules.
+enum class WFmt { F16, W8, W4 };
+WFmt fmt_of(bool w8) { return w8 ? WFmt::W8 : WFmt::F16; }
+
+// Configurations as one flat list per weight format: [0, num_mma) mma.sync, then the sm_90a ones.
 bool have_sm90a() { return &sm90a::num_configs != nullptr && &sm90a::config != nullptr && &sm90a::launch != nullptr; }
-int num_mma(bool w8) { return w8 ? kNumW8Configs : kNumF16Configs; }
-int num_all(bool w8) { return num_mma(w8) + (have_sm90a() ? sm90a::num_configs(w8) : 0); }
-const char* cfg_name(bool w8, int id) {
-  return id < num_mma(w8) ? (w8 ? kW8Configs : kF16Configs)[id].name : sm90a::config(w8, id - num_mma(w8)).name;
-}
-int cfg_smem(bool w8, int id) {
-  return id < num_mma(w8) ? (w8 ? kW8Configs : kF16Configs)[id].smem : sm90a::config(w8, id - num_mma(w8)).smem;
-}
-long cfg_ctas(bool w8, int id, int M, int N) {
+bool has_wgmma(WFmt f) { return f != WFmt::W4 && have_sm90a(); }
+const ConfigEntry* mma_table(WFmt f) { return f == WFmt::F16 ? kF16Configs : f == WFmt::W8 ? kW8Configs : kW4Configs; }
+int num_mma(WFmt f) { return f == WFmt::F16 ? kNumF16Configs : kNumW8Configs; }
+int num_all(WFmt f) { return num_mma(f) + (has_wgmma(f) ? sm90a::num_configs(f == WFmt::W8) : 0); }
+sm90a::ConfigInfo wgmma_config(WFmt f, int id) { return sm90a::config(f == WFmt::W8, id - num_mma(f)); }
+const char* cfg_name(WFmt f, int id) { return id < num_mma(f) ? mma_table(f)[id].name : wgmma_config(f, id).name; }
+int cfg_smem(WFmt f, int id) { return id < num_mma(f) ? mma_table(f)[id].smem : wgmma_config(f, id).smem; }
+long cfg_ctas(WFmt f, int id, int M, int N) {
   int bm, bn;
-  if (id < num_mma(w8)) {
-    bm = (w8 ? kW8Configs : kF16Configs)[id].bm, bn = (w8 ? kW8Configs : kF16Configs)[id].bn;
+  if (id < num_mma(f)) {
+    bm = mma_table(f)[id].bm, bn = mma_table(f)[id].bn;
   } else {
-    sm90a::ConfigInfo c = sm90a::config(w8, id - num_mma(w8));
+    const sm90a::ConfigInfo c = wgmma_config(f, id);
     bm = c.bm, bn = c.bn;
   }
   return (long)((M + bm - 1) / bm) * ((N + bn - 1) / bn);
 }
-bool cfg_fits(bool w8, int id, const DeviceInfo& d) {
-  if (id < 0 || id >= num_all(w8)) return false;
-  if (id >= num_mma(w8) && !(d.cc_major == 9 && d.cc_minor == 0)) return false;  // sm_90a code runs on 9.0 only
-  return cfg_smem(w8, id) <= d.smem_optin;
+bool cfg_fits(WFmt f, int id, const DeviceInfo& d) {
+  if (id < 0 || id >= num_all(f)) return false;
+  if (id >= num_mma(f) && !(d.cc_major == 9 && d.cc_minor == 0)) return false;  // sm_90a code runs on 9.0 only
+  return cfg_smem(f, id) <= d.smem_optin;
 }
 // Table id (100 + i = sm_90a config i) -> flat id; -1 when that path is absent.
-int flat_id(bool w8, int table_id) {
+int flat_id(WFmt f, int table_id) {
   if (table_id < kSm90aBase) return table_id;
   int i = table_id - kSm90aBase;
-  return have_sm90a() && i < sm90a::num_configs(w8) ? num_mma(w8) + i : -1;
+  return has_wgmma(f) && i < sm90a::num_configs(f == WFmt::W8) ? num_mma(f) + i : -1;
 }
 
-const ArchTuning& tuning_for(const DeviceInfo& d) {
+const ArchTuning& tuning_for(const DeviceInfo& d, WFmt f) {
   for (const ArchTuning& t : kTuning) {
     bool cc = (t.cc_major == d.cc_major && t.cc_minor == d.cc_minor) || t.cc_major < 0;
-    if (cc && (!t.needs_sm90a || have_sm90a())) return t;
+    if (cc && (!t.needs_sm90a || has_wgmma(f))) return t;
   }
   return kTuning[sizeof(kTuning) / sizeof(kTuning[0]) - 1];
 }
@@ -447,14 +452,14 @@ int wgmma_min_m() {
   });
 }
 
-int pick(bool w8, int M, int N, const DeviceInfo& d) {
+int pick(WFmt f, int M, int N, const DeviceInfo& d) {
   const int small_min = wgmma_min_m();
   if (small_min > 0 && M >= small_min && M <= 64) {
-    const int id = flat_id(w8, w8 ? kSm90aBase + 1 : kSm90aBase + 2);
-    if (id >= 0 && cfg_fits(w8, id, d)) return id;
+    const int id = flat_id(f, f == WFmt::W8 ? kSm90aBase + 1 : kSm90aBase + 2);
+    if (id >= 0 && cfg_fits(f, id, d)) return id;
   }
-  const ArchTuning& t = tuning_for(d);
-  const Rule* rules = w8 ? t.w8 : t.f16;
+  const ArchTuning& t = tuning_for(d, f);
+  const Rule* rules = f == WFmt::F16 ? t.f16 : t.w8;
   const Rule* r = nullptr;
   for (int i = 0; i < kMaxRules && rules[i].max_m > 0; ++i)
     if (M <= rules[i].max_m) {
@@ -463,16 +468,16 @@ int pick(bool w8, int M, int N, const DeviceInfo& d) {
     }
   int id = -1;
   if (r) {
-    int first = flat_id(w8, r->cfg), alt = flat_id(w8, r->alt);
+    int first = flat_id(f, r->cfg), alt = flat_id(f, r->alt);
     id = first;
-    if (first >= 0 && cfg_ctas(w8, first, M, N) < (long)(r->min_waves * d.sms)) id = alt;
-    if (id == alt && r->small >= 0 && alt >= 0 && cfg_ctas(w8, alt, M, N) < d.sms) id = flat_id(w8, r->small);
-    if (!cfg_fits(w8, id, d)) id = cfg_fits(w8, first, d) ? first : (cfg_fits(w8, alt, d) ? alt : -1);
+    if (first >= 0 && cfg_ctas(f, first, M, N) < (long)(r->min_waves * d.sms)) id = alt;
+    if (id == alt && r->small >= 0 && alt >= 0 && cfg_ctas(f, alt, M, N) < d.sms) id = flat_id(f, r->small);
+    if (!cfg_fits(f, id, d)) id = cfg_fits(f, first, d) ? first : (cfg_fits(f, alt, d) ? alt : -1);
   }
   if (id < 0) {  // nothing chosen fits this device: the smallest-smem mma.sync configuration
     id = 0;
-    for (int i = 1; i < num_mma(w8); ++i)
-      if (cfg_smem(w8, i) < cfg_smem(w8, id)) id = i;
+    for (int i = 1; i < num_mma(f); ++i)
+      if (cfg_smem(f, i) < cfg_smem(f, id)) id = i;
   }
   return id;
 }
@@ -520,12 +525,24 @@ int choose_splits(const TileShape& c, int M, int N, int K, const DeviceInfo& d, 
   return best;
 }
 
-void run(bool w8, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
+// The split count configuration `cfg` launches with for this shape.
+int splits_for(WFmt f, int cfg, int M, int N, int K, const DeviceInfo& d, const GemmSplitK* sk) {
+  if (cfg < num_mma(f)) {
+    const ConfigEntry& c = mma_table(f)[cfg];
+    return choose_splits({c.bm, c.bn, c.bk, c.smem, c.split_k, false}, M, N, K, d, sk);
+  }
+  const sm90a::ConfigInfo c = wgmma_config(f, cfg);
+  return choose_splits({c.bm, c.bn, 64, c.smem, c.split_k, true}, M, N, K, d, sk);
+}
+
+// W: fp16 [N][ldw] (F16), int8 [N][ldw] (W8) or 4-bit [N][ldw / 2] (W4); scales: W8's fp16 group scales or
+// W4's (scale, bias) pairs. cfg < 0 (the engine): the tuning's choice.
+void run(WFmt f, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
          int n_valid, int K, const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk = nullptr) {
   if (M <= 0 || N <= 0 || K <= 0 || n_valid <= 0) return;
   int dev = 0;
   const DeviceInfo& d = device_info(dev);
-  if (cfg < 0 || cfg >= num_all(w8)) cfg = pick(w8, M, N, d);
+  if (!cfg_fits(f, cfg, d)) cfg = pick(f, M, N, d);
   GemmArgs g;
   g.A = A;
   g.W = W;
@@ -537,141 +554,81 @@ void run(bool w8, int cfg, const half* A, int lda, const void* W, const half* sc
   g.n_valid = n_valid < N ? n_valid : N;
   g.K = K;
   g.epi = epi;
-  if (cfg < num_mma(w8)) {
-    const ConfigEntry& c = (w8 ? kW8Configs : kF16Configs)[cfg];
-    const int splits = choose_splits({c.bm, c.bn, c.bk, c.smem, c.split_k, false}, M, N, K, d, sk);
-    if (splits > 1) g.sk_ws = sk->ws, g.sk_counters = sk->counters;
-    c.launch(g, splits, dev, stream);
-  } else {
-    const sm90a::ConfigInfo c = sm90a::config(w8, cfg - num_mma(w8));
-    const int splits = choose_splits({c.bm, c.bn, 64, c.smem, c.split_k, true}, M, N, K, d, sk);
-    if (splits > 1) g.sk_ws = sk->ws, g.sk_counters = sk->counters;
-    // Decode-sized launches use PDL, as the mma.sync kernels do; the prefill ones stay plain (as measured).
-    sm90a::launch(w8, cfg - num_mma(w8), g, splits, M <= 64, dev, stream);
-  }
-}
-
-// 4-bit weights: the mma.sync W8 rule of the device's tuning row that needs no sm_90a code (the same geometry
-// ids), with its wave test and fallbacks; split-K as for the mma.sync tiles. Not measured on a GPU yet.
-int pick_w4(int M, int N, const DeviceInfo& d) {
-  const ArchTuning* t = &kTuning[sizeof(kTuning) / sizeof(kTuning[0]) - 1];
-  for (const ArchTuning& a : kTuning)
-    if (!a.needs_sm90a && ((a.cc_major == d.cc_major && a.cc_minor == d.cc_minor) || a.cc_major < 0)) {
-      t = &a;
-      break;
-    }
-  auto fits = [&](int id) { return id >= 0 && id < kNumW8Configs && kW4Configs[id].fits(d); };
-  auto ctas = [&](int id) { return kW4Configs[id].ctas(M, N); };
-  for (int i = 0; i < kMaxRules && t->w8[i].max_m > 0; ++i) {
-    const Rule& r = t->w8[i];
-    if (M > r.max_m) continue;
-    int id = r.cfg;
-    if (fits(id) && ctas(id) < (long)(r.min_waves * d.sms)) id = r.alt;
-    if (id == r.alt && r.small >= 0 && fits(r.alt) && ctas(r.alt) < d.sms) id = r.small;
-    if (!fits(id)) id = fits(r.cfg) ? r.cfg : fits(r.alt) ? r.alt : -1;
-    if (id >= 0) return id;
-    break;
-  }
-  int id = 0;
-  for (int i = 1; i < kNumW8Configs; ++i)
-    if (kW4Configs[i].smem < kW4Configs[id].smem) id = i;
-  return id;
-}
-
-std::atomic<int> g_w4_cfg{-1};  // tests: a fixed W4 configuration (-1: pick_w4)
-
-void run_w4(const half* A, int lda, const uint8_t* Wq, const half2* meta, int ldw, int M, int N, int n_valid, int K,
-            const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk) {
-  if (M <= 0 || N <= 0 || K <= 0 || n_valid <= 0) return;
-  int dev = 0;
-  const DeviceInfo& d = device_info(dev);
-  int cfg = g_w4_cfg.load(std::memory_order_relaxed);
-  if (cfg < 0 || cfg >= kNumW8Configs || !kW4Configs[cfg].fits(d)) cfg = pick_w4(M, N, d);
-  GemmArgs g;
-  g.A = A;
-  g.W = Wq;
-  g.scales = reinterpret_cast<const half*>(meta);
-  g.lda = lda;
-  g.ldw = ldw;
-  g.M = M;
-  g.N = N;
-  g.n_valid = n_valid < N ? n_valid : N;
-  g.K = K;
-  g.epi = epi;
-  const ConfigEntry& c = kW4Configs[cfg];
-  const int splits = choose_splits({c.bm, c.bn, c.bk, c.smem, c.split_k, false}, M, N, K, d, sk);
+  const int splits = splits_for(f, cfg, M, N, K, d, sk);
   if (splits > 1) g.sk_ws = sk->ws, g.sk_counters = sk->counters;
-  c.launch(g, splits, dev, stream);
+  if (cfg < num_mma(f))
+    mma_table(f)[cfg].launch(g, splits, dev, stream);
+  else  // decode-sized launches use PDL, as the mma.sync kernels do; the prefill ones stay plain (as measured)
+    sm90a::launch(f == WFmt::W8, cfg - num_mma(f), g, splits, M <= 64, dev, stream);
 }
+
+std::atomic<int> g_w4_cfg{-1};  // tests: a fixed 4-bit configuration (-1: the tuning's choice)
 
 }  // namespace
 
 void gemm_w4(const half* A, int lda, const uint8_t* Wq, const half2* meta, int ldw, int M, int N, int n_valid, int K,
              const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk) {
-  run_w4(A, lda, Wq, meta, ldw, M, N, n_valid, K, epi, stream, sk);
+  run(WFmt::W4, g_w4_cfg.load(std::memory_order_relaxed), A, lda, Wq, reinterpret_cast<const half*>(meta), ldw, M, N,
+      n_valid, K, epi, stream, sk);
 }
 
 void gemm_f16(const half* A, int lda, const half* W, int ldw, int M, int N, int n_valid, int K, const Epilogue& epi,
               cudaStream_t stream, const GemmSplitK* sk) {
-  run(false, -1, A, lda, W, nullptr, ldw, M, N, n_valid, K, epi, stream, sk);
+  run(WFmt::F16, -1, A, lda, W, nullptr, ldw, M, N, n_valid, K, epi, stream, sk);
 }
 
 void gemm_w8(const half* A, int lda, const int8_t* Wq, const half* scales, int ldw, int M, int N, int n_valid, int K,
              const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk) {
-  run(true, -1, A, lda, Wq, scales, ldw, M, N, n_valid, K, epi, stream, sk);
+  run(WFmt::W8, -1, A, lda, Wq, scales, ldw, M, N, n_valid, K, epi, stream, sk);
 }
 
 // Test / tuning hooks (declared by kernels/tests/test_gemm.cu; not part of the engine's interface).
 // Configuration ids are the flat ones: mma.sync first, then the sm_90a ones when linked.
 namespace gemm_detail {
-int num_configs(bool w8) { return num_all(w8); }
-const char* config_name(bool w8, int i) { return cfg_name(w8, i); }
-int config_smem(bool w8, int i) { return cfg_smem(w8, i); }
+int num_configs(bool w8) { return num_all(fmt_of(w8)); }
+const char* config_name(bool w8, int i) { return cfg_name(fmt_of(w8), i); }
+int config_smem(bool w8, int i) { return cfg_smem(fmt_of(w8), i); }
 bool config_fits(bool w8, int i) {
   int dev = 0;
-  return cfg_fits(w8, i, device_info(dev));
+  return cfg_fits(fmt_of(w8), i, device_info(dev));
 }
 int pick_config(bool w8, int M, int N) {
   int dev = 0;
-  return pick(w8, M, N, device_info(dev));
+  return pick(fmt_of(w8), M, N, device_info(dev));
 }
 const char* tuning_name() {
   int dev = 0;
-  return tuning_for(device_info(dev)).gpu;
+  return tuning_for(device_info(dev), WFmt::F16).gpu;
 }
 void run_config(bool w8, int cfg, const half* A, int lda, const void* W, const half* scales, int ldw, int M, int N,
                 int n_valid, int K, const Epilogue& epi, cudaStream_t stream, const GemmSplitK* sk) {
-  run(w8, cfg, A, lda, W, scales, ldw, M, N, n_valid, K, epi, stream, sk);
+  run(fmt_of(w8), cfg, A, lda, W, scales, ldw, M, N, n_valid, K, epi, stream, sk);
 }
 void set_splits(int n) { g_splits.store(n); }
 bool config_splits(bool w8, int i) {
-  if (i < 0 || i >= num_all(w8)) return false;
-  return i < num_mma(w8) ? (w8 ? kW8Configs : kF16Configs)[i].split_k : sm90a::config(w8, i - num_mma(w8)).split_k;
+  const WFmt f = fmt_of(w8);
+  if (i < 0 || i >= num_all(f)) return false;
+  return i < num_mma(f) ? mma_table(f)[i].split_k : wgmma_config(f, i).split_k;
 }
 void set_wgmma_min_m(int m) { g_wgmma_min_m.store(m); }
 void set_w4_config(int i) { g_w4_cfg.store(i); }
-int num_w4_configs() { return kNumW8Configs; }
-const char* w4_config_name(int i) { return i >= 0 && i < kNumW8Configs ? kW4Configs[i].name : "?"; }
+int num_w4_configs() { return num_all(WFmt::W4); }
+const char* w4_config_name(int i) { return i >= 0 && i < num_all(WFmt::W4) ? cfg_name(WFmt::W4, i) : "?"; }
 int pick_w4_config(int M, int N) {
   int dev = 0;
-  return pick_w4(M, N, device_info(dev));
+  return pick(WFmt::W4, M, N, device_info(dev));
 }
 // The split count run() would launch configuration i with, given the backend's workspace sizes.
 int chosen_splits(bool w8, int i, int M, int N, int K) {
-  if (i < 0 || i >= num_all(w8)) return 1;
+  const WFmt f = fmt_of(w8);
+  if (i < 0 || i >= num_all(f)) return 1;
   int dev = 0;
-  const DeviceInfo& d = device_info(dev);
   GemmSplitK sk;  // sizes only: choose_splits never dereferences the pointers
   sk.ws = reinterpret_cast<float*>(alignof(float));
   sk.counters = reinterpret_cast<int*>(alignof(int));
   sk.ws_bytes = kGemmSplitKBytes;
   sk.n_counters = kGemmSplitKCounters;
-  if (i < num_mma(w8)) {
-    const ConfigEntry& c = (w8 ? kW8Configs : kF16Configs)[i];
-    return choose_splits({c.bm, c.bn, c.bk, c.smem, c.split_k, false}, M, N, K, d, &sk);
-  }
-  const sm90a::ConfigInfo c = sm90a::config(w8, i - num_mma(w8));
-  return choose_splits({c.bm, c.bn, 64, c.smem, c.split_k, true}, M, N, K, d, &sk);
+  return splits_for(f, i, M, N, K, device_info(dev), &sk);
 }
 }  // namespace gemm_detail
 

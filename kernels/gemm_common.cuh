@@ -37,6 +37,17 @@ struct GemmArgs {
   bool pdl = false;
 };
 
+// Calls f(i) for this thread's items i = tid, tid + kThreads, ... below kCount: the CTA's kThreads threads
+// share kCount items (copies, conversions) evenly, unrolled, with no bound test when kThreads divides kCount.
+template <int kCount, int kThreads, class F>
+__device__ __forceinline__ void for_each_item(int tid, F&& f) {
+#pragma unroll
+  for (int j = 0; j < (kCount + kThreads - 1) / kThreads; ++j) {
+    const int i = tid + j * kThreads;
+    if (kCount % kThreads == 0 || i < kCount) f(i);
+  }
+}
+
 // A stage's activation tile: BM rows x C chunks, swizzled.
 template <class CF>
 __device__ __forceinline__ void load_stage_a(const GemmArgs& g, unsigned char* smem, int slot, int kt, int m0, int tid) {
@@ -45,17 +56,13 @@ __device__ __forceinline__ void load_stage_a(const GemmArgs& g, unsigned char* s
   {
     const uint32_t sA = smem_u32(st);
     constexpr int kChunks = CF::BM * CF::C;
-#pragma unroll
-    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
-      int i = tid + j * CF::kThreads;
-      if (kChunks % CF::kThreads == 0 || i < kChunks) {
-        int row = i / CF::C, ch = i % CF::C;
-        int grow = m0 + row;
-        bool ok = grow < g.M;
-        const half* src = g.A + (size_t)(ok ? grow : 0) * g.lda + k0 + ch * 8;
-        cp_async_16(sA + swz<CF::C>(row, ch) * 2, src, ok);
-      }
-    }
+    for_each_item<kChunks, CF::kThreads>(tid, [&](int i) {
+      int row = i / CF::C, ch = i % CF::C;
+      int grow = m0 + row;
+      bool ok = grow < g.M;
+      const half* src = g.A + (size_t)(ok ? grow : 0) * g.lda + k0 + ch * 8;
+      cp_async_16(sA + swz<CF::C>(row, ch) * 2, src, ok);
+    });
   }
 }
 
@@ -69,17 +76,13 @@ __device__ __forceinline__ void load_stage_w(const GemmArgs& g, unsigned char* s
     const uint32_t sW = smem_u32(st + CF::A_BYTES);
     const half* W = static_cast<const half*>(g.W);
     constexpr int kChunks = CF::BN * CF::C;
-#pragma unroll
-    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
-      int i = tid + j * CF::kThreads;
-      if (kChunks % CF::kThreads == 0 || i < kChunks) {
-        int row = i / CF::C, ch = i % CF::C;
-        int grow = n0 + row;
-        bool ok = grow < g.N;
-        const half* src = W + (size_t)(ok ? grow : 0) * g.ldw + k0 + ch * 8;
-        cp_async_16(sW + swz<CF::C>(row, ch) * 2, src, ok);
-      }
-    }
+    for_each_item<kChunks, CF::kThreads>(tid, [&](int i) {
+      int row = i / CF::C, ch = i % CF::C;
+      int grow = n0 + row;
+      bool ok = grow < g.N;
+      const half* src = W + (size_t)(ok ? grow : 0) * g.ldw + k0 + ch * 8;
+      cp_async_16(sW + swz<CF::C>(row, ch) * 2, src, ok);
+    });
   } else if constexpr (IsW4<CF>::value) {
     // 4-bit tile: BN rows x (BK / 32) 16-byte groups, linear; meta: the groups' (scale, bias) pairs, 8 bytes per
     // row (two 4-byte copies: cp.async takes 4, 8 or 16, and the emulator models 4 and 16).
@@ -87,60 +90,44 @@ __device__ __forceinline__ void load_stage_w(const GemmArgs& g, unsigned char* s
     const uint8_t* Wq = static_cast<const uint8_t*>(g.W);
     constexpr int C4 = CF::BK / 32;
     constexpr int kChunks = CF::BN * C4;
-#pragma unroll
-    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
-      int i = tid + j * CF::kThreads;
-      if (kChunks % CF::kThreads == 0 || i < kChunks) {
-        int row = i / C4, ch = i % C4;
-        int grow = n0 + row;
-        bool ok = grow < g.N;
-        const uint8_t* src = Wq + (size_t)(ok ? grow : 0) * (g.ldw / 2) + k0 / 2 + ch * 16;
-        cp_async_16(sQ + i * 16, src, ok);
-      }
-    }
+    for_each_item<kChunks, CF::kThreads>(tid, [&](int i) {
+      int row = i / C4, ch = i % C4;
+      int grow = n0 + row;
+      bool ok = grow < g.N;
+      const uint8_t* src = Wq + (size_t)(ok ? grow : 0) * (g.ldw / 2) + k0 / 2 + ch * 16;
+      cp_async_16(sQ + i * 16, src, ok);
+    });
     const uint32_t sS = smem_u32(st + CF::A_BYTES + CF::WST_BYTES);
     const int ldm = g.ldw / 32;
     constexpr int kPairs = CF::BN * C4;
-#pragma unroll
-    for (int j = 0; j < (kPairs + CF::kThreads - 1) / CF::kThreads; ++j) {
-      int i = tid + j * CF::kThreads;
-      if (kPairs % CF::kThreads == 0 || i < kPairs) {
-        int row = i / C4, ch = i % C4;
-        int grow = n0 + row;
-        bool ok = grow < g.N;
-        const half* src = g.scales + ((size_t)(ok ? grow : 0) * ldm + kt * C4 + ch) * 2;
-        cp_async_4(sS + i * 4, src, ok);
-      }
-    }
+    for_each_item<kPairs, CF::kThreads>(tid, [&](int i) {
+      int row = i / C4, ch = i % C4;
+      int grow = n0 + row;
+      bool ok = grow < g.N;
+      const half* src = g.scales + ((size_t)(ok ? grow : 0) * ldm + kt * C4 + ch) * 2;
+      cp_async_4(sS + i * 4, src, ok);
+    });
   } else {
     // int8 tile: BN rows x (BK / 16) chunks, linear; scales: one 4-byte pair per row.
     const uint32_t sQ = smem_u32(st + CF::A_BYTES);
     const int8_t* Wq = static_cast<const int8_t*>(g.W);
     constexpr int C8 = CF::BK / 16;
     constexpr int kChunks = CF::BN * C8;
-#pragma unroll
-    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
-      int i = tid + j * CF::kThreads;
-      if (kChunks % CF::kThreads == 0 || i < kChunks) {
-        int row = i / C8, ch = i % C8;
-        int grow = n0 + row;
-        bool ok = grow < g.N;
-        const int8_t* src = Wq + (size_t)(ok ? grow : 0) * g.ldw + k0 + ch * 16;
-        cp_async_16(sQ + i * 16, src, ok);
-      }
-    }
+    for_each_item<kChunks, CF::kThreads>(tid, [&](int i) {
+      int row = i / C8, ch = i % C8;
+      int grow = n0 + row;
+      bool ok = grow < g.N;
+      const int8_t* src = Wq + (size_t)(ok ? grow : 0) * g.ldw + k0 + ch * 16;
+      cp_async_16(sQ + i * 16, src, ok);
+    });
     const uint32_t sS = smem_u32(st + CF::A_BYTES + CF::WST_BYTES);
     const int lds = g.ldw / 32;
-#pragma unroll
-    for (int j = 0; j < (CF::BN + CF::kThreads - 1) / CF::kThreads; ++j) {
-      int row = tid + j * CF::kThreads;
-      if (CF::BN % CF::kThreads == 0 || row < CF::BN) {
-        int grow = n0 + row;
-        bool ok = grow < g.N;
-        const half* src = g.scales + (size_t)(ok ? grow : 0) * lds + kt * 2;
-        cp_async_4(sS + row * 4, src, ok);
-      }
-    }
+    for_each_item<CF::BN, CF::kThreads>(tid, [&](int row) {
+      int grow = n0 + row;
+      bool ok = grow < g.N;
+      const half* src = g.scales + (size_t)(ok ? grow : 0) * lds + kt * 2;
+      cp_async_4(sS + row * 4, src, ok);
+    });
   }
 }
 
@@ -179,64 +166,56 @@ __device__ __forceinline__ void dequant_stage(unsigned char* smem, int slot, hal
     const __half2* mt = reinterpret_cast<const __half2*>(st + CF::A_BYTES + CF::WST_BYTES);
     constexpr int C4 = CF::BK / 32;
     constexpr int kChunks = CF::BN * C4;
+    for_each_item<kChunks, CF::kThreads>(tid, [&](int i) {
+      int row = i / C4, ch = i % C4;  // group ch of the row: k = 32 ch .. 32 ch + 31 = fp16 chunks 4 ch .. 4 ch + 3
+      const uint4 w = *reinterpret_cast<const uint4*>(q + i * 16);
+      const __half2 sb = mt[i];
+      const __half2 sc = __low2half2(sb), bi = __high2half2(sb);
+      const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
+      uint32_t o[16];  // o[2 j], o[2 j + 1]: values 4 j .. 4 j + 3 (low nibbles); o[8 + ...]: 16 + 4 j ... (high)
 #pragma unroll
-    for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
-      int i = tid + j * CF::kThreads;
-      if (kChunks % CF::kThreads == 0 || i < kChunks) {
-        int row = i / C4, ch = i % C4;  // group ch of the row: k = 32 ch .. 32 ch + 31 = fp16 chunks 4 ch .. 4 ch + 3
-        const uint4 w = *reinterpret_cast<const uint4*>(q + i * 16);
-        const __half2 sb = mt[i];
-        const __half2 sc = __low2half2(sb), bi = __high2half2(sb);
-        const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
-        uint32_t o[16];  // o[2 j], o[2 j + 1]: values 4 j .. 4 j + 3 (low nibbles); o[8 + ...]: 16 + 4 j ... (high)
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj) {
-          __half2 a, b;
-          u4x4_to_half2x2(ws[jj] & 0x0F0F0F0Fu, sc, bi, a, b);
-          o[2 * jj] = *reinterpret_cast<uint32_t*>(&a);
-          o[2 * jj + 1] = *reinterpret_cast<uint32_t*>(&b);
-          u4x4_to_half2x2((ws[jj] >> 4) & 0x0F0F0F0Fu, sc, bi, a, b);
-          o[8 + 2 * jj] = *reinterpret_cast<uint32_t*>(&a);
-          o[8 + 2 * jj + 1] = *reinterpret_cast<uint32_t*>(&b);
-        }
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 4 * ch + c)) = make_uint4(o[4 * c], o[4 * c + 1], o[4 * c + 2], o[4 * c + 3]);
+      for (int jj = 0; jj < 4; ++jj) {
+        __half2 a, b;
+        u4x4_to_half2x2(ws[jj] & 0x0F0F0F0Fu, sc, bi, a, b);
+        o[2 * jj] = *reinterpret_cast<uint32_t*>(&a);
+        o[2 * jj + 1] = *reinterpret_cast<uint32_t*>(&b);
+        u4x4_to_half2x2((ws[jj] >> 4) & 0x0F0F0F0Fu, sc, bi, a, b);
+        o[8 + 2 * jj] = *reinterpret_cast<uint32_t*>(&a);
+        o[8 + 2 * jj + 1] = *reinterpret_cast<uint32_t*>(&b);
       }
-    }
+#pragma unroll
+      for (int c = 0; c < 4; ++c)
+        *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 4 * ch + c)) = make_uint4(o[4 * c], o[4 * c + 1], o[4 * c + 2], o[4 * c + 3]);
+    });
     return;
   }
   const int8_t* q = reinterpret_cast<const int8_t*>(st + CF::A_BYTES);
   const __half* sc = reinterpret_cast<const __half*>(st + CF::A_BYTES + CF::WST_BYTES);
   constexpr int C8 = CF::BK / 16;
   constexpr int kChunks = CF::BN * C8;
+  for_each_item<kChunks, CF::kThreads>(tid, [&](int i) {
+    int row = i / C8, ch = i % C8;  // 16 int8 at k = 16 ch .. 16 ch + 15: group (16 ch) / 32 = ch / 2
+    uint4 w = *reinterpret_cast<const uint4*>(q + i * 16);
+    __half2 s = __half2half2(sc[row * (CF::BK / 32) + (ch >> 1)]);
+    __half2 h[8];
+    i8x4_to_half2x2(w.x, h[0], h[1]);
+    i8x4_to_half2x2(w.y, h[2], h[3]);
+    i8x4_to_half2x2(w.z, h[4], h[5]);
+    i8x4_to_half2x2(w.w, h[6], h[7]);
 #pragma unroll
-  for (int j = 0; j < (kChunks + CF::kThreads - 1) / CF::kThreads; ++j) {
-    int i = tid + j * CF::kThreads;
-    if (kChunks % CF::kThreads == 0 || i < kChunks) {
-      int row = i / C8, ch = i % C8;  // 16 int8 at k = 16 ch .. 16 ch + 15: group (16 ch) / 32 = ch / 2
-      uint4 w = *reinterpret_cast<const uint4*>(q + i * 16);
-      __half2 s = __half2half2(sc[row * (CF::BK / 32) + (ch >> 1)]);
-      __half2 h[8];
-      i8x4_to_half2x2(w.x, h[0], h[1]);
-      i8x4_to_half2x2(w.y, h[2], h[3]);
-      i8x4_to_half2x2(w.z, h[4], h[5]);
-      i8x4_to_half2x2(w.w, h[6], h[7]);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) h[e] = __hmul2(h[e], s);
-      uint4 o0, o1;
-      o0.x = *reinterpret_cast<uint32_t*>(&h[0]);
-      o0.y = *reinterpret_cast<uint32_t*>(&h[1]);
-      o0.z = *reinterpret_cast<uint32_t*>(&h[2]);
-      o0.w = *reinterpret_cast<uint32_t*>(&h[3]);
-      o1.x = *reinterpret_cast<uint32_t*>(&h[4]);
-      o1.y = *reinterpret_cast<uint32_t*>(&h[5]);
-      o1.z = *reinterpret_cast<uint32_t*>(&h[6]);
-      o1.w = *reinterpret_cast<uint32_t*>(&h[7]);
-      *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 2 * ch)) = o0;
-      *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 2 * ch + 1)) = o1;
-    }
-  }
+    for (int e = 0; e < 8; ++e) h[e] = __hmul2(h[e], s);
+    uint4 o0, o1;
+    o0.x = *reinterpret_cast<uint32_t*>(&h[0]);
+    o0.y = *reinterpret_cast<uint32_t*>(&h[1]);
+    o0.z = *reinterpret_cast<uint32_t*>(&h[2]);
+    o0.w = *reinterpret_cast<uint32_t*>(&h[3]);
+    o1.x = *reinterpret_cast<uint32_t*>(&h[4]);
+    o1.y = *reinterpret_cast<uint32_t*>(&h[5]);
+    o1.z = *reinterpret_cast<uint32_t*>(&h[6]);
+    o1.w = *reinterpret_cast<uint32_t*>(&h[7]);
+    *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 2 * ch)) = o0;
+    *reinterpret_cast<uint4*>(X + swz<CF::C>(row, 2 * ch + 1)) = o1;
+  });
 }
 
 // Split-K merge (gridDim.z = S > 1 CTAs per output tile, each over its own share of K). Every split stores its
