@@ -3,6 +3,7 @@
 // the 7B decode shapes for batches of 1..32 tokens: the numbers that decide which one the backend uses.
 #include "../kernels.h"
 #include "harness.cuh"
+#include "matrix_check.cuh"
 
 namespace l2::kernels::gemv_detail {
 void set_rows(int f16_rows, int w8_rows);  // rows per GEMV block (2 or 4; 0 = the kernel's defaults)
@@ -128,39 +129,6 @@ Weights make_weights(Rng& rng, bool w8, int N, int n_valid, int K, int dim) {
   return m;
 }
 
-// The output [T][N] before a matrix kernel runs: the residual it adds to (add), else poison.
-std::vector<float> initial_out(Rng& rng, int T, int N, bool add) {
-  std::vector<float> pre((size_t)T * N);
-  for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
-  return pre;
-}
-
-k::Epilogue store_or_add(float* out, int N, bool add) {
-  k::Epilogue e;
-  e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
-  e.out = out;
-  e.ldo = N;
-  return e;
-}
-
-// Scores the output against pre + dot(t, n) (add) or dot(t, n): columns >= n_valid must be untouched,
-// and a stored value must have been written.
-template <class Dot>
-ErrStats score_out(const std::vector<float>& out, const std::vector<float>& pre, int T, int N, int n_valid, bool add, Dot dot) {
-  ErrStats st;
-  for (int t = 0; t < T; ++t)
-    for (int n = 0; n < N; ++n) {
-      const float o = out[(size_t)t * N + n];
-      if (n >= n_valid) {
-        if (fbits(o) != fbits(pre[(size_t)t * N + n])) ++st.clobbered;
-        continue;
-      }
-      if (!add && fbits(o) == kPoisonF) ++st.unwritten;
-      else st.add(o, (add ? pre[(size_t)t * N + n] : 0.0) + dot(t, n));
-    }
-  return st;
-}
-
 void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, int T, bool add, const char* tag = "") {
   Rng rng(ctx.next_seed());
   const Weights m = make_weights(rng, w8, N, n_valid, K, K);
@@ -189,39 +157,20 @@ void check_shape(Context& ctx, Kern kern, bool w8, int N, int n_valid, int K, in
 // weights [dim]; reference: sum_k W[n][k] * x[t][k] * g[k] * rsqrt(mean_k<dim x[t][k]^2 + eps), in double.
 void check_norm_shape(Context& ctx, bool w8, int N, int n_valid, int K, int dim, int T, bool add) {
   Rng rng(ctx.next_seed());
-  const float eps = 1e-5f;
   const Weights m = make_weights(rng, w8, N, n_valid, K, dim);
-  const std::vector<float>& wf = m.wf;
-  std::vector<float> x((size_t)T * K, 0.f), g((size_t)dim);
-  for (int t = 0; t < T; ++t)
-    for (int kk = 0; kk < dim; ++kk) x[(size_t)t * K + kk] = rng.sym(3.f) * (t + 1);  // rows of different scales
-  for (auto& v : g) v = 0.5f + rng.uniform();
+  const NormRows x = make_norm_rows(rng, T, K, dim);
   const std::vector<float> pre = initial_out(rng, T, N, add);
-  DevBuf<float> dx(x.size()), dg(g.size()), dout(pre.size());
-  dx.upload(x);
-  dg.upload(g);
+  DevBuf<float> dout(pre.size());
   dout.upload(pre);
   const k::Epilogue e = store_or_add(dout.p, N, add);
-  k::NormInput in;
-  in.x = dx.p;
-  in.ldx = K;
-  in.w = dg.p;
-  in.dim = dim;
-  in.eps = eps;
-  if (w8) k::gemv_w8_norm(in, m.dq.p, m.ds.p, K, T, N, n_valid, K, e, ctx.stream);
-  else k::gemv_f16_norm(in, m.dw.p, K, T, N, n_valid, K, e, ctx.stream);
+  if (w8) k::gemv_w8_norm(x.in, m.dq.p, m.ds.p, K, T, N, n_valid, K, e, ctx.stream);
+  else k::gemv_f16_norm(x.in, m.dw.p, K, T, N, n_valid, K, e, ctx.stream);
   CK(cudaStreamSynchronize(ctx.stream));
   CK(cudaGetLastError());
-  std::vector<double> r((size_t)T);  // each row's 1 / rms
-  for (int t = 0; t < T; ++t) {
-    double ss = 0;
-    for (int kk = 0; kk < dim; ++kk) ss += (double)x[(size_t)t * K + kk] * x[(size_t)t * K + kk];
-    r[(size_t)t] = 1.0 / std::sqrt(ss / dim + eps);
-  }
   ErrStats st = score_out(dout.download(), pre, T, N, n_valid, add, [&](int t, int n) {
     double dot = 0;
-    for (int kk = 0; kk < dim; ++kk) dot += (double)wf[(size_t)n * K + kk] * x[(size_t)t * K + kk] * g[(size_t)kk];
-    return dot * r[(size_t)t];
+    for (int kk = 0; kk < dim; ++kk) dot += (double)m.wf[(size_t)n * K + kk] * x.ref(K, t, kk);
+    return dot;
   });
   ctx.check(fmt("gemv+norm %s T%d N%d/%d K%d dim%d %s", w8 ? "w8" : "f16", T, n_valid, N, K, dim, add ? "add" : "store"), st.ok(2e-3),
             st.rel_l2(), st.max_norm(), st.detail());

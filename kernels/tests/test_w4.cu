@@ -4,6 +4,7 @@
 // 7B decode shapes (the numbers that decide whether a Q4 file runs 4-bit or int8 on a GPU).
 #include "../kernels.h"
 #include "harness.cuh"
+#include "matrix_check.cuh"
 
 namespace l2::kernels::gemv_detail {
 void set_rows_w4(int rows);  // rows per 4-bit GEMV block (2, 4 or 8; 0 = the defaults)
@@ -60,28 +61,6 @@ W4 make_w4(Rng& rng, int N, int n_valid, int K, int dim) {
   return w;
 }
 
-std::vector<float> initial(Rng& rng, int T, int N, bool add) {
-  std::vector<float> pre((size_t)T * N);
-  for (auto& v : pre) v = add ? rng.sym(1.f) : poison_f();
-  return pre;
-}
-
-template <class Dot>
-ErrStats score(const std::vector<float>& out, const std::vector<float>& pre, int T, int N, int n_valid, bool add, Dot dot) {
-  ErrStats st;
-  for (int t = 0; t < T; ++t)
-    for (int n = 0; n < N; ++n) {
-      const float o = out[(size_t)t * N + n];
-      if (n >= n_valid) {
-        if (fbits(o) != fbits(pre[(size_t)t * N + n])) ++st.clobbered;
-        continue;
-      }
-      if (!add && fbits(o) == kPoisonF) ++st.unwritten;
-      else st.add(o, (add ? pre[(size_t)t * N + n] : 0.0) + dot(t, n));
-    }
-  return st;
-}
-
 enum class Kern { Gemv, Gemm };
 
 void check(Context& ctx, Kern kern, int N, int n_valid, int K, int T, bool add, const std::string& tag) {
@@ -89,20 +68,17 @@ void check(Context& ctx, Kern kern, int N, int n_valid, int K, int T, bool add, 
   const W4 w = make_w4(rng, N, n_valid, K, K);
   std::vector<half> a((size_t)T * K);
   for (auto& v : a) v = f2h(rng.sym(1.f));
-  const std::vector<float> pre = initial(rng, T, N, add);
+  const std::vector<float> pre = initial_out(rng, T, N, add);
   DevBuf<half> da(a.size());
   DevBuf<float> dout(pre.size());
   da.upload(a);
   dout.upload(pre);
-  k::Epilogue e;
-  e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
-  e.out = dout.p;
-  e.ldo = N;
+  const k::Epilogue e = store_or_add(dout.p, N, add);
   if (kern == Kern::Gemv) k::gemv_w4(da.p, K, w.dq.p, w.m(), K, T, N, n_valid, K, e, ctx.stream);
   else k::gemm_w4(da.p, K, w.dq.p, w.m(), K, T, N, n_valid, K, e, ctx.stream);
   CK(cudaStreamSynchronize(ctx.stream));
   CK(cudaGetLastError());
-  const ErrStats st = score(dout.download(), pre, T, N, n_valid, add, [&](int t, int n) {
+  const ErrStats st = score_out(dout.download(), pre, T, N, n_valid, add, [&](int t, int n) {
     double dot = 0;
     for (int kk = 0; kk < K; ++kk) dot += w.wf[(size_t)n * K + kk] * h2f(a[(size_t)t * K + kk]);
     return dot;
@@ -114,40 +90,19 @@ void check(Context& ctx, Kern kern, int N, int n_valid, int K, int T, bool add, 
 // gemv_w4_norm: the input is rmsnorm(x[t]) * g, taken from fp32 rows (columns >= dim zero).
 void check_norm(Context& ctx, int N, int n_valid, int K, int dim, int T, bool add, const std::string& tag) {
   Rng rng(ctx.next_seed());
-  const float eps = 1e-5f;
   const W4 w = make_w4(rng, N, n_valid, K, dim);
-  std::vector<float> x((size_t)T * K, 0.f), g((size_t)dim);
-  for (int t = 0; t < T; ++t)
-    for (int kk = 0; kk < dim; ++kk) x[(size_t)t * K + kk] = rng.sym(3.f) * (t + 1);
-  for (auto& v : g) v = 0.5f + rng.uniform();
-  const std::vector<float> pre = initial(rng, T, N, add);
-  DevBuf<float> dx(x.size()), dg(g.size()), dout(pre.size());
-  dx.upload(x);
-  dg.upload(g);
+  const NormRows x = make_norm_rows(rng, T, K, dim);
+  const std::vector<float> pre = initial_out(rng, T, N, add);
+  DevBuf<float> dout(pre.size());
   dout.upload(pre);
-  k::Epilogue e;
-  e.kind = add ? k::Epi::AddF32 : k::Epi::StoreF32;
-  e.out = dout.p;
-  e.ldo = N;
-  k::NormInput in;
-  in.x = dx.p;
-  in.ldx = K;
-  in.w = dg.p;
-  in.dim = dim;
-  in.eps = eps;
-  k::gemv_w4_norm(in, w.dq.p, w.m(), K, T, N, n_valid, K, e, ctx.stream);
+  const k::Epilogue e = store_or_add(dout.p, N, add);
+  k::gemv_w4_norm(x.in, w.dq.p, w.m(), K, T, N, n_valid, K, e, ctx.stream);
   CK(cudaStreamSynchronize(ctx.stream));
   CK(cudaGetLastError());
-  std::vector<double> r((size_t)T);
-  for (int t = 0; t < T; ++t) {
-    double ss = 0;
-    for (int kk = 0; kk < dim; ++kk) ss += (double)x[(size_t)t * K + kk] * x[(size_t)t * K + kk];
-    r[(size_t)t] = 1.0 / std::sqrt(ss / dim + eps);
-  }
-  const ErrStats st = score(dout.download(), pre, T, N, n_valid, add, [&](int t, int n) {
+  const ErrStats st = score_out(dout.download(), pre, T, N, n_valid, add, [&](int t, int n) {
     double dot = 0;
-    for (int kk = 0; kk < dim; ++kk) dot += w.wf[(size_t)n * K + kk] * x[(size_t)t * K + kk] * g[(size_t)kk];
-    return dot * r[(size_t)t];
+    for (int kk = 0; kk < dim; ++kk) dot += w.wf[(size_t)n * K + kk] * x.ref(K, t, kk);
+    return dot;
   });
   ctx.check(fmt("gemv+norm w4%s T%d N%d/%d K%d dim%d %s", tag.c_str(), T, n_valid, N, K, dim, add ? "add" : "store"), st.ok(2e-3), st.rel_l2(),
             st.max_norm(), st.detail());
