@@ -140,7 +140,7 @@ export interface GenerationPlan {
   park?: () => boolean;
 }
 
-const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
+const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "cpuActivations", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
   "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup", "draft", "contextShift",
@@ -210,10 +210,11 @@ export class Llama2 {
     if (typeof modelPath !== "string" || modelPath === "") throw new InvalidArgumentError("path", "expected a model path");
     if (typeof options !== "object" || options === null) throw new InvalidArgumentError("options", "expected an object");
     checkKeys(options, LOAD_KEYS, "options");
-    const { device = "auto", dtype = "auto", kvCacheType = "auto", signal, onProgress, tokenizerPath } = options;
+    const { device = "auto", dtype = "auto", kvCacheType = "auto", cpuActivations = "f32", signal, onProgress, tokenizerPath } = options;
     if (!["auto", "cpu", "cuda"].includes(device)) throw new InvalidArgumentError("device", `expected 'auto', 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
     if (!["auto", "f32", "f16", "bf16", "int8", "q4"].includes(dtype)) throw new InvalidArgumentError("dtype", `expected auto, f32, f16, bf16, int8 or q4, got ${JSON.stringify(dtype)}`);
     if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${JSON.stringify(kvCacheType)}`);
+    if (!["f32", "int8"].includes(cpuActivations)) throw new InvalidArgumentError("cpuActivations", `expected f32 or int8, got ${JSON.stringify(cpuActivations)}`);
     checkInt(options.deviceIndex, "deviceIndex", 0, 64);
     checkInt(options.contextLength, "contextLength", 1, 1 << 20);
     checkInt(options.maxSequences, "maxSequences", 1, 4096);
@@ -244,6 +245,7 @@ export class Llama2 {
           contextLength: options.contextLength ?? 0,
           maxSequences: options.maxSequences ?? 4,
           threads: options.threads ?? 0,
+          cpuActivations,
         },
         onProgress
           ? (p) => {

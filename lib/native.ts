@@ -88,6 +88,7 @@ export interface NativeLoadOptions {
   contextLength?: number;
   maxSequences?: number;
   threads?: number;
+  cpuActivations?: string;
 }
 
 export interface NativeProgress {
@@ -139,6 +140,8 @@ export interface OpBenchSpec {
   batch?: number;
   threads?: number;
   deviceIndex?: number;
+  /** cpu matvec: "f32" | "int8" (LoadOptions.cpuActivations). */
+  cpuActivations?: string;
 }
 export interface NativeOpBench {
   description: string;
@@ -147,6 +150,8 @@ export interface NativeOpBench {
   flops: number;
   /** Runs the op `iters` times back to back (synchronously); the seconds they took (GPU: CUDA events). */
   run(iters?: number): number;
+  /** The last run's result where the op has one (the CPU matvec's [batch][rows]); empty otherwise. */
+  output(): Float32Array;
   dispose(): void;
 }
 

@@ -18,6 +18,8 @@ export type WeightDtype = "auto" | "f32" | "f16" | "bf16" | "int8" | "q4";
  * (or sequences) per GPU, at a small accuracy cost.
  */
 export type KvCacheType = "auto" | "int8";
+/** How the CPU backend feeds int8 / 4-bit matrices (LoadOptions.cpuActivations). */
+export type CpuActivations = "f32" | "int8";
 
 export interface LoadOptions {
   device?: Device;
@@ -34,6 +36,13 @@ export interface LoadOptions {
    * `llama2 doctor` prints it).
    */
   threads?: number;
+  /**
+   * CPU backend: how int8 and 4-bit matrices take their input. "f32" (default): every weight is widened to
+   * fp32, the reference arithmetic. "int8": each token's input is rounded to int8 per 32 values (as
+   * llama.cpp's CPU backend does) and the blocks are dotted in integers: about 1.4-1.8x faster decoding, and
+   * logits within about 1% of "f32"'s. fp16 / fp32 matrices, and the CUDA backend, are not affected.
+   */
+  cpuActivations?: CpuActivations;
   /** Tokenizer file (.model) for formats that do not carry one (llama2.c .bin, HF dir without it). */
   tokenizerPath?: string;
   /** Loading progress (bytes read / tensors uploaded). */

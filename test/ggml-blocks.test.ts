@@ -12,7 +12,7 @@ import { native } from "../lib/native.js";
 import type { LoadOptions, LoadProgress } from "../lib/types.js";
 import { LOAD_ONLY, fx, mixedTypes, writeBlockModels, type TypeOf } from "./helpers/block-models.js";
 import { Scratch, ggufLayout, ggufTensor } from "./helpers/corrupt.js";
-import { lastLogits, relErr } from "./helpers/logits.js";
+import { expectStepsAndBatchesAgree, lastLogits, relErr } from "./helpers/logits.js";
 import { projectRoot } from "./helpers/shared.js";
 
 const scratch = new Scratch("llama2-ggml-blocks-");
@@ -97,17 +97,7 @@ describe("GGUF models of 4-6 bit blocks", () => {
     const m = await Llama2.load(quant, { device: "cpu", threads: 2, maxSequences: 3 });
     try {
       expect(m.info.dtype).toBe("q4+int8");
-      const { trace } = await import("../lib/self-check.js");
-      const feed = [128, 7, 250, 64];
-      const stepped = await trace(m, PROMPT, feed);  // one token per step: the fused path
-      const prefilled = await trace(m, [...PROMPT, ...feed], []);  // 14 tokens at once: the widening path
-      expect(same(stepped.at(-1)!, prefilled[0]!)).toBe(true);
-      const greedy = { temperature: 0, stopOnEos: false, maxTokens: 12 } as const;
-      const prompts = [PROMPT, [1, 5, 9], [1, 200, 3, 7]];
-      const alone = [];
-      for (const p of prompts) alone.push((await m.generate(p, greedy).result).tokenIds);
-      const together = await Promise.all(prompts.map((p) => m.generate(p, greedy).result));
-      expect(together.map((r) => r.tokenIds)).toEqual(alone);
+      await expectStepsAndBatchesAgree(m, PROMPT, [128, 7, 250, 64]);  // one token per step, then all at once; alone, then batched
     } finally {
       await m.dispose();
     }

@@ -9,7 +9,7 @@ import { Llama2Error } from "../errors.js";
 import { Llama2 } from "../llama2.js";
 import { detectNvidiaDriver, native } from "../native.js";
 import { Rng } from "../rng.js";
-import type { Device, KvCacheType, WeightDtype } from "../types.js";
+import type { CpuActivations, Device, KvCacheType, WeightDtype } from "../types.js";
 import { BENCH_SCHEMA, engineSwitches, stat, type BenchResult, type DecodeFigure, type MachineInfo, type PrefillFigure, type Stat } from "./result.js";
 
 export interface BenchOptions {
@@ -25,6 +25,7 @@ export interface BenchOptions {
   reps: number;
   contextLength?: number;
   threads?: number;
+  cpuActivations?: CpuActivations;
   /** Skip the cold-cache load (dropping the page cache needs the file not to be mapped elsewhere). */
   skipCold?: boolean;
   preset?: string;
@@ -41,7 +42,8 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   // sequence needs only its prompt + generated tokens), not for maxBatch full contexts.
   const decodeTokens = maxBatch * (o.decodePrompt + o.gen + 32);
   const maxSequences = Math.max(1, Math.ceil(decodeTokens / context));
-  const loadOpts = { device: o.device, dtype: o.dtype, kvCacheType: o.kvCacheType ?? "auto", contextLength: context, maxSequences, threads: o.threads };
+  const loadOpts = { device: o.device, dtype: o.dtype, kvCacheType: o.kvCacheType ?? "auto", contextLength: context, maxSequences, threads: o.threads,
+    ...(o.cpuActivations && { cpuActivations: o.cpuActivations }) };
 
   // Load times. Cold: drop the files from the page cache first (works without root for unmapped files).
   const files = modelFiles(o.model);

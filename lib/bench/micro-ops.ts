@@ -32,7 +32,10 @@ export interface OpCase {
  * The ops of one decode step of `shape` as the engine runs them (Q/K/V fused, gate/up fused), for
  * each weight dtype, plus attention at each context length, for `batch` sequences.
  */
-export function opCases(shape: OpShape, o: { device: "cpu" | "cuda"; dtypes: ("f16" | "int8" | "f32" | "q4")[]; contexts: number[]; batch?: number; threads?: number }): OpCase[] {
+export function opCases(
+  shape: OpShape,
+  o: { device: "cpu" | "cuda"; dtypes: ("f16" | "int8" | "f32" | "q4")[]; contexts: number[]; batch?: number; threads?: number; cpuActivations?: "f32" | "int8" },
+): OpCase[] {
   const batch = o.batch ?? 1;
   const { dim, ffn, vocab, heads, kvHeads, headDim } = shape;
   const kvDim = kvHeads * headDim;
@@ -45,9 +48,15 @@ export function opCases(shape: OpShape, o: { device: "cpu" | "cuda"; dtypes: ("f
   ];
   const common = { device: o.device, batch, ...(o.threads !== undefined && { threads: o.threads }) };
   const cases: OpCase[] = [];
+  // int8 activations change only the CPU's int8 / 4-bit matvecs (their names say so).
+  const int8Act = o.device === "cpu" && o.cpuActivations === "int8";
   for (const dtype of o.dtypes) {
+    const act = int8Act && (dtype === "int8" || dtype === "q4");
     for (const [m, rows, cols] of mats) {
-      cases.push({ name: `matvec ${m} ${rows}x${cols} ${dtype}${batch > 1 ? ` batch ${batch}` : ""}`, spec: { op: "matvec", dtype, rows, cols, ...common } });
+      cases.push({
+        name: `matvec ${m} ${rows}x${cols} ${dtype}${act ? " int8-act" : ""}${batch > 1 ? ` batch ${batch}` : ""}`,
+        spec: { op: "matvec", dtype, rows, cols, ...common, ...(act && { cpuActivations: "int8" }) },
+      });
     }
   }
   for (const context of o.contexts) {

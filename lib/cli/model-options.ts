@@ -11,7 +11,7 @@ import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
 import { StopMatcher } from "../stop.js";
-import type { Device, GenerateOptions, JsonSchema, KvCacheType, LoadOptions, ResponseFormat, WeightDtype } from "../types.js";
+import type { CpuActivations, Device, GenerateOptions, JsonSchema, KvCacheType, LoadOptions, ResponseFormat, WeightDtype } from "../types.js";
 
 export const LOAD_FLAGS: FlagSpecs = {
   model: { type: "string", alias: "m", description: "model: Hugging Face directory, .gguf, llama2.c .bin, or demo (the built-in demo model)" },
@@ -20,6 +20,11 @@ export const LOAD_FLAGS: FlagSpecs = {
   "kv-cache": { type: "string", description: "KV cache precision: auto (CPU fp32, CUDA fp16) or int8 (half of fp16's memory)", default: "auto" },
   context: { type: "int", description: "context length in tokens (default: the model's, at most 4096)" },
   threads: { type: "int", description: "CPU threads (default: the physical cores usable, see llama2 doctor)" },
+  "cpu-activations": {
+    type: "string",
+    description: "CPU: f32 (exact) or int8 (int8 / 4-bit matrices take int8-rounded inputs, as llama.cpp: faster decoding)",
+    default: "f32",
+  },
   tokenizer: { type: "string", description: "tokenizer.model, for models that do not carry one" },
   quiet: { type: "boolean", alias: "q", description: "nothing on stderr but errors" },
 };
@@ -95,6 +100,7 @@ const FLAG_OF: Record<string, string> = {
   kvCacheType: "--kv-cache",
   contextLength: "--context",
   threads: "--threads",
+  cpuActivations: "--cpu-activations",
   tokenizerPath: "--tokenizer",
   maxTokens: "--max-tokens",
   temperature: "--temperature",
@@ -163,7 +169,10 @@ export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOption
   if (context !== undefined && (context < 1 || context > 1 << 20)) throw new InvalidArgumentError("--context", `expected 1..${1 << 20}, got ${context}`);
   const threads = flags.threads as number | undefined;
   if (threads !== undefined && (threads < 0 || threads > 1024)) throw new InvalidArgumentError("--threads", `expected 0..1024, got ${threads}`);
+  const cpuActivations = (flags.cpuActivations as string | undefined) ?? "f32";
+  if (!["f32", "int8"].includes(cpuActivations)) throw new InvalidArgumentError("--cpu-activations", `expected f32 or int8, got '${cpuActivations}'`);
   const opts: LoadOptions = { device: device as Device, dtype: dtype as WeightDtype };
+  if (cpuActivations !== "f32") opts.cpuActivations = cpuActivations as CpuActivations;
   if (kvCache !== "auto") opts.kvCacheType = kvCache as KvCacheType;
   if (context !== undefined) opts.contextLength = context;
   if (threads !== undefined) opts.threads = threads;

@@ -25,6 +25,7 @@ export const loadModel: LoadBackend = async (spec, onProgress, signal) => {
     ...(spec.deviceIndex !== undefined && { deviceIndex: spec.deviceIndex }),
     dtype: spec.dtype,
     kvCacheType: spec.kvCacheType,
+    ...(spec.cpuActivations && { cpuActivations: spec.cpuActivations }),
     ...(spec.contextLength !== undefined && { contextLength: spec.contextLength }),
     ...(spec.maxSequences !== undefined && { maxSequences: spec.maxSequences }),
     onProgress,

@@ -19,8 +19,10 @@ export interface JobSpec {
   model: string;
   device: "auto" | "cpu" | "cuda";
   deviceIndex?: number;
-  dtype: "auto" | "f16" | "int8";
+  dtype: "auto" | "f16" | "int8" | "q4";
   kvCacheType: "auto" | "int8";
+  /** CPU backend: int8 / 4-bit matrices take int8-rounded inputs (LoadOptions.cpuActivations). */
+  cpuActivations?: "int8";
   contextLength?: number;
   /** Full-context sequences the KV cache holds (more shorter ones fit; default 4). */
   maxSequences?: number;
@@ -112,8 +114,11 @@ export function parseRunSpec(flags: Flags): JobSpec {
   if (name !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name))
     throw new InvalidArgumentError("--name", "1-64 characters: letters, digits, '.', '_' or '-'");
   const dtype = str(flags, "dtype") ?? "auto";
-  if (dtype !== "auto" && dtype !== "f16" && dtype !== "int8")
-    throw new InvalidArgumentError("--dtype", `expected auto, f16 or int8, got '${dtype}'`);
+  if (dtype !== "auto" && dtype !== "f16" && dtype !== "int8" && dtype !== "q4")
+    throw new InvalidArgumentError("--dtype", `expected auto, f16, int8 or q4, got '${dtype}'`);
+  const cpuActivations = str(flags, "cpuActivations") ?? "f32";
+  if (cpuActivations !== "f32" && cpuActivations !== "int8")
+    throw new InvalidArgumentError("--cpu-activations", `expected f32 or int8, got '${cpuActivations}'`);
   const kvCacheType = str(flags, "kvCache") ?? "auto";
   if (kvCacheType !== "auto" && kvCacheType !== "int8") throw new InvalidArgumentError("--kv-cache", `expected auto or int8, got '${kvCacheType}'`);
   const host = str(flags, "host") ?? "127.0.0.1";
@@ -134,6 +139,7 @@ export function parseRunSpec(flags: Flags): JobSpec {
     ...parseDevice(str(flags, "device") ?? "auto"),
     dtype,
     kvCacheType,
+    ...(cpuActivations === "int8" && { cpuActivations }),
     ...(flags.context !== undefined && { contextLength: range(flags, "context", 16, 1 << 20, { int: true }) }),
     ...(flags.maxSequences !== undefined && { maxSequences: range(flags, "maxSequences", 1, 4096, { int: true }) }),
     ...(draftRaw !== undefined && { draftModel: resolveModelRef(draftRaw, "--draft-model") }),

@@ -415,7 +415,8 @@ class LoadWorker : public Napi::AsyncWorker {
   Failure failure_;
 };
 
-// loadModel(path, { device, deviceIndex, dtype, kvCacheType, contextLength, maxSequences, threads }, onProgress?, cancelFlag?: Int32Array)
+// loadModel(path, { device, deviceIndex, dtype, kvCacheType, contextLength, maxSequences, threads, cpuActivations }, onProgress?,
+//           cancelFlag?: Int32Array)
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {
@@ -431,6 +432,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
       if (!get("contextLength").IsUndefined()) o.context_length = int_arg(get("contextLength"), "contextLength");
       if (!get("maxSequences").IsUndefined()) o.max_sequences = int_arg(get("maxSequences"), "maxSequences");
       if (!get("threads").IsUndefined()) o.threads = int_arg(get("threads"), "threads");
+      if (!get("cpuActivations").IsUndefined()) o.cpu_activations = str_arg(get("cpuActivations"), "cpuActivations");
     }
     Napi::Function progress;
     if (info.Length() > 2 && info[2].IsFunction()) progress = info[2].As<Napi::Function>();
@@ -492,7 +494,7 @@ Napi::Value CudaCopyBandwidth(const Napi::CallbackInfo& info) {
 }
 
 // createOpBench({op, device, dtype, rows, cols, context, heads, kvHeads, headDim, batch, threads,
-// deviceIndex}) -> {description, bytes, flops, run(iters) -> seconds, dispose()}: one native op at a
+// deviceIndex, cpuActivations}) -> {description, bytes, flops, run(iters) -> seconds, dispose()}: one native op at a
 // real shape for micro-benchmarks (lib/bench/micro-ops.ts). run() is synchronous: it blocks this thread.
 Napi::Value CreateOpBench(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -514,6 +516,7 @@ Napi::Value CreateOpBench(const Napi::CallbackInfo& info) {
     spec.batch = opt_int("batch", 1);
     spec.threads = opt_int("threads", 0);
     spec.device_index = opt_int("deviceIndex", 0);
+    spec.cpu_activations = opt_str("cpuActivations", "f32");
     std::shared_ptr<l2::OpBench> bench = l2::make_op_bench(spec);
     Napi::Object r = Napi::Object::New(env);
     r.Set("description", bench->description);
@@ -526,6 +529,17 @@ Napi::Value CreateOpBench(const Napi::CallbackInfo& info) {
               int iters = ci[0].IsUndefined() ? 1 : int_arg(ci[0], "iters");
               if (iters < 1 || iters > 1000000) l2::fail(l2::code::kInvalidArgument, "iters: expected 1..1000000");
               return Napi::Number::New(ci.Env(), (*holder)->run(iters));
+            });
+          }));
+    // output() -> Float32Array: the last run's result (the CPU matvec's [batch][rows]; empty otherwise), so
+    // tests can compare code paths (the scalar against the AVX2 one) on the same inputs.
+    r.Set("output", Napi::Function::New(env, [holder](const Napi::CallbackInfo& ci) -> Napi::Value {
+            return guarded(ci.Env(), [&]() -> Napi::Value {
+              if (!*holder) l2::fail(l2::code::kDisposed, "this op bench was disposed");
+              const std::vector<float> out = (*holder)->output();
+              Napi::Float32Array a = Napi::Float32Array::New(ci.Env(), out.size());
+              if (!out.empty()) std::memcpy(a.Data(), out.data(), out.size() * sizeof(float));
+              return a;
             });
           }));
     r.Set("dispose", Napi::Function::New(env, [holder](const Napi::CallbackInfo& ci) -> Napi::Value {

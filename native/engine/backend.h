@@ -60,6 +60,7 @@ struct BackendOptions {
   int device_index = 0;
   std::string dtype = "auto";  // requested weight precision
   bool kv_int8 = false;        // int8 KV cache (default: the backend's own precision)
+  bool int8_activations = false;  // CPU: Q8_0 / Q4_1 matrices take int8-quantized inputs (cpu::Activations::Int8)
   ProgressFn progress;
 };
 

@@ -52,6 +52,8 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOption
   if (o.max_sequences < 1 || o.max_sequences > 4096)
     fail(code::kInvalidArgument, "maxSequences: " + std::to_string(o.max_sequences) + " is out of range (1..4096)");
   if (o.threads < 0 || o.threads > 1024) fail(code::kInvalidArgument, "threads: " + std::to_string(o.threads) + " is out of range");
+  if (o.cpu_activations != "f32" && o.cpu_activations != "int8")
+    fail(code::kInvalidArgument, "cpuActivations: expected 'f32' or 'int8', got '" + o.cpu_activations + "'");
 
   auto e = std::unique_ptr<Engine>(new Engine());
   e->src_ = open_model(path);
@@ -73,6 +75,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOption
   bo.device_index = o.device_index;
   bo.dtype = o.dtype;
   bo.kv_int8 = o.kv_cache_type == "int8";
+  bo.int8_activations = o.cpu_activations == "int8";
   bo.progress = progress;
   std::string why;
   bool use_cuda = o.device == "cuda" || (o.device == "auto" && cuda_available(&why));

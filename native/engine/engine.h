@@ -24,6 +24,7 @@ struct EngineOptions {
   int context_length = 0;       // 0: the model's trained context, at most 4096
   int max_sequences = 4;        // the KV pool holds this many full-context sequences
   int threads = 0;              // CPU threads; 0: all cores
+  std::string cpu_activations = "f32";  // CPU backend: "f32" | "int8" (cpu::Activations)
 };
 
 // One sequence's part of a step: tokens to append, and what to return for its last token.

@@ -16,6 +16,8 @@ std::unique_ptr<OpBench> make_op_bench(const OpBenchSpec& s) {
   if (s.device != "cpu" && s.device != "cuda") fail(code::kInvalidArgument, "device: expected 'cpu' or 'cuda', got '" + s.device + "'");
   check_range("batch", s.batch, 1, 256);
   check_range("threads", s.threads, 0, 1024);
+  if (s.cpu_activations != "f32" && s.cpu_activations != "int8")
+    fail(code::kInvalidArgument, "cpuActivations: expected 'f32' or 'int8', got '" + s.cpu_activations + "'");
   if (s.op == "matvec") {
     check_range("rows", s.rows, 1, 1 << 18);
     check_range("cols", s.cols, 32, 1 << 16);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace l2 {
 
@@ -18,6 +19,7 @@ struct OpBenchSpec {
   int context = 0, heads = 0, kv_heads = 0, head_dim = 0;
   int batch = 1;
   int threads = 0;       // cpu
+  std::string cpu_activations = "f32";  // cpu matvec: "f32" | "int8" (cpu::Activations)
   int device_index = 0;  // cuda
 };
 
@@ -26,6 +28,8 @@ class OpBench {
   virtual ~OpBench() = default;
   // Runs the op `iters` times back to back; returns the seconds they took (the GPU: to completion).
   virtual double run(int iters) = 0;
+  // The last run's result where the op has one to compare (the CPU matvec's [batch][rows]), else empty.
+  virtual std::vector<float> output() const { return {}; }
   uint64_t bytes = 0;  // bytes one run must move (weights or KV cache, plus activations)
   double flops = 0;    // floating-point operations of one run
   std::string description;

@@ -43,3 +43,26 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
   while (i < a.length && i < b.length && a[i] === b[i]) i++;
   return i;
 }
+
+/** The same bytes (Float32Arrays compared bit for bit: NaN payloads and -0 included). */
+export const sameBits = (a: Float32Array, b: Float32Array) =>
+  Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+
+/**
+ * The CPU backend's determinism on `m` (loaded with maxSequences >= 3): the last token's logits are the same
+ * bits stepped one token at a time after `prompt` as prefilled with it in one step, and greedy replies to
+ * three prompts are the same alone as batched together.
+ */
+export async function expectStepsAndBatchesAgree(m: Llama2, prompt: readonly number[], feed: readonly number[]): Promise<void> {
+  const { expect } = await import("vitest");
+  const { trace } = await import("../../lib/self-check.js");
+  const stepped = await trace(m, [...prompt], [...feed]);
+  const prefilled = await trace(m, [...prompt, ...feed], []);
+  expect(sameBits(stepped.at(-1)!, prefilled[0]!), "stepped and prefilled logits differ").toBe(true);
+  const greedy = { temperature: 0, stopOnEos: false, maxTokens: 12 } as const;
+  const prompts = [[...prompt], [1, 5, 9], [1, 200, 3, 7]];
+  const alone = [];
+  for (const p of prompts) alone.push((await m.generate(p, greedy).result).tokenIds);
+  const together = await Promise.all(prompts.map((p) => m.generate(p, greedy).result));
+  expect(together.map((r) => r.tokenIds)).toEqual(alone);
+}

@@ -37,6 +37,7 @@ const command: Command = {
     reps: { type: "int", description: "repetitions of each figure (after one warm-up)", default: 3 },
     context: { type: "int", description: "context length to load with (default: what the runs need)" },
     threads: { type: "int", description: "CPU threads" },
+    "cpu-activations": { type: "string", description: "CPU: f32 (exact) or int8 (int8-rounded inputs for int8 / 4-bit matrices)", default: "f32" },
     preset: { type: "string", description: "synthetic preset name to record (e.g. llama2-7b)" },
     "skip-cold": { type: "boolean", description: "do not measure a cold-page-cache load" },
     out: { type: "string", alias: "o", description: "write the result JSON here" },
@@ -46,7 +47,7 @@ const command: Command = {
     if (positionals.length) throw new InvalidArgumentError(positionals[0]!, "unexpected argument");
     if (typeof flags.model !== "string") throw new InvalidArgumentError("--model", "required");
     if (flags.model !== "demo" && !isHubRef(flags.model) && !existsSync(flags.model)) throw new Llama2Error("ERR_FILE_NOT_FOUND", `--model: no such file or directory: ${flags.model}`);
-    loadOptionsFromFlags(flags); // --device, --dtype, --kv-cache, --context, --threads checked before any load
+    const loadOpts = loadOptionsFromFlags(flags); // --device, --dtype, --kv-cache, --context, --threads, --cpu-activations checked before any load
     const device = flags.device as string;
     const kvCache = flags.kvCache as string;
     const gen = flags.gen as number;
@@ -75,6 +76,7 @@ const command: Command = {
       reps,
       contextLength: flags.context as number | undefined,
       threads: flags.threads as number | undefined,
+      ...(loadOpts.cpuActivations && { cpuActivations: loadOpts.cpuActivations }),
       skipCold: flags.skipCold === true,
       preset: flags.preset as string | undefined,
       log: (m) => io.stderr.write(`[bench] ${m}\n`),

@@ -91,6 +91,7 @@ const command: Command = {
     context: { type: "list", description: "attention context lengths", default: ["512", "2048", "4096"] },
     batch: { type: "int", description: "sequences per native op (decode batch)", default: 1 },
     threads: { type: "int", description: "CPU threads for the native ops (default: the physical cores usable)" },
+    "cpu-activations": { type: "string", description: "CPU matvecs of int8 / q4 weights: f32 (exact) or int8 (int8-rounded inputs)", default: "f32" },
     tokenizer: { type: "string", description: "tokenizer.model, model directory or GGUF (default: the demo model's)" },
     time: { type: "int", description: "milliseconds of samples per task", default: 500 },
     json: { type: "boolean", description: "print the result JSON instead of the table" },
@@ -116,6 +117,8 @@ const command: Command = {
         throw new InvalidArgumentError("--dtype", `expected f16, int8 or q4${device === "cpu" ? " or f32" : ""}, got '${d}'`);
       }
     }
+    const cpuActivations = flags.cpuActivations as string;
+    if (!["f32", "int8"].includes(cpuActivations)) throw new InvalidArgumentError("--cpu-activations", `expected f32 or int8, got '${cpuActivations}'`);
     const contexts = positiveInts("--context", flags.context, 131072);
     const batch = flags.batch as number;
     if (batch < 1 || batch > 256) throw new InvalidArgumentError("--batch", `expected 1..256, got ${batch}`);
@@ -134,6 +137,7 @@ const command: Command = {
         contexts,
         batch,
         ...(typeof flags.threads === "number" && { threads: flags.threads }),
+        cpuActivations: cpuActivations as "f32" | "int8",
       });
       addOpBenches(bench, cases, figures);
     }

@@ -22,7 +22,7 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(const ModelConfig& c, LlamaWeights w, const BackendOptions& o)
       : c_(c), w_(std::move(w)), ctx_(o.context_length),
-        pool_(default_threads(o.threads)) {
+        pool_(default_threads(o.threads)), act_(o.int8_activations ? cpu::Activations::Int8 : cpu::Activations::F32) {
     const bool convert = o.dtype != "auto";
     DType to = o.dtype == "f32"    ? DType::F32
                : o.dtype == "f16"  ? DType::F16
@@ -76,7 +76,8 @@ class CpuBackend final : public Backend {
     BackendInfo i;
     i.device = "cpu";
     i.name = "CPU (" + std::to_string(pool_.size()) + " threads, " + cpu::simd_name() +
-             (pages_.description().empty() ? "" : ", " + pages_.description()) + ")";
+             (pages_.description().empty() ? "" : ", " + pages_.description()) +
+             (act_ == cpu::Activations::Int8 ? ", int8 activations" : "") + ")";
     switch (dtype_) {
       case DType::F32: i.dtype = "f32"; break;
       case DType::F16: i.dtype = "f16"; break;
@@ -122,7 +123,7 @@ class CpuBackend final : public Backend {
       for (int t = 0; t < T; ++t) cpu::rmsnorm(&xb_[(size_t)t * D], &x_[(size_t)t * D], L.attn_norm.data(), D, c_.rms_eps);
       const Matrix* qkv[3] = {&L.wq, &L.wk, &L.wv};
       float* qkv_out[3] = {q_.data(), k_.data(), v_.data()};
-      cpu::matmul_multi(qkv, qkv_out, 3, xb_.data(), T, pool_);
+      cpu::matmul_multi(qkv, qkv_out, 3, xb_.data(), T, pool_, act_);
       for (int t = 0; t < T; ++t) {
         int pos = b.positions[(size_t)t];
         rope(&q_[(size_t)t * Q], c_.n_heads, pos);
@@ -131,11 +132,11 @@ class CpuBackend final : public Backend {
         store_kv(kv_slot(b, t, l, 1), &v_[(size_t)t * KV]);
       }
       attention(b, l);
-      cpu::matmul(L.wo, att_.data(), T, xb_.data(), pool_);
+      cpu::matmul(L.wo, att_.data(), T, xb_.data(), pool_, act_);
       for (size_t i = 0; i < (size_t)T * D; ++i) x_[i] += xb_[i];
       for (int t = 0; t < T; ++t) cpu::rmsnorm(&xb_[(size_t)t * D], &x_[(size_t)t * D], L.ffn_norm.data(), D, c_.rms_eps);
-      cpu::matmul_swiglu(L.w1, L.w3, xb_.data(), T, h1_.data(), h3_.data(), pool_);
-      cpu::matmul(L.w2, h1_.data(), T, xb_.data(), pool_);
+      cpu::matmul_swiglu(L.w1, L.w3, xb_.data(), T, h1_.data(), h3_.data(), pool_, act_);
+      cpu::matmul(L.w2, h1_.data(), T, xb_.data(), pool_, act_);
       for (size_t i = 0; i < (size_t)T * D; ++i) x_[i] += xb_[i];
     }
     wide_.clear();  // up to a context of fp32 rows per prefill segment: not kept between steps
@@ -145,7 +146,7 @@ class CpuBackend final : public Backend {
       cpu::rmsnorm(&xo[(size_t)o * D], &x_[(size_t)b.output_rows[(size_t)o] * D], w_.output_norm.data(), D, c_.rms_eps);
     logits_.resize((size_t)n_out * c_.vocab_size);
     n_out_ = n_out;
-    if (n_out > 0) cpu::matmul(w_.output, xo.data(), n_out, logits_.data(), pool_);
+    if (n_out > 0) cpu::matmul(w_.output, xo.data(), n_out, logits_.data(), pool_, act_);
   }
 
   void read_logits(float* dst) override { std::memcpy(dst, logits_.data(), logits_.size() * 4); }
@@ -269,6 +270,7 @@ class CpuBackend final : public Backend {
   cpu::WeightPages pages_;  // owns the weights when place() copied them (declared after w_: freed first)
   int ctx_;
   mutable ThreadPool pool_;
+  cpu::Activations act_;
   DType dtype_ = DType::F32;
   bool q4_ = false;  // some matrices run as Q4_1 (a GGUF's 4-bit blocks, dtype auto)
   bool requested_q4_ = false;  // dtype "q4"

@@ -34,7 +34,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 class CpuMatvec final : public OpBench {
  public:
-  explicit CpuMatvec(const OpBenchSpec& s) : pool_(pool_size(s.threads)), batch_(s.batch) {
+  explicit CpuMatvec(const OpBenchSpec& s)
+      : pool_(pool_size(s.threads)), batch_(s.batch), act_(s.cpu_activations == "int8" ? cpu::Activations::Int8 : cpu::Activations::F32) {
     // q4: Q4_1 blocks, the form the backend runs a GGUF's 4-bit matrices in (random nibbles, scale, minimum).
     DType dt = s.dtype == "f32" ? DType::F32 : s.dtype == "f16" ? DType::F16 : s.dtype == "q4" ? DType::Q4_1 : DType::Q8_0;
     w_.dtype = dt;
@@ -64,17 +65,20 @@ class CpuMatvec final : public OpBench {
     bytes = w_.bytes() + (in_.size() + out_.size()) * sizeof(float);
     flops = 2.0 * s.rows * s.cols * s.batch;
     description = "cpu matvec " + s.dtype + " [" + std::to_string(s.batch) + "x" + std::to_string(s.cols) + "] . [" + std::to_string(s.rows) + "x" +
-                  std::to_string(s.cols) + "]^T, " + std::to_string(pool_.size()) + " threads (" + cpu::simd_name() + ")";
+                  std::to_string(s.cols) + "]^T, " + std::to_string(pool_.size()) + " threads (" + cpu::simd_name() +
+                  (act_ == cpu::Activations::Int8 ? ", int8 activations" : "") + ")";
   }
   double run(int iters) override {
     auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < iters; ++i) cpu::matmul(w_, in_.data(), batch_, out_.data(), pool_);
+    for (int i = 0; i < iters; ++i) cpu::matmul(w_, in_.data(), batch_, out_.data(), pool_, act_);
     return seconds_since(t0);
   }
+  std::vector<float> output() const override { return out_; }
 
  private:
   ThreadPool pool_;
   int batch_;
+  cpu::Activations act_;
   Matrix w_;
   std::vector<uint8_t> storage_;
   std::vector<float> in_, out_;

@@ -3,7 +3,9 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "../../common/half.h"
@@ -193,6 +195,109 @@ __attribute__((target("avx2,fma,f16c"))) inline void q41_block_avx2(const uint8_
   for (int j = 0; j < 4; ++j) w[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[j])), m);
 }
 
+// ---- int8 activations (Activations::Int8) ----
+// One token's quantized input: K / 32 blocks.
+struct QuantRow {
+  const int8_t* q;
+  const float* d;
+  const float* s;
+};
+
+// Q8_0 / Q4_1 rows dotted with an activation row quantized to int8 per 32-block (QuantRows): integer products
+// summed exactly, then per block one multiply-add by (weight scale x activation scale), and for Q4_1 its
+// bias times the block's quantized sum. The layout of the sums is AVX2's: lane l of 8 holds values 4l..4l+3
+// of each block (maddubs + madd), folded by hsum's pairwise order; the scalar path repeats it exactly.
+
+// A block's fp16 scale (and Q4_1's bias: 20-byte blocks) as stored.
+template <int kBytes>
+inline void block_halves(const uint8_t* blk, uint16_t& dh, uint16_t& mh) {
+  std::memcpy(&dh, blk, 2);
+  mh = 0;
+  if constexpr (kBytes == 20) std::memcpy(&mh, blk + 2, 2);
+}
+
+template <int kBytes>
+float dot_q8act_scalar(const uint8_t* row, const QuantRow& x, int64_t n_blocks) {
+  float acc[8] = {0}, bias = 0.f;
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const uint8_t* blk = row + b * kBytes;
+    const int8_t* xq = x.q + b * 32;
+    uint16_t dh, mh;
+    block_halves<kBytes>(blk, dh, mh);
+    const float dw = fp16_to_f32(dh);
+    for (int l = 0; l < 8; ++l) {
+      int32_t p = 0;
+      for (int j = 4 * l; j < 4 * l + 4; ++j) {
+        const int w = kBytes == 20 ? (j < 16 ? blk[4 + j] & 0x0F : blk[4 + j - 16] >> 4) : (int)(int8_t)blk[2 + j];
+        p += w * xq[j];
+      }
+      acc[l] = std::fma(dw * x.d[b], (float)p, acc[l]);
+    }
+    if constexpr (kBytes == 20) bias = std::fma(fp16_to_f32(mh), x.s[b], bias);
+  }
+  return (((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))) + bias;
+}
+
+// R rows x T tokens, out[t * ldo + r].
+template <int kBytes>
+void dot_rows_q8act_scalar(const uint8_t* const* rows, int R, const QuantRow* x, int T, int64_t n_blocks, float* out, int64_t ldo) {
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) out[t * ldo + r] = dot_q8act_scalar<kBytes>(rows[r], x[t], n_blocks);
+}
+
+// R rows x TT tokens: each weight block is unpacked once for the TT tokens (prefill); per (row, token) the
+// arithmetic is the one-token kernel's, so the results do not depend on TT. out[t * ldo + r].
+template <int R, int TT, int kBytes>
+__attribute__((target("avx2,fma,f16c"))) inline void dot_tile_q8act_r(const uint8_t* const* rows, const QuantRow* x, int64_t n_blocks, float* out,
+                                                                       int64_t ldo) {
+  __m256 acc[R][TT];
+  float bias[R][TT];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) acc[r][t] = _mm256_setzero_ps(), bias[r][t] = 0.f;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    __m256i xv[TT];
+    for (int t = 0; t < TT; ++t) xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t].q + b * 32));
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = rows[r] + b * kBytes;
+      uint16_t dh, mh;
+      block_halves<kBytes>(blk, dh, mh);
+      const float dw = _cvtsh_ss(dh);
+      __m256i w;
+      if constexpr (kBytes == 20) {
+        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
+        w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));  // values 0..15 | 16..31
+        const float m = _cvtsh_ss(mh);
+        for (int t = 0; t < TT; ++t) bias[r][t] = std::fma(m, x[t].s[b], bias[r][t]);
+      } else {
+        w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      }
+      for (int t = 0; t < TT; ++t) {
+        // Q8_0: |w| * (x * sign w) = w * x (maddubs takes unsigned x signed bytes)
+        const __m256i p16 = kBytes == 20 ? _mm256_maddubs_epi16(w, xv[t]) : _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv[t], w));
+        const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[t].d[b]), p, acc[r][t]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < TT; ++t) out[t * ldo + r] = hsum(acc[r][t]) + bias[r][t];
+}
+
+// R rows (<= kGroup) x T tokens, out[t * ldo + r]: two tokens at a time, then one.
+template <int kBytes>
+__attribute__((target("avx2,fma,f16c"))) void dot_rows_q8act_avx2(const uint8_t* const* rows, int R, const QuantRow* x, int T, int64_t n_blocks,
+                                                                   float* out, int64_t ldo) {
+  int t = 0;
+  if (R == kGroup) {
+    for (; t + 2 <= T; t += 2) dot_tile_q8act_r<kGroup, 2, kBytes>(rows, x + t, n_blocks, out + t * ldo, ldo);
+    if (t < T) dot_tile_q8act_r<kGroup, 1, kBytes>(rows, x + t, n_blocks, out + t * ldo, ldo);
+    return;
+  }
+  for (int r = 0; r < R; ++r)
+    for (int tt = 0; tt < T; ++tt) dot_tile_q8act_r<1, 1, kBytes>(rows + r, x + tt, n_blocks, out + tt * ldo + r, ldo);
+}
+
 void axpy_scalar(float a, const float* v, float* out, int n) {
   for (int i = 0; i < n; ++i) out[i] += a * v[i];
 }
@@ -256,7 +361,10 @@ struct Dispatch {
   void (*axpy)(float, const float*, float*, int);
   Dispatch() {
     __builtin_cpu_init();
-    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    // LLAMA2_CPU_SIMD=scalar (tests): the portable path on any CPU, to check it against the AVX2 one.
+    const char* simd = std::getenv("LLAMA2_CPU_SIMD");
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+           !(simd && std::strcmp(simd, "scalar") == 0);
     dot_rows = avx2 ? dot_rows_avx2 : dot_rows_scalar;
     f16 = avx2 ? f16_to_f32_f16c : f16_to_f32_scalar;
     bf16 = avx2 ? bf16_to_f32_avx2 : bf16_to_f32_scalar;
@@ -306,9 +414,28 @@ namespace {
 
 // Rows [r0, r1) of out[t * W.rows + n] = dot(W.row(n), in + t * W.cols): the body every matmul entry point
 // splits over the threads. Each row's arithmetic does not depend on the range it falls in.
-void matmul_rows(const Matrix& W, const float* in, int T, float* out, int64_t r0, int64_t r1) {
+bool takes_int8(const Matrix& W) { return (W.dtype == DType::Q8_0 || W.dtype == DType::Q4_1) && W.cols % 32 == 0; }
+
+// qin: the input quantized (Activations::Int8), used for the matrices that take it.
+void matmul_rows(const Matrix& W, const float* in, const QuantRows* qin, int T, float* out, int64_t r0, int64_t r1) {
   const int64_t N = W.rows, K = W.cols;
   const auto& d = dispatch();
+  if (qin && takes_int8(W)) {
+    const bool q41 = W.dtype == DType::Q4_1;
+    auto dot = d.avx2 ? (q41 ? dot_rows_q8act_avx2<20> : dot_rows_q8act_avx2<kQ8BlockBytes>)
+                      : (q41 ? dot_rows_q8act_scalar<20> : dot_rows_q8act_scalar<kQ8BlockBytes>);
+    const int64_t nb = K / 32;
+    thread_local std::vector<QuantRow> xs;
+    xs.resize((size_t)T);
+    for (int t = 0; t < T; ++t) xs[(size_t)t] = {qin->q.data() + (size_t)t * K, qin->d.data() + (size_t)t * nb, qin->s.data() + (size_t)t * nb};
+    const uint8_t* rows[kGroup];
+    for (int64_t n0 = r0; n0 < r1; n0 += kGroup) {
+      int R = (int)std::min<int64_t>(kGroup, r1 - n0);
+      for (int r = 0; r < R; ++r) rows[r] = W.row(n0 + r);
+      dot(rows, R, xs.data(), T, nb, out + n0, N);
+    }
+    return;
+  }
   // Decode (few tokens): f16 / Q8_0 / Q4_1 rows are widened in registers; more tokens: widened once into a
   // buffer and reused for every token. Both give the same bits (see dot_rows_f16_avx2).
   auto fused = !d.avx2 || T > 2                ? nullptr
@@ -364,31 +491,78 @@ void matmul_rows(const Matrix& W, const float* in, int T, float* out, int64_t r0
 
 }  // namespace
 
-void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool) {
-  const Matrix* w[1] = {&W};
-  float* o[1] = {out};
-  matmul_multi(w, o, 1, in, T, pool);
+void QuantRows::quantize(const float* in, int T, int64_t K_) {
+  K = K_;
+  const int64_t nb = K / 32;
+  q.resize((size_t)T * K);
+  d.resize((size_t)T * nb);
+  s.resize((size_t)T * nb);
+  for (int64_t b = 0; b < T * nb; ++b) {
+    const float* x = in + b * 32;
+    float amax = 0.f;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+    int8_t* qb = q.data() + b * 32;
+    if (!(amax <= 3.4e38f)) {  // inf or NaN: the products come out NaN, as the fp32 path's would
+      std::memset(qb, 0, 32);
+      d[b] = s[b] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    const float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+    int sum = 0;
+    for (int i = 0; i < 32; ++i) {
+      const int v = (int)std::nearbyint(std::min(127.f, std::max(-127.f, x[i] * inv)));
+      qb[i] = (int8_t)v;
+      sum += v;
+    }
+    d[b] = scale;
+    s[b] = scale * (float)sum;
+  }
 }
 
-void matmul_multi(const Matrix* const* W, float* const* out, int n, const float* in, int T, ThreadPool& pool) {
+namespace {
+// The input quantized once per call, before the rows are split over the threads (only when a matrix takes it).
+const QuantRows* quantized_input(const Matrix* const* W, int n, const float* in, int T, Activations act, QuantRows& buf) {
+  if (act != Activations::Int8) return nullptr;
+  for (int i = 0; i < n; ++i)
+    if (takes_int8(*W[i])) {
+      buf.quantize(in, T, W[0]->cols);
+      return &buf;
+    }
+  return nullptr;
+}
+}  // namespace
+
+void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool, Activations act) {
+  const Matrix* w[1] = {&W};
+  float* o[1] = {out};
+  matmul_multi(w, o, 1, in, T, pool, act);
+}
+
+void matmul_multi(const Matrix* const* W, float* const* out, int n, const float* in, int T, ThreadPool& pool, Activations act) {
   int64_t total = 0;
   for (int i = 0; i < n; ++i) total += W[i]->rows;
   const int64_t K = W[0]->cols;
+  thread_local QuantRows qbuf;
+  const QuantRows* qin = quantized_input(W, n, in, T, act, qbuf);
   // Row ranges of the concatenation, cut at the matrices' edges.
   pool.parallel_for(total, work_grain(total, total * K * T, kGroup * 4), [&](int64_t begin, int64_t end) {
     int64_t base = 0;
     for (int i = 0; i < n && base < end; base += W[i]->rows, ++i) {
       const int64_t r0 = std::max(begin, base) - base, r1 = std::min(end, base + W[i]->rows) - base;
-      if (r0 < r1) matmul_rows(*W[i], in, T, out[i], r0, r1);
+      if (r0 < r1) matmul_rows(*W[i], in, qin, T, out[i], r0, r1);
     }
   });
 }
 
-void matmul_swiglu(const Matrix& W1, const Matrix& W3, const float* in, int T, float* h1, float* h3, ThreadPool& pool) {
+void matmul_swiglu(const Matrix& W1, const Matrix& W3, const float* in, int T, float* h1, float* h3, ThreadPool& pool,
+                   Activations act) {
   const int64_t F = W1.rows, K = W1.cols;
+  thread_local QuantRows qbuf;
+  const Matrix* w[2] = {&W1, &W3};
+  const QuantRows* qin = quantized_input(w, 2, in, T, act, qbuf);
   pool.parallel_for(F, work_grain(F, 2 * F * K * T, kGroup * 4), [&](int64_t r0, int64_t r1) {
-    matmul_rows(W1, in, T, h1, r0, r1);
-    matmul_rows(W3, in, T, h3, r0, r1);
+    matmul_rows(W1, in, qin, T, h1, r0, r1);
+    matmul_rows(W3, in, qin, T, h3, r0, r1);
     for (int t = 0; t < T; ++t)
       for (int64_t i = (int64_t)t * F + r0; i < (int64_t)t * F + r1; ++i) {
         const float g = h1[i];

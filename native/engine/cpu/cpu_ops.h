@@ -14,13 +14,32 @@ namespace l2 {
 
 namespace cpu {
 
+// How the matrix products take their input. F32: as it is (every weight widened to fp32; the reference).
+// Int8: for Q8_0 / Q4_1 weights, each token's input is quantized to int8 per 32 values (scale = max |x| /
+// 127, as llama.cpp's Q8_0 / Q8_1 activations) and the blocks are dotted in integers, with one multiply-add
+// per block: about 3x fewer instructions per weight, so decoding runs at memory speed, for the rounding of
+// the input to 8 bits (other weight types stay F32). Either way a token's result does not depend on the
+// batch, the thread count or whether it was prefilled or stepped.
+enum class Activations { F32, Int8 };
+
 // out[t * W.rows + n] = dot(W.row(n), in + t * W.cols), for t < T.
-void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool);
+void matmul(const Matrix& W, const float* in, int T, float* out, ThreadPool& pool, Activations act = Activations::F32);
 // matmul of n matrices with the same input (and cols) in one parallel loop over all their rows (q, k, v).
-void matmul_multi(const Matrix* const* W, float* const* out, int n, const float* in, int T, ThreadPool& pool);
+void matmul_multi(const Matrix* const* W, float* const* out, int n, const float* in, int T, ThreadPool& pool,
+                  Activations act = Activations::F32);
 // h1 = silu(W1 . in) * (W3 . in), h3 = W3 . in (the FFN's gate and up), each thread doing both matrices
 // and the product for its rows: the same per-element arithmetic as three separate loops.
-void matmul_swiglu(const Matrix& W1, const Matrix& W3, const float* in, int T, float* h1, float* h3, ThreadPool& pool);
+void matmul_swiglu(const Matrix& W1, const Matrix& W3, const float* in, int T, float* h1, float* h3, ThreadPool& pool,
+                   Activations act = Activations::F32);
+
+// Rows of K values quantized to int8 per 32-block (Activations::Int8): q [T][K]; per block d (x ~ q * d)
+// and s = d * sum(q) (Q4_1's bias term). K % 32 == 0.
+struct QuantRows {
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
+  int64_t K = 0;
+  void quantize(const float* in, int T, int64_t K);
+};
 float dot(const float* a, const float* b, int64_t n);
 // out[i] += a * v[i] (a multiply then an add, as the scalar loop rounds: vectorized, same bits).
 void axpy(float a, const float* v, float* out, int n);
