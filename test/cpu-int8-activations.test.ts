@@ -4,6 +4,8 @@
 // it keeps the CPU backend's determinism (stepped = prefilled, batched = alone, bit for bit), the portable
 // scalar code gives the AVX2 code's bits, fp16 / fp32 matrices are untouched, and bad values are refused.
 import { execFileSync } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { loadOptionsFromFlags } from "../lib/cli/model-options.js";
@@ -118,6 +120,23 @@ describe("CPU int8 activations", () => {
     if (!probe.description.includes("avx2")) console.warn("[int8 activations] no AVX2 here: only the scalar path was checked");
     probe.dispose();
   }, 60_000);
+
+  it("the input's quantization rule and its edge cases (NaN / inf blocks give NaN, tiny blocks zero), on every code path (test/native/quant-rows.cc)", () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "l2-quant-rows-"));
+    try {
+      const exe = path.join(dir, "quant-rows");
+      const sources = ["native/common", "native/model"].flatMap((d) =>
+        readdirSync(path.join(projectRoot, d)).filter((f) => f.endsWith(".cc")).map((f) => path.join(projectRoot, d, f)),
+      );
+      execFileSync("g++", ["-O2", "-std=c++17", "-pthread", `-I${projectRoot}`, path.join(projectRoot, "test/native/quant-rows.cc"),
+        path.join(projectRoot, "native/engine/cpu/cpu_ops.cc"), ...sources, "-o", exe], { stdio: "pipe" });
+      for (const simd of ["auto", "avx2", "scalar"]) {
+        expect(execFileSync(exe, { encoding: "utf8", env: { ...process.env, LLAMA2_CPU_SIMD: simd }, timeout: 60_000 }).trim(), simd).toBe("quant-rows ok");
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 240_000);
 
   it("bad values are refused with a typed error naming the option or the flag", async () => {
     const { quant } = await model("Q8_0");

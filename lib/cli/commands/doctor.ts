@@ -304,6 +304,10 @@ export function formatReport(r: DoctorReport): string {
   }
   rows.push(["CPU", `${r.cpu.model}, ${r.cpu.cores} threads, ${gib(r.cpu.memoryBytes)} RAM${r.cpu.simd ? `, SIMD ${r.cpu.simd}` : ""}`]);
   if (r.cpu.defaultThreadsReason) rows.push(["CPU backend", `${r.cpu.defaultThreadsReason} by default; --threads / threads: N to change`]);
+  if (r.cpu.simd?.includes("avx2")) {
+    const dot = r.cpu.simd.includes("avxvnni") ? "AVX-VNNI" : "AVX2";
+    rows.push(["CPU int8 / 4-bit", `--cpu-activations int8 (cpuActivations: "int8") decodes faster: inputs rounded to int8, ${dot} integer dots`]);
+  }
   const width = Math.max(...rows.map(([k]) => k.length)) + 2;
   const lines = [`llama2 doctor`, "", ...rows.map(([k, v]) => `${k.padEnd(width)}${v.split("\n").map((l) => l.trim()).join(`\n${" ".repeat(width + 2)}`)}`), ""];
   lines.push(`Verdict: ${r.verdict.status.toUpperCase()}: ${r.verdict.message}`);

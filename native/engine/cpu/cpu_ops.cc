@@ -473,14 +473,24 @@ void QuantRows::quantize(const float* in, int T, int64_t K_) {
   for (int64_t b = 0; b < T * nb; ++b) {
     const float* x = in + b * 32;
     float amax = 0.f;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+    bool finite = true;
+    for (int i = 0; i < 32; ++i) {
+      const float a = std::fabs(x[i]);
+      finite = finite && a <= std::numeric_limits<float>::max();  // false for inf and NaN
+      amax = std::max(amax, a);
+    }
     int8_t* qb = q.data() + b * 32;
-    if (!(amax <= 3.4e38f)) {  // inf or NaN: the products come out NaN, as the fp32 path's would
+    if (!finite) {  // the products come out NaN, as the fp32 path's would
       std::memset(qb, 0, 32);
       d[b] = s[b] = std::numeric_limits<float>::quiet_NaN();
       continue;
     }
-    const float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+    if (amax < 1e-30f) {  // zero, or too small for 127 / amax to stay finite: contributes nothing
+      std::memset(qb, 0, 32);
+      d[b] = s[b] = 0.f;
+      continue;
+    }
+    const float scale = amax / 127.f, inv = 127.f / amax;
     int sum = 0;
     for (int i = 0; i < 32; ++i) {
       const int v = (int)std::nearbyint(std::min(127.f, std::max(-127.f, x[i] * inv)));
