@@ -100,6 +100,18 @@ int main() {
       }
       CHECK(std::fabs(o - ref) <= 1e-5 * (1 + std::fabs(ref)), "token %d row %d: %.9g, want %.9g", t, r, o, ref);
     }
+  {  // a prefill-sized input is split over the pool's threads: the same bytes as one thread's
+    const int TT = 24, KK = 4096;
+    std::vector<float> big((size_t)TT * KK);
+    for (size_t i = 0; i < big.size(); ++i) big[i] = std::sin(0.013f * (float)i) * (1.f + (float)(i % 7));
+    big[12345] = nan;
+    cpu::QuantRows one, many;
+    one.quantize(big.data(), TT, KK);
+    many.quantize(big.data(), TT, KK, &pool);
+    CHECK(one.q == many.q, "pool: q differs");
+    CHECK(std::memcmp(one.d.data(), many.d.data(), one.d.size() * 4) == 0, "pool: d differs");
+    CHECK(std::memcmp(one.s.data(), many.s.data(), one.s.size() * 4) == 0, "pool: s differs");
+  }
   if (fails) return 1;
   std::printf("quant-rows ok\n");
   return 0;

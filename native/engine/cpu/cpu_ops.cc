@@ -464,13 +464,21 @@ void matmul_rows(const Matrix& W, const float* in, const QuantRows* qin, int T, 
 
 }  // namespace
 
-void QuantRows::quantize(const float* in, int T, int64_t K_) {
+void QuantRows::quantize(const float* in, int T, int64_t K_, ThreadPool* pool) {
   K = K_;
   const int64_t nb = K / 32;
   q.resize((size_t)T * K);
   d.resize((size_t)T * nb);
   s.resize((size_t)T * nb);
-  for (int64_t b = 0; b < T * nb; ++b) {
+  if (pool && pool->size() > 1 && T * K >= (1 << 16)) {  // prefill-sized inputs (a decode step's is ~10 us of work)
+    pool->parallel_for(T * nb, 64, [&](int64_t b0, int64_t b1) { quantize_blocks(in, b0, b1); });
+    return;
+  }
+  quantize_blocks(in, 0, T * nb);
+}
+
+void QuantRows::quantize_blocks(const float* in, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
     const float* x = in + b * 32;
     float amax = 0.f;
     bool finite = true;
@@ -504,11 +512,11 @@ void QuantRows::quantize(const float* in, int T, int64_t K_) {
 
 namespace {
 // The input quantized once per call, before the rows are split over the threads (only when a matrix takes it).
-const QuantRows* quantized_input(const Matrix* const* W, int n, const float* in, int T, Activations act, QuantRows& buf) {
+const QuantRows* quantized_input(const Matrix* const* W, int n, const float* in, int T, Activations act, QuantRows& buf, ThreadPool& pool) {
   if (act != Activations::Int8) return nullptr;
   for (int i = 0; i < n; ++i)
     if (takes_int8(*W[i])) {
-      buf.quantize(in, T, W[0]->cols);
+      buf.quantize(in, T, W[0]->cols, &pool);
       return &buf;
     }
   return nullptr;
@@ -526,7 +534,7 @@ void matmul_multi(const Matrix* const* W, float* const* out, int n, const float*
   for (int i = 0; i < n; ++i) total += W[i]->rows;
   const int64_t K = W[0]->cols;
   thread_local QuantRows qbuf;
-  const QuantRows* qin = quantized_input(W, n, in, T, act, qbuf);
+  const QuantRows* qin = quantized_input(W, n, in, T, act, qbuf, pool);
   // Row ranges of the concatenation, cut at the matrices' edges.
   pool.parallel_for(total, work_grain(total, total * K * T, kGroup * 4), [&](int64_t begin, int64_t end) {
     int64_t base = 0;
@@ -542,7 +550,7 @@ void matmul_swiglu(const Matrix& W1, const Matrix& W3, const float* in, int T, f
   const int64_t F = W1.rows, K = W1.cols;
   thread_local QuantRows qbuf;
   const Matrix* w[2] = {&W1, &W3};
-  const QuantRows* qin = quantized_input(w, 2, in, T, act, qbuf);
+  const QuantRows* qin = quantized_input(w, 2, in, T, act, qbuf, pool);
   pool.parallel_for(F, work_grain(F, 2 * F * K * T, kGroup * 4), [&](int64_t r0, int64_t r1) {
     matmul_rows(W1, in, qin, T, h1, r0, r1);
     matmul_rows(W3, in, qin, T, h3, r0, r1);

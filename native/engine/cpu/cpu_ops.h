@@ -38,7 +38,11 @@ struct QuantRows {
   std::vector<int8_t> q;
   std::vector<float> d, s;
   int64_t K = 0;
-  void quantize(const float* in, int T, int64_t K);
+  // Blocks are independent: with a pool they are split over its threads (the same bytes either way).
+  void quantize(const float* in, int T, int64_t K, ThreadPool* pool = nullptr);
+
+ private:
+  void quantize_blocks(const float* in, int64_t b0, int64_t b1);  // blocks [b0, b1) of all the rows
 };
 float dot(const float* a, const float* b, int64_t n);
 // out[i] += a * v[i] (a multiply then an add, as the scalar loop rounds: vectorized, same bits).
