@@ -187,10 +187,10 @@ __attribute__((target("avx2,fma,f16c"))) void blocks_to_f32_avx2(const uint8_t* 
 // instruction fewer: every path sees the same weights. 4-bit matrices (GGUF
 // Q4_0 / Q4_1 / Q4_K) run in this form: 20 bytes per 32 weights against Q8_0's 34.
 __attribute__((target("avx2,fma,f16c"))) inline void q41_block_avx2(const uint8_t* blk, __m256 (&w)[4]) {
-  uint16_t dh, mh;
-  std::memcpy(&dh, blk, 2);
-  std::memcpy(&mh, blk + 2, 2);
-  const __m256 d = _mm256_set1_ps(_cvtsh_ss(dh)), m = _mm256_set1_ps(_cvtsh_ss(mh));
+  uint32_t dm;  // (d, m) widened by one conversion
+  std::memcpy(&dm, blk, 4);
+  const __m128 dmf = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm));
+  const __m256 d = _mm256_broadcastss_ps(dmf), m = _mm256_broadcastss_ps(_mm_movehdup_ps(dmf));
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
   const __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0F)), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F));
   const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
