@@ -1,5 +1,5 @@
 // llama2-native: the public entry point.
-export { Llama2, type ChatOptions, type ScoreOptions, type ScoreResult, type SessionOptions } from "./llama2.js";
+export { Llama2, type ChatOptions, type EmbedOptions, type EmbedResult, type ScoreOptions, type ScoreResult, type SessionOptions } from "./llama2.js";
 export { ChatSession } from "./session.js";
 export { Tokenizer, type EncodeOptions, type StreamDecoder, type StreamDecoderOptions, type Vocabulary } from "./tokenizer.js";
 export { getChatTemplate, registerChatTemplate, type ChatTemplate, type TemplateTokenizer } from "./chat-template.js";

@@ -54,6 +54,26 @@ export interface ScoreResult {
   totalMs: number;
 }
 
+/** embed()'s options. */
+export interface EmbedOptions {
+  /** How token states become one vector: `mean` over the tokens (a leading BOS left out; default) or the `last` token's. */
+  pooling?: "mean" | "last";
+  /** Scale the vector to unit length (default true: cosine similarity is then a dot product). */
+  normalize?: boolean;
+  /** Prepend BOS to a text (default true); token ids are taken as they are. */
+  addBos?: boolean;
+  signal?: AbortSignal;
+}
+
+/** What embed() returns. */
+export interface EmbedResult {
+  /** The pooled final hidden state: the model's `dim` values. */
+  embedding: Float32Array;
+  /** Tokens evaluated (BOS included for text, unless addBos: false). */
+  tokenCount: number;
+  totalMs: number;
+}
+
 /** score()'s options. */
 export interface ScoreOptions {
   /** Prepend BOS to a text (default true); token ids are taken as they are. */
@@ -76,6 +96,21 @@ function outputRow(out: NonNullable<NativeStepOutput>, r: number, rows: number, 
 }
 
 /** log-softmax of one row of logits at `id` (lse: the row's logSumExp), in float64; NaN when the row holds a NaN or no finite logit. */
+/** Mean of rows [from, n) of `rows` ([n][D]) into `out`, summed in float64; with from = n - 1, the last row. */
+function poolRows(rows: Float32Array, D: number, from: number, out: Float32Array): void {
+  const n = rows.length / D;
+  const sum = new Float64Array(D);
+  for (let r = from; r < n; r++) for (let i = 0; i < D; i++) sum[i]! += rows[r * D + i]!;
+  for (let i = 0; i < D; i++) out[i] = sum[i]! / (n - from);
+}
+
+/** Scales `v` to unit L2 norm (a zero vector stays zero). */
+function normalizeL2(v: Float32Array): void {
+  let ss = 0;
+  for (const x of v) ss += x * x;
+  if (ss > 0) for (let i = 0; i < v.length; i++) v[i] = v[i]! / Math.sqrt(ss);
+}
+
 function rowLogprob(row: Float32Array, id: number, lse: number): number {
   return Number.isFinite(lse) && !row.some(Number.isNaN) ? row[id]! - lse : NaN;
 }
@@ -384,11 +419,12 @@ export class Llama2 {
   }
 
   /**
-   * Evaluates `plan`'s prompt alone (admitted with no reply: maxTokens 0) with `output`, and hands the step's
+   * Evaluates `plan`'s prompt alone (admitted with no reply: maxTokens 0) with `output` (for every token
+   * with `every`), and hands the step's
    * output to `use` while the sequence is still held. The sequence is freed afterwards unless `use` returns
    * true (it kept it). Aborting `signal` (or disposing the model) ends it with ERR_ABORTED.
    */
-  private async evalPrompt(plan: GenerationPlan, output: number, signal: AbortSignal | undefined, use: (out: NativeStepOutput) => boolean): Promise<void> {
+  private async evalPrompt(plan: GenerationPlan, output: number, signal: AbortSignal | undefined, use: (out: NativeStepOutput) => boolean, every = false): Promise<void> {
     const controller = new AbortController();
     const onAbort = () => controller.abort();
     signal?.addEventListener("abort", onAbort, { once: true });
@@ -398,7 +434,7 @@ export class Llama2 {
     try {
       await this.admit(plan, 0, key, controller.signal);
       this.active.add(controller);
-      kept = use(await this.scheduler.eval(plan.seq, plan.prompt, output, controller.signal));
+      kept = use(await this.scheduler.eval(plan.seq, plan.prompt, output, controller.signal, every));
     } catch (err) {
       throw controller.signal.aborted && !this.disposed ? new Llama2Error("ERR_ABORTED", "aborted") : err instanceof Llama2Error ? err : fromNative(err);
     } finally {
@@ -467,6 +503,54 @@ export class Llama2 {
     if (logprobs.some((l) => Number.isNaN(l))) throw new Llama2Error("ERR_MODEL_CORRUPT", `${this.info.path}: the model's logits are not numbers (NaN)`);
     const sum = logprobs.reduce((a, b) => a + b, 0);
     return { tokenIds: ids, logprobs, sum, perplexity: Math.exp(-sum / logprobs.length), ...(tokens && { tokens }), totalMs: performance.now() - t0 };
+  }
+
+  /**
+   * An embedding of a text or of token ids: the model's final hidden states (after its last RMSNorm, what
+   * the classifier reads) pooled over the tokens: `mean` (default) over every token but a leading BOS, or
+   * the `last` token's; L2-normalized unless `normalize: false`. Text is encoded as generate() does (BOS
+   * unless addBos: false). At most the context length; runs beside other requests (continuous batching).
+   */
+  async embed(input: string | readonly number[], opts: EmbedOptions = {}): Promise<EmbedResult> {
+    this.checkAlive();
+    if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
+    checkKeys(opts, new Set(["addBos", "signal", "pooling", "normalize"]), "options");
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
+    if (opts.addBos !== undefined && typeof opts.addBos !== "boolean") throw new InvalidArgumentError("addBos", "expected a boolean");
+    if (opts.normalize !== undefined && typeof opts.normalize !== "boolean") throw new InvalidArgumentError("normalize", "expected a boolean");
+    const pooling = opts.pooling ?? "mean";
+    if (pooling !== "mean" && pooling !== "last") throw new InvalidArgumentError("pooling", `expected "mean" or "last", got ${JSON.stringify(pooling)}`);
+    let ids: number[];
+    if (typeof input === "string") ids = this.requireTokenizer().encode(input, { bos: opts.addBos ?? true });
+    else if (Array.isArray(input)) ids = this.checkIds(input, "input").slice();
+    else throw new InvalidArgumentError("input", "expected a string or an array of token ids");
+    if (ids.length === 0) throw new InvalidArgumentError("input", "is empty (no tokens to embed)");
+    if (ids.length > this.info.contextLength) {
+      throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the text is ${ids.length} tokens but the context length is ${this.info.contextLength}`, {
+        suggestion: "embed it in shorter pieces",
+      });
+    }
+    if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
+    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: [], stripLeadingSpace: false, ownsSequence: true, reuse: false };
+    const D = this.info.config.dim;
+    const embedding = new Float32Array(D);
+    const t0 = performance.now();
+    const mean = pooling === "mean";
+    await this.evalPrompt(
+      plan,
+      -3,
+      opts.signal,
+      (out) => {
+        const rows = mean ? ids.length : 1;
+        if (!(out instanceof Float32Array) || out.length !== rows * D) throw new Llama2Error("ERR_INTERNAL", `embed: expected ${rows} hidden states`);
+        poolRows(out, D, mean && ids.length > 1 && ids[0] === this.info.bosId ? 1 : 0, embedding);
+        return false;
+      },
+      mean,
+    );
+    if (embedding.some((v) => !Number.isFinite(v))) throw new Llama2Error("ERR_MODEL_CORRUPT", `${this.info.path}: the model's hidden states are not finite numbers`);
+    if (opts.normalize ?? true) normalizeL2(embedding);
+    return { embedding, tokenCount: ids.length, totalMs: performance.now() - t0 };
   }
 
   /** Drops every cached prefix (their KV blocks return to the pool once no request shares them). */

@@ -54,13 +54,14 @@ export interface NativeModelInfo extends NativeModelSourceInfo {
 
 /**
  * Per sequence in a step: tokens to append; output 0 = none, -1 = full logits of the last token, -2 = full
- * logits of every token ([tokens][vocab], at most the step's output rows), k > 0 = top-k candidates.
+ * logits of every token ([tokens][vocab], at most the step's output rows), -3 = the last token's final hidden
+ * state (after the last RMSNorm: [dim]), k > 0 = top-k candidates.
  */
 export interface NativeStepRequest {
   seq: number;
   tokens: Int32Array;
   output: number;
-  /** output -1 or k for every token instead of the last ([tokens][vocab] or [tokens][k], rows in order). */
+  /** output -1, -3 or k for every token instead of the last ([tokens][vocab], [tokens][dim] or [tokens][k], rows in order). */
   every?: boolean;
 }
 /** Device-selected top candidates (the same type as the sampler's). */

@@ -58,8 +58,8 @@ export class Scheduler {
 
   /**
    * Appends `tokens` to `seq`; resolves with the output for the last token once evaluated. Output -2 (the
-   * logits of every token, [tokens][vocab]) or `every` (output -1 or k for every token: [tokens][vocab] or
-   * candidates [tokens][k]) gather the rows over the steps the chunks ran in.
+   * logits of every token, [tokens][vocab]) or `every` (output -1, -3 or k for every token: [tokens][vocab],
+   * hidden states [tokens][dim] or candidates [tokens][k]) gather the rows over the steps the chunks ran in.
    */
   eval(seq: number, tokens: ArrayLike<number>, output: number, signal?: AbortSignal, every = false): Promise<NativeStepOutput> {
     if (this.closed) return Promise.reject(new Llama2Error("ERR_DISPOSED", "the model has been disposed"));

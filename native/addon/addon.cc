@@ -273,7 +273,11 @@ class ForwardWorker : public Napi::AsyncWorker {
     Napi::Array arr = Napi::Array::New(env, out_.size());
     for (size_t i = 0; i < out_.size(); ++i) {
       const l2::SeqOutput& o = out_[i];
-      if (reqs_[i].output < 0) {
+      if (reqs_[i].output == -3) {
+        auto f = Napi::Float32Array::New(env, o.hidden.size());
+        std::copy(o.hidden.begin(), o.hidden.end(), f.Data());
+        arr.Set((uint32_t)i, f);
+      } else if (reqs_[i].output < 0) {
         auto f = Napi::Float32Array::New(env, o.logits.size());
         std::copy(o.logits.begin(), o.logits.end(), f.Data());
         arr.Set((uint32_t)i, f);
@@ -306,9 +310,10 @@ class ForwardWorker : public Napi::AsyncWorker {
   Failure failure_;
 };
 
-// forward([{ seq, tokens: Int32Array | number[], output: 0 | -1 | -2 | k, every?: boolean }])
+// forward([{ seq, tokens: Int32Array | number[], output: 0 | -1 | -2 | -3 | k, every?: boolean }])
 //   -> Promise<(null | Float32Array | {ids, logits})[]>
-// (-2: the logits of every token, [tokens][vocab]; every: output -1 or k for every token, rows in token order)
+// (-2: the logits of every token, [tokens][vocab]; -3: the final hidden state, [dim]; every: output -1, -3
+// or k for every token, rows in token order)
 Napi::Value NativeModel::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guarded(env, [&]() -> Napi::Value {

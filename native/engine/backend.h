@@ -73,6 +73,9 @@ class Backend {
   virtual void forward(const ForwardBatch& batch) = 0;
   virtual void read_logits(float* dst) = 0;                  // [n_outputs, vocab]
   virtual void top_k(int k, int32_t* ids, float* vals) = 0;  // [n_outputs, k], logit descending, ties by id
+  // The output rows' final hidden states, after the model's last RMSNorm (what the classifier reads, and
+  // what embeddings pool): [n_outputs, dim].
+  virtual void read_hidden(float* dst) = 0;
   // Copies one KV block (all layers) for copy-on-write of shared blocks.
   virtual void copy_block(int32_t src, int32_t dst) = 0;
   // Most sequences one forward may hold (the CUDA backend's output buffers are sized for this many).
@@ -87,6 +90,10 @@ std::vector<float> rope_table(const ModelConfig& c, int context_length);
 // Top-k of each of n_out rows of `vocab` logits on the host: [n_out, k] ids and values, logit
 // descending, ties by lower id, NaN last (what every backend's top_k returns).
 void host_top_k(const float* logits, int n_out, int vocab, int k, int32_t* ids, float* vals);
+
+// RMSNorm of one row on the host, in the CPU backend's arithmetic (cpu::rmsnorm): backends that keep the
+// final residual un-normed on the device apply the last norm here for read_hidden.
+void host_rmsnorm(float* out, const float* x, const float* w, int n, float eps);
 
 std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& c, LlamaWeights weights, const BackendOptions& o);
 // Throws ERR_DEVICE_UNAVAILABLE when built without CUDA or when no usable GPU is present.

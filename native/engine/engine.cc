@@ -179,7 +179,7 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
       if (s.busy) fail(code::kInvalidArgument, name + " is already in a running step");
       if (!seen.insert(r.seq).second) fail(code::kInvalidArgument, name + " appears twice in one step");
       if (r.tokens.empty()) fail(code::kInvalidArgument, name + ": no tokens to evaluate");
-      if (r.output < -2 || r.output > V) fail(code::kInvalidArgument, name + ": output " + std::to_string(r.output) + " is out of range");
+      if (r.output < -3 || r.output > V) fail(code::kInvalidArgument, name + ": output " + std::to_string(r.output) + " is out of range");
       for (int32_t t : r.tokens)
         if (t < 0 || t >= V) fail(code::kInvalidArgument, name + ": token id " + std::to_string(t) + " is out of range [0, " + std::to_string(V) + ")");
       int64_t total = (int64_t)s.length + (int64_t)r.tokens.size();
@@ -279,19 +279,30 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
     backend_->forward(b);
     const size_t n_out = out_req.size();
     int max_k = 0;
-    bool any_full = false;
+    bool any_full = false, any_hidden = false;
     for (size_t j : out_req) {
-      if (reqs[j].output < 0) any_full = true;
+      if (reqs[j].output == -3) any_hidden = true;
+      else if (reqs[j].output < 0) any_full = true;
       else max_k = std::max(max_k, reqs[j].output);
     }
+    // Rows come in token order, so a request's rows (every token: one per token) append in order.
     if (any_full) {
       std::vector<float> logits(n_out * (size_t)V);
       backend_->read_logits(logits.data());
-      // Rows come in token order, so a request's rows (every token: one per token) append in order.
       for (size_t o = 0; o < n_out; ++o)
-        if (reqs[out_req[o]].output < 0) {
+        if (reqs[out_req[o]].output == -1 || reqs[out_req[o]].output == -2) {
           std::vector<float>& dst = out[out_req[o]].logits;
           dst.insert(dst.end(), logits.begin() + (ptrdiff_t)(o * V), logits.begin() + (ptrdiff_t)((o + 1) * V));
+        }
+    }
+    if (any_hidden) {
+      const size_t D = (size_t)config().dim;
+      std::vector<float> hidden(n_out * D);
+      backend_->read_hidden(hidden.data());
+      for (size_t o = 0; o < n_out; ++o)
+        if (reqs[out_req[o]].output == -3) {
+          std::vector<float>& dst = out[out_req[o]].hidden;
+          dst.insert(dst.end(), hidden.begin() + (ptrdiff_t)(o * D), hidden.begin() + (ptrdiff_t)((o + 1) * D));
         }
     }
     if (max_k > 0) {

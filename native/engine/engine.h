@@ -32,15 +32,18 @@ struct SeqRequest {
   int32_t seq = 0;
   std::vector<int32_t> tokens;
   // 0: nothing, -1: full logits of the last token, -2: full logits of every token (scoring a text),
-  // k > 0: top-k candidates of the last token.
+  // -3: the last token's final hidden state (after the last RMSNorm; embeddings), k > 0: top-k candidates
+  // of the last token.
   int32_t output = 0;
-  // The output (-1 or k) for every token instead of the last, rows in token order (verifying drafts).
+  // The output (-1, -3 or k) for every token instead of the last, rows in token order (verifying drafts,
+  // pooling embeddings).
   bool every = false;
   bool every_token() const { return output == -2 || (every && output != 0); }
 };
 
 struct SeqOutput {
   std::vector<float> logits;  // output == -1: [vocab]; every token (output -2): [tokens][vocab]
+  std::vector<float> hidden;  // output == -3: [dim]; every token: [tokens][dim]
   std::vector<int32_t> ids;   // output > 0: [k], every token: [tokens][k]
   std::vector<float> vals;
 };

@@ -84,6 +84,12 @@ class F32Backend final : public Backend {
     dev_.sync();
   }
 
+  void read_hidden(float* dst) override {
+    dev_.activate();
+    dev_.download(dst, xo_, (size_t)n_out_ * c_.dim * 4);
+    dev_.sync();
+  }
+
   void top_k(int k, int32_t* ids, float* vals) override {
     std::vector<float> all((size_t)n_out_ * c_.vocab_size);
     read_logits(all.data());
@@ -214,8 +220,9 @@ class F32Backend final : public Backend {
       dev_.run((int64_t)T * D, f::MatVec{L.w2, h1_, x_, D, F, true});
     }
     if (n_out > 0) {
-      dev_.run(n_out, f::RmsNorm{x_, d_out_rows, final_norm_, xo_, D, c_.rms_eps});
-      dev_.run((int64_t)n_out * V, f::MatVec{out_t_, xo_, logits_ + (size_t)n_out_ * V, V, D, false});
+      float* xo = xo_ + (size_t)n_out_ * D;  // the step's rows stay for read_hidden
+      dev_.run(n_out, f::RmsNorm{x_, d_out_rows, final_norm_, xo, D, c_.rms_eps});
+      dev_.run((int64_t)n_out * V, f::MatVec{out_t_, xo, logits_ + (size_t)n_out_ * V, V, D, false});
     }
     n_out_ += n_out;
     dev_.sync();  // in_host_ is rewritten by the next sub-batch

@@ -141,15 +141,17 @@ class CpuBackend final : public Backend {
     }
     wide_.clear();  // up to a context of fp32 rows per prefill segment: not kept between steps
     const int n_out = (int)b.output_rows.size();
-    std::vector<float> xo((size_t)n_out * D);
+    xo_.resize((size_t)n_out * D);
     for (int o = 0; o < n_out; ++o)
-      cpu::rmsnorm(&xo[(size_t)o * D], &x_[(size_t)b.output_rows[(size_t)o] * D], w_.output_norm.data(), D, c_.rms_eps);
+      cpu::rmsnorm(&xo_[(size_t)o * D], &x_[(size_t)b.output_rows[(size_t)o] * D], w_.output_norm.data(), D, c_.rms_eps);
     logits_.resize((size_t)n_out * c_.vocab_size);
     n_out_ = n_out;
-    if (n_out > 0) cpu::matmul(w_.output, xo.data(), n_out, logits_.data(), pool_, act_);
+    if (n_out > 0) cpu::matmul(w_.output, xo_.data(), n_out, logits_.data(), pool_, act_);
   }
 
   void read_logits(float* dst) override { std::memcpy(dst, logits_.data(), logits_.size() * 4); }
+
+  void read_hidden(float* dst) override { std::memcpy(dst, xo_.data(), xo_.size() * 4); }
 
   void top_k(int k, int32_t* ids, float* vals) override { host_top_k(logits_.data(), n_out_, c_.vocab_size, k, ids, vals); }
 
@@ -281,6 +283,7 @@ class CpuBackend final : public Backend {
   std::vector<std::unique_ptr<uint8_t[]>> blocks_;  // allocated on first use
   std::atomic<size_t> allocated_blocks_{0};       // read by info() from other threads
   std::vector<float> x_, xb_, q_, k_, v_, att_, h1_, h3_, logits_;
+  std::vector<float> xo_;  // the output rows after the last RMSNorm (read_hidden)
   std::vector<int> seg_of_;
   std::vector<std::vector<float>> wide_;  // int8 cache: widened rows of multi-token segments (one layer)
   int n_out_ = 0;

@@ -13,6 +13,7 @@
 #include "../../common/half.h"
 #include "../../common/thread_pool.h"
 #include "../../model/ggml_blocks.h"
+#include "../backend.h"
 
 namespace l2::cpu {
 
@@ -383,6 +384,12 @@ void rmsnorm(float* out, const float* x, const float* w, int n, float eps) {
   ss = 1.0f / sqrtf(ss / (float)n + eps);
   for (int i = 0; i < n; ++i) out[i] = w[i] * (ss * x[i]);
 }
+
+}  // namespace l2::cpu
+
+void l2::host_rmsnorm(float* out, const float* x, const float* w, int n, float eps) { cpu::rmsnorm(out, x, w, n, eps); }
+
+namespace l2::cpu {
 
 namespace {
 

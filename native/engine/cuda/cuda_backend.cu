@@ -103,6 +103,17 @@ class CudaBackend final : public Backend {
     CK(cudaStreamSynchronize(stream_));
   }
 
+  // xo_ keeps the output rows' final residual un-normed (the classifier's GEMV fuses the norm): the last
+  // RMSNorm runs here, in fp32 like the CPU backend's.
+  void read_hidden(float* dst) override {
+    const int D = c_.dim;
+    std::vector<float> rows((size_t)n_out_total_ * D);
+    if (n_out_total_ > 0)
+      CK(cudaMemcpy2DAsync(rows.data(), (size_t)D * 4, xo_, (size_t)Dpad_ * 4, (size_t)D * 4, n_out_total_, cudaMemcpyDeviceToHost, stream_));
+    CK(cudaStreamSynchronize(stream_));
+    for (int o = 0; o < n_out_total_; ++o) host_rmsnorm(dst + (size_t)o * D, &rows[(size_t)o * D], final_norm_host_.data(), D, c_.rms_eps);
+  }
+
   void top_k(int kk, int32_t* ids, float* vals) override {
     const int V = c_.vocab_size;
     kk = std::min(kk, V);
@@ -244,6 +255,7 @@ class CudaBackend final : public Backend {
       dl.ffn_norm = upload_f32(lw.ffn_norm);
     }
     final_norm_ = upload_f32(w.output_norm);
+    final_norm_host_.assign(w.output_norm.begin(), w.output_norm.end());
     CK(cudaStreamSynchronize(stream_));
     for (int i = 0; i < 2; ++i) {
       cudaFreeHost(staging_[i]);
@@ -533,7 +545,7 @@ class CudaBackend final : public Backend {
     while (span < max_len) span *= 2;
     span = std::min(span, ctx_);
     // A decode step (every sequence adds one token, one sub-batch) replays a graph captured for its shape.
-    auto work = [&] { enqueue(lay, T, S, n_dec, n_out, max_count, span, oc.logits); };
+    auto work = [&] { enqueue(lay, T, S, n_dec, n_out, oc.first, max_count, span); };
     cudaGraphExec_t exec = nullptr;
     if (all_single && T <= graph_max_t_ && n_out_total_ == 0)
       exec = decode_graph(((int64_t)T * 1024 + n_out) * (int64_t(1) << 24) + span, T, work);  // span <= ctx_ < 2^24: exact
@@ -603,7 +615,7 @@ class CudaBackend final : public Backend {
   }
 
   // Everything one sub-batch does on the stream (also what a decode graph captures).
-  void enqueue(const Layout& lay, int T, int S, int n_dec, int n_out, int max_count, int span, float* logits) {
+  void enqueue(const Layout& lay, int T, int S, int n_dec, int n_out, int out_first, int max_count, int span) {
     const int32_t* in = in_dev_;
     CK(cudaMemcpyAsync(in_dev_, pinned_in_, lay.total * 4, cudaMemcpyHostToDevice, stream_));
     const int D = c_.dim;
@@ -672,12 +684,14 @@ class CudaBackend final : public Backend {
       matmul(L.w2, h_, Fpad_, T, add);
     }
     if (n_out > 0) {
-      k::gather_rows(x_, Dpad_, in + lay.out_rows, xo_, Dpad_, n_out, D, stream_);
+      // This sub-batch's rows land after the step's earlier ones (read_hidden reads them all).
+      float* xo = xo_ + (size_t)out_first * Dpad_;
+      k::gather_rows(x_, Dpad_, in + lay.out_rows, xo, Dpad_, n_out, D, stream_);
       k::Epilogue st;
       st.kind = k::Epi::StoreF32;
-      st.out = logits;
+      st.out = logits_ + (size_t)out_first * Vpad_;
       st.ldo = Vpad_;
-      matmul_normed(out_, final_norm_, xo_, n_out, st);
+      matmul_normed(out_, final_norm_, xo, n_out, st);
     }
   }
 
@@ -707,6 +721,7 @@ class CudaBackend final : public Backend {
   DevMat emb_, out_;
   std::vector<DevLayer> layers_;
   float* final_norm_ = nullptr;
+  std::vector<float> final_norm_host_;  // read_hidden's last RMSNorm
   uint8_t* kv_ = nullptr;
   half* kv_stage_ = nullptr;
   float2* rope_ = nullptr;
