@@ -1,11 +1,11 @@
 // OpenAI's official Node client (`openai`, a dev dependency) against our server: what users of the
-// SDK (and of tools built on it) see. Chat and text completions, streamed and not, models, errors as
+// SDK (and of tools built on it) see. Chat and text completions, streamed and not, embeddings, models, errors as
 // the SDK's typed errors, cancellation, and the API key. The fake backend keeps it fast; test/server.test.ts
 // checks the wire format field by field.
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startServer, type RunningServer } from "../lib/server/http.js";
-import { echoReply, FakeBackend, waitFor } from "./helpers/fake-backend.js";
+import { echoReply, fakeEmbedding, FakeBackend, waitFor } from "./helpers/fake-backend.js";
 
 let backend: FakeBackend;
 let server: RunningServer;
@@ -69,6 +69,33 @@ describe("the openai client", () => {
     let text = "";
     for await (const c of await client.completions.create({ model: "llama2", prompt: "once upon a time", stream: true })) text += c.choices[0]?.text ?? "";
     expect(text).toBe(echoReply("once upon a time").join(" "));
+  });
+
+  it("embeddings.create: the fake's vectors, in order, through the SDK's default base64 and with float", async () => {
+    const input = ["the first text", "a second one", "third"];
+    const expected = input.map((t) => Array.from(fakeEmbedding(backend.tokenize(t), backend.info.config.dim)));
+    const tokens = input.reduce((a, t) => a + backend.tokenize(t).length, 0);
+    // Without encoding_format the SDK asks for base64 and decodes it itself.
+    const r = await client.embeddings.create({ model: "llama2", input });
+    expect(r.object).toBe("list");
+    expect(r.model).toBe("fake-7b");
+    expect(r.data.map((d) => d.index)).toEqual([0, 1, 2]);
+    expect(r.data.map((d) => d.embedding)).toEqual(expected);
+    expect(r.usage).toEqual({ prompt_tokens: tokens, total_tokens: tokens });
+    const f = await client.embeddings.create({ model: "llama2", input, encoding_format: "float" });
+    expect(f.data.map((d) => d.embedding)).toEqual(expected);
+    const ids = await client.embeddings.create({ model: "llama2", input: [[1, 5, 6], [7]], dimensions: backend.info.config.dim });
+    expect(ids.data.map((d) => d.embedding)).toEqual([[1, 5, 6], [7]].map((t) => Array.from(fakeEmbedding(t, backend.info.config.dim))));
+  });
+
+  it("embeddings.create errors: BadRequestError naming the input or the field", async () => {
+    const long = Array.from({ length: 130 }, (_, i) => `w${i}`).join(" ");
+    const ctx = await client.embeddings.create({ model: "llama2", input: ["short", long] }).catch((e) => e);
+    expect(ctx).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(ctx).toMatchObject({ status: 400, code: "context_length_exceeded", param: "input[1]" });
+    const dims = await client.embeddings.create({ model: "llama2", input: "a", dimensions: 256 }).catch((e) => e);
+    expect(dims).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(dims.param).toBe("dimensions");
   });
 
   it("models.list", async () => {

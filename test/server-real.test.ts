@@ -83,6 +83,11 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
       const a = await (await postJson(`${url}v1/chat/completions`, chat)).json();
       const b = await (await postJson(`${drafted!.record.url}v1/chat/completions`, chat)).json();
       expect(b.choices[0].message.content).toBe(a.choices[0].message.content);
+      // Embeddings go to the target model (the drafted backend forwards embed()).
+      const emb = { input: ["Once upon a time", "a cat"] };
+      const e0 = await (await postJson(`${url}v1/embeddings`, emb)).json();
+      const e1 = await (await postJson(`${drafted!.record.url}v1/embeddings`, emb)).json();
+      expect(e1.data).toEqual(e0.data);
     } finally {
       if (drafted && drafted.state === "running") await cancelJob(root, drafted.id, { waitMs: 10_000 });
       await run.catch(() => {});
@@ -355,6 +360,40 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
     expect(follow.usage!.prompt_tokens).toBeGreaterThan(r.usage!.prompt_tokens); // the call and its result are in the prompt
     if (m.finish_reason === "tool_calls") expect(m.message.tool_calls!.length).toBeGreaterThan(0);
     else expect(typeof m.message.content).toBe("string"); // an answer, or the raw text when the context cut it
+  });
+
+  it("/v1/embeddings: Llama2.embed()'s vectors, bit for bit (base64), batched, and through OpenAI's client", async () => {
+    const ref = await Llama2.load(await ensureDemoModel({ dir: path.join(os.tmpdir(), "llama2-native-test-home", "models") }), { device: "cpu", contextLength: 256 });
+    try {
+      const input = ["Once upon a time, a cat sat on the mat.", "The sun was hot"];
+      const alone = await Promise.all(input.map((t) => ref.embed(t)));
+      const r = await (await postJson(`${url}v1/embeddings`, { model: "demo", input, encoding_format: "base64" })).json();
+      expect(r).toMatchObject({ object: "list", model: "demo" });
+      const tokens = alone.reduce((a, e) => a + e.tokenCount, 0);
+      expect(r.usage).toEqual({ prompt_tokens: tokens, total_tokens: tokens });
+      r.data.forEach((d: { index: number; embedding: string }, i: number) => {
+        expect(d.index).toBe(i);
+        const b = Buffer.from(d.embedding, "base64");
+        expect(new Float32Array(b.buffer, b.byteOffset, b.length / 4)).toEqual(alone[i]!.embedding);
+      });
+      // Floats, the extensions, token ids, and the SDK (its default base64 path).
+      const last = await ref.embed(input[1]!, { pooling: "last", normalize: false });
+      const f = await (await postJson(`${url}v1/embeddings`, { input: input[1], pooling: "last", normalize: false })).json();
+      expect(f.data[0].embedding).toEqual(Array.from(last.embedding));
+      const ids = ref.tokenize(input[0]!, { bos: true });
+      const t = await (await postJson(`${url}v1/embeddings`, { input: [ids] })).json();
+      expect(t.data[0].embedding).toEqual(Array.from(alone[0]!.embedding));
+      const client = new OpenAI({ baseURL: `${url}v1`, apiKey: "unused", maxRetries: 0 });
+      const sdk = await client.embeddings.create({ model: "demo", input, dimensions: ref.info.config.dim });
+      sdk.data.forEach((d, i) => expect(d.embedding).toEqual(Array.from(alone[i]!.embedding)));
+      // Longer than the context: a 400 naming the input.
+      const long = Array.from({ length: 300 }, () => "cat").join(" ");
+      const over = await postJson(`${url}v1/embeddings`, { input: ["a", long] });
+      expect(over.status).toBe(400);
+      expect((await over.json()).error).toMatchObject({ param: "input[1]", code: "context_length_exceeded" });
+    } finally {
+      await ref.dispose();
+    }
   });
 
   it("refuses max_tokens beyond the real context", async () => {

@@ -87,6 +87,7 @@ export function withDraftModel(target: Llama2, draft: NonNullable<GenerateOption
     tokenize: (text, o) => target.tokenize(text, o),
     chatPromptTokens: (messages) => target.chatPromptTokens(messages),
     score: (ids, o) => target.score(ids, o),
+    embed: (input, o) => target.embed(input, o),
     deviceMemoryBytes: () => {
       const a = target.deviceMemoryBytes();
       const b = draft.model.deviceMemoryBytes();

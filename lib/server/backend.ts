@@ -1,5 +1,5 @@
 // What the server and the job runner need from a loaded model. `Llama2` satisfies it; tests use a fake.
-import type { ScoreOptions, ScoreResult } from "../llama2.js";
+import type { EmbedOptions, EmbedResult, ScoreOptions, ScoreResult } from "../llama2.js";
 import type { StreamDecoder, StreamDecoderOptions } from "../tokenizer/decoder.js";
 import type { ChatMessage, GenerateOptions, GenerationStream, ModelInfo } from "../types.js";
 
@@ -17,6 +17,8 @@ export interface ChatBackend {
   chatPromptTokens?(messages: ChatMessage[]): number;
   /** Optional: teacher-forced log-probabilities (the completions endpoint's echo with logprobs needs it). */
   score?(ids: readonly number[], opts: ScoreOptions): Promise<ScoreResult>;
+  /** Optional: the pooled final hidden states of a text or of token ids (/v1/embeddings needs it). */
+  embed?(input: string | readonly number[], opts: EmbedOptions): Promise<EmbedResult>;
   /** The tokenizer's decoder and token bytes (echo, /detokenize); null or absent without a tokenizer. */
   readonly tokenizer?: { createStreamDecoder(opts?: StreamDecoderOptions): StreamDecoder; tokenBytes(): readonly (Uint8Array | null)[] } | null;
   /** Requests waiting + running (for /metrics and fairness). */

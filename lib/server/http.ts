@@ -8,6 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { InvalidArgumentError, Llama2Error } from "../errors.js";
 import { assertBindAllowed, bearerChecker, hostHeaderAllowed } from "./auth.js";
 import type { ChatBackend } from "./backend.js";
+import { embeddings } from "./embeddings.js";
 import { Metrics } from "./metrics.js";
 import { chatCompletions, completions, errorBody, HttpError, sendJson, toHttpError, type GenerationOutcome } from "./openai.js";
 import { detokenizeRequest, tokenizeRequest } from "./tokenize.js";
@@ -34,7 +35,7 @@ export interface ServerOptions {
   maxInFlight?: number;
   job?: JobView;
   log?: (level: "info" | "warn" | "error", msg: string, fields?: Record<string, unknown>) => void;
-  /** Called after every generation request (figures for job.json). */
+  /** Called after every request that ran the model (generations, embeddings: figures for job.json). */
   onGeneration?: (o: GenerationOutcome & { endpoint: string; ms: number }) => void;
 }
 
@@ -61,8 +62,14 @@ interface Active {
   done: Promise<void>;
 }
 
-const ENDPOINTS = new Set(["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/job", "/job/logs", "/tokenize", "/detokenize"]);
-const GENERATION = new Set(["/v1/chat/completions", "/v1/completions"]);
+const ENDPOINTS = new Set(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/metrics", "/job", "/job/logs", "/tokenize", "/detokenize"]);
+/** The routes that run the model: in-flight tracked, abortable, counted in job.json. */
+const MODEL_ROUTES = {
+  "/v1/chat/completions": chatCompletions,
+  "/v1/completions": completions,
+  "/v1/embeddings": embeddings,
+} as const;
+const isModelRoute = (p: string): p is keyof typeof MODEL_ROUTES => Object.hasOwn(MODEL_ROUTES, p);
 const MODEL_PREFIX = "/v1/models/";
 const PROTECTED = (p: string): boolean => p.startsWith("/v1/") || p === "/job" || p.startsWith("/job/") || p === "/metrics" || p === "/tokenize" || p === "/detokenize";
 
@@ -159,12 +166,13 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           allow(method, "POST");
           return sendJson(res, 200, detokenizeRequest(backend, await readJson(req, bodyLimit)));
         case "/v1/chat/completions":
-        case "/v1/completions": {
+        case "/v1/completions":
+        case "/v1/embeddings": {
           allow(method, "POST");
           if (closing) throw new HttpError(503, `server is shutting down: ${closing.reason}`, undefined, closing.code);
           if (active.size >= maxInFlight) throw new HttpError(429, `too many concurrent requests (${maxInFlight}); retry later`, "rate_limit_error", "too_many_requests");
           const body = await readJson(req, bodyLimit);
-          outcome = await generation(req, res, pathname, body);
+          outcome = await modelRequest(res, pathname, body);
           return;
         }
         default:
@@ -187,21 +195,22 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         metrics.generatedTokens.inc({}, outcome.completionTokens);
         if (outcome.ttftMs !== undefined) metrics.ttft.observe(outcome.ttftMs / 1000);
         log("info", `${method} ${pathname} ${status} ${outcome.stream ? "stream " : ""}prompt=${outcome.promptTokens} completion=${outcome.completionTokens}` +
-          `${outcome.ttftMs !== undefined ? ` ttft=${Math.round(outcome.ttftMs)}ms` : ""}${outcome.tokensPerSecond ? ` ${outcome.tokensPerSecond.toFixed(1)} tok/s` : ""} finish=${outcome.finishReason} ${Math.round(ms)}ms`);
+          `${outcome.ttftMs !== undefined ? ` ttft=${Math.round(outcome.ttftMs)}ms` : ""}${outcome.tokensPerSecond ? ` ${outcome.tokensPerSecond.toFixed(1)} tok/s` : ""}` +
+          `${outcome.finishReason ? ` finish=${outcome.finishReason}` : ""} ${Math.round(ms)}ms`);
         onGeneration({ ...outcome, endpoint, ms });
       } else if (status >= 400 && endpoint !== "page") {
         // Refused before generating (bad request, context, the non-streamed cut): still a request for job.json.
-        if (GENERATION.has(endpoint)) onGeneration({ stream: false, promptTokens: 0, completionTokens: 0, status, endpoint, ms });
+        if (isModelRoute(endpoint)) onGeneration({ stream: false, promptTokens: 0, completionTokens: 0, status, endpoint, ms });
         log(status >= 500 ? "error" : "warn", `${method} ${pathname.slice(0, 100)} ${status}${failure ? `: ${failure}` : ""}`);
       }
     }
   }
 
-  async function generation(req: IncomingMessage, res: ServerResponse, pathname: string, body: unknown): Promise<GenerationOutcome> {
+  async function modelRequest(res: ServerResponse, pathname: keyof typeof MODEL_ROUTES, body: unknown): Promise<GenerationOutcome> {
     const ctl = new AbortController();
     let finish!: () => void;
     const entry: Active = { ctl, done: new Promise<void>((r) => (finish = r)) };
-    // 'close' before the response finished = the client went away: stop generating for it.
+    // 'close' before the response finished = the client went away: stop the model's work for it.
     const onClose = (): void => {
       if (!res.writableFinished) ctl.abort("client disconnected");
     };
@@ -209,7 +218,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     active.add(entry);
     try {
       const ctx = { backend, modelId, res, signal: ctl.signal, cutReason: () => entry.cut };
-      return await (pathname === "/v1/chat/completions" ? chatCompletions(ctx, body) : completions(ctx, body));
+      return await MODEL_ROUTES[pathname](ctx, body);
     } finally {
       res.off("close", onClose);
       active.delete(entry);

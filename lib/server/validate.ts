@@ -339,3 +339,56 @@ export function resolveMaxTokens(
     );
   return requested ?? room;
 }
+
+/** Inputs per embeddings request (OpenAI's limit). */
+const MAX_EMBED_INPUTS = 2048;
+
+export interface EmbeddingRequest {
+  inputs: PromptInput[];
+  /** Sent as an array of inputs: errors name input[i] rather than input. */
+  batch: boolean;
+  encodingFormat: "float" | "base64";
+  /** Extensions (EmbedOptions): absent -> the library's defaults (mean, normalized). */
+  pooling?: "mean" | "last";
+  normalize?: boolean;
+}
+
+/**
+ * OpenAI's embeddings request: `input` a string, an array of token ids, or an array of either (strings
+ * and / or arrays of token ids); `encoding_format` "float" or "base64"; `dimensions` only the model's own
+ * (`dim`: the vectors are not truncated). `pooling` ("mean" / "last") and `normalize` are extensions.
+ */
+export function parseEmbeddingRequest(body: unknown, vocabSize: number, dim: number): EmbeddingRequest {
+  const o = asObject(body, "body");
+  if (o.input === undefined || o.input === null) throw new InvalidArgumentError("input", "is required");
+  const { inputs, batch } = parseEmbeddingInputs(o.input, vocabSize);
+  const format = o.encoding_format ?? "float";
+  if (format !== "float" && format !== "base64") throw new InvalidArgumentError("encoding_format", `expected "float" or "base64", got ${show(format)}`);
+  const dimensions = numberField(o, "dimensions", 1, 1 << 24, { int: true });
+  if (dimensions !== undefined && dimensions !== dim)
+    throw new InvalidArgumentError("dimensions", `this model's embeddings have ${dim} dimensions (they cannot be shortened), got ${dimensions}`);
+  const pooling = o.pooling ?? undefined;
+  if (pooling !== undefined && pooling !== "mean" && pooling !== "last") throw new InvalidArgumentError("pooling", `expected "mean" or "last", got ${show(pooling)}`);
+  const normalize = boolField(o, "normalize");
+  stringField(o, "user");
+  stringField(o, "model");
+  return { inputs, batch, encodingFormat: format, ...(pooling !== undefined && { pooling }), ...(normalize !== undefined && { normalize }) };
+}
+
+function parseEmbeddingInputs(v: unknown, vocabSize: number): { inputs: PromptInput[]; batch: boolean } {
+  const text = (s: string, field: string): string => {
+    if (s.length === 0) throw new InvalidArgumentError(field, "is an empty string (nothing to embed)");
+    return s;
+  };
+  if (typeof v === "string") return { inputs: [text(v, "input")], batch: false };
+  if (!Array.isArray(v)) throw new InvalidArgumentError("input", `expected a string, an array of token ids or an array of inputs, got ${typeName(v)}`);
+  if (v.length === 0) throw new InvalidArgumentError("input", "is an empty array");
+  if (typeof v[0] === "number") return { inputs: [parseTokenIds(v, vocabSize, "input")], batch: false };
+  if (v.length > MAX_EMBED_INPUTS) throw new InvalidArgumentError("input", `at most ${MAX_EMBED_INPUTS} inputs per request, got ${v.length}`);
+  const inputs = v.map((x, i) => {
+    if (typeof x === "string") return text(x, `input[${i}]`);
+    if (Array.isArray(x)) return parseTokenIds(x, vocabSize, `input[${i}]`);
+    throw new InvalidArgumentError(`input[${i}]`, `expected a string or an array of token ids, got ${typeName(x)}`);
+  });
+  return { inputs, batch: true };
+}

@@ -3,6 +3,7 @@
 // every call so tests can see what the server asked for and whether it was aborted.
 import { setTimeout as sleep } from "node:timers/promises";
 import { Llama2Error } from "../../lib/errors.js";
+import type { EmbedOptions, EmbedResult } from "../../lib/llama2.js";
 import type { ChatBackend } from "../../lib/server/backend.js";
 import type {
   ChatMessage, FinishReason, GenerateOptions, GenerationChunk, GenerationResult, GenerationStream, ModelInfo,
@@ -22,6 +23,15 @@ export interface FakeOptions {
   /** How an abort ends the stream: a last chunk with finishReason "abort", or a thrown ERR_ABORTED. */
   abortMode?: "finish" | "throw";
   deviceMemoryBytes?: number;
+  /** false: a backend without embed() (no /v1/embeddings). */
+  embed?: boolean;
+}
+
+export interface FakeEmbedCall {
+  input: string | readonly number[];
+  opts: EmbedOptions;
+  aborted: boolean;
+  finished: boolean;
 }
 
 export interface FakeCall {
@@ -47,6 +57,12 @@ export function echoReply(input: string): string[] {
 export class FakeBackend implements ChatBackend {
   readonly info: ModelInfo;
   readonly calls: FakeCall[] = [];
+  readonly embedCalls: FakeEmbedCall[] = [];
+  /**
+   * fakeEmbedding() of the input's tokens (text: tokenize() with BOS), after a delay (inputs with "slow":
+   * slowDelayMs x 20); as Llama2.embed(), ERR_CONTEXT_OVERFLOW past the context and ERR_ABORTED on abort.
+   */
+  readonly embed?: (input: string | readonly number[], opts?: EmbedOptions) => Promise<EmbedResult>;
   disposed = false;
   maxActive = 0;
   private active = 0;
@@ -72,6 +88,32 @@ export class FakeBackend implements ChatBackend {
       bosId: BOS,
       eosId: EOS,
     };
+    if (opts.embed !== false) this.embed = (input, o = {}) => this.fakeEmbed(input, o);
+  }
+
+  private async fakeEmbed(input: string | readonly number[], opts: EmbedOptions): Promise<EmbedResult> {
+    this.check();
+    const call: FakeEmbedCall = { input, opts, aborted: false, finished: false };
+    this.embedCalls.push(call);
+    this.active++;
+    this.maxActive = Math.max(this.maxActive, this.active);
+    const t0 = performance.now();
+    try {
+      const ids = typeof input === "string" ? this.tokenize(input, { bos: opts.addBos ?? true }) : [...input];
+      if (ids.length > this.info.contextLength) throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the text is ${ids.length} tokens but the context length is ${this.info.contextLength}`);
+      const slow = typeof input === "string" && input.includes("slow");
+      try {
+        await sleep(slow ? (this.opts.slowDelayMs ?? 50) * 20 : (this.opts.delayMs ?? 1), undefined, opts.signal && { signal: opts.signal });
+      } catch {
+        call.aborted = true;
+        throw new Llama2Error("ERR_ABORTED", "aborted");
+      }
+      if (typeof input === "string" && input.includes("FAIL")) throw new Llama2Error("ERR_CUDA", "simulated device failure");
+      return { embedding: fakeEmbedding(ids, this.info.config.dim, opts), tokenCount: ids.length, totalMs: performance.now() - t0 };
+    } finally {
+      this.active--;
+      call.finished = true;
+    }
   }
 
   get pending(): number {
@@ -207,6 +249,21 @@ export class FakeBackend implements ChatBackend {
     push({ text: "", tokenIds: [], stats });
     return { text, tokenIds: ids, stats };
   }
+}
+
+/**
+ * The fake's embedding of token ids: a fixed pseudo-random vector per id, pooled as Llama2.embed() pools
+ * (mean without a leading BOS, or the last), L2-normalized unless normalize: false.
+ */
+export function fakeEmbedding(ids: readonly number[], dim: number, opts: EmbedOptions = {}): Float32Array {
+  const pooled = opts.pooling === "last" ? ids.slice(-1) : ids.length > 1 && ids[0] === BOS ? ids.slice(1) : ids;
+  const v = new Float32Array(dim);
+  for (const id of pooled) for (let k = 0; k < dim; k++) v[k]! += Math.sin(id * 0.618 + k * 1.3) / pooled.length;
+  if (opts.normalize ?? true) {
+    const norm = Math.hypot(...v);
+    v.forEach((x, k) => (v[k] = x / norm));
+  }
+  return v;
 }
 
 function hash(s: string): number {
