@@ -9,6 +9,7 @@
 // step's rows (written by the QKV epilogue / kv_quantize) and q are read after it.
 // The int8 cache (Q8) reads a byte per value plus a group scale: a score is sum over groups of
 // scale * (q . k_int8), a value row is weighted by p * scale; the bytes widen without I2F (i8_to_f).
+#include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <cstdlib>
@@ -569,8 +570,9 @@ __global__ void __launch_bounds__(kWarps * 32) attn_decode_stream_kernel(const _
                                     ws_acc, sm_last);
 }
 
-// Workspace layout: the merge counters (tokens x kv heads ints, 16-byte padded), then m/l pairs and
-// the accumulators of every (token, head, split).
+// Workspace layout: the merge counters (counter_tokens x heads ints, 16-byte padded; a (token, kv head)
+// uses one), then m/l pairs and the accumulators of every (token, head, split). The partials start after
+// counter_tokens' counters whatever n_tokens is, so a smaller launch never writes over a larger one's.
 struct Workspace {
   int* counters;
   float* ml;
@@ -578,10 +580,10 @@ struct Workspace {
 };
 // (Counters are sized by query heads, an upper bound of kv heads, so the size needs no kv-head count.)
 inline size_t counter_bytes(int n_tokens, int n_heads) { return ((size_t)n_tokens * n_heads * sizeof(int) + 15) / 16 * 16; }
-inline Workspace split_workspace(void* ws, int n_tokens, int n_heads, int n_splits) {
+inline Workspace split_workspace(void* ws, int n_tokens, int counter_tokens, int n_heads, int n_splits) {
   Workspace w;
   w.counters = static_cast<int*>(ws);
-  w.ml = reinterpret_cast<float*>(static_cast<char*>(ws) + counter_bytes(n_tokens, n_heads));
+  w.ml = reinterpret_cast<float*>(static_cast<char*>(ws) + counter_bytes(counter_tokens, n_heads));
   w.acc = w.ml + (size_t)n_tokens * n_heads * n_splits * 2;
   return w;
 }
@@ -613,9 +615,9 @@ bool use_stream(int group) {
 }
 
 template <int HD, bool Q8>
-void launch_stream(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
+void launch_stream(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, int counter_tokens, cudaStream_t stream) {
   const int n_splits = ceil_div(max_ctx, kStreamSplit);
-  const Workspace w = split_workspace(workspace, n_tokens, p.n_heads, n_splits);
+  const Workspace w = split_workspace(workspace, n_tokens, counter_tokens, p.n_heads, n_splits);
   const dim3 grid(n_splits, p.n_kv_heads, n_tokens);
   const int g = p.n_heads / p.n_kv_heads;
   if (g == 1) launch(attn_decode_stream_kernel<HD, 1, Q8>, grid, kWarps * 32, 0, stream, p, n_splits, w.counters, w.ml, w.acc);
@@ -624,22 +626,22 @@ void launch_stream(const AttentionParams& p, int n_tokens, int max_ctx, void* wo
 }
 
 template <int HD, bool Q8>
-void launch_kind(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
-  if (use_stream(p.n_heads / p.n_kv_heads)) return launch_stream<HD, Q8>(p, n_tokens, max_ctx, workspace, stream);
+void launch_kind(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, int counter_tokens, cudaStream_t stream) {
+  if (use_stream(p.n_heads / p.n_kv_heads)) return launch_stream<HD, Q8>(p, n_tokens, max_ctx, workspace, counter_tokens, stream);
   const int n_splits = ceil_div(max_ctx, kSplit);
-  const Workspace w = split_workspace(workspace, n_tokens, p.n_heads, n_splits);
+  const Workspace w = split_workspace(workspace, n_tokens, counter_tokens, p.n_heads, n_splits);
   const dim3 grid(n_splits, p.n_kv_heads, n_tokens);
   if (use_early(n_tokens, p.n_kv_heads)) launch_variant<HD, Q8, true>(p, grid, n_splits, w, stream);
   else launch_variant<HD, Q8, false>(p, grid, n_splits, w, stream);
 }
 
 template <int HD>
-void launch(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
+void launch(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, int counter_tokens, cudaStream_t stream) {
   if (p.k_q) {
     if (p.kv_group != kQGroup<HD>) return;  // the cache was written with another grouping
-    launch_kind<HD, true>(p, n_tokens, max_ctx, workspace, stream);
+    launch_kind<HD, true>(p, n_tokens, max_ctx, workspace, counter_tokens, stream);
   } else {
-    launch_kind<HD, false>(p, n_tokens, max_ctx, workspace, stream);
+    launch_kind<HD, false>(p, n_tokens, max_ctx, workspace, counter_tokens, stream);
   }
 }
 
@@ -652,22 +654,27 @@ void force_early(int mode) { g_force_early.store(mode < 0 ? -1 : (mode != 0)); }
 void force_stream(int mode) { g_force_stream.store(mode < 0 ? kKnobUnread : (mode != 0)); }
 }  // namespace attention_detail
 
-size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx) {
+size_t attention_decode_partial_bytes(int n_tokens, int n_heads, int head_dim, int max_ctx) {
   size_t splits = (size_t)ceil_div(max_ctx, kSplit);
-  return counter_bytes(n_tokens, n_heads) + (size_t)n_tokens * n_heads * splits * (head_dim + 2) * sizeof(float);
+  return (size_t)n_tokens * n_heads * splits * (head_dim + 2) * sizeof(float);
+}
+
+size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx) {
+  return counter_bytes(n_tokens, n_heads) + attention_decode_partial_bytes(n_tokens, n_heads, head_dim, max_ctx);
 }
 
 size_t attention_decode_counter_bytes(int n_tokens, int n_heads) { return counter_bytes(n_tokens, n_heads); }
 
-void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream) {
+void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream, int counter_tokens) {
   if (n_tokens <= 0) return;
+  const int ct = std::max(counter_tokens, n_tokens);
   switch (p.head_dim) {
-    case 8: launch<8>(p, n_tokens, max_ctx, workspace, stream); break;
-    case 16: launch<16>(p, n_tokens, max_ctx, workspace, stream); break;
-    case 32: launch<32>(p, n_tokens, max_ctx, workspace, stream); break;
-    case 64: launch<64>(p, n_tokens, max_ctx, workspace, stream); break;
-    case 128: launch<128>(p, n_tokens, max_ctx, workspace, stream); break;
-    case 256: launch<256>(p, n_tokens, max_ctx, workspace, stream); break;
+    case 8: launch<8>(p, n_tokens, max_ctx, workspace, ct, stream); break;
+    case 16: launch<16>(p, n_tokens, max_ctx, workspace, ct, stream); break;
+    case 32: launch<32>(p, n_tokens, max_ctx, workspace, ct, stream); break;
+    case 64: launch<64>(p, n_tokens, max_ctx, workspace, ct, stream); break;
+    case 128: launch<128>(p, n_tokens, max_ctx, workspace, ct, stream); break;
+    case 256: launch<256>(p, n_tokens, max_ctx, workspace, ct, stream); break;
     default: break;
   }
 }

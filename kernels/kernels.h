@@ -149,13 +149,18 @@ struct AttentionParams {
 // Returns false (launching nothing) for head dims it does not support.
 bool attention_prefill(const AttentionParams& p, int max_seg_count, cudaStream_t stream);
 // Flash-decoding (split over the context; the last split CTA merges) for the n_tokens listed in
-// p.decode_tokens, any head_dim in {8, 16, 32, 64, 128, 256}. `workspace` holds the split partials and
-// the merge counters: zero it once when allocated (cudaMemset); every call leaves the counters at zero.
+// p.decode_tokens, any head_dim in {8, 16, 32, 64, 128, 256}. `workspace` holds the merge counters (first)
+// and the split partials after them: zero it once when allocated (cudaMemset); every call leaves the
+// counters at zero. The counters are sized for `counter_tokens` tokens (0: n_tokens); calls that share a
+// workspace with different n_tokens must all pass the same counter_tokens (>= each call's n_tokens), or a
+// call's partials would land on the counters of a later, larger call, which then never merges.
 // `max_ctx` bounds the positions (the grid is sized by it: a fixed max_ctx gives a fixed launch for graphs).
 size_t attention_decode_workspace(int n_tokens, int n_heads, int head_dim, int max_ctx);
 // The workspace's leading bytes that hold the merge counters (what must be zero before a call).
 size_t attention_decode_counter_bytes(int n_tokens, int n_heads);
-void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream);
+// The split partials' bytes after the counters (attention_decode_workspace = counters + partials).
+size_t attention_decode_partial_bytes(int n_tokens, int n_heads, int head_dim, int max_ctx);
+void attention_decode(const AttentionParams& p, int n_tokens, int max_ctx, void* workspace, cudaStream_t stream, int counter_tokens = 0);
 
 // ---- kv_quant.cu: the int8 KV cache's writer ----
 // Quantizes the step's K and V rows (stage [T][ld_stage], K then V, as the QkvRope epilogue wrote them)

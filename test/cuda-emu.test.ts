@@ -138,6 +138,72 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
     expect(Math.abs(s.perplexity / ref.perplexity - 1)).toBeLessThan(1e-2);
   }, 300_000);
 
+  it("decode attention when the batch grows past its long sequences (sequences joining a running batch): the CPU's logits", async () => {
+    // A 150-token sequence decodes alone (span 256: two splits, merged through the workspace's counters),
+    // then three short sequences join. With the counters sized per launch, the 1-token launch's split
+    // partials sat on the counters the 4-token launch reads for its new tokens: they never merged.
+    const run = async (m: Llama2Type) => {
+      const n = m._native();
+      const [a, b, c, d] = [n.createSequence(), n.createSequence(), n.createSequence(), n.createSequence()];
+      const rows: Float32Array[] = [];
+      try {
+        const long = [...cases[1].prompt, ...cases[1].generated.slice(0, 149)];
+        await n.forward([{ seq: a, tokens: Int32Array.from(long), output: 0 }]);
+        for (const t of cases[1].generated.slice(149, 152)) rows.push(...((await n.forward([{ seq: a, tokens: Int32Array.from([t]), output: -1 }])) as Float32Array[]));
+        await n.forward([b, c, d].map((seq, i) => ({ seq, tokens: Int32Array.from(cases[[0, 2, 3][i]!].prompt), output: 0 })));
+        for (let k = 0; k < 3; k++) {
+          const step = [a, b, c, d].map((seq, i) => ({ seq, tokens: Int32Array.from([cases[[1, 0, 2, 3][i]!].generated[i === 0 ? 152 + k : k]!]), output: -1 }));
+          rows.push(...((await n.forward(step)) as Float32Array[]));
+        }
+        return rows;
+      } finally {
+        for (const seq of [a, b, c, d]) n.freeSequence(seq);
+      }
+    };
+    const g = await run(gpu);
+    const c = await run(cpu);
+    const errs = g.map((row, i) => relErr(row, c[i]!));
+    expect(errs).toHaveLength(15);
+    expect(Math.max(...errs)).toBeLessThan(2e-2);
+  }, 300_000);
+
+  it("final hidden states (output -3) on CUDA: the CPU's within fp16 error, also in a step's second sub-batch and pooled by embed()", async () => {
+    // Five 500-token prompts (2,500 tokens: the step splits at the backend's 2,048) with their last token's
+    // hidden state, and a sixth sequence's logits: E's row and F's land in the second sub-batch, after the
+    // first's rows. Each state is compared with the CPU's for the same tokens.
+    const D = gpu.info.config.dim;
+    const prompts = Array.from({ length: 5 }, (_, k) => Array.from({ length: 500 }, (_, i) => ((i * (k + 3) + 7 * k) % 500) + 3));
+    const step = async (m: Llama2Type) => {
+      const n = m._native();
+      const seqs = prompts.map(() => n.createSequence());
+      const f = n.createSequence();
+      try {
+        const out = await n.forward([...prompts.map((p, k) => ({ seq: seqs[k]!, tokens: Int32Array.from(p), output: -3 })), { seq: f, tokens: Int32Array.from([1, 9, 27]), output: -1 }]);
+        return out as Float32Array[];
+      } finally {
+        for (const s of [...seqs, f]) n.freeSequence(s);
+      }
+    };
+    const cpuBig = await Llama2.load(sharedPath(STORIES), { device: "cpu", maxSequences: 6 });
+    try {
+      const [g, c] = [await step(gpu), await step(cpuBig)];
+      for (let k = 0; k < 5; k++) {
+        expect(g[k]!.length).toBe(D);
+        expect(relErr(g[k]!, c[k]!)).toBeLessThan(2e-2);
+      }
+      expect(relErr(g[5]!, c[5]!)).toBeLessThan(2e-2);
+    } finally {
+      await cpuBig.dispose();
+    }
+    // embed(): every token's row (mean) or the last one's, pooled.
+    const ids = [...cases[3].prompt, ...cases[3].generated.slice(0, 40)];
+    for (const pooling of ["mean", "last"] as const) {
+      const a = await gpu.embed(ids, { pooling });
+      const b = await cpu.embed(ids, { pooling });
+      expect(relErr(a.embedding, b.embedding)).toBeLessThan(2e-2);
+    }
+  }, 600_000);
+
   it("lookup (drafts verified in multi-token steps, rejected ones truncated from the cache) keeps llama2.c's ids", async () => {
     // Case 0 has no near-tie, so fp16 keeps its ids whichever kernel a step's token count picks; case 1
     // is checked up to its first near-tie (token 37), beside case 0.

@@ -73,6 +73,7 @@ CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_i
   // The split-K workspace of decode attention grows with tokens x context: bound it, and launch the
   // decode tokens in chunks when a step has more than fit (only long contexts with big batches).
   p.decode_chunk = std::min(dec_max, 64);
+  p.decode_counter_tokens = dec_max;
 
   uint64_t w = cuda_matrix_bytes(V, D, kinds.emb);
   if (!c.tied_output) w += cuda_matrix_bytes(V, D, kinds.out);
@@ -107,9 +108,11 @@ CudaPlan plan_cuda(const ModelConfig& c, const CudaMatrixKinds& kinds, bool kv_i
   p.xo = S * p.dpad * 4;
   p.logits = S * p.vpad * 4;
   p.topk = S * 256 * 8;
-  // kernels/attention_decode.cu attention_decode_workspace: tokens x heads merge counters (16-byte padded),
-  // then tokens x heads x splits of 128 x (hd + 2) floats.
-  p.attn_ws = ((uint64_t)p.decode_chunk * c.n_heads * 4 + 15) / 16 * 16 + (uint64_t)p.decode_chunk * c.n_heads * ((ctx + 127) / 128) * (HD + 2) * 4;
+  // kernels/attention_decode.cu: merge counters for every decode token a launch may take (heads ints each,
+  // 16-byte padded; fixed, so that launches of different sizes never overlap them), then decode_chunk
+  // tokens x heads x splits of 128 x (hd + 2) floats of partials.
+  p.attn_ws = ((uint64_t)p.decode_counter_tokens * c.n_heads * 4 + 15) / 16 * 16 +
+              (uint64_t)p.decode_chunk * c.n_heads * ((ctx + 127) / 128) * (HD + 2) * 4;
   // kernels.h kGemmSplitKBytes + kGemmSplitKCounters ints: the GEMM's split-K partial tiles and tile counters.
   p.gemm_ws = (20ull << 20) + 4096 * 4;
   p.rope = (uint64_t)ctx * (HD / 2) * 8;

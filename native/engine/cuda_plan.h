@@ -52,6 +52,7 @@ struct CudaPlan {
   int max_blocks = 0;    // KV blocks per sequence
   bool prefill_attn = false;  // tensor-core prefill attention (head_dim 64 / 128)
   int decode_chunk = 0;  // decode-attention tokens per launch at the full context (workspace bound)
+  int decode_counter_tokens = 0;  // decode attention's merge counters: the most decode tokens of a sub-batch
   bool kv_int8 = false;
   int kv_group = 0;      // int8 KV: values per scale
   uint64_t block_elems = 0;  // values of one KV block, one layer, K or V

@@ -213,7 +213,8 @@ class CudaBackend final : public Backend {
     prefill_attn_ = plan_.prefill_attn;
     if (plan_.gemm_ws < k::kGemmSplitKBytes + k::kGemmSplitKCounters * sizeof(int))
       fail(code::kInternal, "cuda_plan: GEMM split-K workspace smaller than the kernels need");
-    if (plan_.attn_ws < k::attention_decode_workspace(plan_.decode_chunk, c_.n_heads, c_.head_dim, ctx_))
+    if (plan_.attn_ws < k::attention_decode_counter_bytes(plan_.decode_counter_tokens, c_.n_heads) +
+                            k::attention_decode_partial_bytes(plan_.decode_chunk, c_.n_heads, c_.head_dim, ctx_))
       fail(code::kInternal, "cuda_plan: decode-attention workspace smaller than the kernels need");
 
     // Check the whole budget before allocating anything large.
@@ -604,13 +605,17 @@ class CudaBackend final : public Backend {
     return exec;
   }
 
-  // Decode attention for n_dec tokens (listed at `list`), in chunks whose split-K workspace fits attn_ws_.
+  // Decode attention for n_dec tokens (listed at `list`), in chunks whose split partials fit attn_ws_ after
+  // its counters. Every launch passes the same counter count (the plan's), whatever its chunk: the partials
+  // of a small launch must not land on counters a larger one reads later.
   void decode_attention(k::AttentionParams ap, const int32_t* list, int n_dec, int span) {
-    const size_t per_token = k::attention_decode_workspace(1, c_.n_heads, c_.head_dim, span);
-    const int chunk = std::max(1, (int)std::min<size_t>((size_t)n_dec, plan_.attn_ws / per_token));
+    const int ct = plan_.decode_counter_tokens;
+    const size_t per_token = k::attention_decode_partial_bytes(1, c_.n_heads, c_.head_dim, span);
+    const size_t room = plan_.attn_ws - k::attention_decode_counter_bytes(ct, c_.n_heads);
+    const int chunk = std::max(1, (int)std::min<size_t>({(size_t)n_dec, (size_t)ct, room / per_token}));
     for (int i = 0; i < n_dec; i += chunk) {
       ap.decode_tokens = list + i;
-      k::attention_decode(ap, std::min(chunk, n_dec - i), span, attn_ws_, stream_);
+      k::attention_decode(ap, std::min(chunk, n_dec - i), span, attn_ws_, stream_, ct);
     }
   }
 
