@@ -391,6 +391,51 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     }
   });
 
+  it("embed prints Llama2.embed()'s vectors as JSON lines (texts from --text or a file), or their similarities", async () => {
+    const texts = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Stock markets fell sharply today."];
+    const scratch = new Scratch("llama2-cli-embed-");
+    try {
+      const r = cli(["embed", "--model", tiny, ...texts.flatMap((t) => ["--text", t])]);
+      expect(r.code, r.stderr).toBe(0);
+      const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+      expect(lines.map((l) => l.index)).toEqual([0, 1, 2]);
+      const m = await Llama2.load(tiny, { device: "cpu" });
+      try {
+        for (const [i, t] of texts.entries()) {
+          const e = await m.embed(t);
+          expect(lines[i].tokens).toBe(e.tokenCount);
+          expect(lines[i].embedding).toEqual(Array.from(e.embedding));
+        }
+        const last = JSON.parse(cli(["embed", "--model", tiny, "--text", texts[0]!, "--pooling", "last", "--no-normalize"]).stdout);
+        expect(last.embedding).toEqual(Array.from((await m.embed(texts[0]!, { pooling: "last", normalize: false })).embedding));
+      } finally {
+        await m.dispose();
+      }
+      // A file of lines (blank ones skipped), the similarity matrix: 1 on the diagonal, symmetric.
+      const file = scratch.write("lines.txt", texts.join("\n\n") + "\n");
+      const sim = cli(["embed", "--model", tiny, "--file", file, "--similarity"]);
+      expect(sim.code, sim.stderr).toBe(0);
+      const rows = sim.stdout.trim().split("\n").map((l) => l.trim().split(/\s+/).slice(0, 3).map(Number));
+      expect(rows).toHaveLength(3);
+      for (let i = 0; i < 3; i++) {
+        expect(rows[i]![i]).toBeCloseTo(1, 3);
+        for (let j = 0; j < 3; j++) expect(rows[i]![j]).toBeCloseTo(rows[j]![i]!, 4);
+      }
+      for (const [args, field] of [
+        [[], "--text"],
+        [["--text", "a", "--file", file], "--text"],
+        [["--text", "a", "--pooling", "max"], "--pooling"],
+        [["--file", scratch.write("empty.txt", "\n\n")], "--file"],
+      ] as const) {
+        const bad = cli(["embed", "--model", tiny, ...args]);
+        expect(bad.code).toBe(2);
+        expect(bad.stderr).toContain(`ERR_INVALID_ARGUMENT]: ${field}`);
+      }
+    } finally {
+      scratch.cleanup();
+    }
+  });
+
   it("inspect shows format, config, tensors and tokenizer (--json and text)", () => {
     const r = cli(["inspect", "--model", tiny, "--json"]);
     expect(r.code, r.stderr).toBe(0);

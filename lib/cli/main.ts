@@ -22,6 +22,7 @@ const COMMANDS: Record<string, () => Promise<{ default: Command }>> = {
   doctor: () => import("./commands/doctor.js"),
   pull: () => import("./commands/pull.js"),
   perplexity: () => import("./commands/perplexity.js"),
+  embed: () => import("./commands/embed.js"),
 };
 
 export async function main(argv: string[], io: CommandIO): Promise<number> {
