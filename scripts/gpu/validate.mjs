@@ -69,6 +69,53 @@ async function compareBackends(label, file, opts, prompt, steps, tol) {
 
 const skipSmall = args.includes("--skip-small");
 
+// Sequences joining a running batch: `long` (> 128 tokens: decode attention with 2+ splits, merged through
+// the workspace's counters) decodes alone for 3 steps, then the `shorts` join it for `steps` steps. Every
+// sequence's logits must equal (within 2e-2) its own logits alone. Until stop 29, a launch with more decode
+// tokens than the one before read the earlier launch's split partials as its merge counters and left the new
+// tokens' attention unmerged (garbage: relative errors ~1).
+async function joinCheck(label, file, opts) {
+  const m = await Llama2.load(file, { device: "cuda", ...opts });
+  const V = m.info.config.vocabSize;
+  const tok = (i) => 3 + ((i * 7919) % (V - 3));
+  const long = Array.from({ length: 150 }, (_, i) => tok(i));
+  const shorts = [5, 9, 13].map((len, k) => Array.from({ length: len }, (_, i) => tok(1000 + 97 * k + i)));
+  const forced = (k, j) => tok(5000 + 31 * k + j);  // sequence k's j-th fed token
+  const n = m._native();
+  const feed = async (seqs, toks) => n.forward(seqs.map((seq, i) => ({ seq, tokens: Int32Array.from(toks[i]), output: toks[i].length === 1 ? -1 : 0 })));
+  // Alone: the long one (prefill, then 3 + 3 tokens), each short one (prefill, then 3 tokens).
+  const alone = [];
+  {
+    const a = n.createSequence();
+    await feed([a], [long]);
+    const rows = [];
+    for (let j = 0; j < 6; j++) rows.push((await feed([a], [[forced(0, j)]]))[0]);
+    alone.push(rows.slice(3));
+    n.freeSequence(a);
+  }
+  for (const [k, s] of shorts.entries()) {
+    const b = n.createSequence();
+    await feed([b], [s]);
+    const rows = [];
+    for (let j = 0; j < 3; j++) rows.push((await feed([b], [[forced(k + 1, j)]]))[0]);
+    alone.push(rows);
+    n.freeSequence(b);
+  }
+  // Joined.
+  const seqs = [0, 1, 2, 3].map(() => n.createSequence());
+  await feed([seqs[0]], [long]);
+  for (let j = 0; j < 3; j++) await feed([seqs[0]], [[forced(0, j)]]);
+  await feed(seqs.slice(1), shorts);
+  let worst = 0;
+  for (let j = 0; j < 3; j++) {
+    const out = await feed(seqs, [0, 1, 2, 3].map((k) => [forced(k, k === 0 ? 3 + j : j)]));
+    out.forEach((lg, k) => (worst = Math.max(worst, relErr(lg, alone[k][j]))));
+  }
+  for (const s of seqs) n.freeSequence(s);
+  check(`${label}: sequences joining a running batch at 150+ positions equal their logits alone`, worst <= 2e-2, { worstRel: worst });
+  await m.dispose();
+}
+
 // A stories260K fixture case on `m`: how many greedy ids equal llama2.c's, the teacher-forced logits, and
 // the relative error of the first and last step's.
 async function againstStories(m, c) {
@@ -97,6 +144,7 @@ if (!skipSmall) {
   const firstDiff = rs.map((r, i) => commonPrefix(r.tokenIds, alone[i]));
   check("stories260K batched equals alone (first 64 ids)", firstDiff.every((k, i) => k >= Math.min(64, alone[i].length)), { firstDifference: firstDiff, of: alone.map((a) => a.length) });
   await m.dispose();
+  await joinCheck("stories260K", path.join(shared, "models/stories260K.bin"), {});
 }
 
 // 1b. The fp32 path (dtype 'f32'): every id of every case, logits within 2e-5 (the host emulation: 4e-6),
@@ -208,6 +256,7 @@ if (big) {
     check(`7B batch of ${n}: first 3 sequences equal their alone ids`, same === 3, { same, maxBatch: m.stats().scheduler.maxBatch });
   }
   await m.dispose();
+  await joinCheck("7B f16", big, { contextLength: 512 });
   // The int8 KV cache last: a fault in the newest kernels cannot hide the checks above.
   const m8 = await Llama2.load(big, { device: "cuda", contextLength: 512, maxSequences: 12, kvCacheType: "int8" });
   const alone8 = [];
