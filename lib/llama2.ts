@@ -95,7 +95,6 @@ function outputRow(out: NonNullable<NativeStepOutput>, r: number, rows: number, 
   return { ids: out.ids.subarray(r * k, (r + 1) * k), logits: out.logits.subarray(r * k, (r + 1) * k) };
 }
 
-/** log-softmax of one row of logits at `id` (lse: the row's logSumExp), in float64; NaN when the row holds a NaN or no finite logit. */
 /** Mean of rows [from, n) of `rows` ([n][D]) into `out`, summed in float64; with from = n - 1, the last row. */
 function poolRows(rows: Float32Array, D: number, from: number, out: Float32Array): void {
   const n = rows.length / D;
@@ -108,9 +107,11 @@ function poolRows(rows: Float32Array, D: number, from: number, out: Float32Array
 function normalizeL2(v: Float32Array): void {
   let ss = 0;
   for (const x of v) ss += x * x;
-  if (ss > 0) for (let i = 0; i < v.length; i++) v[i] = v[i]! / Math.sqrt(ss);
+  const norm = Math.sqrt(ss);
+  if (norm > 0) for (let i = 0; i < v.length; i++) v[i] = v[i]! / norm;
 }
 
+/** log-softmax of one row of logits at `id` (lse: the row's logSumExp), in float64; NaN when the row holds a NaN or no finite logit. */
 function rowLogprob(row: Float32Array, id: number, lse: number): number {
   return Number.isFinite(lse) && !row.some(Number.isNaN) ? row[id]! - lse : NaN;
 }
@@ -418,6 +419,38 @@ export class Llama2 {
     return { tokens: ids.length, reusedTokens: plan.cached };
   }
 
+  /** score() and embed(): the options object, its keys (`addBos`, `signal` and the caller's `own`) and the shared ones' types. */
+  private checkEvalOptions(opts: { addBos?: unknown; signal?: unknown }, own: string[]): void {
+    this.checkAlive();
+    if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
+    checkKeys(opts, new Set(["addBos", "signal", ...own]), "options");
+    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
+    if (opts.addBos !== undefined && typeof opts.addBos !== "boolean") throw new InvalidArgumentError("addBos", "expected a boolean");
+  }
+
+  /**
+   * score() and embed(): the input as token ids (text encoded as generate() does: BOS unless addBos: false;
+   * ids taken as they are), at least `min` (else `tooFew`'s message) and at most the context (else
+   * ERR_CONTEXT_OVERFLOW with `suggestion`); ERR_ABORTED when the signal already fired.
+   */
+  private evalInputIds(input: string | readonly number[], opts: { addBos?: boolean; signal?: AbortSignal }, min: number, tooFew: (n: number) => string, suggestion: string): number[] {
+    let ids: number[];
+    if (typeof input === "string") ids = this.requireTokenizer().encode(input, { bos: opts.addBos ?? true });
+    else if (Array.isArray(input)) ids = this.checkIds(input, "input").slice();
+    else throw new InvalidArgumentError("input", "expected a string or an array of token ids");
+    if (ids.length < min) throw new InvalidArgumentError("input", tooFew(ids.length));
+    if (ids.length > this.info.contextLength) {
+      throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the text is ${ids.length} tokens but the context length is ${this.info.contextLength}`, { suggestion });
+    }
+    if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
+    return ids;
+  }
+
+  /** A plan for evalPrompt: `ids` on a new sequence of its own, nothing cached. */
+  private evalPlan(ids: number[]): GenerationPlan {
+    return { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: [], stripLeadingSpace: false, ownsSequence: true, reuse: false };
+  }
+
   /**
    * Evaluates `plan`'s prompt alone (admitted with no reply: maxTokens 0) with `output` (for every token
    * with `every`), and hands the step's
@@ -461,27 +494,13 @@ export class Llama2 {
    * output rows.
    */
   async score(input: string | readonly number[], opts: ScoreOptions = {}): Promise<ScoreResult> {
-    this.checkAlive();
-    if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
-    checkKeys(opts, new Set(["addBos", "signal", "topLogprobs", "keepPrefix"]), "options");
-    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
-    if (opts.addBos !== undefined && typeof opts.addBos !== "boolean") throw new InvalidArgumentError("addBos", "expected a boolean");
+    this.checkEvalOptions(opts, ["topLogprobs", "keepPrefix"]);
     if (opts.keepPrefix !== undefined && typeof opts.keepPrefix !== "boolean") throw new InvalidArgumentError("keepPrefix", "expected a boolean");
     const top = opts.topLogprobs;
     if (top !== undefined && (!Number.isInteger(top) || top < 0 || top > 20)) throw new InvalidArgumentError("topLogprobs", `expected an integer in [0, 20], got ${String(top)}`);
-    let ids: number[];
-    if (typeof input === "string") ids = this.requireTokenizer().encode(input, { bos: opts.addBos ?? true });
-    else if (Array.isArray(input)) ids = this.checkIds(input, "input").slice();
-    else throw new InvalidArgumentError("input", "expected a string or an array of token ids");
-    if (ids.length < 2) throw new InvalidArgumentError("input", `needs at least 2 tokens to score, got ${ids.length}`);
-    if (ids.length > this.info.contextLength) {
-      throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the text is ${ids.length} tokens but the context length is ${this.info.contextLength}`, {
-        suggestion: "score it in windows (llama2 perplexity does)",
-      });
-    }
-    if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
+    const ids = this.evalInputIds(input, opts, 2, (n) => `needs at least 2 tokens to score, got ${n}`, "score it in windows (llama2 perplexity does)");
     const keep = opts.keepPrefix === true && this.prefixes !== null && ids.length >= this.prefixes.minTokens;
-    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: [], stripLeadingSpace: false, ownsSequence: true, reuse: false };
+    const plan = this.evalPlan(ids);
     const V = this.info.config.vocabSize;
     const logprobs: number[] = [];
     const tokens: TokenLogprob[] | undefined = top !== undefined ? [] : undefined;
@@ -512,26 +531,12 @@ export class Llama2 {
    * unless addBos: false). At most the context length; runs beside other requests (continuous batching).
    */
   async embed(input: string | readonly number[], opts: EmbedOptions = {}): Promise<EmbedResult> {
-    this.checkAlive();
-    if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
-    checkKeys(opts, new Set(["addBos", "signal", "pooling", "normalize"]), "options");
-    if (opts.signal !== undefined && !(opts.signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
-    if (opts.addBos !== undefined && typeof opts.addBos !== "boolean") throw new InvalidArgumentError("addBos", "expected a boolean");
+    this.checkEvalOptions(opts, ["pooling", "normalize"]);
     if (opts.normalize !== undefined && typeof opts.normalize !== "boolean") throw new InvalidArgumentError("normalize", "expected a boolean");
     const pooling = opts.pooling ?? "mean";
     if (pooling !== "mean" && pooling !== "last") throw new InvalidArgumentError("pooling", `expected "mean" or "last", got ${JSON.stringify(pooling)}`);
-    let ids: number[];
-    if (typeof input === "string") ids = this.requireTokenizer().encode(input, { bos: opts.addBos ?? true });
-    else if (Array.isArray(input)) ids = this.checkIds(input, "input").slice();
-    else throw new InvalidArgumentError("input", "expected a string or an array of token ids");
-    if (ids.length === 0) throw new InvalidArgumentError("input", "is empty (no tokens to embed)");
-    if (ids.length > this.info.contextLength) {
-      throw new Llama2Error("ERR_CONTEXT_OVERFLOW", `the text is ${ids.length} tokens but the context length is ${this.info.contextLength}`, {
-        suggestion: "embed it in shorter pieces",
-      });
-    }
-    if (opts.signal?.aborted) throw new Llama2Error("ERR_ABORTED", "aborted");
-    const plan: GenerationPlan = { seq: this.model.createSequence(), prompt: ids, cached: 0, context: [], history: [], stripLeadingSpace: false, ownsSequence: true, reuse: false };
+    const ids = this.evalInputIds(input, opts, 1, () => "is empty (no tokens to embed)", "embed it in shorter pieces");
+    const plan = this.evalPlan(ids);
     const D = this.info.config.dim;
     const embedding = new Float32Array(D);
     const t0 = performance.now();

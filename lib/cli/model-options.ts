@@ -1,7 +1,6 @@
 // Flags shared by the commands that load a model (generate, chat): loading (--model, --device, ...)
 // and sampling (--temperature, --stop, ...). Values are checked before the model loads, and every
 // library error about an option is reported under its flag's name (`--top-k: must be ...`).
-import { readFileSync } from "node:fs";
 import type { FlagSpecs } from "./args.js";
 import type { CommandIO } from "./command.js";
 import { InvalidArgumentError, Llama2Error } from "../errors.js";
@@ -10,6 +9,7 @@ import { draftMismatch, MAX_DRAFT_TOKENS } from "../engine/draft-model.js";
 import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
+import { readFlagFile } from "./read-input.js";
 import { StopMatcher } from "../stop.js";
 import type { CpuActivations, Device, GenerateOptions, JsonSchema, KvCacheType, LoadOptions, ResponseFormat, WeightDtype } from "../types.js";
 
@@ -185,29 +185,13 @@ function responseFormatFromFlags(flags: Record<string, unknown>): ResponseFormat
   const gbnf = flags.grammar as string | undefined;
   if (gbnf !== undefined) {
     if (flags.jsonSchema !== undefined || flags.jsonObject === true) throw new InvalidArgumentError("--grammar", "cannot be combined with --json-object or --json-schema");
-    let text = gbnf;
-    if (!gbnf.includes("::=")) {
-      try {
-        text = readFileSync(gbnf, "utf8");
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "ERR_FILE_NOT_FOUND" : "ERR_FILE_READ";
-        throw new Llama2Error(code, `--grammar: cannot read ${gbnf}: ${(err as Error).message}`);
-      }
-    }
+    const text = gbnf.includes("::=") ? gbnf : readFlagFile("--grammar", gbnf);
     parseGrammar(text, "--grammar");
     return { type: "grammar", grammar: text };
   }
   const raw = flags.jsonSchema as string | undefined;
   if (raw === undefined) return flags.jsonObject === true ? { type: "json_object" } : undefined;
-  let text = raw;
-  if (!raw.trimStart().startsWith("{")) {
-    try {
-      text = readFileSync(raw, "utf8");
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "ERR_FILE_NOT_FOUND" : "ERR_FILE_READ";
-      throw new Llama2Error(code, `--json-schema: cannot read ${raw}: ${(err as Error).message}`);
-    }
-  }
+  const text = raw.trimStart().startsWith("{") ? raw : readFlagFile("--json-schema", raw);
   let schema: JsonSchema;
   try {
     schema = JSON.parse(text) as JsonSchema;

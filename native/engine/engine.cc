@@ -285,26 +285,23 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
       else if (reqs[j].output < 0) any_full = true;
       else max_k = std::max(max_k, reqs[j].output);
     }
+    // Full rows, logits (outputs -1 and -2) or final hidden states (-3), to the requests that asked.
     // Rows come in token order, so a request's rows (every token: one per token) append in order.
-    if (any_full) {
-      std::vector<float> logits(n_out * (size_t)V);
-      backend_->read_logits(logits.data());
-      for (size_t o = 0; o < n_out; ++o)
-        if (reqs[out_req[o]].output == -1 || reqs[out_req[o]].output == -2) {
-          std::vector<float>& dst = out[out_req[o]].logits;
-          dst.insert(dst.end(), logits.begin() + (ptrdiff_t)(o * V), logits.begin() + (ptrdiff_t)((o + 1) * V));
+    auto scatter = [&](size_t width, bool logits) {
+      std::vector<float> SeqOutput::*field = logits ? &SeqOutput::logits : &SeqOutput::hidden;
+      std::vector<float> rows(n_out * width);
+      if (logits) backend_->read_logits(rows.data());
+      else backend_->read_hidden(rows.data());
+      for (size_t o = 0; o < n_out; ++o) {
+        const int32_t code = reqs[out_req[o]].output;
+        if (logits ? code == -1 || code == -2 : code == -3) {
+          std::vector<float>& dst = out[out_req[o]].*field;
+          dst.insert(dst.end(), rows.begin() + (ptrdiff_t)(o * width), rows.begin() + (ptrdiff_t)((o + 1) * width));
         }
-    }
-    if (any_hidden) {
-      const size_t D = (size_t)config().dim;
-      std::vector<float> hidden(n_out * D);
-      backend_->read_hidden(hidden.data());
-      for (size_t o = 0; o < n_out; ++o)
-        if (reqs[out_req[o]].output == -3) {
-          std::vector<float>& dst = out[out_req[o]].hidden;
-          dst.insert(dst.end(), hidden.begin() + (ptrdiff_t)(o * D), hidden.begin() + (ptrdiff_t)((o + 1) * D));
-        }
-    }
+      }
+    };
+    if (any_full) scatter((size_t)V, true);
+    if (any_hidden) scatter((size_t)config().dim, false);
     if (max_k > 0) {
       std::vector<int32_t> ids(n_out * (size_t)max_k);
       std::vector<float> vals(n_out * (size_t)max_k);

@@ -3,12 +3,13 @@
 // the reply being generated, and a Ctrl-C with no reply running (or a second one) exits.
 // With stdin not a TTY (a pipe, a file) every line is a user message, answered in turn: the replies,
 // one per message and each ending with a newline, are all that goes to stdout.
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import readline from "node:readline";
 import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import { getChatTemplate } from "../../chat-template.js";
 import type { ChatMessage, GenerationStream } from "../../types.js";
+import { readFlagFile } from "../read-input.js";
 import {
   DRAFT_FLAGS, LOAD_FLAGS, SAMPLING_FLAGS, checkDraftFlags, generateOptionsFromFlags, loadDraftFromFlags, loadModelFromFlags, loadOptionsFromFlags,
 } from "../model-options.js";
@@ -171,13 +172,7 @@ export default command;
 
 /** A conversation saved by /save: { system?, messages: user/assistant pairs } (the pairs are checked by createSession). */
 function readConversation(file: string): { system?: string; messages: ChatMessage[] } {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "ERR_FILE_NOT_FOUND" : "ERR_FILE_READ";
-    throw new Llama2Error(code, `--resume: cannot read ${file}: ${(err as Error).message}`);
-  }
+  const text = readFlagFile("--resume", file);
   let v: unknown;
   try {
     v = JSON.parse(text);

@@ -1,25 +1,13 @@
 // `llama2 embed`: texts -> embeddings (Llama2.embed: the final hidden states pooled), one JSON line per text,
 // or with --similarity the texts' pairwise cosine similarities. Texts come from --text (repeatable) or a file
 // / stdin, one per line; all are embedded together (the engine batches them).
-import { readFileSync } from "node:fs";
 import type { Command, CommandIO } from "../command.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { LOAD_FLAGS, loadModelFromFlags, loadOptionsFromFlags } from "../model-options.js";
+import { readFlagFile, readStdin } from "../read-input.js";
 
 async function readLines(file: string, io: CommandIO): Promise<string[]> {
-  let text: string;
-  if (file === "-") {
-    const parts: Buffer[] = [];
-    for await (const c of io.stdin) parts.push(typeof c === "string" ? Buffer.from(c) : (c as Buffer));
-    text = Buffer.concat(parts).toString("utf8");
-  } else {
-    try {
-      text = readFileSync(file, "utf8");
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "ERR_FILE_NOT_FOUND" : "ERR_FILE_READ";
-      throw new Llama2Error(code, `--file: cannot read ${file}: ${(err as Error).message}`);
-    }
-  }
+  const text = file === "-" ? await readStdin(io) : readFlagFile("--file", file);
   return text.split(/\r?\n/).filter((l) => l.trim() !== "");
 }
 

@@ -3,10 +3,10 @@
 // file. The text's tokens are cut into windows of --context tokens; each window starts with BOS (in
 // place of its first token) and only its second half is scored, so every scored token sees at least
 // half a window of context. PPL = exp(mean negative log-likelihood over the scored tokens).
-import { readFileSync } from "node:fs";
 import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { LOAD_FLAGS, loadModelFromFlags, loadOptionsFromFlags } from "../model-options.js";
+import { readFlagFile } from "../read-input.js";
 
 const command: Command = {
   name: "perplexity",
@@ -38,15 +38,7 @@ const command: Command = {
     if (chunks !== undefined && chunks < 1) throw new InvalidArgumentError("--chunks", `expected at least 1, got ${chunks}`);
     const parallel = (flags.parallel as number | undefined) ?? 4;
     if (parallel < 1 || parallel > 64) throw new InvalidArgumentError("--parallel", `expected 1..64, got ${parallel}`);
-    let text: string;
-    if (hasFile) {
-      try {
-        text = readFileSync(flags.file as string, "utf8");
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code === "ENOENT" ? "ERR_FILE_NOT_FOUND" : "ERR_FILE_READ";
-        throw new Llama2Error(code, `--file: cannot read ${flags.file}: ${(err as Error).message}`);
-      }
-    } else text = flags.text as string;
+    const text = hasFile ? readFlagFile("--file", flags.file as string) : (flags.text as string);
     loadOptionsFromFlags(flags); // every flag checked before the (possibly slow) load
     const model = await loadModelFromFlags({ ...flags, context: n }, io);
     try {

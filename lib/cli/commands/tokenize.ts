@@ -7,18 +7,13 @@ import { getChatTemplate } from "../../chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { tokenizerForModel } from "../../tokenizer/for-model.js";
 import { resolveModelFlag } from "../model-options.js";
+import { readStdin } from "../read-input.js";
 import type { ChatMessage } from "../../types.js";
-
-async function readAll(stream: NodeJS.ReadableStream): Promise<string> {
-  const parts: Buffer[] = [];
-  for await (const c of stream) parts.push(typeof c === "string" ? Buffer.from(c) : (c as Buffer));
-  return Buffer.concat(parts).toString("utf8");
-}
 
 async function readDialog(file: string, io: CommandIO): Promise<ChatMessage[]> {
   let text: string;
   if (file === "-") {
-    text = await readAll(io.stdin);
+    text = await readStdin(io);
   } else {
     try {
       text = readFileSync(file, "utf8");
