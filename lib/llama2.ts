@@ -28,6 +28,7 @@ import type {
   LoadOptions,
   LoadProgress,
   ModelInfo,
+  RopeScalingOptions,
   TokenLogprob,
 } from "./types.js";
 
@@ -176,7 +177,7 @@ export interface GenerationPlan {
   park?: () => boolean;
 }
 
-const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "cpuActivations", "tokenizerPath", "onProgress", "signal", "prefixCache"]);
+const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "cpuActivations", "tokenizerPath", "onProgress", "signal", "prefixCache", "ropeScaling"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
   "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup", "draft", "contextShift",
@@ -200,6 +201,20 @@ function checkInt(v: unknown, field: string, min: number, max: number): number |
     throw new InvalidArgumentError(field, `expected an integer in [${min}, ${max}], got ${showValue(v)}`);
   }
   return v;
+}
+
+function checkRopeScaling(v: unknown): RopeScalingOptions | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== "object" || v === null) throw new InvalidArgumentError("ropeScaling", "expected { type, factor?, originalContextLength? }");
+  checkKeys(v, new Set(["type", "factor", "originalContextLength"]), "ropeScaling");
+  const r = v as RopeScalingOptions;
+  if (!["none", "linear", "yarn"].includes(r.type)) throw new InvalidArgumentError("ropeScaling.type", `expected none, linear or yarn, got ${showValue(r.type)}`);
+  const min = r.type === "yarn" ? 1 : 0;
+  if (r.factor !== undefined && (typeof r.factor !== "number" || !(r.factor > min || (r.type === "yarn" && r.factor === 1)) || !(r.factor <= 1024))) {
+    throw new InvalidArgumentError("ropeScaling.factor", `expected a number in ${r.type === "yarn" ? "[1" : "(0"}, 1024], got ${showValue(r.factor)}`);
+  }
+  checkInt(r.originalContextLength, "ropeScaling.originalContextLength", 1, 1 << 22);
+  return { type: r.type, ...(r.factor !== undefined && { factor: r.factor }), ...(r.originalContextLength !== undefined && { originalContextLength: r.originalContextLength }) };
 }
 
 function checkKeys(opts: object, allowed: Set<string>, what: string): void {
@@ -265,6 +280,7 @@ export class Llama2 {
       checkKeys(prefixCache, new Set(["maxEntries"]), "prefixCache");
       checkInt(prefixCache.maxEntries, "prefixCache.maxEntries", 1, 4096);
     }
+    const ropeScaling = checkRopeScaling(options.ropeScaling);
 
     const cancel = new Int32Array(new SharedArrayBuffer(4));
     const onAbort = () => Atomics.store(cancel, 0, 1);
@@ -282,6 +298,7 @@ export class Llama2 {
           maxSequences: options.maxSequences ?? 4,
           threads: options.threads ?? 0,
           cpuActivations,
+          ...(ropeScaling && { ropeScaling }),
         },
         onProgress
           ? (p) => {

@@ -90,6 +90,7 @@ export interface NativeLoadOptions {
   maxSequences?: number;
   threads?: number;
   cpuActivations?: string;
+  ropeScaling?: { type: string; factor?: number; originalContextLength?: number };
 }
 
 export interface NativeProgress {

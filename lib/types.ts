@@ -56,6 +56,39 @@ export interface LoadOptions {
    * requests need KV blocks. `false` turns it off; `maxEntries` bounds the cached prefixes (default 32).
    */
   prefixCache?: boolean | { maxEntries?: number };
+  /**
+   * Replaces the model file's rotary position scaling (llama.cpp's `--rope-scaling` / `--rope-scale`).
+   * Files of long-context fine-tunes carry theirs (Hugging Face `rope_scaling` / `rope_parameters`, GGUF
+   * `rope.scaling.*`), read without this option; `ModelInfo.config.ropeScaling` shows what is used.
+   */
+  ropeScaling?: RopeScalingOptions;
+}
+
+/**
+ * Rotary position scaling, for running a model past the context it was trained with. "linear": every
+ * position divided by `factor` (position interpolation; Vicuna-16k, LLaMA-2-7B-32K). "yarn": YaRN, which
+ * interpolates the low frequencies only and scales attention by 0.1 ln(factor) + 1 (YaRN-Llama-2).
+ * "none": no scaling, even where the file asks for some. Without fine-tuning, linear scaling lets a
+ * Llama 2 read about `factor` times its 4,096 positions with some loss of quality.
+ */
+export interface RopeScalingOptions {
+  type: "none" | "linear" | "yarn";
+  /** Context extension factor (linear: (0, 1024]; yarn: [1, 1024]). Default 1. */
+  factor?: number;
+  /** YaRN: the context the model was trained with before extension (default: the file's context length). */
+  originalContextLength?: number;
+}
+
+/** The rotary scaling a loaded model uses (ModelConfig.ropeScaling; null: none). */
+export interface RopeScalingInfo {
+  type: "linear" | "yarn";
+  factor: number;
+  /** YaRN only. */
+  originalContextLength?: number;
+  betaFast?: number;
+  betaSlow?: number;
+  /** What cos and sin are multiplied by (YaRN's derived 0.1 ln(factor) + 1 unless the file sets it; linear 1). */
+  attentionFactor: number;
 }
 
 export interface LoadProgress {
@@ -85,6 +118,8 @@ export interface ModelConfig {
   /** The context the model was trained with (from its files). */
   trainedContextLength: number;
   ropeLayout: "interleaved" | "halves";
+  /** Rotary scaling from the file or `LoadOptions.ropeScaling`; null when positions are not scaled. */
+  ropeScaling: RopeScalingInfo | null;
   tiedEmbeddings: boolean;
 }
 

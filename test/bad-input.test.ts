@@ -197,13 +197,18 @@ describeShared("bad model files", [STORIES, TINY_HF, TINY_F16], () => {
     await expectError(load(wide), "ERR_TENSOR_SHAPE", "mlp", "[256, 64]");
   });
 
-  it("unsupported architecture or rope scaling in config.json -> ERR_FORMAT_UNSUPPORTED naming it", async () => {
+  it("unsupported architecture or rope scaling in config.json -> ERR_FORMAT_UNSUPPORTED naming it; a bad factor -> ERR_MODEL_CONFIG", async () => {
     const mistral = scratch.hfDir(hf, { config: (c) => void (c.model_type = "mistral") });
     await expectError(load(mistral), "ERR_FORMAT_UNSUPPORTED", "mistral");
-    const scaled = scratch.hfDir(hf, { config: (c) => void (c.rope_scaling = { type: "linear", factor: 2 }) });
-    await expectError(load(scaled), "ERR_FORMAT_UNSUPPORTED", "rope_scaling");
-    const yarn = scratch.hfDir(hf, { config: (c) => void (c.rope_parameters = { rope_type: "yarn", rope_theta: 10000 }) });
-    await expectError(load(yarn), "ERR_FORMAT_UNSUPPORTED", "yarn");
+    const dynamic = scratch.hfDir(hf, { config: (c) => void (c.rope_scaling = { type: "dynamic", factor: 2 }) });
+    await expectError(load(dynamic), "ERR_FORMAT_UNSUPPORTED", "rope_scaling", "'dynamic'", "linear, yarn");
+    const llama3 = scratch.hfDir(hf, { config: (c) => void (c.rope_parameters = { rope_type: "llama3", rope_theta: 10000, factor: 8 }) });
+    await expectError(load(llama3), "ERR_FORMAT_UNSUPPORTED", "rope_parameters", "'llama3'");
+    // Supported types with a missing or impossible factor: a config error naming the field.
+    const noFactor = scratch.hfDir(hf, { config: (c) => void (c.rope_parameters = { rope_type: "yarn", rope_theta: 10000 }) });
+    await expectError(load(noFactor), "ERR_MODEL_CONFIG", "rope_parameters", "'factor' is missing");
+    const huge = scratch.hfDir(hf, { config: (c) => void (c.rope_scaling = { type: "linear", factor: 1e6 }) });
+    await expectError(load(huge), "ERR_MODEL_CONFIG", "rope scaling factor");
     await expectError(load(path.join(hf, "model.safetensors")), "ERR_FORMAT_UNSUPPORTED", "config.json");
     const txt = scratch.write("model.txt", "hello");
     await expectError(load(txt), "ERR_FORMAT_UNSUPPORTED", txt);

@@ -7,14 +7,14 @@
 // tensor-core prefill attention, and `llama2 doctor --check`'s CUDA lines. It measures no speed: figures come
 // from a GPU (NOTES.md).
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Llama2 as Llama2Type } from "../lib/llama2.js";
 import type { planCudaMemory as PlanFn } from "../lib/cuda-plan.js";
 import { mixedTypes, writeBlockModels } from "./helpers/block-models.js";
-import { Scratch } from "./helpers/corrupt.js";
+import { Scratch, ggufWithMetadata } from "./helpers/corrupt.js";
 import { cudaHeadersDir } from "./helpers/cuda-headers.js";
 import { ensureDist } from "./helpers/dist.js";
 import { relErr } from "./helpers/logits.js";
@@ -201,6 +201,28 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
       const a = await gpu.embed(ids, { pooling });
       const b = await cpu.embed(ids, { pooling });
       expect(relErr(a.embedding, b.embedding)).toBeLessThan(2e-2);
+    }
+  }, 600_000);
+
+  it("rope scaling (YaRN from GGUF metadata: one rotary table, scaled cos/sin) on CUDA: the CPU's logits on the same file", async () => {
+    const scratch = new Scratch("llama2-emu-rope-");
+    try {
+      const file = scratch.write("yarn.gguf", ggufWithMetadata(readFileSync(sharedPath(TINY_F16)), [
+        ["llama.rope.scaling.type", "yarn"], ["llama.rope.scaling.factor", { f32: 4 }], ["llama.rope.scaling.original_context_length", { u32: 128 }],
+      ]));
+      const ids = Array.from({ length: 204 }, (_, i) => (i === 0 ? 1 : ((i * 7919) % 31990) + 3));
+      const [prompt, feed] = [ids.slice(0, 200), ids.slice(200)];
+      const g = await Llama2.load(file, { device: "cuda", maxSequences: 1, contextLength: 512 });
+      const c = await Llama2.load(file, { device: "cpu", maxSequences: 1, contextLength: 512 });
+      const plain = await Llama2.load(sharedPath(TINY_F16), { device: "cuda", maxSequences: 1, contextLength: 512 });
+      try {
+        expect(await worstRel(g, c, prompt, feed)).toBeLessThan(2e-2);
+        expect(await worstRel(g, plain, prompt, feed)).toBeGreaterThan(5e-2); // the scaling reached the device
+      } finally {
+        for (const m of [g, c, plain]) await m.dispose();
+      }
+    } finally {
+      scratch.cleanup();
     }
   }, 600_000);
 

@@ -9,7 +9,7 @@ import { Llama2Error } from "../errors.js";
 import { Llama2 } from "../llama2.js";
 import { detectNvidiaDriver, native } from "../native.js";
 import { Rng } from "../rng.js";
-import type { CpuActivations, Device, KvCacheType, WeightDtype } from "../types.js";
+import type { CpuActivations, Device, KvCacheType, ModelConfig, WeightDtype } from "../types.js";
 import { BENCH_SCHEMA, engineSwitches, stat, type BenchResult, type DecodeFigure, type MachineInfo, type PrefillFigure, type Stat } from "./result.js";
 
 export interface BenchOptions {
@@ -168,7 +168,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       kvCacheType: info.kvCacheType,
       weightBytes: info.weightBytes,
       contextLength: info.contextLength,
-      config: { ...cfg },
+      config: benchConfig(cfg),
     },
     load: { coldMs: coldMs.length ? stat(coldMs) : undefined, warmMs: stat(warmMs) },
     prefill,
@@ -185,6 +185,12 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   };
   await llama.dispose();
   return result;
+}
+
+// The result file's flat config: rope scaling (rarely set) as one string, e.g. "yarn x16".
+function benchConfig(c: ModelConfig): Record<string, number | string | boolean> {
+  const { ropeScaling, ...rest } = c;
+  return { ...rest, ...(ropeScaling && { ropeScaling: `${ropeScaling.type} x${ropeScaling.factor}` }) };
 }
 
 function paramCount(c: { dim: number; nLayers: number; nHeads: number; nKvHeads: number; headDim: number; ffnDim: number; vocabSize: number; tiedEmbeddings: boolean }): number {

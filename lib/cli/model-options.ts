@@ -10,6 +10,7 @@ import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
 import { readFlagFile } from "./read-input.js";
+import { ROPE_SCALING_FLAG, parseRopeScalingFlag } from "./rope-flag.js";
 import { StopMatcher } from "../stop.js";
 import type { CpuActivations, Device, GenerateOptions, JsonSchema, KvCacheType, LoadOptions, ResponseFormat, WeightDtype } from "../types.js";
 
@@ -25,6 +26,7 @@ export const LOAD_FLAGS: FlagSpecs = {
     description: "CPU: f32 (exact) or int8 (int8 / 4-bit matrices take int8-rounded inputs, as llama.cpp: faster decoding)",
     default: "f32",
   },
+  "rope-scaling": ROPE_SCALING_FLAG,
   tokenizer: { type: "string", description: "tokenizer.model, for models that do not carry one" },
   quiet: { type: "boolean", alias: "q", description: "nothing on stderr but errors" },
 };
@@ -101,6 +103,7 @@ const FLAG_OF: Record<string, string> = {
   contextLength: "--context",
   threads: "--threads",
   cpuActivations: "--cpu-activations",
+  ropeScaling: "--rope-scaling",
   tokenizerPath: "--tokenizer",
   maxTokens: "--max-tokens",
   temperature: "--temperature",
@@ -177,6 +180,7 @@ export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOption
   if (context !== undefined) opts.contextLength = context;
   if (threads !== undefined) opts.threads = threads;
   if (typeof flags.tokenizer === "string") opts.tokenizerPath = flags.tokenizer;
+  if (typeof flags.ropeScaling === "string") opts.ropeScaling = parseRopeScalingFlag(flags.ropeScaling);
   return opts;
 }
 

@@ -27,6 +27,7 @@ export const loadModel: LoadBackend = async (spec, onProgress, signal) => {
     kvCacheType: spec.kvCacheType,
     ...(spec.cpuActivations && { cpuActivations: spec.cpuActivations }),
     ...(spec.contextLength !== undefined && { contextLength: spec.contextLength }),
+    ...(spec.ropeScaling && { ropeScaling: spec.ropeScaling }),
     ...(spec.maxSequences !== undefined && { maxSequences: spec.maxSequences }),
     onProgress,
     signal,

@@ -4,6 +4,8 @@ import { MAX_DRAFT_TOKENS } from "../engine/draft-model.js";
 import { InvalidArgumentError } from "../errors.js";
 import { parseDuration } from "./duration.js";
 import { formatHubRef, isHubRef, parseHubRef } from "../hub/refs.js";
+import { parseRopeScalingFlag } from "../cli/rope-flag.js";
+import type { RopeScalingOptions } from "../types.js";
 
 export interface SamplingDefaults {
   maxTokens?: number;
@@ -24,6 +26,8 @@ export interface JobSpec {
   /** CPU backend: int8 / 4-bit matrices take int8-rounded inputs (LoadOptions.cpuActivations). */
   cpuActivations?: "int8";
   contextLength?: number;
+  /** Overrides the file's rotary scaling (LoadOptions.ropeScaling). */
+  ropeScaling?: RopeScalingOptions;
   /** Full-context sequences the KV cache holds (more shorter ones fit; default 4). */
   maxSequences?: number;
   /** Speculative decoding: a draft model (path, "demo" or Hub reference) and its tokens per step. */
@@ -141,6 +145,7 @@ export function parseRunSpec(flags: Flags): JobSpec {
     kvCacheType,
     ...(cpuActivations === "int8" && { cpuActivations }),
     ...(flags.context !== undefined && { contextLength: range(flags, "context", 16, 1 << 20, { int: true }) }),
+    ...(str(flags, "ropeScaling") !== undefined && { ropeScaling: parseRopeScalingFlag(str(flags, "ropeScaling")!) }),
     ...(flags.maxSequences !== undefined && { maxSequences: range(flags, "maxSequences", 1, 4096, { int: true }) }),
     ...(draftRaw !== undefined && { draftModel: resolveModelRef(draftRaw, "--draft-model") }),
     ...(flags.draftTokens !== undefined && { draftTokens: range(flags, "draftTokens", 1, MAX_DRAFT_TOKENS, { int: true }) }),

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <initializer_list>
 #include <memory>
 #include <new>
@@ -89,6 +90,22 @@ Napi::Object config_object(Napi::Env env, const l2::ModelConfig& c) {
   o.Set("trainedContextLength", c.max_seq_len);
   o.Set("ropeLayout", c.rope_layout == l2::RopeLayout::Interleaved ? "interleaved" : "halves");
   o.Set("tiedEmbeddings", c.tied_output);
+  const l2::RopeScalingConfig& rs = c.rope_scaling;
+  if (rs.type == l2::RopeScaling::None) {
+    o.Set("ropeScaling", env.Null());
+  } else {
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("type", l2::rope_scaling_name(rs.type));
+    r.Set("factor", rs.factor);
+    if (rs.type == l2::RopeScaling::Yarn) {
+      r.Set("originalContextLength", rs.original_ctx > 0 ? rs.original_ctx : c.max_seq_len);
+      r.Set("betaFast", rs.beta_fast);
+      r.Set("betaSlow", rs.beta_slow);
+    }
+    r.Set("attentionFactor", rs.mscale != 0.f ? rs.mscale
+                             : rs.type == l2::RopeScaling::Yarn && rs.factor > 1.f ? 0.1f * logf(rs.factor) + 1.f : 1.f);
+    o.Set("ropeScaling", r);
+  }
   return o;
 }
 
@@ -438,6 +455,24 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
       if (!get("maxSequences").IsUndefined()) o.max_sequences = int_arg(get("maxSequences"), "maxSequences");
       if (!get("threads").IsUndefined()) o.threads = int_arg(get("threads"), "threads");
       if (!get("cpuActivations").IsUndefined()) o.cpu_activations = str_arg(get("cpuActivations"), "cpuActivations");
+      if (get("ropeScaling").IsObject()) {  // { type, factor, originalContextLength } (checked in TypeScript too)
+        Napi::Object r = get("ropeScaling").As<Napi::Object>();
+        auto num = [&](const char* k, double def) {
+          if (!r.Has(k) || r.Get(k).IsUndefined()) return def;
+          if (!r.Get(k).IsNumber()) throw make_error(env, l2::code::kInvalidArgument, std::string("ropeScaling.") + k + ": expected a number");
+          return r.Get(k).As<Napi::Number>().DoubleValue();
+        };
+        const std::string type = str_arg(r.Get("type"), "ropeScaling.type");
+        if (!l2::parse_rope_scaling(type, &o.rope_scaling.type))
+          throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.type: expected 'none', 'linear' or 'yarn', got '" + type + "'");
+        o.rope_override = true;
+        const double factor = num("factor", 1.0), orig = num("originalContextLength", 0.0);
+        if (!(factor > 0 && factor <= 1024)) throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.factor: out of range (0..1024]");
+        if (!(orig >= 0 && orig <= (1 << 22) && orig == std::floor(orig)))
+          throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.originalContextLength: expected an integer in 0..4194304");
+        o.rope_scaling.factor = (float)factor;
+        o.rope_scaling.original_ctx = (int)orig;
+      }
     }
     Napi::Function progress;
     if (info.Length() > 2 && info[2].IsFunction()) progress = info[2].As<Napi::Function>();

@@ -25,6 +25,9 @@ struct EngineOptions {
   int max_sequences = 4;        // the KV pool holds this many full-context sequences
   int threads = 0;              // CPU threads; 0: all cores
   std::string cpu_activations = "f32";  // CPU backend: "f32" | "int8" (cpu::Activations)
+  // Replaces the file's rope scaling when set (llama.cpp's --rope-scaling / --rope-scale).
+  bool rope_override = false;
+  RopeScalingConfig rope_scaling;
 };
 
 // One sequence's part of a step: tokens to append, and what to return for its last token.

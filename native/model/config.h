@@ -8,6 +8,25 @@ namespace l2 {
 // pairs (2i, 2i+1); Hugging Face checkpoints permute Q/K rows so that pairs are (i, i + head_dim/2).
 enum class RopeLayout { Interleaved, Halves };
 
+// Rotary position scaling for context extension (fine-tunes such as Vicuna-16k, LLaMA-2-32K, YaRN-Llama-2).
+// Linear: every angle divided by `factor` (position interpolation). YaRN: low frequencies interpolated,
+// high ones kept, a linear ramp between (beta_fast / beta_slow rotations over `original_ctx` positions),
+// and cos/sin multiplied by `mscale`. Both are static, so one rotary table serves every backend.
+enum class RopeScaling { None, Linear, Yarn };
+
+struct RopeScalingConfig {
+  RopeScaling type = RopeScaling::None;
+  float factor = 1.f;
+  int original_ctx = 0;  // YaRN: the context before extension (0: max_seq_len, as both references default)
+  float beta_fast = 32.f;
+  float beta_slow = 1.f;
+  float mscale = 0.f;  // cos/sin scale; 0: derived (YaRN 0.1 ln(factor) + 1, as transformers and llama.cpp; linear 1)
+};
+
+const char* rope_scaling_name(RopeScaling t);
+// "none" / "default" / "linear" / "yarn" (the names transformers and llama.cpp use); false for others.
+bool parse_rope_scaling(const std::string& name, RopeScaling* out);
+
 struct ModelConfig {
   int dim = 0;
   int n_layers = 0;
@@ -20,6 +39,7 @@ struct ModelConfig {
   float rms_eps = 1e-5f;
   float rope_theta = 10000.f;
   RopeLayout rope_layout = RopeLayout::Interleaved;
+  RopeScalingConfig rope_scaling;
   bool tied_output = false;  // the classifier reuses the token embedding
 
   int q_dim() const { return n_heads * head_dim; }

@@ -236,8 +236,6 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
   std::string arch = str("general.architecture");
   if (arch != "llama")
     fail(code::kFormatUnsupported, path + ": general.architecture '" + arch + "' is not supported (only 'llama')");
-  std::string scaling = str("llama.rope.scaling.type");
-  if (!scaling.empty() && scaling != "none") fail(code::kFormatUnsupported, path + ": rope scaling '" + scaling + "' is not supported");
   ModelConfig& c = src->config;
   c.dim = integer("llama.embedding_length", 0, true);
   c.n_layers = integer("llama.block_count", 0, true);
@@ -249,6 +247,26 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
   c.rms_eps = real("llama.attention.layer_norm_rms_epsilon", 1e-5);
   c.rope_theta = real("llama.rope.freq_base", 10000.0);
   c.rope_layout = RopeLayout::Interleaved;
+  // Rope scaling as llama.cpp reads it: a factor (or the older rope.scale_linear) with a type that
+  // defaults to linear; type "none" turns a factor off.
+  const float factor = real("llama.rope.scaling.factor", real("llama.rope.scale_linear", 0.0));
+  const std::string scaling = find("llama.rope.scaling.type") ? str("llama.rope.scaling.type") : "linear";
+  RopeScalingConfig& rs = c.rope_scaling;
+  if (!parse_rope_scaling(scaling, &rs.type))
+    fail(code::kFormatUnsupported, path + ": rope scaling '" + scaling + "' is not supported (supported: none, linear, yarn)");
+  if (factor == 0.f && rs.type == RopeScaling::Linear) rs.type = RopeScaling::None;  // no factor: nothing to scale
+  if (rs.type != RopeScaling::None) {
+    rs.factor = factor == 0.f ? 1.f : factor;
+    rs.original_ctx = integer("llama.rope.scaling.original_context_length", 0, false);
+    rs.beta_fast = real("llama.rope.scaling.yarn_beta_fast", 32.0);
+    rs.beta_slow = real("llama.rope.scaling.yarn_beta_slow", 1.0);
+    // llama.cpp scales cos/sin by attn_factor, times YaRN's derived 0.1 ln(factor) + 1.
+    const float attn = real("llama.rope.scaling.attn_factor", 1.0);
+    if (attn != 1.f)
+      rs.mscale = rs.type == RopeScaling::Yarn && rs.factor > 1.f ? attn * (0.1f * logf(rs.factor) + 1.f) : attn;
+    if (real("llama.rope.scaling.yarn_ext_factor", 1.0) != 1.f && rs.type == RopeScaling::Yarn)
+      fail(code::kFormatUnsupported, path + ": rope.scaling.yarn_ext_factor other than 1 is not supported");
+  }
   int rope_dims = integer("llama.rope.dimension_count", c.head_dim, false);
   if (rope_dims != c.head_dim)
     fail(code::kFormatUnsupported, path + ": partial rotary embeddings (rope.dimension_count " + std::to_string(rope_dims) + ") are not supported");

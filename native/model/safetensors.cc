@@ -40,16 +40,42 @@ int64_t whole(const Json& j, double max) {
   return j.is_number() && j.num >= 0 && j.num <= max && j.num == std::floor(j.num) ? (int64_t)j.num : -1;
 }
 
+// rope_scaling / rope_parameters: {rope_type (or type), factor, original_max_position_embeddings, beta_fast,
+// beta_slow, attention_factor}. The factor is used as written (llama.cpp's reading; transformers derives
+// YaRN's from max_position_embeddings / original_max_position_embeddings when both are given, the same
+// number in consistent files). Types or options that change the arithmetic in ways not built are refused.
+void parse_rope_params(const Json& rp, const std::string& src, ModelConfig* c) {
+  if (!rp.is_object()) fail(code::kConfig, src + " must be an object");
+  const Json* t = rp.get("rope_type") ? rp.get("rope_type") : rp.get("type");
+  if (!t) {
+    if (rp.get("factor")) fail(code::kConfig, src + ": 'factor' without 'rope_type'");
+    return;  // rope_parameters holding only rope_theta
+  }
+  RopeScaling type = RopeScaling::None;
+  if (!t->is_string() || !parse_rope_scaling(t->str, &type))
+    fail(code::kFormatUnsupported, src + ": rope type " + (t->is_string() ? "'" + t->str + "'" : std::string("(not a string)")) +
+                                       " is not supported (supported: default, linear, yarn)");
+  if (type == RopeScaling::None) return;  // "default" leaves a scaling read from the other field
+  RopeScalingConfig& rs = c->rope_scaling;
+  rs.type = type;
+  rs.factor = to_float(num(rp, "factor", src, 1.0, true));
+  if (rs.type == RopeScaling::Yarn) {
+    rs.original_ctx = integer(rp, "original_max_position_embeddings", src, 0, false);
+    rs.beta_fast = to_float(num(rp, "beta_fast", src, 32.0, false));
+    rs.beta_slow = to_float(num(rp, "beta_slow", src, 1.0, false));
+    rs.mscale = to_float(num(rp, "attention_factor", src, 0.0, false));
+    for (const char* k : {"mscale", "mscale_all_dim"})
+      if (num(rp, k, src, 0.0, false) != 0.0) fail(code::kFormatUnsupported, src + ": YaRN's '" + k + "' is not supported");
+    if (const Json* tr = rp.get("truncate"); tr && tr->type == Json::Type::Bool && !tr->b)
+      fail(code::kFormatUnsupported, src + ": YaRN with truncate: false is not supported");
+  }
+}
+
 ModelConfig parse_config(const std::string& path) {
   Json cfg = Json::parse(read_text_file(path, 1 << 20), path);
   if (!cfg.is_object()) fail(code::kConfig, path + ": expected a JSON object");
   if (const Json* mt = cfg.get("model_type"); mt && mt->is_string() && mt->str != "llama")
     fail(code::kFormatUnsupported, path + ": model_type '" + mt->str + "' is not supported (only 'llama')");
-  if (const Json* rs = cfg.get("rope_scaling"); rs && rs->type != Json::Type::Null) {
-    const Json* t = rs->get("rope_type") ? rs->get("rope_type") : rs->get("type");
-    if (!t || !t->is_string() || t->str != "default")
-      fail(code::kFormatUnsupported, path + ": rope_scaling is not supported");
-  }
   ModelConfig c;
   c.dim = integer(cfg, "hidden_size", path, 0, true);
   c.n_layers = integer(cfg, "num_hidden_layers", path, 0, true);
@@ -60,12 +86,13 @@ ModelConfig parse_config(const std::string& path) {
   c.vocab_size = integer(cfg, "vocab_size", path, 0, true);
   c.max_seq_len = integer(cfg, "max_position_embeddings", path, 4096, false);
   c.rms_eps = to_float(num(cfg, "rms_norm_eps", path, 1e-5, false));
-  // Older checkpoints put rope_theta at the top level (or omit it); newer ones in rope_parameters.
+  // Older checkpoints put rope_theta at the top level (or omit it) and scaling in rope_scaling; transformers
+  // 5 puts both in rope_parameters.
   double theta = num(cfg, "rope_theta", path, 10000.0, false);
-  if (const Json* rp = cfg.get("rope_parameters"); rp && rp->is_object()) {
-    theta = num(*rp, "rope_theta", path, theta, false);
-    if (const Json* t = rp->get("rope_type"); t && t->is_string() && t->str != "default")
-      fail(code::kFormatUnsupported, path + ": rope_type '" + t->str + "' is not supported");
+  if (const Json* rs = cfg.get("rope_scaling"); rs && rs->type != Json::Type::Null) parse_rope_params(*rs, path + ": rope_scaling", &c);
+  if (const Json* rp = cfg.get("rope_parameters"); rp && rp->type != Json::Type::Null) {
+    theta = num(*rp, "rope_theta", path + ": rope_parameters", theta, false);
+    parse_rope_params(*rp, path + ": rope_parameters", &c);
   }
   c.rope_theta = to_float(theta);
   const Json* tie = cfg.get("tie_word_embeddings");

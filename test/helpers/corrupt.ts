@@ -196,6 +196,28 @@ export function ggufLayout(buf: Buffer): GgufLayout {
   return { version, headerEnd, kvs, kvEnd, tensors, infosEnd, alignment, dataStart, size: buf.length };
 }
 
+/**
+ * The GGUF file `buf` with metadata added after its own (string, f32 or u32 values), the tensor data
+ * moved to the next aligned offset: a valid file of the same model with more keys.
+ */
+export function ggufWithMetadata(buf: Buffer, extra: Array<[string, string | { f32: number } | { u32: number }]>): Buffer {
+  const l = ggufLayout(buf);
+  const parts: Buffer[] = [];
+  const u32 = (v: number) => { const b = Buffer.alloc(4); b.writeUInt32LE(v); return b; };
+  const u64 = (v: number) => { const b = Buffer.alloc(8); b.writeBigUInt64LE(BigInt(v)); return b; };
+  const str = (v: string) => Buffer.concat([u64(Buffer.byteLength(v)), Buffer.from(v)]);
+  for (const [key, v] of extra) {
+    if (typeof v === "string") parts.push(str(key), u32(8), str(v));
+    else if ("f32" in v) { const b = Buffer.alloc(4); b.writeFloatLE(v.f32); parts.push(str(key), u32(6), b); }
+    else parts.push(str(key), u32(4), u32(v.u32));
+  }
+  const head = Buffer.from(buf.subarray(0, l.headerEnd));
+  head.writeBigUInt64LE(BigInt(l.kvs.length + extra.length), l.headerEnd - 8);
+  const meta = Buffer.concat([head, buf.subarray(l.headerEnd, l.kvEnd), ...parts, buf.subarray(l.kvEnd, l.infosEnd)]);
+  const pad = Buffer.alloc((l.alignment - (meta.length % l.alignment)) % l.alignment);
+  return Buffer.concat([meta, pad, buf.subarray(l.dataStart)]);
+}
+
 export function ggufTensor(layout: GgufLayout, name: string): GgufTensorInfo {
   const t = layout.tensors.find((x) => x.name === name);
   if (!t) throw new Error(`no tensor ${name}`);

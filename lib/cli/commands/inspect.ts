@@ -7,7 +7,7 @@ import { resolveTokenizer } from "../../tokenizer/for-model.js";
 import { planCudaMemory } from "../../cuda-plan.js";
 import { resolveModelFlag, withFlagNames } from "../model-options.js";
 import type { CudaMemoryPlan } from "../../native.js";
-import type { KvCacheType, WeightDtype } from "../../types.js";
+import type { KvCacheType, RopeScalingInfo, WeightDtype } from "../../types.js";
 
 export interface InspectResult {
   format: NativeModelSourceInfo["format"];
@@ -109,7 +109,7 @@ const command: Command = {
       `${r.path}`,
       `  format:     ${r.format}${r.name ? ` (${r.name})` : ""}, ${bytes(r.fileBytes)}, matrices ${r.fileDtype}`,
       `  config:     dim ${c.dim}, ${c.nLayers} layers, ${c.nHeads} heads (${c.nKvHeads} KV, head dim ${c.headDim}), FFN ${c.ffnDim}, vocab ${c.vocabSize}`,
-      `              context ${c.trainedContextLength}, rope theta ${c.ropeTheta} (${c.ropeLayout}), rms eps ${c.rmsEps}, ${c.tiedEmbeddings ? "tied" : "untied"} output`,
+      `              context ${c.trainedContextLength}, rope theta ${c.ropeTheta} (${c.ropeLayout}${ropeScalingText(c.ropeScaling)}), rms eps ${c.rmsEps}, ${c.tiedEmbeddings ? "tied" : "untied"} output`,
       `  parameters: ${(r.parameters / 1e6).toFixed(2)} M`,
       `  tokenizer:  ${r.tokenizer ? `${r.tokenizer.vocabSize} pieces from ${r.tokenizer.source} (BOS ${r.tokenizer.bosId}, EOS ${r.tokenizer.eosId})` : r.tokenizerError ? `unreadable (${r.tokenizerError})` : "none (use token ids, or pass a tokenizer.model)"}`,
       `  tensors (${r.tensors.length}):`,
@@ -133,3 +133,9 @@ const command: Command = {
 };
 
 export default command;
+
+function ropeScalingText(r: RopeScalingInfo | null | undefined): string {
+  if (!r) return "";
+  const yarn = r.type === "yarn" ? `, from ${r.originalContextLength}, beta ${r.betaFast}/${r.betaSlow}` : "";
+  return `, ${r.type} scaling x${r.factor}${yarn}${r.attentionFactor !== 1 ? `, attention x${r.attentionFactor.toFixed(4)}` : ""}`;
+}

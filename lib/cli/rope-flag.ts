@@ -1,0 +1,29 @@
+// `--rope-scaling TYPE[:FACTOR[:ORIGINAL]]` (none | linear:4 | yarn:16:4096) -> LoadOptions.ropeScaling,
+// for `llama2 run` and the commands that load a model. Ranges are the library's (checked again at load).
+import { InvalidArgumentError } from "../errors.js";
+import type { RopeScalingOptions } from "../types.js";
+
+export const ROPE_SCALING_FLAG = {
+  type: "string",
+  description: "override the file's rotary scaling: none, linear:FACTOR or yarn:FACTOR[:ORIGINAL_CONTEXT] (e.g. linear:4 for 16k on Llama 2)",
+} as const;
+
+export function parseRopeScalingFlag(value: string): RopeScalingOptions {
+  const [type, factorRaw, origRaw, ...rest] = value.split(":");
+  const bad = (why: string) => new InvalidArgumentError("--rope-scaling", `${why} (got '${value}'; e.g. none, linear:4, yarn:16:4096)`);
+  if (type !== "none" && type !== "linear" && type !== "yarn") throw bad("the type must be none, linear or yarn");
+  if (rest.length > 0 || (type !== "yarn" && origRaw !== undefined)) throw bad("too many ':' parts");
+  if (type === "none") {
+    if (factorRaw !== undefined) throw bad("none takes no factor");
+    return { type };
+  }
+  if (factorRaw === undefined) throw bad(`${type} needs a factor`);
+  const factor = Number(factorRaw);
+  if (factorRaw.trim() === "" || !Number.isFinite(factor) || factor <= 0 || factor > 1024 || (type === "yarn" && factor < 1)) {
+    throw bad(`the factor must be a number in ${type === "yarn" ? "[1" : "(0"}, 1024]`);
+  }
+  if (origRaw === undefined) return { type, factor };
+  const orig = Number(origRaw);
+  if (!/^\d+$/.test(origRaw) || orig < 1 || orig > 1 << 22) throw bad("the original context must be a whole number of tokens");
+  return { type, factor, originalContextLength: orig };
+}
