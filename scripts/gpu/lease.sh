@@ -6,7 +6,7 @@
 # Steps (they run in this order, whatever the order in STEPS; default: info doctor small kernels-quick
 # bench-f16 bench-int8 big serve sanitize kernels):
 #   info doctor small blocks kernels-quick w4-bench | bench-f16 bench-int8 bench-q4 | gemm-check kv8-kernels gemm-bench tune micro |
-#   A/B by env switch: ab-split ab-persist ab-early ab-stream ab-wgmma ab-b1 mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
+#   A/B by env switch: base ab-split ab-persist ab-early ab-stream ab-wgmma ab-b1 mma fused-norm ab-dispatch mma-int8 gemm-small graph8 |
 #   big (7B validation) big-wgmma serve constrained step-cost kv8 gemv-ab sanitize sanitize-attn sanitize-w4 kernels profile profile-batch
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -39,7 +39,7 @@ xz -dc .device/llama2_native.node.xz > build/Release/llama2_native.node
 [ -f .device/kernel_tests.xz ] && xz -dc .device/kernel_tests.xz > /tmp/kernel_tests && chmod +x /tmp/kernel_tests
 # The 7B file is CPU and disk work: made (when a step uses it) while the GPU runs the small checks.
 maker=
-if [[ "$STEPS" =~ \ (bench-f16|bench-int8|ab-[a-z0-9]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|big-wgmma|serve|constrained|step-cost|kv8)\  ]] && [ ! -s $BIG ]; then
+if [[ "$STEPS" =~ \ (bench-f16|bench-int8|base|ab-[a-z0-9]+|mma|mma-int8|fused-norm|gemm-small|graph8|big|big-wgmma|serve|constrained|step-cost|kv8)\  ]] && [ ! -s $BIG ]; then
   ( node dist/cli/main.js make-model --preset llama2-7b --format gguf --dtype f16 --out $BIG --quiet > "$R/make-7b.log" 2>&1; echo "make-model rc=$?" >> "$R/make-7b.log" ) &
   maker=$!  # (a warm machine keeps the file of an earlier call)
 fi
@@ -106,6 +106,9 @@ if step micro 120; then  # the decode step's ops alone (native op benches), 7B s
     node -e 'const r=require(process.argv[1]); for (const t of r.tasks) console.log(t.name.padEnd(58), t.latencyMs.p50.toFixed(4), "ms", (t.bandwidthGBs||0).toFixed(0), "GB/s")' "$R/micro-b$b.json" 2>/dev/null
   done
   pack
+fi
+if step base 60; then  # the default build at 128-token prompts, batches 1 / 8 / 32 / 64: the A/B steps' baseline in the same call
+  bench f16-base 60 -- --dtype f16 --prompt 128 --gen 128 --batch 1,8,32,64 --reps 2
 fi
 if step ab-split 60; then  # GEMM split-K off (LLAMA2_GEMM_SPLITK=1)
   bench f16-splitk-off 60 LLAMA2_GEMM_SPLITK=1 -- --dtype f16 --prompt 128 --gen 128 --batch 8,32,64 --reps 2
