@@ -6,6 +6,7 @@
 
 #include "../common/error.h"
 #include "../common/half.h"
+#include "../common/half_row.h"
 #include "../common/q8_row.h"
 #include "../common/thread_pool.h"
 #include "ggml_blocks.h"
@@ -107,11 +108,7 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
   switch (from) {
     default: decode_blocks(from, src, f, cols); break;  // the load-only block types
     case DType::F32: std::memcpy(f, src, (size_t)cols * 4); break;
-    case DType::F16: {
-      const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
-      for (int64_t i = 0; i < cols; ++i) f[i] = fp16_to_f32(h[i]);
-      break;
-    }
+    case DType::F16: fp16_row_to_f32(reinterpret_cast<const uint16_t*>(src), f, cols); break;
     case DType::BF16: {
       const uint16_t* h = reinterpret_cast<const uint16_t*>(src);
       for (int64_t i = 0; i < cols; ++i) f[i] = bf16_to_f32(h[i]);
@@ -130,7 +127,7 @@ void convert_row(DType from, const uint8_t* src, DType to, uint8_t* dst, int64_t
   if (to == DType::F32) return;
   uint16_t* h = reinterpret_cast<uint16_t*>(dst);
   switch (to) {
-    case DType::F16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_fp16(f[i]); break;
+    case DType::F16: f32_row_to_fp16(f, h, cols); break;
     case DType::BF16: for (int64_t i = 0; i < cols; ++i) h[i] = f32_to_bf16(f[i]); break;
     case DType::Q8_0: q8_quantize_row(f, cols, dst); break;
     case DType::Q4_1: q4_1_quantize_row(f, cols, dst); break;
