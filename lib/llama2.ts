@@ -27,6 +27,7 @@ import type {
   GenerationStream,
   LoadOptions,
   LoadProgress,
+  LoraOptions,
   ModelInfo,
   RopeScalingOptions,
   TokenLogprob,
@@ -177,7 +178,7 @@ export interface GenerationPlan {
   park?: () => boolean;
 }
 
-const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "cpuActivations", "tokenizerPath", "onProgress", "signal", "prefixCache", "ropeScaling"]);
+const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "cpuActivations", "tokenizerPath", "onProgress", "signal", "prefixCache", "ropeScaling", "lora"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
   "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup", "draft", "contextShift",
@@ -215,6 +216,24 @@ function checkRopeScaling(v: unknown): RopeScalingOptions | undefined {
   }
   checkInt(r.originalContextLength, "ropeScaling.originalContextLength", 1, 1 << 22);
   return { type: r.type, ...(r.factor !== undefined && { factor: r.factor }), ...(r.originalContextLength !== undefined && { originalContextLength: r.originalContextLength }) };
+}
+
+function checkLora(v: unknown): LoraOptions[] {
+  if (v === undefined) return [];
+  const list = Array.isArray(v) ? v : [v];
+  if (list.length > 64) throw new InvalidArgumentError("lora", `at most 64 adapters, got ${list.length}`);
+  return list.map((a: unknown, i) => {
+    const field = Array.isArray(v) ? `lora[${i}]` : "lora";
+    if (typeof a === "string") a = { path: a };
+    if (typeof a !== "object" || a === null) throw new InvalidArgumentError(field, "expected an adapter path or { path, scale }");
+    checkKeys(a, new Set(["path", "scale"]), field);
+    const { path: p, scale } = a as LoraOptions;
+    if (typeof p !== "string" || p === "") throw new InvalidArgumentError(`${field}.path`, "expected an adapter directory");
+    if (scale !== undefined && (typeof scale !== "number" || !(Math.abs(scale) <= 1000))) {
+      throw new InvalidArgumentError(`${field}.scale`, `expected a number in [-1000, 1000], got ${showValue(scale)}`);
+    }
+    return { path: p, ...(scale !== undefined && { scale }) };
+  });
 }
 
 function checkKeys(opts: object, allowed: Set<string>, what: string): void {
@@ -281,6 +300,7 @@ export class Llama2 {
       checkInt(prefixCache.maxEntries, "prefixCache.maxEntries", 1, 4096);
     }
     const ropeScaling = checkRopeScaling(options.ropeScaling);
+    const lora = checkLora(options.lora);
 
     const cancel = new Int32Array(new SharedArrayBuffer(4));
     const onAbort = () => Atomics.store(cancel, 0, 1);
@@ -299,6 +319,7 @@ export class Llama2 {
           threads: options.threads ?? 0,
           cpuActivations,
           ...(ropeScaling && { ropeScaling }),
+          ...(lora.length > 0 && { lora }),
         },
         onProgress
           ? (p) => {
@@ -336,6 +357,7 @@ export class Llama2 {
         maxSequences: ni.maxSequences,
         weightBytes: ni.weightBytes,
         kvCacheBytes: ni.kvCacheBytes,
+        lora: ni.lora,
         hasTokenizer: tokenizer !== null,
         bosId: tokenizer?.bosId ?? ni.tokenizer?.bosId ?? 1,
         eosId: tokenizer?.eosId ?? ni.tokenizer?.eosId ?? 2,

@@ -6,7 +6,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Llama2Error } from "./errors.js";
 import type { Candidates } from "./sampler.js";
-import type { ModelConfig, ModelInfo } from "./types.js";
+import type { LoraInfo, ModelConfig, ModelInfo } from "./types.js";
 
 export interface NativeTokenizerData {
   model: string;
@@ -50,6 +50,7 @@ export interface NativeModelInfo extends NativeModelSourceInfo {
   maxStepSequences: number;
   kvBlockSize: number;
   kvBlocks: number;
+  lora: LoraInfo[];
 }
 
 /**
@@ -91,6 +92,7 @@ export interface NativeLoadOptions {
   threads?: number;
   cpuActivations?: string;
   ropeScaling?: { type: string; factor?: number; originalContextLength?: number };
+  lora?: { path: string; scale?: number }[];
 }
 
 export interface NativeProgress {

@@ -62,6 +62,32 @@ export interface LoadOptions {
    * `rope.scaling.*`), read without this option; `ModelInfo.config.ropeScaling` shows what is used.
    */
   ropeScaling?: RopeScalingOptions;
+  /**
+   * LoRA adapters (PEFT directories: adapter_config.json + adapter_model.safetensors) merged into the
+   * weights at load, in order: W + scale x (alpha / r) x B A, as PEFT's `merge_and_unload`. A path, or
+   * `{ path, scale }` (scale default 1; llama.cpp's `--lora-scaled`), or a list of them. The merged model
+   * runs at the base model's speed; `ModelInfo.lora` lists what was applied.
+   */
+  lora?: string | LoraOptions | Array<string | LoraOptions>;
+}
+
+export interface LoraOptions {
+  path: string;
+  /** Multiplies the adapter's alpha / r (0 = no effect). Default 1. */
+  scale?: number;
+}
+
+/** An adapter merged at load (ModelInfo.lora). */
+export interface LoraInfo {
+  path: string;
+  rank: number;
+  alpha: number;
+  /** The factor B A was merged with: scale x alpha / r (alpha / sqrt(r) for rsLoRA). */
+  scale: number;
+  /** The adapted projections, e.g. ["q_proj", "v_proj"]. */
+  modules: string[];
+  /** Matrices merged (layers x modules). */
+  matrices: number;
 }
 
 /**
@@ -146,6 +172,8 @@ export interface ModelInfo {
   weightBytes: number;
   /** GPU: the KV cache reserved at load. CPU: the KV blocks allocated so far (they are allocated as they fill). */
   kvCacheBytes: number;
+  /** LoRA adapters merged at load (LoadOptions.lora), in order; empty when none. */
+  lora: LoraInfo[];
   /** Whether a tokenizer is available (text APIs need one; id APIs do not). */
   hasTokenizer: boolean;
   bosId: number;

@@ -4,7 +4,7 @@
 // YaRN over an original context of 128 splits them into kept, ramped and interpolated ones.
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseRopeScalingFlag } from "../lib/cli/rope-flag.js";
+import { parseRopeScalingFlag } from "../lib/cli/load-flags.js";
 import { Llama2Error } from "../lib/errors.js";
 import { Llama2 } from "../lib/llama2.js";
 import { parseRunSpec } from "../lib/runner/spec.js";

@@ -10,7 +10,7 @@ import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
 import { readFlagFile } from "./read-input.js";
-import { ROPE_SCALING_FLAG, parseRopeScalingFlag } from "./rope-flag.js";
+import { LORA_FLAGS, ROPE_SCALING_FLAG, parseLoraFlags, parseRopeScalingFlag } from "./load-flags.js";
 import { StopMatcher } from "../stop.js";
 import type { CpuActivations, Device, GenerateOptions, JsonSchema, KvCacheType, LoadOptions, ResponseFormat, WeightDtype } from "../types.js";
 
@@ -27,6 +27,8 @@ export const LOAD_FLAGS: FlagSpecs = {
     default: "f32",
   },
   "rope-scaling": ROPE_SCALING_FLAG,
+  lora: LORA_FLAGS.lora!,
+  "lora-scale": LORA_FLAGS["lora-scale"]!,
   tokenizer: { type: "string", description: "tokenizer.model, for models that do not carry one" },
   quiet: { type: "boolean", alias: "q", description: "nothing on stderr but errors" },
 };
@@ -104,6 +106,7 @@ const FLAG_OF: Record<string, string> = {
   threads: "--threads",
   cpuActivations: "--cpu-activations",
   ropeScaling: "--rope-scaling",
+  lora: "--lora",
   tokenizerPath: "--tokenizer",
   maxTokens: "--max-tokens",
   temperature: "--temperature",
@@ -181,6 +184,8 @@ export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOption
   if (threads !== undefined) opts.threads = threads;
   if (typeof flags.tokenizer === "string") opts.tokenizerPath = flags.tokenizer;
   if (typeof flags.ropeScaling === "string") opts.ropeScaling = parseRopeScalingFlag(flags.ropeScaling);
+  const lora = parseLoraFlags(flags);
+  if (lora) opts.lora = lora;
   return opts;
 }
 

@@ -28,6 +28,7 @@ export const loadModel: LoadBackend = async (spec, onProgress, signal) => {
     ...(spec.cpuActivations && { cpuActivations: spec.cpuActivations }),
     ...(spec.contextLength !== undefined && { contextLength: spec.contextLength }),
     ...(spec.ropeScaling && { ropeScaling: spec.ropeScaling }),
+    ...(spec.lora && { lora: spec.lora }),
     ...(spec.maxSequences !== undefined && { maxSequences: spec.maxSequences }),
     onProgress,
     signal,

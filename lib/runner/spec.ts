@@ -4,8 +4,8 @@ import { MAX_DRAFT_TOKENS } from "../engine/draft-model.js";
 import { InvalidArgumentError } from "../errors.js";
 import { parseDuration } from "./duration.js";
 import { formatHubRef, isHubRef, parseHubRef } from "../hub/refs.js";
-import { parseRopeScalingFlag } from "../cli/rope-flag.js";
-import type { RopeScalingOptions } from "../types.js";
+import { parseLoraFlags, parseRopeScalingFlag } from "../cli/load-flags.js";
+import type { LoraOptions, RopeScalingOptions } from "../types.js";
 
 export interface SamplingDefaults {
   maxTokens?: number;
@@ -28,6 +28,8 @@ export interface JobSpec {
   contextLength?: number;
   /** Overrides the file's rotary scaling (LoadOptions.ropeScaling). */
   ropeScaling?: RopeScalingOptions;
+  /** LoRA adapters merged at load (LoadOptions.lora; paths absolute). */
+  lora?: LoraOptions[];
   /** Full-context sequences the KV cache holds (more shorter ones fit; default 4). */
   maxSequences?: number;
   /** Speculative decoding: a draft model (path, "demo" or Hub reference) and its tokens per step. */
@@ -133,6 +135,7 @@ export function parseRunSpec(flags: Flags): JobSpec {
   const cors = str(flags, "cors");
   const dataset = str(flags, "dataset");
   const out = str(flags, "out");
+  const lora = parseLoraFlags(flags);
   const draftRaw = str(flags, "draftModel");
   if (draftRaw !== undefined && draftRaw.trim() === "") throw new InvalidArgumentError("--draft-model", "must be a path, 'demo' or a Hugging Face reference");
   if (flags.draftTokens !== undefined && draftRaw === undefined) throw new InvalidArgumentError("--draft-tokens", "needs --draft-model");
@@ -146,6 +149,7 @@ export function parseRunSpec(flags: Flags): JobSpec {
     ...(cpuActivations === "int8" && { cpuActivations }),
     ...(flags.context !== undefined && { contextLength: range(flags, "context", 16, 1 << 20, { int: true }) }),
     ...(str(flags, "ropeScaling") !== undefined && { ropeScaling: parseRopeScalingFlag(str(flags, "ropeScaling")!) }),
+    ...(lora && { lora: lora.map((a) => ({ ...a, path: path.resolve(a.path) })) }),
     ...(flags.maxSequences !== undefined && { maxSequences: range(flags, "maxSequences", 1, 4096, { int: true }) }),
     ...(draftRaw !== undefined && { draftModel: resolveModelRef(draftRaw, "--draft-model") }),
     ...(flags.draftTokens !== undefined && { draftTokens: range(flags, "draftTokens", 1, MAX_DRAFT_TOKENS, { int: true }) }),

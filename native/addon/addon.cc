@@ -235,6 +235,21 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       o.Set("maxStepSequences", e.max_step_sequences());
       o.Set("kvBlockSize", l2::kKvBlockSize);
       o.Set("kvBlocks", e.total_blocks());
+      Napi::Array adapters = Napi::Array::New(env, e.lora().size());
+      for (size_t i = 0; i < e.lora().size(); ++i) {
+        const l2::LoraInfo& l = e.lora()[i];
+        Napi::Object a = Napi::Object::New(env);
+        a.Set("path", l.path);
+        a.Set("rank", l.rank);
+        a.Set("alpha", l.alpha);
+        a.Set("scale", l.scale);
+        Napi::Array mods = Napi::Array::New(env, l.modules.size());
+        for (size_t k = 0; k < l.modules.size(); ++k) mods.Set((uint32_t)k, l.modules[k]);
+        a.Set("modules", mods);
+        a.Set("matrices", l.matrices);
+        adapters.Set((uint32_t)i, a);
+      }
+      o.Set("lora", adapters);
       return o;
     });
   }
@@ -455,6 +470,22 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
       if (!get("maxSequences").IsUndefined()) o.max_sequences = int_arg(get("maxSequences"), "maxSequences");
       if (!get("threads").IsUndefined()) o.threads = int_arg(get("threads"), "threads");
       if (!get("cpuActivations").IsUndefined()) o.cpu_activations = str_arg(get("cpuActivations"), "cpuActivations");
+      if (get("lora").IsArray()) {  // [{ path, scale }] (checked in TypeScript too)
+        Napi::Array arr = get("lora").As<Napi::Array>();
+        for (uint32_t i = 0; i < arr.Length(); ++i) {
+          if (!arr.Get(i).IsObject()) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "]: expected { path, scale }");
+          Napi::Object a = arr.Get(i).As<Napi::Object>();
+          l2::LoraSpec spec;
+          spec.path = str_arg(a.Get("path"), "lora.path");
+          if (a.Has("scale") && !a.Get("scale").IsUndefined()) {
+            if (!a.Get("scale").IsNumber()) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "].scale: expected a number");
+            const double sc = a.Get("scale").As<Napi::Number>().DoubleValue();
+            if (!(std::fabs(sc) <= 1000)) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "].scale: out of range [-1000, 1000]");
+            spec.scale = (float)sc;
+          }
+          o.lora.push_back(spec);
+        }
+      }
       if (get("ropeScaling").IsObject()) {  // { type, factor, originalContextLength } (checked in TypeScript too)
         Napi::Object r = get("ropeScaling").As<Napi::Object>();
         auto num = [&](const char* k, double def) {

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "../common/error.h"
+#include "cpu/weight_pages.h"
 
 namespace l2 {
 
@@ -93,6 +94,10 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOption
   if (o.rope_override) e->src_->config.rope_scaling = o.rope_scaling;  // validated with the rest by map_weights
   const ModelConfig& c = e->src_->config;
   LlamaWeights w = map_weights(*e->src_);
+  std::string why;
+  const bool use_cuda = o.device == "cuda" || (o.device == "auto" && cuda_available(&why));
+  // Merged matrices on the CPU go where its converted weights go (huge pages: no 4 KB fault per page).
+  e->lora_ = apply_lora(w, c, o.lora, o.threads, use_cuda ? OwnedAlloc(heap_owned) : OwnedAlloc(cpu::WeightPages::allocate));
   int ctx = o.context_length > 0 ? o.context_length : std::min(c.max_seq_len, 4096);
   if (ctx < 1 || ctx > std::max(c.max_seq_len, 1) * 8 || ctx > (1 << 20))
     fail(code::kInvalidArgument, "contextLength: " + std::to_string(o.context_length) + " is out of range (1.." +
@@ -111,8 +116,6 @@ std::unique_ptr<Engine> Engine::load(const std::string& path, const EngineOption
   bo.kv_int8 = o.kv_cache_type == "int8";
   bo.int8_activations = o.cpu_activations == "int8";
   bo.progress = progress;
-  std::string why;
-  bool use_cuda = o.device == "cuda" || (o.device == "auto" && cuda_available(&why));
   const char* emulate = std::getenv("LLAMA2_CUDA_F32_EMULATE");  // test hook: see cpu/f32_emulated.cc
   if (use_cuda && o.dtype == "f32" && emulate && std::string(emulate) == "1") e->backend_ = make_f32_emulated_backend(c, std::move(w), bo);
   else e->backend_ = use_cuda ? make_cuda_backend(c, std::move(w), bo) : make_cpu_backend(c, std::move(w), bo);

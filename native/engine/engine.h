@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../model/lora.h"
 #include "../model/model_source.h"
 #include "backend.h"
 #include "kv_blocks.h"
@@ -28,6 +29,7 @@ struct EngineOptions {
   // Replaces the file's rope scaling when set (llama.cpp's --rope-scaling / --rope-scale).
   bool rope_override = false;
   RopeScalingConfig rope_scaling;
+  std::vector<LoraSpec> lora;  // merged into the weights in order before the backend sees them
 };
 
 // One sequence's part of a step: tokens to append, and what to return for its last token.
@@ -59,6 +61,7 @@ class Engine {
   const ModelSource& source() const { return *src_; }
   BackendInfo backend_info() const { return backend_->info(); }
   int context_length() const { return ctx_; }
+  const std::vector<LoraInfo>& lora() const { return lora_; }
   int max_sequences() const { return max_seqs_; }
   int max_step_sequences() const { return backend_->max_step_sequences(); }
 
@@ -88,6 +91,7 @@ class Engine {
   void release(Sequence& s, size_t keep_blocks);
 
   std::unique_ptr<ModelSource> src_;
+  std::vector<LoraInfo> lora_;
   std::unique_ptr<Backend> backend_;
   int ctx_ = 0, max_seqs_ = 0, n_blocks_ = 0;
   std::mutex mu_;       // sequences and blocks

@@ -7,6 +7,7 @@
 // Shapes are outermost-first (rows, cols) as in PyTorch; matrices are row-major [out, in].
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -85,5 +86,8 @@ std::unique_ptr<ModelSource> open_model(const std::string& path);
 std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir);
 std::unique_ptr<ModelSource> open_gguf(const std::string& path);
 std::unique_ptr<ModelSource> open_llama2c(const std::string& path);
+// Maps one safetensors file's tensors into `src` under canonical_name(file name) (skipped when it returns
+// ""), validating every header entry; shared by the model and LoRA adapter loaders.
+void read_safetensors(ModelSource& src, const std::string& path, const std::function<std::string(const std::string&)>& canonical_name);
 
 }  // namespace l2

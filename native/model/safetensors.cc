@@ -3,6 +3,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <set>
 
 #include "../common/error.h"
@@ -132,7 +133,9 @@ std::string canonical_name(const std::string& n) {
   return "";
 }
 
-void read_safetensors(ModelSource& src, const std::string& path) {
+}  // namespace
+
+void read_safetensors(ModelSource& src, const std::string& path, const std::function<std::string(const std::string&)>& canonical_name) {
   src.files.push_back(std::make_unique<MappedFile>(path));
   const MappedFile& f = *src.files.back();
   src.file_bytes += f.size();
@@ -186,8 +189,6 @@ void read_safetensors(ModelSource& src, const std::string& path) {
   }
 }
 
-}  // namespace
-
 std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir_in) {
   std::string dir = dir_in;
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
@@ -199,7 +200,7 @@ std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir_in) {
   src->config = parse_config(cfg_path);
   std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   if (file_exists(single)) {
-    read_safetensors(*src, single);
+    read_safetensors(*src, single, canonical_name);
   } else if (file_exists(index)) {
     Json idx = Json::parse(read_text_file(index), index);
     const Json* wm = idx.get("weight_map");
@@ -213,7 +214,7 @@ std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir_in) {
     for (auto& s : shards) {
       std::string p = dir + "/" + s;
       if (!file_exists(p)) fail(code::kFileNotFound, index + " names shard " + s + ", which is missing");
-      read_safetensors(*src, p);
+      read_safetensors(*src, p, canonical_name);
     }
   } else {
     fail(code::kFileNotFound, dir + ": no model.safetensors or model.safetensors.index.json (.bin PyTorch checkpoints are not supported)");

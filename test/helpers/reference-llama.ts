@@ -5,7 +5,7 @@
 // cache reuse: every call runs its tokens from position 0).
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { f16ToF32, bf16ToF32 } from "../../lib/synth/half.js";
+import { bf16ToF32, f16ToF32, f32ToF16 } from "../../lib/synth/half.js";
 import { readSafetensors } from "./corrupt.js";
 
 export interface ReferenceRope {
@@ -15,6 +15,17 @@ export interface ReferenceRope {
   beta_fast?: number;
   beta_slow?: number;
   attention_factor?: number;
+}
+
+/** One adapted matrix: A [rank, in], B [rows, rank] (row-major), merged with `scale`. */
+export interface LoraDelta {
+  layer: number;
+  module: "wq" | "wk" | "wv" | "wo" | "w1" | "w2" | "w3";
+  rows: number;
+  rank: number;
+  A: Float64Array;
+  B: Float64Array;
+  scale: number;
 }
 
 interface Layer {
@@ -74,6 +85,30 @@ export class ReferenceLlama {
         w3: get(p + "mlp.up_proj.weight"), an: get(p + "input_layernorm.weight"), fn: get(p + "post_attention_layernorm.weight"),
       });
     }
+  }
+
+  /**
+   * This model with LoRA deltas merged (W + scale B A per adapted matrix, rows in Hugging Face's order), each
+   * merged matrix rounded to fp16 when `f16` (what a merge into fp16 storage keeps).
+   */
+  withLora(deltas: readonly LoraDelta[], f16 = false): ReferenceLlama {
+    const m: ReferenceLlama = Object.create(ReferenceLlama.prototype);
+    Object.assign(m, this);
+    const layers = this.layers.map((l) => ({ ...l }));
+    for (const d of deltas) {
+      const w = layers[d.layer]![d.module].slice();
+      const cols = w.length / d.rows;
+      for (let o = 0; o < d.rows; o++) {
+        for (let k = 0; k < d.rank; k++) {
+          const s = d.scale * d.B[o * d.rank + k]!;
+          for (let x = 0; x < cols; x++) w[o * cols + x]! += s * d.A[k * cols + x]!;
+        }
+      }
+      if (f16) for (let i = 0; i < w.length; i++) w[i] = f16ToF32(f32ToF16(w[i]!));
+      layers[d.layer]![d.module] = w;
+    }
+    (m as unknown as { layers: Layer[] }).layers = layers;
+    return m;
   }
 
   /** transformers' inverse frequencies and attention scaling for a rope configuration. */

@@ -1,7 +1,27 @@
-// `--rope-scaling TYPE[:FACTOR[:ORIGINAL]]` (none | linear:4 | yarn:16:4096) -> LoadOptions.ropeScaling,
-// for `llama2 run` and the commands that load a model. Ranges are the library's (checked again at load).
+// Model-changing load flags shared by `llama2 run` and the commands that load a model:
+// `--rope-scaling TYPE[:FACTOR[:ORIGINAL]]` (none | linear:4 | yarn:16:4096) -> LoadOptions.ropeScaling, and
+// `--lora DIR [--lora-scale S]` -> LoadOptions.lora. Ranges are the library's (checked again at load).
+import type { FlagSpecs } from "./args.js";
 import { InvalidArgumentError } from "../errors.js";
-import type { RopeScalingOptions } from "../types.js";
+import type { LoraOptions, RopeScalingOptions } from "../types.js";
+
+export const LORA_FLAGS: FlagSpecs = {
+  lora: { type: "string", description: "a LoRA adapter (PEFT directory) merged into the weights at load" },
+  "lora-scale": { type: "number", description: "the adapter's strength (default 1; 0 = none)" },
+};
+
+/** `--lora DIR [--lora-scale S]` -> LoadOptions.lora, or undefined without --lora. */
+export function parseLoraFlags(flags: Record<string, unknown>): LoraOptions[] | undefined {
+  const p = flags.lora;
+  const scale = flags.loraScale;
+  if (p === undefined) {
+    if (scale !== undefined) throw new InvalidArgumentError("--lora-scale", "needs --lora");
+    return undefined;
+  }
+  if (typeof p !== "string" || p.trim() === "") throw new InvalidArgumentError("--lora", "expected an adapter directory");
+  if (scale !== undefined && (typeof scale !== "number" || !(Math.abs(scale) <= 1000))) throw new InvalidArgumentError("--lora-scale", `expected a number in [-1000, 1000], got ${String(scale)}`);
+  return [{ path: p, ...(typeof scale === "number" && { scale }) }];
+}
 
 export const ROPE_SCALING_FLAG = {
   type: "string",
