@@ -1,6 +1,7 @@
 // fp16 <-> fp32 conversion of whole rows, the loop of every load-time conversion (dtype changes, LoRA
 // merges). Bit-identical to half.h's scalar rules (round to nearest even; NaN stays NaN, its payload
-// aside); F16C's converters run where the CPU has them (the scalar rules ran at ~0.3 G values/s per core).
+// aside); F16C's converters run where the CPU has them (one core of this 2-core VM, 64 MiB rows: 0.9-1.0 G
+// values/s scalar, 5.5-7.1 G values/s with F16C, either direction).
 #pragma once
 #include <cstdint>
 
