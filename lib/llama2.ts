@@ -228,7 +228,7 @@ function checkLora(v: unknown): LoraOptions[] {
     if (typeof a !== "object" || a === null) throw new InvalidArgumentError(field, "expected an adapter path or { path, scale }");
     checkKeys(a, new Set(["path", "scale"]), field);
     const { path: p, scale } = a as LoraOptions;
-    if (typeof p !== "string" || p === "") throw new InvalidArgumentError(`${field}.path`, "expected an adapter directory");
+    if (typeof p !== "string" || p === "") throw new InvalidArgumentError(`${field}.path`, "expected an adapter (PEFT directory or .gguf)");
     if (scale !== undefined && (typeof scale !== "number" || !(Math.abs(scale) <= 1000))) {
       throw new InvalidArgumentError(`${field}.scale`, `expected a number in [-1000, 1000], got ${showValue(scale)}`);
     }

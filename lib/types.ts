@@ -63,8 +63,8 @@ export interface LoadOptions {
    */
   ropeScaling?: RopeScalingOptions;
   /**
-   * LoRA adapters (PEFT directories: adapter_config.json + adapter_model.safetensors) merged into the
-   * weights at load, in order: W + scale x (alpha / r) x B A, as PEFT's `merge_and_unload`. A path, or
+   * LoRA adapters (PEFT directories: adapter_config.json + adapter_model.safetensors; or llama.cpp's .gguf
+   * adapters) merged into the weights at load, in order: W + scale x (alpha / r) x B A, as PEFT's `merge_and_unload`. A path, or
    * `{ path, scale }` (scale default 1; llama.cpp's `--lora-scaled`), or a list of them. The merged model
    * runs at the base model's speed; `ModelInfo.lora` lists what was applied.
    */

@@ -12,7 +12,7 @@ import type { LoadOptions } from "../lib/types.js";
 import { runCli } from "./helpers/cli.js";
 import { Scratch } from "./helpers/corrupt.js";
 import { lastLogits, relErr } from "./helpers/logits.js";
-import { writeAdapter } from "./helpers/lora.js";
+import { writeAdapter, writeGgufAdapter } from "./helpers/lora.js";
 import { ReferenceLlama, type LoraDelta } from "./helpers/reference-llama.js";
 import { describeShared, sharedPath } from "./helpers/shared.js";
 
@@ -70,6 +70,26 @@ describeShared("LoRA adapters merged at load", [HF, F16, Q8], () => {
     const m = await load(sharedPath(Q8), { lora: adapter });
     expect(m.info.dtype).toBe("int8");
     expect(relErr(await lastLogits(m, IDS), ref.withLora(deltas).lastLogits(IDS))).toBeLessThan(3e-2);
+  });
+
+  it("llama.cpp's GGUF adapters (convert_lora_to_gguf.py's layout): on the GGUF base as they are, on the HF base with the q/k rows permuted back", async () => {
+    const file = scratch.path("adapter.gguf");
+    await writeGgufAdapter(file, deltas, 8, ref.headDim);
+    const want = ref.withLora(deltas, true).lastLogits(IDS);
+    for (const base of [F16, HF]) {
+      const m = await load(sharedPath(base), { lora: file });
+      expect(relErr(await lastLogits(m, IDS), want), base).toBeLessThan(1e-4);
+      expect(m.info.lora[0]).toMatchObject({ path: file, rank: 4, alpha: 8, scale: 2, matrices: 14 });
+    }
+    // alpha 0 (unset): B A merged as is, as llama.cpp does.
+    const raw = scratch.path("adapter-raw.gguf");
+    await writeGgufAdapter(raw, deltas, 0, ref.headDim);
+    const m = await load(sharedPath(F16), { lora: raw });
+    expect(m.info.lora[0]!.scale).toBe(1);
+    expect(relErr(await lastLogits(m, IDS), ref.withLora(deltas.map((d) => ({ ...d, scale: 1 })), true).lastLogits(IDS))).toBeLessThan(1e-4);
+    // An adapter is not a model, and a model is not an adapter.
+    await expect(Llama2.load(file, { device: "cpu" })).rejects.toMatchObject({ code: "ERR_FORMAT_UNSUPPORTED", message: expect.stringContaining("a LoRA adapter, not a model") });
+    await expect(Llama2.load(sharedPath(F16), { device: "cpu", lora: sharedPath(F16) })).rejects.toMatchObject({ code: "ERR_FORMAT_UNSUPPORTED", message: expect.stringContaining("not a LoRA adapter") });
   });
 
   it("scale: 0 gives the base model's bits; two adapters merge in order; rsLoRA divides alpha by sqrt(r); F16 adapter files", async () => {

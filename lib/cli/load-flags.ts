@@ -1,16 +1,16 @@
 // Model-changing load flags shared by `llama2 run` and the commands that load a model:
 // `--rope-scaling TYPE[:FACTOR[:ORIGINAL]]` (none | linear:4 | yarn:16:4096) -> LoadOptions.ropeScaling, and
-// `--lora DIR [--lora-scale S]` -> LoadOptions.lora. Ranges are the library's (checked again at load).
+// `--lora PATH [--lora-scale S]` -> LoadOptions.lora. Ranges are the library's (checked again at load).
 import type { FlagSpecs } from "./args.js";
 import { InvalidArgumentError } from "../errors.js";
 import type { LoraOptions, RopeScalingOptions } from "../types.js";
 
 export const LORA_FLAGS: FlagSpecs = {
-  lora: { type: "string", description: "a LoRA adapter (PEFT directory) merged into the weights at load" },
+  lora: { type: "string", description: "a LoRA adapter (PEFT directory or llama.cpp .gguf) merged into the weights at load" },
   "lora-scale": { type: "number", description: "the adapter's strength (default 1; 0 = none)" },
 };
 
-/** `--lora DIR [--lora-scale S]` -> LoadOptions.lora, or undefined without --lora. */
+/** `--lora PATH [--lora-scale S]` -> LoadOptions.lora, or undefined without --lora. */
 export function parseLoraFlags(flags: Record<string, unknown>): LoraOptions[] | undefined {
   const p = flags.lora;
   const scale = flags.loraScale;
@@ -18,7 +18,7 @@ export function parseLoraFlags(flags: Record<string, unknown>): LoraOptions[] | 
     if (scale !== undefined) throw new InvalidArgumentError("--lora-scale", "needs --lora");
     return undefined;
   }
-  if (typeof p !== "string" || p.trim() === "") throw new InvalidArgumentError("--lora", "expected an adapter directory");
+  if (typeof p !== "string" || p.trim() === "") throw new InvalidArgumentError("--lora", "expected an adapter (PEFT directory or .gguf)");
   if (scale !== undefined && (typeof scale !== "number" || !(Math.abs(scale) <= 1000))) throw new InvalidArgumentError("--lora-scale", `expected a number in [-1000, 1000], got ${String(scale)}`);
   return [{ path: p, ...(typeof scale === "number" && { scale }) }];
 }

@@ -182,7 +182,26 @@ std::string canonical_name(const std::string& n) {
 
 }  // namespace
 
-std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
+namespace {
+
+// llama.cpp's LoRA adapter tensors ("blk.3.attn_q.weight.lora_a" -> "layers.3.wq.A"), "" for others.
+std::string lora_canonical_name(const std::string& n) {
+  for (const char* ab : {".lora_a", ".lora_b"}) {
+    const size_t len = std::strlen(ab);
+    if (n.size() <= len || n.compare(n.size() - len, len, ab) != 0) continue;
+    const std::string canon = canonical_name(n.substr(0, n.size() - len));
+    const bool matrix = canon.size() > 3 && (canon.compare(canon.size() - 3, 3, ".wq") == 0 || canon.compare(canon.size() - 3, 3, ".wk") == 0 ||
+                                             canon.compare(canon.size() - 3, 3, ".wv") == 0 || canon.compare(canon.size() - 3, 3, ".wo") == 0 ||
+                                             canon.compare(canon.size() - 3, 3, ".w1") == 0 || canon.compare(canon.size() - 3, 3, ".w2") == 0 ||
+                                             canon.compare(canon.size() - 3, 3, ".w3") == 0);
+    return matrix ? canon + (ab[6] == 'a' ? ".A" : ".B") : "";
+  }
+  return "";
+}
+
+// A model file, or with `lora_alpha` a LoRA adapter file (general.type "adapter"): then only the
+// adapter's tensors and its alpha are read.
+std::unique_ptr<ModelSource> open_gguf_impl(const std::string& path, float* lora_alpha) {
   auto src = std::make_unique<ModelSource>();
   src->format = "gguf";
   src->path = path;
@@ -236,69 +255,80 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
   std::string arch = str("general.architecture");
   if (arch != "llama")
     fail(code::kFormatUnsupported, path + ": general.architecture '" + arch + "' is not supported (only 'llama')");
+  const bool is_adapter = str("general.type") == "adapter";
+  if (lora_alpha) {
+    if (!is_adapter || str("adapter.type") != "lora")
+      fail(code::kFormatUnsupported, path + ": not a LoRA adapter (general.type '" + str("general.type") + "', adapter.type '" + str("adapter.type") + "')");
+    *lora_alpha = real("adapter.lora.alpha", 0.0);
+  } else if (is_adapter) {
+    fail(code::kFormatUnsupported, path + ": a LoRA adapter, not a model: load its base model with lora: '" + path + "'");
+  }
   ModelConfig& c = src->config;
-  c.dim = integer("llama.embedding_length", 0, true);
-  c.n_layers = integer("llama.block_count", 0, true);
-  c.n_heads = integer("llama.attention.head_count", 0, true);
-  c.n_kv_heads = integer("llama.attention.head_count_kv", c.n_heads, false);
-  c.head_dim = c.n_heads > 0 ? integer("llama.attention.key_length", c.dim / c.n_heads, false) : 0;
-  c.ffn_dim = integer("llama.feed_forward_length", 0, true);
-  c.max_seq_len = integer("llama.context_length", 4096, false);
-  c.rms_eps = real("llama.attention.layer_norm_rms_epsilon", 1e-5);
-  c.rope_theta = real("llama.rope.freq_base", 10000.0);
-  c.rope_layout = RopeLayout::Interleaved;
-  // Rope scaling as llama.cpp reads it: a factor (or the older rope.scale_linear) with a type that
-  // defaults to linear; type "none" turns a factor off.
-  const float factor = real("llama.rope.scaling.factor", real("llama.rope.scale_linear", 0.0));
-  const std::string scaling = find("llama.rope.scaling.type") ? str("llama.rope.scaling.type") : "linear";
-  RopeScalingConfig& rs = c.rope_scaling;
-  if (!parse_rope_scaling(scaling, &rs.type))
-    fail(code::kFormatUnsupported, path + ": rope scaling '" + scaling + "' is not supported (supported: none, linear, yarn)");
-  if (factor == 0.f && rs.type == RopeScaling::Linear) rs.type = RopeScaling::None;  // no factor: nothing to scale
-  if (rs.type != RopeScaling::None) {
-    rs.factor = factor == 0.f ? 1.f : factor;
-    rs.original_ctx = integer("llama.rope.scaling.original_context_length", 0, false);
-    rs.beta_fast = real("llama.rope.scaling.yarn_beta_fast", 32.0);
-    rs.beta_slow = real("llama.rope.scaling.yarn_beta_slow", 1.0);
-    // llama.cpp scales cos/sin by attn_factor, times YaRN's derived 0.1 ln(factor) + 1.
-    const float attn = real("llama.rope.scaling.attn_factor", 1.0);
-    if (attn != 1.f)
-      rs.mscale = rs.type == RopeScaling::Yarn && rs.factor > 1.f ? attn * (0.1f * logf(rs.factor) + 1.f) : attn;
-    if (real("llama.rope.scaling.yarn_ext_factor", 1.0) != 1.f && rs.type == RopeScaling::Yarn)
-      fail(code::kFormatUnsupported, path + ": rope.scaling.yarn_ext_factor other than 1 is not supported");
-  }
-  int rope_dims = integer("llama.rope.dimension_count", c.head_dim, false);
-  if (rope_dims != c.head_dim)
-    fail(code::kFormatUnsupported, path + ": partial rotary embeddings (rope.dimension_count " + std::to_string(rope_dims) + ") are not supported");
-  src->name = str("general.name");
-
-  if (const Value* toks = find("tokenizer.ggml.tokens"); toks && toks->type == kArray && toks->elem_type == kString) {
-    TokenizerData t;
-    t.model = str("tokenizer.ggml.model");
-    t.tokens = toks->strings;
-    const Value* scores = find("tokenizer.ggml.scores");
-    const Value* types = find("tokenizer.ggml.token_type");
-    if (scores && scores->type == kArray && scores->numbers.size() == t.tokens.size())
-      for (double s : scores->numbers) t.scores.push_back(to_float(s));
-    else
-      t.scores.assign(t.tokens.size(), 0.f);
-    if (types && types->type == kArray && types->numbers.size() == t.tokens.size()) {
-      for (size_t i = 0; i < types->numbers.size(); ++i) {
-        double s = types->numbers[i];
-        if (!(s == std::floor(s) && s >= INT32_MIN && s <= INT32_MAX))
-          fail(code::kFormatCorrupt, path + ": tokenizer.ggml.token_type[" + std::to_string(i) + "] = " + number_str(s) + " is not a token type");
-        t.types.push_back((int32_t)s);
-      }
-    } else {
-      t.types.assign(t.tokens.size(), 1);
+  if (!lora_alpha) {
+    c.dim = integer("llama.embedding_length", 0, true);
+    c.n_layers = integer("llama.block_count", 0, true);
+    c.n_heads = integer("llama.attention.head_count", 0, true);
+    c.n_kv_heads = integer("llama.attention.head_count_kv", c.n_heads, false);
+    c.head_dim = c.n_heads > 0 ? integer("llama.attention.key_length", c.dim / c.n_heads, false) : 0;
+    c.ffn_dim = integer("llama.feed_forward_length", 0, true);
+    c.max_seq_len = integer("llama.context_length", 4096, false);
+    c.rms_eps = real("llama.attention.layer_norm_rms_epsilon", 1e-5);
+    c.rope_theta = real("llama.rope.freq_base", 10000.0);
+    c.rope_layout = RopeLayout::Interleaved;
+    // Rope scaling as llama.cpp reads it: a factor (or the older rope.scale_linear) with a type that
+    // defaults to linear; type "none" turns a factor off.
+    const float factor = real("llama.rope.scaling.factor", real("llama.rope.scale_linear", 0.0));
+    const std::string scaling = find("llama.rope.scaling.type") ? str("llama.rope.scaling.type") : "linear";
+    RopeScalingConfig& rs = c.rope_scaling;
+    if (!parse_rope_scaling(scaling, &rs.type))
+      fail(code::kFormatUnsupported, path + ": rope scaling '" + scaling + "' is not supported (supported: none, linear, yarn)");
+    if (factor == 0.f && rs.type == RopeScaling::Linear) rs.type = RopeScaling::None;  // no factor: nothing to scale
+    if (rs.type != RopeScaling::None) {
+      rs.factor = factor == 0.f ? 1.f : factor;
+      rs.original_ctx = integer("llama.rope.scaling.original_context_length", 0, false);
+      rs.beta_fast = real("llama.rope.scaling.yarn_beta_fast", 32.0);
+      rs.beta_slow = real("llama.rope.scaling.yarn_beta_slow", 1.0);
+      // llama.cpp scales cos/sin by attn_factor, times YaRN's derived 0.1 ln(factor) + 1.
+      const float attn = real("llama.rope.scaling.attn_factor", 1.0);
+      if (attn != 1.f)
+        rs.mscale = rs.type == RopeScaling::Yarn && rs.factor > 1.f ? attn * (0.1f * logf(rs.factor) + 1.f) : attn;
+      if (real("llama.rope.scaling.yarn_ext_factor", 1.0) != 1.f && rs.type == RopeScaling::Yarn)
+        fail(code::kFormatUnsupported, path + ": rope.scaling.yarn_ext_factor other than 1 is not supported");
     }
-    t.bos_id = integer("tokenizer.ggml.bos_token_id", 1, false);
-    t.eos_id = integer("tokenizer.ggml.eos_token_id", 2, false);
-    t.unk_id = integer("tokenizer.ggml.unknown_token_id", 0, false);
-    t.pad_id = integer("tokenizer.ggml.padding_token_id", -1, false);
-    t.add_bos = number("tokenizer.ggml.add_bos_token", 1, false) != 0;
-    src->tokenizer = std::move(t);
-  }
+    int rope_dims = integer("llama.rope.dimension_count", c.head_dim, false);
+    if (rope_dims != c.head_dim)
+      fail(code::kFormatUnsupported, path + ": partial rotary embeddings (rope.dimension_count " + std::to_string(rope_dims) + ") are not supported");
+    src->name = str("general.name");
+
+    if (const Value* toks = find("tokenizer.ggml.tokens"); toks && toks->type == kArray && toks->elem_type == kString) {
+      TokenizerData t;
+      t.model = str("tokenizer.ggml.model");
+      t.tokens = toks->strings;
+      const Value* scores = find("tokenizer.ggml.scores");
+      const Value* types = find("tokenizer.ggml.token_type");
+      if (scores && scores->type == kArray && scores->numbers.size() == t.tokens.size())
+        for (double s : scores->numbers) t.scores.push_back(to_float(s));
+      else
+        t.scores.assign(t.tokens.size(), 0.f);
+      if (types && types->type == kArray && types->numbers.size() == t.tokens.size()) {
+        for (size_t i = 0; i < types->numbers.size(); ++i) {
+          double s = types->numbers[i];
+          if (!(s == std::floor(s) && s >= INT32_MIN && s <= INT32_MAX))
+            fail(code::kFormatCorrupt, path + ": tokenizer.ggml.token_type[" + std::to_string(i) + "] = " + number_str(s) + " is not a token type");
+          t.types.push_back((int32_t)s);
+        }
+      } else {
+        t.types.assign(t.tokens.size(), 1);
+      }
+      t.bos_id = integer("tokenizer.ggml.bos_token_id", 1, false);
+      t.eos_id = integer("tokenizer.ggml.eos_token_id", 2, false);
+      t.unk_id = integer("tokenizer.ggml.unknown_token_id", 0, false);
+      t.pad_id = integer("tokenizer.ggml.padding_token_id", -1, false);
+      t.add_bos = number("tokenizer.ggml.add_bos_token", 1, false) != 0;
+      src->tokenizer = std::move(t);
+    }
+
+  }  // the model's config and tokenizer
 
   struct Info {
     std::string name;
@@ -321,8 +351,12 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     uint32_t type = r.get<uint32_t>();
     in.offset = r.get<uint64_t>();
     in.shape.assign(ne.rbegin(), ne.rend());  // ggml lists the innermost dimension first
-    std::string canon = canonical_name(in.name);
-    if (canon.empty()) continue;
+    std::string canon = lora_alpha ? lora_canonical_name(in.name) : canonical_name(in.name);
+    if (canon.empty()) {
+      if (lora_alpha)
+        fail(code::kFormatUnsupported, path + ": tensor '" + in.name + "' is not a LoRA matrix of an attention or MLP projection");
+      continue;
+    }
     if (!ggml_dtype(type, &in.dtype))
       fail(code::kTensorDtype, path + ": tensor '" + in.name + "' has ggml type " + std::to_string(type) + " (" + ggml_type_name(type) +
                                    "; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)");
@@ -363,11 +397,18 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path) {
     if (src->tensors.count(t.name)) fail(code::kFormatCorrupt, path + ": tensor '" + t.file_name + "' appears twice");
     src->tensors[t.name] = t;
   }
+  if (lora_alpha) return src;
   const TensorView* emb = src->find("tok_embeddings");
   c.vocab_size = integer("llama.vocab_size", emb && emb->shape.size() == 2 ? (double)std::min<int64_t>(emb->shape[0], INT32_MAX)
                                               : (src->tokenizer ? (double)src->tokenizer->tokens.size() : 0), false);
   c.tied_output = src->find("output") == nullptr;
   return src;
 }
+
+}  // namespace
+
+std::unique_ptr<ModelSource> open_gguf(const std::string& path) { return open_gguf_impl(path, nullptr); }
+
+std::unique_ptr<ModelSource> open_gguf_lora(const std::string& path, float* alpha) { return open_gguf_impl(path, alpha); }
 
 }  // namespace l2

@@ -113,6 +113,88 @@ std::vector<float> to_f32(const TensorView& t) {
   return v;
 }
 
+// An adapter's tensors (layers.N.<matrix>.A / .B), rank, alpha, B A's factor at scale 1, and the row order of
+// its B matrices (PEFT: Hugging Face's; llama.cpp's GGUF adapters: the interleaved order of its GGUF bases).
+struct Adapter {
+  std::unique_ptr<ModelSource> src;
+  int rank = 0;
+  float alpha = 0.f;
+  float scale = 1.f;
+  bool interleaved = false;
+};
+
+Adapter open_peft(const std::string& path) {
+  std::string dir = path;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  std::string file = dir + "/adapter_model.safetensors";
+  if (dir.size() > 12 && dir.compare(dir.size() - 12, 12, ".safetensors") == 0) {
+    file = dir;
+    const size_t slash = dir.find_last_of('/');
+    dir = slash == std::string::npos ? "." : dir.substr(0, slash);
+  }
+  const std::string cfg_path = dir + "/adapter_config.json";
+  if (!file_exists(cfg_path)) fail(code::kFileNotFound, path + ": no adapter_config.json (expected a PEFT LoRA adapter directory, or a llama.cpp .gguf adapter)");
+  if (!file_exists(file)) {
+    fail(code::kFileNotFound, file_exists(dir + "/adapter_model.bin")
+                                  ? dir + ": adapter_model.bin (a PyTorch pickle) is not supported; save the adapter with safe_serialization (adapter_model.safetensors)"
+                                  : dir + ": no adapter_model.safetensors");
+  }
+  // The adapter's settings; anything that changes the arithmetic beyond W + s B A is refused by name.
+  const Json cfg = Json::parse(read_text_file(cfg_path, 1 << 20), cfg_path);
+  if (!cfg.is_object()) fail(code::kConfig, cfg_path + ": expected a JSON object");
+  if (const Json* t = cfg.get("peft_type"); t && !(t->is_string() && t->str == "LORA"))
+    fail(code::kFormatUnsupported, cfg_path + ": peft_type " + (t->is_string() ? "'" + t->str + "'" : std::string("?")) + " is not supported (only LORA)");
+  auto flag = [&](const char* k) {
+    const Json* v = cfg.get(k);
+    return v && v->type == Json::Type::Bool && v->b;
+  };
+  for (const char* k : {"use_dora", "fan_in_fan_out"})
+    if (flag(k)) fail(code::kFormatUnsupported, cfg_path + ": '" + k + "': true is not supported");
+  for (const char* k : {"rank_pattern", "alpha_pattern"})
+    if (const Json* v = cfg.get(k); v && v->is_object() && !v->obj.empty())
+      fail(code::kFormatUnsupported, cfg_path + ": per-module '" + k + "' is not supported");
+  const Json* rj = cfg.get("r");
+  if (!rj || !rj->is_number() || !(rj->num >= 1 && rj->num <= 65536) || rj->num != std::floor(rj->num))
+    fail(code::kConfig, cfg_path + ": 'r' must be a whole number in 1..65536");
+  Adapter ad;
+  ad.rank = (int)rj->num;
+  const Json* aj = cfg.get("lora_alpha");
+  if (aj && !(aj->is_number() && std::isfinite(aj->num) && std::fabs(aj->num) <= 1e6)) fail(code::kConfig, cfg_path + ": 'lora_alpha' must be a number");
+  ad.alpha = aj ? (float)aj->num : 8.f;  // PEFT's default
+  ad.scale = flag("use_rslora") ? ad.alpha / std::sqrt((float)ad.rank) : ad.alpha / (float)ad.rank;
+
+  ad.src = std::make_unique<ModelSource>();
+  ad.src->format = "lora";
+  ad.src->path = file;
+  std::vector<std::string> unknown;
+  read_safetensors(*ad.src, file, [&](const std::string& n) {
+    std::string canon = lora_name(n);
+    if (canon.empty()) unknown.push_back(n);
+    return canon;
+  });
+  if (!unknown.empty())
+    fail(code::kFormatUnsupported, file + ": tensor '" + unknown.front() +
+                                       "' is not a LoRA matrix of an attention or MLP projection (adapters of embeddings, the classifier or "
+                                       "modules_to_save are not supported)");
+  if (ad.src->tensors.empty()) fail(code::kFormatCorrupt, file + ": no LoRA tensors");
+  return ad;
+}
+
+// llama.cpp's adapter files (convert_lora_to_gguf.py): the rank is the tensors' and alpha / rank scales B A
+// (alpha 0: 1, as llama.cpp).
+Adapter open_gguf_adapter(const std::string& path) {
+  Adapter ad;
+  ad.src = open_gguf_lora(path, &ad.alpha);
+  if (ad.src->tensors.empty()) fail(code::kFormatCorrupt, path + ": no LoRA tensors");
+  const TensorView& a = ad.src->tensors.begin()->second;
+  if (a.shape.size() != 2 || a.shape[0] < 1 || a.shape[0] > 65536) fail(code::kTensorShape, path + ": " + a.file_name + " is not a LoRA matrix");
+  ad.rank = (int)(a.name.back() == 'A' ? a.shape[0] : a.shape[1]);
+  if (!(std::isfinite(ad.alpha) && std::fabs(ad.alpha) <= 1e6)) fail(code::kConfig, path + ": adapter.lora.alpha is out of range");
+  ad.scale = ad.alpha != 0.f ? ad.alpha / (float)ad.rank : 1.f;
+  ad.interleaved = true;
+  return ad;
+}
+
 }  // namespace
 
 std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const std::vector<LoraSpec>& adapters, int threads, const OwnedAlloc& alloc) {
@@ -120,58 +202,12 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
   if (adapters.empty()) return infos;
   ThreadPool pool(default_threads(threads));
   for (const LoraSpec& spec : adapters) {
-    std::string dir = spec.path;
-    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-    std::string file = dir + "/adapter_model.safetensors";
-    if (dir.size() > 12 && dir.compare(dir.size() - 12, 12, ".safetensors") == 0) {
-      file = dir;
-      const size_t slash = dir.find_last_of('/');
-      dir = slash == std::string::npos ? "." : dir.substr(0, slash);
-    }
-    const std::string cfg_path = dir + "/adapter_config.json";
-    if (!file_exists(cfg_path)) fail(code::kFileNotFound, spec.path + ": no adapter_config.json (expected a PEFT LoRA adapter directory)");
-    if (!file_exists(file)) {
-      fail(code::kFileNotFound, file_exists(dir + "/adapter_model.bin")
-                                    ? dir + ": adapter_model.bin (a PyTorch pickle) is not supported; save the adapter with safe_serialization (adapter_model.safetensors)"
-                                    : dir + ": no adapter_model.safetensors");
-    }
-    // The adapter's settings; anything that changes the arithmetic beyond W + s B A is refused by name.
-    const Json cfg = Json::parse(read_text_file(cfg_path, 1 << 20), cfg_path);
-    if (!cfg.is_object()) fail(code::kConfig, cfg_path + ": expected a JSON object");
-    if (const Json* t = cfg.get("peft_type"); t && !(t->is_string() && t->str == "LORA"))
-      fail(code::kFormatUnsupported, cfg_path + ": peft_type " + (t->is_string() ? "'" + t->str + "'" : std::string("?")) + " is not supported (only LORA)");
-    auto flag = [&](const char* k) {
-      const Json* v = cfg.get(k);
-      return v && v->type == Json::Type::Bool && v->b;
-    };
-    for (const char* k : {"use_dora", "fan_in_fan_out"})
-      if (flag(k)) fail(code::kFormatUnsupported, cfg_path + ": '" + k + "': true is not supported");
-    for (const char* k : {"rank_pattern", "alpha_pattern"})
-      if (const Json* v = cfg.get(k); v && v->is_object() && !v->obj.empty())
-        fail(code::kFormatUnsupported, cfg_path + ": per-module '" + k + "' is not supported");
-    const Json* rj = cfg.get("r");
-    if (!rj || !rj->is_number() || !(rj->num >= 1 && rj->num <= 65536) || rj->num != std::floor(rj->num))
-      fail(code::kConfig, cfg_path + ": 'r' must be a whole number in 1..65536");
-    const int r = (int)rj->num;
-    const Json* aj = cfg.get("lora_alpha");
-    if (aj && !(aj->is_number() && std::isfinite(aj->num) && std::fabs(aj->num) <= 1e6)) fail(code::kConfig, cfg_path + ": 'lora_alpha' must be a number");
-    const float alpha = aj ? (float)aj->num : 8.f;  // PEFT's default
-    const float scale = spec.scale * (flag("use_rslora") ? alpha / std::sqrt((float)r) : alpha / (float)r);
-
-    ModelSource src;
-    src.format = "lora";
-    src.path = file;
-    std::vector<std::string> unknown;
-    read_safetensors(src, file, [&](const std::string& n) {
-      std::string canon = lora_name(n);
-      if (canon.empty()) unknown.push_back(n);
-      return canon;
-    });
-    if (!unknown.empty())
-      fail(code::kFormatUnsupported, file + ": tensor '" + unknown.front() +
-                                         "' is not a LoRA matrix of an attention or MLP projection (adapters of embeddings, the classifier or "
-                                         "modules_to_save are not supported)");
-    if (src.tensors.empty()) fail(code::kFormatCorrupt, file + ": no LoRA tensors");
+    Adapter ad = spec.path.size() > 5 && spec.path.compare(spec.path.size() - 5, 5, ".gguf") == 0 ? open_gguf_adapter(spec.path) : open_peft(spec.path);
+    const ModelSource& src = *ad.src;
+    const std::string& file = src.path;
+    const int r = ad.rank;
+    const float alpha = ad.alpha;
+    const float scale = spec.scale * ad.scale;
 
     LoraInfo info;
     info.path = spec.path;
@@ -201,13 +237,15 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
       }
       const std::vector<float> A = to_f32(a), B = to_f32(*b);
       if (scale == 0.f) continue;  // validated, nothing to merge (and the base's bits, -0 included, stay)
-      // The rows of the delta in the base's order: HF row of (head h, pair i, half p) for interleaved q/k.
-      const bool permute = c.rope_layout == RopeLayout::Interleaved && (canon == "wq" || canon == "wk");
-      const int hd = c.head_dim;
+      // The adapter's row for the base's row o: q/k rows differ where the two rotary layouts differ. Interleaved
+      // row h*hd + 2i + p is Hugging Face's row h*hd + p*hd/2 + i (head h, pair i, half p).
+      const bool base_interleaved = c.rope_layout == RopeLayout::Interleaved;
+      const bool permute = base_interleaved != ad.interleaved && (canon == "wq" || canon == "wk");
+      const int64_t hd = c.head_dim, half = hd / 2;
       auto src_row = [&](int64_t o) -> int64_t {
         if (!permute) return o;
-        const int64_t h = o / hd, j = o % hd, i = j / 2, p = j % 2;
-        return h * hd + p * (hd / 2) + i;
+        const int64_t h = o / hd, j = o % hd;
+        return base_interleaved ? h * hd + (j % 2) * half + j / 2 : h * hd + 2 * (j % half) + j / half;
       };
       const DType from = m.dtype;
       const DType to = from == DType::F32 || from == DType::F16 || from == DType::BF16 || from == DType::Q8_0 ? from

@@ -86,6 +86,8 @@ std::unique_ptr<ModelSource> open_model(const std::string& path);
 std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir);
 std::unique_ptr<ModelSource> open_gguf(const std::string& path);
 std::unique_ptr<ModelSource> open_llama2c(const std::string& path);
+// A llama.cpp LoRA adapter (GGUF, general.type "adapter"): tensors layers.N.<matrix>.A / .B, its alpha (0 when unset).
+std::unique_ptr<ModelSource> open_gguf_lora(const std::string& path, float* alpha);
 // Maps one safetensors file's tensors into `src` under canonical_name(file name) (skipped when it returns
 // ""), validating every header entry; shared by the model and LoRA adapter loaders.
 void read_safetensors(ModelSource& src, const std::string& path, const std::function<std::string(const std::string&)>& canonical_name);

@@ -3,6 +3,7 @@
 // and the same deltas for the float64 reference (reference-llama.ts).
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { gguf, writeGguf } from "../../lib/formats/gguf-writer.js";
 import { f16ToF32, f32ToF16 } from "../../lib/synth/half.js";
 import { encodeSafetensors } from "./corrupt.js";
 import type { LoraDelta } from "./reference-llama.js";
@@ -80,3 +81,42 @@ export function writeAdapter(modelDir: string, dir: string, o: AdapterOptions = 
 }
 
 const roundF16 = (x: number) => f16ToF32(f32ToF16(x));
+
+const GGUF_MATRIX: Record<LoraDelta["module"], string> = {
+  wq: "attn_q", wk: "attn_k", wv: "attn_v", wo: "attn_output", w1: "ffn_gate", w2: "ffn_down", w3: "ffn_up",
+};
+
+/**
+ * The same deltas as a llama.cpp adapter file (convert_lora_to_gguf.py's layout): general.type "adapter",
+ * adapter.lora.alpha, blk.N.<matrix>.weight.lora_a ([in, r] in ggml order) and .lora_b ([r, out]), the q/k
+ * lora_b rows permuted as llama.cpp's converter permutes the base's (HF row h*hd + p*hd/2 + i goes to
+ * h*hd + 2i + p). `alpha` 0 writes no scaling (llama.cpp then merges B A as is).
+ */
+export async function writeGgufAdapter(file: string, deltas: readonly LoraDelta[], alpha: number, headDim: number): Promise<void> {
+  const f32 = (v: Float64Array) => () => [new Uint8Array(Float32Array.from(v).buffer)];
+  const tensors = deltas.flatMap((d) => {
+    const cols = d.A.length / d.rank;
+    let B = d.B;
+    if (d.module === "wq" || d.module === "wk") {
+      B = new Float64Array(d.B.length);
+      const half = headDim / 2;
+      for (let row = 0; row < d.rows; row++) {
+        const h = Math.floor(row / headDim), j = row % headDim;
+        const ggufRow = h * headDim + (j % half) * 2 + Math.floor(j / half); // HF row h*hd + p*half + i -> h*hd + 2i + p
+        B.set(d.B.subarray(row * d.rank, (row + 1) * d.rank), ggufRow * d.rank);
+      }
+    }
+    const name = `blk.${d.layer}.${GGUF_MATRIX[d.module]}.weight`;
+    return [
+      { name: `${name}.lora_a`, type: "F32" as const, dims: [cols, d.rank], data: f32(d.A) },
+      { name: `${name}.lora_b`, type: "F32" as const, dims: [d.rank, d.rows], data: f32(B) },
+    ];
+  });
+  await writeGguf(file, {
+    metadata: [
+      ["general.architecture", gguf.str("llama")], ["general.type", gguf.str("adapter")], ["adapter.type", gguf.str("lora")],
+      ["adapter.lora.alpha", gguf.f32(alpha)],
+    ],
+    tensors,
+  });
+}
