@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // CUDA backend correctness against the CPU reference (and the fixtures), run on a GPU machine:
-//   node scripts/gpu/validate.mjs [--skip-small] [--big PATH_TO_LARGE_MODEL] [--out FILE]
+//   node scripts/gpu/validate.mjs [--skip-small | --only-host] [--big PATH_TO_LARGE_MODEL] [--out FILE]
 // Prints one PASS/FAIL line per check and exits non-zero on any failure. Needs dist/ and the addon.
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { Llama2, planCudaMemory } from "../../dist/index.js";
 import { commonPrefix } from "../../dist/engine/prefix-cache.js";
@@ -67,7 +67,9 @@ async function compareBackends(label, file, opts, prompt, steps, tol) {
   await gpu.dispose();
 }
 
-const skipSmall = args.includes("--skip-small");
+// --only-host: just section 2c (quick to run on the emulator build: LLAMA2_ADDON=build-emu/...).
+const onlyHost = args.includes("--only-host");
+const skipSmall = args.includes("--skip-small") || onlyHost;
 
 // Sequences joining a running batch: `long` (> 128 tokens: decode attention with 2+ splits, merged through
 // the workspace's counters) decodes alone for 3 steps, then the `shorts` join it for `steps` steps. Every
@@ -233,6 +235,59 @@ if (!skipSmall) {
   const rs = await Promise.all(fx.cases.map((c) => m.generate(c.prompt, { temperature: 0, stopOnEos: false, maxTokens: 48 }).result));
   check("stories260K KV int8: batched equals alone", rs.every((r, i) => r.tokenIds.join() === alone[i]), {});
   await m.dispose();
+}
+
+// 2c. Model changes prepared on the host (stop 30): rotary scaling folded into the rotary table, and a LoRA
+// adapter merged into the weights. The CUDA backend runs them unchanged; each against the CPU with the
+// same option, past the YaRN ramp's positions, and (the check that the change reached the device) away
+// from the unchanged model.
+if (!args.includes("--skip-small")) {
+  const hf = path.join(shared, "models/tiny-llama-hf");
+  const prompt = Array.from({ length: 300 }, (_, i) => (i === 0 ? 1 : 100 + ((i * 7919) % 31000)));
+  const yarn = { ropeScaling: { type: "yarn", factor: 4, originalContextLength: 128 }, contextLength: 600 };
+  await compareBackends("tiny-llama-hf YaRN x4 over 128", hf, { cpu: yarn, gpu: yarn }, prompt, 16, 2e-2);
+  const adapter = writePeftAdapter(hf, "/tmp/l2-validate-lora");
+  await compareBackends("tiny-llama-hf + LoRA r4 (merged at load)", hf, { cpu: { lora: adapter }, gpu: { lora: adapter } }, prompt.slice(0, 40), 16, 2e-2);
+  for (const [label, o] of [["YaRN", yarn], ["LoRA", { lora: adapter }]]) {
+    const a = await Llama2.load(hf, { device: "cuda", contextLength: 600, ...o });
+    const b = await Llama2.load(hf, { device: "cuda", contextLength: 600 });
+    const [x] = await trace(a, prompt, []);
+    const [y] = await trace(b, prompt, []);
+    check(`${label} reached the device: logits differ from the unchanged model's`, relErr(x, y) > 5e-2, { rel: relErr(x, y) });
+    await a.dispose();
+    await b.dispose();
+  }
+}
+
+// A PEFT adapter (rank 4, alpha 8, every projection; deterministic values) for the HF model in `dir`.
+function writePeftAdapter(dir, out) {
+  const cfg = JSON.parse(readFileSync(path.join(dir, "config.json"), "utf8"));
+  const D = cfg.hidden_size, hd = cfg.head_dim ?? D / cfg.num_attention_heads, F = cfg.intermediate_size, r = 4;
+  const Q = cfg.num_attention_heads * hd, KV = cfg.num_key_value_heads * hd;
+  const shapes = { "self_attn.q_proj": [Q, D], "self_attn.k_proj": [KV, D], "self_attn.v_proj": [KV, D], "self_attn.o_proj": [D, Q], "mlp.gate_proj": [F, D], "mlp.up_proj": [F, D], "mlp.down_proj": [D, F] };
+  let s = 7;
+  const header = {};
+  const parts = [];
+  let at = 0;
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    for (const [mod, [rows, cols]] of Object.entries(shapes)) {
+      for (const [ab, shape] of [["A", [r, cols]], ["B", [rows, r]]]) {
+        const v = new Float32Array(shape[0] * shape[1]).map(() => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31 - 0.5) * 0.3);
+        const b = Buffer.from(v.buffer);
+        header[`base_model.model.model.layers.${l}.${mod}.lora_${ab}.weight`] = { dtype: "F32", shape, data_offsets: [at, at + b.length] };
+        parts.push(b);
+        at += b.length;
+      }
+    }
+  }
+  let json = JSON.stringify(header);
+  while ((8 + json.length) % 8) json += " ";
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  mkdirSync(out, { recursive: true });
+  writeFileSync(path.join(out, "adapter_model.safetensors"), Buffer.concat([len, Buffer.from(json), ...parts]));
+  writeFileSync(path.join(out, "adapter_config.json"), JSON.stringify({ peft_type: "LORA", r, lora_alpha: 8 }));
+  return out;
 }
 
 // 3. A large synthetic model (7B shape): prefill (tensor-core GEMM + flash attention) and decode.
