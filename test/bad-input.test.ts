@@ -456,6 +456,9 @@ describeShared("bad options and requests on a loaded model", [STORIES, STORIES_F
       expect((err as { code?: string }).code, String(err)).toBe("ERR_INVALID_ARGUMENT");
       expect(String((err as Error).message)).toContain(field);
     };
+    // An option the addon does not know is refused, not ignored (a newer library over an older binary would
+    // otherwise load the model without, say, its LoRA adapter).
+    await invalid(() => a.loadModel(sharedPath(STORIES), { device: "cpu", loraAdapters: ["x"] } as never), "'loraAdapters' is not known to this addon");
     const m = await a.loadModel(sharedPath(STORIES), { device: "cpu", contextLength: 32, maxSequences: 1 });
     try {
       const seq = m.createSequence();

@@ -5,6 +5,7 @@
 #include <napi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <initializer_list>
@@ -461,6 +462,16 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     l2::EngineOptions o;
     if (info.Length() > 1 && info[1].IsObject()) {
       Napi::Object opts = info[1].As<Napi::Object>();
+      // An option this addon does not know (a newer library over an older binary) must not be ignored:
+      // the model would load without what was asked (a LoRA adapter, a rotary scaling).
+      static const char* kKnown[] = {"device", "dtype", "kvCacheType", "deviceIndex", "contextLength", "maxSequences",
+                                     "threads", "cpuActivations", "lora", "ropeScaling"};
+      Napi::Array keys = opts.GetPropertyNames();
+      for (uint32_t i = 0; i < keys.Length(); ++i) {
+        const std::string k = keys.Get(i).ToString().Utf8Value();
+        if (std::none_of(std::begin(kKnown), std::end(kKnown), [&](const char* n) { return k == n; }))
+          throw make_error(env, l2::code::kInvalidArgument, "loadModel: option '" + k + "' is not known to this addon (a binary older than the library?)");
+      }
       auto get = [&](const char* k) { return opts.Has(k) ? opts.Get(k) : env.Undefined(); };
       if (!get("device").IsUndefined()) o.device = str_arg(get("device"), "device");
       if (!get("dtype").IsUndefined()) o.dtype = str_arg(get("dtype"), "dtype");
