@@ -117,6 +117,7 @@ describeShared("LoRA adapters merged at load", [HF, F16, Q8], () => {
       ["embed", (d) => writeAdapter(sharedPath(HF), d, { extraTensors: { "base_model.model.model.embed_tokens.lora_embedding_A": [[4, 8], Array(32).fill(0)] } }), "ERR_FORMAT_UNSUPPORTED", ["embed_tokens.lora_embedding_A"]],
       ["layer", (d) => writeAdapter(sharedPath(HF), d, { extraTensors: { "base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight": [[4, 64], Array(256).fill(0)], "base_model.model.model.layers.9.self_attn.q_proj.lora_B.weight": [[64, 4], Array(256).fill(0)] } }), "ERR_TENSOR_SHAPE", ["layers.9", "layer 9"]],
       ["no-b", (d) => writeAdapter(sharedPath(HF), d, { drop: ["base_model.model.model.layers.1.mlp.up_proj.lora_B.weight"] }), "ERR_TENSOR_MISSING", ["layers.1.mlp.up_proj.lora_A", "no lora_B"]],
+      ["no-a", (d) => writeAdapter(sharedPath(HF), d, { drop: ["base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight"] }), "ERR_TENSOR_MISSING", ["layers.0.self_attn.o_proj.lora_B", "no lora_A"]],
       ["nan", (d) => writeAdapter(sharedPath(HF), d, { extraTensors: {}, amp: NaN }), "ERR_MODEL_CORRUPT", ["non-finite"]],
       ["bin", (d) => { mkdirSync(d, { recursive: true }); writeFileSync(path.join(d, "adapter_config.json"), JSON.stringify({ r: 4 })); writeFileSync(path.join(d, "adapter_model.bin"), "x"); }, "ERR_FILE_NOT_FOUND", ["safe_serialization"]],
       ["empty", (d) => mkdirSync(d, { recursive: true }), "ERR_FILE_NOT_FOUND", ["adapter_config.json"]],

@@ -215,6 +215,8 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
     info.alpha = alpha;
     info.scale = scale;
     std::set<std::string> modules;  // "q_proj", ...
+    for (const auto& [name, t] : src.tensors)
+      if (name.back() == 'B' && !src.find(name.substr(0, name.size() - 1) + "A")) fail(code::kTensorMissing, file + ": " + t.file_name + " has no lora_A");
     for (const auto& [name, a] : src.tensors) {
       if (name.back() != 'A') continue;
       const std::string stem = name.substr(0, name.size() - 2);  // "layers.3.wq"
@@ -265,6 +267,9 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
           convert_row(DType::F32, reinterpret_cast<const uint8_t*>(row.data()), to, dst + stride * (size_t)o, base.cols);
         }
       });
+      // A matrix merged by an earlier adapter: its buffer is replaced, not kept beside the new one.
+      for (LlamaWeights::Owned& o : w.owned)
+        if (o.holds(base.data)) o.bytes.reset(), o.size = 0;
       m.dtype = to;
       m.data = dst;
       w.owned.push_back(std::move(out));
@@ -275,6 +280,7 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
     info.modules.assign(modules.begin(), modules.end());
     infos.push_back(std::move(info));
   }
+  w.owned.erase(std::remove_if(w.owned.begin(), w.owned.end(), [](const LlamaWeights::Owned& o) { return !o.bytes; }), w.owned.end());
   return infos;
 }
 
