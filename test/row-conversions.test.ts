@@ -8,26 +8,22 @@ import { join } from "node:path";
 import { expect, it } from "vitest";
 import { projectRoot } from "./helpers/shared.js";
 
-it("q8_round equals std::lround for every |v| <= 128, q8_quantize_group the lround rule, q8_quantize_row (AVX2) the scalar rule", () => {
-  const dir = mkdtempSync(join(tmpdir(), "l2-q8-"));
+// Compiles test/native/NAME.cc with the project sources it tests and returns what it prints.
+function runNative(name: string, sources: string[]): string {
+  const dir = mkdtempSync(join(tmpdir(), `l2-${name}-`));
   try {
-    const exe = join(dir, "q8-round");
-    execFileSync("g++", ["-O2", "-std=c++17", `-I${projectRoot}`, join(projectRoot, "test/native/q8-round.cc"), join(projectRoot, "native/common/q8_row.cc"), "-o", exe], { stdio: "pipe" });
-    const out = execFileSync(exe, { encoding: "utf8", timeout: 120_000 });
-    expect(out.trim()).toBe("q8 ok");
+    const exe = join(dir, name);
+    execFileSync("g++", ["-O2", "-std=c++17", `-I${projectRoot}`, join(projectRoot, `test/native/${name}.cc`), ...sources.map((f) => join(projectRoot, f)), "-o", exe], { stdio: "pipe" });
+    return execFileSync(exe, { encoding: "utf8", timeout: 120_000 }).trim();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+it("q8_round equals std::lround for every |v| <= 128, q8_quantize_group the lround rule, q8_quantize_row (AVX2) the scalar rule", () => {
+  expect(runNative("q8-round", ["native/common/q8_row.cc"])).toBe("q8 ok");
 }, 180_000);
 
 it("fp16 rows (F16C where the CPU has it) convert every fp16 and fp32 value to the scalar rules' bits", () => {
-  const dir = mkdtempSync(join(tmpdir(), "l2-half-"));
-  try {
-    const exe = join(dir, "half-row");
-    execFileSync("g++", ["-O2", "-std=c++17", `-I${projectRoot}`, join(projectRoot, "test/native/half-row.cc"), join(projectRoot, "native/common/half_row.cc"), "-o", exe], { stdio: "pipe" });
-    const out = execFileSync(exe, { encoding: "utf8", timeout: 120_000 });
-    expect(out.trim()).toMatch(/^half ok/);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  expect(runNative("half-row", ["native/common/half_row.cc"])).toMatch(/^half ok/);
 }, 180_000);
