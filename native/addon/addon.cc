@@ -99,12 +99,11 @@ Napi::Object config_object(Napi::Env env, const l2::ModelConfig& c) {
     r.Set("type", l2::rope_scaling_name(rs.type));
     r.Set("factor", rs.factor);
     if (rs.type == l2::RopeScaling::Yarn) {
-      r.Set("originalContextLength", rs.original_ctx > 0 ? rs.original_ctx : c.max_seq_len);
+      r.Set("originalContextLength", c.rope_original_ctx());
       r.Set("betaFast", rs.beta_fast);
       r.Set("betaSlow", rs.beta_slow);
     }
-    r.Set("attentionFactor", rs.mscale != 0.f ? rs.mscale
-                             : rs.type == l2::RopeScaling::Yarn && rs.factor > 1.f ? 0.1f * logf(rs.factor) + 1.f : 1.f);
+    r.Set("attentionFactor", c.rope_attention_factor());
     o.Set("ropeScaling", r);
   }
   return o;

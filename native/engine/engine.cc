@@ -13,19 +13,17 @@ namespace l2 {
 // The rotary table: (cos, sin) per (position, pair), with the model's scaling folded in (config.h). The
 // frequencies follow transformers' `_compute_linear_scaling_rope_parameters` / `_compute_yarn_parameters`
 // and llama.cpp's `rope_yarn` (the two agree for these types), in float like both.
-static std::vector<float> rope_frequencies(const ModelConfig& c, float* mscale) {
+static std::vector<float> rope_frequencies(const ModelConfig& c) {
   const int half = c.head_dim / 2;
   const RopeScalingConfig& rs = c.rope_scaling;
   std::vector<float> freq((size_t)half);
   for (int i = 0; i < half; ++i) freq[(size_t)i] = 1.0f / powf(c.rope_theta, (float)(2 * i) / (float)c.head_dim);
-  *mscale = 1.f;
   if (rs.type == RopeScaling::Linear) {
     for (float& f : freq) f /= rs.factor;
-    if (rs.mscale != 0.f) *mscale = rs.mscale;
   } else if (rs.type == RopeScaling::Yarn) {
     // Pairs that turn fewer than beta_slow times over the original context are interpolated (divided by
     // the factor), those that turn more than beta_fast times kept, a linear ramp between.
-    const float orig = (float)(rs.original_ctx > 0 ? rs.original_ctx : c.max_seq_len);
+    const float orig = (float)c.rope_original_ctx();
     const float d = (float)c.head_dim, log_base = logf(c.rope_theta);
     auto corr_dim = [&](float rotations) { return d * logf(orig / (rotations * 2.f * 3.14159265358979f)) / (2.f * log_base); };
     const float low = std::max(floorf(corr_dim(rs.beta_fast)), 0.f);
@@ -37,15 +35,14 @@ static std::vector<float> rope_frequencies(const ModelConfig& c, float* mscale) 
       const float f = freq[(size_t)i];
       freq[(size_t)i] = f / rs.factor * (1.f - keep) + f * keep;
     }
-    *mscale = rs.mscale != 0.f ? rs.mscale : rs.factor <= 1.f ? 1.f : 0.1f * logf(rs.factor) + 1.f;
   }
   return freq;
 }
 
 std::vector<float> rope_table(const ModelConfig& c, int context_length) {
   const int half = c.head_dim / 2;
-  float mscale = 1.f;
-  const std::vector<float> freq = rope_frequencies(c, &mscale);
+  const float mscale = c.rope_attention_factor();
+  const std::vector<float> freq = rope_frequencies(c);
   std::vector<float> t((size_t)context_length * half * 2);
   for (int i = 0; i < half; ++i) {
     for (int p = 0; p < context_length; ++p) {

@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <cmath>
+
 #include "../common/error.h"
 
 namespace l2 {
@@ -39,6 +41,8 @@ void ModelConfig::validate(const std::string& source) const {
     if (rs.mscale != 0.f) real("attention factor", rs.mscale, 1e-3f, 100.f);
   }
 }
+
+float yarn_mscale(float factor) { return factor <= 1.f ? 1.f : 0.1f * logf(factor) + 1.f; }
 
 bool parse_rope_scaling(const std::string& name, RopeScaling* out) {
   if (name == "none" || name == "default") *out = RopeScaling::None;

@@ -24,6 +24,9 @@ struct RopeScalingConfig {
 };
 
 const char* rope_scaling_name(RopeScaling t);
+// YaRN's attention scale for a context extension `factor`: 0.1 ln(factor) + 1 (1 for factor <= 1), as
+// transformers' get_mscale and llama.cpp's rope_yarn derive it.
+float yarn_mscale(float factor);
 // "none" / "default" / "linear" / "yarn" (the names transformers and llama.cpp use); false for others.
 bool parse_rope_scaling(const std::string& name, RopeScaling* out);
 
@@ -42,6 +45,14 @@ struct ModelConfig {
   RopeScalingConfig rope_scaling;
   bool tied_output = false;  // the classifier reuses the token embedding
 
+  // The context rope scaling extends (YaRN's original context, else the trained one).
+  int rope_original_ctx() const { return rope_scaling.original_ctx > 0 ? rope_scaling.original_ctx : max_seq_len; }
+  // What the rotary table's cos and sin are multiplied by: the file's factor, else YaRN's derived one, else 1.
+  float rope_attention_factor() const {
+    if (rope_scaling.type == RopeScaling::None) return 1.f;
+    if (rope_scaling.mscale != 0.f) return rope_scaling.mscale;
+    return rope_scaling.type == RopeScaling::Yarn ? yarn_mscale(rope_scaling.factor) : 1.f;
+  }
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
   // Throws ERR_MODEL_CONFIG naming `source` and the bad field.

@@ -190,11 +190,7 @@ std::string lora_canonical_name(const std::string& n) {
     const size_t len = std::strlen(ab);
     if (n.size() <= len || n.compare(n.size() - len, len, ab) != 0) continue;
     const std::string canon = canonical_name(n.substr(0, n.size() - len));
-    const bool matrix = canon.size() > 3 && (canon.compare(canon.size() - 3, 3, ".wq") == 0 || canon.compare(canon.size() - 3, 3, ".wk") == 0 ||
-                                             canon.compare(canon.size() - 3, 3, ".wv") == 0 || canon.compare(canon.size() - 3, 3, ".wo") == 0 ||
-                                             canon.compare(canon.size() - 3, 3, ".w1") == 0 || canon.compare(canon.size() - 3, 3, ".w2") == 0 ||
-                                             canon.compare(canon.size() - 3, 3, ".w3") == 0);
-    return matrix ? canon + (ab[6] == 'a' ? ".A" : ".B") : "";
+    return is_layer_matrix(canon) ? canon + (ab[6] == 'a' ? ".A" : ".B") : "";
   }
   return "";
 }
@@ -291,7 +287,7 @@ std::unique_ptr<ModelSource> open_gguf_impl(const std::string& path, float* lora
       // llama.cpp scales cos/sin by attn_factor, times YaRN's derived 0.1 ln(factor) + 1.
       const float attn = real("llama.rope.scaling.attn_factor", 1.0);
       if (attn != 1.f)
-        rs.mscale = rs.type == RopeScaling::Yarn && rs.factor > 1.f ? attn * (0.1f * logf(rs.factor) + 1.f) : attn;
+        rs.mscale = rs.type == RopeScaling::Yarn ? attn * yarn_mscale(rs.factor) : attn;
       if (real("llama.rope.scaling.yarn_ext_factor", 1.0) != 1.f && rs.type == RopeScaling::Yarn)
         fail(code::kFormatUnsupported, path + ": rope.scaling.yarn_ext_factor other than 1 is not supported");
     }

@@ -22,13 +22,13 @@ namespace l2 {
 
 namespace {
 
+// The projections' names in Hugging Face checkpoints (ModelInfo.lora's modules) by canonical name.
 struct Module {
-  const char* hf;     // "self_attn.q_proj"
   const char* canon;  // "wq"
+  const char* hf;     // "q_proj"
 };
-constexpr Module kModules[] = {{"self_attn.q_proj", "wq"}, {"self_attn.k_proj", "wk"}, {"self_attn.v_proj", "wv"},
-                               {"self_attn.o_proj", "wo"}, {"mlp.gate_proj", "w1"},    {"mlp.down_proj", "w2"},
-                               {"mlp.up_proj", "w3"}};
+constexpr Module kModules[] = {{"wq", "q_proj"}, {"wk", "k_proj"}, {"wv", "v_proj"}, {"wo", "o_proj"},
+                               {"w1", "gate_proj"}, {"w2", "down_proj"}, {"w3", "up_proj"}};
 
 Matrix& layer_matrix(LayerWeights& l, const std::string& canon) {
   if (canon == "wq") return l.wq;
@@ -41,22 +41,16 @@ Matrix& layer_matrix(LayerWeights& l, const std::string& canon) {
 }
 
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight" (or ...lora_A.default.weight)
-// -> "layers.3.wq.A"; "" when the name is not a LoRA matrix of a supported module.
+// -> "layers.3.wq.A"; "" when the name is not a LoRA matrix of a layer's projection.
 std::string lora_name(const std::string& n) {
-  std::string s = n;
-  for (const char* p : {"base_model.model.", "model."})
-    if (s.compare(0, std::strlen(p), p) == 0) s = s.substr(std::strlen(p));
-  const std::string prefix = "layers.";
-  if (s.compare(0, prefix.size(), prefix) != 0) return "";
-  const size_t dot = s.find('.', prefix.size());
-  if (dot == std::string::npos) return "";
-  const std::string idx = s.substr(prefix.size(), dot - prefix.size());
-  if (idx.empty() || idx.size() > 5 || idx.find_first_not_of("0123456789") != std::string::npos) return "";
-  const std::string rest = s.substr(dot + 1);
-  for (const Module& m : kModules) {
-    for (const char* ab : {"A", "B"}) {
-      const std::string base = std::string(m.hf) + ".lora_" + ab;
-      if (rest == base + ".weight" || rest == base + ".default.weight") return "layers." + idx + "." + m.canon + "." + ab;
+  const std::string peft = "base_model.model.";
+  std::string s = n.compare(0, peft.size(), peft) == 0 ? n.substr(peft.size()) : n;
+  if (s.compare(0, 6, "model.") != 0) s = "model." + s;
+  for (const char* ab : {"A", "B"}) {
+    for (const std::string& suffix : {std::string(".lora_") + ab + ".weight", std::string(".lora_") + ab + ".default.weight"}) {
+      if (s.size() <= suffix.size() || s.compare(s.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
+      const std::string canon = hf_canonical_name(s.substr(0, s.size() - suffix.size()) + ".weight");
+      return is_layer_matrix(canon) ? canon + "." + ab : "";
     }
   }
   return "";
@@ -274,7 +268,7 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
       m.data = dst;
       w.owned.push_back(std::move(out));
       for (const Module& mod : kModules)
-        if (canon == mod.canon) modules.insert(std::string(mod.hf).substr(std::string(mod.hf).find('.') + 1));
+        if (canon == mod.canon) modules.insert(mod.hf);
       ++info.matrices;
     }
     info.modules.assign(modules.begin(), modules.end());

@@ -77,6 +77,13 @@ std::string TensorView::describe() const {
   return s;
 }
 
+bool is_layer_matrix(const std::string& canon) {
+  const size_t dot = canon.find_last_of('.');
+  if (canon.compare(0, 7, "layers.") != 0 || dot == std::string::npos) return false;
+  const std::string m = canon.substr(dot + 1);
+  return m == "wq" || m == "wk" || m == "wv" || m == "wo" || m == "w1" || m == "w2" || m == "w3";
+}
+
 const TensorView* ModelSource::find(const std::string& name) const {
   auto it = tensors.find(name);
   return it == tensors.end() ? nullptr : &it->second;

@@ -88,6 +88,11 @@ std::unique_ptr<ModelSource> open_gguf(const std::string& path);
 std::unique_ptr<ModelSource> open_llama2c(const std::string& path);
 // A llama.cpp LoRA adapter (GGUF, general.type "adapter"): tensors layers.N.<matrix>.A / .B, its alpha (0 when unset).
 std::unique_ptr<ModelSource> open_gguf_lora(const std::string& path, float* alpha);
+// A Hugging Face tensor name's canonical name ("model.layers.3.self_attn.q_proj.weight" -> "layers.3.wq"), ""
+// for tensors the engine does not use.
+std::string hf_canonical_name(const std::string& name);
+// Whether a canonical name is one of a layer's seven projection matrices (layers.N.wq ... w3).
+bool is_layer_matrix(const std::string& canon);
 // Maps one safetensors file's tensors into `src` under canonical_name(file name) (skipped when it returns
 // ""), validating every header entry; shared by the model and LoRA adapter loaders.
 void read_safetensors(ModelSource& src, const std::string& path, const std::function<std::string(const std::string&)>& canonical_name);

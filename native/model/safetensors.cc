@@ -110,8 +110,9 @@ bool parse_dtype(const std::string& s, DType* out) {
   return true;
 }
 
-// "model.layers.3.self_attn.q_proj.weight" -> "layers.3.wq"; "" for tensors we do not use.
-std::string canonical_name(const std::string& n) {
+}  // namespace
+
+std::string hf_canonical_name(const std::string& n) {
   static const std::pair<const char*, const char*> kLayer[] = {
       {"input_layernorm.weight", "attn_norm"}, {"self_attn.q_proj.weight", "wq"},
       {"self_attn.k_proj.weight", "wk"},       {"self_attn.v_proj.weight", "wv"},
@@ -132,8 +133,6 @@ std::string canonical_name(const std::string& n) {
     if (rest == hf) return "layers." + idx + "." + canon;
   return "";
 }
-
-}  // namespace
 
 void read_safetensors(ModelSource& src, const std::string& path, const std::function<std::string(const std::string&)>& canonical_name) {
   src.files.push_back(std::make_unique<MappedFile>(path));
@@ -200,7 +199,7 @@ std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir_in) {
   src->config = parse_config(cfg_path);
   std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   if (file_exists(single)) {
-    read_safetensors(*src, single, canonical_name);
+    read_safetensors(*src, single, hf_canonical_name);
   } else if (file_exists(index)) {
     Json idx = Json::parse(read_text_file(index), index);
     const Json* wm = idx.get("weight_map");
@@ -214,7 +213,7 @@ std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir_in) {
     for (auto& s : shards) {
       std::string p = dir + "/" + s;
       if (!file_exists(p)) fail(code::kFileNotFound, index + " names shard " + s + ", which is missing");
-      read_safetensors(*src, p, canonical_name);
+      read_safetensors(*src, p, hf_canonical_name);
     }
   } else {
     fail(code::kFileNotFound, dir + ": no model.safetensors or model.safetensors.index.json (.bin PyTorch checkpoints are not supported)");
