@@ -1,6 +1,7 @@
 // Seeded mutation fuzzing of the native model loaders: GGUF (F16 and Q8_0, synthetic with a small
 // vocabulary and the files llama.cpp wrote), Hugging Face directories (single and sharded safetensors,
-// config.json, the shard index; synthetic and the one transformers wrote) and llama2.c .bin files.
+// config.json, the shard index; synthetic and the one transformers wrote), llama2.c .bin files and LoRA
+// adapters (PEFT directories and llama.cpp GGUF adapters, loaded onto a valid base with `lora`).
 // Each case applies 1-4 seeded mutations, concentrated where the parsing happens (headers, metadata,
 // tensor infos, JSON), to a valid model, and is opened in a child process (helpers/fuzz-child.mjs)
 // with readModelInfo and Llama2.load(path, { device: "cpu" }) plus a 3-token generate when it loads.
@@ -36,6 +37,7 @@ import {
   type Op,
   writeGgufWithArray,
 } from "./helpers/fuzz.js";
+import { writeAdapter, writeGgufAdapter } from "./helpers/lora.js";
 import { describeShared, sharedPath } from "./helpers/shared.js";
 
 const STORIES = "models/stories260K.bin";
@@ -205,6 +207,59 @@ describeShared("loader fuzzing: mutated model files never crash the process", [S
       });
     });
     await fuzz("hf-sharded", cases);
+  }, 120_000);
+
+  // LoRA adapters (merged at load): names a renamed adapter tensor may take, and adapter_config.json's keys.
+  const ADAPTER_RENAMES = [
+    "base_model.model.model.layers.99.self_attn.q_proj.lora_A.weight", "base_model.model.model.layers.-1.mlp.up_proj.lora_B.weight",
+    "base_model.model.model.layers.99999999999999999999.mlp.up_proj.lora_A.weight", "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight",
+    "base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight", "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight",
+    "base_model.model.lm_head.lora_A.weight", "base_model.model.model.embed_tokens.lora_embedding_A", "model.layers.0.mlp.down_proj.lora_A.weight",
+    "base_model.model.model.layers.0.self_attn.q_proj.weight", "base_model.model.model.layers.0.input_layernorm.lora_A.weight", "lora_A.weight", "",
+  ];
+  const ADAPTER_FIELDS = ["r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out", "peft_type", "rank_pattern", "alpha_pattern", "target_modules"];
+
+  it("LoRA adapters, PEFT (adapter_config.json + adapter_model.safetensors) on HF, GGUF F16 and Q8_0 bases: seeded mutations", async () => {
+    const dir = path.join(work, "peft-adapter");
+    writeAdapter(synth.hf, dir, { rank: 4, alpha: 8, seed: 11 });
+    const files = readdirSync(dir);
+    const st = readFileSync(path.join(dir, "adapter_model.safetensors"));
+    const config = readFileSync(path.join(dir, "adapter_config.json"), "utf8");
+    const cases = Array.from({ length: n(150) }, (_, i): FuzzCase => {
+      const rng = caseRng(SEED, "lora-peft", i);
+      const base = rng.weighted([[60, synth.hf], [25, synth.f16], [15, synth.q8]] as const);
+      const which = rng.weighted([[65, "safetensors"], [25, "config"], [10, "both"]] as const);
+      const edits: Record<string, () => Buffer | string> = {};
+      const descs = [`base ${path.basename(base)}`];
+      if (which !== "config") {
+        const o = ops(opCount(rng), () => safetensorsOp(rng, st, ADAPTER_RENAMES));
+        edits["adapter_model.safetensors"] = () => applyOps(st, o);
+        descs.push(...o.map((x) => `adapter_model.safetensors: ${x.desc}`));
+      }
+      if (which !== "safetensors") {
+        const c = configOp(rng, config, ADAPTER_FIELDS);
+        edits["adapter_config.json"] = () => c.text;
+        descs.push(c.desc.replace(/^config:/, "adapter_config.json:"));
+      }
+      return { ...dirCase(`lora-peft#${i}`, descs.join("; "), dir, files, edits), base };
+    });
+    await fuzz("lora-peft", cases);
+  }, 120_000);
+
+  it("LoRA adapters, llama.cpp GGUF (convert_lora_to_gguf.py's layout) on GGUF and HF bases: seeded mutations", async () => {
+    const deltas = writeAdapter(synth.hf, path.join(work, "gguf-adapter-deltas"), { rank: 4, alpha: 8, seed: 13 });
+    const file = path.join(work, "adapter.gguf");
+    const cfg = JSON.parse(readFileSync(path.join(synth.hf, "config.json"), "utf8"));
+    await writeGgufAdapter(file, deltas, 8, cfg.hidden_size / cfg.num_attention_heads);
+    const bytes = readFileSync(file);
+    const map = mapGguf(bytes);
+    const cases = Array.from({ length: n(100) }, (_, i): FuzzCase => {
+      const rng = caseRng(SEED, "lora-gguf", i);
+      const base = rng.weighted([[60, synth.f16], [20, synth.q8], [20, synth.hf]] as const);
+      const c = fileCase(`lora-gguf#${i}`, bytes, "adapter.gguf", ops(opCount(rng), () => ggufOp(rng, bytes, map)));
+      return { ...c, desc: `base ${path.basename(base)}; ${c.desc}`, base };
+    });
+    await fuzz("lora-gguf", cases);
   }, 120_000);
 
   it("GGUF metadata arrays claiming or holding 2^25-2^28 elements (sparse files): no allocation or time in proportion", async () => {

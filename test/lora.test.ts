@@ -119,6 +119,8 @@ describeShared("LoRA adapters merged at load", [HF, F16, Q8], () => {
       ["no-b", (d) => writeAdapter(sharedPath(HF), d, { drop: ["base_model.model.model.layers.1.mlp.up_proj.lora_B.weight"] }), "ERR_TENSOR_MISSING", ["layers.1.mlp.up_proj.lora_A", "no lora_B"]],
       ["no-a", (d) => writeAdapter(sharedPath(HF), d, { drop: ["base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight"] }), "ERR_TENSOR_MISSING", ["layers.0.self_attn.o_proj.lora_B", "no lora_A"]],
       ["nan", (d) => writeAdapter(sharedPath(HF), d, { extraTensors: {}, amp: NaN }), "ERR_MODEL_CORRUPT", ["non-finite"]],
+      // Finite values whose product F16 cannot hold (|B A| * 2 ~ 8e6 > 65504): refused naming the adapter, not NaN logits later.
+      ["huge", (d) => writeAdapter(sharedPath(HF), d, { amp: 1000 }), "ERR_MODEL_CORRUPT", ["adapter_model.safetensors", "F16 cannot hold", "the adapter's values are too large"]],
       ["bin", (d) => { mkdirSync(d, { recursive: true }); writeFileSync(path.join(d, "adapter_config.json"), JSON.stringify({ r: 4 })); writeFileSync(path.join(d, "adapter_model.bin"), "x"); }, "ERR_FILE_NOT_FOUND", ["safe_serialization"]],
       ["empty", (d) => mkdirSync(d, { recursive: true }), "ERR_FILE_NOT_FOUND", ["adapter_config.json"]],
     ];

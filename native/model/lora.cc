@@ -5,8 +5,10 @@
 #include "lora.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <set>
 #include <memory>
 
@@ -97,6 +99,17 @@ void add_delta(float* row, const float* A, int64_t lda, const float* s, int r, i
   if (avx2) return add_delta_avx2(row, A, lda, s, r, n);
 #endif
   add_delta_portable(row, A, lda, s, r, n);
+}
+
+// The largest magnitude a merged weight may have in `t`: more would round to Inf (F16, BF16) or, in Q8_0, to an
+// Inf block scale (amax / 127 stored as F16).
+float max_representable(DType t) {
+  switch (t) {
+    case DType::F16: return 65504.f;
+    case DType::BF16: return 3.38e38f;
+    case DType::Q8_0: return 65504.f * 127.f;
+    default: return std::numeric_limits<float>::max();
+  }
 }
 
 std::vector<float> to_f32(const TensorView& t) {
@@ -251,6 +264,10 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
       LlamaWeights::Owned out = alloc(stride * (size_t)m.rows);
       uint8_t* dst = out.bytes.get();
       const Matrix base = m;
+      // Finite A and B can still give weights the merged type cannot hold (an adapter with huge values):
+      // refused here, naming the adapter, rather than found as NaN logits of the base model at generation.
+      const float limit = max_representable(to);
+      std::atomic<int64_t> bad_row{m.rows};
       pool.parallel_for(m.rows, 16, [&](int64_t lo, int64_t hi) {
         std::vector<float> row((size_t)base.cols), s((size_t)r);
         for (int64_t o = lo; o < hi; ++o) {
@@ -258,9 +275,20 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
           const float* bo = &B[(size_t)src_row(o) * r];
           for (int k = 0; k < r; ++k) s[(size_t)k] = scale * bo[k];
           add_delta(row.data(), A.data(), base.cols, s.data(), r, base.cols);
+          bool fits = true;
+          for (float x : row) fits &= std::fabs(x) <= limit;  // false for NaN too
+          if (!fits) {
+            int64_t cur = bad_row.load();
+            while (o < cur && !bad_row.compare_exchange_weak(cur, o)) {
+            }
+          }
           convert_row(DType::F32, reinterpret_cast<const uint8_t*>(row.data()), to, dst + stride * (size_t)o, base.cols);
         }
       });
+      if (const int64_t o = bad_row.load(); o < m.rows)
+        fail(code::kFormatCorrupt, file + ": merging " + a.file_name + " (scale " + std::to_string(scale) + ") into " + m.name +
+                                       " gives weights that " + dtype_name(to) + " cannot hold (row " + std::to_string(o) +
+                                       "): the adapter's values are too large");
       // A matrix merged by an earlier adapter: its buffer is replaced, not kept beside the new one.
       for (LlamaWeights::Owned& o : w.owned)
         if (o.holds(base.data)) o.bytes.reset(), o.size = 0;

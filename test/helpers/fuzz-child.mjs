@@ -3,10 +3,11 @@
 // A crash, abort or hang in native code takes down only this process; the parent sees which case
 // was running from the last "start" line.
 //
-//   node fuzz-child.mjs <cases.json>     cases: [{ id, path, selftest? }]
+//   node fuzz-child.mjs <cases.json>     cases: [{ id, path, base?, selftest? }]
 //
 // Per case: native readModelInfo(path, true) (the header-only parse the CLI uses), then
-// Llama2.load(path, { device: "cpu" }) and, when it loads, a 3-token greedy generate. Each step
+// Llama2.load(path, { device: "cpu" }) and, when it loads, a 3-token greedy generate. A case with a
+// `base` is a LoRA adapter: Llama2.load(base, { device: "cpu", lora: path }), no readModelInfo. Each step
 // reports { ok: true } or the error's { code, message, name, typed }; the case also reports its wall
 // and CPU time and its peak resident memory.
 import { readFileSync, writeFileSync } from "node:fs";
@@ -77,15 +78,18 @@ for (const c of cases) {
       out.info = out.load = describe(err);
     }
   } else {
-    try {
-      native().readModelInfo(c.path, true);
-      out.info = { ok: true };
-    } catch (err) {
-      out.info = describe(fromNative(err));
+    if (c.base) out.info = { ok: true };
+    else {
+      try {
+        native().readModelInfo(c.path, true);
+        out.info = { ok: true };
+      } catch (err) {
+        out.info = describe(fromNative(err));
+      }
     }
     let model;
     try {
-      model = await Llama2.load(c.path, { device: "cpu", maxSequences: 1, threads: 1 });
+      model = await Llama2.load(c.base ?? c.path, { device: "cpu", maxSequences: 1, threads: 1, ...(c.base && { lora: c.path }) });
       out.load = { ok: true };
     } catch (err) {
       out.load = describe(err);

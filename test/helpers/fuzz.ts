@@ -396,8 +396,11 @@ export function encodeHeaderText(json: string, data: Buffer, opts: { pad?: boole
 
 const DTYPES = ["F16", "F32", "BF16", "F64", "I8", "U8", "I64", "BOOL", "F8_E4M3", "", "f16", 16, null, ["F16"]];
 
+/** Names a renamed tensor may take in a model's safetensors. */
+const MODEL_RENAMES = ["model.layers.99.self_attn.q_proj.weight", "model.layers.-1.mlp.up_proj.weight", "model.layers.00000001.mlp.up_proj.weight", "model.layers.999999.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight", "model.layers.1.self_attn.q_proj.weight", "model.layers..self_attn.q_proj.weight", "model.layers.1", ""];
+
 /** Edits one safetensors header (parsed) in place; returns the description. */
-function editHeader(rng: FuzzRng, h: Record<string, any>, dataSize: number): string {
+function editHeader(rng: FuzzRng, h: Record<string, any>, dataSize: number, renames: readonly string[]): string {
   const names = Object.keys(h).filter((k) => k !== "__metadata__" && typeof h[k] === "object" && h[k] !== null && !Array.isArray(h[k]));
   if (names.length === 0) return "(no tensor entry left to edit)";
   const name = rng.pick(names);
@@ -428,7 +431,7 @@ function editHeader(rng: FuzzRng, h: Record<string, any>, dataSize: number): str
       return `delete tensor ${name}`;
     }],
     [2, () => {
-      const to = rng.pick(["model.layers.99.self_attn.q_proj.weight", "model.layers.-1.mlp.up_proj.weight", "model.layers.00000001.mlp.up_proj.weight", "model.layers.999999.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight", "model.layers.1.self_attn.q_proj.weight", "model.layers..self_attn.q_proj.weight", "model.layers.1", ""]);
+      const to = rng.pick(renames);
       h[to] = e;
       delete h[name];
       return `rename ${name} -> ${to}`;
@@ -448,8 +451,11 @@ function editHeader(rng: FuzzRng, h: Record<string, any>, dataSize: number): str
   ])();
 }
 
-/** A mutated model.safetensors: the header edited (structurally or as text) or the bytes flipped. */
-export function safetensorsOp(rng: FuzzRng, base: Buffer): Op {
+/**
+ * A mutated safetensors file (a model's, or a LoRA adapter's with its own `renames`): the header edited
+ * (structurally or as text) or the bytes flipped.
+ */
+export function safetensorsOp(rng: FuzzRng, base: Buffer, renames: readonly string[] = MODEL_RENAMES): Op {
   const hlen = Number(base.readBigUInt64LE(0));
   const headerText = base.toString("utf8", 8, 8 + hlen);
   const data = base.subarray(8 + hlen);
@@ -466,8 +472,8 @@ export function safetensorsOp(rng: FuzzRng, base: Buffer): Op {
     [15, () => byteOp(rng, () => (rng.chance(0.9) ? rng.int(8 + hlen) : rng.int(base.length)))],
     [35, () => {
       const h = JSON.parse(headerText);
-      let desc = editHeader(rng, h, data.length);
-      if (rng.chance(0.2)) desc += "; " + editHeader(rng, h, data.length);
+      let desc = editHeader(rng, h, data.length, renames);
+      if (rng.chance(0.2)) desc += "; " + editHeader(rng, h, data.length, renames);
       return reencode(JSON.stringify(h), desc);
     }],
     [12, () => reencode(jsonTextOp(rng, headerText.trimEnd()), "header text edited")],
@@ -490,12 +496,12 @@ const CONFIG_FIELDS = [
 ];
 const TEXT_LITERALS = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"];
 
-/** A mutated config.json (as text). */
-export function configOp(rng: FuzzRng, text: string): { desc: string; text: string } {
+/** A mutated config.json (as text); `fields` are the keys it edits by value (another file's: adapter_config.json). */
+export function configOp(rng: FuzzRng, text: string, fields: readonly string[] = CONFIG_FIELDS): { desc: string; text: string } {
   const cfg = JSON.parse(text) as Record<string, any>;
   return rng.weighted<() => { desc: string; text: string }>([
     [10, () => {
-      const k = rng.pick(CONFIG_FIELDS);
+      const k = rng.pick(fields);
       const cur = typeof cfg[k] === "number" ? cfg[k] : 64;
       if (rng.chance(0.12)) {
         delete cfg[k];
@@ -549,8 +555,10 @@ export interface FuzzCase {
   /** "corpus#index". */
   id: string;
   desc: string;
-  /** Writes the case under `dir`; returns the path to load. */
+  /** Writes the case under `dir`; returns the path to load (with `base`: the LoRA adapter's). */
   make(dir: string): string;
+  /** The base model the case's path is a LoRA adapter of: loaded with `lora: path` (readModelInfo skipped). */
+  base?: string;
   /** Harness self-test: what the child should do instead of loading. */
   selftest?: "segv" | "abort" | "hang" | "untyped" | "exit" | "sleep";
 }
@@ -745,7 +753,7 @@ export async function runFuzzCases(cases: FuzzCase[], opts: RunOptions): Promise
         let todo = batch;
         while (todo.length > 0) {
           const listFile = path.join(dir, `cases-${w}-${todo.length}.json`);
-          writeFileSync(listFile, JSON.stringify(todo.map((c) => ({ id: c.id, path: paths.get(c.id), selftest: c.selftest }))));
+          writeFileSync(listFile, JSON.stringify(todo.map((c) => ({ id: c.id, path: paths.get(c.id), base: c.base, selftest: c.selftest }))));
           const run = await runChild(listFile, o);
           for (const r of run.reports) {
             const c = byId.get(r.id)!;
