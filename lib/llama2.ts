@@ -8,6 +8,7 @@ import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefi
 import { Scheduler } from "./engine/scheduler.js";
 import { compileResponseFormat, createConstraint } from "./grammar/response-format.js";
 import { logSumExp, tokenLogprob } from "./logprobs.js";
+import { loraScaleProblem, ropeFactorProblem, ropeOriginalContextProblem } from "./model-changes.js";
 import type { Constraint } from "./grammar/token-constraint.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
 import { native, type NativeModel, type NativeStepOutput } from "./native.js";
@@ -210,11 +211,10 @@ function checkRopeScaling(v: unknown): RopeScalingOptions | undefined {
   checkKeys(v, new Set(["type", "factor", "originalContextLength"]), "ropeScaling");
   const r = v as RopeScalingOptions;
   if (!["none", "linear", "yarn"].includes(r.type)) throw new InvalidArgumentError("ropeScaling.type", `expected none, linear or yarn, got ${showValue(r.type)}`);
-  const min = r.type === "yarn" ? 1 : 0;
-  if (r.factor !== undefined && (typeof r.factor !== "number" || !(r.factor > min || (r.type === "yarn" && r.factor === 1)) || !(r.factor <= 1024))) {
-    throw new InvalidArgumentError("ropeScaling.factor", `expected a number in ${r.type === "yarn" ? "[1" : "(0"}, 1024], got ${showValue(r.factor)}`);
-  }
-  checkInt(r.originalContextLength, "ropeScaling.originalContextLength", 1, 1 << 22);
+  const factorProblem = r.factor === undefined ? null : ropeFactorProblem(r.type, r.factor);
+  if (factorProblem) throw new InvalidArgumentError("ropeScaling.factor", factorProblem);
+  const origProblem = r.originalContextLength === undefined ? null : ropeOriginalContextProblem(r.originalContextLength);
+  if (origProblem) throw new InvalidArgumentError("ropeScaling.originalContextLength", origProblem);
   return { type: r.type, ...(r.factor !== undefined && { factor: r.factor }), ...(r.originalContextLength !== undefined && { originalContextLength: r.originalContextLength }) };
 }
 
@@ -229,9 +229,8 @@ function checkLora(v: unknown): LoraOptions[] {
     checkKeys(a, new Set(["path", "scale"]), field);
     const { path: p, scale } = a as LoraOptions;
     if (typeof p !== "string" || p === "") throw new InvalidArgumentError(`${field}.path`, "expected an adapter (PEFT directory or .gguf)");
-    if (scale !== undefined && (typeof scale !== "number" || !(Math.abs(scale) <= 1000))) {
-      throw new InvalidArgumentError(`${field}.scale`, `expected a number in [-1000, 1000], got ${showValue(scale)}`);
-    }
+    const scaleProblem = scale === undefined ? null : loraScaleProblem(scale);
+    if (scaleProblem) throw new InvalidArgumentError(`${field}.scale`, scaleProblem);
     return { path: p, ...(scale !== undefined && { scale }) };
   });
 }

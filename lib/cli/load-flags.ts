@@ -1,8 +1,9 @@
 // Model-changing load flags shared by `llama2 run` and the commands that load a model:
 // `--rope-scaling TYPE[:FACTOR[:ORIGINAL]]` (none | linear:4 | yarn:16:4096) -> LoadOptions.ropeScaling, and
-// `--lora PATH [--lora-scale S]` -> LoadOptions.lora. Ranges are the library's (checked again at load).
+// `--lora PATH [--lora-scale S]` -> LoadOptions.lora. Ranges are the library's (lib/model-changes.ts).
 import type { FlagSpecs } from "./args.js";
 import { InvalidArgumentError } from "../errors.js";
+import { loraScaleProblem, ropeFactorProblem, ropeOriginalContextProblem } from "../model-changes.js";
 import type { LoraOptions, RopeScalingOptions } from "../types.js";
 
 export const LORA_FLAGS: FlagSpecs = {
@@ -19,7 +20,8 @@ export function parseLoraFlags(flags: Record<string, unknown>): LoraOptions[] | 
     return undefined;
   }
   if (typeof p !== "string" || p.trim() === "") throw new InvalidArgumentError("--lora", "expected an adapter (PEFT directory or .gguf)");
-  if (scale !== undefined && (typeof scale !== "number" || !(Math.abs(scale) <= 1000))) throw new InvalidArgumentError("--lora-scale", `expected a number in [-1000, 1000], got ${String(scale)}`);
+  const scaleProblem = scale === undefined ? null : loraScaleProblem(scale);
+  if (scaleProblem) throw new InvalidArgumentError("--lora-scale", scaleProblem);
   return [{ path: p, ...(typeof scale === "number" && { scale }) }];
 }
 
@@ -38,12 +40,12 @@ export function parseRopeScalingFlag(value: string): RopeScalingOptions {
     return { type };
   }
   if (factorRaw === undefined) throw bad(`${type} needs a factor`);
-  const factor = Number(factorRaw);
-  if (factorRaw.trim() === "" || !Number.isFinite(factor) || factor <= 0 || factor > 1024 || (type === "yarn" && factor < 1)) {
-    throw bad(`the factor must be a number in ${type === "yarn" ? "[1" : "(0"}, 1024]`);
-  }
+  const factor = factorRaw.trim() === "" ? NaN : Number(factorRaw);
+  const factorProblem = ropeFactorProblem(type, factor);
+  if (factorProblem) throw bad(`the factor: ${factorProblem.replace(/, got .*$/, "")}`);
   if (origRaw === undefined) return { type, factor };
-  const orig = Number(origRaw);
-  if (!/^\d+$/.test(origRaw) || orig < 1 || orig > 1 << 22) throw bad("the original context must be a whole number of tokens");
+  const orig = /^\d+$/.test(origRaw) ? Number(origRaw) : NaN;
+  const origProblem = ropeOriginalContextProblem(orig);
+  if (origProblem) throw bad(`the original context: ${origProblem.replace(/, got .*$/, "")}`);
   return { type, factor, originalContextLength: orig };
 }
