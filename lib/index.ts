@@ -34,4 +34,5 @@ export { ensureDemoModel, DEMO_MODEL_FILE } from "./synth/demo.js";
 export { pullModel, localPathOf, type PullOptions, type PullProgress } from "./hub/pull.js";
 export { MODEL_ALIASES, parseHubRef, isHubRef, type HubRef, type ModelAlias } from "./hub/refs.js";
 export { planCudaMemory, type CudaPlanOptions } from "./cuda-plan.js";
+export { convertModel, type ConvertDtype, type ConvertOptions, type ConvertResult } from "./convert.js";
 export type * from "./types.js";

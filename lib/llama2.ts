@@ -8,7 +8,7 @@ import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefi
 import { Scheduler } from "./engine/scheduler.js";
 import { compileResponseFormat, createConstraint } from "./grammar/response-format.js";
 import { logSumExp, tokenLogprob } from "./logprobs.js";
-import { loraScaleProblem, ropeFactorProblem, ropeOriginalContextProblem } from "./model-changes.js";
+import { checkLora, checkRopeScaling } from "./model-changes.js";
 import type { Constraint } from "./grammar/token-constraint.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
 import { native, type NativeModel, type NativeStepOutput } from "./native.js";
@@ -203,36 +203,6 @@ function checkInt(v: unknown, field: string, min: number, max: number): number |
     throw new InvalidArgumentError(field, `expected an integer in [${min}, ${max}], got ${showValue(v)}`);
   }
   return v;
-}
-
-function checkRopeScaling(v: unknown): RopeScalingOptions | undefined {
-  if (v === undefined) return undefined;
-  if (typeof v !== "object" || v === null) throw new InvalidArgumentError("ropeScaling", "expected { type, factor?, originalContextLength? }");
-  checkKeys(v, new Set(["type", "factor", "originalContextLength"]), "ropeScaling");
-  const r = v as RopeScalingOptions;
-  if (!["none", "linear", "yarn"].includes(r.type)) throw new InvalidArgumentError("ropeScaling.type", `expected none, linear or yarn, got ${showValue(r.type)}`);
-  const factorProblem = r.factor === undefined ? null : ropeFactorProblem(r.type, r.factor);
-  if (factorProblem) throw new InvalidArgumentError("ropeScaling.factor", factorProblem);
-  const origProblem = r.originalContextLength === undefined ? null : ropeOriginalContextProblem(r.originalContextLength);
-  if (origProblem) throw new InvalidArgumentError("ropeScaling.originalContextLength", origProblem);
-  return { type: r.type, ...(r.factor !== undefined && { factor: r.factor }), ...(r.originalContextLength !== undefined && { originalContextLength: r.originalContextLength }) };
-}
-
-function checkLora(v: unknown): LoraOptions[] {
-  if (v === undefined) return [];
-  const list = Array.isArray(v) ? v : [v];
-  if (list.length > 64) throw new InvalidArgumentError("lora", `at most 64 adapters, got ${list.length}`);
-  return list.map((a: unknown, i) => {
-    const field = Array.isArray(v) ? `lora[${i}]` : "lora";
-    if (typeof a === "string") a = { path: a };
-    if (typeof a !== "object" || a === null) throw new InvalidArgumentError(field, "expected an adapter path or { path, scale }");
-    checkKeys(a, new Set(["path", "scale"]), field);
-    const { path: p, scale } = a as LoraOptions;
-    if (typeof p !== "string" || p === "") throw new InvalidArgumentError(`${field}.path`, "expected an adapter (PEFT directory or .gguf)");
-    const scaleProblem = scale === undefined ? null : loraScaleProblem(scale);
-    if (scaleProblem) throw new InvalidArgumentError(`${field}.scale`, scaleProblem);
-    return { path: p, ...(scale !== undefined && { scale }) };
-  });
 }
 
 function checkKeys(opts: object, allowed: Set<string>, what: string): void {

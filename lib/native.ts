@@ -95,6 +95,24 @@ export interface NativeLoadOptions {
   lora?: { path: string; scale?: number }[];
 }
 
+/** A model opened to be written as GGUF (native/model/export.h; lib/convert.ts). */
+export interface NativeExport {
+  info: NativeModelSourceInfo;
+  lora: LoraInfo[];
+  /** In file order, under GGUF names; `type` a ggml type name ("F16", "Q8_0", "Q4_K" ...). */
+  tensors: { name: string; type: string; rows: number; cols: number; rowBytes: number }[];
+  /** Rows [row0, row0 + rows) of tensor `index` in its type and GGUF row order into `buffer`. */
+  read(index: number, row0: number, rows: number, buffer: Uint8Array): Promise<void>;
+  close(): void;
+}
+
+export interface NativeExportOptions {
+  dtype?: string;
+  lora?: { path: string; scale?: number }[];
+  ropeScaling?: { type: string; factor?: number; originalContextLength?: number };
+  threads?: number;
+}
+
 export interface NativeProgress {
   phase: string;
   bytes: number;
@@ -162,6 +180,7 @@ export interface NativeOpBench {
 export interface NativeAddon {
   readModelInfo(path: string, withTensors?: boolean): NativeModelSourceInfo;
   loadModel(path: string, opts: NativeLoadOptions, onProgress?: (p: NativeProgress) => void, cancel?: Int32Array): Promise<NativeModel>;
+  openExport(path: string, opts: NativeExportOptions): Promise<NativeExport>;
   cudaDevices(): CudaDevice[];
   buildInfo(): BuildInfo;
   /** Drops a file's pages from the page cache (cold-load timing); false when the kernel refused. */

@@ -129,6 +129,11 @@ export class Tokenizer {
     this.padId = vocab.padId;
   }
 
+  /** The pieces, scores and special ids (what a GGUF file's tokenizer.ggml.* keys hold). */
+  get vocabulary(): Readonly<Vocabulary> {
+    return this.vocab;
+  }
+
   /** Loads a SentencePiece tokenizer.model. */
   static async fromFile(path: string): Promise<Tokenizer> {
     if (typeof path !== "string" || path === "") throw new InvalidArgumentError("path", "must be a non-empty string");

@@ -13,6 +13,7 @@ const COMMANDS: Record<string, () => Promise<{ default: Command }>> = {
   inspect: () => import("./commands/inspect.js"),
   bench: () => import("./commands/bench.js"),
   "make-model": () => import("./commands/make-model.js"),
+  convert: () => import("./commands/convert.js"),
   compare: () => import("./commands/compare.js"),
   run: () => import("./commands/run.js"),
   jobs: () => import("./commands/jobs.js"),

@@ -158,10 +158,11 @@ function sizeLabel(n: number): string {
 
 /**
  * The GGUF metadata of a Llama 2 model of shape `s`: keys, types and order as convert_hf_to_gguf.py writes
- * them; the tokenizer's keys when `vocab` is given; general.file_type when `fileType` is (a llama_ftype).
+ * them; the tokenizer's keys when `vocab` is given; general.file_type when `fileType` is (a llama_ftype);
+ * `headDim` when the heads are not dim / heads wide.
  */
-export function llamaGgufMetadata(s: ModelShape, name: string, o: { fileType?: number; vocab?: Vocabulary } = {}): Array<[string, GgufValue]> {
-  const hd = s.dim / s.heads;
+export function llamaGgufMetadata(s: ModelShape, name: string, o: { fileType?: number; vocab?: Vocabulary; headDim?: number } = {}): Array<[string, GgufValue]> {
+  const hd = o.headDim ?? s.dim / s.heads;
   const md: Array<[string, GgufValue]> = [
     ["general.architecture", gguf.str("llama")],
     ["general.type", gguf.str("model")],

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <new>
@@ -17,6 +18,7 @@
 #include "../engine/cpu/cpu_ops.h"
 #include "../engine/cuda_plan.h"
 #include "../engine/op_bench.h"
+#include "../model/export.h"
 
 namespace {
 
@@ -75,6 +77,59 @@ int32_t int_arg(const Napi::Value& v, const char* field) {
   // (UBSan float-cast-overflow; x86 happens to give INT32_MIN). NaN fails both comparisons.
   if (!(d >= -2147483648.0 && d <= 2147483647.0) || d != (double)(int32_t)d) throw make_error(v.Env(), l2::code::kInvalidArgument, std::string(field) + ": expected an integer, got " + std::to_string(d));
   return (int32_t)d;
+}
+
+// [{ path, scale }] -> the adapters to merge (checked in TypeScript too: lib/model-changes.ts).
+std::vector<l2::LoraSpec> lora_arg(const Napi::Array& arr) {
+  Napi::Env env = arr.Env();
+  std::vector<l2::LoraSpec> out;
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    if (!arr.Get(i).IsObject()) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "]: expected { path, scale }");
+    Napi::Object a = arr.Get(i).As<Napi::Object>();
+    l2::LoraSpec spec;
+    spec.path = str_arg(a.Get("path"), "lora.path");
+    if (a.Has("scale") && !a.Get("scale").IsUndefined()) {
+      if (!a.Get("scale").IsNumber()) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "].scale: expected a number");
+      const double sc = a.Get("scale").As<Napi::Number>().DoubleValue();
+      if (!(std::fabs(sc) <= 1000)) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "].scale: out of range [-1000, 1000]");
+      spec.scale = (float)sc;
+    }
+    out.push_back(spec);
+  }
+  return out;
+}
+
+// { type, factor, originalContextLength } -> the rotary scaling that replaces the file's (checked in TypeScript too).
+l2::RopeScalingConfig rope_scaling_arg(const Napi::Object& r) {
+  Napi::Env env = r.Env();
+  auto num = [&](const char* k, double def) {
+    if (!r.Has(k) || r.Get(k).IsUndefined()) return def;
+    if (!r.Get(k).IsNumber()) throw make_error(env, l2::code::kInvalidArgument, std::string("ropeScaling.") + k + ": expected a number");
+    return r.Get(k).As<Napi::Number>().DoubleValue();
+  };
+  l2::RopeScalingConfig rs;
+  const std::string type = str_arg(r.Get("type"), "ropeScaling.type");
+  if (!l2::parse_rope_scaling(type, &rs.type))
+    throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.type: expected 'none', 'linear' or 'yarn', got '" + type + "'");
+  const double factor = num("factor", 1.0), orig = num("originalContextLength", 0.0);
+  if (!(factor > 0 && factor <= 1024)) throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.factor: out of range (0..1024]");
+  if (!(orig >= 0 && orig <= (1 << 22) && orig == std::floor(orig)))
+    throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.originalContextLength: expected an integer in 0..4194304");
+  rs.factor = (float)factor;
+  rs.original_ctx = (int)orig;
+  return rs;
+}
+
+// Refuses option keys this addon does not know (a newer library over an older binary must not have an
+// option silently ignored: the model would load without what was asked, a LoRA adapter or a rotary scaling).
+template <size_t N>
+void check_known_keys(const Napi::Object& opts, const char* (&known)[N], const char* what) {
+  Napi::Array keys = opts.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    const std::string k = keys.Get(i).ToString().Utf8Value();
+    if (std::none_of(std::begin(known), std::end(known), [&](const char* n) { return k == n; }))
+      throw make_error(opts.Env(), l2::code::kInvalidArgument, std::string(what) + ": option '" + k + "' is not known to this addon (a binary older than the library?)");
+  }
 }
 
 Napi::Object config_object(Napi::Env env, const l2::ModelConfig& c) {
@@ -181,6 +236,25 @@ Napi::Object source_object(Napi::Env env, const l2::ModelSource& s, bool with_te
   return o;
 }
 
+// ModelInfo.lora: the adapters merged, in order.
+Napi::Array lora_info_array(Napi::Env env, const std::vector<l2::LoraInfo>& infos) {
+  Napi::Array adapters = Napi::Array::New(env, infos.size());
+  for (size_t i = 0; i < infos.size(); ++i) {
+    const l2::LoraInfo& l = infos[i];
+    Napi::Object a = Napi::Object::New(env);
+    a.Set("path", l.path);
+    a.Set("rank", l.rank);
+    a.Set("alpha", l.alpha);
+    a.Set("scale", l.scale);
+    Napi::Array mods = Napi::Array::New(env, l.modules.size());
+    for (size_t k = 0; k < l.modules.size(); ++k) mods.Set((uint32_t)k, l.modules[k]);
+    a.Set("modules", mods);
+    a.Set("matrices", l.matrices);
+    adapters.Set((uint32_t)i, a);
+  }
+  return adapters;
+}
+
 // readModelInfo(path, withTensors?) -> { format, path, name, config, fileBytes, tokenizer?, tokenizerPath?, tensors? }
 Napi::Value ReadModelInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -235,21 +309,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       o.Set("maxStepSequences", e.max_step_sequences());
       o.Set("kvBlockSize", l2::kKvBlockSize);
       o.Set("kvBlocks", e.total_blocks());
-      Napi::Array adapters = Napi::Array::New(env, e.lora().size());
-      for (size_t i = 0; i < e.lora().size(); ++i) {
-        const l2::LoraInfo& l = e.lora()[i];
-        Napi::Object a = Napi::Object::New(env);
-        a.Set("path", l.path);
-        a.Set("rank", l.rank);
-        a.Set("alpha", l.alpha);
-        a.Set("scale", l.scale);
-        Napi::Array mods = Napi::Array::New(env, l.modules.size());
-        for (size_t k = 0; k < l.modules.size(); ++k) mods.Set((uint32_t)k, l.modules[k]);
-        a.Set("modules", mods);
-        a.Set("matrices", l.matrices);
-        adapters.Set((uint32_t)i, a);
-      }
-      o.Set("lora", adapters);
+      o.Set("lora", lora_info_array(env, e.lora()));
       return o;
     });
   }
@@ -461,16 +521,9 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     l2::EngineOptions o;
     if (info.Length() > 1 && info[1].IsObject()) {
       Napi::Object opts = info[1].As<Napi::Object>();
-      // An option this addon does not know (a newer library over an older binary) must not be ignored:
-      // the model would load without what was asked (a LoRA adapter, a rotary scaling).
       static const char* kKnown[] = {"device", "dtype", "kvCacheType", "deviceIndex", "contextLength", "maxSequences",
                                      "threads", "cpuActivations", "lora", "ropeScaling"};
-      Napi::Array keys = opts.GetPropertyNames();
-      for (uint32_t i = 0; i < keys.Length(); ++i) {
-        const std::string k = keys.Get(i).ToString().Utf8Value();
-        if (std::none_of(std::begin(kKnown), std::end(kKnown), [&](const char* n) { return k == n; }))
-          throw make_error(env, l2::code::kInvalidArgument, "loadModel: option '" + k + "' is not known to this addon (a binary older than the library?)");
-      }
+      check_known_keys(opts, kKnown, "loadModel");
       auto get = [&](const char* k) { return opts.Has(k) ? opts.Get(k) : env.Undefined(); };
       if (!get("device").IsUndefined()) o.device = str_arg(get("device"), "device");
       if (!get("dtype").IsUndefined()) o.dtype = str_arg(get("dtype"), "dtype");
@@ -480,39 +533,10 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
       if (!get("maxSequences").IsUndefined()) o.max_sequences = int_arg(get("maxSequences"), "maxSequences");
       if (!get("threads").IsUndefined()) o.threads = int_arg(get("threads"), "threads");
       if (!get("cpuActivations").IsUndefined()) o.cpu_activations = str_arg(get("cpuActivations"), "cpuActivations");
-      if (get("lora").IsArray()) {  // [{ path, scale }] (checked in TypeScript too)
-        Napi::Array arr = get("lora").As<Napi::Array>();
-        for (uint32_t i = 0; i < arr.Length(); ++i) {
-          if (!arr.Get(i).IsObject()) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "]: expected { path, scale }");
-          Napi::Object a = arr.Get(i).As<Napi::Object>();
-          l2::LoraSpec spec;
-          spec.path = str_arg(a.Get("path"), "lora.path");
-          if (a.Has("scale") && !a.Get("scale").IsUndefined()) {
-            if (!a.Get("scale").IsNumber()) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "].scale: expected a number");
-            const double sc = a.Get("scale").As<Napi::Number>().DoubleValue();
-            if (!(std::fabs(sc) <= 1000)) throw make_error(env, l2::code::kInvalidArgument, "lora[" + std::to_string(i) + "].scale: out of range [-1000, 1000]");
-            spec.scale = (float)sc;
-          }
-          o.lora.push_back(spec);
-        }
-      }
-      if (get("ropeScaling").IsObject()) {  // { type, factor, originalContextLength } (checked in TypeScript too)
-        Napi::Object r = get("ropeScaling").As<Napi::Object>();
-        auto num = [&](const char* k, double def) {
-          if (!r.Has(k) || r.Get(k).IsUndefined()) return def;
-          if (!r.Get(k).IsNumber()) throw make_error(env, l2::code::kInvalidArgument, std::string("ropeScaling.") + k + ": expected a number");
-          return r.Get(k).As<Napi::Number>().DoubleValue();
-        };
-        const std::string type = str_arg(r.Get("type"), "ropeScaling.type");
-        if (!l2::parse_rope_scaling(type, &o.rope_scaling.type))
-          throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.type: expected 'none', 'linear' or 'yarn', got '" + type + "'");
+      if (get("lora").IsArray()) o.lora = lora_arg(get("lora").As<Napi::Array>());
+      if (get("ropeScaling").IsObject()) {
         o.rope_override = true;
-        const double factor = num("factor", 1.0), orig = num("originalContextLength", 0.0);
-        if (!(factor > 0 && factor <= 1024)) throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.factor: out of range (0..1024]");
-        if (!(orig >= 0 && orig <= (1 << 22) && orig == std::floor(orig)))
-          throw make_error(env, l2::code::kInvalidArgument, "ropeScaling.originalContextLength: expected an integer in 0..4194304");
-        o.rope_scaling.factor = (float)factor;
-        o.rope_scaling.original_ctx = (int)orig;
+        o.rope_scaling = rope_scaling_arg(get("ropeScaling").As<Napi::Object>());
       }
     }
     Napi::Function progress;
@@ -521,6 +545,104 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
     if (info.Length() > 3 && info[3].IsTypedArray() && info[3].As<Napi::TypedArray>().TypedArrayType() == napi_int32_array)
       cancel = info[3].As<Napi::Int32Array>();
     auto* w = new LoadWorker(env, path, o, progress, cancel);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
+
+// Runs `work` on the libuv pool and settles a promise: `done(env)`'s value, or the typed error `work` threw.
+class TaskWorker : public Napi::AsyncWorker {
+ public:
+  TaskWorker(Napi::Env env, std::function<void()> work, std::function<Napi::Value(Napi::Env)> done)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)), done_(std::move(done)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    if (!capture(failure_, work_)) SetError(failure_.message);
+  }
+  void OnOK() override {
+    Napi::Value v;
+    if (!capture(failure_, [&] { v = done_(Env()); })) return deferred_.Reject(make_error(Env(), failure_.code, failure_.message).Value());
+    deferred_.Resolve(v);
+  }
+  void OnError(const Napi::Error&) override { deferred_.Reject(make_error(Env(), failure_.code, failure_.message).Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<void()> work_;
+  std::function<Napi::Value(Napi::Env)> done_;
+  Failure failure_;
+};
+
+// openExport(path, { dtype, lora, ropeScaling, threads }) -> Promise<{ info, lora, tensors: [{ name, type, rows, cols,
+// rowBytes }], read(index, row0, rows, buffer) -> Promise<void>, close() }>: a model opened to be written as GGUF
+// (model/export.h; lib/convert.ts writes the file).
+Napi::Value OpenExport(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guarded(env, [&]() -> Napi::Value {
+    const std::string path = str_arg(info[0], "path");
+    l2::ExportOptions o;
+    if (info.Length() > 1 && info[1].IsObject()) {
+      Napi::Object opts = info[1].As<Napi::Object>();
+      static const char* kKnown[] = {"dtype", "lora", "ropeScaling", "threads"};
+      check_known_keys(opts, kKnown, "openExport");
+      auto get = [&](const char* k) { return opts.Has(k) ? opts.Get(k) : env.Undefined(); };
+      if (!get("dtype").IsUndefined()) o.dtype = str_arg(get("dtype"), "dtype");
+      if (!get("threads").IsUndefined()) o.threads = int_arg(get("threads"), "threads");
+      if (get("lora").IsArray()) o.lora = lora_arg(get("lora").As<Napi::Array>());
+      if (get("ropeScaling").IsObject()) {
+        o.rope_override = true;
+        o.rope_scaling = rope_scaling_arg(get("ropeScaling").As<Napi::Object>());
+      }
+    }
+    auto holder = std::make_shared<std::shared_ptr<l2::ModelExport>>();
+    auto* w = new TaskWorker(
+        env, [holder, path, o] { *holder = std::shared_ptr<l2::ModelExport>(l2::ModelExport::open(path, o)); },
+        [holder](Napi::Env env) -> Napi::Value {
+          l2::ModelExport& x = **holder;
+          Napi::Object r = Napi::Object::New(env);
+          r.Set("info", source_object(env, x.source(), false));
+          r.Set("lora", lora_info_array(env, x.lora()));
+          Napi::Array ts = Napi::Array::New(env, x.tensors().size());
+          for (size_t i = 0; i < x.tensors().size(); ++i) {
+            const l2::ExportTensor& t = x.tensors()[i];
+            Napi::Object to = Napi::Object::New(env);
+            to.Set("name", t.name);
+            to.Set("type", l2::dtype_name(t.dtype));
+            to.Set("rows", (double)t.rows);
+            to.Set("cols", (double)t.cols);
+            to.Set("rowBytes", (double)l2::row_bytes(t.dtype, t.cols));
+            ts.Set((uint32_t)i, to);
+          }
+          r.Set("tensors", ts);
+          r.Set("read", Napi::Function::New(env, [holder](const Napi::CallbackInfo& ci) -> Napi::Value {
+                  return guarded(ci.Env(), [&]() -> Napi::Value {
+                    std::shared_ptr<l2::ModelExport> x = *holder;
+                    if (!x) l2::fail(l2::code::kDisposed, "this export was closed");
+                    const int32_t index = int_arg(ci[0], "index"), row0 = int_arg(ci[1], "row0"), rows = int_arg(ci[2], "rows");
+                    if (index < 0 || (size_t)index >= x->tensors().size()) l2::fail(l2::code::kInvalidArgument, "index: out of range");
+                    const l2::ExportTensor& t = x->tensors()[(size_t)index];
+                    if (!ci[3].IsTypedArray() || ci[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+                      l2::fail(l2::code::kInvalidArgument, "buffer: expected a Uint8Array");
+                    Napi::Uint8Array buf = ci[3].As<Napi::Uint8Array>();
+                    if (rows < 0 || (double)buf.ByteLength() < (double)rows * (double)l2::row_bytes(t.dtype, t.cols))
+                      l2::fail(l2::code::kInvalidArgument, "buffer: too small for " + std::to_string(rows) + " rows of " + t.name);
+                    auto ref = std::make_shared<Napi::Reference<Napi::Uint8Array>>(Napi::Persistent(buf));  // kept alive while read
+                    uint8_t* out = buf.Data();
+                    auto* rw = new TaskWorker(
+                        ci.Env(), [x, index, row0, rows, out] { x->read((size_t)index, row0, rows, out); },
+                        [ref](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+                    Napi::Promise p = rw->promise();
+                    rw->Queue();
+                    return p;
+                  });
+                }));
+          r.Set("close", Napi::Function::New(env, [holder](const Napi::CallbackInfo& ci) -> Napi::Value {
+                  holder->reset();  // a read in flight keeps its own reference
+                  return ci.Env().Undefined();
+                }));
+          return r;
+        });
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -745,6 +867,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeModel", model);
   exports.Set("readModelInfo", Napi::Function::New(env, ReadModelInfo));
   exports.Set("loadModel", Napi::Function::New(env, LoadModel));
+  exports.Set("openExport", Napi::Function::New(env, OpenExport));
   exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("dropPageCache", Napi::Function::New(env, DropPageCache));

@@ -3,6 +3,7 @@ import type { Command } from "../command.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { makeSyntheticModel, type SynthDtype, type SynthFormat } from "../../synth/model.js";
 import { PRESETS } from "../../synth/presets.js";
+import { writeProgressPrinter } from "../write-progress.js";
 
 const GB = 1e9;
 
@@ -39,7 +40,7 @@ const command: Command = {
     if (typeof flags.out !== "string") throw new InvalidArgumentError("--out", "required");
     const shardMb = flags.shardMb as number;
     if (!(shardMb > 0)) throw new InvalidArgumentError("--shard-mb", `must be positive, got ${shardMb}`);
-    const progress = flags.quiet ? undefined : progressPrinter(io.stderr);
+    const progress = flags.quiet ? undefined : writeProgressPrinter(io.stderr);
     const m = await makeSyntheticModel({
       preset: flags.preset,
       format: flags.format as SynthFormat,
@@ -82,18 +83,5 @@ const command: Command = {
     return 0;
   },
 };
-
-/** "\r 42% 5.67/13.48 GB 250 MB/s" at most ~4 times a second. */
-function progressPrinter(err: NodeJS.WritableStream): (done: number, total: number) => void {
-  const t0 = performance.now();
-  let last = 0;
-  return (done, total) => {
-    const now = performance.now();
-    if (now - last < 250 && done < total) return;
-    last = now;
-    const rate = done / 1e6 / Math.max((now - t0) / 1000, 1e-3);
-    err.write(`\r  ${Math.floor((100 * done) / total).toString().padStart(3)}% ${(done / GB).toFixed(2)}/${(total / GB).toFixed(2)} GB ${rate.toFixed(0)} MB/s `);
-  };
-}
 
 export default command;

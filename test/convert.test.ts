@@ -1,0 +1,165 @@
+// convertModel / `llama2 convert`: any loadable model written as one GGUF in llama.cpp's layout. The oracle is
+// llama.cpp's own converter: tiny-llama-f16.gguf and tiny-llama-q8_0.gguf in ../shared were written by
+// convert_hf_to_gguf.py from tiny-llama-hf, so converting that directory must give their tensors byte for
+// byte (names, types, dims, the Q/K row permutation, Q8_0's rounding and its F16 fallback). Merged LoRA
+// adapters and rotary scalings are checked by loading the output against loading the source with the option.
+import { readFileSync } from "node:fs";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { convertModel } from "../lib/convert.js";
+import type { Llama2Error } from "../lib/errors.js";
+import { Llama2 } from "../lib/llama2.js";
+import type { LoadOptions } from "../lib/types.js";
+import { runCli } from "./helpers/cli.js";
+import { Scratch, ggufLayout, type GgufLayout } from "./helpers/corrupt.js";
+import { lastLogits } from "./helpers/logits.js";
+import { writeAdapter } from "./helpers/lora.js";
+import { describeShared, sharedPath } from "./helpers/shared.js";
+
+const HF = "models/tiny-llama-hf";
+const F16 = "models/tiny-llama-f16.gguf";
+const Q8 = "models/tiny-llama-q8_0.gguf";
+const STORIES = "models/stories260K.bin";
+const IDS = [1, 9038, 2501, 263, 931, 29892, 727, 471, 263, 2217, 7826];
+
+/** Each tensor's type, ggml dims and data bytes. */
+function tensorsOf(file: string): Map<string, { type: number; dims: number[]; data: Buffer }> {
+  const buf = readFileSync(file);
+  const L: GgufLayout = ggufLayout(buf);
+  const sorted = [...L.tensors].sort((a, b) => a.offset - b.offset);
+  const out = new Map<string, { type: number; dims: number[]; data: Buffer }>();
+  sorted.forEach((t, i) => {
+    const end = i + 1 < sorted.length ? sorted[i + 1]!.offset : buf.length - L.dataStart;
+    out.set(t.name, { type: t.type, dims: t.dims, data: buf.subarray(L.dataStart + t.offset, L.dataStart + end) });
+  });
+  return out;
+}
+
+function metadataOf(file: string): Map<string, number | string | undefined> {
+  return new Map(ggufLayout(readFileSync(file)).kvs.map((k) => [k.key, k.value]));
+}
+
+describeShared("convertModel: llama.cpp's layout, byte for byte", [HF, F16, Q8, STORIES], () => {
+  const scratch = new Scratch("llama2-convert-");
+  const open: Llama2[] = [];
+  const load = async (p: string, o: LoadOptions = {}) => {
+    const m = await Llama2.load(p, { device: "cpu", maxSequences: 1, ...o });
+    open.push(m);
+    return m;
+  };
+  const err = (p: Promise<unknown>) => p.then(() => null, (e: unknown) => e as Llama2Error);
+  let adapter = "";
+
+  beforeAll(() => {
+    adapter = scratch.path("adapter");
+    writeAdapter(sharedPath(HF), adapter, { rank: 4, alpha: 8 });
+  });
+  afterAll(async () => {
+    for (const m of open) await m.dispose();
+    scratch.cleanup();
+  });
+
+  it("HF -> f16 and q8_0: every tensor equals convert_hf_to_gguf.py's (names, types, dims, bytes), and the metadata too", async () => {
+    for (const [dtype, ref] of [["f16", F16], ["q8_0", Q8]] as const) {
+      const out = scratch.path(`tiny-${dtype}.gguf`);
+      const r = await convertModel(sharedPath(HF), out, { dtype, name: "Tiny Llama Hf" });
+      const ours = tensorsOf(out), theirs = tensorsOf(sharedPath(ref));
+      expect([...ours.keys()].sort()).toEqual([...theirs.keys()].sort());
+      for (const [name, t] of ours) {
+        const u = theirs.get(name)!;
+        expect({ name, type: t.type, dims: t.dims }).toEqual({ name, type: u.type, dims: u.dims });
+        expect(t.data.equals(u.data), `${name}: data differs from llama.cpp's`).toBe(true);
+      }
+      if (dtype === "q8_0") expect(r.types).toEqual({ Q8_0: 14, F16: 2, F32: 5 }); // FFN 172 is not a multiple of 32: F16, as llama.cpp
+      // Every key llama.cpp wrote, with its value (arrays: the tokenizer, compared through loading below).
+      const mine = metadataOf(out);
+      for (const [k, v] of metadataOf(sharedPath(ref))) expect([k, mine.get(k)]).toEqual([k, v]);
+      expect(r.tokenizer).toBe(sharedPath(`${HF}/tokenizer.model`));
+    }
+  });
+
+  it("the converted file runs: its logits equal llama.cpp's file's, bit for bit, and it tokenizes like the source", async () => {
+    const out = scratch.path("tiny.gguf");
+    await convertModel(sharedPath(HF), out, { dtype: "f16" });
+    const a = await load(out);
+    const b = await load(sharedPath(F16));
+    expect(Array.from(await lastLogits(a, IDS))).toEqual(Array.from(await lastLogits(b, IDS)));
+    expect(a.tokenizer!.encode("Once upon a time, there was")).toEqual(b.tokenizer!.encode("Once upon a time, there was"));
+  });
+
+  it("GGUF -> auto is a copy of every tensor; llama2.c (F32, no tokenizer of its size) -> f16 runs like the source", async () => {
+    const out = scratch.path("copy.gguf");
+    await convertModel(sharedPath(Q8), out);
+    const ours = tensorsOf(out), theirs = tensorsOf(sharedPath(Q8));
+    for (const [name, t] of ours) expect(t.data.equals(theirs.get(name)!.data), name).toBe(true);
+
+    const st = scratch.path("stories.gguf");
+    const r = await convertModel(sharedPath(STORIES), st, { dtype: "f32" });
+    expect(r.tokenizer).toBeNull();
+    const ids = [1, 403, 407, 261, 378];
+    const a = await load(st), b = await load(sharedPath(STORIES));
+    expect(Array.from(await lastLogits(a, ids))).toEqual(Array.from(await lastLogits(b, ids)));
+    expect(a.info.config.tiedEmbeddings).toBe(b.info.config.tiedEmbeddings);
+  });
+
+  it("a merged LoRA adapter: the file loads without it and gives the logits of the base loaded with it", async () => {
+    const out = scratch.path("merged.gguf");
+    const r = await convertModel(sharedPath(HF), out, { dtype: "f16", lora: adapter });
+    expect(r.lora).toMatchObject([{ path: adapter, rank: 4, matrices: 14 }]);
+    const merged = await load(out);
+    expect(merged.info.lora).toEqual([]);
+    // The GGUF base with the adapter merges the same products into the same (permuted) rows: the same bits.
+    const withAdapter = await load(sharedPath(F16), { lora: adapter });
+    const base = await load(sharedPath(F16));
+    const got = await lastLogits(merged, IDS);
+    expect(Array.from(got)).toEqual(Array.from(await lastLogits(withAdapter, IDS)));
+    expect(Array.from(got)).not.toEqual(Array.from(await lastLogits(base, IDS)));
+  });
+
+  it("a rotary scaling is written as llama.cpp's rope.scaling.* keys and read back the same", async () => {
+    for (const ropeScaling of [{ type: "linear", factor: 4 }, { type: "yarn", factor: 8, originalContextLength: 256 }] as const) {
+      const out = scratch.path(`rope-${ropeScaling.type}.gguf`);
+      await convertModel(sharedPath(HF), out, { dtype: "f16", ropeScaling });
+      const md = metadataOf(out);
+      expect(md.get("llama.rope.scaling.type")).toBe(ropeScaling.type);
+      expect(md.get("llama.rope.scaling.factor")).toBe(ropeScaling.factor);
+      const a = await load(out);
+      const b = await load(sharedPath(F16), { ropeScaling });
+      expect(a.info.config.ropeScaling).toEqual(b.info.config.ropeScaling);
+      const ids = Array.from({ length: 300 }, (_, i) => IDS[i % IDS.length]!);
+      expect(Array.from(await lastLogits(a, ids))).toEqual(Array.from(await lastLogits(b, ids)));
+    }
+  });
+
+  it("refuses: an existing output without force, the source as output, a bad dtype or option; adapter errors keep their code; abort", async () => {
+    const existing = scratch.write("exists.gguf", "x");
+    expect(await err(convertModel(sharedPath(HF), existing))).toMatchObject({ code: "ERR_INVALID_ARGUMENT", field: "out", message: expect.stringContaining("already exists") });
+    expect(readFileSync(existing, "utf8")).toBe("x"); // untouched
+    expect(await err(convertModel(sharedPath(F16), sharedPath(F16), { force: true }))).toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringContaining("is an input") });
+    expect(await err(convertModel(sharedPath(HF), scratch.path("a.bin")))).toMatchObject({ field: "out", message: expect.stringContaining(".gguf") });
+    expect(await err(convertModel(sharedPath(HF), scratch.path("a.gguf"), { dtype: "q4" as never }))).toMatchObject({ field: "dtype" });
+    expect(await err(convertModel(sharedPath(HF), scratch.path("a.gguf"), { quantize: true } as never))).toMatchObject({ field: "quantize" });
+    expect(await err(convertModel(sharedPath(HF), scratch.path("a.gguf"), { lora: { path: adapter, scale: 1e9 } }))).toMatchObject({ field: "lora.scale" });
+    const bad = scratch.path("bad-adapter");
+    writeAdapter(sharedPath(HF), bad, { config: { r: 8 } });
+    const out = scratch.path("never.gguf");
+    expect(await err(convertModel(sharedPath(HF), out, { lora: bad }))).toMatchObject({ code: "ERR_TENSOR_SHAPE", message: expect.stringContaining("at rank 8") });
+    const ac = new AbortController();
+    const p = convertModel(sharedPath(HF), out, { signal: ac.signal, onProgress: () => ac.abort() });
+    expect(await err(p)).toMatchObject({ code: "ERR_ABORTED" });
+    expect(() => readFileSync(out)).toThrow(); // no partial file under the name
+  });
+
+  it("llama2 convert: the command writes the file and reports it; flags are checked", async () => {
+    const out = scratch.path("cli.gguf");
+    const r = await runCli(["convert", sharedPath(HF), "--out", out, "--dtype", "q8_0", "--lora", adapter, "--quiet"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/wrote .*cli\.gguf .*14 Q8_0/);
+    expect(r.stdout).toContain("merged LoRA");
+    const bad = await runCli(["convert", sharedPath(HF), "--out", out, "--dtype", "q3"]);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain("--dtype");
+    const missing = await runCli(["convert", sharedPath(HF)]);
+    expect(missing.stderr).toContain("--out");
+  });
+});
