@@ -4,11 +4,12 @@
 // byte (names, types, dims, the Q/K row permutation, Q8_0's rounding and its F16 fallback). Merged LoRA
 // adapters and rotary scalings are checked by loading the output against loading the source with the option.
 import { readFileSync } from "node:fs";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { convertModel } from "../lib/convert.js";
 import type { Llama2Error } from "../lib/errors.js";
 import { Llama2 } from "../lib/llama2.js";
 import type { LoadOptions } from "../lib/types.js";
+import { mixedTypes, writeBlockModels } from "./helpers/block-models.js";
 import { runCli } from "./helpers/cli.js";
 import { Scratch, ggufLayout, type GgufLayout } from "./helpers/corrupt.js";
 import { lastLogits } from "./helpers/logits.js";
@@ -161,5 +162,27 @@ describeShared("convertModel: llama.cpp's layout, byte for byte", [HF, F16, Q8, 
     expect(bad.stderr).toContain("--dtype");
     const missing = await runCli(["convert", sharedPath(HF)]);
     expect(missing.stderr).toContain("--out");
+  });
+});
+
+describe("convertModel on GGUF block types (ggml's own Q4_K / Q6_K / Q8_0 blocks, no shared files)", () => {
+  const scratch = new Scratch("llama2-convert-blocks-");
+  afterAll(() => scratch.cleanup());
+
+  it("auto keeps a Q4_K_M-like mix as it is; f32 writes ggml's own decoded values", async () => {
+    const { quant, ref } = await writeBlockModels(scratch, mixedTypes, "mix");
+    const kept = scratch.path("kept.gguf");
+    const r = await convertModel(quant, kept);
+    expect(r.types).toMatchObject({ Q4_K: expect.any(Number), Q6_K: expect.any(Number), Q8_0: expect.any(Number) });
+    const a = tensorsOf(kept), q = tensorsOf(quant);
+    expect([...a.keys()].sort()).toEqual([...q.keys()].sort());
+    for (const [name, t] of a) {
+      expect({ name, type: t.type, dims: t.dims }).toEqual({ name, type: q.get(name)!.type, dims: q.get(name)!.dims });
+      expect(t.data.equals(q.get(name)!.data), name).toBe(true);
+    }
+    const decoded = scratch.path("decoded.gguf");
+    await convertModel(quant, decoded, { dtype: "f32" });
+    const d = tensorsOf(decoded), f = tensorsOf(ref);
+    for (const [name, t] of d) expect(t.data.equals(f.get(name)!.data), name).toBe(true);
   });
 });
