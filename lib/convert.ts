@@ -16,10 +16,14 @@ import { resolveTokenizer } from "./tokenizer/for-model.js";
 import type { Vocabulary } from "./tokenizer/sentencepiece-model.js";
 import type { LoraInfo, LoraOptions, ModelConfig, RopeScalingOptions } from "./types.js";
 
-export type ConvertDtype = "auto" | "f32" | "f16" | "bf16" | "q8_0";
+export type ConvertDtype = "auto" | "f32" | "f16" | "bf16" | "q8_0" | "q4_1";
 
 export interface ConvertOptions {
-  /** Matrix type of the output (default "auto": each matrix as stored; norms are F32 in every case). */
+  /**
+   * Matrix type of the output (default "auto": each matrix as stored; norms are F32 in every case). "q4_1":
+   * every matrix in llama.cpp's Q4_1 blocks by its reference rule, as `dtype: "q4"` quantizes at load (5 bits
+   * per weight; a Q4_K_M file from llama-quantize is more accurate where one exists).
+   */
   dtype?: ConvertDtype;
   /** LoRA adapters merged into the weights (as LoadOptions.lora). */
   lora?: string | LoraOptions | Array<string | LoraOptions>;
@@ -50,8 +54,8 @@ export interface ConvertResult {
 }
 
 const KEYS = new Set(["dtype", "lora", "ropeScaling", "tokenizerPath", "name", "force", "threads", "onProgress", "signal"]);
-const DTYPES: ConvertDtype[] = ["auto", "f32", "f16", "bf16", "q8_0"];
-const FILE_TYPE: Partial<Record<string, number>> = { F32: LlamaFileType.ALL_F32, F16: LlamaFileType.MOSTLY_F16, BF16: LlamaFileType.MOSTLY_BF16, Q8_0: LlamaFileType.MOSTLY_Q8_0 };
+const DTYPES: ConvertDtype[] = ["auto", "f32", "f16", "bf16", "q8_0", "q4_1"];
+const FILE_TYPE: Partial<Record<string, number>> = { F32: LlamaFileType.ALL_F32, F16: LlamaFileType.MOSTLY_F16, BF16: LlamaFileType.MOSTLY_BF16, Q8_0: LlamaFileType.MOSTLY_Q8_0, Q4_1: LlamaFileType.MOSTLY_Q4_1 };
 /** Bytes of converted rows handed over per native call. */
 const CHUNK_BYTES = 8 << 20;
 

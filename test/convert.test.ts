@@ -3,7 +3,7 @@
 // convert_hf_to_gguf.py from tiny-llama-hf, so converting that directory must give their tensors byte for
 // byte (names, types, dims, the Q/K row permutation, Q8_0's rounding and its F16 fallback). Merged LoRA
 // adapters and rotary scalings are checked by loading the output against loading the source with the option.
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { convertModel } from "../lib/convert.js";
 import type { Llama2Error } from "../lib/errors.js";
@@ -100,6 +100,19 @@ describeShared("convertModel: llama.cpp's layout, byte for byte", [HF, F16, Q8, 
     const a = await load(st), b = await load(sharedPath(STORIES));
     expect(Array.from(await lastLogits(a, ids))).toEqual(Array.from(await lastLogits(b, ids)));
     expect(a.info.config.tiedEmbeddings).toBe(b.info.config.tiedEmbeddings);
+  });
+
+  it("q4_1: every matrix in Q4_1 (F16 where rows do not split into 32-groups); it runs like the source loaded with dtype q4", async () => {
+    const out = scratch.path("tiny-q4_1.gguf");
+    const r = await convertModel(sharedPath(HF), out, { dtype: "q4_1" });
+    expect(r.types).toEqual({ Q4_1: 14, F16: 2, F32: 5 });
+    expect(metadataOf(out).get("general.file_type")).toBe(3); // LLAMA_FTYPE_MOSTLY_Q4_1
+    // (dtype "q4" on both: under "auto" the file's two F16 matrices would run as int8 beside the 4-bit ones.)
+    const a = await load(out, { dtype: "q4" });
+    const b = await load(sharedPath(F16), { dtype: "q4" });
+    expect(a.info.dtype).toBe("q4");
+    expect(Array.from(await lastLogits(a, IDS))).toEqual(Array.from(await lastLogits(b, IDS)));
+    expect(statSync(out).size).toBeLessThan(statSync(sharedPath(Q8)).size * 0.75);
   });
 
   it("a merged LoRA adapter: the file loads without it and gives the logits of the base loaded with it", async () => {

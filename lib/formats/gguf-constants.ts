@@ -44,7 +44,7 @@ export const GGML_BLOCK: Record<GgmlTypeName, { elements: number; bytes: number 
 };
 
 /** general.file_type (llama_ftype): the type of most of the file's matrices. */
-export const LlamaFileType = { ALL_F32: 0, MOSTLY_F16: 1, MOSTLY_Q8_0: 7, MOSTLY_BF16: 32 } as const;
+export const LlamaFileType = { ALL_F32: 0, MOSTLY_F16: 1, MOSTLY_Q4_1: 3, MOSTLY_Q8_0: 7, MOSTLY_BF16: 32 } as const;
 
 /** Bytes of a tensor of `type` with ggml dims `ne` (ne[0] = the contiguous row). */
 export function ggmlTensorBytes(type: GgmlTypeName, ne: readonly number[]): number {

@@ -14,6 +14,7 @@ bool parse_export_dtype(const std::string& s, bool* keep, DType* to) {
   else if (s == "f16") *to = DType::F16;
   else if (s == "bf16") *to = DType::BF16;
   else if (s == "q8_0") *to = DType::Q8_0;
+  else if (s == "q4_1") *to = DType::Q4_1;
   else return *keep;
   return true;
 }
@@ -24,7 +25,7 @@ std::unique_ptr<ModelExport> ModelExport::open(const std::string& path, const Ex
   bool keep = false;
   DType to = DType::F16;
   if (!parse_export_dtype(o.dtype, &keep, &to))
-    fail(code::kInvalidArgument, "dtype: expected auto, f32, f16, bf16 or q8_0, got '" + o.dtype + "'");
+    fail(code::kInvalidArgument, "dtype: expected auto, f32, f16, bf16, q8_0 or q4_1, got '" + o.dtype + "'");
   if (o.threads < 0 || o.threads > 1024) fail(code::kInvalidArgument, "threads: " + std::to_string(o.threads) + " is out of range");
   auto e = std::unique_ptr<ModelExport>(new ModelExport());
   e->src_ = open_model(path);
@@ -38,7 +39,7 @@ std::unique_ptr<ModelExport> ModelExport::open(const std::string& path, const Ex
   auto add_matrix = [&](const std::string& name, const Matrix& m, bool rope_rows) {
     ExportTensor t;
     t.name = name;
-    t.dtype = keep ? m.dtype : (to == DType::Q8_0 && m.cols % kQ8Block != 0 ? DType::F16 : to);
+    t.dtype = keep ? m.dtype : ((to == DType::Q8_0 || to == DType::Q4_1) && m.cols % kQ8Block != 0 ? DType::F16 : to);
     t.rows = m.rows;
     t.cols = m.cols;
     t.matrix = &m;

@@ -7,17 +7,18 @@ import { writeProgressPrinter } from "../write-progress.js";
 
 const command: Command = {
   name: "convert",
-  summary: "write a model (HF directory, GGUF, llama2.c) as one GGUF file: f16 / q8_0 / kept as stored, LoRA merged",
+  summary: "write a model (HF directory, GGUF, llama2.c) as one GGUF file: f16 / q8_0 / q4_1 / as stored, LoRA merged",
   usage: [
-    "Usage: llama2 convert <model> --out FILE.gguf [--dtype auto|f16|bf16|f32|q8_0] [--lora PATH [--lora-scale S]] [options]",
+    "Usage: llama2 convert <model> --out FILE.gguf [--dtype auto|f16|bf16|f32|q8_0|q4_1] [--lora PATH [--lora-scale S]] [options]",
     "",
     "Writes llama.cpp's layout (convert_hf_to_gguf.py's names, metadata and Q/K row order), so llama.cpp runs",
-    "the file too. --dtype auto keeps each matrix as stored (K-quants included); q8_0 quantizes as llama.cpp does.",
+    "the file too. --dtype auto keeps each matrix as stored (K-quants included); q8_0 and q4_1 quantize by",
+    "llama.cpp's reference rules (q4_1: what --dtype q4 does at load; a Q4_K_M from llama-quantize is better).",
     "With --lora the adapter is merged into the weights: the file then loads without it.",
   ].join("\n"),
   flags: {
     out: { type: "string", alias: "o", description: "the GGUF file to write" },
-    dtype: { type: "string", description: "matrix type: auto (as stored), f16, bf16, f32 or q8_0", default: "auto" },
+    dtype: { type: "string", description: "matrix type: auto (as stored), f16, bf16, f32, q8_0 or q4_1", default: "auto" },
     ...LORA_FLAGS,
     "rope-scaling": ROPE_SCALING_FLAG,
     tokenizer: { type: "string", description: "tokenizer.model to embed when the model has none of its own" },
