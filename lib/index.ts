@@ -14,6 +14,8 @@ export {
   type AddonVariant,
   type NativeAddon,
   type NativeLoadOptions,
+  type NativeExport,
+  type NativeExportOptions,
   type NativeModel,
   type NativeModelInfo,
   type NativeStepOutput,
