@@ -3,6 +3,7 @@
 // written as a temporary and renamed at the end, so the final name never names a partial file.
 import { open, rename, rm, type FileHandle } from "node:fs/promises";
 import { Llama2Error } from "../errors.js";
+import { checkFreeSpace, writeError } from "./disk-space.js";
 
 /**
  * Produces one tensor's bytes in order, in chunks of any size. The writer finishes writing chunk i
@@ -24,11 +25,12 @@ export interface StreamWriteOptions {
 /** Writes `sections` in order to `path` (via a temporary file). Returns the file size. */
 export async function writeSections(path: string, sections: FileSection[], opts: StreamWriteOptions = {}): Promise<number> {
   const tmp = opts.tmpPath ?? `${path}.tmp`;
+  await checkFreeSpace(tmp, sections.reduce((n, s) => n + (s instanceof Uint8Array ? s.length : s.bytes), 0));
   let fh: FileHandle | undefined;
   try {
     fh = await open(tmp, "w");
   } catch (err) {
-    throw new Llama2Error("ERR_FILE_READ", `cannot create ${tmp}: ${(err as Error).message}`, { cause: err });
+    throw new Llama2Error("ERR_FILE_WRITE", `cannot create ${tmp}: ${(err as Error).message}`, { cause: err });
   }
   let pos = 0;
   let inflight: Promise<void> | undefined;
@@ -73,8 +75,7 @@ export async function writeSections(path: string, sections: FileSection[], opts:
     if (inflight) await inflight.catch(() => {});
     await fh?.close().catch(() => {});
     await rm(tmp, { force: true }).catch(() => {});
-    if (err instanceof Llama2Error) throw err;
-    throw new Llama2Error("ERR_FILE_READ", `writing ${path} failed: ${(err as Error).message}`, { cause: err });
+    throw writeError(err, path);
   }
 }
 

@@ -6,7 +6,8 @@
 // token goes to the Hub only, never to the CDN it redirects large files to.
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
-import { mkdir, open, readFile, rename, stat, statfs, unlink } from "node:fs/promises";
+import { mkdir, open, readFile, rename, stat, unlink } from "node:fs/promises";
+import { checkFreeSpace, isDiskFull, writeError } from "../formats/disk-space.js";
 import path from "node:path";
 import { Llama2Error } from "../errors.js";
 
@@ -203,7 +204,7 @@ async function transfer(url: string, part: string, expected: Expected, opts: Dow
     }
     const total = size ?? (res.status === 200 && res.headers.get("content-length") ? Number(res.headers.get("content-length")) : undefined);
     if (exp.size === undefined && total !== undefined) exp.size = total;
-    await checkSpace(part, total !== undefined ? total - (append ? have : 0) : undefined);
+    await checkFreeSpace(part, total !== undefined ? total - (append ? have : 0) : undefined);
     let hash: RunningHash | undefined;
     if (exp.sha256) {
       const start = append ? have : 0;
@@ -227,8 +228,7 @@ async function transfer(url: string, part: string, expected: Expected, opts: Dow
       await fh.sync();
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === "ENOSPC" || code === "EDQUOT")
-        throw new Llama2Error("ERR_DISK_FULL", `disk full while writing ${part} (${bytes} bytes written)`, { cause: err });
+      if (isDiskFull(err)) throw writeError(err, `${part} (${bytes} bytes written)`);
       if (ctl.signal.aborted && ctl.signal.reason instanceof Retryable) throw ctl.signal.reason;
       if (opts.signal?.aborted) throw err;
       throw new Retryable(`connection lost after ${bytes} bytes (${(err as Error).message})`);
@@ -308,19 +308,6 @@ function repoOfUrl(url: string): { repo?: string } {
   const m = /^https?:\/\/[^/]+\/(?:api\/models\/)?([^/]+\/[^/]+)\//.exec(url);
   return { repo: m?.[1] };
 }
-
-async function checkSpace(file: string, needed: number | undefined): Promise<void> {
-  if (needed === undefined || needed <= 0) return;
-  const s = await statfs(path.dirname(file)).catch(() => undefined);
-  if (!s) return;
-  const free = Number(s.bavail) * Number(s.bsize);
-  if (free < needed)
-    throw new Llama2Error("ERR_DISK_FULL", `${path.dirname(file)}: ${gb(needed)} needed for ${path.basename(file, ".part")}, ${gb(free)} free`, {
-      suggestion: "free some space, or set LLAMA2_HOME to a folder on a larger disk",
-    });
-}
-
-const gb = (n: number) => `${(n / 1e9).toFixed(2)} GB`;
 
 /** A running sha256 of the part's first `n` bytes (read from disk when n > 0). */
 async function hashPrefix(part: string, n: number): Promise<RunningHash> {
