@@ -1,28 +1,16 @@
 // `llama2 tokenize`: text (or a chat dialog through the chat template) -> token ids. The tokenizer is
 // a tokenizer.model, or the one that goes with a model (GGUF metadata, HF directory), read without
 // loading any weights.
-import { readFileSync } from "node:fs";
 import type { Command, CommandIO } from "../command.js";
 import { getChatTemplate } from "../../chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { tokenizerForModel } from "../../tokenizer/for-model.js";
 import { resolveModelFlag } from "../model-options.js";
-import { readStdin } from "../read-input.js";
+import { readFlagFile, readStdin } from "../read-input.js";
 import type { ChatMessage } from "../../types.js";
 
 async function readDialog(file: string, io: CommandIO): Promise<ChatMessage[]> {
-  let text: string;
-  if (file === "-") {
-    text = await readStdin(io);
-  } else {
-    try {
-      text = readFileSync(file, "utf8");
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === "ENOENT") throw new Llama2Error("ERR_FILE_NOT_FOUND", `chat file not found: ${file}`, { cause: err });
-      throw new Llama2Error("ERR_FILE_READ", `cannot read chat file ${file}: ${(err as Error).message}`, { cause: err });
-    }
-  }
+  const text = file === "-" ? await readStdin(io) : readFlagFile("--chat", file);
   let dialog: unknown;
   try {
     dialog = JSON.parse(text);
