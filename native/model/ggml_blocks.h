@@ -38,5 +38,7 @@ bool blocks_to_q4_1(DType t, const uint8_t* src, uint8_t* dst, int64_t cols);
 // Quantizes `cols` (a multiple of 32) fp32 values into Q4_1 blocks by llama.cpp's reference rule (per 32: d =
 // (max - min) / 15, m = min, q = round((x - min) / d) clamped to 0..15): dtype "q4" of other types.
 void q4_1_quantize_row(const float* x, int64_t cols, uint8_t* dst);
+// The scalar version (q4_1_quantize_row runs an AVX2 one with the same bits where the CPU has it), for tests.
+void q4_1_quantize_row_scalar(const float* x, int64_t cols, uint8_t* dst);
 
 }  // namespace l2
