@@ -120,6 +120,16 @@ l2::RopeScalingConfig rope_scaling_arg(const Napi::Object& r) {
   return rs;
 }
 
+// The options that change the model (lora, ropeScaling), read alike by loadModel and openExport.
+template <class Options>
+void model_change_args(const Napi::Object& opts, Options& o) {
+  if (opts.Has("lora") && opts.Get("lora").IsArray()) o.lora = lora_arg(opts.Get("lora").As<Napi::Array>());
+  if (opts.Has("ropeScaling") && opts.Get("ropeScaling").IsObject()) {
+    o.rope_override = true;
+    o.rope_scaling = rope_scaling_arg(opts.Get("ropeScaling").As<Napi::Object>());
+  }
+}
+
 // Refuses option keys this addon does not know (a newer library over an older binary must not have an
 // option silently ignored: the model would load without what was asked, a LoRA adapter or a rotary scaling).
 template <size_t N>
@@ -533,11 +543,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
       if (!get("maxSequences").IsUndefined()) o.max_sequences = int_arg(get("maxSequences"), "maxSequences");
       if (!get("threads").IsUndefined()) o.threads = int_arg(get("threads"), "threads");
       if (!get("cpuActivations").IsUndefined()) o.cpu_activations = str_arg(get("cpuActivations"), "cpuActivations");
-      if (get("lora").IsArray()) o.lora = lora_arg(get("lora").As<Napi::Array>());
-      if (get("ropeScaling").IsObject()) {
-        o.rope_override = true;
-        o.rope_scaling = rope_scaling_arg(get("ropeScaling").As<Napi::Object>());
-      }
+      model_change_args(opts, o);
     }
     Napi::Function progress;
     if (info.Length() > 2 && info[2].IsFunction()) progress = info[2].As<Napi::Function>();
@@ -589,11 +595,7 @@ Napi::Value OpenExport(const Napi::CallbackInfo& info) {
       auto get = [&](const char* k) { return opts.Has(k) ? opts.Get(k) : env.Undefined(); };
       if (!get("dtype").IsUndefined()) o.dtype = str_arg(get("dtype"), "dtype");
       if (!get("threads").IsUndefined()) o.threads = int_arg(get("threads"), "threads");
-      if (get("lora").IsArray()) o.lora = lora_arg(get("lora").As<Napi::Array>());
-      if (get("ropeScaling").IsObject()) {
-        o.rope_override = true;
-        o.rope_scaling = rope_scaling_arg(get("ropeScaling").As<Napi::Object>());
-      }
+      model_change_args(opts, o);
     }
     auto holder = std::make_shared<std::shared_ptr<l2::ModelExport>>();
     auto* w = new TaskWorker(
