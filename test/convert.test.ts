@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { convertModel } from "../lib/convert.js";
 import type { Llama2Error } from "../lib/errors.js";
 import { Llama2 } from "../lib/llama2.js";
+import { native as nativeAddon } from "../lib/native.js";
 import type { LoadOptions } from "../lib/types.js";
 import { mixedTypes, writeBlockModels } from "./helpers/block-models.js";
 import { runCli } from "./helpers/cli.js";
@@ -161,6 +162,23 @@ describeShared("convertModel: llama.cpp's layout, byte for byte", [HF, F16, Q8, 
     const p = convertModel(sharedPath(HF), out, { signal: ac.signal, onProgress: () => ac.abort() });
     expect(await err(p)).toMatchObject({ code: "ERR_ABORTED" });
     expect(() => readFileSync(out)).toThrow(); // no partial file under the name
+  });
+
+  it("the native export object refuses bad reads (index, rows, buffer) and reads after close, typed, never crashing", async () => {
+    const x = await nativeAddon().openExport(sharedPath(HF), { dtype: "q8_0" });
+    const t = x.tensors.findIndex((u) => u.name === "blk.0.attn_q.weight");
+    const q = x.tensors[t]!;
+    const buf = new Uint8Array(q.rowBytes * 2);
+    await x.read(t, q.rows - 2, 2, buf); // the last two rows: fine
+    const bad = async (args: [number, number, number, unknown]) => err((x.read as (...a: unknown[]) => Promise<void>)(...args));
+    for (const args of [[-1, 0, 1, buf], [x.tensors.length, 0, 1, buf], [t, q.rows - 1, 2, buf], [t, -1, 1, buf], [t, 0, 3, buf], [t, 0, 1, new Float32Array(64)], [t, 0.5, 1, buf], [t, 0, 2 ** 40, buf]] as const) {
+      expect(await bad(args as never), JSON.stringify(args.slice(0, 3))).toMatchObject({ code: "ERR_INVALID_ARGUMENT" });
+    }
+    x.close();
+    expect(await bad([t, 0, 1, buf])).toMatchObject({ code: "ERR_DISPOSED" });
+    x.close(); // twice: nothing
+    await expect(nativeAddon().openExport(sharedPath(HF), { dtype: "q8_0", extra: 1 } as never)).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringContaining("'extra'") });
+    await expect(nativeAddon().openExport(sharedPath(HF), { dtype: "int8" })).rejects.toMatchObject({ code: "ERR_INVALID_ARGUMENT", message: expect.stringContaining("dtype") });
   });
 
   it("llama2 convert: the command writes the file and reports it; flags are checked", async () => {

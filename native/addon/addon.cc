@@ -46,6 +46,18 @@ auto guarded(Napi::Env env, F&& fn) -> decltype(fn()) {
   }
 }
 
+// For functions that return a promise: a typed error becomes a rejected promise, not a synchronous throw.
+template <typename F>
+Napi::Value promise_guarded(Napi::Env env, F&& fn) {
+  try {
+    return guarded(env, fn);
+  } catch (const Napi::Error& e) {
+    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+    d.Reject(e.Value());
+    return d.Promise();
+  }
+}
+
 struct Failure {
   std::string code, message;
 };
@@ -585,7 +597,7 @@ class TaskWorker : public Napi::AsyncWorker {
 // (model/export.h; lib/convert.ts writes the file).
 Napi::Value OpenExport(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  return guarded(env, [&]() -> Napi::Value {
+  return promise_guarded(env, [&]() -> Napi::Value {
     const std::string path = str_arg(info[0], "path");
     l2::ExportOptions o;
     if (info.Length() > 1 && info[1].IsObject()) {
@@ -618,7 +630,7 @@ Napi::Value OpenExport(const Napi::CallbackInfo& info) {
           }
           r.Set("tensors", ts);
           r.Set("read", Napi::Function::New(env, [holder](const Napi::CallbackInfo& ci) -> Napi::Value {
-                  return guarded(ci.Env(), [&]() -> Napi::Value {
+                  return promise_guarded(ci.Env(), [&]() -> Napi::Value {
                     std::shared_ptr<l2::ModelExport> x = *holder;
                     if (!x) l2::fail(l2::code::kDisposed, "this export was closed");
                     const int32_t index = int_arg(ci[0], "index"), row0 = int_arg(ci[1], "row0"), rows = int_arg(ci[2], "rows");
