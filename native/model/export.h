@@ -19,7 +19,7 @@ struct ExportOptions {
   // "auto" keeps each matrix's stored type (any block type GGUF holds, K-quants included); "f32", "f16",
   // "bf16", "q8_0" or "q4_1" converts every matrix (Q8_0 / Q4_1: a matrix whose rows do not split into
   // 32-blocks stays F16, as llama.cpp's converter does; Q4_1 by llama.cpp's reference rule, what dtype "q4"
-  // does at load). Norm vectors are F32 in every case.
+  // does at load, with the classifier in Q8_0 as llama-quantize keeps it at 6+ bits). Norm vectors are F32.
   std::string dtype = "auto";
   std::vector<LoraSpec> lora;
   bool rope_override = false;
