@@ -220,6 +220,10 @@ describeShared("convertModel: llama.cpp's layout, byte for byte", [HF, F16, Q8, 
     expect(bad.stderr).toContain("--dtype");
     const missing = await runCli(["convert", sharedPath(HF)]);
     expect(missing.stderr).toContain("--out");
+    // `demo` (and Hub references) resolve as --model does.
+    const demo = await runCli(["convert", "demo", "--out", scratch.path("demo.gguf"), "--dtype", "q8_0", "--quiet"]);
+    expect(demo.stderr).toBe("");
+    expect(demo.stdout).toMatch(/wrote .*demo\.gguf .*Q8_0/);
   });
 });
 

@@ -3,18 +3,20 @@ import type { Command } from "../command.js";
 import { convertModel, type ConvertDtype } from "../../convert.js";
 import { InvalidArgumentError } from "../../errors.js";
 import { LORA_FLAGS, ROPE_SCALING_FLAG, parseLoraFlags, parseRopeScalingFlag } from "../load-flags.js";
+import { resolveModelFlag } from "../model-options.js";
 import { writeProgressPrinter } from "../write-progress.js";
 
 const command: Command = {
   name: "convert",
   summary: "write a model (HF directory, GGUF, llama2.c) as one GGUF file: f16 / q8_0 / q4_1 / as stored, LoRA merged",
   usage: [
-    "Usage: llama2 convert <model> --out FILE.gguf [--dtype auto|f16|bf16|f32|q8_0|q4_1] [--lora PATH [--lora-scale S]] [options]",
+    "Usage: llama2 convert <model|hub-ref|demo> --out FILE.gguf [--dtype auto|f16|bf16|f32|q8_0|q4_1] [--lora PATH [--lora-scale S]] [options]",
     "",
     "Writes llama.cpp's layout (convert_hf_to_gguf.py's names, metadata and Q/K row order), so llama.cpp runs",
     "the file too. --dtype auto keeps each matrix as stored (K-quants included); q8_0 and q4_1 quantize by",
     "llama.cpp's reference rules (q4_1: what --dtype q4 does at load; a Q4_K_M from llama-quantize is better).",
-    "With --lora the adapter is merged into the weights: the file then loads without it.",
+    "With --lora the adapter is merged into the weights: the file then loads without it. A Hub reference",
+    "(hf:owner/repo, or an alias such as llama2-7b-chat) is downloaded first, as --model does.",
   ].join("\n"),
   flags: {
     out: { type: "string", alias: "o", description: "the GGUF file to write" },
@@ -30,9 +32,10 @@ const command: Command = {
   async run(flags, positionals, io) {
     if (positionals.length !== 1) throw new InvalidArgumentError("<model>", positionals.length ? `one model, got ${positionals.length} arguments` : "required");
     if (typeof flags.out !== "string") throw new InvalidArgumentError("--out", "required (the .gguf file to write)");
-    const progress = flags.quiet ? undefined : writeProgressPrinter(io.stderr);
     const lora = parseLoraFlags(flags);
-    const r = await convertModel(positionals[0]!, flags.out, {
+    const source = await resolveModelFlag(positionals[0]!, flags.quiet ? undefined : io);
+    const progress = flags.quiet ? undefined : writeProgressPrinter(io.stderr);
+    const r = await convertModel(source, flags.out, {
       dtype: flags.dtype as ConvertDtype,
       ...(lora && { lora }),
       ...(typeof flags.ropeScaling === "string" && { ropeScaling: parseRopeScalingFlag(flags.ropeScaling) }),
