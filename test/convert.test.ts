@@ -120,27 +120,25 @@ describeShared("convertModel: llama.cpp's layout, byte for byte", [HF, F16, Q8, 
     expect(relErr(await lastLogits(a, IDS), await lastLogits(b, IDS))).toBeLessThan(1e-5);
   });
 
-  it("q4_1 on a trained model (stories260K, tied classifier): the classifier kept in Q8_0 keeps more of the model than dtype q4", async () => {
+  it("q4_1 on a trained model (stories260K, tied classifier): the file and dtype q4 at load make the same mix and the same scores", async () => {
     const out = scratch.path("stories-q4_1.gguf");
     const r = await convertModel(sharedPath(STORIES), out, { dtype: "q4_1" });
     expect(r.types).toEqual({ Q8_0: 1, Q4_1: 30, F16: 5, F32: 11 });
     const fx = JSON.parse(readFileSync(sharedPath("fixtures/stories260K-greedy.json"), "utf8")) as { cases: { prompt: number[]; generated: number[] }[] };
-    const meanLogprob = async (m: Llama2) => {
-      let sum = 0, n = 0;
-      for (const c of fx.cases) {
-        const lp = (await m.score([...c.prompt, ...c.generated], { addBos: false })).logprobs.slice(c.prompt.length - 1);
-        sum += lp.reduce((x, y) => x + y, 0);
-        n += lp.length;
-      }
-      return sum / n;
+    const logprobs = async (m: Llama2) => {
+      const all: number[] = [];
+      for (const c of fx.cases) all.push(...(await m.score([...c.prompt, ...c.generated], { addBos: false })).logprobs.slice(c.prompt.length - 1));
+      return all;
     };
-    const file = await meanLogprob(await load(out));
-    const allFour = await meanLogprob(await load(sharedPath(STORIES), { dtype: "q4" }));
-    const exact = await meanLogprob(await load(sharedPath(STORIES), { dtype: "f32" }));
-    // Measured: f32 -0.96, this file -2.92 (llama-quantize's Q4_1 file of the same model: the same bytes), all
-    // 4-bit -3.41 nats per token. A 64-wide model is hard on 4 bits; the order is what is checked here.
-    expect(file).toBeGreaterThan(allFour + 0.2);
-    expect(exact).toBeGreaterThan(file);
+    const file = await logprobs(await load(out, { dtype: "q4" }));
+    const atLoad = await logprobs(await load(sharedPath(STORIES), { dtype: "q4" }));
+    expect(file).toEqual(atLoad);
+    // Measured (NOTES "Stop 31"): f32 -0.96, this mix -2.92 (llama-quantize's Q4_1 file: the same bytes), with a
+    // 4-bit classifier -3.41 nats per token. A 64-wide model is hard on 4 bits; 7B-size models are not measured.
+    const mean = (v: number[]) => v.reduce((x, y) => x + y, 0) / v.length;
+    const exact = mean(await logprobs(await load(sharedPath(STORIES), { dtype: "f32" })));
+    expect(mean(file)).toBeLessThan(exact);
+    expect(mean(file)).toBeGreaterThan(-3.2);
   });
 
   it("a merged LoRA adapter: the file loads without it and gives the logits of the base loaded with it", async () => {

@@ -302,12 +302,15 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
           } finally {
             await c.dispose();
           }
-          // dtype 'q4': the same 4-bit values, the embedding and classifier included (those already are here).
+          // dtype 'q4': the same 4-bit values and embedding; the classifier requantized into int8 (llama-quantize's
+          // 6+ bits for it), as the CPU's q4 does.
           const d = await Llama2.load(quant, { device: "cuda", dtype: "q4" });
           try {
             expect(d.info.dtype).toBe("q4");
             expect(planCudaMemory(d.info, { dtype: "q4", maxSequences: d.info.maxSequences, contextLength: d.info.contextLength }).totalBytes).toBe(d.deviceMemoryBytes());
-            expect(await worstRel(d, a, PROMPT, FEED.slice(0, 3))).toBe(0);
+            const moved = await worstRel(d, a, PROMPT, FEED.slice(0, 3));
+            expect(moved).toBeGreaterThan(0);
+            expect(moved).toBeLessThan(3e-2);
           } finally {
             await d.dispose();
           }

@@ -46,8 +46,10 @@ describe("CUDA memory plan (no GPU needed)", () => {
     // take less; see the next test), or as fp16 when asked.
     for (const q of ["Q4_K", "Q4_0", "Q6_K", "Q5_1"]) expect(planCudaMemory({ ...llama7b, fileDtype: q }, at4096).weightBytes, q).toBe((matrices * 34) / 32 + norms);
     expect(planCudaMemory({ ...llama7b, fileDtype: "Q4_K" }, { ...at4096, dtype: "f16" }).weightBytes).toBe(planCudaMemory(llama7b, at4096).weightBytes);
-    // dtype q4: every matrix 4-bit, 20 bytes per 32 weights (16 of nibbles, an fp16 scale and bias).
-    expect(planCudaMemory(llama7b, { dtype: "q4", ...at4096 }).weightBytes).toBe((matrices * 20) / 32 + norms);
+    // dtype q4: every matrix 4-bit, 20 bytes per 32 weights (16 of nibbles, an fp16 scale and bias), but the
+    // classifier, int8 (34 per 32).
+    const classifier = c.vocabSize * c.dim;
+    expect(planCudaMemory(llama7b, { dtype: "q4", ...at4096 }).weightBytes).toBe(((matrices - classifier) * 20) / 32 + (classifier * 34) / 32 + norms);
   });
 
   it("with the file's matrix types: a Q4_K_M 7B runs its Q4_K matrices 4-bit (0.5 + 4 / 32 bytes per weight) and the rest int8", () => {

@@ -33,6 +33,11 @@ CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, CudaFmt all) {
   CudaMatrixKinds k;
   k.emb = k.out = q(c.dim);
   k.layers.assign((size_t)c.n_layers, CudaLayerKinds{q(c.dim), q(c.q_dim()), q(c.dim), q(c.ffn_dim)});
+  // dtype "q4": the classifier at 8 bits (the embedding too when tied), as the CPU's q4_targets.
+  if (all == CudaFmt::W4) {
+    k.out = c.dim % 32 == 0 ? CudaFmt::W8 : CudaFmt::F16;
+    if (c.tied_output) k.emb = k.out;
+  }
   return k;
 }
 

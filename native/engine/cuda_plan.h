@@ -39,10 +39,12 @@ struct FileMatrixTypes {
 //    (the embedding too: its rows are gathered from the 4-bit table); else int8 where all are Q8_0 or the file holds quantized
 //    blocks (Q8_0 in layer 0's wq, or 4-6 bit blocks: decoded into int8 on upload); else fp16.
 //  - "int8": int8 everywhere, "f16": fp16 everywhere (Q8_0 stays int8 under both: its rows are not widened
-//    unless int8 cannot hold them), "q4": 4-bit everywhere (other types quantized into Q4_1 groups on upload).
+//    unless int8 cannot hold them), "q4": 4-bit everywhere (other types quantized into Q4_1 groups on upload)
+//    but the classifier, int8 (the embedding too when tied: llama-quantize keeps it at 6+ bits).
 // int8 and 4-bit need rows of whole 32-groups (others stay fp16, as llama.cpp's converter does).
 CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, const FileMatrixTypes& t, const std::string& dtype);
-// From the shape alone (no file): every matrix `all` (int8 and 4-bit: where rows are whole 32-groups, else fp16).
+// From the shape alone (no file): every matrix `all` (int8 and 4-bit: where rows are whole 32-groups, else fp16;
+// 4-bit: the classifier int8, as dtype "q4").
 CudaMatrixKinds cuda_matrix_kinds(const ModelConfig& c, CudaFmt all);
 
 struct CudaPlan {

@@ -192,6 +192,18 @@ void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertP
   convert_where(w, pool, progress, alloc, [&](const Matrix& m) { return target_for(m, to); }, false);
 }
 
+void convert_weights(LlamaWeights& w, const MatrixTarget& to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
+  convert_where(w, pool, progress, alloc, to, false);
+}
+
+MatrixTarget q4_targets(const LlamaWeights& w) {
+  const bool tied = w.output.data == w.tok_embeddings.data;
+  return [&w, tied](const Matrix& m) {
+    const bool classifier = &m == &w.output || (tied && &m == &w.tok_embeddings);
+    return target_for(m, classifier ? DType::Q8_0 : DType::Q4_1);
+  };
+}
+
 bool has_load_only(LlamaWeights& w) {
   for (Matrix* m : w.matrices())
     if (is_load_only(m->dtype)) return true;
@@ -200,6 +212,10 @@ bool has_load_only(LlamaWeights& w) {
 
 void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
   convert_where(w, pool, progress, alloc, [&](const Matrix& m) { return is_load_only(m.dtype) ? target_for(m, to) : m.dtype; }, true);
+}
+
+void decode_load_only(LlamaWeights& w, const MatrixTarget& to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
+  convert_where(w, pool, progress, alloc, [&](const Matrix& m) { return is_load_only(m.dtype) ? to(m) : m.dtype; }, true);
 }
 
 void decode_keeping_q4(LlamaWeights& w, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {

@@ -39,7 +39,8 @@ class CpuBackend final : public Backend {
       const ConvertProgress progress = [&](uint64_t done) {
         if (o.progress) o.progress({"decode", done, file_bytes, ++visited, n});
       };
-      if (convert) decode_load_only(w_, to, pool_, progress, cpu::WeightPages::allocate);
+      if (o.dtype == "q4") decode_load_only(w_, q4_targets(w_), pool_, progress, cpu::WeightPages::allocate);
+      else if (convert) decode_load_only(w_, to, pool_, progress, cpu::WeightPages::allocate);
       else decode_keeping_q4(w_, pool_, progress, cpu::WeightPages::allocate);
     }
     if (!convert) to = w_.layers[0].wq.dtype;
@@ -50,11 +51,11 @@ class CpuBackend final : public Backend {
     if (convert) {
       int n = 0;
       int total_t = (int)w_.matrices().size();
-      convert_weights(
-          w_, to, pool_, [&](uint64_t done) {
-            if (o.progress) o.progress({"weights", done, total, ++n, total_t});
-          },
-          cpu::WeightPages::allocate);
+      const ConvertProgress progress = [&](uint64_t done) {
+        if (o.progress) o.progress({"weights", done, total, ++n, total_t});
+      };
+      if (requested_q4_) convert_weights(w_, q4_targets(w_), pool_, progress, cpu::WeightPages::allocate);
+      else convert_weights(w_, to, pool_, progress, cpu::WeightPages::allocate);
     }
     dtype_ = to;
     const int n_matrices = (int)w_.matrices().size();
