@@ -6,8 +6,9 @@ export type Device = "cpu" | "cuda" | "auto";
  * 4-6 bit blocks (Q4_0 ... Q6_K, e.g. Q4_K_M): their Q4_0 / Q4_1 / Q4_K matrices run as 4-bit (info.dtype
  * "q4+int8") and the other types are decoded into int8. A dtype named here decodes them all into it ("f16" /
  * "f32" keep their values exactly; "q4" rewrites a GGUF's 4-bit blocks and quantizes everything else into
- * 4-bit groups by llama.cpp's Q4_1 rule: about 0.63 bytes per weight, for models int8 does not fit; rows that are
- * not whole 32-groups stay fp16). On CUDA, "f32"
+ * 4-bit groups by llama.cpp's Q4_1 rule: about 0.63 bytes per weight, for models int8 does not fit; the
+ * classifier stays int8, as llama-quantize keeps it at 6+ bits; rows that are not whole 32-groups stay fp16).
+ * On CUDA, "f32"
  * is the reference-precision path (fp32 weights, activations and KV cache, llama2.c's order of
  * operations; slow, for small models and checks); "bf16" is CPU-only.
  */
