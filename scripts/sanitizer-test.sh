@@ -58,6 +58,7 @@ if (( ${#files[@]} == 0 )); then
   files=(test/engine.test.ts test/batching.test.ts test/serving.test.ts test/prefix-cache.test.ts test/api.test.ts
     test/formats.test.ts test/load.test.ts test/load-real.test.ts test/stream.test.ts test/stop.test.ts
     test/server-real.test.ts test/runner.test.ts test/cli.test.ts test/bad-input.test.ts test/synth.test.ts
-    test/micro.test.ts test/examples.test.ts test/f32-path.test.ts)
+    test/micro.test.ts test/examples.test.ts test/f32-path.test.ts test/lora.test.ts test/rope-scaling.test.ts
+    test/convert.test.ts)
 fi
 exec npx vitest run --testTimeout=$((60000 * scale)) --hookTimeout=$((120000 * scale)) "${files[@]}"
