@@ -1,5 +1,6 @@
 // The model's shape and options: one struct, filled by each format's loader and validated once.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace l2 {
@@ -7,6 +8,16 @@ namespace l2 {
 // How Q/K rows pair up for rotary embeddings. Meta's checkpoints, llama2.c and GGUF rotate adjacent
 // pairs (2i, 2i+1); Hugging Face checkpoints permute Q/K rows so that pairs are (i, i + head_dim/2).
 enum class RopeLayout { Interleaved, Halves };
+// The Q/K row of the other layout that a row holds (head_dim `hd`): interleaved row h*hd + 2i + p is Hugging
+// Face's (halves) row h*hd + p*hd/2 + i (head h, pair i, half p), as llama.cpp's converter permutes them.
+inline int64_t halves_row_of_interleaved(int64_t r, int64_t hd) {
+  const int64_t j = r % hd;
+  return r - j + (j % 2) * (hd / 2) + j / 2;
+}
+inline int64_t interleaved_row_of_halves(int64_t r, int64_t hd) {
+  const int64_t j = r % hd, half = hd / 2;
+  return r - j + 2 * (j % half) + j / half;
+}
 
 // Rotary position scaling for context extension (fine-tunes such as Vicuna-16k, LLaMA-2-32K, YaRN-Llama-2).
 // Linear: every angle divided by `factor` (position interpolation). YaRN: low frequencies interpolated,

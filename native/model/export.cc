@@ -89,9 +89,8 @@ void ModelExport::read(size_t i, int64_t row0, int64_t n, uint8_t* out) {
     return;
   }
   const Matrix& m = *t.matrix;
-  const int64_t hd = src_->config.head_dim, half = hd / 2;
-  // Interleaved row h*hd + 2i + p holds Hugging Face's row h*hd + p*hd/2 + i (head h, pair i, half p).
-  auto src_row = [&](int64_t r) { return t.rope_rows ? (r / hd) * hd + (r % hd % 2) * half + (r % hd) / 2 : r; };
+  const int64_t hd = src_->config.head_dim;
+  auto src_row = [&](int64_t r) { return t.rope_rows ? halves_row_of_interleaved(r, hd) : r; };
   std::lock_guard<std::mutex> lk(mu_);
   pool_->parallel_for(n, 64, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) convert_row(m.dtype, m.row(src_row(row0 + r)), t.dtype, out + stride * (size_t)r, m.cols);

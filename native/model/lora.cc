@@ -246,15 +246,12 @@ std::vector<LoraInfo> apply_lora(LlamaWeights& w, const ModelConfig& c, const st
       }
       const std::vector<float> A = to_f32(a), B = to_f32(*b);
       if (scale == 0.f) continue;  // validated, nothing to merge (and the base's bits, -0 included, stay)
-      // The adapter's row for the base's row o: q/k rows differ where the two rotary layouts differ. Interleaved
-      // row h*hd + 2i + p is Hugging Face's row h*hd + p*hd/2 + i (head h, pair i, half p).
+      // The adapter's row for the base's row o: q/k rows differ where the two rotary layouts differ (config.h).
       const bool base_interleaved = c.rope_layout == RopeLayout::Interleaved;
       const bool permute = base_interleaved != ad.interleaved && (canon == "wq" || canon == "wk");
-      const int64_t hd = c.head_dim, half = hd / 2;
       auto src_row = [&](int64_t o) -> int64_t {
         if (!permute) return o;
-        const int64_t h = o / hd, j = o % hd;
-        return base_interleaved ? h * hd + (j % 2) * half + j / 2 : h * hd + 2 * (j % half) + j / half;
+        return base_interleaved ? halves_row_of_interleaved(o, c.head_dim) : interleaved_row_of_halves(o, c.head_dim);
       };
       const DType from = m.dtype;
       const DType to = from == DType::F32 || from == DType::F16 || from == DType::BF16 || from == DType::Q8_0 ? from
