@@ -36,13 +36,13 @@ std::unique_ptr<ModelExport> ModelExport::open(const std::string& path, const Ex
   e->pool_ = std::make_unique<ThreadPool>(default_threads(o.threads));
 
   const bool halves = c.rope_layout == RopeLayout::Halves;
-  // The classifier (output, or the embedding when tied) stays at 8 bits under q4_1: llama-quantize keeps it at
-  // 6 bits (Q6_K, which has no quantizer here) for every 4-bit type, as it weighs most on the logits.
-  auto add_matrix = [&](const std::string& name, const Matrix& m, bool rope_rows, bool classifier = false) {
-    const DType want = to == DType::Q4_1 && classifier ? DType::Q8_0 : to;
+  // The load's own rules: q4_1 is dtype "q4"'s mix (the classifier in Q8_0, as llama-quantize keeps it at 6+
+  // bits), the others one type (rows that do not split into 32-groups F16 under q8_0).
+  const MatrixTarget target = to == DType::Q4_1 ? q4_targets(e->w_) : uniform_target(to);
+  auto add_matrix = [&](const std::string& name, const Matrix& m, bool rope_rows) {
     ExportTensor t;
     t.name = name;
-    t.dtype = keep ? m.dtype : ((want == DType::Q8_0 || want == DType::Q4_1) && m.cols % kQ8Block != 0 ? DType::F16 : want);
+    t.dtype = keep ? m.dtype : target(m);
     t.rows = m.rows;
     t.cols = m.cols;
     t.matrix = &m;
@@ -58,9 +58,9 @@ std::unique_ptr<ModelExport> ModelExport::open(const std::string& path, const Ex
     e->tensors_.push_back(t);
   };
   // convert_hf_to_gguf.py's order: the embedding, the final norm and classifier, then each block.
-  add_matrix("token_embd.weight", e->w_.tok_embeddings, false, c.tied_output);
+  add_matrix("token_embd.weight", e->w_.tok_embeddings, false);
   add_vector("output_norm.weight", e->w_.output_norm);
-  if (!c.tied_output) add_matrix("output.weight", e->w_.output, false, true);  // absent: llama.cpp ties it too
+  if (!c.tied_output) add_matrix("output.weight", e->w_.output, false);  // absent: llama.cpp ties it too
   for (size_t i = 0; i < e->w_.layers.size(); ++i) {
     const LayerWeights& l = e->w_.layers[i];
     const std::string p = "blk." + std::to_string(i) + ".";

@@ -188,8 +188,8 @@ void convert_where(LlamaWeights& w, ThreadPool& pool, const ConvertProgress& pro
 
 }  // namespace
 
-void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
-  convert_where(w, pool, progress, alloc, [&](const Matrix& m) { return target_for(m, to); }, false);
+MatrixTarget uniform_target(DType to) {
+  return [to](const Matrix& m) { return target_for(m, to); };
 }
 
 void convert_weights(LlamaWeights& w, const MatrixTarget& to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
@@ -208,10 +208,6 @@ bool has_load_only(LlamaWeights& w) {
   for (Matrix* m : w.matrices())
     if (is_load_only(m->dtype)) return true;
   return false;
-}
-
-void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {
-  convert_where(w, pool, progress, alloc, [&](const Matrix& m) { return is_load_only(m.dtype) ? target_for(m, to) : m.dtype; }, true);
 }
 
 void decode_load_only(LlamaWeights& w, const MatrixTarget& to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc) {

@@ -60,21 +60,21 @@ using ConvertProgress = std::function<void(uint64_t bytes_done)>;
 // Where converted matrices go; the default is the heap (new[]).
 using OwnedAlloc = std::function<LlamaWeights::Owned(size_t bytes)>;
 LlamaWeights::Owned heap_owned(size_t bytes);
-// Converts every matrix whose dtype differs from `to` into owned storage (parallel over rows).
-// For Q8_0, matrices whose row length is not a multiple of 32 become F16 instead.
-void convert_weights(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
-// The type each matrix gets: a rule per matrix, for loads that mix them.
+// The type each matrix of a load gets (a rule per matrix, for loads that mix types).
 using MatrixTarget = std::function<DType(const Matrix&)>;
-void convert_weights(LlamaWeights& w, const MatrixTarget& to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
+// Every matrix `to`; for Q8_0 / Q4_1, matrices whose rows do not split into 32-groups become F16 instead, as
+// llama.cpp's converter does.
+MatrixTarget uniform_target(DType to);
 // dtype "q4": Q4_1 groups for every matrix but the classifier (output, or the embedding when tied), which gets
 // Q8_0, as llama-quantize keeps it at 6+ bits (on stories260K a 4-bit classifier cost 0.5 nats per token).
 // Rows that do not split into 32-groups stay F16. `w` must outlive the rule.
 MatrixTarget q4_targets(const LlamaWeights& w);
+// Converts every matrix whose dtype differs from its target into owned storage (parallel over rows).
+void convert_weights(LlamaWeights& w, const MatrixTarget& to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
 // True when some matrix has a load-only block type (Q4_K ...: ggml_blocks.h).
 bool has_load_only(LlamaWeights& w);
-// Decodes the matrices of load-only types into `to` (a type the backends run), the others untouched.
+// Decodes the matrices of load-only types into their targets (types the backends run), the others untouched.
 // `progress` gets the file bytes of the matrices visited so far.
-void decode_load_only(LlamaWeights& w, DType to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
 void decode_load_only(LlamaWeights& w, const MatrixTarget& to, ThreadPool& pool, const ConvertProgress& progress, const OwnedAlloc& alloc = heap_owned);
 // dtype "auto" on the CPU: the 4-bit matrices (Q4_0 / Q4_1 / Q4_K) become Q4_1 blocks (Q4_1 kept as mapped,
 // Q4_0 exactly, Q4_K with fp16 group scales: ggml_blocks.h blocks_to_q4_1), the other load-only ones int8.

@@ -29,6 +29,8 @@ class CpuBackend final : public Backend {
                : o.dtype == "bf16" ? DType::BF16
                : o.dtype == "q4"   ? DType::Q4_1  // 4-bit groups: GGUF 4-bit blocks rewritten, other types quantized
                                    : DType::Q8_0;
+    // The type each matrix gets when a dtype is asked for (q4: the classifier in int8, q4_targets).
+    const MatrixTarget target = o.dtype == "q4" ? q4_targets(w_) : uniform_target(to);
     if (has_load_only(w_)) {
       // 4-6 bit GGUF blocks (Q4_K_M files ...), decoded once. "auto": the 4-bit ones (Q4_0 / Q4_1 / Q4_K) run
       // as Q4_1 blocks (cpu_ops widens them in registers as it does Q8_0), the others become int8 (Q8_0
@@ -39,8 +41,7 @@ class CpuBackend final : public Backend {
       const ConvertProgress progress = [&](uint64_t done) {
         if (o.progress) o.progress({"decode", done, file_bytes, ++visited, n});
       };
-      if (o.dtype == "q4") decode_load_only(w_, q4_targets(w_), pool_, progress, cpu::WeightPages::allocate);
-      else if (convert) decode_load_only(w_, to, pool_, progress, cpu::WeightPages::allocate);
+      if (convert) decode_load_only(w_, target, pool_, progress, cpu::WeightPages::allocate);
       else decode_keeping_q4(w_, pool_, progress, cpu::WeightPages::allocate);
     }
     if (!convert) to = w_.layers[0].wq.dtype;
@@ -54,8 +55,7 @@ class CpuBackend final : public Backend {
       const ConvertProgress progress = [&](uint64_t done) {
         if (o.progress) o.progress({"weights", done, total, ++n, total_t});
       };
-      if (requested_q4_) convert_weights(w_, q4_targets(w_), pool_, progress, cpu::WeightPages::allocate);
-      else convert_weights(w_, to, pool_, progress, cpu::WeightPages::allocate);
+      convert_weights(w_, target, pool_, progress, cpu::WeightPages::allocate);
     }
     dtype_ = to;
     const int n_matrices = (int)w_.matrices().size();
