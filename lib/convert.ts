@@ -1,13 +1,14 @@
 // convertModel: any model the engine loads (Hugging Face directory, GGUF, llama2.c .bin) written as one GGUF
 // file in llama.cpp's layout, optionally with LoRA adapters merged, a rotary scaling recorded, and the
-// matrices converted (f16, bf16, f32, q8_0) or kept as stored ("auto", K-quants included). What llama.cpp
-// spreads over convert_hf_to_gguf.py, llama-export-lora and llama-quantize (for q8_0), in one streaming pass:
+// matrices converted (f16, bf16, f32, q8_0, q4_1) or kept as stored ("auto", K-quants included). What llama.cpp
+// spreads over convert_hf_to_gguf.py, llama-export-lora and llama-quantize, in one streaming pass:
 // the native side (model/export.h) gives each tensor's rows converted and, for a Hugging Face source, with
 // the Q/K rows permuted as the converter permutes them; this file writes the metadata and the file.
-import { existsSync, realpathSync, statSync } from "node:fs";
+import { realpathSync } from "node:fs";
 import path from "node:path";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
 import { gguf, writeGguf, type GgufTensor, type GgufValue } from "./formats/gguf-writer.js";
+import { checkOutputTarget } from "./formats/output-target.js";
 import { GgmlType, LlamaFileType, type GgmlTypeName } from "./formats/gguf-constants.js";
 import { checkLora, checkRopeScaling } from "./model-changes.js";
 import { native, type NativeExport } from "./native.js";
@@ -182,11 +183,5 @@ function checkOutput(source: string, out: string, force: boolean, lora: LoraOpti
   for (const input of [source, ...lora.map((l) => l.path)]) {
     if (real(input) === target) throw new InvalidArgumentError("out", `${out} is an input of this conversion (${input}); write to another file`);
   }
-  if (!existsSync(out)) {
-    const dir = path.dirname(path.resolve(out));
-    if (!existsSync(dir)) throw new InvalidArgumentError("out", `directory ${dir} does not exist`);
-    return;
-  }
-  if (!force) throw new InvalidArgumentError("out", `${out} already exists (use --force / force: true to replace it)`);
-  if (!statSync(out).isFile()) throw new InvalidArgumentError("out", `${out} exists and is not a file; refusing to replace it`);
+  checkOutputTarget(out, "file", force);
 }

@@ -1,13 +1,14 @@
 // makeSyntheticModel: a Llama 2 model of any preset shape with deterministic random weights, as a GGUF
 // file (like llama.cpp's convert_hf_to_gguf.py writes it) or a Hugging Face directory (config.json,
 // safetensors, tokenizer.model). One seed gives the same model in every format and dtype.
-import { existsSync, readFileSync, statSync, readdirSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { InvalidArgumentError, Llama2Error } from "../errors.js";
 import { llamaVocabulary } from "../tokenizer/llama-vocab.js";
 import { buildSentencePieceModel, parseSentencePieceModel, type Vocabulary } from "../tokenizer/sentencepiece-model.js";
 import { writeGguf, gguf, type GgufValue } from "../formats/gguf-writer.js";
+import { checkOutputTarget } from "../formats/output-target.js";
 import { LlamaFileType, type GgmlTypeName } from "../formats/gguf-constants.js";
 import { writeSafetensorsModel, type SafetensorsDtype } from "../formats/safetensors-writer.js";
 import { paramCount, resolveShape, type ModelShape } from "./presets.js";
@@ -67,7 +68,7 @@ export async function makeSyntheticModel(opts: SyntheticModelOptions): Promise<S
   if (!Number.isSafeInteger(seed) || seed < 0) throw new InvalidArgumentError("seed", `expected a non-negative integer, got ${seed}`);
   if (typeof opts.out !== "string" || opts.out === "") throw new InvalidArgumentError("out", "an output path is required");
   const out = path.resolve(opts.out);
-  checkTarget(out, opts.format, !!opts.force);
+  checkOutputTarget(out, opts.format === "gguf" ? "file" : "model-dir", !!opts.force);
   const tok = loadTokenizer(opts.tokenizer, shape, opts.overrides?.vocab !== undefined);
   const name = opts.name ?? `synthetic ${opts.preset} (random weights, seed ${seed})`;
   const tmp = opts.tmpPath ?? `${out}.tmp`;
@@ -85,7 +86,7 @@ export async function makeSyntheticModel(opts: SyntheticModelOptions): Promise<S
       files = names.map((n) => path.join(out, n));
       bytes = names.reduce((a, n) => a + statSync(path.join(tmp, n)).size, 0);
     }
-    // A file is replaced atomically by the rename; a directory must go first (checkTarget allowed it).
+    // A file is replaced atomically by the rename; a directory must go first (checkOutputTarget allowed it).
     if (opts.format === "hf" && existsSync(out)) await rm(out, { recursive: true, force: true });
     await rename(tmp, out);
   } catch (err) {
@@ -106,21 +107,6 @@ export async function makeSyntheticModel(opts: SyntheticModelOptions): Promise<S
 }
 
 /** Refuses to overwrite without `force`, and never replaces something that is not a model. */
-function checkTarget(out: string, format: SynthFormat, force: boolean): void {
-  if (!existsSync(out)) {
-    if (!existsSync(path.dirname(out))) throw new InvalidArgumentError("out", `directory ${path.dirname(out)} does not exist`);
-    return;
-  }
-  if (!force) throw new InvalidArgumentError("out", `${out} already exists (use --force / force: true to replace it)`);
-  const st = statSync(out);
-  if (format === "gguf" && !st.isFile()) throw new InvalidArgumentError("out", `${out} exists and is not a file; refusing to replace it`);
-  if (format === "hf") {
-    const entries = st.isDirectory() ? readdirSync(out) : null;
-    const isModelDir = entries && (entries.length === 0 || entries.includes("config.json"));
-    if (!isModelDir) throw new InvalidArgumentError("out", `${out} exists and is not a model directory (no config.json); refusing to replace it`);
-  }
-}
-
 interface Tokenizer {
   vocab: Vocabulary;
   /** tokenizer.model bytes for HF directories. */
