@@ -13,18 +13,26 @@ import type { ChatMessage } from "./types.js";
 export interface TemplateTokenizer {
   readonly bosId: number;
   readonly eosId: number;
-  encode(text: string, options?: { bos?: boolean; eos?: boolean }): number[];
+  encode(text: string, options?: { bos?: boolean; eos?: boolean; special?: boolean }): number[];
   piece(id: number): string;
+  /** Text cut at the special pieces written in it: strings for text, ids for special pieces. */
+  splitSpecial(text: string): (string | number)[];
 }
 
 export interface ChatTemplate {
   readonly name: string;
   /** Strings that end an assistant reply besides EOS (the session stops generation there). */
   readonly stopStrings?: readonly string[];
+  /** Tokens that end an assistant reply besides EOS (a template's own end-of-turn piece, e.g. "<|im_end|>"). */
+  readonly stopTokenIds?: readonly number[];
   /** The whole dialog (ending with a user message) as the prompt for the next assistant reply. */
   encodeDialog(messages: readonly ChatMessage[], tok: TemplateTokenizer): number[];
-  /** Only the last user message's turn, to append to a session holding the earlier turns. */
-  encodeUserTurn(messages: readonly ChatMessage[], tok: TemplateTokenizer): number[];
+  /**
+   * Only the last user message's turn, to append to a session holding the earlier turns (each reply
+   * closed by assistantEnd). null: the template cannot append a turn (the session prompts the whole
+   * dialog again through encodeDialog, keeping the KV of what the two share).
+   */
+  encodeUserTurn(messages: readonly ChatMessage[], tok: TemplateTokenizer): number[] | null;
   /** What to append after a generated reply, before the next user turn. */
   assistantEnd(generatedIds: readonly number[], tok: TemplateTokenizer): number[];
 }
@@ -165,6 +173,9 @@ export function registerChatTemplate(template: ChatTemplate): void {
   }
   if (t.stopStrings !== undefined && !(Array.isArray(t.stopStrings) && t.stopStrings.every((s) => typeof s === "string" && s !== ""))) {
     throw new InvalidArgumentError("template.stopStrings", "must be an array of non-empty strings");
+  }
+  if (t.stopTokenIds !== undefined && !(Array.isArray(t.stopTokenIds) && t.stopTokenIds.every((s) => Number.isInteger(s) && s >= 0))) {
+    throw new InvalidArgumentError("template.stopTokenIds", "must be an array of token ids");
   }
   registry.set(template.name, template);
 }

@@ -14,6 +14,7 @@ import { checkLora, checkRopeScaling } from "./model-changes.js";
 import { native, type NativeExport } from "./native.js";
 import { llamaGgufMetadata } from "./synth/model.js";
 import { resolveTokenizer } from "./tokenizer/for-model.js";
+import { readModelChatTemplate } from "./model-chat-template.js";
 import type { Vocabulary } from "./tokenizer/sentencepiece-model.js";
 import type { LoraInfo, LoraOptions, ModelConfig, RopeScalingOptions } from "./types.js";
 
@@ -101,7 +102,12 @@ export async function convertModel(source: string, out: string, options: Convert
     const common = [...matrixCounts].sort((a, b) => b[1] - a[1])[0]?.[0];
     const fileType = FILE_TYPE[dtype === "auto" ? (common ?? "") : dtype.toUpperCase()];
     const shape = { dim: c.dim, layers: c.nLayers, heads: c.nHeads, kvHeads: c.nKvHeads, ffn: c.ffnDim, vocab: c.vocabSize, context: c.trainedContextLength, ropeTheta: c.ropeTheta, normEps: c.rmsEps };
-    const metadata = llamaGgufMetadata(shape, name ?? (info.name || path.basename(source)), { headDim: c.headDim, vocab: tok?.vocabulary as Vocabulary | undefined, ...(fileType !== undefined && { fileType }) });
+    const metadata = llamaGgufMetadata(shape, name ?? (info.name || path.basename(source)), {
+      headDim: c.headDim,
+      vocab: tok?.vocabulary as Vocabulary | undefined,
+      ...(fileType !== undefined && { fileType }),
+      ...(tok && { chatTemplate: readModelChatTemplate(info)?.source }),
+    });
     metadata.splice(metadata.findIndex(([k]) => k === "llama.rope.dimension_count") + 1, 0, ...ropeScalingMetadata(c));
 
     const buffers = [new Uint8Array(0), new Uint8Array(0)];

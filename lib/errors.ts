@@ -25,6 +25,7 @@ export type ErrorCode =
   | "ERR_DISPOSED"
   | "ERR_UNKNOWN_SEQUENCE"
   | "ERR_TOKENIZER"
+  | "ERR_CHAT_TEMPLATE"
   | "ERR_ADDON_LOAD"
   | "ERR_ABORTED"
   | "ERR_INTERNAL";

@@ -3,6 +3,7 @@ export { Llama2, type ChatOptions, type EmbedOptions, type EmbedResult, type Sco
 export { ChatSession } from "./session.js";
 export { Tokenizer, type EncodeOptions, type StreamDecoder, type StreamDecoderOptions, type Vocabulary } from "./tokenizer.js";
 export { getChatTemplate, registerChatTemplate, type ChatTemplate, type TemplateTokenizer } from "./chat-template.js";
+export { jinjaChatTemplate } from "./chat-template-jinja.js";
 export { Sampler, type Candidates, type ResolvedSamplingOptions, type SamplerNeeds } from "./sampler.js";
 export type { TokenFilter } from "./grammar/token-constraint.js";
 export { Llama2Error, InvalidArgumentError, isLlama2Error, type ErrorCode } from "./errors.js";

@@ -16,8 +16,9 @@ import { Sampler, showValue } from "./sampler.js";
 import { ChatSession } from "./session.js";
 import { StopMatcher } from "./stop.js";
 import { createGenerationStream } from "./stream.js";
-import { Tokenizer } from "./tokenizer.js";
+import { Tokenizer, type EncodeOptions } from "./tokenizer.js";
 import { resolveTokenizer } from "./tokenizer/for-model.js";
+import { chooseChatTemplate, MODEL_TEMPLATE, readModelChatTemplate, type ChosenTemplate } from "./model-chat-template.js";
 import type {
   ChatMessage,
   FinishReason,
@@ -35,7 +36,7 @@ import type {
 } from "./types.js";
 
 export interface ChatOptions extends GenerateOptions {
-  /** Chat template name (default "llama2"). */
+  /** Chat template: a registered name, or "model" (the model's own); default `info.chatTemplate`. */
   template?: string;
 }
 
@@ -122,7 +123,7 @@ function rowLogprob(row: Float32Array, id: number, lse: number): number {
 export interface SessionOptions {
   /** Folded into the first turn by the template (Llama 2: `<<SYS>>`); kept when old turns are dropped. */
   systemPrompt?: string;
-  /** Chat template name (default "llama2"). */
+  /** Chat template: a registered name, or "model" (the model's own); default `info.chatTemplate`. */
   template?: string;
   /**
    * Drop the oldest exchanges when a turn would not leave room for its reply (default true). The room
@@ -172,6 +173,8 @@ export interface GenerationPlan {
   onSequence?: (seq: number) => void;
   /** The chat template's stop strings (matched like `stop`, not counted against its limit). */
   templateStops?: readonly string[];
+  /** The chat template's end-of-turn tokens besides EOS: they end the reply as EOS does. */
+  templateStopIds?: readonly number[];
   /**
    * While waiting for admission only (the sequence is in no step): give the sequence's KV up (to the
    * prefix cache) and prompt everything instead, keeping cached + prompt. False when it cannot.
@@ -179,7 +182,7 @@ export interface GenerationPlan {
   park?: () => boolean;
 }
 
-const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "cpuActivations", "tokenizerPath", "onProgress", "signal", "prefixCache", "ropeScaling", "lora"]);
+const LOAD_KEYS = new Set(["device", "deviceIndex", "dtype", "kvCacheType", "contextLength", "maxSequences", "threads", "cpuActivations", "tokenizerPath", "onProgress", "signal", "prefixCache", "ropeScaling", "lora", "chatTemplate"]);
 const GEN_KEYS = new Set([
   "maxTokens", "stop", "stopOnEos", "addBos", "signal", "temperature", "topK", "topP", "minP",
   "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup", "draft", "contextShift",
@@ -229,9 +232,12 @@ export class Llama2 {
   private readonly blockSize: number;
   /** Cached prompt prefixes (null when LoadOptions.prefixCache is false). */
   private readonly prefixes: PrefixCache | null;
+  /** The chat template requests use when they name none, and the model's own (null: none). */
+  private readonly chatTemplates: { default: ChatTemplate; model: ChatTemplate | null };
 
-  private constructor(model: NativeModel, info: ModelInfo, tokenizer: Tokenizer | null, prefixCache: LoadOptions["prefixCache"]) {
+  private constructor(model: NativeModel, info: ModelInfo, tokenizer: Tokenizer | null, prefixCache: LoadOptions["prefixCache"], templates: ChosenTemplate) {
     this.model = model;
+    this.chatTemplates = { default: templates.template, model: templates.modelTemplate ?? null };
     this.info = info;
     this.tokenizer = tokenizer;
     this.blockSize = model.info().kvBlockSize;
@@ -260,6 +266,9 @@ export class Llama2 {
     checkInt(options.threads, "threads", 0, 1024);
     if (onProgress !== undefined && typeof onProgress !== "function") throw new InvalidArgumentError("onProgress", "expected a function");
     if (tokenizerPath !== undefined && typeof tokenizerPath !== "string") throw new InvalidArgumentError("tokenizerPath", "expected a path");
+    const { chatTemplate = "auto" } = options;
+    if (typeof chatTemplate !== "string" || chatTemplate === "") throw new InvalidArgumentError("chatTemplate", 'expected "auto", "model" or a template name');
+    if (chatTemplate !== "auto" && chatTemplate !== MODEL_TEMPLATE) getChatTemplate(chatTemplate); // an unknown name fails before the weights load
     if (signal !== undefined && !(signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
     if (signal?.aborted) throw new Llama2Error("ERR_ABORTED", "loading was aborted");
     const { prefixCache } = options;
@@ -312,6 +321,10 @@ export class Llama2 {
       if (tokenizer && tokenizer.vocabSize !== ni.config.vocabSize) {
         throw new Llama2Error("ERR_TOKENIZER", `the tokenizer has ${tokenizer.vocabSize} pieces but the model's vocabulary is ${ni.config.vocabSize} (${tokenizer.source})`);
       }
+      // Without a tokenizer there is no chat; the names still resolve (a later chat call says why it fails).
+      const templates: ChosenTemplate = tokenizer
+        ? chooseChatTemplate(readModelChatTemplate(ni), tokenizer, chatTemplate)
+        : { template: getChatTemplate(chatTemplate === "auto" || chatTemplate === MODEL_TEMPLATE ? undefined : chatTemplate) };
       const info: ModelInfo = {
         path: ni.path,
         format: ni.format,
@@ -330,8 +343,10 @@ export class Llama2 {
         hasTokenizer: tokenizer !== null,
         bosId: tokenizer?.bosId ?? ni.tokenizer?.bosId ?? 1,
         eosId: tokenizer?.eosId ?? ni.tokenizer?.eosId ?? 2,
+        chatTemplate: templates.template.name,
+        ...(templates.note && { chatTemplateNote: templates.note }),
       };
-      return new Llama2(model, info, tokenizer, prefixCache);
+      return new Llama2(model, info, tokenizer, prefixCache, templates);
     } catch (err) {
       model.dispose();
       throw err;
@@ -339,7 +354,7 @@ export class Llama2 {
   }
 
   /** Text -> token ids (no BOS unless asked). */
-  tokenize(text: string, opts: { bos?: boolean; eos?: boolean } = {}): number[] {
+  tokenize(text: string, opts: EncodeOptions = {}): number[] {
     return this.requireTokenizer().encode(text, opts);
   }
 
@@ -594,7 +609,7 @@ export class Llama2 {
     this.checkGenerateOptions(opts, CHAT_KEYS);
     const template = this.templateFor(opts.template);
     const ids = template.encodeDialog(messages as ChatMessage[], this.requireTokenizer());
-    return this.runOneShot(ids, opts, template.stopStrings ?? []);
+    return this.runOneShot(ids, opts, template);
   }
 
   /** Prompt tokens a chat request would use (the dialog through the chat template). */
@@ -695,12 +710,14 @@ export class Llama2 {
     this.wakeWaiters();
   }
 
-  /** `templateStops`: set for chat requests (their template's stop strings; a chat reply strips its leading space). */
-  private runOneShot(ids: number[], opts: GenerateOptions, templateStops?: readonly string[]): GenerationStream {
-    const isChat = templateStops !== undefined;
+  /** `template`: set for chat requests (its stop strings and tokens apply; a chat reply strips its leading space). */
+  private runOneShot(ids: number[], opts: GenerateOptions, template?: ChatTemplate): GenerationStream {
+    const isChat = template !== undefined;
+    const templateStops = isChat ? (template.stopStrings ?? []) : undefined;
+    const templateStopIds = template?.stopTokenIds;
     return createGenerationStream(async (emit, signal) => {
       const seq = this.model.createSequence();
-      const plan: GenerationPlan = { seq, prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: isChat, ownsSequence: true, reuse: true, templateStops };
+      const plan: GenerationPlan = { seq, prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: isChat, ownsSequence: true, reuse: true, templateStops, ...(templateStopIds && { templateStopIds }) };
       return this.generation(plan, opts, emit, signal);
     }, opts.signal);
   }
@@ -830,7 +847,7 @@ export class Llama2 {
         const tok = this.sampleOrExplain(sampler, logits, history, constraint, row < drafted.length ? drafted[row]! : -1);
         if (tFirst === 0) tFirst = performance.now();
         // Under a response format EOS is allowed only where the document is complete, and ends it.
-        if (tok === eos && (stopOnEos || constraint)) {
+        if ((tok === eos || plan.templateStopIds?.includes(tok)) && (stopOnEos || constraint)) {
           finishReason = "stop";
           break;
         }
@@ -1096,7 +1113,12 @@ export class Llama2 {
   }
 
   private templateFor(name?: string): ChatTemplate {
-    if (name !== undefined && typeof name !== "string") throw new InvalidArgumentError("template", "expected a template name");
+    if (name === undefined || name === "auto") return this.chatTemplates.default;
+    if (typeof name !== "string") throw new InvalidArgumentError("template", "expected a template name");
+    if (name === MODEL_TEMPLATE) {
+      if (!this.chatTemplates.model) throw new InvalidArgumentError("template", `${this.info.path} carries no working chat template${this.info.chatTemplateNote ? ` (${this.info.chatTemplateNote})` : ""}`);
+      return this.chatTemplates.model;
+    }
     return getChatTemplate(name);
   }
 

@@ -18,6 +18,8 @@ export interface NativeTokenizerData {
   unkId: number;
   padId: number;
   addBos: boolean;
+  /** tokenizer.chat_template (Jinja), when the file has one. */
+  chatTemplate?: string;
 }
 
 export interface NativeModelSourceInfo {

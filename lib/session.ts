@@ -72,10 +72,12 @@ export class ChatSession {
     const user: ChatMessage = { role: "user", content };
     const system: ChatMessage[] = this.systemPrompt !== undefined ? [{ role: "system", content: this.systemPrompt }] : [];
     const dialog = (from: number) => [...system, ...this.messages.slice(from), user];
-    let turn = this.template.encodeUserTurn(dialog(this.dropped), tok);
+    const appended = this.stale ? null : this.template.encodeUserTurn(dialog(this.dropped), tok);
     const native = this.llama._native();
-    // The whole window's dialog, when it must be prompted again (a shift now, or one that did not complete).
-    let reprompt = this.stale ? this.template.encodeDialog(dialog(this.dropped), tok) : null;
+    // The whole window's dialog, when it must be prompted again (a shift now, one that did not complete,
+    // or a template that cannot append a turn).
+    let reprompt = appended ? null : this.template.encodeDialog(dialog(this.dropped), tok);
+    let turn = appended ?? [];
     if (this.contextShift) {
       const ctx = this.llama.info.contextLength;
       // The reply's room: its maxTokens (at most half the context, so that a large one does not wipe the
@@ -147,6 +149,7 @@ export class ChatSession {
       ...(known && { context: base.slice() }),
       reuse: cached === 0 && this.llama._prefixCacheEnabled,
       templateStops: this.template.stopStrings,
+      ...(this.template.stopTokenIds && { templateStopIds: this.template.stopTokenIds }),
       // Waiting for KV room (its sequence in no step): hand the conversation's KV to the prefix cache and
       // prompt all of it instead, as a parked session's next turn does. cached + prompt stays the same.
       park: () => {

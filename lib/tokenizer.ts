@@ -18,6 +18,13 @@ export interface EncodeOptions {
   bos?: boolean;
   /** Append EOS (default false). */
   eos?: boolean;
+  /**
+   * Read special pieces written in the text (control, user-defined and unknown pieces such as "<s>",
+   * "</s>") as their ids, the way llama.cpp's `parse_special` and Hugging Face tokenizers read a rendered
+   * chat template (default false: "<s>" is text). Each stretch of text between them is encoded on its own,
+   * with SentencePiece's leading "▁".
+   */
+  special?: boolean;
 }
 
 // ---- the parts of @agnai/sentencepiece-js we use (it ships no type declarations) ----
@@ -116,6 +123,7 @@ export class Tokenizer {
   private readonly sp: SpProcessor;
   private readonly table: DecoderTable;
   private bytesCache: (Uint8Array | null)[] | undefined;
+  private specialCache: { re: RegExp | null; ids: Map<string, number> } | undefined;
 
   private constructor(vocab: Vocabulary, sp: SpProcessor, table: DecoderTable, source: string) {
     this.vocab = vocab;
@@ -211,14 +219,35 @@ export class Tokenizer {
   encode(text: string, options: EncodeOptions = {}): number[] {
     const t = this.checkText(text);
     if (options === null || typeof options !== "object") throw new InvalidArgumentError("options", "must be an object");
-    for (const k of Object.keys(options)) if (k !== "bos" && k !== "eos") throw new InvalidArgumentError(`options.${k}`, "unknown option");
-    const { bos = false, eos = false } = options;
+    for (const k of Object.keys(options)) if (k !== "bos" && k !== "eos" && k !== "special") throw new InvalidArgumentError(`options.${k}`, "unknown option");
+    const { bos = false, eos = false, special = false } = options;
     if (typeof bos !== "boolean") throw new InvalidArgumentError("bos", "must be a boolean");
     if (typeof eos !== "boolean") throw new InvalidArgumentError("eos", "must be a boolean");
-    const ids = this.callWasm(() => this.sp.encodeIds(t));
+    if (typeof special !== "boolean") throw new InvalidArgumentError("special", "must be a boolean");
+    const ids = special ? this.splitSpecial(t).flatMap((part) => (typeof part === "number" ? [part] : this.encodeText(part))) : this.encodeText(t);
     if (bos) ids.unshift(this.bosId);
     if (eos) ids.push(this.eosId);
     return ids;
+  }
+
+  /**
+   * `text` cut at the special pieces written in it (control, user-defined and unknown pieces, longest
+   * first, left to right): text stretches as strings, special pieces as their ids. No empty strings.
+   */
+  splitSpecial(text: string): (string | number)[] {
+    const t = this.checkText(text);
+    const { re, ids } = this.specials();
+    if (!re) return t === "" ? [] : [t];
+    const out: (string | number)[] = [];
+    let last = 0;
+    re.lastIndex = 0;
+    for (let m = re.exec(t); m; m = re.exec(t)) {
+      if (m.index > last) out.push(t.slice(last, m.index));
+      out.push(ids.get(m[0])!);
+      last = m.index + m[0].length;
+    }
+    if (last < t.length) out.push(t.slice(last));
+    return out;
   }
 
   /** The pieces SentencePiece splits `text` into (no BOS/EOS). */
@@ -239,6 +268,25 @@ export class Tokenizer {
   /** An incremental decoder: push ids one at a time, get complete UTF-8 text back. */
   createStreamDecoder(options: StreamDecoderOptions = {}): StreamDecoder {
     return createStreamDecoder(this.table, options);
+  }
+
+  private encodeText(text: string): number[] {
+    return this.callWasm(() => this.sp.encodeIds(text));
+  }
+
+  /** The special pieces' strings (the lowest id for a string that repeats) and one regex for all of them. */
+  private specials(): { re: RegExp | null; ids: Map<string, number> } {
+    if (!this.specialCache) {
+      const ids = new Map<string, number>();
+      this.vocab.types.forEach((type, id) => {
+        const piece = this.vocab.tokens[id]!;
+        const special = type === PieceType.CONTROL || type === PieceType.USER_DEFINED || type === PieceType.UNKNOWN;
+        if (special && piece !== "" && !ids.has(piece)) ids.set(piece, id);
+      });
+      const alternatives = [...ids.keys()].sort((a, b) => b.length - a.length).map((p) => p.replace(/[\\^$.*+?()[\]{}|\/]/g, "\\$&"));
+      this.specialCache = { re: alternatives.length ? new RegExp(alternatives.join("|"), "gu") : null, ids };
+    }
+    return this.specialCache;
   }
 
   private checkId(id: number, field: string): number {

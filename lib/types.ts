@@ -46,6 +46,14 @@ export interface LoadOptions {
   cpuActivations?: CpuActivations;
   /** Tokenizer file (.model) for formats that do not carry one (llama2.c .bin, HF dir without it). */
   tokenizerPath?: string;
+  /**
+   * The chat template chat requests use when they name none (`info.chatTemplate`). "auto" (default): the
+   * model's own Jinja template (a GGUF's tokenizer.chat_template, an HF directory's chat_template.jinja or
+   * tokenizer_config.json), except that one giving Llama 2's format uses the built-in "llama2", and a
+   * model without one (or whose template does not work: `info.chatTemplateNote` says why) gets "llama2".
+   * "model": the model's own, required. Any other: a registered template's name.
+   */
+  chatTemplate?: string;
   /** Loading progress (bytes read / tensors uploaded). */
   onProgress?: (p: LoadProgress) => void;
   /** Cancels the load. */
@@ -179,6 +187,10 @@ export interface ModelInfo {
   hasTokenizer: boolean;
   bosId: number;
   eosId: number;
+  /** The chat template chat requests use when they name none: "llama2", "plain", "model" (the model's own), ... */
+  chatTemplate: string;
+  /** How the model's own chat template was taken (used, found to be Llama 2's, or not working); absent when it has none. */
+  chatTemplateNote?: string;
 }
 
 export interface SamplingOptions {
@@ -226,7 +238,7 @@ export interface GenerateOptions extends SamplingOptions {
   maxTokens?: number;
   /** Stop strings (matched across token boundaries; not included in the output). */
   stop?: string[];
-  /** Stop at the EOS token (default true). */
+  /** Stop at the EOS token, and at a chat template's own end-of-turn token (default true). */
   stopOnEos?: boolean;
   /** Prepend BOS when the prompt is text (default true). */
   addBos?: boolean;

@@ -1,7 +1,9 @@
 // Model-changing load flags shared by `llama2 run` and the commands that load a model:
 // `--rope-scaling TYPE[:FACTOR[:ORIGINAL]]` (none | linear:4 | yarn:16:4096) -> LoadOptions.ropeScaling, and
 // `--lora PATH [--lora-scale S]` -> LoadOptions.lora. Ranges are the library's (lib/model-changes.ts).
+// Also `--chat-template NAME` -> LoadOptions.chatTemplate.
 import type { FlagSpecs } from "./args.js";
+import { getChatTemplate } from "../chat-template.js";
 import { InvalidArgumentError } from "../errors.js";
 import { loraScaleProblem, ropeFactorProblem, ropeOriginalContextProblem } from "../model-changes.js";
 import type { LoraOptions, RopeScalingOptions } from "../types.js";
@@ -23,6 +25,23 @@ export function parseLoraFlags(flags: Record<string, unknown>): LoraOptions[] | 
   const scaleProblem = scale === undefined ? null : loraScaleProblem(scale);
   if (scaleProblem) throw new InvalidArgumentError("--lora-scale", scaleProblem);
   return [{ path: p, ...(typeof scale === "number" && { scale }) }];
+}
+
+export const CHAT_TEMPLATE_FLAG = {
+  type: "string",
+  description: "the chat template chats use: auto (the model's own if it carries one, else llama2), model, llama2 or plain",
+} as const;
+
+/** A chat template flag's value: auto, model or a registered template's name, checked before a model loads. */
+export function parseChatTemplateFlag(value: unknown, flag: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (value === "auto" || value === "model") return value;
+  try {
+    getChatTemplate(value as string);
+  } catch (err) {
+    throw new InvalidArgumentError(flag, (err as Error).message.replace(/^template: /, "") + ', or auto, or model (the model\'s own)');
+  }
+  return value as string;
 }
 
 export const ROPE_SCALING_FLAG = {

@@ -10,7 +10,7 @@ import { compileResponseFormat } from "../grammar/response-format.js";
 import type { Llama2 } from "../llama2.js";
 import { Sampler } from "../sampler.js";
 import { readFlagFile } from "./read-input.js";
-import { LORA_FLAGS, ROPE_SCALING_FLAG, parseLoraFlags, parseRopeScalingFlag } from "./load-flags.js";
+import { CHAT_TEMPLATE_FLAG, LORA_FLAGS, ROPE_SCALING_FLAG, parseChatTemplateFlag, parseLoraFlags, parseRopeScalingFlag } from "./load-flags.js";
 import { StopMatcher } from "../stop.js";
 import type { CpuActivations, Device, GenerateOptions, JsonSchema, KvCacheType, LoadOptions, ResponseFormat, WeightDtype } from "../types.js";
 
@@ -30,6 +30,7 @@ export const LOAD_FLAGS: FlagSpecs = {
   lora: LORA_FLAGS.lora!,
   "lora-scale": LORA_FLAGS["lora-scale"]!,
   tokenizer: { type: "string", description: "tokenizer.model, for models that do not carry one" },
+  "chat-template": CHAT_TEMPLATE_FLAG,
   quiet: { type: "boolean", alias: "q", description: "nothing on stderr but errors" },
 };
 
@@ -184,6 +185,8 @@ export function loadOptionsFromFlags(flags: Record<string, unknown>): LoadOption
   if (threads !== undefined) opts.threads = threads;
   if (typeof flags.tokenizer === "string") opts.tokenizerPath = flags.tokenizer;
   if (typeof flags.ropeScaling === "string") opts.ropeScaling = parseRopeScalingFlag(flags.ropeScaling);
+  const chatTemplate = parseChatTemplateFlag(flags.chatTemplate, "--chat-template");
+  if (chatTemplate !== undefined) opts.chatTemplate = chatTemplate;
   const lora = parseLoraFlags(flags);
   if (lora) opts.lora = lora;
   return opts;

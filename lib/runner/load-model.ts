@@ -29,6 +29,7 @@ export const loadModel: LoadBackend = async (spec, onProgress, signal) => {
     ...(spec.contextLength !== undefined && { contextLength: spec.contextLength }),
     ...(spec.ropeScaling && { ropeScaling: spec.ropeScaling }),
     ...(spec.lora && { lora: spec.lora }),
+    ...(spec.chatTemplate !== undefined && { chatTemplate: spec.chatTemplate }),
     ...(spec.maxSequences !== undefined && { maxSequences: spec.maxSequences }),
     onProgress,
     signal,

@@ -4,7 +4,7 @@ import { MAX_DRAFT_TOKENS } from "../engine/draft-model.js";
 import { InvalidArgumentError } from "../errors.js";
 import { parseDuration } from "./duration.js";
 import { formatHubRef, isHubRef, parseHubRef } from "../hub/refs.js";
-import { parseLoraFlags, parseRopeScalingFlag } from "../cli/load-flags.js";
+import { parseChatTemplateFlag, parseLoraFlags, parseRopeScalingFlag } from "../cli/load-flags.js";
 import type { LoraOptions, RopeScalingOptions } from "../types.js";
 
 export interface SamplingDefaults {
@@ -30,6 +30,8 @@ export interface JobSpec {
   ropeScaling?: RopeScalingOptions;
   /** LoRA adapters merged at load (LoadOptions.lora; paths absolute). */
   lora?: LoraOptions[];
+  /** The chat template chat requests use (LoadOptions.chatTemplate; default auto). */
+  chatTemplate?: string;
   /** Full-context sequences the KV cache holds (more shorter ones fit; default 4). */
   maxSequences?: number;
   /** Speculative decoding: a draft model (path, "demo" or Hub reference) and its tokens per step. */
@@ -150,6 +152,7 @@ export function parseRunSpec(flags: Flags): JobSpec {
     ...(flags.context !== undefined && { contextLength: range(flags, "context", 16, 1 << 20, { int: true }) }),
     ...(str(flags, "ropeScaling") !== undefined && { ropeScaling: parseRopeScalingFlag(str(flags, "ropeScaling")!) }),
     ...(lora && { lora: lora.map((a) => ({ ...a, path: path.resolve(a.path) })) }),
+    ...(flags.chatTemplate !== undefined && { chatTemplate: parseChatTemplateFlag(flags.chatTemplate, "--chat-template")! }),
     ...(flags.maxSequences !== undefined && { maxSequences: range(flags, "maxSequences", 1, 4096, { int: true }) }),
     ...(draftRaw !== undefined && { draftModel: resolveModelRef(draftRaw, "--draft-model") }),
     ...(flags.draftTokens !== undefined && { draftTokens: range(flags, "draftTokens", 1, MAX_DRAFT_TOKENS, { int: true }) }),

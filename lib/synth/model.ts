@@ -147,7 +147,7 @@ function sizeLabel(n: number): string {
  * them; the tokenizer's keys when `vocab` is given; general.file_type when `fileType` is (a llama_ftype);
  * `headDim` when the heads are not dim / heads wide.
  */
-export function llamaGgufMetadata(s: ModelShape, name: string, o: { fileType?: number; vocab?: Vocabulary; headDim?: number } = {}): Array<[string, GgufValue]> {
+export function llamaGgufMetadata(s: ModelShape, name: string, o: { fileType?: number; vocab?: Vocabulary; headDim?: number; chatTemplate?: string } = {}): Array<[string, GgufValue]> {
   const hd = o.headDim ?? s.dim / s.heads;
   const md: Array<[string, GgufValue]> = [
     ["general.architecture", gguf.str("llama")],
@@ -183,6 +183,7 @@ export function llamaGgufMetadata(s: ModelShape, name: string, o: { fileType?: n
     );
     if (vocab.padId >= 0) md.push(["tokenizer.ggml.padding_token_id", gguf.u32(vocab.padId)]);
     md.push(["tokenizer.ggml.add_bos_token", gguf.bool(true)], ["tokenizer.ggml.add_eos_token", gguf.bool(false)]);
+    if (o.chatTemplate) md.push(["tokenizer.chat_template", gguf.str(o.chatTemplate)]);
   }
   return md;
 }

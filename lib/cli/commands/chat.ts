@@ -7,9 +7,9 @@ import { writeFileSync } from "node:fs";
 import readline from "node:readline";
 import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
-import { getChatTemplate } from "../../chat-template.js";
 import type { ChatMessage, GenerationStream } from "../../types.js";
 import { readFlagFile } from "../read-input.js";
+import { parseChatTemplateFlag } from "../load-flags.js";
 import {
   DRAFT_FLAGS, LOAD_FLAGS, SAMPLING_FLAGS, checkDraftFlags, generateOptionsFromFlags, loadDraftFromFlags, loadModelFromFlags, loadOptionsFromFlags,
 } from "../model-options.js";
@@ -30,7 +30,7 @@ const command: Command = {
     ...LOAD_FLAGS,
     system: { type: "string", alias: "s", description: "system prompt (default: the resumed conversation's)" },
     resume: { type: "string", description: "continue a conversation saved with /save (JSON: { system?, messages })" },
-    template: { type: "string", description: "chat template (llama2 or plain)", default: "llama2" },
+    template: { type: "string", description: "this session's chat template: model (the model's own), llama2 or plain (default: --chat-template's)" },
     ...SAMPLING_FLAGS,
     ...DRAFT_FLAGS,
     stats: { type: "boolean", description: "print each reply's token counts and speed on stderr" },
@@ -41,11 +41,7 @@ const command: Command = {
     loadOptionsFromFlags(flags);
     const opts = generateOptionsFromFlags(flags);
     checkDraftFlags(flags);
-    try {
-      getChatTemplate(flags.template as string);
-    } catch (err) {
-      throw new InvalidArgumentError("--template", (err as Error).message.replace(/^template: /, ""));
-    }
+    parseChatTemplateFlag(flags.template, "--template");
 
     const saved = flags.resume !== undefined ? readConversation(flags.resume as string) : undefined;
     const model = await loadModelFromFlags(flags, io);
@@ -79,7 +75,7 @@ const command: Command = {
         if (!model.tokenizer) throw new Llama2Error("ERR_TOKENIZER", `${model.info.path} has no tokenizer: chat needs one (pass --tokenizer)`);
         const systemPrompt = (flags.system as string | undefined) ?? saved?.system;
         try {
-          return model.createSession({ systemPrompt, template: flags.template as string, ...(saved && { messages: saved.messages }) });
+          return model.createSession({ systemPrompt, ...(flags.template !== undefined && { template: flags.template as string }), ...(saved && { messages: saved.messages }) });
         } catch (err) {
           const e = err as InvalidArgumentError;
           if (saved && e.field?.startsWith("options.messages")) throw new InvalidArgumentError("--resume", `${flags.resume}: ${e.field.slice(8)}: ${e.message.replace(/^[^:]*: /, "")}`);

@@ -4,6 +4,7 @@ import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import { native, type NativeModelSourceInfo } from "../../native.js";
 import { resolveTokenizer } from "../../tokenizer/for-model.js";
+import { chooseChatTemplate, readModelChatTemplate } from "../../model-chat-template.js";
 import { planCudaMemory } from "../../cuda-plan.js";
 import { resolveModelFlag, withFlagNames } from "../model-options.js";
 import type { CudaMemoryPlan } from "../../native.js";
@@ -22,6 +23,8 @@ export interface InspectResult {
   tokenizer: { source: string; vocabSize: number; bosId: number; eosId: number } | null;
   /** Why the tokenizer could not be read, when there is one that fails. */
   tokenizerError?: string;
+  /** The chat template chat requests use by default (LoadOptions.chatTemplate "auto"), with why; null without a tokenizer. */
+  chatTemplate: { name: string; note?: string } | null;
   parameters: number;
   tensors: { name: string; fileName: string; dtype: string; shape: number[]; bytes: number }[];
 }
@@ -35,9 +38,14 @@ export async function inspectModel(modelPath: string): Promise<InspectResult> {
   }
   let tokenizer: InspectResult["tokenizer"] = null;
   let tokenizerError: string | undefined;
+  let chatTemplate: InspectResult["chatTemplate"] = null;
   try {
     const tok = await resolveTokenizer(info);
-    if (tok) tokenizer = { source: tok.source, vocabSize: tok.vocabSize, bosId: tok.bosId, eosId: tok.eosId };
+    if (tok) {
+      tokenizer = { source: tok.source, vocabSize: tok.vocabSize, bosId: tok.bosId, eosId: tok.eosId };
+      const chosen = chooseChatTemplate(readModelChatTemplate(info), tok);
+      chatTemplate = { name: chosen.template.name, ...(chosen.note && { note: chosen.note }) };
+    }
   } catch (err) {
     tokenizerError = err instanceof Llama2Error ? `${err.code}: ${err.message}` : String(err);
   }
@@ -53,6 +61,7 @@ export async function inspectModel(modelPath: string): Promise<InspectResult> {
     config: info.config,
     tokenizer,
     ...(tokenizerError !== undefined && { tokenizerError }),
+    chatTemplate,
     parameters,
     tensors,
   };
@@ -112,6 +121,7 @@ const command: Command = {
       `              context ${c.trainedContextLength}, rope theta ${c.ropeTheta} (${c.ropeLayout}${ropeScalingText(c.ropeScaling)}), rms eps ${c.rmsEps}, ${c.tiedEmbeddings ? "tied" : "untied"} output`,
       `  parameters: ${(r.parameters / 1e6).toFixed(2)} M`,
       `  tokenizer:  ${r.tokenizer ? `${r.tokenizer.vocabSize} pieces from ${r.tokenizer.source} (BOS ${r.tokenizer.bosId}, EOS ${r.tokenizer.eosId})` : r.tokenizerError ? `unreadable (${r.tokenizerError})` : "none (use token ids, or pass a tokenizer.model)"}`,
+      ...(r.chatTemplate ? [`  chat:       template ${r.chatTemplate.name}${r.chatTemplate.note ? ` (${r.chatTemplate.note})` : ""}`] : []),
       `  tensors (${r.tensors.length}):`,
     ];
     const width = Math.max(...r.tensors.map((t) => t.fileName.length), 4);

@@ -1,7 +1,7 @@
 // `llama2 run`: load a model and run a job handler (chatbot server by default).
 import { InvalidArgumentError } from "../../errors.js";
 import { DRAFT_FLAGS } from "../model-options.js";
-import { LORA_FLAGS, ROPE_SCALING_FLAG } from "../load-flags.js";
+import { CHAT_TEMPLATE_FLAG, LORA_FLAGS, ROPE_SCALING_FLAG } from "../load-flags.js";
 import { HANDLERS } from "../../runner/handlers/index.js";
 import { runJob } from "../../runner/run.js";
 import { parseRunSpec } from "../../runner/spec.js";
@@ -21,6 +21,7 @@ const command: Command = {
     "cpu-activations": { type: "string", description: "CPU backend: f32 (exact) | int8 (int8 / 4-bit matrices take int8-rounded inputs: faster)", default: "f32" },
     "rope-scaling": ROPE_SCALING_FLAG,
     ...LORA_FLAGS,
+    "chat-template": CHAT_TEMPLATE_FLAG,
     "max-sequences": { type: "int", description: "full-context sequences the KV cache holds (more shorter ones fit)", default: 4 },
     "draft-model": { type: "string", description: "speculative decoding for every request: a smaller model with the same vocabulary (path or Hub reference)" },
     "draft-tokens": DRAFT_FLAGS["draft-tokens"]!,

@@ -2,10 +2,12 @@
 // a tokenizer.model, or the one that goes with a model (GGUF metadata, HF directory), read without
 // loading any weights.
 import type { Command, CommandIO } from "../command.js";
-import { getChatTemplate } from "../../chat-template.js";
+import type { ChatTemplate } from "../../chat-template.js";
+import { chatTemplateForPath } from "../../model-chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "../../errors.js";
 import { tokenizerForModel } from "../../tokenizer/for-model.js";
-import { resolveModelFlag } from "../model-options.js";
+import { asFlagError, resolveModelFlag } from "../model-options.js";
+import { parseChatTemplateFlag } from "../load-flags.js";
 import { readFlagFile, readStdin } from "../read-input.js";
 import type { ChatMessage } from "../../types.js";
 
@@ -35,7 +37,7 @@ const command: Command = {
     model: { type: "string", alias: "m", description: "tokenizer.model, model directory, .gguf or .bin, or demo" },
     text: { type: "string", description: "text to encode" },
     chat: { type: "string", description: "JSON file with a dialog [{role, content}, ...] ('-' = stdin)" },
-    template: { type: "string", description: "chat template", default: "llama2" },
+    template: { type: "string", description: "chat template: model, llama2 or plain (default: the model's, as `inspect` shows)" },
     bos: { type: "boolean", description: "prepend BOS to --text" },
     eos: { type: "boolean", description: "append EOS to --text" },
     json: { type: "boolean", description: "print {\"ids\": [...]} only" },
@@ -49,9 +51,16 @@ const command: Command = {
     if (hasChat && (flags.bos !== undefined || flags.eos !== undefined)) {
       throw new InvalidArgumentError(flags.bos !== undefined ? "--bos" : "--eos", "does not apply to --chat (the template places BOS/EOS)");
     }
-    const template = hasChat ? getChatTemplate(flags.template as string) : undefined;
+    if (hasChat) parseChatTemplateFlag(flags.template, "--template");
     const dialog = hasChat ? await readDialog(flags.chat as string, io) : undefined;
-    const tok = await tokenizerForModel(await resolveModelFlag(flags.model, io));
+    const modelPath = await resolveModelFlag(flags.model, io);
+    const tok = await tokenizerForModel(modelPath);
+    let template: ChatTemplate | undefined;
+    try {
+      if (hasChat) template = chatTemplateForPath(modelPath, tok, flags.template as string | undefined);
+    } catch (err) {
+      throw asFlagError(err, { chatTemplate: "--template" });
+    }
     let ids: number[];
     if (template) {
       try {
