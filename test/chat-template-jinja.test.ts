@@ -15,7 +15,13 @@ import { chooseChatTemplate, readModelChatTemplate } from "../lib/model-chat-tem
 import type { NativeModelSourceInfo } from "../lib/native.js";
 import { Tokenizer } from "../lib/tokenizer.js";
 import type { ChatMessage } from "../lib/types.js";
+import { PassThrough } from "node:stream";
+import { cancelJob } from "../lib/runner/cancel.js";
+import type { Job } from "../lib/runner/job.js";
+import { runJob } from "../lib/runner/run.js";
+import { parseRunSpec } from "../lib/runner/spec.js";
 import { runCli } from "./helpers/cli.js";
+import { postJson, waitFor } from "./helpers/fake-backend.js";
 import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
 
 // meta-llama/Llama-2-7b-chat-hf, tokenizer_config.json "chat_template" (as published).
@@ -344,6 +350,33 @@ describeShared("Jinja chat templates: a model that carries one (tiny-llama)", ["
     }
   });
 
+  it("the chatbot job: the OpenAI API chats through the model's template, or --chat-template's", async () => {
+    const hf = hfWith({ "tokenizer_config.json": JSON.stringify({ chat_template: ZEPHYR }) });
+    const d: ChatMessage[] = [{ role: "user", content: "Hello there!" }];
+    for (const [flag, want] of [
+      [undefined, jinjaChatTemplate(ZEPHYR, model.tokenizer!).encodeDialog(d, model.tokenizer!).length],
+      ["llama2", llama2Template.encodeDialog(d, model.tokenizer!).length],
+    ] as const) {
+      const spec = parseRunSpec({ model: hf, device: "cpu", context: 256, port: 0, ...(flag && { chatTemplate: flag }) });
+      let job: Job | undefined;
+      const done = runJob(spec, { stderr: new PassThrough().resume(), jobsDir: path.join(dir, "jobs"), onJob: (j) => (job = j), controlPollMs: 20 });
+      done.catch(() => {});
+      try {
+        await waitFor(() => job?.record.url !== undefined || job?.state === "failed", 60_000, "the model to load");
+        expect(job!.record.error).toBeUndefined();
+        const url = job!.record.url!;
+        const listed = (await (await fetch(`${url}v1/models`)).json()).data[0];
+        expect(listed.llama2.chat_template).toBe(flag ?? "model");
+        const r = await (await postJson(`${url}v1/chat/completions`, { messages: d, max_tokens: 2, temperature: 0 })).json();
+        expect(r.usage.prompt_tokens).toBe(want);
+      } finally {
+        if (job?.state === "running") await cancelJob(path.join(dir, "jobs"), job.id, { waitMs: 10_000 });
+        await done.catch(() => {});
+      }
+    }
+    expect(() => parseRunSpec({ model: hf, chatTemplate: "nope" })).toThrow(/--chat-template: unknown chat template "nope"/);
+  });
+
   it("convert keeps the template (tokenizer.chat_template); the GGUF loads with it", async () => {
     const out = path.join(dir, "with-template.gguf");
     await convertModel(model.info.path, out, { dtype: "f16" });
@@ -376,5 +409,11 @@ describeShared("Jinja chat templates: a model that carries one (tiny-llama)", ["
     const none = await runCli(["tokenize", "--model", sharedPath("models/tiny-llama-hf"), "--chat", dialogFile, "--template", "model"]);
     expect(none.code).not.toBe(0);
     expect(none.stderr).toMatch(/--template: .*carries no chat template/);
+    // --chat-template (every command that loads a model) is checked before the model loads.
+    const badLoad = await runCli(["chat", "--model", "/nonexistent/model.gguf", "--chat-template", "nope"]);
+    expect(badLoad.code).not.toBe(0);
+    expect(badLoad.stderr).toMatch(/--chat-template: unknown chat template "nope"/);
+    const badSession = await runCli(["chat", "--model", "/nonexistent/model.gguf", "--template", "nope"]);
+    expect(badSession.stderr).toMatch(/--template: unknown chat template "nope"/);
   });
 });

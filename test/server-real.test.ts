@@ -45,7 +45,7 @@ const messages = [{ role: "user", content: "Hello there!" }];
 describe("chatbot job on the real engine (demo model, CPU)", () => {
   it("reports the model and its device", async () => {
     const m = (await (await fetch(`${url}v1/models`)).json()).data[0];
-    expect(m).toMatchObject({ id: "demo", llama2: { device: "cpu", context_length: 256, format: "gguf" } });
+    expect(m).toMatchObject({ id: "demo", llama2: { device: "cpu", context_length: 256, format: "gguf", chat_template: "llama2" } });
     expect(readJob(job.dir).resources).toMatchObject({ device: "cpu", contextLength: 256 });
   });
 

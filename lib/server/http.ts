@@ -233,7 +233,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       object: "model",
       created: 0,
       owned_by: "llama2-native",
-      llama2: { device: i.device, device_name: i.deviceName, dtype: i.dtype, kv_cache_type: i.kvCacheType, context_length: i.contextLength, format: i.format },
+      llama2: { device: i.device, device_name: i.deviceName, dtype: i.dtype, kv_cache_type: i.kvCacheType, context_length: i.contextLength, format: i.format, chat_template: i.chatTemplate },
     };
   }
 

@@ -87,6 +87,7 @@ export class FakeBackend implements ChatBackend {
       hasTokenizer: true,
       bosId: BOS,
       eosId: EOS,
+      chatTemplate: "llama2",
     };
     if (opts.embed !== false) this.embed = (input, o = {}) => this.fakeEmbed(input, o);
   }
