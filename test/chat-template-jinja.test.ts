@@ -1,8 +1,9 @@
 // Chat templates models carry (Jinja): Meta's own Llama-2-chat template against the reference ids
 // (shared fixture), TinyLlama's Zephyr format against its model card's text, the session-turn property,
 // special pieces in message text, templates that cannot append a turn, how a model's template is found
-// and chosen, and end to end through Llama2.load, convert and the CLI.
-import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+// and chosen, end to end through Llama2.load, convert, the CLI and the job runner; an HF directory's added
+// tokens (a ChatML fine-tune).
+import { copyFileSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -14,6 +15,9 @@ import { Llama2 } from "../lib/llama2.js";
 import { chooseChatTemplate, readModelChatTemplate } from "../lib/model-chat-template.js";
 import type { NativeModelSourceInfo } from "../lib/native.js";
 import { Tokenizer } from "../lib/tokenizer.js";
+import { withHfAddedTokens } from "../lib/tokenizer/hf-added-tokens.js";
+import { llamaVocabulary } from "../lib/tokenizer/llama-vocab.js";
+import { PieceType } from "../lib/tokenizer/sentencepiece-model.js";
 import type { ChatMessage } from "../lib/types.js";
 import { PassThrough } from "node:stream";
 import { cancelJob } from "../lib/runner/cancel.js";
@@ -415,5 +419,90 @@ describeShared("Jinja chat templates: a model that carries one (tiny-llama)", ["
     expect(badLoad.stderr).toMatch(/--chat-template: unknown chat template "nope"/);
     const badSession = await runCli(["chat", "--model", "/nonexistent/model.gguf", "--template", "nope"]);
     expect(badSession.stderr).toMatch(/--template: unknown chat template "nope"/);
+  });
+});
+
+describe("an HF directory's added tokens (withHfAddedTokens, demo vocabulary)", () => {
+  it("extends the vocabulary: special tokens as control pieces, others user-defined, the rest [PAD{id}]; errors name the file", () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "llama2-added-"));
+    try {
+      const base = llamaVocabulary();
+      const cfg = path.join(dir, "tokenizer_config.json");
+      writeFileSync(cfg, JSON.stringify({ added_tokens_decoder: { "2": { content: "</s>", special: true }, "32000": { content: "<|im_end|>", special: true }, "32001": { content: "<tool>", special: false } }, eos_token: { content: "<|im_end|>" } }));
+      writeFileSync(path.join(dir, "added_tokens.json"), JSON.stringify({ "<pad>": 32002 }));
+      const v = withHfAddedTokens(base, dir, 32004);
+      expect(v.tokens.slice(32000)).toEqual(["<|im_end|>", "<tool>", "<pad>", "[PAD32003]"]);
+      expect([...v.types.slice(32000)]).toEqual([PieceType.CONTROL, PieceType.USER_DEFINED, PieceType.USER_DEFINED, PieceType.UNUSED]);
+      expect(v.eosId).toBe(32000);
+      expect(v.bosId).toBe(1);
+      expect(v.tokens.slice(0, 32000)).toEqual(base.tokens);
+      writeFileSync(cfg, JSON.stringify({ added_tokens_decoder: { "32005": { content: "<x>", special: true } } }));
+      expect(codeOf(() => withHfAddedTokens(base, dir, 32004)).message).toMatch(/tokenizer_config\.json: added token 32005 is past the model's vocabulary of 32004/);
+      writeFileSync(cfg, JSON.stringify({ added_tokens_decoder: { "32000": { content: "hello", special: false } } }));
+      expect(codeOf(() => withHfAddedTokens(base, dir, 32004))).toMatchObject({ code: "ERR_TOKENIZER" });
+      writeFileSync(cfg, "{");
+      expect(codeOf(() => withHfAddedTokens(base, dir, 32004)).message).toContain("tokenizer_config.json: not valid JSON");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describeShared("a ChatML fine-tune with added tokens (HF directory)", ["models/tokenizer.model"], () => {
+  const CHATML = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), "llama2-chatml-"));
+    const hf = path.join(dir, "hf");
+    const made = await runCli(["make-model", "--preset", "tiny", "--format", "hf", "--vocab", "32004", "--out", hf, "-q"]);
+    expect(made.code).toBe(0);
+    copyFileSync(sharedPath("models/tokenizer.model"), path.join(hf, "tokenizer.model"));
+    writeFileSync(
+      path.join(hf, "tokenizer_config.json"),
+      JSON.stringify({
+        added_tokens_decoder: { "32000": { content: "<|im_end|>", special: true }, "32001": { content: "<|im_start|>", special: true }, "32002": { content: "<tool>", special: false } },
+        eos_token: "<|im_end|>",
+        chat_template: CHATML,
+      }),
+    );
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("loads with its added tokens as EOS and special pieces, chats through ChatML, and converts to a GGUF that does the same", async () => {
+    const m = await Llama2.load(path.join(dir, "hf"), { device: "cpu" });
+    let ggufIds: number[] = [];
+    const d: ChatMessage[] = [{ role: "system", content: "S" }, { role: "user", content: "Hi <|im_end|> <tool>" }];
+    let ids: number[];
+    try {
+      const tok = m.tokenizer!;
+      expect(tok.vocabSize).toBe(32004);
+      expect(m.info.eosId).toBe(32000);
+      expect(tok.isControl(32001)).toBe(true);
+      expect(tok.piece(32003)).toBe("[PAD32003]");
+      // A user-defined piece is matched in plain text (as SentencePiece and transformers do); control pieces only with special.
+      expect(tok.encode("a<tool>b")).toContain(32002);
+      expect(tok.encode("a<|im_end|>b")).not.toContain(32000);
+      expect(tok.decode(tok.encode("a<tool>b"))).toBe("a<tool>b");
+      ids = jinjaChatTemplate(CHATML, tok).encodeDialog(d, tok);
+      expect(ids.slice(0, 2)).toEqual([BOS, 32001]);
+      expect(ids.filter((id) => id === 32000)).toHaveLength(2); // after each message, not the typed one
+      expect(ids).toContain(32002); // "<tool>" typed in a message is that piece, as in transformers
+      const r = await m.chat(d, { temperature: 0, maxTokens: 5, logitBias: { 32000: 100 } }).result;
+      expect(r.stats).toMatchObject({ finishReason: "stop", completionTokens: 0, promptTokens: ids.length });
+      const out = path.join(dir, "chatml.gguf");
+      await convertModel(m.info.path, out, { dtype: "f16" });
+      const g = await Llama2.load(out, { device: "cpu" });
+      try {
+        expect(g.info.eosId).toBe(32000);
+        expect(g.info.chatTemplate).toBe("model");
+        ggufIds = jinjaChatTemplate(CHATML, g.tokenizer!).encodeDialog(d, g.tokenizer!);
+        expect(g.chatPromptTokens(d)).toBe(ids.length);
+      } finally {
+        await g.dispose();
+      }
+    } finally {
+      await m.dispose();
+    }
+    expect(ggufIds).toEqual(ids);
   });
 });

@@ -7,9 +7,10 @@ import path from "node:path";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../errors.js";
 import { native, type NativeModelSourceInfo } from "../native.js";
 import { Tokenizer } from "../tokenizer.js";
+import { withHfAddedTokens } from "./hf-added-tokens.js";
 
-/** The model's tokenizer: an explicit file, the GGUF's metadata, the HF directory's tokenizer.model,
- * or a tokenizer.model beside a llama2.c file (only when its vocabulary size matches). null: none. */
+/** The model's tokenizer: an explicit file, the GGUF's metadata, the HF directory's tokenizer.model (with its
+ * added tokens), or a tokenizer.model beside a llama2.c file (only when its vocabulary size matches). null: none. */
 export async function resolveTokenizer(info: NativeModelSourceInfo, explicit?: string): Promise<Tokenizer | null> {
   if (explicit) return Tokenizer.fromFile(explicit);
   if (info.tokenizer) {
@@ -22,7 +23,13 @@ export async function resolveTokenizer(info: NativeModelSourceInfo, explicit?: s
       `${info.path} (GGUF metadata)`,
     );
   }
-  if (info.tokenizerPath) return Tokenizer.fromFile(info.tokenizerPath);
+  if (info.tokenizerPath) {
+    const tok = await Tokenizer.fromFile(info.tokenizerPath);
+    // An HF fine-tune's added tokens (tokenizer_config.json) fill the vocabulary past tokenizer.model's.
+    if (info.format !== "hf" || tok.vocabSize >= info.config.vocabSize) return tok;
+    const vocab = withHfAddedTokens(tok.vocabulary, path.dirname(info.tokenizerPath), info.config.vocabSize);
+    return Tokenizer.fromVocabulary(vocab, `${info.tokenizerPath} + added tokens`);
+  }
   const beside = path.join(path.dirname(info.path), "tokenizer.model");
   if (info.format === "llama2c" && existsSync(beside)) {
     const tok = await Tokenizer.fromFile(beside);

@@ -1,0 +1,91 @@
+// A Hugging Face directory's tokens beyond its tokenizer.model: fine-tunes add pieces (ChatML's
+// "<|im_start|>" / "<|im_end|>", a "<pad>", ...) in tokenizer_config.json's "added_tokens_decoder" (or the
+// older added_tokens.json) and grow the model's vocabulary to match, sometimes padded further. The
+// vocabulary is extended the way llama.cpp's converter writes it into a GGUF: an added special token is a
+// control piece, any other a user-defined piece, and ids nothing names are unused "[PAD{id}]" pieces. A
+// bos_token / eos_token in tokenizer_config.json naming an added token makes it BOS / EOS.
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { Llama2Error } from "../errors.js";
+import { PieceType, type Vocabulary } from "./sentencepiece-model.js";
+
+interface Added {
+  content: string;
+  special: boolean;
+}
+
+function readJson(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (err) {
+    throw new Llama2Error("ERR_FILE_READ", `cannot read ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Llama2Error("ERR_TOKENIZER", `${file}: not valid JSON (${(err as Error).message})`, { cause: err });
+  }
+}
+
+/** A token's text in tokenizer_config.json: a string, or an AddedToken object { content }. */
+function tokenText(v: unknown): string | undefined {
+  if (typeof v === "string") return v;
+  if (v && typeof v === "object" && typeof (v as { content?: unknown }).content === "string") return (v as { content: string }).content;
+  return undefined;
+}
+
+/**
+ * `vocab` (tokenizer.model's) extended to `vocabSize` pieces with the directory's added tokens. Throws
+ * ERR_TOKENIZER when the added tokens do not fit (an id past the vocabulary, a piece that repeats one).
+ */
+export function withHfAddedTokens(vocab: Vocabulary, dir: string, vocabSize: number): Vocabulary {
+  const n = vocab.tokens.length;
+  const added = new Map<number, Added>();
+  const configFile = path.join(dir, "tokenizer_config.json");
+  const config = existsSync(configFile) ? (readJson(configFile) as Record<string, unknown> | null) : null;
+  const where = (id: number, file: string) => `${file}: added token ${id}`;
+  const decoder = config && typeof config === "object" ? config.added_tokens_decoder : undefined;
+  if (decoder && typeof decoder === "object") {
+    for (const [key, v] of Object.entries(decoder as Record<string, unknown>)) {
+      const id = Number(key);
+      const content = tokenText(v);
+      if (!Number.isInteger(id) || id < 0 || content === undefined) throw new Llama2Error("ERR_TOKENIZER", `${configFile}: added_tokens_decoder["${key}"] is not { content, special }`);
+      if (id >= n) added.set(id, { content, special: (v as { special?: unknown }).special === true });
+    }
+  }
+  const legacyFile = path.join(dir, "added_tokens.json");
+  if (existsSync(legacyFile)) {
+    const legacy = readJson(legacyFile);
+    if (!legacy || typeof legacy !== "object" || Array.isArray(legacy)) throw new Llama2Error("ERR_TOKENIZER", `${legacyFile}: expected { "piece": id, ... }`);
+    for (const [content, id] of Object.entries(legacy as Record<string, unknown>)) {
+      if (!Number.isInteger(id) || (id as number) < 0) throw new Llama2Error("ERR_TOKENIZER", `${legacyFile}: "${content}" has id ${String(id)}`);
+      if ((id as number) >= n && !added.has(id as number)) added.set(id as number, { content, special: false });
+    }
+  }
+  const tokens = vocab.tokens.slice();
+  const scores = new Float32Array(vocabSize);
+  scores.set(vocab.scores.subarray(0, n));
+  const types = new Int32Array(vocabSize);
+  types.set(vocab.types.subarray(0, n));
+  const seen = new Set(tokens);
+  for (const id of added.keys()) {
+    if (id >= vocabSize) throw new Llama2Error("ERR_TOKENIZER", `${where(id, configFile)} is past the model's vocabulary of ${vocabSize}`);
+  }
+  for (let id = n; id < vocabSize; id++) {
+    const a = added.get(id);
+    const piece = a ? a.content : `[PAD${id}]`;
+    if (piece === "" || seen.has(piece)) throw new Llama2Error("ERR_TOKENIZER", `${where(id, configFile)} ${JSON.stringify(piece)} is empty or repeats a piece`);
+    seen.add(piece);
+    tokens.push(piece);
+    types[id] = a ? (a.special ? PieceType.CONTROL : PieceType.USER_DEFINED) : PieceType.UNUSED;
+  }
+  const special = (key: "bos_token" | "eos_token", fallback: number): number => {
+    const text = config && typeof config === "object" ? tokenText(config[key]) : undefined;
+    const id = text === undefined ? -1 : tokens.indexOf(text, n);
+    if (id < 0) return fallback;
+    types[id] = PieceType.CONTROL; // SentencePiece takes BOS / EOS as control pieces
+    return id;
+  };
+  return { ...vocab, tokens, scores, types, bosId: special("bos_token", vocab.bosId), eosId: special("eos_token", vocab.eosId) };
+}
