@@ -26,6 +26,7 @@ import { runJob } from "../lib/runner/run.js";
 import { parseRunSpec } from "../lib/runner/spec.js";
 import { runCli } from "./helpers/cli.js";
 import { postJson, waitFor } from "./helpers/fake-backend.js";
+import { chatDialogs } from "./helpers/chat-dialogs.js";
 import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
 
 // meta-llama/Llama-2-7b-chat-hf, tokenizer_config.json "chat_template" (as published).
@@ -48,22 +49,7 @@ const UNK_END = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<un
 const EOS = 2;
 const BOS = 1;
 
-const dialogs: ChatMessage[][] = [
-  [{ role: "user", content: "Hi!" }],
-  [
-    { role: "system", content: "  Be brief. " },
-    { role: "user", content: "Name a color." },
-    { role: "assistant", content: " Blue.\n" },
-    { role: "user", content: "\x1cAnother?\u3000" },
-  ],
-  [
-    { role: "user", content: "你好" },
-    { role: "assistant", content: "你好！有什么可以帮你的吗？" },
-    { role: "user", content: "Write 2 haiku 🦙" },
-    { role: "assistant", content: "Llamas graze at dawn\nsoft wool" },
-    { role: "user", content: "thanks" },
-  ],
-];
+const dialogs = chatDialogs;
 
 function codeOf(fn: () => unknown): { code?: string; field?: string; message: string } {
   try {
@@ -208,9 +194,11 @@ describeShared("Jinja chat templates: Meta's Llama-2-chat template", ["models/to
     const fx = readSharedJson<{ chat: { dialog: ChatMessage[]; ids: number[] }[] }>("fixtures/llama2-tokenizer.json");
     expect(fx.chat.length).toBeGreaterThan(0);
     for (const c of fx.chat) expect(t.encodeDialog(c.dialog, tok)).toEqual(c.ids);
-    // Not dialogs[1]: its "\x1c" is whitespace to Python's str.strip() (the reference, and transformers'
-    // Jinja) but not to @huggingface/jinja's strip() (JavaScript's trim()).
-    for (const d of [dialogs[0]!, dialogs[2]!]) {
+    // Without the whitespace Python's str.strip() (the reference, and transformers' Jinja) and
+    // @huggingface/jinja's strip() (JavaScript's trim()) disagree on: "\x1c" (Python strips it), "\ufeff"
+    // (JavaScript does).
+    const agreed = dialogs.map((d) => d.map((m) => ({ ...m, content: m.content.replace(/[\x1c\ufeff]/g, "") })));
+    for (const d of agreed) {
       expect(t.encodeDialog(d, tok)).toEqual(llama2Template.encodeDialog(d, tok));
       if (d.length > 1) expect(t.encodeUserTurn(d, tok)).toEqual(llama2Template.encodeUserTurn(d, tok));
     }

@@ -5,27 +5,13 @@ import { getChatTemplate, listChatTemplates, pyStrip, registerChatTemplate, type
 import { Llama2Error } from "../lib/errors.js";
 import { Tokenizer } from "../lib/tokenizer.js";
 import type { ChatMessage } from "../lib/types.js";
+import { chatDialogs } from "./helpers/chat-dialogs.js";
 import { describeShared, readSharedJson, sharedPath } from "./helpers/shared.js";
 
 const EOS = 2;
 const SPACE = 29871; // "▁"
 
-const dialogs: ChatMessage[][] = [
-  [{ role: "user", content: "Hi!" }],
-  [
-    { role: "system", content: "  Be brief. " },
-    { role: "user", content: "Name a color." },
-    { role: "assistant", content: " Blue.\n" },
-    { role: "user", content: "\x1cAnother?\u3000" },
-  ],
-  [
-    { role: "user", content: "你好" },
-    { role: "assistant", content: "你好！有什么可以帮你的吗？" },
-    { role: "user", content: "Write 2 haiku 🦙" },
-    { role: "assistant", content: "Llamas graze at dawn\nsoft wool" },
-    { role: "user", content: "\ufeffthanks" },
-  ],
-];
+const dialogs = chatDialogs;
 
 /** The ids a KV-cached session holds after replaying `dialog` turn by turn with `reply(k)` as the model's ids. */
 function sessionIds(t: ChatTemplate, tok: Tokenizer, dialog: ChatMessage[], reply: (text: string) => number[]): number[] {
