@@ -270,6 +270,11 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
       expect(p.tokens.some((x: { piece: unknown }) => Array.isArray(x.piece))).toBe(true);
       const d = await (await postJson(`${url}detokenize`, { tokens: withBos.tokens })).json();
       expect(d.content).toBe(text);
+      // parse_special (default true, as llama.cpp): "</s>" in the text is EOS, or text when false.
+      const special = "a</s>b";
+      expect((await (await postJson(`${url}tokenize`, { content: special })).json()).tokens).toEqual(ref.tokenize(special, { special: true }));
+      expect((await (await postJson(`${url}tokenize`, { content: special })).json()).tokens).toContain(ref.info.eosId);
+      expect((await (await postJson(`${url}tokenize`, { content: special, parse_special: false })).json()).tokens).toEqual(ref.tokenize(special));
       // Bad requests name their field.
       const bad = async (route: string, body: unknown, param: string) => {
         const r = await postJson(`${url}${route}`, body);
@@ -278,6 +283,7 @@ describe("chatbot job on the real engine (demo model, CPU)", () => {
       };
       await bad("tokenize", { text: "x" }, "content");
       await bad("tokenize", { content: "x", add_special: "yes" }, "add_special");
+      await bad("tokenize", { content: "x", parse_special: 1 }, "parse_special");
       await bad("detokenize", { tokens: "1,2" }, "tokens");
       await bad("detokenize", { tokens: [1, 32000] }, "tokens[1]");
       expect((await fetch(`${url}tokenize`)).status).toBe(405);

@@ -9,7 +9,7 @@ export interface ChatBackend {
   chat(messages: ChatMessage[], opts?: GenerateOptions): GenerationStream;
   /** Raw completion of a text (BOS prepended) or of token ids (taken as they are). */
   generate(prompt: string | readonly number[], opts?: GenerateOptions): GenerationStream;
-  tokenize(text: string, opts?: { bos?: boolean }): number[];
+  tokenize(text: string, opts?: { bos?: boolean; special?: boolean }): number[];
   /**
    * Optional: exact prompt length of `messages` after the chat template. Used to bound max_tokens by
    * the context; without it the server estimates conservatively from tokenize().

@@ -14,13 +14,15 @@ function needTokenizer(backend: ChatBackend): NonNullable<ChatBackend["tokenizer
 }
 
 /**
- * {"content": text, "add_special": bool (BOS), "with_pieces": bool} -> {"tokens": ids}, or with pieces
+ * {"content": text, "add_special": bool (BOS), "parse_special": bool, "with_pieces": bool} -> {"tokens": ids},
+ * or with pieces
  * {"tokens": [{"id", "piece"}]} where a piece that is not whole UTF-8 is its byte values, as llama.cpp.
  */
 export function tokenizeRequest(backend: ChatBackend, body: unknown): object {
   const o = asObject(body, "body");
   if (typeof o.content !== "string") throw new InvalidArgumentError("content", "expected a string");
-  const ids = backend.tokenize(o.content, { bos: boolField(o, "add_special") ?? false });
+  // parse_special: "<s>", "</s>" and added pieces written in the text are their ids (llama.cpp's default).
+  const ids = backend.tokenize(o.content, { bos: boolField(o, "add_special") ?? false, special: boolField(o, "parse_special") ?? true });
   if (!boolField(o, "with_pieces")) return { tokens: ids };
   const bytes = needTokenizer(backend).tokenBytes();
   const utf8 = new TextDecoder("utf-8", { fatal: true });

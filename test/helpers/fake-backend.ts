@@ -125,7 +125,7 @@ export class FakeBackend implements ChatBackend {
     return this.opts.deviceMemoryBytes;
   }
 
-  tokenize(text: string, opts: { bos?: boolean } = {}): number[] {
+  tokenize(text: string, opts: { bos?: boolean; special?: boolean } = {}): number[] {
     const ids = text.split(/\s+/).filter(Boolean).map((w) => 3 + (hash(w) % 31000));
     return opts.bos === false ? ids : [BOS, ...ids];
   }
