@@ -26,6 +26,7 @@ export type ErrorCode =
   | "ERR_UNKNOWN_SEQUENCE"
   | "ERR_TOKENIZER"
   | "ERR_CHAT_TEMPLATE"
+  | "ERR_SESSION_STATE"
   | "ERR_ADDON_LOAD"
   | "ERR_ABORTED"
   | "ERR_INTERNAL";

@@ -19,6 +19,7 @@ import { createGenerationStream } from "./stream.js";
 import { Tokenizer, type EncodeOptions } from "./tokenizer.js";
 import { resolveTokenizer } from "./tokenizer/for-model.js";
 import { chooseChatTemplate, MODEL_TEMPLATE, readModelChatTemplate, type ChosenTemplate } from "./model-chat-template.js";
+import { checkSameModel, modelFingerprint, openSessionState, type ModelFingerprint } from "./session-state.js";
 import type {
   ChatMessage,
   FinishReason,
@@ -232,6 +233,7 @@ export class Llama2 {
   private readonly blockSize: number;
   /** Cached prompt prefixes (null when LoadOptions.prefixCache is false). */
   private readonly prefixes: PrefixCache | null;
+  private fingerprint: Promise<ModelFingerprint> | undefined;
   /** The chat template requests use when they name none, and the model's own (null: none). */
   private readonly chatTemplates: { default: ChatTemplate; model: ChatTemplate | null };
 
@@ -634,6 +636,31 @@ export class Llama2 {
     return session;
   }
 
+  /**
+   * Resumes a chat saved with `ChatSession.save()`: its messages, system prompt, template and KV cache,
+   * so that the next turn evaluates only itself. The model must be the one that saved it, loaded the same
+   * way (weights, dtype, device kind, kvCacheType, ropeScaling, lora): anything else is ERR_SESSION_STATE.
+   */
+  async restoreSession(file: string, opts: { contextShift?: boolean; signal?: AbortSignal } = {}): Promise<ChatSession> {
+    this.checkAlive();
+    if (typeof file !== "string" || file === "") throw new InvalidArgumentError("file", "expected a path");
+    if (typeof opts !== "object" || opts === null) throw new InvalidArgumentError("options", "expected an object");
+    checkKeys(opts, new Set(["contextShift", "signal"]), "options");
+    if (opts.contextShift !== undefined && typeof opts.contextShift !== "boolean") throw new InvalidArgumentError("options.contextShift", "expected a boolean");
+    const state = await openSessionState(file);
+    try {
+      checkSameModel(file, state.header.model, await this._fingerprint());
+      this.checkAlive();
+      const s = state.header.session;
+      const session = new ChatSession(this, this.templateFor(s.template), s.systemPrompt, opts.contextShift ?? s.contextShift, s.messages);
+      await session._restore(state, file, opts.signal);
+      this.sessions.add(new WeakRef(session));
+      return session;
+    } finally {
+      await state.close().catch(() => {});
+    }
+  }
+
   /** Aborts running generations, rejects queued ones and frees the model (GPU memory included). */
   async dispose(): Promise<void> {
     if (this.disposed) return;
@@ -683,6 +710,30 @@ export class Llama2 {
   /** A turn still waiting for admission gives up its KV (the latest first); false when none can. */
   private parkWaitingTurn(self: GenerationPlan): boolean {
     return [...this.admitting].reverse().some((p) => p !== self && p.park?.() === true);
+  }
+
+  /**
+   * @internal Frees KV blocks for `blocks` more (cached prefixes first, then idle sessions), keeping what
+   * admitted generations may still take; ERR_KV_CACHE_FULL when that cannot be done.
+   */
+  _makeKvRoom(blocks: number, what: string): void {
+    for (;;) {
+      let reserved = 0;
+      for (const g of this.growth.values()) reserved += g;
+      if (this.model.kvState().freeBlocks - Math.ceil(reserved) >= blocks) return;
+      if (this.prefixes?.evictLRU()) continue;
+      if (this.parkIdleSession()) continue;
+      throw new Llama2Error("ERR_KV_CACHE_FULL", `${what} needs ${blocks * this.blockSize} tokens of KV cache, and running requests hold the rest`, {
+        suggestion: "retry when they end, or raise maxSequences / contextLength",
+      });
+    }
+  }
+
+  /** @internal What this model's KV depends on (saved sessions), read once. */
+  _fingerprint(): Promise<ModelFingerprint> {
+    this.fingerprint ??= modelFingerprint(this.info, this.blockSize, this.model.info().kvBlockBytes);
+    this.fingerprint.catch(() => (this.fingerprint = undefined));
+    return this.fingerprint;
   }
 
   /** @internal Whether the model is still loaded (not disposed). */

@@ -52,6 +52,8 @@ export interface NativeModelInfo extends NativeModelSourceInfo {
   maxStepSequences: number;
   kvBlockSize: number;
   kvBlocks: number;
+  /** Bytes of one KV block in host memory (readSequenceBlocks), all layers, the cache's storage type. */
+  kvBlockBytes: number;
   lora: LoraInfo[];
 }
 
@@ -79,6 +81,15 @@ export interface NativeModel {
   forkSequence(seq: number): number;
   truncateSequence(seq: number, length: number): void;
   sequenceLength(seq: number): number;
+  /**
+   * Saved sessions: an empty sequence gets the blocks of `length` positions (beginRestore), filled by
+   * writeSequenceBlocks; finishRestore makes them its cache once every block was written.
+   */
+  beginRestore(seq: number, length: number): void;
+  finishRestore(seq: number): void;
+  /** `count` KV blocks of a sequence from block `first` to / from `buf` (kvBlockBytes each, the backend's layout). */
+  readSequenceBlocks(seq: number, first: number, count: number, buf: Uint8Array): Promise<void>;
+  writeSequenceBlocks(seq: number, first: number, count: number, buf: Uint8Array): Promise<void>;
   kvState(): { freeBlocks: number; totalBlocks: number; blockSize: number };
   forward(requests: NativeStepRequest[]): Promise<NativeStepOutput[]>;
   dispose(): void;

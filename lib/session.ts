@@ -13,6 +13,7 @@ import type { ChatTemplate } from "./chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "./errors.js";
 import type { GenerationPlan, Llama2 } from "./llama2.js";
 import type { ChatMessage, GenerateOptions, GenerationStream } from "./types.js";
+import { writeSessionState, type OpenedState, type SessionStateHeader } from "./session-state.js";
 
 export class ChatSession {
   /** The conversation so far (system prompt excluded). */
@@ -231,6 +232,87 @@ export class ChatSession {
     this.llama._cacheSequence(this.seq, this.tokens, true);
     this.seq = null;
     return true;
+  }
+
+  /**
+   * Writes the conversation and its KV cache to `file` (replaced if it exists; written as a temporary
+   * and renamed), for `Llama2.restoreSession` to resume without evaluating the history again. Waits for
+   * nothing: throws while a reply is being generated. A parked session saves its messages only (the
+   * restored one prompts them again).
+   */
+  async save(file: string): Promise<{ bytes: number; cachedTokens: number }> {
+    if (this.disposed) throw new Llama2Error("ERR_DISPOSED", "the session has been disposed");
+    if (typeof file !== "string" || file === "") throw new InvalidArgumentError("file", "expected a path");
+    if (this.busy) throw new InvalidArgumentError("session", "generating a reply; wait for it or abort it");
+    const native = this.llama._native();
+    const fingerprint = await this.llama._fingerprint();
+    if (this.busy) throw new InvalidArgumentError("session", "generating a reply; wait for it or abort it");
+    this.busy = true; // no turn may start (or park this session) while its blocks are read
+    try {
+      const held = this.seq !== null && this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq);
+      const tokens = held ? this.tokens.slice() : [];
+      const seq = this.seq;
+      const header: SessionStateHeader = {
+        version: 1,
+        model: fingerprint,
+        tokens,
+        session: {
+          ...(this.systemPrompt !== undefined && { systemPrompt: this.systemPrompt }),
+          template: this.template.name,
+          contextShift: this.contextShift,
+          messages: this.messages.slice(),
+          dropped: this.dropped,
+          pending: held ? this.pending.slice() : [],
+          stale: held ? this.stale : this.messages.length > 0,
+        },
+      };
+      const bytes = await writeSessionState(file, header, Math.ceil(tokens.length / native.kvState().blockSize), (first, count, buf) =>
+        native.readSequenceBlocks(seq!, first, count, buf),
+      );
+      return { bytes, cachedTokens: tokens.length };
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** @internal Takes a saved session's state and KV (Llama2.restoreSession). */
+  async _restore(state: OpenedState, file: string, signal?: AbortSignal): Promise<void> {
+    const h = state.header;
+    const s = h.session;
+    const V = this.llama.info.config.vocabSize;
+    const bad = (what: string): never => {
+      throw new Llama2Error("ERR_SESSION_STATE", `${file}: ${what}`);
+    };
+    if (h.tokens.some((id) => id >= V) || s.pending.some((id) => id >= V)) bad(`token ids past the vocabulary of ${V}`);
+    if (h.tokens.length + s.pending.length > this.llama.info.contextLength) {
+      bad(`${h.tokens.length + s.pending.length} tokens do not fit this model's context of ${this.llama.info.contextLength} (load it with a larger contextLength)`);
+    }
+    const native = this.llama._native();
+    this.dropped = s.dropped;
+    this.stale = s.stale || h.tokens.length === 0;
+    if (h.tokens.length === 0) return;
+    const blocks = Math.ceil(h.tokens.length / native.kvState().blockSize);
+    this.llama._makeKvRoom(blocks, `restoring ${file}`);
+    const seq = native.createSequence();
+    try {
+      native.beginRestore(seq, h.tokens.length);
+      const per = Math.max(1, Math.floor((32 << 20) / h.model.kvBlockBytes));
+      const buf = new Uint8Array(Math.min(per, blocks) * h.model.kvBlockBytes);
+      for (let first = 0; first < blocks; first += per) {
+        if (signal?.aborted) throw new Llama2Error("ERR_ABORTED", "restoring the session was aborted");
+        const count = Math.min(per, blocks - first);
+        const part = buf.subarray(0, count * h.model.kvBlockBytes);
+        await state.read(first, count, part);
+        await native.writeSequenceBlocks(seq, first, count, part);
+      }
+      native.finishRestore(seq);
+    } catch (err) {
+      native.freeSequence(seq);
+      throw err;
+    }
+    this.seq = seq;
+    this.tokens = h.tokens.slice();
+    this.pending = s.pending.slice();
   }
 
   /** Forgets the conversation (keeps the session usable). */

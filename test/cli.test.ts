@@ -308,6 +308,37 @@ describeShared("llama2 CLI", [STORIES, STORIES_FX, TINY, TINY_HF, TOKENIZER, TOK
     expect(r.stderr).not.toContain("error [");
   });
 
+  it("chat /save-state writes the conversation with its KV cache; --resume continues it as the chat itself would have", () => {
+    const scratch = new Scratch("llama2-cli-state-");
+    try {
+      const file = path.join(scratch.dir, "talk.l2s");
+      const flags = ["-t", "0", "-n", "6", "--no-stop"];
+      const whole = cli(["chat", "--model", tiny, "--system", "Be brief.", ...flags], "Hello\nTell me more\nWhy?\n");
+      expect(whole.code, whole.stderr).toBe(0);
+      const first = cli(["chat", "--model", tiny, "--system", "Be brief.", ...flags], `Hello\nTell me more\n/save-state ${file}\n`);
+      expect(first.code, first.stderr).toBe(0);
+      expect(first.stderr).toMatch(new RegExp(`saved 2 exchanges and \\d+ cached tokens, \\d+ bytes, to ${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}`));
+      const resumed = cli(["chat", "--model", tiny, "--resume", file, ...flags], "Why?\n");
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(resumed.stderr).toMatch(/resumed 2 exchanges and \d+ cached tokens/);
+      // The third reply: what the uninterrupted chat printed last.
+      expect(whole.stdout.endsWith(resumed.stdout)).toBe(true);
+      expect(resumed.stdout.length).toBeGreaterThan(0);
+      // A state keeps its system prompt; another model is refused.
+      const sys = cli(["chat", "--model", tiny, "--resume", file, "--system", "x", ...flags], "Why?\n");
+      expect(sys.code).toBe(2);
+      expect(sys.stderr).toMatch(/--system: .* is a saved session/);
+      const other = cli(["chat", "--model", tiny, "--dtype", "int8", "--resume", file, ...flags], "Why?\n");
+      expect(other.code).not.toBe(0);
+      expect(other.stderr).toMatch(/ERR_SESSION_STATE.*dtype "f16" \(now "int8"\)/);
+      const bad = cli(["chat", "--model", tiny, ...flags], "Hi\n/save-state /nonexistent-dir/x.l2s\n");
+      expect(bad.code, bad.stderr).toBe(0);
+      expect(bad.stderr).toMatch(/error \[ERR_FILE_WRITE\]: \/save-state: /);
+    } finally {
+      scratch.cleanup();
+    }
+  });
+
   it("chat /save writes the conversation and --resume continues it as a library session resumed from it", async () => {
     const scratch = new Scratch("llama2-cli-resume-");
     try {

@@ -366,6 +366,49 @@ describe.skipIf(!!skipReason)(`CUDA backend on the host SIMT emulator${skipReaso
     }
   }, 300_000);
 
+  it("saved sessions on CUDA (fp16 and int8 KV, and the fp32 path): restored, the next turn is the one the session would have given; a CPU state is refused", async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "llama2-emu-session-"));
+    const g = greedy(6);
+    try {
+      for (const opts of [{}, { kvCacheType: "int8" as const }, { dtype: "f32" as const }]) {
+        const a = await Llama2.load(sharedPath(TINY_F16), { device: "cuda", maxSequences: 2, ...opts });
+        const b = await Llama2.load(sharedPath(TINY_F16), { device: "cuda", maxSequences: 2, ...opts });
+        try {
+          const s = a.createSession({ systemPrompt: "Be brief." });
+          await s.send("Hello there", g).result;
+          await s.send("And then?", g).result;
+          const file = path.join(dir, "s.l2s");
+          const saved = await s.save(file);
+          expect(saved.cachedTokens).toBe(s.cachedTokens);
+          const next = await s.send("Third", g).result;
+          const r = await b.restoreSession(file);
+          expect(r.cachedTokens).toBe(saved.cachedTokens);
+          const again = await r.send("Third", g).result;
+          expect(again.tokenIds).toEqual(next.tokenIds);
+          expect(again.stats.cachedPromptTokens).toBe(next.stats.cachedPromptTokens);
+          r.dispose();
+          s.dispose();
+        } finally {
+          await a.dispose();
+          await b.dispose();
+        }
+      }
+      const onCpu = await Llama2.load(sharedPath(TINY_F16), { device: "cpu" });
+      const onGpu = await Llama2.load(sharedPath(TINY_F16), { device: "cuda", maxSequences: 2 });
+      try {
+        const s = onCpu.createSession();
+        await s.send("Hello", g).result;
+        await s.save(path.join(dir, "cpu.l2s"));
+        await expect(onGpu.restoreSession(path.join(dir, "cpu.l2s"))).rejects.toMatchObject({ code: "ERR_SESSION_STATE" });
+      } finally {
+        await onCpu.dispose();
+        await onGpu.dispose();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 600_000);
+
   it("tensor-core decode kernel (LLAMA2_GEMV_MMA=1): batches of 2-4 equal alone and match the CPU", async () => {
     await withEnv({ LLAMA2_GEMV_MMA: "1" }, async () => {
       for (const dtype of ["f16", "int8"] as const) {

@@ -301,6 +301,10 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
                         InstanceMethod("freeSequence", &NativeModel::FreeSequence), InstanceMethod("forkSequence", &NativeModel::ForkSequence),
                         InstanceMethod("truncateSequence", &NativeModel::TruncateSequence),
                         InstanceMethod("sequenceLength", &NativeModel::SequenceLength), InstanceMethod("kvState", &NativeModel::KvState),
+                        InstanceMethod("beginRestore", &NativeModel::BeginRestore),
+                        InstanceMethod("finishRestore", &NativeModel::FinishRestore),
+                        InstanceMethod("readSequenceBlocks", &NativeModel::ReadSequenceBlocks),
+                        InstanceMethod("writeSequenceBlocks", &NativeModel::WriteSequenceBlocks),
                         InstanceMethod("forward", &NativeModel::Forward), InstanceMethod("dispose", &NativeModel::Dispose)});
   }
   NativeModel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeModel>(info) {}
@@ -332,6 +336,7 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       o.Set("maxStepSequences", e.max_step_sequences());
       o.Set("kvBlockSize", l2::kKvBlockSize);
       o.Set("kvBlocks", e.total_blocks());
+      o.Set("kvBlockBytes", (double)e.kv_block_bytes());
       o.Set("lora", lora_info_array(env, e.lora()));
       return o;
     });
@@ -367,6 +372,22 @@ class NativeModel : public Napi::ObjectWrap<NativeModel> {
       return o;
     });
   }
+  Napi::Value BeginRestore(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      live(info.Env()).begin_restore(int_arg(info[0], "seq"), int_arg(info[1], "length"));
+      return info.Env().Undefined();
+    });
+  }
+  Napi::Value FinishRestore(const Napi::CallbackInfo& info) {
+    return guarded(info.Env(), [&]() -> Napi::Value {
+      live(info.Env()).finish_restore(int_arg(info[0], "seq"));
+      return info.Env().Undefined();
+    });
+  }
+  // (seq, first, count, Uint8Array) -> Promise<void>: blocks of a sequence to / from the buffer (saved sessions).
+  Napi::Value ReadSequenceBlocks(const Napi::CallbackInfo& info) { return MoveBlocks(info, true); }
+  Napi::Value WriteSequenceBlocks(const Napi::CallbackInfo& info) { return MoveBlocks(info, false); }
+  Napi::Value MoveBlocks(const Napi::CallbackInfo& info, bool read);
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     engine.reset();  // a running step keeps its own reference
@@ -592,6 +613,31 @@ class TaskWorker : public Napi::AsyncWorker {
   std::function<Napi::Value(Napi::Env)> done_;
   Failure failure_;
 };
+
+Napi::Value NativeModel::MoveBlocks(const Napi::CallbackInfo& info, bool read) {
+  return promise_guarded(info.Env(), [&]() -> Napi::Value {
+    live(info.Env());
+    std::shared_ptr<Engine> e = engine;
+    const int32_t seq = int_arg(info[0], "seq"), first = int_arg(info[1], "first"), count = int_arg(info[2], "count");
+    if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      l2::fail(l2::code::kInvalidArgument, "buffer: expected a Uint8Array");
+    Napi::Uint8Array buf = info[3].As<Napi::Uint8Array>();
+    if (count < 0 || (double)buf.ByteLength() < (double)count * (double)e->kv_block_bytes())
+      l2::fail(l2::code::kInvalidArgument, "buffer: too small for " + std::to_string(count) + " KV blocks");
+    auto ref = std::make_shared<Napi::Reference<Napi::Uint8Array>>(Napi::Persistent(buf));  // kept alive while in use
+    uint8_t* data = buf.Data();
+    auto* w = new TaskWorker(
+        info.Env(),
+        [e, seq, first, count, data, read] {
+          if (read) e->read_sequence_blocks(seq, first, count, data);
+          else e->write_sequence_blocks(seq, first, count, data);
+        },
+        [ref](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  });
+}
 
 // openExport(path, { dtype, lora, ropeScaling, threads }) -> Promise<{ info, lora, tensors: [{ name, type, rows, cols,
 // rowBytes }], read(index, row0, rows, buffer) -> Promise<void>, close() }>: a model opened to be written as GGUF

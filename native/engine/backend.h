@@ -78,6 +78,11 @@ class Backend {
   virtual void read_hidden(float* dst) = 0;
   // Copies one KV block (all layers) for copy-on-write of shared blocks.
   virtual void copy_block(int32_t src, int32_t dst) = 0;
+  // One KV block (all layers, in the cache's storage type) to / from host memory: kv_block_bytes() bytes
+  // in the backend's own layout, the same for both (saved sessions; a block never written reads as zeros).
+  virtual uint64_t kv_block_bytes() const = 0;
+  virtual void read_block(int32_t b, uint8_t* dst) = 0;
+  virtual void write_block(int32_t b, const uint8_t* src) = 0;
   // Most sequences one forward may hold (the CUDA backend's output buffers are sized for this many).
   virtual int max_step_sequences() const { return 1 << 30; }
 };

@@ -154,6 +154,7 @@ int32_t Engine::fork_sequence(int32_t id) {
   std::lock_guard<std::mutex> lk(mu_);
   Sequence& s = seq(id);
   if (s.busy) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is in a running step and cannot be forked");
+  if (s.restore_length >= 0) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is being restored and cannot be forked");
   Sequence copy;
   copy.length = s.length;
   copy.blocks = s.blocks;
@@ -171,6 +172,64 @@ void Engine::truncate_sequence(int32_t id, int32_t length) {
     fail(code::kInvalidArgument, "truncate: length " + std::to_string(length) + " is out of range (0.." + std::to_string(s.length) + ")");
   s.length = length;
   release(s, (size_t)((length + kKvBlockSize - 1) / kKvBlockSize));
+  s.restore_length = -1;  // truncating a sequence being restored (to 0) abandons the restore
+  s.restored.clear();
+}
+
+// Blocks [first, first + count) of a sequence that no step is using.
+static void check_block_range(int32_t id, bool busy, size_t n_blocks, int32_t first, int32_t count) {
+  if (busy) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is in a running step");
+  if (first < 0 || count < 0 || (size_t)first + (size_t)count > n_blocks)
+    fail(code::kInvalidArgument, "blocks " + std::to_string(first) + "+" + std::to_string(count) + " are out of range (the sequence has " + std::to_string(n_blocks) + ")");
+}
+
+void Engine::read_sequence_blocks(int32_t id, int32_t first, int32_t count, uint8_t* dst) {
+  std::lock_guard<std::mutex> lk(mu_);
+  Sequence& s = seq(id);
+  if (s.restore_length >= 0) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is being restored");
+  check_block_range(id, s.busy, (size_t)((s.length + kKvBlockSize - 1) / kKvBlockSize), first, count);
+  const uint64_t bb = backend_->kv_block_bytes();
+  for (int32_t i = 0; i < count; ++i) backend_->read_block(s.blocks[(size_t)(first + i)], dst + (uint64_t)i * bb);
+}
+
+void Engine::begin_restore(int32_t id, int32_t length) {
+  std::lock_guard<std::mutex> lk(mu_);
+  Sequence& s = seq(id);
+  if (s.busy) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is in a running step");
+  if (s.length != 0 || !s.blocks.empty() || s.restore_length >= 0)
+    fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is not empty");
+  if (length <= 0 || length > ctx_)
+    fail(code::kContextOverflow, "a sequence of " + std::to_string(length) + " positions does not fit the context of " + std::to_string(ctx_));
+  const size_t need = (size_t)((length + kKvBlockSize - 1) / kKvBlockSize);
+  if (need > (size_t)pool_->free_count())
+    fail(code::kKvCacheFull, "the KV cache is full: " + std::to_string(length) + " positions need " + std::to_string(need) + " blocks of " +
+                                 std::to_string(kKvBlockSize) + " and " + std::to_string(pool_->free_count()) + " are free");
+  for (size_t i = 0; i < need; ++i) s.blocks.push_back(pool_->alloc());
+  s.restore_length = length;
+  s.restored.assign(need, 0);
+}
+
+void Engine::write_sequence_blocks(int32_t id, int32_t first, int32_t count, const uint8_t* src) {
+  std::lock_guard<std::mutex> lk(mu_);
+  Sequence& s = seq(id);
+  if (s.restore_length < 0) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is not being restored (begin_restore)");
+  check_block_range(id, s.busy, s.blocks.size(), first, count);
+  const uint64_t bb = backend_->kv_block_bytes();
+  for (int32_t i = 0; i < count; ++i) {
+    backend_->write_block(s.blocks[(size_t)(first + i)], src + (uint64_t)i * bb);
+    s.restored[(size_t)(first + i)] = 1;
+  }
+}
+
+void Engine::finish_restore(int32_t id) {
+  std::lock_guard<std::mutex> lk(mu_);
+  Sequence& s = seq(id);
+  if (s.restore_length < 0) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + " is not being restored (begin_restore)");
+  for (size_t i = 0; i < s.restored.size(); ++i)
+    if (!s.restored[i]) fail(code::kInvalidArgument, "sequence " + std::to_string(id) + ": block " + std::to_string(i) + " was not written");
+  s.length = s.restore_length;
+  s.restore_length = -1;
+  s.restored.clear();
 }
 
 int32_t Engine::sequence_length(int32_t id) {
@@ -211,6 +270,7 @@ std::vector<SeqOutput> Engine::forward(const std::vector<SeqRequest>& reqs) {
       Sequence& s = seq(r.seq);
       std::string name = "sequence " + std::to_string(r.seq);
       if (s.busy) fail(code::kInvalidArgument, name + " is already in a running step");
+      if (s.restore_length >= 0) fail(code::kInvalidArgument, name + " is being restored");
       if (!seen.insert(r.seq).second) fail(code::kInvalidArgument, name + " appears twice in one step");
       if (r.tokens.empty()) fail(code::kInvalidArgument, name + ": no tokens to evaluate");
       if (r.output < -3 || r.output > V) fail(code::kInvalidArgument, name + ": output " + std::to_string(r.output) + " is out of range");

@@ -73,6 +73,16 @@ class Engine {
   // Drops cached tokens beyond `length`.
   void truncate_sequence(int32_t id, int32_t length);
   int32_t sequence_length(int32_t id);
+  // Saved sessions: a sequence's KV blocks to / from host memory, `count` blocks from block `first`, each
+  // kv_block_bytes() in the backend's layout. A restore: begin_restore gives an empty sequence the blocks
+  // of `length` positions (ERR_KV_CACHE_FULL when they are not free), write_sequence_blocks fills them,
+  // finish_restore makes them its cache once every block was written; until then the sequence holds
+  // nothing a step could read (steps and forks refuse it; truncating it to 0 abandons the restore).
+  uint64_t kv_block_bytes() const { return backend_->kv_block_bytes(); }
+  void read_sequence_blocks(int32_t id, int32_t first, int32_t count, uint8_t* dst);
+  void begin_restore(int32_t id, int32_t length);
+  void write_sequence_blocks(int32_t id, int32_t first, int32_t count, const uint8_t* src);
+  void finish_restore(int32_t id);
   int free_blocks();
   int total_blocks() const { return n_blocks_; }
   // Tokens that fit in the free KV blocks (a conservative admission check for schedulers).
@@ -86,6 +96,8 @@ class Engine {
     std::vector<int32_t> blocks;
     bool busy = false;
     bool free_pending = false;
+    int32_t restore_length = -1;   // >= 0 while a restore fills the blocks (begin_restore)
+    std::vector<uint8_t> restored;  // per block: written by the restore
   };
   Sequence& seq(int32_t id);  // ERR_UNKNOWN_SEQUENCE
   void release(Sequence& s, size_t keep_blocks);

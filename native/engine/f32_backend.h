@@ -103,6 +103,25 @@ class F32Backend final : public Backend {
       for (float* pool : {k_cache(l), v_cache(l)}) dev_.copy(pool + (size_t)dst * rows, pool + (size_t)src * rows, rows * 4);
   }
 
+  // A block is [layer][k|v][slot][kv_dim] floats.
+  uint64_t kv_block_bytes() const override { return (uint64_t)c_.n_layers * 2 * kKvBlockSize * c_.kv_dim() * 4; }
+
+  void read_block(int32_t b, uint8_t* dst) override {
+    dev_.activate();
+    const size_t bytes = (size_t)kKvBlockSize * c_.kv_dim() * 4;
+    for (int l = 0; l < c_.n_layers; ++l)
+      for (int kv = 0; kv < 2; ++kv) dev_.download(dst + ((size_t)l * 2 + kv) * bytes, (kv ? v_cache(l) : k_cache(l)) + (size_t)b * bytes / 4, bytes);
+    dev_.sync();
+  }
+
+  void write_block(int32_t b, const uint8_t* src) override {
+    dev_.activate();
+    const size_t bytes = (size_t)kKvBlockSize * c_.kv_dim() * 4;
+    for (int l = 0; l < c_.n_layers; ++l)
+      for (int kv = 0; kv < 2; ++kv) dev_.upload((kv ? v_cache(l) : k_cache(l)) + (size_t)b * bytes / 4, src + ((size_t)l * 2 + kv) * bytes, bytes);
+    dev_.sync();
+  }
+
  private:
   struct Layer {
     float *wq, *wk, *wv, *wo, *w1, *w2, *w3, *attn_norm, *ffn_norm;

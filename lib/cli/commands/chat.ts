@@ -3,11 +3,13 @@
 // the reply being generated, and a Ctrl-C with no reply running (or a second one) exits.
 // With stdin not a TTY (a pipe, a file) every line is a user message, answered in turn: the replies,
 // one per message and each ending with a newline, are all that goes to stdout.
-import { writeFileSync } from "node:fs";
+import { closeSync, openSync, readSync, writeFileSync } from "node:fs";
+import { SESSION_STATE_MAGIC } from "../../session-state.js";
 import readline from "node:readline";
 import type { Command } from "../command.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import type { ChatMessage, GenerationStream } from "../../types.js";
+import type { ChatSession } from "../../session.js";
 import { readFlagFile } from "../read-input.js";
 import { parseChatTemplateFlag } from "../load-flags.js";
 import {
@@ -22,14 +24,15 @@ const command: Command = {
     "       [--lookup N | --draft-model PATH [--draft-tokens N]]",
     "",
     "Type a message and press Enter. /reset forgets the conversation, /save FILE writes it (JSON) for",
-    "--resume FILE to continue later, /exit quits. Ctrl-C stops the",
+    "--resume FILE to continue later, /save-state FILE writes it with its KV cache (--resume FILE then",
+    "continues without evaluating the history again; same model and flags), /exit quits. Ctrl-C stops the",
     "current reply; Ctrl-C again (or with no reply running) exits. Without a TTY, each input line is a",
     "message and each reply is printed on stdout followed by a newline.",
   ].join("\n"),
   flags: {
     ...LOAD_FLAGS,
     system: { type: "string", alias: "s", description: "system prompt (default: the resumed conversation's)" },
-    resume: { type: "string", description: "continue a conversation saved with /save (JSON: { system?, messages })" },
+    resume: { type: "string", description: "continue a conversation saved with /save (JSON: { system?, messages }) or /save-state" },
     template: { type: "string", description: "this session's chat template: model (the model's own), llama2 or plain (default: --chat-template's)" },
     ...SAMPLING_FLAGS,
     ...DRAFT_FLAGS,
@@ -43,7 +46,11 @@ const command: Command = {
     checkDraftFlags(flags);
     parseChatTemplateFlag(flags.template, "--template");
 
-    const saved = flags.resume !== undefined ? readConversation(flags.resume as string) : undefined;
+    const stateFile = flags.resume !== undefined && isSessionStateFile(flags.resume as string) ? (flags.resume as string) : undefined;
+    if (stateFile && (flags.system !== undefined || flags.template !== undefined)) {
+      throw new InvalidArgumentError(flags.system !== undefined ? "--system" : "--template", `${stateFile} is a saved session: its system prompt and template are kept`);
+    }
+    const saved = flags.resume !== undefined && !stateFile ? readConversation(flags.resume as string) : undefined;
     const model = await loadModelFromFlags(flags, io);
     try {
       opts.draft = await loadDraftFromFlags(flags, io, model);
@@ -52,6 +59,18 @@ const command: Command = {
       throw err;
     }
     if (!opts.draft) delete opts.draft;
+    // Before readline starts reading: lines it reads while nothing iterates them would be lost.
+    let restored: ChatSession | undefined;
+    if (stateFile) {
+      try {
+        if (!model.tokenizer) throw new Llama2Error("ERR_TOKENIZER", `${model.info.path} has no tokenizer: chat needs one (pass --tokenizer)`);
+        restored = await model.restoreSession(stateFile);
+      } catch (err) {
+        void opts.draft?.model.dispose();
+        await model.dispose();
+        throw err;
+      }
+    }
     const stdin = io.stdin as NodeJS.ReadableStream & { isTTY?: boolean };
     const tty = stdin.isTTY === true;
     const rl = readline.createInterface({ input: stdin, output: tty ? io.stdout : undefined, terminal: tty });
@@ -72,6 +91,7 @@ const command: Command = {
     process.on("SIGINT", onSigint); // otherwise (kill -INT, a pipe)
     const session = (() => {
       try {
+        if (restored) return restored;
         if (!model.tokenizer) throw new Llama2Error("ERR_TOKENIZER", `${model.info.path} has no tokenizer: chat needs one (pass --tokenizer)`);
         const systemPrompt = (flags.system as string | undefined) ?? saved?.system;
         try {
@@ -90,8 +110,9 @@ const command: Command = {
       }
     })();
     try {
-      if (tty && !flags.quiet) io.stderr.write("/reset forgets the conversation, /save FILE keeps it, /exit quits, Ctrl-C stops a reply.\n");
+      if (tty && !flags.quiet) io.stderr.write("/reset forgets the conversation, /save FILE keeps it (/save-state FILE with its KV cache), /exit quits, Ctrl-C stops a reply.\n");
       if (saved && !flags.quiet) io.stderr.write(`(resumed ${saved.messages.length / 2} exchanges from ${flags.resume})\n`);
+      if (stateFile && !flags.quiet) io.stderr.write(`(resumed ${session.messages.length / 2} exchanges and ${session.cachedTokens} cached tokens from ${stateFile})\n`);
       rl.setPrompt("> ");
       if (tty) rl.prompt();
       for await (const line of rl) {
@@ -112,8 +133,20 @@ const command: Command = {
               io.stderr.write(`error [ERR_FILE_WRITE]: /save: cannot write ${file}: ${(err as Error).message}\n`);
             }
           }
+        } else if (text === "/save-state" || text.startsWith("/save-state ")) {
+          const file = text.slice(11).trim();
+          if (!file) io.stderr.write("usage: /save-state FILE\n");
+          else {
+            try {
+              const r = await session.save(file);
+              if (!flags.quiet) io.stderr.write(`(saved ${session.messages.length / 2} exchanges and ${r.cachedTokens} cached tokens, ${r.bytes} bytes, to ${file}; continue with --resume ${file})\n`);
+            } catch (err) {
+              const e = err instanceof Llama2Error ? err : fromNative(err);
+              io.stderr.write(`error [${e.code}]: /save-state: ${e.message}\n`);
+            }
+          }
         } else if (text.startsWith("/")) {
-          io.stderr.write(`unknown command ${text.split(/\s/)[0]} (/reset, /save FILE, /exit)\n`);
+          io.stderr.write(`unknown command ${text.split(/\s/)[0]} (/reset, /save FILE, /save-state FILE, /exit)\n`);
         } else if (text !== "") {
           aborting = false;
           try {
@@ -165,6 +198,21 @@ const command: Command = {
 };
 
 export default command;
+
+/** Whether `file` starts as a saved session (ChatSession.save) does. */
+function isSessionStateFile(file: string): boolean {
+  try {
+    const fd = openSync(file, "r");
+    try {
+      const head = Buffer.alloc(8);
+      return readSync(fd, head, 0, 8, 0) === 8 && head.toString("latin1") === SESSION_STATE_MAGIC;
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false; // readConversation reports the file's problem
+  }
+}
 
 /** A conversation saved by /save: { system?, messages: user/assistant pairs } (the pairs are checked by createSession). */
 function readConversation(file: string): { system?: string; messages: ChatMessage[] } {

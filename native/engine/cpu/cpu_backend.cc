@@ -164,6 +164,21 @@ class CpuBackend final : public Backend {
     if (blocks_[(size_t)src]) std::memcpy(blocks_[(size_t)dst].get(), blocks_[(size_t)src].get(), block_bytes_);
   }
 
+  uint64_t kv_block_bytes() const override { return block_bytes_; }
+
+  void read_block(int32_t b, uint8_t* dst) override {
+    if (blocks_[(size_t)b]) std::memcpy(dst, blocks_[(size_t)b].get(), block_bytes_);
+    else std::memset(dst, 0, block_bytes_);
+  }
+
+  void write_block(int32_t b, const uint8_t* src) override {
+    if (!blocks_[(size_t)b]) {
+      blocks_[(size_t)b].reset(new uint8_t[block_bytes_]);
+      ++allocated_blocks_;
+    }
+    std::memcpy(blocks_[(size_t)b].get(), src, block_bytes_);
+  }
+
  private:
   int32_t block_of(const ForwardBatch& b, int t) const {
     int pos = b.positions[(size_t)t];

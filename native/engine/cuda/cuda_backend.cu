@@ -143,16 +143,39 @@ class CudaBackend final : public Backend {
     for (int l = 0; l < c_.n_layers; ++l)
       for (int part = 0; part < (kv_int8_ ? 4 : 2); ++part) {
         const uint64_t b = part < 2 ? vb : sb;
-        uint8_t* pool = kv_layer(l) + (part < 2 ? part * plan_.kv_layer_k : 2 * plan_.kv_layer_k + (part - 2) * plan_.kv_layer_scales);
+        uint8_t* pool = kv_part(l, part);
         CK(cudaMemcpyAsync(pool + dst * b, pool + src * b, b, cudaMemcpyDeviceToDevice, stream_));
       }
   }
+
+  // Host layout: per layer, the block's K values, V values, then (int8) K scales, V scales.
+  uint64_t kv_block_bytes() const override {
+    return (uint64_t)c_.n_layers * (2 * (plan_.kv_layer_k / n_blocks_) + (kv_int8_ ? 2 * (plan_.kv_layer_scales / n_blocks_) : 0));
+  }
+
+  void read_block(int32_t b, uint8_t* dst) override { move_block(b, dst, true); }
+  void write_block(int32_t b, const uint8_t* src) override { move_block(b, const_cast<uint8_t*>(src), false); }
 
  private:
   struct OutChunk {
     int first, n;
     float* logits;
   };
+
+  // One block between the pools and host memory (read: device -> host), in kv_block_bytes()'s layout.
+  void move_block(int32_t blk, uint8_t* host, bool read) {
+    CK(cudaSetDevice(dev_));
+    const uint64_t vb = plan_.kv_layer_k / n_blocks_, sb = plan_.kv_layer_scales / n_blocks_;
+    for (int l = 0; l < c_.n_layers; ++l)
+      for (int part = 0; part < (kv_int8_ ? 4 : 2); ++part) {
+        const uint64_t b = part < 2 ? vb : sb;
+        uint8_t* pool = kv_part(l, part);
+        if (read) CK(cudaMemcpyAsync(host, pool + blk * b, b, cudaMemcpyDeviceToHost, stream_));
+        else CK(cudaMemcpyAsync(pool + blk * b, host, b, cudaMemcpyHostToDevice, stream_));
+        host += b;
+      }
+    CK(cudaStreamSynchronize(stream_));
+  }
 
   // ---------------------------------------------------------------- setup
   void* dalloc(size_t bytes) {
@@ -454,6 +477,10 @@ class CudaBackend final : public Backend {
   // ---------------------------------------------------------------- forward
   // Layer l's part of the cache: K values, V values (fp16 or int8), then (int8) K scales, V scales.
   uint8_t* kv_layer(int l) const { return kv_ + (size_t)l * 2 * (plan_.kv_layer_k + plan_.kv_layer_scales); }
+  // Layer l's pool of K values (part 0), V values (1), K scales (2), V scales (3): [n_blocks][block bytes].
+  uint8_t* kv_part(int l, int part) const {
+    return kv_layer(l) + (part < 2 ? part * plan_.kv_layer_k : 2 * plan_.kv_layer_k + (part - 2) * plan_.kv_layer_scales);
+  }
   half* k_pool(int l) const { return reinterpret_cast<half*>(kv_layer(l)); }
   half* v_pool(int l) const { return reinterpret_cast<half*>(kv_layer(l) + plan_.kv_layer_k); }
   int8_t* k_q(int l) const { return reinterpret_cast<int8_t*>(kv_layer(l)); }
