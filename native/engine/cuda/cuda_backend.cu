@@ -138,19 +138,14 @@ class CudaBackend final : public Backend {
 
   void copy_block(int32_t src, int32_t dst) override {
     CK(cudaSetDevice(dev_));
-    // Per layer: K values, V values, then (int8) K scales, V scales, each [n_blocks][block bytes].
-    const uint64_t vb = plan_.kv_layer_k / n_blocks_, sb = plan_.kv_layer_scales / n_blocks_;
-    for (int l = 0; l < c_.n_layers; ++l)
-      for (int part = 0; part < (kv_int8_ ? 4 : 2); ++part) {
-        const uint64_t b = part < 2 ? vb : sb;
-        uint8_t* pool = kv_part(l, part);
-        CK(cudaMemcpyAsync(pool + dst * b, pool + src * b, b, cudaMemcpyDeviceToDevice, stream_));
-      }
+    each_kv_part([&](uint8_t* pool, uint64_t b) { CK(cudaMemcpyAsync(pool + dst * b, pool + src * b, b, cudaMemcpyDeviceToDevice, stream_)); });
   }
 
   // Host layout: per layer, the block's K values, V values, then (int8) K scales, V scales.
   uint64_t kv_block_bytes() const override {
-    return (uint64_t)c_.n_layers * (2 * (plan_.kv_layer_k / n_blocks_) + (kv_int8_ ? 2 * (plan_.kv_layer_scales / n_blocks_) : 0));
+    uint64_t n = 0;
+    each_kv_part([&](uint8_t*, uint64_t b) { n += b; });
+    return n;
   }
 
   void read_block(int32_t b, uint8_t* dst) override { move_block(b, dst, true); }
@@ -162,18 +157,23 @@ class CudaBackend final : public Backend {
     float* logits;
   };
 
+  // Calls f(pool, bytes of one block) for each layer's K values, V values, then (int8) K scales, V scales:
+  // the pools of layer l's part are [n_blocks][block bytes].
+  template <class F>
+  void each_kv_part(F&& f) const {
+    const uint64_t vb = plan_.kv_layer_k / n_blocks_, sb = plan_.kv_layer_scales / n_blocks_;
+    for (int l = 0; l < c_.n_layers; ++l)
+      for (int part = 0; part < (kv_int8_ ? 4 : 2); ++part) f(kv_part(l, part), part < 2 ? vb : sb);
+  }
+
   // One block between the pools and host memory (read: device -> host), in kv_block_bytes()'s layout.
   void move_block(int32_t blk, uint8_t* host, bool read) {
     CK(cudaSetDevice(dev_));
-    const uint64_t vb = plan_.kv_layer_k / n_blocks_, sb = plan_.kv_layer_scales / n_blocks_;
-    for (int l = 0; l < c_.n_layers; ++l)
-      for (int part = 0; part < (kv_int8_ ? 4 : 2); ++part) {
-        const uint64_t b = part < 2 ? vb : sb;
-        uint8_t* pool = kv_part(l, part);
-        if (read) CK(cudaMemcpyAsync(host, pool + blk * b, b, cudaMemcpyDeviceToHost, stream_));
-        else CK(cudaMemcpyAsync(pool + blk * b, host, b, cudaMemcpyHostToDevice, stream_));
-        host += b;
-      }
+    each_kv_part([&](uint8_t* pool, uint64_t b) {
+      if (read) CK(cudaMemcpyAsync(host, pool + blk * b, b, cudaMemcpyDeviceToHost, stream_));
+      else CK(cudaMemcpyAsync(pool + blk * b, host, b, cudaMemcpyHostToDevice, stream_));
+      host += b;
+    });
     CK(cudaStreamSynchronize(stream_));
   }
 
