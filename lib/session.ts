@@ -307,7 +307,11 @@ export class ChatSession {
       }
       native.finishRestore(seq);
     } catch (err) {
-      native.freeSequence(seq);
+      try {
+        native.freeSequence(seq);
+      } catch {
+        /* the model was disposed meanwhile: the sequence went with it */
+      }
       throw err;
     }
     this.seq = seq;
