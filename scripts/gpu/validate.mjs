@@ -67,7 +67,7 @@ async function compareBackends(label, file, opts, prompt, steps, tol) {
   await gpu.dispose();
 }
 
-// --only-host: just section 2c (quick to run on the emulator build: LLAMA2_ADDON=build-emu/...).
+// --only-host: just sections 2c and 2d (quick to run on the emulator build: LLAMA2_ADDON=build-emu/...).
 const onlyHost = args.includes("--only-host");
 const skipSmall = args.includes("--skip-small") || onlyHost;
 
@@ -254,6 +254,31 @@ if (!args.includes("--skip-small")) {
     const [x] = await trace(a, prompt, []);
     const [y] = await trace(b, prompt, []);
     check(`${label} reached the device: logits differ from the unchanged model's`, relErr(x, y) > 5e-2, { rel: relErr(x, y) });
+    await a.dispose();
+    await b.dispose();
+  }
+}
+
+// 2d. Saved sessions (stop 32): a session's KV blocks copied to a file and back (fp16 and int8 caches, the
+// fp32 path); the restored session's next turn must be the one the saved session gives.
+if (!args.includes("--skip-small")) {
+  const gguf = path.join(shared, "models/tiny-llama-f16.gguf");
+  const g = { temperature: 0, maxTokens: 8, stopOnEos: false };
+  for (const [label, o] of [["fp16 KV", {}], ["int8 KV", { kvCacheType: "int8" }], ["fp32 path", { dtype: "f32" }]]) {
+    const a = await Llama2.load(gguf, { device: "cuda", maxSequences: 2, ...o });
+    const b = await Llama2.load(gguf, { device: "cuda", maxSequences: 2, ...o });
+    const s = a.createSession({ systemPrompt: "Be brief." });
+    await s.send("Hello there", g).result;
+    await s.send("And then?", g).result;
+    const file = `/tmp/l2-validate-session-${label.replace(/\W+/g, "-")}.l2s`;
+    const saved = await s.save(file);
+    const next = await s.send("Third", g).result;
+    const r = await b.restoreSession(file);
+    const again = await r.send("Third", g).result;
+    check(`saved session (${label}): restored, the next turn equals the saved session's`, again.tokenIds.join() === next.tokenIds.join() && again.stats.cachedPromptTokens === next.stats.cachedPromptTokens, {
+      cachedTokens: saved.cachedTokens,
+      bytes: saved.bytes,
+    });
     await a.dispose();
     await b.dispose();
   }
