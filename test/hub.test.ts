@@ -164,6 +164,8 @@ beforeAll(async () => {
   gguf = readFileSync(path.join(work, "tiny.gguf"));
   hfDir = path.join(work, "tiny-hf");
   await makeSyntheticModel({ preset: "tiny", format: "hf", out: hfDir, seed: 3, maxShardBytes: 3 << 20 });
+  // The model's own chat template comes with the folder (and is then the model's default).
+  writeFileSync(path.join(hfDir, "chat_template.jinja"), "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}");
   hub.add("acme/tiny-GGUF", "tiny.Q8_0.gguf", gguf);
   hub.add("acme/tiny-GGUF", "README.md", Buffer.from("# tiny\n"));
   hub.add("gated/tiny-GGUF", "tiny.f16.gguf", gguf);
@@ -351,6 +353,9 @@ describe("pullModel against a fake Hub", () => {
       }
     };
     expect(await ids(local)).toEqual(await ids(hfDir));
+    const m = await Llama2.load(local, { device: "cpu" });
+    expect(m.info.chatTemplate).toBe("model");
+    await m.dispose();
     hub.log = [];
     expect(await pull("hf:acme/tiny-hf")).toBe(local);
     expect(hub.log).toEqual([]);

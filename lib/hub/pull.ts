@@ -43,8 +43,17 @@ export interface PullOptions {
 }
 
 const COMPLETE = ".llama2-complete.json";
-// Files of a Hugging Face model folder that the loader reads (plus the safetensors shards).
-const FOLDER_FILES = new Set(["config.json", "tokenizer.model", "model.safetensors.index.json", "generation_config.json", "tokenizer_config.json"]);
+// Files of a Hugging Face model folder that the loader reads (plus the safetensors shards): the chat template
+// and added tokens live in tokenizer_config.json, chat_template.jinja and added_tokens.json.
+const FOLDER_FILES = new Set([
+  "config.json",
+  "tokenizer.model",
+  "model.safetensors.index.json",
+  "generation_config.json",
+  "tokenizer_config.json",
+  "chat_template.jinja",
+  "added_tokens.json",
+]);
 
 export function hubToken(): string | undefined {
   const env = process.env.HF_TOKEN || process.env.HUGGING_FACE_HUB_TOKEN;
