@@ -33,6 +33,14 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
   } catch (err) {
     throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${JSON.stringify(name)} does not parse: ${(err as Error).message}`, { cause: err });
   }
+  /** The template's output for `messages` (already escaped), as transformers renders it. */
+  const renderRaw = (messages: readonly ChatMessage[], generationPrompt: boolean, tok: TemplateTokenizer): string =>
+    compiled.render({
+      messages: messages.map((m) => ({ role: m.role, content: m.content })),
+      bos_token: tok.piece(tok.bosId),
+      eos_token: tok.piece(tok.eosId),
+      add_generation_prompt: generationPrompt,
+    });
   const render = (messages: readonly ChatMessage[], generationPrompt: boolean, tok: TemplateTokenizer, mark: string): string => {
     const escape = (text: string): string =>
       tok
@@ -45,12 +53,11 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
         })
         .join("");
     try {
-      return compiled.render({
-        messages: messages.map((m) => ({ role: m.role, content: escape(m.content) })),
-        bos_token: tok.piece(tok.bosId),
-        eos_token: tok.piece(tok.eosId),
-        add_generation_prompt: generationPrompt,
-      });
+      return renderRaw(
+        messages.map((m) => ({ role: m.role, content: escape(m.content) })),
+        generationPrompt,
+        tok,
+      );
     } catch (err) {
       // The probes at creation render ordinary dialogs, so a failure here is the template refusing this
       // one (its raise_exception: a role it does not support, ...).
@@ -87,15 +94,14 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
   const probeMark = markFor([]);
   let probe: string;
   try {
-    probe = compiled.render({
-      messages: [
+    probe = renderRaw(
+      [
         { role: "user", content: "Hi" },
         { role: "assistant", content: probeMark },
       ],
-      bos_token: tokenizer.piece(tokenizer.bosId),
-      eos_token: tokenizer.piece(tokenizer.eosId),
-      add_generation_prompt: false,
-    });
+      false,
+      tokenizer,
+    );
   } catch (err) {
     throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${JSON.stringify(name)} does not render a user / assistant exchange: ${(err as Error).message}`, { cause: err });
   }

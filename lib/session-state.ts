@@ -22,6 +22,9 @@ const MAX_HEADER = 256 << 20;
 /** Bytes of KV moved per native call. */
 const CHUNK_BYTES = 32 << 20;
 
+/** KV blocks moved per native call (saving and restoring alike). */
+export const blocksPerChunk = (blockBytes: number): number => Math.max(1, Math.floor(CHUNK_BYTES / blockBytes));
+
 /** What the KV depends on besides the tokens: a restore needs all of it equal. */
 export interface ModelFingerprint {
   format: string;
@@ -118,7 +121,7 @@ export async function writeSessionState(
   head.writeUInt32LE(json.length, 12);
   json.copy(head, 16);
   const bb = header.model.kvBlockBytes;
-  const per = Math.max(1, Math.floor(CHUNK_BYTES / bb));
+  const per = blocksPerChunk(bb);
   const bufs = [new Uint8Array(Math.min(per, Math.max(blocks, 1)) * bb), new Uint8Array(Math.min(per, Math.max(blocks, 1)) * bb)];
   let turn = 0;
   return writeSections(file, [

@@ -12,8 +12,9 @@
 import type { ChatTemplate } from "./chat-template.js";
 import { InvalidArgumentError, Llama2Error } from "./errors.js";
 import type { GenerationPlan, Llama2 } from "./llama2.js";
+import type { NativeModel } from "./native.js";
 import type { ChatMessage, GenerateOptions, GenerationStream } from "./types.js";
-import { writeSessionState, type OpenedState, type SessionStateHeader } from "./session-state.js";
+import { blocksPerChunk, writeSessionState, type OpenedState, type SessionStateHeader } from "./session-state.js";
 
 export class ChatSession {
   /** The conversation so far (system prompt excluded). */
@@ -227,9 +228,8 @@ export class ChatSession {
    * next turn re-prompts the conversation. False when the session is busy, empty or not parkable.
    */
   _park(): boolean {
-    if (this.busy || this.disposed || this.seq === null || this.tokens.length === 0 || !this.llama._alive) return false;
-    if (this.tokens.length !== this.llama._native().sequenceLength(this.seq)) return false; // cache and ids disagree
-    this.llama._cacheSequence(this.seq, this.tokens, true);
+    if (this.busy || this.disposed || !this.llama._alive || !this.holdsTokens(this.llama._native())) return false;
+    this.llama._cacheSequence(this.seq!, this.tokens, true);
     this.seq = null;
     return true;
   }
@@ -249,7 +249,7 @@ export class ChatSession {
     if (this.busy) throw new InvalidArgumentError("session", "generating a reply; wait for it or abort it");
     this.busy = true; // no turn may start (or park this session) while its blocks are read
     try {
-      const held = this.seq !== null && this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq);
+      const held = this.holdsTokens(native);
       const tokens = held ? this.tokens.slice() : [];
       const seq = this.seq;
       const header: SessionStateHeader = {
@@ -296,7 +296,7 @@ export class ChatSession {
     const seq = native.createSequence();
     try {
       native.beginRestore(seq, h.tokens.length);
-      const per = Math.max(1, Math.floor((32 << 20) / h.model.kvBlockBytes));
+      const per = blocksPerChunk(h.model.kvBlockBytes);
       const buf = new Uint8Array(Math.min(per, blocks) * h.model.kvBlockBytes);
       for (let first = 0; first < blocks; first += per) {
         if (signal?.aborted) throw new Llama2Error("ERR_ABORTED", "restoring the session was aborted");
@@ -325,7 +325,7 @@ export class ChatSession {
     if (this.seq !== null && !this.disposed && this.llama._alive) {
       const native = this.llama._native();
       // The prefix cache keeps the conversation (a fork): a request that repeats it starts from it.
-      if (this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq)) this.llama._cacheSequence(this.seq, this.tokens, false);
+      if (this.holdsTokens(native)) this.llama._cacheSequence(this.seq, this.tokens, false);
       native.truncateSequence(this.seq, 0);
     }
     this.messages.length = 0;
@@ -352,7 +352,7 @@ export class ChatSession {
     if (this.seq !== null) {
       try {
         const native = this.llama._native();
-        if (this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq)) {
+        if (this.holdsTokens(native)) {
           this.llama._cacheSequence(this.seq, this.tokens, true);
           this.seq = null;
           return;
@@ -362,6 +362,11 @@ export class ChatSession {
       }
       this.freeSequence();
     }
+  }
+
+  /** Whether the sequence holds exactly `tokens` (some): what the prefix cache or a save may take from it. */
+  private holdsTokens(native: NativeModel): boolean {
+    return this.seq !== null && this.tokens.length > 0 && this.tokens.length === native.sequenceLength(this.seq);
   }
 
   private freeSequence(): void {

@@ -111,13 +111,7 @@ class CpuBackend final : public Backend {
     seg_of_.resize((size_t)T);
     for (size_t s = 0; s < b.segments.size(); ++s)
       for (int j = 0; j < b.segments[s].count; ++j) seg_of_[(size_t)(b.segments[s].start + j)] = (int)s;
-    for (int t = 0; t < T; ++t) {
-      int32_t blk = block_of(b, t);
-      if (!blocks_[(size_t)blk]) {
-        blocks_[(size_t)blk].reset(new uint8_t[block_bytes_]());
-        ++allocated_blocks_;
-      }
-    }
+    for (int t = 0; t < T; ++t) ensure_block(block_of(b, t));
 
     for (int l = 0; l < c_.n_layers; ++l) {
       const LayerWeights& L = w_.layers[(size_t)l];
@@ -157,11 +151,8 @@ class CpuBackend final : public Backend {
   void top_k(int k, int32_t* ids, float* vals) override { host_top_k(logits_.data(), n_out_, c_.vocab_size, k, ids, vals); }
 
   void copy_block(int32_t src, int32_t dst) override {
-    if (!blocks_[(size_t)dst]) {
-      blocks_[(size_t)dst].reset(new uint8_t[block_bytes_]());
-      ++allocated_blocks_;
-    }
-    if (blocks_[(size_t)src]) std::memcpy(blocks_[(size_t)dst].get(), blocks_[(size_t)src].get(), block_bytes_);
+    uint8_t* to = ensure_block(dst);
+    if (blocks_[(size_t)src]) std::memcpy(to, blocks_[(size_t)src].get(), block_bytes_);
   }
 
   uint64_t kv_block_bytes() const override { return block_bytes_; }
@@ -171,15 +162,18 @@ class CpuBackend final : public Backend {
     else std::memset(dst, 0, block_bytes_);
   }
 
-  void write_block(int32_t b, const uint8_t* src) override {
-    if (!blocks_[(size_t)b]) {
-      blocks_[(size_t)b].reset(new uint8_t[block_bytes_]);
-      ++allocated_blocks_;
-    }
-    std::memcpy(blocks_[(size_t)b].get(), src, block_bytes_);
-  }
+  void write_block(int32_t b, const uint8_t* src) override { std::memcpy(ensure_block(b), src, block_bytes_); }
 
  private:
+  // A block's memory, allocated (zeroed) on its first use: the cache grows as sequences fill it.
+  uint8_t* ensure_block(int32_t b) {
+    if (!blocks_[(size_t)b]) {
+      blocks_[(size_t)b].reset(new uint8_t[block_bytes_]());
+      ++allocated_blocks_;
+    }
+    return blocks_[(size_t)b].get();
+  }
+
   int32_t block_of(const ForwardBatch& b, int t) const {
     int pos = b.positions[(size_t)t];
     return b.block_tables[(size_t)seg_of_[(size_t)t] * b.max_blocks + pos / kKvBlockSize];
