@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { InvalidArgumentError, Llama2Error } from "./errors.js";
 import { buildDecoderTable, createStreamDecoder, type DecoderTable, type StreamDecoder, type StreamDecoderOptions } from "./tokenizer/decoder.js";
+import { parseHfTokenizerJson } from "./tokenizer/hf-tokenizer-json.js";
 import { llamaVocabulary } from "./tokenizer/llama-vocab.js";
 import { buildSentencePieceModel, parseSentencePieceModel, PieceType, type Vocabulary } from "./tokenizer/sentencepiece-model.js";
 
@@ -121,13 +122,16 @@ export class Tokenizer {
   readonly source: string;
   private readonly vocab: Vocabulary;
   private readonly sp: SpProcessor;
+  /** The same model without the dummy prefix (Metaspace vocabularies only). */
+  private readonly spBare: SpProcessor | undefined;
   private readonly table: DecoderTable;
   private bytesCache: (Uint8Array | null)[] | undefined;
   private specialCache: { re: RegExp | null; ids: Map<string, number> } | undefined;
 
-  private constructor(vocab: Vocabulary, sp: SpProcessor, table: DecoderTable, source: string) {
+  private constructor(vocab: Vocabulary, sp: SpProcessor, spBare: SpProcessor | undefined, table: DecoderTable, source: string) {
     this.vocab = vocab;
     this.sp = sp;
+    this.spBare = spBare;
     this.table = table;
     this.source = source;
     this.vocabSize = vocab.tokens.length;
@@ -142,7 +146,7 @@ export class Tokenizer {
     return this.vocab;
   }
 
-  /** Loads a SentencePiece tokenizer.model. */
+  /** Loads a SentencePiece tokenizer.model, or a Llama-family Hugging Face tokenizer.json (told apart by content). */
   static async fromFile(path: string): Promise<Tokenizer> {
     if (typeof path !== "string" || path === "") throw new InvalidArgumentError("path", "must be a non-empty string");
     let buf: Buffer;
@@ -153,7 +157,10 @@ export class Tokenizer {
       if (code === "ENOENT") throw new Llama2Error("ERR_FILE_NOT_FOUND", `tokenizer file not found: ${path}`, { cause: err });
       throw new Llama2Error("ERR_FILE_READ", `cannot read tokenizer file ${path}: ${(err as Error).message}`, { cause: err });
     }
-    return Tokenizer.fromVocabulary(parseSentencePieceModel(buf, path), path);
+    // A ModelProto starts with a field tag (0x0a); JSON with "{" or "[" after any whitespace (or a UTF-8 BOM).
+    const json = /^(\xef\xbb\xbf)?\s*[{[]/.test(buf.subarray(0, 64).toString("latin1"));
+    const vocab = json ? parseHfTokenizerJson(buf.toString("utf8").replace(/^\uFEFF/, ""), path) : parseSentencePieceModel(buf, path);
+    return Tokenizer.fromVocabulary(vocab, path);
   }
 
   /** Builds a tokenizer from a vocabulary (e.g. a GGUF's tokenizer metadata). */
@@ -171,9 +178,13 @@ export class Tokenizer {
       const ok = Number.isInteger(id) && id < n && (id >= 0 || (key === "padId" && id === -1));
       if (!ok) throw new Llama2Error("ERR_TOKENIZER", `${source}: ${key} ${String(id)} is not a token id (vocabulary of ${n})`);
     }
+    if (vocab.metaspace !== undefined && vocab.metaspace !== "first" && vocab.metaspace !== "always") {
+      throw new InvalidArgumentError("vocab.metaspace", `must be "first", "always" or absent, got ${JSON.stringify(vocab.metaspace)}`);
+    }
     const table = buildDecoderTable(vocab, source); // before the wasm load: it validates byte pieces
     const sp = await loadSentencePiece(buildSentencePieceModel(vocab), vocab, source);
-    return new Tokenizer(vocab, sp, table, source);
+    const bare = vocab.metaspace ? await loadSentencePiece(buildSentencePieceModel(vocab, { dummyPrefix: false }), vocab, source) : undefined;
+    return new Tokenizer(vocab, sp, bare, table, source);
   }
 
   /** The Llama 2 tokenizer built from the vocabulary bundled with llama-tokenizer-js (no download). */
@@ -224,7 +235,8 @@ export class Tokenizer {
     if (typeof bos !== "boolean") throw new InvalidArgumentError("bos", "must be a boolean");
     if (typeof eos !== "boolean") throw new InvalidArgumentError("eos", "must be a boolean");
     if (typeof special !== "boolean") throw new InvalidArgumentError("special", "must be a boolean");
-    const ids = special ? this.splitSpecial(t).flatMap((part) => (typeof part === "number" ? [part] : this.encodeText(part))) : this.encodeText(t);
+    const parts = special ? this.splitSpecial(t) : [t];
+    const ids = parts.flatMap((part, i) => (typeof part === "number" ? [part] : this.encodeText(part, i === 0)));
     if (bos) ids.unshift(this.bosId);
     if (eos) ids.push(this.eosId);
     return ids;
@@ -253,7 +265,7 @@ export class Tokenizer {
   /** The pieces SentencePiece splits `text` into (no BOS/EOS). */
   encodePieces(text: string): string[] {
     const t = this.checkText(text);
-    return this.callWasm(() => this.sp.encodePieces(t));
+    return this.callWasm(() => this.processorFor(t, true).encodePieces(t));
   }
 
   /** Exactly SentencePiece's DecodeIds: control tokens dropped, the first piece's leading space removed. */
@@ -270,8 +282,17 @@ export class Tokenizer {
     return createStreamDecoder(this.table, options);
   }
 
-  private encodeText(text: string): number[] {
-    return this.callWasm(() => this.sp.encodeIds(text));
+  /** `text`'s ids; `atStart`: it begins the whole input (Metaspace "first" prefixes only there). */
+  private encodeText(text: string, atStart: boolean): number[] {
+    return this.callWasm(() => this.processorFor(text, atStart).encodeIds(text));
+  }
+
+  /** SentencePiece with its dummy prefix, or without it where a Metaspace pre-tokenizer adds no "▁". */
+  private processorFor(text: string, atStart: boolean): SpProcessor {
+    const m = this.vocab.metaspace;
+    if (!m || !this.spBare) return this.sp;
+    const bare = text.startsWith(" ") || text.startsWith("\u2581") || (m === "first" && !atStart);
+    return bare ? this.spBare : this.sp;
   }
 
   /** The special pieces' strings (the lowest id for a string that repeats) and one regex for all of them. */

@@ -24,6 +24,7 @@ import { parseRunSpec } from "../lib/runner/spec.js";
 import { makeSyntheticModel } from "../lib/synth/model.js";
 import { ensureDist } from "./helpers/dist.js";
 import { postJson, waitFor } from "./helpers/fake-backend.js";
+import { llamaTokenizerJson } from "./helpers/llama-tokenizer-json.js";
 import { projectRoot } from "./helpers/shared.js";
 
 const TOKEN = "hf_test_token";
@@ -173,6 +174,11 @@ beforeAll(async () => {
   for (const f of readdirSync(hfDir)) hub.add("acme/tiny-hf", f, readFileSync(path.join(hfDir, f)));
   hub.add("acme/tiny-hf", "pytorch_model.bin", Buffer.alloc(10000, 7)); // must not be fetched
   hub.add("acme/tiny-hf", "README.md", Buffer.from("# tiny hf\n"));
+  const tokenizerJson = Buffer.from(JSON.stringify(llamaTokenizerJson()));
+  hub.add("acme/tiny-hf", "tokenizer.json", tokenizerJson); // not fetched: the folder has tokenizer.model
+  // A folder saved from a "fast" tokenizer: tokenizer.json and no tokenizer.model.
+  for (const f of readdirSync(hfDir)) if (f !== "tokenizer.model") hub.add("acme/tiny-fast", f, readFileSync(path.join(hfDir, f)));
+  hub.add("acme/tiny-fast", "tokenizer.json", tokenizerJson);
   hub.add("acme/only-pt", "config.json", Buffer.from("{}"));
   hub.add("acme/only-pt", "pytorch_model.bin", Buffer.alloc(10000, 1));
   hub.add("acme/ggufs", "a.IQ2_XS.gguf", Buffer.alloc(5000, 1));
@@ -359,6 +365,22 @@ describe("pullModel against a fake Hub", () => {
     hub.log = [];
     expect(await pull("hf:acme/tiny-hf")).toBe(local);
     expect(hub.log).toEqual([]);
+  }, 60_000);
+
+  it("a folder with tokenizer.json and no tokenizer.model: fetches tokenizer.json, and the model encodes as with tokenizer.model", async () => {
+    const local = await pull("hf:acme/tiny-fast");
+    expect(readdirSync(local)).toContain("tokenizer.json");
+    expect(readdirSync(local)).not.toContain("tokenizer.model");
+    const m = await Llama2.load(local, { device: "cpu" });
+    const original = await Llama2.load(hfDir, { device: "cpu" });
+    try {
+      expect(m.tokenizer!.source).toBe(path.join(local, "tokenizer.json"));
+      const text = "Hello, how are you?  Fine:\n\t1234 🦙";
+      expect(m.tokenizer!.encode(text)).toEqual(original.tokenizer!.encode(text));
+    } finally {
+      await m.dispose();
+      await original.dispose();
+    }
   }, 60_000);
 
   it("concurrent pulls of one file share one download; a dead process's lock is taken over", async () => {

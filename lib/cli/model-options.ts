@@ -29,7 +29,7 @@ export const LOAD_FLAGS: FlagSpecs = {
   "rope-scaling": ROPE_SCALING_FLAG,
   lora: LORA_FLAGS.lora!,
   "lora-scale": LORA_FLAGS["lora-scale"]!,
-  tokenizer: { type: "string", description: "tokenizer.model, for models that do not carry one" },
+  tokenizer: { type: "string", description: "tokenizer.model (or a Llama tokenizer.json), for models that do not carry one" },
   "chat-template": CHAT_TEMPLATE_FLAG,
   quiet: { type: "boolean", alias: "q", description: "nothing on stderr but errors" },
 };

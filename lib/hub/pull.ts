@@ -196,8 +196,10 @@ function chooseFolderFiles(ref: HubRef, entries: TreeEntry[]): RepoFile[] {
   if (!names.includes("config.json")) throw new Llama2Error("ERR_FORMAT_UNSUPPORTED", `hf:${ref.repo} has safetensors but no config.json: not a Hugging Face model folder`);
   if (weights.length > 1 && !names.includes("model.safetensors.index.json"))
     throw new Llama2Error("ERR_FORMAT_UNSUPPORTED", `hf:${ref.repo} has ${weights.length} .safetensors files and no model.safetensors.index.json`);
+  // tokenizer.json only where there is no tokenizer.model (a folder saved from a "fast" tokenizer).
+  const tokenizerJson = !names.includes("tokenizer.model") && names.includes("tokenizer.json");
   return names
-    .filter((n) => FOLDER_FILES.has(n) || weights.includes(n))
+    .filter((n) => FOLDER_FILES.has(n) || weights.includes(n) || (tokenizerJson && n === "tokenizer.json"))
     .map((name) => {
       const e = entries.find((x) => x.path === name)!;
       const lfs = e.lfs && typeof e.lfs.oid === "string" && /^[0-9a-f]{64}$/.test(e.lfs.oid);

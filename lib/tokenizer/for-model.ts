@@ -1,5 +1,6 @@
 // Which tokenizer goes with a model, found without loading its weights: an explicit tokenizer.model,
-// a GGUF's metadata, an HF directory's tokenizer.model, or a tokenizer.model beside a llama2.c file.
+// a GGUF's metadata, an HF directory's tokenizer.model (else its tokenizer.json), or a tokenizer.model
+// beside a llama2.c file.
 // `Llama2.load` resolves through `resolveTokenizer`; the CLI (`llama2 tokenize/inspect`) through
 // `tokenizerForModel`, which reads only the model's header (native `readModelInfo`).
 import { existsSync, statSync } from "node:fs";
@@ -9,8 +10,8 @@ import { native, type NativeModelSourceInfo } from "../native.js";
 import { Tokenizer } from "../tokenizer.js";
 import { withHfAddedTokens } from "./hf-added-tokens.js";
 
-/** The model's tokenizer: an explicit file, the GGUF's metadata, the HF directory's tokenizer.model (with its
- * added tokens), or a tokenizer.model beside a llama2.c file (only when its vocabulary size matches). null: none. */
+/** The model's tokenizer: an explicit file, the GGUF's metadata, the HF directory's tokenizer.model or
+ * tokenizer.json (with its added tokens), or a tokenizer.model beside a llama2.c file (only when its vocabulary size matches). null: none. */
 export async function resolveTokenizer(info: NativeModelSourceInfo, explicit?: string): Promise<Tokenizer | null> {
   if (explicit) return Tokenizer.fromFile(explicit);
   if (info.tokenizer) {
@@ -25,10 +26,11 @@ export async function resolveTokenizer(info: NativeModelSourceInfo, explicit?: s
   }
   if (info.tokenizerPath) {
     const tok = await Tokenizer.fromFile(info.tokenizerPath);
-    // An HF fine-tune's added tokens (tokenizer_config.json) fill the vocabulary past tokenizer.model's.
-    if (info.format !== "hf" || tok.vocabSize >= info.config.vocabSize) return tok;
+    // An HF fine-tune's added tokens (tokenizer_config.json) fill the vocabulary past its tokenizer's, and
+    // its bos_token / eos_token may name them.
+    if (info.format !== "hf" || tok.vocabSize > info.config.vocabSize) return tok;
     const vocab = withHfAddedTokens(tok.vocabulary, path.dirname(info.tokenizerPath), info.config.vocabSize);
-    return Tokenizer.fromVocabulary(vocab, `${info.tokenizerPath} + added tokens`);
+    return vocab === tok.vocabulary ? tok : Tokenizer.fromVocabulary(vocab, `${info.tokenizerPath} + added tokens`);
   }
   const beside = path.join(path.dirname(info.path), "tokenizer.model");
   if (info.format === "llama2c" && existsSync(beside)) {

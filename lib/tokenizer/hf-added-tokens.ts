@@ -36,8 +36,9 @@ function tokenText(v: unknown): string | undefined {
 }
 
 /**
- * `vocab` (tokenizer.model's) extended to `vocabSize` pieces with the directory's added tokens. Throws
- * ERR_TOKENIZER when the added tokens do not fit (an id past the vocabulary, a piece that repeats one).
+ * `vocab` (tokenizer.model's or tokenizer.json's) extended to `vocabSize` pieces with the directory's added
+ * tokens, and BOS / EOS as tokenizer_config.json names them; `vocab` itself when that changes nothing.
+ * Throws ERR_TOKENIZER when the added tokens do not fit (an id past the vocabulary, a piece that repeats one).
  */
 export function withHfAddedTokens(vocab: Vocabulary, dir: string, vocabSize: number): Vocabulary {
   const n = vocab.tokens.length;
@@ -80,12 +81,16 @@ export function withHfAddedTokens(vocab: Vocabulary, dir: string, vocabSize: num
     tokens.push(piece);
     types[id] = a ? (a.special ? PieceType.CONTROL : PieceType.USER_DEFINED) : PieceType.UNUSED;
   }
+  // Only an added or control piece can be BOS / EOS (a normal piece would stop being made from text).
   const special = (key: "bos_token" | "eos_token", fallback: number): number => {
     const text = config && typeof config === "object" ? tokenText(config[key]) : undefined;
-    const id = text === undefined ? -1 : tokens.indexOf(text, n);
-    if (id < 0) return fallback;
+    const id = text === undefined ? -1 : tokens.indexOf(text);
+    if (id < 0 || (id < n && types[id] !== PieceType.CONTROL && types[id] !== PieceType.USER_DEFINED)) return fallback;
     types[id] = PieceType.CONTROL; // SentencePiece takes BOS / EOS as control pieces
     return id;
   };
-  return { ...vocab, tokens, scores, types, bosId: special("bos_token", vocab.bosId), eosId: special("eos_token", vocab.eosId) };
+  const bosId = special("bos_token", vocab.bosId);
+  const eosId = special("eos_token", vocab.eosId);
+  if (vocabSize === n && bosId === vocab.bosId && eosId === vocab.eosId && types.every((t, i) => t === vocab.types[i])) return vocab;
+  return { ...vocab, tokens, scores, types, bosId, eosId };
 }

@@ -72,7 +72,7 @@ struct ModelSource {
   std::vector<std::unique_ptr<uint8_t[]>> owned;
   std::map<std::string, TensorView> tensors;
   std::optional<TokenizerData> tokenizer;  // GGUF
-  std::string tokenizer_path;              // HF directory: its tokenizer.model when present
+  std::string tokenizer_path;              // HF directory: its tokenizer.model, else its tokenizer.json
   uint64_t file_bytes = 0;
 
   const TensorView& get(const std::string& name) const;  // ERR_TENSOR_MISSING

@@ -219,7 +219,9 @@ std::unique_ptr<ModelSource> open_safetensors_dir(const std::string& dir_in) {
     fail(code::kFileNotFound, dir + ": no model.safetensors or model.safetensors.index.json (.bin PyTorch checkpoints are not supported)");
   }
   if (!src->find("output")) src->config.tied_output = true;
+  // SentencePiece's own file when present; a folder saved from a "fast" tokenizer has only tokenizer.json.
   if (file_exists(dir + "/tokenizer.model")) src->tokenizer_path = dir + "/tokenizer.model";
+  else if (file_exists(dir + "/tokenizer.json")) src->tokenizer_path = dir + "/tokenizer.json";
   src->name = dir.substr(dir.find_last_of('/') + 1);
   return src;
 }

@@ -23,7 +23,7 @@ const command: Command = {
     dtype: { type: "string", description: "matrix type: auto (as stored), f16, bf16, f32, q8_0 or q4_1", default: "auto" },
     ...LORA_FLAGS,
     "rope-scaling": ROPE_SCALING_FLAG,
-    tokenizer: { type: "string", description: "tokenizer.model to embed when the model has none of its own" },
+    tokenizer: { type: "string", description: "tokenizer.model (or a Llama tokenizer.json) to embed when the model has none of its own" },
     name: { type: "string", description: "general.name (default: the model's name)" },
     threads: { type: "int", description: "CPU threads converting rows (default: the physical cores)" },
     force: { type: "boolean", description: "replace an existing output file" },
@@ -62,6 +62,7 @@ const command: Command = {
         ...(c.ropeScaling ? [`  rope scaling: ${c.ropeScaling.type} x${c.ropeScaling.factor}`] : []),
         ...r.lora.map((l) => `  merged LoRA ${l.path}: rank ${l.rank}, scale ${l.scale.toFixed(4)}, ${l.matrices} matrices (${l.modules.join(", ")})`),
         r.tokenizer ? `  tokenizer: ${r.tokenizer}` : "  tokenizer: none (the model has none; pass --tokenizer to embed one, or load with tokenizerPath)",
+        ...(r.tokenizerNote ? [`  note: ${r.tokenizerNote}`] : []),
       ].join("\n") + "\n",
     );
     return 0;

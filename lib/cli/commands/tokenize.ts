@@ -29,7 +29,7 @@ const command: Command = {
   usage: [
     "Usage: llama2 tokenize --model PATH (--text TEXT | --chat FILE.json) [--bos] [--json]",
     "",
-    "PATH: a tokenizer.model, a Hugging Face model directory, a .gguf (its metadata), or a llama2.c .bin",
+    "PATH: a tokenizer.model or tokenizer.json, a Hugging Face model directory, a .gguf (its metadata), or a llama2.c .bin",
     "with a tokenizer.model beside it. --chat takes a JSON array of {role, content} ('-' reads stdin) and",
     "applies the chat template (it adds BOS/EOS itself).",
   ].join("\n"),

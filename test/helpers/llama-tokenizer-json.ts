@@ -1,0 +1,74 @@
+// The Llama 2 tokenizer.json as transformers' LlamaConverter writes it (meta-llama/Llama-2-7b-hf): its
+// vocabulary and its 61,249 merges in their order come from llama-tokenizer-js, which packed them from
+// that file (its data-conversion.py); the other fields are the converter's. `variant` "metaspace" is the
+// newer form (no normalizer; a Metaspace pre-tokenizer), `mergeForm` "pairs" the tokenizers >= 0.20 form.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+
+function packageData(): { vocab: string[]; merges: [number, number][] } {
+  const src = readFileSync(require.resolve("llama-tokenizer-js/llama-tokenizer.js"), "utf8");
+  const vocab = Buffer.from(/const llama_vocab_base64 = "([^"]+)"/.exec(src)![1]!, "base64").toString("utf8").split("\n");
+  const bin = Buffer.from(/const llama_merges_binary = "([^"]+)"/.exec(src)![1]!, "base64");
+  const merges: [number, number][] = [];
+  for (let i = 0; i + 3 < bin.length; i += 4) merges.push([bin.readUInt16LE(i), bin.readUInt16LE(i + 2)]);
+  return { vocab, merges };
+}
+
+export interface TokenizerJsonOptions {
+  variant?: "legacy" | "metaspace";
+  mergeForm?: "strings" | "pairs";
+  /** Extra added tokens after the vocabulary (id = 32000, 32001, ...). */
+  added?: { content: string; special: boolean }[];
+}
+
+const addedToken = (id: number, content: string, special: boolean) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special });
+
+export function llamaTokenizerJson(opts: TokenizerJsonOptions = {}): Record<string, unknown> {
+  const { vocab, merges } = packageData();
+  const text = opts.variant === "metaspace"
+    ? { normalizer: null, pre_tokenizer: { type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false } }
+    : {
+        normalizer: { type: "Sequence", normalizers: [{ type: "Prepend", prepend: "\u2581" }, { type: "Replace", pattern: { String: " " }, content: "\u2581" }] },
+        pre_tokenizer: null,
+      };
+  return {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: [
+      addedToken(0, "<unk>", true),
+      addedToken(1, "<s>", true),
+      addedToken(2, "</s>", true),
+      ...(opts.added ?? []).map((a, i) => addedToken(vocab.length + i, a.content, a.special)),
+    ],
+    ...text,
+    post_processor: {
+      type: "TemplateProcessing",
+      single: [{ SpecialToken: { id: "<s>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
+      pair: [{ SpecialToken: { id: "<s>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }, { SpecialToken: { id: "<s>", type_id: 1 } }, { Sequence: { id: "B", type_id: 1 } }],
+      special_tokens: { "<s>": { id: "<s>", ids: [1], tokens: ["<s>"] } },
+    },
+    decoder: {
+      type: "Sequence",
+      decoders: [
+        { type: "Replace", pattern: { String: "\u2581" }, content: " " },
+        { type: "ByteFallback" },
+        { type: "Fuse" },
+        { type: "Strip", content: " ", start: 1, stop: 0 },
+      ],
+    },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: "<unk>",
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      vocab: Object.fromEntries(vocab.map((p, i) => [p, i])),
+      merges: merges.map(([a, b]) => (opts.mergeForm === "pairs" ? [vocab[a]!, vocab[b]!] : `${vocab[a]} ${vocab[b]}`)),
+    },
+  };
+}
