@@ -3,11 +3,12 @@
 // `chat_template`. Llama 2 chat's own template gives exactly the reference format, for which the built-in
 // `llama2` template (Meta's chat_completion, checked against its ids) is used; any other (TinyLlama's
 // Zephyr format, Vicuna's, ...) is used as written.
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync } from "node:fs";
 import path from "node:path";
 import { DEFAULT_CHAT_TEMPLATE, getChatTemplate, llama2Template, type ChatTemplate, type TemplateTokenizer } from "./chat-template.js";
 import { jinjaChatTemplate } from "./chat-template-jinja.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
+import { hfFolder, readHfJson, readHfText } from "./formats/hf-folder.js";
 import { native, type NativeModelSourceInfo } from "./native.js";
 import { isModelPath } from "./tokenizer/for-model.js";
 import type { ChatMessage } from "./types.js";
@@ -26,23 +27,11 @@ export function readModelChatTemplate(info: NativeModelSourceInfo): ModelTemplat
   const t = info.tokenizer?.chatTemplate;
   if (t) return { source: t, from: `${info.path}: tokenizer.chat_template` };
   if (info.format !== "hf") return undefined;
-  let dir = info.path;
-  try {
-    if (!statSync(dir).isDirectory()) dir = path.dirname(dir);
-  } catch {
-    dir = path.dirname(dir);
-  }
+  const dir = hfFolder(info.path);
   const jinjaFile = path.join(dir, "chat_template.jinja"); // where transformers >= 4.43 saves it
-  if (existsSync(jinjaFile)) return { source: readText(jinjaFile), from: jinjaFile };
+  if (existsSync(jinjaFile)) return { source: readHfText(jinjaFile), from: jinjaFile };
   const configFile = path.join(dir, "tokenizer_config.json");
-  if (!existsSync(configFile)) return undefined;
-  let config: unknown;
-  try {
-    config = JSON.parse(readText(configFile));
-  } catch (err) {
-    if (err instanceof Llama2Error) throw err;
-    throw new Llama2Error("ERR_MODEL_CONFIG", `${configFile}: not valid JSON (${(err as Error).message})`, { cause: err });
-  }
+  const config = readHfJson(configFile);
   const ct = config && typeof config === "object" ? (config as { chat_template?: unknown }).chat_template : undefined;
   if (ct === undefined || ct === null) return undefined;
   if (typeof ct === "string") return ct.trim() ? { source: ct, from: `${configFile}: chat_template` } : undefined;
@@ -53,14 +42,6 @@ export function readModelChatTemplate(info: NativeModelSourceInfo): ModelTemplat
     return undefined;
   }
   throw new Llama2Error("ERR_MODEL_CONFIG", `${configFile}: chat_template must be a string or a list of { name, template }`);
-}
-
-function readText(file: string): string {
-  try {
-    return readFileSync(file, "utf8");
-  } catch (err) {
-    throw new Llama2Error("ERR_FILE_READ", `cannot read ${file}: ${(err as Error).message}`, { cause: err });
-  }
 }
 
 /** Dialogs on which a model's template must give the reference Llama 2 ids to be taken as Llama 2's. */

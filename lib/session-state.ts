@@ -7,9 +7,10 @@
 // weights, sampled; their precision; the device kind and cache type; rotary scaling and LoRA adapters)
 // and a restore refuses any difference (ERR_SESSION_STATE, naming it).
 import { createHash } from "node:crypto";
-import { open, readdir, stat, type FileHandle } from "node:fs/promises";
+import { open, readdir, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import { Llama2Error } from "./errors.js";
+import { hfFolder } from "./formats/hf-folder.js";
 import { writeSections } from "./formats/stream-write.js";
 import type { ChatMessage, ModelInfo } from "./types.js";
 
@@ -63,7 +64,7 @@ const PIECES = 64;
 /** The files holding the weights: the GGUF / llama2.c file, or an HF directory's safetensors. */
 async function weightFiles(info: ModelInfo): Promise<string[]> {
   if (info.format !== "hf") return [info.path];
-  const dir = (await stat(info.path)).isDirectory() ? info.path : path.dirname(info.path);
+  const dir = hfFolder(info.path);
   return (await readdir(dir)).filter((f) => f.endsWith(".safetensors")).sort().map((f) => path.join(dir, f));
 }
 

@@ -4,28 +4,14 @@
 // vocabulary is extended the way llama.cpp's converter writes it into a GGUF: an added special token is a
 // control piece, any other a user-defined piece, and ids nothing names are unused "[PAD{id}]" pieces. A
 // bos_token / eos_token in tokenizer_config.json naming an added token makes it BOS / EOS.
-import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { Llama2Error } from "../errors.js";
+import { readHfJson } from "../formats/hf-folder.js";
 import { PieceType, type Vocabulary } from "./sentencepiece-model.js";
 
 interface Added {
   content: string;
   special: boolean;
-}
-
-function readJson(file: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    throw new Llama2Error("ERR_FILE_READ", `cannot read ${file}: ${(err as Error).message}`, { cause: err });
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new Llama2Error("ERR_TOKENIZER", `${file}: not valid JSON (${(err as Error).message})`, { cause: err });
-  }
 }
 
 /** A token's text in tokenizer_config.json: a string, or an AddedToken object { content }. */
@@ -44,7 +30,7 @@ export function withHfAddedTokens(vocab: Vocabulary, dir: string, vocabSize: num
   const n = vocab.tokens.length;
   const added = new Map<number, Added>();
   const configFile = path.join(dir, "tokenizer_config.json");
-  const config = existsSync(configFile) ? (readJson(configFile) as Record<string, unknown> | null) : null;
+  const config = (readHfJson(configFile) ?? null) as Record<string, unknown> | null;
   const where = (id: number, file: string) => `${file}: added token ${id}`;
   const decoder = config && typeof config === "object" ? config.added_tokens_decoder : undefined;
   if (decoder && typeof decoder === "object") {
@@ -56,8 +42,8 @@ export function withHfAddedTokens(vocab: Vocabulary, dir: string, vocabSize: num
     }
   }
   const legacyFile = path.join(dir, "added_tokens.json");
-  if (existsSync(legacyFile)) {
-    const legacy = readJson(legacyFile);
+  const legacy = readHfJson(legacyFile);
+  if (legacy !== undefined) {
     if (!legacy || typeof legacy !== "object" || Array.isArray(legacy)) throw new Llama2Error("ERR_TOKENIZER", `${legacyFile}: expected { "piece": id, ... }`);
     for (const [content, id] of Object.entries(legacy as Record<string, unknown>)) {
       if (!Number.isInteger(id) || (id as number) < 0) throw new Llama2Error("ERR_TOKENIZER", `${legacyFile}: "${content}" has id ${String(id)}`);
