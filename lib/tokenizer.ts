@@ -122,7 +122,7 @@ export class Tokenizer {
   readonly source: string;
   private readonly vocab: Vocabulary;
   private readonly sp: SpProcessor;
-  /** The same model without the dummy prefix (Metaspace vocabularies only). */
+  /** The same model without the dummy prefix (vocabularies with a spacePrefix only). */
   private readonly spBare: SpProcessor | undefined;
   private readonly table: DecoderTable;
   private bytesCache: (Uint8Array | null)[] | undefined;
@@ -178,12 +178,12 @@ export class Tokenizer {
       const ok = Number.isInteger(id) && id < n && (id >= 0 || (key === "padId" && id === -1));
       if (!ok) throw new Llama2Error("ERR_TOKENIZER", `${source}: ${key} ${String(id)} is not a token id (vocabulary of ${n})`);
     }
-    if (vocab.metaspace !== undefined && vocab.metaspace !== "first" && vocab.metaspace !== "always") {
-      throw new InvalidArgumentError("vocab.metaspace", `must be "first", "always" or absent, got ${JSON.stringify(vocab.metaspace)}`);
+    if (vocab.spacePrefix !== undefined && !["first", "always", "never"].includes(vocab.spacePrefix)) {
+      throw new InvalidArgumentError("vocab.spacePrefix", `must be "first", "always", "never" or absent, got ${JSON.stringify(vocab.spacePrefix)}`);
     }
     const table = buildDecoderTable(vocab, source); // before the wasm load: it validates byte pieces
     const sp = await loadSentencePiece(buildSentencePieceModel(vocab), vocab, source);
-    const bare = vocab.metaspace ? await loadSentencePiece(buildSentencePieceModel(vocab, { dummyPrefix: false }), vocab, source) : undefined;
+    const bare = vocab.spacePrefix ? await loadSentencePiece(buildSentencePieceModel(vocab, { dummyPrefix: false }), vocab, source) : undefined;
     return new Tokenizer(vocab, sp, bare, table, source);
   }
 
@@ -287,11 +287,11 @@ export class Tokenizer {
     return this.callWasm(() => this.processorFor(text, atStart).encodeIds(text));
   }
 
-  /** SentencePiece with its dummy prefix, or without it where a Metaspace pre-tokenizer adds no "▁". */
+  /** SentencePiece with its dummy prefix, or without it where the vocabulary's spacePrefix puts no "▁". */
   private processorFor(text: string, atStart: boolean): SpProcessor {
-    const m = this.vocab.metaspace;
-    if (!m || !this.spBare) return this.sp;
-    const bare = text.startsWith(" ") || text.startsWith("\u2581") || (m === "first" && !atStart);
+    const p = this.vocab.spacePrefix;
+    if (!p || !this.spBare) return this.sp;
+    const bare = p === "never" || text.startsWith(" ") || text.startsWith("\u2581") || (p === "first" && !atStart);
     return bare ? this.spBare : this.sp;
   }
 

@@ -77,7 +77,10 @@ describeShared("tokenizer.json (Llama 2's) as a SentencePiece vocabulary", ["mod
   let spm: Tokenizer;
   const forms = [
     { name: "legacy normalizer, merges as strings", opts: {} },
-    { name: "Metaspace pre-tokenizer, merges as pairs", opts: { variant: "metaspace", mergeForm: "pairs" } },
+    { name: "Metaspace 'first', merges as pairs", opts: { variant: "metaspace", mergeForm: "pairs" } },
+    { name: "Metaspace 'always'", opts: { variant: "metaspace", prepend: "always" } },
+    { name: "Metaspace 'never'", opts: { variant: "metaspace", prepend: "never" } },
+    { name: "legacy normalizer without Prepend (add_prefix_space false)", opts: { prepend: false } },
   ] as const;
   const loaded: { name: string; tok: Tokenizer; hf: HfTokenizer }[] = [];
 
@@ -85,7 +88,7 @@ describeShared("tokenizer.json (Llama 2's) as a SentencePiece vocabulary", ["mod
     spm = await Tokenizer.fromFile(sharedPath("models/tokenizer.model"));
     for (const f of forms) {
       const json = llamaTokenizerJson(f.opts);
-      const file = writeJson(`${f.opts.variant ?? "legacy"}.json`, json);
+      const file = writeJson(`form-${loaded.length}.json`, json);
       loaded.push({ name: f.name, tok: await Tokenizer.fromFile(file), hf: new HfTokenizer(json, { add_bos_token: true, add_eos_token: false }) });
     }
   });
@@ -110,18 +113,19 @@ describeShared("tokenizer.json (Llama 2's) as a SentencePiece vocabulary", ["mod
   it("encodes the shared fixture's texts as Google's SentencePiece did", () => {
     for (const { name, tok } of loaded) {
       for (const c of fixture.encode) {
-        if (tok.vocabulary.metaspace && /^\s/.test(c.text)) continue; // Metaspace puts no "▁" before a leading space (below)
+        if (tok.vocabulary.spacePrefix === "never") continue;
+        if (tok.vocabulary.spacePrefix && /^\s/.test(c.text)) continue; // Metaspace puts no "▁" before a leading space (below)
         expect(tok.encode(c.text), `${name}: ${JSON.stringify(c.text)}`).toEqual(c.ids);
       }
     }
   });
 
   it("encodes hard and random texts as SentencePiece and tokenizers.js do", () => {
-    const texts = [...hardTexts, ...randomTexts(400, 7)];
+    const texts = [...hardTexts, ...randomTexts(300, 7)];
     for (const { name, tok, hf } of loaded) {
       for (const text of texts) {
         // Metaspace adds no "▁" before a leading space, where SentencePiece's dummy prefix always does.
-        if (!tok.vocabulary.metaspace) expect(tok.encode(text), `${name} vs SentencePiece: ${JSON.stringify(text)}`).toEqual(spm.encode(text));
+        if (!tok.vocabulary.spacePrefix) expect(tok.encode(text), `${name} vs SentencePiece: ${JSON.stringify(text)}`).toEqual(spm.encode(text));
         // Hugging Face reads special pieces written in text ("<s>"): ours does when asked.
         expect(tok.encode(text, { special: true }), `${name} vs tokenizers.js: ${JSON.stringify(text)}`).toEqual(hfIds(hf, text));
       }
@@ -163,7 +167,9 @@ describe("tokenizer.json errors", () => {
     ["byte-level BPE (GPT-2, Llama 3)", (j) => ({ ...j, model: { ...j.model, byte_fallback: false }, normalizer: null, pre_tokenizer: { type: "ByteLevel", add_prefix_space: false } }), /byte_fallback is not true/],
     ["a ByteLevel pre-tokenizer", (j) => ({ ...j, normalizer: null, pre_tokenizer: { type: "ByteLevel" } }), /pre_tokenizer 'ByteLevel'/],
     ["an NFKC normalizer", (j) => ({ ...j, normalizer: { type: "Sequence", normalizers: [{ type: "NFKC" }, ...j.normalizer.normalizers] } }), /normalizer step 'NFKC'/],
-    ["no prepended ▁", (j) => ({ ...j, normalizer: { type: "Replace", pattern: { String: " " }, content: "\u2581" } }), /no '▁' is prepended/],
+    ["two Metaspace steps", (j) => ({ ...j, normalizer: null, pre_tokenizer: { type: "Sequence", pretokenizers: [{ type: "Metaspace" }, { type: "Metaspace" }] } }), /more than one Metaspace/],
+    ["an unknown prepend_scheme", (j) => ({ ...j, normalizer: null, pre_tokenizer: { type: "Metaspace", prepend_scheme: "sometimes" } }), /prepend_scheme 'sometimes'/],
+    ["a Metaspace after a Prepend", (j) => ({ ...j, pre_tokenizer: { type: "Metaspace" } }), /Metaspace after a normalizer/],
     ["spaces kept", (j) => ({ ...j, normalizer: { type: "Prepend", prepend: "\u2581" } }), /spaces are not replaced/],
     ["Metaspace that splits words", (j) => ({ ...j, normalizer: null, pre_tokenizer: { type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: true } }), /split: true/],
     ["a missing byte piece", (j) => ({ ...j, model: { ...j.model, vocab: { ...j.model.vocab, "<0x41>": undefined, "<0x4I>": 68 } } }), /255 of the 256 byte pieces/],
@@ -250,11 +256,32 @@ describeShared("a Hugging Face folder with tokenizer.json and no tokenizer.model
         expect(r.tokenizerNote).toBeUndefined();
         for (const t of texts) expect(fromGguf.encode(t, { special: true }), t).toEqual(fromDir.encode(t, { special: true }));
       } else {
-        expect(r.tokenizerNote).toMatch(/Metaspace .* no GGUF key/);
+        expect(r.tokenizerNote).toMatch(/"first".* no GGUF key/);
         // Text that neither starts with a space nor follows a special piece still encodes the same.
         for (const t of texts.filter((x) => !/^[\s\u2581]/.test(x) && !x.includes("<"))) expect(fromGguf.encode(t), t).toEqual(fromDir.encode(t));
         expect(fromGguf.encode(" x")).not.toEqual(fromDir.encode(" x"));
       }
+    }
+  });
+
+  it("a tokenizer.model folder encodes with transformers' '▁' rule: tokenizer.json's, else tokenizer_config.json's legacy / add_prefix_space", async () => {
+    const hf = (opts: Parameters<typeof llamaTokenizerJson>[0]) => new HfTokenizer(llamaTokenizerJson(opts), {});
+    const cases = [
+      // legacy: false and no tokenizer.json: transformers converts tokenizer.model with Metaspace "first".
+      { files: { "tokenizer_config.json": JSON.stringify({ legacy: false }) }, rule: "first", oracle: hf({ variant: "metaspace" }) },
+      { files: { "tokenizer_config.json": JSON.stringify({ legacy: true, add_prefix_space: false }) }, rule: "never", oracle: hf({ prepend: false }) },
+      // A tokenizer.json is used as it is, whatever the flags say.
+      { files: { "tokenizer_config.json": JSON.stringify({ legacy: false }), "tokenizer.json": JSON.stringify(llamaTokenizerJson()) }, rule: undefined, oracle: hf({}) },
+      { files: { "tokenizer.json": JSON.stringify(llamaTokenizerJson({ variant: "metaspace", prepend: "always" })) }, rule: "always", oracle: hf({ variant: "metaspace", prepend: "always" }) },
+      // One that is not a Llama tokenizer.json is passed over (tokenizer.model is what is loaded).
+      { files: { "tokenizer_config.json": JSON.stringify({ legacy: false }), "tokenizer.json": "{ broken" }, rule: "first", oracle: hf({ variant: "metaspace" }) },
+    ] as const;
+    for (const c of cases) {
+      const dir = scratch.hfDir(sharedPath("models/tiny-llama-hf"), { files: c.files });
+      const tok = await tokenizerForModel(dir);
+      expect(tok.vocabulary.spacePrefix, JSON.stringify(c.files).slice(0, 80)).toBe(c.rule);
+      expect(tok.source).toContain(path.join(dir, "tokenizer.model"));
+      for (const t of [...hardTexts, ...randomTexts(60, 3)]) expect(tok.encode(t, { special: true }), t).toEqual(hfIds(c.oracle, t));
     }
   });
 

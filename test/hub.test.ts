@@ -166,6 +166,7 @@ beforeAll(async () => {
   hfDir = path.join(work, "tiny-hf");
   await makeSyntheticModel({ preset: "tiny", format: "hf", out: hfDir, seed: 3, maxShardBytes: 3 << 20 });
   // The model's own chat template comes with the folder (and is then the model's default).
+  writeFileSync(path.join(hfDir, "tokenizer.json"), JSON.stringify(llamaTokenizerJson())); // fetched too: it says where "▁" goes
   writeFileSync(path.join(hfDir, "chat_template.jinja"), "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}");
   hub.add("acme/tiny-GGUF", "tiny.Q8_0.gguf", gguf);
   hub.add("acme/tiny-GGUF", "README.md", Buffer.from("# tiny\n"));
@@ -174,11 +175,8 @@ beforeAll(async () => {
   for (const f of readdirSync(hfDir)) hub.add("acme/tiny-hf", f, readFileSync(path.join(hfDir, f)));
   hub.add("acme/tiny-hf", "pytorch_model.bin", Buffer.alloc(10000, 7)); // must not be fetched
   hub.add("acme/tiny-hf", "README.md", Buffer.from("# tiny hf\n"));
-  const tokenizerJson = Buffer.from(JSON.stringify(llamaTokenizerJson()));
-  hub.add("acme/tiny-hf", "tokenizer.json", tokenizerJson); // not fetched: the folder has tokenizer.model
   // A folder saved from a "fast" tokenizer: tokenizer.json and no tokenizer.model.
   for (const f of readdirSync(hfDir)) if (f !== "tokenizer.model") hub.add("acme/tiny-fast", f, readFileSync(path.join(hfDir, f)));
-  hub.add("acme/tiny-fast", "tokenizer.json", tokenizerJson);
   hub.add("acme/only-pt", "config.json", Buffer.from("{}"));
   hub.add("acme/only-pt", "pytorch_model.bin", Buffer.alloc(10000, 1));
   hub.add("acme/ggufs", "a.IQ2_XS.gguf", Buffer.alloc(5000, 1));

@@ -44,10 +44,12 @@ export interface PullOptions {
 
 const COMPLETE = ".llama2-complete.json";
 // Files of a Hugging Face model folder that the loader reads (plus the safetensors shards): the chat template
-// and added tokens live in tokenizer_config.json, chat_template.jinja and added_tokens.json.
+// and added tokens live in tokenizer_config.json, chat_template.jinja and added_tokens.json; tokenizer.json is
+// the tokenizer of a folder without tokenizer.model, and otherwise says where transformers puts "▁".
 const FOLDER_FILES = new Set([
   "config.json",
   "tokenizer.model",
+  "tokenizer.json",
   "model.safetensors.index.json",
   "generation_config.json",
   "tokenizer_config.json",
@@ -196,10 +198,8 @@ function chooseFolderFiles(ref: HubRef, entries: TreeEntry[]): RepoFile[] {
   if (!names.includes("config.json")) throw new Llama2Error("ERR_FORMAT_UNSUPPORTED", `hf:${ref.repo} has safetensors but no config.json: not a Hugging Face model folder`);
   if (weights.length > 1 && !names.includes("model.safetensors.index.json"))
     throw new Llama2Error("ERR_FORMAT_UNSUPPORTED", `hf:${ref.repo} has ${weights.length} .safetensors files and no model.safetensors.index.json`);
-  // tokenizer.json only where there is no tokenizer.model (a folder saved from a "fast" tokenizer).
-  const tokenizerJson = !names.includes("tokenizer.model") && names.includes("tokenizer.json");
   return names
-    .filter((n) => FOLDER_FILES.has(n) || weights.includes(n) || (tokenizerJson && n === "tokenizer.json"))
+    .filter((n) => FOLDER_FILES.has(n) || weights.includes(n))
     .map((name) => {
       const e = entries.find((x) => x.path === name)!;
       const lfs = e.lfs && typeof e.lfs.oid === "string" && /^[0-9a-f]{64}$/.test(e.lfs.oid);

@@ -9,6 +9,7 @@ import { InvalidArgumentError, Llama2Error, fromNative } from "../errors.js";
 import { native, type NativeModelSourceInfo } from "../native.js";
 import { Tokenizer } from "../tokenizer.js";
 import { withHfAddedTokens } from "./hf-added-tokens.js";
+import { hfSpacePrefix } from "./hf-tokenizer-json.js";
 
 /** The model's tokenizer: an explicit file, the GGUF's metadata, the HF directory's tokenizer.model or
  * tokenizer.json (with its added tokens), or a tokenizer.model beside a llama2.c file (only when its vocabulary size matches). null: none. */
@@ -26,11 +27,16 @@ export async function resolveTokenizer(info: NativeModelSourceInfo, explicit?: s
   }
   if (info.tokenizerPath) {
     const tok = await Tokenizer.fromFile(info.tokenizerPath);
-    // An HF fine-tune's added tokens (tokenizer_config.json) fill the vocabulary past its tokenizer's, and
-    // its bos_token / eos_token may name them.
+    // An HF fine-tune's added tokens (tokenizer_config.json) fill the vocabulary past its tokenizer's, its
+    // bos_token / eos_token may name them, and where "▁" goes is transformers' rule (hfSpacePrefix).
     if (info.format !== "hf" || tok.vocabSize > info.config.vocabSize) return tok;
-    const vocab = withHfAddedTokens(tok.vocabulary, path.dirname(info.tokenizerPath), info.config.vocabSize);
-    return vocab === tok.vocabulary ? tok : Tokenizer.fromVocabulary(vocab, `${info.tokenizerPath} + added tokens`);
+    const dir = path.dirname(info.tokenizerPath);
+    let vocab = withHfAddedTokens(tok.vocabulary, dir, info.config.vocabSize);
+    if (!/\.json$/i.test(info.tokenizerPath)) {
+      const spacePrefix = hfSpacePrefix(dir);
+      if (spacePrefix !== vocab.spacePrefix) vocab = { ...vocab, spacePrefix };
+    }
+    return vocab === tok.vocabulary ? tok : Tokenizer.fromVocabulary(vocab, `${info.tokenizerPath} (with the folder's tokenizer settings)`);
   }
   const beside = path.join(path.dirname(info.path), "tokenizer.model");
   if (info.format === "llama2c" && existsSync(beside)) {

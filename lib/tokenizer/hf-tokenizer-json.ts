@@ -7,17 +7,26 @@
 // it, and SentencePiece then merges in Hugging Face's order. tokenizer.json files converted from a
 // SentencePiece model (every Llama one: transformers' LlamaConverter) list all of a piece's pairs next to
 // each other, which is what makes the two agree; llama.cpp's converter gives every such piece the same
-// score (-1000) instead, which merges in a different order. Checked against the real Llama 2 merges and
-// tokenizers.js in test/hf-tokenizer-json.test.ts.
+// score (-1000) instead, which merges in a different order. Where the "▁" before text comes from (a Prepend
+// normalizer: SentencePiece's dummy prefix; a Metaspace pre-tokenizer, transformers' legacy: false) is kept
+// as the vocabulary's spacePrefix. Checked against the real Llama 2 merges and tokenizers.js in
+// test/hf-tokenizer-json.test.ts.
+import { existsSync } from "node:fs";
+import path from "node:path";
 import { Llama2Error } from "../errors.js";
+import { readHfJson, readHfText } from "../formats/hf-folder.js";
 import { PieceType, type Vocabulary } from "./sentencepiece-model.js";
 
 type Json = Record<string, unknown>;
 
 const isObject = (v: unknown): v is Json => v !== null && typeof v === "object" && !Array.isArray(v);
 
-/** The normalizer / pre-tokenizer steps a Llama tokenizer.json may hold, each checked to do what SentencePiece does. */
-function checkLlamaText(json: Json, fail: (field: string, why: string) => never): Vocabulary["metaspace"] {
+/**
+ * The normalizer / pre-tokenizer steps a Llama tokenizer.json may hold, each checked to do what SentencePiece
+ * can: spaces become "▁", and a "▁" is put first by a Prepend normalizer (SentencePiece's dummy prefix:
+ * undefined), by a Metaspace pre-tokenizer (its prepend_scheme), or not at all ("never").
+ */
+function checkLlamaText(json: Json, fail: (field: string, why: string) => never): Vocabulary["spacePrefix"] {
   const steps = (v: unknown, field: string): Json[] => {
     if (v === null || v === undefined) return [];
     if (!isObject(v)) fail(field, "is not an object");
@@ -30,7 +39,6 @@ function checkLlamaText(json: Json, fail: (field: string, why: string) => never)
   };
   let prepended = false;
   let spaces = false;
-  let metaspace: Vocabulary["metaspace"];
   for (const s of steps(json.normalizer, "normalizer")) {
     const pattern = isObject(s.pattern) ? s.pattern.String : undefined;
     if (s.type === "Prepend" && s.prepend === "\u2581") prepended = true;
@@ -39,19 +47,22 @@ function checkLlamaText(json: Json, fail: (field: string, why: string) => never)
       fail("normalizer", `step '${String(s.type)}' changes the text in a way SentencePiece's Llama model does not`);
     else fail("normalizer", `step '${String(s.type)}' is not supported`);
   }
-  for (const s of steps(json.pre_tokenizer, "pre_tokenizer")) {
+  const pre = steps(json.pre_tokenizer, "pre_tokenizer");
+  for (const s of pre) {
     if (s.type !== "Metaspace") fail("pre_tokenizer", `'${String(s.type)}' is not a Llama (SentencePiece) pre-tokenizer: only Metaspace is`);
     if ((s.replacement ?? "\u2581") !== "\u2581") fail("pre_tokenizer", "Metaspace replacement must be '▁'");
     if (s.split === true) fail("pre_tokenizer", "Metaspace with split: true (words encoded apart) is not supported");
-    const scheme = s.prepend_scheme ?? (s.add_prefix_space === false ? "never" : "always");
-    if (scheme !== "first" && scheme !== "always") fail("pre_tokenizer", `Metaspace prepend_scheme '${String(scheme)}' is not supported (only 'first' and 'always')`);
-    if (prepended) fail("pre_tokenizer", "Metaspace after a normalizer that prepends '▁' is not supported");
-    prepended = spaces = true;
-    metaspace = scheme;
   }
-  if (!spaces) fail("normalizer", "spaces are not replaced by '▁' (not a Llama tokenizer)");
-  if (!prepended) fail("normalizer", "no '▁' is prepended to the text (add_dummy_prefix off is not supported)");
-  return metaspace;
+  if (pre.length > 1) fail("pre_tokenizer", "holds more than one Metaspace");
+  if (pre.length === 0) {
+    if (!spaces) fail("normalizer", "spaces are not replaced by '▁' (not a Llama tokenizer)");
+    return prepended ? undefined : "never";
+  }
+  if (prepended) fail("pre_tokenizer", "Metaspace after a normalizer that prepends '▁' is not supported");
+  const m = pre[0]!;
+  const scheme = m.prepend_scheme ?? (m.add_prefix_space === false ? "never" : "always");
+  if (scheme !== "first" && scheme !== "always" && scheme !== "never") fail("pre_tokenizer", `Metaspace prepend_scheme '${String(scheme)}' is not one of first, always, never`);
+  return scheme as Vocabulary["spacePrefix"];
 }
 
 /** A merge as its two pieces: "a b" (tokenizers < 0.20) or ["a", "b"]. */
@@ -89,7 +100,7 @@ export function parseHfTokenizerJson(text: string, source: string): Vocabulary {
   if (model.byte_fallback !== true) fail("model.byte_fallback", "is not true: not a Llama tokenizer (GPT-2 style byte-level BPE is not supported)");
   if (model.ignore_merges === true) fail("model.ignore_merges", "is true: not supported");
   if (!isObject(model.vocab)) return fail("model.vocab", "is not a { piece: id } object");
-  const metaspace = checkLlamaText(json, fail);
+  const spacePrefix = checkLlamaText(json, fail);
 
   // Pieces by id: the model's vocabulary, then added tokens (which may also restate model pieces).
   const tokens: string[] = [];
@@ -160,5 +171,32 @@ export function parseHfTokenizerJson(text: string, source: string): Vocabulary {
   const bosId = special("<s>");
   const eosId = special("</s>");
   const pad = [...addedType.keys()].find((id) => tokens[id] === "<pad>");
-  return { tokens, scores, types, unkId: unk, bosId, eosId, padId: pad ?? -1, ...(metaspace && { metaspace }) };
+  return { tokens, scores, types, unkId: unk, bosId, eosId, padId: pad ?? -1, ...(spacePrefix && { spacePrefix }) };
+}
+
+/**
+ * The "▁" rule transformers encodes a folder's text with when the pieces come from its tokenizer.model: its
+ * tokenizer.json's when it has one (AutoTokenizer loads that file as it is), else the rule transformers
+ * converts tokenizer.model with, from tokenizer_config.json (add_prefix_space false: none; legacy false:
+ * Metaspace "first"). A tokenizer.json that is not a readable Llama one is passed over (tokenizer.model is
+ * what is loaded).
+ */
+export function hfSpacePrefix(dir: string): Vocabulary["spacePrefix"] {
+  const jsonFile = path.join(dir, "tokenizer.json");
+  if (existsSync(jsonFile)) {
+    try {
+      const json: unknown = JSON.parse(readHfText(jsonFile));
+      if (isObject(json)) {
+        return checkLlamaText(json, () => {
+          throw new Error("not a Llama tokenizer.json");
+        });
+      }
+    } catch {
+      /* passed over: see above */
+    }
+  }
+  const config = readHfJson(path.join(dir, "tokenizer_config.json"));
+  if (!isObject(config)) return undefined;
+  if (config.add_prefix_space === false) return "never";
+  return config.legacy === false ? "first" : undefined;
 }

@@ -18,11 +18,13 @@ export interface Vocabulary {
   /** -1 when absent. */
   padId: number;
   /**
-   * How a "▁" is put before text. Absent: SentencePiece's dummy prefix, on every stretch of text. "first" /
-   * "always": a Hugging Face tokenizer.json's Metaspace pre-tokenizer (transformers' `legacy: false`): none
-   * before text that starts with a space, and with "first" none before text after a special piece.
+   * Where a "▁" is put before text (each stretch between special pieces is encoded on its own). Absent:
+   * SentencePiece's dummy prefix, before every stretch. The others are a Hugging Face Metaspace
+   * pre-tokenizer's prepend_scheme (transformers' `legacy: false`): "always", before every stretch that does
+   * not start with a space; "first", only before the stretch that begins the text, unless it starts with a
+   * space; "never", none.
    */
-  metaspace?: "first" | "always";
+  spacePrefix?: "first" | "always" | "never";
 }
 
 // ---- protobuf wire format (varint, fixed32, length-delimited) ----

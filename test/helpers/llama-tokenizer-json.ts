@@ -1,7 +1,7 @@
 // The Llama 2 tokenizer.json as transformers' LlamaConverter writes it (meta-llama/Llama-2-7b-hf): its
 // vocabulary and its 61,249 merges in their order come from llama-tokenizer-js, which packed them from
 // that file (its data-conversion.py); the other fields are the converter's. `variant` "metaspace" is the
-// newer form (no normalizer; a Metaspace pre-tokenizer), `mergeForm` "pairs" the tokenizers >= 0.20 form.
+// legacy: false form (no normalizer; a Metaspace pre-tokenizer), `mergeForm` "pairs" the tokenizers >= 0.20 form.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 
@@ -18,6 +18,8 @@ function packageData(): { vocab: string[]; merges: [number, number][] } {
 
 export interface TokenizerJsonOptions {
   variant?: "legacy" | "metaspace";
+  /** legacy: whether the normalizer prepends "▁" (add_prefix_space); metaspace: the prepend_scheme (default "first"). */
+  prepend?: boolean | "first" | "always" | "never";
   mergeForm?: "strings" | "pairs";
   /** Extra added tokens after the vocabulary (id = 32000, 32001, ...). */
   added?: { content: string; special: boolean }[];
@@ -27,12 +29,10 @@ const addedToken = (id: number, content: string, special: boolean) => ({ id, con
 
 export function llamaTokenizerJson(opts: TokenizerJsonOptions = {}): Record<string, unknown> {
   const { vocab, merges } = packageData();
+  const replace = { type: "Replace", pattern: { String: " " }, content: "\u2581" };
   const text = opts.variant === "metaspace"
-    ? { normalizer: null, pre_tokenizer: { type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false } }
-    : {
-        normalizer: { type: "Sequence", normalizers: [{ type: "Prepend", prepend: "\u2581" }, { type: "Replace", pattern: { String: " " }, content: "\u2581" }] },
-        pre_tokenizer: null,
-      };
+    ? { normalizer: null, pre_tokenizer: { type: "Metaspace", replacement: "\u2581", prepend_scheme: typeof opts.prepend === "string" ? opts.prepend : "first", split: false } }
+    : { normalizer: { type: "Sequence", normalizers: opts.prepend === false ? [replace] : [{ type: "Prepend", prepend: "\u2581" }, replace] }, pre_tokenizer: null };
   return {
     version: "1.0",
     truncation: null,
