@@ -52,7 +52,7 @@ export interface ConvertResult {
   lora: LoraInfo[];
   /** Where the tokenizer came from; null when the file has none (then Llama2.load needs tokenizerPath). */
   tokenizer: string | null;
-  /** Set when the GGUF cannot tokenize exactly as the source does (a spacePrefix rule, which GGUF has no key for). */
+  /** Set when the GGUF cannot tokenize exactly as the source does (spacePrefix "first" / "always", which GGUF has no key for). */
   tokenizerNote?: string;
   seconds: number;
 }
@@ -148,7 +148,7 @@ export async function convertModel(source: string, out: string, options: Convert
       config: c,
       lora: x.lora,
       tokenizer: tok ? tok.source : null,
-      ...(tok?.vocabulary.spacePrefix && {
+      ...(tok && (tok.vocabulary.spacePrefix === "first" || tok.vocabulary.spacePrefix === "always") && {
         tokenizerNote: `the tokenizer's '▁' prefix rule ("${tok.vocabulary.spacePrefix}": a Metaspace pre-tokenizer, transformers' legacy: false) has no GGUF key: the file puts a '▁' before every stretch of text, as llama.cpp does; text that starts with a space or follows a special piece encodes differently`,
       }),
       seconds: (performance.now() - t0) / 1000,

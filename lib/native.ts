@@ -18,6 +18,8 @@ export interface NativeTokenizerData {
   unkId: number;
   padId: number;
   addBos: boolean;
+  /** tokenizer.ggml.add_space_prefix (default true; absent from binaries built before it was read). */
+  addSpacePrefix?: boolean;
   /** tokenizer.chat_template (Jinja), when the file has one. */
   chatTemplate?: string;
 }

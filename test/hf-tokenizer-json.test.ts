@@ -243,17 +243,18 @@ describeShared("a Hugging Face folder with tokenizer.json and no tokenizer.model
     expect(tok.encode("<|im_start|>user\nHi<|im_end|>", { special: true })).toEqual([32000, ...tok.encode("user\nHi"), 32001]);
   });
 
-  it("converts to a GGUF that tokenizes as the folder does; a Metaspace tokenizer.json is reported as not kept", async () => {
-    for (const variant of ["legacy", "metaspace"] as const) {
-      const json = JSON.stringify(llamaTokenizerJson({ variant }));
+  it("converts to a GGUF that tokenizes as the folder does (add_space_prefix for 'never'); Metaspace 'first' is reported as not kept", async () => {
+    for (const variant of ["legacy", "never", "metaspace"] as const) {
+      const json = JSON.stringify(variant === "never" ? llamaTokenizerJson({ prepend: false }) : llamaTokenizerJson({ variant }));
       const dir = scratch.hfDir(sharedPath("models/tiny-llama-hf"), { files: { "tokenizer.model": null, "tokenizer.json": json } });
       const out = scratch.path(`${variant}.gguf`);
       const r = await convertModel(dir, out, { dtype: "f16" });
       expect(r.tokenizer).toBe(path.join(dir, "tokenizer.json"));
       const [fromDir, fromGguf] = [await tokenizerForModel(dir), await tokenizerForModel(out)];
       const texts = [...hardTexts, ...randomTexts(100, 5)];
-      if (variant === "legacy") {
+      if (variant !== "metaspace") {
         expect(r.tokenizerNote).toBeUndefined();
+        expect(fromGguf.vocabulary.spacePrefix).toBe(fromDir.vocabulary.spacePrefix);
         for (const t of texts) expect(fromGguf.encode(t, { special: true }), t).toEqual(fromDir.encode(t, { special: true }));
       } else {
         expect(r.tokenizerNote).toMatch(/"first".* no GGUF key/);

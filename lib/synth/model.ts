@@ -183,6 +183,8 @@ export function llamaGgufMetadata(s: ModelShape, name: string, o: { fileType?: n
     );
     if (vocab.padId >= 0) md.push(["tokenizer.ggml.padding_token_id", gguf.u32(vocab.padId)]);
     md.push(["tokenizer.ggml.add_bos_token", gguf.bool(true)], ["tokenizer.ggml.add_eos_token", gguf.bool(false)]);
+    // llama.cpp writes it only when a folder asks for no "▁" (add_prefix_space: false); "first" / "always" have no key.
+    if (vocab.spacePrefix === "never") md.push(["tokenizer.ggml.add_space_prefix", gguf.bool(false)]);
     if (o.chatTemplate) md.push(["tokenizer.chat_template", gguf.str(o.chatTemplate)]);
   }
   return md;

@@ -21,7 +21,7 @@ export async function resolveTokenizer(info: NativeModelSourceInfo, explicit?: s
       throw new Llama2Error("ERR_TOKENIZER", `${info.path}: tokenizer model '${t.model}' is not supported (only SentencePiece 'llama')`);
     }
     return Tokenizer.fromVocabulary(
-      { tokens: t.tokens, scores: t.scores, types: t.types, unkId: t.unkId, bosId: t.bosId, eosId: t.eosId, padId: t.padId },
+      { tokens: t.tokens, scores: t.scores, types: t.types, unkId: t.unkId, bosId: t.bosId, eosId: t.eosId, padId: t.padId, ...(t.addSpacePrefix === false && { spacePrefix: "never" as const }) },
       `${info.path} (GGUF metadata)`,
     );
   }

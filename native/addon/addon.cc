@@ -237,6 +237,7 @@ Napi::Object source_object(Napi::Env env, const l2::ModelSource& s, bool with_te
     to.Set("unkId", t.unk_id);
     to.Set("padId", t.pad_id);
     to.Set("addBos", t.add_bos);
+    to.Set("addSpacePrefix", t.add_space_prefix);
     if (!t.chat_template.empty()) to.Set("chatTemplate", t.chat_template);
     o.Set("tokenizer", to);
   }

@@ -321,6 +321,7 @@ std::unique_ptr<ModelSource> open_gguf_impl(const std::string& path, float* lora
       t.unk_id = integer("tokenizer.ggml.unknown_token_id", 0, false);
       t.pad_id = integer("tokenizer.ggml.padding_token_id", -1, false);
       t.add_bos = number("tokenizer.ggml.add_bos_token", 1, false) != 0;
+      t.add_space_prefix = number("tokenizer.ggml.add_space_prefix", 1, false) != 0;
       t.chat_template = str("tokenizer.chat_template");
       src->tokenizer = std::move(t);
     }

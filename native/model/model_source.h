@@ -58,6 +58,7 @@ struct TokenizerData {
   std::vector<int32_t> types;
   int bos_id = 1, eos_id = 2, unk_id = 0, pad_id = -1;
   bool add_bos = true;
+  bool add_space_prefix = true;  // tokenizer.ggml.add_space_prefix: false puts no "▁" before text
   std::string chat_template;  // tokenizer.chat_template (Jinja), empty when absent
 };
 
