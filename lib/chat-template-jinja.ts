@@ -64,13 +64,16 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
       throw new InvalidArgumentError("messages", `chat template ${JSON.stringify(name)} refused the dialog: ${(err as Error).message}`, { cause: err });
     }
   };
-  /** Rendered text -> ids: special pieces the template wrote are ids, message text (marked) is text. */
-  const encode = (text: string, tok: TemplateTokenizer, mark: string): number[] => {
+  /**
+   * Rendered text -> ids: special pieces the template wrote are ids, message text (marked) is text. `start`:
+   * the text begins the prompt (a session's next turn does not), for tokenizers that put "▁" only there.
+   */
+  const encode = (text: string, tok: TemplateTokenizer, mark: string, start = true): number[] => {
     const ids: number[] = [];
-    for (const part of tok.splitSpecial(text)) {
+    tok.splitSpecial(text).forEach((part, i) => {
       if (typeof part === "number") ids.push(part);
-      else ids.push(...tok.encode(part.replaceAll(mark, "")));
-    }
+      else ids.push(...tok.encode(part.replaceAll(mark, ""), { start: start && i === 0 }));
+    });
     return ids;
   };
   /** A marker character that occurs in neither the template nor the messages. */
@@ -126,7 +129,7 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
       const full = render(messages, true, tok, mark);
       const cut = before.lastIndexOf(endPiece);
       if (cut < 0 || !full.startsWith(before)) return null;
-      return encode(full.slice(cut + endPiece.length), tok, mark);
+      return encode(full.slice(cut + endPiece.length), tok, mark, false);
     },
     assistantEnd(generatedIds) {
       if (endId === undefined) return [];

@@ -13,7 +13,7 @@ import type { ChatMessage } from "./types.js";
 export interface TemplateTokenizer {
   readonly bosId: number;
   readonly eosId: number;
-  encode(text: string, options?: { bos?: boolean; eos?: boolean; special?: boolean }): number[];
+  encode(text: string, options?: { bos?: boolean; eos?: boolean; special?: boolean; start?: boolean }): number[];
   piece(id: number): string;
   /** Text cut at the special pieces written in it: strings for text, ids for special pieces. */
   splitSpecial(text: string): (string | number)[];

@@ -26,6 +26,11 @@ export interface EncodeOptions {
    * with SentencePiece's leading "▁".
    */
   special?: boolean;
+  /**
+   * Whether the text begins the input (default true). False for text that follows other tokens (a chat
+   * template's text after a special piece): a tokenizer whose spacePrefix is "first" puts no "▁" before it.
+   */
+  start?: boolean;
 }
 
 // ---- the parts of @agnai/sentencepiece-js we use (it ships no type declarations) ----
@@ -230,13 +235,14 @@ export class Tokenizer {
   encode(text: string, options: EncodeOptions = {}): number[] {
     const t = this.checkText(text);
     if (options === null || typeof options !== "object") throw new InvalidArgumentError("options", "must be an object");
-    for (const k of Object.keys(options)) if (k !== "bos" && k !== "eos" && k !== "special") throw new InvalidArgumentError(`options.${k}`, "unknown option");
-    const { bos = false, eos = false, special = false } = options;
+    for (const k of Object.keys(options)) if (!["bos", "eos", "special", "start"].includes(k)) throw new InvalidArgumentError(`options.${k}`, "unknown option");
+    const { bos = false, eos = false, special = false, start = true } = options;
     if (typeof bos !== "boolean") throw new InvalidArgumentError("bos", "must be a boolean");
     if (typeof eos !== "boolean") throw new InvalidArgumentError("eos", "must be a boolean");
     if (typeof special !== "boolean") throw new InvalidArgumentError("special", "must be a boolean");
+    if (typeof start !== "boolean") throw new InvalidArgumentError("start", "must be a boolean");
     const parts = special ? this.splitSpecial(t) : [t];
-    const ids = parts.flatMap((part, i) => (typeof part === "number" ? [part] : this.encodeText(part, i === 0)));
+    const ids = parts.flatMap((part, i) => (typeof part === "number" ? [part] : this.encodeText(part, start && i === 0)));
     if (bos) ids.unshift(this.bosId);
     if (eos) ids.push(this.eosId);
     return ids;

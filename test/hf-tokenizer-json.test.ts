@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { jinjaChatTemplate } from "../lib/chat-template-jinja.js";
 import { convertModel } from "../lib/convert.js";
 import { Llama2Error } from "../lib/errors.js";
 import { Llama2 } from "../lib/llama2.js";
@@ -154,6 +155,38 @@ describeShared("tokenizer.json (Llama 2's) as a SentencePiece vocabulary", ["mod
     }
     expect(tok.encode("a <tool> b <|im_end|>")).toEqual([...tok.encode("a"), 29871, 32002, ...tok.encode("b <|im_end|>")]);
   });
+});
+
+describeShared("chat templates with transformers' '▁' rules", ["models/tokenizer.model"], () => {
+  // Zephyr's format (TinyLlama-Chat) writes no special piece but </s>; ChatML's are added tokens.
+  const ZEPHYR = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
+  const CHATML = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+  const dialog = [
+    { role: "user", content: "Hi there" },
+    { role: "assistant", content: " Hello!  How can I help?" },
+    { role: "user", content: " two leading spaces and\nlines 🦙" },
+  ] as const;
+  const render = (source: string) =>
+    source === ZEPHYR
+      ? dialog.map((m) => `<|${m.role}|>\n${m.content}</s>\n`).join("") + "<|assistant|>\n"
+      : dialog.map((m) => `<|im_start|>${m.role}\n${m.content}<|im_end|>\n`).join("") + "<|im_start|>assistant\n";
+
+  for (const prepend of ["first", "always", undefined] as const) {
+    it(`prompt ids equal tokenizers.js's on the rendered text, and a session's turn is their tail (spacePrefix ${prepend ?? "SentencePiece"})`, async () => {
+      const added = [{ content: "<|im_start|>", special: true }, { content: "<|im_end|>", special: true }];
+      const json = llamaTokenizerJson({ ...(prepend && { variant: "metaspace", prepend }), added });
+      const tok = await Tokenizer.fromFile(writeJson(`chat-${prepend}.json`, json));
+      const hf = new HfTokenizer(json, {});
+      for (const source of [ZEPHYR, CHATML]) {
+        const t = jinjaChatTemplate(source, tok, "t");
+        const ids = t.encodeDialog([...dialog], tok);
+        expect(ids[0]).toBe(tok.bosId); // added as llama.cpp adds it: these templates write no BOS
+        expect(ids.slice(1)).toEqual(hfIds(hf, render(source)));
+        const turn = t.encodeUserTurn([...dialog], tok)!;
+        expect(ids.slice(ids.length - turn.length)).toEqual(turn);
+      }
+    });
+  }
 });
 
 describe("tokenizer.json errors", () => {
