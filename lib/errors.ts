@@ -77,3 +77,15 @@ export function fromNative(err: unknown): Llama2Error {
 export function isLlama2Error(err: unknown): err is Llama2Error {
   return err instanceof Llama2Error;
 }
+
+/**
+ * A value from user input, short, for an error message: strings quoted (cut at 40 characters), arrays and
+ * objects only named (String() or JSON.stringify of a deeply nested one would overflow the stack).
+ */
+export function showValue(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v.length > 40 ? v.slice(0, 40) + "..." : v);
+  if (typeof v === "number" || typeof v === "boolean" || typeof v === "bigint") return String(v);
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  return typeof v === "object" ? "an object" : typeof v;
+}

@@ -10,9 +10,9 @@ import { compileResponseFormat, createConstraint } from "./grammar/response-form
 import { logSumExp, tokenLogprob } from "./logprobs.js";
 import { checkLora, checkRopeScaling } from "./model-changes.js";
 import type { Constraint } from "./grammar/token-constraint.js";
-import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
+import { InvalidArgumentError, Llama2Error, fromNative, showValue } from "./errors.js";
 import { native, type NativeModel, type NativeStepOutput } from "./native.js";
-import { Sampler, showValue } from "./sampler.js";
+import { Sampler } from "./sampler.js";
 import { ChatSession } from "./session.js";
 import { StopMatcher } from "./stop.js";
 import { createGenerationStream } from "./stream.js";

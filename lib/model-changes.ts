@@ -1,8 +1,7 @@
 // The load options that change the model (LoadOptions.ropeScaling, LoadOptions.lora; also convertModel's):
 // their checks and ranges in one place for the library and the CLI's flags (--rope-scaling, --lora-scale).
 // The addon checks the same ranges again (native/addon), as it does every argument it receives.
-import { InvalidArgumentError } from "./errors.js";
-import { showValue } from "./sampler.js";
+import { InvalidArgumentError, showValue } from "./errors.js";
 import type { LoraOptions, RopeScalingOptions } from "./types.js";
 
 export const LORA_SCALE_LIMIT = 1000;

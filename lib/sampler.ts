@@ -1,7 +1,7 @@
 // Token sampling in TypeScript, in llama.cpp's order: logit bias -> penalties -> (greedy | top-k ->
 // temperature -> softmax -> top-p -> min-p -> draw). Input is either the full logits or the top
 // candidates the device selected; `needs` says which one gives exactly the same distribution.
-import { InvalidArgumentError, Llama2Error } from "./errors.js";
+import { InvalidArgumentError, Llama2Error, showValue } from "./errors.js";
 import type { TokenFilter } from "./grammar/token-constraint.js";
 import { Rng } from "./rng.js";
 import type { SamplingOptions } from "./types.js";
@@ -45,14 +45,6 @@ export interface ResolvedSamplingOptions {
   /** Non-zero biases only. */
   logitBias: ReadonlyMap<number, number>;
   seed: number | undefined;
-}
-
-export function showValue(v: unknown): string {
-  if (typeof v === "string") return JSON.stringify(v.length > 40 ? v.slice(0, 40) + "..." : v);
-  if (typeof v === "number" || typeof v === "boolean" || typeof v === "bigint") return String(v);
-  if (v === null) return "null";
-  if (Array.isArray(v)) return "an array";
-  return typeof v === "object" ? "an object" : typeof v;
 }
 
 type Opts = Record<string, unknown>;

@@ -27,6 +27,7 @@ import {
   formatFailures,
   ggufOp,
   indexOp,
+  jsonTextOp,
   llama2cOp,
   mapGguf,
   opCount,
@@ -37,6 +38,7 @@ import {
   type Op,
   writeGgufWithArray,
 } from "./helpers/fuzz.js";
+import { tokenizerJsonFor } from "./helpers/llama-tokenizer-json.js";
 import { writeAdapter, writeGgufAdapter } from "./helpers/lora.js";
 import { describeShared, sharedPath } from "./helpers/shared.js";
 
@@ -67,6 +69,56 @@ function smallVocabulary(): Vocabulary {
   }
   const scores = Float32Array.from(tokens, (_, i) => (types[i] === PieceType.NORMAL ? -i : 0));
   return { tokens, scores, types: Int32Array.from(types), unkId: 0, bosId: 1, eosId: 2, padId: -1 };
+}
+
+const JSON_JUNK: unknown[] = [null, true, 0, -1, 1, 2 ** 31, 1e300, 0.5, "", "x", "▁", "<0x41>", "<s>", [], {}, ["a", "b"], [1, 2], { content: "<s>" }];
+
+/** One structured edit of a tokenizer.json (a field set to junk, a piece or merge changed) or a text edit. */
+function tokenizerJsonOp(rng: ReturnType<typeof caseRng>): { desc: string; apply: (text: string) => string } {
+  const field = (desc: string, edit: (j: any) => void) => ({
+    desc,
+    apply: (text: string) => {
+      // Not applied where an earlier edit broke the JSON, changed the shape this one expects (a string where
+      // the vocabulary was) or nested it too deeply to write back.
+      try {
+        const j = JSON.parse(text);
+        if (j && typeof j === "object") edit(j);
+        return JSON.stringify(j);
+      } catch {
+        return text;
+      }
+    },
+  });
+  const junk = () => rng.pick(JSON_JUNK);
+  return rng.weighted<() => { desc: string; apply: (text: string) => string }>([
+    [3, () => { const v = junk(); return field(`model.type := ${JSON.stringify(v)}`, (j) => void (j.model && (j.model.type = rng.chance(0.5) ? v : rng.pick(["BPE", "WordPiece", "Unigram", "WordLevel"])))); }],
+    [2, () => { const v = junk(); return field(`model.byte_fallback / unk_token := ${JSON.stringify(v)}`, (j) => void (j.model && (j.model[rng.pick(["byte_fallback", "unk_token", "ignore_merges", "fuse_unk"])] = v))); }],
+    [6, () => { const v = rng.chance(0.5) ? junk() : rng.range(-2, 400); const k = rng.int(400); return field(`model.vocab[#${k}] := ${JSON.stringify(v)}`, (j) => { const keys = Object.keys(j.model?.vocab ?? {}); if (keys.length) j.model.vocab[keys[k % keys.length]!] = v; }); }],
+    [3, () => { const k = rng.int(400); return field(`model.vocab[#${k}] deleted`, (j) => { const keys = Object.keys(j.model?.vocab ?? {}); if (keys.length) delete j.model.vocab[keys[k % keys.length]!]; }); }],
+    [6, () => { const v = rng.chance(0.5) ? junk() : rng.pick(["▁ t", "t ▁", "a  b", "▁t", " ", "qq zz", "▁ ▁", "<s> </s>"]); const k = rng.int(100); return field(`model.merges[#${k}] := ${JSON.stringify(v)}`, (j) => { const m = j.model?.merges; if (Array.isArray(m) && m.length) m[k % m.length] = v; }); }],
+    [2, () => field("model.merges reversed", (j) => { if (Array.isArray(j.model?.merges)) j.model.merges.reverse(); })],
+    [4, () => { const v = junk(); const f = rng.pick(["id", "content", "special"]); const k = rng.int(5); return field(`added_tokens[#${k}].${f} := ${JSON.stringify(v)}`, (j) => { const a = j.added_tokens; if (Array.isArray(a) && a.length) { const t = a[k % a.length]; if (t && typeof t === "object") t[f] = v; else a[k % a.length] = v; } }); }],
+    [4, () => {
+      const v = rng.pick<unknown>([null, junk(), { type: "Metaspace", replacement: rng.pick(["▁", "_", 5]), prepend_scheme: rng.pick(["first", "always", "never", "x", null]), split: rng.pick([true, false, "x"]) },
+        { type: "Sequence", pretokenizers: rng.pick([[], null, [{ type: "Metaspace" }], [{ type: "ByteLevel" }]]) }, { type: "Prepend", prepend: "▁" }, { type: "Replace", pattern: { String: " " }, content: "▁" },
+        { type: "Sequence", normalizers: [{ type: "Prepend", prepend: "▁" }, { type: "Replace", pattern: rng.pick([{ String: " " }, { Regex: " " }, null]), content: "▁" }] }]);
+      const k = rng.pick(["normalizer", "pre_tokenizer"]);
+      return field(`${k} := ${JSON.stringify(v)}`, (j) => void (j[k] = v));
+    }],
+    [2, () => { const v = junk(); const k = rng.pick(["model", "added_tokens", "model.vocab", "model.merges"]); return field(`${k} := ${JSON.stringify(v)}`, (j) => { if (k.startsWith("model.")) { if (j.model && typeof j.model === "object") j.model[k.slice(6)] = v; } else j[k] = v; }); }],
+    [5, () => { const r = rng.int(1 << 30); return { desc: `text edited (${r})`, apply: (text: string) => jsonTextOp(caseRng(r, "tokjson", 0), text) }; }],
+  ])();
+}
+
+/** tokenizer_config.json replaced by one with junk in the fields the loader reads. */
+function tokenizerConfigOp(rng: ReturnType<typeof caseRng>): { desc: string; text: string } {
+  const cfg: Record<string, unknown> = { legacy: rng.pick([false, true, null, "no", 0]), eos_token: rng.pick<unknown>(["</s>", "<nope>", "▁t", "<0x41>", "<unk>", 5, null, { content: "</s>" }, { content: 7 }, ""]) };
+  if (rng.chance(0.4)) cfg.add_prefix_space = rng.pick([false, true, "x", null]);
+  if (rng.chance(0.4)) cfg.bos_token = rng.pick<unknown>(["<s>", "</s>", "<unk>", [], "x"]);
+  if (rng.chance(0.4)) cfg.added_tokens_decoder = rng.pick<unknown>([{ "340": { content: "<x>", special: true } }, { "-1": { content: "<x>" } }, { "999999": { content: "<x>" } }, { "340": "str" }, { "0": { content: "<s>" } }, [], null]);
+  if (rng.chance(0.3)) cfg.chat_template = rng.pick<unknown>(["{% for", 5, [], [{ name: "default", template: "{{ x" }], "{{ raise_exception('no') }}"]);
+  const text = rng.chance(0.1) ? rng.pick(["", "{", "[]", "null", '"x"']) : JSON.stringify(cfg);
+  return { desc: `tokenizer_config.json := ${text.slice(0, 120)}`, text };
 }
 
 /** Mutation ops for one case. */
@@ -175,6 +227,29 @@ describeShared("loader fuzzing: mutated model files never crash the process", [S
   it("Hugging Face directory as transformers wrote it: seeded mutations of model.safetensors and config.json", async () => {
     // Without its 32000-piece tokenizer.model (not what is fuzzed here), which takes most of a load's time.
     await fuzz("hf-transformers", hfCases("hf-transformers", sharedPath(TINY_HF), n(50), false));
+  }, 120_000);
+
+  it("Hugging Face directory with tokenizer.json and no tokenizer.model (synthetic): seeded mutations of tokenizer.json and tokenizer_config.json", async () => {
+    const dir = path.join(work, "tiny-hf-json");
+    mkdirSync(dir);
+    for (const f of readdirSync(synth.hf)) if (f !== "tokenizer.model") writeFileSync(path.join(dir, f), readFileSync(path.join(synth.hf, f)));
+    const json = tokenizerJsonFor(smallVocabulary(), { variant: "metaspace" });
+    writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(json));
+    writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify({ legacy: false, eos_token: "</s>", chat_template: "{% for m in messages %}{{ m['content'] }}</s>{% endfor %}" }));
+    const files = readdirSync(dir);
+    const cases = Array.from({ length: n(150) }, (_, i) => {
+      const rng = caseRng(SEED, "hf-tokenizer-json", i);
+      if (rng.chance(0.2)) {
+        const c = tokenizerConfigOp(rng);
+        return dirCase(`hf-tokenizer-json#${i}`, c.desc, dir, files, { "tokenizer_config.json": () => c.text });
+      }
+      const count = opCount(rng);
+      const edits = Array.from({ length: count }, () => tokenizerJsonOp(rng));
+      return dirCase(`hf-tokenizer-json#${i}`, edits.map((e) => e.desc).join("; "), dir, files, {
+        "tokenizer.json": () => edits.reduce((text, e) => e.apply(text), JSON.stringify(json)),
+      });
+    });
+    await fuzz("hf-tokenizer-json", cases);
   }, 120_000);
 
   it("sharded Hugging Face directory (synthetic): seeded mutations of the index, a shard or config.json", async () => {

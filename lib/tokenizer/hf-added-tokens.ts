@@ -5,7 +5,7 @@
 // control piece, any other a user-defined piece, and ids nothing names are unused "[PAD{id}]" pieces. A
 // bos_token / eos_token in tokenizer_config.json naming an added token makes it BOS / EOS.
 import path from "node:path";
-import { Llama2Error } from "../errors.js";
+import { Llama2Error, showValue } from "../errors.js";
 import { readHfJson } from "../formats/hf-folder.js";
 import { PieceType, type Vocabulary } from "./sentencepiece-model.js";
 
@@ -46,7 +46,7 @@ export function withHfAddedTokens(vocab: Vocabulary, dir: string, vocabSize: num
   if (legacy !== undefined) {
     if (!legacy || typeof legacy !== "object" || Array.isArray(legacy)) throw new Llama2Error("ERR_TOKENIZER", `${legacyFile}: expected { "piece": id, ... }`);
     for (const [content, id] of Object.entries(legacy as Record<string, unknown>)) {
-      if (!Number.isInteger(id) || (id as number) < 0) throw new Llama2Error("ERR_TOKENIZER", `${legacyFile}: "${content}" has id ${String(id)}`);
+      if (!Number.isInteger(id) || (id as number) < 0) throw new Llama2Error("ERR_TOKENIZER", `${legacyFile}: ${showValue(content)} has id ${showValue(id)}`);
       if ((id as number) >= n && !added.has(id as number)) added.set(id as number, { content, special: false });
     }
   }

@@ -13,7 +13,7 @@
 // test/hf-tokenizer-json.test.ts.
 import { existsSync } from "node:fs";
 import path from "node:path";
-import { Llama2Error } from "../errors.js";
+import { Llama2Error, showValue } from "../errors.js";
 import { readHfJson, readHfText } from "../formats/hf-folder.js";
 import { PieceType, type Vocabulary } from "./sentencepiece-model.js";
 
@@ -44,12 +44,12 @@ function checkLlamaText(json: Json, fail: (field: string, why: string) => never)
     if (s.type === "Prepend" && s.prepend === "\u2581") prepended = true;
     else if (s.type === "Replace" && pattern === " " && s.content === "\u2581") spaces = true;
     else if (s.type === "NFKC" || s.type === "NFC" || s.type === "NFD" || s.type === "NFKD" || s.type === "Lowercase" || s.type === "Replace")
-      fail("normalizer", `step '${String(s.type)}' changes the text in a way SentencePiece's Llama model does not`);
-    else fail("normalizer", `step '${String(s.type)}' is not supported`);
+      fail("normalizer", `step ${showValue(s.type)} changes the text in a way SentencePiece's Llama model does not`);
+    else fail("normalizer", `step ${showValue(s.type)} is not supported`);
   }
   const pre = steps(json.pre_tokenizer, "pre_tokenizer");
   for (const s of pre) {
-    if (s.type !== "Metaspace") fail("pre_tokenizer", `'${String(s.type)}' is not a Llama (SentencePiece) pre-tokenizer: only Metaspace is`);
+    if (s.type !== "Metaspace") fail("pre_tokenizer", `${showValue(s.type)} is not a Llama (SentencePiece) pre-tokenizer: only Metaspace is`);
     if ((s.replacement ?? "\u2581") !== "\u2581") fail("pre_tokenizer", "Metaspace replacement must be '▁'");
     if (s.split === true) fail("pre_tokenizer", "Metaspace with split: true (words encoded apart) is not supported");
   }
@@ -61,7 +61,7 @@ function checkLlamaText(json: Json, fail: (field: string, why: string) => never)
   if (prepended) fail("pre_tokenizer", "Metaspace after a normalizer that prepends '▁' is not supported");
   const m = pre[0]!;
   const scheme = m.prepend_scheme ?? (m.add_prefix_space === false ? "never" : "always");
-  if (scheme !== "first" && scheme !== "always" && scheme !== "never") fail("pre_tokenizer", `Metaspace prepend_scheme '${String(scheme)}' is not one of first, always, never`);
+  if (scheme !== "first" && scheme !== "always" && scheme !== "never") fail("pre_tokenizer", `Metaspace prepend_scheme ${showValue(scheme)} is not one of first, always, never`);
   return scheme as Vocabulary["spacePrefix"];
 }
 
@@ -95,7 +95,7 @@ export function parseHfTokenizerJson(text: string, source: string): Vocabulary {
   const model = json.model;
   if (!isObject(model)) return fail("model", "is missing");
   if (model.type !== "BPE" && !(model.type === undefined && Array.isArray(model.merges))) {
-    return fail("model.type", `is '${String(model.type)}': only BPE (Llama's SentencePiece converted by transformers) is supported`);
+    return fail("model.type", `is ${showValue(model.type)}: only BPE (Llama's SentencePiece converted by transformers) is supported`);
   }
   if (model.byte_fallback !== true) fail("model.byte_fallback", "is not true: not a Llama tokenizer (GPT-2 style byte-level BPE is not supported)");
   if (model.ignore_merges === true) fail("model.ignore_merges", "is true: not supported");
@@ -105,18 +105,18 @@ export function parseHfTokenizerJson(text: string, source: string): Vocabulary {
   // Pieces by id: the model's vocabulary, then added tokens (which may also restate model pieces).
   const tokens: string[] = [];
   const addedType = new Map<number, number>();
-  const place = (piece: string, id: unknown, field: string): void => {
-    if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= 1 << 24) fail(field, `has id ${String(id)}`);
+  const place = (piece: string, id: unknown, field: () => string): void => {
+    if (!Number.isInteger(id) || (id as number) < 0 || (id as number) >= 1 << 24) fail(field(), `has id ${showValue(id)}`);
     const prev = tokens[id as number];
-    if (prev !== undefined && prev !== piece) fail(field, `gives id ${String(id)} to ${JSON.stringify(piece)}, which ${JSON.stringify(prev)} already has`);
+    if (prev !== undefined && prev !== piece) fail(field(), `gives id ${showValue(id)} to ${showValue(piece)}, which ${showValue(prev)} already has`);
     tokens[id as number] = piece;
   };
-  for (const [piece, id] of Object.entries(model.vocab)) place(piece, id, `model.vocab[${JSON.stringify(piece)}]`);
+  for (const [piece, id] of Object.entries(model.vocab)) place(piece, id, () => `model.vocab[${JSON.stringify(piece)}]`);
   const added = json.added_tokens ?? [];
   if (!Array.isArray(added)) return fail("added_tokens", "is not an array");
   added.forEach((a, i) => {
     if (!isObject(a) || typeof a.content !== "string" || a.content === "") return fail(`added_tokens[${i}]`, "is not { id, content, special }");
-    place(a.content, a.id, `added_tokens[${i}]`);
+    place(a.content, a.id, () => `added_tokens[${i}]`);
     addedType.set(a.id as number, a.special === true ? PieceType.CONTROL : PieceType.USER_DEFINED);
   });
   const n = tokens.length;
@@ -139,7 +139,7 @@ export function parseHfTokenizerJson(text: string, source: string): Vocabulary {
   if (bytePieces.size !== 256) fail("model.vocab", `holds ${bytePieces.size} of the 256 byte pieces <0x00>..<0xFF> that byte fallback needs`);
   for (const [id, type] of addedType) types[id] = type;
   const unk = typeof model.unk_token === "string" ? ids.get(model.unk_token) : undefined;
-  if (unk === undefined) return fail("model.unk_token", `${JSON.stringify(model.unk_token)} is not a piece`);
+  if (unk === undefined) return fail("model.unk_token", `${showValue(model.unk_token)} is not a piece`);
   types[unk] = PieceType.UNKNOWN;
 
   // Scores from merge ranks; a piece no merge makes (a character, a byte, an added token) needs none.
@@ -147,9 +147,9 @@ export function parseHfTokenizerJson(text: string, source: string): Vocabulary {
   const rankOf = new Float64Array(n).fill(Infinity);
   model.merges.forEach((m, rank) => {
     const pair = mergePair(m);
-    if (!pair) return fail(`model.merges[${rank}]`, `is ${JSON.stringify(m)}, not two pieces`);
+    if (!pair) return fail(`model.merges[${rank}]`, `is ${showValue(m)}, not two pieces`);
     const made = ids.get(pair[0] + pair[1]);
-    if (!ids.has(pair[0]) || !ids.has(pair[1]) || made === undefined) return fail(`model.merges[${rank}]`, `${JSON.stringify(m)} names a piece the vocabulary lacks`);
+    if (!ids.has(pair[0]) || !ids.has(pair[1]) || made === undefined) return fail(`model.merges[${rank}]`, `${showValue(m)} names a piece the vocabulary lacks`);
     if (rank < rankOf[made]!) rankOf[made] = rank;
   });
   const scores = new Float32Array(n);

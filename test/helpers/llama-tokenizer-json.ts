@@ -4,6 +4,7 @@
 // legacy: false form (no normalizer; a Metaspace pre-tokenizer), `mergeForm` "pairs" the tokenizers >= 0.20 form.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { PieceType, type Vocabulary } from "../../lib/tokenizer/sentencepiece-model.js";
 
 const require = createRequire(import.meta.url);
 
@@ -29,6 +30,31 @@ const addedToken = (id: number, content: string, special: boolean) => ({ id, con
 
 export function llamaTokenizerJson(opts: TokenizerJsonOptions = {}): Record<string, unknown> {
   const { vocab, merges } = packageData();
+  return tokenizerJson(vocab, merges, opts);
+}
+
+/**
+ * The tokenizer.json transformers would write for a SentencePiece vocabulary (its SentencePieceExtractor:
+ * every split of a piece into two pieces, by the piece's score, best first).
+ */
+export function tokenizerJsonFor(v: Vocabulary, opts: TokenizerJsonOptions = {}): Record<string, unknown> {
+  const ids = new Map(v.tokens.map((t, i) => [t, i]));
+  const merges: [number, number, number][] = [];
+  v.tokens.forEach((piece, id) => {
+    if (v.types[id] !== PieceType.NORMAL) return;
+    const chars = [...piece];
+    const local: [number, number, number][] = [];
+    for (let k = 1; k < chars.length; k++) {
+      const l = ids.get(chars.slice(0, k).join("")), r = ids.get(chars.slice(k).join(""));
+      if (l !== undefined && r !== undefined) local.push([l, r, v.scores[id]!]);
+    }
+    merges.push(...local.sort((a, b) => a[0] - b[0] || a[1] - b[1]));
+  });
+  merges.sort((a, b) => b[2] - a[2]); // stable: a piece's pairs stay together
+  return tokenizerJson(v.tokens, merges.map(([a, b]) => [a, b]), opts);
+}
+
+function tokenizerJson(vocab: string[], merges: [number, number][], opts: TokenizerJsonOptions): Record<string, unknown> {
   const replace = { type: "Replace", pattern: { String: " " }, content: "\u2581" };
   const text = opts.variant === "metaspace"
     ? { normalizer: null, pre_tokenizer: { type: "Metaspace", replacement: "\u2581", prepend_scheme: typeof opts.prepend === "string" ? opts.prepend : "first", split: false } }
