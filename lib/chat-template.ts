@@ -6,7 +6,7 @@
 //  - chat sessions that keep their KV cache across turns: the cache already holds the earlier turns,
 //    where each assistant reply is the model's own generated ids. The session appends, per turn,
 //    encodeUserTurn(dialog) -> generate -> assistantEnd(generated).
-import { InvalidArgumentError } from "./errors.js";
+import { InvalidArgumentError, showValue } from "./errors.js";
 import type { ChatMessage } from "./types.js";
 
 /** The tokenizer operations a template needs (Tokenizer implements them). */
@@ -54,7 +54,7 @@ export function parseDialog(messages: readonly ChatMessage[]): Dialog {
     const msg = m as Partial<ChatMessage> | null;
     if (!msg || typeof msg !== "object") throw new InvalidArgumentError(`messages[${i}]`, "must be an object { role, content }");
     if (typeof msg.role !== "string" || !ROLES.has(msg.role)) {
-      throw new InvalidArgumentError(`messages[${i}].role`, `must be "system", "user" or "assistant", got ${JSON.stringify(msg.role)}`);
+      throw new InvalidArgumentError(`messages[${i}].role`, `must be "system", "user" or "assistant", got ${showValue(msg.role)}`);
     }
     if (typeof msg.content !== "string") throw new InvalidArgumentError(`messages[${i}].content`, "must be a string");
   });
@@ -182,7 +182,7 @@ export function registerChatTemplate(template: ChatTemplate): void {
 
 export function getChatTemplate(name: string = DEFAULT_CHAT_TEMPLATE): ChatTemplate {
   const t = typeof name === "string" ? registry.get(name) : undefined;
-  if (!t) throw new InvalidArgumentError("template", `unknown chat template ${JSON.stringify(name)} (known: ${[...registry.keys()].join(", ")})`);
+  if (!t) throw new InvalidArgumentError("template", `unknown chat template ${showValue(name)} (known: ${[...registry.keys()].join(", ")})`);
   return t;
 }
 

@@ -6,7 +6,7 @@
 // the Q/K rows permuted as the converter permutes them; this file writes the metadata and the file.
 import { realpathSync } from "node:fs";
 import path from "node:path";
-import { InvalidArgumentError, Llama2Error, fromNative } from "./errors.js";
+import { InvalidArgumentError, Llama2Error, fromNative, showValue } from "./errors.js";
 import { gguf, writeGguf, type GgufTensor, type GgufValue } from "./formats/gguf-writer.js";
 import { checkOutputTarget } from "./formats/output-target.js";
 import { GgmlType, LlamaFileType, type GgmlTypeName } from "./formats/gguf-constants.js";
@@ -71,7 +71,7 @@ export async function convertModel(source: string, out: string, options: Convert
   if (typeof options !== "object" || options === null) throw new InvalidArgumentError("options", "expected an object");
   for (const k of Object.keys(options)) if (!KEYS.has(k)) throw new InvalidArgumentError(k, "unknown option");
   const { dtype = "auto", force = false, threads, onProgress, signal, tokenizerPath, name } = options;
-  if (!DTYPES.includes(dtype)) throw new InvalidArgumentError("dtype", `expected one of ${DTYPES.join(", ")}, got ${JSON.stringify(dtype)}`);
+  if (!DTYPES.includes(dtype)) throw new InvalidArgumentError("dtype", `expected one of ${DTYPES.join(", ")}, got ${showValue(dtype)}`);
   if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1 && threads <= 1024)) throw new InvalidArgumentError("threads", "expected an integer in [1, 1024]");
   if (onProgress !== undefined && typeof onProgress !== "function") throw new InvalidArgumentError("onProgress", "expected a function");
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw new InvalidArgumentError("signal", "expected an AbortSignal");
@@ -182,7 +182,7 @@ function ropeScalingMetadata(c: ModelConfig): Array<[string, GgufValue]> {
 
 /** The output must not be an input (its pages are mapped while it is written) nor replace a file unasked. */
 function checkOutput(source: string, out: string, force: boolean, lora: LoraOptions[]): void {
-  if (!out.toLowerCase().endsWith(".gguf")) throw new InvalidArgumentError("out", `expected a path ending in .gguf, got ${JSON.stringify(out)}`);
+  if (!out.toLowerCase().endsWith(".gguf")) throw new InvalidArgumentError("out", `expected a path ending in .gguf, got ${showValue(out)}`);
   const real = (p: string) => {
     try {
       return realpathSync(p);

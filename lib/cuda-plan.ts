@@ -1,6 +1,6 @@
 // GPU memory of a model on the CUDA backend, predicted from its shape and the load options without a
 // GPU: the native plan (engine/cuda_plan.h) is what the backend allocates, buffer by buffer.
-import { fromNative, InvalidArgumentError } from "./errors.js";
+import { fromNative, InvalidArgumentError, showValue } from "./errors.js";
 import { native, type CudaMemoryPlan } from "./native.js";
 import type { KvCacheType, ModelConfig, WeightDtype } from "./types.js";
 
@@ -26,9 +26,9 @@ export interface CudaPlanOptions {
  */
 export function planCudaMemory(model: { config: ModelConfig; fileDtype: string; matrixDtypes?: string[] }, o: CudaPlanOptions = {}): CudaMemoryPlan {
   const dtype = o.dtype ?? "auto";
-  if (!["auto", "f32", "f16", "int8", "q4"].includes(dtype)) throw new InvalidArgumentError("dtype", `the CUDA backend runs f32, f16, int8 or q4 weights, got ${JSON.stringify(dtype)}`);
+  if (!["auto", "f32", "f16", "int8", "q4"].includes(dtype)) throw new InvalidArgumentError("dtype", `the CUDA backend runs f32, f16, int8 or q4 weights, got ${showValue(dtype)}`);
   const kvCacheType = o.kvCacheType ?? "auto";
-  if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${JSON.stringify(kvCacheType)}`);
+  if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${showValue(kvCacheType)}`);
   // Without the matrix types: Q8_0 files stay int8, and 4-6 bit block files (Q4_K ...) count as int8.
   const int8Weights = dtype === "int8" || (dtype === "auto" && /^Q(?:8_0|[45]_[01]|[2-6]_K)$/.test(model.fileDtype));
   const contextLength = o.contextLength ?? Math.min(model.config.trainedContextLength, 4096);

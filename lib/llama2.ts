@@ -258,10 +258,10 @@ export class Llama2 {
     if (typeof options !== "object" || options === null) throw new InvalidArgumentError("options", "expected an object");
     checkKeys(options, LOAD_KEYS, "options");
     const { device = "auto", dtype = "auto", kvCacheType = "auto", cpuActivations = "f32", signal, onProgress, tokenizerPath } = options;
-    if (!["auto", "cpu", "cuda"].includes(device)) throw new InvalidArgumentError("device", `expected 'auto', 'cpu' or 'cuda', got ${JSON.stringify(device)}`);
-    if (!["auto", "f32", "f16", "bf16", "int8", "q4"].includes(dtype)) throw new InvalidArgumentError("dtype", `expected auto, f32, f16, bf16, int8 or q4, got ${JSON.stringify(dtype)}`);
-    if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${JSON.stringify(kvCacheType)}`);
-    if (!["f32", "int8"].includes(cpuActivations)) throw new InvalidArgumentError("cpuActivations", `expected f32 or int8, got ${JSON.stringify(cpuActivations)}`);
+    if (!["auto", "cpu", "cuda"].includes(device)) throw new InvalidArgumentError("device", `expected 'auto', 'cpu' or 'cuda', got ${showValue(device)}`);
+    if (!["auto", "f32", "f16", "bf16", "int8", "q4"].includes(dtype)) throw new InvalidArgumentError("dtype", `expected auto, f32, f16, bf16, int8 or q4, got ${showValue(dtype)}`);
+    if (!["auto", "int8"].includes(kvCacheType)) throw new InvalidArgumentError("kvCacheType", `expected auto or int8, got ${showValue(kvCacheType)}`);
+    if (!["f32", "int8"].includes(cpuActivations)) throw new InvalidArgumentError("cpuActivations", `expected f32 or int8, got ${showValue(cpuActivations)}`);
     checkInt(options.deviceIndex, "deviceIndex", 0, 64);
     checkInt(options.contextLength, "contextLength", 1, 1 << 20);
     checkInt(options.maxSequences, "maxSequences", 1, 4096);
@@ -522,7 +522,7 @@ export class Llama2 {
     this.checkEvalOptions(opts, ["topLogprobs", "keepPrefix"]);
     if (opts.keepPrefix !== undefined && typeof opts.keepPrefix !== "boolean") throw new InvalidArgumentError("keepPrefix", "expected a boolean");
     const top = opts.topLogprobs;
-    if (top !== undefined && (!Number.isInteger(top) || top < 0 || top > 20)) throw new InvalidArgumentError("topLogprobs", `expected an integer in [0, 20], got ${String(top)}`);
+    if (top !== undefined && (!Number.isInteger(top) || top < 0 || top > 20)) throw new InvalidArgumentError("topLogprobs", `expected an integer in [0, 20], got ${showValue(top)}`);
     const ids = this.evalInputIds(input, opts, 2, (n) => `needs at least 2 tokens to score, got ${n}`, "score it in windows (llama2 perplexity does)");
     const keep = opts.keepPrefix === true && this.prefixes !== null && ids.length >= this.prefixes.minTokens;
     const plan = this.evalPlan(ids);
@@ -559,7 +559,7 @@ export class Llama2 {
     this.checkEvalOptions(opts, ["pooling", "normalize"]);
     if (opts.normalize !== undefined && typeof opts.normalize !== "boolean") throw new InvalidArgumentError("normalize", "expected a boolean");
     const pooling = opts.pooling ?? "mean";
-    if (pooling !== "mean" && pooling !== "last") throw new InvalidArgumentError("pooling", `expected "mean" or "last", got ${JSON.stringify(pooling)}`);
+    if (pooling !== "mean" && pooling !== "last") throw new InvalidArgumentError("pooling", `expected "mean" or "last", got ${showValue(pooling)}`);
     const ids = this.evalInputIds(input, opts, 1, () => "is empty (no tokens to embed)", "embed it in shorter pieces");
     const plan = this.evalPlan(ids);
     const D = this.info.config.dim;
@@ -1275,7 +1275,7 @@ export class Llama2 {
     const V = this.info.config.vocabSize;
     ids.forEach((t, i) => {
       if (typeof t !== "number" || !Number.isInteger(t) || t < 0 || t >= V) {
-        throw new InvalidArgumentError(`${field}[${i}]`, `token id ${JSON.stringify(t)} is out of range [0, ${V})`);
+        throw new InvalidArgumentError(`${field}[${i}]`, `token id ${showValue(t)} is out of range [0, ${V})`);
       }
     });
     return ids as number[];

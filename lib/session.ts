@@ -10,7 +10,7 @@
 // first turn, with the system prompt) is kept; the rest is prefilled once, and the drop goes an eighth of
 // the context past the need so that the next turns append again instead of re-prompting each time.
 import type { ChatTemplate } from "./chat-template.js";
-import { InvalidArgumentError, Llama2Error } from "./errors.js";
+import { InvalidArgumentError, Llama2Error, showValue } from "./errors.js";
 import type { GenerationPlan, Llama2 } from "./llama2.js";
 import type { NativeModel } from "./native.js";
 import type { ChatMessage, GenerateOptions, GenerationStream } from "./types.js";
@@ -389,7 +389,7 @@ function checkHistory(messages: unknown, field: string): ChatMessage[] {
     const want = i % 2 === 0 ? "user" : "assistant";
     if (msg.role !== want) {
       const why = msg.role === "system" ? "the system prompt goes in systemPrompt" : "user and assistant messages alternate, starting with user";
-      throw new InvalidArgumentError(`${field}[${i}].role`, `expected "${want}", got ${JSON.stringify(msg.role)} (${why})`);
+      throw new InvalidArgumentError(`${field}[${i}].role`, `expected "${want}", got ${showValue(msg.role)} (${why})`);
     }
     if (typeof msg.content !== "string") throw new InvalidArgumentError(`${field}[${i}].content`, "expected a string");
     return { role: want, content: msg.content };

@@ -5,7 +5,7 @@
 // one-shot and streaming decoding are the same code.
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { InvalidArgumentError, Llama2Error } from "./errors.js";
+import { InvalidArgumentError, Llama2Error, showValue } from "./errors.js";
 import { buildDecoderTable, createStreamDecoder, type DecoderTable, type StreamDecoder, type StreamDecoderOptions } from "./tokenizer/decoder.js";
 import { parseHfTokenizerJson } from "./tokenizer/hf-tokenizer-json.js";
 import { llamaVocabulary } from "./tokenizer/llama-vocab.js";
@@ -181,10 +181,10 @@ export class Tokenizer {
     for (const key of ["unkId", "bosId", "eosId", "padId"] as const) {
       const id = vocab[key];
       const ok = Number.isInteger(id) && id < n && (id >= 0 || (key === "padId" && id === -1));
-      if (!ok) throw new Llama2Error("ERR_TOKENIZER", `${source}: ${key} ${String(id)} is not a token id (vocabulary of ${n})`);
+      if (!ok) throw new Llama2Error("ERR_TOKENIZER", `${source}: ${key} ${showValue(id)} is not a token id (vocabulary of ${n})`);
     }
     if (vocab.spacePrefix !== undefined && !["first", "always", "never"].includes(vocab.spacePrefix)) {
-      throw new InvalidArgumentError("vocab.spacePrefix", `must be "first", "always", "never" or absent, got ${JSON.stringify(vocab.spacePrefix)}`);
+      throw new InvalidArgumentError("vocab.spacePrefix", `must be "first", "always", "never" or absent, got ${showValue(vocab.spacePrefix)}`);
     }
     const table = buildDecoderTable(vocab, source); // before the wasm load: it validates byte pieces
     const sp = await loadSentencePiece(buildSentencePieceModel(vocab), vocab, source);
@@ -318,7 +318,7 @@ export class Tokenizer {
 
   private checkId(id: number, field: string): number {
     if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
-      throw new InvalidArgumentError(field, `token id must be an integer in [0, ${this.vocabSize}), got ${String(id)}`);
+      throw new InvalidArgumentError(field, `token id must be an integer in [0, ${this.vocabSize}), got ${showValue(id)}`);
     }
     return id;
   }

@@ -19,6 +19,13 @@ const TINY_HF = "models/tiny-llama-hf";
 const TINY_F16 = "models/tiny-llama-f16.gguf";
 const TOKENIZER = "models/tokenizer.model";
 
+/** An array nested 100,000 deep: printing it with String() or JSON.stringify overflows the stack. */
+function deep(): unknown[] {
+  let v: unknown[] = [];
+  for (let i = 0; i < 100_000; i++) v = [v];
+  return v;
+}
+
 /** Awaits `fn` (sync or async) and returns the error it throws (failing when it does not). */
 async function failure(fn: () => unknown): Promise<Llama2Error> {
   let result: unknown;
@@ -426,12 +433,16 @@ describeShared("bad options and requests on a loaded model", [STORIES, STORIES_F
       [{ contxtLength: 64 }, "contxtLength", "unknown"],
       [null, "options"],
       ["cpu", "options"],
+      // A value nested too deeply to print (String / JSON.stringify overflow the stack) is named, not printed.
+      [{ device: deep() }, "device", "an array"],
+      [{ dtype: deep() }, "dtype", "an array"],
+      [{ kvCacheType: deep() }, "kvCacheType", "an array"],
     ];
     for (const [opts, field, value] of cases) {
       const err = await expectError(() => Llama2.load(p, opts as LoadOptions), "ERR_INVALID_ARGUMENT", field);
       if (value) expect(err.message).toContain(value);
       // `field` names the option, for the checks made in TypeScript and natively alike.
-      expect((err as { field?: string }).field, JSON.stringify(opts)).toMatch(new RegExp(`^(options\\.)?${field}$`));
+      expect((err as { field?: string }).field, field).toMatch(new RegExp(`^(options\\.)?${field}$`));
       expect(Object.keys(err)).not.toContain("suggestion"); // (no own `suggestion: undefined`)
     }
     await expectError(() => Llama2.load("", {}), "ERR_INVALID_ARGUMENT", "path");
@@ -530,6 +541,8 @@ describeShared("bad options and requests on a loaded model", [STORIES, STORIES_F
       if (value) expect(err.message, JSON.stringify(opts)).toContain(value);
     }
     await expectError(() => stories.generate(fx[0]!.prompt, null as unknown as GenerateOptions), "ERR_INVALID_ARGUMENT", "options");
+    expect((await expectError(() => tiny.tokenizer!.decode([1, deep() as unknown as number]), "ERR_INVALID_ARGUMENT", "id")).message).toContain("an array");
+    expect((await expectError(() => stories.generate([1, deep() as unknown as number], { maxTokens: 1 }), "ERR_INVALID_ARGUMENT")).message).toContain("an array");
     // The same checks on the text and chat paths.
     await expectError(() => tiny.generate("Hello", { topP: 2 }), "ERR_INVALID_ARGUMENT", "topP", "2");
     await expectError(() => tiny.chat([{ role: "user", content: "Hi" }], { temperature: -3 }), "ERR_INVALID_ARGUMENT", "temperature", "-3");

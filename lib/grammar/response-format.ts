@@ -1,5 +1,5 @@
 // The `responseFormat` generation option: validation, and the per-generation constraint it creates.
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError, showValue } from "../errors.js";
 import type { Tokenizer } from "../tokenizer.js";
 import type { ResponseFormat } from "../types.js";
 import { parseGrammar, type Grammar } from "./gbnf.js";
@@ -45,7 +45,7 @@ export function compileResponseFormat(format: unknown, field = "responseFormat")
       out = { grammar: parseGrammar(f.grammar, `${field}.grammar`) };
       break;
     default:
-      throw new InvalidArgumentError(`${field}.type`, `expected "text", "json_object", "json_schema" or "grammar", got ${JSON.stringify(f.type) ?? typeof f.type}`);
+      throw new InvalidArgumentError(`${field}.type`, `expected "text", "json_object", "json_schema" or "grammar", got ${showValue(f.type)}`);
   }
   compiled.set(format, out);
   return out;

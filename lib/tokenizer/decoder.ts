@@ -8,7 +8,7 @@
 //  - a run of consecutive byte pieces (<0xNN>) is decoded as UTF-8 where each byte that does not
 //    start a complete, valid character becomes U+FFFD on its own; any non-byte piece (even a
 //    control one) ends the run.
-import { InvalidArgumentError, Llama2Error } from "../errors.js";
+import { InvalidArgumentError, Llama2Error, showValue } from "../errors.js";
 import { PieceType, type Vocabulary } from "./sentencepiece-model.js";
 
 /** Same string as the unk_surface that buildSentencePieceModel writes. */
@@ -134,7 +134,7 @@ export function createStreamDecoder(table: DecoderTable, options: StreamDecoderO
   return {
     push(id: number): string {
       if (!Number.isInteger(id) || id < 0 || id >= n) {
-        throw new InvalidArgumentError("id", `token id must be an integer in [0, ${n}), got ${String(id)}`);
+        throw new InvalidArgumentError("id", `token id must be an integer in [0, ${n}), got ${showValue(id)}`);
       }
       const byte = table.byteValue[id]!;
       if (byte >= 0) {
