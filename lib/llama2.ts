@@ -4,6 +4,7 @@
 import { getChatTemplate, type ChatTemplate } from "./chat-template.js";
 import { draftMismatch, MAX_DRAFT_TOKENS } from "./engine/draft-model.js";
 import { lookupDraft } from "./engine/lookup.js";
+import { fimTokens, infillPromptIds } from "./infill.js";
 import { commonPrefix, PrefixCache, type PrefixCacheStats } from "./engine/prefix-cache.js";
 import { Scheduler } from "./engine/scheduler.js";
 import { compileResponseFormat, createConstraint } from "./grammar/response-format.js";
@@ -28,6 +29,7 @@ import type {
   GenerationResult,
   GenerationStats,
   GenerationStream,
+  InfillOptions,
   LoadOptions,
   LoadProgress,
   LoraOptions,
@@ -189,6 +191,7 @@ const GEN_KEYS = new Set([
   "repetitionPenalty", "presencePenalty", "frequencyPenalty", "penaltyLastN", "logitBias", "seed", "responseFormat", "logprobs", "lookup", "draft", "contextShift",
 ]);
 const CHAT_KEYS = new Set([...GEN_KEYS, "template"]);
+const INFILL_KEYS = new Set([...[...GEN_KEYS].filter((k) => k !== "addBos"), "suffixFirst"]);
 
 /** Generations drafting (lookup, a draft model) propose drafts only while at most this many requests run. */
 const MAX_DRAFT_BATCH = 4;
@@ -327,6 +330,7 @@ export class Llama2 {
       const templates: ChosenTemplate = tokenizer
         ? chooseChatTemplate(readModelChatTemplate(ni), tokenizer, chatTemplate)
         : { template: getChatTemplate(chatTemplate === "auto" || chatTemplate === MODEL_TEMPLATE ? undefined : chatTemplate) };
+      const fim = tokenizer ? fimTokens(tokenizer) : null;
       const info: ModelInfo = {
         path: ni.path,
         format: ni.format,
@@ -347,6 +351,7 @@ export class Llama2 {
         eosId: tokenizer?.eosId ?? ni.tokenizer?.eosId ?? 2,
         chatTemplate: templates.template.name,
         ...(templates.note && { chatTemplateNote: templates.note }),
+        ...(fim && { fimTokens: fim }),
       };
       return new Llama2(model, info, tokenizer, prefixCache, templates);
     } catch (err) {
@@ -602,7 +607,35 @@ export class Llama2 {
       throw new InvalidArgumentError("prompt", "expected a string or an array of token ids");
     }
     if (ids.length === 0) throw new InvalidArgumentError("prompt", "is empty (no tokens to condition on)");
-    return this.runOneShot(ids, opts);
+    return this.runOneShot(ids, opts, {});
+  }
+
+  /**
+   * Fill in the middle: the text between `prefix` and `suffix`, for models trained for it (Code Llama 7B
+   * and 13B: `info.fimTokens`), in Meta's prompt format. The reply ends at the model's end-of-middle piece
+   * (or EOS, or the usual limits) and keeps its leading space. ERR_FORMAT_UNSUPPORTED for other models.
+   */
+  infill(prefix: string, suffix: string, opts: InfillOptions = {}): GenerationStream {
+    this.checkAlive();
+    this.checkGenerateOptions(opts, INFILL_KEYS);
+    const fim = this.info.fimTokens;
+    const ids = this.infillPrompt(prefix, suffix, opts);
+    return this.runOneShot(ids, opts, { stopIds: [fim!.eot] });
+  }
+
+  /** The prompt `infill` evaluates (its length bounds maxTokens the way a generate prompt's does). */
+  infillPrompt(prefix: string, suffix: string, opts: { suffixFirst?: boolean } = {}): number[] {
+    this.checkAlive();
+    if (typeof prefix !== "string") throw new InvalidArgumentError("prefix", `expected a string, got ${showValue(prefix)}`);
+    if (typeof suffix !== "string") throw new InvalidArgumentError("suffix", `expected a string, got ${showValue(suffix)}`);
+    const suffixFirst = opts?.suffixFirst ?? false;
+    if (typeof suffixFirst !== "boolean") throw new InvalidArgumentError("suffixFirst", `expected a boolean, got ${showValue(suffixFirst)}`);
+    const tok = this.requireTokenizer();
+    const fim = this.info.fimTokens;
+    if (!fim) {
+      throw new Llama2Error("ERR_FORMAT_UNSUPPORTED", `${this.info.path} was not trained for infilling: its vocabulary has no ▁<PRE> / ▁<SUF> / ▁<MID> / ▁<EOT> pieces (Code Llama 7B and 13B have them)`);
+    }
+    return infillPromptIds(tok, fim, prefix, suffix, suffixFirst);
   }
 
   /** Chat completion with the model's chat template (Llama 2's by default). */
@@ -611,7 +644,7 @@ export class Llama2 {
     this.checkGenerateOptions(opts, CHAT_KEYS);
     const template = this.templateFor(opts.template);
     const ids = template.encodeDialog(messages as ChatMessage[], this.requireTokenizer());
-    return this.runOneShot(ids, opts, template);
+    return this.runOneShot(ids, opts, { chat: true, stops: template.stopStrings ?? [], ...(template.stopTokenIds && { stopIds: template.stopTokenIds }) });
   }
 
   /** Prompt tokens a chat request would use (the dialog through the chat template). */
@@ -762,13 +795,15 @@ export class Llama2 {
   }
 
   /** `template`: set for chat requests (its stop strings and tokens apply; a chat reply strips its leading space). */
-  private runOneShot(ids: number[], opts: GenerateOptions, template?: ChatTemplate): GenerationStream {
-    const isChat = template !== undefined;
-    const templateStops = isChat ? (template.stopStrings ?? []) : undefined;
-    const templateStopIds = template?.stopTokenIds;
+  /**
+   * One request on its own sequence. `chat`: a reply (its leading space is dropped); `stops` / `stopIds`: the
+   * template's (or infilling's) own ends besides EOS.
+   */
+  private runOneShot(ids: number[], opts: GenerateOptions, ends: { chat?: boolean; stops?: readonly string[]; stopIds?: readonly number[] }): GenerationStream {
+    const { chat = false, stops: templateStops, stopIds: templateStopIds } = ends;
     return createGenerationStream(async (emit, signal) => {
       const seq = this.model.createSequence();
-      const plan: GenerationPlan = { seq, prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: isChat, ownsSequence: true, reuse: true, templateStops, ...(templateStopIds && { templateStopIds }) };
+      const plan: GenerationPlan = { seq, prompt: ids, cached: 0, context: [], history: ids, stripLeadingSpace: chat, ownsSequence: true, reuse: true, templateStops, ...(templateStopIds && { templateStopIds }) };
       return this.generation(plan, opts, emit, signal);
     }, opts.signal);
   }

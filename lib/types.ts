@@ -191,6 +191,26 @@ export interface ModelInfo {
   chatTemplate: string;
   /** How the model's own chat template was taken (used, found to be Llama 2's, or not working); absent when it has none. */
   chatTemplateNote?: string;
+  /** The fill-in-the-middle pieces (Code Llama 7B / 13B) when the vocabulary has them: `infill` works. */
+  fimTokens?: FimTokens;
+}
+
+/** A model's fill-in-the-middle pieces (Code Llama's ▁<PRE>, ▁<SUF>, ▁<MID>, ▁<EOT>). */
+export interface FimTokens {
+  prefix: number;
+  suffix: number;
+  middle: number;
+  /** Ends the middle. */
+  eot: number;
+}
+
+/** Options of `infill`: those of `generate` (text prompt only, so no addBos), and the prompt's order. */
+export interface InfillOptions extends Omit<GenerateOptions, "addBos"> {
+  /**
+   * Put the suffix before the prefix in the prompt (Code Llama's suffix-prefix-middle format, which it
+   * was also trained on). Default false (prefix-suffix-middle).
+   */
+  suffixFirst?: boolean;
 }
 
 export interface SamplingOptions {

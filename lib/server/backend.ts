@@ -1,7 +1,7 @@
 // What the server and the job runner need from a loaded model. `Llama2` satisfies it; tests use a fake.
 import type { EmbedOptions, EmbedResult, ScoreOptions, ScoreResult } from "../llama2.js";
 import type { StreamDecoder, StreamDecoderOptions } from "../tokenizer/decoder.js";
-import type { ChatMessage, GenerateOptions, GenerationStream, ModelInfo } from "../types.js";
+import type { ChatMessage, GenerateOptions, GenerationStream, InfillOptions, ModelInfo } from "../types.js";
 
 export interface ChatBackend {
   readonly info: ModelInfo;
@@ -17,6 +17,10 @@ export interface ChatBackend {
   chatPromptTokens?(messages: ChatMessage[]): number;
   /** Optional: teacher-forced log-probabilities (the completions endpoint's echo with logprobs needs it). */
   score?(ids: readonly number[], opts: ScoreOptions): Promise<ScoreResult>;
+  /** Optional: fill in the middle (the completions endpoint's `suffix`); models without `info.fimTokens` refuse it. */
+  infill?(prefix: string, suffix: string, opts?: InfillOptions): GenerationStream;
+  /** Optional, with infill: the prompt infill evaluates (to bound max_tokens by the context). */
+  infillPrompt?(prefix: string, suffix: string): number[];
   /** Optional: the pooled final hidden states of a text or of token ids (/v1/embeddings needs it). */
   embed?(input: string | readonly number[], opts: EmbedOptions): Promise<EmbedResult>;
   /** The tokenizer's decoder and token bytes (echo, /detokenize); null or absent without a tokenizer. */

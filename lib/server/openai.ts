@@ -117,9 +117,13 @@ export async function completions(ctx: GenerationContext, body: unknown): Promis
   const req = parseCompletionRequest(body, backend.info.config.vocabSize);
   const contextLength = backend.info.contextLength;
   const batch = req.prompts.length > 1;
+  const suffix = req.suffix;
+  if (suffix !== undefined && (!backend.infill || !backend.infillPrompt || !backend.info.fimTokens)) {
+    throw new HttpError(400, "suffix (fill in the middle) needs a model trained for it (Code Llama 7B / 13B); this one has no ▁<PRE> / ▁<SUF> / ▁<MID> / ▁<EOT> pieces", undefined, "invalid_value", "suffix");
+  }
   const prompts = req.prompts.map((input, i) => {
     const field = batch ? `prompt[${i}]` : "prompt";
-    const ids = typeof input === "string" ? backend.tokenize(input, { bos: true }) : input;
+    const ids = suffix !== undefined ? backend.infillPrompt!(input as string, suffix) : typeof input === "string" ? backend.tokenize(input, { bos: true }) : input;
     if (req.maxTokens === 0 && ids.length > contextLength)
       throw new ContextLengthError(field, `the prompt is ${ids.length} tokens; the model's context is ${contextLength} tokens`);
     const maxTokens = req.maxTokens === 0 ? 0 : resolveMaxTokens(req.maxTokens, ids.length, contextLength, field, req.maxTokensField, req.options.contextShift);
@@ -135,7 +139,9 @@ export async function completions(ctx: GenerationContext, body: unknown): Promis
     prompts.map((p, i) => ({
       tokens: p.ids.length,
       maxTokens: p.maxTokens,
-      ...(p.maxTokens > 0 && { start: (opts: GenerateOptions) => backend.generate(p.input as PromptInput, opts) }),
+      ...(p.maxTokens > 0 && {
+        start: (opts: GenerateOptions) => (suffix !== undefined ? backend.infill!(p.input as string, suffix, opts) : backend.generate(p.input as PromptInput, opts)),
+      }),
       ...(echoes[i] && { echo: echoes[i] }),
     })),
   );

@@ -293,12 +293,18 @@ function refuseUnsupportedChat(o: Body): void {
     if (set(k)) throw new InvalidArgumentError(k, "the deprecated functions API is not supported: use tools");
 }
 
-export function parseCompletionRequest(body: unknown, vocabSize: number): ParsedRequest & { prompts: PromptInput[]; echo: boolean } {
+export function parseCompletionRequest(body: unknown, vocabSize: number): ParsedRequest & { prompts: PromptInput[]; echo: boolean; suffix?: string } {
   const o = asObject(body, "body");
   if (o.prompt === undefined) throw new InvalidArgumentError("prompt", "is required");
   const prompts = parsePrompts(o.prompt, vocabSize);
   const echo = boolField(o, "echo") ?? false;
-  if (o.suffix !== undefined && o.suffix !== null && o.suffix !== "") throw new InvalidArgumentError("suffix", "suffix (insertion) is not supported by this server");
+  // suffix: fill in the middle (models trained for it), of text prompts, without echo. "" is no suffix (as before).
+  const suffix = o.suffix === undefined || o.suffix === null || o.suffix === "" ? undefined : o.suffix;
+  if (suffix !== undefined) {
+    if (typeof suffix !== "string") throw new InvalidArgumentError("suffix", `expected a string, got ${typeName(suffix)}`);
+    if (prompts.some((p) => typeof p !== "string")) throw new InvalidArgumentError("suffix", "needs a text prompt (not token ids)");
+    if (echo) throw new InvalidArgumentError("suffix", "cannot be used with echo");
+  }
   const bestOf = numberField(o, "best_of", 1, 128, { int: true });
   if (bestOf !== undefined && bestOf !== 1) throw new InvalidArgumentError("best_of", `only best_of=1 is supported, got ${bestOf}`);
   // max_tokens 0 with echo: the prompt (and its log-probabilities) alone, as lm-evaluation-harness asks.
@@ -313,7 +319,7 @@ export function parseCompletionRequest(body: unknown, vocabSize: number): Parsed
   const streaming = parseStreaming(o);
   if (prompts.length * streaming.n > MAX_CHOICES)
     throw new InvalidArgumentError("n", `${prompts.length} prompts x n=${streaming.n} is more than ${MAX_CHOICES} choices per request`);
-  return { prompts, echo, ...sampling, ...streaming };
+  return { prompts, echo, ...(suffix !== undefined && { suffix: suffix as string }), ...sampling, ...streaming };
 }
 
 /**

@@ -22,16 +22,19 @@ const command: Command = {
   usage: [
     "Usage: llama2 generate --model PATH (--prompt TEXT | --prompt-ids 1,2,3) [--max-tokens N] [--temperature T]",
     "       [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S] [--stop STR]... [--no-stop]",
-    "       [--lookup N | --draft-model PATH [--draft-tokens N]] [--context-shift]",
+    "       [--lookup N | --draft-model PATH [--draft-tokens N]] [--context-shift] [--suffix TEXT [--suffix-first]]",
     "       [--device auto|cpu|cuda] [--dtype D] [--context N] [--threads N] [--tokenizer PATH] [--json]",
     "",
     "The text streams to stdout; with --json, one object {\"ids\", \"text\", \"stats\"} is printed at the end.",
+    "--suffix fills in the middle between --prompt and it (models trained for it: Code Llama 7B / 13B).",
   ].join("\n"),
   flags: {
     ...LOAD_FLAGS,
     prompt: { type: "string", alias: "p", description: "prompt text (BOS is prepended unless --no-bos)" },
     "prompt-ids": { type: "list", description: "prompt as token ids, e.g. 1,450,4996 (no tokenizer needed)" },
     bos: { type: "boolean", description: "prepend BOS to a text prompt (--no-bos: do not)", default: true },
+    suffix: { type: "string", description: "fill in the middle: the text after the gap, --prompt being the text before it (Code Llama)" },
+    "suffix-first": { type: "boolean", description: "with --suffix: Code Llama's suffix-prefix-middle prompt order" },
     ...SAMPLING_FLAGS,
     ...DRAFT_FLAGS,
     "context-shift": { type: "boolean", description: "generate past the context: the oldest half of the reply (after the prompt) leaves it when it is full" },
@@ -44,6 +47,10 @@ const command: Command = {
     const hasIds = flags.promptIds !== undefined;
     if (hasText === hasIds) throw new InvalidArgumentError("--prompt", "give exactly one of --prompt TEXT or --prompt-ids 1,2,3");
     const ids = hasIds ? parseIds(flags.promptIds as string[]) : undefined;
+    const suffix = typeof flags.suffix === "string" ? flags.suffix : undefined;
+    if (suffix !== undefined && !hasText) throw new InvalidArgumentError("--suffix", "needs --prompt TEXT (the text before the gap)");
+    if (flags.suffixFirst === true && suffix === undefined) throw new InvalidArgumentError("--suffix-first", "only with --suffix");
+    if (suffix !== undefined && flags.bos === false) throw new InvalidArgumentError("--no-bos", "not with --suffix (the infilling prompt starts with BOS)");
     // Everything is checked before the (possibly slow) load.
     loadOptionsFromFlags(flags);
     const opts = generateOptionsFromFlags(flags);
@@ -58,9 +65,12 @@ const command: Command = {
     try {
       draft = await loadDraftFromFlags(flags, io, model, abort.signal);
       if (draft) opts.draft = draft;
-      const stream = await withFlagNames(() =>
-        model.generate(ids ?? (flags.prompt as string), { ...opts, addBos: flags.bos !== false, signal: abort.signal }),
-        { prompt: hasIds ? "--prompt-ids" : "--prompt" },
+      const stream = await withFlagNames(
+        () =>
+          suffix !== undefined
+            ? model.infill(flags.prompt as string, suffix, { ...opts, suffixFirst: flags.suffixFirst === true, signal: abort.signal })
+            : model.generate(ids ?? (flags.prompt as string), { ...opts, addBos: flags.bos !== false, signal: abort.signal }),
+        { prompt: hasIds ? "--prompt-ids" : "--prompt", suffix: "--suffix", suffixFirst: "--suffix-first" },
       );
       const tokenizer = model.tokenizer;
       let result: GenerationResult;
