@@ -38,6 +38,10 @@ export const MODEL_ALIASES: Readonly<Record<string, ModelAlias>> = {
     ref: "hf:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF/tinyllama-1.1b-chat-v1.0.Q8_0.gguf",
     description: "TinyLlama 1.1B chat, GGUF Q8_0 (1.2 GB): Llama 2's vocabulary, a draft model for --draft-model",
   },
+  "codellama-7b": {
+    ref: "hf:TheBloke/CodeLlama-7B-GGUF/codellama-7b.Q8_0.gguf",
+    description: "Code Llama 7B (base), GGUF Q8_0 (7.2 GB): code completion and fill in the middle (infill, --suffix)",
+  },
   "llama2-7b-chat-hf": {
     ref: "hf:meta-llama/Llama-2-7b-chat-hf",
     description: "Meta's Llama 2 7B chat, fp16 safetensors (13.5 GB; gated: needs HF_TOKEN)",
