@@ -150,6 +150,14 @@ describeShared("fill in the middle (Code Llama's prompt format)", ["models/token
     }
   });
 
+  it("llama2 inspect names the pieces", async () => {
+    const r = await runCli(["inspect", "--model", code.info.path]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain("infill:     fill in the middle (▁<PRE> 32007, ▁<SUF> 32008, ▁<MID> 32009, ▁<EOT> 32010)");
+    const j = await runCli(["inspect", "--model", code.info.path, "--json"]);
+    expect(JSON.parse(j.stdout).tokenizer.fimTokens).toEqual(FIM);
+  });
+
   it("llama2 generate --suffix", async () => {
     const [pre, suf] = cases[0]!;
     const want = await code.infill(pre, suf, greedy(4)).result;

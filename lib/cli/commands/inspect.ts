@@ -1,6 +1,7 @@
 // `llama2 inspect`: what a model file holds (format, config, tensors, tokenizer), read from its
 // headers without loading the weights.
 import type { Command } from "../command.js";
+import { fimTokens } from "../../infill.js";
 import { InvalidArgumentError, Llama2Error, fromNative } from "../../errors.js";
 import { native, type NativeModelSourceInfo } from "../../native.js";
 import { resolveTokenizer } from "../../tokenizer/for-model.js";
@@ -8,7 +9,7 @@ import { chooseChatTemplate, readModelChatTemplate } from "../../model-chat-temp
 import { planCudaMemory } from "../../cuda-plan.js";
 import { resolveModelFlag, withFlagNames } from "../model-options.js";
 import type { CudaMemoryPlan } from "../../native.js";
-import type { KvCacheType, RopeScalingInfo, WeightDtype } from "../../types.js";
+import type { FimTokens, KvCacheType, RopeScalingInfo, WeightDtype } from "../../types.js";
 
 export interface InspectResult {
   format: NativeModelSourceInfo["format"];
@@ -20,7 +21,7 @@ export interface InspectResult {
   matrixDtypes?: string[];
   config: NativeModelSourceInfo["config"];
   /** null when the model has no tokenizer (use token ids, or pass one). */
-  tokenizer: { source: string; vocabSize: number; bosId: number; eosId: number } | null;
+  tokenizer: { source: string; vocabSize: number; bosId: number; eosId: number; spacePrefix?: string; fimTokens?: FimTokens } | null;
   /** Why the tokenizer could not be read, when there is one that fails. */
   tokenizerError?: string;
   /** The chat template chat requests use by default (LoadOptions.chatTemplate "auto"), with why; null without a tokenizer. */
@@ -42,7 +43,9 @@ export async function inspectModel(modelPath: string): Promise<InspectResult> {
   try {
     const tok = await resolveTokenizer(info);
     if (tok) {
-      tokenizer = { source: tok.source, vocabSize: tok.vocabSize, bosId: tok.bosId, eosId: tok.eosId };
+      const fim = fimTokens(tok);
+      const spacePrefix = tok.vocabulary.spacePrefix;
+      tokenizer = { source: tok.source, vocabSize: tok.vocabSize, bosId: tok.bosId, eosId: tok.eosId, ...(spacePrefix && { spacePrefix }), ...(fim && { fimTokens: fim }) };
       const chosen = chooseChatTemplate(readModelChatTemplate(info), tok);
       chatTemplate = { name: chosen.template.name, ...(chosen.note && { note: chosen.note }) };
     }
@@ -121,7 +124,9 @@ const command: Command = {
       `              context ${c.trainedContextLength}, rope theta ${c.ropeTheta} (${c.ropeLayout}${ropeScalingText(c.ropeScaling)}), rms eps ${c.rmsEps}, ${c.tiedEmbeddings ? "tied" : "untied"} output`,
       `  parameters: ${(r.parameters / 1e6).toFixed(2)} M`,
       `  tokenizer:  ${r.tokenizer ? `${r.tokenizer.vocabSize} pieces from ${r.tokenizer.source} (BOS ${r.tokenizer.bosId}, EOS ${r.tokenizer.eosId})` : r.tokenizerError ? `unreadable (${r.tokenizerError})` : "none (use token ids, or pass a tokenizer.model)"}`,
+      ...(r.tokenizer?.spacePrefix ? [`              '▁' before text: ${r.tokenizer.spacePrefix} (transformers' rule for this folder)`] : []),
       ...(r.chatTemplate ? [`  chat:       template ${r.chatTemplate.name}${r.chatTemplate.note ? ` (${r.chatTemplate.note})` : ""}`] : []),
+      ...(r.tokenizer?.fimTokens ? [`  infill:     fill in the middle (▁<PRE> ${r.tokenizer.fimTokens.prefix}, ▁<SUF> ${r.tokenizer.fimTokens.suffix}, ▁<MID> ${r.tokenizer.fimTokens.middle}, ▁<EOT> ${r.tokenizer.fimTokens.eot})`] : []),
       `  tensors (${r.tensors.length}):`,
     ];
     const width = Math.max(...r.tensors.map((t) => t.fileName.length), 4);
