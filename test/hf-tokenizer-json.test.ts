@@ -12,6 +12,7 @@ import { jinjaChatTemplate } from "../lib/chat-template-jinja.js";
 import { convertModel } from "../lib/convert.js";
 import { Llama2Error } from "../lib/errors.js";
 import { Llama2 } from "../lib/llama2.js";
+import { Rng } from "../lib/rng.js";
 import { native } from "../lib/native.js";
 import { Tokenizer } from "../lib/tokenizer.js";
 import { tokenizerForModel } from "../lib/tokenizer/for-model.js";
@@ -23,16 +24,6 @@ import { describeShared, readSharedJson, sharedPath, type TinyCase } from "./hel
 
 const tmp = mkdtempSync(path.join(tmpdir(), "llama2-tokjson-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Texts where BPE orders matter: runs of spaces, newlines and tabs, scripts, emoji, digits, unknown characters. */
 const hardTexts = [
@@ -55,7 +46,8 @@ const hardTexts = [
 ];
 
 function randomTexts(count: number, seed: number): string[] {
-  const r = rng(seed);
+  const rng = new Rng(seed);
+  const r = () => rng.next();
   const pool = [..."abcdefghijklmnopqrstuvwxyz ETAOIN.,;:!?'\"()-_/\n\t0123456789", " ", "  ", "   ", "é", "ñ", "ß", "中", "文", "🦙", "ー", "ア", "\u0301", "the", "ing", "tion", " and", "▁"];
   return Array.from({ length: count }, () => {
     const n = 1 + Math.floor(r() * 60);
