@@ -301,6 +301,9 @@ describeShared("a Hugging Face folder with tokenizer.json and no tokenizer.model
       // A tokenizer.json is used as it is, whatever the flags say.
       { files: { "tokenizer_config.json": JSON.stringify({ legacy: false }), "tokenizer.json": JSON.stringify(llamaTokenizerJson()) }, rule: undefined, oracle: hf({}) },
       { files: { "tokenizer.json": JSON.stringify(llamaTokenizerJson({ variant: "metaspace", prepend: "always" })) }, rule: "always", oracle: hf({ variant: "metaspace", prepend: "always" }) },
+      // add_prefix_space set makes transformers convert tokenizer.model (from_slow) rather than load tokenizer.json.
+      { files: { "tokenizer_config.json": JSON.stringify({ legacy: false, add_prefix_space: true }), "tokenizer.json": JSON.stringify(llamaTokenizerJson()) }, rule: "first", oracle: hf({ variant: "metaspace" }) },
+      { files: { "tokenizer_config.json": JSON.stringify({ add_prefix_space: false }), "tokenizer.json": JSON.stringify(llamaTokenizerJson()) }, rule: "never", oracle: hf({ prepend: false }) },
       // One that is not a Llama tokenizer.json is passed over (tokenizer.model is what is loaded).
       { files: { "tokenizer_config.json": JSON.stringify({ legacy: false }), "tokenizer.json": "{ broken" }, rule: "first", oracle: hf({ variant: "metaspace" }) },
     ] as const;

@@ -175,15 +175,18 @@ export function parseHfTokenizerJson(text: string, source: string): Vocabulary {
 }
 
 /**
- * The "▁" rule transformers encodes a folder's text with when the pieces come from its tokenizer.model: its
- * tokenizer.json's when it has one (AutoTokenizer loads that file as it is), else the rule transformers
- * converts tokenizer.model with, from tokenizer_config.json (add_prefix_space false: none; legacy false:
- * Metaspace "first"). A tokenizer.json that is not a readable Llama one is passed over (tokenizer.model is
- * what is loaded).
+ * The "▁" rule transformers encodes a folder's text with when the pieces come from its tokenizer.model
+ * (LlamaTokenizerFast): its tokenizer.json's when it has one (AutoTokenizer loads that file as it is), unless
+ * tokenizer_config.json sets add_prefix_space (which makes transformers convert tokenizer.model instead);
+ * converting, the rule is tokenizer_config.json's (add_prefix_space false: none; legacy false: Metaspace
+ * "first"; else SentencePiece's). A tokenizer.json that is not a readable Llama one is passed over
+ * (tokenizer.model is what is loaded).
  */
 export function hfSpacePrefix(dir: string): Vocabulary["spacePrefix"] {
+  const config = readHfJson(path.join(dir, "tokenizer_config.json"));
+  const cfg = isObject(config) ? config : {};
   const jsonFile = path.join(dir, "tokenizer.json");
-  if (existsSync(jsonFile)) {
+  if (typeof cfg.add_prefix_space !== "boolean" && existsSync(jsonFile)) {
     try {
       const json: unknown = JSON.parse(readHfText(jsonFile));
       if (isObject(json)) {
@@ -195,8 +198,6 @@ export function hfSpacePrefix(dir: string): Vocabulary["spacePrefix"] {
       /* passed over: see above */
     }
   }
-  const config = readHfJson(path.join(dir, "tokenizer_config.json"));
-  if (!isObject(config)) return undefined;
-  if (config.add_prefix_space === false) return "never";
-  return config.legacy === false ? "first" : undefined;
+  if (cfg.add_prefix_space === false) return "never";
+  return cfg.legacy === false ? "first" : undefined;
 }
