@@ -17,7 +17,7 @@
 // end piece) makes the session prompt the dialog again.
 import { Template } from "@huggingface/jinja";
 import { parseDialog, type ChatTemplate, type TemplateTokenizer } from "./chat-template.js";
-import { InvalidArgumentError, Llama2Error } from "./errors.js";
+import { InvalidArgumentError, Llama2Error, showValue } from "./errors.js";
 import type { ChatMessage } from "./types.js";
 
 /** Private-use characters, one of which marks message text that spells a special piece. */
@@ -31,7 +31,7 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
   try {
     compiled = new Template(source);
   } catch (err) {
-    throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${JSON.stringify(name)} does not parse: ${(err as Error).message}`, { cause: err });
+    throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${showValue(name)} does not parse: ${(err as Error).message}`, { cause: err });
   }
   /** The template's output for `messages` (already escaped), as transformers renders it. */
   const renderRaw = (messages: readonly ChatMessage[], generationPrompt: boolean, tok: TemplateTokenizer): string =>
@@ -61,7 +61,7 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
     } catch (err) {
       // The probes at creation render ordinary dialogs, so a failure here is the template refusing this
       // one (its raise_exception: a role it does not support, ...).
-      throw new InvalidArgumentError("messages", `chat template ${JSON.stringify(name)} refused the dialog: ${(err as Error).message}`, { cause: err });
+      throw new InvalidArgumentError("messages", `chat template ${showValue(name)} refused the dialog: ${(err as Error).message}`, { cause: err });
     }
   };
   /**
@@ -106,10 +106,10 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
       tokenizer,
     );
   } catch (err) {
-    throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${JSON.stringify(name)} does not render a user / assistant exchange: ${(err as Error).message}`, { cause: err });
+    throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${showValue(name)} does not render a user / assistant exchange: ${(err as Error).message}`, { cause: err });
   }
   const at = probe.indexOf(probeMark);
-  if (at < 0) throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${JSON.stringify(name)} does not write the assistant's message`);
+  if (at < 0) throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${showValue(name)} does not write the assistant's message`);
   const endId = tokenizer.splitSpecial(probe.slice(at + probeMark.length)).find((p): p is number => typeof p === "number");
   const endPiece = endId === undefined ? undefined : tokenizer.piece(endId);
 

@@ -2,7 +2,7 @@
 // each tensor's data is streamed from its producer at its aligned offset. Layout as in ggml's
 // gguf.cpp: magic, version, tensor count, kv count, kvs, tensor infos, padding to the alignment,
 // tensor data (each tensor's offset relative to the data start, a multiple of the alignment).
-import { InvalidArgumentError } from "../errors.js";
+import { InvalidArgumentError, showValue } from "../errors.js";
 import {
   GGUF_DEFAULT_ALIGNMENT,
   GGUF_MAGIC,
@@ -110,7 +110,7 @@ class Bytes {
 
 function writeScalar(out: Bytes, type: Scalar, v: unknown, field: string): void {
   const bad = (what: string): never => {
-    throw new InvalidArgumentError(field, `${what} (got ${typeof v === "bigint" ? `${v}n` : JSON.stringify(v)})`);
+    throw new InvalidArgumentError(field, `${what} (got ${typeof v === "bigint" ? `${v}n` : showValue(v)})`);
   };
   if (type === "STRING") {
     if (typeof v !== "string") bad("expected a string");

@@ -25,7 +25,7 @@ export function compileResponseFormat(format: unknown, field = "responseFormat")
   if (have !== undefined) return have;
   const f = format as Record<string, unknown>;
   const known = f.type === "grammar" ? "grammar" : "schema";
-  for (const k of Object.keys(f)) if (k !== "type" && k !== known) throw new InvalidArgumentError(`${field}.${k}`, k === "schema" || k === "grammar" ? `not with type ${JSON.stringify(f.type)}` : "unknown option");
+  for (const k of Object.keys(f)) if (k !== "type" && k !== known) throw new InvalidArgumentError(`${field}.${k}`, k === "schema" || k === "grammar" ? `not with type ${showValue(f.type)}` : "unknown option");
   let out: CompiledFormat;
   switch (f.type) {
     case "text":
