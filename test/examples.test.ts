@@ -1,10 +1,12 @@
 // Runs every example in examples/ the way a user does (`node examples/<name>.mjs`, importing the
 // built package "llama2-native" from dist/) on the demo model, on the CPU, with few tokens.
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { llamaVocabulary } from "../lib/tokenizer/llama-vocab.js";
+import { writeCodeLlamaLikeModel } from "./helpers/code-llama.js";
 import { projectRoot } from "./helpers/shared.js";
 
 const examplesDir = path.join(projectRoot, "examples");
@@ -119,6 +121,23 @@ describe.skipIf(!built)(`examples/ on the demo model (CPU)${built ? "" : " [skip
     }
     const r = await done;
     expect(r.code).toBe(0); // SIGTERM: closes the server and disposes the model, then exits
+  });
+
+  example("code-infill.mjs", async () => {
+    // The demo model has no infilling pieces: a clear refusal. A model with Code Llama's layout fills the gap.
+    const demo = await run("code-infill.mjs", ["--device", "cpu"]);
+    expect(demo.code).toBe(1);
+    expect(demo.stderr).toMatch(/not trained for infilling.*codellama-7b/);
+    const model = await writeCodeLlamaLikeModel(tmp, llamaVocabulary());
+    const file = path.join(tmp, "gap.py");
+    writeFileSync(file, "def add(a, b):\n    <FILL_ME>\n\nprint(add(1, 2))\n");
+    const r = await run("code-infill.mjs", ["--device", "cpu", "--model", model, "--file", file, "--max-tokens", "5"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.startsWith("def add(a, b):\n    ")).toBe(true);
+    expect(r.stdout.endsWith("\n\nprint(add(1, 2))\n")).toBe(true);
+    expect(r.stderr).toMatch(/\[CPU .*\] [0-5] tokens in the middle \((length|stop)\)/);
+    writeFileSync(file, "no marker");
+    expect((await run("code-infill.mjs", ["--device", "cpu", "--model", model, "--file", file])).code).toBe(2);
   });
 
   example("gpu-compare.mjs", async () => {

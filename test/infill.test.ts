@@ -3,7 +3,7 @@
 // against Meta's formula computed with sentencepiece-js on the real tokenizer.model (its encode, and its
 // encode("☺" + s)[2:] for text without the leading space); then the end at ▁<EOT>, the kept leading space,
 // the server's `suffix` and the CLI's --suffix. No Code Llama weights are run (none here).
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -11,14 +11,13 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { Llama2Error } from "../lib/errors.js";
 import { Llama2 } from "../lib/llama2.js";
 import { startServer, type RunningServer } from "../lib/server/http.js";
-import { makeSyntheticModel } from "../lib/synth/model.js";
 import { Tokenizer } from "../lib/tokenizer.js";
-import { buildSentencePieceModel, PieceType } from "../lib/tokenizer/sentencepiece-model.js";
 import { runCli } from "./helpers/cli.js";
+import { CODE_LLAMA_FIM, writeCodeLlamaLikeModel } from "./helpers/code-llama.js";
 import { postJson } from "./helpers/fake-backend.js";
 import { describeShared, sharedPath } from "./helpers/shared.js";
 
-const FIM = { prefix: 32007, suffix: 32008, middle: 32009, eot: 32010 };
+const FIM = CODE_LLAMA_FIM;
 const greedy = (n: number) => ({ temperature: 0, maxTokens: n });
 
 describeShared("fill in the middle (Code Llama's prompt format)", ["models/tokenizer.model", "models/tiny-llama-f16.gguf"], () => {
@@ -31,14 +30,7 @@ describeShared("fill in the middle (Code Llama's prompt format)", ["models/token
 
   beforeAll(async () => {
     const base = await Tokenizer.fromFile(sharedPath("models/tokenizer.model"));
-    const v = base.vocabulary;
-    const extra = Array.from({ length: 16 }, (_, i) => ({ 7: "▁<PRE>", 8: "▁<SUF>", 9: "▁<MID>", 10: "▁<EOT>" })[i] ?? `<extra_${i}>`);
-    const tokens = [...v.tokens, ...extra];
-    const vocab = { ...v, tokens, scores: Float32Array.from([...v.scores, ...extra.map(() => 0)]), types: Int32Array.from([...v.types, ...extra.map(() => PieceType.CONTROL)]) };
-    const tok = path.join(tmp, "codellama-tokenizer.model");
-    writeFileSync(tok, buildSentencePieceModel(vocab));
-    const model = await makeSyntheticModel({ preset: "tiny", format: "gguf", out: path.join(tmp, "tiny-code.gguf"), seed: 5, tokenizer: tok });
-    code = await Llama2.load(model.path, { device: "cpu", maxSequences: 4 });
+    code = await Llama2.load(await writeCodeLlamaLikeModel(tmp, base.vocabulary), { device: "cpu", maxSequences: 4 });
     plain = await Llama2.load(sharedPath("models/tiny-llama-f16.gguf"), { device: "cpu", maxSequences: 2 });
     const { SentencePieceProcessor } = createRequire(import.meta.url)("@agnai/sentencepiece-js");
     const proc = new SentencePieceProcessor();
