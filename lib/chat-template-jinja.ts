@@ -1,6 +1,7 @@
 // Chat templates written in Jinja, as models ship them (a GGUF's `tokenizer.chat_template`, an HF
 // directory's tokenizer_config.json or chat_template.jinja), rendered by @huggingface/jinja (the Jinja
-// subset transformers.js runs; writing our own would be a second, less tested one).
+// subset transformers.js runs; writing our own would be a second, less tested one), in a time-limited
+// sandbox (jinja-sandbox.ts).
 //
 // Rendered text -> ids the way llama.cpp and Hugging Face tokenizers read a rendered template: special
 // pieces written by the template ("<s>", "</s>", added tokens) become their ids, and each stretch of text
@@ -15,9 +16,9 @@
 // reply and its end piece (Llama 2's " " before "</s>") is not added, as in the built-in llama2 template.
 // A template whose rendering of the earlier dialog is not a prefix of the next one's (or that writes no
 // end piece) makes the session prompt the dialog again.
-import { Template } from "@huggingface/jinja";
 import { parseDialog, type ChatTemplate, type TemplateTokenizer } from "./chat-template.js";
 import { InvalidArgumentError, Llama2Error, showValue } from "./errors.js";
+import { compileJinja, type SandboxedTemplate } from "./jinja-sandbox.js";
 import type { ChatMessage } from "./types.js";
 
 /** Private-use characters, one of which marks message text that spells a special piece. */
@@ -27,9 +28,9 @@ const MARK_LAST = 0xf8ff;
 /** A Jinja chat template as a ChatTemplate; throws ERR_CHAT_TEMPLATE when it does not parse or render. */
 export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, name = "model"): ChatTemplate {
   if (typeof source !== "string" || source.trim() === "") throw new InvalidArgumentError("template", "expected Jinja source text");
-  let compiled: Template;
+  let compiled: SandboxedTemplate;
   try {
-    compiled = new Template(source);
+    compiled = compileJinja(source);
   } catch (err) {
     throw new Llama2Error("ERR_CHAT_TEMPLATE", `chat template ${showValue(name)} does not parse: ${(err as Error).message}`, { cause: err });
   }
@@ -59,6 +60,7 @@ export function jinjaChatTemplate(source: string, tokenizer: TemplateTokenizer, 
         tok,
       );
     } catch (err) {
+      if (err instanceof Llama2Error) throw err; // past the time limit: the template's fault, not the dialog's
       // The probes at creation render ordinary dialogs, so a failure here is the template refusing this
       // one (its raise_exception: a role it does not support, ...).
       throw new InvalidArgumentError("messages", `chat template ${showValue(name)} refused the dialog: ${(err as Error).message}`, { cause: err });

@@ -142,6 +142,26 @@ describe("Jinja chat templates (demo tokenizer)", () => {
     expect(codeOf(() => jinjaChatTemplate("  ", tok)).code).toBe("ERR_INVALID_ARGUMENT");
   });
 
+  it("a template that runs too long is stopped (time limit), at load and per request, and the process goes on", () => {
+    // Nested loops: endless in practice, with little memory (each inner range is 100,000 integers).
+    const endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+    let t = performance.now();
+    const atLoad = codeOf(() => jinjaChatTemplate(endless + ZEPHYR, tok));
+    expect(atLoad).toMatchObject({ code: "ERR_CHAT_TEMPLATE" });
+    expect(atLoad.message).toMatch(/took over 1 s to render/);
+    expect(performance.now() - t).toBeLessThan(5000);
+    const chosen = chooseChatTemplate({ source: endless + ZEPHYR, from: "slow.gguf" }, tok);
+    expect(chosen.template).toBe(llama2Template);
+    expect(chosen.note).toMatch(/slow\.gguf.*took over 1 s/);
+    // Fast on the probes, endless on a long dialog: that request fails with the template's error.
+    const sometimes = jinjaChatTemplate(`{% if messages|length > 6 %}${endless}{% endif %}` + ZEPHYR, tok);
+    const long = Array.from({ length: 7 }, (_, i) => ({ role: i % 2 ? "assistant" : "user", content: `m${i}` })) as ChatMessage[];
+    t = performance.now();
+    expect(codeOf(() => sometimes.encodeDialog(long, tok))).toMatchObject({ code: "ERR_CHAT_TEMPLATE" });
+    expect(performance.now() - t).toBeLessThan(5000);
+    expect(sometimes.encodeDialog(long.slice(0, 5), tok).length).toBeGreaterThan(5); // the next request renders
+  }, 30_000);
+
   it("choosing: auto takes a working model template, falls back to llama2 (with a note), model requires one", () => {
     expect(chooseChatTemplate(undefined, tok)).toEqual({ template: llama2Template });
     const broken = chooseChatTemplate({ source: "{% if %}", from: "m.gguf" }, tok);
