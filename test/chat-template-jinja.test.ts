@@ -444,6 +444,13 @@ describe("an HF directory's added tokens (withHfAddedTokens, demo vocabulary)", 
       expect(v.eosId).toBe(32000);
       expect(v.bosId).toBe(1);
       expect(v.tokens.slice(0, 32000)).toEqual(base.tokens);
+      // An older save names EOS in special_tokens_map.json only; tokenizer_config.json's name wins over it.
+      writeFileSync(cfg, JSON.stringify({ added_tokens_decoder: { "32000": { content: "<|im_end|>", special: true } } }));
+      writeFileSync(path.join(dir, "special_tokens_map.json"), JSON.stringify({ eos_token: "<|im_end|>", bos_token: { content: "<s>" } }));
+      expect(withHfAddedTokens(base, dir, 32004)).toMatchObject({ eosId: 32000, bosId: 1 });
+      writeFileSync(cfg, JSON.stringify({ added_tokens_decoder: { "32000": { content: "<|im_end|>", special: true } }, eos_token: "</s>" }));
+      expect(withHfAddedTokens(base, dir, 32004).eosId).toBe(2);
+      rmSync(path.join(dir, "special_tokens_map.json"));
       writeFileSync(cfg, JSON.stringify({ added_tokens_decoder: { "32005": { content: "<x>", special: true } } }));
       expect(codeOf(() => withHfAddedTokens(base, dir, 32004)).message).toMatch(/tokenizer_config\.json: added token 32005 is past the model's vocabulary of 32004/);
       writeFileSync(cfg, JSON.stringify({ added_tokens_decoder: { "32000": { content: "hello", special: false } } }));

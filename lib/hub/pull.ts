@@ -53,6 +53,7 @@ const FOLDER_FILES = new Set([
   "model.safetensors.index.json",
   "generation_config.json",
   "tokenizer_config.json",
+  "special_tokens_map.json",
   "chat_template.jinja",
   "added_tokens.json",
 ]);

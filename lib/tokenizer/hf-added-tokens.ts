@@ -3,7 +3,8 @@
 // older added_tokens.json) and grow the model's vocabulary to match, sometimes padded further. The
 // vocabulary is extended the way llama.cpp's converter writes it into a GGUF: an added special token is a
 // control piece, any other a user-defined piece, and ids nothing names are unused "[PAD{id}]" pieces. A
-// bos_token / eos_token in tokenizer_config.json naming an added token makes it BOS / EOS.
+// bos_token / eos_token in tokenizer_config.json (or special_tokens_map.json) naming an added token makes it
+// BOS / EOS.
 import path from "node:path";
 import { Llama2Error, showValue } from "../errors.js";
 import { readHfJson } from "../formats/hf-folder.js";
@@ -67,9 +68,14 @@ export function withHfAddedTokens(vocab: Vocabulary, dir: string, vocabSize: num
     tokens.push(piece);
     types[id] = a ? (a.special ? PieceType.CONTROL : PieceType.USER_DEFINED) : PieceType.UNUSED;
   }
-  // Only an added or control piece can be BOS / EOS (a normal piece would stop being made from text).
+  // BOS / EOS as tokenizer_config.json names them, else special_tokens_map.json (older saves; transformers
+  // reads both, the config first). Only an added or control piece can be one (a normal piece would stop
+  // being made from text).
+  const map = readHfJson(path.join(dir, "special_tokens_map.json"));
+  const nameOf = (key: "bos_token" | "eos_token"): string | undefined =>
+    (config && typeof config === "object" ? tokenText(config[key]) : undefined) ?? (map && typeof map === "object" ? tokenText((map as Record<string, unknown>)[key]) : undefined);
   const special = (key: "bos_token" | "eos_token", fallback: number): number => {
-    const text = config && typeof config === "object" ? tokenText(config[key]) : undefined;
+    const text = nameOf(key);
     const id = text === undefined ? -1 : tokens.indexOf(text);
     if (id < 0 || (id < n && types[id] !== PieceType.CONTROL && types[id] !== PieceType.USER_DEFINED)) return fallback;
     types[id] = PieceType.CONTROL; // SentencePiece takes BOS / EOS as control pieces
