@@ -156,7 +156,8 @@ export function parseHfTokenizerJson(text: string, source: string): Vocabulary {
   const lowest = -(model.merges.length + 1);
   for (let id = 0; id < n; id++) {
     if (types[id] !== PieceType.NORMAL) continue;
-    // No merge makes it: SentencePiece must never build it from two pieces either.
+    // No merge makes it, so Hugging Face never builds it: the lowest score, so that SentencePiece builds it
+    // only where nothing else merges (transformers' converted files list every pair, so this does not arise).
     scores[id] = Number.isFinite(rankOf[id]!) ? -rankOf[id]! : lowest;
   }
   // Float32 keeps integers exactly up to 2^24: ranks past that would tie.
