@@ -59,6 +59,7 @@ if (( ${#files[@]} == 0 )); then
     test/formats.test.ts test/load.test.ts test/load-real.test.ts test/stream.test.ts test/stop.test.ts
     test/server-real.test.ts test/runner.test.ts test/cli.test.ts test/bad-input.test.ts test/synth.test.ts
     test/micro.test.ts test/examples.test.ts test/f32-path.test.ts test/lora.test.ts test/rope-scaling.test.ts
-    test/convert.test.ts test/session-state.test.ts test/chat-template-jinja.test.ts)
+    test/convert.test.ts test/session-state.test.ts test/chat-template-jinja.test.ts test/hf-tokenizer-json.test.ts
+    test/infill.test.ts)
 fi
 exec npx vitest run --testTimeout=$((60000 * scale)) --hookTimeout=$((120000 * scale)) "${files[@]}"
