@@ -3,9 +3,7 @@
 // llama/generation.py `infilling_prompt_tokens`, which transformers' CodeLlamaTokenizer reproduces):
 //   prefix-suffix-middle:  <s> ▁<PRE> encode(prefix) ▁<SUF> encode_infilling(suffix) ▁<MID>
 //   suffix first:          <s> ▁<PRE> ▁<SUF> encode_infilling(suffix) ▁<MID> encode(prefix)
-// encode_infilling encodes without SentencePiece's leading "▁" (Meta: encode("☺" + s)[2:], done the same way
-// here). The middle ends at ▁<EOT> (or EOS) and is decoded keeping its leading space (decode_infilling).
-import { Llama2Error } from "./errors.js";
+// encode_infilling encodes without SentencePiece's leading "▁" (Meta: encode("☺" + s)[2:]: Tokenizer.encodeBare). The middle ends at ▁<EOT> (or EOS) and is decoded keeping its leading space (decode_infilling).
 import type { Tokenizer } from "./tokenizer.js";
 import type { FimTokens } from "./types.js";
 
@@ -27,21 +25,10 @@ export function fimTokens(tok: Tokenizer): FimTokens | null {
   return Object.values(ids).every((id) => id >= 0) ? ids : null;
 }
 
-/** SentencePiece's ids of `s` without the leading "▁" it adds (Meta's encode_infilling). */
-export function encodeInfilling(tok: Tokenizer, s: string): number[] {
-  const head = tok.encode("☺");
-  const ids = tok.encode("☺" + s);
-  // "☺" is "▁" + "☺" in Llama's vocabulary, and merges with nothing after it; anything else would cut wrong.
-  if (head.length !== 2 || !head.every((id, i) => ids[i] === id)) {
-    throw new Llama2Error("ERR_TOKENIZER", `${tok.source}: the vocabulary does not encode "☺" as Llama's does, so text cannot be encoded without its leading space`);
-  }
-  return ids.slice(2);
-}
-
 /** The prompt that asks for the middle between `prefix` and `suffix`. */
 export function infillPromptIds(tok: Tokenizer, fim: FimTokens, prefix: string, suffix: string, suffixFirst = false): number[] {
   const pre = tok.encode(prefix);
-  const suf = encodeInfilling(tok, suffix);
+  const suf = tok.encodeBare(suffix); // encode_infilling
   return suffixFirst
     ? [tok.bosId, fim.prefix, fim.suffix, ...suf, fim.middle, ...pre]
     : [tok.bosId, fim.prefix, ...pre, fim.suffix, ...suf, fim.middle];

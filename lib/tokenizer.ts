@@ -127,16 +127,15 @@ export class Tokenizer {
   readonly source: string;
   private readonly vocab: Vocabulary;
   private readonly sp: SpProcessor;
-  /** The same model without the dummy prefix (vocabularies with a spacePrefix only). */
-  private readonly spBare: SpProcessor | undefined;
+  /** The ids of "☺" (encodeBare's marker), once asked for. */
+  private bareHead: number[] | undefined;
   private readonly table: DecoderTable;
   private bytesCache: (Uint8Array | null)[] | undefined;
   private specialCache: { re: RegExp | null; ids: Map<string, number> } | undefined;
 
-  private constructor(vocab: Vocabulary, sp: SpProcessor, spBare: SpProcessor | undefined, table: DecoderTable, source: string) {
+  private constructor(vocab: Vocabulary, sp: SpProcessor, table: DecoderTable, source: string) {
     this.vocab = vocab;
     this.sp = sp;
-    this.spBare = spBare;
     this.table = table;
     this.source = source;
     this.vocabSize = vocab.tokens.length;
@@ -188,8 +187,7 @@ export class Tokenizer {
     }
     const table = buildDecoderTable(vocab, source); // before the wasm load: it validates byte pieces
     const sp = await loadSentencePiece(buildSentencePieceModel(vocab), vocab, source);
-    const bare = vocab.spacePrefix ? await loadSentencePiece(buildSentencePieceModel(vocab, { dummyPrefix: false }), vocab, source) : undefined;
-    return new Tokenizer(vocab, sp, bare, table, source);
+    return new Tokenizer(vocab, sp, table, source);
   }
 
   /** The Llama 2 tokenizer built from the vocabulary bundled with llama-tokenizer-js (no download). */
@@ -271,7 +269,7 @@ export class Tokenizer {
   /** The pieces SentencePiece splits `text` into (no BOS/EOS). */
   encodePieces(text: string): string[] {
     const t = this.checkText(text);
-    return this.callWasm(() => this.processorFor(t, true).encodePieces(t));
+    return this.bare(t, true) ? this.encodeBare(t).map((id) => this.vocab.tokens[id]!) : this.callWasm(() => this.sp.encodePieces(t));
   }
 
   /** Exactly SentencePiece's DecodeIds: control tokens dropped, the first piece's leading space removed. */
@@ -288,17 +286,30 @@ export class Tokenizer {
     return createStreamDecoder(this.table, options);
   }
 
-  /** `text`'s ids; `atStart`: it begins the whole input (Metaspace "first" prefixes only there). */
-  private encodeText(text: string, atStart: boolean): number[] {
-    return this.callWasm(() => this.processorFor(text, atStart).encodeIds(text));
+  /**
+   * SentencePiece's ids of `text` without the "▁" it puts before text, as Meta's encode_infilling does it:
+   * encode("☺" + text) less the ids of "☺" ("▁", "☺" in Llama's vocabulary; nothing merges across it).
+   * Code Llama's infilling and the spacePrefix rules encode this way.
+   */
+  encodeBare(text: string): number[] {
+    const t = this.checkText(text);
+    const head = (this.bareHead ??= this.callWasm(() => this.sp.encodeIds("☺")));
+    const ids = this.callWasm(() => this.sp.encodeIds("☺" + t));
+    if (!head.every((id, i) => ids[i] === id)) {
+      throw new Llama2Error("ERR_TOKENIZER", `${this.source}: "☺" merges with the text after it in this vocabulary, so text cannot be encoded without its leading "▁"`);
+    }
+    return ids.slice(head.length);
   }
 
-  /** SentencePiece with its dummy prefix, or without it where the vocabulary's spacePrefix puts no "▁". */
-  private processorFor(text: string, atStart: boolean): SpProcessor {
+  /** `text`'s ids; `atStart`: it begins the whole input (Metaspace "first" prefixes only there). */
+  private encodeText(text: string, atStart: boolean): number[] {
+    return this.bare(text, atStart) ? this.encodeBare(text) : this.callWasm(() => this.sp.encodeIds(text));
+  }
+
+  /** Whether the vocabulary's spacePrefix puts no "▁" before `text` (SentencePiece always puts one). */
+  private bare(text: string, atStart: boolean): boolean {
     const p = this.vocab.spacePrefix;
-    if (!p || !this.spBare) return this.sp;
-    const bare = p === "never" || text.startsWith(" ") || text.startsWith("\u2581") || (p === "first" && !atStart);
-    return bare ? this.spBare : this.sp;
+    return !!p && (p === "never" || text.startsWith(" ") || text.startsWith("\u2581") || (p === "first" && !atStart));
   }
 
   /** The special pieces' strings (the lowest id for a string that repeats) and one regex for all of them. */

@@ -184,9 +184,9 @@ export function parseSentencePieceModel(buf: Uint8Array, source = "tokenizer.mod
 
 /**
  * Writes a ModelProto equivalent to Llama 2's tokenizer.model for `vocab`: BPE with byte fallback,
- * identity normalization, a dummy prefix (unless `dummyPrefix` is false), whitespace kept as is, digits split.
+ * identity normalization, a dummy prefix, whitespace kept as is, digits split.
  */
-export function buildSentencePieceModel(vocab: Vocabulary, opts: { dummyPrefix?: boolean } = {}): Uint8Array {
+export function buildSentencePieceModel(vocab: Vocabulary): Uint8Array {
   const n = vocab.tokens.length;
   if (vocab.scores.length !== n || vocab.types.length !== n) {
     throw new Llama2Error("ERR_TOKENIZER", `vocabulary arrays differ in length (${n} tokens, ${vocab.scores.length} scores, ${vocab.types.length} types)`);
@@ -221,7 +221,7 @@ export function buildSentencePieceModel(vocab: Vocabulary, opts: { dummyPrefix?:
   const nz = new Writer();
   nz.string(1, "identity");
   nz.bytes(2, new Uint8Array(0));
-  nz.uint(3, opts.dummyPrefix === false ? 0 : 1);
+  nz.uint(3, 1);
   nz.uint(4, 0);
   w.bytes(3, nz.finish());
   return w.finish();

@@ -4,13 +4,15 @@
 // legacy: false form (no normalizer; a Metaspace pre-tokenizer), `mergeForm` "pairs" the tokenizers >= 0.20 form.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { llamaVocabulary } from "../../lib/tokenizer/llama-vocab.js";
 import { PieceType, type Vocabulary } from "../../lib/tokenizer/sentencepiece-model.js";
 
 const require = createRequire(import.meta.url);
 
+/** The package's pieces (as lib's llamaVocabulary reads them) and its merges. */
 function packageData(): { vocab: string[]; merges: [number, number][] } {
   const src = readFileSync(require.resolve("llama-tokenizer-js/llama-tokenizer.js"), "utf8");
-  const vocab = Buffer.from(/const llama_vocab_base64 = "([^"]+)"/.exec(src)![1]!, "base64").toString("utf8").split("\n");
+  const vocab = llamaVocabulary().tokens;
   const bin = Buffer.from(/const llama_merges_binary = "([^"]+)"/.exec(src)![1]!, "base64");
   const merges: [number, number][] = [];
   for (let i = 0; i + 3 < bin.length; i += 4) merges.push([bin.readUInt16LE(i), bin.readUInt16LE(i + 2)]);
